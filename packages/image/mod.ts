@@ -1,0 +1,2 @@
+/** @lvm/image (in progress). @module */
+export {};

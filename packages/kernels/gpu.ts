@@ -1,0 +1,494 @@
+/**
+ * The device context: one per process. Owns the adapter, the device, a pipeline cache, a buffer pool,
+ * a uniform arena and the command encoder that kernels are recorded into.
+ *
+ * Kernels are recorded into one open compute pass; nothing reaches the GPU until {@link Gpu.submit},
+ * and the CPU waits only in {@link Gpu.read} / {@link Gpu.sync}. Uniform parameters of every dispatch
+ * in a batch go into one buffer written once at submit, so a recorded step costs no buffer creation.
+ * @module
+ */
+import {
+  byteSize,
+  type DType,
+  type HostArray,
+  numel,
+  packF16,
+  Tensor,
+  unpackF16,
+} from "./tensor.ts";
+
+/** A WebGPU problem: no adapter, a lost device, a shader that does not compile. */
+export class GpuError extends Error {
+  override name = "GpuError";
+}
+
+/** Kernel family to prefer: CPU rasterizers (llvmpipe/lavapipe) and real GPUs want different shapes. */
+export type AdapterKind = "cpu" | "gpu";
+
+/** Options for {@link Gpu.create}. */
+export interface GpuOptions {
+  powerPreference?: GPUPowerPreference;
+  /** Force the kernel family (default: detected from the adapter). */
+  kind?: AdapterKind;
+}
+
+const NO_ADAPTER_HELP =
+  "No WebGPU adapter found. Install a GPU driver (Vulkan, Metal or DX12), or on a machine without a GPU " +
+  "install Mesa's software Vulkan driver (Debian/Ubuntu: `apt-get install -y mesa-vulkan-drivers libvulkan1`) " +
+  "and set DENO_WEBGPU_BACKEND=vulkan.";
+
+/** Size bucket of the pool: powers of two up to 1 MiB, then multiples of 1 MiB. */
+function bucket(bytes: number): number {
+  const b = Math.max(bytes, 16);
+  if (b <= 1 << 20) return 2 ** Math.ceil(Math.log2(b));
+  return Math.ceil(b / (1 << 20)) * (1 << 20);
+}
+
+/** Storage buffers reused by size bucket. */
+export class BufferPool {
+  #free = new Map<number, GPUBuffer[]>();
+  /** Bytes currently allocated through the pool (in use or free). */
+  allocatedBytes = 0;
+  constructor(private device: GPUDevice, private usage: GPUBufferUsageFlags) {}
+
+  /** A buffer of at least `bytes` bytes. */
+  take(bytes: number): GPUBuffer {
+    const size = bucket(bytes);
+    const list = this.#free.get(size);
+    if (list && list.length) return list.pop()!;
+    this.allocatedBytes += size;
+    return this.device.createBuffer({ size, usage: this.usage });
+  }
+
+  /** Returns a buffer for reuse. */
+  put(buffer: GPUBuffer): void {
+    const list = this.#free.get(buffer.size);
+    if (list) list.push(buffer);
+    else this.#free.set(buffer.size, [buffer]);
+  }
+
+  /** Destroys every free buffer. */
+  trim(): void {
+    for (const list of this.#free.values()) {
+      for (const b of list) {
+        this.allocatedBytes -= b.size;
+        b.destroy();
+      }
+    }
+    this.#free.clear();
+  }
+}
+
+/** Builds the bytes of a uniform parameter block: `new Params().u32(M).f32(eps).bytes`. */
+export class Params {
+  #view = new DataView(new ArrayBuffer(256));
+  #n = 0;
+  u32(v: number): this {
+    this.#view.setUint32(this.#n, v >>> 0, true);
+    this.#n += 4;
+    return this;
+  }
+  i32(v: number): this {
+    this.#view.setInt32(this.#n, v | 0, true);
+    this.#n += 4;
+    return this;
+  }
+  f32(v: number): this {
+    this.#view.setFloat32(this.#n, v, true);
+    this.#n += 4;
+    return this;
+  }
+  /** The block, padded to 16 bytes as uniform structs are. */
+  get bytes(): Uint8Array {
+    return new Uint8Array(this.#view.buffer, 0, Math.max(16, Math.ceil(this.#n / 16) * 16));
+  }
+}
+
+const ARENA_BYTES = 64 * 1024;
+
+/** Workgroup counts for `n` workgroups laid over x then y (each at most 65535). Pair with {@link WG_INDEX}. */
+export function grid(n: number, maxPerDim = 65535): [number, number, number] {
+  if (n <= maxPerDim) return [Math.max(n, 1), 1, 1];
+  const y = Math.ceil(n / maxPerDim);
+  return [Math.ceil(n / y), y, 1];
+}
+
+/** WGSL expression for the linear workgroup index under {@link grid} (needs `wg` and `nwg` builtins). */
+export const WG_INDEX = "(wg.x + wg.y * nwg.x)";
+
+/** What a dispatch binds: tensors or raw buffers, in binding order 0..n-1; params go last. */
+export type Binding = Tensor | GPUBuffer;
+
+/** The process's WebGPU context. */
+export class Gpu {
+  readonly pool: BufferPool;
+  readonly features: ReadonlySet<string>;
+  /** Whether WGSL `enable f16;` may be used. */
+  readonly hasF16: boolean;
+  /** Kernel family for this adapter. */
+  readonly kind: AdapterKind;
+  #pipelines = new Map<string, GPUComputePipeline>();
+  #encoder: GPUCommandEncoder | null = null;
+  #pass: GPUComputePassEncoder | null = null;
+  #arenas: GPUBuffer[] = [];
+  #arenaIndex = 0;
+  #arenaOffset = 0;
+  #arenaHost = new Uint8Array(ARENA_BYTES);
+  #arenaDirty: { buffer: GPUBuffer; bytes: Uint8Array }[] = [];
+  #staging: BufferPool;
+  #errors: Promise<GPUError | null>[] = [];
+  #lost: GPUDeviceLostInfo | null = null;
+  #uncaptured: GpuError | null = null;
+  #lostPromise: Promise<never>;
+  /** Dispatches recorded since the context was made (for tests that count work). */
+  dispatchCount = 0;
+  /** GPU->CPU reads since the context was made. */
+  readCount = 0;
+
+  private constructor(
+    readonly adapter: GPUAdapter,
+    readonly device: GPUDevice,
+    readonly info: GPUAdapterInfo,
+    kind?: AdapterKind,
+  ) {
+    this.features = new Set(device.features as unknown as Iterable<string>);
+    this.hasF16 = this.features.has("shader-f16");
+    const cpu = info.isFallbackAdapter || /llvmpipe|lavapipe|swiftshader|software/i.test(
+      `${info.description} ${info.device} ${info.architecture}`,
+    );
+    this.kind = kind ?? (cpu ? "cpu" : "gpu");
+    this.pool = new BufferPool(
+      device,
+      GPUBufferUsage.STORAGE | GPUBufferUsage.COPY_SRC | GPUBufferUsage.COPY_DST,
+    );
+    this.#staging = new BufferPool(device, GPUBufferUsage.MAP_READ | GPUBufferUsage.COPY_DST);
+    this.#lostPromise = device.lost.then((lost) => {
+      this.#lost = lost;
+      throw new GpuError(`WebGPU device lost (${lost.reason}): ${lost.message}`);
+    });
+    this.#lostPromise.catch(() => {});
+    // Validation errors of dispatches (e.g. a buffer bound twice, once writable) would otherwise only
+    // be logged; keep the first and throw it at the next read/sync.
+    device.addEventListener("uncapturederror", (ev) => {
+      const e = (ev as GPUUncapturedErrorEvent).error;
+      this.#uncaptured ??= new GpuError(`WebGPU error: ${e.message}`);
+    });
+  }
+
+  /** Opens the adapter (retrying once: lavapipe sometimes answers null right after install). */
+  static async create(options: GpuOptions = {}): Promise<Gpu> {
+    if (typeof navigator === "undefined" || !("gpu" in navigator)) {
+      throw new GpuError(`This runtime has no navigator.gpu. ${NO_ADAPTER_HELP}`);
+    }
+    let adapter: GPUAdapter | null = null;
+    for (let attempt = 0; attempt < 2 && !adapter; attempt++) {
+      adapter = await navigator.gpu.requestAdapter({ powerPreference: options.powerPreference });
+      if (!adapter && attempt === 0) await new Promise((r) => setTimeout(r, 200));
+    }
+    if (!adapter) throw new GpuError(NO_ADAPTER_HELP);
+    const want: (keyof GPUSupportedLimits)[] = [
+      "maxStorageBuffersPerShaderStage",
+      "maxStorageBufferBindingSize",
+      "maxBufferSize",
+      "maxComputeWorkgroupStorageSize",
+      "maxComputeInvocationsPerWorkgroup",
+      "maxComputeWorkgroupSizeX",
+      "maxComputeWorkgroupSizeY",
+      "maxComputeWorkgroupSizeZ",
+      "maxComputeWorkgroupsPerDimension",
+      "maxBindGroups",
+      "maxUniformBuffersPerShaderStage",
+      "maxSampledTexturesPerShaderStage",
+      "maxTextureDimension2D",
+    ];
+    const requiredLimits: Record<string, number> = {};
+    for (const k of want) {
+      const v = adapter.limits[k];
+      if (typeof v === "number") requiredLimits[k] = v;
+    }
+    const requiredFeatures = (["shader-f16", "timestamp-query"] as GPUFeatureName[]).filter((f) =>
+      adapter!.features.has(f)
+    );
+    const device = await adapter.requestDevice({ requiredLimits, requiredFeatures });
+    return new Gpu(adapter, device, adapter.info, options.kind);
+  }
+
+  /** Device limits as granted. */
+  get limits(): GPUSupportedLimits {
+    return this.device.limits;
+  }
+
+  /** One line naming the adapter, for logs and benchmarks. */
+  describe(): string {
+    const i = this.info;
+    const name = i.description || [i.vendor, i.architecture, i.device].filter(Boolean).join(" ");
+    return `${name} (${this.kind} kernels, f16 ${this.hasF16 ? "yes" : "no"})`;
+  }
+
+  /** A compute pipeline, compiled once per key. Compile errors surface at the next read/sync. */
+  pipeline(key: string, code: string | (() => string), entryPoint = "main"): GPUComputePipeline {
+    let p = this.#pipelines.get(key);
+    if (p) return p;
+    const src = typeof code === "string" ? code : code();
+    this.device.pushErrorScope("validation");
+    const module = this.device.createShaderModule({ label: key, code: src });
+    p = this.device.createComputePipeline({
+      label: key,
+      layout: "auto",
+      compute: { module, entryPoint },
+    });
+    const scope = this.device.popErrorScope();
+    this.#errors.push(
+      scope.then((e) => (e ? new GPUValidationError(`kernel ${key}: ${e.message}`) : null)),
+    );
+    this.#pipelines.set(key, p);
+    return p;
+  }
+
+  /** Number of compiled pipelines (a decode step must not add any). */
+  get pipelineCount(): number {
+    return this.#pipelines.size;
+  }
+
+  /** A tensor with uninitialised contents, from the pool. */
+  empty(shape: readonly number[], dtype: DType = "f32"): Tensor {
+    const bytes = byteSize(numel(shape), dtype);
+    this.#checkBinding(bytes, shape, dtype);
+    return new Tensor(this, this.pool.take(bytes), [...shape], dtype);
+  }
+
+  /** A tensor filled with zeros. */
+  zeros(shape: readonly number[], dtype: DType = "f32"): Tensor {
+    const t = this.empty(shape, dtype);
+    this.#endPass();
+    this.#enc().clearBuffer(t.buffer, 0, Math.ceil(t.byteLength / 4) * 4);
+    return t;
+  }
+
+  /** Uploads host data (f16: floats are rounded and packed). */
+  upload(data: ArrayLike<number>, shape: readonly number[], dtype: DType = "f32"): Tensor {
+    const n = numel(shape);
+    if (data.length !== n) {
+      throw new RangeError(`upload: shape [${shape}] needs ${n} values, got ${data.length}`);
+    }
+    const t = this.empty(shape, dtype);
+    this.write(t, data);
+    return t;
+  }
+
+  /** Overwrites a tensor's contents from the host. Ordered before work submitted after it. */
+  write(t: Tensor, data: ArrayLike<number>): void {
+    let bytes: ArrayBufferView;
+    if (t.dtype === "f16") bytes = packF16(data);
+    else if (t.dtype === "f32") {
+      bytes = data instanceof Float32Array ? data : Float32Array.from(data);
+    } else if (t.dtype === "i32") bytes = data instanceof Int32Array ? data : Int32Array.from(data);
+    else bytes = data instanceof Uint32Array ? data : Uint32Array.from(data);
+    // Work recorded before this write must run before it: submit it first.
+    this.submit();
+    this.device.queue.writeBuffer(t.buffer, 0, bytes.buffer, bytes.byteOffset, bytes.byteLength);
+  }
+
+  /** Writes raw bytes (already in the tensor's storage format) at a byte offset. */
+  writeBytes(t: Tensor | GPUBuffer, bytes: ArrayBufferView, offset = 0): void {
+    this.submit();
+    const buf = t instanceof Tensor ? t.buffer : t;
+    this.device.queue.writeBuffer(buf, offset, bytes.buffer, bytes.byteOffset, bytes.byteLength);
+  }
+
+  #checkBinding(bytes: number, shape: readonly number[], dtype: DType) {
+    const max = this.limits.maxStorageBufferBindingSize;
+    if (bytes > max) {
+      throw new RangeError(
+        `Tensor [${shape}] ${dtype} needs ${bytes} bytes, over this adapter's ${max}-byte binding limit; split it`,
+      );
+    }
+  }
+
+  #enc(): GPUCommandEncoder {
+    return this.#encoder ??= this.device.createCommandEncoder();
+  }
+
+  #endPass() {
+    if (this.#pass) {
+      this.#pass.end();
+      this.#pass = null;
+    }
+  }
+
+  #uniform(bytes: Uint8Array): GPUBufferBinding {
+    const align = Math.max(256, this.limits.minUniformBufferOffsetAlignment);
+    if (this.#arenaOffset + bytes.length > ARENA_BYTES) this.#flushArena(true);
+    if (this.#arenaIndex === this.#arenas.length) {
+      this.#arenas.push(
+        this.device.createBuffer({
+          size: ARENA_BYTES,
+          usage: GPUBufferUsage.UNIFORM | GPUBufferUsage.COPY_DST,
+        }),
+      );
+    }
+    const offset = this.#arenaOffset;
+    this.#arenaHost.set(bytes, offset);
+    this.#arenaOffset += Math.ceil(bytes.length / align) * align;
+    return { buffer: this.#arenas[this.#arenaIndex], offset, size: bytes.length };
+  }
+
+  /** Queues the used part of the current arena for upload; `advance` moves on to a fresh arena. */
+  #flushArena(advance: boolean) {
+    if (this.#arenaOffset > 0) {
+      this.#arenaDirty.push({
+        buffer: this.#arenas[this.#arenaIndex],
+        bytes: this.#arenaHost.slice(0, this.#arenaOffset),
+      });
+    }
+    if (advance) {
+      this.#arenaIndex++;
+      this.#arenaOffset = 0;
+    }
+  }
+
+  /**
+   * Records one dispatch. Bindings 0..n-1 are the storage buffers in order; if `params` is given it is
+   * bound as a uniform at binding n. Nothing runs until {@link submit}.
+   */
+  dispatch(
+    pipeline: GPUComputePipeline,
+    bindings: readonly Binding[],
+    params: Params | Uint8Array | null,
+    workgroups: number | readonly [number, number?, number?],
+  ): void {
+    const entries: GPUBindGroupEntry[] = bindings.map((b, i) => ({
+      binding: i,
+      resource: { buffer: b instanceof Tensor ? b.buffer : b },
+    }));
+    if (params) {
+      const bytes = params instanceof Params ? params.bytes : params;
+      entries.push({ binding: bindings.length, resource: this.#uniform(bytes) });
+    }
+    const group = this.device.createBindGroup({ layout: pipeline.getBindGroupLayout(0), entries });
+    const [x, y = 1, z = 1] = typeof workgroups === "number" ? [workgroups] : workgroups;
+    const max = this.limits.maxComputeWorkgroupsPerDimension;
+    if (x > max || y > max || z > max) {
+      throw new RangeError(
+        `dispatch of ${pipeline.label}: [${x},${y},${z}] workgroups exceeds ${max}`,
+      );
+    }
+    if (x === 0 || y === 0 || z === 0) return;
+    this.#pass ??= this.#enc().beginComputePass();
+    this.#pass.setPipeline(pipeline);
+    this.#pass.setBindGroup(0, group);
+    this.#pass.dispatchWorkgroups(x, y, z);
+    this.dispatchCount++;
+  }
+
+  /** Records a buffer copy. */
+  copy(src: Binding, dst: Binding, bytes?: number, srcOffset = 0, dstOffset = 0): void {
+    const s = src instanceof Tensor ? src.buffer : src;
+    const d = dst instanceof Tensor ? dst.buffer : dst;
+    const n = bytes ?? (src instanceof Tensor ? Math.ceil(src.byteLength / 4) * 4 : s.size);
+    this.#endPass();
+    this.#enc().copyBufferToBuffer(s, srcOffset, d, dstOffset, n);
+  }
+
+  /** Sends everything recorded so far to the GPU (no wait). */
+  submit(): void {
+    this.#endPass();
+    this.#flushArena(false);
+    for (const { buffer, bytes } of this.#arenaDirty) {
+      this.device.queue.writeBuffer(buffer, 0, bytes.buffer, bytes.byteOffset, bytes.byteLength);
+    }
+    this.#arenaDirty = [];
+    this.#arenaIndex = 0;
+    this.#arenaOffset = 0;
+    if (this.#encoder) {
+      this.device.queue.submit([this.#encoder.finish()]);
+      this.#encoder = null;
+    }
+  }
+
+  async #checkErrors() {
+    if (this.#lost) throw new GpuError(`WebGPU device lost: ${this.#lost.message}`);
+    if (this.#uncaptured) {
+      const e = this.#uncaptured;
+      this.#uncaptured = null;
+      throw e;
+    }
+    if (!this.#errors.length) return;
+    const errs = await Promise.all(this.#errors);
+    this.#errors = [];
+    const e = errs.find((x) => x);
+    if (e) throw new GpuError(e.message);
+  }
+
+  /** Submits and waits until the GPU is idle. */
+  async sync(): Promise<void> {
+    this.submit();
+    await Promise.race([this.device.queue.onSubmittedWorkDone(), this.#lostPromise]);
+    await this.#checkErrors();
+  }
+
+  /** Reads tensors back (one submit, one wait for all of them). f16 widens to f32. */
+  async readMany(tensors: readonly Tensor[]): Promise<HostArray[]> {
+    this.#endPass();
+    const stages = tensors.map((t) => {
+      const bytes = Math.ceil(t.byteLength / 4) * 4;
+      const stage = this.#staging.take(bytes);
+      if (bytes > 0) this.#enc().copyBufferToBuffer(t.buffer, 0, stage, 0, bytes);
+      return { t, stage, bytes };
+    });
+    this.submit();
+    this.readCount++;
+    await Promise.race([
+      Promise.all(stages.map((s) => s.stage.mapAsync(GPUMapMode.READ, 0, s.stage.size))),
+      this.#lostPromise,
+    ]);
+    await this.#checkErrors();
+    return stages.map(({ t, stage, bytes }) => {
+      const raw = stage.getMappedRange(0, bytes).slice(0);
+      stage.unmap();
+      this.#staging.put(stage);
+      switch (t.dtype) {
+        case "f32":
+          return new Float32Array(raw, 0, t.size);
+        case "i32":
+          return new Int32Array(raw, 0, t.size);
+        case "u32":
+          return new Uint32Array(raw, 0, t.size);
+        case "f16":
+          return unpackF16(new Uint32Array(raw), t.size);
+      }
+    });
+  }
+
+  /** Reads one tensor back. */
+  async read(t: Tensor): Promise<HostArray> {
+    return (await this.readMany([t]))[0];
+  }
+
+  /** Reads a tensor back as f32 (any dtype). */
+  async readF32(t: Tensor): Promise<Float32Array> {
+    const a = await this.read(t);
+    return a instanceof Float32Array ? a : Float32Array.from(a);
+  }
+
+  /** Frees the device. */
+  destroy(): void {
+    this.#pass = null;
+    this.#encoder = null;
+    this.pool.trim();
+    this.#staging.trim();
+    for (const a of this.#arenas) a.destroy();
+    this.device.destroy();
+  }
+}
+
+let shared: Promise<Gpu> | null = null;
+
+/** The process-wide context, created on first use. */
+export function getGpu(options?: GpuOptions): Promise<Gpu> {
+  shared ??= Gpu.create(options).catch((e) => {
+    shared = null;
+    throw e;
+  });
+  return shared;
+}

@@ -1,0 +1,100 @@
+/**
+ * Test helpers shared by every package: seeded random data, tolerance comparison in the llm.c style
+ * (`|got - ref| <= atol + rtol * |ref|`, first mismatches printed), and finite-difference gradients.
+ * @module
+ */
+
+/** Deterministic PRNG (mulberry32). Returns floats in [0, 1). */
+export function rng(seed: number): () => number {
+  let a = seed >>> 0;
+  return () => {
+    a = (a + 0x6d2b79f5) >>> 0;
+    let t = a;
+    t = Math.imul(t ^ (t >>> 15), t | 1);
+    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
+    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
+  };
+}
+
+/** `n` uniform floats in [lo, hi). */
+export function randn(n: number, seed = 1, lo = -1, hi = 1): Float32Array {
+  const r = rng(seed);
+  const out = new Float32Array(n);
+  for (let i = 0; i < n; i++) out[i] = lo + (hi - lo) * r();
+  return out;
+}
+
+/** `n` integers in [0, max). */
+export function randint(n: number, max: number, seed = 1): Int32Array {
+  const r = rng(seed);
+  const out = new Int32Array(n);
+  for (let i = 0; i < n; i++) out[i] = Math.floor(r() * max);
+  return out;
+}
+
+/** Tolerances for {@link assertClose}. */
+export interface Tolerance {
+  atol?: number;
+  rtol?: number;
+}
+
+/**
+ * Throws unless every element satisfies `|got - ref| <= atol + rtol*|ref|` (NaN/Inf must match exactly).
+ * The message lists the first mismatches with their indices.
+ */
+export function assertClose(
+  got: ArrayLike<number>,
+  ref: ArrayLike<number>,
+  { atol = 1e-5, rtol = 1e-4 }: Tolerance = {},
+  label = "tensor",
+): void {
+  if (got.length !== ref.length) {
+    throw new Error(`${label}: length ${got.length} != reference ${ref.length}`);
+  }
+  const bad: string[] = [];
+  let count = 0;
+  let worst = 0;
+  for (let i = 0; i < ref.length; i++) {
+    const g = got[i], r = ref[i];
+    const ok = Number.isFinite(r)
+      ? Math.abs(g - r) <= atol + rtol * Math.abs(r)
+      : Object.is(g, r) || (Number.isNaN(g) && Number.isNaN(r));
+    if (!ok) {
+      count++;
+      worst = Math.max(worst, Math.abs(g - r));
+      if (bad.length < 8) bad.push(`  [${i}] got ${g}, expected ${r}`);
+    }
+  }
+  if (count) {
+    throw new Error(
+      `${label}: ${count}/${ref.length} elements differ (worst |diff| ${worst}, atol ${atol}, rtol ${rtol})\n${
+        bad.join("\n")
+      }`,
+    );
+  }
+}
+
+/**
+ * Central finite-difference gradient of a scalar function `f` at `x` (f64 on the host), for checking
+ * backward passes: returns d f / d x[i] for each i in `indices` (default: all).
+ */
+export function finiteDiff(
+  f: (x: Float64Array) => number,
+  x: ArrayLike<number>,
+  eps = 1e-3,
+  indices?: number[],
+): Float64Array {
+  const xs = Float64Array.from(x);
+  const idx = indices ?? [...xs.keys()];
+  const out = new Float64Array(idx.length);
+  idx.forEach((i, k) => {
+    const v = xs[i];
+    xs[i] = v + eps;
+    const a = f(xs);
+    xs[i] = v - eps;
+    const b = f(xs);
+    xs[i] = v;
+    out[k] = (a - b) / (2 * eps);
+  });
+  return out;
+}

@@ -1,0 +1,2 @@
+/** @lvm/sampler (in progress). @module */
+export {};

@@ -1,0 +1,2 @@
+/** @lvm/sentence (in progress). @module */
+export {};

@@ -1,0 +1,2 @@
+/** @lvm/tokenizer (in progress). @module */
+export {};

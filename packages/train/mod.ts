@@ -1,0 +1,2 @@
+/** @lvm/train (in progress). @module */
+export {};

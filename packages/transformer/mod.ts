@@ -1,0 +1,2 @@
+/** @lvm/transformer (in progress). @module */
+export {};
