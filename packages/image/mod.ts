@@ -1,2 +1,22 @@
-/** @lvm/image (in progress). @module */
-export {};
+/**
+ * @lvm/image: image I/O and pixel operations shared by the tokenizer and the sentence/data
+ * pipeline (CPU only, no GPU).
+ *
+ * - image.ts: {@link RgbImage} (planar float RGB (3,H,W) in [0,1]), byte conversions that follow
+ *   the official code (b/255; clamp*255 truncate), gray, strips/grids, crop/flip/rotate/invert.
+ * - resize.ts: bicubic squash-resize bit-exact with PIL's `Image.resize(size, BICUBIC)`.
+ * - codec.ts: PNG/JPEG/GIF/TIFF decoding (imagescript, needs -A), PNG encoding, folder listing.
+ * - video.ts: video frames and probing through the system ffmpeg/ffprobe.
+ *
+ * @example
+ * ```ts
+ * import { makeImage, resize, toGray } from "@lvm/image";
+ * const img = resize(toGray(makeImage(37, 23)), 256, 256); // (3,256,256)
+ * if (img.width !== 256) throw new Error("resize");
+ * ```
+ * @module
+ */
+export * from "./image.ts";
+export * from "./resize.ts";
+export * from "./codec.ts";
+export * from "./video.ts";
