@@ -1,0 +1,115 @@
+/**
+ * File helpers: atomic writes (temp file + fsync + rename) and CRC-32 for shard checksums.
+ * Node's `node:fs`/`node:path` are not needed here; this is the one place that touches the
+ * file system's write path, so a switch to `@std/fs` later is a small change.
+ * @module
+ */
+
+if (new Uint8Array(new Uint16Array([1]).buffer)[0] !== 1) {
+  // Shards are little-endian on disk and read as typed-array views.
+  throw new Error("@lvm/sentence: big-endian hosts are not supported (shards are little-endian)");
+}
+
+/** Temp path beside `path`, unique per process (the repo's .gitignore ignores `*.tmp`). */
+export function tempPath(path: string): string {
+  return `${path}.${Deno.pid}.tmp`;
+}
+
+/** Writes `data` to `path` atomically: a reader sees the old file or the whole new one. */
+export async function writeFileAtomic(path: string, data: Uint8Array | string): Promise<void> {
+  const bytes = typeof data === "string" ? new TextEncoder().encode(data) : data;
+  const tmp = tempPath(path);
+  const f = await Deno.open(tmp, { write: true, create: true, truncate: true });
+  try {
+    let off = 0;
+    while (off < bytes.length) off += await f.write(bytes.subarray(off));
+    await f.syncData();
+  } finally {
+    f.close();
+  }
+  await Deno.rename(tmp, path);
+}
+
+/** A file written in pieces and renamed into place by `commit()` (or removed by `abort()`). */
+export class AtomicWriter {
+  #file: Deno.FsFile;
+  #tmp: string;
+  #path: string;
+  bytes = 0;
+  private constructor(file: Deno.FsFile, tmp: string, path: string) {
+    this.#file = file;
+    this.#tmp = tmp;
+    this.#path = path;
+  }
+  /** Opens a temp file beside `path`. */
+  static async open(path: string): Promise<AtomicWriter> {
+    const tmp = tempPath(path);
+    const f = await Deno.open(tmp, { write: true, create: true, truncate: true });
+    return new AtomicWriter(f, tmp, path);
+  }
+  /** Appends bytes. */
+  async write(data: Uint8Array): Promise<void> {
+    let off = 0;
+    while (off < data.length) off += await this.#file.write(data.subarray(off));
+    this.bytes += data.length;
+  }
+  /** Flushes, closes and renames into place. */
+  async commit(): Promise<void> {
+    await this.#file.syncData();
+    this.#file.close();
+    await Deno.rename(this.#tmp, this.#path);
+  }
+  /** Closes and removes the temp file. */
+  async abort(): Promise<void> {
+    try {
+      this.#file.close();
+    } catch { /* already closed */ }
+    await Deno.remove(this.#tmp).catch(() => {});
+  }
+}
+
+const CRC_TABLE = (() => {
+  const t = new Uint32Array(256 * 8);
+  for (let n = 0; n < 256; n++) {
+    let c = n;
+    for (let k = 0; k < 8; k++) c = c & 1 ? 0xedb88320 ^ (c >>> 1) : c >>> 1;
+    t[n] = c >>> 0;
+  }
+  // Slicing-by-8 tables: 8 bytes per step.
+  for (let n = 0; n < 256; n++) {
+    let c = t[n];
+    for (let k = 1; k < 8; k++) {
+      c = t[c & 0xff] ^ (c >>> 8);
+      t[k * 256 + n] = c >>> 0;
+    }
+  }
+  return t;
+})();
+
+/** CRC-32 (IEEE, as zlib/gzip) of `bytes`, continuing from `crc` (0 to start). */
+export function crc32(bytes: Uint8Array, crc = 0): number {
+  const t = CRC_TABLE;
+  let c = ~crc >>> 0;
+  let i = 0;
+  const n8 = bytes.length - (bytes.length % 8);
+  for (; i < n8; i += 8) {
+    const a =
+      (c ^ (bytes[i] | (bytes[i + 1] << 8) | (bytes[i + 2] << 16) | (bytes[i + 3] << 24))) >>> 0;
+    c = t[1792 + (a & 0xff)] ^ t[1536 + ((a >>> 8) & 0xff)] ^ t[1280 + ((a >>> 16) & 0xff)] ^
+      t[1024 + (a >>> 24)] ^ t[768 + bytes[i + 4]] ^ t[512 + bytes[i + 5]] ^
+      t[256 + bytes[i + 6]] ^ t[bytes[i + 7]];
+  }
+  for (; i < bytes.length; i++) c = t[(c ^ bytes[i]) & 0xff] ^ (c >>> 8);
+  return ~c >>> 0;
+}
+
+/** A u32 as 8 lowercase hex digits. */
+export function hex32(x: number): string {
+  return (x >>> 0).toString(16).padStart(8, "0");
+}
+
+/** SHA-256 of a string, as hex. */
+export async function sha256Hex(text: string): Promise<string> {
+  const d = await crypto.subtle.digest("SHA-256", new TextEncoder().encode(text));
+  return [...new Uint8Array(d)].map((b) => b.toString(16).padStart(2, "0")).join("");
+}

@@ -1,0 +1,23 @@
+/**
+ * Worker of {@link RenderPool}: loads an image file and renders a key's variant at the
+ * tokenizer resolution, off the main thread. Messages: {id, path, key, render} ->
+ * {id, width, height, data} (data transferred) or {id, error}.
+ * @module
+ */
+
+import { loadImage } from "@lvm/image";
+import { renderVariant } from "./sources.ts";
+
+// deno-lint-ignore no-explicit-any
+const ctx = self as any;
+ctx.onmessage = async (e: MessageEvent) => {
+  const { id, path, key, render } = e.data;
+  try {
+    const img = renderVariant(await loadImage(path), key, render);
+    ctx.postMessage({ id, width: img.width, height: img.height, data: img.data }, [
+      img.data.buffer,
+    ]);
+  } catch (err) {
+    ctx.postMessage({ id, error: (err as Error).message ?? String(err) });
+  }
+};

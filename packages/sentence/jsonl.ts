@@ -1,0 +1,204 @@
+/**
+ * The official LVM data interchange: JSONL, one sentence per line,
+ * `{"tokens": "<base64 of the little-endian int32 ids>"}` (what Python's
+ * `json.dumps({"tokens": b64encode(a.astype(np.int32).tobytes()).decode()})` writes).
+ *
+ * Import and export are lossless: ids and sentence boundaries survive both ways, and a file in the
+ * canonical form above (the official scripts' form) exports back byte for byte.
+ * @module
+ */
+
+import { basename, join } from "node:path";
+import { AtomicWriter } from "./_fs.ts";
+import { makeLayout, type SentenceLayout, tokenDtype } from "./layout.ts";
+import {
+  countShards,
+  DatasetError,
+  type DatasetIndex,
+  imagesIn,
+  openDataset,
+  prepareOutDir,
+  shardFileName,
+  type ShardRecord,
+  writeIndex,
+  writeShard,
+} from "./shards.ts";
+
+/** Options of {@link importJsonl}. */
+export interface ImportOptions {
+  /** Layout fields (default: the released LVM's: 256 tokens per image, 8192 codes, vocab 8292). */
+  layout?: Partial<SentenceLayout>;
+  /** Sentences per shard (default 4096). */
+  shardSentences?: number;
+  /** The tokenizer identity to record (default "unknown"). */
+  tokenizerId?: string;
+  /** Image resolution to record (default 256). */
+  resolution?: number;
+  /** Replace a dataset already in `outDir`. */
+  overwrite?: boolean;
+}
+
+const b64 = {
+  decode: (s: string): Uint8Array => (Uint8Array as any).fromBase64(s),
+  encode: (u: Uint8Array): string => (u as any).toBase64(),
+};
+
+/** Lines of a text file, streamed (with 1-based line numbers). */
+async function* readLines(file: string): AsyncGenerator<[string, number]> {
+  let f: Deno.FsFile;
+  try {
+    f = await Deno.open(file);
+  } catch (e) {
+    if (e instanceof Deno.errors.NotFound) throw new DatasetError(file, "not found");
+    throw e;
+  }
+  let rest = "";
+  let n = 0;
+  for await (const chunk of f.readable.pipeThrough(new TextDecoderStream())) {
+    rest += chunk;
+    let i: number;
+    while ((i = rest.indexOf("\n")) >= 0) {
+      yield [rest.slice(0, i), ++n];
+      rest = rest.slice(i + 1);
+    }
+  }
+  if (rest.length) yield [rest, ++n];
+}
+
+/** Decodes one JSONL line into its ids; throws DatasetError naming the file and line. */
+export function parseJsonlLine(line: string, file = "<jsonl>", lineNo = 0): Int32Array {
+  let obj: unknown;
+  try {
+    obj = JSON.parse(line);
+  } catch (e) {
+    throw new DatasetError(file, `line ${lineNo}: not valid JSON: ${(e as Error).message}`);
+  }
+  const tok = (obj as { tokens?: unknown })?.tokens;
+  if (typeof tok !== "string") {
+    throw new DatasetError(
+      file,
+      `line ${lineNo}: expected {"tokens": "<base64>"}, found no "tokens" string`,
+    );
+  }
+  let bytes: Uint8Array;
+  try {
+    bytes = b64.decode(tok);
+  } catch {
+    throw new DatasetError(file, `line ${lineNo}: "tokens" is not valid base64`);
+  }
+  if (bytes.length % 4 !== 0) {
+    throw new DatasetError(
+      file,
+      `line ${lineNo}: ${bytes.length} bytes is not a whole number of int32 ids`,
+    );
+  }
+  const ids = new Int32Array(bytes.length / 4);
+  new Uint8Array(ids.buffer).set(bytes);
+  return ids;
+}
+
+/** One sentence as a canonical JSONL line (with its newline). */
+export function formatJsonlLine(ids: ArrayLike<number>): string {
+  const a = ids instanceof Int32Array ? ids : Int32Array.from(ids);
+  const bytes = new Uint8Array(a.buffer, a.byteOffset, a.byteLength);
+  return `{"tokens": "${b64.encode(bytes)}"}\n`;
+}
+
+/**
+ * Imports an official JSONL file into a token-shard dataset in `outDir`, streaming. Every id must
+ * lie in [0, vocabSize). The layout's images per sentence is inferred (0 when lengths differ).
+ */
+export async function importJsonl(
+  file: string,
+  outDir: string,
+  opts: ImportOptions = {},
+): Promise<DatasetIndex> {
+  const layout = makeLayout({
+    ...opts.layout,
+    imagesPerSentence: opts.layout?.imagesPerSentence ?? 0,
+  });
+  const dtype = tokenDtype(layout);
+  const per = opts.shardSentences ?? 4096;
+  if (!(Number.isInteger(per) && per > 0)) {
+    throw new RangeError(`importJsonl: shardSentences must be a positive integer, found ${per}`);
+  }
+  await prepareOutDir(outDir, opts.overwrite);
+  const shards: ShardRecord[] = [];
+  let pending: Int32Array[] = [];
+  let lines = 0;
+  const lengths = new Set<number>();
+  const flush = async () => {
+    if (!pending.length) return;
+    const name = shardFileName(shards.length);
+    shards.push(await writeShard(join(outDir, name), pending, dtype, layout.vocabSize));
+    pending = [];
+  };
+  for await (const [line, n] of readLines(file)) {
+    if (line.trim() === "") continue;
+    const ids = parseJsonlLine(line, file, n);
+    for (let i = 0; i < ids.length; i++) {
+      if (ids[i] < 0 || ids[i] >= layout.vocabSize) {
+        throw new DatasetError(
+          file,
+          `line ${n}: token ${i} is ${ids[i]}, outside the vocabulary [0, ${layout.vocabSize}) ` +
+            `(pass a larger --vocab-size if this is intended)`,
+        );
+      }
+    }
+    lengths.add(ids.length);
+    pending.push(ids);
+    lines++;
+    if (pending.length === per) await flush();
+  }
+  await flush();
+  if (lengths.size === 1) {
+    const n = imagesIn(layout, [...lengths][0]);
+    layout.imagesPerSentence = n;
+  }
+  const index: DatasetIndex = {
+    format: "lvm-token-shards",
+    version: 1,
+    layout,
+    dtype,
+    tokenizer: {
+      id: opts.tokenizerId ?? "unknown",
+      resolution: opts.resolution ?? 256,
+      tokensPerImage: layout.tokensPerImage,
+      codebookSize: layout.codebookSize,
+    },
+    provenance: { import: basename(file), lines },
+    sources: [{ path: file, type: "jsonl", items: lines }],
+    counts: countShards(layout, shards),
+    shards,
+  };
+  await writeIndex(outDir, index);
+  return index;
+}
+
+/** Exports a dataset as official JSONL (written atomically), streaming. Returns sentences written. */
+export async function exportJsonl(dir: string, outFile: string): Promise<number> {
+  const ds = await openDataset(dir);
+  const w = await AtomicWriter.open(outFile);
+  const enc = new TextEncoder();
+  let n = 0;
+  try {
+    for (let s = 0; s < ds.shards; s++) {
+      const { tokens, offsets } = await ds.readShard(s);
+      let buf: string[] = [];
+      for (let k = 0; k + 1 < offsets.length; k++) {
+        buf.push(formatJsonlLine(Int32Array.from(tokens.subarray(offsets[k], offsets[k + 1]))));
+        n++;
+        if (buf.length === 256) {
+          await w.write(enc.encode(buf.join("")));
+          buf = [];
+        }
+      }
+      if (buf.length) await w.write(enc.encode(buf.join("")));
+    }
+    await w.commit();
+  } catch (e) {
+    await w.abort();
+    throw e;
+  }
+  return n;
+}

@@ -1,0 +1,96 @@
+import { join } from "node:path";
+import { exportJsonl, formatJsonlLine, importJsonl, parseJsonlLine } from "./jsonl.ts";
+import { DatasetError, openDataset } from "./shards.ts";
+import { rng } from "./_rng.ts";
+
+/** Random sentences: `n` sentences of `images` x 256 codes (or variable lengths). */
+function sentences(n: number, seed: number, variable = false): Int32Array[] {
+  const r = rng(seed);
+  return Array.from({ length: n }, () => {
+    const len = variable ? 256 * (1 + Math.floor(r() * 4)) : 1024;
+    return Int32Array.from({ length: len }, () => Math.floor(r() * 8192));
+  });
+}
+
+Deno.test("official JSONL", async (t) => {
+  const dir = await Deno.makeTempDir();
+
+  await t.step("a line is json.dumps({'tokens': b64encode(int32 LE)})", () => {
+    // Python: json.dumps({"tokens": b64encode(np.array([1, 256, 8191], np.int32).tobytes()).decode()})
+    const line = formatJsonlLine([1, 256, 8191]);
+    if (line !== '{"tokens": "AQAAAAABAAD/HwAA"}\n') throw new Error(line);
+    if (parseJsonlLine(line.trim()).join() !== "1,256,8191") throw new Error("parse");
+  });
+
+  for (const variable of [false, true]) {
+    await t.step(
+      `JSONL -> shards -> JSONL is byte-exact (${variable ? "variable" : "fixed"} lengths)`,
+      async () => {
+        const src = join(dir, `in-${variable}.jsonl`);
+        const sents = sentences(23, variable ? 2 : 1, variable);
+        await Deno.writeTextFile(src, sents.map(formatJsonlLine).join(""));
+        const out = join(dir, `ds-${variable}`);
+        const ix = await importJsonl(src, out, { shardSentences: 5 });
+        if (ix.counts.sentences !== 23 || ix.shards.length !== 5) {
+          throw new Error(JSON.stringify(ix.counts));
+        }
+        if (ix.layout.imagesPerSentence !== (variable ? 0 : 4)) {
+          throw new Error(`images ${ix.layout.imagesPerSentence}`);
+        }
+        const back = join(dir, `out-${variable}.jsonl`);
+        if ((await exportJsonl(out, back)) !== 23) throw new Error("count");
+        const a = await Deno.readFile(src), b = await Deno.readFile(back);
+        if (a.length !== b.length || a.some((v, i) => v !== b[i])) throw new Error("bytes differ");
+      },
+    );
+  }
+
+  await t.step("shards -> JSONL -> shards keeps every shard byte", async () => {
+    const a = join(dir, "ds-false"), jl = join(dir, "again.jsonl"), b = join(dir, "ds-again");
+    await exportJsonl(a, jl);
+    await importJsonl(jl, b, { shardSentences: 5 });
+    const A = await openDataset(a), B = await openDataset(b);
+    for (let i = 0; i < A.shards; i++) {
+      const x = await Deno.readFile(A.shardPath(i)), y = await Deno.readFile(B.shardPath(i));
+      if (x.length !== y.length || x.some((v, k) => v !== y[k])) {
+        throw new Error(`shard ${i} differs`);
+      }
+      if (A.index.shards[i].crc32 !== B.index.shards[i].crc32) throw new Error("crc");
+    }
+  });
+
+  await t.step("bad lines are errors naming file and line", async () => {
+    const cases: [string, RegExp][] = [
+      ['{"tokens": "AQAAAA=="}\nnot json\n', /line 2: not valid JSON/],
+      ['{"ids": "AQAAAA=="}\n', /line 1: expected \{"tokens"/],
+      ['{"tokens": "AQAA"}\n', /line 1: 3 bytes is not a whole number of int32 ids/],
+      ['{"tokens": "@@@@"}\n', /line 1: "tokens" is not valid base64/],
+      ['{"tokens": "ZCAAAA=="}\n', /line 1: token 0 is 8292, outside the vocabulary \[0, 8292\)/],
+    ];
+    for (const [text, re] of cases) {
+      const f = join(dir, "bad.jsonl");
+      await Deno.writeTextFile(f, text);
+      let err: unknown;
+      try {
+        await importJsonl(f, join(dir, "bad"), { overwrite: true });
+      } catch (e) {
+        err = e;
+      }
+      if (!(err instanceof DatasetError) || !re.test(err.message) || !err.message.includes(f)) {
+        throw new Error(`expected ${re}, got ${err}`);
+      }
+    }
+  });
+
+  await t.step("an output folder holding a dataset is refused without overwrite", async () => {
+    let msg = "";
+    try {
+      await importJsonl(join(dir, "in-false.jsonl"), join(dir, "ds-false"));
+    } catch (e) {
+      msg = (e as Error).message;
+    }
+    if (!/already holds a dataset/.test(msg)) throw new Error(msg);
+  });
+
+  await Deno.remove(dir, { recursive: true });
+});

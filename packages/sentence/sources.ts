@@ -1,0 +1,694 @@
+/**
+ * Inputs of a build: scanning folders, videos and GIFs into numbered items, and loading an item's
+ * pixels with its transform at the tokenizer's resolution.
+ *
+ * - An **item** is one image file or one frame of a video/GIF; items are numbered source by source
+ *   ({@link ItemTable}), files in natural order (frame2 before frame10).
+ * - Videos are decoded by the system `ffmpeg` (clear error when it is missing), streamed forward
+ *   frame by frame at native size and squash-resized with the image package's PIL-exact bicubic,
+ *   so a long video never sits in memory.
+ * @module
+ */
+
+import { basename, extname, join } from "node:path";
+import {
+  crop,
+  flipH,
+  flipV,
+  IMAGE_EXTENSIONS,
+  ImageError,
+  invert,
+  listImages,
+  loadFrames,
+  loadImage,
+  naturalCompare,
+  probeVideo,
+  resize,
+  type RgbImage,
+  rotate90,
+  toGray,
+} from "@lvm/image";
+import { itemSeed, keyItem, keyVariant, Variant } from "./builders.ts";
+import { randInt, rng } from "./_rng.ts";
+import type { SourceInfo } from "./shards.ts";
+
+/** Video file extensions recognized as videos (decoded by ffmpeg). */
+export const VIDEO_EXTENSIONS: readonly string[] = [
+  "avi",
+  "mp4",
+  "mkv",
+  "mov",
+  "webm",
+  "mpg",
+  "mpeg",
+  "m4v",
+  "wmv",
+  "flv",
+  "ogv",
+]; // deno-fmt-ignore
+
+/** What kind of input a source is. */
+export type SourceType = "folder" | "video" | "gif" | "file";
+
+/** One input: a folder of images (or frames), a video, a GIF or a single image file. */
+export interface Source {
+  path: string;
+  type: SourceType;
+  /** Image file paths (folder, file); empty for video and GIF (frames are numbered). */
+  files: string[];
+  /** Items it holds (files or frames). */
+  count: number;
+}
+
+/** A problem with the inputs of a build (names the input). */
+export class InputError extends Error {
+  constructor(path: string, message: string) {
+    super(`${path}: ${message}`);
+    this.name = "InputError";
+  }
+}
+
+/** Sources with their items numbered consecutively. */
+export class ItemTable {
+  readonly sources: Source[] = [];
+  /** First item id of each source (sources + 1 entries). */
+  readonly offsets: number[] = [0];
+
+  /** Adds a source; returns the id of its first item. */
+  add(src: Source): number {
+    const first = this.offsets.at(-1)!;
+    this.sources.push(src);
+    this.offsets.push(first + src.count);
+    return first;
+  }
+  /** Total items. */
+  get total(): number {
+    return this.offsets.at(-1)!;
+  }
+  /** [source index, index within the source] of an item id. */
+  locate(item: number): [number, number] {
+    let lo = 0, hi = this.sources.length - 1;
+    if (!(item >= 0 && item < this.total)) {
+      throw new RangeError(`item ${item} out of range [0, ${this.total})`);
+    }
+    while (lo < hi) {
+      const mid = (lo + hi + 1) >> 1;
+      if (this.offsets[mid] <= item) lo = mid;
+      else hi = mid - 1;
+    }
+    return [lo, item - this.offsets[lo]];
+  }
+  /** A printable description of an item (file path, or video#frame). */
+  describe(item: number): string {
+    const [s, i] = this.locate(item);
+    const src = this.sources[s];
+    return src.files.length ? src.files[i] : `${src.path}#${i}`;
+  }
+  /** Sources as recorded in a dataset index. */
+  info(): SourceInfo[] {
+    return this.sources.map((s) => ({ path: s.path, type: s.type, items: s.count }));
+  }
+  /** Everything that identifies the items (for the build fingerprint). */
+  identity(): unknown {
+    return this.sources.map((s) => [s.path, s.type, s.count, s.files]);
+  }
+}
+
+const ext = (p: string) => extname(p).slice(1).toLowerCase();
+/** True for a video file name. */
+export const isVideo = (p: string): boolean => VIDEO_EXTENSIONS.includes(ext(p));
+/** True for a GIF file name. */
+export const isGif = (p: string): boolean => ext(p) === "gif";
+/** True for an image file name. */
+export const isImage = (p: string): boolean => IMAGE_EXTENSIONS.includes(ext(p));
+/** File name without its last extension ("a/0001.depth.png" -> "0001.depth"). */
+export const stem = (p: string): string => basename(p).replace(/\.[^.]*$/, "");
+
+async function statOf(path: string): Promise<Deno.FileInfo> {
+  try {
+    return await Deno.stat(path);
+  } catch (e) {
+    if (e instanceof Deno.errors.NotFound) throw new InputError(path, "input not found");
+    throw e;
+  }
+}
+
+async function subdirs(dir: string): Promise<string[]> {
+  const out: string[] = [];
+  for await (const e of Deno.readDir(dir)) {
+    if (e.name.startsWith(".")) continue;
+    if (
+      e.isDirectory ||
+      (e.isSymlink && (await Deno.stat(join(dir, e.name)).catch(() => null))?.isDirectory)
+    ) {
+      out.push(e.name);
+    }
+  }
+  return out.sort(naturalCompare).map((n) => join(dir, n));
+}
+
+async function filesMatching(dir: string, pred: (p: string) => boolean): Promise<string[]> {
+  const out: string[] = [];
+  for await (const e of Deno.readDir(dir)) {
+    if (e.name.startsWith(".") || !pred(e.name)) continue;
+    if (
+      e.isFile || (e.isSymlink && (await Deno.stat(join(dir, e.name)).catch(() => null))?.isFile)
+    ) {
+      out.push(e.name);
+    }
+  }
+  return out.sort(naturalCompare).map((n) => join(dir, n));
+}
+
+/** Folders under (and including) `dir`, depth first in natural order. */
+async function walk(dir: string): Promise<string[]> {
+  const out = [dir];
+  for (const d of await subdirs(dir)) out.push(...(await walk(d)));
+  return out;
+}
+
+/** The still images of a folder (not GIFs: a GIF is an animation, a sequence source). */
+async function stills(dir: string): Promise<string[]> {
+  return (await listImages(dir)).filter((p) => !isGif(p));
+}
+
+/** Frames of a video: the container's count, else counted by decoding at 2x2. */
+export async function countVideoFrames(path: string): Promise<number> {
+  const info = await probeVideo(path);
+  if (info.frames) return info.frames;
+  let child: Deno.ChildProcess;
+  try {
+    child = new Deno.Command("ffmpeg", {
+      args: [
+        "-hide_banner",
+        "-nostdin",
+        "-v",
+        "error",
+        "-i",
+        path,
+        "-map",
+        "0:v:0",
+        "-vf",
+        "scale=2:2",
+        "-f",
+        "rawvideo",
+        "-pix_fmt",
+        "rgb24",
+        "-",
+      ], // deno-fmt-ignore
+      stdin: "null",
+      stdout: "piped",
+      stderr: "null",
+    }).spawn();
+  } catch (e) {
+    throw new ImageError(
+      path,
+      `cannot run ffmpeg (${(e as Error).message}): install ffmpeg (apt-get install ffmpeg)`,
+    );
+  }
+  let bytes = 0;
+  for await (const c of child.stdout) bytes += c.length;
+  await child.status;
+  return Math.floor(bytes / 12);
+}
+
+/** A frame sequence source found by {@link scanSequences}. */
+export interface SequenceSource {
+  source: Source;
+  /** Id of its first frame. */
+  first: number;
+}
+
+/**
+ * Sequence inputs: each input is a video file, a GIF, or a folder. A folder that directly holds
+ * still images is one frame sequence (frames in natural order); videos and GIFs inside folders
+ * are sources too; sub-folders are searched recursively.
+ */
+export async function scanSequences(inputs: string[], table = new ItemTable()): Promise<{
+  table: ItemTable;
+  sequences: SequenceSource[];
+}> {
+  const sequences: SequenceSource[] = [];
+  const addFile = async (p: string) => {
+    if (isVideo(p)) {
+      const count = await countVideoFrames(p);
+      const source: Source = { path: p, type: "video", files: [], count };
+      sequences.push({ source, first: table.add(source) });
+    } else if (isGif(p)) {
+      const count = (await loadFrames(p)).length;
+      const source: Source = { path: p, type: "gif", files: [], count };
+      sequences.push({ source, first: table.add(source) });
+    } else return false;
+    return true;
+  };
+  for (const input of inputs) {
+    const st = await statOf(input);
+    if (st.isFile) {
+      if (!(await addFile(input))) {
+        throw new InputError(
+          input,
+          `not a video (${VIDEO_EXTENSIONS.join(", ")}), GIF or folder of frames`,
+        );
+      }
+      continue;
+    }
+    const before = sequences.length;
+    for (const dir of await walk(input)) {
+      const frames = await stills(dir);
+      if (frames.length) {
+        const source: Source = { path: dir, type: "folder", files: frames, count: frames.length };
+        sequences.push({ source, first: table.add(source) });
+      }
+      for (const f of await filesMatching(dir, (n) => isVideo(n) || isGif(n))) await addFile(f);
+    }
+    if (sequences.length === before) throw new InputError(input, "no frames, videos or GIFs found");
+  }
+  return { table, sequences };
+}
+
+/**
+ * Plain images for the derived tasks (colorization, inpainting, rotation, ...): image files, or
+ * folders searched recursively (each folder with images is one source). GIFs count as images
+ * (their first frame).
+ */
+export async function scanImages(inputs: string[], table = new ItemTable()): Promise<{
+  table: ItemTable;
+  items: number[];
+}> {
+  const items: number[] = [];
+  const add = (src: Source) => {
+    const first = table.add(src);
+    for (let i = 0; i < src.count; i++) items.push(first + i);
+  };
+  for (const input of inputs) {
+    const st = await statOf(input);
+    if (st.isFile) {
+      if (!isImage(input)) {
+        throw new InputError(input, `not an image (${IMAGE_EXTENSIONS.join(", ")})`);
+      }
+      add({ path: input, type: "file", files: [input], count: 1 });
+      continue;
+    }
+    const before = items.length;
+    for (const dir of await walk(input)) {
+      const files = await listImages(dir);
+      if (files.length) add({ path: dir, type: "folder", files, count: files.length });
+    }
+    if (items.length === before) throw new InputError(input, "no images found");
+  }
+  return { table, items };
+}
+
+async function folderImages(dir: string): Promise<string[]> {
+  const st = await statOf(dir);
+  if (!st.isDirectory) throw new InputError(dir, "expected a folder of images");
+  return await listImages(dir);
+}
+
+/**
+ * Matches the images of several folders by file stem ("0001.jpg" with "0001.png"). Returns, per
+ * stem present in every folder (natural order), the index of its file in each folder. When no
+ * stem is shared but every folder holds the same number of images, pairs them in sorted order
+ * (the official scripts' rule).
+ */
+export function matchByStem(lists: string[][]): number[][] {
+  const maps = lists.map((l) => new Map(l.map((p, i) => [stem(p), i])));
+  const common = [...maps[0].keys()].filter((s) => maps.every((m) => m.has(s)));
+  if (common.length) return common.sort(naturalCompare).map((s) => maps.map((m) => m.get(s)!));
+  if (lists.every((l) => l.length === lists[0].length)) {
+    return lists[0].map((_, i) => lists.map(() => i));
+  }
+  return [];
+}
+
+/**
+ * Paired folders for analogy sentences: inputs come two by two (x folder, y folder), each pair
+ * one task; images matched by stem (see {@link matchByStem}).
+ */
+export async function scanPairs(inputs: string[], table = new ItemTable()): Promise<{
+  table: ItemTable;
+  tasks: { x: number[]; y: number[] }[];
+  unmatched: number;
+}> {
+  if (inputs.length < 2 || inputs.length % 2) {
+    throw new InputError(
+      inputs.join(" ") || "--input",
+      `pairs needs folders two by two (X_DIR Y_DIR [X2_DIR Y2_DIR ...]), found ${inputs.length}`,
+    );
+  }
+  const tasks: { x: number[]; y: number[] }[] = [];
+  let unmatched = 0;
+  for (let i = 0; i < inputs.length; i += 2) {
+    const xs = await folderImages(inputs[i]), ys = await folderImages(inputs[i + 1]);
+    const m = matchByStem([xs, ys]);
+    if (!m.length) {
+      throw new InputError(
+        `${inputs[i]} + ${inputs[i + 1]}`,
+        "no images pair up (no shared file stems)",
+      );
+    }
+    unmatched += xs.length + ys.length - 2 * m.length;
+    const fx = m.map(([a]) => xs[a]), fy = m.map(([, b]) => ys[b]);
+    const x0 = table.add({ path: inputs[i], type: "folder", files: fx, count: fx.length });
+    const y0 = table.add({ path: inputs[i + 1], type: "folder", files: fy, count: fy.length });
+    tasks.push({ x: fx.map((_, k) => x0 + k), y: fy.map((_, k) => y0 + k) });
+  }
+  return { table, tasks, unmatched };
+}
+
+/**
+ * Modality folders for multi-task sentences: one folder per modality (image, depth, normals, ...),
+ * the same scene named by the same stem in each; scenes missing from any folder are skipped.
+ */
+export async function scanMultitask(inputs: string[], table = new ItemTable()): Promise<{
+  table: ItemTable;
+  scenes: number[][];
+  unmatched: number;
+}> {
+  if (inputs.length < 2) {
+    throw new InputError(
+      inputs.join(" ") || "--input",
+      "multitask needs at least two modality folders",
+    );
+  }
+  const lists: string[][] = [];
+  for (const d of inputs) lists.push(await folderImages(d));
+  const m = matchByStem(lists);
+  if (!m.length) {
+    throw new InputError(inputs.join(" + "), "no scene is present in every modality folder");
+  }
+  const firsts = inputs.map((d, k) => {
+    const files = m.map((row) => lists[k][row[k]]);
+    return table.add({ path: d, type: "folder", files, count: files.length });
+  });
+  const scenes = m.map((_, s) => firsts.map((f) => f + s));
+  const unmatched = lists.reduce((a, l) => a + l.length, 0) - m.length * inputs.length;
+  return { table, scenes, unmatched };
+}
+
+/** Class folders for same-class sentences: each input is a root whose sub-folders are classes. */
+export async function scanClasses(inputs: string[], table = new ItemTable()): Promise<{
+  table: ItemTable;
+  classes: number[][];
+}> {
+  const classes: number[][] = [];
+  for (const root of inputs) {
+    const st = await statOf(root);
+    if (!st.isDirectory) {
+      throw new InputError(root, "expected a folder whose sub-folders are classes");
+    }
+    const dirs = await subdirs(root);
+    if (!dirs.length) throw new InputError(root, "no class sub-folders found");
+    for (const d of dirs) {
+      const files = await listImages(d);
+      if (!files.length) continue;
+      const first = table.add({ path: d, type: "folder", files, count: files.length });
+      classes.push(files.map((_, i) => first + i));
+    }
+  }
+  return { table, classes };
+}
+
+/** How item pixels become tokenizer input. */
+export interface RenderOptions {
+  /** Tokenizer input side (images are squash-resized to resolution x resolution). */
+  resolution: number;
+  /** Build seed (the inpainting mask of an item is derived from it and the item id). */
+  seed: number;
+  /** Inpainting mask: "random" (default) or "center". */
+  mask?: "random" | "center";
+}
+
+/**
+ * The inpainting hole of an item at side R: "random" as the official hole mode, a square of side
+ * in [0.1R, 0.5R) at a uniform position; "center" the centred square of side R/2.
+ * Returns [x, y, size].
+ */
+export function maskRect(R: number, item: number, opts: RenderOptions): [number, number, number] {
+  if ((opts.mask ?? "random") === "center") {
+    const s = Math.floor(R / 2);
+    return [Math.floor((R - s) / 2), Math.floor((R - s) / 2), s];
+  }
+  const r = rng(itemSeed(opts.seed, item));
+  const lo = Math.max(1, Math.floor(0.1 * R)), hi = Math.max(lo + 1, Math.floor(0.5 * R));
+  const s = lo + randInt(r, hi - lo);
+  return [randInt(r, R - s + 1), randInt(r, R - s + 1), s];
+}
+
+/**
+ * Applies a key's variant to an item's native-size image and returns the tokenizer input
+ * (resolution x resolution). Zoom crops the centre half before resizing; the other transforms
+ * act on the resized image.
+ */
+export function renderVariant(img: RgbImage, key: number, opts: RenderOptions): RgbImage {
+  const R = opts.resolution, v = keyVariant(key);
+  if (v === Variant.zoom2) {
+    const w = Math.max(1, Math.floor(img.width / 2)), h = Math.max(1, Math.floor(img.height / 2));
+    img = crop(img, Math.floor((img.width - w) / 2), Math.floor((img.height - h) / 2), w, h);
+  }
+  const base = resize(img, R, R);
+  switch (v) {
+    case Variant.original:
+    case Variant.zoom2:
+      return base;
+    case Variant.gray:
+      return toGray(base);
+    case Variant.masked: {
+      const [x0, y0, s] = maskRect(R, keyItem(key), opts);
+      const P = R * R;
+      for (let c = 0; c < 3; c++) {
+        for (let y = y0; y < y0 + s; y++) {
+          base.data.fill(0, c * P + y * R + x0, c * P + y * R + x0 + s);
+        }
+      }
+      return base;
+    }
+    case Variant.rot90:
+      return rotate90(base, 1);
+    case Variant.rot180:
+      return rotate90(base, 2);
+    case Variant.rot270:
+      return rotate90(base, 3);
+    case Variant.flipH:
+      return flipH(base);
+    case Variant.flipV:
+      return flipV(base);
+    case Variant.invert:
+      return invert(base);
+    default:
+      throw new RangeError(`renderVariant: unknown variant ${v} in key ${key}`);
+  }
+}
+
+/** Reads a video forward, frame by frame (native size), restarting ffmpeg to go back. */
+class VideoStream {
+  #child: Deno.ChildProcess | null = null;
+  #reader: ReadableStreamDefaultReader<Uint8Array> | null = null;
+  #pending: Uint8Array = new Uint8Array(0);
+  #next = 0;
+  #w = 0;
+  #h = 0;
+  constructor(readonly path: string) {}
+
+  async #start(): Promise<void> {
+    await this.close();
+    const info = await probeVideo(this.path);
+    this.#w = info.width;
+    this.#h = info.height;
+    try {
+      this.#child = new Deno.Command("ffmpeg", {
+        args: [
+          "-hide_banner",
+          "-nostdin",
+          "-v",
+          "error",
+          "-i",
+          this.path,
+          "-map",
+          "0:v:0",
+          "-vf",
+          `scale=${this.#w}:${this.#h}`,
+          "-f",
+          "rawvideo",
+          "-pix_fmt",
+          "rgb24",
+          "-",
+        ], // deno-fmt-ignore
+        stdin: "null",
+        stdout: "piped",
+        stderr: "null",
+      }).spawn();
+    } catch (e) {
+      throw new ImageError(
+        this.path,
+        `cannot run ffmpeg (${(e as Error).message}): install ffmpeg (apt-get install ffmpeg)`,
+      );
+    }
+    this.#reader = this.#child.stdout.getReader();
+    this.#pending = new Uint8Array(0);
+    this.#next = 0;
+  }
+
+  /** Consumes the next frame's bytes; copies them out only when `keep` (skipping is cheap). */
+  async #readFrame(keep: boolean): Promise<Uint8Array | null> {
+    const need = this.#w * this.#h * 3;
+    const out = keep ? new Uint8Array(need) : null;
+    let have = 0;
+    while (have < need) {
+      if (!this.#pending.length) {
+        const { value, done } = await this.#reader!.read();
+        if (done) {
+          throw new ImageError(
+            this.path,
+            `video ended at frame ${this.#next} (fewer frames than probed)`,
+          );
+        }
+        this.#pending = value;
+      }
+      const k = Math.min(need - have, this.#pending.length);
+      out?.set(this.#pending.subarray(0, k), have);
+      this.#pending = this.#pending.subarray(k);
+      have += k;
+    }
+    this.#next++;
+    return out;
+  }
+
+  /** Frame `i` at native size (going back restarts the decoder). */
+  async frame(i: number): Promise<RgbImage> {
+    if (!this.#child || i < this.#next) await this.#start();
+    while (this.#next < i) await this.#readFrame(false);
+    const rgb = (await this.#readFrame(true))!; // (H,W,3)
+    const P = this.#w * this.#h, data = new Float32Array(3 * P); // (3,H,W)
+    for (let c = 0; c < 3; c++) for (let k = 0; k < P; k++) data[c * P + k] = rgb[k * 3 + c] / 255;
+    return { width: this.#w, height: this.#h, data };
+  }
+
+  async close(): Promise<void> {
+    if (this.#child) {
+      try {
+        await this.#reader?.cancel();
+      } catch { /* ignore */ }
+      try {
+        this.#child.kill();
+      } catch { /* already exited */ }
+      await this.#child.status.catch(() => {});
+    }
+    this.#child = null;
+    this.#reader = null;
+  }
+}
+
+/**
+ * Loads items' pixels (native size): image files, GIF frames (the last GIF's frames cached),
+ * video frames (one forward-streaming decoder per video, the last few kept open).
+ */
+export class ItemLoader {
+  #gifPath = "";
+  #gifFrames: RgbImage[] = [];
+  #videos = new Map<string, VideoStream>();
+  constructor(readonly table: ItemTable) {}
+
+  /** Native-size pixels of an item. */
+  async load(item: number): Promise<RgbImage> {
+    const [s, i] = this.table.locate(item);
+    const src = this.table.sources[s];
+    if (src.type === "folder" || src.type === "file") return await loadImage(src.files[i]);
+    if (src.type === "gif") {
+      if (this.#gifPath !== src.path) {
+        this.#gifFrames = await loadFrames(src.path);
+        this.#gifPath = src.path;
+      }
+      const f = this.#gifFrames[i];
+      if (!f) {
+        throw new ImageError(
+          src.path,
+          `GIF has ${this.#gifFrames.length} frames, frame ${i} requested`,
+        );
+      }
+      return f;
+    }
+    let v = this.#videos.get(src.path);
+    if (!v) {
+      if (this.#videos.size >= 4) {
+        const [oldest, stream] = this.#videos.entries().next().value!;
+        await stream.close();
+        this.#videos.delete(oldest);
+      }
+      v = new VideoStream(src.path);
+      this.#videos.set(src.path, v);
+    }
+    return await v.frame(i);
+  }
+
+  /** The tokenizer input of an image key. */
+  async render(key: number, opts: RenderOptions): Promise<RgbImage> {
+    return renderVariant(await this.load(keyItem(key)), key, opts);
+  }
+
+  /** Stops every decoder. */
+  async close(): Promise<void> {
+    for (const v of this.#videos.values()) await v.close();
+    this.#videos.clear();
+  }
+}
+
+/**
+ * Decodes and renders image files on worker threads (file items only: video and GIF frames are
+ * read in order on the calling thread). The result does not depend on the number of workers.
+ */
+export class RenderPool {
+  #workers: Worker[] = [];
+  #next = 0;
+  #id = 0;
+  #pending = new Map<
+    number,
+    { resolve: (img: RgbImage) => void; reject: (e: Error) => void; path: string }
+  >();
+
+  /** Starts `n` workers. */
+  constructor(n: number) {
+    for (let i = 0; i < n; i++) {
+      const w = new Worker(new URL("./_render_worker.ts", import.meta.url).href, {
+        type: "module",
+      });
+      w.onmessage = (e: MessageEvent) => {
+        const p = this.#pending.get(e.data.id);
+        if (!p) return;
+        this.#pending.delete(e.data.id);
+        if (e.data.error !== undefined) {
+          p.reject(new ImageError(p.path, e.data.error.replace(`${p.path}: `, "")));
+        } else p.resolve({ width: e.data.width, height: e.data.height, data: e.data.data });
+      };
+      w.onerror = (e: ErrorEvent) => {
+        e.preventDefault();
+        for (const p of this.#pending.values()) {
+          p.reject(new Error(`render worker failed: ${e.message}`));
+        }
+        this.#pending.clear();
+      };
+      this.#workers.push(w);
+    }
+  }
+
+  /** Number of workers. */
+  get size(): number {
+    return this.#workers.length;
+  }
+
+  /** Loads `path` and renders `key` on the next worker (round robin). */
+  render(path: string, key: number, opts: RenderOptions): Promise<RgbImage> {
+    const id = this.#id++;
+    const w = this.#workers[this.#next++ % this.#workers.length];
+    return new Promise((resolve, reject) => {
+      this.#pending.set(id, { resolve, reject, path });
+      w.postMessage({ id, path, key, render: opts });
+    });
+  }
+
+  /** Stops the workers. */
+  close(): void {
+    for (const w of this.#workers) w.terminate();
+    this.#workers = [];
+  }
+}
