@@ -348,18 +348,19 @@ export class Gpu {
   }
 
   /**
-   * Records one dispatch. Bindings 0..n-1 are the storage buffers in order; if `params` is given it is
-   * bound as a uniform at binding n. Nothing runs until {@link submit}.
+   * Records one dispatch. Bindings 0..n-1 are the storage buffers (or texture views) in order; if
+   * `params` is given it is bound as a uniform at binding n. Nothing runs until {@link submit}.
    */
   dispatch(
     pipeline: GPUComputePipeline,
-    bindings: readonly Binding[],
+    bindings: readonly (Binding | GPUTextureView)[],
     params: Params | Uint8Array | null,
     workgroups: number | readonly [number, number?, number?],
   ): void {
     const entries: GPUBindGroupEntry[] = bindings.map((b, i) => ({
       binding: i,
-      resource: { buffer: b instanceof Tensor ? b.buffer : b },
+      // A texture view (sampled or storage texture) binds as itself.
+      resource: b instanceof GPUTextureView ? b : { buffer: b instanceof Tensor ? b.buffer : b },
     }));
     if (params) {
       const bytes = params instanceof Params ? params.bytes : params;
@@ -388,6 +389,21 @@ export class Gpu {
     const n = bytes ?? (src instanceof Tensor ? Math.ceil(src.byteLength / 4) * 4 : s.size);
     this.#endPass();
     this.#enc().copyBufferToBuffer(s, srcOffset, d, dstOffset, n);
+  }
+
+  /**
+   * Records a buffer-to-texture copy, ordered with the dispatches around it. `layout` is WebGPU's
+   * buffer layout (byte `offset`; `bytesPerRow`, a multiple of 256, when more than one row).
+   */
+  copyToTexture(
+    src: Binding,
+    layout: { offset?: number; bytesPerRow?: number; rowsPerImage?: number },
+    dst: { texture: GPUTexture; origin?: GPUOrigin3D },
+    size: GPUExtent3D,
+  ): void {
+    const buffer = src instanceof Tensor ? src.buffer : src;
+    this.#endPass();
+    this.#enc().copyBufferToTexture({ buffer, ...layout }, dst, size);
   }
 
   /** Sends everything recorded so far to the GPU (no wait). */

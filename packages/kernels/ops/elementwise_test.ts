@@ -1,6 +1,6 @@
 import { getGpu } from "../gpu.ts";
 import { assertClose, finiteDiff, randn } from "../testing.ts";
-import { roundF16 } from "../tensor.ts";
+import { roundF16, type Tensor } from "../tensor.ts";
 import {
   add,
   biasAdd,
@@ -15,7 +15,11 @@ import {
   siluBackward,
 } from "./elementwise.ts";
 
-const SHAPES = [[1], [7], [45, 65], [3, 1025], [2, 3, 5]];
+// Odd sizes take the scalar kernel; sizes with N % 4 == 0 take the vec4 kernel ([2, 6] only when
+// no input is a row: its rows of 6 are not whole vec4s).
+const GELU =
+  "0.5 * a * (1.0 + tanh(clamp(0.7978845608 * (a + 0.044715 * a * a * a), -15.0, 15.0)))";
+const SHAPES = [[1], [7], [45, 65], [3, 1025], [2, 3, 5], [4], [8, 12], [5, 1028], [2, 6], [4100]];
 
 Deno.test("elementwise ops match CPU references on odd shapes", async (t) => {
   const gpu = await getGpu();
@@ -79,6 +83,24 @@ Deno.test("map: extreme values, f16 storage, scalar broadcast, bad shapes", asyn
   const S = gpu.upload([2.5], [1]);
   const y = await gpu.readF32(map(gpu, "a * b", [H, { t: S, as: "scalar" }]));
   assertClose(y, roundF16(odd).map((v) => v * 2.5), { atol: 1e-6, rtol: 1e-6 }, "f16 in, scalar");
+  // The same through the vec4 kernel (N % 4 == 0): f16 in and out, scalar and row broadcasts.
+  const even = randn(4 * 1031, 10, -300, 300);
+  const E = gpu.upload(even, [4, 1031]);
+  const E16 = gpu.upload(even, [4, 1031], "f16");
+  const halves = cast(gpu, E, "f16");
+  assertClose(await gpu.readF32(halves), roundF16(even), { atol: 0, rtol: 0 }, "vec4 f32->f16");
+  const y4 = await gpu.readF32(map(gpu, "a * b", [E16, { t: S, as: "scalar" }]));
+  assertClose(y4, roundF16(even).map((v) => v * 2.5), { atol: 1e-6, rtol: 1e-6 }, "vec4 f16 in");
+  const row = randn(8, 11);
+  const R8 = gpu.upload(row, [8], "f16");
+  const W = gpu.upload(even.subarray(0, 6 * 8), [6, 8]);
+  const z = await gpu.readF32(
+    map(gpu, "a - b", [W, { t: R8, as: "row" }], gpu.empty([6, 8], "f16")),
+  );
+  const zRef = roundF16(
+    mapCpu((u, w) => u - w, [{ data: even }, { data: roundF16(row), as: "row" }], 48, 8),
+  );
+  assertClose(z, zRef, { atol: 0, rtol: 0 }, "vec4 f16 row in, f16 out");
   let threw = false;
   try {
     add(gpu, X, gpu.upload([1, 2], [2]));
@@ -86,6 +108,65 @@ Deno.test("map: extreme values, f16 storage, scalar broadcast, bad shapes", asyn
     threw = /input b has shape \[2\]/.test(String(e));
   }
   if (!threw) throw new Error("shape mismatch was not reported");
+});
+
+Deno.test("map(): the tex, vec4 and scalar variants agree with the CPU reference", async (t) => {
+  const gpu = await getGpu();
+  const GELU_CPU = cpu.gelu;
+  for (const shape of [[4], [8, 12], [5, 1028], [4100], [65, 1028]]) {
+    const N = shape.reduce((a, b) => a * b, 1), C = shape[shape.length - 1];
+    const a = randn(N, N, -300, 300), b = randn(N, N + 1, -3, 3), row = randn(C, C + 2);
+    const A = gpu.upload(a, shape), B = gpu.upload(b, shape), Row = gpu.upload(row, [C]);
+    const S = gpu.upload([0.75], [1]);
+    for (const variant of ["tex", "vec4", "scalar"] as const) {
+      await t.step(`[${shape}] ${variant}`, async () => {
+        const x = [{ data: a }, { data: b }, { data: row, as: "row" as const }, {
+          data: [0.75],
+          as: "scalar" as const,
+        }];
+        const cases: [string, Tensor, Float32Array][] = [
+          [
+            "a + b",
+            map(gpu, "a + b", [A, B], undefined, { variant }),
+            mapCpu((u, v) => u + v, x, N, C),
+          ],
+          [
+            "a * b + c - d (row, scalar)",
+            map(
+              gpu,
+              "a * b + c - d",
+              [A, B, { t: Row, as: "row" }, { t: S, as: "scalar" }],
+              undefined,
+              {
+                variant,
+              },
+            ),
+            mapCpu((u, v, w, z) => u * v + w - z, x, N, C),
+          ],
+          [
+            "gelu",
+            map(gpu, GELU, [B], undefined, { variant }),
+            mapCpu(GELU_CPU, [{ data: b }], N, C),
+          ],
+          [
+            "a * 0.5 into f16",
+            map(gpu, "a * 0.5", [A], gpu.empty(shape, "f16"), { variant }),
+            roundF16(mapCpu((u) => u * 0.5, [{ data: a }], N, C)),
+          ],
+        ];
+        for (const [name, out, ref] of cases) {
+          assertClose(
+            await gpu.readF32(out),
+            ref,
+            { atol: 1e-5, rtol: 1e-5 },
+            `${name} ${variant}`,
+          );
+          out.release();
+        }
+      });
+    }
+    [A, B, Row, S].forEach((x) => x.release());
+  }
 });
 
 Deno.test("siluBackward matches finite differences", async () => {

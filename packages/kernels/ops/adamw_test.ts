@@ -1,0 +1,156 @@
+import { getGpu } from "../gpu.ts";
+import { assertClose, randn } from "../testing.ts";
+import { adamw, adamwCpu } from "./adamw.ts";
+import { clipScale, clipScaleCpu, gradNorm, gradNormCpu } from "./grad_norm.ts";
+
+interface FixtureCase {
+  name: string;
+  lr: number;
+  beta1: number;
+  beta2: number;
+  eps: number;
+  weightDecay: number;
+  maxNorm: number | null;
+  shapes: number[][];
+  init: number[][];
+  steps: { grads: number[][]; params: number[][]; norm?: number }[];
+  m: number[][];
+  v: number[][];
+}
+
+const FIXTURE = new URL("../../../tests/fixtures/kernels/adamw.json", import.meta.url);
+
+Deno.test("adamw() matches torch.optim.AdamW (fixture from tools/fixtures_adamw.py)", async (t) => {
+  const gpu = await getGpu();
+  const { cases } = JSON.parse(await Deno.readTextFile(FIXTURE)) as { cases: FixtureCase[] };
+  for (const c of cases) {
+    await t.step(c.name, async () => {
+      const hp = {
+        lr: c.lr,
+        beta1: c.beta1,
+        beta2: c.beta2,
+        eps: c.eps,
+        weightDecay: c.weightDecay,
+      };
+      const params = c.init.map((p, i) => gpu.upload(p, c.shapes[i]));
+      const ms = c.shapes.map((s) => gpu.zeros(s));
+      const vs = c.shapes.map((s) => gpu.zeros(s));
+      // The CPU reference runs alongside, so it is checked against PyTorch too.
+      const cpuP = c.init.map((p) => Float32Array.from(p));
+      const cpuM = c.init.map((p) => new Float32Array(p.length));
+      const cpuV = c.init.map((p) => new Float32Array(p.length));
+      for (const [k, step] of c.steps.entries()) {
+        const grads = step.grads.map((g, i) => gpu.upload(g, c.shapes[i]));
+        let scale = undefined;
+        let cpuScale = 1;
+        if (c.maxNorm !== null) {
+          const norm = gradNorm(gpu, grads);
+          scale = clipScale(gpu, norm, c.maxNorm);
+          const n = await gpu.readF32(norm);
+          assertClose(n, [step.norm!], { atol: 1e-6, rtol: 1e-6 }, `norm step ${k + 1}`);
+          const cpuNorm = gradNormCpu(step.grads);
+          assertClose([cpuNorm], [step.norm!], { atol: 1e-6, rtol: 1e-6 }, "cpu norm");
+          cpuScale = clipScaleCpu(cpuNorm, c.maxNorm);
+        }
+        grads.forEach((grad, i) =>
+          adamw(gpu, { param: params[i], grad, m: ms[i], v: vs[i] }, {
+            ...hp,
+            step: k + 1,
+            gradScale: scale,
+          })
+        );
+        const got = await gpu.readMany(params);
+        for (let i = 0; i < params.length; i++) {
+          adamwCpu(cpuP[i], step.grads[i], cpuM[i], cpuV[i], {
+            ...hp,
+            step: k + 1,
+            gradScale: cpuScale,
+          });
+          const tol = { atol: 1e-6, rtol: 1e-6 };
+          assertClose(got[i], step.params[i], tol, `${c.name}: param ${i} step ${k + 1}`);
+          assertClose(cpuP[i], step.params[i], tol, `${c.name}: cpu param ${i} step ${k + 1}`);
+        }
+      }
+      const [m, v] = [await gpu.readMany(ms), await gpu.readMany(vs)];
+      for (let i = 0; i < params.length; i++) {
+        assertClose(m[i], c.m[i], { atol: 1e-7, rtol: 1e-6 }, `${c.name}: exp_avg ${i}`);
+        assertClose(v[i], c.v[i], { atol: 1e-9, rtol: 1e-6 }, `${c.name}: exp_avg_sq ${i}`);
+      }
+    });
+  }
+});
+
+Deno.test("adamw() matches the CPU reference on odd sizes and extreme values", async (t) => {
+  const gpu = await getGpu();
+  const cases = [1, 7, 45 * 65, 1025, 4096, 8292].flatMap((n) =>
+    [false, true].flatMap((extreme) =>
+      (["tex", "vec4", "scalar"] as const).map((variant) => ({ n, extreme, variant }))
+    )
+  );
+  for (const { n, extreme, variant } of cases) {
+    {
+      await t.step(`N=${n}${extreme ? " +-300" : ""} ${variant}`, async () => {
+        const lo = extreme ? -300 : -1, hi = extreme ? 300 : 1;
+        const p = randn(n, n, lo, hi), m = randn(n, n + 1, lo, hi).map((x) => x * 0.1);
+        const v = randn(n, n + 2, 0, hi * hi);
+        const P = gpu.upload(p, [n]), M = gpu.upload(m, [n]), Vt = gpu.upload(v, [n]);
+        const S = gpu.upload([0.25], [1]);
+        const opts = { lr: 1e-3, beta1: 0.9, beta2: 0.95, eps: 1e-8, weightDecay: 0.1 };
+        for (let step = 1; step <= 3; step++) {
+          const g = randn(n, n * 10 + step, lo, hi);
+          const G = gpu.upload(g, [n]);
+          // Step 2 scales the gradient by a number and a tensor (0.5 * 0.25), as clipping does.
+          const scaled = step === 2;
+          adamw(gpu, { param: P, grad: G, m: M, v: Vt }, {
+            ...opts,
+            variant,
+            step,
+            gradScale: scaled ? 0.5 : undefined,
+            gradScaleTensor: scaled ? S : undefined,
+          });
+          adamwCpu(p, g, m, v, { ...opts, step, gradScale: scaled ? 0.125 : 1 });
+        }
+        const [gp, gm, gv] = await gpu.readMany([P, M, Vt]);
+        assertClose(gp, p, { atol: 1e-6, rtol: 1e-6 }, `param N=${n}`);
+        assertClose(gm, m, { atol: 1e-6, rtol: 1e-6 }, `m N=${n}`);
+        assertClose(gv, v, { atol: 1e-6, rtol: 1e-6 }, `v N=${n}`);
+      });
+    }
+  }
+});
+
+Deno.test("adamw(): bad inputs are reported", async () => {
+  const gpu = await getGpu();
+  const a = gpu.zeros([4]), b = gpu.zeros([4]), c = gpu.zeros([4]), d = gpu.zeros([3]);
+  const expectThrow = (f: () => unknown, re: RegExp) => {
+    let msg = "";
+    try {
+      f();
+    } catch (e) {
+      msg = String(e);
+    }
+    if (!re.test(msg)) throw new Error(`expected ${re}, got "${msg}"`);
+  };
+  expectThrow(
+    () => adamw(gpu, { param: a, grad: d, m: b, v: c }, { lr: 1, step: 1 }),
+    /grad has shape \[3\] \(3 elements\), expected 4/,
+  );
+  expectThrow(
+    () => adamw(gpu, { param: a, grad: a, m: b, v: c }, { lr: 1, step: 1 }),
+    /distinct buffers/,
+  );
+  expectThrow(
+    () => adamw(gpu, { param: a, grad: d.view([3]), m: b, v: c }, { lr: 1, step: 0 }),
+    /step must be an integer >= 1/,
+  );
+  expectThrow(
+    () =>
+      adamw(gpu, { param: a, grad: gpu.zeros([4]), m: b, v: c }, {
+        lr: 1,
+        step: 1,
+        gradScale: gpu.zeros([2]),
+      }),
+    /gradScale tensor has shape \[2\], expected \[1\]/,
+  );
+  await gpu.sync();
+});
