@@ -1,0 +1,1157 @@
+/**
+ * 2-D convolution of NCHW f32 images (PyTorch `F.conv2d` semantics, weights [out, in, kh, kw]) and its
+ * backward, as the VQGAN tokenizer needs them: 3x3 pad 1, 1x1, and the downsample's 3x3 stride 2 on an
+ * input zero-padded (top 0, bottom 1, left 0, right 1); any kernel size, stride and padding work.
+ *
+ * Why textures: on lavapipe (Mesa 22.3) every storage-buffer load inside a loop becomes a per-lane
+ * scalar loop with a bounds check, even when the address is uniform, while `textureLoad` of an
+ * rgba32float texel is one vectorised gather. Measured on a 3x3 128->128 conv at 64x64: both operands
+ * in buffers ~2 GFLOP per CPU-second, weights in a texture ~6, both in textures ~12, and ~15 with the
+ * chained accumulation below. So both operands are staged into textures by passes that cost one read
+ * and one write of each tensor:
+ *
+ * 1. `pad` pass: x -> rgba32float texture, each (batch, channel) plane zero-padded to (Hp, Wp) with
+ *    Wp a multiple of 4 (one texel = 4 consecutive pixels of a row) and laid out so that every texel
+ *    the main kernel reads exists: no bounds checks or selects in the inner loop. Planes are stacked
+ *    in columns to fit the 2-D texture size limit. The same pass dilates (for the stride-2 backward)
+ *    and nearest-upsamples (fusing the decoder's Upsample into its conv).
+ * 2. `wt` pass: W -> texture of [ci][kh][kw] rows x [co] texels (4 output channels per texel).
+ * 3. main kernel, an implicit GEMM: each invocation computes COT output channels x PY rows x PX
+ *    pixels in registers (COT*PY*PX accumulators) and per input channel reads COT/4*KH*KW weight texels
+ *    and ((PY-1)*S+KH) * ceil((S*(PX-1)+KW)/4) input texels: 4x8x8 = 2304 FMAs per 39 loads. Every
+ *    accumulator is assigned once per input channel by one chained fma expression (lavapipe turns each
+ *    assignment to a loop-carried variable into a masked load/blend/store). A 1-D workgroup of 64
+ *    invocations shares one block of output channels when the image has at least 64 tiles (uniform
+ *    weight reads); smaller images put several channel blocks in one workgroup. No shared memory, no
+ *    barriers. Bias and an optional residual (the res block's skip) are added on the way out.
+ *
+ * Backward:
+ * - dx = the same forward kernel on dy (dilated by the stride, padded by k-1-pad) with W rotated by 180
+ *   degrees and transposed; for stride 2 it spends 3/4 of its FMAs on the inserted zeros (only the 4
+ *   downsample convs of the VQGAN).
+ * - dW[co, ci, kh, kw] = sum over (b, pixel) of dy * xpad: an invocation owns 2 input channels and a
+ *   block of 8 output channels (144 accumulators for 3x3), reads dy and x as texels; the (b, row)
+ *   range is split over workgroups when there are too few (split-K), and the slices are summed by a
+ *   second pass in a fixed order: deterministic, no float atomics.
+ * - dbias[co] = a workgroup tree reduction per channel.
+ *
+ * Variants per adapter: the tile table ({@link conv2dTile}) is tuned on lavapipe; on a real GPU the same
+ * kernels run (texture reads are fast there too) with smaller tiles for occupancy. A shared-memory
+ * GPU variant is not written.
+ * @module
+ */
+import { type Gpu, grid, Params, WG_INDEX } from "../gpu.ts";
+import type { Tensor } from "../tensor.ts";
+import { upsampleNearest2xBackward } from "./upsample.ts";
+
+/** Register tile of the forward kernel: output channels x rows x pixels per invocation. */
+export interface ConvTile {
+  /** Output channels per invocation: 4, 8 or 16. */
+  cot: number;
+  /** Output rows per invocation (1..8). */
+  py: number;
+  /** Output pixels per row per invocation: 4, 8 or 16. */
+  px: number;
+}
+
+/** Options of {@link conv2d} and {@link conv2dBackward}. */
+export interface Conv2dOptions {
+  /** Stride in both directions (default 1). */
+  stride?: number;
+  /** Zero padding: one number for all sides, or [top, bottom, left, right] (default 0). */
+  pad?: number | readonly [number, number, number, number];
+  /** Nearest-upsample x by 2 before the conv (fused into the padding pass; default false). */
+  upsample2x?: boolean;
+}
+
+/** Options of {@link conv2d}'s forward: adds the fused residual, an output tensor, a tile override. */
+export interface Conv2dForwardOptions extends Conv2dOptions {
+  /** Added to the output (same shape as it): out = conv(x) + bias + residual. */
+  residual?: Tensor;
+  /** Where to write the output (must not alias an input). */
+  out?: Tensor;
+  /** Register tile to use instead of the table's choice (benchmarks). */
+  tile?: ConvTile;
+}
+
+/** Options of {@link conv2dBackward}: the forward's options plus which gradients to compute. */
+export interface Conv2dBackwardOptions extends Conv2dOptions {
+  /** Compute dx (default true). */
+  dx?: boolean;
+  /** Compute dw (default true). */
+  dw?: boolean;
+  /** Compute dbias (default true). */
+  dbias?: boolean;
+  /** Register tile of the dx convolution instead of the table's choice (tests, benchmarks). */
+  tile?: ConvTile;
+}
+
+/** Gradients of {@link conv2dBackward}; null where not requested. */
+export interface Conv2dGrads {
+  /** (B, Cin, H, W) */
+  dx: Tensor | null;
+  /** (Cout, Cin, KH, KW) */
+  dw: Tensor | null;
+  /** (Cout) */
+  dbias: Tensor | null;
+}
+
+const WG = 64;
+const COMP = ["x", "y", "z", "w"];
+
+/** The geometry of one convolution. */
+interface Geom {
+  B: number;
+  Cin: number;
+  H: number;
+  W: number;
+  Cout: number;
+  KH: number;
+  KW: number;
+  S: number;
+  pt: number;
+  pb: number;
+  pl: number;
+  pr: number;
+  /** Upsample factor applied to x first (1 or 2). */
+  up: number;
+  /** Input extent after the upsample. */
+  Hu: number;
+  Wu: number;
+  Ho: number;
+  Wo: number;
+}
+
+function padOf(p: Conv2dOptions["pad"]): [number, number, number, number] {
+  if (p === undefined) return [0, 0, 0, 0];
+  if (typeof p === "number") return [p, p, p, p];
+  return [p[0], p[1], p[2], p[3]];
+}
+
+function geometry(
+  fn: string,
+  xShape: readonly number[],
+  wShape: readonly number[],
+  o: Conv2dOptions,
+): Geom {
+  const [B, Cin, H, W] = xShape;
+  const [Cout, Cin2, KH, KW] = wShape;
+  if (Cin2 !== Cin) {
+    throw new RangeError(
+      `${fn}: w has ${Cin2} input channels but x has ${Cin} (x [${xShape}], w [${wShape}])`,
+    );
+  }
+  const S = o.stride ?? 1;
+  if (!Number.isInteger(S) || S < 1 || S > 4) {
+    throw new RangeError(`${fn}: stride must be an integer in 1..4, got ${S}`);
+  }
+  const [pt, pb, pl, pr] = padOf(o.pad);
+  for (const v of [pt, pb, pl, pr]) {
+    if (!Number.isInteger(v) || v < 0 || v > Math.max(KH, KW)) {
+      throw new RangeError(
+        `${fn}: padding must be integers in 0..${Math.max(KH, KW)}, got [${[pt, pb, pl, pr]}]`,
+      );
+    }
+  }
+  const up = o.upsample2x ? 2 : 1;
+  const Hu = H * up, Wu = W * up;
+  const Ho = Math.floor((Hu + pt + pb - KH) / S) + 1;
+  const Wo = Math.floor((Wu + pl + pr - KW) / S) + 1;
+  if (Ho < 1 || Wo < 1 || KH < 1 || KW < 1 || KH > 16 || KW > 16) {
+    throw new RangeError(
+      `${fn}: a ${KH}x${KW} kernel (at most 16x16) must fit the padded ${Hu}x${Wu} input`,
+    );
+  }
+  return { B, Cin, H, W, Cout, KH, KW, S, pt, pb, pl, pr, up, Hu, Wu, Ho, Wo };
+}
+
+function check(fn: string, name: string, t: Tensor | undefined, shape: readonly number[]) {
+  if (!t) return;
+  const n = shape.reduce((a, b) => a * b, 1);
+  if (t.dtype !== "f32" || t.size !== n) {
+    throw new RangeError(
+      `${fn}: ${name} must be f32 of shape [${shape}], got [${t.shape}] ${t.dtype}`,
+    );
+  }
+}
+
+function check4d(fn: string, name: string, t: Tensor, what: string) {
+  if (t.shape.length !== 4 || t.dtype !== "f32") {
+    throw new RangeError(
+      `${fn}: ${name} must be an f32 ${what} tensor, got [${t.shape}] ${t.dtype}`,
+    );
+  }
+}
+
+// ---------------------------------------------------------------------------------------------------
+// Textures: a small pool (sizes rounded up so that shapes reuse each other) and the plane layout.
+
+const texPools = new WeakMap<Gpu, Map<string, GPUTexture[]>>();
+
+function takeTexture(gpu: Gpu, w: number, h: number): GPUTexture {
+  const max = gpu.limits.maxTextureDimension2D;
+  const tw = Math.min(max, Math.ceil(w / 16) * 16);
+  const th = Math.min(max, Math.ceil(h / 64) * 64);
+  let pool = texPools.get(gpu);
+  if (!pool) texPools.set(gpu, pool = new Map());
+  const list = pool.get(`${tw}x${th}`);
+  if (list?.length) return list.pop()!;
+  return gpu.device.createTexture({
+    label: `conv2d ${tw}x${th}`,
+    size: [tw, th],
+    format: "rgba32float",
+    usage: GPUTextureUsage.TEXTURE_BINDING | GPUTextureUsage.STORAGE_BINDING,
+  });
+}
+
+/**
+ * Destroys the textures conv2d keeps for reuse (staged inputs and weights; the largest is one padded
+ * input, e.g. 69 MB for 256 channels at 256x256). They are made again when needed.
+ */
+export function conv2dReleaseTextures(gpu: Gpu): void {
+  const pool = texPools.get(gpu);
+  if (!pool) return;
+  for (const list of pool.values()) for (const t of list) t.destroy();
+  pool.clear();
+}
+
+function putTexture(gpu: Gpu, t: GPUTexture) {
+  const key = `${t.width}x${t.height}`;
+  const pool = texPools.get(gpu)!;
+  const list = pool.get(key);
+  if (list) list.push(t);
+  else pool.set(key, [t]);
+}
+
+/** Planes of (Hp rows x Wp4 texels) packed P per band, bands stacked: texel (u, v) of a texture. */
+interface PlaneLayout {
+  Hp: number;
+  Wp4: number;
+  P: number;
+  bands: number;
+}
+
+function planeLayout(gpu: Gpu, planes: number, Hp: number, Wp4: number): PlaneLayout | null {
+  // As few planes side by side as fit: texture rows are stored linearly, so a narrow texture keeps the
+  // rows one invocation reads close together in memory (fewer cache lines and TLB entries).
+  const max = gpu.limits.maxTextureDimension2D;
+  const perColumn = Math.floor(max / Hp);
+  if (perColumn < 1) return null;
+  const P = Math.ceil(planes / perColumn);
+  if (P * Wp4 > max) return null;
+  return { Hp, Wp4, P, bands: Math.ceil(planes / P) };
+}
+
+/** Largest batch chunk whose `chans`-channel planes of this size fit one texture. */
+function batchChunk(
+  fn: string,
+  gpu: Gpu,
+  B: number,
+  chans: number,
+  Hp: number,
+  Wp4: number,
+): number {
+  let bc = B;
+  while (bc > 0 && !planeLayout(gpu, bc * chans, Hp, Wp4)) bc = Math.floor(bc / 2);
+  if (bc === 0) {
+    throw new RangeError(
+      `${fn}: ${chans} planes of ${Hp}x${
+        Wp4 * 4
+      } (padded) do not fit one ${gpu.limits.maxTextureDimension2D}^2 texture`,
+    );
+  }
+  return bc;
+}
+
+// ---------------------------------------------------------------------------------------------------
+// Pass 1: zero-pad (dilate, upsample) planes into a texture.
+
+const PAD_WGSL = `
+@group(0) @binding(0) var<storage, read> x: array<f32>;
+@group(0) @binding(1) var tex: texture_storage_2d<rgba32float, write>;
+struct P {
+  N4: u32, H: u32, W: u32, Hp: u32, Wp4: u32, offT: i32, offL: i32, dil: i32, up: u32, P: u32,
+  plane0: u32,
+}
+@group(0) @binding(2) var<uniform> p: P;
+// Padded element (plane, r, c) is source element ((r - offT) / dil, (c - offL) / dil) of the
+// upsampled plane when that is a whole number inside it, else 0.
+fn src(plane: u32, r: i32, c: i32) -> f32 {
+  let yy = r - p.offT;
+  let xx = c - p.offL;
+  if (yy < 0 || xx < 0 || yy % p.dil != 0 || xx % p.dil != 0) { return 0.0; }
+  let sy = u32(yy / p.dil);
+  let sx = u32(xx / p.dil);
+  if (sy >= p.H * p.up || sx >= p.W * p.up) { return 0.0; }
+  return x[(plane * p.H + sy / p.up) * p.W + sx / p.up];
+}
+@compute @workgroup_size(256)
+fn main(@builtin(local_invocation_index) li: u32, @builtin(workgroup_id) wg: vec3u,
+        @builtin(num_workgroups) nwg: vec3u) {
+  let i = ${WG_INDEX} * 256u + li;
+  if (i >= p.N4) { return; }
+  let c4 = i % p.Wp4;
+  let pr = i / p.Wp4;            // plane * Hp + r
+  let r = pr % p.Hp;
+  let plane = pr / p.Hp;
+  let c = i32(c4 * 4u);
+  let sp = p.plane0 + plane;
+  let v = vec4f(src(sp, i32(r), c), src(sp, i32(r), c + 1), src(sp, i32(r), c + 2),
+                src(sp, i32(r), c + 3));
+  textureStore(tex, vec2u((plane % p.P) * p.Wp4 + c4, (plane / p.P) * p.Hp + r), v);
+}`;
+
+/**
+ * The common case (no dilation, no upsample, W a multiple of 4) reads the source as vec4s: two per
+ * output texel, shuffled by k = (-offL) mod 4 (lavapipe pays per load instruction, not per byte).
+ */
+const PAD_VEC_WGSL = (k: number) => `
+@group(0) @binding(0) var<storage, read> x: array<vec4f>;
+@group(0) @binding(1) var tex: texture_storage_2d<rgba32float, write>;
+struct P { N4: u32, H: u32, W4: u32, Hp: u32, Wp4: u32, offT: i32, offL: i32, P: u32, plane0: u32 }
+@group(0) @binding(2) var<uniform> p: P;
+fn ld(rowbase: u32, a: i32) -> vec4f {
+  if (a < 0 || a >= i32(p.W4)) { return vec4f(0.0); }
+  return x[rowbase + u32(a)];
+}
+@compute @workgroup_size(256)
+fn main(@builtin(local_invocation_index) li: u32, @builtin(workgroup_id) wg: vec3u,
+        @builtin(num_workgroups) nwg: vec3u) {
+  let i = ${WG_INDEX} * 256u + li;
+  if (i >= p.N4) { return; }
+  let c4 = i % p.Wp4;
+  let pr = i / p.Wp4;            // plane * Hp + r
+  let r = pr % p.Hp;
+  let plane = pr / p.Hp;
+  let yy = i32(r) - p.offT;
+  var v = vec4f(0.0);
+  if (yy >= 0 && yy < i32(p.H)) {
+    let rowbase = ((p.plane0 + plane) * p.H + u32(yy)) * p.W4;
+    let a = (i32(c4 * 4u) - p.offL - ${k}) / 4;  // exact: the difference is a multiple of 4
+    let lo = ld(rowbase, a);
+    ${
+  k === 0 ? "v = lo;" : `let hi = ld(rowbase, a + 1);
+    v = vec4f(${
+    ["lo.x", "lo.y", "lo.z", "lo.w", "hi.x", "hi.y", "hi.z"].slice(k, k + 4).join(", ")
+  });`
+}
+  }
+  textureStore(tex, vec2u((plane % p.P) * p.Wp4 + c4, (plane / p.P) * p.Hp + r), v);
+}`;
+
+interface Staged {
+  tex: GPUTexture;
+  view: GPUTextureView;
+  lay: PlaneLayout;
+}
+
+/**
+ * Stages `planes` planes (from plane `plane0` of src, each H x W) into a texture of padded
+ * (Hp, Wp4*4) planes with the source at (offT, offL), dilated by `dil`, upsampled by `up`.
+ */
+function stage(
+  gpu: Gpu,
+  src: Tensor,
+  plane0: number,
+  planes: number,
+  H: number,
+  W: number,
+  lay: PlaneLayout,
+  offT: number,
+  offL: number,
+  dil = 1,
+  up = 1,
+): Staged {
+  const tex = takeTexture(gpu, Math.min(planes, lay.P) * lay.Wp4, lay.bands * lay.Hp);
+  const view = tex.createView();
+  const N4 = planes * lay.Hp * lay.Wp4;
+  if (dil === 1 && up === 1 && W % 4 === 0) {
+    const k = (((-offL) % 4) + 4) % 4;
+    gpu.dispatch(
+      gpu.pipeline(`conv2d_pad_vec|${k}`, () => PAD_VEC_WGSL(k)),
+      [src, view],
+      new Params().u32(N4).u32(H).u32(W / 4).u32(lay.Hp).u32(lay.Wp4).i32(offT).i32(offL).u32(lay.P)
+        .u32(plane0),
+      grid(Math.ceil(N4 / 256)),
+    );
+    return { tex, view, lay };
+  }
+  gpu.dispatch(
+    gpu.pipeline("conv2d_pad", PAD_WGSL),
+    [src, view],
+    new Params().u32(N4).u32(H).u32(W).u32(lay.Hp).u32(lay.Wp4).i32(offT).i32(offL).i32(dil).u32(up)
+      .u32(lay.P).u32(plane0),
+    grid(Math.ceil(N4 / 256)),
+  );
+  return { tex, view, lay };
+}
+
+// ---------------------------------------------------------------------------------------------------
+// Pass 2: weights -> texture. Row R = (cin, kh, kw) (or (cout, kh', kw') flipped for dx), texel c4
+// holds output channels 4*c4..4*c4+3 (zero past the end). Rows wrap into bands of wH rows, wH a
+// multiple of KH*KW so that one input channel's taps never straddle bands.
+
+const WT_WGSL = `
+@group(0) @binding(0) var<storage, read> w: array<f32>;
+@group(0) @binding(1) var tex: texture_storage_2d<rgba32float, write>;
+struct P { N: u32, Cout: u32, Cin: u32, KHW: u32, CoP4: u32, flip: u32, wH: u32 }
+@group(0) @binding(2) var<uniform> p: P;
+fn at(row: u32, col: u32) -> f32 {
+  let k = row % p.KHW;
+  if (p.flip == 0u) {
+    // row = (ci, kh, kw), col = co
+    if (col >= p.Cout) { return 0.0; }
+    return w[(col * p.Cin + row / p.KHW) * p.KHW + k];
+  }
+  // row = (co, kh', kw'), col = ci; the kernel rotated by 180 degrees
+  if (col >= p.Cin) { return 0.0; }
+  return w[((row / p.KHW) * p.Cin + col) * p.KHW + (p.KHW - 1u - k)];
+}
+@compute @workgroup_size(256)
+fn main(@builtin(local_invocation_index) li: u32, @builtin(workgroup_id) wg: vec3u,
+        @builtin(num_workgroups) nwg: vec3u) {
+  let i = ${WG_INDEX} * 256u + li;
+  if (i >= p.N) { return; }
+  let row = i / p.CoP4;
+  let c4 = i % p.CoP4;
+  let v = vec4f(at(row, c4 * 4u), at(row, c4 * 4u + 1u), at(row, c4 * 4u + 2u), at(row, c4 * 4u + 3u));
+  textureStore(tex, vec2u((row / p.wH) * p.CoP4 + c4, row % p.wH), v);
+}`;
+
+interface StagedW extends Staged {
+  CoP4: number;
+  wH: number;
+}
+
+function stageWeights(gpu: Gpu, w: Tensor, cot: number, flip: boolean): StagedW {
+  const [Cout, Cin, KH, KW] = w.shape;
+  const KHW = KH * KW;
+  const rows = (flip ? Cout : Cin) * KHW;
+  const cols = flip ? Cin : Cout;
+  const CoP4 = Math.ceil(cols / cot) * (cot / 4);
+  const max = gpu.limits.maxTextureDimension2D;
+  const wH = Math.min(Math.floor(max / KHW) * KHW, rows);
+  const bands = Math.ceil(rows / wH);
+  if (bands * CoP4 > max) {
+    throw new RangeError(`conv2d: weights [${w.shape}] are too large for one ${max}^2 texture`);
+  }
+  const tex = takeTexture(gpu, bands * CoP4, wH);
+  const view = tex.createView();
+  const N = rows * CoP4;
+  gpu.dispatch(
+    gpu.pipeline("conv2d_wt", WT_WGSL),
+    [w, view],
+    new Params().u32(N).u32(Cout).u32(Cin).u32(KHW).u32(CoP4).u32(flip ? 1 : 0).u32(wH),
+    grid(Math.ceil(N / 256)),
+  );
+  return { tex, view, lay: { Hp: wH, Wp4: CoP4, P: bands, bands: 1 }, CoP4, wH };
+}
+
+// ---------------------------------------------------------------------------------------------------
+// Pass 3: the register-blocked implicit GEMM.
+
+interface FwdCfg extends ConvTile {
+  KH: number;
+  KW: number;
+  S: number;
+  bias: boolean;
+  res: boolean;
+  /** Output rows are a multiple of 4 floats: vec4 stores. */
+  vecOut: boolean;
+}
+
+/** Texels one invocation reads per input row: positions S*px + kw for px < PX, kw < KW. */
+function texelsPerRow(px: number, S: number, KW: number): number {
+  return Math.ceil((S * (px - 1) + KW) / 4);
+}
+
+function fwdWgsl(c: FwdCfg): string {
+  const { cot, px, py, KH, KW, S } = c;
+  const QN = px / 4; // output quads per row
+  const NV = texelsPerRow(px, S, KW);
+  const WV = cot / 4;
+  const R = (py - 1) * S + KH; // input rows per invocation
+  const L: string[] = [];
+  let b = 0;
+  L.push(`@group(0) @binding(${b++}) var xt: texture_2d<f32>;`);
+  L.push(`@group(0) @binding(${b++}) var wt: texture_2d<f32>;`);
+  if (c.bias) L.push(`@group(0) @binding(${b++}) var<storage, read> bias: array<f32>;`);
+  const ot = c.vecOut ? "vec4f" : "f32";
+  if (c.res) L.push(`@group(0) @binding(${b++}) var<storage, read> res: array<${ot}>;`);
+  L.push(`@group(0) @binding(${b++}) var<storage, read_write> out: array<${ot}>;`);
+  L.push(`struct P {
+  Cin: u32, Cout: u32, Ho: u32, Wo: u32, nTx: u32, nTiles: u32, coBlocks: u32, P: u32, Wp4: u32,
+  Hp: u32, wH: u32, CoP4: u32, b0: u32, T: u32, G: u32,
+}`);
+  L.push(`@group(0) @binding(${b++}) var<uniform> p: P;`);
+  L.push(`@compute @workgroup_size(${WG})`);
+  L.push(`fn main(@builtin(local_invocation_index) li: u32, @builtin(workgroup_id) wg: vec3u) {`);
+  // No early return: it would put the loop in divergent control flow. Dead invocations compute a
+  // clamped tile and store nothing.
+  // T invocations per channel block, G = 64 / T blocks per workgroup (T = 64 unless the image is small).
+  // Channel blocks vary fastest over workgroups: consecutive workgroups read the same input region
+  // (still in cache) with different weights (which fit in cache).
+  L.push(`  let tile0 = wg.y * p.T + li % p.T;`);
+  L.push(`  let cb0 = wg.x * p.G + li / p.T;`);
+  L.push(`  let live = tile0 < p.nTiles && cb0 < p.coBlocks;`);
+  L.push(`  let tile = min(tile0, p.nTiles - 1u);`);
+  L.push(`  let cb = min(cb0, p.coBlocks - 1u);`);
+  L.push(`  let ty = tile / p.nTx;`);
+  L.push(`  let tx = tile - ty * p.nTx;`);
+  L.push(`  let bl = wg.z;`);
+  for (let o = 0; o < cot; o++) {
+    for (let y = 0; y < py; y++) {
+      for (let q = 0; q < QN; q++) L.push(`  var a${o}_${y}_${q} = vec4f(0.0);`);
+    }
+  }
+  L.push(`  let wc = cb * ${WV}u;`);
+  L.push(`  for (var ci = 0u; ci < p.Cin; ci++) {`);
+  L.push(`    let plane = bl * p.Cin + ci;`);
+  L.push(`    let xu = (plane % p.P) * p.Wp4 + tx * ${(px * S) / 4}u;`);
+  L.push(`    let xv = (plane / p.P) * p.Hp + ty * ${py * S}u;`);
+  L.push(`    let r0 = ci * ${KH * KW}u;`);
+  L.push(`    let wu = (r0 / p.wH) * p.CoP4 + wc;`);
+  L.push(`    let wv = r0 % p.wH;`);
+  // All texels of this input channel first (KH*KW*COT/4 weights, R*NV inputs), then one chained
+  // expression per accumulator: lavapipe turns every assignment to a loop-carried variable into a
+  // masked load/blend/store, so each accumulator is assigned once per input channel (KH*KW fused
+  // multiply-adds per assignment; 25% faster than assigning after each FMA). Two input channels per
+  // iteration measured no faster.
+  for (let k = 0; k < KH * KW; k++) {
+    for (let j = 0; j < WV; j++) {
+      L.push(`    let w${k}_${j} = textureLoad(wt, vec2u(wu + ${j}u, wv + ${k}u), 0);`);
+    }
+  }
+  for (let r = 0; r < R; r++) {
+    for (let v = 0; v < NV; v++) {
+      L.push(`    let v${r}_${v} = textureLoad(xt, vec2u(xu + ${v}u, xv + ${r}u), 0);`);
+    }
+  }
+  for (let o = 0; o < cot; o++) {
+    for (let y = 0; y < py; y++) {
+      for (let q = 0; q < QN; q++) {
+        let e = `a${o}_${y}_${q}`;
+        for (let kh = 0; kh < KH; kh++) {
+          const r = y * S + kh;
+          for (let kw = 0; kw < KW; kw++) {
+            // Output pixel q*4+i of the row reads padded column S*(q*4+i) + kw.
+            const pos = [0, 1, 2, 3].map((i) => S * (q * 4 + i) + kw);
+            const xs = S === 1 && pos[0] % 4 === 0
+              ? `v${r}_${pos[0] >> 2}`
+              : `vec4f(${pos.map((p) => `v${r}_${p >> 2}.${COMP[p & 3]}`).join(", ")})`;
+            e = `fma(vec4f(w${kh * KW + kw}_${o >> 2}.${COMP[o & 3]}), ${xs}, ${e})`;
+          }
+        }
+        L.push(`    a${o}_${y}_${q} = ${e};`);
+      }
+    }
+  }
+  L.push(`  }`);
+  // Epilogue: bias, residual, bounds-checked stores.
+  L.push(`  if (!live) { return; }`);
+  L.push(`  let bi = p.b0 + bl;`);
+  L.push(`  let ox0 = tx * ${px}u;`);
+  for (let o = 0; o < cot; o++) {
+    L.push(`  {`);
+    L.push(`    let co = cb * ${cot}u + ${o}u;`);
+    L.push(`    if (co < p.Cout) {`);
+    if (c.bias) L.push(`      let bv = bias[co];`);
+    for (let y = 0; y < py; y++) {
+      L.push(`      {`);
+      L.push(`        let oh = ty * ${py}u + ${y}u;`);
+      L.push(`        let ob = ((bi * p.Cout + co) * p.Ho + oh) * p.Wo + ox0;`);
+      L.push(`        if (oh < p.Ho) {`);
+      for (let q = 0; q < QN; q++) {
+        let v = `a${o}_${y}_${q}`;
+        if (c.bias) v = `(${v} + vec4f(bv))`;
+        if (c.vecOut) {
+          const idx = `ob / 4u + ${q}u`;
+          if (c.res) v = `${v} + res[${idx}]`;
+          L.push(`          if (ox0 + ${q * 4}u < p.Wo) { out[${idx}] = ${v}; }`);
+        } else {
+          L.push(`          {`);
+          L.push(`            let s = ${v};`);
+          for (let i = 0; i < 4; i++) {
+            const idx = `ob + ${q * 4 + i}u`;
+            const val = c.res ? `s.${COMP[i]} + res[${idx}]` : `s.${COMP[i]}`;
+            L.push(`            if (ox0 + ${q * 4 + i}u < p.Wo) { out[${idx}] = ${val}; }`);
+          }
+          L.push(`          }`);
+        }
+      }
+      L.push(`        }`);
+      L.push(`      }`);
+    }
+    L.push(`    }`);
+    L.push(`  }`);
+  }
+  L.push(`}`);
+  return L.join("\n");
+}
+
+/**
+ * The forward tile this adapter uses for a conv of `Cout` outputs of Ho x Wo with a KH x KW kernel
+ * and stride S (the table measured by tools/bench/tokenizer_ops.ts).
+ */
+export function conv2dTile(
+  gpu: Gpu,
+  Cout: number,
+  Ho: number,
+  Wo: number,
+  KH: number,
+  KW: number,
+  S: number,
+): ConvTile {
+  // Measured on lavapipe (GFLOP per CPU-second, 3x3 s1 at 16..256 px: 4x8x8 ~11-14 and best or
+  // within noise of the best at every size; s2: 8x4x8; 1x1: 16x2x8). Bigger tiles compile for seconds.
+  const cpu = gpu.kind === "cpu";
+  const one = KH * KW === 1;
+  const cot = Cout <= 4 ? 4 : one ? 16 : S > 1 || !cpu ? 8 : 4;
+  const px = Wo <= 4 ? 4 : 8;
+  const rows = 2 ** Math.floor(Math.log2(Math.max(1, Ho))); // the largest power of two <= Ho
+  const py = Math.min(rows, !cpu || one ? 2 : S > 1 ? 4 : 8);
+  return { cot, px, py };
+}
+
+function validTile(t: ConvTile) {
+  if (![4, 8, 16].includes(t.cot) || ![4, 8, 16].includes(t.px) || !(t.py >= 1 && t.py <= 8)) {
+    throw new RangeError(
+      `conv2d: tile {cot ${t.cot}, py ${t.py}, px ${t.px}} is not one of cot 4|8|16, py 1..8, px 4|8|16`,
+    );
+  }
+}
+
+/** Padded plane (Hp, Wp4) that covers every texel the forward kernel reads for this tile. */
+function fwdPlane(Ho: number, Wo: number, KH: number, KW: number, S: number, t: ConvTile) {
+  const nTx = Math.ceil(Wo / t.px), nTy = Math.ceil(Ho / t.py);
+  const Hp = (nTy * t.py - 1) * S + KH;
+  const Wp4 = ((nTx - 1) * t.px * S) / 4 + texelsPerRow(t.px, S, KW);
+  return { nTx, nTy, Hp, Wp4 };
+}
+
+function nextPow2(n: number): number {
+  return 2 ** Math.ceil(Math.log2(Math.max(1, n)));
+}
+
+/** Records the main kernel over a staged input chunk (batch b0..b0+bc) and staged weights. */
+function launchFwd(
+  gpu: Gpu,
+  xs: Staged,
+  ws: StagedW,
+  bias: Tensor | undefined,
+  res: Tensor | undefined,
+  out: Tensor,
+  g: { Cin: number; Cout: number; Ho: number; Wo: number; b0: number; bc: number },
+  k: { KH: number; KW: number; S: number },
+  tile: ConvTile,
+) {
+  const { nTx, nTy } = fwdPlane(g.Ho, g.Wo, k.KH, k.KW, k.S, tile);
+  const nTiles = nTx * nTy;
+  const coBlocks = Math.ceil(g.Cout / tile.cot);
+  const T = Math.min(WG, nextPow2(nTiles));
+  const cfg: FwdCfg = { ...tile, ...k, bias: !!bias, res: !!res, vecOut: g.Wo % 4 === 0 };
+  const key = [
+    "conv2d_fwd",
+    tile.cot,
+    tile.py,
+    tile.px,
+    k.KH,
+    k.KW,
+    k.S,
+    cfg.bias,
+    cfg.res,
+    cfg.vecOut,
+  ]
+    .join("|");
+  const pipe = gpu.pipeline(key, () => fwdWgsl(cfg));
+  const binds = [xs.view, ws.view, ...(bias ? [bias] : []), ...(res ? [res] : []), out];
+  gpu.dispatch(
+    pipe,
+    binds,
+    new Params().u32(g.Cin).u32(g.Cout).u32(g.Ho).u32(g.Wo).u32(nTx).u32(nTiles).u32(coBlocks)
+      .u32(xs.lay.P).u32(xs.lay.Wp4).u32(xs.lay.Hp).u32(ws.wH).u32(ws.CoP4).u32(g.b0).u32(T)
+      .u32(WG / T),
+    [Math.ceil(coBlocks / (WG / T)), Math.ceil(nTiles / T), g.bc],
+  );
+}
+
+/**
+ * Convolution of `x` (with Cin channels; `inShape` = its (B, Cin, H, W)) into `out`
+ * (B, Cout, Ho, Wo): stages batch chunks of x and the weights into textures, runs the main kernel.
+ */
+function convCore(
+  gpu: Gpu,
+  fn: string,
+  x: Tensor,
+  inShape: { B: number; C: number; H: number; W: number },
+  ws: StagedW,
+  bias: Tensor | undefined,
+  res: Tensor | undefined,
+  out: Tensor,
+  g: { Cout: number; Ho: number; Wo: number; KH: number; KW: number; S: number },
+  pad: { offT: number; offL: number; dil: number; up: number },
+  tile: ConvTile,
+) {
+  const { Hp, Wp4 } = fwdPlane(g.Ho, g.Wo, g.KH, g.KW, g.S, tile);
+  const { B, C } = inShape;
+  const bc = batchChunk(fn, gpu, B, C, Hp, Wp4);
+  for (let b0 = 0; b0 < B; b0 += bc) {
+    const n = Math.min(bc, B - b0);
+    const lay = planeLayout(gpu, n * C, Hp, Wp4)!;
+    const xs = stage(
+      gpu,
+      x,
+      b0 * C,
+      n * C,
+      inShape.H,
+      inShape.W,
+      lay,
+      pad.offT,
+      pad.offL,
+      pad.dil,
+      pad.up,
+    );
+    launchFwd(
+      gpu,
+      xs,
+      ws,
+      bias,
+      res,
+      out,
+      { Cin: C, Cout: g.Cout, Ho: g.Ho, Wo: g.Wo, b0, bc: n },
+      g,
+      tile,
+    );
+    putTexture(gpu, xs.tex);
+  }
+}
+
+/**
+ * 2-D convolution, NCHW: x (B,Cin,H,W), w (Cout,Cin,KH,KW), bias (Cout) -> (B,Cout,Ho,Wo) with
+ * Ho = floor((H + top + bottom - KH) / stride) + 1 (likewise Wo). `residual` (B,Cout,Ho,Wo) is added to
+ * the result (fused). `upsample2x` first nearest-upsamples x by 2 (fused; H, W above are then 2H, 2W).
+ *
+ * @example
+ * ```ts
+ * import { getGpu } from "../gpu.ts";
+ * import { conv2d } from "./conv2d.ts";
+ * const gpu = await getGpu();
+ * const x = gpu.upload(new Float32Array(2 * 3 * 8 * 8).fill(1), [2, 3, 8, 8]);
+ * const w = gpu.upload(new Float32Array(5 * 3 * 3 * 3).fill(0.5), [5, 3, 3, 3]);
+ * const y = conv2d(gpu, x, w, undefined, { pad: 1 }); // (2, 5, 8, 8)
+ * const down = conv2d(gpu, x, w, undefined, { stride: 2, pad: [0, 1, 0, 1] }); // (2, 5, 4, 4)
+ * ```
+ */
+export function conv2d(
+  gpu: Gpu,
+  x: Tensor,
+  w: Tensor,
+  bias?: Tensor,
+  opts: Conv2dForwardOptions = {},
+): Tensor {
+  check4d("conv2d", "x", x, "(B,Cin,H,W)");
+  check4d("conv2d", "w", w, "(Cout,Cin,KH,KW)");
+  const g = geometry("conv2d", x.shape, w.shape, opts);
+  const { B, Cin, Cout, KH, KW, S, Ho, Wo } = g;
+  const outShape = [B, Cout, Ho, Wo];
+  check("conv2d", "bias", bias, [Cout]);
+  check("conv2d", "residual", opts.residual, outShape);
+  const out = opts.out ?? gpu.empty(outShape); // (B,Cout,Ho,Wo)
+  check("conv2d", "out", out, outShape);
+  for (const t of [x, w, bias, opts.residual]) {
+    if (t && t.buffer === out.buffer) throw new RangeError("conv2d: out aliases an input");
+  }
+  const tile = opts.tile ?? conv2dTile(gpu, Cout, Ho, Wo, KH, KW, S);
+  validTile(tile);
+  const ws = stageWeights(gpu, w, tile.cot, false);
+  convCore(
+    gpu,
+    "conv2d",
+    x,
+    { B, C: Cin, H: g.H, W: g.W },
+    ws,
+    bias,
+    opts.residual,
+    out,
+    g,
+    { offT: g.pt, offL: g.pl, dil: 1, up: g.up },
+    tile,
+  );
+  putTexture(gpu, ws.tex);
+  return out;
+}
+
+// ---------------------------------------------------------------------------------------------------
+// Backward.
+
+interface DwCfg {
+  cot: number;
+  /** Input channels per invocation. */
+  cit: number;
+  px: number;
+  KH: number;
+  KW: number;
+  S: number;
+}
+
+/**
+ * dW partial sums. Invocation = (CIT input channels, block of COT output channels) with
+ * COT*CIT*KH*KW accumulators; workgroup z = a slice of the (b, output row) range. Per row segment of
+ * PX pixels it reads COT*PX/4 dy texels (uniform across the workgroup) and CIT*KH*NV x texels.
+ */
+function dwWgsl(c: DwCfg): string {
+  const { cot, cit, px, KH, KW, S } = c;
+  const QN = px / 4;
+  const NV = texelsPerRow(px, S, KW);
+  const KHW = KH * KW;
+  const L: string[] = [];
+  L.push(`@group(0) @binding(0) var xt: texture_2d<f32>;`);
+  L.push(`@group(0) @binding(1) var dyt: texture_2d<f32>;`);
+  L.push(`@group(0) @binding(2) var<storage, read_write> part: array<f32>;`);
+  L.push(`struct P {
+  Cin: u32, Cout: u32, Ho: u32, nTx: u32, rows: u32, rowsPer: u32, coBlocks: u32,
+  xP: u32, xWp4: u32, xHp: u32, dP: u32, dWp4: u32, dHp: u32, part0: u32, T: u32, G: u32,
+}`);
+  L.push(`@group(0) @binding(3) var<uniform> p: P;`);
+  L.push(`@compute @workgroup_size(${WG})`);
+  L.push(`fn main(@builtin(local_invocation_index) li: u32, @builtin(workgroup_id) wg: vec3u) {`);
+  // T invocations (groups of CIT input channels) per channel block, G = 64 / T blocks per workgroup.
+  L.push(`  let cg = wg.x * p.T + li % p.T;`);
+  L.push(`  let cb0 = wg.y * p.G + li / p.T;`);
+  L.push(`  let live = cg * ${cit}u < p.Cin && cb0 < p.coBlocks;`);
+  L.push(`  let cb = min(cb0, p.coBlocks - 1u);`);
+  L.push(`  let slice = wg.z;`);
+  // Channels past the end read the last one (never stored).
+  for (let j = 0; j < cit; j++) L.push(`  let ci${j} = min(cg * ${cit}u + ${j}u, p.Cin - 1u);`);
+  for (let o = 0; o < cot; o++) L.push(`  let co${o} = min(cb * ${cot}u + ${o}u, p.Cout - 1u);`);
+  for (let o = 0; o < cot; o++) {
+    for (let j = 0; j < cit; j++) {
+      for (let k = 0; k < KHW; k++) L.push(`  var a${o}_${j}_${k} = 0.0;`);
+    }
+  }
+  L.push(`  let r1 = min((slice + 1u) * p.rowsPer, p.rows);`);
+  L.push(`  for (var r = slice * p.rowsPer; r < r1; r++) {`);
+  L.push(`    let bl = r / p.Ho;`);
+  L.push(`    let oh = r - bl * p.Ho;`);
+  for (let j = 0; j < cit; j++) {
+    L.push(`    let xp${j} = bl * p.Cin + ci${j};`);
+    L.push(`    let xu${j} = (xp${j} % p.xP) * p.xWp4;`);
+    L.push(`    let xv${j} = (xp${j} / p.xP) * p.xHp + oh * ${S}u;`);
+  }
+  for (let o = 0; o < cot; o++) {
+    L.push(`    let dp${o} = bl * p.Cout + co${o};`);
+    L.push(`    let du${o} = (dp${o} % p.dP) * p.dWp4;`);
+    L.push(`    let dv${o} = (dp${o} / p.dP) * p.dHp + oh;`);
+  }
+  L.push(`    for (var tx = 0u; tx < p.nTx; tx++) {`);
+  for (let o = 0; o < cot; o++) {
+    for (let q = 0; q < QN; q++) {
+      L.push(
+        `      let d${o}_${q} = textureLoad(dyt, vec2u(du${o} + tx * ${QN}u + ${q}u, dv${o}), 0);`,
+      );
+    }
+  }
+  for (let j = 0; j < cit; j++) {
+    for (let kh = 0; kh < KH; kh++) {
+      L.push(`      {`);
+      for (let v = 0; v < NV; v++) {
+        const col = `xu${j} + tx * ${(px * S) / 4}u + ${v}u`;
+        L.push(`        let v${v} = textureLoad(xt, vec2u(${col}, xv${j} + ${kh}u), 0);`);
+      }
+      for (let kw = 0; kw < KW; kw++) {
+        for (let q = 0; q < QN; q++) {
+          const pos = [0, 1, 2, 3].map((i) => S * (q * 4 + i) + kw);
+          const aligned = S === 1 && pos[0] % 4 === 0;
+          const xs = aligned
+            ? `v${pos[0] >> 2}`
+            : `vec4f(${pos.map((p) => `v${p >> 2}.${COMP[p & 3]}`).join(", ")})`;
+          L.push(`        let x${kw}_${q} = ${xs};`);
+        }
+        const k = kh * KW + kw;
+        for (let o = 0; o < cot; o++) {
+          const terms = [...Array(QN).keys()].map((q) => `dot(d${o}_${q}, x${kw}_${q})`).join(
+            " + ",
+          );
+          L.push(`        a${o}_${j}_${k} += ${terms};`);
+        }
+      }
+      L.push(`      }`);
+    }
+  }
+  L.push(`    }`);
+  L.push(`  }`);
+  L.push(`  if (!live) { return; }`);
+  L.push(`  let n = p.Cout * p.Cin * ${KHW}u;`);
+  for (let o = 0; o < cot; o++) {
+    for (let j = 0; j < cit; j++) {
+      L.push(`  if (cb * ${cot}u + ${o}u < p.Cout && cg * ${cit}u + ${j}u < p.Cin) {`);
+      L.push(
+        `    let base = (p.part0 + slice) * n + ((cb * ${cot}u + ${o}u) * p.Cin + ci${j}) * ${KHW}u;`,
+      );
+      for (let k = 0; k < KHW; k++) L.push(`    part[base + ${k}u] = a${o}_${j}_${k};`);
+      L.push(`  }`);
+    }
+  }
+  L.push(`}`);
+  return L.join("\n");
+}
+
+const SUM_SLICES_WGSL = `
+@group(0) @binding(0) var<storage, read> part: array<f32>;
+@group(0) @binding(1) var<storage, read_write> out: array<f32>;
+struct P { N: u32, S: u32 }
+@group(0) @binding(2) var<uniform> p: P;
+@compute @workgroup_size(256)
+fn main(@builtin(local_invocation_index) li: u32, @builtin(workgroup_id) wg: vec3u,
+        @builtin(num_workgroups) nwg: vec3u) {
+  let i = ${WG_INDEX} * 256u + li;
+  if (i >= p.N) { return; }
+  var s = 0.0;
+  for (var k = 0u; k < p.S; k++) { s += part[k * p.N + i]; }
+  out[i] = s;
+}`;
+
+const DBIAS_WGSL = `
+@group(0) @binding(0) var<storage, read> dy: array<f32>;
+@group(0) @binding(1) var<storage, read_write> db: array<f32>;
+struct P { B: u32, C: u32, HW: u32 }
+@group(0) @binding(2) var<uniform> p: P;
+var<workgroup> sh: array<f32, 256>;
+@compute @workgroup_size(256)
+fn main(@builtin(local_invocation_index) li: u32, @builtin(workgroup_id) wg: vec3u) {
+  let co = wg.x;
+  var s = 0.0;
+  for (var b = 0u; b < p.B; b++) {
+    let base = (b * p.C + co) * p.HW;
+    for (var i = li; i < p.HW; i += 256u) { s += dy[base + i]; }
+  }
+  sh[li] = s;
+  workgroupBarrier();
+  for (var w = 128u; w > 0u; w >>= 1u) {
+    if (li < w) { sh[li] += sh[li + w]; }
+    workgroupBarrier();
+  }
+  if (li == 0u) { db[co] = sh[0]; }
+}`;
+
+/**
+ * Backward of {@link conv2d}: given x (B,Cin,H,W), w (Cout,Cin,KH,KW) and dy (B,Cout,Ho,Wo), returns
+ * dx (B,Cin,H,W), dw (Cout,Cin,KH,KW) and dbias (Cout) (sums over batch and pixels, deterministic, no
+ * float atomics). The options must be the forward's (stride, pad, upsample2x). A fused residual's
+ * gradient is dy itself.
+ */
+export function conv2dBackward(
+  gpu: Gpu,
+  x: Tensor,
+  w: Tensor,
+  dy: Tensor,
+  opts: Conv2dBackwardOptions = {},
+): Conv2dGrads {
+  const fn = "conv2dBackward";
+  check4d(fn, "x", x, "(B,Cin,H,W)");
+  check4d(fn, "w", w, "(Cout,Cin,KH,KW)");
+  const g = geometry(fn, x.shape, w.shape, opts);
+  const { B, Cin, Cout, KH, KW, S, Ho, Wo } = g;
+  check(fn, "dy", dy, [B, Cout, Ho, Wo]);
+  const grads: Conv2dGrads = { dx: null, dw: null, dbias: null };
+
+  if (opts.dx !== false) {
+    // dx = conv(dilate(dy, S) padded by (K-1-pad), rot180(W)^T), output extent = the (upsampled) input.
+    const tile = opts.tile ?? conv2dTile(gpu, Cin, g.Hu, g.Wu, KH, KW, 1);
+    validTile(tile);
+    const ws = stageWeights(gpu, w, tile.cot, true);
+    const dxu = gpu.empty([B, Cin, g.Hu, g.Wu]);
+    convCore(
+      gpu,
+      fn,
+      dy,
+      { B, C: Cout, H: Ho, W: Wo },
+      ws,
+      undefined,
+      undefined,
+      dxu,
+      { Cout: Cin, Ho: g.Hu, Wo: g.Wu, KH, KW, S: 1 },
+      { offT: KH - 1 - g.pt, offL: KW - 1 - g.pl, dil: S, up: 1 },
+      tile,
+    );
+    putTexture(gpu, ws.tex);
+    if (g.up === 1) grads.dx = dxu;
+    else {
+      grads.dx = upsampleNearest2xBackward(gpu, dxu);
+      dxu.release();
+    }
+  }
+
+  if (opts.dw !== false) grads.dw = convDw(gpu, x, dy, g);
+
+  if (opts.dbias !== false) {
+    const db = gpu.empty([Cout]);
+    gpu.dispatch(
+      gpu.pipeline("conv2d_dbias", DBIAS_WGSL),
+      [dy, db],
+      new Params().u32(B).u32(Cout).u32(Ho * Wo),
+      [Cout, 1, 1],
+    );
+    grads.dbias = db;
+  }
+  return grads;
+}
+
+function convDw(gpu: Gpu, x: Tensor, dy: Tensor, g: Geom): Tensor {
+  const { B, Cin, Cout, KH, KW, S, Ho, Wo } = g;
+  const px = Wo <= 4 ? 4 : 8; // 16 measured no faster
+  // cot 8 x cit 2 (144 accumulators): ~9 GFLOP per CPU-second on lavapipe; 16x1, 16x2, 4x4, 8x1
+  // measured 7.4-8.5.
+  const cot = Cout <= 4 ? 4 : 8;
+  const cit = Cin === 1 ? 1 : 2;
+  const cGroups = Math.ceil(Cin / cit);
+  const nTx = Math.ceil(Wo / px);
+  // x planes as the forward reads them, for nTx segments of px pixels per output row.
+  const xHp = (Ho - 1) * S + KH;
+  const xWp4 = ((nTx - 1) * px * S) / 4 + texelsPerRow(px, S, KW);
+  const dWp4 = (nTx * px) / 4;
+  const bc = Math.min(
+    batchChunk("conv2dBackward", gpu, B, Cin, xHp, xWp4),
+    batchChunk("conv2dBackward", gpu, B, Cout, Ho, dWp4),
+  );
+  const coBlocks = Math.ceil(Cout / cot);
+  const T = Math.min(WG, Math.max(8, nextPow2(cGroups)));
+  const groups = Math.ceil(cGroups / T) * Math.ceil(coBlocks / (WG / T));
+  const rows = Math.min(bc, B) * Ho;
+  // Split the (b, row) range so that there are enough workgroups to keep every core (or SM) busy.
+  const target = gpu.kind === "cpu" ? 16 : 256;
+  const slices = Math.max(1, Math.min(rows, 64, Math.ceil(target / groups)));
+  const rowsPer = Math.ceil(rows / slices);
+  const nSlices = Math.ceil(rows / rowsPer);
+  const chunks = Math.ceil(B / bc);
+  const total = chunks * nSlices;
+  const n = Cout * Cin * KH * KW;
+  const dw = gpu.empty([Cout, Cin, KH, KW]);
+  const part = total === 1 ? dw : gpu.empty([total, n]);
+  const cfg: DwCfg = { cot, cit, px, KH, KW, S };
+  const pipe = gpu.pipeline(`conv2d_dw|${cot}|${cit}|${px}|${KH}|${KW}|${S}`, () => dwWgsl(cfg));
+  for (let c = 0; c < chunks; c++) {
+    const b0 = c * bc;
+    const nb = Math.min(bc, B - b0);
+    const xl = planeLayout(gpu, nb * Cin, xHp, xWp4)!;
+    const dl = planeLayout(gpu, nb * Cout, Ho, dWp4)!;
+    const xs = stage(gpu, x, b0 * Cin, nb * Cin, g.H, g.W, xl, g.pt, g.pl, 1, g.up);
+    const ds = stage(gpu, dy, b0 * Cout, nb * Cout, Ho, Wo, dl, 0, 0);
+    const r = nb * Ho;
+    gpu.dispatch(
+      pipe,
+      [xs.view, ds.view, part],
+      new Params().u32(Cin).u32(Cout).u32(Ho).u32(nTx).u32(r).u32(rowsPer).u32(coBlocks)
+        .u32(xl.P).u32(xl.Wp4).u32(xl.Hp).u32(dl.P).u32(dl.Wp4).u32(dl.Hp).u32(c * nSlices).u32(T)
+        .u32(WG / T),
+      [Math.ceil(cGroups / T), Math.ceil(coBlocks / (WG / T)), nSlices],
+    );
+    putTexture(gpu, xs.tex);
+    putTexture(gpu, ds.tex);
+  }
+  if (total > 1) {
+    // Every slice of every chunk writes its partial sums (zeros for an empty slice of a short chunk).
+    gpu.dispatch(
+      gpu.pipeline("conv2d_sum_slices", SUM_SLICES_WGSL),
+      [part, dw],
+      new Params().u32(n).u32(total),
+      grid(Math.ceil(n / 256)),
+    );
+    part.release();
+  }
+  return dw;
+}
+
+// ---------------------------------------------------------------------------------------------------
+// CPU references (direct loops, f64 accumulation).
+
+/** Shapes and options of a CPU reference conv. */
+export interface Conv2dCpuArgs extends Conv2dOptions {
+  /** x shape (B, Cin, H, W). */
+  xShape: readonly number[];
+  /** w shape (Cout, Cin, KH, KW). */
+  wShape: readonly number[];
+}
+
+/** CPU reference of {@link conv2d} (with optional bias and residual). Returns (B,Cout,Ho,Wo). */
+export function conv2dCpu(
+  x: ArrayLike<number>,
+  w: ArrayLike<number>,
+  bias: ArrayLike<number> | null,
+  a: Conv2dCpuArgs & { residual?: ArrayLike<number> },
+): Float32Array {
+  const { B, Cin, H, W, Cout, KH, KW, S, pt, pl, up, Hu, Wu, Ho, Wo } = geometry(
+    "conv2dCpu",
+    a.xShape,
+    a.wShape,
+    a,
+  );
+  const out = new Float32Array(B * Cout * Ho * Wo);
+  for (let b = 0; b < B; b++) {
+    for (let co = 0; co < Cout; co++) {
+      for (let oh = 0; oh < Ho; oh++) {
+        for (let ow = 0; ow < Wo; ow++) {
+          let s = 0;
+          for (let ci = 0; ci < Cin; ci++) {
+            for (let kh = 0; kh < KH; kh++) {
+              const yy = oh * S + kh - pt;
+              if (yy < 0 || yy >= Hu) continue;
+              for (let kw = 0; kw < KW; kw++) {
+                const xx = ow * S + kw - pl;
+                if (xx < 0 || xx >= Wu) continue;
+                const xv = x[((b * Cin + ci) * H + Math.floor(yy / up)) * W + Math.floor(xx / up)];
+                s += xv * w[((co * Cin + ci) * KH + kh) * KW + kw];
+              }
+            }
+          }
+          const o = ((b * Cout + co) * Ho + oh) * Wo + ow;
+          out[o] = s + (bias ? bias[co] : 0) + (a.residual ? a.residual[o] : 0);
+        }
+      }
+    }
+  }
+  return out;
+}
+
+/** CPU reference of {@link conv2dBackward}: the analytic gradients by direct loops. */
+export function conv2dBackwardCpu(
+  x: ArrayLike<number>,
+  w: ArrayLike<number>,
+  dy: ArrayLike<number>,
+  a: Conv2dCpuArgs,
+): { dx: Float32Array; dw: Float32Array; dbias: Float32Array } {
+  const { B, Cin, H, W, Cout, KH, KW, S, pt, pl, up, Hu, Wu, Ho, Wo } = geometry(
+    "conv2dBackwardCpu",
+    a.xShape,
+    a.wShape,
+    a,
+  );
+  const dx = new Float64Array(B * Cin * H * W);
+  const dw = new Float64Array(Cout * Cin * KH * KW);
+  const dbias = new Float64Array(Cout);
+  for (let b = 0; b < B; b++) {
+    for (let co = 0; co < Cout; co++) {
+      for (let oh = 0; oh < Ho; oh++) {
+        for (let ow = 0; ow < Wo; ow++) {
+          const d = dy[((b * Cout + co) * Ho + oh) * Wo + ow];
+          dbias[co] += d;
+          for (let ci = 0; ci < Cin; ci++) {
+            for (let kh = 0; kh < KH; kh++) {
+              const yy = oh * S + kh - pt;
+              if (yy < 0 || yy >= Hu) continue;
+              for (let kw = 0; kw < KW; kw++) {
+                const xx = ow * S + kw - pl;
+                if (xx < 0 || xx >= Wu) continue;
+                const xi = ((b * Cin + ci) * H + Math.floor(yy / up)) * W + Math.floor(xx / up);
+                const wi = ((co * Cin + ci) * KH + kh) * KW + kw;
+                dx[xi] += d * w[wi];
+                dw[wi] += d * x[xi];
+              }
+            }
+          }
+        }
+      }
+    }
+  }
+  return { dx: Float32Array.from(dx), dw: Float32Array.from(dw), dbias: Float32Array.from(dbias) };
+}

@@ -1,0 +1,218 @@
+import { getGpu } from "../gpu.ts";
+import { assertClose, finiteDiff, randn } from "../testing.ts";
+import {
+  conv2d,
+  conv2dBackward,
+  conv2dBackwardCpu,
+  conv2dCpu,
+  type Conv2dCpuArgs,
+  type Conv2dForwardOptions,
+  conv2dReleaseTextures,
+} from "./conv2d.ts";
+
+interface Case {
+  B: number;
+  Cin: number;
+  H: number;
+  W: number;
+  Cout: number;
+  K: number;
+  o: Conv2dForwardOptions;
+  bias?: boolean;
+  res?: boolean;
+  /** The backward's dx conv also runs the default tile (else the small one). */
+  bwdDefault?: boolean;
+}
+
+// Most cases pin a small register tile: the big default tiles take seconds to compile on lavapipe.
+// Two cases run the default tile table (the production kernels).
+const SMALL = { cot: 4, py: 2, px: 4 };
+const CASES: Case[] = [
+  { B: 2, Cin: 3, H: 7, W: 9, Cout: 5, K: 3, o: { pad: 1, tile: SMALL }, bias: true },
+  {
+    B: 1,
+    Cin: 5,
+    H: 16,
+    W: 16,
+    Cout: 32,
+    K: 3,
+    o: { pad: 1 },
+    bias: true,
+    res: true,
+    bwdDefault: true,
+  },
+  {
+    B: 2,
+    Cin: 5,
+    H: 9,
+    W: 7,
+    Cout: 3,
+    K: 3,
+    o: { stride: 2, pad: [0, 1, 0, 1], tile: SMALL },
+    bias: true,
+  },
+  { B: 1, Cin: 32, H: 16, W: 16, Cout: 7, K: 3, o: { stride: 2, pad: [0, 1, 0, 1] } },
+  { B: 1, Cin: 7, H: 9, W: 9, Cout: 5, K: 1, o: { tile: SMALL }, bias: true, res: true },
+  {
+    B: 2,
+    Cin: 3,
+    H: 7,
+    W: 7,
+    Cout: 4,
+    K: 3,
+    o: { pad: 1, upsample2x: true, tile: SMALL },
+    bias: true,
+  },
+  { B: 1, Cin: 1, H: 1, W: 1, Cout: 1, K: 3, o: { pad: 1, tile: SMALL }, bias: true },
+  { B: 1, Cin: 2, H: 45, W: 65, Cout: 3, K: 3, o: { pad: 1, tile: SMALL } },
+  { B: 1, Cin: 3, H: 6, W: 8, Cout: 3, K: 5, o: { pad: [2, 1, 2, 0], tile: SMALL }, bias: true },
+  { B: 2, Cin: 1, H: 4, W: 12, Cout: 2, K: 3, o: { pad: [1, 1, 3, 0], tile: SMALL }, bias: true },
+  // Other generator paths: 16 channels, 1 row, 16 pixels, scalar stores, 3 rows at stride 2.
+  { B: 2, Cin: 3, H: 9, W: 13, Cout: 19, K: 3, o: { pad: 1, tile: { cot: 16, py: 1, px: 4 } } },
+  {
+    B: 1,
+    Cin: 4,
+    H: 5,
+    W: 33,
+    Cout: 9,
+    K: 3,
+    o: { pad: 1, tile: { cot: 4, py: 1, px: 16 } },
+    res: true,
+  },
+  {
+    B: 1,
+    Cin: 3,
+    H: 8,
+    W: 8,
+    Cout: 6,
+    K: 3,
+    o: { stride: 2, pad: 1, tile: { cot: 8, py: 3, px: 4 } },
+  },
+];
+
+function label(c: Case): string {
+  const o = { ...c.o, tile: c.o.tile ? Object.values(c.o.tile).join("x") : undefined };
+  return `B${c.B} ${c.Cin}->${c.Cout} ${c.H}x${c.W} k${c.K} ${JSON.stringify(o)}${
+    c.bias ? " bias" : ""
+  }${c.res ? " res" : ""}`;
+}
+
+function args(c: Case): Conv2dCpuArgs {
+  return { xShape: [c.B, c.Cin, c.H, c.W], wShape: [c.Cout, c.Cin, c.K, c.K], ...c.o };
+}
+
+Deno.test("conv2d() and conv2dBackward() match direct-loop references", async (t) => {
+  const gpu = await getGpu();
+  for (const [i, c] of CASES.entries()) {
+    await t.step(label(c), async () => {
+      const x = randn(c.B * c.Cin * c.H * c.W, 10 + i, -2, 2);
+      const w = randn(c.Cout * c.Cin * c.K * c.K, 20 + i);
+      const b = c.bias ? randn(c.Cout, 30 + i) : null;
+      const a = args(c);
+      const X = gpu.upload(x, a.xShape), Wt = gpu.upload(w, a.wShape);
+      const Bt = b ? gpu.upload(b, [c.Cout]) : undefined;
+      const ref0 = conv2dCpu(x, w, b, a);
+      const res = c.res ? randn(ref0.length, 40 + i) : undefined;
+      const ref = c.res ? conv2dCpu(x, w, b, { ...a, residual: res }) : ref0;
+      const outShape = [c.B, c.Cout, ref.length / (c.B * c.Cout), 1]; // (B,Cout,Ho*Wo,1): same layout
+      const R = res ? gpu.upload(res, outShape) : undefined;
+      const y = conv2d(gpu, X, Wt, Bt, { ...c.o, residual: R });
+      assertClose(await gpu.readF32(y), ref, { atol: 1e-4, rtol: 1e-4 }, `y ${label(c)}`);
+
+      const dy = randn(ref.length, 50 + i);
+      // The backward's dx conv runs the same generator: the small tile unless the case says so.
+      const g = conv2dBackward(gpu, X, Wt, gpu.upload(dy, y.shape), {
+        ...c.o,
+        tile: c.bwdDefault ? undefined : SMALL,
+      });
+      const r = conv2dBackwardCpu(x, w, dy, a);
+      const [dx, dw, db] = await gpu.readMany([g.dx!, g.dw!, g.dbias!]);
+      assertClose(dx, r.dx, { atol: 1e-4, rtol: 1e-4 }, `dx ${label(c)}`);
+      assertClose(dw, r.dw, { atol: 2e-4, rtol: 1e-4 }, `dw ${label(c)}`);
+      assertClose(db, r.dbias, { atol: 1e-4, rtol: 1e-4 }, `dbias ${label(c)}`);
+      for (const tt of [X, Wt, Bt, R, y, g.dx!, g.dw!, g.dbias!]) tt?.release();
+    });
+  }
+});
+
+Deno.test("conv2d() extreme values and bad inputs", async (t) => {
+  const gpu = await getGpu();
+  await t.step("+-300 inputs", async () => {
+    const a: Conv2dCpuArgs = { xShape: [1, 6, 9, 11], wShape: [5, 6, 3, 3], pad: 1 };
+    const x = randn(6 * 9 * 11, 3, -300, 300);
+    const w = randn(5 * 6 * 9, 4, -300, 300);
+    const y = conv2d(gpu, gpu.upload(x, a.xShape), gpu.upload(w, a.wShape), undefined, {
+      ...a,
+      tile: SMALL,
+    });
+    // Sums of 54 products of size up to 9e4: f32 rounding of terms ~ 1e-2 each.
+    assertClose(await gpu.readF32(y), conv2dCpu(x, w, null, a), { atol: 2, rtol: 1e-4 }, "y +-300");
+  });
+  await t.step("pooled textures can be released and are made again", async () => {
+    const a: Conv2dCpuArgs = { xShape: [1, 2, 5, 6], wShape: [3, 2, 3, 3], pad: 1 };
+    const x = randn(60, 5), w = randn(54, 6);
+    const X = gpu.upload(x, a.xShape), Wt = gpu.upload(w, a.wShape);
+    const y1 = await gpu.readF32(conv2d(gpu, X, Wt, undefined, { ...a, tile: SMALL }));
+    conv2dReleaseTextures(gpu);
+    const y2 = await gpu.readF32(conv2d(gpu, X, Wt, undefined, { ...a, tile: SMALL }));
+    assertClose(y1, conv2dCpu(x, w, null, a), { atol: 1e-5, rtol: 1e-5 }, "before release");
+    assertClose(y2, y1, { atol: 0, rtol: 0 }, "after release");
+  });
+  await t.step("shape errors name the input", () => {
+    const x = gpu.zeros([1, 3, 4, 4]);
+    const w = gpu.zeros([2, 4, 3, 3]);
+    let msg = "";
+    try {
+      conv2d(gpu, x, w);
+    } catch (e) {
+      msg = String(e);
+    }
+    if (!/w has 4 input channels but x has 3/.test(msg)) throw new Error(`unexpected: ${msg}`);
+    msg = "";
+    try {
+      conv2d(gpu, x, gpu.zeros([2, 3, 3, 3]), gpu.zeros([3]));
+    } catch (e) {
+      msg = String(e);
+    }
+    if (!/bias must be f32 of shape \[2\]/.test(msg)) throw new Error(`unexpected: ${msg}`);
+  });
+});
+
+Deno.test("conv2dBackward() matches finite differences", async (t) => {
+  const gpu = await getGpu();
+  const cases: Case[] = [
+    { B: 1, Cin: 2, H: 5, W: 4, Cout: 3, K: 3, o: { stride: 2, pad: [0, 1, 0, 1], tile: SMALL } },
+    { B: 2, Cin: 2, H: 3, W: 3, Cout: 2, K: 3, o: { pad: 1, upsample2x: true, tile: SMALL } },
+    { B: 1, Cin: 3, H: 4, W: 5, Cout: 2, K: 1, o: { tile: SMALL } },
+  ];
+  for (const [i, c] of cases.entries()) {
+    await t.step(label(c), async () => {
+      const a = args(c);
+      const x = randn(c.B * c.Cin * c.H * c.W, 60 + i);
+      const w = randn(c.Cout * c.Cin * c.K * c.K, 70 + i);
+      const b = randn(c.Cout, 80 + i);
+      const n = conv2dCpu(x, w, b, a).length;
+      const r = randn(n, 90 + i); // loss = sum(y * r), so dy = r
+      const loss = (xv: ArrayLike<number>, wv: ArrayLike<number>, bv: ArrayLike<number>) =>
+        conv2dCpu(xv, wv, bv, a).reduce((s, v, k) => s + v * r[k], 0);
+      const X = gpu.upload(x, a.xShape), Wt = gpu.upload(w, a.wShape);
+      const g = conv2dBackward(
+        gpu,
+        X,
+        Wt,
+        gpu.upload(r, [c.B, c.Cout, n / (c.B * c.Cout), 1]),
+        c.o,
+      );
+      const [dx, dw, db] = await gpu.readMany([g.dx!, g.dw!, g.dbias!]);
+      const tol = { atol: 2e-3, rtol: 2e-3 };
+      assertClose(dx, finiteDiff((v) => loss(v, w, b), x, 1e-2), tol, "dx vs finite differences");
+      assertClose(dw, finiteDiff((v) => loss(x, v, b), w, 1e-2), tol, "dw vs finite differences");
+      assertClose(
+        db,
+        finiteDiff((v) => loss(x, w, v), b, 1e-2),
+        tol,
+        "dbias vs finite differences",
+      );
+    });
+  }
+});
