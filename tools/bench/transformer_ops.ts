@@ -1,0 +1,163 @@
+/**
+ * Transformer kernels of @lvm/kernels at the 100m preset's sizes (hidden 640, 10 heads of 64):
+ * RMSNorm, RoPE, causal attention forward/backward at T=1024 and decode against a 3840-token cache
+ * (15 images of context, the official inference window).
+ * @module
+ */
+import {
+  attention,
+  attentionBackward,
+  attentionDecode,
+  createKvCache,
+  embedding,
+  type Gpu,
+  type KvCache,
+  kvCacheWrite,
+  rmsnorm,
+  rmsnormBackward,
+  rope,
+  swiglu,
+  type Tensor,
+} from "@lvm/kernels";
+import { randn } from "@lvm/kernels/testing";
+import type { BenchCase } from "./_harness.ts";
+
+let held: Tensor[] = [];
+let cache: KvCache | null = null;
+const keep = <T extends Tensor>(t: T): T => (held.push(t), t);
+const teardown = () => {
+  held.forEach((t) => t.release());
+  held = [];
+};
+const rand = (gpu: Gpu, shape: number[], seed: number) =>
+  keep(gpu.upload(randn(shape.reduce((a, b) => a * b, 1), seed), shape));
+/**
+ * Runs `f` `n` times and releases what it returns (so repeated runs reuse pooled buffers). Small
+ * ops run several times per timed run: each run pays one ~11 ms sync on lavapipe.
+ */
+const drop = (f: () => Tensor | Tensor[] | Record<string, Tensor>, n = 1) => () => {
+  for (let i = 0; i < n; i++) {
+    const r = f();
+    const ts = r instanceof Array ? r : "buffer" in r ? [r as Tensor] : Object.values(r);
+    ts.forEach((t) => t.release());
+  }
+};
+/** Repeats of the memory-bound ops per timed run. */
+const REP = 10;
+/** Decode: one token through the 22 layers of the 100m preset per timed run. */
+const LAYERS = 22;
+
+const N = 4096, C = 640, F = 1664;
+const [B, T, H, D] = [1, 1024, 10, 64];
+const causalFlops = 4 * B * H * T * T * D / 2;
+const CACHE = 3840;
+
+/** Memory-bound ops in GB/s, attention in GFLOP/s (causal: half of the 4*B*H*T*T*D matmul flops). */
+export const benches: BenchCase[] = [
+  {
+    name: "embedding",
+    shape: `${N} ids, 8292x${C}`,
+    bytes: REP * 2 * N * C * 4,
+    note: `row gather: read + write N*C f32, x${REP} per run`,
+    setup: (gpu) => {
+      const ids = keep(
+        gpu.upload(Int32Array.from({ length: N }, (_, i) => (i * 97) % 8192), [N], "i32"),
+      );
+      const table = rand(gpu, [8292, C], 1);
+      return drop(() => embedding(gpu, ids, table), REP);
+    },
+    teardown,
+  },
+  ...(["rows", "wg"] as const).map((variant): BenchCase => ({
+    name: `rmsnorm ${variant}`,
+    shape: `${N}x${C}`,
+    bytes: REP * 2 * N * C * 4,
+    note: `read x + write y, f32, x${REP} per run`,
+    setup: (gpu) => {
+      const x = rand(gpu, [N, C], 1), w = rand(gpu, [C], 2);
+      return drop(() => rmsnorm(gpu, x, w, 1e-6, { variant }), REP);
+    },
+    teardown,
+  })),
+  ...(["rows", "wg"] as const).map((variant): BenchCase => ({
+    name: `rmsnorm bwd ${variant}`,
+    shape: `${N}x${C}`,
+    bytes: REP * 5 * N * C * 4,
+    note: `dx: x, dy read + dx write; dw: x, dy read; x${REP} per run`,
+    setup: (gpu) => {
+      const x = rand(gpu, [N, C], 1), w = rand(gpu, [C], 2), dy = rand(gpu, [N, C], 3);
+      const { y, rstd } = rmsnorm(gpu, x, w);
+      keep(y), keep(rstd);
+      return drop(() => rmsnormBackward(gpu, x, w, rstd, dy, { variant }), REP);
+    },
+    teardown,
+  })),
+  {
+    name: "rope",
+    shape: `B=${B} T=4096 H=${H} D=${D}`,
+    bytes: REP * 2 * 4096 * H * D * 4,
+    note: `q: read + write (table reads not counted), x${REP} per run`,
+    setup: (gpu) => {
+      const q = rand(gpu, [1, 4096, H, D], 1);
+      return drop(() => rope(gpu, q, { heads: H, headDim: D }), REP);
+    },
+    teardown,
+  },
+  {
+    name: "swiglu",
+    shape: `${N}x${F}`,
+    bytes: REP * 3 * N * F * 4,
+    note: `2 reads + 1 write, x${REP} per run`,
+    setup: (gpu) => {
+      const g = rand(gpu, [N, F], 1), u = rand(gpu, [N, F], 2);
+      return drop(() => swiglu(gpu, g, u), REP);
+    },
+    teardown,
+  },
+  {
+    name: "attention fwd",
+    shape: `B=${B} T=${T} H=${H} D=${D}`,
+    flops: causalFlops,
+    note: "4*B*H*T*T*D/2 (causal)",
+    reps: 3,
+    setup: (gpu) => {
+      const q = rand(gpu, [B, T, H, D], 1), k = rand(gpu, [B, T, H, D], 2);
+      const v = rand(gpu, [B, T, H, D], 3);
+      return drop(() => attention(gpu, q, k, v));
+    },
+    teardown,
+  },
+  {
+    name: "attention bwd",
+    shape: `B=${B} T=${T} H=${H} D=${D}`,
+    flops: 2.5 * causalFlops,
+    note: "2.5x forward flops (FA2 count); this kernel pair does 3.5x",
+    reps: 3,
+    setup: (gpu) => {
+      const q = rand(gpu, [B, T, H, D], 1), k = rand(gpu, [B, T, H, D], 2);
+      const v = rand(gpu, [B, T, H, D], 3), dout = rand(gpu, [B, T, H, D], 4);
+      const { out, lse } = attention(gpu, q, k, v);
+      keep(out), keep(lse);
+      return drop(() => attentionBackward(gpu, q, k, v, out, lse, dout));
+    },
+    teardown,
+  },
+  {
+    name: "attention decode",
+    shape: `B=1 n=1 H=${H} D=${D} cache ${CACHE}`,
+    flops: LAYERS * 4 * H * CACHE * D,
+    bytes: LAYERS * 2 * CACHE * H * D * 4,
+    note: `one token through ${LAYERS} layers per run; each reads its f32 K/V cache once`,
+    setup: (gpu) => {
+      const q = rand(gpu, [1, 1, H, D], 1);
+      cache = createKvCache(gpu, { batch: 1, maxT: 4096, kvHeads: H, headDim: D });
+      const k = rand(gpu, [1, CACHE, H, D], 2), v = rand(gpu, [1, CACHE, H, D], 3);
+      kvCacheWrite(gpu, cache, k, v, 0);
+      return drop(() => attentionDecode(gpu, q, cache!, CACHE - 1), LAYERS);
+    },
+    teardown: () => {
+      teardown();
+      cache?.release();
+    },
+  },
+];
