@@ -1,0 +1,170 @@
+/**
+ * Logits processors and token sampling on one row of logits (CPU side: one row of V floats is what a
+ * decode step reads back anyway).
+ *
+ * The order is the official LVM inference code's (Hugging Face `generate` with its defaults):
+ * suppress ids >= the image-code count -> temperature -> top-k (default 50, an implicit HF default the
+ * official code inherits) -> top-p -> softmax -> multinomial. Greedy takes the arg-max after the
+ * suppression (ties -> the lowest id). Semantics follow HF's warpers: top-k keeps every logit equal to
+ * the k-th largest; top-p keeps the smallest set of most likely ids whose probability reaches `topP`
+ * (at least one).
+ * @module
+ */
+
+/** How to pick the next token. */
+export interface SamplingOptions {
+  /** Arg-max instead of sampling (temperature/top-k/top-p are then irrelevant). */
+  greedy?: boolean;
+  /** Divides the logits (default 1; must be > 0). */
+  temperature?: number;
+  /** Keep only the k most likely ids (default 50; 0 disables). */
+  topK?: number;
+  /** Nucleus threshold in (0, 1] (default 1 = off). */
+  topP?: number;
+  /** Ids at or above this are never chosen (LVM: 8192, the image-code count). */
+  suppressFrom?: number;
+}
+
+/** The HF/official default top-k. */
+export const DEFAULT_TOP_K = 50;
+
+/** A small seeded PRNG (mulberry32): floats in [0, 1), reproducible per seed. */
+export class Rng {
+  #a: number;
+  constructor(seed = 0) {
+    if (!Number.isFinite(seed)) throw new RangeError(`Rng seed must be a number, found ${seed}`);
+    this.#a = seed >>> 0;
+  }
+  /** The next float in [0, 1). */
+  next(): number {
+    this.#a = (this.#a + 0x6d2b79f5) >>> 0;
+    let t = this.#a;
+    t = Math.imul(t ^ (t >>> 15), t | 1);
+    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
+    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
+  }
+  /** The internal state, to resume the exact sequence later with {@link Rng.fromState}. */
+  get state(): number {
+    return this.#a;
+  }
+  /** An Rng continuing from a saved {@link state}. */
+  static fromState(state: number): Rng {
+    return new Rng(state);
+  }
+}
+
+/** Checks options, returning them with defaults filled in. */
+export function resolveOptions(o: SamplingOptions, vocab: number): Required<SamplingOptions> {
+  const r = {
+    greedy: o.greedy ?? false,
+    temperature: o.temperature ?? 1,
+    topK: o.topK ?? DEFAULT_TOP_K,
+    topP: o.topP ?? 1,
+    suppressFrom: o.suppressFrom ?? vocab,
+  };
+  if (!(r.temperature > 0) || !Number.isFinite(r.temperature)) {
+    throw new RangeError(
+      `temperature must be > 0 (use greedy for arg-max), found ${r.temperature}`,
+    );
+  }
+  if (!Number.isInteger(r.topK) || r.topK < 0) {
+    throw new RangeError(`topK must be a non-negative integer (0 = off), found ${r.topK}`);
+  }
+  if (!(r.topP > 0 && r.topP <= 1)) throw new RangeError(`topP must be in (0, 1], found ${r.topP}`);
+  if (!Number.isInteger(r.suppressFrom) || r.suppressFrom < 1) {
+    throw new RangeError(`suppressFrom must be a positive integer, found ${r.suppressFrom}`);
+  }
+  return r;
+}
+
+/**
+ * Applies suppression, temperature, top-k and top-p to a copy of `logits` (removed ids become -Infinity).
+ * Returns the processed logits, whose softmax is the sampling distribution.
+ */
+export function processLogits(logits: ArrayLike<number>, options: SamplingOptions): Float32Array {
+  const V = logits.length;
+  const o = resolveOptions(options, V);
+  const n = Math.min(V, o.suppressFrom);
+  const out = new Float32Array(V).fill(-Infinity);
+  for (let i = 0; i < n; i++) out[i] = logits[i] / o.temperature;
+  if (o.topK > 0 && o.topK < n) {
+    // HF TopKLogitsWarper: remove scores < the k-th largest (ties with it survive).
+    const sorted = out.slice(0, n).sort(); // ascending (NaN last)
+    const kth = sorted[n - o.topK];
+    for (let i = 0; i < n; i++) if (out[i] < kth) out[i] = -Infinity;
+  }
+  if (o.topP < 1) {
+    // HF TopPLogitsWarper: sort ascending, remove ids whose cumulative probability <= 1 - topP,
+    // always keeping the most likely one.
+    const idx = [...Array(n).keys()].filter((i) => out[i] > -Infinity);
+    idx.sort((a, b) => out[a] - out[b] || b - a);
+    const probs = softmax(idx.map((i) => out[i]));
+    let cum = 0;
+    for (let j = 0; j < idx.length - 1; j++) {
+      cum += probs[j];
+      if (cum <= 1 - o.topP) out[idx[j]] = -Infinity;
+    }
+  }
+  return out;
+}
+
+/** Numerically stable softmax in f64. */
+export function softmax(x: ArrayLike<number>): Float64Array {
+  let m = -Infinity;
+  for (let i = 0; i < x.length; i++) if (x[i] > m) m = x[i];
+  const p = new Float64Array(x.length);
+  let s = 0;
+  for (let i = 0; i < x.length; i++) s += p[i] = x[i] === -Infinity ? 0 : Math.exp(x[i] - m);
+  for (let i = 0; i < x.length; i++) p[i] /= s;
+  return p;
+}
+
+/** Index of the largest of the first `n` values (ties -> lowest index; NaN never wins). */
+export function argmax(x: ArrayLike<number>, n = x.length): number {
+  let best = 0, bv = -Infinity;
+  for (let i = 0; i < n; i++) {
+    if (x[i] > bv) {
+      bv = x[i];
+      best = i;
+    }
+  }
+  return best;
+}
+
+/**
+ * Picks one token id from a row of logits: greedy arg-max, or a draw from the processed distribution
+ * using `rng` (one `rng.next()` per call). Never returns an id >= `suppressFrom`.
+ */
+export function sampleToken(
+  logits: ArrayLike<number>,
+  options: SamplingOptions,
+  rng?: Rng,
+): number {
+  const V = logits.length;
+  const o = resolveOptions(options, V);
+  if (o.greedy) return argmax(logits, Math.min(V, o.suppressFrom));
+  if (!rng) throw new TypeError("sampleToken: sampling (greedy false) needs an Rng");
+  const p = softmax(processLogits(logits, o));
+  const u = rng.next();
+  let cum = 0, last = 0;
+  for (let i = 0; i < p.length; i++) {
+    if (p[i] === 0) continue;
+    last = i;
+    cum += p[i];
+    if (u < cum) return i;
+  }
+  return last; // u within rounding of 1
+}
+
+/** A reusable sampler: options fixed, its own seeded {@link Rng}. */
+export class Sampler {
+  readonly rng: Rng;
+  constructor(readonly options: SamplingOptions, seed = 0) {
+    resolveOptions(options, Math.max(2, options.suppressFrom ?? 2));
+    this.rng = new Rng(seed);
+  }
+  /** Picks the next id from one row of logits. */
+  sample(logits: ArrayLike<number>): number {
+    return sampleToken(logits, this.options, this.rng);
+  }
+}

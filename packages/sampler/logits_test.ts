@@ -1,0 +1,89 @@
+import { deepStrictEqual, throws } from "node:assert/strict";
+import { argmax, processLogits, Rng, Sampler, sampleToken, softmax } from "./logits.ts";
+
+const row = (n: number, seed: number) => {
+  const r = new Rng(seed);
+  return Float32Array.from({ length: n }, () => (r.next() - 0.5) * 8);
+};
+
+Deno.test("processLogits()", async (t) => {
+  await t.step("suppression removes ids >= suppressFrom, temperature divides", () => {
+    const x = row(10, 1);
+    const p = processLogits(x, { suppressFrom: 7, temperature: 2, topK: 0 });
+    for (let i = 0; i < 10; i++) deepStrictEqual(p[i], i < 7 ? Math.fround(x[i] / 2) : -Infinity);
+  });
+  await t.step("top-k keeps the k largest (and ties with the k-th)", () => {
+    const x = row(101, 2);
+    const p = processLogits(x, { topK: 5 });
+    const kept = [...p.keys()].filter((i) => p[i] > -Infinity);
+    const want = [...x.keys()].sort((a, b) => x[b] - x[a]).slice(0, 5).sort((a, b) => a - b);
+    deepStrictEqual(kept, want);
+    const tie = processLogits([1, 3, 3, 2, 3], { topK: 2 });
+    deepStrictEqual([...tie], [-Infinity, 3, 3, -Infinity, 3]);
+  });
+  await t.step("top-p keeps the smallest head reaching p, at least one", () => {
+    const probs = [0.5, 0.3, 0.15, 0.05];
+    const x = probs.map(Math.log);
+    const kept = (p: number) => {
+      const o = processLogits(x, { topK: 0, topP: p });
+      return [...o.keys()].filter((i) => o[i] > -Infinity);
+    };
+    deepStrictEqual(kept(0.5), [0]);
+    deepStrictEqual(kept(0.6), [0, 1]);
+    deepStrictEqual(kept(0.9), [0, 1, 2]);
+    deepStrictEqual(kept(0.99), [0, 1, 2, 3]);
+    deepStrictEqual(kept(1e-6), [0]);
+  });
+  await t.step("extreme logits stay finite in softmax", () => {
+    const p = softmax(processLogits([300, -300, 299, 0], { topK: 0 }));
+    deepStrictEqual(p.every(Number.isFinite), true);
+    if (Math.abs(p[0] + p[2] - 1) > 1e-12) throw new Error(`softmax ${p}`);
+  });
+  await t.step("bad options are RangeErrors naming the option", () => {
+    throws(() => processLogits([1, 2], { temperature: 0 }), /temperature/);
+    throws(() => processLogits([1, 2], { topP: 1.5 }), /topP/);
+    throws(() => processLogits([1, 2], { topK: -1 }), /topK/);
+  });
+});
+
+Deno.test("sampleToken()", async (t) => {
+  await t.step("greedy is the arg-max below suppressFrom, ties to the lowest id", () => {
+    deepStrictEqual(sampleToken([1, 5, 5, 9], { greedy: true, suppressFrom: 3 }), 1);
+    deepStrictEqual(argmax([NaN, -Infinity, 2]), 2);
+  });
+  await t.step("sampling matches the processed distribution (chi-square)", () => {
+    const x = row(12, 3);
+    const opts = { topK: 6, topP: 0.9, temperature: 0.7, suppressFrom: 10 };
+    const p = softmax(processLogits(x, opts));
+    const s = new Sampler(opts, 42);
+    const counts = new Array(12).fill(0);
+    const N = 20000;
+    for (let i = 0; i < N; i++) counts[s.sample(x)]++;
+    let chi = 0, dof = -1;
+    for (let i = 0; i < 12; i++) {
+      if (p[i] === 0) {
+        deepStrictEqual(counts[i], 0, `id ${i} has probability 0 but was drawn`);
+        continue;
+      }
+      chi += (counts[i] - N * p[i]) ** 2 / (N * p[i]);
+      dof++;
+    }
+    // 99.9th percentile of chi-square with <= 5 degrees of freedom is 20.5.
+    if (chi > 20.5) throw new Error(`chi-square ${chi} over ${dof} dof: ${counts} vs ${p}`);
+  });
+  await t.step("same seed, same draws; different seed, different draws", () => {
+    const x = row(64, 4);
+    const draw = (seed: number) => {
+      const s = new Sampler({ topK: 0 }, seed);
+      return Array.from({ length: 40 }, () => s.sample(x));
+    };
+    deepStrictEqual(draw(7), draw(7));
+    if (JSON.stringify(draw(7)) === JSON.stringify(draw(8))) throw new Error("seeds ignored");
+  });
+  await t.step("never returns a suppressed id even when they dominate", () => {
+    const x = new Float32Array(100).fill(-50);
+    x.fill(300, 90);
+    const s = new Sampler({ suppressFrom: 90 }, 1);
+    for (let i = 0; i < 200; i++) if (s.sample(x) >= 90) throw new Error("suppressed id drawn");
+  });
+});
