@@ -12,3 +12,4 @@
  */
 export * from "./logits.ts";
 export * from "./generate.ts";
+export * from "./images.ts";

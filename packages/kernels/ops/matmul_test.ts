@@ -1,0 +1,389 @@
+import { getGpu, type Gpu } from "../gpu.ts";
+import { assertClose, finiteDiff, randn } from "../testing.ts";
+import { roundF16 } from "../tensor.ts";
+import {
+  colSum,
+  linear,
+  linearBackward,
+  matmul,
+  matmulCpu,
+  matmulTuning,
+  type MatmulVariant,
+  packWeight,
+} from "./matmul.ts";
+
+const VARIANTS: MatmulVariant[] = ["naive", "blocked", "tiled", "tex", "gemv"];
+
+/** One matmul problem: batch sizes of a and b (0 = 2-D operand), flags and epilogue. */
+interface Case {
+  M: number;
+  K: number;
+  N: number;
+  aB?: number;
+  bB?: number;
+  transA?: boolean;
+  transB?: boolean;
+  f16?: boolean;
+  bias?: boolean;
+  acc?: boolean;
+  alpha?: number;
+  lo?: number;
+  hi?: number;
+}
+
+/** f32 accumulation over K terms of size ~|a||b|: the error grows with K. */
+function tol(K: number, scale = 1) {
+  return { atol: (1e-5 + 3e-7 * K) * scale, rtol: 1e-4 };
+}
+
+/** Runs one case on the GPU with `variant` and compares with the CPU reference. */
+async function check(gpu: Gpu, c: Case, variant?: MatmulVariant, seed = 1): Promise<void> {
+  const { M, K, N, aB = 0, bB = 0, lo = -1, hi = 1 } = c;
+  const batch = Math.max(aB, bB, 1);
+  const a = randn(Math.max(aB, 1) * M * K, seed, lo, hi);
+  let b = randn(Math.max(bB, 1) * K * N, seed + 1, lo, hi);
+  const aShape = c.transA ? [K, M] : [M, K], bShape = c.transB ? [N, K] : [K, N];
+  const A = gpu.upload(a, aB ? [aB, ...aShape] : aShape);
+  const B = gpu.upload(b, bB ? [bB, ...bShape] : bShape, c.f16 ? "f16" : "f32");
+  if (c.f16) b = roundF16(b);
+  // Reference per batch (a or b may be shared).
+  const ref = new Float32Array(batch * M * N);
+  for (let bi = 0; bi < batch; bi++) {
+    const as = aB ? a.subarray(bi * M * K, (bi + 1) * M * K) : a;
+    const bs = bB ? b.subarray(bi * K * N, (bi + 1) * K * N) : b;
+    ref.set(matmulCpu(as, bs, 1, M, K, N, !!c.transA, !!c.transB), bi * M * N);
+  }
+  const alpha = c.alpha ?? 1;
+  const bias = c.bias ? randn(N, seed + 2, -2, 2) : null;
+  const prev = c.acc ? randn(batch * M * N, seed + 3) : null;
+  for (let i = 0; i < ref.length; i++) {
+    ref[i] = alpha * ref[i] + (bias ? bias[i % N] : 0) + (prev ? prev[i] : 0);
+  }
+  const outShape = aB || bB ? [batch, M, N] : [M, N];
+  const out = prev ? gpu.upload(prev, outShape) : undefined;
+  const Bias = bias ? gpu.upload(bias, [N]) : undefined;
+  const y = matmul(gpu, A, B, {
+    transA: c.transA,
+    transB: c.transB,
+    out,
+    accumulate: c.acc,
+    alpha: c.alpha,
+    bias: Bias,
+    variant,
+  });
+  if (y.shape.join() !== outShape.join()) {
+    throw new Error(`shape [${y.shape}] != [${outShape}]`);
+  }
+  const scale = Math.max(Math.abs(lo), Math.abs(hi)) ** 2;
+  const label = `${variant ?? "auto"} ${JSON.stringify(c)}`;
+  assertClose(await gpu.readF32(y), ref, tol(K, scale * Math.abs(alpha)), label);
+  for (const t of [A, B, y, Bias]) t?.release();
+}
+
+const SHAPES: [number, number, number][] = [
+  [1, 1, 1],
+  [7, 7, 7],
+  [45, 65, 33],
+  [3, 1, 9],
+  [33, 17, 1],
+  [2, 64, 130],
+  [70, 36, 129],
+];
+
+Deno.test("matmul() matches matmulCpu on odd shapes, every variant and transpose", async (t) => {
+  const gpu = await getGpu();
+  for (const variant of VARIANTS) {
+    await t.step(variant, async () => {
+      for (const [M, K, N] of SHAPES) {
+        if (variant === "gemv" && M > 4) continue;
+        for (const transA of [false, true]) {
+          for (const transB of [false, true]) {
+            await check(gpu, { M, K, N, transA, transB }, variant);
+          }
+        }
+      }
+    });
+  }
+});
+
+Deno.test("matmul() batches, broadcasts, f16 weights, bias, alpha, accumulate", async (t) => {
+  const gpu = await getGpu();
+  const combos: Case[] = [
+    { M: 5, K: 9, N: 6, aB: 3, bB: 3 },
+    { M: 5, K: 9, N: 6, aB: 3, bB: 3, transA: true, transB: true },
+    { M: 6, K: 11, N: 7, aB: 4 }, // shared B, folded into one (24, 11) product
+    { M: 6, K: 11, N: 7, aB: 4, transA: true }, // shared B, not foldable
+    { M: 3, K: 8, N: 5, aB: 2, transB: true }, // gemv on a batch
+    { M: 4, K: 10, N: 3, bB: 3 }, // shared A
+    { M: 9, K: 13, N: 10, f16: true },
+    { M: 9, K: 16, N: 10, f16: true, transB: true },
+    { M: 1, K: 16, N: 10, f16: true, transB: true }, // gemv vec2<u32> path
+    { M: 2, K: 15, N: 10, f16: true, transB: true }, // gemv scalar path
+    { M: 3, K: 12, N: 7, f16: true, aB: 2, bB: 2, transB: true },
+    { M: 8, K: 12, N: 9, bias: true },
+    { M: 8, K: 12, N: 9, acc: true, alpha: -0.5 },
+    { M: 2, K: 12, N: 9, bias: true, acc: true, alpha: 2, transB: true, f16: true },
+    { M: 17, K: 33, N: 21, aB: 2, bias: true, acc: true, alpha: 0.25, transA: true },
+    { M: 1, K: 128, N: 33, transB: true, bias: true }, // gemv from a copied W texture
+    { M: 3, K: 256, N: 17, transB: true, f16: true, acc: true, alpha: 0.5 },
+    { M: 4, K: 4224, N: 5, transB: true }, // ... A over the uniform buffer: K chunks
+    { M: 7, K: 5, N: 7, lo: -300, hi: 300 },
+    { M: 3, K: 8, N: 5, lo: -300, hi: 300, transB: true },
+  ];
+  for (const variant of VARIANTS) {
+    await t.step(variant, async () => {
+      for (const c of combos) {
+        if (variant === "gemv" && c.M > 4) continue;
+        await check(gpu, c, variant, 7);
+      }
+    });
+  }
+  await t.step("automatic choice", async () => {
+    for (const c of combos) await check(gpu, c, undefined, 9);
+  });
+});
+
+Deno.test("matmul() tex path: K split into chunks, rows split over layers, batch rounds", async () => {
+  const gpu = await getGpu();
+  const max = gpu.limits.maxTextureDimension2D;
+  // K larger than a texture is tall: accumulated over K chunks (bias added once).
+  await check(gpu, { M: 5, K: max + 9, N: 3, bias: true }, "tex");
+  await check(gpu, { M: 5, K: max + 9, N: 3, transA: true, transB: true, alpha: 0.5 }, "tex");
+  // More rows than a texture layer holds: rows continue on the next layer (packed by the kernel,
+  // then by plain copies: rows of 64 floats are 256 bytes).
+  await check(gpu, { M: max + 21, K: 3, N: 2 }, "tex");
+  await check(gpu, { M: max + 21, K: 64, N: 64 }, "tex");
+  // A weight taller than a texture layer read by the decode kernel from a copied texture.
+  await check(gpu, { M: 1, K: 64, N: max + 3, transB: true }, "gemv");
+  await check(gpu, { M: 2, K: 128, N: max + 3, transB: true, f16: true }, "gemv");
+  // Batched operands packed by copies, and the copy path next to a transposed operand.
+  await check(gpu, { M: 33, K: 64, N: 128, aB: 3, bB: 3, bias: true }, "tex");
+  await check(gpu, { M: 33, K: 128, N: 64, aB: 2, bB: 2, transB: true }, "tex");
+  // More batches than texture layers: several pack+dispatch rounds.
+  await check(gpu, {
+    M: 2,
+    K: 3,
+    N: 2,
+    aB: gpu.limits.maxTextureArrayLayers + 5,
+    bB: 0,
+    transA: true,
+  }, "tex");
+  await check(gpu, {
+    M: 2,
+    K: 3,
+    N: 2,
+    aB: gpu.limits.maxTextureArrayLayers + 5,
+    bB: gpu.limits.maxTextureArrayLayers + 5,
+  }, "tex");
+});
+
+Deno.test("matmul() tex: every tile and operand layout, bias and accumulate", async (t) => {
+  const gpu = await getGpu();
+  const [M, K, N] = [67, 37, 70];
+  const x = randn(M * K, 31), w = randn(N * K, 32), bias = randn(N, 33), prev = randn(M * N, 34);
+  const xT = new Float32Array(M * K); // x stored (K, M)
+  for (let m = 0; m < M; m++) for (let k = 0; k < K; k++) xT[k * M + m] = x[m * K + k];
+  const Bias = gpu.upload(bias, [N]);
+  // [name, A stored transposed, B layout]: raw W [N,K] (the B^T texture), W^T [K,N], packed W.
+  type Layout = [string, boolean, "raw" | "rawT" | "packed", "f32" | "f16"];
+  const all: Layout[] = [
+    ["x W^T", false, "raw", "f32"],
+    ["x W^T f16", false, "raw", "f16"],
+    ["x packed", false, "packed", "f32"],
+    ["x packed f16", false, "packed", "f16"],
+    ["x^T W^T^T", true, "rawT", "f32"],
+  ];
+  for (const tile of [[16, 2], [8, 2], [4, 1]] as [number, number][]) {
+    await t.step(`${tile}`, async () => {
+      matmulTuning.texTile = tile;
+      try {
+        // The production tile in every layout; the small ones in the common two.
+        for (const [name, aT, kind, dtype] of tile[0] === 16 ? all : [all[0], all[3]]) {
+          const wT = new Float32Array(K * N); // W^T stored (K, N)
+          for (let n = 0; n < N; n++) for (let k = 0; k < K; k++) wT[k * N + n] = w[n * K + k];
+          const W = kind === "rawT" ? gpu.upload(wT, [K, N], dtype) : gpu.upload(w, [N, K], dtype);
+          const Wp = kind === "packed" ? packWeight(gpu, W, { transB: true }) : W;
+          const X = aT ? gpu.upload(xT, [K, M]) : gpu.upload(x, [M, K]);
+          const out = gpu.upload(prev, [M, N]);
+          matmul(gpu, X, Wp, {
+            transA: aT,
+            transB: kind !== "rawT",
+            out,
+            bias: Bias,
+            accumulate: true,
+            alpha: 1.5,
+            variant: "tex",
+          });
+          const ref = matmulCpu(x, dtype === "f16" ? roundF16(w) : w, 1, M, K, N, false, true)
+            .map((v, i) => 1.5 * v + bias[i % N] + prev[i]);
+          assertClose(await gpu.readF32(out), ref, tol(K, 1.5), `tile ${tile} ${name}`);
+          if (Wp !== W) Wp.release();
+          for (const u of [W, X, out]) u.release();
+        }
+      } finally {
+        matmulTuning.texTile = null;
+      }
+    });
+  }
+});
+
+Deno.test("packWeight(): packed weights match, refresh() picks up new values", async () => {
+  const gpu = await getGpu();
+  const [M, K, N] = [37, 20, 23];
+  const x = randn(M * K, 3), w1 = randn(N * K, 4), w2 = randn(N * K, 5);
+  const X = gpu.upload(x, [M, K]);
+  for (const dtype of ["f32", "f16"] as const) {
+    const W = gpu.upload(w1, [N, K], dtype);
+    const Wp = packWeight(gpu, W, { transB: true });
+    const r = (w: Float32Array) =>
+      matmulCpu(x, dtype === "f16" ? roundF16(w) : w, 1, M, K, N, false, true);
+    assertClose(await gpu.readF32(linear(gpu, X, Wp)), r(w1), tol(K), `packed ${dtype}`);
+    gpu.write(W, w2);
+    Wp.refresh();
+    assertClose(
+      await gpu.readF32(matmul(gpu, X, Wp, { variant: "tex" })),
+      r(w2),
+      tol(K),
+      `refreshed ${dtype}`,
+    );
+    assertClose(await gpu.readF32(linear(gpu, X.view([M, K]), Wp)), r(w2), tol(K), `auto ${dtype}`);
+    const x1 = gpu.upload(x.subarray(0, K), [1, K]);
+    assertClose(
+      await gpu.readF32(linear(gpu, x1, Wp)),
+      r(w2).subarray(0, N),
+      tol(K),
+      `gemv ${dtype}`,
+    );
+    Wp.release();
+  }
+  // Decode through a packed weight: odd K (scalar tail), K over the uniform buffer (chunks),
+  // bias + alpha + accumulate, f32 and f16 textures; and the tex kernel on the u16 layout.
+  for (const dtype of ["f32", "f16"] as const) {
+    for (
+      const [m, k, n, variant] of [[1, 7, 5, "gemv"], [3, 4103, 19, "gemv"], [4, 9, 33, "gemv"], [
+        9,
+        13,
+        41,
+        "tex",
+      ]] as const
+    ) {
+      const xv = randn(m * k, 6), wv = randn(n * k, 7), bv = randn(n, 8), prev = randn(m * n, 9);
+      const Wt = gpu.upload(wv, [n, k], dtype);
+      const Wp = packWeight(gpu, Wt, { transB: true });
+      const out = gpu.upload(prev, [m, n]);
+      matmul(gpu, gpu.upload(xv, [m, k]), Wp, {
+        bias: gpu.upload(bv, [n]),
+        out,
+        accumulate: true,
+        alpha: 0.5,
+        variant,
+      });
+      const wr = dtype === "f16" ? roundF16(wv) : wv;
+      const ref = matmulCpu(xv, wr, 1, m, k, n, false, true).map((v, i) =>
+        0.5 * v + bv[i % n] + prev[i]
+      );
+      assertClose(await gpu.readF32(out), ref, tol(k), `packed ${variant} ${dtype} ${m}x${k}x${n}`);
+      Wp.release();
+    }
+  }
+  const Wn = gpu.upload(w1, [K, N]);
+  const Wnp = packWeight(gpu, Wn);
+  assertClose(
+    await gpu.readF32(matmul(gpu, X, Wnp, { variant: "tex" })),
+    matmulCpu(x, w1, 1, M, K, N, false, false),
+    tol(K),
+    "packed (K,N)",
+  );
+  Wnp.release();
+});
+
+Deno.test("matmul() reports bad inputs", () => {
+  const gpu = getGpu();
+  return gpu.then((gpu) => {
+    const a = gpu.upload(randn(6), [2, 3]), b = gpu.upload(randn(8), [4, 2]);
+    const expect = (fn: () => unknown, re: RegExp) => {
+      try {
+        fn();
+      } catch (e) {
+        if (re.test(String(e))) return;
+        throw new Error(`wrong error: ${e}`);
+      }
+      throw new Error(`no error, expected ${re}`);
+    };
+    expect(() => matmul(gpu, a, b), /inner sizes differ.*K=3.*K=4/);
+    expect(
+      () => matmul(gpu, a, gpu.upload(randn(6), [3, 2]), { out: a }),
+      /out must be f32 with 4/,
+    );
+    const sq = gpu.upload(randn(9), [3, 3]);
+    expect(() => matmul(gpu, sq, sq.view([3, 3]), { out: sq }), /aliases a/);
+    expect(() => matmul(gpu, gpu.upload(randn(6), [2, 3], "f16"), sq), /a must be f32/);
+    expect(() => matmul(gpu, sq, sq, { accumulate: true }), /accumulate needs an out/);
+    expect(() => matmul(gpu, sq, sq, { bias: a }), /bias must be f32 with N=3/);
+    expect(() => linear(gpu, a, b), /W must be \[out, 3\]/);
+  });
+});
+
+Deno.test("linearBackward() matches finite differences; accumulates", async (t) => {
+  const gpu = await getGpu();
+  // x (2,3,5) -> y (2,3,4); loss = sum(y * g)
+  const [B, T, I, O] = [2, 3, 5, 4];
+  const x = randn(B * T * I, 11),
+    w = randn(O * I, 12),
+    bias = randn(O, 13),
+    g = randn(B * T * O, 14);
+  const X = gpu.upload(x, [B, T, I]), W = gpu.upload(w, [O, I]), Bias = gpu.upload(bias, [O]);
+  const G = gpu.upload(g, [B, T, O]);
+  const loss = (xv: ArrayLike<number>, wv: ArrayLike<number>, bv: ArrayLike<number>) => {
+    let s = 0;
+    for (let r = 0; r < B * T; r++) {
+      for (let o = 0; o < O; o++) {
+        let y = bv[o];
+        for (let i = 0; i < I; i++) y += xv[r * I + i] * wv[o * I + i];
+        s += y * g[r * O + o];
+      }
+    }
+    return s;
+  };
+  await t.step("forward", async () => {
+    const y = linear(gpu, X, W, Bias);
+    if (y.shape.join() !== [B, T, O].join()) throw new Error(`shape [${y.shape}]`);
+    const ref = matmulCpu(x, w, 1, B * T, I, O, false, true).map((v, i) => v + bias[i % O]);
+    assertClose(await gpu.readF32(y), ref, tol(I), "linear forward");
+  });
+  await t.step("gradients", async () => {
+    const { dx, dW, dbias } = linearBackward(gpu, X, W, G, { bias: true });
+    if (dx!.shape.join() !== [B, T, I].join()) throw new Error(`dx shape [${dx!.shape}]`);
+    const [gx, gw, gb] = await gpu.readMany([dx!, dW, dbias!]);
+    const fx = finiteDiff((v) => loss(v, w, bias), x);
+    const fw = finiteDiff((v) => loss(x, v, bias), w);
+    const fb = finiteDiff((v) => loss(x, w, v), bias);
+    assertClose(gx, fx, { atol: 1e-4, rtol: 1e-3 }, "dx");
+    assertClose(gw, fw, { atol: 1e-4, rtol: 1e-3 }, "dW");
+    assertClose(gb, fb, { atol: 1e-4, rtol: 1e-3 }, "dbias");
+  });
+  await t.step("accumulate, no dx, f16 W", async () => {
+    const dW = gpu.upload(new Float32Array(O * I).fill(1), [O, I]);
+    const dbias = gpu.upload(new Float32Array(O).fill(-1), [O]);
+    const Wh = gpu.upload(w, [O, I], "f16");
+    for (let k = 0; k < 2; k++) {
+      const r = linearBackward(gpu, X, Wh, G, { dW, dbias, accumulate: true, needDx: false });
+      if (r.dx) throw new Error("dx computed although needDx is false");
+    }
+    const fw = finiteDiff((v) => loss(x, v, bias), w).map((v) => 1 + 2 * v);
+    const fb = finiteDiff((v) => loss(x, w, v), bias).map((v) => -1 + 2 * v);
+    assertClose(await gpu.readF32(dW), fw, { atol: 2e-4, rtol: 1e-3 }, "dW accumulated");
+    assertClose(await gpu.readF32(dbias), fb, { atol: 2e-4, rtol: 1e-3 }, "dbias accumulated");
+    const { dx } = linearBackward(gpu, X, Wh, G);
+    const ref = matmulCpu(g, roundF16(w), 1, B * T, O, I, false, false);
+    assertClose(await gpu.readF32(dx!), ref, tol(O), "dx with f16 W");
+  });
+  await t.step("colSum on a larger odd matrix", async () => {
+    const [M, N] = [131, 67];
+    const v = randn(M * N, 21, -300, 300);
+    const ref = new Float32Array(N);
+    for (let m = 0; m < M; m++) for (let n = 0; n < N; n++) ref[n] += v[m * N + n];
+    const got = await gpu.readF32(colSum(gpu, gpu.upload(v, [M, N]), gpu.empty([N])));
+    assertClose(got, ref, { atol: 1e-2, rtol: 1e-5 }, "colSum");
+  });
+});

@@ -1,0 +1,131 @@
+/**
+ * Matmul benchmarks: square f32 products, the 100m transformer's Linear shapes (forward and
+ * backward), and decode's matrix-vector product with f32 and f16 weights. Shapes are "MxKxN".
+ * tools/bench_torch.py has a case with the same name and shape for each, so `--torch` pairs them.
+ *
+ * Each timed run records `per` products before the one GPU sync the harness adds (the sync costs
+ * ~11 ms on lavapipe, which would otherwise swamp the small shapes); flops count all of them.
+ * @module
+ */
+import {
+  type Gpu,
+  linear,
+  linearBackward,
+  matmul,
+  matmulTuning,
+  type MatmulVariant,
+  type PackedWeight,
+  packWeight,
+  type Tensor,
+} from "@lvm/kernels";
+import { randn } from "@lvm/kernels/testing";
+import type { BenchCase } from "./_harness.ts";
+
+const GF = (flops: number) => (flops / 1e9).toFixed(2);
+
+interface Opts {
+  /** Products recorded per timed run. */
+  per: number;
+  /** B is a Linear weight [N, K] (y = x W^T). */
+  linear?: boolean;
+  /** Weight stored as packed f16. */
+  f16?: boolean;
+  /** Pack the weight once ({@link packWeight}) as a model would. */
+  packed?: boolean;
+  /** Force a variant (ladder rows). */
+  variant?: MatmulVariant;
+  /** Force the tex tile. */
+  tile?: [number, number];
+  name?: string;
+  suffix?: string;
+}
+
+function mmCase(M: number, K: number, N: number, o: Opts): BenchCase {
+  let tensors: Tensor[] = [];
+  let packed: PackedWeight | null = null;
+  const wBytes = K * N * (o.f16 ? 2 : 4);
+  const flops = 2 * M * K * N;
+  const memBound = M <= 4;
+  return {
+    name: o.name ?? "matmul",
+    shape: `${M}x${K}x${N}${o.suffix ?? ""}`,
+    flops: flops * o.per,
+    bytes: memBound ? wBytes * o.per : undefined,
+    note: `2MKN = ${GF(flops)} GFLOP` +
+      (memBound ? `, W ${(wBytes / 2 ** 20).toFixed(0)} MiB read once` : "") +
+      (o.per > 1 ? `, x${o.per} per sync` : ""),
+    setup(gpu: Gpu) {
+      const x = gpu.upload(randn(M * K, 1), [M, K]);
+      const w = gpu.upload(
+        randn(K * N, 2, -0.05, 0.05),
+        o.linear ? [N, K] : [K, N],
+        o.f16 ? "f16" : "f32",
+      );
+      const out = gpu.empty([M, N]);
+      tensors = [x, w, out];
+      const b = o.packed ? (packed = packWeight(gpu, w, { transB: !!o.linear })) : w;
+      return () => {
+        matmulTuning.texTile = o.tile ?? null;
+        for (let i = 0; i < o.per; i++) {
+          if (o.linear && !o.variant) linear(gpu, x, b, undefined, out);
+          else matmul(gpu, x, b, { transB: o.linear, out, variant: o.variant });
+        }
+        matmulTuning.texTile = null;
+      };
+    },
+    teardown() {
+      packed?.release();
+      tensors.forEach((t) => t.release());
+    },
+  };
+}
+
+function backwardCase(M: number, K: number, N: number, per: number): BenchCase {
+  let tensors: Tensor[] = [];
+  const flops = 4 * M * K * N;
+  return {
+    name: "linear_backward",
+    shape: `${M}x${K}x${N}`,
+    flops: flops * per,
+    note: `dx = dy W and dW = dy^T x: 4MKN = ${GF(flops)} GFLOP` +
+      (per > 1 ? `, x${per} per sync` : ""),
+    setup(gpu: Gpu) {
+      const x = gpu.upload(randn(M * K, 1), [M, K]);
+      const w = gpu.upload(randn(N * K, 2, -0.05, 0.05), [N, K]);
+      const dy = gpu.upload(randn(M * N, 3), [M, N]);
+      const dW = gpu.zeros([N, K]);
+      tensors = [x, w, dy, dW];
+      return () => {
+        for (let i = 0; i < per; i++) {
+          linearBackward(gpu, x, w, dy, { dW, accumulate: true }).dx!.release();
+        }
+      };
+    },
+    teardown: () => tensors.forEach((t) => t.release()),
+  };
+}
+
+/** The cases, in the order they print. */
+export const benches: BenchCase[] = [
+  mmCase(256, 256, 256, { per: 16 }),
+  mmCase(512, 512, 512, { per: 4 }),
+  mmCase(1024, 1024, 1024, { per: 2 }),
+  mmCase(2048, 2048, 2048, { per: 1 }),
+  // The ladder at 256^3 (same shape, forced variants), for the record.
+  mmCase(256, 256, 256, { per: 1, variant: "naive", name: "matmul[naive]" }),
+  mmCase(256, 256, 256, { per: 1, variant: "blocked", name: "matmul[blocked]" }),
+  mmCase(256, 256, 256, { per: 1, variant: "tiled", name: "matmul[tiled]" }),
+  mmCase(256, 256, 256, { per: 16, variant: "tex", name: "matmul[tex 4x1]", tile: [4, 1] }),
+  // 100m transformer (hidden 640, FFN 1664), 512 tokens: gate/up and down projections.
+  mmCase(512, 640, 1664, { per: 2, linear: true, suffix: " linear" }),
+  mmCase(512, 640, 1664, { per: 2, linear: true, packed: true, suffix: " linear packed" }),
+  mmCase(512, 1664, 640, { per: 2, linear: true, suffix: " linear" }),
+  mmCase(1024, 4096, 1024, { per: 1, linear: true, suffix: " linear" }),
+  backwardCase(512, 640, 1664, 1),
+  // Decode: one token through a 4096x4096 weight (memory bound). Packed: the weight as a texture
+  // (what a model holds); unpacked: read from the storage buffer each call.
+  mmCase(1, 4096, 4096, { per: 8, linear: true, packed: true, suffix: " linear" }),
+  mmCase(1, 4096, 4096, { per: 8, linear: true, packed: true, f16: true, suffix: " linear f16" }),
+  mmCase(1, 4096, 4096, { per: 2, linear: true, suffix: " linear unpacked" }),
+  mmCase(1, 4096, 4096, { per: 2, linear: true, f16: true, suffix: " linear f16 unpacked" }),
+];

@@ -1,0 +1,176 @@
+#!/usr/bin/python3
+"""PyTorch side of `deno task bench --torch`: the same cases as tools/bench/*.ts, on the CPU.
+
+Prints one JSON line per case: {"name", "shape", "ms", "gflops"?, "gbps"?, "per_s"?, "unit"?,
+"note"?}, with the SAME name/shape strings as the TypeScript case it is compared with (tools/bench.ts
+pairs them). `ms` is the best of --reps runs of one case run (which, like the TS case, may record
+several products: see `per`).
+
+Usage: /usr/bin/python3 tools/bench_torch.py [--filter TEXT] [--reps N] [--list]
+
+Cases live in a registry, `CASES` (key "name shape" -> Case); other files can add theirs with
+`register(name, shape, make, flops=..., bytes=..., items=..., unit=..., note=...)`, where `make()`
+builds inputs and returns a zero-argument function doing one run.
+
+Environment: torch.set_num_threads(2) (the machine's cores). Debian's torch uses OpenBLAS; an
+inherited OPENBLAS_CORETYPE (e.g. Haswell) changes its speed a lot: the figures are reported as
+the environment gives them, and the environment is printed to stderr.
+"""
+
+import argparse
+import json
+import os
+import sys
+import time
+
+try:
+    import torch
+    import torch.nn.functional as F
+except ImportError:  # the `python3` on PATH may be a pyenv one without torch: use Debian's
+    if os.path.realpath(sys.executable) != os.path.realpath("/usr/bin/python3") and os.path.exists(
+        "/usr/bin/python3"
+    ):
+        os.execv("/usr/bin/python3", ["/usr/bin/python3", *sys.argv])
+    raise
+
+
+class Case:
+    """One measured thing: `make()` returns the function timed (one run)."""
+
+    def __init__(self, name, shape, make, flops=None, bytes=None, items=None, unit=None, note=None):
+        self.name, self.shape, self.make = name, shape, make
+        self.flops, self.bytes, self.items, self.unit, self.note = flops, bytes, items, unit, note
+
+
+CASES = {}
+
+
+def register(name, shape, make, **kw):
+    """Adds a case under "name shape" (the same strings as the TypeScript case)."""
+    CASES[f"{name} {shape}"] = Case(name, shape, make, **kw)
+
+
+def run_case(c, reps):
+    fn = c.make()
+    # A case that uses autograd marks its function with `fn.needs_grad = True`.
+    ctx = torch.enable_grad() if getattr(fn, "needs_grad", False) else torch.no_grad()
+    with ctx:
+        fn()
+        best = float("inf")
+        for _ in range(reps):
+            t0 = time.perf_counter()
+            fn()
+            best = min(best, time.perf_counter() - t0)
+    ms = best * 1e3
+    r = {"name": c.name, "shape": c.shape, "ms": round(ms, 3)}
+    if c.flops:
+        r["gflops"] = round(c.flops / best / 1e9, 2)
+    if c.bytes:
+        r["gbps"] = round(c.bytes / best / 1e9, 3)
+    if c.items:
+        r["per_s"] = round(c.items / best, 2)
+        r["unit"] = c.unit or "items"
+    if c.note:
+        r["note"] = c.note
+    return r
+
+
+# ---------------------------------------------------------------------------------------------
+# matmul (tools/bench/matmul.ts)
+
+
+def mm_case(M, K, N, per, linear=False, f16=False, suffix="", name="matmul"):
+    """C = A B (or x W^T for `linear`), `per` products per run, f32 compute.
+
+    f16 weights: stored in half and converted per call (torch on CPU has no fast f16 matmul),
+    which is what a half-precision weight costs there.
+    """
+
+    def make():
+        g = torch.Generator().manual_seed(0)
+        x = torch.rand(M, K, generator=g) * 2 - 1
+        w = (torch.rand(N, K, generator=g) - 0.5) * 0.1 if linear else torch.rand(K, N, generator=g)
+        out = torch.empty(M, N)
+        if f16:
+            w = w.half()
+
+        def run():
+            for _ in range(per):
+                ww = w.float() if f16 else w
+                if linear:
+                    torch.matmul(x, ww.t(), out=out)
+                else:
+                    torch.matmul(x, ww, out=out)
+
+        return run
+
+    w_bytes = K * N * (2 if f16 else 4)
+    register(
+        name,
+        f"{M}x{K}x{N}{suffix}",
+        make,
+        flops=2 * M * K * N * per,
+        bytes=w_bytes * per if M <= 4 else None,
+    )
+
+
+def backward_case(M, K, N, per):
+    """dx = dy W and dW += dy^T x of a Linear (what autograd does for F.linear)."""
+
+    def make():
+        g = torch.Generator().manual_seed(0)
+        x = torch.rand(M, K, generator=g)
+        w = torch.rand(N, K, generator=g)
+        dy = torch.rand(M, N, generator=g)
+        dW = torch.zeros(N, K)
+
+        def run():
+            for _ in range(per):
+                torch.matmul(dy, w)  # dx (M, K)
+                dW.addmm_(dy.t(), x)  # dW (N, K)
+
+        return run
+
+    register("linear_backward", f"{M}x{K}x{N}", make, flops=4 * M * K * N * per)
+
+
+mm_case(256, 256, 256, 16)
+mm_case(512, 512, 512, 4)
+mm_case(1024, 1024, 1024, 2)
+mm_case(2048, 2048, 2048, 1)
+mm_case(512, 640, 1664, 2, linear=True, suffix=" linear")
+mm_case(512, 640, 1664, 2, linear=True, suffix=" linear packed")  # torch has nothing to pack
+mm_case(512, 1664, 640, 2, linear=True, suffix=" linear")
+mm_case(1024, 4096, 1024, 1, linear=True, suffix=" linear")
+backward_case(512, 640, 1664, 1)
+mm_case(1, 4096, 4096, 8, linear=True, suffix=" linear")
+mm_case(1, 4096, 4096, 8, linear=True, f16=True, suffix=" linear f16")
+mm_case(1, 4096, 4096, 2, linear=True, suffix=" linear unpacked")
+mm_case(1, 4096, 4096, 2, linear=True, f16=True, suffix=" linear f16 unpacked")
+
+
+# ---------------------------------------------------------------------------------------------
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--filter", default=None, help='only cases whose "name shape" contains TEXT')
+    ap.add_argument("--reps", type=int, default=5)
+    ap.add_argument("--list", action="store_true", help="print the case keys and exit")
+    args = ap.parse_args()
+    torch.set_num_threads(2)
+    keys = [k for k in CASES if not args.filter or args.filter in k]
+    if args.list:
+        print("\n".join(keys))
+        return
+    env = {k: os.environ.get(k) for k in ("OPENBLAS_CORETYPE", "OPENBLAS_L2_SIZE", "OMP_NUM_THREADS")}
+    print(
+        f"torch {torch.__version__}, {torch.get_num_threads()} threads, env {json.dumps(env)}",
+        file=sys.stderr,
+    )
+    for k in keys:
+        print(json.dumps(run_case(CASES[k], args.reps)), flush=True)
+
+
+if __name__ == "__main__":
+    main()
