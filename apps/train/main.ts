@@ -7,10 +7,16 @@
 
 import { type Command, UsageError } from "./_cli.ts";
 import { dataset } from "./dataset.ts";
+import { model } from "./model.ts";
+import { evalCommand } from "./eval.ts";
+import { tokenizer } from "./tokenizer.ts";
 
 /** The subcommands, by name. */
 export const COMMANDS: Record<string, Command> = {
   dataset,
+  model,
+  eval: evalCommand,
+  tokenizer,
 };
 
 function usage(): string {

@@ -1,0 +1,101 @@
+/**
+ * End-to-end tests of `deno task infer encode` / `decode` on the PyTorch tokenizer fixture
+ * (tests/fixtures/tokenizer, written by tools/ref_vqgan.py).
+ */
+import { deepStrictEqual, equal, match } from "node:assert/strict";
+import { floatToByte, loadImage } from "@lvm/image";
+import { SafetensorsFile } from "@lvm/kernels";
+import { assertClose } from "@lvm/kernels/testing";
+
+const ROOT = new URL("../../", import.meta.url).pathname;
+const FIX = `${ROOT}tests/fixtures/tokenizer`;
+
+async function cli(...args: string[]) {
+  const out = await new Deno.Command(Deno.execPath(), {
+    args: ["run", "-A", `${ROOT}apps/infer/main.ts`, ...args],
+    stdout: "piped",
+    stderr: "piped",
+    env: { DENO_WEBGPU_BACKEND: Deno.env.get("DENO_WEBGPU_BACKEND") ?? "vulkan" },
+  }).output();
+  const dec = new TextDecoder();
+  return { code: out.code, stdout: dec.decode(out.stdout), stderr: dec.decode(out.stderr) };
+}
+
+const ref = await SafetensorsFile.open(`${FIX}/reference.safetensors`);
+const ids = Array.from(new Int32Array((await ref.readRaw("ids")).slice().buffer)); // (2, 64)
+const decoded = await ref.readF32("decoded"); // (2,3,16,16)
+ref.close();
+
+Deno.test("infer encode", async (t) => {
+  await t.step("--json gives PyTorch's ids of the fixed image (from the .bin)", async () => {
+    const r = await cli(
+      "encode",
+      "--tokenizer",
+      `${FIX}/bin`,
+      "--json",
+      `${FIX}/image.png`,
+      `${FIX}/image.png`,
+    );
+    equal(r.code, 0, r.stderr);
+    const out = JSON.parse(r.stdout);
+    deepStrictEqual(Object.keys(out), ["tokens"]);
+    deepStrictEqual(out.tokens, [ids.slice(0, 64), ids.slice(0, 64)]);
+  });
+  await t.step("errors: no images, a missing image", async () => {
+    const a = await cli("encode", "--tokenizer", `${FIX}/bin`);
+    equal(a.code, 2);
+    match(a.stderr, /at least one IMAGE/);
+    const b = await cli("encode", "--tokenizer", `${FIX}/bin`, `${FIX}/nope.png`);
+    equal(b.code, 1);
+    match(b.stderr, /nope\.png/);
+  });
+});
+
+Deno.test("infer decode", async (t) => {
+  const dir = await Deno.makeTempDir();
+  await t.step("--tokens @FILE writes PyTorch's decoded pixels as PNG", async () => {
+    await Deno.writeTextFile(`${dir}/ids.txt`, JSON.stringify(ids.slice(64)));
+    const r = await cli(
+      "decode",
+      "--tokenizer",
+      `${FIX}/diffusers`,
+      "--tokens",
+      `@${dir}/ids.txt`,
+      "--out",
+      `${dir}/a.png`,
+    );
+    equal(r.code, 0, r.stderr);
+    match(r.stdout, /wrote .*a\.png \(16x16, 1 image\)/);
+    const png = await loadImage(`${dir}/a.png`);
+    const want = Array.from(decoded.slice(3 * 256), (v) => floatToByte(v) / 255);
+    // A value within float rounding of a byte boundary may land one byte apart.
+    assertClose(png.data, want, { atol: 1 / 255 + 1e-6, rtol: 0 }, "png");
+  });
+  await t.step("a wrong count names the grid; --many decodes several side by side", async () => {
+    const r = await cli(
+      "decode",
+      "--tokenizer",
+      `${FIX}/openmuse`,
+      "--tokens",
+      ids.slice(0, 63).join(","),
+      "--out",
+      `${dir}/b.png`,
+    );
+    equal(r.code, 1);
+    match(r.stderr, /got 63 ids, expected 64 \(a 8x8 grid/);
+    const m = await cli(
+      "decode",
+      "--tokenizer",
+      `${FIX}/openmuse`,
+      "--tokens",
+      ids.join(" "),
+      "--out",
+      `${dir}/c.png`,
+      "--many",
+    );
+    equal(m.code, 0, m.stderr);
+    const png = await loadImage(`${dir}/c.png`);
+    deepStrictEqual([png.width, png.height], [34, 16]);
+  });
+  await Deno.remove(dir, { recursive: true });
+});

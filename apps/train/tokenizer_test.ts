@@ -1,0 +1,135 @@
+/**
+ * End-to-end tests of `deno task train tokenizer`: a short run writes a tokenizer that
+ * `deno task infer encode` loads, reports held-out PSNR, and a run resumed from its checkpoint ends
+ * with exactly the weights of an uninterrupted run.
+ */
+import { deepStrictEqual, equal, match, ok } from "node:assert/strict";
+import { makeImage, savePng } from "@lvm/image";
+
+const ROOT = new URL("../../", import.meta.url).pathname;
+
+async function cli(main: string, ...args: string[]) {
+  const out = await new Deno.Command(Deno.execPath(), {
+    args: ["run", "-A", `${ROOT}apps/${main}/main.ts`, ...args],
+    stdout: "piped",
+    stderr: "piped",
+    env: { DENO_WEBGPU_BACKEND: Deno.env.get("DENO_WEBGPU_BACKEND") ?? "vulkan" },
+  }).output();
+  const dec = new TextDecoder();
+  return { code: out.code, stdout: dec.decode(out.stdout), stderr: dec.decode(out.stderr) };
+}
+
+const CONFIG = {
+  resolution: 16,
+  hidden_channels: 32,
+  channel_mult: [1, 1],
+  num_res_blocks: 1,
+  attn_resolutions: [],
+  no_attn_mid_block: true,
+  z_channels: 8,
+  num_embeddings: 32,
+  quantized_embed_dim: 8,
+};
+
+Deno.test("train tokenizer", async (t) => {
+  const dir = await Deno.makeTempDir();
+  await Deno.mkdir(`${dir}/images/frames`, { recursive: true });
+  for (let k = 0; k < 6; k++) {
+    const img = makeImage(20, 18);
+    img.data.forEach((_, i) => (img.data[i] = 0.5 + 0.45 * Math.sin(i / (3 + k))));
+    await savePng(k < 4 ? `${dir}/images/img${k}.png` : `${dir}/images/frames/f${k}.png`, img);
+  }
+  await Deno.writeTextFile(`${dir}/config.json`, JSON.stringify(CONFIG));
+  const common = ["--images", `${dir}/images`, "--config", `${dir}/config.json`, "--batch", "2"];
+  const read = (p: string) => Deno.readFile(p);
+
+  await t.step("a short run writes a loadable tokenizer and reports held-out PSNR", async () => {
+    const r = await cli(
+      "train",
+      "tokenizer",
+      ...common,
+      "--steps",
+      "4",
+      "--out",
+      `${dir}/a`,
+      "--holdout",
+      "2",
+      "--json",
+      "--log-every",
+      "1",
+    );
+    equal(r.code, 0, r.stderr);
+    // 5 sources: img0-3 and the frames/ folder (2 frames, one source); every 2nd held out.
+    match(r.stderr, /data: 3 training sources \(4 images\), 2 held out \(2 images\)/);
+    match(r.stderr, /step 4\/4 .* psnr [\d.]+ dB {2}codes \d+\/32 .* steps\/s {2}eta/);
+    match(r.stderr, /held-out PSNR [\d.]+ dB/);
+    const s = JSON.parse(r.stdout);
+    equal(s.steps, 4);
+    ok(s.eval_psnr > 0 && s.eval_images === 2, JSON.stringify(s));
+    const e = await cli(
+      "infer",
+      "encode",
+      "--tokenizer",
+      `${dir}/a`,
+      "--json",
+      `${dir}/images/img0.png`,
+    );
+    equal(e.code, 0, e.stderr);
+    equal(JSON.parse(e.stdout).tokens[0].length, 64);
+  });
+  await t.step(
+    "--resume continues exactly: same final weights as an uninterrupted run",
+    async () => {
+      // The uninterrupted run is the previous step's (4 steps into a/).
+      const r = await cli(
+        "train",
+        "tokenizer",
+        ...common,
+        "--steps",
+        "2",
+        "--save-every",
+        "1",
+        "--out",
+        `${dir}/c`,
+        "--holdout",
+        "2",
+        "--quiet",
+      );
+      equal(r.code, 0, r.stderr);
+      const c = await cli(
+        "train",
+        "tokenizer",
+        ...common,
+        "--steps",
+        "4",
+        "--out",
+        `${dir}/c`,
+        "--holdout",
+        "2",
+        "--resume",
+      );
+      equal(c.code, 0, c.stderr);
+      match(c.stderr, /resumed from .* at step 2/);
+      deepStrictEqual(
+        await read(`${dir}/c/model.safetensors`),
+        await read(`${dir}/a/model.safetensors`),
+      );
+      const bad = await cli(
+        "train",
+        "tokenizer",
+        "--images",
+        `${dir}/images/img0.png`,
+        "--config",
+        `${dir}/config.json`,
+        "--steps",
+        "5",
+        "--out",
+        `${dir}/c`,
+        "--resume",
+      );
+      equal(bad.code, 2);
+      match(bad.stderr, /training sources differ/);
+    },
+  );
+  await Deno.remove(dir, { recursive: true });
+});

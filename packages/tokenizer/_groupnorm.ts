@@ -1,0 +1,392 @@
+/**
+ * GroupNorm (+ fused SiLU) forward and backward without workgroup barriers, for CPU adapters
+ * (lavapipe), with the same interface as @lvm/kernels' `groupNorm` / `groupNormBackward`.
+ *
+ * Why: lavapipe runs a workgroup's invocations as SIMD lanes and emulates `workgroupBarrier` by
+ * switching between them; a tree reduction of 256 lanes per (batch, group), 8 barriers deep, costs
+ * far more than the arithmetic when there are hundreds of groups (training batches of small images:
+ * 60-180 ms for a 2 MB activation, measured). Here every reduction is a per-invocation loop ("rows"
+ * style, as reduce.ts does on CPUs), split into chunks so there are enough invocations, and the
+ * chunks are merged by a second small pass in a fixed order (deterministic, no atomics).
+ *
+ * Forward: (1) per (b, g, chunk): mean and M2 of the chunk (two passes over it); (2) per (b, g): Chan's
+ * merge of the chunks -> mean, rstd = 1/sqrt(M2/n + eps) (biased variance, as PyTorch); (3) apply,
+ * y = (x - mean) * rstd * gamma + beta, then SiLU.
+ * Backward (g = dy, or dy * silu'(y_pre) recomputed from x): (1) per (b, c, chunk): sum g, sum g*xhat;
+ * (2) per (b, c): merge chunks; (3) per c: dgamma = sum_b s2, dbeta = sum_b s1; per (b, g):
+ * m1 = sum_c gamma_c s1 / n, m2 = sum_c gamma_c s2 / n; (4) dx = rstd * (gamma * g - m1 - xhat * m2).
+ * CPU references: @lvm/kernels' `groupNormCpu` / `groupNormBackwardCpu`.
+ * @module
+ */
+import {
+  type Gpu,
+  grid,
+  groupNorm,
+  groupNormBackward,
+  Params,
+  type Tensor,
+  WG_INDEX,
+} from "./_deps.ts";
+
+const WG = 64;
+/** Invocations a reduction pass aims for (enough lanes for 2-16 cores). */
+const TARGET = 512;
+
+const SILU_GRAD = `
+fn act_grad(dy: f32, v: f32) -> f32 {
+  let s = 1.0 / (1.0 + exp(-v));
+  return dy * s * (1.0 + v * (1.0 - s));
+}`;
+
+const SILU_GRAD4 = `
+fn act_grad(dy: vec4f, v: vec4f) -> vec4f {
+  let s = 1.0 / (1.0 + exp(-v));
+  return dy * s * (1.0 + v * (1.0 - s));
+}`;
+
+const HEAD = `@compute @workgroup_size(${WG})
+fn main(@builtin(local_invocation_index) li: u32, @builtin(workgroup_id) wg: vec3u,
+        @builtin(num_workgroups) nwg: vec3u) {
+  let i = ${WG_INDEX} * ${WG}u + li;`;
+
+// (1) chunk statistics: part[i] = (mean, M2) of elements [k*L, min((k+1)*L, n)) of group bg.
+const STATS = (v4: boolean) => `
+@group(0) @binding(0) var<storage, read> x: array<${v4 ? "vec4f" : "f32"}>;
+@group(0) @binding(1) var<storage, read_write> part: array<vec2f>;
+struct P { N: u32, n: u32, L: u32, P: u32 }
+@group(0) @binding(2) var<uniform> p: P;
+${HEAD}
+  if (i >= p.N) { return; }
+  let bg = i / p.P;
+  let k = i % p.P;
+  let a = bg * p.n + k * p.L;
+  let e = bg * p.n + min((k + 1u) * p.L, p.n);
+  ${
+  v4
+    ? `var s4 = vec4f(0.0);
+  for (var j = a / 4u; j < e / 4u; j++) { s4 += x[j]; }
+  let mu = (s4.x + s4.y + s4.z + s4.w) / f32(e - a);
+  var q4 = vec4f(0.0);
+  for (var j = a / 4u; j < e / 4u; j++) { let d = x[j] - vec4f(mu); q4 += d * d; }
+  let q = q4.x + q4.y + q4.z + q4.w;`
+    : `var s = 0.0;
+  for (var j = a; j < e; j++) { s += x[j]; }
+  let mu = s / f32(e - a);
+  var q = 0.0;
+  for (var j = a; j < e; j++) { let d = x[j] - mu; q += d * d; }`
+}
+  part[i] = vec2f(mu, q);
+}`;
+
+// (2) merge the P chunks of each group (Chan et al.) -> mean, rstd.
+const MERGE = `
+@group(0) @binding(0) var<storage, read> part: array<vec2f>;
+@group(0) @binding(1) var<storage, read_write> mean: array<f32>;
+@group(0) @binding(2) var<storage, read_write> rstd: array<f32>;
+struct P { BG: u32, n: u32, L: u32, P: u32, eps: f32 }
+@group(0) @binding(3) var<uniform> p: P;
+${HEAD}
+  if (i >= p.BG) { return; }
+  var cnt = 0.0;
+  var mu = 0.0;
+  var m2 = 0.0;
+  for (var k = 0u; k < p.P; k++) {
+    let nb = f32(min((k + 1u) * p.L, p.n) - k * p.L);
+    let t = part[i * p.P + k];
+    let tot = cnt + nb;
+    let d = t.x - mu;
+    mu = mu + d * (nb / tot);
+    m2 = m2 + t.y + d * d * (cnt * nb / tot);
+    cnt = tot;
+  }
+  mean[i] = mu;
+  rstd[i] = inverseSqrt(m2 / f32(p.n) + p.eps);
+}`;
+
+// (3) y = act((x - mean) * rstd * gamma + beta)
+const APPLY = (silu: boolean, v4: boolean) => `
+@group(0) @binding(0) var<storage, read> x: array<${v4 ? "vec4f" : "f32"}>;
+@group(0) @binding(1) var<storage, read> mean: array<f32>;
+@group(0) @binding(2) var<storage, read> rstd: array<f32>;
+@group(0) @binding(3) var<storage, read> gamma: array<f32>;
+@group(0) @binding(4) var<storage, read> beta: array<f32>;
+@group(0) @binding(5) var<storage, read_write> y: array<${v4 ? "vec4f" : "f32"}>;
+struct P { N: u32, HW: u32, C: u32, n: u32 }
+@group(0) @binding(6) var<uniform> p: P;
+${HEAD}
+  if (i >= p.N) { return; }
+  let e = i * ${v4 ? 4 : 1}u;   // first element (a vec4 never straddles channels: HW % 4 == 0)
+  let c = (e / p.HW) % p.C;
+  let bg = e / p.n;
+  // (x - mean) first: exact when x == mean (a one-element group), as the reference.
+  let sc = rstd[bg] * gamma[c];
+  let v = (x[i] - ${v4 ? "vec4f(mean[bg])" : "mean[bg]"}) * sc + ${
+  v4 ? "vec4f(beta[c])" : "beta[c]"
+};
+  y[i] = ${silu ? "v / (1.0 + exp(-v))" : "v"};
+}`;
+
+// Backward (1): per (b, c, chunk) sums of g and g * xhat.
+const BSTATS = (silu: boolean, v4: boolean) => `
+alias T = ${v4 ? "vec4f" : "f32"};
+@group(0) @binding(0) var<storage, read> x: array<${v4 ? "vec4f" : "f32"}>;
+@group(0) @binding(1) var<storage, read> dy: array<${v4 ? "vec4f" : "f32"}>;
+@group(0) @binding(2) var<storage, read> mean: array<f32>;
+@group(0) @binding(3) var<storage, read> rstd: array<f32>;
+@group(0) @binding(4) var<storage, read> gamma: array<f32>;
+@group(0) @binding(5) var<storage, read> beta: array<f32>;
+@group(0) @binding(6) var<storage, read_write> part: array<vec2f>;
+struct P { N: u32, HW: u32, C: u32, cpg: u32, L: u32, P: u32 }
+@group(0) @binding(7) var<uniform> p: P;
+${silu ? (v4 ? SILU_GRAD4 : SILU_GRAD) : ""}
+${HEAD}
+  if (i >= p.N) { return; }
+  let bc = i / p.P;
+  let k = i % p.P;
+  let c = bc % p.C;
+  let bg = bc / p.cpg;    // (b * C + c) / cpg = b * G + c / cpg
+  let mu = mean[bg];
+  let rs = rstd[bg];
+  let ga = gamma[c];
+  let be = beta[c];
+  let a = bc * p.HW + k * p.L;
+  let e = bc * p.HW + min((k + 1u) * p.L, p.HW);
+  var s1 = T(0.0);
+  var s2 = T(0.0);
+  for (var j = a / ${v4 ? 4 : 1}u; j < e / ${v4 ? 4 : 1}u; j++) {
+    let xh = (x[j] - T(mu)) * rs;
+    let g = ${silu ? "act_grad(dy[j], xh * ga + T(be))" : "dy[j]"};
+    s1 += g;
+    s2 += g * xh;
+  }
+  ${
+  v4
+    ? "part[i] = vec2f(s1.x + s1.y + s1.z + s1.w, s2.x + s2.y + s2.z + s2.w);"
+    : "part[i] = vec2f(s1, s2);"
+}
+  _ = ga; _ = be;
+}`;
+
+// Backward (2): per (b, c) merge of the chunks.
+const BMERGE = `
+@group(0) @binding(0) var<storage, read> part: array<vec2f>;
+@group(0) @binding(1) var<storage, read_write> sums: array<vec2f>;
+struct P { BC: u32, P: u32 }
+@group(0) @binding(2) var<uniform> p: P;
+${HEAD}
+  if (i >= p.BC) { return; }
+  var s = vec2f(0.0);
+  for (var k = 0u; k < p.P; k++) { s += part[i * p.P + k]; }
+  sums[i] = s;
+}`;
+
+// Backward (3): dgamma, dbeta per channel (i < C) and m1, m2 per (b, g) (i < B*G).
+const BREDUCE = `
+@group(0) @binding(0) var<storage, read> sums: array<vec2f>;
+@group(0) @binding(1) var<storage, read> gamma: array<f32>;
+@group(0) @binding(2) var<storage, read_write> dgamma: array<f32>;
+@group(0) @binding(3) var<storage, read_write> dbeta: array<f32>;
+@group(0) @binding(4) var<storage, read_write> mm: array<vec2f>;
+struct P { B: u32, C: u32, cpg: u32, G: u32, n: u32 }
+@group(0) @binding(5) var<uniform> p: P;
+${HEAD}
+  if (i < p.C) {
+    var s = vec2f(0.0);
+    for (var b = 0u; b < p.B; b++) { s += sums[b * p.C + i]; }
+    dgamma[i] = s.y;
+    dbeta[i] = s.x;
+  }
+  if (i < p.B * p.G) {
+    let b = i / p.G;
+    let c0 = (i % p.G) * p.cpg;
+    var m = vec2f(0.0);
+    for (var c = c0; c < c0 + p.cpg; c++) { m += gamma[c] * sums[b * p.C + c]; }
+    mm[i] = m / f32(p.n);
+  }
+}`;
+
+// Backward (4): dx = rstd * (gamma * g - m1 - xhat * m2).
+const BDX = (silu: boolean, v4: boolean) => `
+alias T = ${v4 ? "vec4f" : "f32"};
+@group(0) @binding(0) var<storage, read> x: array<${v4 ? "vec4f" : "f32"}>;
+@group(0) @binding(1) var<storage, read> dy: array<${v4 ? "vec4f" : "f32"}>;
+@group(0) @binding(2) var<storage, read> stat: array<vec2f>;   // (mean, rstd) per (b, g)
+@group(0) @binding(3) var<storage, read> gb: array<vec2f>;     // (gamma, beta) per c
+@group(0) @binding(4) var<storage, read> mm: array<vec2f>;
+@group(0) @binding(5) var<storage, read_write> dx: array<${v4 ? "vec4f" : "f32"}>;
+struct P { N: u32, HW: u32, C: u32, n: u32 }
+@group(0) @binding(6) var<uniform> p: P;
+${silu ? (v4 ? SILU_GRAD4 : SILU_GRAD) : ""}
+${HEAD}
+  if (i >= p.N) { return; }
+  let e = i * ${v4 ? 4 : 1}u;
+  let c = (e / p.HW) % p.C;
+  let bg = e / p.n;
+  let st = stat[bg];
+  let ab = gb[c];
+  let xh = (x[i] - T(st.x)) * st.y;
+  let g = ${silu ? "act_grad(dy[i], xh * ab.x + T(ab.y))" : "dy[i]"};
+  let m = mm[bg];
+  dx[i] = st.y * (ab.x * g - T(m.x) - xh * m.y);
+}`;
+
+// Interleaves two (K) vectors into (K) vec2s: out[k] = (a[k], b[k]).
+const ZIP = `
+@group(0) @binding(0) var<storage, read> a: array<f32>;
+@group(0) @binding(1) var<storage, read> b: array<f32>;
+@group(0) @binding(2) var<storage, read_write> out: array<vec2f>;
+struct P { K: u32 }
+@group(0) @binding(3) var<uniform> p: P;
+${HEAD}
+  if (i >= p.K) { return; }
+  out[i] = vec2f(a[i], b[i]);
+}`;
+
+function dims(fn: string, x: Tensor, groups: number) {
+  if (x.shape.length !== 4 || x.dtype !== "f32") {
+    throw new RangeError(`${fn}: x must be an f32 (B,C,H,W) tensor, got [${x.shape}] ${x.dtype}`);
+  }
+  const [B, C, H, W] = x.shape;
+  if (!Number.isInteger(groups) || groups < 1 || C % groups) {
+    throw new RangeError(`${fn}: groups must be a positive divisor of C = ${C}, got ${groups}`);
+  }
+  return { B, C, HW: H * W, G: groups, cpg: C / groups, n: (C / groups) * H * W };
+}
+
+/** Chunks per segment of `len` elements when there are `segs` segments. */
+function chunks(segs: number, len: number): number {
+  return Math.max(1, Math.min(Math.ceil(len / 64), Math.ceil(TARGET / segs)));
+}
+
+const wgs = (n: number) => grid(Math.ceil(n / WG));
+
+/**
+ * Whether the barrier-free kernels should run: on CPU adapters, except a forward pass with few
+ * groups (B*groups <= 64, e.g. one 256x256 image), where @lvm/kernels' one-workgroup-per-group
+ * kernel measured faster. `force` overrides (tests).
+ */
+export function useRowsGroupNorm(
+  gpu: Gpu,
+  segments: number,
+  backward: boolean,
+  force?: boolean,
+): boolean {
+  if (force !== undefined) return force;
+  return gpu.kind === "cpu" && (backward || segments > 64);
+}
+
+/**
+ * GroupNorm (+ SiLU): x (B,C,H,W), gamma/beta (C) -> y, with mean/rstd (B,groups) for the backward.
+ * The barrier-free kernels on CPU adapters, @lvm/kernels' `groupNorm` elsewhere.
+ */
+export function groupNormFast(
+  gpu: Gpu,
+  x: Tensor,
+  gamma: Tensor,
+  beta: Tensor,
+  groups: number,
+  eps: number,
+  silu: boolean,
+  force?: boolean,
+): { y: Tensor; mean: Tensor; rstd: Tensor } {
+  const { B, C, HW, G, n } = dims("groupNormFast", x, groups);
+  if (!useRowsGroupNorm(gpu, B * G, false, force)) {
+    return groupNorm(gpu, x, gamma, beta, groups, eps, { silu });
+  }
+  for (const [k, t] of [["gamma", gamma], ["beta", beta]] as const) {
+    if (t.size !== C) {
+      throw new RangeError(`groupNormFast: ${k} has ${t.size} elements, expected ${C}`);
+    }
+  }
+  const v4 = HW % 4 === 0;
+  const P = chunks(B * G, n), L = v4 ? Math.ceil(n / P / 4) * 4 : Math.ceil(n / P);
+  const part = gpu.empty([B * G * P, 2]);
+  gpu.dispatch(
+    gpu.pipeline(`tok_gn_stats|${v4}`, () => STATS(v4)),
+    [x, part],
+    new Params().u32(B * G * P).u32(n).u32(L).u32(P),
+    wgs(B * G * P),
+  );
+  const mean = gpu.empty([B, G]), rstd = gpu.empty([B, G]);
+  gpu.dispatch(
+    gpu.pipeline("tok_gn_merge", MERGE),
+    [part, mean, rstd],
+    new Params().u32(B * G).u32(n).u32(L).u32(P).f32(eps),
+    wgs(B * G),
+  );
+  part.release();
+  const y = gpu.empty(x.shape);
+  gpu.dispatch(
+    gpu.pipeline(`tok_gn_apply|${silu}|${v4}`, () => APPLY(silu, v4)),
+    [x, mean, rstd, gamma, beta, y],
+    new Params().u32(x.size / (v4 ? 4 : 1)).u32(HW).u32(C).u32(n),
+    wgs(x.size / (v4 ? 4 : 1)),
+  );
+  return { y, mean, rstd };
+}
+
+/**
+ * Backward of {@link groupNormFast}: dx, dgamma, dbeta from x, gamma, beta (needed when `silu`),
+ * the forward's mean/rstd and dy.
+ */
+export function groupNormFastBackward(
+  gpu: Gpu,
+  x: Tensor,
+  gamma: Tensor,
+  beta: Tensor,
+  mean: Tensor,
+  rstd: Tensor,
+  dy: Tensor,
+  silu: boolean,
+  force?: boolean,
+): { dx: Tensor; dgamma: Tensor; dbeta: Tensor } {
+  const G = mean.size / x.shape[0];
+  if (!useRowsGroupNorm(gpu, mean.size, true, force)) {
+    return groupNormBackward(gpu, x, gamma, mean, rstd, dy, { silu, beta });
+  }
+  const { B, C, HW, cpg, n } = dims("groupNormFastBackward", x, G);
+  if (dy.size !== x.size) {
+    throw new RangeError(
+      `groupNormFastBackward: dy has shape [${dy.shape}], expected [${x.shape}]`,
+    );
+  }
+  const v4 = HW % 4 === 0;
+  const P = chunks(B * C, HW), L = v4 ? Math.ceil(HW / P / 4) * 4 : Math.ceil(HW / P);
+  const part = gpu.empty([B * C * P, 2]);
+  gpu.dispatch(
+    gpu.pipeline(`tok_gn_bstats|${silu}|${v4}`, () => BSTATS(silu, v4)),
+    [x, dy, mean, rstd, gamma, beta, part],
+    new Params().u32(B * C * P).u32(HW).u32(C).u32(cpg).u32(L).u32(P),
+    wgs(B * C * P),
+  );
+  const sums = gpu.empty([B * C, 2]);
+  gpu.dispatch(
+    gpu.pipeline("tok_gn_bmerge", BMERGE),
+    [part, sums],
+    new Params().u32(B * C).u32(P),
+    wgs(B * C),
+  );
+  part.release();
+  const dgamma = gpu.empty([C]), dbeta = gpu.empty([C]), mm = gpu.empty([B * G, 2]);
+  gpu.dispatch(
+    gpu.pipeline("tok_gn_breduce", BREDUCE),
+    [sums, gamma, dgamma, dbeta, mm],
+    new Params().u32(B).u32(C).u32(cpg).u32(G).u32(n),
+    wgs(Math.max(C, B * G)),
+  );
+  sums.release();
+  // (mean, rstd) and (gamma, beta) as vec2s keep the dx kernel at 7 bindings.
+  const stat = gpu.empty([B * G, 2]), gb = gpu.empty([C, 2]);
+  const zip = gpu.pipeline("tok_gn_zip", ZIP);
+  gpu.dispatch(zip, [mean, rstd, stat], new Params().u32(B * G), wgs(B * G));
+  gpu.dispatch(zip, [gamma, beta, gb], new Params().u32(C), wgs(C));
+  const dx = gpu.empty(x.shape);
+  gpu.dispatch(
+    gpu.pipeline(`tok_gn_bdx|${silu}|${v4}`, () => BDX(silu, v4)),
+    [x, dy, stat, gb, mm, dx],
+    new Params().u32(x.size / (v4 ? 4 : 1)).u32(HW).u32(C).u32(n),
+    wgs(x.size / (v4 ? 4 : 1)),
+  );
+  for (const t of [mm, stat, gb]) t.release();
+  return { dx, dgamma, dbeta };
+}

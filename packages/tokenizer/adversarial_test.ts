@@ -1,0 +1,155 @@
+/**
+ * The PatchGAN discriminator: its backward (4x4 convs, stride 2, LeakyReLU) against finite
+ * differences of a CPU reference (small steps: a LeakyReLU kink inside a step would skew one), and its training inside VqganTrainer (switches on at `start`,
+ * checkpoints and resumes exactly).
+ */
+import { deepStrictEqual, equal, ok } from "node:assert/strict";
+import { makeImage } from "@lvm/image";
+import { conv2dCpu } from "@lvm/kernels";
+import { assertClose, finiteDiff, randn } from "@lvm/kernels/testing";
+import { getGpu } from "./_deps.ts";
+import { PatchDiscriminator } from "./adversarial.ts";
+import { parseConfig } from "./config.ts";
+import { sampleBatch } from "./data.ts";
+import { initWeights, Vqgan } from "./model.ts";
+import { TRAIN_DEFAULTS, VqganTrainer } from "./train.ts";
+
+const leaky = (v: Float32Array) => v.map((a) => (a > 0 ? a : 0.2 * a));
+
+/** CPU reference of D: sum(logits * R). */
+function dCpu(
+  w: Float32Array[],
+  x: Float32Array,
+  B: number,
+  C: number,
+  S: number,
+  R: Float32Array,
+): number {
+  const h1 = leaky(
+    conv2dCpu(x, w[0], w[1], { xShape: [B, 3, S, S], wShape: [C, 3, 4, 4], stride: 2, pad: 1 }),
+  );
+  const s1 = S / 2;
+  const h2 = leaky(
+    conv2dCpu(h1, w[2], w[3], {
+      xShape: [B, C, s1, s1],
+      wShape: [2 * C, C, 4, 4],
+      stride: 2,
+      pad: 1,
+    }),
+  );
+  const s2 = s1 / 2;
+  const l = conv2dCpu(h2, w[4], w[5], {
+    xShape: [B, 2 * C, s2, s2],
+    wShape: [1, 2 * C, 4, 4],
+    pad: 1,
+  });
+  let s = 0;
+  for (let i = 0; i < l.length; i++) s += l[i] * R[i];
+  return s;
+}
+
+Deno.test("PatchDiscriminator()", async (t) => {
+  const gpu = await getGpu();
+  await t.step("backward matches finite differences of the CPU reference", async () => {
+    const B = 2, C = 8, S = 16;
+    const d = new PatchDiscriminator(gpu, { start: 1, weight: 1, channels: C }, TRAIN_DEFAULTS);
+    const ws = (await gpu.readMany(d.layers.flatMap((l) => [l.w, l.b]))) as Float32Array[];
+    const x = randn(B * 3 * S * S, 5, 0, 1);
+    const xt = gpu.upload(x, [B, 3, S, S]);
+    const c = d.forward(xt);
+    deepStrictEqual(c.logits.shape, [B, 1, 3, 3]);
+    const R = randn(c.logits.size, 6);
+    assertClose(
+      [(await gpu.readF32(c.logits)).reduce((a, v, i) => a + v * R[i], 0)],
+      [dCpu(ws, x, B, C, S, R)],
+      { atol: 1e-4, rtol: 1e-4 },
+      "D(x)",
+    );
+    const { grads, dx } = d.backward(c, gpu.upload(R, c.logits.shape), true);
+    const names = [
+      "disc.0.weight",
+      "disc.0.bias",
+      "disc.1.weight",
+      "disc.1.bias",
+      "disc.2.weight",
+      "disc.2.bias",
+    ];
+    for (let k = 0; k < 6; k++) {
+      const idx = [0, 7, ws[k].length - 1].filter((i) => i < ws[k].length);
+      const fd = finiteDiff(
+        (v) => {
+          const w2 = ws.slice();
+          w2[k] = Float32Array.from(v);
+          return dCpu(w2, x, B, C, S, R);
+        },
+        ws[k],
+        1e-3,
+        idx,
+      );
+      const g = await gpu.readF32(grads.get(names[k])!);
+      assertClose(idx.map((i) => g[i]), fd, { atol: 2e-3, rtol: 1e-2 }, `d${names[k]}`);
+    }
+    const idx = [3, 100, x.length - 1];
+    const fdx = finiteDiff((v) => dCpu(ws, Float32Array.from(v), B, C, S, R), x, 1e-3, idx);
+    const gx = await gpu.readF32(dx!);
+    assertClose(idx.map((i) => gx[i]), fdx, { atol: 2e-3, rtol: 1e-2 }, "dx");
+    d.release();
+    xt.release();
+  });
+  await t.step("in training: off before start, then trained; resume is exact", async () => {
+    const config = parseConfig({
+      resolution: 16,
+      hidden_channels: 32,
+      channel_mult: [1, 1],
+      num_res_blocks: 1,
+      attn_resolutions: [],
+      no_attn_mid_block: true,
+      z_channels: 8,
+      num_embeddings: 32,
+      quantized_embed_dim: 8,
+    });
+    const img = makeImage(20, 20);
+    img.data.forEach((_, i) => (img.data[i] = 0.5 + 0.4 * Math.sin(i / 5)));
+    const src = [{ name: "a", frames: [img] }];
+    const opts = { ...TRAIN_DEFAULTS, batchSize: 2, lr: 2e-3, warmup: 1, steps: 10 };
+    const make = () => {
+      const tr = new VqganTrainer(Vqgan.fromWeights(gpu, config, initWeights(config, 1)), opts);
+      tr.extension = new PatchDiscriminator(gpu, { start: 2, weight: 0.1, channels: 8 }, opts);
+      return tr;
+    };
+    const run = async (tr: VqganTrainer, n: number) => {
+      const out = [];
+      for (let i = 0; i < n; i++) {
+        const x = gpu.upload(sampleBatch(src, 2, 16, tr.rng), [2, 3, 16, 16]);
+        out.push(await tr.trainStep(x));
+        x.release();
+      }
+      return out;
+    };
+    const a = make();
+    const sa = await run(a, 4);
+    equal(sa[0].d_loss, 0);
+    ok(sa[1].d_loss > 0 && sa[3].d_loss > 0, `d_loss ${sa.map((s) => s.d_loss)}`);
+    ok(sa[3].g_adv !== 0);
+    const dir = await Deno.makeTempDir();
+    const b = make();
+    await run(b, 2);
+    await b.save(dir);
+    const c = make();
+    await c.load(dir);
+    const sc = await run(c, 2);
+    deepStrictEqual(
+      sc.map((s) => [s.loss, s.d_loss, s.g_adv]),
+      sa.slice(2).map((s) => [s.loss, s.d_loss, s.g_adv]),
+    );
+    const dState = async (tr: VqganTrainer) =>
+      await gpu.readMany([...(tr.extension as PatchDiscriminator).state().values()]);
+    deepStrictEqual(await dState(c), await dState(a));
+    for (const tr of [a, b, c]) {
+      (tr.extension as PatchDiscriminator).release();
+      tr.release();
+      tr.model.release();
+    }
+    await Deno.remove(dir, { recursive: true });
+  });
+});

@@ -1,0 +1,210 @@
+/**
+ * Training images for the tokenizer: sources (image files, GIFs, videos, frame folders) loaded once
+ * at a reduced size, a seeded batch sampler with light augmentation, a held-out split by source, and
+ * the reconstruction PSNR evaluation.
+ *
+ * A source is what the held-out split keeps whole, so that near-identical frames never sit on both
+ * sides: an image file, every frame of a GIF or a video, or every image of a frame folder. A folder
+ * given on the command line contributes its image files as separate sources and each of its
+ * sub-folders (one level) as one frame-folder source.
+ * @module
+ */
+import { join } from "node:path";
+import {
+  crop,
+  decodeVideo,
+  flipH,
+  IMAGE_EXTENSIONS,
+  listImages,
+  loadFrames,
+  probeVideo,
+  resize,
+  type RgbImage,
+} from "@lvm/image";
+import type { Rng } from "./train.ts";
+
+/** Video file extensions read through ffmpeg. */
+export const VIDEO_EXTENSIONS: readonly string[] = ["avi", "mp4", "mkv", "mov", "webm"];
+
+/** One source of training images (see the module doc). */
+export interface ImageSource {
+  /** The file or folder. */
+  name: string;
+  /** Its images, shorter side at most `maxSide` (aspect kept). */
+  frames: RgbImage[];
+}
+
+/** Options of {@link loadSources}. */
+export interface LoadSourcesOptions {
+  /** Shorter side of the stored copies (default 128). */
+  maxSide?: number;
+  /** Frames per second sampled from videos (default 1). */
+  videoFps?: number;
+  /** Most frames kept per video or frame folder (default 64; evenly spaced). */
+  maxFrames?: number;
+  /** Called after each source (for progress). */
+  onSource?: (s: ImageSource) => void;
+}
+
+function ext(path: string): string {
+  const dot = path.lastIndexOf(".");
+  return dot < 0 ? "" : path.slice(dot + 1).toLowerCase();
+}
+
+/** Shrinks an image so its shorter side is at most `maxSide` (PIL bicubic); smaller ones are kept. */
+export function shrink(img: RgbImage, maxSide: number): RgbImage {
+  const s = Math.min(img.width, img.height);
+  if (s <= maxSide) return img;
+  const f = maxSide / s;
+  return resize(
+    img,
+    Math.max(1, Math.round(img.width * f)),
+    Math.max(1, Math.round(img.height * f)),
+  );
+}
+
+function spaced<T>(xs: T[], n: number): T[] {
+  if (xs.length <= n) return xs;
+  return Array.from({ length: n }, (_, i) => xs[Math.floor((i * xs.length) / n)]);
+}
+
+/**
+ * Loads sources from paths: image files and GIFs (all frames), videos (`videoFps` frames per second,
+ * needs ffmpeg), and folders (see the module doc). Errors name the path.
+ */
+export async function loadSources(
+  paths: string[],
+  opts: LoadSourcesOptions = {},
+): Promise<ImageSource[]> {
+  const maxSide = opts.maxSide ?? 128, maxFrames = opts.maxFrames ?? 64;
+  const out: ImageSource[] = [];
+  const add = (s: ImageSource) => {
+    if (!s.frames.length) return;
+    out.push(s);
+    opts.onSource?.(s);
+  };
+  const file = async (path: string): Promise<RgbImage[]> => {
+    if (VIDEO_EXTENSIONS.includes(ext(path))) {
+      const info = await probeVideo(path);
+      const f = Math.min(1, maxSide / Math.min(info.width, info.height));
+      const frames = await decodeVideo(path, {
+        width: Math.max(1, Math.round(info.width * f)),
+        height: Math.max(1, Math.round(info.height * f)),
+        fps: opts.videoFps ?? 1,
+        resample: "ffmpeg",
+      });
+      return spaced(frames, maxFrames);
+    }
+    return spaced(await loadFrames(path), maxFrames).map((m) => shrink(m, maxSide));
+  };
+  for (const p of paths) {
+    let st: Deno.FileInfo;
+    try {
+      st = await Deno.stat(p);
+    } catch (e) {
+      throw new Error(`${p}: no such image, video or folder`, { cause: e });
+    }
+    if (st.isFile) {
+      add({ name: p, frames: await file(p) });
+      continue;
+    }
+    for (const f of await listImages(p)) add({ name: f, frames: await file(f) });
+    const videos: string[] = [], subdirs: string[] = [];
+    for await (const e of Deno.readDir(p)) {
+      if (e.isFile && VIDEO_EXTENSIONS.includes(ext(e.name))) videos.push(join(p, e.name));
+      if (e.isDirectory && !e.name.startsWith(".")) subdirs.push(join(p, e.name));
+    }
+    for (const v of videos.sort()) add({ name: v, frames: await file(v) });
+    for (const d of subdirs.sort()) {
+      const frames = spaced(await listImages(d), maxFrames);
+      const imgs: RgbImage[] = [];
+      for (const f of frames) imgs.push(...(await loadFrames(f)).map((m) => shrink(m, maxSide)));
+      add({ name: d, frames: imgs });
+    }
+  }
+  if (!out.length) {
+    throw new Error(
+      `no images found in ${paths.join(", ")} (expected ${
+        IMAGE_EXTENSIONS.join("/")
+      } files, videos or folders of them)`,
+    );
+  }
+  return out;
+}
+
+/** Splits sources: every `every`-th one (indices every-1, 2*every-1, ...) is held out; 0 holds none. */
+export function holdOut(
+  sources: ImageSource[],
+  every: number,
+): { train: ImageSource[]; held: ImageSource[] } {
+  if (every <= 0 || sources.length < 2) return { train: sources, held: [] };
+  const held = sources.filter((_, i) => i % every === every - 1);
+  const train = sources.filter((_, i) => i % every !== every - 1);
+  if (!held.length) return { train: sources.slice(0, -1), held: sources.slice(-1) };
+  return { train, held };
+}
+
+/**
+ * One training example: a random frame of a random source; with probability 1/4 the whole frame
+ * squash-resized (what encoding does), else a random square crop of 40-100% of the shorter side;
+ * mirrored with probability 1/2; resized (PIL bicubic) to `R` x `R`.
+ */
+export function sampleImage(sources: ImageSource[], R: number, rng: Rng): RgbImage {
+  const src = sources[rng.int(sources.length)];
+  let img = src.frames[rng.int(src.frames.length)];
+  if (rng.next() >= 0.25) {
+    const m = Math.min(img.width, img.height);
+    const side = Math.max(1, Math.round(m * (0.4 + 0.6 * rng.next())));
+    const x = rng.int(img.width - side + 1), y = rng.int(img.height - side + 1);
+    img = crop(img, x, y, side, side);
+  }
+  if (rng.next() < 0.5) img = flipH(img);
+  return img.width === R && img.height === R ? img : resize(img, R, R);
+}
+
+/** A batch (B,3,R,R) of {@link sampleImage} examples. */
+export function sampleBatch(sources: ImageSource[], B: number, R: number, rng: Rng): Float32Array {
+  const P = 3 * R * R, out = new Float32Array(B * P);
+  for (let i = 0; i < B; i++) out.set(sampleImage(sources, R, rng).data, i * P);
+  return out;
+}
+
+/** The evaluation images of held-out sources: at most `perSource` frames each, evenly spaced. */
+export function evalImages(sources: ImageSource[], perSource = 4): RgbImage[] {
+  return sources.flatMap((s) => spaced(s.frames, perSource));
+}
+
+/** Reconstruction quality: mean of per-image PSNR (dB) and the overall MSE, on [0,1] pixels. */
+export interface EvalResult {
+  images: number;
+  psnr: number;
+  mse: number;
+}
+
+/**
+ * Encodes and decodes `images` (squash-resized to the tokenizer's resolution) and compares with the
+ * resized inputs: mean per-image PSNR and MSE.
+ */
+export async function evaluateReconstruction(
+  tok: {
+    resolution: number;
+    encode(images: RgbImage[]): Promise<Int32Array[]>;
+    decode(tokens: ArrayLike<number>[]): Promise<RgbImage[]>;
+  },
+  images: RgbImage[],
+): Promise<EvalResult> {
+  const R = tok.resolution;
+  const inputs = images.map((m) => (m.width === R && m.height === R ? m : resize(m, R, R)));
+  const out = await tok.decode(await tok.encode(inputs));
+  let psnrSum = 0, mseSum = 0;
+  inputs.forEach((m, i) => {
+    let s = 0;
+    const a = m.data, b = out[i].data;
+    for (let j = 0; j < a.length; j++) s += (a[j] - b[j]) ** 2;
+    const mse = s / a.length;
+    mseSum += mse;
+    psnrSum += mse > 0 ? 10 * Math.log10(1 / mse) : 100;
+  });
+  const n = Math.max(1, images.length);
+  return { images: images.length, psnr: psnrSum / n, mse: mseSum / n };
+}

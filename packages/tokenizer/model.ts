@@ -1,0 +1,371 @@
+/**
+ * The VQGAN on WebGPU (open-muse `VQGANModel`, f32 everywhere): encoder + quant_conv, nearest-code
+ * quantizer, post_quant_conv + decoder, and the backward pass of all of it for training.
+ *
+ * Forward, per res block (the fused kernels keep it to 4-5 dispatches each):
+ *   a = silu(norm1(x))            groupNorm with fused SiLU
+ *   h = conv1(a)                  3x3 pad 1
+ *   b = silu(norm2(h))
+ *   y = conv2(b) + skip           residual fused into the conv's epilogue; skip = nin_shortcut(x)
+ *                                 (1x1) when cin != cout, else x
+ * Downsample = 3x3 stride-2 conv on x zero-padded bottom/right by 1; Upsample = nearest x2 fused into
+ * the following 3x3 conv's padding pass.
+ *
+ * Backward: a forward run with a {@link Tape} records one closure per module; `tape.backward(dy)`
+ * runs them in reverse, each turning its output gradient into its input gradient and storing its
+ * parameter gradients (`d<name>` in `tape.grads`, keyed by the open-muse parameter name). Every
+ * activation a closure needs is kept until it has run, then released.
+ * @module
+ */
+import {
+  conv2d,
+  conv2dBackward,
+  type Conv2dOptions,
+  type Gpu,
+  map,
+  nchwToRows,
+  rowsToNchw,
+  type Tensor,
+  vqLookup,
+  vqNearest,
+} from "./_deps.ts";
+import { groupNormFast, groupNormFastBackward } from "./_groupnorm.ts";
+import {
+  geometry,
+  GROUPS,
+  layout,
+  NORM_EPS,
+  paramSpecs,
+  type ResBlockSpec,
+  type VqganConfig,
+  type VqganGeometry,
+} from "./config.ts";
+import type { VqganWeights } from "./weights.ts";
+
+/** Records the backward closures of a forward run; see the module doc. */
+export class Tape {
+  #steps: ((dy: Tensor) => Tensor | null)[] = [];
+  /** Parameter gradients (open-muse names), filled by {@link backward}. */
+  readonly grads: Map<string, Tensor> = new Map();
+
+  /** Adds a module's backward: output gradient -> input gradient (it may release `dy`). */
+  push(step: (dy: Tensor) => Tensor | null): void {
+    this.#steps.push(step);
+  }
+
+  /**
+   * Runs the recorded closures in reverse from `dy` (which it releases); returns the gradient of the
+   * run's input, or null when the first module was told not to compute it.
+   */
+  backward(dy: Tensor): Tensor | null {
+    let d: Tensor | null = dy;
+    while (this.#steps.length) {
+      if (!d) throw new Error("Tape.backward: an inner module returned no input gradient");
+      d = this.#steps.pop()!(d);
+    }
+    return d;
+  }
+
+  /** Stores a parameter gradient (each parameter is used once in a forward run). */
+  setGrad(name: string, g: Tensor | null): void {
+    if (!g) return;
+    if (this.grads.has(name)) throw new Error(`Tape: gradient of ${name} computed twice`);
+    this.grads.set(name, g);
+  }
+}
+
+const PAD1 = { pad: 1 } as const;
+const DOWN = { stride: 2, pad: [0, 1, 0, 1] } as const;
+const UP = { pad: 1, upsample2x: true } as const;
+
+/** The VQGAN's parameters on the GPU and its forward/backward passes. */
+export class Vqgan {
+  /** Derived sizes (levels, grid, tokens per image). */
+  readonly geometry: VqganGeometry;
+
+  private constructor(
+    readonly gpu: Gpu,
+    readonly config: VqganConfig,
+    /** Parameters by open-muse name, shapes as {@link paramSpecs}. */
+    readonly params: Map<string, Tensor>,
+  ) {
+    this.geometry = geometry(config);
+  }
+
+  /** Uploads host weights (every parameter of the config, checked by size). */
+  static fromWeights(gpu: Gpu, config: VqganConfig, weights: VqganWeights): Vqgan {
+    const params = new Map<string, Tensor>();
+    for (const s of paramSpecs(config)) {
+      const w = weights.get(s.name);
+      const n = s.shape.reduce((a, b) => a * b, 1);
+      if (!w || w.length !== n) {
+        for (const t of params.values()) t.release();
+        throw new RangeError(
+          `Vqgan: weight ${s.name} needs ${n} values for shape [${s.shape}], found ${
+            w ? w.length : "none"
+          }`,
+        );
+      }
+      params.set(s.name, gpu.upload(w, s.shape));
+    }
+    return new Vqgan(gpu, config, params);
+  }
+
+  /** Parameter `name` (open-muse naming). */
+  p(name: string): Tensor {
+    const t = this.params.get(name);
+    if (!t) throw new RangeError(`Vqgan: no parameter named ${name}`);
+    return t;
+  }
+
+  /** Reads every parameter back to the host. */
+  async readWeights(): Promise<VqganWeights> {
+    const names = [...this.params.keys()];
+    const data = await this.gpu.readMany(names.map((n) => this.params.get(n)!));
+    return new Map(names.map((n, i) => [n, data[i] as Float32Array]));
+  }
+
+  /** Frees the parameters. */
+  release(): void {
+    for (const t of this.params.values()) t.release();
+  }
+
+  // ----------------------------------------------------------------------------------- modules
+
+  /**
+   * conv `name` on x. With a tape, records its backward, which releases x when `ownX` (the tape
+   * owns the activations between modules) and skips dx when `dx` is false (the images).
+   */
+  #conv(x: Tensor, name: string, opts: Conv2dOptions, tape?: Tape, ownX = true, dx = true): Tensor {
+    const w = this.p(`${name}.weight`), b = this.p(`${name}.bias`);
+    const y = conv2d(this.gpu, x, w, b, opts);
+    tape?.push((dy) => {
+      const g = conv2dBackward(this.gpu, x, w, dy, { ...opts, dx });
+      tape.setGrad(`${name}.weight`, g.dw);
+      tape.setGrad(`${name}.bias`, g.dbias);
+      dy.release();
+      if (ownX) x.release();
+      return g.dx;
+    });
+    return y;
+  }
+
+  /** silu(groupNorm(x)) with parameters `name`; records its backward. */
+  #normSilu(x: Tensor, name: string, tape?: Tape, ownX = true): Tensor {
+    const gamma = this.p(`${name}.weight`), beta = this.p(`${name}.bias`);
+    const r = groupNormFast(this.gpu, x, gamma, beta, GROUPS, NORM_EPS, true);
+    if (!tape) {
+      r.mean.release();
+      r.rstd.release();
+      return r.y;
+    }
+    tape.push((dy) => {
+      const g = groupNormFastBackward(this.gpu, x, gamma, beta, r.mean, r.rstd, dy, true);
+      tape.setGrad(`${name}.weight`, g.dgamma);
+      tape.setGrad(`${name}.bias`, g.dbeta);
+      dy.release();
+      r.mean.release();
+      r.rstd.release();
+      if (ownX) x.release();
+      return g.dx;
+    });
+    return r.y;
+  }
+
+  /** One res block; x is kept (the caller owns it) unless a tape takes it over. */
+  #res(s: ResBlockSpec, x: Tensor, tape?: Tape): Tensor {
+    const gpu = this.gpu, n = s.name;
+    const nin = s.cin !== s.cout;
+    const sub = tape ? new Tape() : undefined;
+    const a = this.#normSilu(x, `${n}.norm1`, sub, false); // (B,cin,H,W) silu(norm1(x))
+    const h = this.#conv(a, `${n}.conv1`, PAD1, sub); // (B,cout,H,W)
+    if (!tape) a.release();
+    const b = this.#normSilu(h, `${n}.norm2`, sub); // (B,cout,H,W)
+    if (!tape) h.release();
+    const skip = nin
+      ? conv2d(gpu, x, this.p(`${n}.nin_shortcut.weight`), this.p(`${n}.nin_shortcut.bias`))
+      : x;
+    const w2 = this.p(`${n}.conv2.weight`);
+    const y = conv2d(gpu, b, w2, this.p(`${n}.conv2.bias`), { ...PAD1, residual: skip });
+    if (nin) skip.release();
+    if (!tape) {
+      b.release();
+      return y;
+    }
+    tape.push((dy) => {
+      // y = conv2(b) + skip(x): dy flows to both branches.
+      const g2 = conv2dBackward(gpu, b, w2, dy, PAD1);
+      tape.setGrad(`${n}.conv2.weight`, g2.dw);
+      tape.setGrad(`${n}.conv2.bias`, g2.dbias);
+      b.release();
+      let dskip: Tensor = dy;
+      if (nin) {
+        const gs = conv2dBackward(gpu, x, this.p(`${n}.nin_shortcut.weight`), dy);
+        tape.setGrad(`${n}.nin_shortcut.weight`, gs.dw);
+        tape.setGrad(`${n}.nin_shortcut.bias`, gs.dbias);
+        dskip = gs.dx!;
+        dy.release();
+      }
+      const dxMain = sub!.backward(g2.dx!)!; // through norm2, conv1, norm1
+      for (const [k, v] of sub!.grads) tape.setGrad(k, v);
+      const dx = map(gpu, "a + b", [dxMain, dskip]);
+      dxMain.release();
+      dskip.release();
+      x.release();
+      return dx;
+    });
+    return y;
+  }
+
+  /**
+   * Encoder + quant_conv: images x (B,3,R,R) in [0,1] -> latents z (B,E,h,w). With a tape the
+   * backward is recorded (x stays owned by the caller; the input gradient is not computed).
+   */
+  encode(x: Tensor, tape?: Tape): Tensor {
+    const { resolution: R, numChannels } = this.config;
+    if (
+      x.shape.length !== 4 || x.shape[1] !== numChannels || x.shape[2] !== R || x.shape[3] !== R
+    ) {
+      throw new RangeError(
+        `Vqgan.encode: x must be (B,${numChannels},${R},${R}), got [${x.shape}]`,
+      );
+    }
+    const L = layout(this.config);
+    let h = this.#conv(x, "encoder.conv_in", PAD1, tape, false, false); // (B,hidden,R,R)
+    const step = (next: Tensor) => {
+      if (!tape) h.release();
+      h = next;
+    };
+    for (const lv of L.down) {
+      for (const s of lv.blocks) step(this.#res(s, h, tape));
+      if (lv.downsample) step(this.#conv(h, lv.downsample, DOWN, tape)); // (B,C,H/2,W/2)
+    }
+    for (const s of L.encMid) step(this.#res(s, h, tape));
+    step(this.#normSilu(h, "encoder.norm_out", tape));
+    step(this.#conv(h, "encoder.conv_out", PAD1, tape)); // (B,z,h,w)
+    step(this.#conv(h, "quant_conv", {}, tape)); // (B,E,h,w)
+    return h;
+  }
+
+  /** post_quant_conv + decoder: latents q (B,E,h,w) -> unclamped images (B,3,R,R). q stays the caller's. */
+  decode(q: Tensor, tape?: Tape): Tensor {
+    const { grid: G } = this.geometry;
+    const E = this.config.quantizedEmbedDim;
+    if (q.shape.length !== 4 || q.shape[1] !== E || q.shape[2] !== G || q.shape[3] !== G) {
+      throw new RangeError(`Vqgan.decode: q must be (B,${E},${G},${G}), got [${q.shape}]`);
+    }
+    const L = layout(this.config);
+    let h = this.#conv(q, "post_quant_conv", {}, tape, false); // (B,z,h,w)
+    const step = (next: Tensor) => {
+      if (!tape) h.release();
+      h = next;
+    };
+    step(this.#conv(h, "decoder.conv_in", PAD1, tape)); // (B,mid,h,w)
+    for (const s of L.decMid) step(this.#res(s, h, tape));
+    for (const lv of L.up) {
+      for (const s of lv.blocks) step(this.#res(s, h, tape));
+      if (lv.upsample) step(this.#conv(h, lv.upsample, UP, tape)); // (B,C,2H,2W)
+    }
+    step(this.#normSilu(h, "decoder.norm_out", tape));
+    step(this.#conv(h, "decoder.conv_out", PAD1, tape)); // (B,3,R,R)
+    return h;
+  }
+
+  /** Nearest codes of latents z (B,E,h,w) -> ids (B*h*w) i32, raster order per image. */
+  codes(z: Tensor): Tensor {
+    const rows = nchwToRows(this.gpu, z); // (B*h*w, E)
+    const r = vqNearest(this.gpu, rows, this.p("quantize.embedding.weight"));
+    rows.release();
+    r.dist.release();
+    return r.ids;
+  }
+
+  /** Code vectors of ids (B*h*w) i32 as latents (B,E,h,w). Ids must be in range (checked by callers). */
+  lookup(ids: Tensor, B: number): Tensor {
+    const { grid: G } = this.geometry;
+    const rows = vqLookup(this.gpu, ids, this.p("quantize.embedding.weight")); // (B*h*w, E)
+    const q = rowsToNchw(this.gpu, rows, B, G, G);
+    rows.release();
+    return q;
+  }
+
+  /** Images (B,3,R,R) in [0,1] -> ids (B*h*w) i32. */
+  encodeIds(x: Tensor): Tensor {
+    const z = this.encode(x);
+    const ids = this.codes(z);
+    z.release();
+    return ids;
+  }
+
+  /** ids (B*h*w) i32 -> images (B,3,R,R) clamped to [0,1]. */
+  decodeIds(ids: Tensor, B: number): Tensor {
+    const q = this.lookup(ids, B);
+    const raw = this.decode(q);
+    q.release();
+    const img = map(this.gpu, "clamp(a, 0.0, 1.0)", [raw]);
+    raw.release();
+    return img;
+  }
+
+  /**
+   * Bytes of the largest activation (with conv padding) one image needs in the forward pass: the
+   * batch must keep every tensor under the adapter's binding limit.
+   */
+  activationBytesPerImage(): number {
+    const { resolution: R, hiddenChannels: hid, channelMult: mult } = this.config;
+    let worst = 0;
+    for (let i = 0; i < mult.length; i++) {
+      const side = R >> i;
+      // a level's widest tensor; the decoder's upsample conv reads the next level's channels at this side
+      const ch = hid * Math.max(mult[i], i + 1 < mult.length ? mult[i + 1] : 0);
+      worst = Math.max(worst, ch * (side + 4) * (side + 8) * 4);
+    }
+    return worst;
+  }
+
+  /** Largest batch whose activations fit one storage binding (at least 1). */
+  maxBatch(): number {
+    return Math.max(
+      1,
+      Math.floor(this.gpu.limits.maxStorageBufferBindingSize / this.activationBytesPerImage()),
+    );
+  }
+}
+
+/**
+ * Random weights for training from scratch, PyTorch's defaults as open-muse builds the model: conv
+ * weights and biases U(-1/sqrt(fan_in), 1/sqrt(fan_in)) (kaiming_uniform with a = sqrt(5)),
+ * GroupNorm weight 1 and bias 0, codebook U(-1/K, 1/K). Deterministic in `seed`.
+ */
+export function initWeights(config: VqganConfig, seed = 0): VqganWeights {
+  let s = seed >>> 0;
+  const rnd = () => {
+    s = (s + 0x6d2b79f5) >>> 0;
+    let t = s;
+    t = Math.imul(t ^ (t >>> 15), t | 1);
+    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
+    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
+  };
+  const out: VqganWeights = new Map();
+  const specs = paramSpecs(config);
+  const fanIn = new Map<string, number>();
+  for (const sp of specs) {
+    if (sp.shape.length === 4) {
+      fanIn.set(sp.name.slice(0, -7), sp.shape[1] * sp.shape[2] * sp.shape[3]);
+    }
+  }
+  for (const sp of specs) {
+    const n = sp.shape.reduce((a, b) => a * b, 1);
+    const w = new Float32Array(n);
+    const prefix = sp.name.replace(/\.(weight|bias)$/, "");
+    if (sp.name === "quantize.embedding.weight") {
+      const K = sp.shape[0];
+      for (let i = 0; i < n; i++) w[i] = (rnd() * 2 - 1) / K;
+    } else if (fanIn.has(prefix)) {
+      const bound = 1 / Math.sqrt(fanIn.get(prefix)!);
+      for (let i = 0; i < n; i++) w[i] = (rnd() * 2 - 1) * bound;
+    } else if (sp.name.endsWith(".weight")) w.fill(1); // GroupNorm
+    out.set(sp.name, w);
+  }
+  return out;
+}

@@ -1,0 +1,291 @@
+/**
+ * The VQGAN against tests/fixtures/tokenizer (written by tools/ref_vqgan.py, PyTorch, float64 math on
+ * the stored weights): the same ids and decoded pixels from the .bin, the open-muse safetensors and
+ * the diffusers safetensors; the training loss and gradients; and, for a config with nin_shortcut
+ * blocks (absent from the size-limited fixture), the forward against the CPU reference and the
+ * gradients against finite differences of it.
+ */
+import { equal, match, rejects } from "node:assert/strict";
+import { join } from "node:path";
+import { loadImage } from "@lvm/image";
+import { getGpu, type Tensor } from "./_deps.ts";
+import { SafetensorsFile } from "@lvm/kernels";
+import { assertClose, finiteDiff, randn } from "@lvm/kernels/testing";
+import { parseConfig, type VqganConfig } from "./config.ts";
+import { initWeights, Tape, Vqgan } from "./model.ts";
+import { VqganCpu } from "./_reference.ts";
+import { createTokenizer, loadTokenizer, TokenCountError } from "./tokenizer.ts";
+import { releaseLoss, vqganLossAndGrads } from "./train.ts";
+import { readTokenizerDir, saveTokenizer, type VqganWeights } from "./weights.ts";
+
+const FIX = new URL("../../tests/fixtures/tokenizer/", import.meta.url).pathname;
+const ref = await SafetensorsFile.open(join(FIX, "reference.safetensors"));
+const images = await ref.readF32("images"); // (2,3,16,16)
+const idsRaw = await ref.readRaw("ids");
+const refIds = new Int32Array(
+  idsRaw.buffer.slice(idsRaw.byteOffset, idsRaw.byteOffset + idsRaw.byteLength),
+);
+const P = 3 * 16 * 16, T = 64;
+const asImages = () =>
+  [0, 1].map((i) => ({ width: 16, height: 16, data: images.slice(i * P, (i + 1) * P) }));
+
+Deno.test("VqganTokenizer fixtures()", async (t) => {
+  const decoded = await ref.readF32("decoded");
+  const ids: string[] = [];
+  for (const sub of ["bin", "openmuse", "diffusers"]) {
+    await t.step(`${sub}: ids of the fixed images and decoded pixels match PyTorch`, async () => {
+      const tok = await loadTokenizer(join(FIX, sub));
+      equal(tok.tokensPerImage, T);
+      equal(tok.grid, 8);
+      equal(tok.codebookSize, 64);
+      const got = await tok.encode(asImages());
+      assertClose(
+        Float32Array.from([...got[0], ...got[1]]),
+        refIds,
+        { atol: 0, rtol: 0 },
+        `${sub} ids`,
+      );
+      const imgs = await tok.decode([refIds.slice(0, T), refIds.slice(T)]);
+      const flat = new Float32Array(2 * P);
+      imgs.forEach((m, i) => flat.set(m.data, i * P));
+      assertClose(flat, decoded, { atol: 2e-5, rtol: 1e-4 }, `${sub} decoded`);
+      ids.push(tok.id);
+      tok.release();
+    });
+  }
+  await t.step(
+    "one identity for the three files; the fixed image also loads from PNG",
+    async () => {
+      equal(new Set(ids).size, 1);
+      const png = await loadImage(join(FIX, "image.png"));
+      assertClose(png.data, images.slice(0, P), { atol: 0, rtol: 0 }, "image.png");
+    },
+  );
+  await t.step("quant_conv latents match", async () => {
+    const { config, weights } = await readTokenizerDir(join(FIX, "bin"));
+    const gpu = await getGpu();
+    const model = Vqgan.fromWeights(gpu, config, weights);
+    const x = gpu.upload(images, [2, 3, 16, 16]);
+    const z = model.encode(x);
+    assertClose(await gpu.readF32(z), await ref.readF32("z"), { atol: 1e-5, rtol: 1e-4 }, "z");
+    // A margin this wide cannot be crossed by f32 rounding of the distances.
+    equal((await ref.readF32("margin"))[0] > 1e-3, true);
+    x.release();
+    z.release();
+    model.release();
+  });
+  await t.step("wrong token count names the grid; out-of-range ids rejected", async () => {
+    const tok = await loadTokenizer(join(FIX, "openmuse"));
+    await rejects(() => tok.decode([new Int32Array(63)]), (e: Error) => {
+      equal(e instanceof TokenCountError, true);
+      match(e.message, /got 63 ids, expected 64 \(a 8x8 grid/);
+      return true;
+    });
+    await rejects(
+      () => tok.decode([new Int32Array(64).fill(64)]),
+      /tokens\[0\] is 64, expected a code id in \[0, 64\)/,
+    );
+    tok.release();
+  });
+  await t.step("images of other sizes are squash-resized to the resolution", async () => {
+    const tok = await loadTokenizer(join(FIX, "openmuse"));
+    const [a] = await tok.encode([{ width: 37, height: 23, data: randn(3 * 37 * 23, 3, 0, 1) }]);
+    equal(a.length, T);
+    tok.release();
+  });
+});
+
+Deno.test("vqganLossAndGrads() fixture", async (t) => {
+  const { config, weights } = await readTokenizerDir(join(FIX, "openmuse"));
+  const gpu = await getGpu();
+  const model = Vqgan.fromWeights(gpu, config, weights);
+  const x = gpu.upload(images, [2, 3, 16, 16]);
+  const r = vqganLossAndGrads(model, x);
+  const [rec, vq] = await gpu.readMany(r.stats.slice(0, 2));
+  const loss = await ref.readF32("loss"); // total, rec, codebook, commitment
+  await t.step("loss terms match PyTorch", () => {
+    assertClose([rec[0], vq[0], vq[0]], loss.slice(1), { atol: 1e-6, rtol: 1e-4 }, "loss terms");
+    assertClose([rec[0] + 1.25 * vq[0]], [loss[0]], { atol: 1e-6, rtol: 1e-4 }, "loss");
+  });
+  await t.step("ids match PyTorch", async () => {
+    assertClose(await gpu.read(r.ids), refIds, { atol: 0, rtol: 0 }, "ids");
+  });
+  await t.step("gradients match PyTorch's (straight-through, codebook, commitment)", async () => {
+    const names = ref.names().filter((n) => n.startsWith("grad.")).map((n) => n.slice(5));
+    equal(names.length > 20, true);
+    for (const n of names) {
+      const want = await ref.readF32(`grad.${n}`);
+      let scale = 0;
+      for (const v of want) scale = Math.max(scale, Math.abs(v));
+      assertClose(await gpu.readF32(r.grads.get(n)!), want, {
+        atol: 1e-4 * scale + 1e-7,
+        rtol: 2e-3,
+      }, `d${n}`);
+    }
+    equal(r.grads.size, weights.size);
+  });
+  releaseLoss(r);
+  x.release();
+  model.release();
+});
+
+/** A config whose blocks change channels (nin_shortcut in the encoder and the decoder). */
+const NIN: VqganConfig = parseConfig({
+  resolution: 8,
+  hidden_channels: 32,
+  channel_mult: [1, 2],
+  num_res_blocks: 1,
+  attn_resolutions: [],
+  no_attn_mid_block: true,
+  z_channels: 8,
+  num_embeddings: 16,
+  quantized_embed_dim: 4,
+});
+
+Deno.test("Vqgan nin_shortcut config vs CPU reference()", async (t) => {
+  const gpu = await getGpu();
+  const w = initWeights(NIN, 7);
+  // Non-trivial norms and a codebook spread like the latents.
+  for (const [n, v] of w) {
+    if (/norm|nin/.test(n)) {
+      v.set(randn(v.length, n.length, n.endsWith("weight") && !/nin/.test(n) ? 0.5 : -0.3, 1.2));
+    }
+  }
+  const cpu = new VqganCpu(NIN, w);
+  const B = 2, x = randn(B * 3 * 64, 11, 0, 1);
+  const z = cpu.encode(x, B);
+  w.set(
+    "quantize.embedding.weight",
+    Float32Array.from(
+      { length: 64 },
+      (_, i) => z.data[(i * 7) % z.data.length] + 0.05 * Math.sin(i),
+    ),
+  );
+  const model = Vqgan.fromWeights(gpu, NIN, w);
+  const xt = gpu.upload(x, [B, 3, 8, 8]);
+  await t.step("encode and decode match", async () => {
+    const zg = model.encode(xt);
+    assertClose(await gpu.readF32(zg), z.data, { atol: 1e-5, rtol: 1e-4 }, "z");
+    const q = cpu.lookup(cpu.codes(z), B);
+    const qg = gpu.upload(q.data, q.shape);
+    const rg = model.decode(qg);
+    assertClose(await gpu.readF32(rg), cpu.decode(q).data, { atol: 1e-5, rtol: 1e-4 }, "decoded");
+    for (const t of [zg, qg, rg]) t.release();
+  });
+  // Encoder and decoder backward on their own: d<out, R>/d param for a fixed random R, against
+  // central differences of the CPU reference. (The training loss itself is a surrogate: its
+  // straight-through gradient is not the derivative of its value; the PyTorch fixture checks that.)
+  const probe = async (
+    label: string,
+    run: (tape: Tape) => Tensor,
+    cpuOut: (w: VqganWeights) => Float32Array,
+    names: string[],
+  ) => {
+    const tape = new Tape();
+    const out = run(tape);
+    const R = randn(out.size, 99);
+    tape.backward(gpu.upload(R, out.shape));
+    out.release();
+    for (const n of names) {
+      const p = w.get(n)!;
+      const idx = [1, p.length - 1];
+      const fd = finiteDiff(
+        (v) => {
+          const wc = new Map(w);
+          wc.set(n, Float32Array.from(v));
+          const o = cpuOut(wc);
+          let s = 0;
+          for (let i = 0; i < o.length; i++) s += o[i] * R[i];
+          return s;
+        },
+        p,
+        1e-3,
+        idx,
+      );
+      const g = await gpu.readF32(tape.grads.get(n)!);
+      assertClose(idx.map((i) => g[i]), fd, { atol: 2e-3, rtol: 2e-3 }, `${label} d${n}`);
+    }
+    for (const g of tape.grads.values()) g.release();
+  };
+  await t.step(
+    "encoder gradients (nin_shortcut, norms, downsample) match finite differences",
+    async () => {
+      await probe(
+        "encoder",
+        (tape) => model.encode(xt, tape),
+        (wc) => new VqganCpu(NIN, wc).encode(x, B).data,
+        [
+          "encoder.down.1.block.0.nin_shortcut.weight",
+          "encoder.down.1.block.0.nin_shortcut.bias",
+          "encoder.down.1.block.0.norm1.weight",
+          "encoder.down.0.downsample.conv.weight",
+          "encoder.mid.block_2.norm2.bias",
+        ],
+      );
+    },
+  );
+  await t.step("decoder gradients (nin_shortcut, upsample) match finite differences", async () => {
+    const q = cpu.lookup(cpu.codes(z), B);
+    const qt = gpu.upload(q.data, q.shape);
+    await probe(
+      "decoder",
+      (tape) => model.decode(qt, tape),
+      (wc) => new VqganCpu(NIN, wc).decode(q).data,
+      [
+        "decoder.up.1.upsample.conv.weight",
+        "decoder.up.0.block.0.nin_shortcut.weight",
+        "decoder.up.0.block.0.nin_shortcut.bias",
+        "decoder.up.0.block.1.norm1.bias",
+      ],
+    );
+    qt.release();
+  });
+  xt.release();
+  model.release();
+});
+
+Deno.test("saveTokenizer() round trip", async (t) => {
+  const dir = await Deno.makeTempDir();
+  await t.step("saved tokenizer loads with the same id, ids and images", async () => {
+    const { config, weights } = await readTokenizerDir(join(FIX, "bin"));
+    await saveTokenizer(dir, config, weights);
+    const a = await createTokenizer(config, weights);
+    const b = await loadTokenizer(dir);
+    equal(b.id, a.id);
+    const [ia, ib] = [await a.encode(asImages()), await b.encode(asImages())];
+    assertClose(
+      Float32Array.from(ib.flat()),
+      Float32Array.from(ia.flat()),
+      { atol: 0, rtol: 0 },
+      "ids",
+    );
+    a.release();
+    b.release();
+  });
+  await t.step("missing or mis-shaped weights are named", async () => {
+    const { config, weights } = await readTokenizerDir(join(FIX, "bin"));
+    const bad = { ...config, numEmbeddings: 32 } as VqganConfig;
+    await Deno.writeTextFile(
+      join(dir, "config.json"),
+      JSON.stringify({
+        resolution: 16,
+        hidden_channels: 32,
+        channel_mult: [1, 1],
+        num_res_blocks: 1,
+        attn_resolutions: [],
+        no_attn_mid_block: true,
+        z_channels: 16,
+        num_embeddings: 32,
+        quantized_embed_dim: 8,
+      }),
+    );
+    await rejects(
+      () => loadTokenizer(dir),
+      /quantize\.embedding\.weight has shape \[64,8\], expected \[32,8\]/,
+    );
+    void bad, weights;
+    await Deno.remove(join(dir, "model.safetensors"));
+    await rejects(() => loadTokenizer(dir), /no weight file found/);
+  });
+  await Deno.remove(dir, { recursive: true });
+});
