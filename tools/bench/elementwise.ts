@@ -1,4 +1,4 @@
-import { add, biasAdd, type Gpu, silu, type Tensor } from "@lvm/kernels";
+import { add, type Gpu, silu, type Tensor } from "@lvm/kernels";
 import type { BenchCase } from "./_harness.ts";
 
 const N = 4096 * 1024;
