@@ -45,7 +45,7 @@ Progress (stderr): step, loss, batch PSNR, codebook usage, steps/s, ETA. At the 
 held-out images (never trained on) is printed.
 
 inputs:
-  --images PATH         image files (PNG/JPEG/GIF/TIFF; GIFs give every frame), videos
+  --images PATH...      image files (PNG/JPEG/GIF/TIFF; GIFs give every frame), videos
                         (avi/mp4/mkv/mov/webm, through ffmpeg), or folders: a folder's images are
                         separate sources and each sub-folder is one frame-folder source (repeatable)
   --eval-images PATH    held-out evaluation sources (same forms); default: every --holdout-th source
@@ -153,7 +153,11 @@ export const tokenizer: Command = {
       options: OPTIONS,
       allowPositionals: true,
     });
-    if (positionals.length) throw new UsageError(`unexpected argument ${positionals[0]}`);
+    // `--images A B C` (as the issue spells it): bare words are more --images paths.
+    if (positionals.length) {
+      if (!v.images?.length) throw new UsageError(`unexpected argument ${positionals[0]}`);
+      v.images = [...v.images, ...positionals];
+    }
     if (!v.out) throw new UsageError("--out DIR is required");
     if (v.steps === undefined) throw new UsageError("--steps N is required");
     const steps = intOption("steps", v.steps, 0, { min: 1 });
