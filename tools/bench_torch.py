@@ -170,6 +170,15 @@ def main():
     )
     for k in keys:
         print(json.dumps(run_case(CASES[k], args.reps)), flush=True)
+    # The model-level cases live beside this file (same name/shape strings as tools/bench/*.ts).
+    sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+    import bench_torch_tokenizer
+    import bench_torch_transformer
+
+    for r in bench_torch_transformer.results(args.filter, None):
+        print(json.dumps(r), flush=True)
+    for r in bench_torch_tokenizer.results(args.filter, 1):
+        print(json.dumps(r), flush=True)
 
 
 if __name__ == "__main__":
