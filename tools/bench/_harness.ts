@@ -61,7 +61,7 @@ export async function runCase(gpu: Gpu, c: BenchCase, reps = 5): Promise<BenchRe
   if (c.flops) r.gflops = +(c.flops / best / 1e6).toFixed(2);
   if (c.bytes) r.gbps = +(c.bytes / best / 1e6).toFixed(3);
   if (c.items) {
-    r.per_s = +(c.items / best * 1e3).toFixed(2);
+    r.per_s = +(c.items / best * 1e3).toPrecision(4);
     r.unit = c.unit ?? "items";
   }
   if (c.note) r.note = c.note;
@@ -74,7 +74,10 @@ export function formatResult(r: BenchResult): string {
   const parts = [`${r.name.padEnd(22)} ${r.shape.padEnd(26)} ${r.ms.toFixed(3).padStart(10)} ms`];
   if (r.gflops !== undefined) parts.push(`${r.gflops.toFixed(2).padStart(8)} GFLOP/s`);
   if (r.gbps !== undefined) parts.push(`${r.gbps.toFixed(3).padStart(8)} GB/s`);
-  if (r.per_s !== undefined) parts.push(`${r.per_s.toFixed(1).padStart(9)} ${r.unit}/s`);
+  if (r.per_s !== undefined) {
+    const v = r.per_s >= 100 ? r.per_s.toFixed(1) : r.per_s.toPrecision(3);
+    parts.push(`${v.padStart(9)} ${r.unit}/s`);
+  }
   if (r.note) parts.push(`  (${r.note})`);
   return parts.join(" ");
 }
