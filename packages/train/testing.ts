@@ -4,10 +4,10 @@
  * and assertions.
  * @module
  */
-import { deepStrictEqual } from "node:assert/strict";
 import { writeTestDataset } from "@lvm/sentence/testing";
 import { type LlamaConfig, makeConfig } from "@lvm/transformer";
-import { rng } from "@lvm/kernels/testing";
+import { assertEquals, rng } from "@lvm/kernels/testing";
+export { assertEquals, assertRejects, assertThrows } from "@lvm/kernels/testing";
 
 /** 2 layers, width 32, 2 heads, FFN 64, LVM's 8292-id vocabulary. */
 export const MINI: LlamaConfig = makeConfig({ hidden: 32, layers: 2, heads: 2, ffn: 64 });
@@ -38,11 +38,6 @@ export async function patternDataset(n = 64, len = 16): Promise<{ root: string; 
   return { root, data };
 }
 
-/** Deep equality. */
-export function assertEquals<T>(got: T, want: T, msg?: string): void {
-  deepStrictEqual(got, want, msg);
-}
-
 /** Throws with `msg` unless `cond`. */
 export function assert(cond: unknown, msg = "assertion failed"): asserts cond {
   if (!cond) throw new Error(msg);
@@ -56,42 +51,4 @@ export function assertBitEqual(a: Float32Array, b: Float32Array, label: string):
   for (let i = 0; i < x.length; i++) {
     if (x[i] !== y[i]) throw new Error(`${label}[${i}]: ${a[i]} != ${b[i]} (bitwise)`);
   }
-}
-
-/** Throws unless `fn` throws an instance of `cls` whose message contains `includes`. */
-export function assertThrows(
-  fn: () => unknown,
-  cls: abstract new (...args: any[]) => Error,
-  includes = "",
-): Error {
-  try {
-    fn();
-  } catch (e) {
-    return checkError(e, cls, includes);
-  }
-  throw new Error(`expected ${cls.name} containing "${includes}", but nothing was thrown`);
-}
-
-/** Async {@link assertThrows}. */
-export async function assertRejects(
-  fn: () => Promise<unknown>,
-  cls: abstract new (...args: any[]) => Error,
-  includes = "",
-): Promise<Error> {
-  try {
-    await fn();
-  } catch (e) {
-    return checkError(e, cls, includes);
-  }
-  throw new Error(`expected ${cls.name} containing "${includes}", but nothing was thrown`);
-}
-
-function checkError(e: unknown, cls: abstract new (...args: any[]) => Error, includes: string) {
-  if (!(e instanceof cls)) {
-    throw new Error(`expected ${cls.name}, got ${(e as Error)?.name}: ${(e as Error)?.message}`);
-  }
-  if (!e.message.includes(includes)) {
-    throw new Error(`expected message containing "${includes}", got "${e.message}"`);
-  }
-  return e;
 }
