@@ -22,6 +22,11 @@ export class GpuError extends Error {
   override name = "GpuError";
 }
 
+/** What {@link Gpu.create} needs of `navigator.gpu` (a stand-in may be passed, e.g. in tests). */
+export interface AdapterSource {
+  requestAdapter(options?: GPURequestAdapterOptions): Promise<GPUAdapter | null>;
+}
+
 /** Kernel family to prefer: CPU rasterizers (llvmpipe/lavapipe) and real GPUs want different shapes. */
 export type AdapterKind = "cpu" | "gpu";
 
@@ -30,12 +35,40 @@ export interface GpuOptions {
   powerPreference?: GPUPowerPreference;
   /** Force the kernel family (default: detected from the adapter). */
   kind?: AdapterKind;
+  /** Where adapters come from (default `navigator.gpu`). */
+  gpu?: AdapterSource;
+  /** Wait before the second adapter request when the first answers null, in ms (default 200). */
+  retryDelayMs?: number;
 }
 
 const NO_ADAPTER_HELP =
   "No WebGPU adapter found. Install a GPU driver (Vulkan, Metal or DX12), or on a machine without a GPU " +
   "install Mesa's software Vulkan driver (Debian/Ubuntu: `apt-get install -y mesa-vulkan-drivers libvulkan1`) " +
   "and set DENO_WEBGPU_BACKEND=vulkan.";
+
+/**
+ * Asks `source` for an adapter, once more after `retryDelayMs` if the first answer is null (lavapipe
+ * sometimes answers null right after install). Throws a {@link GpuError} saying how to get one.
+ */
+export async function requestAdapter(
+  source: AdapterSource,
+  options: GPURequestAdapterOptions = {},
+  retryDelayMs = 200,
+): Promise<GPUAdapter> {
+  let adapter: GPUAdapter | null = null;
+  for (let attempt = 0; attempt < 2 && !adapter; attempt++) {
+    if (attempt > 0) await new Promise((r) => setTimeout(r, retryDelayMs));
+    try {
+      adapter = await source.requestAdapter(options);
+    } catch (e) {
+      throw new GpuError(`requestAdapter failed: ${(e as Error).message}. ${NO_ADAPTER_HELP}`, {
+        cause: e,
+      });
+    }
+  }
+  if (!adapter) throw new GpuError(`${NO_ADAPTER_HELP} (requestAdapter answered null twice)`);
+  return adapter;
+}
 
 /** Size bucket of the pool: powers of two up to 1 MiB, then multiples of 1 MiB. */
 function bucket(bytes: number): number {
@@ -47,6 +80,8 @@ function bucket(bytes: number): number {
 /** Storage buffers reused by size bucket. */
 export class BufferPool {
   #free = new Map<number, GPUBuffer[]>();
+  /** Every buffer in `#free`, so a buffer put twice is not handed out twice. */
+  #isFree = new Set<GPUBuffer>();
   /** Bytes currently allocated through the pool (in use or free). */
   allocatedBytes = 0;
   constructor(private device: GPUDevice, private usage: GPUBufferUsageFlags) {}
@@ -55,13 +90,19 @@ export class BufferPool {
   take(bytes: number): GPUBuffer {
     const size = bucket(bytes);
     const list = this.#free.get(size);
-    if (list && list.length) return list.pop()!;
+    if (list && list.length) {
+      const b = list.pop()!;
+      this.#isFree.delete(b);
+      return b;
+    }
     this.allocatedBytes += size;
     return this.device.createBuffer({ size, usage: this.usage });
   }
 
-  /** Returns a buffer for reuse. */
+  /** Returns a buffer for reuse (putting a buffer that is already free does nothing). */
   put(buffer: GPUBuffer): void {
+    if (this.#isFree.has(buffer)) return;
+    this.#isFree.add(buffer);
     const list = this.#free.get(buffer.size);
     if (list) list.push(buffer);
     else this.#free.set(buffer.size, [buffer]);
@@ -76,6 +117,12 @@ export class BufferPool {
       }
     }
     this.#free.clear();
+    this.#isFree.clear();
+  }
+
+  /** Number of buffers waiting for reuse. */
+  get freeCount(): number {
+    return this.#isFree.size;
   }
 }
 
@@ -138,12 +185,15 @@ export class Gpu {
   #staging: BufferPool;
   #errors: Promise<GPUError | null>[] = [];
   #lost: GPUDeviceLostInfo | null = null;
+  #destroyed = false;
   #uncaptured: GpuError | null = null;
   #lostPromise: Promise<never>;
   /** Dispatches recorded since the context was made (for tests that count work). */
   dispatchCount = 0;
   /** GPU->CPU reads since the context was made. */
   readCount = 0;
+  /** Command buffers sent to the queue since the context was made (one per {@link submit} with work). */
+  submitCount = 0;
 
   private constructor(
     readonly adapter: GPUAdapter,
@@ -164,7 +214,7 @@ export class Gpu {
     this.#staging = new BufferPool(device, GPUBufferUsage.MAP_READ | GPUBufferUsage.COPY_DST);
     this.#lostPromise = device.lost.then((lost) => {
       this.#lost = lost;
-      throw new GpuError(`WebGPU device lost (${lost.reason}): ${lost.message}`);
+      throw this.#lostError();
     });
     this.#lostPromise.catch(() => {});
     // Validation errors of dispatches (e.g. a buffer bound twice, once writable) would otherwise only
@@ -177,15 +227,18 @@ export class Gpu {
 
   /** Opens the adapter (retrying once: lavapipe sometimes answers null right after install). */
   static async create(options: GpuOptions = {}): Promise<Gpu> {
-    if (typeof navigator === "undefined" || !("gpu" in navigator)) {
-      throw new GpuError(`This runtime has no navigator.gpu. ${NO_ADAPTER_HELP}`);
+    let source = options.gpu;
+    if (!source) {
+      if (typeof navigator === "undefined" || !("gpu" in navigator) || !navigator.gpu) {
+        throw new GpuError(`This runtime has no navigator.gpu. ${NO_ADAPTER_HELP}`);
+      }
+      source = navigator.gpu;
     }
-    let adapter: GPUAdapter | null = null;
-    for (let attempt = 0; attempt < 2 && !adapter; attempt++) {
-      adapter = await navigator.gpu.requestAdapter({ powerPreference: options.powerPreference });
-      if (!adapter && attempt === 0) await new Promise((r) => setTimeout(r, 200));
-    }
-    if (!adapter) throw new GpuError(NO_ADAPTER_HELP);
+    const adapter = await requestAdapter(
+      source,
+      { powerPreference: options.powerPreference },
+      options.retryDelayMs,
+    );
     const want: (keyof GPUSupportedLimits)[] = [
       "maxStorageBuffersPerShaderStage",
       "maxStorageBufferBindingSize",
@@ -209,8 +262,44 @@ export class Gpu {
     const requiredFeatures = (["shader-f16", "timestamp-query"] as GPUFeatureName[]).filter((f) =>
       adapter!.features.has(f)
     );
-    const device = await adapter.requestDevice({ requiredLimits, requiredFeatures });
+    let device: GPUDevice;
+    try {
+      device = await adapter.requestDevice({ requiredLimits, requiredFeatures });
+    } catch (e) {
+      const name = adapter.info?.description || adapter.info?.vendor || "the WebGPU adapter";
+      throw new GpuError(
+        `requestDevice on ${name} failed (features [${requiredFeatures}], the adapter's own limits): ` +
+          `${(e as Error).message}`,
+        { cause: e },
+      );
+    }
     return new Gpu(adapter, device, adapter.info, options.kind);
+  }
+
+  /**
+   * Whether the device is gone (lost, or {@link destroy}ed): its tensors are invalid and reads fail;
+   * {@link getGpu} then makes a fresh context.
+   */
+  get lost(): boolean {
+    return this.#destroyed || this.#lost !== null;
+  }
+
+  #lostError(): GpuError {
+    if (this.#destroyed && (!this.#lost || this.#lost.reason === "destroyed")) {
+      return new GpuError(
+        "this WebGPU context was destroyed (Gpu.destroy()); its tensors are gone: " +
+          "make a new context (getGpu() or Gpu.create())",
+      );
+    }
+    const l = this.#lost;
+    return new GpuError(
+      `WebGPU device lost (${l?.reason ?? "unknown"}): ${l?.message || "no message"}; ` +
+        "its tensors are gone: make a new context (getGpu() does so after a loss)",
+    );
+  }
+
+  #checkLive() {
+    if (this.lost) throw this.#lostError();
   }
 
   /** Device limits as granted. */
@@ -278,6 +367,11 @@ export class Gpu {
 
   /** Overwrites a tensor's contents from the host. Ordered before work submitted after it. */
   write(t: Tensor, data: ArrayLike<number>): void {
+    if (data.length !== t.size) {
+      throw new RangeError(
+        `write: tensor [${t.shape}] ${t.dtype} holds ${t.size} values, got ${data.length}`,
+      );
+    }
     let bytes: ArrayBufferView;
     if (t.dtype === "f16") bytes = packF16(data);
     else if (t.dtype === "f32") {
@@ -291,8 +385,16 @@ export class Gpu {
 
   /** Writes raw bytes (already in the tensor's storage format) at a byte offset. */
   writeBytes(t: Tensor | GPUBuffer, bytes: ArrayBufferView, offset = 0): void {
-    this.submit();
     const buf = t instanceof Tensor ? t.buffer : t;
+    const cap = t instanceof Tensor ? t.byteLength : buf.size;
+    if (!Number.isInteger(offset) || offset < 0 || offset + bytes.byteLength > cap) {
+      throw new RangeError(
+        `writeBytes: ${bytes.byteLength} bytes at offset ${offset} do not fit in ${
+          t instanceof Tensor ? `tensor [${t.shape}] ${t.dtype}` : "the buffer"
+        } of ${cap} bytes`,
+      );
+    }
+    this.submit();
     this.device.queue.writeBuffer(buf, offset, bytes.buffer, bytes.byteOffset, bytes.byteLength);
   }
 
@@ -419,11 +521,23 @@ export class Gpu {
     if (this.#encoder) {
       this.device.queue.submit([this.#encoder.finish()]);
       this.#encoder = null;
+      this.submitCount++;
+    }
+  }
+
+  /** Waits for `p` or the device's loss; a failure becomes a GpuError (the loss's, if lost). */
+  async #wait(p: Promise<unknown>, what: string): Promise<void> {
+    try {
+      await Promise.race([p, this.#lostPromise]);
+    } catch (e) {
+      if (this.lost) throw this.#lostError();
+      if (e instanceof GpuError) throw e;
+      throw new GpuError(`${what} failed: ${(e as Error).message}`, { cause: e });
     }
   }
 
   async #checkErrors() {
-    if (this.#lost) throw new GpuError(`WebGPU device lost: ${this.#lost.message}`);
+    this.#checkLive();
     if (this.#uncaptured) {
       const e = this.#uncaptured;
       this.#uncaptured = null;
@@ -438,13 +552,15 @@ export class Gpu {
 
   /** Submits and waits until the GPU is idle. */
   async sync(): Promise<void> {
+    this.#checkLive();
     this.submit();
-    await Promise.race([this.device.queue.onSubmittedWorkDone(), this.#lostPromise]);
+    await this.#wait(this.device.queue.onSubmittedWorkDone(), "sync");
     await this.#checkErrors();
   }
 
   /** Reads tensors back (one submit, one wait for all of them). f16 widens to f32. */
   async readMany(tensors: readonly Tensor[]): Promise<HostArray[]> {
+    this.#checkLive();
     this.#endPass();
     const stages = tensors.map((t) => {
       const bytes = Math.ceil(t.byteLength / 4) * 4;
@@ -454,10 +570,10 @@ export class Gpu {
     });
     this.submit();
     this.readCount++;
-    await Promise.race([
+    await this.#wait(
       Promise.all(stages.map((s) => s.stage.mapAsync(GPUMapMode.READ, 0, s.stage.size))),
-      this.#lostPromise,
-    ]);
+      "read",
+    );
     await this.#checkErrors();
     return stages.map(({ t, stage, bytes }) => {
       const raw = stage.getMappedRange(0, bytes).slice(0);
@@ -489,6 +605,7 @@ export class Gpu {
 
   /** Frees the device. */
   destroy(): void {
+    this.#destroyed = true;
     this.#pass = null;
     this.#encoder = null;
     this.pool.trim();
@@ -499,12 +616,23 @@ export class Gpu {
 }
 
 let shared: Promise<Gpu> | null = null;
+let sharedGpu: Gpu | null = null;
 
-/** The process-wide context, created on first use. */
+/**
+ * The process-wide context, created on first use, and created afresh when the previous one was
+ * lost or destroyed (tensors of the old one stay invalid).
+ */
 export function getGpu(options?: GpuOptions): Promise<Gpu> {
-  shared ??= Gpu.create(options).catch((e) => {
+  if (sharedGpu?.lost) {
     shared = null;
-    throw e;
-  });
+    sharedGpu = null;
+  }
+  shared ??= Gpu.create(options).then(
+    (g) => (sharedGpu = g),
+    (e) => {
+      shared = null;
+      throw e;
+    },
+  );
   return shared;
 }

@@ -70,6 +70,26 @@ export function isStDType(s: unknown): s is StDType {
   return typeof s === "string" && Object.hasOwn(ST_DTYPE_SIZE, s);
 }
 
+/**
+ * dtypes of the safetensors spec that this module does not read or write (sub-byte floats, the
+ * E8M0 scale format, complex): files holding them are refused with a message naming them.
+ */
+export const ST_UNSUPPORTED_DTYPES: readonly string[] = Object.freeze([
+  "F4",
+  "F6_E2M3",
+  "F6_E3M2",
+  "F8_E8M0",
+  "C64",
+]);
+
+/** Why `dtype` (not an {@link StDType}) is refused: unsupported (in the spec) or unknown. */
+function badDType(dtype: unknown): string {
+  const known = Object.keys(ST_DTYPE_SIZE).join(", ");
+  return typeof dtype === "string" && ST_UNSUPPORTED_DTYPES.includes(dtype)
+    ? `unsupported dtype ${dtype} (a safetensors dtype this reader does not handle; supported: ${known})`
+    : `unknown dtype ${JSON.stringify(dtype)}; expected one of ${known}`;
+}
+
 // ---------------------------------------------------------------------------------------------
 // The shared read interface
 
@@ -197,7 +217,7 @@ function aligned(bytes: Uint8Array, align: number): Uint8Array {
 
 function checkBytes(dtype: StDType, bytes: Uint8Array, label: string): number {
   if (!isStDType(dtype)) {
-    throw new TypeError(`${label}: unknown dtype ${JSON.stringify(dtype)}`);
+    throw new TypeError(`${label}: ${badDType(dtype)}`);
   }
   if (!LITTLE_ENDIAN) throw new RangeError(`${label}: big-endian hosts are not supported`);
   const size = ST_DTYPE_SIZE[dtype];
@@ -520,13 +540,7 @@ function nativeDType(data: TensorData): StDType[] {
 export function encodeTensor(name: string, entry: TensorEntry): Uint8Array {
   const { dtype, shape, data } = entry;
   const label = `tensor ${JSON.stringify(name)}`;
-  if (!isStDType(dtype)) {
-    throw new TypeError(
-      `${label}: unknown dtype ${JSON.stringify(dtype)}; expected one of ${
-        Object.keys(ST_DTYPE_SIZE).join(", ")
-      }`,
-    );
-  }
+  if (!isStDType(dtype)) throw new TypeError(`${label}: ${badDType(dtype)}`);
   if (!Array.isArray(shape)) throw new TypeError(`${label}: shape must be an array of counts`);
   const n = shapeNumel(shape, () => label);
   const size = ST_DTYPE_SIZE[dtype];
@@ -773,6 +787,47 @@ function missingTensor(path: string, name: string, names: string[]): Safetensors
   );
 }
 
+/**
+ * The first key that occurs twice in one object of `text` (valid JSON), with the key of that object
+ * in the top-level object (`parent`; undefined for the top level itself).
+ */
+function duplicateKey(text: string): { key: string; parent?: string } | undefined {
+  // One entry per open object/array: its keys so far (null for arrays) and its own top-level key.
+  const stack: { keys: Set<string> | null; parent?: string }[] = [];
+  let str = ""; // the last string token
+  let key: string | undefined; // the key whose value comes next
+  for (let i = 0; i < text.length; i++) {
+    const c = text.charCodeAt(i);
+    if (c === 0x22) { // '"': find the closing quote, skipping escaped characters
+      let j = i + 1;
+      for (;;) {
+        j = text.indexOf('"', j);
+        let k = j - 1, bs = 0;
+        while (text.charCodeAt(k--) === 0x5c) bs++;
+        if (bs % 2 === 0) break;
+        j++;
+      }
+      const raw = text.slice(i + 1, j);
+      str = raw.includes("\\") ? JSON.parse(`"${raw}"`) : raw;
+      i = j;
+    } else if (c === 0x3a) { // ':' ends a key
+      const keys = stack[stack.length - 1].keys!;
+      if (keys.has(str)) {
+        return {
+          key: str,
+          parent: stack.length === 1 ? undefined : stack[stack.length - 1].parent,
+        };
+      }
+      keys.add(str);
+      key = str;
+    } else if (c === 0x7b || c === 0x5b) { // '{' or '['
+      const parent = stack.length === 1 ? key : stack[stack.length - 1]?.parent;
+      stack.push({ keys: c === 0x7b ? new Set() : null, parent });
+    } else if (c === 0x7d || c === 0x5d) stack.pop();
+  }
+  return undefined;
+}
+
 async function readHeader(path: string, file: RandomAccessFile) {
   const fail = (detail: string, tensor?: string): never => {
     throw new SafetensorsError(path, detail, tensor);
@@ -808,6 +863,22 @@ async function readHeader(path: string, file: RandomAccessFile) {
   if (header === null || typeof header !== "object" || Array.isArray(header)) {
     fail("header is not a JSON object");
   }
+  // JSON.parse keeps the last of two equal keys: a tensor listed twice would silently lose one.
+  const dup = duplicateKey(text);
+  if (dup) {
+    if (dup.parent === undefined) {
+      fail(
+        dup.key === "__metadata__"
+          ? "__metadata__ appears twice in the header"
+          : "the tensor name appears twice in the header",
+        dup.key === "__metadata__" ? undefined : dup.key,
+      );
+    }
+    if (dup.parent === "__metadata__") {
+      fail(`__metadata__ key ${JSON.stringify(dup.key)} appears twice`);
+    }
+    fail(`key ${JSON.stringify(dup.key)} appears twice in the entry`, dup.parent);
+  }
   const dataStart = 8 + n;
   const dataSize = file.size - dataStart;
   let metadata: Record<string, string> | undefined;
@@ -829,14 +900,7 @@ async function readHeader(path: string, file: RandomAccessFile) {
       fail("entry is not an object with dtype, shape, data_offsets", name);
     }
     const { dtype, shape, data_offsets: offs } = v as Record<string, unknown>;
-    if (!isStDType(dtype)) {
-      fail(
-        `unknown dtype ${JSON.stringify(dtype)}; expected one of ${
-          Object.keys(ST_DTYPE_SIZE).join(", ")
-        }`,
-        name,
-      );
-    }
+    if (!isStDType(dtype)) fail(badDType(dtype), name);
     if (!Array.isArray(shape) || !shape.every((d) => Number.isSafeInteger(d) && d >= 0)) {
       fail(`shape ${JSON.stringify(shape)} is not a list of non-negative integers`, name);
     }
@@ -924,7 +988,7 @@ function planFile(specs: readonly TensorSpec[], metadata?: Record<string, string
     if (seen.has(s.name)) throw new RangeError(`${label} is listed twice`);
     seen.add(s.name);
     if (!isStDType(s.dtype)) {
-      throw new TypeError(`${label}: unknown dtype ${JSON.stringify(s.dtype)}`);
+      throw new TypeError(`${label}: ${badDType(s.dtype)}`);
     }
     const n = shapeNumel(s.shape, () => label);
     return {

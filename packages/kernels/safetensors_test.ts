@@ -545,6 +545,82 @@ Deno.test("SafetensorsFile.open() rejects corrupt files", async (t) => {
         w: { dtype: "F128", shape: [1], data_offsets: [0, 16] },
       }, new Uint8Array(16));
       await assertStError(SafetensorsFile.open(p), p, `tensor "w"`, `unknown dtype "F128"`);
+      const q = await craft(dir, "dtype2.st", {
+        w: { dtype: 7, shape: [1], data_offsets: [0, 1] },
+      }, new Uint8Array(1));
+      await assertStError(SafetensorsFile.open(q), q, `tensor "w"`, "unknown dtype 7", "F32");
+    });
+    await t.step("newer spec dtypes: unsupported dtype X in tensor Y of file Z", async () => {
+      for (const dtype of ["F4", "F6_E2M3", "F6_E3M2", "F8_E8M0", "C64"]) {
+        const p = await craft(dir, `${dtype}.st`, {
+          ok: { dtype: "F32", shape: [1], data_offsets: [0, 4] },
+          [`w.${dtype}`]: { dtype, shape: [2], data_offsets: [4, 20] },
+        }, new Uint8Array(20));
+        await assertStError(
+          SafetensorsFile.open(p),
+          p,
+          `tensor "w.${dtype}"`,
+          `unsupported dtype ${dtype}`,
+          "supported: BOOL",
+        );
+        assertThrows(
+          () => encodeTensor("v", { dtype: dtype as StDType, shape: [1], data: new Uint8Array(1) }),
+          TypeError,
+          `tensor "v": unsupported dtype ${dtype}`,
+        );
+      }
+    });
+    await t.step("a tensor name or entry key given twice", async () => {
+      const entry = `{"dtype":"U8","shape":[1],"data_offsets":[0,1]}`;
+      const other = `{"dtype":"U8","shape":[1],"data_offsets":[1,2]}`;
+      const p = await craft(
+        dir,
+        "dup.st",
+        `{"a":${entry},"b":${other},"a":${other}}`,
+        new Uint8Array(2),
+      );
+      await assertStError(SafetensorsFile.open(p), p, `tensor "a"`, "appears twice");
+      // the same name spelled with an escape is still the same name
+      const q = await craft(dir, "dup2.st", `{"\\u0061":${entry},"a":${other}}`, new Uint8Array(2));
+      await assertStError(SafetensorsFile.open(q), q, `tensor "a"`, "appears twice");
+      const r = await craft(
+        dir,
+        "dup3.st",
+        `{"a":{"dtype":"U8","shape":[1],"dtype":"F32","data_offsets":[0,1]}}`,
+        new Uint8Array(1),
+      );
+      await assertStError(SafetensorsFile.open(r), r, `tensor "a"`, `key "dtype" appears twice`);
+      const m = await craft(
+        dir,
+        "dup4.st",
+        `{"__metadata__":{"k":"1","k":"2"},"a":${entry}}`,
+        new Uint8Array(1),
+      );
+      await assertStError(SafetensorsFile.open(m), m, `__metadata__ key "k" appears twice`);
+      // control: equal keys in different objects, and names with quotes and backslashes
+      const ok = await craft(
+        dir,
+        "nodup.st",
+        `{"__metadata__":{"a":"x\\\\\\"y","dtype":"z"},"a":${entry},"a\\\\":${other},"a\\"":{"dtype":"U8","shape":[0],"data_offsets":[2,2]}}`,
+        new Uint8Array(2),
+      );
+      const f = await SafetensorsFile.open(ok);
+      assertEquals(f.names(), ["a", "a\\", 'a"']);
+      assertEquals(f.metadata, { a: 'x\\"y', dtype: "z" });
+      f.close();
+    });
+    await t.step("a file truncated after open: readRaw names the file and tensor", async () => {
+      const p = await craft(dir, "shrinks.st", ok, new Uint8Array(11));
+      const f = await SafetensorsFile.open(p);
+      try {
+        assertEquals(Array.from(await f.readRaw("b")), [0, 0, 0]);
+        await Deno.truncate(p, (await Deno.stat(p)).size - 2);
+        await assertStError(f.readRaw("b"), p, `tensor "b"`, "truncated", "expected 3 bytes");
+        await assertStError(f.readF32("b"), p, `tensor "b"`, "truncated");
+        assertEquals(Array.from(await f.readF32("a")), [0, 0]); // the intact tensor still reads
+      } finally {
+        f.close();
+      }
     });
     await t.step("bad JSON, not UTF-8, not an object, bad shape, bad metadata", async () => {
       const p = await craft(dir, "json.st", `{"a": {"dtype": "F32",`);
@@ -567,6 +643,64 @@ Deno.test("SafetensorsFile.open() rejects corrupt files", async (t) => {
     });
   } finally {
     await Deno.remove(dir, { recursive: true });
+  }
+});
+
+Deno.test("SafetensorsFile: tensors past 4 GiB in a sparse file", async (t) => {
+  // pad (U8) fills [0, 2^32 - 8); "edge" (F32 [4]) straddles 2^32; "far" (F16 [3], 2-byte aligned)
+  // sits 5 GiB in. Only the header and the two small tensors take disk blocks.
+  const G4 = 2 ** 32, FAR = 5 * 2 ** 30;
+  const header = {
+    __metadata__: { format: "pt" },
+    pad: { dtype: "U8", shape: [G4 - 8], data_offsets: [0, G4 - 8] },
+    edge: { dtype: "F32", shape: [4], data_offsets: [G4 - 8, G4 + 8] },
+    far: { dtype: "F16", shape: [3], data_offsets: [FAR, FAR + 6] },
+  };
+  const json = new TextEncoder().encode(JSON.stringify(header).padEnd(256, " "));
+  const dataStart = 8 + json.length;
+  const edge = new Float32Array([1.5, -300, 2 ** -20, 7]);
+  const far = new Uint16Array([f32ToF16Bits(-2), f32ToF16Bits(0.5), f32ToF16Bits(65504)]);
+  const path = await Deno.makeTempFile({ prefix: "st_sparse_", suffix: ".safetensors" });
+  try {
+    const f = await Deno.open(path, { write: true });
+    try {
+      const len = new Uint8Array(8);
+      new DataView(len.buffer).setBigUint64(0, BigInt(json.length), true);
+      await f.write(len);
+      await f.write(json);
+      await f.truncate(dataStart + FAR + 6); // a hole up to the end
+      for (const [at, bytes] of [[G4 - 8, edge], [FAR, far]] as const) {
+        await f.seek(dataStart + at, Deno.SeekMode.Start);
+        await f.write(new Uint8Array(bytes.buffer));
+      }
+    } finally {
+      f.close();
+    }
+    const st = await Deno.stat(path);
+    assertEquals(st.size, dataStart + FAR + 6);
+    const sparse = st.blocks === null || st.blocks * 512 < 64 << 20;
+    await t.step({
+      name: "reads a tensor at 5 GiB and one across 2^32 without loading the file",
+      ignore: !sparse, // a filesystem without holes would have written 5 GiB: nothing to learn
+      fn: async () => {
+        const rss0 = Deno.memoryUsage().rss;
+        const file = await SafetensorsFile.open(path);
+        try {
+          assertEquals(file.names(), ["pad", "edge", "far"]);
+          assertEquals(file.info("far").dataOffsets, [FAR, FAR + 6]);
+          assertEquals(Array.from(await file.readF32("far")), [-2, 0.5, 65504]);
+          assertEquals(await file.readF32("edge"), edge);
+          const raw = await file.readRaw("edge");
+          assertEquals(raw, new Uint8Array(edge.buffer));
+        } finally {
+          file.close();
+        }
+        const grown = Deno.memoryUsage().rss - rss0;
+        assert(grown < 512 << 20, `resident memory grew ${grown} bytes: the file was loaded`);
+      },
+    });
+  } finally {
+    await Deno.remove(path);
   }
 });
 

@@ -32,9 +32,14 @@ export function byteSize(n: number, dtype: DType): number {
   return dtype === "f16" ? Math.ceil(n / 2) * 4 : n * 4;
 }
 
-/** A GPU tensor. Owned by one {@link Gpu}; call {@link Tensor.release} to return its buffer to the pool. */
+/**
+ * A GPU tensor. Owned by one {@link Gpu}; call {@link Tensor.release} to return its buffer to the pool.
+ * A tensor and its {@link Tensor.view}s share one buffer and one ownership state: releasing any of
+ * them releases the buffer, once.
+ */
 export class Tensor {
-  #released = false;
+  /** Shared by a tensor and all its views. */
+  #owner = { released: false };
   constructor(
     readonly gpu: Gpu,
     readonly buffer: GPUBuffer,
@@ -62,19 +67,25 @@ export class Tensor {
     if (numel(shape) !== this.size) {
       throw new RangeError(`Cannot view [${this.shape}] as [${shape}]: element counts differ`);
     }
-    return new Tensor(this.gpu, this.buffer, [...shape], this.dtype);
+    const v = new Tensor(this.gpu, this.buffer, [...shape], this.dtype);
+    v.#owner = this.#owner;
+    return v;
   }
 
-  /** Returns the buffer to the pool. Work already recorded that uses it stays valid. */
+  /**
+   * Returns the buffer to the pool (the buffer of this tensor and of all its views: call it on any
+   * one of them, once the others are no longer needed). Work already recorded that uses it stays
+   * valid. Idempotent.
+   */
   release(): void {
-    if (this.#released) return;
-    this.#released = true;
+    if (this.#owner.released) return;
+    this.#owner.released = true;
     this.gpu.pool.put(this.buffer);
   }
 
-  /** Whether {@link release} was called. */
+  /** Whether {@link release} was called on this tensor or on a view sharing its buffer. */
   get released(): boolean {
-    return this.#released;
+    return this.#owner.released;
   }
 }
 

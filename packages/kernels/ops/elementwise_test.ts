@@ -176,3 +176,29 @@ Deno.test("siluBackward matches finite differences", async () => {
   const loss = (v: Float64Array) => v.reduce((s, xi, i) => s + cpu.silu(xi) * dy[i], 0);
   assertClose(got, finiteDiff(loss, x, 1e-4), { atol: 1e-4, rtol: 1e-3 }, "dsilu");
 });
+
+Deno.test("siluBackward: extreme inputs give the reference, never NaN", async (t) => {
+  const gpu = await getGpu();
+  const edges = [-3.4e38, -1e30, -1e10, -300, -100, -88, -20, -1e-30, 0, 1e-30, 20, 88, 100, 300];
+  const big = [1e10, 1e30, 3.4e38];
+  // 17 values take the scalar kernel, 20 the vec4 one, 65540 the tex one on CPU adapters.
+  for (const n of [17, 20, 65540]) {
+    await t.step(`${n} values`, async () => {
+      const x = randn(n, n, -300, 300);
+      x.set([...edges, ...big].slice(0, n), 0);
+      const dy = randn(n, n + 1, -300, 300);
+      dy.set([1, -1, 300, -300], 0);
+      const got = await gpu.readF32(siluBackward(gpu, gpu.upload(x, [n]), gpu.upload(dy, [n])));
+      const nan = got.findIndex((v) => !Number.isFinite(v));
+      if (nan >= 0) throw new Error(`dx[${nan}] = ${got[nan]} for x = ${x[nan]}, dy = ${dy[nan]}`);
+      const ref = Float32Array.from(x, (v, i) => cpu.siluBackward(v, dy[i]));
+      assertClose(got, ref, { atol: 1e-5 * 300, rtol: 1e-5 }, "dsilu extremes");
+      // the limits: silu'(x) -> 1 for large x, -> 0 for very negative x
+      for (let i = 0; i < edges.length + big.length && i < n; i++) {
+        const v = x[i];
+        if (v >= 88) assertClose([got[i]], [dy[i]], { atol: 0, rtol: 1e-6 }, `x = ${v}`);
+        if (v <= -300) assertClose([got[i]], [0], { atol: 1e-30, rtol: 0 }, `x = ${v}`);
+      }
+    });
+  }
+});

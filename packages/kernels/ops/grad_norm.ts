@@ -4,19 +4,31 @@
  * scale = min(1, maxNorm / (norm + 1e-6)). Both stay (1) tensors on the GPU: `adamw` reads the scale
  * as its `gradScale`, so clipping costs no CPU readback and no extra pass over the gradients.
  *
- * Each tensor's sum of squares is split into segments written to slots of one partial buffer (one
- * dispatch per tensor, its own slot range, no atomics), then one final segment reduction sums the
- * partials and takes the square root. Variants follow `segmentReduce` (reduce.ts).
+ * A plain f32 sum of squares underflows for |g| below ~1e-19 (squares under the smallest normal
+ * f32; GPUs flush them to 0) and overflows for |g| above ~1.8e19. So the squares go into three
+ * accumulators by magnitude, each scaled by a power of two so it can neither underflow nor overflow
+ * (Blue's algorithm, as in reference LAPACK's nrm2 since 3.10: E. Anderson, "Algorithm 978: Safe
+ * Scaling in the Level 1 BLAS", ACM TOMS 44(1), 2017). Power-of-two scaling is exact. Each segment
+ * first takes the plain sum of squares (as fast as before) and only a segment whose sum is out of
+ * the safe range (tiny, huge, non-finite or zero) is read again with the three accumulators.
+ *
+ * Each tensor's accumulators are split into segments written to slots of one partial buffer (one
+ * dispatch per tensor, its own slot range, no atomics), then one workgroup sums the partials and
+ * combines the three sums. Variants ("rows", "tex", "wg") follow `segmentReduce` (reduce.ts).
  * @module
  */
-import { type Gpu, Params } from "../gpu.ts";
+import { type Gpu, Params, WG_INDEX } from "../gpu.ts";
 import type { Tensor } from "../tensor.ts";
+import { texelCopy, wgslTexel } from "./elementwise.ts";
 import {
   checkF32,
   pickRowVariant,
+  REDUCE_BLOCK,
+  REDUCE_ROWS_WG,
+  REDUCE_WG,
   type RowVariant,
+  segmentGrid,
   segmentLength,
-  segmentReduce,
 } from "./reduce.ts";
 
 /** Options of {@link gradNorm}. */
@@ -34,7 +46,165 @@ function segmentsFor(n: number, variant: RowVariant): number {
 }
 
 /**
- * Global L2 norm of `grads` (f32 tensors of any shapes) -> (1) f32 on the GPU.
+ * Blue's constants for f32 (LAPACK la_constants: minexponent -125, maxexponent 128, 24 digits):
+ * |g| < TSML are summed as (g SSML)^2, |g| > TBIG as (g SBIG)^2, the rest as g^2, so no square is
+ * subnormal and no sum of up to 2^24 squares overflows.
+ */
+const WGSL_BLUE = `const TSML = 0x1p-63f;
+const TBIG = 0x1p52f;
+const SSML = 0x1p75f;
+const SBIG = 0x1p-76f;
+fn blue(v: f32) -> vec3f {
+  let a = abs(v);
+  let small = a < TSML;
+  let big = a > TBIG;
+  let s = select(0.0, a * SSML, small);
+  let m = select(a, 0.0, small || big); // NaN lands here (both tests false) and propagates
+  let b = select(0.0, a * SBIG, big);
+  return vec3f(s * s, m * m, b * b);
+}
+fn blue4(v: vec4f) -> vec3f {
+  let a = abs(v);
+  let small = a < vec4f(TSML);
+  let big = a > vec4f(TBIG);
+  let s = select(vec4f(0.0), a * SSML, small);
+  let m = select(a, vec4f(0.0), small | big);
+  let b = select(vec4f(0.0), a * SBIG, big);
+  return vec3f(dot(s, s), dot(m, m), dot(b, b));
+}`;
+
+/**
+ * Partial accumulators of one tensor: out[3 (offset + s) + k], k = small, mid, big, for each
+ * segment s of L elements (texels for "tex"). "rows"/"tex": one invocation per segment, blocked
+ * sums; "wg": one workgroup per segment, strided loop and tree reduction.
+ *
+ * Fast path: the plain sum of squares, as before (Blue's accumulators cost ~12 ops per element and
+ * made the kernel ALU-bound on llvmpipe, 40% slower). When that sum lies in [2^-70, 2^104] it is
+ * Blue's "mid" sum to within 2^-32: no square exceeded 2^104 (so no |x| > TBIG, and no inf or
+ * NaN, which fail both tests), every square of |x| >= TSML is a normal f32, and the ones below
+ * (each < 2^-126, however a GPU rounds or flushes them; at most 2^24 of them) add less than 2^-102.
+ * Otherwise (tiny, huge, inf or NaN values, or all zeros) the segment is read again with Blue's
+ * accumulators.
+ */
+function partialKernel(variant: RowVariant): string {
+  const tex = variant === "tex";
+  const head = `${
+    tex
+      ? "@group(0) @binding(0) var xt: texture_2d<f32>;"
+      : "@group(0) @binding(0) var<storage, read> x: array<f32>;"
+  }
+@group(0) @binding(1) var<storage, read_write> out: array<f32>;
+struct P { N: u32, L: u32, nSeg: u32, offset: u32 }
+@group(0) @binding(2) var<uniform> p: P;
+${WGSL_BLUE}
+fn put(s: u32, acc: vec3f) {
+  let o = 3u * (p.offset + s);
+  out[o] = acc.x;
+  out[o + 1u] = acc.y;
+  out[o + 2u] = acc.z;
+}
+// Whether the plain sum of squares can stand for the segment (see partialKernel in grad_norm.ts).
+fn fast_ok(sum: f32) -> bool { return sum >= 0x1p-70f && sum <= 0x1p104f; }`;
+  const load = tex ? wgslTexel("xt", "j") : "x[j]";
+  const sq = tex ? "dot(v, v)" : "v * v";
+  const blue = tex ? "blue4" : "blue";
+  if (variant !== "wg") {
+    const block = tex ? REDUCE_BLOCK / 4 : REDUCE_BLOCK;
+    const loop = (acc: string, zero: string, term: string) =>
+      `for (var b = start; b < end; b += ${block}u) {
+    let be = min(b + ${block}u, end);
+    var part = ${zero};
+    for (var j = b; j < be; j++) { let v = ${load}; part += ${term}; }
+    ${acc} += part;
+  }`;
+    return `${head}
+@compute @workgroup_size(${REDUCE_ROWS_WG})
+fn main(@builtin(local_invocation_index) li: u32, @builtin(workgroup_id) wg: vec3u,
+        @builtin(num_workgroups) nwg: vec3u) {
+  let s = ${WG_INDEX} * ${REDUCE_ROWS_WG}u + li;
+  if (s >= p.nSeg) { return; }
+  let start = s * p.L;
+  let end = min(start + p.L, p.N);
+  var sum = 0.0;
+  ${loop("sum", "0.0", sq)}
+  if (fast_ok(sum)) {
+    put(s, vec3f(0.0, sum, 0.0));
+    return;
+  }
+  var acc = vec3f(0.0);
+  ${loop("acc", "vec3f(0.0)", `${blue}(v)`)}
+  put(s, acc);
+}`;
+  }
+  return `${head}
+var<workgroup> sh: array<vec3f, ${REDUCE_WG}>;
+fn tree(li: u32) {
+  for (var h = ${REDUCE_WG / 2}u; h > 0u; h >>= 1u) {
+    workgroupBarrier();
+    if (li < h) { sh[li] += sh[li + h]; }
+  }
+}
+@compute @workgroup_size(${REDUCE_WG})
+fn main(@builtin(local_invocation_index) li: u32, @builtin(workgroup_id) wg: vec3u,
+        @builtin(num_workgroups) nwg: vec3u) {
+  let s = ${WG_INDEX};
+  if (s >= p.nSeg) { return; } // uniform: s is the workgroup's index
+  let start = s * p.L;
+  let end = min(start + p.L, p.N);
+  var sum = 0.0;
+  for (var j = start + li; j < end; j += ${REDUCE_WG}u) { let v = ${load}; sum += ${sq}; }
+  sh[li] = vec3f(0.0, sum, 0.0);
+  tree(li);
+  let fast = workgroupUniformLoad(&sh[0]).y; // a barrier, and a value the branch may depend on
+  if (fast_ok(fast)) {
+    if (li == 0u) { put(s, vec3f(0.0, fast, 0.0)); }
+    return;
+  }
+  var acc = vec3f(0.0);
+  for (var j = start + li; j < end; j += ${REDUCE_WG}u) { acc += ${blue}(${load}); }
+  sh[li] = acc;
+  tree(li);
+  if (li == 0u) { put(s, sh[0]); }
+}`;
+}
+
+/** WGSL `combine(small, mid, big)` -> the norm (LAPACK nrm2's final step, in f32). */
+const WGSL_COMBINE = `fn combine(t: vec3f) -> f32 {
+  if (t.z > 0.0) { return sqrt(t.z + (t.y * SBIG) * SBIG) / SBIG; } // small ones are negligible
+  if (t.y == 0.0) { return sqrt(t.x) / SSML; } // only small ones (or none)
+  // mid >= 2^-126 here, so small * 2^-150 is negligible wherever it rounds away
+  return sqrt(t.y + (t.x / SSML) / SSML);
+}`;
+
+/** One workgroup: sums the P partial triples, combines them, sqrt -> out[0]. */
+const FINAL_WG = 64;
+function finalKernel(): string {
+  return `@group(0) @binding(0) var<storage, read> parts: array<f32>;
+@group(0) @binding(1) var<storage, read_write> out: array<f32>;
+struct P { P: u32 }
+@group(0) @binding(2) var<uniform> p: P;
+${WGSL_BLUE}
+${WGSL_COMBINE}
+var<workgroup> sh: array<vec3f, ${FINAL_WG}>;
+@compute @workgroup_size(${FINAL_WG})
+fn main(@builtin(local_invocation_index) li: u32) {
+  var acc = vec3f(0.0);
+  for (var j = li; j < p.P; j += ${FINAL_WG}u) {
+    acc += vec3f(parts[3u * j], parts[3u * j + 1u], parts[3u * j + 2u]);
+  }
+  sh[li] = acc;
+  workgroupBarrier();
+  if (li == 0u) {
+    var t = vec3f(0.0);
+    for (var k = 0u; k < ${FINAL_WG}u; k++) { t += sh[k]; }
+    out[0] = combine(t);
+  }
+}`;
+}
+
+/**
+ * Global L2 norm of `grads` (f32 tensors of any shapes) -> (1) f32 on the GPU, without underflow
+ * or overflow for any finite f32 inputs whose norm is a finite f32.
  *
  * @example
  * ```ts
@@ -51,8 +221,7 @@ export function gradNorm(
 ): Tensor {
   if (!grads.length) throw new RangeError("gradNorm: grads is empty, expected at least one tensor");
   grads.forEach((g, i) => checkF32("gradNorm", `grads[${i}]`, g));
-  const { variant } = options; // segmentReduce picks "tex" per tensor where it can
-  const family = pickRowVariant(gpu, variant);
+  const family = pickRowVariant(gpu, options.variant);
   const out = options.out ?? gpu.empty([1]);
   checkF32("gradNorm", "out", out);
   if (out.size !== 1) throw new RangeError(`gradNorm: out has shape [${out.shape}], expected [1]`);
@@ -66,13 +235,22 @@ export function gradNorm(
     zero.release();
     return out;
   }
-  const parts = gpu.empty([P]); // (P) partial sums of squares, one slot range per tensor
+  const parts = gpu.empty([P, 3]); // (P,3) partial (small, mid, big) sums, one slot range per tensor
   let offset = 0;
   live.forEach((g, i) => {
-    segmentReduce(gpu, g, "sumsq", { L: lens[i], out: parts, offset, variant });
-    offset += Math.ceil(g.size / lens[i]);
+    const N = g.size, L = lens[i], nSeg = Math.ceil(N / L);
+    // "tex" needs whole texels: N and L multiples of 4 (else "rows", as segmentReduce does).
+    const variant = pickRowVariant(gpu, options.variant, N % 4 === 0 && L % 4 === 0 ? 4 : 1);
+    const tex = variant === "tex";
+    gpu.dispatch(
+      gpu.pipeline(`gradnorm/partial/${variant}`, () => partialKernel(variant)),
+      [tex ? texelCopy(gpu, g, "gradnorm0").view : g, parts],
+      new Params().u32(tex ? N / 4 : N).u32(tex ? L / 4 : L).u32(nSeg).u32(offset),
+      segmentGrid(variant, nSeg),
+    );
+    offset += nSeg;
   });
-  segmentReduce(gpu, parts, "sum", { L: P, out, sqrt: true, variant });
+  gpu.dispatch(gpu.pipeline("gradnorm/final", finalKernel), [parts, out], new Params().u32(P), 1);
   parts.release();
   return out;
 }
@@ -120,7 +298,10 @@ export function clipGradNorm(
   return { norm, scale: clipScale(gpu, norm, maxNorm) };
 }
 
-/** CPU reference of {@link gradNorm} (f64). */
+/**
+ * CPU reference of {@link gradNorm}: the plain sum of squares in f64, which neither underflows nor
+ * overflows for f32 inputs.
+ */
 export function gradNormCpu(grads: readonly ArrayLike<number>[]): number {
   let s = 0;
   for (const g of grads) for (let i = 0; i < g.length; i++) s += g[i] * g[i];

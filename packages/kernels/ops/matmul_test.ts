@@ -387,3 +387,80 @@ Deno.test("linearBackward() matches finite differences; accumulates", async (t) 
     assertClose(got, ref, { atol: 1e-2, rtol: 1e-5 }, "colSum");
   });
 });
+
+/** CPU reference of linear's backward in f64: dx = dy W, dW = dy^T x, dbias = sum_rows dy. */
+function linearBackwardCpu(
+  x: Float32Array, // (Mr, I)
+  w: Float32Array, // (O, I)
+  dy: Float32Array, // (Mr, O)
+  Mr: number,
+  I: number,
+  O: number,
+) {
+  const dx = new Float64Array(Mr * I), dW = new Float64Array(O * I), dbias = new Float64Array(O);
+  for (let r = 0; r < Mr; r++) {
+    for (let o = 0; o < O; o++) {
+      const g = dy[r * O + o];
+      dbias[o] += g;
+      for (let i = 0; i < I; i++) {
+        dx[r * I + i] += g * w[o * I + i];
+        dW[o * I + i] += g * x[r * I + i];
+      }
+    }
+  }
+  return { dx, dW, dbias };
+}
+
+Deno.test("linearBackward() matches the CPU reference on odd, tile-crossing shapes", async (t) => {
+  const gpu = await getGpu();
+  // lead: x's leading dims (rows Mr = their product); I -> O; value ranges of x, W and dy.
+  const cases = [
+    { lead: [45], I: 65, O: 70, xr: 300, wr: 1, gr: 1 },
+    { lead: [70], I: 129, O: 33, xr: 1, wr: 300, gr: 300 },
+    { lead: [1], I: 65, O: 70, xr: 300, wr: 300, gr: 1 },
+    { lead: [1], I: 129, O: 33, xr: 1, wr: 1, gr: 300 },
+    { lead: [3, 15], I: 65, O: 70, xr: 300, wr: 1, gr: 300 },
+  ];
+  let seed = 100;
+  for (const { lead, I, O, xr, wr, gr } of cases) {
+    const Mr = lead.reduce((a, b) => a * b, 1);
+    await t.step(`x [${lead},${I}] -> ${O}, |x|<${xr} |W|<${wr} |dy|<${gr}`, async () => {
+      const x = randn(Mr * I, seed++, -xr, xr), w = randn(O * I, seed++, -wr, wr);
+      const dy = randn(Mr * O, seed++, -gr, gr);
+      const X = gpu.upload(x, [...lead, I]), W = gpu.upload(w, [O, I]);
+      const G = gpu.upload(dy, [...lead, O]);
+      const ref = linearBackwardCpu(x, w, dy, Mr, I, O);
+      // f32 sums over K terms of size |a||b|: dx over O, dW and dbias over the Mr rows.
+      const tdx = tol(O, gr * wr), tdW = tol(Mr, gr * xr), tdb = tol(Mr, gr);
+      const { dx, dW, dbias } = linearBackward(gpu, X, W, G, { bias: true });
+      if (dx!.shape.join() !== [...lead, I].join()) throw new Error(`dx shape [${dx!.shape}]`);
+      const [gx, gw, gb] = await gpu.readMany([dx!, dW, dbias!]);
+      assertClose(gx, ref.dx, tdx, "dx");
+      assertClose(gw, ref.dW, tdW, "dW");
+      assertClose(gb, ref.dbias, tdb, "dbias");
+      // accumulate: dW += and dbias += onto existing values (twice), dx not needed.
+      const w0 = randn(O * I, seed++, -xr * gr, xr * gr), b0 = randn(O, seed++, -gr, gr);
+      const dWacc = gpu.upload(w0, [O, I]), dbAcc = gpu.upload(b0, [O]);
+      for (let k = 0; k < 2; k++) {
+        linearBackward(gpu, X, W, G, { dW: dWacc, dbias: dbAcc, accumulate: true, needDx: false });
+      }
+      const accTol = (tl: { atol: number; rtol: number }, s: number) => ({
+        atol: 2 * tl.atol + 1e-6 * s,
+        rtol: tl.rtol,
+      });
+      assertClose(
+        await gpu.readF32(dWacc),
+        w0.map((v, i) => v + 2 * ref.dW[i]),
+        accTol(tdW, xr * gr),
+        "dW accumulated",
+      );
+      assertClose(
+        await gpu.readF32(dbAcc),
+        b0.map((v, i) => v + 2 * ref.dbias[i]),
+        accTol(tdb, gr),
+        "dbias accumulated",
+      );
+      for (const T of [X, W, G, dx!, dW, dbias!, dWacc, dbAcc]) T.release();
+    });
+  }
+});
