@@ -1,26 +1,46 @@
 /**
  * `deno task bench [--json] [--filter TEXT] [--reps N] [--torch]`: runs every case in tools/bench/*.ts
  * on this machine's adapter. `--torch` also runs tools/bench_torch.py (PyTorch on the CPU, same
- * shapes) in the same run when python3 with torch is present, and prints the ratios.
+ * shapes, same `--filter` and `--reps`) in the same run when python3 with torch is present, and
+ * prints the ratios. See {@link HELP} for the fields.
  * @module
  */
 import { parseArgs } from "node:util";
 import { getGpu } from "@lvm/kernels";
 import { type BenchCase, type BenchResult, formatResult, runCase } from "./bench/_harness.ts";
 
+const HELP = `usage: deno task bench [--json] [--filter TEXT] [--reps N] [--torch]
+
+  --filter TEXT  only cases whose "name shape" contains TEXT
+  --reps N       timed runs per case, best kept (default: the case's own, else 5)
+  --json         one JSON object per line on stdout (log lines go to stderr)
+  --torch        also run tools/bench_torch.py (PyTorch, CPU) on the same cases and compare
+
+Fields: name, shape; ms = milliseconds per op (the best run's time / per); per = ops per timed
+run (a run may record several small ops before its one GPU sync); run_ms = the best run's time;
+gflops / gbps / per_s (+ unit) = throughput of a run's napkin-math FLOPs, bytes or items; mem_mb
+where a case measures memory (MiB); note = the napkin math.
+With --torch, each PyTorch line is paired with ours by name + shape: ratio_vs_torch (and its alias
+speed_vs_torch) = torch ms / our ms = our speed / torch's speed: > 1 means we are faster.`;
+
 const { values } = parseArgs({
   args: Deno.args,
   options: {
     json: { type: "boolean", default: false },
     filter: { type: "string" },
-    reps: { type: "string", default: "5" },
+    reps: { type: "string" },
     torch: { type: "boolean", default: false },
     help: { type: "boolean", short: "h", default: false },
   },
 });
 if (values.help) {
-  console.log("usage: deno task bench [--json] [--filter TEXT] [--reps N] [--torch]");
+  console.log(HELP);
   Deno.exit(0);
+}
+const reps = values.reps === undefined ? undefined : Number(values.reps);
+if (reps !== undefined && (!Number.isInteger(reps) || reps < 1)) {
+  console.error(`--reps must be a positive integer, found ${JSON.stringify(values.reps)}`);
+  Deno.exit(2);
 }
 
 const dir = new URL("./bench/", import.meta.url);
@@ -43,7 +63,7 @@ log(`adapter: ${gpu.describe()}`);
 log(`machine: ${navigator.hardwareConcurrency} logical cores, ${Deno.build.os}-${Deno.build.arch}`);
 const results: BenchResult[] = [];
 for (const c of selected) {
-  const r = await runCase(gpu, c, Number(values.reps));
+  const r = await runCase(gpu, c, reps);
   results.push(r);
   if (values.json) {
     console.log(JSON.stringify({ ...r, backend: "webgpu", adapter: gpu.describe() }));
@@ -52,23 +72,33 @@ for (const c of selected) {
 
 if (values.torch) {
   const script = new URL("./bench_torch.py", import.meta.url).pathname;
+  const args = [
+    script,
+    ...(values.filter ? ["--filter", values.filter] : []),
+    ...(reps !== undefined ? ["--reps", String(reps)] : []),
+  ];
   try {
-    const out = await new Deno.Command("python3", {
-      args: [script, ...(values.filter ? ["--filter", values.filter] : [])],
-      stdout: "piped",
-      stderr: "inherit",
-    }).output();
+    const out = await new Deno.Command("python3", { args, stdout: "piped", stderr: "inherit" })
+      .output();
     const lines = new TextDecoder().decode(out.stdout).split("\n").filter((l) => l.startsWith("{"));
     for (const line of lines) {
       const t = JSON.parse(line) as BenchResult;
+      // Both sides report ms per op, so the pair compares the same op even where `per` differs.
       const ours = results.find((r) => r.name === t.name && r.shape === t.shape);
-      const ratio = ours ? +(t.ms / ours.ms).toFixed(3) : undefined;
+      const ratio = ours && ours.ms > 0 ? +(t.ms / ours.ms).toFixed(3) : undefined;
       if (values.json) {
-        console.log(JSON.stringify({ ...t, backend: "torch", ratio_vs_torch: ratio }));
+        console.log(
+          JSON.stringify({
+            ...t,
+            backend: "torch",
+            ratio_vs_torch: ratio,
+            speed_vs_torch: ratio,
+          }),
+        );
       } else {
         console.log(
           `${formatResult({ ...t, name: `torch:${t.name}` })}${
-            ratio ? `  ours/torch speed ${ratio}x` : ""
+            ratio !== undefined ? `  ours/torch speed ${ratio}x` : ""
           }`,
         );
       }

@@ -1,20 +1,23 @@
 #!/usr/bin/python3
 """PyTorch side of `deno task bench --torch`: the same cases as tools/bench/*.ts, on the CPU.
 
-Prints one JSON line per case: {"name", "shape", "ms", "gflops"?, "gbps"?, "per_s"?, "unit"?,
-"note"?}, with the SAME name/shape strings as the TypeScript case it is compared with (tools/bench.ts
-pairs them). `ms` is the best of --reps runs of one case run (which, like the TS case, may record
-several products: see `per`).
+Prints one JSON line per case: {"name", "shape", "ms", "per", "run_ms", "gflops"?, "gbps"?,
+"per_s"?, "unit"?, "note"?, "torch_threads"}, with the SAME name/shape strings as the TypeScript case
+it is compared with (tools/bench.ts pairs them). As in tools/bench/_harness.ts, a run may do `per`
+ops (e.g. 16 small matmuls): `ms` is the best of --reps runs divided by `per` (time per op),
+`run_ms` the best run's time, and the throughput is a run's flops/bytes/items over its time.
 
 Usage: /usr/bin/python3 tools/bench_torch.py [--filter TEXT] [--reps N] [--list]
 
 Cases live in a registry, `CASES` (key "name shape" -> Case); other files can add theirs with
-`register(name, shape, make, flops=..., bytes=..., items=..., unit=..., note=...)`, where `make()`
-builds inputs and returns a zero-argument function doing one run.
+`register(name, shape, make, per=..., flops=..., bytes=..., items=..., unit=..., note=...)`, where
+`make()` builds inputs and returns a zero-argument function doing one run (flops/bytes/items are of
+one run, all `per` ops together).
 
-Environment: torch.set_num_threads(2) (the machine's cores). Debian's torch uses OpenBLAS; an
-inherited OPENBLAS_CORETYPE (e.g. Haswell) changes its speed a lot: the figures are reported as
-the environment gives them, and the environment is printed to stderr.
+Environment: torch.set_num_threads(os.cpu_count()), or $TORCH_THREADS when set; the count is
+printed. Debian's torch uses OpenBLAS; an inherited OPENBLAS_CORETYPE (e.g. Haswell) changes its
+speed a lot: the figures are reported as the environment gives them, and the environment is printed
+to stderr.
 """
 
 import argparse
@@ -35,10 +38,13 @@ except ImportError:  # the `python3` on PATH may be a pyenv one without torch: u
 
 
 class Case:
-    """One measured thing: `make()` returns the function timed (one run)."""
+    """One measured thing: `make()` returns the function timed (one run of `per` ops)."""
 
-    def __init__(self, name, shape, make, flops=None, bytes=None, items=None, unit=None, note=None):
-        self.name, self.shape, self.make = name, shape, make
+    def __init__(self, name, shape, make, per=1, flops=None, bytes=None, items=None, unit=None,
+                 note=None, reps=None):
+        if not isinstance(per, int) or per < 1:
+            raise ValueError(f"case {name} {shape}: per must be a positive integer, found {per!r}")
+        self.name, self.shape, self.make, self.per, self.reps = name, shape, make, per, reps
         self.flops, self.bytes, self.items, self.unit, self.note = flops, bytes, items, unit, note
 
 
@@ -50,7 +56,32 @@ def register(name, shape, make, **kw):
     CASES[f"{name} {shape}"] = Case(name, shape, make, **kw)
 
 
-def run_case(c, reps):
+def set_threads():
+    """torch's intra-op threads: $TORCH_THREADS, else os.cpu_count(). Returns the count in use."""
+    n = int(os.environ.get("TORCH_THREADS") or os.cpu_count() or 1)
+    torch.set_num_threads(n)
+    return torch.get_num_threads()
+
+
+def result(name, shape, run_s, per=1, flops=None, bytes=None, items=None, unit=None, note=None):
+    """The result dict of a case whose best run of `per` ops took `run_s` seconds."""
+    r = {"name": name, "shape": shape, "ms": round(run_s * 1e3 / per, 3), "per": per,
+         "run_ms": round(run_s * 1e3, 3)}
+    if flops:
+        r["gflops"] = round(flops / run_s / 1e9, 2)
+    if bytes:
+        r["gbps"] = round(bytes / run_s / 1e9, 3)
+    if items:
+        r["per_s"] = round(items / run_s, 2)
+        r["unit"] = unit or "items"
+    if note:
+        r["note"] = note
+    return r
+
+
+def run_case(c, reps=None):
+    """Warm-up, then best of `reps` runs (None: the case's own, else 5)."""
+    reps = reps or c.reps or 5
     fn = c.make()
     # A case that uses autograd marks its function with `fn.needs_grad = True`.
     ctx = torch.enable_grad() if getattr(fn, "needs_grad", False) else torch.no_grad()
@@ -61,18 +92,7 @@ def run_case(c, reps):
             t0 = time.perf_counter()
             fn()
             best = min(best, time.perf_counter() - t0)
-    ms = best * 1e3
-    r = {"name": c.name, "shape": c.shape, "ms": round(ms, 3)}
-    if c.flops:
-        r["gflops"] = round(c.flops / best / 1e9, 2)
-    if c.bytes:
-        r["gbps"] = round(c.bytes / best / 1e9, 3)
-    if c.items:
-        r["per_s"] = round(c.items / best, 2)
-        r["unit"] = c.unit or "items"
-    if c.note:
-        r["note"] = c.note
-    return r
+    return result(c.name, c.shape, best, c.per, c.flops, c.bytes, c.items, c.unit, c.note)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -109,6 +129,7 @@ def mm_case(M, K, N, per, linear=False, f16=False, suffix="", name="matmul"):
         name,
         f"{M}x{K}x{N}{suffix}",
         make,
+        per=per,
         flops=2 * M * K * N * per,
         bytes=w_bytes * per if M <= 4 else None,
     )
@@ -131,7 +152,7 @@ def backward_case(M, K, N, per):
 
         return run
 
-    register("linear_backward", f"{M}x{K}x{N}", make, flops=4 * M * K * N * per)
+    register("linear_backward", f"{M}x{K}x{N}", make, per=per, flops=4 * M * K * N * per)
 
 
 mm_case(256, 256, 256, 16)
@@ -155,30 +176,36 @@ mm_case(1, 4096, 4096, 2, linear=True, f16=True, suffix=" linear f16 unpacked")
 def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--filter", default=None, help='only cases whose "name shape" contains TEXT')
-    ap.add_argument("--reps", type=int, default=5)
+    ap.add_argument("--reps", type=int, default=None,
+                    help="timed runs per case, best kept (default: the case's own, else 5)")
     ap.add_argument("--list", action="store_true", help="print the case keys and exit")
     args = ap.parse_args()
-    torch.set_num_threads(2)
+    if args.reps is not None and args.reps < 1:
+        ap.error(f"--reps must be a positive integer, found {args.reps}")
+    threads = set_threads()
     keys = [k for k in CASES if not args.filter or args.filter in k]
     if args.list:
         print("\n".join(keys))
         return
-    env = {k: os.environ.get(k) for k in ("OPENBLAS_CORETYPE", "OPENBLAS_L2_SIZE", "OMP_NUM_THREADS")}
+    env = {k: os.environ.get(k)
+           for k in ("TORCH_THREADS", "OPENBLAS_CORETYPE", "OPENBLAS_L2_SIZE", "OMP_NUM_THREADS")}
     print(
-        f"torch {torch.__version__}, {torch.get_num_threads()} threads, env {json.dumps(env)}",
+        f"torch {torch.__version__}, {threads} threads (os.cpu_count() {os.cpu_count()}), "
+        f"env {json.dumps(env)}",
         file=sys.stderr,
     )
+    emit = lambda r: print(json.dumps({**r, "torch_threads": threads}), flush=True)  # noqa: E731
     for k in keys:
-        print(json.dumps(run_case(CASES[k], args.reps)), flush=True)
+        emit(run_case(CASES[k], args.reps))
     # The model-level cases live beside this file (same name/shape strings as tools/bench/*.ts).
     sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
     import bench_torch_tokenizer
     import bench_torch_transformer
 
-    for r in bench_torch_transformer.results(args.filter, None):
-        print(json.dumps(r), flush=True)
-    for r in bench_torch_tokenizer.results(args.filter, 1):
-        print(json.dumps(r), flush=True)
+    for r in bench_torch_transformer.results(args.filter, args.reps):
+        emit(r)
+    for r in bench_torch_tokenizer.results(args.filter, args.reps):
+        emit(r)
 
 
 if __name__ == "__main__":

@@ -6,7 +6,8 @@ lines whose `name` and `shape` match the WebGPU cases so `deno task bench --torc
     /usr/bin/python3 tools/bench_torch_tokenizer.py [--filter TEXT] [--reps N]
 
 tools/bench_torch.py can import it: `from bench_torch_tokenizer import results` and print each dict
-of `results(filter, reps)`. The model math is tools/ref_vqgan.py's (open-muse VQGANModel), here in f32
+of `results(filter, reps)` (reps None: 1 run of encode/decode, 3 of the training step, as
+tools/bench/tokenizer.ts). Threads: $TORCH_THREADS, else os.cpu_count(). The model math is tools/ref_vqgan.py's (open-muse VQGANModel), here in f32
 under torch.no_grad() for encode/decode; the training step is forward + backward of the same loss as
 @lvm/tokenizer (L2 + codebook + 0.25 commitment, straight-through) and torch.optim.AdamW.
 """
@@ -98,11 +99,12 @@ def best_ms(fn, reps):
 
 
 def line(name, shape, ms, fl, items, note):
-    return {"name": name, "shape": shape, "ms": round(ms, 3), "gflops": round(fl / ms / 1e6, 2),
-            "per_s": round(items / ms * 1e3, 2), "unit": "images", "note": note}
+    return {"name": name, "shape": shape, "ms": round(ms, 3), "per": 1, "run_ms": round(ms, 3),
+            "gflops": round(fl / ms / 1e6, 2), "per_s": round(items / ms * 1e3, 2), "unit": "images",
+            "note": note}
 
 
-def results(filt=None, reps=1):
+def results(filt=None, reps=None):
     out = []
     want = lambda k: not filt or filt in k  # noqa: E731
     enc_f, dec_f = flops(LVM_CONFIG)
@@ -112,10 +114,10 @@ def results(filt=None, reps=1):
         ids = (torch.arange(256, dtype=torch.int64) * 2654435761) % 8192
         with torch.no_grad():
             if want("vqgan encode lvm 1x3x256x256"):
-                ms = best_ms(lambda: distances(p, encode_features(p, LVM_CONFIG, x)).argmin(1), reps)
+                ms = best_ms(lambda: distances(p, encode_features(p, LVM_CONFIG, x)).argmin(1), reps or 1)
                 out.append(line("vqgan encode", "lvm 1x3x256x256", ms, enc_f, 1, "torch f32 CPU"))
             if want("vqgan decode lvm 1x256 ids"):
-                ms = best_ms(lambda: decode_latent(p, LVM_CONFIG, lookup(p, ids[None], 16, 16)).clamp(0, 1), reps)
+                ms = best_ms(lambda: decode_latent(p, LVM_CONFIG, lookup(p, ids[None], 16, 16)).clamp(0, 1), reps or 1)
                 out.append(line("vqgan decode", "lvm 1x256 ids", ms, dec_f, 1, "torch f32 CPU"))
     key = f"vqgan train step tiny b{TINY_B} 32x32"
     if want(key):
@@ -137,7 +139,7 @@ def results(filt=None, reps=1):
             return loss.item()
 
         e, d = flops(c)
-        ms = best_ms(step, max(reps, 3))
+        ms = best_ms(step, reps or 3)
         out.append(line("vqgan train step", f"tiny b{TINY_B} 32x32", ms, 3 * TINY_B * (e + d), TINY_B,
                         "forward + backward + clip + AdamW, torch f32 CPU"))
     return out
@@ -146,9 +148,9 @@ def results(filt=None, reps=1):
 def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--filter", default=None)
-    ap.add_argument("--reps", type=int, default=1)
+    ap.add_argument("--reps", type=int, default=None)
     args = ap.parse_args()
-    torch.set_num_threads(2)
+    torch.set_num_threads(int(os.environ.get("TORCH_THREADS") or os.cpu_count() or 1))
     env = {k: os.environ.get(k) for k in ("OPENBLAS_CORETYPE", "OMP_NUM_THREADS")}
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, env {json.dumps(env)}", file=sys.stderr)
     for r in results(args.filter, args.reps):

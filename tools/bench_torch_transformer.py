@@ -6,13 +6,22 @@ forward, training step with clip + AdamW, KV-cache decode), printed as JSON line
     /usr/bin/python3 tools/bench_torch_transformer.py [--filter TEXT] [--reps N]
 
 tools/bench_torch.py can import it: `from bench_torch_transformer import results` and print each
-dict of `results(filter)`. The model math is tools/ref_llama.py's (HF LlamaForCausalLM), in f32 with
-nn.Linear weights.
+dict of `results(filter, reps)`. The model math is tools/ref_llama.py's (HF LlamaForCausalLM), in f32
+with nn.Linear weights. Threads: $TORCH_THREADS, else os.cpu_count() (printed to stderr).
+
+Each case runs one op per timed run (`per` 1, so `ms` = `run_ms`). Memory, in MiB (2^20 bytes):
+`mem_mb` is the bytes of the tensors the case must hold, computed from the tensors themselves:
+parameters (forward), + gradients + AdamW state (train step), + KV cache (decode); activations and
+allocator overhead are not in it (our `mem_mb` is the GPU pool's peak, activations included).
+`rss_peak_delta_mb` is how much the process's peak RSS (resource.getrusage ru_maxrss) grew while the
+case ran (its state, activations and allocator caches, after the model was built), a lower bound: 0
+when an earlier case already peaked higher.
 """
 
 import json
 import math
 import os
+import resource
 import sys
 import time
 
@@ -80,6 +89,24 @@ class Llama(torch.nn.Module):
         return self.head(rms_norm(x, self.norm, 1e-6))
 
 
+MB = 1024 * 1024
+
+
+def nbytes(tensors):
+    return sum(t.numel() * t.element_size() for t in tensors)
+
+
+def peak_rss():
+    """Peak resident set size of this process in bytes (ru_maxrss is KiB on Linux)."""
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+
+
+def line(name, shape, ms, items, mem_bytes, rss0, note):
+    return dict(name=name, shape=shape, ms=round(ms, 3), per=1, run_ms=round(ms, 3),
+                per_s=round(items / ms * 1e3, 2), unit="tokens", mem_mb=round(mem_bytes / MB, 1),
+                rss_peak_delta_mb=round(max(0, peak_rss() - rss0) / MB, 1), note=note)
+
+
 def best_ms(fn, reps):
     fn()  # warm-up
     best = float("inf")
@@ -104,6 +131,7 @@ def results(filter_text=None, reps_override=None):
                                              ("transformer decode", dshape)]):
             continue
         model = Llama(name)
+        params = nbytes(model.parameters())
         ids = torch.randint(0, CODES, (B, T + 1))
         inputs, targets = ids[:, :-1], ids[:, 1:]
         ce = lambda: torch.nn.functional.cross_entropy(  # noqa: E731
@@ -113,9 +141,10 @@ def results(filter_text=None, reps_override=None):
             def fwd():
                 with torch.no_grad():
                     ce().item()
+            rss0 = peak_rss()
             ms = best_ms(fwd, reps)
-            yield dict(name="transformer forward", shape=shape, ms=round(ms, 3),
-                       per_s=round(N / ms * 1e3, 2), unit="tokens")
+            yield line("transformer forward", shape, ms, N, params, rss0,
+                       "torch f32 CPU; mem_mb: parameters")
         if wanted("transformer train step", shape):
             opt = torch.optim.AdamW(model.parameters(), lr=1e-4, betas=(0.9, 0.95), weight_decay=0.1)
 
@@ -126,9 +155,14 @@ def results(filter_text=None, reps_override=None):
                 torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
                 opt.step()
                 loss.item()
+            rss0 = peak_rss()
             ms = best_ms(step, reps)
-            yield dict(name="transformer train step", shape=shape, ms=round(ms, 3),
-                       per_s=round(N / ms * 1e3, 2), unit="tokens")
+            state = [v for st in opt.state.values() for v in st.values() if torch.is_tensor(v)]
+            grads = [p.grad for p in model.parameters() if p.grad is not None]
+            yield line("transformer train step", shape, ms, N, params + nbytes(grads) + nbytes(state),
+                       rss0, "torch f32 CPU; mem_mb: parameters + grads + AdamW state")
+            del opt, state, grads
+            model.zero_grad(set_to_none=True)
         if wanted("transformer decode", dshape):
             P, n_new = cfg["prompt"], cfg["decode"]
             prompt = torch.randint(0, CODES, (1, P))
@@ -144,9 +178,11 @@ def results(filter_text=None, reps_override=None):
                         nxt = int(torch.argmax(logits[:CODES]))
                         logits = model(torch.tensor([[nxt]]), cache, pos)[0, -1]
                         pos += 1
+            rss0 = peak_rss()
             ms = best_ms(decode, reps)
-            yield dict(name="transformer decode", shape=dshape, ms=round(ms, 3),
-                       per_s=round(n_new / ms * 1e3, 2), unit="tokens")
+            kv = nbytes(t for layer in cache for t in layer)
+            yield line("transformer decode", dshape, ms, n_new, params + kv, rss0,
+                       "torch f32 CPU; mem_mb: parameters + KV cache")
 
 
 def main():
@@ -155,7 +191,8 @@ def main():
     ap.add_argument("--filter")
     ap.add_argument("--reps", type=int)
     a = ap.parse_args()
-    torch.set_num_threads(int(os.environ.get("TORCH_THREADS", "2")))
+    torch.set_num_threads(int(os.environ.get("TORCH_THREADS") or os.cpu_count() or 1))
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads", file=sys.stderr)
     for r in results(a.filter, a.reps):
         r["torch_threads"] = torch.get_num_threads()
         print(json.dumps(r), flush=True)

@@ -10,7 +10,7 @@ following Hugging Face `LlamaForCausalLM` line by line):
     embedding when tie_word_embeddings)
   - loss: mean cross-entropy of logits (B,T,V) against explicit targets (B,T) (the caller shifts)
 
-    /usr/bin/python3 tools/ref_llama.py            # writes tests/fixtures/transformer/<variant>/
+    /usr/bin/python3 tools/ref_llama.py [NAME...]  # writes tests/fixtures/transformer/<NAME>/
 
 For each variant it writes config.json + model.safetensors (HF layout, f32) and reference.safetensors:
   inputs, targets (i32 [B,T]); logits (f32 [B,T,V]); loss (f32 [1]); grad.<param> for every parameter;
@@ -21,6 +21,12 @@ For each variant it writes config.json + model.safetensors (HF layout, f32) and 
   generate.prompt / generate.tokens (i32): greedy continuation with ids >= image_codes suppressed,
   generate.margin (f32): the smallest top-1 minus top-2 logit gap along the way (so a tie can't flip it).
 The math runs in float64 on the f32-stored weights, so the fixtures are the exact answer for them.
+
+16-bit checkpoints as other tools write them (DERIVED): the same random model as a base variant
+(same seed, same weights and inputs), stored BF16 in 2 shards behind model.safetensors.index.json, or
+F16 in one model.safetensors, by this file's own safetensors writer (torch's round-to-nearest-even
+casts). Their reference.safetensors holds inputs, targets (i32 [B,T]), logits (f32 [B,T,V]) and loss
+(f32 [1]) computed in float64 from the 16-bit weights as stored, so they are exact for them too.
 """
 
 import json
@@ -38,6 +44,11 @@ OUT = os.path.join(ROOT, "tests", "fixtures", "transformer")
 VARIANTS = {
     "mha": dict(hidden=24, layers=2, heads=3, kv_heads=3, ffn=40, vocab=100, image_codes=96, tied=False),
     "gqa_tied": dict(hidden=32, layers=2, heads=4, kv_heads=2, ffn=44, vocab=100, image_codes=96, tied=True),
+}
+# name: (base variant, stored dtype, shards)
+DERIVED = {
+    "mha_bf16_sharded": ("mha", "BF16", 2),
+    "gqa_tied_f16": ("gqa_tied", "F16", 1),
 }
 B, T = 2, 11
 RMS_EPS = 1e-6
@@ -177,6 +188,10 @@ def write_safetensors(path, tensors, metadata=None):
         t = t.contiguous()
         if t.dtype == torch.float32:
             dt, raw = "F32", t.numpy().astype("<f4").tobytes()
+        elif t.dtype == torch.float16:
+            dt, raw = "F16", t.numpy().astype("<f2").tobytes()
+        elif t.dtype == torch.bfloat16:  # numpy has no bfloat16: the same 16 bits as int16
+            dt, raw = "BF16", t.view(torch.int16).numpy().astype("<i2").tobytes()
         elif t.dtype in (torch.int32, torch.int64):
             dt, raw = "I32", t.to(torch.int32).numpy().astype("<i4").tobytes()
         else:
@@ -288,12 +303,70 @@ def build(name, cfg, seed):
     )
 
 
+def seed_of(variant):
+    return 1234 + list(VARIANTS).index(variant)
+
+
+def build_derived(name, base, dtype, shards):
+    """`base`'s model (same seed: same weights and batch) stored in `dtype`, in `shards` files."""
+    cfg = VARIANTS[base]
+    gen = torch.Generator().manual_seed(seed_of(base))
+    p32 = init_params(cfg, gen)  # the same draws, in the same order, as build()
+    inputs = torch.randint(0, cfg["vocab"], (B, T), generator=gen)
+    targets = torch.randint(0, cfg["vocab"], (B, T), generator=gen)
+    p16 = {k: v.to({"BF16": torch.bfloat16, "F16": torch.float16}[dtype]) for k, v in p32.items()}
+    with torch.no_grad():
+        logits = forward({k: v.to(torch.float64) for k, v in p16.items()}, cfg, inputs)
+        loss = loss_fn(logits, targets)
+
+    d = os.path.join(OUT, name)
+    os.makedirs(d, exist_ok=True)
+    for f in os.listdir(d):  # weight files of an earlier layout
+        if f.startswith("model") and f.endswith((".safetensors", ".json")):
+            os.remove(os.path.join(d, f))
+    write_json(os.path.join(d, "config.json"),
+               {**hf_config(cfg), "torch_dtype": {"BF16": "bfloat16", "F16": "float16"}[dtype]})
+    names = list(p16)
+    if shards == 1:
+        write_safetensors(os.path.join(d, "model.safetensors"), p16, {"format": "pt"})
+    else:
+        # Split in checkpoint order at about equal bytes, as HF's max_shard_size does.
+        sizes = [p16[n].numel() * 2 for n in names]
+        total, groups, acc = sum(sizes), [[] for _ in range(shards)], 0
+        for n, size in zip(names, sizes):
+            groups[min(shards - 1, acc * shards // total)].append(n)
+            acc += size
+        weight_map = {}
+        for k, group in enumerate(groups):
+            file = f"model-{k + 1:05d}-of-{shards:05d}.safetensors"
+            write_safetensors(os.path.join(d, file), {n: p16[n] for n in group}, {"format": "pt"})
+            weight_map.update({n: file for n in group})
+        write_json(os.path.join(d, "model.safetensors.index.json"),
+                   {"metadata": {"total_size": total}, "weight_map": dict(sorted(weight_map.items()))})
+    ref = {
+        "inputs": inputs.to(torch.int32),
+        "targets": targets.to(torch.int32),
+        "logits": logits.to(torch.float32),
+        "loss": loss.reshape(1).to(torch.float32),
+    }
+    meta = {"generator": "tools/ref_llama.py", "torch": torch.__version__, "base": base,
+            "seed": str(seed_of(base)), "dtype": dtype}
+    write_safetensors(os.path.join(d, "reference.safetensors"), ref, meta)
+    print(f"{name}: {base} as {dtype} in {shards} file(s), loss {float(loss):.6f}")
+
+
 def main():
     torch.set_num_threads(1)
-    names = sys.argv[1:] or list(VARIANTS)
-    for i, name in enumerate(VARIANTS):
+    names = sys.argv[1:] or [*VARIANTS, *DERIVED]
+    unknown = [n for n in names if n not in VARIANTS and n not in DERIVED]
+    if unknown:
+        sys.exit(f"unknown fixture {unknown}; expected some of {[*VARIANTS, *DERIVED]}")
+    for name in VARIANTS:
         if name in names:
-            build(name, VARIANTS[name], seed=1234 + i)
+            build(name, VARIANTS[name], seed=seed_of(name))
+    for name, (base, dtype, shards) in DERIVED.items():
+        if name in names:
+            build_derived(name, base, dtype, shards)
 
 
 if __name__ == "__main__":

@@ -1,6 +1,7 @@
 /**
  * Hugging Face LLaMA checkpoints: `config.json` + `model.safetensors`, or shards behind
- * `model.safetensors.index.json`; F32, F16 or BF16 tensors; tied or untied; GQA. This is how the
+ * `model.safetensors.index.json`; F32, F16, BF16 or F64 tensors (converted to f32 on load); tied or
+ * untied; GQA. This is how the
  * released LVM 7B is distributed, and how our own models are saved (so they load in other LLaMA
  * tooling too).
  *
@@ -61,7 +62,9 @@ function ignorable(name: string, config: LlamaConfig): boolean {
   return name.endsWith(".rotary_emb.inv_freq") || (config.tieEmbeddings && name === LM_HEAD);
 }
 
-const FLOAT_DTYPES = new Set<StDType>(["F32", "F16", "BF16", "F64"]);
+/** Tensor dtypes a checkpoint may store (all read as f32; F64 narrows, F16/BF16 widen exactly). */
+const FLOAT_DTYPES: readonly StDType[] = ["F32", "F16", "BF16", "F64"];
+const FLOAT_NAMES = `${FLOAT_DTYPES.slice(0, -1).join(", ")} or ${FLOAT_DTYPES.at(-1)}`;
 
 /**
  * Checks that `source` holds exactly the tensors of `config` (names, shapes, float dtypes), from
@@ -81,9 +84,9 @@ export function checkTensors(source: TensorSource, config: LlamaConfig): void {
         `${source.path}: tensor "${name}" has shape [${info.shape}], expected [${shape}] from config.json`,
       );
     }
-    if (!FLOAT_DTYPES.has(info.dtype)) {
+    if (!FLOAT_DTYPES.includes(info.dtype)) {
       throw new CheckpointError(
-        `${source.path}: tensor "${name}" is ${info.dtype}, expected F32, F16 or BF16`,
+        `${source.path}: tensor "${name}" is ${info.dtype}, expected ${FLOAT_NAMES}`,
       );
     }
   }
@@ -108,7 +111,7 @@ export interface LoadOptions extends ModelOptions {
 
 /**
  * Loads a Hugging Face LLaMA directory (config.json + model.safetensors or sharded index) onto the
- * GPU, tensor by tensor. BF16/F16 tensors are converted on load; `dtype: "f16"` keeps the matrices
+ * GPU, tensor by tensor. BF16/F16/F64 tensors are converted to f32 on load; `dtype: "f16"` keeps the matrices
  * at 16 bits on the GPU (the 7B then needs ~13 GB).
  */
 export async function loadLlama(gpu: Gpu, dir: string, options: LoadOptions = {}): Promise<Llama> {

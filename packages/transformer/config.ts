@@ -33,7 +33,10 @@ export interface LlamaConfig {
   ropeTheta: number;
   /** Whether lm_head shares the embedding matrix. */
   tieEmbeddings: boolean;
-  /** Ids at or above this are reserved (never generated). LVM: 8192 of 8292. */
+  /**
+   * Ids at or above this are reserved (never generated). LVM: 8192 of 8292. Default
+   * {@link defaultImageCodes}: 8192 for LVM's vocab of 8292, otherwise the whole vocab.
+   */
   imageCodes: number;
 }
 
@@ -47,7 +50,18 @@ export const LVM_VOCAB = 8292;
 /** Number of VQGAN codes (ids below it are image tokens). */
 export const LVM_IMAGE_CODES = 8192;
 
-/** A config with defaults filled in and every field checked. */
+/**
+ * The default reserved-id boundary for a vocabulary: LVM's 8192 codes when the vocab is LVM's 8292
+ * (ids 8192..8291 reserved), otherwise the whole vocab (nothing reserved). The same rule for
+ * {@link makeConfig} and {@link configFromHf}: a LLaMA checkpoint with another vocabulary (a text
+ * model's 32000, a VQGAN with another codebook) generates from all of its ids unless its
+ * config.json says `image_codes`, rather than being cut at an LVM-specific 8192.
+ */
+export function defaultImageCodes(vocab: number): number {
+  return vocab === LVM_VOCAB ? LVM_IMAGE_CODES : vocab;
+}
+
+/** A config with defaults filled in (imageCodes: {@link defaultImageCodes}) and every field checked. */
 export function makeConfig(c: ConfigInput): LlamaConfig {
   const cfg: LlamaConfig = {
     vocab: LVM_VOCAB,
@@ -57,7 +71,7 @@ export function makeConfig(c: ConfigInput): LlamaConfig {
     tieEmbeddings: false,
     kvHeads: c.heads,
     headDim: c.hidden / c.heads,
-    imageCodes: Math.min(LVM_IMAGE_CODES, c.vocab ?? LVM_VOCAB),
+    imageCodes: defaultImageCodes(c.vocab ?? LVM_VOCAB),
     ...stripUndefined(c),
   } as LlamaConfig;
   validateConfig(cfg);
@@ -217,8 +231,8 @@ const SUPPORTED = ["LlamaForCausalLM"];
 /**
  * Reads a Hugging Face `config.json` object. `source` names the file in error messages.
  * Unknown architectures, non-SiLU activations and RoPE scaling are errors (not silently wrong).
- * Our extra key `image_codes` gives the reserved-id boundary; without it, a vocab of 8292 means LVM's
- * 8192 codes and any other vocab reserves nothing.
+ * Our extra key `image_codes` gives the reserved-id boundary; without it, {@link defaultImageCodes}:
+ * a vocab of 8292 means LVM's 8192 codes and any other vocab reserves nothing (as in makeConfig).
  */
 export function configFromHf(json: Record<string, unknown>, source = "config.json"): LlamaConfig {
   const archs = json.architectures;
@@ -261,7 +275,6 @@ export function configFromHf(json: Record<string, unknown>, source = "config.jso
   const hidden = num("hidden_size");
   const heads = num("num_attention_heads");
   const vocab = num("vocab_size");
-  const defaultCodes = vocab === LVM_VOCAB ? LVM_IMAGE_CODES : vocab;
   try {
     return makeConfig({
       hidden,
@@ -275,7 +288,7 @@ export function configFromHf(json: Record<string, unknown>, source = "config.jso
       rmsEps: num("rms_norm_eps", 1e-6),
       ropeTheta: num("rope_theta", 10000),
       tieEmbeddings: json.tie_word_embeddings === true,
-      imageCodes: num("image_codes", defaultCodes),
+      imageCodes: num("image_codes", defaultImageCodes(vocab)),
     });
   } catch (e) {
     if (e instanceof RangeError) throw new ConfigError(`${source}: ${e.message}`);

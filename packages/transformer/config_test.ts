@@ -3,6 +3,7 @@ import {
   ConfigError,
   configFromHf,
   configToHf,
+  defaultImageCodes,
   makeConfig,
   paramCount,
   paramSpecs,
@@ -66,6 +67,31 @@ Deno.test("configFromHf()", async (t) => {
     assertEquals(configFromHf({ ...base, vocab_size: 8292 }).imageCodes, 8192);
     assertEquals(configFromHf({ ...base, vocab_size: 32000 }).imageCodes, 32000);
     assertEquals(configFromHf({ ...base, vocab_size: 32000 }).kvHeads, 4);
+  });
+  await t.step("makeConfig and configFromHf default imageCodes alike", () => {
+    const base = {
+      architectures: ["LlamaForCausalLM"],
+      hidden_size: 16,
+      num_hidden_layers: 1,
+      num_attention_heads: 2,
+      intermediate_size: 24,
+    };
+    for (const [vocab, codes] of [[8292, 8192], [32000, 32000], [8300, 8300], [100, 100]]) {
+      assertEquals(defaultImageCodes(vocab), codes, `vocab ${vocab}`);
+      assertEquals(
+        makeConfig({ hidden: 16, layers: 1, heads: 2, ffn: 24, vocab }).imageCodes,
+        codes,
+        `makeConfig vocab ${vocab}`,
+      );
+      assertEquals(configFromHf({ ...base, vocab_size: vocab }).imageCodes, codes, `hf ${vocab}`);
+    }
+    assertEquals(makeConfig({ hidden: 16, layers: 1, heads: 2, ffn: 24 }).imageCodes, 8192);
+    // An explicit value wins on both paths.
+    assertEquals(
+      makeConfig({ hidden: 16, layers: 1, heads: 2, ffn: 24, imageCodes: 5 }).imageCodes,
+      5,
+    );
+    assertEquals(configFromHf({ ...base, vocab_size: 32000, image_codes: 7 }).imageCodes, 7);
   });
   await t.step("clear errors", () => {
     const good = configToHf(PRESETS.tiny);

@@ -263,6 +263,12 @@ export class Llama {
     if (!Number.isInteger(B) || !Number.isInteger(T) || B < 1 || T < 1) {
       throw new RangeError(`forward: B and T must be positive integers, found B=${B}, T=${T}`);
     }
+    if (T > c.maxPositions) {
+      throw new RangeError(
+        `forward: T=${T} exceeds the model's maxPositions (${c.maxPositions}); ` +
+          `use sequences of at most ${c.maxPositions} tokens`,
+      );
+    }
     if (batch.inputs.length !== N) {
       throw new RangeError(`forward: inputs has ${batch.inputs.length} ids, expected B*T = ${N}`);
     }

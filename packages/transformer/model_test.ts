@@ -6,8 +6,9 @@
 import { adamw, clipGradNorm, getGpu, SafetensorsFile, type Tensor } from "@lvm/kernels";
 import { assertClose } from "@lvm/kernels/testing";
 import { loadLlama } from "./checkpoint.ts";
-import { paramSpecs } from "./config.ts";
-import { assertEquals } from "./_assert.ts";
+import { makeConfig, paramSpecs } from "./config.ts";
+import { Llama } from "./model.ts";
+import { assertEquals, assertThrows } from "./_assert.ts";
 
 const FIXTURES = new URL("../../tests/fixtures/transformer/", import.meta.url).pathname;
 
@@ -131,4 +132,27 @@ Deno.test("Llama row-chunked classifier == one chunk", async () => {
   }
   whole.release();
   chunked.release();
+});
+
+Deno.test("Llama.forward() rejects T over maxPositions", async () => {
+  const gpu = await getGpu();
+  const model = Llama.init(
+    gpu,
+    makeConfig({ hidden: 8, layers: 1, heads: 2, ffn: 16, vocab: 10, maxPositions: 6 }),
+    { seed: 1 },
+  );
+  const ids = (n: number) => Array.from({ length: n }, (_, i) => i % 10);
+  // T = maxPositions is fine; one more position is an error naming T and the limit.
+  model.forward({ B: 2, T: 6, inputs: ids(12), targets: ids(12) }).loss!.release();
+  assertThrows(
+    () => model.forward({ B: 1, T: 7, inputs: ids(7) }),
+    RangeError,
+    "T=7 exceeds the model's maxPositions (6)",
+  );
+  assertThrows(
+    () => model.forward({ B: 2, T: 7, inputs: ids(14), targets: ids(14) }, { train: true }),
+    RangeError,
+    "maxPositions (6)",
+  );
+  model.release();
 });

@@ -2,7 +2,10 @@
  * The benchmark harness: each file in tools/bench/ exports `benches`, a list of {@link BenchCase}.
  * A case is set up once, run once to warm up (pipeline compile), then timed best-of-`reps` with a
  * GPU sync after each run, so the time includes the dispatches and the ~11 ms sync on lavapipe only
- * once per run. Throughput comes from the case's own napkin math (`flops`, `bytes`, `items`).
+ * once per run. A run may record several ops (`per`, e.g. 16 small matmuls before one sync): `ms` is
+ * the best run's time divided by `per` (time per op), `run_ms` the run's own time. Throughput comes
+ * from the case's own napkin math (`flops`, `bytes`, `items`, all of one run) over the run's time,
+ * so it does not depend on `per`.
  * @module
  */
 import type { Gpu } from "@lvm/kernels";
@@ -13,51 +16,80 @@ export interface BenchCase {
   name: string;
   /** Shape or config, e.g. "1024x1024x1024". */
   shape: string;
-  /** Floating-point operations of one run (for GFLOP/s). */
+  /** Ops one timed run does (default 1): `ms` is reported per op, run time / `per`. */
+  per?: number;
+  /** Floating-point operations of one run, all `per` ops together (for GFLOP/s). */
   flops?: number;
-  /** Bytes moved by one run (for GB/s). */
+  /** Bytes moved by one run, all `per` ops together (for GB/s). */
   bytes?: number;
   /** Items of one run and their unit (for items/s, e.g. tokens/s, images/s). */
   items?: number;
   unit?: string;
   /** Napkin math shown beside the figure. */
   note?: string;
+  /** Timed runs of this case when `--reps` is not given (default 5). */
   reps?: number;
   /** Prepares inputs; returns the function timed (which must record or do one run). */
   setup(gpu: Gpu): Promise<() => unknown> | (() => unknown);
   /** Releases what setup made. */
   teardown?(): void;
-  /** Extra fields for the JSON line (e.g. memory). */
+  /**
+   * Extra fields for the result (e.g. parameter counts); a `mem_mb` among them is also printed in
+   * the human-readable line.
+   */
   extra?: () => Record<string, unknown>;
 }
 
-/** Result line. */
+/** Result line (the `--json` object, less `backend`/`adapter`). */
 export interface BenchResult {
   name: string;
   shape: string;
+  /** Milliseconds per op: the best run's time / `per`. */
   ms: number;
+  /** Ops per timed run. */
+  per?: number;
+  /** Milliseconds of the best timed run (all `per` ops and one sync). */
+  run_ms?: number;
   gflops?: number;
   gbps?: number;
   per_s?: number;
   unit?: string;
+  /** Memory the case held, MiB (2^20 bytes); what it counts is the case's to say. */
+  mem_mb?: number;
   note?: string;
   [k: string]: unknown;
 }
 
-/** Runs one case: warm-up, then best of `reps`. */
-export async function runCase(gpu: Gpu, c: BenchCase, reps = 5): Promise<BenchResult> {
+/**
+ * Runs one case: warm-up, then best of `reps` timed runs (`reps` given: the command line's
+ * `--reps`, which overrides the case's own; otherwise the case's, else 5).
+ */
+export async function runCase(gpu: Gpu, c: BenchCase, reps?: number): Promise<BenchResult> {
+  const per = c.per ?? 1;
+  if (!Number.isInteger(per) || per < 1) {
+    throw new RangeError(
+      `bench case "${c.name} ${c.shape}": per must be a positive integer, found ${per}`,
+    );
+  }
   const fn = await c.setup(gpu);
   await fn();
   await gpu.sync();
   let best = Infinity;
-  for (let i = 0; i < (c.reps ?? reps); i++) {
+  for (let i = 0; i < (reps ?? c.reps ?? 5); i++) {
     const t0 = performance.now();
     await fn();
     await gpu.sync();
     best = Math.min(best, performance.now() - t0);
   }
+  const extra = c.extra?.() ?? {}; // before teardown: it may read what the case holds
   c.teardown?.();
-  const r: BenchResult = { name: c.name, shape: c.shape, ms: +best.toFixed(3) };
+  const r: BenchResult = {
+    name: c.name,
+    shape: c.shape,
+    ms: +(best / per).toFixed(3),
+    per,
+    run_ms: +best.toFixed(3),
+  };
   if (c.flops) r.gflops = +(c.flops / best / 1e6).toFixed(2);
   if (c.bytes) r.gbps = +(c.bytes / best / 1e6).toFixed(3);
   if (c.items) {
@@ -65,19 +97,23 @@ export async function runCase(gpu: Gpu, c: BenchCase, reps = 5): Promise<BenchRe
     r.unit = c.unit ?? "items";
   }
   if (c.note) r.note = c.note;
-  Object.assign(r, c.extra?.() ?? {});
+  Object.assign(r, extra);
   return r;
 }
 
-/** Human-readable line for a result. */
+/** Human-readable line for a result: ms per op ("(N/run)" when a run holds N ops), rates, memory. */
 export function formatResult(r: BenchResult): string {
-  const parts = [`${r.name.padEnd(22)} ${r.shape.padEnd(26)} ${r.ms.toFixed(3).padStart(10)} ms`];
+  const per = (r.per !== undefined && r.per > 1 ? ` (${r.per}/run)` : "").padEnd(9);
+  const parts = [
+    `${r.name.padEnd(22)} ${r.shape.padEnd(26)} ${r.ms.toFixed(3).padStart(10)} ms${per}`,
+  ];
   if (r.gflops !== undefined) parts.push(`${r.gflops.toFixed(2).padStart(8)} GFLOP/s`);
   if (r.gbps !== undefined) parts.push(`${r.gbps.toFixed(3).padStart(8)} GB/s`);
   if (r.per_s !== undefined) {
     const v = r.per_s >= 100 ? r.per_s.toFixed(1) : r.per_s.toPrecision(3);
     parts.push(`${v.padStart(9)} ${r.unit}/s`);
   }
+  if (typeof r.mem_mb === "number") parts.push(`mem ${r.mem_mb.toFixed(1)} MiB`);
   if (r.note) parts.push(`  (${r.note})`);
   return parts.join(" ");
 }

@@ -4,7 +4,8 @@
  * tools/bench_torch.py has a case with the same name and shape for each, so `--torch` pairs them.
  *
  * Each timed run records `per` products before the one GPU sync the harness adds (the sync costs
- * ~11 ms on lavapipe, which would otherwise swamp the small shapes); flops count all of them.
+ * ~11 ms on lavapipe, which would otherwise swamp the small shapes); flops count all of them, and
+ * the harness reports `ms` per product (run time / per). The notes give one product's napkin math.
  * @module
  */
 import {
@@ -49,11 +50,11 @@ function mmCase(M: number, K: number, N: number, o: Opts): BenchCase {
   return {
     name: o.name ?? "matmul",
     shape: `${M}x${K}x${N}${o.suffix ?? ""}`,
+    per: o.per,
     flops: flops * o.per,
     bytes: memBound ? wBytes * o.per : undefined,
     note: `2MKN = ${GF(flops)} GFLOP` +
-      (memBound ? `, W ${(wBytes / 2 ** 20).toFixed(0)} MiB read once` : "") +
-      (o.per > 1 ? `, x${o.per} per sync` : ""),
+      (memBound ? `, W ${(wBytes / 2 ** 20).toFixed(0)} MiB read once` : ""),
     setup(gpu: Gpu) {
       const x = gpu.upload(randn(M * K, 1), [M, K]);
       const w = gpu.upload(
@@ -86,9 +87,9 @@ function backwardCase(M: number, K: number, N: number, per: number): BenchCase {
   return {
     name: "linear_backward",
     shape: `${M}x${K}x${N}`,
+    per,
     flops: flops * per,
-    note: `dx = dy W and dW = dy^T x: 4MKN = ${GF(flops)} GFLOP` +
-      (per > 1 ? `, x${per} per sync` : ""),
+    note: `dx = dy W and dW = dy^T x: 4MKN = ${GF(flops)} GFLOP`,
     setup(gpu: Gpu) {
       const x = gpu.upload(randn(M * K, 1), [M, K]);
       const w = gpu.upload(randn(N * K, 2, -0.05, 0.05), [N, K]);

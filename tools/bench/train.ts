@@ -5,8 +5,11 @@
  * of its loss and gradient norm (what a `--log-every 1` run does; with a larger interval the CPU
  * waits less). The data is a synthetic token-shard dataset of 4096-token sentences.
  *
- * Napkin math: a step costs ~6 * params * tokens FLOPs (forward 2, backward 4) plus attention, so
- * `tiny` (2.9M params, 2.1M of them the embedding and lm_head) at 1024 tokens/step is ~18 GFLOP.
+ * Napkin math (each case's note gives its own figures): a step costs 3x the forward's
+ * 2 * (P - V*D) + 4 * L * H * hd * T/2 FLOPs per token (backward = 2x forward; the V*D embedding
+ * lookup is free; causal attention sees T/2 keys on average), times B * T * accum tokens, so `tiny`
+ * (2.9M params, 2.1M of them the embedding and lm_head) at 1024 tokens/step is ~12 GFLOP; AdamW
+ * reads and writes 16 B/param (f32 weights, grads, two moments).
  * @module
  */
 import { join } from "node:path";
@@ -39,22 +42,28 @@ async function dataset(): Promise<string> {
 
 function flopsPerToken(name: string, T: number): number {
   const c = preset(name);
-  const matmuls = paramCount(c) - c.vocab * c.hidden; // the embedding lookup is free
-  const attn = 2 * 2 * c.layers * c.heads * c.headDim * (T / 2);
+  // The embedding lookup is free (unless tied, when the same matrix is also the lm_head matmul).
+  const matmuls = paramCount(c) - c.vocab * c.hidden * (c.tieEmbeddings ? 0 : 1);
+  const attn = 4 * c.layers * c.heads * c.headDim * (T / 2);
   return 3 * (2 * matmuls + attn); // forward + backward
 }
 
 /** The training benchmarks. */
 export const benches: BenchCase[] = CONFIGS.map(({ name, B, T, K, reps }) => {
   let trainer: Trainer;
+  const P = paramCount(preset(name));
+  const perToken = flopsPerToken(name, T);
   return {
     name: "train step",
     shape: `${name} B${B} T${T} accum${K}`,
     items: B * T * K,
     unit: "tokens",
-    flops: flopsPerToken(name, T) * B * T * K,
+    flops: perToken * B * T * K,
     reps,
-    note: "Trainer: loader + fwd/bwd + clip + AdamW, loss+norm read back",
+    note: `Trainer: loader + fwd/bwd + clip + AdamW, loss+norm read back; ` +
+      `${(perToken / 1e6).toFixed(1)} MFLOP/token x ${B * T * K} = ` +
+      `${(perToken * B * T * K / 1e9).toFixed(1)} GFLOP/step, ` +
+      `AdamW 16 B/param = ${(16 * P / 2 ** 20).toFixed(0)} MiB`,
     async setup(gpu) {
       const config = makeTrainConfig({
         data: await dataset(),

@@ -1,12 +1,27 @@
 /**
  * Whole-model throughput of @lvm/transformer for the `tiny` and `100m` presets: the training
  * forward (loss), a full training step (forward + backward + global-norm clip + AdamW over every
- * parameter) and KV-cache decoding, in tokens/s, with the GPU memory the pool holds. The PyTorch
- * figures for the same configs come from tools/bench_torch_transformer.py (same names and shapes).
+ * parameter) and KV-cache decoding, in tokens/s, with the GPU memory each case holds (`mem_mb`,
+ * also printed). The PyTorch figures for the same configs come from tools/bench_torch_transformer.py
+ * (same names and shapes).
+ *
+ * Napkin math, per token (P parameters, V*D of them the embedding, whose lookup is free; L layers of
+ * H heads of hd; causal attention at length T sees T/2 keys on average):
+ *   forward  2 * (P - V*D) + 4 * L * H * hd * T/2 FLOPs (the lm_head is a matmul: counted);
+ *   train    3x forward (backward = 2x), plus AdamW's 16 B/param of f32 weights, grads and moments;
+ *   decode   the same matmul FLOPs at the current length, memory bound: every f32 weight matrix,
+ *            4 * (P - V*D) bytes, is read once per token.
  * @module
  */
 import { adamw, clipGradNorm, type Gpu, type Tensor } from "@lvm/kernels";
-import { DecodeSession, Llama, paramCount, paramSpecs, preset } from "@lvm/transformer";
+import {
+  DecodeSession,
+  Llama,
+  type LlamaConfig,
+  paramCount,
+  paramSpecs,
+  preset,
+} from "@lvm/transformer";
 import type { BenchCase } from "./_harness.ts";
 
 /** Configs measured: preset, batch, sequence length, decode prompt/new tokens, repetitions. */
@@ -25,34 +40,63 @@ function tokens(n: number, vocab: number, seed: number): Int32Array {
   });
 }
 
-/** Model FLOPs per token of a forward (2 per multiply-add of the matmuls, attention at length T). */
-function forwardFlopsPerToken(name: string, T: number): number {
-  const c = preset(name);
-  const matmuls = paramCount(c) - c.vocab * c.hidden * (c.tieEmbeddings ? 0 : 1); // embedding lookup is free
-  const attn = 2 * 2 * c.layers * c.heads * c.headDim * (T / 2); // causal: ~T/2 keys per query
-  return 2 * matmuls + attn;
+/** Parameters that are matmul weights (the embedding lookup is free unless it is the tied head). */
+function matmulParams(c: LlamaConfig): number {
+  return paramCount(c) - c.vocab * c.hidden * (c.tieEmbeddings ? 0 : 1);
 }
+
+/** Model FLOPs per token of a forward (2 per multiply-add of the matmuls, attention over `keys`). */
+function forwardFlopsPerToken(c: LlamaConfig, keys: number): number {
+  return 2 * matmulParams(c) + 4 * c.layers * c.heads * c.headDim * keys;
+}
+
+const mflop = (f: number) => `${(f / 1e6).toFixed(2)} MFLOP`;
+const mib = (b: number) => `${(b / MB).toFixed(1)} MiB`;
 
 function cases(cfg: (typeof CONFIGS)[number]): BenchCase[] {
   const { name, B, T, reps } = cfg;
+  const c = preset(name);
   const N = B * T;
+  const P = paramCount(c);
   let model: Llama;
+  let session: DecodeSession | null = null;
+  let sessionBytes: { textures: number; buffers: number } | null = null;
+  let held: Tensor[] = []; // optimizer moments of the train step
   let mem = 0;
-  const extra = () => ({
-    params_m: +(paramCount(preset(name)) / 1e6).toFixed(1),
-    // Peak bytes of pooled GPU buffers in the case (weights, grads, moments, activations; the
-    // session's packed-weight and KV-cache textures of decode are not pooled and not counted).
-    gpu_pool_mb: +(mem / MB).toFixed(1),
-  });
+  const extra = () => {
+    const s = sessionBytes;
+    return {
+      params_m: +(P / 1e6).toFixed(1),
+      // Peak bytes of pooled GPU buffers in the case (weights, grads, moments, activations, and the
+      // decode session's pooled tensors).
+      gpu_pool_mb: +(mem / MB).toFixed(1),
+      // Decode: everything the session holds (KV cache, packed weights; textures are not pooled).
+      ...(s ? { session_mb: +((s.textures + s.buffers) / MB).toFixed(1) } : {}),
+      // The case's GPU memory: the pool's peak plus the session's textures. Matmul's scratch
+      // textures (a few per shape, shared by all cases) are not counted.
+      mem_mb: +((mem + (s?.textures ?? 0)) / MB).toFixed(1),
+    };
+  };
   const build = (gpu: Gpu) => {
     // Free what earlier cases left in the pool, so the peak below is this case's own memory.
     gpu.pool.trim();
     mem = 0;
-    model = Llama.init(gpu, preset(name), { seed: 1 });
+    sessionBytes = null;
+    model = Llama.init(gpu, c, { seed: 1 });
     const ids = tokens(N + 1, model.config.imageCodes, 7);
     return { inputs: ids.subarray(0, N), targets: ids.subarray(1) };
   };
-  const flops = forwardFlopsPerToken(name, T) * N;
+  const teardown = () => {
+    session?.release();
+    session = null;
+    held.forEach((t) => t.release());
+    held = [];
+    model.release();
+  };
+  const fwd = forwardFlopsPerToken(c, T / 2);
+  const flops = fwd * N;
+  const ctx = cfg.prompt + cfg.decode / 2; // mean cache length of a decode step
+  const kvBytes = 2 * c.layers * (cfg.prompt + cfg.decode) * c.kvHeads * c.headDim * 4;
   return [
     {
       name: `transformer forward`,
@@ -61,7 +105,8 @@ function cases(cfg: (typeof CONFIGS)[number]): BenchCase[] {
       unit: "tokens",
       flops,
       reps,
-      note: "loss, no activations kept",
+      note: `loss, no activations kept; ${mflop(fwd)}/token = 2*(P-V*D) + 4*L*H*hd*T/2, ` +
+        `f32 weights ${mib(4 * P)}`,
       setup(gpu) {
         const { inputs, targets } = build(gpu);
         return async () => {
@@ -71,7 +116,7 @@ function cases(cfg: (typeof CONFIGS)[number]): BenchCase[] {
           loss!.release();
         };
       },
-      teardown: () => model.release(),
+      teardown,
       extra,
     },
     {
@@ -81,11 +126,13 @@ function cases(cfg: (typeof CONFIGS)[number]): BenchCase[] {
       unit: "tokens",
       flops: 3 * flops,
       reps,
-      note: "fwd+bwd+clip+AdamW, one loss read",
+      note: `fwd+bwd+clip+AdamW, one loss read; ${mflop(3 * fwd)}/token = 3x forward, ` +
+        `weights+grads+moments 16 B/param = ${mib(16 * P)}`,
       setup(gpu) {
         const { inputs, targets } = build(gpu);
         const specs = paramSpecs(model.config);
         const moments = specs.map((s) => ({ m: gpu.zeros(s.shape), v: gpu.zeros(s.shape) }));
+        held = moments.flatMap((x) => [x.m, x.v]);
         let step = 0;
         return async () => {
           step++;
@@ -107,7 +154,7 @@ function cases(cfg: (typeof CONFIGS)[number]): BenchCase[] {
           for (const t of [loss!, clip.norm, clip.scale] as Tensor[]) t.release();
         };
       },
-      teardown: () => model.release(),
+      teardown,
       extra,
     },
     {
@@ -116,10 +163,14 @@ function cases(cfg: (typeof CONFIGS)[number]): BenchCase[] {
       items: cfg.decode,
       unit: "tokens",
       reps,
-      note: `KV cache, greedy on CPU, one ${cfg.prompt}-token prefill included`,
+      note: `KV cache, greedy on CPU, one ${cfg.prompt}-token prefill included; ` +
+        `${mflop(forwardFlopsPerToken(c, ctx))}/token, memory bound: ` +
+        `${mib(4 * matmulParams(c))} of f32 matrices read per token, KV cache ${mib(kvBytes)}`,
       setup(gpu) {
         build(gpu);
-        const session = new DecodeSession(model, { maxTokens: cfg.prompt + cfg.decode });
+        session = new DecodeSession(model, { maxTokens: cfg.prompt + cfg.decode });
+        const s = session;
+        sessionBytes = s.memoryBytes;
         const prompt = Array.from(tokens(cfg.prompt, model.config.imageCodes, 3));
         const codes = model.config.imageCodes;
         const argmax = (x: Float32Array) => {
@@ -128,13 +179,13 @@ function cases(cfg: (typeof CONFIGS)[number]): BenchCase[] {
           return b;
         };
         return async () => {
-          session.reset();
-          let logits = await session.prefill(prompt);
-          for (let i = 0; i < cfg.decode; i++) logits = await session.step(argmax(logits));
+          s.reset();
+          let logits = await s.prefill(prompt);
+          for (let i = 0; i < cfg.decode; i++) logits = await s.step(argmax(logits));
           mem = Math.max(mem, gpu.pool.allocatedBytes);
         };
       },
-      teardown: () => model.release(),
+      teardown,
       extra,
     },
   ];

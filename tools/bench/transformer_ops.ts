@@ -57,8 +57,9 @@ export const benches: BenchCase[] = [
   {
     name: "embedding",
     shape: `${N} ids, 8292x${C}`,
+    per: REP,
     bytes: REP * 2 * N * C * 4,
-    note: `row gather: read + write N*C f32, x${REP} per run`,
+    note: `row gather: read + write N*C f32`,
     setup: (gpu) => {
       const ids = keep(
         gpu.upload(Int32Array.from({ length: N }, (_, i) => (i * 97) % 8192), [N], "i32"),
@@ -71,8 +72,9 @@ export const benches: BenchCase[] = [
   ...(["rows", "wg"] as const).map((variant): BenchCase => ({
     name: `rmsnorm ${variant}`,
     shape: `${N}x${C}`,
+    per: REP,
     bytes: REP * 2 * N * C * 4,
-    note: `read x + write y, f32, x${REP} per run`,
+    note: `read x + write y, f32`,
     setup: (gpu) => {
       const x = rand(gpu, [N, C], 1), w = rand(gpu, [C], 2);
       return drop(() => rmsnorm(gpu, x, w, 1e-6, { variant }), REP);
@@ -82,8 +84,9 @@ export const benches: BenchCase[] = [
   ...(["rows", "wg"] as const).map((variant): BenchCase => ({
     name: `rmsnorm bwd ${variant}`,
     shape: `${N}x${C}`,
+    per: REP,
     bytes: REP * 5 * N * C * 4,
-    note: `dx: x, dy read + dx write; dw: x, dy read; x${REP} per run`,
+    note: `dx: x, dy read + dx write; dw: x, dy read`,
     setup: (gpu) => {
       const x = rand(gpu, [N, C], 1), w = rand(gpu, [C], 2), dy = rand(gpu, [N, C], 3);
       const { y, rstd } = rmsnorm(gpu, x, w);
@@ -95,8 +98,9 @@ export const benches: BenchCase[] = [
   {
     name: "rope",
     shape: `B=${B} T=4096 H=${H} D=${D}`,
+    per: REP,
     bytes: REP * 2 * 4096 * H * D * 4,
-    note: `q: read + write (table reads not counted), x${REP} per run`,
+    note: `q: read + write (table reads not counted)`,
     setup: (gpu) => {
       const q = rand(gpu, [1, 4096, H, D], 1);
       return drop(() => rope(gpu, q, { heads: H, headDim: D }), REP);
@@ -106,8 +110,9 @@ export const benches: BenchCase[] = [
   {
     name: "swiglu",
     shape: `${N}x${F}`,
+    per: REP,
     bytes: REP * 3 * N * F * 4,
-    note: `2 reads + 1 write, x${REP} per run`,
+    note: `2 reads + 1 write`,
     setup: (gpu) => {
       const g = rand(gpu, [N, F], 1), u = rand(gpu, [N, F], 2);
       return drop(() => swiglu(gpu, g, u), REP);
@@ -145,9 +150,11 @@ export const benches: BenchCase[] = [
   {
     name: "attention decode",
     shape: `B=1 n=1 H=${H} D=${D} cache ${CACHE}`,
+    per: LAYERS,
     flops: LAYERS * 4 * H * CACHE * D,
     bytes: LAYERS * 2 * CACHE * H * D * 4,
-    note: `one token through ${LAYERS} layers per run; each reads its f32 K/V cache once`,
+    note:
+      `one token through ${LAYERS} layers per run (ms per layer); each reads its f32 K/V cache once`,
     setup: (gpu) => {
       const q = rand(gpu, [1, 1, H, D], 1);
       cache = createKvCache(gpu, { batch: 1, maxT: 4096, kvHeads: H, headDim: D });
