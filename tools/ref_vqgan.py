@@ -25,11 +25,24 @@ are stored three ways within the 2 MB budget:
   bin/pytorch_model.bin                   torch.save state dict, f32, open-muse names (the release format)
   openmuse/model.safetensors              open-muse names, F16
   diffusers/diffusion_pytorch_model.safetensors   diffusers VQModel names, F16
-each directory with the open-muse config.json, and
+bin/ and openmuse/ with the open-muse config.json, diffusers/ with the diffusers VQModel config.json
+(which does not record the input resolution: load it with resolution 16), and
   reference.safetensors: images (2,3,16,16) f32 (image 0 is also image.png), ids (2,64) I32, z (2,8,8,8)
   (quant_conv output), margin (1): the smallest gap between the best and second-best code distance
   (so float rounding cannot flip an id), decoded (2,3,16,16) from ids, clamped, decoded_raw (unclamped),
   loss (4): total, reconstruction, codebook, commitment; grad.<name> for a subset of the parameters.
+
+Second fixture, levels3/ (LEVELS3_CONFIG): 32x32 input, 3 levels with channel_mult [1, 2, 1] (8x8 = 64
+tokens), so channel counts change in the encoder (32 -> 64 -> 32) and the decoder (32 -> 64 -> 32):
+nin_shortcut blocks in both, and the decoder's up.i reading up.(i+1)'s channels. That is the smallest
+3-level layout with channel changes (every channel count a multiple of 32, so no hidden 8); its ~495k
+parameters are stored in F16 twice (~1 MB each), conv weights drawn from 17 levels (k/8 of a power of
+two, k in -8..8) so that the files compress well in git:
+  levels3/bin/pytorch_model.bin           torch.save state dict, F16 storages, open-muse names
+  levels3/diffusers/diffusion_pytorch_model.safetensors   diffusers VQModel names, F16, with the
+                                          diffusers config.json (load it with resolution 32)
+  levels3/reference.safetensors: images (2,3,32,32), ids (2,64), z (2,4,8,8), margin, decoded, loss,
+  grad.<name> for the nin_shortcut, resampling and norm parameters among others.
 All math runs in float64 on the stored weights, so the fixtures are the exact answer for them.
 """
 
@@ -62,6 +75,9 @@ FIXTURE_CONFIG = {
     "resample_with_conv": True,
     "commitment_cost": 0.25,
 }
+
+LEVELS3_CONFIG = dict(FIXTURE_CONFIG, resolution=32, channel_mult=[1, 2, 1], num_res_blocks=1, z_channels=8,
+                      num_embeddings=32, quantized_embed_dim=4)
 
 LVM_CONFIG = dict(FIXTURE_CONFIG, resolution=256, hidden_channels=128, channel_mult=[1, 2, 2, 4, 6],
                   num_res_blocks=2, z_channels=64, num_embeddings=8192, quantized_embed_dim=64)
@@ -161,6 +177,33 @@ def to_diffusers(name, n_levels):
             p = [p[0], "conv_norm_out"] + p[2:]
         p = ["conv_shortcut" if s == "nin_shortcut" else s for s in p]
     return ".".join(p)
+
+
+def diffusers_config(c):
+    """The diffusers VQModel config.json of an open-muse config (as convert_amused.py builds the model;
+    only representable when channel_mult[0] == 1, since diffusers' conv_in outputs block_out_channels[0])."""
+    assert c["channel_mult"][0] == 1
+    n = len(c["channel_mult"])
+    return {
+        "_class_name": "VQModel",
+        "act_fn": "silu",
+        "block_out_channels": [c["hidden_channels"] * m for m in c["channel_mult"]],
+        "down_block_types": ["DownEncoderBlock2D"] * n,
+        "force_upcast": False,
+        "in_channels": c["num_channels"],
+        "latent_channels": c["z_channels"],
+        "layers_per_block": c["num_res_blocks"],
+        "lookup_from_codebook": True,
+        "mid_block_add_attention": False,
+        "norm_num_groups": 32,
+        "norm_type": "group",
+        "num_vq_embeddings": c["num_embeddings"],
+        "out_channels": c["num_channels"],
+        "sample_size": 32,  # not the input resolution (aMUSEd's 256x256 VQ-GAN also says 32)
+        "scaling_factor": 0.18215,
+        "up_block_types": ["UpDecoderBlock2D"] * n,
+        "vq_embed_dim": c["quantized_embed_dim"],
+    }
 
 
 # ------------------------------------------------------------------------------------- the model
@@ -348,8 +391,9 @@ def build_fixture():
     f32 = {k: v.to(torch.float32).numpy() for k, v in p.items()}
     f16 = {k: v.to(torch.float16).numpy() for k, v in p.items()}
     cfg = json.dumps(c, indent=2) + "\n"
-    for sub in ("bin", "openmuse", "diffusers"):
+    for sub in ("bin", "openmuse"):
         write(os.path.join(OUT, sub, "config.json"), cfg.encode())
+    write(os.path.join(OUT, "diffusers", "config.json"), (json.dumps(diffusers_config(c), indent=2) + "\n").encode())
     torch.save({k: torch.from_numpy(v) for k, v in f32.items()}, os.path.join(OUT, "bin", "pytorch_model.bin"))
     write(os.path.join(OUT, "openmuse", "model.safetensors"), safetensors_bytes(f16))
     write(os.path.join(OUT, "diffusers", "diffusion_pytorch_model.safetensors"),
@@ -373,11 +417,119 @@ def build_fixture():
           f"{clamped * 100:.1f}% of decoded values clamped, loss {loss.item():.6f}")
 
 
+LEVELS3_GRAD_NAMES = [
+    "encoder.conv_in.weight",
+    "encoder.down.1.block.0.nin_shortcut.weight", "encoder.down.1.block.0.nin_shortcut.bias",
+    "encoder.down.1.block.0.norm1.weight", "encoder.down.2.block.0.nin_shortcut.weight",
+    "encoder.down.2.block.0.norm2.bias", "encoder.down.1.downsample.conv.bias",
+    "encoder.norm_out.weight", "quant_conv.weight", "quantize.embedding.weight", "post_quant_conv.bias",
+    "decoder.up.2.block.1.norm1.weight", "decoder.up.2.upsample.conv.bias",
+    "decoder.up.1.block.0.nin_shortcut.weight", "decoder.up.1.block.0.nin_shortcut.bias",
+    "decoder.up.1.block.0.norm1.bias", "decoder.up.1.upsample.conv.bias",
+    "decoder.up.0.block.0.nin_shortcut.weight", "decoder.up.0.block.0.conv1.bias",
+    "decoder.norm_out.weight", "decoder.conv_out.weight",
+]
+
+
+def coarse(t):
+    """Rounds to k/8 of a power of two near the tensor's range (k in -8..8): 3 significant bits, so the
+    low byte of every F16 value is zero and the files deflate well; still 17 levels of random values."""
+    step = 2.0 ** (np.floor(np.log2(t.abs().max().item())) - 3)
+    return (t / step).round().clamp(-8, 8) * step
+
+
+def levels3_images(size):
+    """A colour pattern and a noise image, size x size, whole bytes."""
+    yy, xx = np.mgrid[0:size, 0:size].astype(np.float64)
+    img0 = np.stack([
+        np.clip(128 + 110 * np.sin(xx / 4.0 + yy / 9.0), 0, 255),
+        np.clip(255 * xx / (size - 1), 0, 255),
+        np.clip(200 - 150 * np.cos(yy / 5.0) * np.sin(xx / 7.0), 0, 255),
+    ], axis=-1).astype(np.uint8)
+    img1 = np.random.default_rng(7).integers(0, 256, (size, size, 3)).astype(np.uint8)
+    return img0, img1
+
+
+def build_levels3():
+    """The second fixture (see the module doc): levels3/."""
+    c = LEVELS3_CONFIG
+    out = os.path.join(OUT, "levels3")
+    R = c["resolution"]
+    G = R // 2 ** (len(c["channel_mult"]) - 1)
+    img0, img1 = levels3_images(R)
+    x = torch.tensor(np.stack([img0, img1]), dtype=torch.float64).permute(0, 3, 1, 2) / 255.0
+    gen = torch.Generator().manual_seed(1)
+    p = random_params(c, gen)
+    for k, shape in param_specs(c):
+        if len(shape) == 4:
+            p[k] = f16_exact(coarse(p[k]))
+    with torch.no_grad():
+        z = encode_features(p, c, x)
+        rows = z.permute(0, 2, 3, 1).reshape(-1, z.shape[1])
+        best = None
+        for _ in range(40):
+            e = rows.mean(0) + rows.std(0) * torch.randn(p["quantize.embedding.weight"].shape, generator=gen,
+                                                         dtype=torch.float64)
+            p["quantize.embedding.weight"] = f16_exact(e)
+            top2 = distances(p, z).topk(2, dim=1, largest=False).values
+            gap = (top2[:, 1] - top2[:, 0]).min().item()
+            if best is None or gap > best[0]:
+                best = (gap, p["quantize.embedding.weight"])
+        p["quantize.embedding.weight"] = best[1]
+        ids = distances(p, z).argmin(1).reshape(2, -1)
+        raw = decode_latent(p, c, lookup(p, ids, G, G))
+        s = 0.2 / raw.std().item()
+        p["decoder.conv_out.weight"] = f16_exact(p["decoder.conv_out.weight"] * s)
+        p["decoder.conv_out.bias"] = f16_exact((p["decoder.conv_out.bias"] - raw.mean() * s) + 0.5)
+        d = distances(p, z)
+        top2 = d.topk(2, dim=1, largest=False).values
+        margin = (top2[:, 1] - top2[:, 0]).min().item()
+        ids = d.argmin(1).reshape(2, -1)
+        raw = decode_latent(p, c, lookup(p, ids, G, G))
+        decoded = raw.clamp(0, 1)
+
+    q = {k: v.clone().requires_grad_(True) for k, v in p.items()}
+    zt = encode_features(q, c, x)
+    zq = lookup(q, ids, G, G)
+    rec = decode_latent(q, c, zt + (zq - zt).detach())
+    l_rec = ((rec - x) ** 2).mean()
+    l_cb = ((zq - zt.detach()) ** 2).mean()
+    l_commit = ((zt - zq.detach()) ** 2).mean()
+    loss = l_rec + l_cb + c["commitment_cost"] * l_commit
+    loss.backward()
+
+    f16 = {k: v.to(torch.float16).numpy() for k, v in p.items()}
+    write(os.path.join(out, "bin", "config.json"), (json.dumps(c, indent=2) + "\n").encode())
+    os.makedirs(os.path.join(out, "bin"), exist_ok=True)
+    torch.save({k: torch.from_numpy(v) for k, v in f16.items()}, os.path.join(out, "bin", "pytorch_model.bin"))
+    write(os.path.join(out, "diffusers", "config.json"), (json.dumps(diffusers_config(c), indent=2) + "\n").encode())
+    n_levels = len(c["channel_mult"])
+    write(os.path.join(out, "diffusers", "diffusion_pytorch_model.safetensors"),
+          safetensors_bytes({to_diffusers(k, n_levels): v for k, v in f16.items()}))
+    ref = {
+        "images": x.to(torch.float32).numpy(),
+        "ids": ids.to(torch.int32).numpy(),
+        "z": z.to(torch.float32).numpy(),
+        "margin": np.array([margin], np.float32),
+        "decoded": decoded.to(torch.float32).numpy(),
+        "loss": np.array([loss.item(), l_rec.item(), l_cb.item(), l_commit.item()], np.float32),
+    }
+    for name in LEVELS3_GRAD_NAMES:
+        ref["grad." + name] = q[name].grad.to(torch.float32).numpy()
+    write(os.path.join(out, "reference.safetensors"), safetensors_bytes(ref))
+    nin = [k for k, _ in param_specs(c) if "nin_shortcut.weight" in k]
+    used = len(set(ids.reshape(-1).tolist()))
+    clamped = ((raw < 0) | (raw > 1)).double().mean().item()
+    print(f"levels3: {sum(v.size for v in f16.values())} params, nin_shortcut in {nin}, ids use {used} codes, "
+          f"margin {margin:.4g}, {clamped * 100:.1f}% of decoded values clamped, loss {loss.item():.6f}")
+
+
 def main():
     if "--count" in sys.argv:
         print(sum(int(np.prod(s)) for _, s in param_specs(LVM_CONFIG)))
         return
     build_fixture()
+    build_levels3()
     total = 0
     for dirpath, _, files in os.walk(OUT):
         total += sum(os.path.getsize(os.path.join(dirpath, f)) for f in files)

@@ -59,6 +59,8 @@ Deno.test("infer decode", async (t) => {
       "decode",
       "--tokenizer",
       `${FIX}/diffusers`,
+      "--resolution", // a diffusers config.json does not record it
+      "16",
       "--tokens",
       `@${dir}/ids.txt`,
       "--out",

@@ -8,9 +8,12 @@ import { join } from "node:path";
 import { parseArgs } from "node:util";
 import {
   type AdversarialOptions,
+  checkBatchFits,
+  DEFAULT_MAX_FRAMES,
   evalImages,
   evaluateReconstruction,
   holdOut,
+  HoldOutError,
   type ImageSource,
   initWeights,
   loadSources,
@@ -23,6 +26,7 @@ import {
   type ReconLoss,
   sampleBatch,
   saveTokenizer,
+  type TokenizerFiles,
   TRAIN_DEFAULTS,
   type TrainOptions,
   Vqgan,
@@ -35,6 +39,7 @@ import { type Command, intOption, UsageError } from "./_cli.ts";
 
 const USAGE = `usage:
   deno task train tokenizer --images PATH... --preset NAME --steps N --out DIR [options]
+  deno task train tokenizer --images PATH... --init DIR --steps N --out DIR [options]
   deno task train tokenizer --out DIR --steps N --resume [--images PATH...]
 
 Trains the VQGAN (open-muse architecture) from images: reconstruction loss (L2 by default, no
@@ -45,23 +50,29 @@ Progress (stderr): step, loss, batch PSNR, codebook usage, steps/s, ETA. At the 
 held-out images (never trained on) is printed.
 
 inputs:
-  --images PATH...      image files (PNG/JPEG/GIF/TIFF; GIFs give every frame), videos
-                        (avi/mp4/mkv/mov/webm, through ffmpeg), or folders: a folder's images are
-                        separate sources and each sub-folder is one frame-folder source (repeatable)
+  --images PATH...      image files (PNG/JPEG/GIF/TIFF; a GIF gives its frames, up to --max-frames),
+                        videos (avi/mp4/mkv/mov/webm, through ffmpeg, 1 frame per second, up to
+                        --max-frames), or folders: a folder's images are separate sources and each
+                        sub-folder is one frame-folder source (up to --max-frames) (repeatable)
   --eval-images PATH    held-out evaluation sources (same forms); default: every --holdout-th source
   --holdout K           hold out every K-th source for evaluation when --eval-images is absent
-                        (default 8; 0 = none)
+                        (default 8; 0 = none; 1 is refused: it would leave nothing to train on)
   --max-side N          shorter side of the in-memory copies (default 4 x resolution)
+  --max-frames N        frames kept per GIF, video or frame folder, evenly spaced (default
+                        ${DEFAULT_MAX_FRAMES}; 0 = every frame; a GIF is decoded whole first)
 
 model:
   --preset NAME         ${Object.keys(PRESETS).join(", ")} (default tiny)
   --config FILE         an open-muse config.json instead of a preset
-  --init DIR            start from this tokenizer's weights (fine-tuning) instead of random ones
+  --init DIR            start from this tokenizer (fine-tuning): its config.json (resolution,
+                        channels, codebook) and weights, codebook included, instead of a preset
+                        and random weights (not with --preset / --config)
 
 training:
   --steps N             total steps (required; with --resume, the new total)
   --out DIR             output folder (required)
-  --batch N             images per step (default ${TRAIN_DEFAULTS.batchSize})
+  --batch N             images per step (default ${TRAIN_DEFAULTS.batchSize}); refused up front when one
+                        step's largest tensor would not fit the adapter's storage-binding limit
   --lr X                peak learning rate (default ${TRAIN_DEFAULTS.lr}); warmup then cosine to lr/10
   --warmup N            warmup steps (default ${TRAIN_DEFAULTS.warmup})
   --recon l2|l1         reconstruction loss (default l2: mean squared error, what PSNR measures)
@@ -86,6 +97,7 @@ const OPTIONS = {
   "eval-images": { type: "string", multiple: true },
   holdout: { type: "string" },
   "max-side": { type: "string" },
+  "max-frames": { type: "string" },
   preset: { type: "string" },
   config: { type: "string" },
   init: { type: "string" },
@@ -170,8 +182,10 @@ export const tokenizer: Command = {
     let config: VqganConfig, options: TrainOptions;
     let savedSources: string[] | null = null;
     let adversarial: AdversarialOptions | null = null;
+    let init: TokenizerFiles | null = null;
     const resuming = !!v.resume && (await exists(join(ckptDir, "latest.json")));
     if (v.resume && !resuming) log(`no checkpoint in ${ckptDir}: starting a new run`);
+    if (v.init && resuming) log(`--init ${v.init} ignored: the checkpoint holds the weights`);
     if (resuming) {
       const st = await readCheckpointState(ckptDir);
       config = st.config;
@@ -189,7 +203,17 @@ export const tokenizer: Command = {
     } else {
       if (!v.images?.length) throw new UsageError("--images PATH is required");
       if (v.preset && v.config) throw new UsageError("give --preset or --config, not both");
-      if (v.config) {
+      if (v.init && (v.preset || v.config)) {
+        throw new UsageError(
+          `--init ${v.init} takes the architecture from its config.json: give no --${
+            v.preset ? "preset" : "config"
+          }`,
+        );
+      }
+      if (v.init) {
+        init = await readTokenizerDir(v.init);
+        config = init.config;
+      } else if (v.config) {
         config = parseConfig(JSON.parse(await Deno.readTextFile(v.config)), v.config);
       } else {
         try {
@@ -236,16 +260,33 @@ export const tokenizer: Command = {
     const evalEvery = intOption("eval-every", v["eval-every"], 0, { min: 0 });
     const logEvery = intOption("log-every", v["log-every"], 10, { min: 1 });
     const maxSide = intOption("max-side", v["max-side"], 4 * R, { min: R });
+    const maxFrames = intOption("max-frames", v["max-frames"], DEFAULT_MAX_FRAMES, { min: 0 });
+    const holdout = intOption("holdout", v.holdout, 8, { min: 0 });
+
+    // The batch must fit the adapter: checked before the data is loaded.
+    const gpu = await getGpu();
+    try {
+      checkBatchFits(config, options.batchSize, gpu.limits.maxStorageBufferBindingSize, "--batch");
+    } catch (e) {
+      throw new UsageError((e as Error).message);
+    }
 
     // Data.
     const t0 = performance.now();
-    const all = await loadSources(v.images, { maxSide });
+    const all = await loadSources(v.images, { maxSide, maxFrames });
     let train: ImageSource[], held: ImageSource[];
     if (v["eval-images"]?.length) {
       train = all;
-      held = await loadSources(v["eval-images"], { maxSide });
+      held = await loadSources(v["eval-images"], { maxSide, maxFrames });
     } else {
-      ({ train, held } = holdOut(all, intOption("holdout", v.holdout, 8, { min: 0 })));
+      try {
+        ({ train, held } = holdOut(all, holdout));
+      } catch (e) {
+        if (!(e instanceof HoldOutError)) throw e;
+        throw new UsageError(
+          `--holdout ${holdout}: ${e.message}; use --holdout 0 (no evaluation), a K of 2 or more, or --eval-images`,
+        );
+      }
     }
     const frames = (ss: ImageSource[]) => ss.reduce((a, s) => a + s.frames.length, 0);
     log(
@@ -259,12 +300,15 @@ export const tokenizer: Command = {
       );
     }
 
-    // Model and trainer.
-    const gpu = await getGpu();
-    let weights = initWeights(config, options.seed);
-    if (v.init && !resuming) ({ config, weights } = await readTokenizerDir(v.init));
-    const model = Vqgan.fromWeights(gpu, config, weights);
-    const trainer = new VqganTrainer(model, options);
+    // Model and trainer: the --init tokenizer's weights, else random ones (a resumed run's come
+    // from the checkpoint below).
+    const model = Vqgan.fromWeights(
+      gpu,
+      config,
+      init?.weights ?? initWeights(config, options.seed),
+    );
+    init = null; // the host copy is no longer needed
+    const trainer = new VqganTrainer(model, options, { fineTune: !!v.init && !resuming });
     if (adversarial) trainer.extension = new PatchDiscriminator(gpu, adversarial, options);
     if (resuming) {
       await trainer.load(ckptDir);

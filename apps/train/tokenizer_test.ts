@@ -1,12 +1,15 @@
 /**
  * End-to-end tests of `deno task train tokenizer`: a short run writes a tokenizer that
  * `deno task infer encode` loads, reports held-out PSNR, and a run resumed from its checkpoint ends
- * with exactly the weights of an uninterrupted run.
+ * with exactly the weights of an uninterrupted run; --init takes the init tokenizer's config and
+ * weights; --max-frames caps GIFs; --holdout 1 and a batch that cannot fit are usage errors.
  */
 import { deepStrictEqual, equal, match, ok } from "node:assert/strict";
 import { makeImage, savePng } from "@lvm/image";
+import { SafetensorsFile } from "@lvm/kernels";
 
 const ROOT = new URL("../../", import.meta.url).pathname;
+const FIX = `${ROOT}tests/fixtures/tokenizer`;
 
 async function cli(main: string, ...args: string[]) {
   const out = await new Deno.Command(Deno.execPath(), {
@@ -131,5 +134,104 @@ Deno.test("train tokenizer", async (t) => {
       match(bad.stderr, /training sources differ/);
     },
   );
+  await t.step(
+    "--init: the init tokenizer's resolution, weights and codebook; --max-frames caps a GIF",
+    async () => {
+      // The fixture tokenizer is 16x16 (the default preset, tiny, is 32x32). With --lr 0 and no
+      // restarts the weights written are the init weights: the PyTorch ids of the fixed image.
+      await Deno.mkdir(`${dir}/gif`);
+      await Deno.copyFile(`${ROOT}tests/fixtures/image/anim_3f.gif`, `${dir}/gif/anim.gif`);
+      for (const k of [0, 1]) {
+        await Deno.copyFile(`${dir}/images/img${k}.png`, `${dir}/gif/i${k}.png`);
+      }
+      const r = await cli(
+        "train",
+        "tokenizer",
+        "--images",
+        `${dir}/gif`,
+        "--init",
+        `${FIX}/bin`,
+        "--max-frames",
+        "2",
+        "--holdout",
+        "0",
+        "--steps",
+        "1",
+        "--batch",
+        "2",
+        "--lr",
+        "0",
+        "--restart-every",
+        "0",
+        "--out",
+        `${dir}/i`,
+      );
+      equal(r.code, 0, r.stderr);
+      match(r.stderr, /data: 3 training sources \(4 images\)/); // 2 of the GIF's 3 frames
+      match(r.stderr, /model: 16x16 -> 8x8 tokens, 64 codes/);
+      equal(JSON.parse(await Deno.readTextFile(`${dir}/i/config.json`)).resolution, 16);
+      const e = await cli(
+        "infer",
+        "encode",
+        "--tokenizer",
+        `${dir}/i`,
+        "--json",
+        `${FIX}/image.png`,
+      );
+      equal(e.code, 0, e.stderr);
+      const ref = await SafetensorsFile.open(`${FIX}/reference.safetensors`);
+      const ids = Array.from(new Int32Array((await ref.readRaw("ids")).slice().buffer));
+      ref.close();
+      deepStrictEqual(JSON.parse(e.stdout).tokens[0], ids.slice(0, 64));
+      const both = await cli(
+        "train",
+        "tokenizer",
+        ...common,
+        "--init",
+        `${FIX}/bin`,
+        "--steps",
+        "1",
+        "--out",
+        `${dir}/j`,
+      );
+      equal(both.code, 2);
+      match(
+        both.stderr,
+        /--init .* takes the architecture from its config\.json: give no --config/,
+      );
+    },
+  );
+  await t.step("usage errors: --holdout 1, a batch that cannot fit the adapter", async () => {
+    const h = await cli(
+      "train",
+      "tokenizer",
+      ...common,
+      "--holdout",
+      "1",
+      "--steps",
+      "1",
+      "--out",
+      `${dir}/h`,
+    );
+    equal(h.code, 2, h.stderr);
+    match(h.stderr, /--holdout 1: .*holds out all 5 sources, leaving none to train on/);
+    // Refused before the data is read (the path does not exist).
+    const b = await cli(
+      "train",
+      "tokenizer",
+      "--images",
+      `${dir}/nothing-here`,
+      "--preset",
+      "lvm",
+      "--batch",
+      "1000",
+      "--steps",
+      "1",
+      "--out",
+      `${dir}/b`,
+    );
+    equal(b.code, 2, b.stderr);
+    match(b.stderr, /--batch 1000: at most \d+ images? of 256x256 per step fit this adapter/);
+  });
   await Deno.remove(dir, { recursive: true });
 });

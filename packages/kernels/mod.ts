@@ -29,5 +29,6 @@ export * from "./safetensors.ts";
 export * from "./torch_bin.ts";
 export * from "./ops/conv2d.ts";
 export * from "./ops/groupnorm.ts";
+export * from "./ops/groupnorm_rows.ts";
 export * from "./ops/upsample.ts";
 export * from "./ops/vq.ts";

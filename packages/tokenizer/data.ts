@@ -6,7 +6,8 @@
  * A source is what the held-out split keeps whole, so that near-identical frames never sit on both
  * sides: an image file, every frame of a GIF or a video, or every image of a frame folder. A folder
  * given on the command line contributes its image files as separate sources and each of its
- * sub-folders (one level) as one frame-folder source.
+ * sub-folders (one level) as one frame-folder source. A GIF, a video or a frame folder keeps at most
+ * `maxFrames` of its frames, evenly spaced (default {@link DEFAULT_MAX_FRAMES}; 0 keeps every frame).
  * @module
  */
 import { join } from "node:path";
@@ -26,6 +27,9 @@ import type { Rng } from "./train.ts";
 /** Video file extensions read through ffmpeg. */
 export const VIDEO_EXTENSIONS: readonly string[] = ["avi", "mp4", "mkv", "mov", "webm"];
 
+/** Frames kept per GIF, video or frame folder unless {@link LoadSourcesOptions.maxFrames} says. */
+export const DEFAULT_MAX_FRAMES = 64;
+
 /** One source of training images (see the module doc). */
 export interface ImageSource {
   /** The file or folder. */
@@ -40,7 +44,10 @@ export interface LoadSourcesOptions {
   maxSide?: number;
   /** Frames per second sampled from videos (default 1). */
   videoFps?: number;
-  /** Most frames kept per video or frame folder (default 64; evenly spaced). */
+  /**
+   * Most frames kept per GIF, video or frame folder, evenly spaced (default
+   * {@link DEFAULT_MAX_FRAMES}; 0 keeps every frame). A GIF is decoded whole before the cap applies.
+   */
   maxFrames?: number;
   /** Called after each source (for progress). */
   onSource?: (s: ImageSource) => void;
@@ -63,20 +70,24 @@ export function shrink(img: RgbImage, maxSide: number): RgbImage {
   );
 }
 
+/** At most n items of xs, evenly spaced (all of them when n is 0). */
 function spaced<T>(xs: T[], n: number): T[] {
-  if (xs.length <= n) return xs;
+  if (n <= 0 || xs.length <= n) return xs;
   return Array.from({ length: n }, (_, i) => xs[Math.floor((i * xs.length) / n)]);
 }
 
 /**
- * Loads sources from paths: image files and GIFs (all frames), videos (`videoFps` frames per second,
- * needs ffmpeg), and folders (see the module doc). Errors name the path.
+ * Loads sources from paths: image files, GIFs (up to `maxFrames` frames), videos (`videoFps` frames
+ * per second, needs ffmpeg; up to `maxFrames`), and folders (see the module doc). Errors name the path.
  */
 export async function loadSources(
   paths: string[],
   opts: LoadSourcesOptions = {},
 ): Promise<ImageSource[]> {
-  const maxSide = opts.maxSide ?? 128, maxFrames = opts.maxFrames ?? 64;
+  const maxSide = opts.maxSide ?? 128, maxFrames = opts.maxFrames ?? DEFAULT_MAX_FRAMES;
+  if (!Number.isInteger(maxFrames) || maxFrames < 0) {
+    throw new RangeError(`loadSources: maxFrames must be an integer >= 0, got ${maxFrames}`);
+  }
   const out: ImageSource[] = [];
   const add = (s: ImageSource) => {
     if (!s.frames.length) return;
@@ -132,12 +143,26 @@ export async function loadSources(
   return out;
 }
 
-/** Splits sources: every `every`-th one (indices every-1, 2*every-1, ...) is held out; 0 holds none. */
+/** {@link holdOut} was asked to hold out every source, leaving none to train on. */
+export class HoldOutError extends RangeError {
+  override name = "HoldOutError";
+}
+
+/**
+ * Splits sources: every `every`-th one (indices every-1, 2*every-1, ...) is held out; 0 holds none,
+ * and so does a single source. `every` 1 would hold out all of two or more sources: a
+ * {@link HoldOutError}.
+ */
 export function holdOut(
   sources: ImageSource[],
   every: number,
 ): { train: ImageSource[]; held: ImageSource[] } {
   if (every <= 0 || sources.length < 2) return { train: sources, held: [] };
+  if (every === 1) {
+    throw new HoldOutError(
+      `holding out every 1st source holds out all ${sources.length} sources, leaving none to train on`,
+    );
+  }
   const held = sources.filter((_, i) => i % every === every - 1);
   const train = sources.filter((_, i) => i % every !== every - 1);
   if (!held.length) return { train: sources.slice(0, -1), held: sources.slice(-1) };
@@ -150,6 +175,7 @@ export function holdOut(
  * mirrored with probability 1/2; resized (PIL bicubic) to `R` x `R`.
  */
 export function sampleImage(sources: ImageSource[], R: number, rng: Rng): RgbImage {
+  if (!sources.length) throw new RangeError("sampleImage: no training sources to sample from");
   const src = sources[rng.int(sources.length)];
   let img = src.frames[rng.int(src.frames.length)];
   if (rng.next() >= 0.25) {

@@ -22,6 +22,8 @@ import {
   conv2dBackward,
   type Conv2dOptions,
   type Gpu,
+  groupNormFast,
+  groupNormFastBackward,
   map,
   nchwToRows,
   rowsToNchw,
@@ -29,7 +31,6 @@ import {
   vqLookup,
   vqNearest,
 } from "./_deps.ts";
-import { groupNormFast, groupNormFastBackward } from "./_groupnorm.ts";
 import {
   geometry,
   GROUPS,
@@ -307,29 +308,63 @@ export class Vqgan {
     return img;
   }
 
-  /**
-   * Bytes of the largest activation (with conv padding) one image needs in the forward pass: the
-   * batch must keep every tensor under the adapter's binding limit.
-   */
+  /** Bytes of the largest tensor one image needs (see {@link activationBytesPerImage}). */
   activationBytesPerImage(): number {
-    const { resolution: R, hiddenChannels: hid, channelMult: mult } = this.config;
-    let worst = 0;
-    for (let i = 0; i < mult.length; i++) {
-      const side = R >> i;
-      // a level's widest tensor; the decoder's upsample conv reads the next level's channels at this side
-      const ch = hid * Math.max(mult[i], i + 1 < mult.length ? mult[i + 1] : 0);
-      worst = Math.max(worst, ch * (side + 4) * (side + 8) * 4);
-    }
-    return worst;
+    return activationBytesPerImage(this.config);
   }
 
-  /** Largest batch whose activations fit one storage binding (at least 1). */
+  /** Largest batch whose tensors fit one storage binding of this adapter (at least 1). */
   maxBatch(): number {
-    return Math.max(
-      1,
-      Math.floor(this.gpu.limits.maxStorageBufferBindingSize / this.activationBytesPerImage()),
-    );
+    return Math.max(1, maxBatchFor(this.config, this.gpu.limits.maxStorageBufferBindingSize));
   }
+}
+
+/**
+ * Bytes of the largest tensor (with conv padding slack) that one image needs in a forward or a
+ * training step of `config`: every buffer of a batch of B images stays under B times this (checked
+ * against the allocations of a training step in train_test.ts). The widest level dominates: the
+ * decoder's upsample conv reads the next level's channels at this level's side.
+ */
+export function activationBytesPerImage(config: VqganConfig): number {
+  const { resolution: R, hiddenChannels: hid, channelMult: mult } = config;
+  let worst = 0;
+  for (let i = 0; i < mult.length; i++) {
+    const side = R >> i;
+    const ch = hid * Math.max(mult[i], i + 1 < mult.length ? mult[i + 1] : 0);
+    worst = Math.max(worst, ch * (side + 4) * (side + 8) * 4);
+  }
+  return worst;
+}
+
+/** Largest batch of `config` whose tensors fit `maxBindingBytes` each (0: not even one image). */
+export function maxBatchFor(config: VqganConfig, maxBindingBytes: number): number {
+  return Math.floor(maxBindingBytes / activationBytesPerImage(config));
+}
+
+/**
+ * Throws a RangeError when a batch of `batch` images of `config` cannot fit the adapter's
+ * storage-binding limit (`maxBindingBytes`, e.g. `gpu.limits.maxStorageBufferBindingSize`); the
+ * message names `label` (e.g. "--batch"), the largest batch that fits, and the sizes.
+ */
+export function checkBatchFits(
+  config: VqganConfig,
+  batch: number,
+  maxBindingBytes: number,
+  label = "batchSize",
+): void {
+  const per = activationBytesPerImage(config), fit = maxBatchFor(config, maxBindingBytes);
+  if (batch <= fit) return;
+  const mb = (b: number) => `${(b / 2 ** 20).toFixed(1)} MiB`;
+  const R = config.resolution;
+  throw new RangeError(
+    `${label} ${batch}: at most ${fit} ${
+      fit === 1 ? "image" : "images"
+    } of ${R}x${R} per step fit this adapter (its largest tensor takes ${
+      mb(per)
+    } per image; one storage binding holds at most ${mb(maxBindingBytes)})${
+      fit ? `; use ${label} ${fit} or less` : ""
+    }`,
+  );
 }
 
 /**

@@ -1,17 +1,18 @@
 /**
  * The VQGAN against tests/fixtures/tokenizer (written by tools/ref_vqgan.py, PyTorch, float64 math on
  * the stored weights): the same ids and decoded pixels from the .bin, the open-muse safetensors and
- * the diffusers safetensors; the training loss and gradients; and, for a config with nin_shortcut
- * blocks (absent from the size-limited fixture), the forward against the CPU reference and the
- * gradients against finite differences of it.
+ * the diffusers safetensors (with its diffusers config.json); the training loss and gradients; the
+ * same for the 3-level levels3/ fixture, whose channel counts change in the encoder and the decoder
+ * (nin_shortcut blocks); and, for another nin_shortcut config, the forward against the CPU reference
+ * and the gradients against finite differences of it.
  */
-import { equal, match, rejects } from "node:assert/strict";
+import { deepStrictEqual, equal, match, ok, rejects } from "node:assert/strict";
 import { join } from "node:path";
 import { loadImage } from "@lvm/image";
 import { getGpu, type Tensor } from "./_deps.ts";
 import { SafetensorsFile } from "@lvm/kernels";
 import { assertClose, finiteDiff, randn } from "@lvm/kernels/testing";
-import { parseConfig, type VqganConfig } from "./config.ts";
+import { configToJson, paramSpecs, parseConfig, type VqganConfig } from "./config.ts";
 import { initWeights, Tape, Vqgan } from "./model.ts";
 import { VqganCpu } from "./_reference.ts";
 import { createTokenizer, loadTokenizer, TokenCountError } from "./tokenizer.ts";
@@ -34,7 +35,11 @@ Deno.test("VqganTokenizer fixtures()", async (t) => {
   const ids: string[] = [];
   for (const sub of ["bin", "openmuse", "diffusers"]) {
     await t.step(`${sub}: ids of the fixed images and decoded pixels match PyTorch`, async () => {
-      const tok = await loadTokenizer(join(FIX, sub));
+      // A diffusers config does not record the input resolution.
+      const tok = await loadTokenizer(
+        join(FIX, sub),
+        sub === "diffusers" ? { resolution: 16 } : {},
+      );
       equal(tok.tokensPerImage, T);
       equal(tok.grid, 8);
       equal(tok.codebookSize, 64);
@@ -53,6 +58,18 @@ Deno.test("VqganTokenizer fixtures()", async (t) => {
       tok.release();
     });
   }
+  await t.step(
+    "diffusers/config.json is a diffusers VQModel config of the same model",
+    async () => {
+      const json = JSON.parse(await Deno.readTextFile(join(FIX, "diffusers", "config.json")));
+      equal(json._class_name, "VQModel");
+      equal("block_out_channels" in json && !("hidden_channels" in json), true);
+      const om = parseConfig(JSON.parse(await Deno.readTextFile(join(FIX, "bin", "config.json"))));
+      deepStrictEqual(parseConfig(json, "diffusers", 16), om);
+      // Without the resolution, 2^(levels-1) x 16 (what the LVM tokenizer's 5 levels give: 256).
+      deepStrictEqual(parseConfig(json), { ...om, resolution: 32 });
+    },
+  );
   await t.step(
     "one identity for the three files; the fixed image also loads from PNG",
     async () => {
@@ -127,6 +144,81 @@ Deno.test("vqganLossAndGrads() fixture", async (t) => {
   releaseLoss(r);
   x.release();
   model.release();
+});
+
+Deno.test("levels3 fixture: 3 levels, channels changing in the encoder and the decoder", async (t) => {
+  const L3 = join(FIX, "levels3");
+  const r3 = await SafetensorsFile.open(join(L3, "reference.safetensors"));
+  const x3 = await r3.readF32("images"); // (2,3,32,32)
+  const raw = await r3.readRaw("ids");
+  const ids3 = new Int32Array(raw.buffer.slice(raw.byteOffset, raw.byteOffset + raw.byteLength));
+  const P3 = 3 * 32 * 32, T3 = 64;
+  const gpu = await getGpu();
+  const { config } = await readTokenizerDir(join(L3, "bin"));
+  await t.step("the config has nin_shortcut blocks in the encoder and the decoder", async () => {
+    const nin = paramSpecs(config).filter((s) => s.name.endsWith("nin_shortcut.weight"));
+    deepStrictEqual(nin.map((s) => [s.name, s.shape.join("x")]), [
+      ["encoder.down.1.block.0.nin_shortcut.weight", "64x32x1x1"],
+      ["encoder.down.2.block.0.nin_shortcut.weight", "32x64x1x1"],
+      ["decoder.up.0.block.0.nin_shortcut.weight", "32x64x1x1"],
+      ["decoder.up.1.block.0.nin_shortcut.weight", "64x32x1x1"],
+    ]);
+    ok((await r3.readF32("margin"))[0] > 1e-3, "id margin wide enough for f32");
+  });
+  const ids: string[] = [];
+  for (const sub of ["bin", "diffusers"]) {
+    await t.step(`${sub}: latents, ids and decoded pixels match PyTorch`, async () => {
+      const tok = await loadTokenizer(join(L3, sub), sub === "diffusers" ? { resolution: 32 } : {});
+      deepStrictEqual([tok.grid, tok.tokensPerImage, tok.codebookSize], [8, T3, 32]);
+      const images = [0, 1].map((i) => ({
+        width: 32,
+        height: 32,
+        data: x3.slice(i * P3, (i + 1) * P3),
+      }));
+      const got = await tok.encode(images);
+      assertClose(Float32Array.from([...got[0], ...got[1]]), ids3, { atol: 0, rtol: 0 }, "ids");
+      const xt = gpu.upload(x3, [2, 3, 32, 32]);
+      const z = tok.model.encode(xt);
+      assertClose(await gpu.readF32(z), await r3.readF32("z"), { atol: 1e-5, rtol: 1e-4 }, "z");
+      xt.release();
+      z.release();
+      const imgs = await tok.decode([ids3.slice(0, T3), ids3.slice(T3)]);
+      const flat = new Float32Array(2 * P3);
+      imgs.forEach((m, i) => flat.set(m.data, i * P3));
+      assertClose(flat, await r3.readF32("decoded"), { atol: 2e-5, rtol: 1e-4 }, "decoded");
+      ids.push(tok.id);
+      tok.release();
+    });
+  }
+  await t.step("one identity for the .bin and the diffusers safetensors", () => {
+    equal(ids.length, 2);
+    equal(ids[0], ids[1]);
+  });
+  await t.step("training loss and gradients match PyTorch", async () => {
+    const { weights } = await readTokenizerDir(join(L3, "bin"));
+    const model = Vqgan.fromWeights(gpu, config, weights);
+    const xt = gpu.upload(x3, [2, 3, 32, 32]);
+    const r = vqganLossAndGrads(model, xt);
+    const [rec, vq] = await gpu.readMany(r.stats.slice(0, 2));
+    const loss = await r3.readF32("loss");
+    assertClose([rec[0], vq[0], vq[0]], loss.slice(1), { atol: 1e-6, rtol: 1e-4 }, "loss terms");
+    assertClose(await gpu.read(r.ids), ids3, { atol: 0, rtol: 0 }, "ids");
+    const names = r3.names().filter((n) => n.startsWith("grad.")).map((n) => n.slice(5));
+    equal(names.filter((n) => n.includes("nin_shortcut")).length, 6);
+    for (const n of names) {
+      const want = await r3.readF32(`grad.${n}`);
+      let scale = 0;
+      for (const v of want) scale = Math.max(scale, Math.abs(v));
+      assertClose(await gpu.readF32(r.grads.get(n)!), want, {
+        atol: 1e-4 * scale + 1e-7,
+        rtol: 2e-3,
+      }, `d${n}`);
+    }
+    releaseLoss(r);
+    xt.release();
+    model.release();
+  });
+  r3.close();
 });
 
 /** A config whose blocks change channels (nin_shortcut in the encoder and the decoder). */
@@ -264,26 +356,17 @@ Deno.test("saveTokenizer() round trip", async (t) => {
   });
   await t.step("missing or mis-shaped weights are named", async () => {
     const { config, weights } = await readTokenizerDir(join(FIX, "bin"));
-    const bad = { ...config, numEmbeddings: 32 } as VqganConfig;
-    await Deno.writeTextFile(
-      join(dir, "config.json"),
-      JSON.stringify({
-        resolution: 16,
-        hidden_channels: 32,
-        channel_mult: [1, 1],
-        num_res_blocks: 1,
-        attn_resolutions: [],
-        no_attn_mid_block: true,
-        z_channels: 16,
-        num_embeddings: 32,
-        quantized_embed_dim: 8,
-      }),
+    const bad: VqganConfig = { ...config, numEmbeddings: 32 };
+    // Weights of 64 codes do not save, nor load, under a config of 32.
+    await rejects(
+      () => saveTokenizer(join(dir, "bad"), bad, weights),
+      /quantize\.embedding\.weight needs 256 values for shape \[32,8\], found 512/,
     );
+    await Deno.writeTextFile(join(dir, "config.json"), JSON.stringify(configToJson(bad)));
     await rejects(
       () => loadTokenizer(dir),
       /quantize\.embedding\.weight has shape \[64,8\], expected \[32,8\]/,
     );
-    void bad, weights;
     await Deno.remove(join(dir, "model.safetensors"));
     await rejects(() => loadTokenizer(dir), /no weight file found/);
   });

@@ -147,12 +147,18 @@ export async function createTokenizer(
  * `pytorch_model.bin`, `diffusion_pytorch_model.bin`; open-muse or diffusers key names (detected).
  *
  * @example
- * ```ts ignore
+ * Runs as a doc test (`deno test --doc -A --unstable-webgpu packages/tokenizer/tokenizer.ts`) on this
+ * repository's 16x16 PyTorch fixture; the LVM tokenizer's directory (config.json +
+ * pytorch_model.bin) loads the same way and gives 256 ids (16x16) per 256x256 image.
+ * ```ts
  * import { loadTokenizer } from "@lvm/tokenizer";
  * import { loadImage } from "@lvm/image";
- * const tok = await loadTokenizer("models/vqgan");
- * const [ids] = await tok.encode([await loadImage("cat.jpg")]); // 256 ids for LVM
- * const [img] = await tok.decode([ids]);
+ * const dir = new URL("../../tests/fixtures/tokenizer/", import.meta.url).pathname;
+ * const tok = await loadTokenizer(`${dir}bin`);
+ * const [ids] = await tok.encode([await loadImage(`${dir}image.png`)]); // Int32Array(64): 8x8 grid
+ * const [img] = await tok.decode([ids]); // RgbImage, 16x16
+ * if (ids.length !== tok.tokensPerImage || img.width !== tok.resolution) throw new Error("shape");
+ * tok.release();
  * ```
  */
 export async function loadTokenizer(

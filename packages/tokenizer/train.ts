@@ -17,7 +17,11 @@
  * window every code used by no latent is re-initialised to a latent of the current batch (chosen at
  * random, without replacement while there are enough), and its AdamW moments are reset. The first
  * step initialises the whole codebook that way (all codes are unused then), which replaces the
- * U(-1/K, 1/K) init that would send every latent to one code.
+ * U(-1/K, 1/K) init that would send every latent to one code; a trainer made with `fineTune` (weights
+ * of a trained tokenizer) keeps the codebook it was given instead.
+ *
+ * A batch must fit the adapter: the trainer's constructor checks it against one storage binding
+ * (see model.ts's `checkBatchFits`).
  * @module
  */
 import { join } from "node:path";
@@ -38,7 +42,7 @@ import {
   writeSafetensors,
 } from "./_deps.ts";
 import { configToJson, paramSpecs, parseConfig, type VqganConfig } from "./config.ts";
-import { Tape, type Vqgan } from "./model.ts";
+import { checkBatchFits, Tape, type Vqgan } from "./model.ts";
 import { type VqganWeights, writeFileAtomic } from "./weights.ts";
 
 /** Reconstruction loss kind. */
@@ -268,9 +272,19 @@ interface TrainState {
   extra?: unknown;
 }
 
+/** Options of the {@link VqganTrainer} constructor that are not saved with checkpoints. */
+export interface TrainerInit {
+  /**
+   * The model holds a trained tokenizer's weights (fine-tuning): step 1 keeps its codebook instead
+   * of re-initialising every code from the batch (dead codes are still restarted per window).
+   */
+  fineTune?: boolean;
+}
+
 /**
  * The training state of a VQGAN: model, AdamW moments, step, RNG, restart window. `step(x)` runs
- * one optimisation step on a batch; `save`/`load` write and read resumable checkpoints.
+ * one optimisation step on a batch; `save`/`load` write and read resumable checkpoints. The
+ * constructor throws a RangeError when `options.batchSize` images cannot fit the adapter.
  */
 export class VqganTrainer {
   step = 0;
@@ -282,7 +296,16 @@ export class VqganTrainer {
   usage: Uint32Array;
   extension: TrainerExtension | null = null;
 
-  constructor(readonly model: Vqgan, readonly options: TrainOptions) {
+  /** See {@link TrainerInit.fineTune}. */
+  readonly fineTune: boolean;
+
+  constructor(readonly model: Vqgan, readonly options: TrainOptions, init: TrainerInit = {}) {
+    checkBatchFits(
+      model.config,
+      options.batchSize,
+      model.gpu.limits.maxStorageBufferBindingSize,
+    );
+    this.fineTune = init.fineTune ?? false;
     this.rng = new Rng(options.seed * 2654435761 + 12345);
     for (const [name, p] of model.params) {
       this.m.set(name, model.gpu.zeros(p.shape));
@@ -331,8 +354,9 @@ export class VqganTrainer {
     const codesUsed = this.usedCodes();
     let restarted = 0;
     const window = o.restartEvery;
-    if (t === 1 || (window > 0 && t % window === 0)) {
-      restarted = await this.#restart(r.zRows, t === 1);
+    const initAll = t === 1 && !this.fineTune;
+    if (initAll || (window > 0 && t % window === 0)) {
+      restarted = await this.#restart(r.zRows, initAll);
       this.usage.fill(0);
     }
     releaseLoss(r);

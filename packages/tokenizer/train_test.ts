@@ -1,14 +1,30 @@
 /**
  * Training: the loss goes down on a few steps, a resumed run equals an uninterrupted one bit for bit
- * (weights, AdamW moments, RNG, data order), dead codes are restarted from latents, the schedule.
+ * (weights, AdamW moments, RNG, data order), dead codes are restarted from latents of the batch, a
+ * fine-tuning trainer keeps its codebook, the schedule, and the batch-size check against the
+ * adapter's storage-binding limit.
  */
-import { deepStrictEqual, equal, ok } from "node:assert/strict";
+import { deepStrictEqual, equal, ok, throws } from "node:assert/strict";
 import { makeImage } from "@lvm/image";
-import { getGpu } from "./_deps.ts";
-import { parseConfig } from "./config.ts";
+import { getGpu, nchwToRows } from "./_deps.ts";
+import { parseConfig, presetConfig, PRESETS, type VqganConfig } from "./config.ts";
 import { type ImageSource, sampleBatch } from "./data.ts";
-import { initWeights, Vqgan } from "./model.ts";
-import { learningRate, TRAIN_DEFAULTS, type TrainOptions, VqganTrainer } from "./train.ts";
+import {
+  activationBytesPerImage,
+  checkBatchFits,
+  initWeights,
+  maxBatchFor,
+  Vqgan,
+} from "./model.ts";
+import {
+  learningRate,
+  releaseLoss,
+  Rng,
+  TRAIN_DEFAULTS,
+  type TrainOptions,
+  vqganLossAndGrads,
+  VqganTrainer,
+} from "./train.ts";
 
 const CONFIG = parseConfig({
   resolution: 16,
@@ -46,12 +62,18 @@ function sources(): ImageSource[] {
   });
 }
 
-async function trainer(config = CONFIG, batchSize = 4): Promise<VqganTrainer> {
+async function trainer(
+  config = CONFIG,
+  batchSize = 4,
+  extra: Partial<TrainOptions> = {},
+  fineTune = false,
+): Promise<VqganTrainer> {
   const gpu = await getGpu();
-  return new VqganTrainer(Vqgan.fromWeights(gpu, config, initWeights(config, 3)), {
-    ...OPTS,
-    batchSize,
-  });
+  return new VqganTrainer(
+    Vqgan.fromWeights(gpu, config, initWeights(config, 3)),
+    { ...OPTS, batchSize, ...extra },
+    { fineTune },
+  );
 }
 
 async function steps(tr: VqganTrainer, n: number, src: ImageSource[]) {
@@ -112,25 +134,63 @@ Deno.test("VqganTrainer()", async (t) => {
     await Deno.remove(dir, { recursive: true });
   });
   await t.step("dead codes are re-initialised to latents of the batch", async () => {
-    const K = 512; // more codes than one batch's 128 latents: some are always unused
+    const K = 512, E = CONFIG.quantizedEmbedDim; // more codes than one batch's 128 latents
     const tr = await trainer({ ...CONFIG, numEmbeddings: K }, 2);
+    const gpu = tr.gpu;
     await steps(tr, 2, src);
-    const before = (await tr.gpu.readF32(tr.model.p("quantize.embedding.weight"))).slice();
-    const used = new Set<number>();
-    tr.usage.forEach((c, k) => c > 0 && used.add(k));
-    ok(used.size < K, "some codes unused in the window");
-    const s = (await steps(tr, 1, src))[0]; // step 3 ends the window
-    equal(s.restarted, K - s.codesUsed);
-    const after = await tr.gpu.readF32(tr.model.p("quantize.embedding.weight"));
-    let changed = 0;
-    for (let k = 0; k < K; k++) {
-      const row = (a: Float32Array) => a.slice(k * 8, k * 8 + 8).join();
-      if (row(before) !== row(after)) changed++;
+    const before = (await gpu.readF32(tr.model.p("quantize.embedding.weight"))).slice();
+    const usedBefore = tr.usage.slice();
+    // Step 3 ends the window. Its batch, and the latents and codes the step will compute from it
+    // (the same kernels on the same weights: bit-identical).
+    const x = gpu.upload(sampleBatch(src, 2, 16, tr.rng), [2, 3, 16, 16]);
+    const z = tr.model.encode(x);
+    const zt = nchwToRows(gpu, z), idt = tr.model.codes(z);
+    const [zr, ids] = [await gpu.readF32(zt), (await gpu.read(idt)) as Int32Array];
+    for (const u of [z, zt, idt]) u.release();
+    const N = zr.length / E; // 128 latents
+    const s = await tr.trainStep(x);
+    x.release();
+    const used = new Set(ids);
+    const dead = [...Array(K).keys()].filter((k) => usedBefore[k] === 0 && !used.has(k));
+    ok(dead.length > N, `${dead.length} dead codes, more than the ${N} latents`);
+    equal(s.restarted, dead.length);
+    const after = await gpu.readF32(tr.model.p("quantize.embedding.weight"));
+    const row = (a: Float32Array, k: number) => Array.from(a.subarray(k * E, (k + 1) * E));
+    const latents = Array.from({ length: N }, (_, i) => row(zr, i));
+    let rms = 0;
+    for (const v of zr) rms += v * v;
+    rms = Math.sqrt(rms / zr.length);
+    const nearest = (r: number[]) =>
+      Math.min(...latents.map((l) => Math.max(...l.map((v, d) => Math.abs(v - r[d])))));
+    // The first N dead codes (in index order) take the N latents, each once, exactly; the rest take
+    // latents again plus noise of 0.01 x their RMS.
+    const exact = dead.slice(0, N).map((k) => row(after, k).join());
+    deepStrictEqual(exact.slice().sort(), latents.map((l) => l.join()).sort());
+    for (const k of dead.slice(N)) {
+      const d = nearest(row(after, k));
+      ok(d > 0 && d < 0.01 * rms * 6, `code ${k}: ${d} from the nearest latent (rms ${rms})`);
     }
-    ok(changed >= s.restarted, `${changed} rows changed, ${s.restarted} restarted`);
+    // Codes used in the window keep their (AdamW-updated) values: none became a latent copy.
+    const isLatent = new Set(latents.map((l) => l.join()));
+    for (let k = 0; k < K; k++) {
+      if (dead.includes(k)) continue;
+      ok(!isLatent.has(row(after, k).join()) || row(before, k).join() === row(after, k).join());
+    }
     deepStrictEqual(Array.from(tr.usage), new Array(K).fill(0));
     tr.release();
     tr.model.release();
+  });
+  await t.step("a fine-tuning trainer keeps the codebook at step 1", async () => {
+    for (const fineTune of [false, true]) {
+      const tr = await trainer(CONFIG, 2, { lr: 0, restartEvery: 0 }, fineTune);
+      const cb0 = (await tr.gpu.readF32(tr.model.p("quantize.embedding.weight"))).slice();
+      const [s] = await steps(tr, 1, src);
+      const cb1 = await tr.gpu.readF32(tr.model.p("quantize.embedding.weight"));
+      equal(s.restarted, fineTune ? 0 : CONFIG.numEmbeddings);
+      equal(cb1.every((v, i) => v === cb0[i]), fineTune, `fineTune ${fineTune}`);
+      tr.release();
+      tr.model.release();
+    }
   });
 });
 
@@ -140,4 +200,88 @@ Deno.test("learningRate()", () => {
   equal(learningRate(o, 10), 1);
   ok(Math.abs(learningRate(o, 60) - 0.55) < 1e-12);
   ok(Math.abs(learningRate(o, 110) - 0.1) < 1e-12);
+});
+
+Deno.test("batch size against the storage-binding limit", async (t) => {
+  const MiB = 2 ** 20;
+  await t.step("lvm preset: the estimate, the largest batch, the error", () => {
+    const lvm = presetConfig("lvm");
+    // Level 0 of the decoder: its upsample conv reads 256 channels at 256x256 (+ padding slack).
+    equal(activationBytesPerImage(lvm), 256 * 260 * 264 * 4);
+    equal(maxBatchFor(lvm, 128 * MiB), 1); // the WebGPU default binding limit (lavapipe's)
+    equal(maxBatchFor(lvm, 2 ** 31 - 1), 30);
+    equal(maxBatchFor(lvm, 64 * MiB), 0);
+    checkBatchFits(lvm, 1, 128 * MiB);
+    throws(
+      () => checkBatchFits(lvm, 16, 128 * MiB, "--batch"),
+      /^RangeError: --batch 16: at most 1 image of 256x256 per step fit this adapter \(its largest tensor takes 67\.0 MiB per image; one storage binding holds at most 128\.0 MiB\); use --batch 1 or less$/,
+    );
+    throws(() => checkBatchFits(lvm, 1, 64 * MiB), /at most 0 images of 256x256 per step fit/);
+  });
+  await t.step("the trainer refuses a batch that cannot fit, before allocating", () => {
+    const lvm = presetConfig("lvm");
+    const fake = {
+      config: lvm,
+      gpu: { limits: { maxStorageBufferBindingSize: 128 * MiB } },
+      params: new Map(),
+    } as unknown as Vqgan;
+    throws(
+      () => new VqganTrainer(fake, { ...OPTS, batchSize: 16 }),
+      /batchSize 16: at most 1 image/,
+    );
+  });
+  // The estimate is only useful if no per-batch tensor of a real step is larger: record every
+  // allocation of a training step (forward, backward, losses) of configs whose widest tensors sit at
+  // different levels, and compare those that grow with the batch: (B,C,H,W) activations and their
+  // gradients, (B*h*w, E) latent rows. (A conv's split weight-gradient partials, (slices, weight
+  // size), do not grow with the batch; the largest, lvm's 768x768 3x3 conv, is one 21 MiB slice.)
+  const cases: [string, VqganConfig][] = [
+    ["tiny", presetConfig("tiny")],
+    ["[1,2,1] x 32", {
+      ...PRESETS.tiny,
+      resolution: 32,
+      hiddenChannels: 32,
+      channelMult: [1, 2, 1],
+    }],
+    ["[2,1] x 16", { ...CONFIG, channelMult: [2, 1] }],
+  ];
+  for (const [label, config] of cases) {
+    await t.step(
+      `${label}: every per-batch tensor of a training step fits B x the estimate`,
+      async () => {
+        const gpu = await getGpu();
+        const B = 2, R = config.resolution;
+        const model = Vqgan.fromWeights(gpu, config, initWeights(config, 1));
+        const x = gpu.upload(sampleBatch(sources(), B, R, new Rng(1)), [B, 3, R, R]);
+        const G = R / 2 ** (config.channelMult.length - 1);
+        let largest = 0, seen = 0;
+        const empty = gpu.empty;
+        gpu.empty = (shape, dtype) => {
+          const t = empty.call(gpu, shape, dtype);
+          if (
+            (shape.length === 4 && shape[0] === B) || (shape.length === 2 && shape[0] === B * G * G)
+          ) {
+            largest = Math.max(largest, t.size * (dtype === "f16" ? 2 : 4));
+            seen++;
+          }
+          return t;
+        };
+        try {
+          releaseLoss(vqganLossAndGrads(model, x));
+          await gpu.sync();
+        } finally {
+          gpu.empty = empty;
+        }
+        const bound = B * activationBytesPerImage(config);
+        ok(seen > 50, `${seen} per-batch tensors recorded`);
+        ok(
+          largest > 0 && largest <= bound,
+          `${label}: largest tensor ${largest} B > bound ${bound} B`,
+        );
+        ok(largest > bound / 4, `${label}: the bound ${bound} B is loose (largest ${largest} B)`);
+        x.release();
+        model.release();
+      },
+    );
+  }
 });

@@ -1,6 +1,8 @@
 /**
  * GroupNorm (+ fused SiLU) forward and backward without workgroup barriers, for CPU adapters
- * (lavapipe), with the same interface as @lvm/kernels' `groupNorm` / `groupNormBackward`.
+ * (lavapipe): {@link groupNormFast} / {@link groupNormFastBackward} pick these kernels on CPU adapters
+ * and groupnorm.ts's `groupNorm` / `groupNormBackward` (one workgroup per group, a tree reduction)
+ * elsewhere, with the same results to f32 rounding. The VQGAN tokenizer uses them.
  *
  * Why: lavapipe runs a workgroup's invocations as SIMD lanes and emulates `workgroupBarrier` by
  * switching between them; a tree reduction of 256 lanes per (batch, group), 8 barriers deep, costs
@@ -15,18 +17,12 @@
  * Backward (g = dy, or dy * silu'(y_pre) recomputed from x): (1) per (b, c, chunk): sum g, sum g*xhat;
  * (2) per (b, c): merge chunks; (3) per c: dgamma = sum_b s2, dbeta = sum_b s1; per (b, g):
  * m1 = sum_c gamma_c s1 / n, m2 = sum_c gamma_c s2 / n; (4) dx = rstd * (gamma * g - m1 - xhat * m2).
- * CPU references: @lvm/kernels' `groupNormCpu` / `groupNormBackwardCpu`.
+ * CPU references: groupnorm.ts's `groupNormCpu` / `groupNormBackwardCpu`.
  * @module
  */
-import {
-  type Gpu,
-  grid,
-  groupNorm,
-  groupNormBackward,
-  Params,
-  type Tensor,
-  WG_INDEX,
-} from "./_deps.ts";
+import { type Gpu, grid, Params, WG_INDEX } from "../gpu.ts";
+import type { Tensor } from "../tensor.ts";
+import { groupNorm, groupNormBackward } from "./groupnorm.ts";
 
 const WG = 64;
 /** Invocations a reduction pass aims for (enough lanes for 2-16 cores). */
@@ -262,7 +258,7 @@ const wgs = (n: number) => grid(Math.ceil(n / WG));
 
 /**
  * Whether the barrier-free kernels should run: on CPU adapters, except a forward pass with few
- * groups (B*groups <= 64, e.g. one 256x256 image), where @lvm/kernels' one-workgroup-per-group
+ * groups (B*groups <= 64, e.g. one 256x256 image), where groupnorm.ts's one-workgroup-per-group
  * kernel measured faster. `force` overrides (tests).
  */
 export function useRowsGroupNorm(
@@ -277,7 +273,7 @@ export function useRowsGroupNorm(
 
 /**
  * GroupNorm (+ SiLU): x (B,C,H,W), gamma/beta (C) -> y, with mean/rstd (B,groups) for the backward.
- * The barrier-free kernels on CPU adapters, @lvm/kernels' `groupNorm` elsewhere.
+ * The barrier-free kernels on CPU adapters, `groupNorm` elsewhere.
  */
 export function groupNormFast(
   gpu: Gpu,
@@ -302,14 +298,14 @@ export function groupNormFast(
   const P = chunks(B * G, n), L = v4 ? Math.ceil(n / P / 4) * 4 : Math.ceil(n / P);
   const part = gpu.empty([B * G * P, 2]);
   gpu.dispatch(
-    gpu.pipeline(`tok_gn_stats|${v4}`, () => STATS(v4)),
+    gpu.pipeline(`gn_rows_stats|${v4}`, () => STATS(v4)),
     [x, part],
     new Params().u32(B * G * P).u32(n).u32(L).u32(P),
     wgs(B * G * P),
   );
   const mean = gpu.empty([B, G]), rstd = gpu.empty([B, G]);
   gpu.dispatch(
-    gpu.pipeline("tok_gn_merge", MERGE),
+    gpu.pipeline("gn_rows_merge", MERGE),
     [part, mean, rstd],
     new Params().u32(B * G).u32(n).u32(L).u32(P).f32(eps),
     wgs(B * G),
@@ -317,7 +313,7 @@ export function groupNormFast(
   part.release();
   const y = gpu.empty(x.shape);
   gpu.dispatch(
-    gpu.pipeline(`tok_gn_apply|${silu}|${v4}`, () => APPLY(silu, v4)),
+    gpu.pipeline(`gn_rows_apply|${silu}|${v4}`, () => APPLY(silu, v4)),
     [x, mean, rstd, gamma, beta, y],
     new Params().u32(x.size / (v4 ? 4 : 1)).u32(HW).u32(C).u32(n),
     wgs(x.size / (v4 ? 4 : 1)),
@@ -354,14 +350,14 @@ export function groupNormFastBackward(
   const P = chunks(B * C, HW), L = v4 ? Math.ceil(HW / P / 4) * 4 : Math.ceil(HW / P);
   const part = gpu.empty([B * C * P, 2]);
   gpu.dispatch(
-    gpu.pipeline(`tok_gn_bstats|${silu}|${v4}`, () => BSTATS(silu, v4)),
+    gpu.pipeline(`gn_rows_bstats|${silu}|${v4}`, () => BSTATS(silu, v4)),
     [x, dy, mean, rstd, gamma, beta, part],
     new Params().u32(B * C * P).u32(HW).u32(C).u32(cpg).u32(L).u32(P),
     wgs(B * C * P),
   );
   const sums = gpu.empty([B * C, 2]);
   gpu.dispatch(
-    gpu.pipeline("tok_gn_bmerge", BMERGE),
+    gpu.pipeline("gn_rows_bmerge", BMERGE),
     [part, sums],
     new Params().u32(B * C).u32(P),
     wgs(B * C),
@@ -369,7 +365,7 @@ export function groupNormFastBackward(
   part.release();
   const dgamma = gpu.empty([C]), dbeta = gpu.empty([C]), mm = gpu.empty([B * G, 2]);
   gpu.dispatch(
-    gpu.pipeline("tok_gn_breduce", BREDUCE),
+    gpu.pipeline("gn_rows_breduce", BREDUCE),
     [sums, gamma, dgamma, dbeta, mm],
     new Params().u32(B).u32(C).u32(cpg).u32(G).u32(n),
     wgs(Math.max(C, B * G)),
@@ -377,12 +373,12 @@ export function groupNormFastBackward(
   sums.release();
   // (mean, rstd) and (gamma, beta) as vec2s keep the dx kernel at 7 bindings.
   const stat = gpu.empty([B * G, 2]), gb = gpu.empty([C, 2]);
-  const zip = gpu.pipeline("tok_gn_zip", ZIP);
+  const zip = gpu.pipeline("gn_rows_zip", ZIP);
   gpu.dispatch(zip, [mean, rstd, stat], new Params().u32(B * G), wgs(B * G));
   gpu.dispatch(zip, [gamma, beta, gb], new Params().u32(C), wgs(C));
   const dx = gpu.empty(x.shape);
   gpu.dispatch(
-    gpu.pipeline(`tok_gn_bdx|${silu}|${v4}`, () => BDX(silu, v4)),
+    gpu.pipeline(`gn_rows_bdx|${silu}|${v4}`, () => BDX(silu, v4)),
     [x, dy, stat, gb, mm, dx],
     new Params().u32(x.size / (v4 ? 4 : 1)).u32(HW).u32(C).u32(n),
     wgs(x.size / (v4 ? 4 : 1)),
