@@ -32,3 +32,4 @@ export * from "./ops/groupnorm.ts";
 export * from "./ops/groupnorm_rows.ts";
 export * from "./ops/upsample.ts";
 export * from "./ops/vq.ts";
+export * from "./ops/sample.ts";

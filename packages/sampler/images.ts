@@ -3,11 +3,13 @@
  * code blocks; each new image is exactly `tokensPerImage` sampled ids (no early stop: LVM's eos id 2
  * is an image code); the context keeps at most the last `maxContextImages` images (15 = 3840 tokens
  * officially). While the window has room the KV cache simply grows; when it slides, positions restart
- * at 0 and the cache is rebuilt from the window, as in the official code.
+ * at 0 and the cache is rebuilt from the window, as in the official code. A decoder that samples on
+ * the GPU ({@link GpuTokenDecoder}) generates each image as one chain of steps there.
  * @module
  */
 import type { Sampler } from "./logits.ts";
 import type { TokenDecoder } from "./generate.ts";
+import { gpuPath } from "./gpu.ts";
 
 /** A decoder whose cache can be emptied (see @lvm/transformer's `DecodeSession`). */
 export interface ResettableDecoder extends TokenDecoder {
@@ -20,8 +22,13 @@ export interface ImageGenerationOptions {
   tokensPerImage: number;
   /** Images of context kept (default 15, the official window: 15 x 256 = 3840 tokens). */
   maxContextImages?: number;
-  /** Called after each chosen id: image index (0-based among the new ones), token index. */
+  /**
+   * Called after each chosen id: image index (0-based among the new ones), token index (on the GPU
+   * path, for each id of a chunk as the chunk is read back).
+   */
   onToken?: (image: number, token: number) => void;
+  /** Sample on the CPU even when the decoder can sample on the GPU (default false). */
+  cpuSampling?: boolean;
 }
 
 /**
@@ -56,6 +63,7 @@ export async function generateImages(
   });
   const images: ArrayLike<number>[] = [...prompt];
   const out: Int32Array[] = [];
+  const gpu = gpuPath(decoder, sampler, options.cpuSampling);
   // Whether the decoder's cache holds every image so far, the last one's final id included.
   let whole = false;
   let logits: Float32Array | null = null;
@@ -67,16 +75,27 @@ export async function generateImages(
       for (const img of images.slice(-window)) {
         for (let i = 0; i < img.length; i++) ids.push(img[i]);
       }
-      logits = await decoder.prefill(ids);
+      if (gpu) gpu.decoder.append(ids);
+      else logits = await decoder.prefill(ids);
     }
     const img = new Int32Array(T);
     // The cache can simply grow into the next image while all images still fit the window.
     const feedLast = k + 1 < count && images.length + 1 <= window;
-    for (let i = 0; i < T; i++) {
-      const id = sampler.sample(logits!);
-      img[i] = id;
-      options.onToken?.(k, i);
-      if (i + 1 < T || feedLast) logits = await decoder.step(id);
+    if (gpu) {
+      img.set(
+        await gpu.decoder.sampleOnGpu(T, gpu.sampling, {
+          uniforms: sampler.drawUniforms(T),
+          feedLast,
+          onIds: (chunk, first) => chunk.forEach((_, j) => options.onToken?.(k, first + j)),
+        }),
+      );
+    } else {
+      for (let i = 0; i < T; i++) {
+        const id = sampler.sample(logits!);
+        img[i] = id;
+        options.onToken?.(k, i);
+        if (i + 1 < T || feedLast) logits = await decoder.step(id);
+      }
     }
     images.push(img);
     out.push(img);

@@ -8,6 +8,12 @@
  * suppression (ties -> the lowest id). Semantics follow HF's warpers: top-k keeps every logit equal to
  * the k-th largest; top-p keeps the smallest set of most likely ids whose probability reaches `topP`
  * (at least one).
+ *
+ * Edge cases, defined the same way as @lvm/kernels' GPU sampler (`sampleLogits`): NaN logits are
+ * removed; top-k ranks the raw logits (dividing by T > 0 keeps their order, and f32 rounding of the
+ * quotients then cannot create or break a tie at the k-th place); the weights are
+ * exp((x - max) / T), with the largest kept logits weighing 1 (so +inf maxima share the
+ * probability); a row with no logit above -inf gives id 0, as greedy does.
  * @module
  */
 
@@ -86,12 +92,14 @@ export function processLogits(logits: ArrayLike<number>, options: SamplingOption
   const o = resolveOptions(options, V);
   const n = Math.min(V, o.suppressFrom);
   const out = new Float32Array(V).fill(-Infinity);
-  for (let i = 0; i < n; i++) out[i] = logits[i] / o.temperature;
+  const x = (i: number) => (Number.isNaN(logits[i]) ? -Infinity : logits[i]); // NaN: removed
+  for (let i = 0; i < n; i++) out[i] = x(i) / o.temperature;
   if (o.topK > 0 && o.topK < n) {
-    // HF TopKLogitsWarper: remove scores < the k-th largest (ties with it survive).
-    const sorted = out.slice(0, n).sort(); // ascending (NaN last)
+    // HF TopKLogitsWarper: remove scores < the k-th largest (ties with it survive), ranked on the
+    // raw logits (the same order as the scaled ones, without their rounding).
+    const sorted = Float64Array.from({ length: n }, (_, i) => x(i)).sort(); // ascending
     const kth = sorted[n - o.topK];
-    for (let i = 0; i < n; i++) if (out[i] < kth) out[i] = -Infinity;
+    for (let i = 0; i < n; i++) if (x(i) < kth) out[i] = -Infinity;
   }
   if (o.topP < 1) {
     // HF TopPLogitsWarper: sort ascending, remove ids whose cumulative probability <= 1 - topP,
@@ -140,18 +148,45 @@ export function sampleToken(
   options: SamplingOptions,
   rng?: Rng,
 ): number {
+  const o = resolveOptions(options, logits.length);
+  if (o.greedy) return sampleTokenAt(logits, o, 0);
+  if (!rng) throw new TypeError("sampleToken: sampling (greedy false) needs an Rng");
+  return sampleTokenAt(logits, o, rng.next());
+}
+
+/**
+ * {@link sampleToken} with the uniform draw `u` in [0, 1) given (ignored when greedy): the first id,
+ * in ascending order, at which the cumulative probability exceeds u.
+ */
+export function sampleTokenAt(
+  logits: ArrayLike<number>,
+  options: SamplingOptions,
+  u: number,
+): number {
   const V = logits.length;
   const o = resolveOptions(options, V);
-  if (o.greedy) return argmax(logits, Math.min(V, o.suppressFrom));
-  if (!rng) throw new TypeError("sampleToken: sampling (greedy false) needs an Rng");
-  const p = softmax(processLogits(logits, o));
-  const u = rng.next();
+  const n = Math.min(V, o.suppressFrom);
+  if (o.greedy) return argmax(logits, n);
+  if (!(u >= 0 && u < 1)) throw new RangeError(`sampleTokenAt: u must be in [0, 1), found ${u}`);
+  const kept = processLogits(logits, o); // -inf: removed
+  let m = -Infinity;
+  for (let i = 0; i < n; i++) if (kept[i] > -Infinity && logits[i] > m) m = logits[i];
+  if (m === -Infinity) return argmax(logits, n); // nothing above -inf: id 0
+  // Weights from the raw logits, exp((x - m) / T) (x / T could overflow f32); 1 at the max.
+  const w = new Float64Array(n);
+  let total = 0;
+  for (let i = 0; i < n; i++) {
+    if (kept[i] === -Infinity) continue;
+    const x = logits[i];
+    total += w[i] = x === m ? 1 : m === Infinity ? 0 : Math.exp((x - m) / o.temperature);
+  }
+  const target = u * total;
   let cum = 0, last = 0;
-  for (let i = 0; i < p.length; i++) {
-    if (p[i] === 0) continue;
+  for (let i = 0; i < n; i++) {
+    if (w[i] === 0) continue;
     last = i;
-    cum += p[i];
-    if (u < cum) return i;
+    cum += w[i];
+    if (target < cum) return i;
   }
   return last; // u within rounding of 1
 }
@@ -166,5 +201,13 @@ export class Sampler {
   /** Picks the next id from one row of logits. */
   sample(logits: ArrayLike<number>): number {
     return sampleToken(logits, this.options, this.rng);
+  }
+  /**
+   * The uniform draws that `count` calls of {@link sample} would consume, in order (none when
+   * greedy), leaving the Rng where those calls would: for samplers that draw elsewhere (the GPU).
+   */
+  drawUniforms(count: number): Float64Array {
+    const greedy = this.options.greedy ?? false;
+    return Float64Array.from({ length: greedy ? 0 : count }, () => this.rng.next());
   }
 }

@@ -1,5 +1,13 @@
 import { deepStrictEqual, throws } from "node:assert/strict";
-import { argmax, processLogits, Rng, Sampler, sampleToken, softmax } from "./logits.ts";
+import {
+  argmax,
+  processLogits,
+  Rng,
+  Sampler,
+  sampleToken,
+  sampleTokenAt,
+  softmax,
+} from "./logits.ts";
 
 const row = (n: number, seed: number) => {
   const r = new Rng(seed);
@@ -79,6 +87,28 @@ Deno.test("sampleToken()", async (t) => {
     };
     deepStrictEqual(draw(7), draw(7));
     if (JSON.stringify(draw(7)) === JSON.stringify(draw(8))) throw new Error("seeds ignored");
+  });
+  await t.step("edge rows: NaN removed, +inf maxima share, nothing above -inf -> 0", () => {
+    const at = (x: number[], u: number, o = {}) => sampleTokenAt(x, { topK: 0, ...o }, u);
+    deepStrictEqual([0, 0.49, 0.51, 0.99].map((u) => at([NaN, 1, NaN, 1], u)), [1, 1, 3, 3]);
+    deepStrictEqual([0.2, 0.7].map((u) => at([Infinity, 7, Infinity], u)), [0, 2]);
+    deepStrictEqual(at([-Infinity, NaN, -Infinity], 0.5), 0);
+    // top-k ranks the raw logits: NaN is never among the k largest.
+    deepStrictEqual([0, 0.99].map((u) => at([NaN, 2, NaN, 1, 3], u, { topK: 2 })), [1, 4]);
+    // u is where the cumulative probability is crossed: e^2 : 1 at temperature 0.5.
+    const p0 = Math.exp(2) / (Math.exp(2) + 1);
+    deepStrictEqual([p0 - 1e-9, p0 + 1e-9].map((u) => at([1, 0], u, { temperature: 0.5 })), [0, 1]);
+    throws(() => sampleTokenAt([1, 2], {}, 1), /u must be in \[0, 1\)/);
+  });
+  await t.step("drawUniforms() takes what sample() would take from the Rng", () => {
+    const x = row(30, 6);
+    const a = new Sampler({ topK: 8 }, 3), b = new Sampler({ topK: 8 }, 3);
+    const ids = Array.from({ length: 5 }, () => a.sample(x));
+    const us = b.drawUniforms(5);
+    deepStrictEqual([...us].map((u) => sampleTokenAt(x, { topK: 8 }, u)), ids);
+    deepStrictEqual(b.rng.state, a.rng.state);
+    const g = new Sampler({ greedy: true }, 3);
+    deepStrictEqual([g.drawUniforms(5).length, g.rng.state], [0, new Rng(3).state]);
   });
   await t.step("never returns a suppressed id even when they dominate", () => {
     const x = new Float32Array(100).fill(-50);

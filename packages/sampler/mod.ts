@@ -1,7 +1,7 @@
 /**
  * @lvm/sampler: logits processors (reserved-id suppression, temperature, top-k, top-p), greedy and
- * seeded multinomial sampling of the next token, the generation loop over a KV-cached decoder, and
- * perplexity.
+ * seeded multinomial sampling of the next token, the generation loop over a KV-cached decoder (on
+ * the GPU, without a CPU round trip per token, when the decoder can sample there), and perplexity.
  *
  * ```ts
  * import { Sampler } from "@lvm/sampler";
@@ -13,3 +13,4 @@
 export * from "./logits.ts";
 export * from "./generate.ts";
 export * from "./images.ts";
+export * from "./gpu.ts";

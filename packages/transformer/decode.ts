@@ -7,6 +7,11 @@
  * logits: no pipeline is compiled and no buffer created after the first step (every temporary goes
  * back to the pool and is handed out again at the same size; the token id is written into one
  * persistent (1) tensor; positions travel in uniform parameters).
+ *
+ * The next-token logits also stay on the GPU, so {@link DecodeSession.sampleOnGpu} can choose ids
+ * there (@lvm/kernels' `sampleLogits`) and chain steps without a CPU round trip per token: each
+ * step's sampler writes its id into the (1) token tensor the next step's embedding reads, steps are
+ * submitted back to back without waiting, and only the chosen ids come back, a chunk at a time.
  * @module
  */
 import {
@@ -21,6 +26,7 @@ import {
   PackedWeight,
   rmsnorm,
   rope,
+  sampleLogits,
   swiglu,
   type Tensor,
   validateIds,
@@ -43,10 +49,41 @@ export interface SessionOptions {
 }
 
 /**
+ * How {@link DecodeSession.sampleOnGpu} chooses each id: the subset of @lvm/sampler's options the
+ * GPU sampler supports (no top-p), with the same meaning.
+ */
+export interface GpuSampling {
+  /** Arg-max (ties -> the lowest id) instead of sampling. */
+  greedy?: boolean;
+  /** Divides the logits (> 0; default 1). */
+  temperature?: number;
+  /** Keep the k most likely ids and every id tied with the k-th (0 = off, the default). */
+  topK?: number;
+  /** Ids at or above this are never chosen (default: the whole vocabulary). */
+  suppressFrom?: number;
+}
+
+/** Options of {@link DecodeSession.sampleOnGpu}. */
+export interface GpuSampleOptions {
+  /** One uniform draw in [0, 1) per token, in order (needed unless greedy). */
+  uniforms?: ArrayLike<number>;
+  /**
+   * Also run the last chosen id through the model, so the cache holds it and the logits after it
+   * are pending for the next call (default false: N ids cost N-1 steps).
+   */
+  feedLast?: boolean;
+  /** Called with each chunk of ids as it is read back: the ids and the index of the first. */
+  onIds?: (ids: Int32Array, first: number) => void;
+  /** Ids per read-back (default 32): how often progress arrives. */
+  readEvery?: number;
+}
+
+/**
  * One sequence being generated (batch 1): the KV cache of every layer, and the position reached.
- * Implements @lvm/sampler's `TokenDecoder` (`prefill`, `step`). On CPU adapters the session packs
- * the weights once at creation (see {@link SessionOptions.packWeights}); call
- * {@link DecodeSession.refreshWeights} if the model's parameters change while it is in use.
+ * Implements @lvm/sampler's `TokenDecoder` (`prefill`, `step`) and its GPU-sampling extension
+ * `GpuTokenDecoder` (`append`, `sampleOnGpu`). On CPU adapters the session packs the weights once
+ * at creation (see {@link SessionOptions.packWeights}); call {@link DecodeSession.refreshWeights}
+ * if the model's parameters change while it is in use.
  */
 export class DecodeSession {
   readonly maxTokens: number;
@@ -54,6 +91,7 @@ export class DecodeSession {
   #length = 0;
   readonly #cache: KvCache[] = []; // per layer: keys and values of positions 0..maxTokens-1
   readonly #id: Tensor; // (1) i32, the token of a decode step
+  #pending: Tensor | null = null; // (1,V) logits of the token after the cached ones, if known
   readonly #gpu: Gpu;
   readonly #packed = new Map<string, PackedWeight>();
 
@@ -98,6 +136,23 @@ export class DecodeSession {
     return this.#packed.get(name) ?? this.model.param(name);
   }
 
+  /**
+   * GPU bytes this session holds itself (the model's parameters are not counted): `textures`, the
+   * KV-cache and packed-weight textures (not from `gpu.pool`), and `buffers`, its pooled tensors
+   * (a buffer-layout KV cache, the token id, the pending next-token logits; also counted in
+   * `gpu.pool.allocatedBytes`).
+   */
+  get memoryBytes(): { textures: number; buffers: number } {
+    const tex = (t: GPUTexture) => t.width * t.height * t.depthOrArrayLayers * 16; // rgba32*: 16 B
+    let textures = 0, buffers = this.#id.byteLength + (this.#pending?.byteLength ?? 0);
+    for (const c of this.#cache) {
+      c.tex?.forEach((t) => (textures += tex(t.texture)));
+      c.buf?.forEach((t) => (buffers += t.byteLength));
+    }
+    for (const p of this.#packed.values()) if (p.texture) textures += tex(p.texture.texture);
+    return { textures, buffers };
+  }
+
   /** Tokens in the cache. */
   get length(): number {
     return this.#length;
@@ -106,6 +161,25 @@ export class DecodeSession {
   /** Forgets the cached tokens (the buffers are kept). */
   reset(): void {
     this.#length = 0;
+    this.#setPending(null);
+  }
+
+  #setPending(logits: Tensor | null) {
+    this.#pending?.release();
+    this.#pending = logits;
+  }
+
+  /**
+   * Appends `ids` to the sequence (the prompt, or more of it) without reading anything back: the
+   * logits of the token after the last one stay on the GPU for {@link sampleOnGpu}.
+   */
+  append(ids: readonly number[]): void {
+    this.#check(ids, "append");
+    this.#setPending(null);
+    for (let i = 0; i < ids.length; i += this.chunk) {
+      this.#setPending(this.#run(ids.slice(i, i + this.chunk), "last"));
+    }
+    this.#gpu.submit();
   }
 
   /**
@@ -114,23 +188,106 @@ export class DecodeSession {
    */
   async prefill(ids: readonly number[]): Promise<Float32Array> {
     this.#check(ids, "prefill");
-    let last: Tensor | null = null;
-    for (let i = 0; i < ids.length; i += this.chunk) {
-      last?.release();
-      last = this.#run(ids.slice(i, i + this.chunk), "last");
-    }
-    const out = await this.#gpu.readF32(last!);
-    last!.release();
-    return out;
+    this.append(ids);
+    return await this.#gpu.readF32(this.#pending!);
   }
 
   /** Appends one id and returns the logits (V) of the token after it (one GPU->CPU read). */
   async step(id: number): Promise<Float32Array> {
     this.#check([id], "step");
-    const logits = this.#run([id], "last");
-    const out = await this.#gpu.readF32(logits);
-    logits.release();
-    return out;
+    this.#setPending(null);
+    this.#setPending(this.#run([id], "last"));
+    return await this.#gpu.readF32(this.#pending!);
+  }
+
+  /**
+   * Chooses `count` ids on the GPU, starting from the pending logits (after {@link prefill},
+   * {@link append} or {@link step}): id i is sampled into the token tensor and, unless it is the
+   * last (see `feedLast`), run through the model, whose logits are sampled next. Steps are
+   * submitted back to back; the CPU waits only for the ids, read back every `readEvery` tokens
+   * (reported to `onIds`) and at the end. Same ids as sampling each step's logits with @lvm/sampler
+   * (greedy exactly; sampling up to f32 rounding at cumulative-probability boundaries), with no
+   * pipeline compiled or buffer created after the first call.
+   */
+  async sampleOnGpu(
+    count: number,
+    sampling: GpuSampling = {},
+    options: GpuSampleOptions = {},
+  ): Promise<Int32Array> {
+    const op = "sampleOnGpu";
+    if (!Number.isInteger(count) || count < 0) {
+      throw new RangeError(`${op}: count must be a non-negative integer, found ${count}`);
+    }
+    const { feedLast = false, onIds, readEvery = 32, uniforms } = options;
+    if (!Number.isInteger(readEvery) || readEvery < 1) {
+      throw new RangeError(`${op}: readEvery must be a positive integer, found ${readEvery}`);
+    }
+    if (count === 0) return new Int32Array(0);
+    if (!this.#pending) {
+      throw new RangeError(`${op}: no next-token logits yet; call prefill(), append() or step()`);
+    }
+    const feeds = count - 1 + (feedLast ? 1 : 0);
+    if (this.#length + feeds > this.maxTokens) {
+      throw new RangeError(
+        `${op}: ${this.#length} cached + ${feeds} new tokens exceed the cache of ${this.maxTokens}`,
+      );
+    }
+    const greedy = sampling.greedy ?? false;
+    if (!greedy) {
+      if (!uniforms || uniforms.length < count) {
+        throw new RangeError(
+          `${op}: sampling ${count} ids needs ${count} uniforms, got ${uniforms?.length ?? 0}`,
+        );
+      }
+      for (let i = 0; i < count; i++) {
+        if (!(uniforms[i] >= 0 && uniforms[i] < 1)) {
+          throw new RangeError(`${op}: uniforms[${i}] is ${uniforms[i]}, expected [0, 1)`);
+        }
+      }
+    }
+    const gpu = this.#gpu;
+    const opts = {
+      n: sampling.suppressFrom ?? this.model.config.vocab,
+      greedy,
+      temperature: sampling.temperature,
+      topK: sampling.topK,
+    };
+    const ids = gpu.empty([count], "i32"); // (count) the chosen ids
+    const result = new Int32Array(count);
+    let done = 0; // ids already copied into result
+    const readUpTo = (upTo: number) => {
+      const p = gpu.readMany([ids]);
+      p.catch(() => {}); // awaited later; a failure surfaces there
+      return { p, upTo };
+    };
+    const collect = async ({ p, upTo }: ReturnType<typeof readUpTo>) => {
+      const [all] = await p;
+      result.set(all.subarray(done, upTo), done);
+      onIds?.(result.slice(done, upTo), done);
+      done = upTo;
+    };
+    try {
+      let inflight: ReturnType<typeof readUpTo> | null = null;
+      for (let i = 0; i < count; i++) {
+        // The first call checks the options before anything is recorded.
+        const u = greedy ? undefined : uniforms![i];
+        sampleLogits(gpu, this.#pending!, { ...opts, u }, { out: ids, index: i, token: this.#id });
+        if (i + 1 < count || feedLast) this.#setPending(this.#run(null, "last"));
+        gpu.submit();
+        if ((i + 1) % readEvery === 0 && i + 1 < count) {
+          // Read this chunk without waiting; wait for the previous one (long done by now).
+          const next = readUpTo(i + 1);
+          if (inflight) await collect(inflight);
+          inflight = next;
+        }
+      }
+      const last = readUpTo(count);
+      if (inflight) await collect(inflight);
+      await collect(last);
+    } finally {
+      ids.release();
+    }
+    return result;
   }
 
   /**
@@ -179,19 +336,20 @@ export class DecodeSession {
   }
 
   /**
-   * Runs `ids` at positions length.. through the model, filling the caches. "last": returns the
-   * logits (1,V) of the last row; "gather": returns log p(targets[r]) (n) for every row.
+   * Runs `ids` at positions length.. through the model, filling the caches (`null`: the one token
+   * already in the token tensor, written there by the GPU sampler). "last": returns the logits (1,V)
+   * of the last row; "gather": returns log p(targets[r]) (n) for every row.
    */
-  #run(ids: readonly number[], mode: "last" | "gather", targets?: Tensor): Tensor {
+  #run(ids: readonly number[] | null, mode: "last" | "gather", targets?: Tensor): Tensor {
     const { gpu, model } = { gpu: this.#gpu, model: this.model };
     const c = model.config;
     const { D, H, KVH, hd } = dims(c);
-    const n = ids.length, pos = this.#length;
+    const n = ids ? ids.length : 1, pos = this.#length;
     let idT: Tensor;
     if (n === 1) {
-      gpu.write(this.#id, ids);
+      if (ids) gpu.write(this.#id, ids);
       idT = this.#id;
-    } else idT = gpu.upload(ids, [n], "i32");
+    } else idT = gpu.upload(ids!, [n], "i32");
     let x = embedding(gpu, idT, model.param(EMBED)); // (n,D)
     if (idT !== this.#id) idT.release();
     let branch: Tensor | null = null;
@@ -280,6 +438,7 @@ export class DecodeSession {
   /** Frees the caches. */
   release(): void {
     this.#gpu.submit(); // recorded work may still read the caches (textures are destroyed)
+    this.#setPending(null);
     for (const c of this.#cache) c.release();
     for (const p of this.#packed.values()) p.release();
     this.#packed.clear();

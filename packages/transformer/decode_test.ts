@@ -1,11 +1,12 @@
 /**
  * KV-cache inference: greedy decoding with the cache equals decoding by full recompute (and the
  * PyTorch reference's greedy tokens); a decode step compiles no pipeline, creates no buffer and reads
- * back once; chunked prefill and scoring equal unchunked; f16 weights stay close to f32.
+ * back once; GPU-sampled chains equal sampling each step's logits on the CPU and read back only per
+ * chunk of ids; chunked prefill and scoring equal unchunked; f16 weights stay close to f32.
  */
-import { getGpu, SafetensorsFile } from "@lvm/kernels";
-import { assertClose } from "@lvm/kernels/testing";
-import { assertEquals } from "./_assert.ts";
+import { getGpu, SafetensorsFile, sampleCpu } from "@lvm/kernels";
+import { assertClose, rng } from "@lvm/kernels/testing";
+import { assertEquals, assertRejects } from "./_assert.ts";
 import { loadLlama } from "./checkpoint.ts";
 import { DecodeSession } from "./decode.ts";
 import type { Llama } from "./model.ts";
@@ -70,6 +71,101 @@ for (const variant of ["mha", "gqa_tied"]) {
       assertEquals(gpu.pipelineCount - p0, 0, "pipelines compiled during decode");
       assertEquals(gpu.pool.allocatedBytes - b0, 0, "bytes allocated during decode");
       assertEquals(gpu.readCount - r0, steps, "GPU->CPU reads");
+      s.release();
+    });
+
+    await t.step(
+      "GPU-sampled greedy chain == PyTorch; feedLast leaves the next logits",
+      async () => {
+        const s = new DecodeSession(model, { maxTokens: 32 });
+        s.append(prompt);
+        const chunks: [number, number[]][] = [];
+        const ids = await s.sampleOnGpu(want.length, { greedy: true, suppressFrom: codes }, {
+          readEvery: 3,
+          onIds: (c, first) => chunks.push([first, [...c]]),
+        });
+        assertEquals([...ids], want);
+        assertEquals(s.length, prompt.length + want.length - 1);
+        assertEquals(
+          chunks.map(([f]) => f),
+          [...Array(Math.ceil(want.length / 3)).keys()].map((k) => 3 * k),
+        );
+        assertEquals(chunks.flatMap(([, c]) => c), want);
+        // feedLast: the cache then holds the last id too, and a chain continues where steps would.
+        const a = new DecodeSession(model, { maxTokens: 32 });
+        await a.prefill(prompt);
+        const first = await a.sampleOnGpu(2, { greedy: true, suppressFrom: codes }, {
+          feedLast: true,
+        });
+        assertEquals([...first], want.slice(0, 2));
+        assertEquals(a.length, prompt.length + 2);
+        const more = await a.sampleOnGpu(want.length - 2, { greedy: true, suppressFrom: codes });
+        assertEquals([...more], want.slice(2));
+        s.release();
+        a.release();
+      },
+    );
+
+    await t.step("GPU-sampled top-k chain == sampling each step's logits on the CPU", async () => {
+      const N = 20, r = rng(5);
+      for (const sampling of [{ topK: 5, temperature: 0.7 }, { topK: 0, temperature: 2 }]) {
+        const uniforms = Array.from({ length: N }, r);
+        const o = { ...sampling, suppressFrom: codes };
+        const g = new DecodeSession(model, { maxTokens: 32 });
+        g.append(prompt);
+        const got = await g.sampleOnGpu(N, o, { uniforms, readEvery: 7 });
+        const c = new DecodeSession(model, { maxTokens: 32 });
+        let logits = await c.prefill(prompt);
+        const ref: number[] = [];
+        for (let i = 0; i < N; i++) {
+          ref.push(sampleCpu(logits, { ...sampling, n: codes, u: uniforms[i] }));
+          if (i + 1 < N) logits = await c.step(ref[i]);
+        }
+        // Equal unless a uniform lies within f32 rounding (~1e-7) of a cumulative boundary.
+        assertEquals([...got], ref, JSON.stringify(sampling));
+        if (new Set(ref).size < 4) throw new Error(`draws too uniform to test: ${ref}`);
+        g.release();
+        c.release();
+      }
+    });
+
+    await t.step("a GPU-sampled chain: no new pipeline or buffer, reads per chunk", async () => {
+      const s = new DecodeSession(model, { maxTokens: 40 });
+      const uniforms = Array.from({ length: 12 }, rng(9));
+      const o = { topK: 8, suppressFrom: codes };
+      for (const greedy of [true, false]) {
+        s.reset();
+        s.append(prompt);
+        await s.sampleOnGpu(12, { ...o, greedy }, { uniforms, readEvery: 5 }); // warm-up
+        s.reset();
+        s.append(prompt);
+        const p0 = gpu.pipelineCount, b0 = gpu.pool.allocatedBytes, r0 = gpu.readCount;
+        await s.sampleOnGpu(12, { ...o, greedy }, { uniforms, readEvery: 5 });
+        assertEquals(gpu.pipelineCount - p0, 0, "pipelines compiled during a chain");
+        assertEquals(gpu.pool.allocatedBytes - b0, 0, "bytes allocated during a chain");
+        assertEquals(gpu.readCount - r0, 3, "GPU->CPU reads (ids 0-4, 5-9, 10-11)");
+      }
+      s.release();
+    });
+
+    await t.step("sampleOnGpu errors name the problem", async () => {
+      const s = new DecodeSession(model, { maxTokens: prompt.length + 2 });
+      await assertRejects(() => s.sampleOnGpu(2, { greedy: true }), RangeError, "call prefill()");
+      s.append(prompt);
+      await assertRejects(() => s.sampleOnGpu(4, { greedy: true }), RangeError, "exceed the cache");
+      await assertRejects(() => s.sampleOnGpu(2, { topK: 3 }), RangeError, "needs 2 uniforms");
+      await assertRejects(
+        () => s.sampleOnGpu(1, { topK: 3 }, { uniforms: [1] }),
+        RangeError,
+        "uniforms[0] is 1",
+      );
+      await assertRejects(
+        () => s.sampleOnGpu(1, { temperature: 0 }, { uniforms: [0.5] }),
+        RangeError,
+        "temperature",
+      );
+      assertEquals(s.length, prompt.length, "a failed call appends nothing");
+      assertEquals((await s.sampleOnGpu(3, { greedy: true }, { readEvery: 1 })).length, 3);
       s.release();
     });
 

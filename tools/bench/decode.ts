@@ -1,0 +1,107 @@
+/**
+ * KV-cache decoding with the next token chosen on the GPU (@lvm/kernels' `sampleLogits` through
+ * `DecodeSession.sampleOnGpu`): steps are submitted back to back and only the ids come back, once per
+ * 32 tokens and at the end, instead of one row of logits (and one ~11 ms sync on lavapipe) per token.
+ * Same presets, prompt and new-token counts as transformer.ts's `transformer decode` (the CPU-sampled
+ * greedy path) and the same work: one prompt prefill, then one one-token forward per new token (the
+ * last id is fed too). `cpu-sampled` is the CPU path with the same seeded top-k sampler.
+ * @module
+ */
+import type { Gpu } from "@lvm/kernels";
+import { DecodeSession, Llama, preset } from "@lvm/transformer";
+import { Sampler, type SamplingOptions } from "@lvm/sampler";
+import type { BenchCase } from "./_harness.ts";
+
+/** Presets measured, with transformer.ts's decode prompt/new-token counts and repetitions. */
+const CONFIGS = [
+  { name: "tiny", prompt: 16, decode: 32, reps: 3 },
+  { name: "100m", prompt: 16, decode: 16, reps: 1 },
+];
+
+const SAMPLERS: { label: string; options: SamplingOptions }[] = [
+  { label: "greedy", options: { greedy: true } },
+  { label: "top-k 50", options: { topK: 50 } },
+];
+
+const MB = 1024 * 1024;
+
+function tokens(n: number, vocab: number, seed: number): number[] {
+  let s = seed >>> 0;
+  return Array.from({ length: n }, () => {
+    s = (Math.imul(s, 1664525) + 1013904223) >>> 0;
+    return s % vocab;
+  });
+}
+
+function cases(cfg: (typeof CONFIGS)[number]): BenchCase[] {
+  const { name, reps } = cfg;
+  let model: Llama | null = null;
+  let session: DecodeSession | null = null;
+  let mem = 0;
+  const build = (gpu: Gpu) => {
+    gpu.pool.trim(); // free what earlier cases left, so the peak below is this case's own
+    mem = 0;
+    model = Llama.init(gpu, preset(name), { seed: 1 });
+    session = new DecodeSession(model, { maxTokens: cfg.prompt + cfg.decode });
+    return {
+      s: session,
+      prompt: tokens(cfg.prompt, model.config.imageCodes, 3),
+      codes: model.config.imageCodes,
+    };
+  };
+  const teardown = () => {
+    session?.release();
+    model?.release();
+    session = model = null;
+  };
+  const extra = () => ({ gpu_pool_mb: +(mem / MB).toFixed(1) });
+  const gpuCases = SAMPLERS.map(({ label, options }): BenchCase => ({
+    name: "transformer decode gpu-sampled",
+    shape: `${name} prompt${cfg.prompt} +${cfg.decode} ${label}`,
+    items: cfg.decode,
+    unit: "tokens",
+    reps,
+    note: `KV cache, ${label} on the GPU, ids read back per 32 tokens, ` +
+      `one ${cfg.prompt}-token prefill included`,
+    setup(gpu) {
+      const { s, prompt, codes } = build(gpu);
+      const sampler = new Sampler({ ...options, suppressFrom: codes }, 1);
+      return async () => {
+        s.reset();
+        s.append(prompt);
+        await s.sampleOnGpu(cfg.decode, { ...options, suppressFrom: codes }, {
+          uniforms: sampler.drawUniforms(cfg.decode),
+          feedLast: true,
+        });
+        mem = Math.max(mem, gpu.pool.allocatedBytes);
+      };
+    },
+    teardown,
+    extra,
+  }));
+  const cpuCase: BenchCase = {
+    name: "transformer decode cpu-sampled",
+    shape: `${name} prompt${cfg.prompt} +${cfg.decode} top-k 50`,
+    items: cfg.decode,
+    unit: "tokens",
+    reps,
+    note: `KV cache, top-k 50 on the CPU (one logits read per token), ` +
+      `one ${cfg.prompt}-token prefill included`,
+    setup(gpu) {
+      const { s, prompt, codes } = build(gpu);
+      const sampler = new Sampler({ topK: 50, suppressFrom: codes }, 1);
+      return async () => {
+        s.reset();
+        let logits = await s.prefill(prompt);
+        for (let i = 0; i < cfg.decode; i++) logits = await s.step(sampler.sample(logits));
+        mem = Math.max(mem, gpu.pool.allocatedBytes);
+      };
+    },
+    teardown,
+    extra,
+  };
+  return [...gpuCases, cpuCase];
+}
+
+/** The GPU-sampled decode benchmarks. */
+export const benches: BenchCase[] = CONFIGS.flatMap(cases);
