@@ -117,8 +117,11 @@ export class DecodeSession {
     const weightBytes = [...model.params.values()].reduce((s, t) => s + t.byteLength, 0);
     const pack = options.packWeights ?? (this.#gpu.kind === "cpu" && weightBytes <= 2 ** 31);
     if (pack) {
+      // Every matrix a matmul reads; an untied embedding is only gathered from, never packed.
+      const gatherOnly = model.config.tieEmbeddings ? null : EMBED;
       for (const [name, t] of model.params) {
-        if (t.shape.length === 2) this.#packed.set(name, new PackedWeight(this.#gpu, t, true));
+        if (t.shape.length !== 2 || name === gatherOnly) continue;
+        this.#packed.set(name, new PackedWeight(this.#gpu, t, true));
       }
     }
   }
