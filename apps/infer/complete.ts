@@ -28,6 +28,7 @@ const usage =
   --greedy              arg-max instead of sampling
   --temperature T       (default 1)   --top-k K (default ${DEFAULT_TOP_K})   --top-p P (default 1)
   --seed S              sampling seed (default 0)
+  --cpu-sampling        pick each code on the CPU (default: on the GPU, chained, when greedy or top-p 1)
   --frames              read every frame of GIF prompts
   --dtype f32|f16       weight storage on the GPU (default f32)
   --json                print {"images": [paths], "tokens": [[ids]...], "strip": path}`;
@@ -52,6 +53,7 @@ export const complete: Command = {
         seed: { type: "string" },
         frames: { type: "boolean", default: false },
         dtype: { type: "string", default: "f32" },
+        "cpu-sampling": { type: "boolean", default: false },
         json: { type: "boolean", default: false },
       },
       allowPositionals: true,
@@ -115,6 +117,7 @@ export const complete: Command = {
     const made = await generateImages(session, codes, count, sampler, {
       tokensPerImage: T,
       maxContextImages: window,
+      cpuSampling: values["cpu-sampling"],
       onToken: (k, i) => {
         if ((i + 1) % Math.max(1, T / 4) === 0 || i + 1 === T) {
           const done = k * T + i + 1;

@@ -22,6 +22,7 @@ const usage =
   --top-k K             keep the K most likely ids (default ${DEFAULT_TOP_K}; 0 = all)
   --top-p P             nucleus sampling threshold (default 1 = off)
   --seed S              sampling seed (default 0)
+  --cpu-sampling        pick each id on the CPU (default: on the GPU, chained, when greedy or top-p 1)
   --json                print {"tokens": [...]} (the new ids only)
   --dtype D             weight storage on the GPU: f32 (default) or f16`;
 
@@ -42,6 +43,7 @@ export const generate: Command = {
         "top-p": { type: "string" },
         seed: { type: "string" },
         json: { type: "boolean", default: false },
+        "cpu-sampling": { type: "boolean", default: false },
         dtype: { type: "string", default: "f32" },
       },
       strict: true,
@@ -85,7 +87,7 @@ export const generate: Command = {
     const t0 = performance.now();
     const tokens = await generateTokens(session, prompt, n, sampler, (_id, i) => {
       if (!values.json && (i + 1) % 64 === 0) log(`  ${i + 1}/${n} tokens`);
-    });
+    }, { cpuSampling: values["cpu-sampling"] });
     const s = (performance.now() - t0) / 1000;
     if (values.json) console.log(JSON.stringify({ tokens }));
     else {

@@ -81,6 +81,7 @@ Deno.test("infer generate", async (t) => {
       "2",
       "--json",
     );
+    // The same seed on the CPU path (--cpu-sampling) draws the same ids as the default GPU path.
     const b = await cli(
       "generate",
       ...args,
@@ -90,6 +91,7 @@ Deno.test("infer generate", async (t) => {
       "0",
       "--temperature",
       "2",
+      "--cpu-sampling",
       "--json",
     );
     deepStrictEqual(a.code, 0, a.stderr);
