@@ -59,10 +59,18 @@ Deno.test("sentence pipeline end to end", async (t) => {
     const got: number[] = [];
     for (let b = await l.next(); b; b = await l.next()) got.push(...b.inputs);
     if (got.slice(0, stream.length).join() !== stream.join()) throw new Error("stream differs");
-    // The masked (inpainting input) images carry a centre hole: their codes differ from the originals.
-    if (lines.every((s) => s.slice(0, 4).join() === s.slice(4, 8).join())) {
-      throw new Error("no mask visible");
-    }
+    // Every sentence is [masked(a), a, masked(b), b] (4 codes per image): each masked image
+    // carries a centre hole, so its codes differ from its original's.
+    if (lines.length < 4) throw new Error(`${lines.length} sentences`);
+    lines.forEach((s, i) => {
+      if (s.length !== 16) throw new Error(`sentence ${i}: ${s.length} tokens, expected 16`);
+      for (const p of [0, 8]) {
+        const masked = s.slice(p, p + 4).join(), original = s.slice(p + 4, p + 8).join();
+        if (masked === original) {
+          throw new Error(`sentence ${i} image ${p / 4}: no mask visible (${masked})`);
+        }
+      }
+    });
   });
 
   await Deno.remove(tmp, { recursive: true });

@@ -16,6 +16,7 @@ import {
   type ImageTokenizer,
   importJsonl,
   KINDS,
+  makeLayout,
 } from "@lvm/sentence";
 import { type Command, intOption, UsageError } from "./_cli.ts";
 import { openTokenizer as defaultOpenTokenizer } from "./_tokenizer.ts";
@@ -23,12 +24,14 @@ import { openTokenizer as defaultOpenTokenizer } from "./_tokenizer.ts";
 const USAGE = `usage:
   deno task train dataset --tokenizer DIR --kind KIND --input PATH... --out DIR [options]
   deno task train dataset --import-jsonl FILE --out DIR [--tokens-per-image N] [--codebook-size N]
+                          [--images N] [--begin ID] [--separator ID] [--end ID]
   deno task train dataset --export-jsonl DIR --out FILE
   deno task train dataset --combine DIR... --out DIR
   deno task train dataset --stats DIR [--json]
 
 Builds visual sentences: images -> VQGAN codes (in GPU batches) -> token shards (binary u16/i32
-+ index.json). An interrupted build resumes when run again with the same arguments.
++ index.json). An interrupted build (Ctrl-C in any phase; Ctrl-C twice quits at once) resumes when
+run again with the same arguments; a resume after the input files changed is refused.
 
 kinds:
 ${Object.entries(KINDS).map(([k, v]) => `  ${k.padEnd(13)} ${v}`).join("\n")}
@@ -48,13 +51,17 @@ build options:
   --batch N             images per tokenizer call (default 64)
   --chunk-images N      images per resumable encode chunk (default 1024)
   --workers N           threads decoding image files (default: CPU cores - 1, at most 8)
-  --overwrite           replace what --out holds instead of resuming or refusing
+  --overwrite           replace what --out holds (start over) instead of resuming or refusing
   --quiet               no progress lines
   --stop-after-chunks K, --stop-after-shards K
                         stop as if interrupted after K chunks / shards (for testing resume)
 
 import options: --tokens-per-image N (256), --codebook-size N (8192), --vocab-size N (8292),
-  --tokenizer-id ID (recorded identity, default "unknown"), --shard-sentences N, --overwrite
+  --tokenizer-id ID (recorded identity, default "unknown"), --shard-sentences N, --overwrite;
+  the layout of the lines (default: no special tokens, images per sentence inferred):
+  --begin ID, --separator ID, --end ID  special tokens from the reserved ids, as in each line
+  --images N            images per sentence
+  with any of these every line is checked against the layout (error names the line)
 stats options: --json (one JSON object instead of text)`;
 
 const OPTIONS = {
@@ -206,20 +213,44 @@ export function makeDatasetCommand(
       }
       if (mode === "import") {
         const out = needOut();
+        const layout = {
+          tokensPerImage: intOption("tokens-per-image", v["tokens-per-image"], 256, { min: 1 }),
+          codebookSize: intOption("codebook-size", v["codebook-size"], 8192, { min: 1 }),
+          vocabSize: v["vocab-size"] === undefined
+            ? undefined
+            : intOption("vocab-size", v["vocab-size"], 0, { min: 1 }),
+          imagesPerSentence: v.images === undefined
+            ? undefined
+            : intOption("images", v.images, 0, { min: 1 }),
+          separatorId: reservedId(v, "separator"),
+          beginId: reservedId(v, "begin"),
+          endId: reservedId(v, "end"),
+        };
+        try {
+          makeLayout(layout);
+        } catch (e) {
+          const flags: Record<string, string> = {
+            separatorId: "--separator",
+            beginId: "--begin",
+            endId: "--end",
+            vocabSize: "--vocab-size",
+          };
+          throw new UsageError(
+            (e as Error).message.replace(/^layout\.(\w+)/, (_, k) => flags[k] ?? `--${k}`),
+          );
+        }
         const ix = await importJsonl(v["import-jsonl"]!, out, {
-          layout: {
-            tokensPerImage: intOption("tokens-per-image", v["tokens-per-image"], 256, { min: 1 }),
-            codebookSize: intOption("codebook-size", v["codebook-size"], 8192, { min: 1 }),
-            vocabSize: v["vocab-size"] === undefined
-              ? undefined
-              : intOption("vocab-size", v["vocab-size"], 0, { min: 1 }),
-          },
+          layout,
           shardSentences: intOption("shard-sentences", v["shard-sentences"], 4096, { min: 1 }),
           tokenizerId: v["tokenizer-id"],
           overwrite: v.overwrite,
         });
+        const L = ix.layout;
+        const specials = [["begin", L.beginId], ["separator", L.separatorId], ["end", L.endId]]
+          .filter(([, id]) => id !== null).map(([k, id]) => `${k} ${id}`);
         console.log(
-          `wrote ${out}: ${ix.counts.sentences} sentences, ${ix.counts.tokens} tokens, ${ix.counts.shards} shards (${ix.dtype})`,
+          `wrote ${out}: ${ix.counts.sentences} sentences, ${ix.counts.tokens} tokens, ${ix.counts.shards} shards (${ix.dtype})` +
+            (specials.length ? `; special tokens ${specials.join(", ")}` : ""),
         );
         return 0;
       }
@@ -254,8 +285,21 @@ export function makeDatasetCommand(
       }
       const stopChunks = v["stop-after-chunks"], stopShards = v["stop-after-shards"];
       const tokenizer = await deps.openTokenizer(v.tokenizer);
+      // A SIGINT listener replaces the default termination: the first Ctrl-C aborts the build
+      // (it stops within one step of any phase, keeping what is finished), a second one quits.
       const ac = new AbortController();
-      const onSigint = () => ac.abort(new DOMException("interrupted", "AbortError"));
+      const onSigint = () => {
+        if (ac.signal.aborted) {
+          console.error(
+            "[dataset] second Ctrl-C: quitting now (finished chunks and shards are kept)",
+          );
+          Deno.exit(130);
+        }
+        console.error(
+          "[dataset] Ctrl-C: stopping after the current step (Ctrl-C again to quit now)",
+        );
+        ac.abort();
+      };
       Deno.addSignalListener("SIGINT", onSigint);
       let res;
       try {
@@ -299,9 +343,16 @@ export function makeDatasetCommand(
           onProgress: progressPrinter(!!v.quiet),
         });
       } catch (e) {
-        if (e instanceof DOMException && e.name === "AbortError") {
+        // The terminal's Ctrl-C also reaches ffmpeg/ffprobe; their failure can surface before
+        // the SIGINT listener has run: give it a moment before deciding what happened.
+        if (!ac.signal.aborted) await new Promise((r) => setTimeout(r, 100));
+        if ((e instanceof DOMException && e.name === "AbortError") || ac.signal.aborted) {
+          const what = e instanceof DOMException && e.name === "AbortError"
+            ? e.message
+            : "build interrupted";
           console.error(
-            "[dataset] interrupted: finished chunks and shards are kept; run the same command to resume",
+            `[dataset] ${what}` +
+              (what.includes("resume") ? "" : "; run the same command to resume"),
           );
           return 130;
         }
@@ -315,13 +366,14 @@ export function makeDatasetCommand(
         return 3;
       }
       const ix = res.index!;
-      const rate = res.seconds > 0 ? res.imagesEncoded / res.seconds : 0;
+      const rate = res.encodeSeconds > 0 ? res.imagesEncoded / res.encodeSeconds : 0;
       console.log(
         res.alreadyComplete
           ? `${out} already holds this dataset: ${ix.counts.sentences} sentences, ${ix.counts.tokens} tokens`
           : `wrote ${out}: ${ix.counts.sentences} sentences, ${ix.counts.images} images, ${ix.counts.tokens} tokens, ` +
             `${ix.counts.shards} shards (${ix.dtype}); tokenized ${res.imagesEncoded} images in ` +
-            `${res.seconds.toFixed(1)} s (${rate.toFixed(1)} images/s)` +
+            `${res.encodeSeconds.toFixed(1)} s (${rate.toFixed(1)} images/s; ` +
+            `${res.seconds.toFixed(1)} s in all)` +
             (res.resumed.chunks || res.resumed.shards
               ? `; resumed ${res.resumed.chunks} chunks, ${res.resumed.shards} shards`
               : ""),

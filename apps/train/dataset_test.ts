@@ -1,7 +1,7 @@
 import { join } from "node:path";
 import { fileURLToPath } from "node:url";
 import { formatJsonlLine } from "@lvm/sentence";
-import { writeTestInputs } from "@lvm/sentence/testing";
+import { writeCorruptAvi, writeTestInputs } from "@lvm/sentence/testing";
 
 const ROOT = fileURLToPath(new URL("../..", import.meta.url));
 const MAIN = "apps/train/main.ts";
@@ -125,7 +125,11 @@ Deno.test("train dataset (CLI)", async (t) => {
         "--out",
         o("x"),
       );
-      expect(r, 1, /error: /);
+      expect(
+        r,
+        1,
+        /error: \S*no-such-tokenizer[\\/]config\.json: cannot read the tokenizer config \(No such file/,
+      );
     },
   );
 
@@ -167,6 +171,69 @@ Deno.test("train dataset (CLI)", async (t) => {
       if (j.sentences !== 9 || j.layout.imagesPerSentence !== 2 || j.origin !== "import") {
         throw new Error(JSON.stringify(j));
       }
+    },
+  );
+
+  await t.step(
+    "--import-jsonl with special tokens (--begin/--separator/--end): checked, round trip",
+    async () => {
+      // [8200] img [8201] img [8202], 3 tokens per image.
+      const lines = Array.from(
+        { length: 5 },
+        (_, i) => formatJsonlLine([8200, i, 1, 2, 8201, 3, 4, i, 8202]),
+      );
+      await Deno.writeTextFile(o("sp.jsonl"), lines.join(""));
+      const flags = ["--tokens-per-image", "3", "--begin", "8200", "--separator", "8201"];
+      expect(
+        await cli(
+          MAIN,
+          "dataset",
+          "--import-jsonl",
+          o("sp.jsonl"),
+          "--out",
+          o("sp"),
+          ...flags,
+          "--end",
+          "8202",
+        ),
+        0,
+        /5 sentences, 45 tokens, 1 shards \(u16\); special tokens begin 8200, separator 8201, end 8202/,
+        "stdout",
+      ); // deno-fmt-ignore
+      const j = JSON.parse((await cli(MAIN, "dataset", "--stats", o("sp"), "--json")).stdout);
+      if (
+        j.images !== 10 || j.layout.imagesPerSentence !== 2 || j.layout.endId !== 8202 ||
+        j.reservedTokens !== 15
+      ) throw new Error(JSON.stringify(j));
+      expect(
+        await cli(MAIN, "dataset", "--export-jsonl", o("sp"), "--out", o("sp-out.jsonl")),
+        0,
+        /5 sentences/,
+        "stdout",
+      );
+      if ((await Deno.readTextFile(o("sp-out.jsonl"))) !== lines.join("")) {
+        throw new Error("JSONL round trip with special tokens differs");
+      }
+      // Without --end the last token of every line is an image code out of place.
+      expect(
+        await cli(MAIN, "dataset", "--import-jsonl", o("sp.jsonl"), "--out", o("sp2"), ...flags),
+        1,
+        /sp\.jsonl: line 1: 9 tokens is not a whole number of images under the declared layout \(3 tokens per image, begin 8200, separator 8201\)/,
+      );
+      expect(
+        await cli(
+          MAIN,
+          "dataset",
+          "--import-jsonl",
+          o("sp.jsonl"),
+          "--out",
+          o("sp2"),
+          "--begin",
+          "12",
+        ),
+        2,
+        /--begin: expected a reserved id in \[8192, 8292\)/,
+      ); // deno-fmt-ignore
     },
   );
 
@@ -224,6 +291,13 @@ Deno.test("train dataset (CLI)", async (t) => {
     );
     const other = await cli(HARNESS, ...args, "--seed", "5", "--out", o("part"));
     expect(other, 1, /holds a different dataset .*--overwrite/);
+    // An input changed since: refused, with what to do.
+    await Deno.utime(join(inp.images, "i3.png"), 1e9, 1e9);
+    expect(
+      await cli(HARNESS, ...args, "--out", o("part")),
+      1,
+      /the input files changed \(size or modification time\) since this dataset was built \(pass --overwrite to rebuild it, or choose a fresh --out\)/,
+    );
   });
 
   await t.step("--part I/N and --combine", async () => {
@@ -264,6 +338,38 @@ Deno.test("train dataset (CLI)", async (t) => {
       /part 1\/2 of the same build is missing/,
     );
   });
+
+  const hasFfmpeg = await new Deno.Command("ffmpeg", {
+    args: ["-version"],
+    stdout: "null",
+    stderr: "null",
+  }).output().then((r) => r.success).catch(() => false);
+  await t.step({
+    name: "an undecodable video is an error naming it, with ffmpeg's last lines",
+    ignore: !hasFfmpeg,
+    fn: async () => {
+      await Deno.mkdir(o("videos"));
+      const bad = await writeCorruptAvi(join(o("videos"), "broken.avi"), { frameCount: false });
+      const r = await cli(
+        HARNESS,
+        "dataset",
+        "--tokenizer",
+        "test:32",
+        "--kind",
+        "sequence",
+        "--input",
+        o("videos"),
+        "--out",
+        o("vb"),
+      ); // deno-fmt-ignore
+      expect(r, 1);
+      const want = `${bad}: undecodable video: ffmpeg exit 1 while counting frames (`;
+      if (!r.stderr.includes(want) || !/No JPEG data found|Invalid data found/.test(r.stderr)) {
+        throw new Error(`expected "${want}..." with ffmpeg's words, got\n${r.stderr}`);
+      }
+    },
+  });
+  if (!hasFfmpeg) console.warn("dataset_test: ffmpeg not found, the corrupt-video step is skipped");
 
   await t.step("a video without ffmpeg on PATH is a clear error", async () => {
     await Deno.writeFile(o("clip.avi"), new Uint8Array(64));

@@ -103,6 +103,39 @@ export function crc32(bytes: Uint8Array, crc = 0): number {
   return ~c >>> 0;
 }
 
+/** Bytes read at a time by {@link crc32Range} (memory stays bounded whatever the file size). */
+export const CRC_READ_BYTES = 4 << 20;
+
+/**
+ * CRC-32 of the bytes [start, start + length) of an open file, read `chunkBytes` at a time (so a
+ * file far larger than memory is checked in bounded memory). Returns null when the file ends
+ * before `start + length`. `onChunk` runs after every piece (a place to check an abort signal).
+ */
+export async function crc32Range(
+  file: Deno.FsFile,
+  start: number,
+  length: number,
+  opts: { chunkBytes?: number; buffer?: Uint8Array; onChunk?: () => void } = {},
+): Promise<number | null> {
+  const buf = opts.buffer ?? new Uint8Array(Math.min(length, opts.chunkBytes ?? CRC_READ_BYTES));
+  if (length > 0 && buf.length === 0) throw new RangeError("crc32Range: empty buffer");
+  await file.seek(start, Deno.SeekMode.Start);
+  let crc = 0, left = length;
+  while (left > 0) {
+    const want = buf.subarray(0, Math.min(buf.length, left));
+    let have = 0;
+    while (have < want.length) {
+      const r = await file.read(want.subarray(have));
+      if (r === null) return null;
+      have += r;
+    }
+    crc = crc32(want, crc);
+    left -= want.length;
+    opts.onChunk?.();
+  }
+  return crc;
+}
+
 /** A u32 as 8 lowercase hex digits. */
 export function hex32(x: number): string {
   return (x >>> 0).toString(16).padStart(8, "0");

@@ -13,12 +13,29 @@
  * After every chunk and every shard, `.build/state.json` records what is finished (with
  * checksums). A build stopped at any point and run again with the same arguments verifies the
  * finished work, redoes nothing of it, and ends with the same bytes as an uninterrupted build:
- * the plan and the codes are pure functions of the inputs, the options and the tokenizer.
+ * the plan and the codes are pure functions of the inputs, the options and the tokenizer. The
+ * fingerprint that guards a resume covers the size and modification time of every input file,
+ * so a resume after the inputs changed is refused instead of mixing old and new codes.
+ *
+ * **Interrupting** (`signal`): checked per folder and folder entry while scanning, per 32 files
+ * while checking the inputs' sizes and times, per 4 MiB while verifying, per image while encoding
+ * (per frame while decoding a video; a running ffmpeg is killed) and per sentence while writing
+ * shards. The build then throws an AbortError saying where it stopped; what was finished is kept
+ * and nothing is half-written (every file is written to a temp file and renamed; temp files of a
+ * killed build are removed on the next run), so the same build resumes.
+ *
+ * **Memory** does not grow with the size of the finished work: verification streams codes.bin and
+ * the shards in 4 MiB pieces, encoding holds one chunk of codes and two batches of pixels,
+ * assembling one shard of sentences. What grows with the input is the plan, 8 bytes per image
+ * slot (sentences x images per sentence), the sorted encode set, 8 bytes per distinct image, and
+ * the path of every input file (shuffling and sorting hold one more copy of the plan for a
+ * moment): for 10 million images used twice, 160 + 80 MB kept, 160 MB more at the peak.
  * @module
  */
 
 import { join } from "node:path";
-import { crc32, hex32, sha256Hex, writeFileAtomic } from "./_fs.ts";
+import { isAbortError, throwIfAborted } from "./_abort.ts";
+import { crc32, crc32Range, CRC_READ_BYTES, hex32, sha256Hex, writeFileAtomic } from "./_fs.ts";
 import { keyItem, partRange, type Plan, slicePlan } from "./builders.ts";
 import { type KindOptions, planKind } from "./kinds.ts";
 import { assembleSentence, makeLayout, type SentenceLayout, tokenDtype } from "./layout.ts";
@@ -32,7 +49,13 @@ import {
   writeIndex,
   writeShard,
 } from "./shards.ts";
-import { ItemLoader, type RenderOptions, RenderPool, renderVariant } from "./sources.ts";
+import {
+  digestInputs,
+  ItemLoader,
+  type RenderOptions,
+  RenderPool,
+  renderVariant,
+} from "./sources.ts";
 import { type ImageTokenizer, tokenizerInfo } from "./tokenizer.ts";
 import type { RgbImage } from "@lvm/image";
 
@@ -42,11 +65,14 @@ export interface BuildProgress {
   /** Distinct images of the part, and how many have codes (including resumed ones). */
   imagesTotal: number;
   imagesDone: number;
-  /** Images encoded per second in this run (0 before the first batch). */
+  /**
+   * Images encoded per second in this run, over the time spent encoding (loading, rendering and
+   * tokenizing; not planning or verifying); 0 before the first batch.
+   */
   imagesPerSec: number;
   shardsTotal: number;
   shardsDone: number;
-  /** Estimated seconds left (NaN when unknown). */
+  /** Estimated seconds of encoding left (NaN when unknown). */
   etaSec: number;
 }
 
@@ -78,9 +104,14 @@ export interface BuildOptions extends KindOptions {
   overwrite?: boolean;
   /** Stop (as if interrupted) after this many chunks / shards of this run; for tests. */
   stopAfter?: { chunks?: number; shards?: number };
-  /** Aborts between tokenizer batches (finished chunks and shards are kept). */
+  /**
+   * Interrupts the build in any phase (see the module doc): it throws an AbortError, keeps the
+   * finished chunks and shards, and the same build resumes.
+   */
   signal?: AbortSignal;
   onProgress?: (p: BuildProgress) => void;
+  /** Milliseconds clock for the timings (default `performance.now`); for tests. */
+  clock?: () => number;
 }
 
 /** What {@link buildDataset} did. */
@@ -93,6 +124,8 @@ export interface BuildResult {
   /** Images tokenized by this run, and its wall time. */
   imagesEncoded: number;
   seconds: number;
+  /** Seconds of this run spent encoding (the time `imagesEncoded` took). */
+  encodeSeconds: number;
   /** Remarks from planning (skipped inputs). */
   notes: string[];
   /** True when the folder already held this very dataset. */
@@ -101,6 +134,8 @@ export interface BuildResult {
 
 interface BuildState {
   fingerprint: string;
+  /** Fingerprint of the build's options and item list (without the files' sizes and times). */
+  config?: string;
   chunks: { images: number; crc32: string }[];
   shards: ShardRecord[];
 }
@@ -138,20 +173,75 @@ async function readJson<T>(path: string): Promise<T | null> {
   }
 }
 
+const SHARD_FILE = /^shard-\d+\.bin$/;
+/** Temp files of writeFileAtomic left by a killed build (`NAME.PID.tmp`). */
+const STALE_TEMP = /^(shard-\d+\.bin|index\.json|state\.json)\.\d+\.tmp$/;
+
+async function removeMatching(dir: string, re: RegExp): Promise<void> {
+  let entries: Deno.DirEntry[] = [];
+  try {
+    entries = await Array.fromAsync(Deno.readDir(dir));
+  } catch (e) {
+    if (e instanceof Deno.errors.NotFound) return;
+    throw e;
+  }
+  for (const e of entries) {
+    if (e.isFile && re.test(e.name)) await Deno.remove(join(dir, e.name)).catch(() => {});
+  }
+}
+
 async function wipe(outDir: string): Promise<void> {
   await Deno.remove(join(outDir, BUILD_DIR), { recursive: true }).catch(() => {});
   await Deno.remove(join(outDir, INDEX_FILE)).catch(() => {});
-  for await (const e of Deno.readDir(outDir)) {
-    if (e.isFile && /^shard-\d+\.bin$/.test(e.name)) await Deno.remove(join(outDir, e.name));
+  await removeMatching(outDir, SHARD_FILE);
+}
+
+/** Size and CRC-32 of a whole file, streamed; null when it is missing or not `bytes` long. */
+async function fileCrc(
+  path: string,
+  bytes: number,
+  buffer: Uint8Array,
+  onChunk: () => void,
+): Promise<number | null> {
+  let f: Deno.FsFile;
+  try {
+    f = await Deno.open(path, { read: true });
+  } catch {
+    return null;
+  }
+  try {
+    if ((await f.stat()).size !== bytes) return null;
+    return await crc32Range(f, 0, bytes, { buffer, onChunk });
+  } finally {
+    f.close();
   }
 }
 
 /**
  * Builds (or resumes) the dataset of `opts.kind` over `opts.inputs` into `opts.outDir`.
- * See the module doc for the phases and the resume guarantee.
+ * See the module doc for the phases, the resume guarantee and interruption.
  */
 export async function buildDataset(opts: BuildOptions): Promise<BuildResult> {
-  const t0 = performance.now();
+  const phase = { now: "scanning the inputs" };
+  try {
+    return await build(opts, phase);
+  } catch (e) {
+    if (!isAbortError(e) && !opts.signal?.aborted) throw e;
+    const where = isAbortError(e) && e.message.startsWith("interrupted while ")
+      ? e.message
+      : `interrupted while ${phase.now}`;
+    throw new DOMException(
+      `build ${where}; finished chunks and shards are kept: run the same build again to resume`,
+      "AbortError",
+    );
+  }
+}
+
+async function build(opts: BuildOptions, phase: { now: string }): Promise<BuildResult> {
+  const clock = opts.clock ?? (() => performance.now());
+  const t0 = clock();
+  const signal = opts.signal;
+  const check = () => throwIfAborted(signal, phase.now);
   const tok = opts.tokenizer;
   const [part, parts] = opts.part ?? [1, 1];
   const shardSentences = opts.shardSentences ?? 4096;
@@ -172,7 +262,8 @@ export async function buildDataset(opts: BuildOptions): Promise<BuildResult> {
       throw new RangeError(`buildDataset: ${name} must be a positive integer, found ${v}`);
     }
   }
-  const { table, plan, options, notes } = await planKind(opts.kind, opts.inputs, opts);
+  check();
+  const { table, plan, options, notes } = await planKind(opts.kind, opts.inputs, opts, signal);
   const [from, to] = partRange(plan.count, part, parts);
   const mine: Plan = slicePlan(plan, from, to);
   const layout = makeLayout({
@@ -187,18 +278,21 @@ export async function buildDataset(opts: BuildOptions): Promise<BuildResult> {
     seed: options.seed,
     mask: (options.mask as RenderOptions["mask"]) ?? "random",
   };
+  phase.now = "checking the input files";
+  const digests = await digestInputs(table, { signal });
   const planFingerprint = await sha256Hex(JSON.stringify({
-    v: 1,
+    v: 2,
     kind: opts.kind,
     options,
     layout,
     tokenizer: tokenizerInfo(tok),
     shardSentences,
-    items: table.identity(),
+    items: digests.items,
   }));
-  const fingerprint = await sha256Hex(
+  const config = await sha256Hex(
     `${planFingerprint} part ${part}/${parts} chunk ${chunkImages}`,
   );
+  const fingerprint = await sha256Hex(`${config} files ${digests.files}`);
   const outDir = opts.outDir;
   const buildDir = join(outDir, BUILD_DIR);
   const statePath = join(buildDir, "state.json");
@@ -211,35 +305,47 @@ export async function buildDataset(opts: BuildOptions): Promise<BuildResult> {
     resumed: { chunks: 0, shards: 0 },
     imagesEncoded: 0,
     seconds: 0,
+    encodeSeconds: 0,
     notes,
     alreadyComplete: false,
   };
+  const changedInputs = "the input files changed (size or modification time) since";
 
   // What does the folder hold already?
   if (opts.overwrite) await wipe(outDir);
+  await removeMatching(outDir, STALE_TEMP);
+  await removeMatching(buildDir, STALE_TEMP);
   const existing = await readJson<DatasetIndex>(join(outDir, INDEX_FILE));
   if (existing) {
     if (existing.provenance?.fingerprint === fingerprint) {
+      // A build killed between writing the index and removing .build/ leaves it behind.
+      await Deno.remove(buildDir, { recursive: true }).catch(() => {});
       result.index = existing;
       result.complete = result.alreadyComplete = true;
-      result.seconds = (performance.now() - t0) / 1000;
+      result.seconds = (clock() - t0) / 1000;
       return result;
     }
     throw new DatasetError(
       join(outDir, INDEX_FILE),
-      "the output folder holds a different dataset (pass --overwrite to replace it, or choose another --out)",
+      existing.provenance?.config === config
+        ? `${changedInputs} this dataset was built (pass --overwrite to rebuild it, or choose a fresh --out)`
+        : "the output folder holds a different dataset (pass --overwrite to replace it, or choose another --out)",
     );
   }
   let state = await readJson<BuildState>(statePath);
   if (state && state.fingerprint !== fingerprint) {
     throw new DatasetError(
       statePath,
-      "the output folder holds an unfinished build with other inputs or options " +
-        "(run that build again to resume it, or pass --overwrite to start this one)",
+      state.config === config
+        ? `${changedInputs} this unfinished build started, so resuming would mix codes of old and ` +
+          "new files (pass --overwrite to start it over, or choose a fresh --out)"
+        : "the output folder holds an unfinished build with other inputs or options " +
+          "(run that build again to resume it, pass --overwrite to start this one, or choose a " +
+          "fresh --out)",
     );
   }
   await Deno.mkdir(buildDir, { recursive: true });
-  state ??= { fingerprint, chunks: [], shards: [] };
+  state ??= { fingerprint, config, chunks: [], shards: [] };
 
   const uniq = uniqueSorted(mine.keys);
   const T = layout.tokensPerImage;
@@ -249,38 +355,53 @@ export async function buildDataset(opts: BuildOptions): Promise<BuildResult> {
   const nShards = Math.ceil(mine.count / shardSentences);
   const saveState = () => writeFileAtomic(statePath, JSON.stringify(state));
 
-  // Verify the finished chunks (prefix) against codes.bin.
+  // Verify the finished chunks (a prefix) against codes.bin and the finished shards, streamed.
+  phase.now = "verifying the finished work";
+  const crcBuf = new Uint8Array(CRC_READ_BYTES);
   if (state.chunks.length) {
-    const codes = await Deno.readFile(codesPath).catch(() => new Uint8Array(0));
     let ok = 0;
-    for (let c = 0; c < state.chunks.length && c < nChunks; c++) {
-      const a = c * chunkImages * imageBytes, b = a + state.chunks[c].images * imageBytes;
-      if (b > codes.length || hex32(crc32(codes.subarray(a, b))) !== state.chunks[c].crc32) break;
-      ok++;
+    const codes = await Deno.open(codesPath, { read: true }).catch(() => null);
+    if (codes) {
+      try {
+        for (let c = 0; c < state.chunks.length && c < nChunks; c++) {
+          const images = Math.min(chunkImages, uniq.length - c * chunkImages);
+          if (state.chunks[c].images !== images) break;
+          const crc = await crc32Range(codes, c * chunkImages * imageBytes, images * imageBytes, {
+            buffer: crcBuf,
+            onChunk: check,
+          });
+          if (crc === null || hex32(crc) !== state.chunks[c].crc32) break;
+          ok++;
+        }
+      } finally {
+        codes.close();
+      }
     }
     state.chunks.length = ok;
   }
-  // Verify the finished shards (prefix).
   {
     let ok = 0;
     for (const rec of state.shards) {
-      const bytes = await Deno.readFile(join(outDir, rec.file)).catch(() => null);
-      if (!bytes || bytes.length !== rec.bytes || hex32(crc32(bytes)) !== rec.crc32) break;
+      const crc = await fileCrc(join(outDir, rec.file), rec.bytes, crcBuf, check);
+      if (crc === null || hex32(crc) !== rec.crc32) break;
       ok++;
     }
     state.shards.length = ok;
   }
   result.resumed = { chunks: state.chunks.length, shards: state.shards.length };
 
-  let runImages = 0;
-  const progress = (phase: BuildProgress["phase"]) => {
+  let runImages = 0, pendingInChunk = 0;
+  let encodeStart = NaN, encodeEnd = NaN;
+  const encodeMs = () =>
+    Number.isNaN(encodeStart) ? 0 : (Number.isNaN(encodeEnd) ? clock() : encodeEnd) - encodeStart;
+  const progress = (p: BuildProgress["phase"]) => {
     if (!opts.onProgress) return;
-    const secs = (performance.now() - t0) / 1000;
+    const secs = encodeMs() / 1000;
     const done = Math.min(uniq.length, state!.chunks.length * chunkImages + pendingInChunk);
-    const rate = runImages > 0 ? runImages / secs : 0;
+    const rate = runImages > 0 && secs > 0 ? runImages / secs : 0;
     const left = uniq.length - done;
     opts.onProgress({
-      phase,
+      phase: p,
       imagesTotal: uniq.length,
       imagesDone: done,
       imagesPerSec: rate,
@@ -289,15 +410,17 @@ export async function buildDataset(opts: BuildOptions): Promise<BuildResult> {
       etaSec: left === 0 ? 0 : rate > 0 ? left / rate : NaN,
     });
   };
-  let pendingInChunk = 0;
   const stopped = () => {
-    result.seconds = (performance.now() - t0) / 1000;
+    result.seconds = (clock() - t0) / 1000;
+    result.encodeSeconds = encodeMs() / 1000;
     return result;
   };
 
   // ---- Encode.
   if (state.chunks.length < nChunks && state.shards.length < nShards) {
-    const loader = new ItemLoader(table);
+    phase.now = "encoding images";
+    encodeStart = clock();
+    const loader = new ItemLoader(table, signal);
     const pool = workers > 0 ? new RenderPool(workers) : null;
     let lastItem = -1, lastImg: RgbImage | null = null;
     /** One image on this thread (video and GIF frames in order; an item's variants share a load). */
@@ -313,6 +436,7 @@ export async function buildDataset(opts: BuildOptions): Promise<BuildResult> {
     const renderRange = async (s: number, e: number) => {
       const out: Promise<RgbImage>[] = [];
       for (let i = s; i < e; i++) {
+        check();
         const key = uniq[i];
         const [si, li] = table.locate(keyItem(key));
         const src = table.sources[si];
@@ -324,29 +448,26 @@ export async function buildDataset(opts: BuildOptions): Promise<BuildResult> {
       }
       return await Promise.all(out);
     };
+    /** Starts loading a batch; its failure surfaces where it is awaited. */
+    const start = (s: number, e: number) => {
+      const p = renderRange(s, e);
+      p.catch(() => {});
+      return p;
+    };
     const file = await Deno.open(codesPath, { read: true, write: true, create: true });
     let chunksThisRun = 0;
     try {
       for (let c = state.chunks.length; c < nChunks; c++) {
         const a = c * chunkImages, b = Math.min(uniq.length, a + chunkImages);
         const buf = codeBytes === 2 ? new Uint16Array((b - a) * T) : new Int32Array((b - a) * T);
-        const renderBatch = (s: number) => renderRange(s, Math.min(b, s + batchImages));
+        const renderBatch = (s: number) => start(s, Math.min(b, s + batchImages));
         pendingInChunk = 0;
         let next: Promise<RgbImage[]> | null = renderBatch(a);
         for (let s = a; s < b; s += batchImages) {
           const imgs = await next!;
+          check();
           next = s + batchImages < b ? renderBatch(s + batchImages) : null;
-          if (opts.signal?.aborted) {
-            next?.catch(() => {});
-            throw opts.signal.reason ?? new DOMException("build aborted", "AbortError");
-          }
-          let codes: Int32Array[];
-          try {
-            codes = await tok.encode(imgs);
-          } catch (e) {
-            next?.catch(() => {});
-            throw e;
-          }
+          const codes = await tok.encode(imgs);
           if (codes.length !== imgs.length) {
             throw new Error(
               `tokenizer ${tok.id}: returned ${codes.length} code blocks for ${imgs.length} images`,
@@ -372,6 +493,7 @@ export async function buildDataset(opts: BuildOptions): Promise<BuildResult> {
           result.imagesEncoded += imgs.length;
           progress("encode");
         }
+        check(); // the chunk is discarded, not recorded: a resume encodes it again
         const bytes = new Uint8Array(buf.buffer);
         await file.seek(a * imageBytes, Deno.SeekMode.Start);
         let off = 0;
@@ -386,6 +508,7 @@ export async function buildDataset(opts: BuildOptions): Promise<BuildResult> {
         }
       }
     } finally {
+      encodeEnd = clock();
       file.close();
       pool?.close();
       await loader.close();
@@ -394,6 +517,7 @@ export async function buildDataset(opts: BuildOptions): Promise<BuildResult> {
 
   // ---- Assemble.
   if (state.shards.length < nShards) {
+    phase.now = "writing shards";
     const file = await Deno.open(codesPath, { read: true });
     const n = mine.imagesPerSentence;
     const block = codeBytes === 2 ? new Uint16Array(T) : new Int32Array(T);
@@ -404,6 +528,7 @@ export async function buildDataset(opts: BuildOptions): Promise<BuildResult> {
         const s0 = k * shardSentences, s1 = Math.min(mine.count, s0 + shardSentences);
         const sentences: Int32Array[] = [];
         for (let s = s0; s < s1; s++) {
+          check();
           const blocks: Int32Array[] = [];
           for (let i = 0; i < n; i++) {
             const row = bsearch(uniq, mine.keys[s * n + i]);
@@ -423,6 +548,7 @@ export async function buildDataset(opts: BuildOptions): Promise<BuildResult> {
           }
           sentences.push(assembleSentence(layout, blocks));
         }
+        check(); // nothing of this shard is on disk yet
         const rec = await writeShard(
           join(outDir, shardFileName(k)),
           sentences,
@@ -444,6 +570,8 @@ export async function buildDataset(opts: BuildOptions): Promise<BuildResult> {
     }
   }
 
+  phase.now = "writing the index";
+  check();
   const index: DatasetIndex = {
     format: "lvm-token-shards",
     version: 1,
@@ -460,6 +588,7 @@ export async function buildDataset(opts: BuildOptions): Promise<BuildResult> {
       shardSentences,
       fingerprint,
       planFingerprint,
+      config,
     },
     sources: table.info(),
     counts: countShards(layout, state.shards),

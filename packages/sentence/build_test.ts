@@ -1,13 +1,19 @@
 import { join } from "node:path";
-import { decodeVideo } from "@lvm/image";
-import { buildDataset, type BuildOptions } from "./build.ts";
+import { decodeVideo, makeImage, savePng } from "@lvm/image";
+import { buildDataset, type BuildOptions, type BuildProgress } from "./build.ts";
 import { keyItem } from "./builders.ts";
+import { crc32, crc32Range } from "./_fs.ts";
 import { combineDatasets } from "./combine.ts";
 import { planKind } from "./kinds.ts";
 import { assembleSentence, makeLayout } from "./layout.ts";
-import { openDataset } from "./shards.ts";
-import { ItemLoader, renderVariant } from "./sources.ts";
-import { BlockMeanTestTokenizer, type TestInputs, writeTestInputs } from "./testing.ts";
+import { DatasetError, openDataset } from "./shards.ts";
+import { ItemLoader, renderVariant, sobelEdges } from "./sources.ts";
+import {
+  BlockMeanTestTokenizer,
+  type TestInputs,
+  writeCorruptAvi,
+  writeTestInputs,
+} from "./testing.ts";
 
 const R = 32;
 /** Builds on this thread (a worker's start-up costs more than these tiny images); the workers
@@ -86,6 +92,7 @@ Deno.test("buildDataset()", async (t) => {
     ["flip", [inp.images], { imagesPerSentence: 2, epochs: 1 }],
     ["invert", [inp.images], { imagesPerSentence: 2 }],
     ["zoom", [inp.images], { imagesPerSentence: 2 }],
+    ["edges", [inp.images, inp.x], { imagesPerSentence: 4, epochs: 2 }],
     ["multitask", inp.modalities, { imagesPerSentence: 7, epochs: 2 }],
     ["classes", [inp.classes], { imagesPerSentence: 3, epochs: 2 }],
   ];
@@ -230,6 +237,271 @@ Deno.test("buildDataset()", async (t) => {
       sameFiles(await filesOf(dir), await filesOf(out("full")));
     },
   );
+
+  /** Same colorization build as "full" above. */
+  const colorization = {
+    kind: "colorization",
+    inputs: [inp.images, inp.x],
+    imagesPerSentence: 4,
+    epochs: 3,
+    seed: 1,
+  };
+  const colorSizes = { shardSentences: 2, chunkImages: 7, batchImages: 3 };
+
+  await t.step(
+    "resume verifies codes.bin in bounded pieces; a damaged chunk is redone",
+    async () => {
+      // crc32Range: any piece size gives the CRC of the range; a short file gives null.
+      const f = join(root, "crc.bin");
+      const bytes = Uint8Array.from({ length: 1000 }, (_, i) => (i * 2654435761) >>> 24);
+      await Deno.writeFile(f, bytes);
+      const fh = await Deno.open(f);
+      for (const chunkBytes of [1, 7, 800, 4096]) {
+        eq(await crc32Range(fh, 100, 800, { chunkBytes }), crc32(bytes.subarray(100, 900)));
+      }
+      eq(await crc32Range(fh, 900, 200), null, "past the end");
+      fh.close();
+
+      const dir = out("damaged");
+      const tok = new BlockMeanTestTokenizer(R);
+      await build({
+        ...colorization,
+        ...colorSizes,
+        outDir: dir,
+        tokenizer: tok,
+        stopAfter: { chunks: 3 },
+      });
+      const codes = join(dir, ".build", "codes.bin");
+      const b = await Deno.readFile(codes);
+      b[7 * 4 * 2 + 5] ^= 1; // chunk 1 (7 images x 4 codes x 2 bytes per chunk)
+      await Deno.writeFile(codes, b);
+      const r = await build({ ...colorization, ...colorSizes, outDir: dir, tokenizer: tok });
+      eq(r.resumed.chunks, 1, "chunk 0 kept, chunks 1.. redone");
+      eq(tok.encoded, 21 + (36 - 7), "chunks 1 and 2 encoded again");
+      sameFiles(await filesOf(dir), await filesOf(out("full")));
+    },
+  ); // deno-fmt-ignore
+
+  await t.step(
+    "interrupted at any point (scanning, hashing, verifying, encoding, writing): resumable, same bytes",
+    async () => {
+      const PHASES = [
+        "scanning",
+        "checking the input files",
+        "verifying the finished work",
+        "encoding images",
+        "writing shards",
+        "writing the index",
+      ];
+      /** A signal that turns aborted at its `k`-th check (counts checks when k = Infinity). */
+      const abortAt = (k: number) => {
+        let n = 0;
+        const signal = {
+          get aborted() {
+            return ++n >= k;
+          },
+          addEventListener() {},
+          removeEventListener() {},
+        } as unknown as AbortSignal;
+        return { signal, checks: () => n };
+      };
+      const run = (dir: string, extra: Partial<BuildOptions> = {}) =>
+        build({
+          ...colorization,
+          ...colorSizes,
+          outDir: dir,
+          tokenizer: new BlockMeanTestTokenizer(R),
+          ...extra,
+        });
+      // Every run below resumes a build stopped after 2 chunks (so it has finished work to verify).
+      const stoppedBuild = (dir: string) => run(dir, { stopAfter: { chunks: 2 } });
+      const counter = abortAt(Infinity);
+      await stoppedBuild(out("count-checks"));
+      await run(out("count-checks"), { signal: counter.signal });
+      const total = counter.checks();
+      if (total < 60) throw new Error(`only ${total} checks`);
+      const template = out("abort-template");
+      await stoppedBuild(template);
+      const firstOf = new Map<string, number>();
+      for (let k = 1; k <= total; k++) {
+        const dir = out(`abort-at-${k}`);
+        await Deno.mkdir(join(dir, ".build"), { recursive: true });
+        for (const f of ["state.json", "codes.bin"]) {
+          await Deno.copyFile(join(template, ".build", f), join(dir, ".build", f));
+        }
+        let err: unknown = null;
+        try {
+          await run(dir, { signal: abortAt(k).signal });
+        } catch (e) {
+          err = e;
+        }
+        if (!(err instanceof DOMException) || err.name !== "AbortError") {
+          throw new Error(`abort at check ${k}/${total}: expected an AbortError, got ${err}`);
+        }
+        const m = err.message.match(
+          new RegExp(
+            `^build interrupted while (${PHASES.join("|")})\\b.*; ` +
+              "finished chunks and shards are kept: run the same build again to resume$",
+          ),
+        );
+        if (!m) throw new Error(`abort at check ${k}: message "${err.message}"`);
+        const first = !firstOf.has(m[1]);
+        if (first) firstOf.set(m[1], k);
+        for await (const e of Deno.readDir(dir)) {
+          if (e.name.endsWith(".tmp")) throw new Error(`abort at check ${k}: ${e.name} left`);
+          if (e.name === "index.json") throw new Error(`abort at check ${k}: index written`);
+        }
+        // Resume (the first interruption of each phase, and every 5th).
+        if (first || k % 5 === 0 || k === total) {
+          const r = await run(dir);
+          eq(r.resumed.chunks >= 2, true, `abort at ${k}: finished chunks kept`);
+          sameFiles(await filesOf(dir), await filesOf(out("full")));
+        }
+        await Deno.remove(dir, { recursive: true });
+      }
+      eq([...firstOf.keys()], PHASES, "every phase, in order");
+    },
+  );
+
+  await t.step("abort while writing shards: the finished shards are kept, not redone", async () => {
+    const dir = out("abort-writing");
+    const ac = new AbortController();
+    let err: unknown = null;
+    try {
+      await build({
+        ...colorization,
+        ...colorSizes,
+        outDir: dir,
+        tokenizer: new BlockMeanTestTokenizer(R),
+        signal: ac.signal,
+        onProgress: (p) => p.phase === "assemble" && p.shardsDone === 2 && ac.abort(),
+      });
+    } catch (e) {
+      err = e;
+    }
+    if (!(err instanceof DOMException) || !/interrupted while writing shards/.test(err.message)) {
+      throw new Error(`expected an interruption while writing shards, got ${err}`);
+    }
+    const names = [...(await filesOf(dir)).keys()].sort();
+    eq(names, ["shard-00000.bin", "shard-00001.bin"]);
+    // Temp files of a build killed outright (a second Ctrl-C) go on the next run.
+    await Deno.writeTextFile(join(dir, "shard-00002.bin.4242.tmp"), "partial");
+    await Deno.writeTextFile(join(dir, ".build", "state.json.4242.tmp"), "{");
+    const tok = new BlockMeanTestTokenizer(R);
+    const r = await build({ ...colorization, ...colorSizes, outDir: dir, tokenizer: tok });
+    eq([r.resumed.shards, r.imagesEncoded, tok.encoded], [2, 0, 0]);
+    sameFiles(await filesOf(dir), await filesOf(out("full")));
+  });
+
+  await t.step("a resume after an input file changed (size or mtime) is refused", async () => {
+    const src = join(root, "changing");
+    await Deno.mkdir(src);
+    for (let i = 0; i < 9; i++) {
+      await Deno.copyFile(join(inp.images, `i${i}.png`), join(src, `i${i}.png`));
+    }
+    const o = { kind: "invert", inputs: [src], imagesPerSentence: 2, chunkImages: 3 };
+    const dir = out("changing");
+    const tok = new BlockMeanTestTokenizer(R);
+    await build({ ...o, outDir: dir, tokenizer: tok, stopAfter: { chunks: 1 } });
+    const expectRefused = async (re: RegExp) => {
+      let err: unknown = null;
+      try {
+        await build({ ...o, outDir: dir, tokenizer: tok });
+      } catch (e) {
+        err = e;
+      }
+      if (!(err instanceof DatasetError) || !re.test(err.message)) {
+        throw new Error(`expected ${re}, got ${err}`);
+      }
+    };
+    const unfinished =
+      /\.build[\\/]state\.json: the input files changed \(size or modification time\) since this unfinished build started, so resuming would mix codes of old and new files \(pass --overwrite to start it over, or choose a fresh --out\)/;
+    // Same size, new modification time.
+    const f = join(src, "i4.png");
+    await Deno.utime(f, 1e9, 1e9);
+    await expectRefused(unfinished);
+    // New content (and size), the old modification time.
+    await savePng(f, makeImage(5, 3, new Float32Array(45).fill(0.25)));
+    await Deno.utime(f, 1e9, 1e9);
+    await expectRefused(unfinished);
+    const r = await build({ ...o, outDir: dir, tokenizer: tok, overwrite: true });
+    eq([r.complete, r.resumed.chunks], [true, 0]);
+    await Deno.utime(f, 2e9, 2e9);
+    await expectRefused(
+      /index\.json: the input files changed \(size or modification time\) since this dataset was built \(pass --overwrite to rebuild it, or choose a fresh --out\)/,
+    );
+  }); // deno-fmt-ignore
+
+  await t.step("images/s and ETA measure encoding only (not planning or verifying)", async () => {
+    // A clock that jumps 500 s after the start (a slow scan) and moves 1 s per tokenizer batch.
+    let calls = 0, t1 = 0;
+    const clock = () => (calls++ === 0 ? 0 : 5e5 + t1);
+    const inner = new BlockMeanTestTokenizer(R);
+    const tok = Object.assign(Object.create(inner), {
+      encode: (imgs: never[]) => {
+        t1 += 1000;
+        return inner.encode(imgs);
+      },
+    });
+    const seen: BuildProgress[] = [];
+    const r = await build({
+      ...colorization,
+      ...colorSizes,
+      outDir: out("rate"),
+      tokenizer: tok,
+      clock,
+      onProgress: (p) => {
+        if (p.phase !== "encode") return;
+        const batches = t1 / 1000;
+        eq(p.imagesPerSec, p.imagesDone / batches, `rate after ${batches} batches`);
+        eq(p.etaSec, (p.imagesTotal - p.imagesDone) / p.imagesPerSec, "eta");
+        seen.push(p);
+      },
+    });
+    eq(seen.length > 5, true, "progress reported");
+    eq(seen.at(-1)!.imagesDone, 36);
+    eq([r.encodeSeconds, r.seconds], [t1 / 1000, 500 + t1 / 1000]);
+  });
+
+  await t.step("edges: the Sobel magnitude of the gray image, exactly", () => {
+    const g = 0.2989 + 0.587 + 0.114; // gray of white
+    const close = (got: Float32Array, want: number[], what: string) => {
+      want.forEach((w, i) => {
+        if (Math.abs(got[i] - w) > 1e-6) throw new Error(`${what}[${i}]: ${got[i]} != ${w}`);
+      });
+    };
+    // A unit step between columns 2 and 3 of a 6x2 image: 1 * g on both sides of it.
+    const step = makeImage(6, 2);
+    for (let c = 0; c < 3; c++) {
+      for (let y = 0; y < 2; y++) step.data.fill(1, c * 12 + y * 6 + 3, c * 12 + y * 6 + 6);
+    }
+    const e = sobelEdges(step);
+    eq([e.width, e.height], [6, 2]);
+    for (let c = 0; c < 3; c++) {
+      close(
+        e.data.subarray(c * 12, c * 12 + 12),
+        [0, 0, g, g, 0, 0, 0, 0, g, g, 0, 0],
+        `step c${c}`,
+      );
+    }
+    // One red pixel in the middle of 3x3 (gray 0.2989): borders replicated.
+    const dot = makeImage(3, 3);
+    dot.data[4] = 1;
+    const r = 0.2989, d = (Math.SQRT2 / 4) * r;
+    close(sobelEdges(dot).data.subarray(0, 9), [d, r / 2, d, r / 2, 0, r / 2, d, r / 2, d], "dot");
+    // A bright corner (right column and bottom row): gx = gy = 3g at the centre, clipped to 1.
+    const corner = makeImage(3, 3);
+    for (let c = 0; c < 3; c++) for (const k of [2, 5, 6, 7, 8]) corner.data[c * 9 + k] = 1;
+    eq(sobelEdges(corner).data[4], 1, "clipped");
+    // In a build: [image, edges(image)] pairs.
+    const img = makeImage(32, 32);
+    const key = 5 * 16 + 10;
+    close(
+      renderVariant(img, key, { resolution: 32, seed: 0 }).data,
+      new Array(3 * 32 * 32).fill(0),
+      "black has no edges",
+    );
+  }); // deno-fmt-ignore
 
   await t.step("the number of decoding workers does not change the bytes", async () => {
     const o = {
@@ -400,6 +672,48 @@ Deno.test("buildDataset()", async (t) => {
       eq(got, want);
     },
   });
+
+  await t.step({
+    name: "a video ffmpeg cannot decode stops the build with ffmpeg's words, naming it",
+    ignore: !ffmpeg,
+    fn: async () => {
+      const dir = join(root, "bad-video");
+      await Deno.mkdir(dir);
+      const bad = await writeCorruptAvi(join(dir, "broken.avi"), { frameCount: false });
+      const counted = await writeCorruptAvi(join(root, "broken-counted.avi"), { frames: 20 });
+      const tok = new BlockMeanTestTokenizer(R);
+      for (
+        const [input, re] of [
+          [
+            dir,
+            /broken\.avi: undecodable video: ffmpeg exit 1 while counting frames \(.*(No JPEG data|Invalid data)/,
+          ],
+          [
+            counted,
+            /broken-counted\.avi: undecodable video: ffmpeg exit 1 before frame 0 of 20 probed \(.*(No JPEG data|Invalid data)/,
+          ],
+        ] as const
+      ) {
+        let msg = "";
+        try {
+          await build({
+            kind: "sequence",
+            inputs: [input],
+            imagesPerSentence: 4,
+            stride: 1,
+            outDir: out("bad-video"),
+            tokenizer: tok,
+            overwrite: true,
+          });
+        } catch (e) {
+          msg = (e as Error).message;
+        }
+        if (!re.test(msg) || !msg.includes(input === dir ? bad : counted)) {
+          throw new Error(`expected ${re}, got "${msg}"`);
+        }
+      }
+    },
+  }); // deno-fmt-ignore
 
   await t.step("inputs that cannot be used are clear errors", async () => {
     const tok = new BlockMeanTestTokenizer(R);

@@ -18,6 +18,7 @@
  * | inpainting | [masked(a), a, ...] (a random square or the centre set to 0) |
  * | rotation / flip | [a, t(a), b, t(b), ...], one transform t drawn per sentence |
  * | invert / zoom | [a, t(a), ...]: t = 1 - x / the centre half scaled up 2x |
+ * | edges | [a, edges(a), ...]: Sobel gradient magnitude of the gray image (see sources.ts) |
  * | multitask | g scenes x M modalities, modality order shuffled per sentence (g = floor(n/M)) |
  * | classes | n images of one class |
  *
@@ -41,6 +42,7 @@ export const Variant = {
   flipV: 7,
   invert: 8,
   zoom2: 9,
+  edges: 10,
 } as const;
 /** A variant id (0..VARIANTS-1). */
 export type VariantId = (typeof Variant)[keyof typeof Variant];
@@ -60,7 +62,13 @@ export function keyVariant(key: number): number {
   return key % VARIANTS;
 }
 
-/** Sentences as rows of image keys. */
+/**
+ * Sentences as rows of image keys.
+ *
+ * Memory: 8 bytes per image slot (sentences x images per sentence), e.g. 160 MB for 20 million
+ * slots; planning builds the rows straight into one growing Float64Array (no per-sentence
+ * arrays), and shuffling makes one copy.
+ */
 export interface Plan {
   /** Images in every sentence of the plan. */
   imagesPerSentence: number;
@@ -80,13 +88,27 @@ export interface PlanOptions {
   seed?: number;
 }
 
-function rows(n: number, list: number[][]): Plan {
-  const keys = new Float64Array(list.length * n);
-  list.forEach((r, i) => {
-    if (r.length !== n) throw new Error(`internal: sentence ${i} has ${r.length} images, not ${n}`);
-    keys.set(r, i * n);
-  });
-  return { imagesPerSentence: n, count: list.length, keys };
+/** Rows of `n` keys appended into one growing Float64Array (8 bytes per key, no row objects). */
+class Rows {
+  #keys = new Float64Array(1024);
+  count = 0;
+  constructor(readonly n: number) {}
+  push(r: ArrayLike<number>): void {
+    if (r.length !== this.n) {
+      throw new Error(`internal: sentence ${this.count} has ${r.length} images, not ${this.n}`);
+    }
+    if ((this.count + 1) * this.n > this.#keys.length) {
+      const k = new Float64Array(Math.max(2 * this.#keys.length, (this.count + 1) * this.n));
+      k.set(this.#keys);
+      this.#keys = k;
+    }
+    for (let i = 0; i < this.n; i++) this.#keys[this.count * this.n + i] = r[i];
+    this.count++;
+  }
+  plan(): Plan {
+    const keys = this.#keys.slice(0, this.count * this.n);
+    return { imagesPerSentence: this.n, count: this.count, keys };
+  }
 }
 
 function checkCommon(fn: string, o: PlanOptions, minImages = 1): Required<PlanOptions> {
@@ -122,7 +144,7 @@ export interface FrameSequence {
  */
 export function planSequences(seqs: FrameSequence[], opts: PlanOptions): Plan {
   const { imagesPerSentence: n, epochs, seed } = checkCommon("planSequences", opts);
-  const out: number[][] = [];
+  const out = new Rows(n);
   for (let e = 0; e < epochs; e++) {
     seqs.forEach((s, si) => {
       const stride = s.stride ?? 1;
@@ -141,23 +163,24 @@ export function planSequences(seqs: FrameSequence[], opts: PlanOptions): Plan {
       }
     });
   }
-  return rows(n, out);
+  return out.plan();
 }
 
-/** Groups of `size` drawn from a random permutation of `items` per epoch (leftover dropped). */
-function groups(
+/**
+ * Groups of `size` drawn from a random permutation of `items` per epoch (leftover dropped),
+ * generated one epoch's permutation at a time (4 bytes per item).
+ */
+function* groups(
   count: number,
   size: number,
   epochs: number,
   seed: number,
   salt: number[],
-): Uint32Array[] {
-  const out: Uint32Array[] = [];
+): Generator<Uint32Array> {
   for (let e = 0; e < epochs; e++) {
     const p = permutation(count, rng(seed, SALT.group, e, ...salt));
-    for (let g = 0; g + size <= count; g += size) out.push(p.subarray(g, g + size));
+    for (let g = 0; g + size <= count; g += size) yield p.subarray(g, g + size);
   }
-  return out;
 }
 
 /** A task of paired images: `x[i]` and `y[i]` are item ids of the i-th pair. */
@@ -173,7 +196,7 @@ export interface PairTask {
 export function planPairs(tasks: PairTask[], opts: PlanOptions): Plan {
   const { imagesPerSentence: n, epochs, seed } = checkCommon("planPairs", opts, 2);
   if (n % 2) throw new RangeError(`planPairs: imagesPerSentence must be even, found ${n}`);
-  const out: number[][] = [];
+  const out = new Rows(n);
   tasks.forEach((t, ti) => {
     if (t.x.length !== t.y.length) {
       throw new RangeError(
@@ -186,7 +209,7 @@ export function planPairs(tasks: PairTask[], opts: PlanOptions): Plan {
       out.push(row);
     }
   });
-  return rows(n, out);
+  return out.plan();
 }
 
 /** The transform kinds computed from plain images, with the variants each may draw from. */
@@ -199,11 +222,12 @@ export const DERIVED_TASKS: Record<string, { variants: VariantId[]; targetFirst:
   flip: { variants: [Variant.flipH, Variant.flipV], targetFirst: true },
   invert: { variants: [Variant.invert], targetFirst: true },
   zoom: { variants: [Variant.zoom2], targetFirst: true },
+  edges: { variants: [Variant.edges], targetFirst: true },
 };
 
 /**
  * Derived-task sentences from plain images, k = n/2 images each: colorization
- * [gray(a), a, gray(b), b, ...], inpainting [masked(a), a, ...], rotation/flip/invert/zoom
+ * [gray(a), a, gray(b), b, ...], inpainting [masked(a), a, ...], rotation/flip/invert/zoom/edges
  * [a, t(a), b, t(b), ...] with one transform t drawn per sentence (so the sentence states one task).
  */
 export function planDerived(task: string, items: number[], opts: PlanOptions): Plan {
@@ -217,9 +241,10 @@ export function planDerived(task: string, items: number[], opts: PlanOptions): P
   }
   const { imagesPerSentence: n, epochs, seed } = checkCommon("planDerived", opts, 2);
   if (n % 2) throw new RangeError(`planDerived: imagesPerSentence must be even, found ${n}`);
-  const out: number[][] = [];
-  groups(items.length, n / 2, epochs, seed, [0]).forEach((g, gi) => {
-    const v = spec.variants[randInt(rng(seed, SALT.variant, gi), spec.variants.length)];
+  const out = new Rows(n);
+  let gi = 0;
+  for (const g of groups(items.length, n / 2, epochs, seed, [0])) {
+    const v = spec.variants[randInt(rng(seed, SALT.variant, gi++), spec.variants.length)];
     const row: number[] = [];
     for (const i of g) {
       const a = imageKey(items[i]), t = imageKey(items[i], v);
@@ -227,8 +252,8 @@ export function planDerived(task: string, items: number[], opts: PlanOptions): P
       else row.push(t, a);
     }
     out.push(row);
-  });
-  return rows(n, out);
+  }
+  return out.plan();
 }
 
 /**
@@ -239,7 +264,7 @@ export function planDerived(task: string, items: number[], opts: PlanOptions): P
 export function planMultitask(scenes: number[][], opts: PlanOptions): Plan {
   const { imagesPerSentence: n, epochs, seed } = checkCommon("planMultitask", opts);
   const M = scenes[0]?.length ?? 0;
-  if (M < 1) return rows(n, []);
+  if (M < 1) return new Rows(n).plan();
   if (M > n) {
     throw new RangeError(`planMultitask: ${M} modalities do not fit in ${n} images per sentence`);
   }
@@ -249,26 +274,27 @@ export function planMultitask(scenes: number[][], opts: PlanOptions): Plan {
     }
   });
   const g = Math.floor(n / M);
-  const out: number[][] = [];
-  groups(scenes.length, g, epochs, seed, [0]).forEach((grp, gi) => {
-    const order = permutation(M, rng(seed, SALT.order, gi));
+  const out = new Rows(g * M);
+  let gi = 0;
+  for (const grp of groups(scenes.length, g, epochs, seed, [0])) {
+    const order = permutation(M, rng(seed, SALT.order, gi++));
     const row: number[] = [];
     for (const s of grp) for (const m of order) row.push(imageKey(scenes[s][m]));
     out.push(row);
-  });
-  return rows(g * M, out);
+  }
+  return out.plan();
 }
 
 /** Same-class sentences: n random images of one class (`classes[c]` = its item ids). */
 export function planClasses(classes: number[][], opts: PlanOptions): Plan {
   const { imagesPerSentence: n, epochs, seed } = checkCommon("planClasses", opts);
-  const out: number[][] = [];
+  const out = new Rows(n);
   classes.forEach((items, ci) => {
     for (const g of groups(items.length, n, epochs, seed, [ci])) {
       out.push([...g].map((i) => imageKey(items[i])));
     }
   });
-  return rows(n, out);
+  return out.plan();
 }
 
 /** The plan's sentences in a seeded random order (so shards mix sources and epochs). */

@@ -123,8 +123,8 @@ Deno.test("planDerived()", async (t) => {
       eq(keyItem(r[0]), keyItem(r[1]));
     }
   });
-  await t.step("rotation/flip/invert/zoom [a, t(a), ...], one transform per sentence", () => {
-    for (const task of ["rotation", "flip", "invert", "zoom"]) {
+  await t.step("rotation/flip/invert/zoom/edges [a, t(a), ...], one transform per sentence", () => {
+    for (const task of ["rotation", "flip", "invert", "zoom", "edges"]) {
       const p = planDerived(task, range(0, 60), { imagesPerSentence: 4, epochs: 3 });
       const used = new Set<number>();
       for (let i = 0; i < p.count; i++) {
@@ -136,6 +136,18 @@ Deno.test("planDerived()", async (t) => {
       }
       eq(used.size, DERIVED_TASKS[task].variants.length, `${task}: every transform drawn`);
     }
+  });
+  await t.step("edges: [a, edges(a), b, edges(b)] exactly", () => {
+    const p = planDerived("edges", [3, 8, 5, 1], { imagesPerSentence: 4, seed: 6 });
+    eq(p.count, 2);
+    const seen: number[] = [];
+    for (let i = 0; i < p.count; i++) {
+      const r = row(p, i);
+      eq(r.map(keyVariant), [0, Variant.edges, 0, Variant.edges]);
+      eq([keyItem(r[0]), keyItem(r[2])], [keyItem(r[1]), keyItem(r[3])]);
+      seen.push(keyItem(r[0]), keyItem(r[2]));
+    }
+    eq(seen.sort(), [1, 3, 5, 8], "each image once per epoch");
   });
 });
 

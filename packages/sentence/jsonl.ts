@@ -10,7 +10,7 @@
 
 import { basename, join } from "node:path";
 import { AtomicWriter } from "./_fs.ts";
-import { makeLayout, type SentenceLayout, tokenDtype } from "./layout.ts";
+import { makeLayout, type SentenceLayout, splitSentence, tokenDtype } from "./layout.ts";
 import {
   countShards,
   DatasetError,
@@ -26,7 +26,13 @@ import {
 
 /** Options of {@link importJsonl}. */
 export interface ImportOptions {
-  /** Layout fields (default: the released LVM's: 256 tokens per image, 8192 codes, vocab 8292). */
+  /**
+   * Layout fields (default: the released LVM's: 256 tokens per image, 8192 codes, vocab 8292, no
+   * special tokens, images per sentence inferred). When the layout declares special tokens
+   * (`beginId`, `separatorId`, `endId`) or `imagesPerSentence`, every line is checked against it:
+   * special tokens where the layout puts them, image codes `< codebookSize`, the declared number
+   * of images.
+   */
   layout?: Partial<SentenceLayout>;
   /** Sentences per shard (default 4096). */
   shardSentences?: number;
@@ -104,6 +110,49 @@ export function formatJsonlLine(ids: ArrayLike<number>): string {
   return `{"tokens": "${b64.encode(bytes)}"}\n`;
 }
 
+/** Checks one imported sentence against a declared layout; the error names the file and line. */
+function checkLayout(
+  layout: SentenceLayout,
+  images: number,
+  ids: Int32Array,
+  file: string,
+  line: number,
+): void {
+  let blocks: Int32Array[];
+  try {
+    blocks = splitSentence(layout, ids);
+  } catch (e) {
+    throw new DatasetError(
+      file,
+      `line ${line}: ${(e as Error).message.replace(/^splitSentence: /, "")} under the declared ` +
+        `layout (${layoutText(layout)})`,
+    );
+  }
+  if (images > 0 && blocks.length !== images) {
+    throw new DatasetError(
+      file,
+      `line ${line}: ${blocks.length} images, the declared layout has ${images} per sentence`,
+    );
+  }
+  blocks.forEach((b, i) => {
+    for (let k = 0; k < b.length; k++) {
+      if (b[k] >= layout.codebookSize) {
+        throw new DatasetError(
+          file,
+          `line ${line}: image ${i} code ${k} is ${b[k]}, expected an image code in ` +
+            `[0, ${layout.codebookSize}) (a special token out of place?)`,
+        );
+      }
+    }
+  });
+}
+
+function layoutText(l: SentenceLayout): string {
+  const sp = [["begin", l.beginId], ["separator", l.separatorId], ["end", l.endId]]
+    .filter(([, v]) => v !== null).map(([k, v]) => `${k} ${v}`);
+  return `${l.tokensPerImage} tokens per image${sp.length ? ", " + sp.join(", ") : ""}`;
+}
+
 /**
  * Imports an official JSONL file into a token-shard dataset in `outDir`, streaming. Every id must
  * lie in [0, vocabSize). The layout's images per sentence is inferred (0 when lengths differ).
@@ -118,6 +167,9 @@ export async function importJsonl(
     imagesPerSentence: opts.layout?.imagesPerSentence ?? 0,
   });
   const dtype = tokenDtype(layout);
+  const declaredImages = layout.imagesPerSentence;
+  const strict = declaredImages > 0 || layout.beginId !== null || layout.separatorId !== null ||
+    layout.endId !== null;
   const per = opts.shardSentences ?? 4096;
   if (!(Number.isInteger(per) && per > 0)) {
     throw new RangeError(`importJsonl: shardSentences must be a positive integer, found ${per}`);
@@ -145,13 +197,14 @@ export async function importJsonl(
         );
       }
     }
+    if (strict) checkLayout(layout, declaredImages, ids, file, n);
     lengths.add(ids.length);
     pending.push(ids);
     lines++;
     if (pending.length === per) await flush();
   }
   await flush();
-  if (lengths.size === 1) {
+  if (lengths.size === 1 && declaredImages === 0) {
     const n = imagesIn(layout, [...lengths][0]);
     layout.imagesPerSentence = n;
   }

@@ -59,6 +59,61 @@ Deno.test("official JSONL", async (t) => {
     }
   });
 
+  await t.step("special tokens: declared on import, checked per line, round trip", async () => {
+    // [begin] img [sep] img [sep] img [end], 4 tokens per image, ids 8200..8202 reserved.
+    const layout = { tokensPerImage: 4, beginId: 8200, separatorId: 8201, endId: 8202 };
+    const sent = (i: number) => [8200, i, 1, 2, 3, 8201, 4, 5, 6, i, 8201, 8191, 0, 7, i, 8202];
+    const src = join(dir, "special.jsonl");
+    await Deno.writeTextFile(src, [0, 1, 2, 3, 4].map((i) => formatJsonlLine(sent(i))).join(""));
+    const out = join(dir, "ds-special");
+    const ix = await importJsonl(src, out, { shardSentences: 2, layout });
+    const L = ix.layout;
+    if (
+      L.beginId !== 8200 || L.separatorId !== 8201 || L.endId !== 8202 ||
+      L.imagesPerSentence !== 3 || ix.counts.images !== 15 || ix.counts.tokens !== 80
+    ) throw new Error(JSON.stringify([L, ix.counts]));
+    const back = join(dir, "special-out.jsonl");
+    await exportJsonl(out, back);
+    if ((await Deno.readTextFile(back)) !== (await Deno.readTextFile(src))) {
+      throw new Error("round trip differs");
+    }
+    const bad: [number[], Partial<typeof layout> & { imagesPerSentence?: number }, RegExp][] = [
+      // separator missing (a code in its place)
+      [
+        [8200, 0, 1, 2, 3, 9, 4, 5, 6, 7, 8201, 8, 9, 10, 11, 8202],
+        {},
+        /line 2: token 5 is 9, expected the separator 8201 under the declared layout \(4 tokens per image, begin 8200, separator 8201, end 8202\)/,
+      ],
+      // no end token: not a whole number of images
+      [sent(0).slice(0, 15), {}, /line 2: 15 tokens is not a whole number of images/],
+      // a reserved id where an image code belongs
+      [
+        [8200, 0, 8201, 2, 3, 8201, 4, 5, 6, 7, 8201, 8, 9, 10, 11, 8202],
+        {},
+        /line 2: image 0 code 1 is 8201, expected an image code in \[0, 8192\)/,
+      ],
+      // declared images per sentence
+      [
+        sent(0),
+        { imagesPerSentence: 2 },
+        /line 1: 3 images, the declared layout has 2 per sentence/,
+      ],
+    ]; // deno-fmt-ignore
+    for (const [line, extra, re] of bad) {
+      const f = join(dir, "special-bad.jsonl");
+      await Deno.writeTextFile(f, formatJsonlLine(sent(0)) + formatJsonlLine(line));
+      let err: unknown;
+      try {
+        await importJsonl(f, join(dir, "bad"), { overwrite: true, layout: { ...layout, ...extra } });
+      } catch (e) {
+        err = e;
+      }
+      if (!(err instanceof DatasetError) || !re.test(err.message) || !err.message.includes(f)) {
+        throw new Error(`expected ${re}, got ${err}`);
+      }
+    }
+  });
+
   await t.step("bad lines are errors naming file and line", async () => {
     const cases: [string, RegExp][] = [
       ['{"tokens": "AQAAAA=="}\nnot json\n', /line 2: not valid JSON/],

@@ -48,6 +48,7 @@ export const KINDS: Record<string, string> = {
   flip: "[image,flipped] x k, one flip (left-right / top-bottom) per sentence",
   invert: "[image,inverted] x k",
   zoom: "[image,centre half zoomed 2x] x k",
+  edges: "[image,edge map] x k (Sobel gradient magnitude of the gray image)",
   multitask: "scenes x modalities from one folder per modality, order shuffled per sentence",
   classes: "n images of one class from a root whose sub-folders are classes",
 };
@@ -62,11 +63,12 @@ export interface KindPlan {
   notes: string[];
 }
 
-/** Scans `inputs` and plans the sentences of `kind`. */
+/** Scans `inputs` and plans the sentences of `kind`; `signal` interrupts the scan. */
 export async function planKind(
   kind: string,
   inputs: string[],
   opts: KindOptions = {},
+  signal?: AbortSignal,
 ): Promise<KindPlan> {
   if (!(kind in KINDS)) {
     throw new RangeError(
@@ -84,7 +86,7 @@ export async function planKind(
   let plan: Plan;
   const options: KindPlan["options"] = { ...base };
   if (kind === "sequence") {
-    const s = await scanSequences(inputs);
+    const s = await scanSequences(inputs, undefined, signal);
     table = s.table;
     if (opts.stride !== undefined) options.stride = opts.stride;
     plan = planSequences(
@@ -105,22 +107,22 @@ export async function planKind(
       }
     }
   } else if (kind === "pairs") {
-    const s = await scanPairs(inputs);
+    const s = await scanPairs(inputs, undefined, signal);
     table = s.table;
     if (s.unmatched) notes.push(`${s.unmatched} images without a partner skipped`);
     plan = planPairs(s.tasks, base);
   } else if (kind in DERIVED_TASKS) {
-    const s = await scanImages(inputs);
+    const s = await scanImages(inputs, undefined, signal);
     table = s.table;
     if (kind === "inpainting") options.mask = opts.mask ?? "random";
     plan = planDerived(kind, s.items, base);
   } else if (kind === "multitask") {
-    const s = await scanMultitask(inputs);
+    const s = await scanMultitask(inputs, undefined, signal);
     table = s.table;
     if (s.unmatched) notes.push(`${s.unmatched} images of incomplete scenes skipped`);
     plan = planMultitask(s.scenes, base);
   } else {
-    const s = await scanClasses(inputs);
+    const s = await scanClasses(inputs, undefined, signal);
     table = s.table;
     plan = planClasses(s.classes, base);
   }

@@ -254,7 +254,7 @@ export function validateIndex(raw: unknown, file: string): DatasetIndex {
   });
   const c = countShards(ix.layout, ix.shards);
   const ic = ix.counts ?? {};
-  for (const k of ["sentences", "tokens", "shards"] as const) {
+  for (const k of ["sentences", "tokens", "images", "shards"] as const) {
     if (ic[k] !== c[k]) bad(`counts.${k} is ${ic[k]}, the shards hold ${c[k]}`);
   }
   return ix;

@@ -114,6 +114,12 @@ Deno.test("token shards", async (t) => {
     await rejects(openDataset(d), /not valid JSON \(truncated or corrupt\?\)/, ix);
     await Deno.writeTextFile(ix, text.replace('"sentences":4', '"sentences":5'));
     await rejects(openDataset(d), /counts.sentences is 5, the shards hold 4/, ix);
+    // 2 tokens per image: sentences of 4, 2, 6 and 4 tokens hold 2 + 1 + 3 + 2 images.
+    if (!text.includes('"images":8')) throw new Error(`fixture counts: ${text}`);
+    await Deno.writeTextFile(ix, text.replace('"images":8', '"images":9'));
+    await rejects(openDataset(d), /counts.images is 9, the shards hold 8/, ix);
+    await Deno.writeTextFile(ix, text.replace('"images":8,', ""));
+    await rejects(openDataset(d), /counts.images is undefined, the shards hold 8/, ix);
     await Deno.writeTextFile(
       ix,
       text.replace('"sentences":1,"tokens":4', '"sentences":1,"tokens":5'),

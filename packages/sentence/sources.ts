@@ -6,10 +6,14 @@
  *   ({@link ItemTable}), files in natural order (frame2 before frame10).
  * - Videos are decoded by the system `ffmpeg` (clear error when it is missing), streamed forward
  *   frame by frame at native size and squash-resized with the image package's PIL-exact bicubic,
- *   so a long video never sits in memory.
+ *   so a long video never sits in memory. A video ffmpeg cannot decode is an error naming the file
+ *   with ffmpeg's last stderr lines (never a silent skip).
+ * - Every scan takes an optional AbortSignal, checked per folder entry and per decoded frame;
+ *   an aborted ffmpeg is killed.
  * @module
  */
 
+import { createHash } from "node:crypto";
 import { basename, extname, join } from "node:path";
 import {
   crop,
@@ -29,6 +33,7 @@ import {
   toGray,
 } from "@lvm/image";
 import { itemSeed, keyItem, keyVariant, Variant } from "./builders.ts";
+import { interrupted, throwIfAborted } from "./_abort.ts";
 import { randInt, rng } from "./_rng.ts";
 import type { SourceInfo } from "./shards.ts";
 
@@ -108,10 +113,60 @@ export class ItemTable {
   info(): SourceInfo[] {
     return this.sources.map((s) => ({ path: s.path, type: s.type, items: s.count }));
   }
-  /** Everything that identifies the items (for the build fingerprint). */
+  /** Everything that identifies the items (paths, types, counts; small tables and tests). */
   identity(): unknown {
     return this.sources.map((s) => [s.path, s.type, s.count, s.files]);
   }
+}
+
+/** Two SHA-256 digests (hex) of an item table; see {@link digestInputs}. */
+export interface InputDigests {
+  /** Of what the items are: every source's path, type and count, and every file path. */
+  items: string;
+  /** Of the items and the size and modification time of every file (image, video, GIF). */
+  files: string;
+}
+
+/**
+ * Digests of a table's items, streamed (memory does not grow with the number of files): `items`
+ * identifies the plan, `files` also changes when any input file changes size or modification
+ * time (one stat per file, `concurrency` at a time), so a resumed build notices changed inputs.
+ */
+export async function digestInputs(
+  table: ItemTable,
+  opts: { signal?: AbortSignal; concurrency?: number } = {},
+): Promise<InputDigests> {
+  const items = createHash("sha256"), files = createHash("sha256");
+  const both = (s: string) => {
+    items.update(s);
+    files.update(s);
+  };
+  const stat = async (path: string) => {
+    try {
+      const st = await Deno.stat(path);
+      return `${st.size} ${st.mtime?.getTime() ?? "-"}`;
+    } catch (e) {
+      if (e instanceof Deno.errors.NotFound) throw new InputError(path, "input file disappeared");
+      throw e;
+    }
+  };
+  const conc = opts.concurrency ?? 32;
+  both("lvm-inputs-v1\n");
+  for (const src of table.sources) {
+    throwIfAborted(opts.signal, "checking the input files");
+    both(`${JSON.stringify([src.path, src.type, src.count, src.files.length])}\n`);
+    if (!src.files.length) files.update(`= ${await stat(src.path)}\n`);
+    for (let i = 0; i < src.files.length; i += conc) {
+      throwIfAborted(opts.signal, "checking the input files");
+      const part = src.files.slice(i, i + conc);
+      const st = await Promise.all(part.map(stat));
+      part.forEach((f, k) => {
+        items.update(`${f}\n`);
+        files.update(`${f}\n= ${st[k]}\n`);
+      });
+    }
+  }
+  return { items: items.digest("hex"), files: files.digest("hex") };
 }
 
 const ext = (p: string) => extname(p).slice(1).toLowerCase();
@@ -133,9 +188,10 @@ async function statOf(path: string): Promise<Deno.FileInfo> {
   }
 }
 
-async function subdirs(dir: string): Promise<string[]> {
+async function subdirs(dir: string, signal?: AbortSignal): Promise<string[]> {
   const out: string[] = [];
   for await (const e of Deno.readDir(dir)) {
+    throwIfAborted(signal, `scanning ${dir}`);
     if (e.name.startsWith(".")) continue;
     if (
       e.isDirectory ||
@@ -147,9 +203,14 @@ async function subdirs(dir: string): Promise<string[]> {
   return out.sort(naturalCompare).map((n) => join(dir, n));
 }
 
-async function filesMatching(dir: string, pred: (p: string) => boolean): Promise<string[]> {
+async function filesMatching(
+  dir: string,
+  pred: (p: string) => boolean,
+  signal?: AbortSignal,
+): Promise<string[]> {
   const out: string[] = [];
   for await (const e of Deno.readDir(dir)) {
+    throwIfAborted(signal, `scanning ${dir}`);
     if (e.name.startsWith(".") || !pred(e.name)) continue;
     if (
       e.isFile || (e.isSymlink && (await Deno.stat(join(dir, e.name)).catch(() => null))?.isFile)
@@ -161,44 +222,77 @@ async function filesMatching(dir: string, pred: (p: string) => boolean): Promise
 }
 
 /** Folders under (and including) `dir`, depth first in natural order. */
-async function walk(dir: string): Promise<string[]> {
+async function walk(dir: string, signal?: AbortSignal): Promise<string[]> {
   const out = [dir];
-  for (const d of await subdirs(dir)) out.push(...(await walk(d)));
+  for (const d of await subdirs(dir, signal)) out.push(...(await walk(d, signal)));
   return out;
 }
 
-/** The still images of a folder (not GIFs: a GIF is an animation, a sequence source). */
-async function stills(dir: string): Promise<string[]> {
-  return (await listImages(dir)).filter((p) => !isGif(p));
+/** The images of a folder (natural order), after checking the signal. */
+async function folderFiles(dir: string, signal?: AbortSignal): Promise<string[]> {
+  throwIfAborted(signal, `scanning ${dir}`);
+  return await listImages(dir);
 }
 
-/** Frames of a video: the container's count, else counted by decoding at 2x2. */
-export async function countVideoFrames(path: string): Promise<number> {
-  const info = await probeVideo(path);
-  if (info.frames) return info.frames;
-  let child: Deno.ChildProcess;
+/** The still images of a folder (not GIFs: a GIF is an animation, a sequence source). */
+async function stills(dir: string, signal?: AbortSignal): Promise<string[]> {
+  return (await folderFiles(dir, signal)).filter((p) => !isGif(p));
+}
+
+/**
+ * A child's stderr, drained as it comes (so ffmpeg never blocks on a full pipe), keeping only
+ * the last `max` characters.
+ */
+function stderrTail(stream: ReadableStream<Uint8Array>, max = 4096): Promise<string> {
+  return (async () => {
+    const dec = new TextDecoder();
+    let s = "";
+    try {
+      for await (const c of stream) {
+        s += dec.decode(c, { stream: true });
+        if (s.length > 2 * max) s = s.slice(-max);
+      }
+    } catch { /* the stream was cancelled */ }
+    return s.slice(-max);
+  })();
+}
+
+/** ffmpeg's last stderr lines, for an error message. */
+export function lastLines(stderr: string, n = 4): string {
+  const lines = stderr.trim().split("\n").map((l) => l.trim()).filter((l) => l);
+  return lines.length ? lines.slice(-n).join(" | ").slice(-600) : "ffmpeg printed nothing";
+}
+
+/** ffmpeg exits 255 when it received SIGINT/SIGTERM (the terminal's Ctrl-C reaches it too). */
+const ffmpegInterrupted = (st: Deno.CommandStatus) => st.signal !== null || st.code === 255;
+
+function ffmpegArgs(path: string, scale: string): string[] {
+  return [
+    "-hide_banner",
+    "-nostdin",
+    "-v",
+    "error",
+    "-i",
+    path,
+    "-map",
+    "0:v:0",
+    "-vf",
+    `scale=${scale}`,
+    "-f",
+    "rawvideo",
+    "-pix_fmt",
+    "rgb24",
+    "-",
+  ]; // deno-fmt-ignore
+}
+
+function spawnFfmpeg(path: string, args: string[]): Deno.ChildProcess {
   try {
-    child = new Deno.Command("ffmpeg", {
-      args: [
-        "-hide_banner",
-        "-nostdin",
-        "-v",
-        "error",
-        "-i",
-        path,
-        "-map",
-        "0:v:0",
-        "-vf",
-        "scale=2:2",
-        "-f",
-        "rawvideo",
-        "-pix_fmt",
-        "rgb24",
-        "-",
-      ], // deno-fmt-ignore
+    return new Deno.Command("ffmpeg", {
+      args,
       stdin: "null",
       stdout: "piped",
-      stderr: "null",
+      stderr: "piped",
     }).spawn();
   } catch (e) {
     throw new ImageError(
@@ -206,10 +300,51 @@ export async function countVideoFrames(path: string): Promise<number> {
       `cannot run ffmpeg (${(e as Error).message}): install ffmpeg (apt-get install ffmpeg)`,
     );
   }
-  let bytes = 0;
-  for await (const c of child.stdout) bytes += c.length;
-  await child.status;
-  return Math.floor(bytes / 12);
+}
+
+/**
+ * Frames of a video: the container's count, else counted by decoding at 2x2. A video ffmpeg
+ * cannot decode (non-zero exit, or no frame) is an {@link ImageError} naming the file with
+ * ffmpeg's last stderr lines. An aborted `signal` kills ffmpeg and throws an AbortError.
+ */
+export async function countVideoFrames(path: string, signal?: AbortSignal): Promise<number> {
+  const phase = `counting the frames of ${path}`;
+  throwIfAborted(signal, phase);
+  const info = await probeVideo(path);
+  if (info.frames) return info.frames;
+  throwIfAborted(signal, phase);
+  const child = spawnFfmpeg(path, ffmpegArgs(path, "2:2"));
+  const err = stderrTail(child.stderr);
+  const kill = () => {
+    try {
+      child.kill("SIGKILL");
+    } catch { /* already exited */ }
+  };
+  signal?.addEventListener("abort", kill, { once: true });
+  try {
+    let bytes = 0;
+    for await (const c of child.stdout) bytes += c.length;
+    const [status, stderr] = await Promise.all([child.status, err]);
+    if (signal?.aborted || ffmpegInterrupted(status)) throw interrupted(phase);
+    if (status.code !== 0) {
+      throw new ImageError(
+        path,
+        `undecodable video: ffmpeg exit ${status.code} while counting frames (${
+          lastLines(stderr)
+        })`,
+      );
+    }
+    const n = Math.floor(bytes / 12);
+    if (n === 0) {
+      throw new ImageError(
+        path,
+        `undecodable video: ffmpeg decoded no frame (${lastLines(stderr)})`,
+      );
+    }
+    return n;
+  } finally {
+    signal?.removeEventListener("abort", kill);
+  }
 }
 
 /** A frame sequence source found by {@link scanSequences}. */
@@ -224,14 +359,19 @@ export interface SequenceSource {
  * still images is one frame sequence (frames in natural order); videos and GIFs inside folders
  * are sources too; sub-folders are searched recursively.
  */
-export async function scanSequences(inputs: string[], table = new ItemTable()): Promise<{
+export async function scanSequences(
+  inputs: string[],
+  table = new ItemTable(),
+  signal?: AbortSignal,
+): Promise<{
   table: ItemTable;
   sequences: SequenceSource[];
 }> {
   const sequences: SequenceSource[] = [];
   const addFile = async (p: string) => {
+    throwIfAborted(signal, `scanning ${p}`);
     if (isVideo(p)) {
-      const count = await countVideoFrames(p);
+      const count = await countVideoFrames(p, signal);
       const source: Source = { path: p, type: "video", files: [], count };
       sequences.push({ source, first: table.add(source) });
     } else if (isGif(p)) {
@@ -253,13 +393,15 @@ export async function scanSequences(inputs: string[], table = new ItemTable()): 
       continue;
     }
     const before = sequences.length;
-    for (const dir of await walk(input)) {
-      const frames = await stills(dir);
+    for (const dir of await walk(input, signal)) {
+      const frames = await stills(dir, signal);
       if (frames.length) {
         const source: Source = { path: dir, type: "folder", files: frames, count: frames.length };
         sequences.push({ source, first: table.add(source) });
       }
-      for (const f of await filesMatching(dir, (n) => isVideo(n) || isGif(n))) await addFile(f);
+      for (const f of await filesMatching(dir, (n) => isVideo(n) || isGif(n), signal)) {
+        await addFile(f);
+      }
     }
     if (sequences.length === before) throw new InputError(input, "no frames, videos or GIFs found");
   }
@@ -271,7 +413,11 @@ export async function scanSequences(inputs: string[], table = new ItemTable()): 
  * folders searched recursively (each folder with images is one source). GIFs count as images
  * (their first frame).
  */
-export async function scanImages(inputs: string[], table = new ItemTable()): Promise<{
+export async function scanImages(
+  inputs: string[],
+  table = new ItemTable(),
+  signal?: AbortSignal,
+): Promise<{
   table: ItemTable;
   items: number[];
 }> {
@@ -290,8 +436,8 @@ export async function scanImages(inputs: string[], table = new ItemTable()): Pro
       continue;
     }
     const before = items.length;
-    for (const dir of await walk(input)) {
-      const files = await listImages(dir);
+    for (const dir of await walk(input, signal)) {
+      const files = await folderFiles(dir, signal);
       if (files.length) add({ path: dir, type: "folder", files, count: files.length });
     }
     if (items.length === before) throw new InputError(input, "no images found");
@@ -299,10 +445,10 @@ export async function scanImages(inputs: string[], table = new ItemTable()): Pro
   return { table, items };
 }
 
-async function folderImages(dir: string): Promise<string[]> {
+async function folderImages(dir: string, signal?: AbortSignal): Promise<string[]> {
   const st = await statOf(dir);
   if (!st.isDirectory) throw new InputError(dir, "expected a folder of images");
-  return await listImages(dir);
+  return await folderFiles(dir, signal);
 }
 
 /**
@@ -325,7 +471,11 @@ export function matchByStem(lists: string[][]): number[][] {
  * Paired folders for analogy sentences: inputs come two by two (x folder, y folder), each pair
  * one task; images matched by stem (see {@link matchByStem}).
  */
-export async function scanPairs(inputs: string[], table = new ItemTable()): Promise<{
+export async function scanPairs(
+  inputs: string[],
+  table = new ItemTable(),
+  signal?: AbortSignal,
+): Promise<{
   table: ItemTable;
   tasks: { x: number[]; y: number[] }[];
   unmatched: number;
@@ -339,7 +489,8 @@ export async function scanPairs(inputs: string[], table = new ItemTable()): Prom
   const tasks: { x: number[]; y: number[] }[] = [];
   let unmatched = 0;
   for (let i = 0; i < inputs.length; i += 2) {
-    const xs = await folderImages(inputs[i]), ys = await folderImages(inputs[i + 1]);
+    const xs = await folderImages(inputs[i], signal);
+    const ys = await folderImages(inputs[i + 1], signal);
     const m = matchByStem([xs, ys]);
     if (!m.length) {
       throw new InputError(
@@ -360,7 +511,11 @@ export async function scanPairs(inputs: string[], table = new ItemTable()): Prom
  * Modality folders for multi-task sentences: one folder per modality (image, depth, normals, ...),
  * the same scene named by the same stem in each; scenes missing from any folder are skipped.
  */
-export async function scanMultitask(inputs: string[], table = new ItemTable()): Promise<{
+export async function scanMultitask(
+  inputs: string[],
+  table = new ItemTable(),
+  signal?: AbortSignal,
+): Promise<{
   table: ItemTable;
   scenes: number[][];
   unmatched: number;
@@ -372,7 +527,7 @@ export async function scanMultitask(inputs: string[], table = new ItemTable()): 
     );
   }
   const lists: string[][] = [];
-  for (const d of inputs) lists.push(await folderImages(d));
+  for (const d of inputs) lists.push(await folderImages(d, signal));
   const m = matchByStem(lists);
   if (!m.length) {
     throw new InputError(inputs.join(" + "), "no scene is present in every modality folder");
@@ -387,7 +542,11 @@ export async function scanMultitask(inputs: string[], table = new ItemTable()): 
 }
 
 /** Class folders for same-class sentences: each input is a root whose sub-folders are classes. */
-export async function scanClasses(inputs: string[], table = new ItemTable()): Promise<{
+export async function scanClasses(
+  inputs: string[],
+  table = new ItemTable(),
+  signal?: AbortSignal,
+): Promise<{
   table: ItemTable;
   classes: number[][];
 }> {
@@ -397,10 +556,10 @@ export async function scanClasses(inputs: string[], table = new ItemTable()): Pr
     if (!st.isDirectory) {
       throw new InputError(root, "expected a folder whose sub-folders are classes");
     }
-    const dirs = await subdirs(root);
+    const dirs = await subdirs(root, signal);
     if (!dirs.length) throw new InputError(root, "no class sub-folders found");
     for (const d of dirs) {
-      const files = await listImages(d);
+      const files = await folderFiles(d, signal);
       if (!files.length) continue;
       const first = table.add({ path: d, type: "folder", files, count: files.length });
       classes.push(files.map((_, i) => first + i));
@@ -433,6 +592,31 @@ export function maskRect(R: number, item: number, opts: RenderOptions): [number,
   const lo = Math.max(1, Math.floor(0.1 * R)), hi = Math.max(lo + 1, Math.floor(0.5 * R));
   const s = lo + randInt(r, hi - lo);
   return [randInt(r, R - s + 1), randInt(r, R - s + 1), s];
+}
+
+/**
+ * Edge map of an image: the Sobel gradient magnitude of its gray image
+ * (0.2989R + 0.5870G + 0.1140B), borders replicated, divided by 4 and clipped to [0, 1] (so a
+ * unit step edge gives 1 on both sides of the step), as a gray RGB image of the same size.
+ */
+export function sobelEdges(img: RgbImage): RgbImage {
+  const W = img.width, H = img.height, P = W * H, d = img.data;
+  const g = new Float64Array(P);
+  for (let i = 0; i < P; i++) g[i] = 0.2989 * d[i] + 0.587 * d[P + i] + 0.114 * d[2 * P + i];
+  const out = new Float32Array(3 * P);
+  const at = (x: number, y: number) =>
+    g[Math.min(H - 1, Math.max(0, y)) * W + Math.min(W - 1, Math.max(0, x))];
+  for (let y = 0; y < H; y++) {
+    for (let x = 0; x < W; x++) {
+      const gx = at(x + 1, y - 1) + 2 * at(x + 1, y) + at(x + 1, y + 1) -
+        (at(x - 1, y - 1) + 2 * at(x - 1, y) + at(x - 1, y + 1));
+      const gy = at(x - 1, y + 1) + 2 * at(x, y + 1) + at(x + 1, y + 1) -
+        (at(x - 1, y - 1) + 2 * at(x, y - 1) + at(x + 1, y - 1));
+      const e = Math.min(1, Math.hypot(gx, gy) / 4);
+      out[y * W + x] = out[P + y * W + x] = out[2 * P + y * W + x] = e;
+    }
+  }
+  return { width: W, height: H, data: out };
 }
 
 /**
@@ -475,74 +659,82 @@ export function renderVariant(img: RgbImage, key: number, opts: RenderOptions): 
       return flipV(base);
     case Variant.invert:
       return invert(base);
+    case Variant.edges:
+      return sobelEdges(base);
     default:
       throw new RangeError(`renderVariant: unknown variant ${v} in key ${key}`);
   }
 }
 
-/** Reads a video forward, frame by frame (native size), restarting ffmpeg to go back. */
+/**
+ * Reads a video forward, frame by frame (native size), restarting ffmpeg to go back. When the
+ * stream ends early, the error names the file, the frame, ffmpeg's exit code and its last
+ * stderr lines.
+ */
 class VideoStream {
   #child: Deno.ChildProcess | null = null;
+  #stderr: Promise<string> = Promise.resolve("");
   #reader: ReadableStreamDefaultReader<Uint8Array> | null = null;
   #pending: Uint8Array = new Uint8Array(0);
   #next = 0;
   #w = 0;
   #h = 0;
-  constructor(readonly path: string) {}
+  #frames: number | undefined;
+  /** Kills the decoder when the signal aborts (a blocked read then ends). */
+  #kill = () => {
+    try {
+      this.#child?.kill("SIGKILL");
+    } catch { /* already exited */ }
+  };
+  constructor(readonly path: string, readonly signal?: AbortSignal) {}
 
   async #start(): Promise<void> {
     await this.close();
     const info = await probeVideo(this.path);
     this.#w = info.width;
     this.#h = info.height;
-    try {
-      this.#child = new Deno.Command("ffmpeg", {
-        args: [
-          "-hide_banner",
-          "-nostdin",
-          "-v",
-          "error",
-          "-i",
-          this.path,
-          "-map",
-          "0:v:0",
-          "-vf",
-          `scale=${this.#w}:${this.#h}`,
-          "-f",
-          "rawvideo",
-          "-pix_fmt",
-          "rgb24",
-          "-",
-        ], // deno-fmt-ignore
-        stdin: "null",
-        stdout: "piped",
-        stderr: "null",
-      }).spawn();
-    } catch (e) {
-      throw new ImageError(
-        this.path,
-        `cannot run ffmpeg (${(e as Error).message}): install ffmpeg (apt-get install ffmpeg)`,
-      );
-    }
+    this.#frames = info.frames;
+    throwIfAborted(this.signal, `decoding ${this.path}`);
+    this.#child = spawnFfmpeg(this.path, ffmpegArgs(this.path, `${this.#w}:${this.#h}`));
+    this.#stderr = stderrTail(this.#child.stderr);
+    this.signal?.addEventListener("abort", this.#kill, { once: true });
     this.#reader = this.#child.stdout.getReader();
     this.#pending = new Uint8Array(0);
     this.#next = 0;
   }
 
+  /** The error for a stream that ended before frame `#next`. */
+  async #ended(): Promise<Error> {
+    const child = this.#child!;
+    const [status, stderr] = await Promise.all([child.status, this.#stderr]);
+    this.signal?.removeEventListener("abort", this.#kill);
+    this.#child = null;
+    this.#reader = null;
+    if (this.signal?.aborted || ffmpegInterrupted(status)) {
+      return interrupted(`decoding ${this.path}`);
+    }
+    const of = this.#frames ? ` of ${this.#frames} probed` : "";
+    return new ImageError(
+      this.path,
+      status.code !== 0
+        ? `undecodable video: ffmpeg exit ${status.code} before frame ${this.#next}${of} ` +
+          `(${lastLines(stderr)})`
+        : `video ended at frame ${this.#next} (fewer frames than probed${of}; ${
+          lastLines(stderr)
+        })`,
+    );
+  }
+
   /** Consumes the next frame's bytes; copies them out only when `keep` (skipping is cheap). */
   async #readFrame(keep: boolean): Promise<Uint8Array | null> {
+    throwIfAborted(this.signal, `decoding ${this.path}`);
     const need = this.#w * this.#h * 3;
     const out = keep ? new Uint8Array(need) : null;
     let have = 0;
     while (have < need) {
       if (!this.#pending.length) {
         const { value, done } = await this.#reader!.read();
-        if (done) {
-          throw new ImageError(
-            this.path,
-            `video ended at frame ${this.#next} (fewer frames than probed)`,
-          );
-        }
+        if (done) throw await this.#ended();
         this.#pending = value;
       }
       const k = Math.min(need - have, this.#pending.length);
@@ -565,6 +757,7 @@ class VideoStream {
   }
 
   async close(): Promise<void> {
+    this.signal?.removeEventListener("abort", this.#kill);
     if (this.#child) {
       try {
         await this.#reader?.cancel();
@@ -573,6 +766,7 @@ class VideoStream {
         this.#child.kill();
       } catch { /* already exited */ }
       await this.#child.status.catch(() => {});
+      await this.#stderr;
     }
     this.#child = null;
     this.#reader = null;
@@ -587,7 +781,8 @@ export class ItemLoader {
   #gifPath = "";
   #gifFrames: RgbImage[] = [];
   #videos = new Map<string, VideoStream>();
-  constructor(readonly table: ItemTable) {}
+  /** `signal` stops video decoding between frames (an AbortError). */
+  constructor(readonly table: ItemTable, readonly signal?: AbortSignal) {}
 
   /** Native-size pixels of an item. */
   async load(item: number): Promise<RgbImage> {
@@ -615,7 +810,7 @@ export class ItemLoader {
         await stream.close();
         this.#videos.delete(oldest);
       }
-      v = new VideoStream(src.path);
+      v = new VideoStream(src.path, this.signal);
       this.#videos.set(src.path, v);
     }
     return await v.frame(i);

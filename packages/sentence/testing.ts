@@ -163,6 +163,55 @@ export async function writeTestInputs(root: string): Promise<TestInputs> {
 }
 
 /**
+ * Writes an MJPEG AVI of `frames` test-pattern frames (48x36, needs ffmpeg) whose every frame's
+ * JPEG data is replaced by garbage: the container probes fine, no frame decodes. With
+ * `frameCount: false` the headers' frame counts are zeroed too, so a frame count must come from
+ * decoding. Returns `path`.
+ */
+export async function writeCorruptAvi(
+  path: string,
+  opts: { frames?: number; frameCount?: boolean } = {},
+): Promise<string> {
+  const frames = opts.frames ?? 12;
+  const gen = await new Deno.Command("ffmpeg", {
+    args: [
+      ...["-v", "error", "-y", "-f", "lavfi", "-i", "testsrc=size=48x36:rate=10"],
+      ...["-frames:v", String(frames), "-c:v", "mjpeg", "-q:v", "3", path],
+    ],
+    stdin: "null",
+    stderr: "piped",
+  }).output();
+  if (!gen.success) throw new Error(`ffmpeg: ${new TextDecoder().decode(gen.stderr)}`);
+  const b = await Deno.readFile(path);
+  const dv = new DataView(b.buffer);
+  const tag = (i: number) => String.fromCharCode(b[i], b[i + 1], b[i + 2], b[i + 3]);
+  let i = 12;
+  while (i + 12 <= b.length && !(tag(i) === "LIST" && tag(i + 8) === "movi")) {
+    i += 8 + dv.getUint32(i + 4, true);
+  }
+  if (i + 12 > b.length) throw new Error(`${path}: no movi list`);
+  let garbled = 0;
+  for (i += 12; i + 8 <= b.length && tag(i) !== "idx1";) {
+    const size = dv.getUint32(i + 4, true);
+    if (tag(i).endsWith("dc")) {
+      for (let k = 0; k < size; k++) b[i + 8 + k] = (k * 37 + 11) & 0xff;
+      garbled++;
+    }
+    i += 8 + size + (size & 1);
+  }
+  if (garbled !== frames) throw new Error(`${path}: garbled ${garbled} of ${frames} frames`);
+  if (opts.frameCount === false) {
+    // avih.dwTotalFrames and the video strh.dwLength.
+    dv.setUint32(48, 0, true);
+    let strh = 12;
+    while (strh + 4 < b.length && tag(strh) !== "strh") strh++;
+    dv.setUint32(strh + 8 + 32, 0, true);
+  }
+  await Deno.writeFile(path, b);
+  return path;
+}
+
+/**
  * Writes a dataset of the given (variable-length) sentences into `dir`, `perShard` per shard,
  * layout of 2 tokens per image (for shard and loader tests).
  */

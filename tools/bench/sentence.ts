@@ -50,7 +50,7 @@ export const benches: BenchCase[] = [
       return () => crc32(buf);
     },
   },
-  ...(["original", "gray", "masked", "rot90"] as const).map((v): BenchCase => ({
+  ...(["original", "gray", "masked", "rot90", "edges"] as const).map((v): BenchCase => ({
     name: "render 512->256",
     shape: v,
     items: 1,
