@@ -110,7 +110,14 @@ export const complete: Command = {
       maxTokens: Math.min(maxTokens, config.maxPositions),
     });
     const sampler = new Sampler(
-      { greedy: values.greedy, temperature, topK, topP, suppressFrom: config.imageCodes },
+      // Only ids the tokenizer can decode: a model may have more image codes than its codebook.
+      {
+        greedy: values.greedy,
+        temperature,
+        topK,
+        topP,
+        suppressFrom: Math.min(config.imageCodes, tok.codebookSize),
+      },
       seed,
     );
     const t0 = performance.now();

@@ -11,6 +11,7 @@ import { getGpu } from "@lvm/kernels";
 import {
   configFromHf,
   type LlamaConfig,
+  makeConfig,
   paramCount,
   preset,
   PRESETS,
@@ -29,6 +30,7 @@ import {
   type TrainConfig,
   Trainer,
 } from "@lvm/train";
+import { type SentenceLayout, TokenDataset } from "@lvm/sentence";
 import { type Command, intOption, UsageError } from "./_cli.ts";
 
 const USAGE = `usage: deno task train model --data DIR --out DIR --steps N [options]
@@ -42,7 +44,9 @@ accumulation. Checkpoints go to OUT/checkpoint-STEP/ (config.json + model.safete
 OUT/latest names the newest. Ctrl-C finishes the current step, saves a checkpoint and exits (130).
 
 model (one of; default --preset tiny):
-  --preset NAME         ${Object.keys(PRESETS).join(", ")}
+  --preset NAME         ${Object.keys(PRESETS).join(", ")}; the vocabulary is the dataset's
+                        (its codes + reserved ids: 8292 for LVM data, as the presets)
+  --preset-vocab        keep the preset's own vocabulary (8292) even when the dataset's differs
   --config FILE         a Hugging Face LLaMA config.json
   --init DIR            start from a saved model (HF folder, checkpoint or run folder): its
                         config.json and weights
@@ -83,6 +87,7 @@ const OPTIONS = {
   data: { type: "string" },
   out: { type: "string" },
   preset: { type: "string" },
+  "preset-vocab": { type: "boolean" },
   config: { type: "string" },
   init: { type: "string" },
   batch: { type: "string" },
@@ -177,6 +182,7 @@ async function modelDir(dir: string): Promise<string> {
 
 async function architecture(
   v: Record<string, string | boolean | undefined>,
+  data?: string,
 ): Promise<{ model: LlamaConfig; preset: string | null; init: string | null }> {
   const given = ["preset", "config", "init"].filter((k) => v[k] !== undefined);
   if (given.length > 1) {
@@ -199,11 +205,33 @@ async function architecture(
     return { model: configFromHf(json, path), preset: null, init: null };
   }
   const name = (v.preset as string | undefined) ?? "tiny";
+  let model: LlamaConfig;
   try {
-    return { model: preset(name), preset: name, init: null };
+    model = preset(name);
   } catch (e) {
     throw new UsageError(`--preset ${name}: ${(e as Error).message}`);
   }
+  if (!v["preset-vocab"] && data !== undefined) {
+    model = withDataVocab(model, await dataLayout(data));
+  }
+  return { model, preset: name, init: null };
+}
+
+/** The layout of the dataset in `dir` (its index only; the trainer validates the rest). */
+async function dataLayout(dir: string): Promise<SentenceLayout> {
+  const ds = await TokenDataset.open(dir);
+  return ds.layout;
+}
+
+/**
+ * A preset sized for the dataset's vocabulary: embedding and head rows for exactly its ids, image
+ * codes = its codebook (ids above are reserved, never generated). LVM data (8192 codes + 100
+ * reserved) leaves the preset as it is; a small tokenizer's data (e.g. 512 codes) gets a model
+ * that does not spend most of its parameters and head FLOPs on ids that never occur.
+ */
+export function withDataVocab(model: LlamaConfig, layout: SentenceLayout): LlamaConfig {
+  if (model.vocab === layout.vocabSize && model.imageCodes === layout.codebookSize) return model;
+  return makeConfig({ ...model, vocab: layout.vocabSize, imageCodes: layout.codebookSize });
 }
 
 function scheduleKind(s: string | undefined): "cosine" | "linear" | "constant" | undefined {
@@ -280,7 +308,7 @@ export const model: Command = {
       const data = str("data");
       if (!data) throw new UsageError("--data DIR is required (a token-shard dataset)");
       if (cadence.steps === undefined) throw new UsageError("--steps N is required");
-      const arch = await architecture(v);
+      const arch = await architecture(v, data);
       const lr = floatOption("lr", str("lr"), undefined, { min: 0 });
       let config: TrainConfig;
       try {
@@ -327,7 +355,7 @@ export const model: Command = {
     say(
       `[train] model ${c.preset ?? (c.init ? `from ${c.init}` : "custom")} (${
         (paramCount(c.model) / 1e6).toFixed(2)
-      }M params) on ${gpu.describe()}`,
+      }M params, vocab ${c.model.vocab} of which ${c.model.imageCodes} image codes) on ${gpu.describe()}`,
     );
     say(
       `[train] data ${ds.dir}: ${ds.sentences} sentences, ${ds.index.counts.tokens} tokens ` +

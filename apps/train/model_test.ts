@@ -5,7 +5,8 @@
  */
 import { join } from "node:path";
 import { configToHf } from "@lvm/transformer";
-import { assert, assertEquals, MINI, patternDataset } from "@lvm/train/testing";
+import { assert, assertEquals, MINI, patternDataset, patternSentences } from "@lvm/train/testing";
+import { writeTestDataset } from "@lvm/sentence/testing";
 import { main } from "./main.ts";
 
 const MAIN = new URL("./main.ts", import.meta.url).pathname;
@@ -96,6 +97,25 @@ Deno.test("train model / eval (CLI)", async (t) => {
     // Sentences of 16 tokens = 8 two-token images: every one is an example.
     assertEquals([j.examples, j.image_tokens, j.skipped], [48, 2, 0]);
     assert(j.image_perplexity >= Math.exp(j.image_nll) * (1 - 1e-9), "mean of exp >= exp of mean");
+  });
+
+  await t.step("--preset takes the dataset's vocabulary unless --preset-vocab", async () => {
+    // Codes 0..1599 + 100 reserved ids: the pattern's ids (100..1543) are all codes.
+    const small = join(root, "small-vocab");
+    await writeTestDataset(small, patternSentences(8, 16), 8, 1700, 1600);
+    const config = async (dir: string) =>
+      JSON.parse(await Deno.readTextFile(join(dir, "checkpoint-1", "config.json")));
+    const common = "--steps 1 --batch 1 --seq 16 --eval-every 0 --quiet";
+    const a = join(root, "vocab-data"), b = join(root, "vocab-preset");
+    assertEquals(await main(w("model --data", small, "--preset tiny --out", a, common)), 0);
+    const ca = await config(a);
+    assertEquals([ca.vocab_size, ca.image_codes, ca.hidden_size], [1700, 1600, 128]);
+    assertEquals(
+      await main(w("model --data", small, "--preset tiny --preset-vocab --out", b, common)),
+      0,
+    );
+    const cb = await config(b);
+    assertEquals([cb.vocab_size, cb.image_codes], [8292, 8192]);
   });
 
   await t.step("usage errors exit 2 and say what to do", async () => {

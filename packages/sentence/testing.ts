@@ -220,9 +220,10 @@ export async function writeTestDataset(
   sentences: number[][],
   perShard: number,
   vocabSize = 8292,
+  codebookSize = Math.min(8192, vocabSize),
 ): Promise<DatasetIndex> {
   await Deno.mkdir(dir, { recursive: true });
-  const layout = makeLayout({ tokensPerImage: 2, imagesPerSentence: 0, vocabSize });
+  const layout = makeLayout({ tokensPerImage: 2, imagesPerSentence: 0, vocabSize, codebookSize });
   const dtype: "u16" | "i32" = vocabSize <= 65536 ? "u16" : "i32";
   const shards = [];
   for (let i = 0; i * perShard < sentences.length; i++) {
