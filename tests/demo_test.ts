@@ -21,6 +21,14 @@ Deno.test("deno task demo --quick", async () => {
       if (!stderr.includes(`== ${stage}: done`)) throw new Error(`stage "${stage}" did not finish`);
     }
     if (!/held-out PSNR [\d.]+ dB/.test(stderr)) throw new Error("no held-out PSNR reported");
+    const stdout = new TextDecoder().decode(r.stdout);
+    if (
+      !/next frame: \d+\/64 generated codes equal the true frame's codes; PSNR [\d.]+ dB/.test(
+        stdout,
+      )
+    ) {
+      throw new Error(`no next-frame comparison reported:\n${stdout}`);
+    }
     const strip = await loadImage(join(out, "result", "strip.png"));
     const next = await loadImage(join(out, "result", "next-1.png"));
     if (next.width !== 32 || next.height !== 32) {

@@ -12,7 +12,7 @@ import { mkdirSync } from "node:fs";
 import { hstack, loadFrames, loadImage, resize, type RgbImage, savePng } from "@lvm/image";
 import { getGpu } from "@lvm/kernels";
 import { DEFAULT_TOP_K, generateImages, Sampler } from "@lvm/sampler";
-import { loadTokenizer } from "@lvm/tokenizer";
+import { loadTokenizer, writeFileAtomic } from "@lvm/tokenizer";
 import { DecodeSession, loadLlama, readConfig } from "@lvm/transformer";
 import { type Command, numberOption, UsageError } from "./_cli.ts";
 
@@ -22,7 +22,8 @@ const usage =
   IMAGE...              the prompt, in order (PNG/JPEG/GIF; --frames takes every GIF frame)
   --model DIR           LVM transformer (Hugging Face LLaMA layout)
   --tokenizer DIR       VQGAN tokenizer folder (its codebook must match the model's image codes)
-  --out DIR             where next-1.png ... and strip.png are written
+  --out DIR             where next-1.png ..., strip.png and codes.json ({"tokens": [[ids]...]})
+                        are written
   --count N             images to generate (default 1)
   --context N           images of context kept (default 15, the official window)
   --greedy              arg-max instead of sampling
@@ -31,7 +32,7 @@ const usage =
   --cpu-sampling        pick each code on the CPU (default: on the GPU, chained, when greedy or top-p 1)
   --frames              read every frame of GIF prompts
   --dtype f32|f16       weight storage on the GPU (default f32)
-  --json                print {"images": [paths], "tokens": [[ids]...], "strip": path}`;
+  --json                print {"images": [paths], "tokens": [[ids]...], "strip": path, "codes": path}`;
 
 /** The `complete` subcommand. */
 export const complete: Command = {
@@ -147,15 +148,20 @@ export const complete: Command = {
       await savePng(p, images[k]);
       paths.push(p);
     }
+    // The generated codes too (to score them, compare them, or decode them again).
+    const codesFile = join(values.out, "codes.json");
+    await writeFileAtomic(codesFile, JSON.stringify({ tokens: made.map((m) => [...m]) }) + "\n");
     const strip = join(values.out, "strip.png");
     const R = tok.resolution;
     const resized = prompt.map((im) => im.width === R && im.height === R ? im : resize(im, R, R));
     await savePng(strip, hstack([...resized, ...images], 2));
     if (values.json) {
-      console.log(JSON.stringify({ images: paths, tokens: made.map((m) => [...m]), strip }));
+      console.log(
+        JSON.stringify({ images: paths, tokens: made.map((m) => [...m]), strip, codes: codesFile }),
+      );
     } else {
       for (const p of paths) console.log(`wrote ${p}`);
-      console.log(`wrote ${strip} (prompt then generated)`);
+      console.log(`wrote ${strip} (prompt then generated) and ${codesFile}`);
     }
     return 0;
   },

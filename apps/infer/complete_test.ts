@@ -1,0 +1,102 @@
+/**
+ * End-to-end test of `deno task infer complete` on the PyTorch tokenizer fixture (16x16 images,
+ * 8x8 = 64 codes of a 64-code codebook) and a random LLaMA saved here whose image codes (96) are
+ * more than the tokenizer has: the generated codes must still be ones the tokenizer can decode.
+ */
+import { deepStrictEqual, equal, ok } from "node:assert/strict";
+import { join } from "node:path";
+import { loadImage } from "@lvm/image";
+import { getGpu } from "@lvm/kernels";
+import { Llama, makeConfig, saveLlama } from "@lvm/transformer";
+
+const ROOT = new URL("../../", import.meta.url).pathname;
+const TOK = `${ROOT}tests/fixtures/tokenizer/openmuse`;
+const IMAGE = `${ROOT}tests/fixtures/tokenizer/image.png`;
+
+async function cli(...args: string[]) {
+  const out = await new Deno.Command(Deno.execPath(), {
+    args: ["run", "-A", `${ROOT}apps/infer/main.ts`, ...args],
+    stdout: "piped",
+    stderr: "piped",
+    env: { DENO_WEBGPU_BACKEND: Deno.env.get("DENO_WEBGPU_BACKEND") ?? "vulkan" },
+  }).output();
+  const dec = new TextDecoder();
+  return { code: out.code, stdout: dec.decode(out.stdout), stderr: dec.decode(out.stderr) };
+}
+
+Deno.test("infer complete", async (t) => {
+  const dir = await Deno.makeTempDir({ prefix: "lvm-complete-" });
+  const model = join(dir, "model");
+  const gpu = await getGpu();
+  const config = makeConfig({
+    hidden: 32,
+    layers: 2,
+    heads: 2,
+    ffn: 64,
+    vocab: 100,
+    imageCodes: 96,
+    maxPositions: 256,
+  });
+  const llama = Llama.init(gpu, config, { seed: 3 });
+  await saveLlama(llama, model);
+  llama.release();
+  const args = ["--model", model, "--tokenizer", TOK, "--count", "2", IMAGE, IMAGE];
+
+  await t.step(
+    "--json: 2 images of 64 codes below the tokenizer's 64, PNGs, codes.json",
+    async () => {
+      // Temperature 3 over every code: a model with 96 image codes would pick ids 64..95 often.
+      const out = join(dir, "sampled");
+      const r = await cli(
+        "complete",
+        ...args,
+        "--out",
+        out,
+        "--top-k",
+        "0",
+        "--temperature",
+        "3",
+        "--json",
+      );
+      equal(r.code, 0, r.stderr);
+      const j = JSON.parse(r.stdout);
+      deepStrictEqual(j.images, [join(out, "next-1.png"), join(out, "next-2.png")]);
+      equal(j.tokens.length, 2);
+      for (const t of j.tokens as number[][]) {
+        equal(t.length, 64);
+        ok(t.every((id) => Number.isInteger(id) && id >= 0 && id < 64), `${t}`);
+      }
+      ok(new Set(j.tokens.flat()).size > 10, "temperature 3 should vary the codes");
+      deepStrictEqual(JSON.parse(await Deno.readTextFile(j.codes)).tokens, j.tokens);
+      const next = await loadImage(j.images[0]);
+      deepStrictEqual([next.width, next.height], [16, 16]);
+      const strip = await loadImage(j.strip);
+      deepStrictEqual([strip.width, strip.height], [4 * 16 + 3 * 2, 16]); // 2 prompt + 2 new, 2 px gaps
+    },
+  );
+
+  await t.step("greedy: the GPU-sampled and --cpu-sampling paths give the same codes", async () => {
+    const a = await cli("complete", ...args, "--out", join(dir, "a"), "--greedy", "--json");
+    const b = await cli(
+      "complete",
+      ...args,
+      "--out",
+      join(dir, "b"),
+      "--greedy",
+      "--cpu-sampling",
+      "--json",
+    );
+    equal(a.code, 0, a.stderr);
+    equal(b.code, 0, b.stderr);
+    deepStrictEqual(JSON.parse(a.stdout).tokens, JSON.parse(b.stdout).tokens);
+  });
+
+  await t.step("errors: no prompt images, a missing image", async () => {
+    const a = await cli("complete", "--model", model, "--tokenizer", TOK, "--out", dir);
+    equal(a.code, 2, a.stderr);
+    const b = await cli("complete", ...args.slice(0, 4), "--out", dir, join(dir, "nope.png"));
+    equal(b.code, 1, b.stderr);
+    ok(b.stderr.includes("nope.png"), b.stderr);
+  });
+  await Deno.remove(dir, { recursive: true });
+});
