@@ -21,7 +21,10 @@ if [ ! -f "$TOK/model.safetensors" ]; then
   say "training a tiny VQGAN ($TOK_STEPS steps) on data/images and video frames"
   resume=()
   [ -d "$TOK/checkpoints" ] && resume=(--resume)
-  deno task train tokenizer --images data/images data/video data/gif --preset tiny \
+  # The photo folders themselves (their files are separate sources; a folder given as a sub-folder
+  # would be one frame-folder source), the videos and the GIF (frames, up to --max-frames each).
+  deno task train tokenizer --images data/images/opencv data/images/skimage data/video data/gif \
+    --preset tiny \
     --steps "$TOK_STEPS" --batch 8 --out "$TOK" --log-every 50 --json "${resume[@]}" \
     > "$OUT/tokenizer.json"
 fi
