@@ -9,6 +9,7 @@
  * @module
  */
 import { join } from "node:path";
+import { writeFileAtomic } from "@lvm/kernels/fs";
 import { checkImage } from "./_check.ts";
 import { fromUint8, ImageError, type RgbImage, toUint8 } from "./image.ts";
 
@@ -246,12 +247,9 @@ export async function encodePng(img: RgbImage): Promise<Uint8Array> {
  */
 export async function savePng(path: string, img: RgbImage): Promise<void> {
   const bytes = await encodePng(img);
-  const tmp = `${path}.tmp-${Deno.pid}-${Math.random().toString(36).slice(2, 10)}`;
   try {
-    await Deno.writeFile(tmp, bytes);
-    await Deno.rename(tmp, path);
+    await writeFileAtomic(path, bytes);
   } catch (e) {
-    await Deno.remove(tmp).catch(() => {});
     throw new ImageError(path, `cannot write PNG (${(e as Error)?.message ?? e})`, { cause: e });
   }
 }

@@ -62,7 +62,7 @@ Deno.test("encodePng() / savePng() / loadImage(): PNG round trip is exact", asyn
         "v",
       );
       const left = [];
-      for await (const e of Deno.readDir(dir)) if (e.name.includes(".tmp-")) left.push(e.name);
+      for await (const e of Deno.readDir(dir)) if (e.name.endsWith(".tmp")) left.push(e.name);
       if (left.length) throw new Error(`temp files left: ${left}`);
     });
     await t.step("savePng into a missing folder is an ImageError naming the file", async () => {

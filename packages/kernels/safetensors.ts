@@ -17,6 +17,7 @@
  * @module
  */
 import { dirname, join } from "node:path";
+import { tempPath } from "./fs.ts";
 
 // ---------------------------------------------------------------------------------------------
 // dtypes
@@ -1046,11 +1047,6 @@ function compareCodePoints(a: string, b: string): number {
     return x.length - y.length;
   }
   return a < b ? -1 : a > b ? 1 : 0;
-}
-
-/** A temp-file name beside `path` (same directory, so the final rename is atomic). */
-function tempPath(path: string): string {
-  return `${path}.tmp-${Deno.pid}-${Math.random().toString(36).slice(2, 10)}`;
 }
 
 /**

@@ -708,7 +708,7 @@ Deno.test("SafetensorsWriter", async (t) => {
   const dir = await Deno.makeTempDir({ prefix: "st_w_" });
   const leftovers = async () => {
     const names: string[] = [];
-    for await (const e of Deno.readDir(dir)) if (e.name.includes(".tmp-")) names.push(e.name);
+    for await (const e of Deno.readDir(dir)) if (e.name.endsWith(".tmp")) names.push(e.name);
     return names;
   };
   try {

@@ -1,7 +1,6 @@
 /**
- * File helpers: atomic writes (temp file + fsync + rename) and CRC-32 for shard checksums.
- * Node's `node:fs`/`node:path` are not needed here; this is the one place that touches the
- * file system's write path, so a switch to `@std/fs` later is a small change.
+ * File helpers: CRC-32 for shard checksums, and the atomic writes (temp file + fsync + rename)
+ * shared by every package (`@lvm/kernels/fs`, re-exported here).
  * @module
  */
 
@@ -10,63 +9,7 @@ if (new Uint8Array(new Uint16Array([1]).buffer)[0] !== 1) {
   throw new Error("@lvm/sentence: big-endian hosts are not supported (shards are little-endian)");
 }
 
-/** Temp path beside `path`, unique per process (the repo's .gitignore ignores `*.tmp`). */
-export function tempPath(path: string): string {
-  return `${path}.${Deno.pid}.tmp`;
-}
-
-/** Writes `data` to `path` atomically: a reader sees the old file or the whole new one. */
-export async function writeFileAtomic(path: string, data: Uint8Array | string): Promise<void> {
-  const bytes = typeof data === "string" ? new TextEncoder().encode(data) : data;
-  const tmp = tempPath(path);
-  const f = await Deno.open(tmp, { write: true, create: true, truncate: true });
-  try {
-    let off = 0;
-    while (off < bytes.length) off += await f.write(bytes.subarray(off));
-    await f.syncData();
-  } finally {
-    f.close();
-  }
-  await Deno.rename(tmp, path);
-}
-
-/** A file written in pieces and renamed into place by `commit()` (or removed by `abort()`). */
-export class AtomicWriter {
-  #file: Deno.FsFile;
-  #tmp: string;
-  #path: string;
-  bytes = 0;
-  private constructor(file: Deno.FsFile, tmp: string, path: string) {
-    this.#file = file;
-    this.#tmp = tmp;
-    this.#path = path;
-  }
-  /** Opens a temp file beside `path`. */
-  static async open(path: string): Promise<AtomicWriter> {
-    const tmp = tempPath(path);
-    const f = await Deno.open(tmp, { write: true, create: true, truncate: true });
-    return new AtomicWriter(f, tmp, path);
-  }
-  /** Appends bytes. */
-  async write(data: Uint8Array): Promise<void> {
-    let off = 0;
-    while (off < data.length) off += await this.#file.write(data.subarray(off));
-    this.bytes += data.length;
-  }
-  /** Flushes, closes and renames into place. */
-  async commit(): Promise<void> {
-    await this.#file.syncData();
-    this.#file.close();
-    await Deno.rename(this.#tmp, this.#path);
-  }
-  /** Closes and removes the temp file. */
-  async abort(): Promise<void> {
-    try {
-      this.#file.close();
-    } catch { /* already closed */ }
-    await Deno.remove(this.#tmp).catch(() => {});
-  }
-}
+export { AtomicWriter, tempPath, writeFileAtomic } from "@lvm/kernels/fs";
 
 const CRC_TABLE = (() => {
   const t = new Uint32Array(256 * 8);

@@ -27,3 +27,5 @@ export {
   vqNearest,
   writeSafetensors,
 } from "@lvm/kernels";
+
+export { writeFileAtomic } from "@lvm/kernels/fs";

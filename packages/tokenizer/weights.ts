@@ -6,7 +6,13 @@
  */
 import { createHash } from "node:crypto";
 import { join } from "node:path";
-import { SafetensorsFile, type TensorSource, TorchBinFile, writeSafetensors } from "./_deps.ts";
+import {
+  SafetensorsFile,
+  type TensorSource,
+  TorchBinFile,
+  writeFileAtomic,
+  writeSafetensors,
+} from "./_deps.ts";
 import { configToJson, paramSpecs, parseConfig, type VqganConfig } from "./config.ts";
 
 /** Host weights: open-muse name -> f32 values (row-major, the shape of {@link paramSpecs}). */
@@ -178,23 +184,8 @@ export async function readTokenizerDir(
   }
 }
 
-/** Writes `path` atomically (temp file, fsync, rename). */
-export async function writeFileAtomic(path: string, data: Uint8Array | string): Promise<void> {
-  const bytes = typeof data === "string" ? new TextEncoder().encode(data) : data;
-  const tmp = `${path}.${Deno.pid}.tmp`;
-  const f = await Deno.open(tmp, { write: true, create: true, truncate: true });
-  try {
-    let off = 0;
-    while (off < bytes.length) off += await f.write(bytes.subarray(off));
-    await f.syncData();
-  } catch (e) {
-    f.close();
-    await Deno.remove(tmp).catch(() => {});
-    throw e;
-  }
-  f.close();
-  await Deno.rename(tmp, path);
-}
+/** Writes `path` atomically (temp file, fsync, rename); the shared `@lvm/kernels/fs` helper. */
+export { writeFileAtomic };
 
 /**
  * Saves a tokenizer as open-muse `config.json` + `model.safetensors` (f32, open-muse names), each

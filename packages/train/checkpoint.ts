@@ -14,6 +14,7 @@
  * @module
  */
 import { join } from "node:path";
+import { writeFileAtomic } from "@lvm/kernels/fs";
 import type { LoaderState } from "@lvm/sentence";
 import type { TrainConfig } from "./config.ts";
 
@@ -155,14 +156,7 @@ export async function readTrainerState(dir: string): Promise<TrainerState> {
 
 /** Writes `text` to `path` atomically (temp file beside it, then rename). */
 export async function writeTextAtomic(path: string, text: string): Promise<void> {
-  const tmp = `${path}.tmp-${Deno.pid}-${Math.random().toString(36).slice(2, 8)}`;
-  try {
-    await Deno.writeTextFile(tmp, text);
-    await Deno.rename(tmp, path);
-  } catch (e) {
-    await Deno.remove(tmp).catch(() => {});
-    throw e;
-  }
+  await writeFileAtomic(path, text);
 }
 
 /**

@@ -11,6 +11,7 @@
  * @module
  */
 import { join } from "node:path";
+import { writeFileAtomic } from "@lvm/kernels/fs";
 import {
   type Gpu,
   openCheckpoint,
@@ -196,13 +197,13 @@ export async function saveLlama(
   }
   if (groups.length > 1) {
     const sorted = Object.fromEntries(Object.keys(weightMap).sort().map((n) => [n, weightMap[n]]));
-    await writeTextAtomic(
+    await writeFileAtomic(
       join(dir, "model.safetensors.index.json"),
       JSON.stringify({ metadata: { total_size: total }, weight_map: sorted }, null, 2) + "\n",
     );
   }
   const torchDtype = { F32: "float32", F16: "float16", BF16: "bfloat16" }[dtype];
-  await writeTextAtomic(
+  await writeFileAtomic(
     join(dir, "config.json"),
     JSON.stringify(configToHf(model.config, torchDtype), null, 2) + "\n",
   );
@@ -214,10 +215,4 @@ export async function saveLlama(
     if (e.isFile && weights && !keep.has(e.name)) await Deno.remove(join(dir, e.name));
   }
   return files;
-}
-
-async function writeTextAtomic(path: string, text: string): Promise<void> {
-  const tmp = `${path}.tmp-${Deno.pid}-${Math.random().toString(36).slice(2, 8)}`;
-  await Deno.writeTextFile(tmp, text);
-  await Deno.rename(tmp, path);
 }
