@@ -12,7 +12,7 @@
  */
 import { parseArgs } from "node:util";
 import { join } from "node:path";
-import { shardFileName, SafetensorsWriter } from "@lvm/kernels";
+import { SafetensorsWriter, shardFileName } from "@lvm/kernels";
 import { configToHf, paramSpecs, preset } from "@lvm/transformer";
 
 const { values } = parseArgs({
