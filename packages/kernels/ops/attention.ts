@@ -32,6 +32,7 @@
  */
 import { type Gpu, grid, Params, WG_INDEX } from "../gpu.ts";
 import type { Tensor } from "../tensor.ts";
+import { makeTexture, type TexSlot, TextureCache } from "../textures.ts";
 
 const LOG2E = Math.LOG2E;
 const MASKED = "-1.0e30";
@@ -156,43 +157,21 @@ fn main(@builtin(global_invocation_id) g: vec3u) {
 }`;
 }
 
-interface TexSlot {
-  texture: GPUTexture;
-  view: GPUTextureView;
-}
-
-function makeTexture(gpu: Gpu, w: number, h: number, l: number, label: string): TexSlot {
-  const texture = gpu.device.createTexture({
-    label,
-    size: [w, h, l],
-    format: "rgba32float",
-    usage: GPUTextureUsage.STORAGE_BINDING | GPUTextureUsage.TEXTURE_BINDING,
-  });
-  return { texture, view: texture.createView({ dimension: "2d-array" }) };
-}
-
 /**
  * Scratch textures per context, by slot and exact size: a training step reuses a fixed set (two per
  * shape, each the size of k or q; see {@link attentionTrim}).
  */
-const scratch = new WeakMap<Gpu, Map<string, TexSlot>>();
+const scratch = new TextureCache("attention");
+/** Storage + texture binding (written by the pack kernels, read by attention). */
+const texUsage = () => GPUTextureUsage.STORAGE_BINDING | GPUTextureUsage.TEXTURE_BINDING;
 
 function scratchTexture(gpu: Gpu, slot: number, w: number, h: number, l: number): TexSlot {
-  let m = scratch.get(gpu);
-  if (!m) scratch.set(gpu, m = new Map());
-  const key = `${slot}:${w}x${h}x${l}`;
-  let t = m.get(key);
-  if (!t) m.set(key, t = makeTexture(gpu, w, h, l, `attention ${key}`));
-  return t;
+  return scratch.get(gpu, String(slot), w, h, l, { usage: texUsage() });
 }
 
 /** Frees the scratch textures of the "tex" variant (they are re-made on demand). */
 export function attentionTrim(gpu: Gpu): void {
-  const m = scratch.get(gpu);
-  if (!m) return;
-  gpu.submit(); // work already recorded may still read them
-  for (const t of m.values()) t.texture.destroy();
-  m.clear();
+  scratch.trim(gpu);
 }
 
 /** Records the pack of x (B,T,NH,D) into rows t0.. of a texture. */
@@ -660,8 +639,8 @@ export class KvCache {
     this.layout = layout;
     if (layout === "tex") {
       this.tex = [
-        makeTexture(gpu, W, maxT, B, "kv cache k"),
-        makeTexture(gpu, W, maxT, B, "kv cache v"),
+        makeTexture(gpu, W, maxT, B, "kv cache k", { usage: texUsage() }),
+        makeTexture(gpu, W, maxT, B, "kv cache v", { usage: texUsage() }),
       ];
       this.buf = null;
     } else {

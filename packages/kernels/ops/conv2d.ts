@@ -42,6 +42,7 @@
  */
 import { type Gpu, grid, Params, WG_INDEX } from "../gpu.ts";
 import type { Tensor } from "../tensor.ts";
+import { TexturePool } from "../textures.ts";
 import { upsampleNearest2xBackward } from "./upsample.ts";
 
 /** Register tile of the forward kernel: output channels x rows x pixels per invocation. */
@@ -186,22 +187,15 @@ function check4d(fn: string, name: string, t: Tensor, what: string) {
 // ---------------------------------------------------------------------------------------------------
 // Textures: a small pool (sizes rounded up so that shapes reuse each other) and the plane layout.
 
-const texPools = new WeakMap<Gpu, Map<string, GPUTexture[]>>();
+const texPool = new TexturePool("conv2d");
 
 function takeTexture(gpu: Gpu, w: number, h: number): GPUTexture {
   const max = gpu.limits.maxTextureDimension2D;
-  const tw = Math.min(max, Math.ceil(w / 16) * 16);
-  const th = Math.min(max, Math.ceil(h / 64) * 64);
-  let pool = texPools.get(gpu);
-  if (!pool) texPools.set(gpu, pool = new Map());
-  const list = pool.get(`${tw}x${th}`);
-  if (list?.length) return list.pop()!;
-  return gpu.device.createTexture({
-    label: `conv2d ${tw}x${th}`,
-    size: [tw, th],
-    format: "rgba32float",
-    usage: GPUTextureUsage.TEXTURE_BINDING | GPUTextureUsage.STORAGE_BINDING,
-  });
+  return texPool.take(
+    gpu,
+    Math.min(max, Math.ceil(w / 16) * 16),
+    Math.min(max, Math.ceil(h / 64) * 64),
+  );
 }
 
 /**
@@ -209,18 +203,7 @@ function takeTexture(gpu: Gpu, w: number, h: number): GPUTexture {
  * input, e.g. 69 MB for 256 channels at 256x256). They are made again when needed.
  */
 export function conv2dReleaseTextures(gpu: Gpu): void {
-  const pool = texPools.get(gpu);
-  if (!pool) return;
-  for (const list of pool.values()) for (const t of list) t.destroy();
-  pool.clear();
-}
-
-function putTexture(gpu: Gpu, t: GPUTexture) {
-  const key = `${t.width}x${t.height}`;
-  const pool = texPools.get(gpu)!;
-  const list = pool.get(key);
-  if (list) list.push(t);
-  else pool.set(key, [t]);
+  texPool.release(gpu);
 }
 
 /** Planes of (Hp rows x Wp4 texels) packed P per band, bands stacked: texel (u, v) of a texture. */
@@ -722,7 +705,7 @@ function convCore(
       g,
       tile,
     );
-    putTexture(gpu, xs.tex);
+    texPool.put(gpu, xs.tex);
   }
 }
 
@@ -777,7 +760,7 @@ export function conv2d(
     { offT: g.pt, offL: g.pl, dil: 1, up: g.up },
     tile,
   );
-  putTexture(gpu, ws.tex);
+  texPool.put(gpu, ws.tex);
   return out;
 }
 
@@ -974,7 +957,7 @@ export function conv2dBackward(
       { offT: KH - 1 - g.pt, offL: KW - 1 - g.pl, dil: S, up: 1 },
       tile,
     );
-    putTexture(gpu, ws.tex);
+    texPool.put(gpu, ws.tex);
     if (g.up === 1) grads.dx = dxu;
     else {
       grads.dx = upsampleNearest2xBackward(gpu, dxu);
@@ -1046,8 +1029,8 @@ function convDw(gpu: Gpu, x: Tensor, dy: Tensor, g: Geom): Tensor {
         .u32(WG / T),
       [Math.ceil(cGroups / T), Math.ceil(coBlocks / (WG / T)), nSlices],
     );
-    putTexture(gpu, xs.tex);
-    putTexture(gpu, ds.tex);
+    texPool.put(gpu, xs.tex);
+    texPool.put(gpu, ds.tex);
   }
   if (total > 1) {
     // Every slice of every chunk writes its partial sums (zeros for an empty slice of a short chunk).

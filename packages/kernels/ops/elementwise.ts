@@ -22,6 +22,7 @@
  */
 import { type Gpu, grid, Params, WG_INDEX } from "../gpu.ts";
 import { numel, Tensor } from "../tensor.ts";
+import { TextureCache } from "../textures.ts";
 
 /** How an input is indexed against the output. */
 export type Broadcast = "full" | "row" | "scalar";
@@ -60,12 +61,7 @@ export interface TexelCopy {
   texels: number;
 }
 
-interface TexSlot {
-  texture: GPUTexture;
-  view: GPUTextureView;
-}
-const texScratch = new WeakMap<Gpu, Map<string, TexSlot>>();
-const TEX_KEEP = 4;
+const texScratch = new TextureCache("texelCopy", 4);
 
 /** Texture rows for `rows` rows of data: a power of two up to 1024, then a multiple of 512. */
 function rowClass(rows: number): number {
@@ -93,27 +89,10 @@ export function texelCopy(gpu: Gpu, t: Tensor, slot: string): TexelCopy {
       `texelCopy: [${t.shape}] needs ${H} texture rows, over this adapter's ${gpu.limits.maxTextureDimension2D}`,
     );
   }
-  let pool = texScratch.get(gpu);
-  if (!pool) texScratch.set(gpu, pool = new Map());
-  const key = `${slot}:${H}`;
-  let tex = pool.get(key);
-  if (tex) pool.delete(key); // re-inserted below as the most recent
-  else {
-    const mine = [...pool.keys()].filter((k) => k.startsWith(`${slot}:`));
-    if (mine.length >= TEX_KEEP) {
-      gpu.submit(); // recorded work may still read the evicted texture
-      pool.get(mine[0])!.texture.destroy();
-      pool.delete(mine[0]);
-    }
-    const texture = gpu.device.createTexture({
-      label: `texelCopy ${key}`,
-      size: [TEXEL_ROW, H],
-      format: "rgba32float",
-      usage: GPUTextureUsage.TEXTURE_BINDING | GPUTextureUsage.COPY_DST,
-    });
-    tex = { texture, view: texture.createView() };
-  }
-  pool.set(key, tex);
+  const tex = texScratch.get(gpu, slot, TEXEL_ROW, H, 1, {
+    usage: GPUTextureUsage.TEXTURE_BINDING | GPUTextureUsage.COPY_DST,
+    view: "2d",
+  });
   const full = Math.floor(texels / TEXEL_ROW);
   const bytesPerRow = TEXEL_ROW * 16;
   if (full > 0) {
@@ -135,11 +114,7 @@ export function texelCopy(gpu: Gpu, t: Tensor, slot: string): TexelCopy {
 
 /** Frees the scratch textures of {@link texelCopy} (they are re-made on demand). */
 export function texelTrim(gpu: Gpu): void {
-  const pool = texScratch.get(gpu);
-  if (!pool) return;
-  gpu.submit(); // recorded work may still read them
-  for (const t of pool.values()) t.texture.destroy();
-  texScratch.delete(gpu);
+  texScratch.trim(gpu);
 }
 
 /** WGSL to fetch texel `i` (a u32 expression) of a {@link texelCopy} texture bound as `name`. */

@@ -24,6 +24,7 @@
  */
 import { type Gpu, grid, Params } from "../gpu.ts";
 import type { Tensor } from "../tensor.ts";
+import { makeTexture, type TexSlot, TextureCache } from "../textures.ts";
 import {
   blockedKernel,
   colSumKernel,
@@ -139,40 +140,11 @@ export function matmulCpu(
 // ---------------------------------------------------------------------------------------------
 // Textures (llvmpipe path)
 
-interface TexSlot {
-  texture: GPUTexture;
-  view: GPUTextureView;
-  w: number;
-  h: number;
-  l: number;
-}
-
-function makeTexture(
-  gpu: Gpu,
-  w: number,
-  h: number,
-  l: number,
-  label: string,
-  format: GPUTextureFormat = "rgba32float",
-): TexSlot {
-  const texture = gpu.device.createTexture({
-    label,
-    size: [w, h, l],
-    format,
-    usage: GPUTextureUsage.STORAGE_BINDING | GPUTextureUsage.TEXTURE_BINDING |
-      GPUTextureUsage.COPY_DST,
-  });
-  return { texture, view: texture.createView({ dimension: "2d-array" }), w, h, l };
-}
-
 /**
- * Scratch textures per context and operand slot, kept by exact size (a training or decode step
- * uses a fixed set of shapes, so after the first step nothing is allocated). Least recently used
- * first out beyond {@link SCRATCH_KEEP} per slot. Reusing one texture for several matmuls recorded
- * in one batch is safe: WebGPU orders the pack and matmul dispatches.
+ * Scratch textures per context and operand slot ("A", "B", "W"), kept by exact size, at most 8
+ * sizes per slot (see `../textures.ts`).
  */
-const scratch = new WeakMap<Gpu, Map<string, TexSlot>>();
-const SCRATCH_KEEP = 8;
+const scratch = new TextureCache("matmul scratch", 8);
 
 function scratchTexture(
   gpu: Gpu,
@@ -182,32 +154,12 @@ function scratchTexture(
   l: number,
   format: GPUTextureFormat = "rgba32float",
 ): TexSlot {
-  let s = scratch.get(gpu);
-  if (!s) scratch.set(gpu, s = new Map());
-  const key = `${slot}:${w}x${h}x${l}:${format}`;
-  let t = s.get(key);
-  if (t) s.delete(key); // re-inserted below as the most recent
-  else {
-    const mine = [...s.keys()].filter((k) => k.startsWith(slot));
-    if (mine.length >= SCRATCH_KEEP) {
-      // Work already recorded may read the evicted texture: send it before the texture goes away.
-      gpu.submit();
-      s.get(mine[0])!.texture.destroy();
-      s.delete(mine[0]);
-    }
-    t = makeTexture(gpu, w, h, l, `matmul scratch ${key}`, format);
-  }
-  s.set(key, t);
-  return t;
+  return scratch.get(gpu, slot, w, h, l, { format });
 }
 
 /** Frees the scratch textures the `tex` variant keeps between calls (they are re-made on demand). */
 export function matmulTrim(gpu: Gpu): void {
-  const s = scratch.get(gpu);
-  if (!s) return;
-  gpu.submit();
-  for (const t of s.values()) t.texture.destroy();
-  scratch.delete(gpu);
+  scratch.trim(gpu);
 }
 
 /** Where one operand's (rows, cols) matrices are in a tensor, and how they land in a texture. */
@@ -336,7 +288,7 @@ export class PackedWeight {
     if (this.gpu.kind !== "cpu" || !texFits(this.gpu, K, N)) return;
     const H = Math.max(Math.ceil(K / 4) * 4, 1);
     const format = this.u16 ? "rgba32uint" : "rgba32float";
-    this.#tex ??= makeTexture(this.gpu, NT, H, 1, "packed weight", format);
+    this.#tex ??= makeTexture(this.gpu, NT, H, 1, "packed weight", { format });
     pack(this.gpu, this.source, this.#tex, {
       rows: K,
       cols: N,

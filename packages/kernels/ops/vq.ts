@@ -21,6 +21,7 @@
  */
 import { type Gpu, grid, Params, WG_INDEX } from "../gpu.ts";
 import type { Tensor } from "../tensor.ts";
+import { TexturePool } from "../textures.ts";
 
 /** Result of {@link vqNearest}. */
 export interface VqResult {
@@ -51,36 +52,11 @@ function checkIds(fn: string, ids: Tensor, N?: number) {
 
 // --- textures (a small per-device pool) ---
 
-const pools = new WeakMap<Gpu, Map<string, GPUTexture[]>>();
-
-function takeTexture(gpu: Gpu, w: number, h: number): GPUTexture {
-  const key = `${w}x${h}`;
-  let pool = pools.get(gpu);
-  if (!pool) pools.set(gpu, pool = new Map());
-  const list = pool.get(key);
-  if (list?.length) return list.pop()!;
-  return gpu.device.createTexture({
-    label: `vq ${key}`,
-    size: [w, h],
-    format: "rgba32float",
-    usage: GPUTextureUsage.TEXTURE_BINDING | GPUTextureUsage.STORAGE_BINDING,
-  });
-}
+const pool = new TexturePool("vq");
 
 /** Destroys the textures vqNearest keeps for reuse (made again when needed). */
 export function vqReleaseTextures(gpu: Gpu): void {
-  const pool = pools.get(gpu);
-  if (!pool) return;
-  for (const list of pool.values()) for (const t of list) t.destroy();
-  pool.clear();
-}
-
-function putTexture(gpu: Gpu, t: GPUTexture) {
-  const pool = pools.get(gpu)!;
-  const key = `${t.width}x${t.height}`;
-  const list = pool.get(key);
-  if (list) list.push(t);
-  else pool.set(key, [t]);
+  pool.release(gpu);
 }
 
 /** Rows of RW texels, wrapped into bands of `H` rows side by side: row r -> ((r / H) * RW + c, r % H). */
@@ -126,7 +102,7 @@ function stageRows(gpu: Gpu, src: Tensor, N: number, D: number, norm: boolean): 
   if (bands * RW > max) {
     throw new RangeError(`vq: ${N} rows of ${D} do not fit one ${max}^2 texture`);
   }
-  const tex = takeTexture(gpu, bands * RW, H);
+  const tex = pool.take(gpu, bands * RW, H);
   const view = tex.createView();
   gpu.dispatch(
     gpu.pipeline("vq_stage", STAGE_WGSL),
@@ -303,8 +279,8 @@ export function vqNearest(gpu: Gpu, z: Tensor, codebook: Tensor): VqResult {
     new Params().u32(N).u32(chunks),
     grid(Math.ceil(N / 64)),
   );
-  putTexture(gpu, zt.tex);
-  putTexture(gpu, et.tex);
+  pool.put(gpu, zt.tex);
+  pool.put(gpu, et.tex);
   pbest.release();
   pid.release();
   return { ids, dist };

@@ -1,0 +1,46 @@
+import { getGpu } from "./gpu.ts";
+import { assertEquals } from "./testing.ts";
+import { TextureCache, TexturePool } from "./textures.ts";
+
+Deno.test("TextureCache: one texture per slot and size, least recently used out first", async () => {
+  const gpu = await getGpu();
+  const cache = new TextureCache("test", 2);
+  const a = cache.get(gpu, "A", 4, 8, 2);
+  assertEquals([a.w, a.h, a.l, a.texture.depthOrArrayLayers], [4, 8, 2, 2], "size");
+  assertEquals(cache.get(gpu, "A", 4, 8, 2), a, "same slot and size: same texture");
+  const b = cache.get(gpu, "B", 4, 8, 2);
+  assertEquals(b === a, false, "another slot: another texture");
+  const u = cache.get(gpu, "A", 4, 8, 2, { format: "rgba32uint" });
+  assertEquals(u === a, false, "another format: another texture");
+  assertEquals(u.texture.format, "rgba32uint", "format");
+  assertEquals(cache.count(gpu), 3, "count");
+  cache.get(gpu, "A", 4, 8, 2); // a is now the most recent of slot A
+  const c = cache.get(gpu, "A", 16, 1, 1); // over keep=2: evicts u (least recent), not a
+  assertEquals(cache.get(gpu, "A", 4, 8, 2), a, "a kept");
+  assertEquals(cache.count(gpu), 3, "A holds 2, B 1");
+  assertEquals(cache.get(gpu, "A", 16, 1, 1), c, "c kept");
+  assertEquals(cache.get(gpu, "A", 4, 8, 2, { format: "rgba32uint" }) === u, false, "u re-made");
+  const plain = cache.get(gpu, "P", 8, 8, 1, { view: "2d" });
+  assertEquals(plain === cache.get(gpu, "P", 8, 8, 1), false, "view dimension is part of the key");
+  cache.trim(gpu);
+  assertEquals(cache.count(gpu), 0, "trim");
+  assertEquals(cache.get(gpu, "A", 4, 8, 2) === a, false, "made again after trim");
+  cache.trim(gpu);
+});
+
+Deno.test("TexturePool: take, put back, take again; release", async () => {
+  const gpu = await getGpu();
+  const pool = new TexturePool("test");
+  const t1 = pool.take(gpu, 16, 64);
+  const t2 = pool.take(gpu, 16, 64);
+  assertEquals(t1 === t2, false, "two taken at once are distinct");
+  assertEquals(pool.count(gpu), 0, "none free");
+  pool.put(gpu, t1);
+  pool.put(gpu, t2);
+  assertEquals(pool.count(gpu), 2, "both free");
+  const again = pool.take(gpu, 16, 64);
+  assertEquals(again === t1 || again === t2, true, "reused");
+  assertEquals(pool.take(gpu, 32, 64) === t1 || pool.take(gpu, 32, 64) === t2, false, "by size");
+  pool.release(gpu);
+  assertEquals(pool.count(gpu), 0, "release");
+});
