@@ -35,8 +35,9 @@ build() {
   if [ ! -f "$OUT/ds/$name/index.json" ]; then
     say "dataset $name: $*"
     mkdir -p "$OUT/ds"
-    deno task train dataset --tokenizer "$TOK" --out "$OUT/ds/$name" --quiet "$@" \
-      2> >(tee "$OUT/ds/$name.log" >&2)
+    # The summary line ("wrote ...: N sentences, ... images/s") goes to stdout: keep it in the log.
+    deno task train dataset --tokenizer "$TOK" --out "$OUT/ds/$name" --quiet "$@" 2>&1 |
+      tee "$OUT/ds/$name.log" >&2
   fi
   deno task train dataset --stats "$OUT/ds/$name" --json > "$OUT/ds/$name.stats.json"
 }
