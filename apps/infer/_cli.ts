@@ -91,3 +91,23 @@ export function numberOption(
   }
   return n;
 }
+
+/**
+ * A checkpoint-load progress callback (`loadLlama`'s `onTensor`): a line through `log` at most every
+ * `everyMs` (a 7B takes minutes to load on a CPU), none for a load faster than that.
+ */
+export function loadProgress(
+  log: (line: string) => unknown,
+  everyMs = 5000,
+): (name: string, index: number, total: number) => void {
+  const t0 = performance.now();
+  let last = t0;
+  return (_name, index, total) => {
+    const now = performance.now();
+    if (now - last < everyMs) return;
+    last = now;
+    const s = (now - t0) / 1000, done = index + 1;
+    const eta = (s / done) * (total - done);
+    log(`  loaded ${done}/${total} tensors in ${s.toFixed(0)} s, eta ${eta.toFixed(0)} s`);
+  };
+}

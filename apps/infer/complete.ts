@@ -14,7 +14,7 @@ import { getGpu } from "@lvm/kernels";
 import { DEFAULT_TOP_K, generateImages, Sampler } from "@lvm/sampler";
 import { loadTokenizer, writeFileAtomic } from "@lvm/tokenizer";
 import { DecodeSession, loadLlama, readConfig } from "@lvm/transformer";
-import { type Command, numberOption, UsageError } from "./_cli.ts";
+import { type Command, loadProgress, numberOption, UsageError } from "./_cli.ts";
 
 const usage =
   `usage: deno task infer complete --model DIR --tokenizer DIR --out DIR IMAGE... [options]
@@ -106,7 +106,10 @@ export const complete: Command = {
     );
     const codes = await tok.encode(prompt);
     log(`loading ${values.model} on ${gpu.describe()}`);
-    const model = await loadLlama(gpu, values.model, { dtype: values.dtype });
+    const model = await loadLlama(gpu, values.model, {
+      dtype: values.dtype,
+      onTensor: loadProgress(log),
+    });
     const session = new DecodeSession(model, {
       maxTokens: Math.min(maxTokens, config.maxPositions),
     });

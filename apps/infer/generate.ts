@@ -9,7 +9,14 @@ import { parseArgs } from "node:util";
 import { getGpu } from "@lvm/kernels";
 import { DEFAULT_TOP_K, generateTokens, Sampler } from "@lvm/sampler";
 import { DecodeSession, loadLlama, readConfig } from "@lvm/transformer";
-import { checkVocab, type Command, numberOption, parseTokens, UsageError } from "./_cli.ts";
+import {
+  checkVocab,
+  type Command,
+  loadProgress,
+  numberOption,
+  parseTokens,
+  UsageError,
+} from "./_cli.ts";
 
 const usage =
   `usage: deno task infer generate --model DIR --tokens IDS [--max-new-tokens N] [options]
@@ -78,7 +85,10 @@ export const generate: Command = {
     }
     const gpu = await getGpu();
     log(`loading ${values.model} (${values.dtype}) on ${gpu.describe()}`);
-    const model = await loadLlama(gpu, values.model, { dtype: values.dtype });
+    const model = await loadLlama(gpu, values.model, {
+      dtype: values.dtype,
+      onTensor: loadProgress(log),
+    });
     const sampler = new Sampler(
       { greedy: values.greedy, temperature, topK, topP, suppressFrom: c.imageCodes },
       seed,

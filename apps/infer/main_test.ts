@@ -6,7 +6,7 @@
 import { deepStrictEqual, ok } from "node:assert/strict";
 import { SafetensorsFile } from "@lvm/kernels";
 import { assertClose } from "@lvm/kernels/testing";
-import { parseTokens } from "./_cli.ts";
+import { loadProgress, parseTokens } from "./_cli.ts";
 
 const ROOT = new URL("../../", import.meta.url).pathname;
 const MODEL = `${ROOT}tests/fixtures/transformer/mha`;
@@ -144,4 +144,16 @@ Deno.test("parseTokens()", async (t) => {
       ok(msg.test(err), `${spec}: ${err}`);
     }
   });
+});
+
+Deno.test("loadProgress: a line per interval with the count and an eta; none for a fast load", () => {
+  const lines: string[] = [];
+  const every = loadProgress((l) => lines.push(l), 0);
+  for (let i = 0; i < 3; i++) every(`t${i}`, i, 3);
+  deepStrictEqual(lines.length, 3);
+  ok(/loaded 2\/3 tensors in \d+ s, eta \d+ s/.test(lines[1]), lines[1]);
+  const quiet: string[] = [];
+  const slow = loadProgress((l) => quiet.push(l), 60_000);
+  for (let i = 0; i < 3; i++) slow(`t${i}`, i, 3);
+  deepStrictEqual(quiet, []);
 });

@@ -8,7 +8,7 @@ import { parseArgs } from "node:util";
 import { getGpu } from "@lvm/kernels";
 import { perplexity } from "@lvm/sampler";
 import { DecodeSession, loadLlama, readConfig } from "@lvm/transformer";
-import { checkVocab, type Command, parseTokens, UsageError } from "./_cli.ts";
+import { checkVocab, type Command, loadProgress, parseTokens, UsageError } from "./_cli.ts";
 
 const usage = `usage: deno task infer score --model DIR --tokens IDS [--json] [--dtype f32|f16]
 
@@ -49,7 +49,10 @@ export const score: Command = {
     }
     const gpu = await getGpu();
     log(`loading ${values.model} (${values.dtype}) on ${gpu.describe()}`);
-    const model = await loadLlama(gpu, values.model, { dtype: values.dtype });
+    const model = await loadLlama(gpu, values.model, {
+      dtype: values.dtype,
+      onTensor: loadProgress(log),
+    });
     const session = new DecodeSession(model, { maxTokens: ids.length });
     const logprobs = Array.from(await session.logprobs(ids));
     const { nll, perplexity: ppl } = perplexity(logprobs);

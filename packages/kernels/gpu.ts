@@ -194,6 +194,17 @@ export class Gpu {
   readCount = 0;
   /** Command buffers sent to the queue since the context was made (one per {@link submit} with work). */
   submitCount = 0;
+  /**
+   * Host uploads (`write`, `writeBytes`) are sent to the queue once this many bytes are pending.
+   * Each `queue.writeBuffer` keeps a staging copy of its data until the copy into the buffer runs at
+   * the next submit; a model uploaded with no submit in between (a checkpoint load) would otherwise
+   * hold two copies of its weights at once (the 7B at 16 bits: 2 x 13 GB).
+   */
+  stagingLimit = 64 * 2 ** 20;
+  /** Times pending uploads were sent because they passed {@link stagingLimit}. */
+  stagingFlushes = 0;
+  #staged = 0;
+  #unsettled = false;
 
   private constructor(
     readonly adapter: GPUAdapter,
@@ -381,6 +392,28 @@ export class Gpu {
     // Work recorded before this write must run before it: submit it first.
     this.submit();
     this.device.queue.writeBuffer(t.buffer, 0, bytes.buffer, bytes.byteOffset, bytes.byteLength);
+    this.#countStaged(bytes.byteLength);
+  }
+
+  /** Counts staged upload bytes; past {@link stagingLimit} sends them (an empty submit). */
+  #countStaged(bytes: number): void {
+    this.#staged += bytes;
+    if (this.#staged < this.stagingLimit) return;
+    this.device.queue.submit([]);
+    this.#staged = 0;
+    this.stagingFlushes++;
+    this.#unsettled = true;
+  }
+
+  /**
+   * Waits until uploads sent so far have landed, so that their staging memory is freed, when any
+   * were sent since the last call (otherwise returns at once). Loaders that upload tensor by
+   * tensor call it after each one: host memory then stays near one copy of the weights.
+   */
+  async settle(): Promise<void> {
+    if (!this.#unsettled) return;
+    this.#unsettled = false;
+    await this.#wait(this.device.queue.onSubmittedWorkDone(), "upload");
   }
 
   /** Writes raw bytes (already in the tensor's storage format) at a byte offset. */
@@ -396,6 +429,7 @@ export class Gpu {
     }
     this.submit();
     this.device.queue.writeBuffer(buf, offset, bytes.buffer, bytes.byteOffset, bytes.byteLength);
+    this.#countStaged(bytes.byteLength);
   }
 
   #checkBinding(bytes: number, shape: readonly number[], dtype: DType) {

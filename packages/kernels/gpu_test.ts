@@ -213,6 +213,30 @@ Deno.test("Gpu: buffer pool, pipeline cache, one submit per step", async (t) => 
 
 Deno.test("Gpu: upload/read round trips", async (t) => {
   const gpu = await getGpu();
+  await t.step(
+    "uploads past stagingLimit are sent as they go; settle() waits for them",
+    async () => {
+      const limit = gpu.stagingLimit, flushes = gpu.stagingFlushes;
+      gpu.stagingLimit = 4000; // bytes: 1,000 f32 values
+      try {
+        await gpu.settle(); // nothing pending: returns at once
+        const parts = [0, 1, 2, 3, 4].map((k) => randn(600, 100 + k));
+        const ts = parts.map((p) => gpu.upload(p, [600])); // 2,400 bytes each
+        assertEquals(gpu.stagingFlushes - flushes, 2, "sent after the 2nd and the 4th upload");
+        await gpu.settle();
+        const half = gpu.empty([1000], "f16"); // 2,000 bytes: packed f16 counts its packed size
+        gpu.write(half, new Float32Array(1000).fill(0.5));
+        gpu.writeBytes(half, new Uint8Array(2000).fill(0), 0);
+        assertEquals(gpu.stagingFlushes - flushes, 3, "f16 and raw bytes count too");
+        const got = await gpu.readMany(ts);
+        got.forEach((g, k) => assertEquals(g, parts[k], `tensor ${k} intact`));
+        assertEquals(await gpu.readF32(half), new Float32Array(1000), "ordered writes");
+        [...ts, half].forEach((x) => x.release());
+      } finally {
+        gpu.stagingLimit = limit;
+      }
+    },
+  );
   for (const n of [1, 7, 45 * 65]) {
     await t.step(`f32, i32, u32 [${n}] bit-exact`, async () => {
       const f = randn(n, n, -300, 300);

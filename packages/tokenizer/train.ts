@@ -484,6 +484,7 @@ export class VqganTrainer {
         gpu.write(p, await model.readF32(n));
         gpu.write(this.m.get(n)!, await opt.readF32(`m.${n}`));
         gpu.write(this.v.get(n)!, await opt.readF32(`v.${n}`));
+        await gpu.settle();
       }
       if (this.extension) {
         const vals = new Map<string, Float32Array>();

@@ -204,6 +204,7 @@ export class AdamW {
             );
           }
           this.gpu.write(t, await f.readF32(key));
+          await this.gpu.settle();
         }
       }
       const step = Number(f.metadata?.step);

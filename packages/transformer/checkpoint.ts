@@ -125,6 +125,7 @@ export async function loadLlama(gpu: Gpu, dir: string, options: LoadOptions = {}
     for (let i = 0; i < specs.length; i++) {
       const name = specs[i].name;
       model.setParam(name, await source.readF32(name));
+      await gpu.settle(); // one copy of the weights in host memory, not two
       options.onTensor?.(name, i, specs.length);
     }
     return model;
