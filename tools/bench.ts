@@ -15,6 +15,7 @@ const HELP = `usage: deno task bench [--json] [--filter TEXT] [--reps N] [--torc
   --reps N       timed runs per case, best kept (default: the case's own, else 5)
   --json         one JSON object per line on stdout (log lines go to stderr)
   --torch        also run tools/bench_torch.py (PyTorch, CPU) on the same cases and compare
+                 (interpreter: $PYTHON, default python3)
 
 Fields: name, shape; ms = milliseconds per op (the best run's time / per); per = ops per timed
 run (a run may record several small ops before its one GPU sync); run_ms = the best run's time;
@@ -78,7 +79,9 @@ if (values.torch) {
     ...(reps !== undefined ? ["--reps", String(reps)] : []),
   ];
   try {
-    const out = await new Deno.Command("python3", { args, stdout: "piped", stderr: "inherit" })
+    // PYTHON picks the interpreter (e.g. /usr/bin/python3 where a pyenv python3 lacks torch).
+    const python = Deno.env.get("PYTHON") || "python3";
+    const out = await new Deno.Command(python, { args, stdout: "piped", stderr: "inherit" })
       .output();
     const lines = new TextDecoder().decode(out.stdout).split("\n").filter((l) => l.startsWith("{"));
     for (const line of lines) {
@@ -103,7 +106,11 @@ if (values.torch) {
         );
       }
     }
-    if (!out.success) log("bench_torch.py failed (is python3-torch installed?)");
+    if (!out.success) {
+      log(
+        `bench_torch.py failed (is python3-torch installed for ${python}? PYTHON=... picks another)`,
+      );
+    }
   } catch (e) {
     log(`PyTorch comparison skipped: ${(e as Error).message}`);
   }
