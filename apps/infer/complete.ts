@@ -12,7 +12,8 @@ import { mkdirSync } from "node:fs";
 import { hstack, loadFrames, loadImage, resize, type RgbImage, savePng } from "@lvm/image";
 import { getGpu } from "@lvm/kernels";
 import { DEFAULT_TOP_K, generateImages, Sampler } from "@lvm/sampler";
-import { loadTokenizer, writeFileAtomic } from "@lvm/tokenizer";
+import { loadTokenizer } from "@lvm/tokenizer";
+import { writeFileAtomic } from "@lvm/kernels/fs";
 import { DecodeSession, loadLlama, readConfig } from "@lvm/transformer";
 import { type Command, loadProgress, numberOption, UsageError } from "./_cli.ts";
 

@@ -154,11 +154,6 @@ export async function readTrainerState(dir: string): Promise<TrainerState> {
   return s;
 }
 
-/** Writes `text` to `path` atomically (temp file beside it, then rename). */
-export async function writeTextAtomic(path: string, text: string): Promise<void> {
-  await writeFileAtomic(path, text);
-}
-
 /**
  * Writes checkpoint `step` of a run: `write(tmpDir)` fills a temp folder, which is then renamed to
  * `RUN/checkpoint-STEP` (replacing an older one of the same step), `latest` is pointed at it, and
@@ -191,7 +186,7 @@ export async function commitCheckpoint(
   } else {
     await Deno.rename(tmp, final);
   }
-  await writeTextAtomic(join(runDir, LATEST_FILE), name + "\n");
+  await writeFileAtomic(join(runDir, LATEST_FILE), name + "\n");
   const all = await listCheckpoints(runDir);
   for (const c of all.slice(0, Math.max(0, all.length - keep))) {
     if (c.path !== final) await Deno.remove(c.path, { recursive: true });
