@@ -6,7 +6,7 @@
  * @module
  */
 import { parseArgs } from "node:util";
-import { getGpu } from "@lvm/kernels";
+import { getGpu } from "@lvm/gpu";
 import { type BenchCase, type BenchResult, formatResult, runCase } from "./bench/_harness.ts";
 
 const HELP = `usage: deno task bench [--json] [--filter TEXT] [--reps N] [--torch]

@@ -9,7 +9,7 @@
  * @module
  */
 import { parseArgs } from "node:util";
-import { getGpu } from "@lvm/kernels";
+import { getGpu } from "@lvm/gpu";
 import { DecodeSession, loadLlama } from "@lvm/transformer";
 
 const { values, positionals } = parseArgs({

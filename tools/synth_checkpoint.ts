@@ -12,7 +12,7 @@
  */
 import { parseArgs } from "node:util";
 import { join } from "node:path";
-import { SafetensorsWriter, shardFileName } from "@lvm/kernels";
+import { SafetensorsWriter, shardFileName } from "@lvm/weights";
 import { configToHf, paramSpecs, preset } from "@lvm/transformer";
 
 const { values } = parseArgs({

@@ -17,7 +17,7 @@ import { parseArgs } from "node:util";
 import { join } from "node:path";
 import { mkdirSync } from "node:fs";
 import { loadImage, makeImage, type RgbImage, savePng } from "@lvm/image";
-import { rng } from "@lvm/kernels/testing";
+import { rng } from "@lvm/util/testing";
 import { latestCheckpoint } from "@lvm/train";
 import { configToJson, loadTokenizer, presetConfig } from "@lvm/tokenizer";
 import { main as train } from "../train/main.ts";

@@ -10,10 +10,10 @@ import { parseArgs } from "node:util";
 import { join } from "node:path";
 import { mkdirSync } from "node:fs";
 import { hstack, loadFrames, loadImage, resize, type RgbImage, savePng } from "@lvm/image";
-import { getGpu } from "@lvm/kernels";
+import { getGpu } from "@lvm/gpu";
 import { DEFAULT_TOP_K, generateImages, Sampler } from "@lvm/sampler";
 import { loadTokenizer } from "@lvm/tokenizer";
-import { writeFileAtomic } from "@lvm/kernels/fs";
+import { writeFileAtomic } from "@lvm/util/fs";
 import { DecodeSession, loadLlama, readConfig } from "@lvm/transformer";
 import { type Command, loadProgress, numberOption, UsageError } from "./_cli.ts";
 

@@ -6,7 +6,7 @@
 import { deepStrictEqual, equal, ok } from "node:assert/strict";
 import { join } from "node:path";
 import { loadImage } from "@lvm/image";
-import { getGpu } from "@lvm/kernels";
+import { getGpu } from "@lvm/gpu";
 import { Llama, makeConfig, saveLlama } from "@lvm/transformer";
 
 const ROOT = new URL("../../", import.meta.url).pathname;

@@ -4,8 +4,8 @@
  */
 import { deepStrictEqual, equal, match } from "node:assert/strict";
 import { floatToByte, loadImage } from "@lvm/image";
-import { SafetensorsFile } from "@lvm/kernels";
-import { assertClose } from "@lvm/kernels/testing";
+import { SafetensorsFile } from "@lvm/weights";
+import { assertClose } from "@lvm/util/testing";
 
 const ROOT = new URL("../../", import.meta.url).pathname;
 const FIX = `${ROOT}tests/fixtures/tokenizer`;

@@ -6,7 +6,7 @@
  * @module
  */
 import { parseArgs } from "node:util";
-import { getGpu } from "@lvm/kernels";
+import { getGpu } from "@lvm/gpu";
 import { DEFAULT_TOP_K, generateTokens, Sampler } from "@lvm/sampler";
 import { DecodeSession, loadLlama, readConfig } from "@lvm/transformer";
 import {

@@ -4,8 +4,8 @@
  * `--tokens @FILE`, and the errors.
  */
 import { deepStrictEqual, ok } from "node:assert/strict";
-import { SafetensorsFile } from "@lvm/kernels";
-import { assertClose } from "@lvm/kernels/testing";
+import { SafetensorsFile } from "@lvm/weights";
+import { assertClose } from "@lvm/util/testing";
 import { loadProgress, parseTokens } from "./_cli.ts";
 
 const ROOT = new URL("../../", import.meta.url).pathname;

@@ -5,7 +5,7 @@
  * @module
  */
 import { parseArgs } from "node:util";
-import { getGpu } from "@lvm/kernels";
+import { getGpu } from "@lvm/gpu";
 import { perplexity } from "@lvm/sampler";
 import { DecodeSession, loadLlama, readConfig } from "@lvm/transformer";
 import { checkVocab, type Command, loadProgress, parseTokens, UsageError } from "./_cli.ts";

@@ -1,5 +1,6 @@
 import { join } from "node:path";
 import { fileURLToPath } from "node:url";
+import { ffmpegAvailable } from "@lvm/image";
 import { formatJsonlLine } from "@lvm/sentence";
 import { writeCorruptAvi, writeTestInputs } from "@lvm/sentence/testing";
 
@@ -339,11 +340,7 @@ Deno.test("train dataset (CLI)", async (t) => {
     );
   });
 
-  const hasFfmpeg = await new Deno.Command("ffmpeg", {
-    args: ["-version"],
-    stdout: "null",
-    stderr: "null",
-  }).output().then((r) => r.success).catch(() => false);
+  const hasFfmpeg = await ffmpegAvailable();
   await t.step({
     name: "an undecodable video is an error naming it, with ffmpeg's last lines",
     ignore: !hasFfmpeg,

@@ -7,7 +7,7 @@
 import { parseArgs } from "node:util";
 import { existsSync } from "node:fs";
 import { join } from "node:path";
-import { getGpu } from "@lvm/kernels";
+import { getGpu } from "@lvm/gpu";
 import {
   configFromHf,
   type LlamaConfig,

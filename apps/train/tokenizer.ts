@@ -34,7 +34,7 @@ import {
   VqganTokenizer,
   VqganTrainer,
 } from "@lvm/tokenizer";
-import { getGpu } from "@lvm/kernels";
+import { getGpu } from "@lvm/gpu";
 import { type Command, intOption, UsageError } from "./_cli.ts";
 
 const USAGE = `usage:

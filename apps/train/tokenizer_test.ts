@@ -6,7 +6,7 @@
  */
 import { deepStrictEqual, equal, match, ok } from "node:assert/strict";
 import { makeImage, savePng } from "@lvm/image";
-import { SafetensorsFile } from "@lvm/kernels";
+import { SafetensorsFile } from "@lvm/weights";
 
 const ROOT = new URL("../../", import.meta.url).pathname;
 const FIX = `${ROOT}tests/fixtures/tokenizer`;

@@ -6,15 +6,219 @@
  * which is what PIL's `convert("RGB")` (the official loader) does for PNG. For GIF, frames are
  * composited by imagescript's decoder (its disposal handling); a pixel transparent in every frame
  * so far reads black (PIL would return the transparent palette entry's colour there).
+ *
+ * Decompression bombs: the size an image declares in its header (PNG IHDR, JPEG SOF, GIF screen
+ * and frame descriptors, TIFF IFD) is read BEFORE anything is decoded or allocated, and checked
+ * against a pixel limit: {@link DEFAULT_MAX_IMAGE_PIXELS} (64 Mpixel, 8192x8192: an 8K frame or a
+ * 48-megapixel photo fits; decoding one costs about 1 GB, RGBA plus float RGB), raised or lowered
+ * by the `maxPixels` option or the `LVM_MAX_IMAGE_PIXELS` environment variable. All frames of an
+ * animation together may hold 4x the limit. An image over it is an {@link ImageTooLargeError}
+ * ("too large", naming the file, its size and the limit), never "corrupt".
  * @module
  */
 import { join } from "node:path";
-import { writeFileAtomic } from "@lvm/kernels/fs";
+import { crc32 } from "@lvm/util";
+import { writeFileAtomic } from "@lvm/util/fs";
 import { checkImage } from "./_check.ts";
 import { fromUint8, ImageError, type RgbImage, toUint8 } from "./image.ts";
 
 /** File extensions (lower case, no dot) that {@link decodeImageBytes} can decode. */
 export const IMAGE_EXTENSIONS: readonly string[] = ["png", "jpg", "jpeg", "gif", "tif", "tiff"];
+
+/** Pixels an image may hold unless the option or `LVM_MAX_IMAGE_PIXELS` says (64 Mpixel). */
+export const DEFAULT_MAX_IMAGE_PIXELS = 64 * 1024 * 1024;
+
+/** The environment variable that sets the pixel limit of decoding (a positive integer). */
+export const MAX_IMAGE_PIXELS_ENV = "LVM_MAX_IMAGE_PIXELS";
+
+/** Options of the decoders ({@link decodeImageBytes}, {@link loadImage}, {@link loadFrames}). */
+export interface DecodeOptions {
+  /**
+   * Most pixels (width x height) one image or frame may declare; default `LVM_MAX_IMAGE_PIXELS`
+   * when set, else {@link DEFAULT_MAX_IMAGE_PIXELS}. Every frame of an animation together may
+   * hold 4x this.
+   */
+  maxPixels?: number;
+}
+
+/**
+ * The pixel limit in force: `maxPixels` when given, else the `LVM_MAX_IMAGE_PIXELS` environment
+ * variable when set (and readable), else {@link DEFAULT_MAX_IMAGE_PIXELS}. A value that is not a
+ * positive integer is a RangeError naming where it came from.
+ */
+export function maxImagePixels(maxPixels?: number): number {
+  let v: number | undefined = maxPixels, from = "maxPixels";
+  if (v === undefined) {
+    let env: string | undefined;
+    try {
+      env = (globalThis as any).Deno?.env?.get(MAX_IMAGE_PIXELS_ENV);
+    } catch { /* no env permission (or no Deno): the default */ }
+    if (env === undefined || env.trim() === "") return DEFAULT_MAX_IMAGE_PIXELS;
+    v = Number(env.trim().replace(/_/g, ""));
+    from = MAX_IMAGE_PIXELS_ENV;
+  }
+  if (!Number.isSafeInteger(v) || v < 1) {
+    throw new RangeError(`${from} must be a positive integer (pixels), found ${v}`);
+  }
+  return v;
+}
+
+const mpix = (n: number) => `${(n / 1e6).toFixed(1)} Mpixel`;
+
+/**
+ * An image whose header declares more pixels than the decoding limit (a decompression bomb, or
+ * a legitimately huge image): nothing was decoded. Names the file, the declared size and the limit.
+ */
+export class ImageTooLargeError extends ImageError {
+  /** Declared width and height (of the largest frame), and frames when all were counted. */
+  readonly width: number;
+  readonly height: number;
+  /** The pixel limit that was exceeded. */
+  readonly limit: number;
+  constructor(
+    path: string,
+    width: number,
+    height: number,
+    limit: number,
+    frames = 1,
+    options?: ErrorOptions,
+  ) {
+    const what = frames > 1
+      ? `${frames} frames of ${width}x${height} = ${mpix(frames * width * height)} exceed ` +
+        `the animation limit of ${mpix(4 * limit)} (4x ${limit} pixels)`
+      : `${width}x${height} = ${mpix(width * height)} exceeds the limit of ${mpix(limit)} ` +
+        `(${limit} pixels)`;
+    super(
+      path,
+      `image too large: ${what}; nothing was decoded (raise it with ${MAX_IMAGE_PIXELS_ENV}=N ` +
+        `or the maxPixels option if the image is trusted)`,
+      options,
+    );
+    this.name = "ImageTooLargeError";
+    this.width = width;
+    this.height = height;
+    this.limit = limit;
+  }
+}
+
+/** What an image's header declares, read without decoding (see {@link readImageHeader}). */
+export interface ImageHeader {
+  format: "png" | "jpeg" | "gif" | "tiff";
+  width: number;
+  height: number;
+  /** GIF: frames found by walking the blocks, and the largest frame's size. */
+  frames?: number;
+  maxFrameWidth?: number;
+  maxFrameHeight?: number;
+}
+
+/**
+ * The size an image declares in its header (PNG IHDR, the first JPEG SOF marker, GIF logical
+ * screen plus every frame descriptor, little-endian TIFF's first IFD), read from the bytes without
+ * decoding or allocating. Null when the header cannot be read (the decoder then says what is wrong).
+ */
+export function readImageHeader(bytes: Uint8Array): ImageHeader | null {
+  const fmt = sniffFormat(bytes);
+  const dv = new DataView(bytes.buffer, bytes.byteOffset, bytes.byteLength);
+  const n = bytes.length;
+  if (fmt === "png") {
+    // Signature (8), IHDR length (4), "IHDR", width, height (big-endian u32).
+    if (n < 24 || String.fromCharCode(...bytes.subarray(12, 16)) !== "IHDR") return null;
+    return { format: "png", width: dv.getUint32(16), height: dv.getUint32(20) };
+  }
+  if (fmt === "jpeg") {
+    let p = 2;
+    while (p + 4 <= n) {
+      if (bytes[p] !== 0xff) return null;
+      const m = bytes[p + 1];
+      if (m === 0xff) { // fill byte
+        p++;
+        continue;
+      }
+      if (m === 0xd8 || m === 0x01 || (m >= 0xd0 && m <= 0xd7)) { // no length
+        p += 2;
+        continue;
+      }
+      if (m === 0xd9 || m === 0xda) return null; // end, or scan data before any frame header
+      const len = dv.getUint16(p + 2);
+      const sof = m >= 0xc0 && m <= 0xcf && m !== 0xc4 && m !== 0xc8 && m !== 0xcc;
+      if (sof) {
+        if (p + 9 > n) return null;
+        return { format: "jpeg", height: dv.getUint16(p + 5), width: dv.getUint16(p + 7) };
+      }
+      p += 2 + len;
+    }
+    return null;
+  }
+  if (fmt === "gif") {
+    if (n < 13) return null;
+    const h: ImageHeader = {
+      format: "gif",
+      width: dv.getUint16(6, true),
+      height: dv.getUint16(8, true),
+      frames: 0,
+      maxFrameWidth: 0,
+      maxFrameHeight: 0,
+    };
+    let p = 13 + (bytes[10] & 0x80 ? 3 * (2 << (bytes[10] & 7)) : 0);
+    const skipBlocks = () => {
+      while (p < n && bytes[p] !== 0) p += bytes[p] + 1;
+      p++;
+    };
+    while (p < n) {
+      const b = bytes[p];
+      if (b === 0x3b) break; // trailer
+      if (b === 0x21) { // extension: label, sub-blocks
+        p += 2;
+        skipBlocks();
+      } else if (b === 0x2c) { // image descriptor
+        if (p + 10 > n) break;
+        const w = dv.getUint16(p + 5, true), fh = dv.getUint16(p + 7, true);
+        if (w * fh > h.maxFrameWidth! * h.maxFrameHeight!) {
+          [h.maxFrameWidth, h.maxFrameHeight] = [w, fh];
+        }
+        h.frames!++;
+        const packed = bytes[p + 9];
+        p += 10 + (packed & 0x80 ? 3 * (2 << (packed & 7)) : 0) + 1; // + LZW code size
+        skipBlocks();
+      } else break; // corrupt: the decoder will say so
+    }
+    return h;
+  }
+  if (fmt === "tiff") {
+    if (n < 8) return null;
+    const ifd = dv.getUint32(4, true);
+    if (ifd + 2 > n) return null;
+    const count = dv.getUint16(ifd, true);
+    let width = -1, height = -1;
+    for (let k = 0; k < count; k++) {
+      const e = ifd + 2 + 12 * k;
+      if (e + 12 > n) break;
+      const tag = dv.getUint16(e, true), type = dv.getUint16(e + 2, true);
+      const v = type === 3 ? dv.getUint16(e + 8, true) : dv.getUint32(e + 8, true);
+      if (tag === 256) width = v;
+      if (tag === 257) height = v;
+    }
+    return width >= 0 && height >= 0 ? { format: "tiff", width, height } : null;
+  }
+  return null;
+}
+
+/** Throws {@link ImageTooLargeError} when the header of `bytes` declares more than the limit. */
+function checkDeclaredSize(bytes: Uint8Array, name: string, limit: number, firstOnly: boolean) {
+  const h = readImageHeader(bytes);
+  if (!h) return;
+  if (h.width * h.height > limit) throw new ImageTooLargeError(name, h.width, h.height, limit);
+  if (h.format !== "gif") return;
+  const fw = h.maxFrameWidth!, fh = h.maxFrameHeight!;
+  if (fw * fh > limit) throw new ImageTooLargeError(name, fw, fh, limit);
+  // Frames are composited at the screen size (or the largest frame's, when bigger).
+  const px = Math.max(h.width * h.height, fw * fh);
+  if (!firstOnly && h.frames! > 1 && h.frames! * px > 4 * limit) {
+    const [w, hh] = fw * fh > h.width * h.height ? [fw, fh] : [h.width, h.height];
+    throw new ImageTooLargeError(name, w, hh, limit, h.frames);
+  }
+}
 
 /** The container format from the first bytes, or null when unknown. */
 export function sniffFormat(bytes: Uint8Array): string | null {
@@ -53,7 +257,12 @@ function fromBitmap(bitmap: Uint8ClampedArray, width: number, height: number): R
   return fromUint8(bitmap, width, height, 4);
 }
 
-async function decodeAll(bytes: Uint8Array, name: string, firstOnly: boolean) {
+async function decodeAll(
+  bytes: Uint8Array,
+  name: string,
+  firstOnly: boolean,
+  opts: DecodeOptions = {},
+) {
   const fmt = sniffFormat(bytes);
   if (fmt === null) {
     throw new ImageError(
@@ -70,6 +279,7 @@ async function decodeAll(bytes: Uint8Array, name: string, firstOnly: boolean) {
         `TIFF); convert it first, e.g. ffmpeg -i in.${fmt} out.png`,
     );
   }
+  checkDeclaredSize(bytes, name, maxImagePixels(opts.maxPixels), firstOnly);
   let decode: (typeof import("imagescript"))["decode"];
   try {
     ({ decode } = await decoder());
@@ -108,10 +318,15 @@ async function decodeAll(bytes: Uint8Array, name: string, firstOnly: boolean) {
 
 /**
  * Decodes image bytes: every frame of a GIF, one frame otherwise. `name` labels errors.
- * Throws {@link ImageError} on unsupported or corrupt data.
+ * Throws {@link ImageError} on unsupported or corrupt data, {@link ImageTooLargeError} when the
+ * header declares more pixels than the limit (see {@link DecodeOptions}).
  */
-export function decodeImageBytes(bytes: Uint8Array, name = "<bytes>"): Promise<RgbImage[]> {
-  return decodeAll(bytes, name, false);
+export function decodeImageBytes(
+  bytes: Uint8Array,
+  name = "<bytes>",
+  opts?: DecodeOptions,
+): Promise<RgbImage[]> {
+  return decodeAll(bytes, name, false, opts);
 }
 
 async function readBytes(path: string): Promise<Uint8Array> {
@@ -131,33 +346,19 @@ async function readBytes(path: string): Promise<Uint8Array> {
 /**
  * Loads an image file (PNG, JPEG, TIFF, or the first frame of a GIF) as planar float RGB in
  * [0,1]; alpha is dropped. Throws {@link ImageError} naming the file when it is missing,
- * unreadable, corrupt or of an unsupported format.
+ * unreadable, corrupt or of an unsupported format, {@link ImageTooLargeError} when it declares
+ * more pixels than the limit (see {@link DecodeOptions}).
  */
-export async function loadImage(path: string): Promise<RgbImage> {
-  return (await decodeAll(await readBytes(path), path, true))[0];
+export async function loadImage(path: string, opts?: DecodeOptions): Promise<RgbImage> {
+  return (await decodeAll(await readBytes(path), path, true, opts))[0];
 }
 
 /** Loads every frame of a GIF (composited by imagescript), or the single image of other files. */
-export async function loadFrames(path: string): Promise<RgbImage[]> {
-  return decodeAll(await readBytes(path), path, false);
+export async function loadFrames(path: string, opts?: DecodeOptions): Promise<RgbImage[]> {
+  return decodeAll(await readBytes(path), path, false, opts);
 }
 
 // ---- PNG encoder: 8-bit RGB, zlib via CompressionStream, per-row filter chosen by min-sum-abs.
-
-const CRC_TABLE = (() => {
-  const t = new Uint32Array(256);
-  for (let n = 0; n < 256; n++) {
-    let c = n;
-    for (let k = 0; k < 8; k++) c = c & 1 ? 0xedb88320 ^ (c >>> 1) : c >>> 1;
-    t[n] = c >>> 0;
-  }
-  return t;
-})();
-
-function crc32(bytes: Uint8Array, crc = 0xffffffff): number {
-  for (let i = 0; i < bytes.length; i++) crc = CRC_TABLE[(crc ^ bytes[i]) & 0xff] ^ (crc >>> 8);
-  return crc;
-}
 
 function chunk(type: string, body: Uint8Array): Uint8Array {
   const out = new Uint8Array(12 + body.length);
@@ -165,7 +366,7 @@ function chunk(type: string, body: Uint8Array): Uint8Array {
   dv.setUint32(0, body.length);
   for (let i = 0; i < 4; i++) out[4 + i] = type.charCodeAt(i);
   out.set(body, 8);
-  dv.setUint32(8 + body.length, (crc32(out.subarray(4, 8 + body.length)) ^ 0xffffffff) >>> 0);
+  dv.setUint32(8 + body.length, crc32(out.subarray(4, 8 + body.length)));
   return out;
 }
 

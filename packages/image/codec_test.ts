@@ -1,12 +1,18 @@
-import { assertClose, randint } from "../kernels/testing.ts";
+import { assertClose, randint } from "@lvm/util/testing";
 import { join } from "node:path";
+import { crc32 } from "@lvm/util";
 import {
   decodeImageBytes,
+  DEFAULT_MAX_IMAGE_PIXELS,
   encodePng,
+  ImageTooLargeError,
   listImages,
   loadFrames,
   loadImage,
+  MAX_IMAGE_PIXELS_ENV,
+  maxImagePixels,
   naturalCompare,
+  readImageHeader,
   savePng,
 } from "./codec.ts";
 import { fromUint8, ImageError, makeImage, toUint8 } from "./image.ts";
@@ -197,4 +203,113 @@ Deno.test("listImages() / naturalCompare()", async (t) => {
       }
     },
   );
+});
+
+/** A GIF of `frames` empty frames of w x h (no colour table, no pixel data: only headers). */
+function gifOf(w: number, h: number, frames: number, fw = w, fh = h): Uint8Array {
+  const out = [..."GIF89a"].map((c) => c.charCodeAt(0));
+  out.push(w & 255, w >> 8, h & 255, h >> 8, 0, 0, 0);
+  for (let i = 0; i < frames; i++) {
+    out.push(0x2c, 0, 0, 0, 0, fw & 255, fw >> 8, fh & 255, fh >> 8, 0, 2, 0);
+  }
+  out.push(0x3b);
+  return new Uint8Array(out);
+}
+
+Deno.test("image bombs: a huge declared size is 'too large', read before decoding", async (t) => {
+  const dir = await Deno.makeTempDir({ prefix: "lvm_image_" });
+  const big = 16000;
+  // A valid small PNG whose IHDR says 16000x16000 (CRC fixed: the header itself is well formed).
+  const png = await encodePng(makeImage(4, 3));
+  const pv = new DataView(png.buffer);
+  pv.setUint32(16, big);
+  pv.setUint32(20, big);
+  pv.setUint32(29, crc32(png.subarray(12, 29)));
+  // The fixture JPEG with its SOF0 saying 16000x16000.
+  const jpg = (await Deno.readFile(fix("tiny_20x12.jpg"))).slice();
+  let sof = 2;
+  while (!(jpg[sof] === 0xff && jpg[sof + 1] >= 0xc0 && jpg[sof + 1] <= 0xc2)) {
+    sof += 2 + ((jpg[sof + 2] << 8) | jpg[sof + 3]);
+  }
+  new DataView(jpg.buffer).setUint16(sof + 5, big);
+  new DataView(jpg.buffer).setUint16(sof + 7, big);
+  // Little-endian TIFF whose first IFD says 16000x16000.
+  const tif = new Uint8Array(8 + 2 + 24);
+  const tv = new DataView(tif.buffer);
+  tif.set([0x49, 0x49, 0x2a, 0]);
+  tv.setUint32(4, 8, true);
+  tv.setUint16(8, 2, true);
+  for (const [k, tag] of [[0, 256], [1, 257]]) {
+    tv.setUint16(10 + 12 * k, tag, true);
+    tv.setUint16(12 + 12 * k, 4, true); // LONG
+    tv.setUint32(14 + 12 * k, 1, true);
+    tv.setUint32(18 + 12 * k, big, true);
+  }
+  const cases: [string, Uint8Array, string][] = [
+    ["bomb.png", png, "16000x16000"],
+    ["bomb.jpg", jpg, "16000x16000"],
+    ["bomb.gif", gifOf(big, big, 1), "16000x16000"],
+    ["bomb-frame.gif", gifOf(8, 8, 2, 12000, 12000), "12000x12000"],
+    ["bomb.tif", tif, "16000x16000"],
+  ];
+  const limit = `${DEFAULT_MAX_IMAGE_PIXELS} pixels`;
+  try {
+    for (const [name, bytes, size] of cases) {
+      await t.step(name, async () => {
+        const path = join(dir, name);
+        await Deno.writeFile(path, bytes);
+        const needles = [path, "image too large", size, limit];
+        for (const load of [loadImage, loadFrames]) {
+          const t0 = performance.now();
+          await expectImageError(() => load(path), needles, name);
+          if (performance.now() - t0 > 5000) throw new Error(`${name}: took too long`);
+        }
+        await expectImageError(() => decodeImageBytes(bytes, name), [name, "too large"], "bytes");
+        try {
+          await loadImage(path);
+        } catch (e) {
+          if (!(e instanceof ImageTooLargeError) || e.limit !== DEFAULT_MAX_IMAGE_PIXELS) throw e;
+          if (/corrupt/.test(e.message)) throw new Error(`says corrupt: ${e.message}`);
+        }
+      });
+    }
+    await t.step("readImageHeader reads the fixtures' sizes and GIF frames", async () => {
+      const h = (f: string) => Deno.readFile(fix(f)).then(readImageHeader);
+      const p = await h("src_37x23.png"), j = await h("tiny_20x12.jpg"), g = await h("anim_3f.gif");
+      if (p?.width !== 37 || p.height !== 23) throw new Error(`png ${JSON.stringify(p)}`);
+      if (j?.width !== 20 || j.height !== 12) throw new Error(`jpg ${JSON.stringify(j)}`);
+      if (g?.format !== "gif" || g.frames !== 3) throw new Error(`gif ${JSON.stringify(g)}`);
+      if (readImageHeader(new Uint8Array(3)) !== null) throw new Error("garbage");
+    });
+    await t.step("the option and LVM_MAX_IMAGE_PIXELS set the limit", async () => {
+      const src = fix("src_37x23.png"); // 851 pixels
+      await expectImageError(() => loadImage(src, { maxPixels: 850 }), [src, "37x23", "850"], "o");
+      if ((await loadImage(src, { maxPixels: 851 })).width !== 37) throw new Error("at limit");
+      Deno.env.set(MAX_IMAGE_PIXELS_ENV, "800");
+      try {
+        await expectImageError(() => loadImage(src), [src, "too large", "800 pixels"], "env");
+        if ((await loadImage(src, { maxPixels: 10_000 })).width !== 37) throw new Error("opt");
+        Deno.env.set(MAX_IMAGE_PIXELS_ENV, "lots");
+        let msg = "";
+        try {
+          maxImagePixels();
+        } catch (e) {
+          msg = (e as Error).message;
+        }
+        if (!msg.includes(MAX_IMAGE_PIXELS_ENV)) throw new Error(`bad env value: ${msg}`);
+      } finally {
+        Deno.env.delete(MAX_IMAGE_PIXELS_ENV);
+      }
+    });
+    await t.step("an animation's frames together may hold 4x the limit", async () => {
+      const gif = gifOf(10, 10, 5); // 500 pixels over 5 frames
+      await expectImageError(
+        () => decodeImageBytes(gif, "anim.gif", { maxPixels: 100 }),
+        ["anim.gif", "too large", "5 frames of 10x10"],
+        "frames",
+      );
+    });
+  } finally {
+    await Deno.remove(dir, { recursive: true });
+  }
 });

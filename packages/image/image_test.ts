@@ -1,4 +1,4 @@
-import { assertClose, randint, randn } from "../kernels/testing.ts";
+import { assertClose, randint, randu } from "@lvm/util/testing";
 import {
   crop,
   flipH,
@@ -88,7 +88,7 @@ Deno.test("toUint8() / fromUint8()", async (t) => {
 Deno.test("toGray()", async (t) => {
   for (const [w, h] of [[1, 1], [7, 1], [45, 65]]) {
     await t.step(`${w}x${h}: 0.2989R+0.5870G+0.1140B on every channel`, () => {
-      const img = makeImage(w, h, randn(3 * w * h, w * 31 + h, 0, 1));
+      const img = makeImage(w, h, randu(3 * w * h, w * 31 + h, 0, 1));
       const g = toGray(img), P = w * h;
       const ref = new Float32Array(P);
       for (let i = 0; i < P; i++) {

@@ -6,7 +6,12 @@
  *   the official code (b/255; clamp*255 truncate), gray, strips/grids, crop/flip/rotate/invert.
  * - resize.ts: bicubic squash-resize bit-exact with PIL's `Image.resize(size, BICUBIC)`.
  * - codec.ts: PNG/JPEG/GIF/TIFF decoding (imagescript, needs -A), PNG encoding, folder listing.
- * - video.ts: video frames and probing through the system ffmpeg/ffprobe.
+ * - codec.ts also guards against decompression bombs: the declared size is checked against a pixel
+ *   limit (64 Mpixel; `maxPixels` option, `LVM_MAX_IMAGE_PIXELS`) before decoding.
+ * - video.ts: video frames and probing through the system ffmpeg/ffprobe (`ffmpegAvailable`,
+ *   `decodeVideo`, the streaming `VideoFrameReader`, `countVideoFrames`).
+ * - media.ts: the one list of image and video extensions (`mediaKind`, `VIDEO_EXTENSIONS`) and
+ *   the folder scanners (`scanFolder`, `listFiles`, `listSubfolders`, `walkFolders`).
  *
  * @example
  * ```ts
@@ -20,3 +25,5 @@ export * from "./image.ts";
 export * from "./resize.ts";
 export * from "./codec.ts";
 export * from "./video.ts";
+export * from "./media.ts";
+export * from "./chart.ts";

@@ -1,4 +1,4 @@
-import { assertClose, randint, randn } from "../kernels/testing.ts";
+import { assertClose, randint, randu } from "@lvm/util/testing";
 import { loadImage } from "./codec.ts";
 import { fromUint8, makeImage, toUint8 } from "./image.ts";
 import { resize, resizeUint8 } from "./resize.ts";
@@ -79,13 +79,13 @@ Deno.test("resizeUint8()", async (t) => {
 
 Deno.test("resize() on float images", async (t) => {
   await t.step("same size returns an unquantised copy", () => {
-    const img = makeImage(7, 3, randn(63, 3, -0.2, 1.2));
+    const img = makeImage(7, 3, randu(63, 3, -0.2, 1.2));
     const same = resize(img, 7, 3);
     if (same.data === img.data) throw new Error("not a copy");
     assertClose(same.data, img.data, { atol: 0, rtol: 0 }, "copy");
   });
   await t.step("other sizes: values on the 1/255 grid, equal to the byte path", () => {
-    const img = makeImage(45, 65, randn(3 * 45 * 65, 4, -0.3, 1.3));
+    const img = makeImage(45, 65, randu(3 * 45 * 65, 4, -0.3, 1.3));
     const out = resize(img, 16, 70);
     for (const v of out.data) {
       if (Math.fround(Math.round(v * 255) / 255) !== v) throw new Error(`${v} off the grid`);

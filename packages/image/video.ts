@@ -6,10 +6,32 @@
  * @module
  */
 import { checkSize } from "./_check.ts";
+import { ImageTooLargeError, maxImagePixels } from "./codec.ts";
 import { ImageError, type RgbImage } from "./image.ts";
 import { resizeUint8 } from "./resize.ts";
 
-const INSTALL = "install ffmpeg (apt-get install ffmpeg)";
+/** What every "ffmpeg is missing" message says to do. */
+export const FFMPEG_INSTALL_HINT = "install ffmpeg (apt-get install ffmpeg)";
+const INSTALL = FFMPEG_INSTALL_HINT;
+
+/**
+ * Whether `bin` (default "ffmpeg") runs: `bin -version` exits 0. Never throws: a missing program
+ * (which `Deno.Command` reports by throwing synchronously), a permission problem or a failing
+ * run are all `false`.
+ */
+export async function ffmpegAvailable(bin = "ffmpeg"): Promise<boolean> {
+  try {
+    const out = await new Deno.Command(bin, {
+      args: ["-version"],
+      stdin: "null",
+      stdout: "null",
+      stderr: "null",
+    }).output();
+    return out.success;
+  } catch {
+    return false;
+  }
+}
 
 /** Binaries to use; defaults "ffmpeg" and "ffprobe" from PATH. */
 export interface FfmpegBinaries {
@@ -178,6 +200,8 @@ export async function decodeVideo(path: string, opts: DecodeVideoOptions): Promi
   if (fps !== undefined) filters.push(`fps=${fps}`);
   if (resample === "pil") {
     ({ width: fw, height: fh } = await probeVideo(path, opts));
+    const limit = maxImagePixels();
+    if (fw * fh > limit) throw new ImageTooLargeError(path, fw, fh, limit);
     filters.push(`scale=${fw}:${fh}`); // a no-op at native size; guards against a misread size
   } else {
     filters.push(`scale=${width}:${height}:flags=bicubic`);
@@ -234,4 +258,232 @@ export async function decodeVideo(path: string, opts: DecodeVideoOptions): Promi
     );
   }
   return frames;
+}
+
+// ---- Streaming frames at native size (the data pipeline's reader) and counting them.
+
+/** The error of an interrupted phase (a DOMException named "AbortError", as fetch uses). */
+function interrupted(phase: string): DOMException {
+  return new DOMException(`interrupted while ${phase}`, "AbortError");
+}
+function throwIfAborted(signal: AbortSignal | undefined, phase: string): void {
+  if (signal?.aborted) throw interrupted(phase);
+}
+
+/**
+ * A child's stderr, drained as it comes (so ffmpeg never blocks on a full pipe), keeping only
+ * the last `max` characters.
+ */
+function stderrTail(stream: ReadableStream<Uint8Array>, max = 4096): Promise<string> {
+  return (async () => {
+    const dec = new TextDecoder();
+    let s = "";
+    try {
+      for await (const c of stream) {
+        s += dec.decode(c, { stream: true });
+        if (s.length > 2 * max) s = s.slice(-max);
+      }
+    } catch { /* the stream was cancelled */ }
+    return s.slice(-max);
+  })();
+}
+
+/** ffmpeg's last stderr lines, for an error message. */
+export function lastLines(stderr: string, n = 4): string {
+  const lines = stderr.trim().split("\n").map((l) => l.trim()).filter((l) => l);
+  return lines.length ? lines.slice(-n).join(" | ").slice(-600) : "ffmpeg printed nothing";
+}
+
+/** ffmpeg exits 255 when it received SIGINT/SIGTERM (the terminal's Ctrl-C reaches it too). */
+const ffmpegInterrupted = (st: Deno.CommandStatus) => st.signal !== null || st.code === 255;
+
+function rawArgs(path: string, scale: string): string[] {
+  return [
+    "-hide_banner", "-nostdin", "-v", "error", "-i", path, "-map", "0:v:0",
+    "-vf", `scale=${scale}`, "-f", "rawvideo", "-pix_fmt", "rgb24", "-",
+  ]; // deno-fmt-ignore
+}
+
+function spawnRaw(path: string, bin: string, args: string[]): Deno.ChildProcess {
+  try {
+    return new Deno.Command(bin, { args, stdin: "null", stdout: "piped", stderr: "piped" })
+      .spawn();
+  } catch (e) {
+    throw new ImageError(path, `cannot run ${bin} (${(e as Error).message}): ${INSTALL}`, {
+      cause: e,
+    });
+  }
+}
+
+/** Options of {@link countVideoFrames} and {@link VideoFrameReader}. */
+export interface VideoReadOptions extends FfmpegBinaries {
+  /** Stops the work between frames; an aborted ffmpeg is killed (an AbortError). */
+  signal?: AbortSignal;
+}
+
+/**
+ * Frames of a video: the container's count, else counted by decoding at 2x2. A video ffmpeg
+ * cannot decode (non-zero exit, or no frame) is an {@link ImageError} naming the file with
+ * ffmpeg's last stderr lines. An aborted `signal` kills ffmpeg and throws an AbortError.
+ */
+export async function countVideoFrames(
+  path: string,
+  opts: VideoReadOptions = {},
+): Promise<number> {
+  const { signal } = opts;
+  const phase = `counting the frames of ${path}`;
+  throwIfAborted(signal, phase);
+  const info = await probeVideo(path, opts);
+  if (info.frames) return info.frames;
+  throwIfAborted(signal, phase);
+  const child = spawnRaw(path, opts.ffmpeg ?? "ffmpeg", rawArgs(path, "2:2"));
+  const err = stderrTail(child.stderr);
+  const kill = () => {
+    try {
+      child.kill("SIGKILL");
+    } catch { /* already exited */ }
+  };
+  signal?.addEventListener("abort", kill, { once: true });
+  try {
+    let bytes = 0;
+    for await (const c of child.stdout) bytes += c.length;
+    const [status, stderr] = await Promise.all([child.status, err]);
+    if (signal?.aborted || ffmpegInterrupted(status)) throw interrupted(phase);
+    if (status.code !== 0) {
+      throw new ImageError(
+        path,
+        `undecodable video: ffmpeg exit ${status.code} while counting frames (${
+          lastLines(stderr)
+        })`,
+      );
+    }
+    const n = Math.floor(bytes / 12);
+    if (n === 0) {
+      throw new ImageError(path, `undecodable video: ffmpeg decoded no frame (${lastLines(stderr)})`);
+    }
+    return n;
+  } finally {
+    signal?.removeEventListener("abort", kill);
+  }
+}
+
+/**
+ * Reads a video forward, frame by frame at native size (so a long video never sits in memory),
+ * restarting ffmpeg to go back. A frame size over the decoding pixel limit (see
+ * {@link maxImagePixels}) is refused before ffmpeg starts. When the stream ends early, the error
+ * names the file, the frame, ffmpeg's exit code and its last stderr lines.
+ */
+export class VideoFrameReader {
+  #child: Deno.ChildProcess | null = null;
+  #stderr: Promise<string> = Promise.resolve("");
+  #reader: ReadableStreamDefaultReader<Uint8Array> | null = null;
+  #pending: Uint8Array = new Uint8Array(0);
+  #next = 0;
+  #w = 0;
+  #h = 0;
+  #frames: number | undefined;
+  /** Kills the decoder when the signal aborts (a blocked read then ends). */
+  #kill = () => {
+    try {
+      this.#child?.kill("SIGKILL");
+    } catch { /* already exited */ }
+  };
+  constructor(readonly path: string, readonly opts: VideoReadOptions & { maxPixels?: number } = {}) {}
+
+  get #signal(): AbortSignal | undefined {
+    return this.opts.signal;
+  }
+
+  async #start(): Promise<void> {
+    await this.close();
+    const info = await probeVideo(this.path, this.opts);
+    const limit = maxImagePixels(this.opts.maxPixels);
+    if (info.width * info.height > limit) {
+      throw new ImageTooLargeError(this.path, info.width, info.height, limit);
+    }
+    this.#w = info.width;
+    this.#h = info.height;
+    this.#frames = info.frames;
+    throwIfAborted(this.#signal, `decoding ${this.path}`);
+    this.#child = spawnRaw(
+      this.path,
+      this.opts.ffmpeg ?? "ffmpeg",
+      rawArgs(this.path, `${this.#w}:${this.#h}`),
+    );
+    this.#stderr = stderrTail(this.#child.stderr);
+    this.#signal?.addEventListener("abort", this.#kill, { once: true });
+    this.#reader = this.#child.stdout.getReader();
+    this.#pending = new Uint8Array(0);
+    this.#next = 0;
+  }
+
+  /** The error for a stream that ended before frame `#next`. */
+  async #ended(): Promise<Error> {
+    const child = this.#child!;
+    const [status, stderr] = await Promise.all([child.status, this.#stderr]);
+    this.#signal?.removeEventListener("abort", this.#kill);
+    this.#child = null;
+    this.#reader = null;
+    if (this.#signal?.aborted || ffmpegInterrupted(status)) {
+      return interrupted(`decoding ${this.path}`);
+    }
+    const of = this.#frames ? ` of ${this.#frames} probed` : "";
+    return new ImageError(
+      this.path,
+      status.code !== 0
+        ? `undecodable video: ffmpeg exit ${status.code} before frame ${this.#next}${of} ` +
+          `(${lastLines(stderr)})`
+        : `video ended at frame ${this.#next} (fewer frames than probed${of}; ${
+          lastLines(stderr)
+        })`,
+    );
+  }
+
+  /** Consumes the next frame's bytes; copies them out only when `keep` (skipping is cheap). */
+  async #readFrame(keep: boolean): Promise<Uint8Array | null> {
+    throwIfAborted(this.#signal, `decoding ${this.path}`);
+    const need = this.#w * this.#h * 3;
+    const out = keep ? new Uint8Array(need) : null;
+    let have = 0;
+    while (have < need) {
+      if (!this.#pending.length) {
+        const { value, done } = await this.#reader!.read();
+        if (done) throw await this.#ended();
+        this.#pending = value;
+      }
+      const k = Math.min(need - have, this.#pending.length);
+      out?.set(this.#pending.subarray(0, k), have);
+      this.#pending = this.#pending.subarray(k);
+      have += k;
+    }
+    this.#next++;
+    return out;
+  }
+
+  /** Frame `i` at native size (going back restarts the decoder). */
+  async frame(i: number): Promise<RgbImage> {
+    if (!this.#child || i < this.#next) await this.#start();
+    while (this.#next < i) await this.#readFrame(false);
+    const rgb = (await this.#readFrame(true))!; // (H,W,3)
+    const P = this.#w * this.#h, data = new Float32Array(3 * P); // (3,H,W)
+    for (let c = 0; c < 3; c++) for (let k = 0; k < P; k++) data[c * P + k] = rgb[k * 3 + c] / 255;
+    return { width: this.#w, height: this.#h, data };
+  }
+
+  /** Stops the decoder. */
+  async close(): Promise<void> {
+    this.#signal?.removeEventListener("abort", this.#kill);
+    if (this.#child) {
+      try {
+        await this.#reader?.cancel();
+      } catch { /* ignore */ }
+      try {
+        this.#child.kill();
+      } catch { /* already exited */ }
+      await this.#child.status.catch(() => {});
+      await this.#stderr;
+    }
+    this.#child = null;
+    this.#reader = null;
+  }
 }

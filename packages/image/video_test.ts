@@ -1,22 +1,39 @@
-import { assertClose } from "../kernels/testing.ts";
+import { assertClose } from "@lvm/util/testing";
 import { join } from "node:path";
 import { ImageError, toUint8 } from "./image.ts";
 import { resize } from "./resize.ts";
-import { decodeVideo, probeVideo } from "./video.ts";
+import { decodeVideo, ffmpegAvailable, probeVideo, VideoFrameReader } from "./video.ts";
 
 const FIX = new URL("../../tests/fixtures/image/", import.meta.url);
 const fix = (name: string) => new URL(name, FIX).pathname;
 const exact = { atol: 0, rtol: 0 };
 
-async function has(bin: string): Promise<boolean> {
+const hasFfmpeg = await ffmpegAvailable();
+
+Deno.test("ffmpegAvailable(): false, never a throw, when ffmpeg is absent", async () => {
+  // Deno.Command throws NotFound synchronously for a missing program: it must not escape.
+  if (await ffmpegAvailable("lvm-no-such-ffmpeg")) throw new Error("a missing program runs?");
+  const empty = await Deno.makeTempDir({ prefix: "lvm_nobin_" });
+  const path = Deno.env.get("PATH") ?? "";
+  Deno.env.set("PATH", empty); // a fresh machine without ffmpeg
   try {
-    return (await new Deno.Command(bin, { args: ["-version"], stdout: "null", stderr: "null" })
-      .output()).success;
-  } catch {
-    return false;
+    if (await ffmpegAvailable()) throw new Error("ffmpeg found on an empty PATH");
+    const file = fix("src_37x23.png");
+    await expectImageError(
+      () => probeVideo(file),
+      [file, '"ffmpeg" program was not found', "apt-get install ffmpeg"],
+      "probe",
+    );
+    await expectImageError(
+      () => new VideoFrameReader(file).frame(0),
+      [file, "apt-get install ffmpeg"],
+      "reader",
+    );
+  } finally {
+    Deno.env.set("PATH", path);
+    await Deno.remove(empty, { recursive: true });
   }
-}
-const hasFfmpeg = await has("ffmpeg");
+});
 
 async function expectImageError(fn: () => Promise<unknown>, needles: string[], label: string) {
   try {

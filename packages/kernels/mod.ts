@@ -1,9 +1,10 @@
 /**
- * @lvm/kernels: the WebGPU device context, tensors, WGSL compute kernels (forward and backward)
- * with their CPU references, and safetensors I/O. Every other package builds on it.
+ * @lvm/kernels: the WGSL compute kernels, forward and backward, each with its CPU reference.
+ * The device context and tensors they run on are `@lvm/gpu`.
  *
  * ```ts
- * import { getGpu, add } from "@lvm/kernels";
+ * import { getGpu } from "@lvm/gpu";
+ * import { add } from "@lvm/kernels";
  * const gpu = await getGpu();
  * const a = gpu.upload([1, 2, 3], [3]);
  * const b = gpu.upload([10, 20, 30], [3]);
@@ -11,8 +12,6 @@
  * ```
  * @module
  */
-export * from "./gpu.ts";
-export * from "./tensor.ts";
 export * from "./ops/elementwise.ts";
 export * from "./ops/embedding.ts";
 export * from "./ops/rmsnorm.ts";
@@ -25,8 +24,6 @@ export * from "./ops/cross_entropy.ts";
 export * from "./ops/adamw.ts";
 export * from "./ops/grad_norm.ts";
 export * from "./ops/matmul.ts";
-export * from "./safetensors.ts";
-export * from "./torch_bin.ts";
 export * from "./ops/conv2d.ts";
 export * from "./ops/groupnorm.ts";
 export * from "./ops/groupnorm_rows.ts";

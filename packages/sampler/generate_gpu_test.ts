@@ -6,7 +6,7 @@
  * the image window slides; and the GPU path reads back far less often.
  */
 import { deepStrictEqual } from "node:assert/strict";
-import { getGpu } from "@lvm/kernels";
+import { getGpu } from "@lvm/gpu";
 import {
   DecodeSession,
   type Llama,

@@ -1,11 +1,11 @@
 /**
  * Worker of {@link RenderPool}: loads an image file and renders a key's variant at the
  * tokenizer resolution, off the main thread. Messages: {id, path, key, render} ->
- * {id, width, height, data} (data transferred) or {id, error}.
+ * {id, width, height, data} (data transferred) or {id, error: {message, tooLarge?: [width, height, limit]}}.
  * @module
  */
 
-import { loadImage } from "@lvm/image";
+import { ImageTooLargeError, loadImage } from "@lvm/image";
 import { renderVariant } from "./sources.ts";
 
 // deno-lint-ignore no-explicit-any
@@ -18,6 +18,9 @@ ctx.onmessage = async (e: MessageEvent) => {
       img.data.buffer,
     ]);
   } catch (err) {
-    ctx.postMessage({ id, error: (err as Error).message ?? String(err) });
+    const tooLarge = err instanceof ImageTooLargeError
+      ? [err.width, err.height, err.limit]
+      : undefined;
+    ctx.postMessage({ id, error: { message: (err as Error).message ?? String(err), tooLarge } });
   }
 };

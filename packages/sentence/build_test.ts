@@ -1,5 +1,5 @@
 import { join } from "node:path";
-import { decodeVideo, makeImage, savePng } from "@lvm/image";
+import { decodeVideo, ffmpegAvailable, makeImage, savePng } from "@lvm/image";
 import { buildDataset, type BuildOptions, type BuildProgress } from "./build.ts";
 import { keyItem } from "./builders.ts";
 import { crc32, crc32Range } from "./_fs.ts";
@@ -615,12 +615,7 @@ Deno.test("buildDataset()", async (t) => {
     ]);
   });
 
-  const ffmpeg = await new Deno.Command("ffmpeg", {
-    args: ["-version"],
-    stdout: "null",
-    stderr: "null",
-  }).output()
-    .then((o) => o.success).catch(() => false);
+  const ffmpeg = await ffmpegAvailable();
   await t.step({
     name: "sequence from a video (ffmpeg), streamed, matches the image package's decoder",
     ignore: !ffmpeg,

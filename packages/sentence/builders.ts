@@ -28,7 +28,7 @@
  * @module
  */
 
-import { mix, permutation, randInt, rng } from "./_rng.ts";
+import { mix, permutation, randInt, rng } from "@lvm/util";
 
 /** Pixel transforms applied to an item after it is squash-resized to the tokenizer resolution. */
 export const Variant = {

@@ -1,7 +1,7 @@
 import { join } from "node:path";
 import { exportJsonl, formatJsonlLine, importJsonl, parseJsonlLine } from "./jsonl.ts";
 import { DatasetError, openDataset } from "./shards.ts";
-import { rng } from "./_rng.ts";
+import { rng } from "@lvm/util";
 
 /** Random sentences: `n` sentences of `images` x 256 codes (or variable lengths). */
 function sentences(n: number, seed: number, variable = false): Int32Array[] {

@@ -15,7 +15,7 @@
  * @module
  */
 
-import { mix, permutation, rng } from "./_rng.ts";
+import { mix, permutation, rng } from "@lvm/util";
 import { openDataset, type TokenDataset } from "./shards.ts";
 
 /** Options of {@link TokenLoader.open}. */

@@ -1,6 +1,6 @@
 import { type Batch, TokenLoader } from "./loader.ts";
 import { writeTestDataset as makeDataset } from "./testing.ts";
-import { rng } from "./_rng.ts";
+import { rng } from "@lvm/util";
 
 /** 60 sentences of 3..9 tokens; every token id is unique, so the stream is traceable. */
 async function fixture(): Promise<{ dir: string; sents: number[][] }> {

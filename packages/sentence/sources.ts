@@ -14,43 +14,37 @@
  */
 
 import { createHash } from "node:crypto";
-import { basename, extname, join } from "node:path";
+import { basename } from "node:path";
 import {
+  countVideoFrames,
   crop,
   flipH,
   flipV,
   IMAGE_EXTENSIONS,
   ImageError,
+  ImageTooLargeError,
   invert,
+  isGif,
+  isImage,
+  isVideo,
+  listFiles,
   listImages,
+  listSubfolders,
   loadFrames,
   loadImage,
   naturalCompare,
-  probeVideo,
   resize,
   type RgbImage,
   rotate90,
   toGray,
+  VIDEO_EXTENSIONS,
+  VideoFrameReader,
+  walkFolders,
 } from "@lvm/image";
 import { itemSeed, keyItem, keyVariant, Variant } from "./builders.ts";
-import { interrupted, throwIfAborted } from "./_abort.ts";
-import { randInt, rng } from "./_rng.ts";
+import { throwIfAborted } from "./_abort.ts";
+import { randInt, rng } from "@lvm/util";
 import type { SourceInfo } from "./shards.ts";
-
-/** Video file extensions recognized as videos (decoded by ffmpeg). */
-export const VIDEO_EXTENSIONS: readonly string[] = [
-  "avi",
-  "mp4",
-  "mkv",
-  "mov",
-  "webm",
-  "mpg",
-  "mpeg",
-  "m4v",
-  "wmv",
-  "flv",
-  "ogv",
-]; // deno-fmt-ignore
 
 /** What kind of input a source is. */
 export type SourceType = "folder" | "video" | "gif" | "file";
@@ -169,13 +163,6 @@ export async function digestInputs(
   return { items: items.digest("hex"), files: files.digest("hex") };
 }
 
-const ext = (p: string) => extname(p).slice(1).toLowerCase();
-/** True for a video file name. */
-export const isVideo = (p: string): boolean => VIDEO_EXTENSIONS.includes(ext(p));
-/** True for a GIF file name. */
-export const isGif = (p: string): boolean => ext(p) === "gif";
-/** True for an image file name. */
-export const isImage = (p: string): boolean => IMAGE_EXTENSIONS.includes(ext(p));
 /** File name without its last extension ("a/0001.depth.png" -> "0001.depth"). */
 export const stem = (p: string): string => basename(p).replace(/\.[^.]*$/, "");
 
@@ -188,45 +175,9 @@ async function statOf(path: string): Promise<Deno.FileInfo> {
   }
 }
 
-async function subdirs(dir: string, signal?: AbortSignal): Promise<string[]> {
-  const out: string[] = [];
-  for await (const e of Deno.readDir(dir)) {
-    throwIfAborted(signal, `scanning ${dir}`);
-    if (e.name.startsWith(".")) continue;
-    if (
-      e.isDirectory ||
-      (e.isSymlink && (await Deno.stat(join(dir, e.name)).catch(() => null))?.isDirectory)
-    ) {
-      out.push(e.name);
-    }
-  }
-  return out.sort(naturalCompare).map((n) => join(dir, n));
-}
-
-async function filesMatching(
-  dir: string,
-  pred: (p: string) => boolean,
-  signal?: AbortSignal,
-): Promise<string[]> {
-  const out: string[] = [];
-  for await (const e of Deno.readDir(dir)) {
-    throwIfAborted(signal, `scanning ${dir}`);
-    if (e.name.startsWith(".") || !pred(e.name)) continue;
-    if (
-      e.isFile || (e.isSymlink && (await Deno.stat(join(dir, e.name)).catch(() => null))?.isFile)
-    ) {
-      out.push(e.name);
-    }
-  }
-  return out.sort(naturalCompare).map((n) => join(dir, n));
-}
-
-/** Folders under (and including) `dir`, depth first in natural order. */
-async function walk(dir: string, signal?: AbortSignal): Promise<string[]> {
-  const out = [dir];
-  for (const d of await subdirs(dir, signal)) out.push(...(await walk(d, signal)));
-  return out;
-}
+const subdirs = listSubfolders;
+const filesMatching = listFiles;
+const walk = walkFolders;
 
 /** The images of a folder (natural order), after checking the signal. */
 async function folderFiles(dir: string, signal?: AbortSignal): Promise<string[]> {
@@ -237,114 +188,6 @@ async function folderFiles(dir: string, signal?: AbortSignal): Promise<string[]>
 /** The still images of a folder (not GIFs: a GIF is an animation, a sequence source). */
 async function stills(dir: string, signal?: AbortSignal): Promise<string[]> {
   return (await folderFiles(dir, signal)).filter((p) => !isGif(p));
-}
-
-/**
- * A child's stderr, drained as it comes (so ffmpeg never blocks on a full pipe), keeping only
- * the last `max` characters.
- */
-function stderrTail(stream: ReadableStream<Uint8Array>, max = 4096): Promise<string> {
-  return (async () => {
-    const dec = new TextDecoder();
-    let s = "";
-    try {
-      for await (const c of stream) {
-        s += dec.decode(c, { stream: true });
-        if (s.length > 2 * max) s = s.slice(-max);
-      }
-    } catch { /* the stream was cancelled */ }
-    return s.slice(-max);
-  })();
-}
-
-/** ffmpeg's last stderr lines, for an error message. */
-export function lastLines(stderr: string, n = 4): string {
-  const lines = stderr.trim().split("\n").map((l) => l.trim()).filter((l) => l);
-  return lines.length ? lines.slice(-n).join(" | ").slice(-600) : "ffmpeg printed nothing";
-}
-
-/** ffmpeg exits 255 when it received SIGINT/SIGTERM (the terminal's Ctrl-C reaches it too). */
-const ffmpegInterrupted = (st: Deno.CommandStatus) => st.signal !== null || st.code === 255;
-
-function ffmpegArgs(path: string, scale: string): string[] {
-  return [
-    "-hide_banner",
-    "-nostdin",
-    "-v",
-    "error",
-    "-i",
-    path,
-    "-map",
-    "0:v:0",
-    "-vf",
-    `scale=${scale}`,
-    "-f",
-    "rawvideo",
-    "-pix_fmt",
-    "rgb24",
-    "-",
-  ]; // deno-fmt-ignore
-}
-
-function spawnFfmpeg(path: string, args: string[]): Deno.ChildProcess {
-  try {
-    return new Deno.Command("ffmpeg", {
-      args,
-      stdin: "null",
-      stdout: "piped",
-      stderr: "piped",
-    }).spawn();
-  } catch (e) {
-    throw new ImageError(
-      path,
-      `cannot run ffmpeg (${(e as Error).message}): install ffmpeg (apt-get install ffmpeg)`,
-    );
-  }
-}
-
-/**
- * Frames of a video: the container's count, else counted by decoding at 2x2. A video ffmpeg
- * cannot decode (non-zero exit, or no frame) is an {@link ImageError} naming the file with
- * ffmpeg's last stderr lines. An aborted `signal` kills ffmpeg and throws an AbortError.
- */
-export async function countVideoFrames(path: string, signal?: AbortSignal): Promise<number> {
-  const phase = `counting the frames of ${path}`;
-  throwIfAborted(signal, phase);
-  const info = await probeVideo(path);
-  if (info.frames) return info.frames;
-  throwIfAborted(signal, phase);
-  const child = spawnFfmpeg(path, ffmpegArgs(path, "2:2"));
-  const err = stderrTail(child.stderr);
-  const kill = () => {
-    try {
-      child.kill("SIGKILL");
-    } catch { /* already exited */ }
-  };
-  signal?.addEventListener("abort", kill, { once: true });
-  try {
-    let bytes = 0;
-    for await (const c of child.stdout) bytes += c.length;
-    const [status, stderr] = await Promise.all([child.status, err]);
-    if (signal?.aborted || ffmpegInterrupted(status)) throw interrupted(phase);
-    if (status.code !== 0) {
-      throw new ImageError(
-        path,
-        `undecodable video: ffmpeg exit ${status.code} while counting frames (${
-          lastLines(stderr)
-        })`,
-      );
-    }
-    const n = Math.floor(bytes / 12);
-    if (n === 0) {
-      throw new ImageError(
-        path,
-        `undecodable video: ffmpeg decoded no frame (${lastLines(stderr)})`,
-      );
-    }
-    return n;
-  } finally {
-    signal?.removeEventListener("abort", kill);
-  }
 }
 
 /** A frame sequence source found by {@link scanSequences}. */
@@ -371,7 +214,7 @@ export async function scanSequences(
   const addFile = async (p: string) => {
     throwIfAborted(signal, `scanning ${p}`);
     if (isVideo(p)) {
-      const count = await countVideoFrames(p, signal);
+      const count = await countVideoFrames(p, { signal });
       const source: Source = { path: p, type: "video", files: [], count };
       sequences.push({ source, first: table.add(source) });
     } else if (isGif(p)) {
@@ -667,120 +510,13 @@ export function renderVariant(img: RgbImage, key: number, opts: RenderOptions): 
 }
 
 /**
- * Reads a video forward, frame by frame (native size), restarting ffmpeg to go back. When the
- * stream ends early, the error names the file, the frame, ffmpeg's exit code and its last
- * stderr lines.
- */
-class VideoStream {
-  #child: Deno.ChildProcess | null = null;
-  #stderr: Promise<string> = Promise.resolve("");
-  #reader: ReadableStreamDefaultReader<Uint8Array> | null = null;
-  #pending: Uint8Array = new Uint8Array(0);
-  #next = 0;
-  #w = 0;
-  #h = 0;
-  #frames: number | undefined;
-  /** Kills the decoder when the signal aborts (a blocked read then ends). */
-  #kill = () => {
-    try {
-      this.#child?.kill("SIGKILL");
-    } catch { /* already exited */ }
-  };
-  constructor(readonly path: string, readonly signal?: AbortSignal) {}
-
-  async #start(): Promise<void> {
-    await this.close();
-    const info = await probeVideo(this.path);
-    this.#w = info.width;
-    this.#h = info.height;
-    this.#frames = info.frames;
-    throwIfAborted(this.signal, `decoding ${this.path}`);
-    this.#child = spawnFfmpeg(this.path, ffmpegArgs(this.path, `${this.#w}:${this.#h}`));
-    this.#stderr = stderrTail(this.#child.stderr);
-    this.signal?.addEventListener("abort", this.#kill, { once: true });
-    this.#reader = this.#child.stdout.getReader();
-    this.#pending = new Uint8Array(0);
-    this.#next = 0;
-  }
-
-  /** The error for a stream that ended before frame `#next`. */
-  async #ended(): Promise<Error> {
-    const child = this.#child!;
-    const [status, stderr] = await Promise.all([child.status, this.#stderr]);
-    this.signal?.removeEventListener("abort", this.#kill);
-    this.#child = null;
-    this.#reader = null;
-    if (this.signal?.aborted || ffmpegInterrupted(status)) {
-      return interrupted(`decoding ${this.path}`);
-    }
-    const of = this.#frames ? ` of ${this.#frames} probed` : "";
-    return new ImageError(
-      this.path,
-      status.code !== 0
-        ? `undecodable video: ffmpeg exit ${status.code} before frame ${this.#next}${of} ` +
-          `(${lastLines(stderr)})`
-        : `video ended at frame ${this.#next} (fewer frames than probed${of}; ${
-          lastLines(stderr)
-        })`,
-    );
-  }
-
-  /** Consumes the next frame's bytes; copies them out only when `keep` (skipping is cheap). */
-  async #readFrame(keep: boolean): Promise<Uint8Array | null> {
-    throwIfAborted(this.signal, `decoding ${this.path}`);
-    const need = this.#w * this.#h * 3;
-    const out = keep ? new Uint8Array(need) : null;
-    let have = 0;
-    while (have < need) {
-      if (!this.#pending.length) {
-        const { value, done } = await this.#reader!.read();
-        if (done) throw await this.#ended();
-        this.#pending = value;
-      }
-      const k = Math.min(need - have, this.#pending.length);
-      out?.set(this.#pending.subarray(0, k), have);
-      this.#pending = this.#pending.subarray(k);
-      have += k;
-    }
-    this.#next++;
-    return out;
-  }
-
-  /** Frame `i` at native size (going back restarts the decoder). */
-  async frame(i: number): Promise<RgbImage> {
-    if (!this.#child || i < this.#next) await this.#start();
-    while (this.#next < i) await this.#readFrame(false);
-    const rgb = (await this.#readFrame(true))!; // (H,W,3)
-    const P = this.#w * this.#h, data = new Float32Array(3 * P); // (3,H,W)
-    for (let c = 0; c < 3; c++) for (let k = 0; k < P; k++) data[c * P + k] = rgb[k * 3 + c] / 255;
-    return { width: this.#w, height: this.#h, data };
-  }
-
-  async close(): Promise<void> {
-    this.signal?.removeEventListener("abort", this.#kill);
-    if (this.#child) {
-      try {
-        await this.#reader?.cancel();
-      } catch { /* ignore */ }
-      try {
-        this.#child.kill();
-      } catch { /* already exited */ }
-      await this.#child.status.catch(() => {});
-      await this.#stderr;
-    }
-    this.#child = null;
-    this.#reader = null;
-  }
-}
-
-/**
  * Loads items' pixels (native size): image files, GIF frames (the last GIF's frames cached),
  * video frames (one forward-streaming decoder per video, the last few kept open).
  */
 export class ItemLoader {
   #gifPath = "";
   #gifFrames: RgbImage[] = [];
-  #videos = new Map<string, VideoStream>();
+  #videos = new Map<string, VideoFrameReader>();
   /** `signal` stops video decoding between frames (an AbortError). */
   constructor(readonly table: ItemTable, readonly signal?: AbortSignal) {}
 
@@ -810,7 +546,7 @@ export class ItemLoader {
         await stream.close();
         this.#videos.delete(oldest);
       }
-      v = new VideoStream(src.path, this.signal);
+      v = new VideoFrameReader(src.path, { signal: this.signal });
       this.#videos.set(src.path, v);
     }
     return await v.frame(i);
@@ -851,8 +587,14 @@ export class RenderPool {
         const p = this.#pending.get(e.data.id);
         if (!p) return;
         this.#pending.delete(e.data.id);
-        if (e.data.error !== undefined) {
-          p.reject(new ImageError(p.path, e.data.error.replace(`${p.path}: `, "")));
+        const err = e.data.error;
+        if (err !== undefined) {
+          // The worker's ImageError, rebuilt with its type (a too-large image stays one).
+          p.reject(
+            err.tooLarge
+              ? new ImageTooLargeError(p.path, err.tooLarge[0], err.tooLarge[1], err.tooLarge[2])
+              : new ImageError(p.path, err.message.replace(`${p.path}: `, "")),
+          );
         } else p.resolve({ width: e.data.width, height: e.data.height, data: e.data.data });
       };
       w.onerror = (e: ErrorEvent) => {

@@ -1,13 +1,9 @@
 import { join } from "node:path";
-import { ImageError } from "@lvm/image";
-import { countVideoFrames, ItemLoader, ItemTable, lastLines, scanSequences } from "./sources.ts";
+import { countVideoFrames, ffmpegAvailable, ImageError, lastLines } from "@lvm/image";
+import { ItemLoader, ItemTable, scanSequences } from "./sources.ts";
 import { writeCorruptAvi } from "./testing.ts";
 
-const hasFfmpeg = await new Deno.Command("ffmpeg", {
-  args: ["-version"],
-  stdout: "null",
-  stderr: "null",
-}).output().then((o) => o.success).catch(() => false);
+const hasFfmpeg = await ffmpegAvailable();
 if (!hasFfmpeg) console.warn("sources_test: ffmpeg not found, the corrupt-video steps are skipped");
 
 async function throws(fn: () => Promise<unknown>, check: (e: unknown) => string | null) {
@@ -111,7 +107,7 @@ async function withHangingFfmpeg(fn: (video: string) => Promise<void>) {
 Deno.test("an aborted signal kills ffmpeg while counting or decoding frames", async (t) => {
   await t.step("already aborted: nothing is spawned", async () => {
     await throws(
-      () => countVideoFrames("/nonexistent.mkv", AbortSignal.abort()),
+      () => countVideoFrames("/nonexistent.mkv", { signal: AbortSignal.abort() }),
       abortError(/interrupted while counting the frames of \/nonexistent\.mkv/),
     );
   });
@@ -120,7 +116,7 @@ Deno.test("an aborted signal kills ffmpeg while counting or decoding frames", as
       const ac = new AbortController();
       setTimeout(() => ac.abort(), 100);
       await throws(
-        () => countVideoFrames(video, ac.signal),
+        () => countVideoFrames(video, { signal: ac.signal }),
         abortError(/interrupted while counting the frames of .*clip\.mkv/),
       );
     });

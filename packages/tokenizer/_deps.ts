@@ -1,5 +1,5 @@
 /**
- * What @lvm/tokenizer uses from @lvm/kernels, in one place.
+ * What @lvm/tokenizer uses from @lvm/gpu, @lvm/kernels and @lvm/weights, in one place.
  * @module
  */
 export {
@@ -10,22 +10,17 @@ export {
   conv2dBackward,
   type Conv2dOptions,
   f32Literal,
-  getGpu,
-  type Gpu,
   groupNormFast,
   groupNormFastBackward,
   map,
   mean,
   nchwToRows,
   rowsToNchw,
-  SafetensorsFile,
   scatterAddRows,
-  Tensor,
-  type TensorSource,
-  TorchBinFile,
   vqLookup,
   vqNearest,
-  writeSafetensors,
 } from "@lvm/kernels";
+export { getGpu, type Gpu, Tensor } from "@lvm/gpu";
+export { SafetensorsFile, type TensorSource, TorchBinFile, writeSafetensors } from "@lvm/weights";
 
-export { writeFileAtomic } from "@lvm/kernels/fs";
+export { writeFileAtomic } from "@lvm/util/fs";

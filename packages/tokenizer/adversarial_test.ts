@@ -6,7 +6,7 @@
 import { deepStrictEqual, equal, ok } from "node:assert/strict";
 import { makeImage } from "@lvm/image";
 import { conv2dCpu } from "@lvm/kernels";
-import { assertClose, finiteDiff, randn } from "@lvm/kernels/testing";
+import { assertClose, finiteDiff, randu } from "@lvm/util/testing";
 import { getGpu } from "./_deps.ts";
 import { PatchDiscriminator } from "./adversarial.ts";
 import { parseConfig } from "./config.ts";
@@ -54,11 +54,11 @@ Deno.test("PatchDiscriminator()", async (t) => {
     const B = 2, C = 8, S = 16;
     const d = new PatchDiscriminator(gpu, { start: 1, weight: 1, channels: C }, TRAIN_DEFAULTS);
     const ws = (await gpu.readMany(d.layers.flatMap((l) => [l.w, l.b]))) as Float32Array[];
-    const x = randn(B * 3 * S * S, 5, 0, 1);
+    const x = randu(B * 3 * S * S, 5, 0, 1);
     const xt = gpu.upload(x, [B, 3, S, S]);
     const c = d.forward(xt);
     deepStrictEqual(c.logits.shape, [B, 1, 3, 3]);
-    const R = randn(c.logits.size, 6);
+    const R = randu(c.logits.size, 6);
     assertClose(
       [(await gpu.readF32(c.logits)).reduce((a, v, i) => a + v * R[i], 0)],
       [dCpu(ws, x, B, C, S, R)],

@@ -10,8 +10,8 @@ import { deepStrictEqual, equal, match, ok, rejects } from "node:assert/strict";
 import { join } from "node:path";
 import { loadImage } from "@lvm/image";
 import { getGpu, type Tensor } from "./_deps.ts";
-import { SafetensorsFile } from "@lvm/kernels";
-import { assertClose, finiteDiff, randn } from "@lvm/kernels/testing";
+import { SafetensorsFile } from "@lvm/weights";
+import { assertClose, finiteDiff, randu } from "@lvm/util/testing";
 import { configToJson, paramSpecs, parseConfig, type VqganConfig } from "./config.ts";
 import { initWeights, Tape, Vqgan } from "./model.ts";
 import { VqganCpu } from "./_reference.ts";
@@ -106,7 +106,7 @@ Deno.test("VqganTokenizer fixtures()", async (t) => {
   });
   await t.step("images of other sizes are squash-resized to the resolution", async () => {
     const tok = await loadTokenizer(join(FIX, "openmuse"));
-    const [a] = await tok.encode([{ width: 37, height: 23, data: randn(3 * 37 * 23, 3, 0, 1) }]);
+    const [a] = await tok.encode([{ width: 37, height: 23, data: randu(3 * 37 * 23, 3, 0, 1) }]);
     equal(a.length, T);
     tok.release();
   });
@@ -240,11 +240,11 @@ Deno.test("Vqgan nin_shortcut config vs CPU reference()", async (t) => {
   // Non-trivial norms and a codebook spread like the latents.
   for (const [n, v] of w) {
     if (/norm|nin/.test(n)) {
-      v.set(randn(v.length, n.length, n.endsWith("weight") && !/nin/.test(n) ? 0.5 : -0.3, 1.2));
+      v.set(randu(v.length, n.length, n.endsWith("weight") && !/nin/.test(n) ? 0.5 : -0.3, 1.2));
     }
   }
   const cpu = new VqganCpu(NIN, w);
-  const B = 2, x = randn(B * 3 * 64, 11, 0, 1);
+  const B = 2, x = randu(B * 3 * 64, 11, 0, 1);
   const z = cpu.encode(x, B);
   w.set(
     "quantize.embedding.weight",
@@ -275,7 +275,7 @@ Deno.test("Vqgan nin_shortcut config vs CPU reference()", async (t) => {
   ) => {
     const tape = new Tape();
     const out = run(tape);
-    const R = randn(out.size, 99);
+    const R = randu(out.size, 99);
     tape.backward(gpu.upload(R, out.shape));
     out.release();
     for (const n of names) {

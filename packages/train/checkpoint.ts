@@ -14,9 +14,10 @@
  * @module
  */
 import { join } from "node:path";
-import { writeFileAtomic } from "@lvm/kernels/fs";
+import { writeFileAtomic } from "@lvm/util/fs";
 import type { LoaderState } from "@lvm/sentence";
 import type { TrainConfig } from "./config.ts";
+import { processAlive } from "./lock.ts";
 
 /** File names inside a checkpoint folder. */
 export const STATE_FILE = "trainer_state.json";
@@ -35,31 +36,39 @@ export interface LogRecord {
   val_loss?: number;
 }
 
-/** Contents of `trainer_state.json`. */
-export interface TrainerState {
+/**
+ * Contents of `trainer_state.json`. `C` is the run's config: a LLaMA run's {@link TrainConfig} (the
+ * default), or another {@link Trainable}'s; that model's `state()` fields are merged in at the top
+ * level (a LLaMA's are `loader` and `rng`).
+ */
+export interface TrainerState<C = TrainConfig> {
   format: "lvm-trainer-state";
   version: 1;
+  /** What was trained: "llama" (also when absent: checkpoints from before the field), "vqgan". */
+  kind?: string;
   /** Optimizer steps completed. */
   step: number;
-  /** Tokens trained on so far. */
+  /** Items trained on so far: tokens for a LLaMA, images for a VQGAN. */
   tokens: number;
   /** The run's configuration (schedule and optimizer included). */
-  config: TrainConfig;
+  config: C;
   /** Learning rate of the next step. */
   next_lr: number;
-  /** The training loader's position after the last batch used. */
+  /** The training loader's position after the last batch used (a LLaMA run's). */
   loader: LoaderState;
   /**
    * Randomness: weights are initialised from `seed`, the data order comes from `seed` and the
    * loader position; training itself draws nothing (no dropout), so this is the whole RNG state.
    */
-  rng: { seed: number; splitSeed: number };
+  rng: { seed: number; splitSeed: number } | number;
   /** Seconds spent training over all sessions. */
   elapsed_s: number;
   /** Recent progress records (at most {@link HISTORY_LIMIT}). */
   log_history: LogRecord[];
   /** ISO time of the save. */
   saved_at: string;
+  /** Other fields of the model's `state()`. */
+  [field: string]: unknown;
 }
 
 /** Most log records kept in a trainer state. */
@@ -132,8 +141,14 @@ export async function resolveCheckpoint(path: string): Promise<string> {
   );
 }
 
-/** Reads and checks `DIR/trainer_state.json`. */
-export async function readTrainerState(dir: string): Promise<TrainerState> {
+/**
+ * Reads and checks `DIR/trainer_state.json`. `kind` (default "llama") is the model the caller
+ * expects: a checkpoint of another kind is refused.
+ */
+export async function readTrainerState<C = TrainConfig>(
+  dir: string,
+  kind = "llama",
+): Promise<TrainerState<C>> {
   const path = join(dir, STATE_FILE);
   let raw: unknown;
   try {
@@ -141,14 +156,23 @@ export async function readTrainerState(dir: string): Promise<TrainerState> {
   } catch (e) {
     throw new CheckpointError(`${path}: cannot read trainer state (${(e as Error).message})`);
   }
-  const s = raw as TrainerState;
+  const s = raw as TrainerState<C>;
   if (!s || s.format !== "lvm-trainer-state" || s.version !== 1) {
     throw new CheckpointError(
       `${path}: not a trainer state (format ${JSON.stringify(s?.format)} version ${s?.version}, ` +
         `expected "lvm-trainer-state" 1)`,
     );
   }
-  if (!Number.isInteger(s.step) || s.step < 0 || typeof s.config !== "object" || !s.loader) {
+  if ((s.kind ?? "llama") !== kind) {
+    throw new CheckpointError(
+      `${path}: a checkpoint of a ${s.kind ?? "llama"} run, not of a ${kind} (another command ` +
+        `wrote this run folder)`,
+    );
+  }
+  if (
+    !Number.isInteger(s.step) || s.step < 0 || typeof s.config !== "object" ||
+    (kind === "llama" && !s.loader)
+  ) {
     throw new CheckpointError(`${path}: trainer state lacks step, config or loader position`);
   }
   return s;
@@ -191,9 +215,12 @@ export async function commitCheckpoint(
   for (const c of all.slice(0, Math.max(0, all.length - keep))) {
     if (c.path !== final) await Deno.remove(c.path, { recursive: true });
   }
-  // Temp folders of a save that was killed midway (never renamed into place).
+  // Temp folders of a save that was killed midway (never renamed into place): this process's, or
+  // those of a process that is gone. Another live process's are left alone (see lock.ts: a run
+  // folder has one writer, but a folder without a lock may still be shared).
   for await (const e of Deno.readDir(runDir)) {
-    if (/^\.checkpoint-\d+\.(tmp|old)-/.test(e.name)) {
+    const m = /^\.checkpoint-\d+\.(?:tmp|old)-(\d+)-/.exec(e.name);
+    if (m && (Number(m[1]) === Deno.pid || !(await processAlive(Number(m[1]))))) {
       await Deno.remove(join(runDir, e.name), { recursive: true }).catch(() => {});
     }
   }

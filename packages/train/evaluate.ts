@@ -14,7 +14,8 @@
  * model was trained with (saved in its `trainer_state.json`) so no training sentence is scored.
  * @module
  */
-import { crossEntropyLoss, type Gpu, type Tensor } from "@lvm/kernels";
+import { crossEntropyLoss } from "@lvm/kernels";
+import type { Gpu, Tensor } from "@lvm/gpu";
 import { imagesIn, TokenDataset, TokenLoader } from "@lvm/sentence";
 import type { Llama } from "@lvm/transformer";
 

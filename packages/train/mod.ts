@@ -14,7 +14,7 @@
  * - evaluate.ts: validation loss/perplexity and the official target-image perplexity.
  *
  * ```ts ignore
- * import { getGpu } from "@lvm/kernels";
+ * import { getGpu } from "@lvm/gpu";
  * import { preset } from "@lvm/transformer";
  * import { makeTrainConfig, Trainer } from "@lvm/train";
  * const gpu = await getGpu();

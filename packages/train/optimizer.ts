@@ -12,14 +12,9 @@
  * bit for bit.
  * @module
  */
-import {
-  adamw,
-  clipGradNorm,
-  type Gpu,
-  SafetensorsFile,
-  SafetensorsWriter,
-  type Tensor,
-} from "@lvm/kernels";
+import { adamw, clipGradNorm } from "@lvm/kernels";
+import type { Gpu, Tensor } from "@lvm/gpu";
+import { SafetensorsFile, SafetensorsWriter } from "@lvm/weights";
 
 /** Hyperparameters of {@link AdamW} (JSON-serializable). */
 export interface AdamWConfig {

@@ -6,8 +6,8 @@
  */
 import { writeTestDataset } from "@lvm/sentence/testing";
 import { type LlamaConfig, makeConfig } from "@lvm/transformer";
-import { assertEquals, rng } from "@lvm/kernels/testing";
-export { assertEquals, assertRejects, assertThrows } from "@lvm/kernels/testing";
+import { assertEquals, rng } from "@lvm/util/testing";
+export { assertEquals, assertRejects, assertThrows } from "@lvm/util/testing";
 
 /** 2 layers, width 32, 2 heads, FFN 64, LVM's 8292-id vocabulary. */
 export const MINI: LlamaConfig = makeConfig({ hidden: 32, layers: 2, heads: 2, ffn: 64 });

@@ -20,7 +20,7 @@
  * k steps + resume + N-k steps give the same weights bit for bit on the same adapter.
  * @module
  */
-import type { Gpu, Tensor } from "@lvm/kernels";
+import type { Gpu, Tensor } from "@lvm/gpu";
 import { TokenDataset, TokenLoader } from "@lvm/sentence";
 import { Llama, type LlamaConfig, loadLlama, saveLlama } from "@lvm/transformer";
 import { join } from "node:path";

@@ -5,8 +5,8 @@
  * over unpadded logits.
  */
 import { join } from "node:path";
-import { getGpu } from "@lvm/kernels";
-import { assertClose } from "@lvm/kernels/testing";
+import { getGpu } from "@lvm/gpu";
+import { assertClose } from "@lvm/util/testing";
 import { writeTestDataset } from "@lvm/sentence/testing";
 import { loadLlama } from "@lvm/transformer";
 import {

@@ -11,15 +11,15 @@
  * @module
  */
 import { join } from "node:path";
-import { writeFileAtomic } from "@lvm/kernels/fs";
+import { writeFileAtomic } from "@lvm/util/fs";
+import type { Gpu } from "@lvm/gpu";
 import {
-  type Gpu,
   openCheckpoint,
   SafetensorsWriter,
   shardFileName,
   type StDType,
   type TensorSource,
-} from "@lvm/kernels";
+} from "@lvm/weights";
 import {
   ConfigError,
   configFromHf,

@@ -1,12 +1,7 @@
-import {
-  getGpu,
-  openCheckpoint,
-  roundF16,
-  SafetensorsError,
-  SafetensorsFile,
-  writeSafetensors,
-} from "@lvm/kernels";
-import { assertClose } from "@lvm/kernels/testing";
+import { getGpu } from "@lvm/gpu";
+import { openCheckpoint, SafetensorsError, SafetensorsFile, writeSafetensors } from "@lvm/weights";
+import { roundF16 } from "@lvm/util";
+import { assertClose } from "@lvm/util/testing";
 import { assertEquals, assertRejects } from "./_assert.ts";
 import { CheckpointError, loadLlama, readConfig, saveLlama } from "./checkpoint.ts";
 import { ConfigError, makeConfig, paramSpecs } from "./config.ts";

@@ -18,9 +18,6 @@ import {
   addRmsnorm,
   attentionDecode,
   embedding,
-  type Gpu,
-  KvCache,
-  kvCacheWrite,
   linear,
   logSoftmaxGather,
   PackedWeight,
@@ -28,10 +25,11 @@ import {
   rope,
   sampleLogits,
   swiglu,
-  type Tensor,
   validateIds,
 } from "@lvm/kernels";
+import type { Gpu, Tensor } from "@lvm/gpu";
 import { EMBED, FINAL_NORM, layerNames, LM_HEAD } from "./config.ts";
+import { KvCache } from "./kv_cache.ts";
 import { dims, type Llama } from "./model.ts";
 
 /** Options of {@link DecodeSession}. */
@@ -149,8 +147,9 @@ export class DecodeSession {
     const tex = (t: GPUTexture) => t.width * t.height * t.depthOrArrayLayers * 16; // rgba32*: 16 B
     let textures = 0, buffers = this.#id.byteLength + (this.#pending?.byteLength ?? 0);
     for (const c of this.#cache) {
-      c.tex?.forEach((t) => (textures += tex(t.texture)));
-      c.buf?.forEach((t) => (buffers += t.byteLength));
+      const s = c.buffers;
+      if (s.layout === "tex") [s.k, s.v].forEach((t) => (textures += tex(t.texture)));
+      else [s.k, s.v].forEach((t) => (buffers += t.byteLength));
     }
     for (const p of this.#packed.values()) if (p.texture) textures += tex(p.texture.texture);
     return { textures, buffers };
@@ -373,10 +372,10 @@ export class DecodeSession {
       rope(gpu, k, { ...ropeOpts, heads: KVH, out: k });
       const v = linear(gpu, h1, this.#w(nm.v)).view([1, n, KVH, hd]);
       h1.release();
-      kvCacheWrite(gpu, this.#cache[i], k, v, pos);
+      this.#cache[i].write(gpu, k, v, pos);
       k.release();
       v.release();
-      const att = attentionDecode(gpu, q, this.#cache[i], pos); // (1,n,H,hd)
+      const att = attentionDecode(gpu, q, this.#cache[i].buffers, pos); // (1,n,H,hd)
       q.release();
       const ao = linear(gpu, att.view([n, H * hd]), this.#w(nm.o)); // (n,D)
       att.release();

@@ -2,7 +2,8 @@
  * DecodeSession.memoryBytes: the KV cache of every layer (textures or pooled buffers), the packed
  * weight textures when the session packs, and the token-id tensor, against sizes computed here.
  */
-import { attentionTuning, getGpu } from "@lvm/kernels";
+import { attentionTuning } from "@lvm/kernels";
+import { getGpu } from "@lvm/gpu";
 import { assertEquals } from "./_assert.ts";
 import { makeConfig } from "./config.ts";
 import { DecodeSession } from "./decode.ts";

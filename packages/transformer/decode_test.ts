@@ -4,8 +4,10 @@
  * back once; GPU-sampled chains equal sampling each step's logits on the CPU and read back only per
  * chunk of ids; chunked prefill and scoring equal unchunked; f16 weights stay close to f32.
  */
-import { getGpu, SafetensorsFile, sampleCpu } from "@lvm/kernels";
-import { assertClose, rng } from "@lvm/kernels/testing";
+import { getGpu } from "@lvm/gpu";
+import { SafetensorsFile } from "@lvm/weights";
+import { sampleCpu } from "@lvm/kernels";
+import { assertClose, rng } from "@lvm/util/testing";
 import { assertEquals, assertRejects } from "./_assert.ts";
 import { loadLlama } from "./checkpoint.ts";
 import { DecodeSession } from "./decode.ts";

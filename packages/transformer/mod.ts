@@ -4,7 +4,7 @@
  * prefill and decode, and Hugging Face checkpoints (config.json + safetensors, sharded, F32/F16/BF16).
  *
  * ```ts
- * import { getGpu } from "@lvm/kernels";
+ * import { getGpu } from "@lvm/gpu";
  * import { Llama, preset } from "@lvm/transformer";
  * const gpu = await getGpu();
  * const model = Llama.init(gpu, preset("tiny"), { seed: 1 });
@@ -17,4 +17,5 @@ export * from "./config.ts";
 export * from "./init.ts";
 export * from "./model.ts";
 export * from "./checkpoint.ts";
+export * from "./kv_cache.ts";
 export * from "./decode.ts";

@@ -31,7 +31,6 @@ import {
   embedding,
   embeddingBackward,
   type EmbeddingIndex,
-  type Gpu,
   linear,
   matmul,
   rmsnorm,
@@ -40,9 +39,9 @@ import {
   ropeBackward,
   swiglu,
   swigluBackward,
-  type Tensor,
   validateIds,
 } from "@lvm/kernels";
+import type { Gpu, Tensor } from "@lvm/gpu";
 import {
   EMBED,
   FINAL_NORM,

@@ -3,8 +3,10 @@
  * gradient, and the losses of 10 AdamW steps with global-norm clipping, for a multi-head untied model
  * and a grouped-query tied one.
  */
-import { adamw, clipGradNorm, getGpu, SafetensorsFile, type Tensor } from "@lvm/kernels";
-import { assertClose } from "@lvm/kernels/testing";
+import { adamw, clipGradNorm } from "@lvm/kernels";
+import { getGpu, type Tensor } from "@lvm/gpu";
+import { SafetensorsFile } from "@lvm/weights";
+import { assertClose } from "@lvm/util/testing";
 import { loadLlama } from "./checkpoint.ts";
 import { makeConfig, paramSpecs } from "./config.ts";
 import { Llama } from "./model.ts";

@@ -8,7 +8,7 @@
  * so it does not depend on `per`.
  * @module
  */
-import type { Gpu } from "@lvm/kernels";
+import type { Gpu } from "@lvm/gpu";
 
 /** One measured thing. */
 export interface BenchCase {

@@ -7,7 +7,7 @@
  * last id is fed too). `cpu-sampled` is the CPU path with the same seeded top-k sampler.
  * @module
  */
-import type { Gpu } from "@lvm/kernels";
+import type { Gpu } from "@lvm/gpu";
 import { DecodeSession, Llama, preset } from "@lvm/transformer";
 import { Sampler, type SamplingOptions } from "@lvm/sampler";
 import type { BenchCase } from "./_harness.ts";

@@ -1,4 +1,5 @@
-import { add, type Gpu, silu, type Tensor } from "@lvm/kernels";
+import { add, silu } from "@lvm/kernels";
+import { type Gpu, type Tensor } from "@lvm/gpu";
 import type { BenchCase } from "./_harness.ts";
 
 const N = 4096 * 1024;

@@ -8,8 +8,8 @@
  * the harness reports `ms` per product (run time / per). The notes give one product's napkin math.
  * @module
  */
+import { type Gpu, type Tensor } from "@lvm/gpu";
 import {
-  type Gpu,
   linear,
   linearBackward,
   matmul,
@@ -17,9 +17,8 @@ import {
   type MatmulVariant,
   type PackedWeight,
   packWeight,
-  type Tensor,
 } from "@lvm/kernels";
-import { randn } from "@lvm/kernels/testing";
+import { randn } from "@lvm/util/testing";
 import type { BenchCase } from "./_harness.ts";
 
 const GF = (flops: number) => (flops / 1e9).toFixed(2);

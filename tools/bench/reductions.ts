@@ -9,15 +9,14 @@
 import {
   adamw,
   crossEntropy,
-  type Gpu,
   gradNorm,
   type RowVariant,
   softmax,
   softmaxBackward,
   sum,
   sumRows,
-  type Tensor,
 } from "@lvm/kernels";
+import { type Gpu, type Tensor } from "@lvm/gpu";
 import type { BenchCase } from "./_harness.ts";
 
 const R = 4096, V = 8292, HALF = R / 2;

@@ -9,7 +9,7 @@ import { join } from "node:path";
 import { makeImage } from "@lvm/image";
 import { imageKey, renderVariant, TokenLoader, Variant } from "@lvm/sentence";
 import { writeTestDataset } from "@lvm/sentence/testing";
-import { crc32 } from "../../packages/sentence/_fs.ts";
+import { crc32 } from "@lvm/util";
 import type { BenchCase } from "./_harness.ts";
 
 const T = 4096, B = 8;

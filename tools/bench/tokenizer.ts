@@ -8,8 +8,8 @@
  * SiLU and the lookups are memory-bound extras not counted: lvm encode 217 GFLOP, decode 477 GFLOP.
  * @module
  */
-import type { Gpu, Tensor } from "@lvm/kernels";
-import { randn } from "@lvm/kernels/testing";
+import type { Gpu, Tensor } from "@lvm/gpu";
+import { randn } from "@lvm/util/testing";
 import {
   initWeights,
   layout,

@@ -9,14 +9,13 @@
 import {
   conv2d,
   conv2dBackward,
-  type Gpu,
   groupNorm,
   groupNormBackward,
-  type Tensor,
   upsampleNearest2x,
   vqNearest,
 } from "@lvm/kernels";
-import { randn } from "@lvm/kernels/testing";
+import { type Gpu, type Tensor } from "@lvm/gpu";
+import { randn } from "@lvm/util/testing";
 import type { BenchCase } from "./_harness.ts";
 
 let held: Tensor[] = [];

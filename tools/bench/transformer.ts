@@ -13,7 +13,8 @@
  *            4 * (P - V*D) bytes, is read once per token.
  * @module
  */
-import { adamw, clipGradNorm, type Gpu, type Tensor } from "@lvm/kernels";
+import { adamw, clipGradNorm } from "@lvm/kernels";
+import { type Gpu, type Tensor } from "@lvm/gpu";
 import {
   DecodeSession,
   Llama,

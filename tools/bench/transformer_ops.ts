@@ -8,18 +8,15 @@ import {
   attention,
   attentionBackward,
   attentionDecode,
-  createKvCache,
   embedding,
-  type Gpu,
-  type KvCache,
-  kvCacheWrite,
   rmsnorm,
   rmsnormBackward,
   rope,
   swiglu,
-  type Tensor,
 } from "@lvm/kernels";
-import { randn } from "@lvm/kernels/testing";
+import { type Gpu, type Tensor } from "@lvm/gpu";
+import { KvCache } from "@lvm/transformer";
+import { randn } from "@lvm/util/testing";
 import type { BenchCase } from "./_harness.ts";
 
 let held: Tensor[] = [];
@@ -157,10 +154,10 @@ export const benches: BenchCase[] = [
       `one token through ${LAYERS} layers per run (ms per layer); each reads its f32 K/V cache once`,
     setup: (gpu) => {
       const q = rand(gpu, [1, 1, H, D], 1);
-      cache = createKvCache(gpu, { batch: 1, maxT: 4096, kvHeads: H, headDim: D });
+      cache = new KvCache(gpu, { batch: 1, maxT: 4096, kvHeads: H, headDim: D });
       const k = rand(gpu, [1, CACHE, H, D], 2), v = rand(gpu, [1, CACHE, H, D], 3);
-      kvCacheWrite(gpu, cache, k, v, 0);
-      return drop(() => attentionDecode(gpu, q, cache!, CACHE - 1), LAYERS);
+      cache.write(gpu, k, v, 0);
+      return drop(() => attentionDecode(gpu, q, cache!.buffers, CACHE - 1), LAYERS);
     },
     teardown: () => {
       teardown();

@@ -18,8 +18,8 @@
  * - "scalar": `array<f32>`.
  * @module
  */
-import { type Gpu, grid, Params, WG_INDEX } from "../gpu.ts";
-import type { Tensor } from "../tensor.ts";
+import { type Gpu, grid, Params, WG_INDEX } from "@lvm/gpu";
+import type { Tensor } from "@lvm/gpu";
 import { checkF32 } from "./reduce.ts";
 import { texelCopy, wgslTexel } from "./elementwise.ts";
 
@@ -142,7 +142,8 @@ function checkOptions(o: AdamWOptions) {
  *
  * @example
  * ```ts
- * import { adamw, getGpu } from "@lvm/kernels";
+ * import { adamw } from "@lvm/kernels";
+ * import { getGpu } from "@lvm/gpu";
  * const gpu = await getGpu();
  * const param = gpu.upload([1, 2], [2]), grad = gpu.upload([0.5, -0.5], [2]);
  * const m = gpu.zeros([2]), v = gpu.zeros([2]);

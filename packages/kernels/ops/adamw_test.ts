@@ -1,5 +1,5 @@
-import { getGpu } from "../gpu.ts";
-import { assertClose, randn } from "../testing.ts";
+import { getGpu } from "@lvm/gpu";
+import { assertClose, randu } from "@lvm/util/testing";
 import { adamw, adamwCpu } from "./adamw.ts";
 import { clipScale, clipScaleCpu, gradNorm, gradNormCpu } from "./grad_norm.ts";
 
@@ -91,13 +91,13 @@ Deno.test("adamw() matches the CPU reference on odd sizes and extreme values", a
     {
       await t.step(`N=${n}${extreme ? " +-300" : ""} ${variant}`, async () => {
         const lo = extreme ? -300 : -1, hi = extreme ? 300 : 1;
-        const p = randn(n, n, lo, hi), m = randn(n, n + 1, lo, hi).map((x) => x * 0.1);
-        const v = randn(n, n + 2, 0, hi * hi);
+        const p = randu(n, n, lo, hi), m = randu(n, n + 1, lo, hi).map((x) => x * 0.1);
+        const v = randu(n, n + 2, 0, hi * hi);
         const P = gpu.upload(p, [n]), M = gpu.upload(m, [n]), Vt = gpu.upload(v, [n]);
         const S = gpu.upload([0.25], [1]);
         const opts = { lr: 1e-3, beta1: 0.9, beta2: 0.95, eps: 1e-8, weightDecay: 0.1 };
         for (let step = 1; step <= 3; step++) {
-          const g = randn(n, n * 10 + step, lo, hi);
+          const g = randu(n, n * 10 + step, lo, hi);
           const G = gpu.upload(g, [n]);
           // Step 2 scales the gradient by a number and a tensor (0.5 * 0.25), as clipping does.
           const scaled = step === 2;

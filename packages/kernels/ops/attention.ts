@@ -24,15 +24,15 @@
  *   per lane; tools/bench/transformer_ops.ts).
  * - "buffer" (default on GPUs): straight from the storage buffers, R = 1, 64 lanes per workgroup: the
  *   streamed row address is uniform across the workgroup, a broadcast load on GPU hardware.
- * Decode (a few new tokens against a {@link KvCache}) is split-K ("flash decoding"): each workgroup
+ * Decode (a few new tokens against a layer's {@link KvBuffers}) is split-K ("flash decoding"): each workgroup
  * takes a slice of the cache for one (b, query, h), lanes stride over its keys with private
  * online-softmax states, and a second kernel merges them. Many new tokens (a prefill chunk) use the
- * forward kernel with a key offset. The cache is a texture on CPU adapters, a tensor on GPUs.
+ * forward kernel with a key offset. The KV storage is a texture on CPU adapters, a tensor on GPUs.
  * @module
  */
-import { type Gpu, grid, Params, WG_INDEX } from "../gpu.ts";
-import type { Tensor } from "../tensor.ts";
-import { makeTexture, type TexSlot, TextureCache } from "../textures.ts";
+import { type Gpu, grid, Params, WG_INDEX } from "@lvm/gpu";
+import type { Tensor } from "@lvm/gpu";
+import { makeTexture, type TexSlot, TextureCache } from "@lvm/gpu";
 
 const LOG2E = Math.LOG2E;
 const MASKED = "-1.0e30";
@@ -352,7 +352,8 @@ function launchForward(
  *
  * @example
  * ```ts
- * import { attention, getGpu } from "@lvm/kernels";
+ * import { attention } from "@lvm/kernels";
+ * import { getGpu } from "@lvm/gpu";
  * const gpu = await getGpu();
  * const x = gpu.upload([1, 2, 3, 4, 5, 6, 7, 8], [1, 2, 1, 4]); // B=1, T=2, H=1, D=4
  * const { out } = attention(gpu, x, x, x);
@@ -590,84 +591,63 @@ export function attentionBackward(
 // ---------------------------------------------------------------------------------------------
 // KV cache and decode.
 
-/** Options of {@link createKvCache}. */
-export interface KvCacheOptions {
-  /** Batch rows B. */
-  batch: number;
-  /** Positions the cache holds (LVM: up to 4096). */
+/** Sizes of a layer's KV storage: B sequences, positions 0..maxT-1, KVH heads of D. */
+export interface KvDims {
+  B: number;
   maxT: number;
-  /** KV heads. */
-  kvHeads: number;
-  /** Head dimension D. */
-  headDim: number;
-  /** Storage: "tex" (rgba32float textures, default on CPU adapters) or "buffer" tensors. */
-  layout?: AttentionVariant;
+  KVH: number;
+  D: number;
 }
 
 /**
- * The keys and values of one attention layer for positions 0..maxT-1 of B sequences. Written with
- * {@link kvCacheWrite}, read by {@link attentionDecode}. Free it with {@link KvCache.release}.
+ * The keys and values of one attention layer as {@link kvWrite} and {@link attentionDecode} read
+ * them: plain storage and its layout (the cache that owns them, with positions and release, is
+ * @lvm/transformer's `KvCache`).
+ * - "buffer": K and V are (B, maxT, KVH, D) f32 tensors.
+ * - "tex": K and V are rgba32float texture arrays made by {@link makeKvTexture}, texel
+ *   (g*ceil(D/4) + d/4, position, b).
  */
-export class KvCache {
-  readonly B: number;
-  readonly maxT: number;
-  readonly KVH: number;
-  readonly D: number;
-  readonly layout: AttentionVariant;
-  /** "tex": texel (g*ceil(D/4) + d/4, position, b) of K and V. */
-  readonly tex: [TexSlot, TexSlot] | null;
-  /** "buffer": K and V as (B, maxT, KVH, D) f32 tensors. */
-  readonly buf: [Tensor, Tensor] | null;
+export type KvBuffers =
+  & KvDims
+  & ({ layout: "buffer"; k: Tensor; v: Tensor } | { layout: "tex"; k: TexSlot; v: TexSlot });
 
-  constructor(gpu: Gpu, o: KvCacheOptions) {
-    const { batch: B, maxT, kvHeads: KVH, headDim: D } = o;
-    for (const [name, x] of [["batch", B], ["maxT", maxT], ["kvHeads", KVH], ["headDim", D]]) {
-      if (!Number.isInteger(x) || (x as number) < 1) {
-        throw new RangeError(`createKvCache: ${name} must be a positive integer, got ${x}`);
-      }
-    }
-    this.B = B;
-    this.maxT = maxT;
-    this.KVH = KVH;
-    this.D = D;
-    let layout = o.layout ?? pickVariant(gpu, B);
-    const W = KVH * Math.ceil(D / 4), lim = gpu.limits;
-    if (
-      layout === "tex" && (B > lim.maxTextureArrayLayers || W > lim.maxTextureDimension2D ||
-        maxT > lim.maxTextureDimension2D)
-    ) layout = "buffer";
-    this.layout = layout;
-    if (layout === "tex") {
-      this.tex = [
-        makeTexture(gpu, W, maxT, B, "kv cache k", { usage: texUsage() }),
-        makeTexture(gpu, W, maxT, B, "kv cache v", { usage: texUsage() }),
-      ];
-      this.buf = null;
-    } else {
-      this.tex = null;
-      this.buf = [gpu.zeros([B, maxT, KVH, D]), gpu.zeros([B, maxT, KVH, D])];
-    }
-  }
-
-  /** Frees the storage (work already recorded may still use it: call after a sync or submit). */
-  release(): void {
-    this.tex?.forEach((t) => t.texture.destroy());
-    this.buf?.forEach((t) => t.release());
-  }
+/**
+ * The KV layout decode reads fastest on this adapter ("tex" on CPU adapters, "buffer" on GPUs), or
+ * `prefer`, falling back to "buffer" where the textures would pass the adapter's limits.
+ */
+export function kvLayout(gpu: Gpu, dims: KvDims, prefer?: AttentionVariant): AttentionVariant {
+  checkKvDims("kvLayout", dims);
+  const { B, maxT, KVH, D } = dims;
+  const layout = prefer ?? pickVariant(gpu, B);
+  const W = KVH * Math.ceil(D / 4), lim = gpu.limits;
+  const fits = B <= lim.maxTextureArrayLayers && W <= lim.maxTextureDimension2D &&
+    maxT <= lim.maxTextureDimension2D;
+  return layout === "tex" && !fits ? "buffer" : layout;
 }
 
-/** Allocates a {@link KvCache} for one layer. */
-export function createKvCache(gpu: Gpu, options: KvCacheOptions): KvCache {
-  return new KvCache(gpu, options);
+/** Allocates one (zeroed) texture of the "tex" KV layout for K or V of these sizes. */
+export function makeKvTexture(gpu: Gpu, dims: KvDims, label: string): TexSlot {
+  checkKvDims("makeKvTexture", dims);
+  const { B, maxT, KVH, D } = dims;
+  return makeTexture(gpu, KVH * Math.ceil(D / 4), maxT, B, label, { usage: texUsage() });
+}
+
+function checkKvDims(op: string, dims: KvDims): void {
+  for (const name of ["B", "maxT", "KVH", "D"] as const) {
+    const x = dims[name];
+    if (!Number.isInteger(x) || x < 1) {
+      throw new RangeError(`${op}: ${name} must be a positive integer, got ${x}`);
+    }
+  }
 }
 
 /**
  * Writes the keys and values of n new tokens, k and v (B,n,KVH,D), at positions pos..pos+n-1 of
- * the cache (recorded: a pack dispatch per tensor, or buffer copies).
+ * the KV storage (recorded: a pack dispatch per tensor, or buffer copies).
  */
-export function kvCacheWrite(gpu: Gpu, cache: KvCache, k: Tensor, v: Tensor, pos: number): void {
-  const op = "kvCacheWrite";
-  const { B, maxT, KVH, D } = cache;
+export function kvWrite(gpu: Gpu, kv: KvBuffers, k: Tensor, v: Tensor, pos: number): void {
+  const op = "kvWrite";
+  const { B, maxT, KVH, D } = kv;
   for (const [name, t] of [["k", k], ["v", v]] as const) {
     const [tb, , th, td] = dims4(op, name, t);
     if (tb !== B || th !== KVH || td !== D || t.shape[1] !== k.shape[1]) {
@@ -680,13 +660,13 @@ export function kvCacheWrite(gpu: Gpu, cache: KvCache, k: Tensor, v: Tensor, pos
   if (!Number.isInteger(pos) || pos < 0 || pos + n > maxT) {
     throw new RangeError(`${op}: positions ${pos}..${pos + n - 1} do not fit a cache of ${maxT}`);
   }
-  if (cache.tex) {
-    pack(gpu, k, cache.tex[0], pos);
-    pack(gpu, v, cache.tex[1], pos);
+  if (kv.layout === "tex") {
+    pack(gpu, k, kv.k, pos);
+    pack(gpu, v, kv.v, pos);
     return;
   }
   const row = KVH * D * 4; // bytes per position
-  for (const [src, dst] of [[k, cache.buf![0]], [v, cache.buf![1]]]) {
+  for (const [src, dst] of [[k, kv.k], [v, kv.v]]) {
     for (let b = 0; b < B; b++) gpu.copy(src, dst, n * row, b * n * row, (b * maxT + pos) * row);
   }
 }
@@ -789,24 +769,24 @@ export interface DecodeOptions {
 }
 
 /**
- * Attention of n new tokens against a KV cache. q (B,n,H,D) holds the queries of the tokens at
- * positions lenPrev .. lenPrev+n-1; the cache must already hold keys/values for positions
- * 0 .. lenPrev+n-1 (write the new ones with {@link kvCacheWrite} first). Query i attends to keys
+ * Attention of n new tokens against a layer's KV storage. q (B,n,H,D) holds the queries of the
+ * tokens at positions lenPrev .. lenPrev+n-1; `store` must already hold keys/values for positions
+ * 0 .. lenPrev+n-1 (write the new ones with {@link kvWrite} first). Query i attends to keys
  * 0 .. lenPrev+i (causal among the new tokens). Returns out (B,n,H,D).
  */
 export function attentionDecode(
   gpu: Gpu,
   q: Tensor,
-  cache: KvCache,
+  store: KvBuffers,
   lenPrev: number,
   options: DecodeOptions = {},
 ): Tensor {
   const op = "attentionDecode";
   const [B, n, H, D] = dims4(op, "q", q);
-  const { KVH, maxT } = cache;
-  if (B !== cache.B || D !== cache.D) {
+  const { KVH, maxT } = store;
+  if (B !== store.B || D !== store.D) {
     throw new RangeError(
-      `${op}: q has shape [${q.shape}], expected (${cache.B}, n, H, ${cache.D}) for this cache`,
+      `${op}: q has shape [${q.shape}], expected (${store.B}, n, H, ${store.D}) for this cache`,
     );
   }
   checkHeads(op, H, KVH);
@@ -815,9 +795,11 @@ export function attentionDecode(
       `${op}: ${n} new tokens after ${lenPrev} do not fit a cache of ${maxT} positions`,
     );
   }
-  const src = cache.layout;
+  const src = store.layout;
   const out = gpu.empty(q.shape); // (B,n,H,D)
-  const kv: KvSource = cache.tex ? { tex: cache.tex } : { buf: cache.buf!, Tk: maxT };
+  const kv: KvSource = store.layout === "tex"
+    ? { tex: [store.k, store.v] }
+    : { buf: [store.k, store.v], Tk: maxT };
   const kernel = options.kernel ?? (n >= DECODE_PREFILL_FROM ? "rows" : "split");
   if (kernel === "rows") {
     const lse = gpu.empty([1]); // not written (writeLse = 0)

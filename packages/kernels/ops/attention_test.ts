@@ -1,5 +1,5 @@
-import { getGpu } from "../gpu.ts";
-import { assertClose, finiteDiff, randn } from "../testing.ts";
+import { getGpu } from "@lvm/gpu";
+import { assertClose, finiteDiff, randu } from "@lvm/util/testing";
 import {
   attention,
   attentionBackward,
@@ -8,9 +8,24 @@ import {
   attentionDecode,
   attentionTuning,
   type AttentionVariant,
-  createKvCache,
-  kvCacheWrite,
+  type KvBuffers,
+  type KvDims,
+  kvLayout,
+  kvWrite,
+  makeKvTexture,
 } from "./attention.ts";
+import type { Gpu } from "@lvm/gpu";
+
+/** Plain KV storage of the given layout, as a cache would allocate it, and its release. */
+function kvStore(gpu: Gpu, dims: KvDims, layout?: AttentionVariant): [KvBuffers, () => void] {
+  const { B, maxT, KVH, D } = dims;
+  if (kvLayout(gpu, dims, layout) === "tex") {
+    const k = makeKvTexture(gpu, dims, "k"), v = makeKvTexture(gpu, dims, "v");
+    return [{ ...dims, layout: "tex", k, v }, () => [k, v].forEach((t) => t.texture.destroy())];
+  }
+  const k = gpu.zeros([B, maxT, KVH, D]), v = gpu.zeros([B, maxT, KVH, D]);
+  return [{ ...dims, layout: "buffer", k, v }, () => [k, v].forEach((t) => t.release())];
+}
 
 type Case = [number, number, number, number, number, AttentionVariant, number?];
 // [B, T, H, KVH, D, variant, rows per lane]: odd T around the query blocks, GQA groups, scalar (5)
@@ -40,9 +55,9 @@ const BACKWARD: Case[] = [
 
 function inputs(B: number, T: number, H: number, KVH: number, D: number, seed: number, amp = 1) {
   return {
-    q: randn(B * T * H * D, seed, -amp, amp),
-    k: randn(B * T * KVH * D, seed + 1, -amp, amp),
-    v: randn(B * T * KVH * D, seed + 2, -amp, amp),
+    q: randu(B * T * H * D, seed, -amp, amp),
+    k: randu(B * T * KVH * D, seed + 1, -amp, amp),
+    v: randu(B * T * KVH * D, seed + 2, -amp, amp),
   };
 }
 
@@ -131,7 +146,7 @@ Deno.test("attentionBackward()", async (t) => {
       async () => {
         attentionTuning.variant = variant;
         const { q, k, v } = inputs(B, T, H, KVH, D, 3 * T + D, 2);
-        const dout = randn(q.length, 99);
+        const dout = randu(q.length, 99);
         const Q = gpu.upload(q, [B, T, H, D]);
         const K = gpu.upload(k, [B, T, KVH, D]), V = gpu.upload(v, [B, T, KVH, D]);
         const { out, lse } = attention(gpu, Q, K, V);
@@ -151,7 +166,7 @@ Deno.test("attentionBackward()", async (t) => {
   await t.step("finite differences of the CPU reference (tiny, GQA)", async () => {
     const [B, T, H, KVH, D] = [1, 5, 2, 1, 3];
     const { q, k, v } = inputs(B, T, H, KVH, D, 61, 1.5);
-    const w = randn(q.length, 62); // L = sum(out * w)
+    const w = randu(q.length, 62); // L = sum(out * w)
     const Q = gpu.upload(q, [B, T, H, D]);
     const K = gpu.upload(k, [B, T, KVH, D]), V = gpu.upload(v, [B, T, KVH, D]);
     const { out, lse } = attention(gpu, Q, K, V);
@@ -198,7 +213,7 @@ Deno.test("attentionDecode()", async (t) => {
       const T = lenPrev + n;
       const { q, k, v } = inputs(B, T, H, KVH, D, 7 * T + D, 2);
       const full = attentionCpu(q, k, v, { B, Tq: T, H, KVH, D });
-      const cache = createKvCache(gpu, { batch: B, maxT, kvHeads: KVH, headDim: D, layout });
+      const [cache, release] = kvStore(gpu, { B, maxT, KVH, D }, layout);
       // Rows t0..t1 of a (B, T, heads, D) array.
       const rows = (x: Float32Array, heads: number, t0: number, t1: number) => {
         const out = new Float32Array(B * (t1 - t0) * heads * D);
@@ -214,7 +229,7 @@ Deno.test("attentionDecode()", async (t) => {
       for (const [t0, t1] of [[0, lenPrev], [lenPrev, T]]) {
         if (t1 === t0) continue;
         const shape = [B, t1 - t0, KVH, D];
-        kvCacheWrite(
+        kvWrite(
           gpu,
           cache,
           gpu.upload(rows(k, KVH, t0, t1), shape),
@@ -230,18 +245,19 @@ Deno.test("attentionDecode()", async (t) => {
         { atol: 2e-6, rtol: 1e-4 },
         label,
       );
-      cache.release();
+      release();
     });
   }
 
   await t.step("a cache too short is a RangeError", () => {
     let msg = "";
-    const cache = createKvCache(gpu, { batch: 1, maxT: 8, kvHeads: 1, headDim: 4 });
+    const [cache, release] = kvStore(gpu, { B: 1, maxT: 8, KVH: 1, D: 4 });
     try {
       attentionDecode(gpu, gpu.zeros([1, 2, 1, 4]), cache, 7);
     } catch (e) {
       msg = e instanceof RangeError ? e.message : "";
     }
+    release();
     if (!/2 new tokens after 7 do not fit a cache of 8 positions/.test(msg)) throw new Error(msg);
   });
 });

@@ -40,9 +40,9 @@
  * GPU variant is not written.
  * @module
  */
-import { type Gpu, grid, Params, WG_INDEX } from "../gpu.ts";
-import type { Tensor } from "../tensor.ts";
-import { TexturePool } from "../textures.ts";
+import { type Gpu, grid, Params, WG_INDEX } from "@lvm/gpu";
+import type { Tensor } from "@lvm/gpu";
+import { TexturePool } from "@lvm/gpu";
 import { upsampleNearest2xBackward } from "./upsample.ts";
 
 /** Register tile of the forward kernel: output channels x rows x pixels per invocation. */
@@ -716,7 +716,7 @@ function convCore(
  *
  * @example
  * ```ts
- * import { getGpu } from "../gpu.ts";
+ * import { getGpu } from "@lvm/gpu";
  * import { conv2d } from "./conv2d.ts";
  * const gpu = await getGpu();
  * const x = gpu.upload(new Float32Array(2 * 3 * 8 * 8).fill(1), [2, 3, 8, 8]);

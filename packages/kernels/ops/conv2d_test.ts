@@ -1,5 +1,5 @@
-import { getGpu } from "../gpu.ts";
-import { assertClose, finiteDiff, randn } from "../testing.ts";
+import { getGpu } from "@lvm/gpu";
+import { assertClose, finiteDiff, randu } from "@lvm/util/testing";
 import {
   conv2d,
   conv2dBackward,
@@ -105,21 +105,21 @@ Deno.test("conv2d() and conv2dBackward() match direct-loop references", async (t
   const gpu = await getGpu();
   for (const [i, c] of CASES.entries()) {
     await t.step(label(c), async () => {
-      const x = randn(c.B * c.Cin * c.H * c.W, 10 + i, -2, 2);
-      const w = randn(c.Cout * c.Cin * c.K * c.K, 20 + i);
-      const b = c.bias ? randn(c.Cout, 30 + i) : null;
+      const x = randu(c.B * c.Cin * c.H * c.W, 10 + i, -2, 2);
+      const w = randu(c.Cout * c.Cin * c.K * c.K, 20 + i);
+      const b = c.bias ? randu(c.Cout, 30 + i) : null;
       const a = args(c);
       const X = gpu.upload(x, a.xShape), Wt = gpu.upload(w, a.wShape);
       const Bt = b ? gpu.upload(b, [c.Cout]) : undefined;
       const ref0 = conv2dCpu(x, w, b, a);
-      const res = c.res ? randn(ref0.length, 40 + i) : undefined;
+      const res = c.res ? randu(ref0.length, 40 + i) : undefined;
       const ref = c.res ? conv2dCpu(x, w, b, { ...a, residual: res }) : ref0;
       const outShape = [c.B, c.Cout, ref.length / (c.B * c.Cout), 1]; // (B,Cout,Ho*Wo,1): same layout
       const R = res ? gpu.upload(res, outShape) : undefined;
       const y = conv2d(gpu, X, Wt, Bt, { ...c.o, residual: R });
       assertClose(await gpu.readF32(y), ref, { atol: 1e-4, rtol: 1e-4 }, `y ${label(c)}`);
 
-      const dy = randn(ref.length, 50 + i);
+      const dy = randu(ref.length, 50 + i);
       // The backward's dx conv runs the same generator: the small tile unless the case says so.
       const g = conv2dBackward(gpu, X, Wt, gpu.upload(dy, y.shape), {
         ...c.o,
@@ -139,8 +139,8 @@ Deno.test("conv2d() extreme values and bad inputs", async (t) => {
   const gpu = await getGpu();
   await t.step("+-300 inputs", async () => {
     const a: Conv2dCpuArgs = { xShape: [1, 6, 9, 11], wShape: [5, 6, 3, 3], pad: 1 };
-    const x = randn(6 * 9 * 11, 3, -300, 300);
-    const w = randn(5 * 6 * 9, 4, -300, 300);
+    const x = randu(6 * 9 * 11, 3, -300, 300);
+    const w = randu(5 * 6 * 9, 4, -300, 300);
     const y = conv2d(gpu, gpu.upload(x, a.xShape), gpu.upload(w, a.wShape), undefined, {
       ...a,
       tile: SMALL,
@@ -150,7 +150,7 @@ Deno.test("conv2d() extreme values and bad inputs", async (t) => {
   });
   await t.step("pooled textures can be released and are made again", async () => {
     const a: Conv2dCpuArgs = { xShape: [1, 2, 5, 6], wShape: [3, 2, 3, 3], pad: 1 };
-    const x = randn(60, 5), w = randn(54, 6);
+    const x = randu(60, 5), w = randu(54, 6);
     const X = gpu.upload(x, a.xShape), Wt = gpu.upload(w, a.wShape);
     const y1 = await gpu.readF32(conv2d(gpu, X, Wt, undefined, { ...a, tile: SMALL }));
     conv2dReleaseTextures(gpu);
@@ -188,11 +188,11 @@ Deno.test("conv2dBackward() matches finite differences", async (t) => {
   for (const [i, c] of cases.entries()) {
     await t.step(label(c), async () => {
       const a = args(c);
-      const x = randn(c.B * c.Cin * c.H * c.W, 60 + i);
-      const w = randn(c.Cout * c.Cin * c.K * c.K, 70 + i);
-      const b = randn(c.Cout, 80 + i);
+      const x = randu(c.B * c.Cin * c.H * c.W, 60 + i);
+      const w = randu(c.Cout * c.Cin * c.K * c.K, 70 + i);
+      const b = randu(c.Cout, 80 + i);
       const n = conv2dCpu(x, w, b, a).length;
-      const r = randn(n, 90 + i); // loss = sum(y * r), so dy = r
+      const r = randu(n, 90 + i); // loss = sum(y * r), so dy = r
       const loss = (xv: ArrayLike<number>, wv: ArrayLike<number>, bv: ArrayLike<number>) =>
         conv2dCpu(xv, wv, bv, a).reduce((s, v, k) => s + v * r[k], 0);
       const X = gpu.upload(x, a.xShape), Wt = gpu.upload(w, a.wShape);

@@ -21,8 +21,8 @@
  * workgroup each.
  * @module
  */
-import { type Gpu, Params } from "../gpu.ts";
-import type { Tensor } from "../tensor.ts";
+import { type Gpu, Params } from "@lvm/gpu";
+import type { Tensor } from "@lvm/gpu";
 import {
   checkF32,
   pickRowVariant,
@@ -275,7 +275,8 @@ function run(
  *
  * @example
  * ```ts
- * import { crossEntropy, getGpu } from "@lvm/kernels";
+ * import { crossEntropy } from "@lvm/kernels";
+ * import { getGpu } from "@lvm/gpu";
  * const gpu = await getGpu();
  * const logits = gpu.upload([0, 0, 0, 0, 2, 0], [2, 3]);
  * const targets = gpu.upload([1, -1], [2], "i32");

@@ -1,6 +1,6 @@
-import { getGpu, type Gpu } from "../gpu.ts";
-import type { Tensor } from "../tensor.ts";
-import { assertClose, finiteDiff, randint, randn } from "../testing.ts";
+import { getGpu, type Gpu } from "@lvm/gpu";
+import type { Tensor } from "@lvm/gpu";
+import { assertClose, finiteDiff, randint, randu } from "@lvm/util/testing";
 import {
   crossEntropy,
   crossEntropyCpu,
@@ -28,7 +28,7 @@ Deno.test("crossEntropy() matches the CPU reference on odd shapes", async (t) =>
     for (const R of ROWS) {
       for (const V of COLS) {
         await t.step(`${variant} ${R}x${V}`, async () => {
-          const x = randn(R * V, R * 7 + V, -6, 6);
+          const x = randu(R * V, R * 7 + V, -6, 6);
           const tg = targetsFor(R, V, R + V);
           const X = gpu.upload(x, [R, V]), T = gpu.upload(tg, [R], "i32");
           const res = crossEntropy(gpu, X, T, { variant, gradScale: 0.5 });
@@ -69,7 +69,7 @@ Deno.test("crossEntropy(): extreme logits, -inf masks, chunks, in place", async 
 
 async function extremes(t: Deno.TestContext, gpu: Gpu, V: number) {
   const R = 45;
-  const x = randn(R * V, 9, -300, 300);
+  const x = randu(R * V, 9, -300, 300);
   for (let r = 0; r < R; r++) for (let j = r % 3; j < V; j += 3) x[r * V + j] = -Infinity;
   const tg = new Int32Array(R);
   for (let r = 0; r < R; r++) tg[r] = r % 9 === 4 ? -1 : ((r * 37) % (V - 3)) - (r % 3) + 3;
@@ -154,7 +154,7 @@ Deno.test("crossEntropy(): edge rows", async (t) => {
 Deno.test("crossEntropy() dlogits match finite differences of the mean loss", async () => {
   const gpu = await getGpu();
   const R = 4, V = 12; // V % 4 == 0 so that "tex" runs too
-  const x = randn(R * V, 21, -4, 4);
+  const x = randu(R * V, 21, -4, 4);
   const tg = Int32Array.from([3, -1, 11, 0]);
   const loss = (v: Float64Array) => crossEntropyCpu64(v, tg, R, V);
   for (const variant of VARIANTS) {

@@ -20,9 +20,9 @@
  *   256 invocations per workgroup.
  * @module
  */
-import { type Gpu, grid, Params, WG_INDEX } from "../gpu.ts";
-import { numel, Tensor } from "../tensor.ts";
-import { TextureCache } from "../textures.ts";
+import { type Gpu, grid, Params, WG_INDEX } from "@lvm/gpu";
+import { numel, Tensor } from "@lvm/gpu";
+import { TextureCache } from "@lvm/gpu";
 
 /** How an input is indexed against the output. */
 export type Broadcast = "full" | "row" | "scalar";

@@ -1,6 +1,7 @@
-import { getGpu } from "../gpu.ts";
-import { assertClose, finiteDiff, randn } from "../testing.ts";
-import { roundF16, type Tensor } from "../tensor.ts";
+import { getGpu } from "@lvm/gpu";
+import { assertClose, finiteDiff, randu } from "@lvm/util/testing";
+import { roundF16 } from "@lvm/util";
+import type { Tensor } from "@lvm/gpu";
 import {
   add,
   biasAdd,
@@ -26,7 +27,7 @@ Deno.test("elementwise ops match CPU references on odd shapes", async (t) => {
   for (const shape of SHAPES) {
     const N = shape.reduce((a, b) => a * b, 1);
     const C = shape[shape.length - 1];
-    const a = randn(N, 1, -3, 3), b = randn(N, 2, -3, 3), bias = randn(C, 3);
+    const a = randu(N, 1, -3, 3), b = randu(N, 2, -3, 3), bias = randu(C, 3);
     const A = gpu.upload(a, shape), B = gpu.upload(b, shape), Bias = gpu.upload(bias, [C]);
     await t.step(`[${shape}]`, async () => {
       const cases: [string, () => ReturnType<typeof add>, Float32Array][] = [
@@ -78,20 +79,20 @@ Deno.test("map: extreme values, f16 storage, scalar broadcast, bad shapes", asyn
   const h = cast(gpu, X, "f16");
   const back = await gpu.readF32(h);
   assertClose(back, roundF16(x), { atol: 0, rtol: 0 }, "f32->f16 packing");
-  const odd = randn(45 * 65 + 1, 9);
+  const odd = randu(45 * 65 + 1, 9);
   const H = gpu.upload(odd, [odd.length], "f16");
   const S = gpu.upload([2.5], [1]);
   const y = await gpu.readF32(map(gpu, "a * b", [H, { t: S, as: "scalar" }]));
   assertClose(y, roundF16(odd).map((v) => v * 2.5), { atol: 1e-6, rtol: 1e-6 }, "f16 in, scalar");
   // The same through the vec4 kernel (N % 4 == 0): f16 in and out, scalar and row broadcasts.
-  const even = randn(4 * 1031, 10, -300, 300);
+  const even = randu(4 * 1031, 10, -300, 300);
   const E = gpu.upload(even, [4, 1031]);
   const E16 = gpu.upload(even, [4, 1031], "f16");
   const halves = cast(gpu, E, "f16");
   assertClose(await gpu.readF32(halves), roundF16(even), { atol: 0, rtol: 0 }, "vec4 f32->f16");
   const y4 = await gpu.readF32(map(gpu, "a * b", [E16, { t: S, as: "scalar" }]));
   assertClose(y4, roundF16(even).map((v) => v * 2.5), { atol: 1e-6, rtol: 1e-6 }, "vec4 f16 in");
-  const row = randn(8, 11);
+  const row = randu(8, 11);
   const R8 = gpu.upload(row, [8], "f16");
   const W = gpu.upload(even.subarray(0, 6 * 8), [6, 8]);
   const z = await gpu.readF32(
@@ -115,7 +116,7 @@ Deno.test("map(): the tex, vec4 and scalar variants agree with the CPU reference
   const GELU_CPU = cpu.gelu;
   for (const shape of [[4], [8, 12], [5, 1028], [4100], [65, 1028]]) {
     const N = shape.reduce((a, b) => a * b, 1), C = shape[shape.length - 1];
-    const a = randn(N, N, -300, 300), b = randn(N, N + 1, -3, 3), row = randn(C, C + 2);
+    const a = randu(N, N, -300, 300), b = randu(N, N + 1, -3, 3), row = randu(C, C + 2);
     const A = gpu.upload(a, shape), B = gpu.upload(b, shape), Row = gpu.upload(row, [C]);
     const S = gpu.upload([0.75], [1]);
     for (const variant of ["tex", "vec4", "scalar"] as const) {
@@ -171,7 +172,7 @@ Deno.test("map(): the tex, vec4 and scalar variants agree with the CPU reference
 
 Deno.test("siluBackward matches finite differences", async () => {
   const gpu = await getGpu();
-  const x = randn(33, 5, -4, 4), dy = randn(33, 6);
+  const x = randu(33, 5, -4, 4), dy = randu(33, 6);
   const got = await gpu.readF32(siluBackward(gpu, gpu.upload(x, [33]), gpu.upload(dy, [33])));
   const loss = (v: Float64Array) => v.reduce((s, xi, i) => s + cpu.silu(xi) * dy[i], 0);
   assertClose(got, finiteDiff(loss, x, 1e-4), { atol: 1e-4, rtol: 1e-3 }, "dsilu");
@@ -184,9 +185,9 @@ Deno.test("siluBackward: extreme inputs give the reference, never NaN", async (t
   // 17 values take the scalar kernel, 20 the vec4 one, 65540 the tex one on CPU adapters.
   for (const n of [17, 20, 65540]) {
     await t.step(`${n} values`, async () => {
-      const x = randn(n, n, -300, 300);
+      const x = randu(n, n, -300, 300);
       x.set([...edges, ...big].slice(0, n), 0);
-      const dy = randn(n, n + 1, -300, 300);
+      const dy = randu(n, n + 1, -300, 300);
       dy.set([1, -1, 300, -300], 0);
       const got = await gpu.readF32(siluBackward(gpu, gpu.upload(x, [n]), gpu.upload(dy, [n])));
       const nan = got.findIndex((v) => !Number.isFinite(v));

@@ -16,8 +16,8 @@
  * they were when accumulating into an existing gradient).
  * @module
  */
-import { type Gpu, grid, Params, WG_INDEX } from "../gpu.ts";
-import type { Tensor } from "../tensor.ts";
+import { type Gpu, grid, Params, WG_INDEX } from "@lvm/gpu";
+import type { Tensor } from "@lvm/gpu";
 
 const WG = 64;
 
@@ -77,7 +77,8 @@ fn main(@builtin(local_invocation_index) li: u32, @builtin(workgroup_id) wg: vec
  *
  * @example
  * ```ts
- * import { embedding, getGpu } from "@lvm/kernels";
+ * import { embedding } from "@lvm/kernels";
+ * import { getGpu } from "@lvm/gpu";
  * const gpu = await getGpu();
  * const table = gpu.upload([0, 1, 10, 11, 20, 21], [3, 2]);
  * const out = embedding(gpu, gpu.upload([2, 0], [2], "i32"), table);

@@ -1,6 +1,6 @@
-import { getGpu } from "../gpu.ts";
-import { roundF16 } from "../tensor.ts";
-import { assertClose, finiteDiff, randint, randn } from "../testing.ts";
+import { getGpu } from "@lvm/gpu";
+import { roundF16 } from "@lvm/util";
+import { assertClose, finiteDiff, randint, randu } from "@lvm/util/testing";
 import {
   buildEmbeddingIndex,
   embedding,
@@ -19,7 +19,7 @@ Deno.test("embedding()", async (t) => {
     for (const dtype of ["f32", "f16"] as const) {
       await t.step(`N=${N} V=${V} C=${C} ${dtype}`, async () => {
         const ids = randint(N, V, N + V);
-        const table = randn(V * C, C, -300, 300);
+        const table = randu(V * C, C, -300, 300);
         const T = gpu.upload(table, [V, C], dtype);
         const I = gpu.upload(ids, [N], "i32");
         const out = embedding(gpu, I, T);
@@ -32,7 +32,7 @@ Deno.test("embedding()", async (t) => {
 
   await t.step("ids outside [0,V) are clamped in the kernel and rejected on the host", async () => {
     const V = 4, C = 3;
-    const table = randn(V * C, 3);
+    const table = randu(V * C, 3);
     const ids = [-5, 0, 3, 4, 2147483647];
     const out = embedding(gpu, gpu.upload(ids, [5], "i32"), gpu.upload(table, [V, C]));
     assertClose(await gpu.readF32(out), embeddingCpu(ids, table, V, C), {}, "clamped");
@@ -59,13 +59,13 @@ Deno.test("embeddingBackward()", async (t) => {
     await t.step(`N=${N} V=${V} C=${C}`, async () => {
       // Few distinct ids so rows collect many tokens.
       const ids = randint(N, Math.min(V, 6), N * 7 + 1);
-      const dout = randn(N * C, 5, -300, 300);
+      const dout = randu(N * C, 5, -300, 300);
       const D = gpu.upload(dout, [N, C]);
       const dtable = embeddingBackward(gpu, ids, D, V);
       const ref = embeddingBackwardCpu(ids, dout, V, C);
       assertClose(await gpu.readF32(dtable), ref, { atol: 1e-3, rtol: 1e-5 }, "dtable");
       // Accumulate into an existing gradient.
-      const prev = randn(V * C, 9);
+      const prev = randu(V * C, 9);
       const acc = gpu.upload(prev, [V, C]);
       embeddingBackward(gpu, buildEmbeddingIndex(ids, V), D, V, { accumulate: acc });
       assertClose(
@@ -86,7 +86,7 @@ Deno.test("embeddingBackward()", async (t) => {
 
   await t.step("matches finite differences of sum(embedding * w)", async () => {
     const N = 9, V = 4, C = 5;
-    const ids = randint(N, V, 77), table = randn(V * C, 78), w = randn(N * C, 79);
+    const ids = randint(N, V, 77), table = randu(V * C, 78), w = randu(N * C, 79);
     const dtable = embeddingBackward(gpu, ids, gpu.upload(w, [N, C]), V);
     // L = sum(table[ids] * w), in f64.
     const loss64 = (tab: Float64Array) => {

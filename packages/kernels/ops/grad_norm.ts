@@ -17,8 +17,8 @@
  * combines the three sums. Variants ("rows", "tex", "wg") follow `segmentReduce` (reduce.ts).
  * @module
  */
-import { type Gpu, Params, WG_INDEX } from "../gpu.ts";
-import type { Tensor } from "../tensor.ts";
+import { type Gpu, Params, WG_INDEX } from "@lvm/gpu";
+import type { Tensor } from "@lvm/gpu";
 import { texelCopy, wgslTexel } from "./elementwise.ts";
 import {
   checkF32,
@@ -208,7 +208,8 @@ fn main(@builtin(local_invocation_index) li: u32) {
  *
  * @example
  * ```ts
- * import { getGpu, gradNorm } from "@lvm/kernels";
+ * import { getGpu } from "@lvm/gpu";
+ * import { gradNorm } from "@lvm/kernels";
  * const gpu = await getGpu();
  * const norm = gradNorm(gpu, [gpu.upload([3], [1]), gpu.upload([4, 0], [2])]);
  * console.log(await gpu.read(norm)); // Float32Array [5]

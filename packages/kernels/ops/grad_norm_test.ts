@@ -1,5 +1,5 @@
-import { getGpu } from "../gpu.ts";
-import { assertClose, randn } from "../testing.ts";
+import { getGpu } from "@lvm/gpu";
+import { assertClose, randu } from "@lvm/util/testing";
 import { clipGradNorm, clipScale, clipScaleCpu, gradNorm, gradNormCpu } from "./grad_norm.ts";
 import type { RowVariant } from "./reduce.ts";
 
@@ -17,7 +17,7 @@ Deno.test("gradNorm() over lists of odd-sized tensors", async (t) => {
   for (const variant of VARIANTS) {
     for (const shapes of lists) {
       await t.step(`${variant} ${shapes.map((s) => `[${s}]`).join(" ")}`, async () => {
-        const data = shapes.map((s, i) => randn(s.reduce((a, b) => a * b, 1), i + 1, -2, 2));
+        const data = shapes.map((s, i) => randu(s.reduce((a, b) => a * b, 1), i + 1, -2, 2));
         const ts = data.map((d, i) => gpu.upload(d, shapes[i]));
         const got = await gpu.readF32(gradNorm(gpu, ts, { variant }));
         assertClose(got, [gradNormCpu(data)], { atol: 1e-6, rtol: 2e-6 }, "norm");
@@ -36,19 +36,19 @@ Deno.test("gradNorm(): tiny and huge values neither underflow nor overflow", asy
   const cases: [string, Float32Array[]][] = [
     ["all 1e-20 (squares below the smallest normal f32)", [fill(1, 1e-20), fill(4100, 1e-20)]],
     ["+-1e-30 over odd sizes (squares below every f32)", [alt(7, 1e-30), alt(45 * 65, 1e-30)]],
-    ["random in +-1e-25", [randn(8292, 31, -1e-25, 1e-25), randn(1025, 32, -1e-25, 1e-25)]],
+    ["random in +-1e-25", [randu(8292, 31, -1e-25, 1e-25), randu(1025, 32, -1e-25, 1e-25)]],
     ["all 1e19 (squares above the largest f32)", [fill(4100, 1e19)]],
     ["+-3e38 and 1 (the norm itself near the largest f32)", [alt(1, 3e38), fill(7, 1)]],
     ["one 2^-62 among a million 2^-64 (the small ones dominate)", [
       fill(1, 2 ** -62),
       fill(1_000_000, 2 ** -64),
     ]],
-    ["1e-20, 1 and 1e19 mixed", [fill(65, 1e-20), randn(1025, 33), fill(3, 1e19)]],
-    ["1e-20 alongside +-1 (mid and small sums combined)", [fill(4100, 1e-20), randn(7, 34)]],
+    ["1e-20, 1 and 1e19 mixed", [fill(65, 1e-20), randu(1025, 33), fill(3, 1e19)]],
+    ["1e-20 alongside +-1 (mid and small sums combined)", [fill(4100, 1e-20), randu(7, 34)]],
     ["+-1 with 1e-30 sprinkled in (the plain-sum path)", [
-      randn(8292, 35).map((v, i) => (i % 7 ? v : 1e-30)),
+      randu(8292, 35).map((v, i) => (i % 7 ? v : 1e-30)),
     ]],
-    ["+-300 (control: no scaling needed)", [randn(1025, 3, -300, 300)]],
+    ["+-300 (control: no scaling needed)", [randu(1025, 3, -300, 300)]],
   ];
   for (const variant of VARIANTS) {
     for (const [name, data] of cases) {
@@ -66,7 +66,7 @@ Deno.test("gradNorm(): tiny and huge values neither underflow nor overflow", asy
 
 Deno.test("gradNorm(): empty tensors, clipScale()", async () => {
   const gpu = await getGpu();
-  const big = randn(1025, 3, -300, 300);
+  const big = randu(1025, 3, -300, 300);
   const T = [gpu.upload(big, [1025]), gpu.empty([0])];
   const norm = gradNorm(gpu, T);
   assertClose(await gpu.readF32(norm), [gradNormCpu([big])], { rtol: 2e-6 }, "with an empty one");

@@ -20,8 +20,8 @@
  * Deterministic: every sum has a fixed order, no atomics.
  * @module
  */
-import { type Gpu, grid, Params, WG_INDEX } from "../gpu.ts";
-import type { Tensor } from "../tensor.ts";
+import { type Gpu, grid, Params, WG_INDEX } from "@lvm/gpu";
+import type { Tensor } from "@lvm/gpu";
 
 /** Options of {@link groupNorm} / {@link groupNormBackward}. */
 export interface GroupNormOptions {
@@ -172,7 +172,7 @@ function planeGrid(planes: number, HWv: number): [number, number, number] {
  *
  * @example
  * ```ts
- * import { getGpu } from "../gpu.ts";
+ * import { getGpu } from "@lvm/gpu";
  * import { groupNorm } from "./groupnorm.ts";
  * const gpu = await getGpu();
  * const x = gpu.upload(new Float32Array(64).map((_, i) => i), [1, 4, 4, 4]);

@@ -20,8 +20,8 @@
  * CPU references: groupnorm.ts's `groupNormCpu` / `groupNormBackwardCpu`.
  * @module
  */
-import { type Gpu, grid, Params, WG_INDEX } from "../gpu.ts";
-import type { Tensor } from "../tensor.ts";
+import { type Gpu, grid, Params, WG_INDEX } from "@lvm/gpu";
+import type { Tensor } from "@lvm/gpu";
 import { groupNorm, groupNormBackward } from "./groupnorm.ts";
 
 const WG = 64;

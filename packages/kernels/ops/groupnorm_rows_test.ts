@@ -1,6 +1,6 @@
 import { equal } from "node:assert/strict";
-import { getGpu } from "../gpu.ts";
-import { assertClose, randn } from "../testing.ts";
+import { getGpu } from "@lvm/gpu";
+import { assertClose, randu } from "@lvm/util/testing";
 import { groupNormBackwardCpu, groupNormCpu } from "./groupnorm.ts";
 import { groupNormFast, groupNormFastBackward, useRowsGroupNorm } from "./groupnorm_rows.ts";
 
@@ -25,9 +25,9 @@ Deno.test("groupNormFast()", async (t) => {
           `[${shape}] groups ${G} amp ${amp} silu ${silu}${force ? "" : " (fallback)"}`,
           async () => {
             const [B, C, H, W] = shape, n = B * C * H * W;
-            const x = randn(n, n + C, -amp, amp).map((v, i) => v + (i % 7) * amp * 0.1);
-            const dy = randn(n, 2);
-            const g = randn(C, 3, 0.5, 1.5), b = randn(C, 4);
+            const x = randu(n, n + C, -amp, amp).map((v, i) => v + (i % 7) * amp * 0.1);
+            const dy = randu(n, 2);
+            const g = randu(C, 3, 0.5, 1.5), b = randu(C, 4);
             const xt = gpu.upload(x, shape), dyt = gpu.upload(dy, shape);
             const gt = gpu.upload(g, [C]), bt = gpu.upload(b, [C]);
             const r = groupNormFast(gpu, xt, gt, bt, G, 1e-6, silu, force);

@@ -1,5 +1,5 @@
-import { getGpu } from "../gpu.ts";
-import { assertClose, finiteDiff, randn } from "../testing.ts";
+import { getGpu } from "@lvm/gpu";
+import { assertClose, finiteDiff, randu } from "@lvm/util/testing";
 import { groupNorm, groupNormBackward, groupNormBackwardCpu, groupNormCpu } from "./groupnorm.ts";
 
 // [B, C, H, W, groups]
@@ -25,11 +25,11 @@ Deno.test("groupNorm() and groupNormBackward() match f64 references", async (t) 
         // 2-element groups, values of opposite signs: two nearly equal values would leave a variance
         // that f32 cannot resolve, in any implementation.
         const tiny = (C / G) * H * W <= 2;
-        const x = randn(N, 100 + i, -3, 3).map((v, k) =>
+        const x = randu(N, 100 + i, -3, 3).map((v, k) =>
           tiny ? (k % 2 ? 1 : -1) * (1 + Math.abs(v)) : v * (1 + (k % 5)) + 10
         );
-        const gamma = randn(C, 200 + i, 0.5, 1.5), beta = randn(C, 300 + i);
-        const dy = randn(N, 400 + i);
+        const gamma = randu(C, 200 + i, 0.5, 1.5), beta = randu(C, 300 + i);
+        const dy = randu(N, 400 + i);
         const X = gpu.upload(x, shape), Gm = gpu.upload(gamma, [C]), Bt = gpu.upload(beta, [C]);
         const f = groupNorm(gpu, X, Gm, Bt, G, 1e-6, { silu });
         const ref = groupNormCpu(x, shape, gamma, beta, G, 1e-6, silu);
@@ -58,7 +58,7 @@ Deno.test("groupNorm() extreme values and errors", async (t) => {
   const gpu = await getGpu();
   await t.step("+-300 and a constant group (var 0 -> rstd 1/sqrt(eps))", async () => {
     const shape = [1, 4, 5, 5];
-    const x = randn(100, 7, -300, 300);
+    const x = randu(100, 7, -300, 300);
     x.fill(2.5, 50, 100); // group 1 (channels 2, 3) is constant
     const gamma = new Float32Array([1, -2, 0.5, 3]), beta = new Float32Array([0, 1, -1, 2]);
     const f = groupNorm(
@@ -100,8 +100,8 @@ Deno.test("groupNorm() extreme values and errors", async (t) => {
 Deno.test("groupNormBackward() matches finite differences", async (t) => {
   const gpu = await getGpu();
   const shape = [2, 4, 3, 2], N = 48, C = 4, G = 2;
-  const x = randn(N, 11, -2, 2), gamma = randn(C, 12, 0.5, 1.5), beta = randn(C, 13);
-  const r = randn(N, 14); // loss = sum(y * r)
+  const x = randu(N, 11, -2, 2), gamma = randu(C, 12, 0.5, 1.5), beta = randu(C, 13);
+  const r = randu(N, 14); // loss = sum(y * r)
   for (const silu of [false, true]) {
     await t.step(silu ? "with silu" : "plain", async () => {
       const loss = (xv: ArrayLike<number>, gv: ArrayLike<number>, bv: ArrayLike<number>) =>

@@ -22,9 +22,9 @@
  * Figures (llvmpipe, 2 cores): tools/bench/matmul.ts, `deno task bench --filter matmul --torch`.
  @module
  */
-import { type Gpu, grid, Params } from "../gpu.ts";
-import type { Tensor } from "../tensor.ts";
-import { makeTexture, type TexSlot, TextureCache } from "../textures.ts";
+import { type Gpu, grid, Params } from "@lvm/gpu";
+import type { Tensor } from "@lvm/gpu";
+import { makeTexture, type TexSlot, TextureCache } from "@lvm/gpu";
 import {
   blockedKernel,
   colSumKernel,
@@ -244,7 +244,8 @@ function packedCols(N: number, u16 = false): number {
  *
  * @example
  * ```ts
- * import { getGpu, linear, packWeight } from "@lvm/kernels";
+ * import { getGpu } from "@lvm/gpu";
+ * import { linear, packWeight } from "@lvm/kernels";
  * const gpu = await getGpu();
  * const W = gpu.upload(new Float32Array(6).fill(0.5), [2, 3]); // [out, in]
  * const Wp = packWeight(gpu, W, { transB: true });
@@ -540,7 +541,8 @@ export function chooseVariant(
  *
  * @example
  * ```ts
- * import { getGpu, matmul } from "@lvm/kernels";
+ * import { getGpu } from "@lvm/gpu";
+ * import { matmul } from "@lvm/kernels";
  * const gpu = await getGpu();
  * const a = gpu.upload([1, 2, 3, 4], [2, 2]);
  * const b = gpu.upload([5, 6, 7, 8], [2, 2]);

@@ -1,6 +1,6 @@
-import { getGpu, type Gpu } from "../gpu.ts";
-import { assertClose, finiteDiff, randn } from "../testing.ts";
-import { roundF16 } from "../tensor.ts";
+import { getGpu, type Gpu } from "@lvm/gpu";
+import { assertClose, finiteDiff, randu } from "@lvm/util/testing";
+import { roundF16 } from "@lvm/util";
 import {
   colSum,
   linear,
@@ -40,8 +40,8 @@ function tol(K: number, scale = 1) {
 async function check(gpu: Gpu, c: Case, variant?: MatmulVariant, seed = 1): Promise<void> {
   const { M, K, N, aB = 0, bB = 0, lo = -1, hi = 1 } = c;
   const batch = Math.max(aB, bB, 1);
-  const a = randn(Math.max(aB, 1) * M * K, seed, lo, hi);
-  let b = randn(Math.max(bB, 1) * K * N, seed + 1, lo, hi);
+  const a = randu(Math.max(aB, 1) * M * K, seed, lo, hi);
+  let b = randu(Math.max(bB, 1) * K * N, seed + 1, lo, hi);
   const aShape = c.transA ? [K, M] : [M, K], bShape = c.transB ? [N, K] : [K, N];
   const A = gpu.upload(a, aB ? [aB, ...aShape] : aShape);
   const B = gpu.upload(b, bB ? [bB, ...bShape] : bShape, c.f16 ? "f16" : "f32");
@@ -54,8 +54,8 @@ async function check(gpu: Gpu, c: Case, variant?: MatmulVariant, seed = 1): Prom
     ref.set(matmulCpu(as, bs, 1, M, K, N, !!c.transA, !!c.transB), bi * M * N);
   }
   const alpha = c.alpha ?? 1;
-  const bias = c.bias ? randn(N, seed + 2, -2, 2) : null;
-  const prev = c.acc ? randn(batch * M * N, seed + 3) : null;
+  const bias = c.bias ? randu(N, seed + 2, -2, 2) : null;
+  const prev = c.acc ? randu(batch * M * N, seed + 3) : null;
   for (let i = 0; i < ref.length; i++) {
     ref[i] = alpha * ref[i] + (bias ? bias[i % N] : 0) + (prev ? prev[i] : 0);
   }
@@ -180,7 +180,7 @@ Deno.test("matmul() tex path: K split into chunks, rows split over layers, batch
 Deno.test("matmul() tex: every tile and operand layout, bias and accumulate", async (t) => {
   const gpu = await getGpu();
   const [M, K, N] = [67, 37, 70];
-  const x = randn(M * K, 31), w = randn(N * K, 32), bias = randn(N, 33), prev = randn(M * N, 34);
+  const x = randu(M * K, 31), w = randu(N * K, 32), bias = randu(N, 33), prev = randu(M * N, 34);
   const xT = new Float32Array(M * K); // x stored (K, M)
   for (let m = 0; m < M; m++) for (let k = 0; k < K; k++) xT[k * M + m] = x[m * K + k];
   const Bias = gpu.upload(bias, [N]);
@@ -230,7 +230,7 @@ Deno.test("matmul() tex: every tile and operand layout, bias and accumulate", as
 Deno.test("packWeight(): packed weights match, refresh() picks up new values", async () => {
   const gpu = await getGpu();
   const [M, K, N] = [37, 20, 23];
-  const x = randn(M * K, 3), w1 = randn(N * K, 4), w2 = randn(N * K, 5);
+  const x = randu(M * K, 3), w1 = randu(N * K, 4), w2 = randu(N * K, 5);
   const X = gpu.upload(x, [M, K]);
   for (const dtype of ["f32", "f16"] as const) {
     const W = gpu.upload(w1, [N, K], dtype);
@@ -267,7 +267,7 @@ Deno.test("packWeight(): packed weights match, refresh() picks up new values", a
         "tex",
       ]] as const
     ) {
-      const xv = randn(m * k, 6), wv = randn(n * k, 7), bv = randn(n, 8), prev = randn(m * n, 9);
+      const xv = randu(m * k, 6), wv = randu(n * k, 7), bv = randu(n, 8), prev = randu(m * n, 9);
       const Wt = gpu.upload(wv, [n, k], dtype);
       const Wp = packWeight(gpu, Wt, { transB: true });
       const out = gpu.upload(prev, [m, n]);
@@ -300,7 +300,7 @@ Deno.test("packWeight(): packed weights match, refresh() picks up new values", a
 Deno.test("matmul() reports bad inputs", () => {
   const gpu = getGpu();
   return gpu.then((gpu) => {
-    const a = gpu.upload(randn(6), [2, 3]), b = gpu.upload(randn(8), [4, 2]);
+    const a = gpu.upload(randu(6), [2, 3]), b = gpu.upload(randu(8), [4, 2]);
     const expect = (fn: () => unknown, re: RegExp) => {
       try {
         fn();
@@ -312,12 +312,12 @@ Deno.test("matmul() reports bad inputs", () => {
     };
     expect(() => matmul(gpu, a, b), /inner sizes differ.*K=3.*K=4/);
     expect(
-      () => matmul(gpu, a, gpu.upload(randn(6), [3, 2]), { out: a }),
+      () => matmul(gpu, a, gpu.upload(randu(6), [3, 2]), { out: a }),
       /out must be f32 with 4/,
     );
-    const sq = gpu.upload(randn(9), [3, 3]);
+    const sq = gpu.upload(randu(9), [3, 3]);
     expect(() => matmul(gpu, sq, sq.view([3, 3]), { out: sq }), /aliases a/);
-    expect(() => matmul(gpu, gpu.upload(randn(6), [2, 3], "f16"), sq), /a must be f32/);
+    expect(() => matmul(gpu, gpu.upload(randu(6), [2, 3], "f16"), sq), /a must be f32/);
     expect(() => matmul(gpu, sq, sq, { accumulate: true }), /accumulate needs an out/);
     expect(() => matmul(gpu, sq, sq, { bias: a }), /bias must be f32 with N=3/);
     expect(() => linear(gpu, a, b), /W must be \[out, 3\]/);
@@ -328,10 +328,10 @@ Deno.test("linearBackward() matches finite differences; accumulates", async (t) 
   const gpu = await getGpu();
   // x (2,3,5) -> y (2,3,4); loss = sum(y * g)
   const [B, T, I, O] = [2, 3, 5, 4];
-  const x = randn(B * T * I, 11),
-    w = randn(O * I, 12),
-    bias = randn(O, 13),
-    g = randn(B * T * O, 14);
+  const x = randu(B * T * I, 11),
+    w = randu(O * I, 12),
+    bias = randu(O, 13),
+    g = randu(B * T * O, 14);
   const X = gpu.upload(x, [B, T, I]), W = gpu.upload(w, [O, I]), Bias = gpu.upload(bias, [O]);
   const G = gpu.upload(g, [B, T, O]);
   const loss = (xv: ArrayLike<number>, wv: ArrayLike<number>, bv: ArrayLike<number>) => {
@@ -380,7 +380,7 @@ Deno.test("linearBackward() matches finite differences; accumulates", async (t) 
   });
   await t.step("colSum on a larger odd matrix", async () => {
     const [M, N] = [131, 67];
-    const v = randn(M * N, 21, -300, 300);
+    const v = randu(M * N, 21, -300, 300);
     const ref = new Float32Array(N);
     for (let m = 0; m < M; m++) for (let n = 0; n < N; n++) ref[n] += v[m * N + n];
     const got = await gpu.readF32(colSum(gpu, gpu.upload(v, [M, N]), gpu.empty([N])));
@@ -425,8 +425,8 @@ Deno.test("linearBackward() matches the CPU reference on odd, tile-crossing shap
   for (const { lead, I, O, xr, wr, gr } of cases) {
     const Mr = lead.reduce((a, b) => a * b, 1);
     await t.step(`x [${lead},${I}] -> ${O}, |x|<${xr} |W|<${wr} |dy|<${gr}`, async () => {
-      const x = randn(Mr * I, seed++, -xr, xr), w = randn(O * I, seed++, -wr, wr);
-      const dy = randn(Mr * O, seed++, -gr, gr);
+      const x = randu(Mr * I, seed++, -xr, xr), w = randu(O * I, seed++, -wr, wr);
+      const dy = randu(Mr * O, seed++, -gr, gr);
       const X = gpu.upload(x, [...lead, I]), W = gpu.upload(w, [O, I]);
       const G = gpu.upload(dy, [...lead, O]);
       const ref = linearBackwardCpu(x, w, dy, Mr, I, O);
@@ -439,7 +439,7 @@ Deno.test("linearBackward() matches the CPU reference on odd, tile-crossing shap
       assertClose(gw, ref.dW, tdW, "dW");
       assertClose(gb, ref.dbias, tdb, "dbias");
       // accumulate: dW += and dbias += onto existing values (twice), dx not needed.
-      const w0 = randn(O * I, seed++, -xr * gr, xr * gr), b0 = randn(O, seed++, -gr, gr);
+      const w0 = randu(O * I, seed++, -xr * gr, xr * gr), b0 = randu(O, seed++, -gr, gr);
       const dWacc = gpu.upload(w0, [O, I]), dbAcc = gpu.upload(b0, [O]);
       for (let k = 0; k < 2; k++) {
         linearBackward(gpu, X, W, G, { dW: dWacc, dbias: dbAcc, accumulate: true, needDx: false });

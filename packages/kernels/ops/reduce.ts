@@ -25,8 +25,8 @@
  * {@link pickRowVariant}, {@link WGSL_LOWEST} and {@link WGSL_EXP_SUB}.
  * @module
  */
-import { type Gpu, grid, Params, WG_INDEX } from "../gpu.ts";
-import type { Tensor } from "../tensor.ts";
+import { type Gpu, grid, Params, WG_INDEX } from "@lvm/gpu";
+import type { Tensor } from "@lvm/gpu";
 import { texelCopy, wgslTexel } from "./elementwise.ts";
 
 /** Kernel family of the row/segment reductions (see the module doc). */
@@ -267,7 +267,8 @@ function reduce(
  *
  * @example
  * ```ts
- * import { getGpu, sum } from "@lvm/kernels";
+ * import { getGpu } from "@lvm/gpu";
+ * import { sum } from "@lvm/kernels";
  * const gpu = await getGpu();
  * const x = gpu.upload([1, 2, 3, 4, 5, 6], [2, 3]);
  * console.log(await gpu.read(sum(gpu, x))); // Float32Array [6, 15]
@@ -340,7 +341,8 @@ export interface SumRowsOptions {
  *
  * @example
  * ```ts
- * import { getGpu, sumRows } from "@lvm/kernels";
+ * import { getGpu } from "@lvm/gpu";
+ * import { sumRows } from "@lvm/kernels";
  * const gpu = await getGpu();
  * const dy = gpu.upload([1, 2, 3, 4, 5, 6], [3, 2]);
  * console.log(await gpu.read(sumRows(gpu, dy))); // Float32Array [9, 12]

@@ -1,5 +1,5 @@
-import { getGpu } from "../gpu.ts";
-import { assertClose, randn } from "../testing.ts";
+import { getGpu } from "@lvm/gpu";
+import { assertClose, randu } from "@lvm/util/testing";
 import { max, mean, reduceCpu, type RowVariant, segmentReduce, sum, sumRows } from "./reduce.ts";
 
 const ROWS = [1, 7, 45];
@@ -24,7 +24,7 @@ Deno.test("sum(), mean(), max() over the last dimension", async (t) => {
     for (const R of ROWS) {
       for (const C of COLS) {
         await t.step(`${variant} ${R}x${C}`, async () => {
-          const x = randn(R * C, R * 1000 + C, -3, 3);
+          const x = randu(R * C, R * 1000 + C, -3, 3);
           const X = gpu.upload(x, [R, C]);
           const [s, m, mx] = await gpu.readMany([
             sum(gpu, X, { variant }),
@@ -47,7 +47,7 @@ Deno.test("sum(), mean(), max() over the whole tensor", async (t) => {
   for (const variant of VARIANTS) {
     for (const n of [1, 4, 7, 1023, 1024, 45 * 1025, 45 * 1028, 300_001, 300_004]) {
       await t.step(`${variant} N=${n}`, async () => {
-        const x = randn(n, n, -2, 2);
+        const x = randu(n, n, -2, 2);
         const X = gpu.upload(x, [n]);
         const [s, m, mx] = await gpu.readMany([
           sum(gpu, X, { axis: "all", variant }),
@@ -68,7 +68,7 @@ Deno.test("reductions: extreme values and -inf", async () => {
   const gpu = await getGpu();
   for (const variant of VARIANTS) {
     const R = 7, C = 65;
-    const x = randn(R * C, 3, -300, 300);
+    const x = randu(R * C, 3, -300, 300);
     x[5] = 300;
     x[C + 3] = -300;
     for (let c = 0; c < C; c++) x[2 * C + c] = -Infinity; // an all -inf row
@@ -110,7 +110,7 @@ Deno.test("sumRows() column sums", async (t) => {
       await t.step(`[${shape}] chunks ${chunks ?? "auto"} ${variant}`, async () => {
         const N = shape[shape.length - 1];
         const M = shape.reduce((a, b) => a * b, 1) / N;
-        const x = randn(M * N, M + N, -300, 300);
+        const x = randu(M * N, M + N, -300, 300);
         const X = gpu.upload(x, shape);
         const got = await gpu.readF32(sumRows(gpu, X, { chunks, variant }));
         // Tolerance from the column sums of magnitudes.
@@ -129,7 +129,7 @@ Deno.test("sumRows() column sums", async (t) => {
 
 Deno.test("segmentReduce(): offsets, sqrt, bad input", async () => {
   const gpu = await getGpu();
-  const x = randn(10, 4);
+  const x = randu(10, 4);
   const out = gpu.zeros([6]);
   segmentReduce(gpu, gpu.upload(x, [10]), "sumsq", { L: 4, out, offset: 2, sqrt: true });
   const ref = [0, 0, 0, 0, 0, 0];

@@ -17,8 +17,8 @@
  * Both give the same math; the sum order differs, so results agree to rounding.
  * @module
  */
-import { type Gpu, grid, Params, WG_INDEX } from "../gpu.ts";
-import type { Tensor } from "../tensor.ts";
+import { type Gpu, grid, Params, WG_INDEX } from "@lvm/gpu";
+import type { Tensor } from "@lvm/gpu";
 
 /** Kernel family of the row reductions (see the module doc). */
 export type RmsnormVariant = "rows" | "wg";
@@ -160,7 +160,8 @@ export interface RmsnormOptions {
  *
  * @example
  * ```ts
- * import { getGpu, rmsnorm } from "@lvm/kernels";
+ * import { getGpu } from "@lvm/gpu";
+ * import { rmsnorm } from "@lvm/kernels";
  * const gpu = await getGpu();
  * const { y } = rmsnorm(gpu, gpu.upload([3, 4], [1, 2]), gpu.upload([1, 2], [2]), 1e-6);
  * console.log(await gpu.read(y)); // ~ [0.8485, 2.2627]

@@ -1,5 +1,5 @@
-import { getGpu } from "../gpu.ts";
-import { assertClose, finiteDiff, randn } from "../testing.ts";
+import { getGpu } from "@lvm/gpu";
+import { assertClose, finiteDiff, randu } from "@lvm/util/testing";
 import {
   addRmsnorm,
   rmsnorm,
@@ -19,8 +19,8 @@ Deno.test("rmsnorm()", async (t) => {
   for (const variant of VARIANTS) {
     for (const [N, C] of SHAPES) {
       await t.step(`${variant} [${N},${C}] forward, addRmsnorm, backward`, async () => {
-        const x = randn(N * C, N + C, -3, 3), res = randn(N * C, 2, -2, 2);
-        const w = randn(C, 3, 0.5, 1.5), dy = randn(N * C, 4);
+        const x = randu(N * C, N + C, -3, 3), res = randu(N * C, 2, -2, 2);
+        const w = randu(C, 3, 0.5, 1.5), dy = randu(N * C, 4);
         const X = gpu.upload(x, [N, C]), R = gpu.upload(res, [N, C]);
         const W = gpu.upload(w, [C]), DY = gpu.upload(dy, [N, C]);
         const f = rmsnorm(gpu, X, W, 1e-6, { variant });
@@ -60,7 +60,7 @@ Deno.test("rmsnorm()", async (t) => {
       x[2 * C + c] = 0; // all zero
       x[3 * C + c] = c === 5 ? 3e4 : 1e-3; // one dominant channel
     }
-    const w = randn(C, 8);
+    const w = randu(C, 8);
     for (const variant of VARIANTS) {
       const f = rmsnorm(gpu, gpu.upload(x, [N, C]), gpu.upload(w, [C]), 1e-6, { variant });
       const ref = rmsnormCpu(x, w, C);
@@ -71,8 +71,8 @@ Deno.test("rmsnorm()", async (t) => {
 
   await t.step("accumulate into existing dx and dw", async () => {
     const N = 5, C = 8;
-    const x = randn(N * C, 31), w = randn(C, 32), dy = randn(N * C, 33);
-    const dx0 = randn(N * C, 34), dw0 = randn(C, 35);
+    const x = randu(N * C, 31), w = randu(C, 32), dy = randu(N * C, 33);
+    const dx0 = randu(N * C, 34), dw0 = randu(C, 35);
     const X = gpu.upload(x, [N, C]), W = gpu.upload(w, [C]);
     const { rstd } = rmsnorm(gpu, X, W);
     const dxAccumulate = gpu.upload(dx0, [N, C]), dwAccumulate = gpu.upload(dw0, [C]);
@@ -88,7 +88,7 @@ Deno.test("rmsnorm()", async (t) => {
 
   await t.step("backward matches finite differences of the CPU reference", async () => {
     const N = 3, C = 7, eps = 1e-6;
-    const x = randn(N * C, 41, -2, 2), w = randn(C, 42), dy = randn(N * C, 43);
+    const x = randu(N * C, 41, -2, 2), w = randu(C, 42), dy = randu(N * C, 43);
     const X = gpu.upload(x, [N, C]), W = gpu.upload(w, [C]);
     const { rstd } = rmsnorm(gpu, X, W, eps);
     const b = rmsnormBackward(gpu, X, W, rstd, gpu.upload(dy, [N, C]));

@@ -19,8 +19,8 @@
  * `out === x`.
  * @module
  */
-import { type Gpu, grid, Params, WG_INDEX } from "../gpu.ts";
-import type { Tensor } from "../tensor.ts";
+import { type Gpu, grid, Params, WG_INDEX } from "@lvm/gpu";
+import type { Tensor } from "@lvm/gpu";
 
 const WG = 64;
 const DEFAULT_TABLE = 4096;
@@ -211,7 +211,8 @@ function launch(gpu: Gpu, x: Tensor, o: RopeOptions, sign: 1 | -1, op: string): 
  *
  * @example
  * ```ts
- * import { getGpu, rope } from "@lvm/kernels";
+ * import { getGpu } from "@lvm/gpu";
+ * import { rope } from "@lvm/kernels";
  * const gpu = await getGpu();
  * const q = gpu.upload([1, 0, 0, 0, 1, 0, 0, 0], [1, 2, 1, 4]); // T=2, H=1, D=4
  * const out = rope(gpu, q, { heads: 1, headDim: 4 });

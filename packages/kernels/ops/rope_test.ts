@@ -1,5 +1,5 @@
-import { getGpu } from "../gpu.ts";
-import { assertClose, finiteDiff, randn } from "../testing.ts";
+import { getGpu } from "@lvm/gpu";
+import { assertClose, finiteDiff, randu } from "@lvm/util/testing";
 import { rope, ropeBackward, ropeCpu, ropeInvFreq } from "./rope.ts";
 
 // [B, T, H, D]
@@ -10,7 +10,7 @@ Deno.test("rope()", async (t) => {
   const gpu = await getGpu();
   for (const [B, T, H, D] of SHAPES) {
     await t.step(`[${B},${T},${H},${D}] forward, backward, offsets`, async () => {
-      const x = randn(B * T * H * D, B + T + H + D, -3, 3);
+      const x = randu(B * T * H * D, B + T + H + D, -3, 3);
       const X = gpu.upload(x, [B, T, H, D]);
       const y = rope(gpu, X, { heads: H, headDim: D });
       const off = rope(gpu, X, { heads: H, headDim: D, posOffset: 4000, theta: 500000 });
@@ -25,7 +25,7 @@ Deno.test("rope()", async (t) => {
 
   await t.step("explicit positions, past the table, in place, (B,T,H*D) layout", async () => {
     const B = 2, T = 3, H = 2, D = 6;
-    const x = randn(B * T * H * D, 5, -300, 300);
+    const x = randu(B * T * H * D, 5, -300, 300);
     const pos = [0, 5, 4095, 4096, 9000, 2];
     const X = gpu.upload(x, [B, T, H * D]);
     const y = rope(gpu, X, {
@@ -46,7 +46,7 @@ Deno.test("rope()", async (t) => {
 
   await t.step("t=0 is the identity; rope then ropeBackward round-trips", async () => {
     const H = 3, D = 8, T = 9;
-    const x = randn(T * H * D, 6);
+    const x = randu(T * H * D, 6);
     const X = gpu.upload(x, [1, T, H, D]);
     const y = rope(gpu, X, { heads: H, headDim: D, posOffset: 100 });
     const back = await gpu.readF32(ropeBackward(gpu, y, { heads: H, headDim: D, posOffset: 100 }));
@@ -57,7 +57,7 @@ Deno.test("rope()", async (t) => {
 
   await t.step("backward matches finite differences of sum(dy * rope(x))", async () => {
     const T = 4, H = 2, D = 4;
-    const x = randn(T * H * D, 8), dy = randn(T * H * D, 9);
+    const x = randu(T * H * D, 8), dy = randu(T * H * D, 9);
     const dx = await gpu.readF32(
       ropeBackward(gpu, gpu.upload(dy, [1, T, H, D]), { heads: H, headDim: D, posOffset: 2 }),
     );

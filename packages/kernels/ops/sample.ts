@@ -30,8 +30,8 @@
  * within that distance of a cumulative-probability boundary.
  * @module
  */
-import { type Gpu, Params } from "../gpu.ts";
-import type { Tensor } from "../tensor.ts";
+import { type Gpu, Params } from "@lvm/gpu";
+import type { Tensor } from "@lvm/gpu";
 
 const WG = 256;
 
@@ -313,7 +313,8 @@ fn main(@builtin(local_invocation_index) li: u32) {
  *
  * @example
  * ```ts
- * import { getGpu, sampleLogits } from "@lvm/kernels";
+ * import { getGpu } from "@lvm/gpu";
+ * import { sampleLogits } from "@lvm/kernels";
  * const gpu = await getGpu();
  * const logits = gpu.upload([1, 5, 5, 9], [1, 4]);
  * const id = sampleLogits(gpu, logits, { greedy: true, n: 3 });

@@ -1,5 +1,5 @@
-import { getGpu } from "../gpu.ts";
-import { assertEquals, assertThrows, randn, rng } from "../testing.ts";
+import { getGpu } from "@lvm/gpu";
+import { assertEquals, assertThrows, randu, rng } from "@lvm/util/testing";
 import { sampleCpu, sampleLogits, type SampleOptions, sampleWeights } from "./sample.ts";
 
 /**
@@ -14,7 +14,7 @@ const EPS = 1e-6;
  */
 function rows(V: number, seed: number): [string, Float32Array][] {
   const r = rng(seed);
-  const base = () => randn(V, seed++, -4, 4);
+  const base = () => randu(V, seed++, -4, 4);
   const extreme = base().map((v, i) => (i % 3 === 0 ? 300 : i % 3 === 1 ? -300 : v));
   extreme[V - 1] = 299.5;
   const negInf = base().map((v, i) => (i % 3 === 1 ? -Infinity : v));

@@ -15,8 +15,8 @@
  * - "wg" (gpu default): one workgroup of 256 per row, strided loops, (m, s) pairs merged in a tree.
  * @module
  */
-import { type Gpu, Params, WG_INDEX } from "../gpu.ts";
-import type { Tensor } from "../tensor.ts";
+import { type Gpu, Params, WG_INDEX } from "@lvm/gpu";
+import type { Tensor } from "@lvm/gpu";
 import { texelCopy, wgslTexel } from "./elementwise.ts";
 import {
   checkF32,
@@ -299,7 +299,8 @@ function checkScale(op: string, scale: number) {
  *
  * @example
  * ```ts
- * import { getGpu, softmax } from "@lvm/kernels";
+ * import { getGpu } from "@lvm/gpu";
+ * import { softmax } from "@lvm/kernels";
  * const gpu = await getGpu();
  * const y = softmax(gpu, gpu.upload([0, Math.log(3), 5], [1, 3]), { validCols: 2 });
  * console.log(await gpu.read(y)); // ~ [0.25, 0.75, 0]

@@ -1,5 +1,5 @@
-import { getGpu } from "../gpu.ts";
-import { assertClose, finiteDiff, randn } from "../testing.ts";
+import { getGpu } from "@lvm/gpu";
+import { assertClose, finiteDiff, randu } from "@lvm/util/testing";
 import type { RowVariant } from "./reduce.ts";
 import { softmax, softmaxBackward, softmaxBackwardCpu, softmaxCpu } from "./softmax.ts";
 
@@ -14,8 +14,8 @@ Deno.test("softmax() and softmaxBackward() match the CPU reference on odd shapes
     for (const R of ROWS) {
       for (const C of COLS) {
         await t.step(`${variant} ${R}x${C}`, async () => {
-          const x = randn(R * C, R * 31 + C, -8, 8);
-          const dy = randn(R * C, R * 37 + C, -1, 1);
+          const x = randu(R * C, R * 31 + C, -8, 8);
+          const dy = randu(R * C, R * 37 + C, -1, 1);
           const scale = C % 2 ? 0.37 : 1;
           const validCols = C > 7 ? C - 5 : C;
           const X = gpu.upload(x, [R, C]);
@@ -39,7 +39,7 @@ Deno.test("softmax(): extreme values, -inf masks, all-masked rows", async () => 
   const gpu = await getGpu();
   for (const [variant, C] of VARIANTS.flatMap((v) => [[v, 1025], [v, 1028]] as const)) {
     const R = 7;
-    const x = randn(R * C, 11, -300, 300);
+    const x = randu(R * C, 11, -300, 300);
     x[3] = 300;
     x[4] = 300; // ties at the max
     for (let c = 0; c < C; c += 3) x[C + c] = -Infinity; // masked logits
@@ -68,7 +68,7 @@ Deno.test("softmax(): extreme values, -inf masks, all-masked rows", async () => 
 Deno.test("softmaxBackward() matches finite differences", async () => {
   const gpu = await getGpu();
   const R = 3, C = 9, scale = 0.5;
-  const x = randn(R * C, 5, -3, 3), w = randn(R * C, 6);
+  const x = randu(R * C, 5, -3, 3), w = randu(R * C, 6);
   // loss = sum(w * softmax(scale * x)), so dy = w.
   const loss = (v: Float64Array) => {
     let l = 0;

@@ -10,8 +10,8 @@
  * For g = -300, exp(300) overflows to inf and s = 0 exactly, so every expression stays finite.
  * @module
  */
-import { type Gpu, grid, Params, WG_INDEX } from "../gpu.ts";
-import type { Tensor } from "../tensor.ts";
+import { type Gpu, grid, Params, WG_INDEX } from "@lvm/gpu";
+import type { Tensor } from "@lvm/gpu";
 import { map } from "./elementwise.ts";
 
 const WG = 256;
@@ -44,7 +44,8 @@ function checkPair(op: string, gate: Tensor, up: Tensor, extra?: [string, Tensor
  *
  * @example
  * ```ts
- * import { getGpu, swiglu } from "@lvm/kernels";
+ * import { getGpu } from "@lvm/gpu";
+ * import { swiglu } from "@lvm/kernels";
  * const gpu = await getGpu();
  * const h = swiglu(gpu, gpu.upload([0, 1], [1, 2]), gpu.upload([5, 2], [1, 2]));
  * console.log(await gpu.read(h)); // Float32Array [0, 1.4621...]

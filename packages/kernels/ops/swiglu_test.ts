@@ -1,5 +1,5 @@
-import { getGpu } from "../gpu.ts";
-import { assertClose, finiteDiff, randn } from "../testing.ts";
+import { getGpu } from "@lvm/gpu";
+import { assertClose, finiteDiff, randu } from "@lvm/util/testing";
 import { swiglu, swigluBackward, swigluBackwardCpu, swigluCpu } from "./swiglu.ts";
 
 const SHAPES = [[1, 1], [1, 7], [45, 65], [3, 1025]];
@@ -9,7 +9,7 @@ Deno.test("swiglu()", async (t) => {
   for (const shape of SHAPES) {
     await t.step(`[${shape}] forward and backward`, async () => {
       const n = shape[0] * shape[1];
-      const g = randn(n, 11, -6, 6), u = randn(n, 12, -3, 3), dh = randn(n, 13);
+      const g = randu(n, 11, -6, 6), u = randu(n, 12, -3, 3), dh = randu(n, 13);
       const G = gpu.upload(g, shape), U = gpu.upload(u, shape), DH = gpu.upload(dh, shape);
       const h = swiglu(gpu, G, U);
       const { dgate, dup } = swigluBackward(gpu, G, U, DH);
@@ -39,7 +39,7 @@ Deno.test("swiglu()", async (t) => {
 
   await t.step("backward matches finite differences of the CPU reference", async () => {
     const n = 37;
-    const g = randn(n, 21, -4, 4), u = randn(n, 22, -2, 2), dh = randn(n, 23);
+    const g = randu(n, 21, -4, 4), u = randu(n, 22, -2, 2), dh = randu(n, 23);
     const { dgate, dup } = swigluBackward(
       gpu,
       gpu.upload(g, [n]),

@@ -7,8 +7,8 @@
  * into its padding pass (`conv2d(..., { upsample2x: true })`), which skips this kernel's output.
  * @module
  */
-import { type Gpu, grid, Params, WG_INDEX } from "../gpu.ts";
-import type { Tensor } from "../tensor.ts";
+import { type Gpu, grid, Params, WG_INDEX } from "@lvm/gpu";
+import type { Tensor } from "@lvm/gpu";
 
 const WG = 256;
 

@@ -1,5 +1,5 @@
-import { getGpu } from "../gpu.ts";
-import { assertClose, finiteDiff, randn } from "../testing.ts";
+import { getGpu } from "@lvm/gpu";
+import { assertClose, finiteDiff, randu } from "@lvm/util/testing";
 import {
   upsampleNearest2x,
   upsampleNearest2xBackward,
@@ -14,11 +14,11 @@ Deno.test("upsampleNearest2x() and its backward match references", async (t) => 
   for (const [i, shape] of SHAPES.entries()) {
     await t.step(`[${shape}]`, async () => {
       const [B, C, H, W] = shape;
-      const x = randn(B * C * H * W, 1 + i, -300, 300);
+      const x = randu(B * C * H * W, 1 + i, -300, 300);
       const y = upsampleNearest2x(gpu, gpu.upload(x, shape));
       if (`${y.shape}` !== `${[B, C, 2 * H, 2 * W]}`) throw new Error(`shape [${y.shape}]`);
       assertClose(await gpu.readF32(y), upsampleNearest2xCpu(x, shape), { atol: 0, rtol: 0 }, "y");
-      const dy = randn(y.size, 50 + i, -300, 300);
+      const dy = randu(y.size, 50 + i, -300, 300);
       const dx = upsampleNearest2xBackward(gpu, gpu.upload(dy, y.shape));
       assertClose(
         await gpu.readF32(dx),
@@ -33,8 +33,8 @@ Deno.test("upsampleNearest2x() and its backward match references", async (t) => 
 Deno.test("upsampleNearest2xBackward() matches finite differences", async () => {
   const gpu = await getGpu();
   const shape = [1, 2, 3, 2];
-  const x = randn(12, 3);
-  const r = randn(48, 4);
+  const x = randu(12, 3);
+  const r = randu(48, 4);
   const loss = (v: ArrayLike<number>) =>
     upsampleNearest2xCpu(v, shape).reduce((s, y, k) => s + y * r[k], 0);
   const dx = upsampleNearest2xBackward(gpu, gpu.upload(r, [1, 2, 6, 4]));

@@ -19,9 +19,9 @@
  * earlier in its chunk), then per-code sums in row order: deterministic, no float atomics.
  * @module
  */
-import { type Gpu, grid, Params, WG_INDEX } from "../gpu.ts";
-import type { Tensor } from "../tensor.ts";
-import { TexturePool } from "../textures.ts";
+import { type Gpu, grid, Params, WG_INDEX } from "@lvm/gpu";
+import type { Tensor } from "@lvm/gpu";
+import { TexturePool } from "@lvm/gpu";
 
 /** Result of {@link vqNearest}. */
 export interface VqResult {
@@ -233,7 +233,7 @@ function nextPow2(n: number): number {
  *
  * @example
  * ```ts
- * import { getGpu } from "../gpu.ts";
+ * import { getGpu } from "@lvm/gpu";
  * import { vqNearest } from "./vq.ts";
  * const gpu = await getGpu();
  * const z = gpu.upload([0.9, 0.1, -1, -1], [2, 2]);

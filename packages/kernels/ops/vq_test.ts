@@ -1,5 +1,5 @@
-import { getGpu } from "../gpu.ts";
-import { assertClose, randint, randn } from "../testing.ts";
+import { getGpu } from "@lvm/gpu";
+import { assertClose, randint, randu } from "@lvm/util/testing";
 import {
   bincount,
   nchwToRows,
@@ -49,8 +49,8 @@ Deno.test("vqNearest() matches the f64 reference", async (t) => {
   ];
   for (const [i, [N, K, D, range]] of cases.entries()) {
     await t.step(`N=${N} K=${K} D=${D} range ${range}`, async () => {
-      const z = randn(N * D, 500 + i, -range, range);
-      const cb = randn(K * D, 600 + i, -range, range);
+      const z = randu(N * D, 500 + i, -range, range);
+      const cb = randu(K * D, 600 + i, -range, range);
       const { ids, dist } = vqNearest(gpu, gpu.upload(z, [N, D]), gpu.upload(cb, [K, D]));
       const [gi, gd] = await gpu.readMany([ids, dist]);
       const ref = vqNearestCpu(z, cb, N, K, D);
@@ -66,7 +66,7 @@ Deno.test("vqNearest() exact ties go to the lowest index", async (t) => {
   const gpu = await getGpu();
   await t.step("duplicate codebook rows, across code chunks", async () => {
     const K = 8192, D = 64, N = 20;
-    const cb = randn(K * D, 700);
+    const cb = randu(K * D, 700);
     // Rows 5000 and 7001 duplicate row 100; rows 12 and 8191 duplicate row 3.
     cb.copyWithin(5000 * D, 100 * D, 101 * D);
     cb.copyWithin(7001 * D, 100 * D, 101 * D);
@@ -74,7 +74,7 @@ Deno.test("vqNearest() exact ties go to the lowest index", async (t) => {
     cb.copyWithin(8191 * D, 3 * D, 4 * D);
     // z rows sit next to duplicated codes (or on them exactly).
     const z = new Float32Array(N * D);
-    const noise = randn(N * D, 701, -0.01, 0.01);
+    const noise = randu(N * D, 701, -0.01, 0.01);
     for (let n = 0; n < N; n++) {
       const src = n % 2 ? 100 : 3;
       for (let d = 0; d < D; d++) z[n * D + d] = cb[src * D + d] + (n < 4 ? 0 : noise[n * D + d]);
@@ -90,7 +90,7 @@ Deno.test("vqNearest() exact ties go to the lowest index", async (t) => {
     const N = 33, K = 700, D = 8;
     const { ids, dist } = vqNearest(
       gpu,
-      gpu.upload(randn(N * D, 9, -5, 5), [N, D]),
+      gpu.upload(randu(N * D, 9, -5, 5), [N, D]),
       gpu.zeros([K, D]),
     );
     const got = await gpu.read(ids);
@@ -112,7 +112,7 @@ Deno.test("vqLookup(), nchwToRows(), rowsToNchw()", async (t) => {
   const gpu = await getGpu();
   await t.step("lookup with out-of-range ids", async () => {
     const K = 11, D = 5;
-    const cb = randn(K * D, 800);
+    const cb = randu(K * D, 800);
     const ids = new Int32Array([0, 10, 3, -1, 11, 3, 7]);
     const out = await gpu.readF32(
       vqLookup(gpu, gpu.upload(ids, [7], "i32"), gpu.upload(cb, [K, D])),
@@ -125,7 +125,7 @@ Deno.test("vqLookup(), nchwToRows(), rowsToNchw()", async (t) => {
   });
   await t.step("transposes round-trip", async () => {
     for (const [B, C, H, W] of [[1, 1, 1, 1], [2, 3, 7, 9], [2, 64, 16, 16]]) {
-      const x = randn(B * C * H * W, 801);
+      const x = randu(B * C * H * W, 801);
       const rows = nchwToRows(gpu, gpu.upload(x, [B, C, H, W]));
       const r = await gpu.readF32(rows);
       const ref = new Float32Array(x.length);
@@ -146,7 +146,7 @@ Deno.test("scatterAddRows() and bincount() are exact and deterministic", async (
   for (const [N, K, D] of [[1, 1, 1], [7, 3, 5], [1000, 50, 5], [600, 8192, 64]]) {
     await t.step(`N=${N} K=${K} D=${D}`, async () => {
       const ids = randint(N, K + 2, 900 + N).map((v) => v - 1); // includes -1 and K (ignored)
-      const rows = randn(N * D, 901 + N, -300, 300);
+      const rows = randu(N * D, 901 + N, -300, 300);
       const I = gpu.upload(ids, [N], "i32"), R = gpu.upload(rows, [N, D]);
       const a = scatterAddRows(gpu, I, R, K);
       const b = scatterAddRows(gpu, I, R, K);

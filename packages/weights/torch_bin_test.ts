@@ -1,27 +1,12 @@
-import nodeAssert from "node:assert";
 import { join } from "node:path";
-import {
-  readTyped,
-  SafetensorsFile,
-  type TensorEntry,
-  toBigInt64,
-  toF32,
-  writeSafetensors,
-} from "./safetensors.ts";
-import {
-  openWeights,
-  TorchBinError,
-  TorchBinFile,
-  unpickleRestricted,
-  UnsafePickleError,
-} from "./torch_bin.ts";
+import { assertEquals } from "@lvm/util/testing";
+import { readTyped, type TensorEntry, toBigInt64, toF32 } from "./safetensors.ts";
+import { TorchBinError, unpickleRestricted, UnsafePickleError } from "./torch_bin.ts";
+import { openWeights, SafetensorsFile, TorchBinFile, writeSafetensors } from "./fs.ts";
 
-// Small assertion helpers over node:assert (JSR's @std/assert is unreachable here).
-function assert(cond: unknown, msg?: string): asserts cond {
-  nodeAssert.ok(cond, msg);
-}
-function assertEquals(got: unknown, want: unknown, msg?: string): void {
-  nodeAssert.deepStrictEqual(got, want, msg);
+// Assertions: @lvm/util/testing's, plus pattern and several-word checks of error messages.
+function assert(cond: unknown, msg = "assertion failed"): asserts cond {
+  if (!cond) throw new Error(msg);
 }
 async function assertRejects(
   fn: () => Promise<unknown>,

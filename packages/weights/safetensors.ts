@@ -1,6 +1,8 @@
 /**
- * safetensors weight files: read (one tensor at a time, never the whole file), write (atomic, also
- * streaming), sharded Hugging Face checkpoints, and dtype conversion to f32.
+ * safetensors weights from bytes: parse (one tensor at a time from a {@link ByteSource}, never the
+ * whole file), encode, sharded Hugging Face checkpoints behind an index, and dtype conversion to
+ * f32. No file system here: `@lvm/weights/fs` opens and writes files (`SafetensorsFile.open`,
+ * `writeSafetensors`, `openWeights`).
  *
  * Format (https://github.com/huggingface/safetensors): 8 bytes little-endian u64 `N`, then `N` bytes
  * of JSON `{"__metadata__": {str: str}, name: {"dtype", "shape", "data_offsets": [begin, end]}}`
@@ -16,8 +18,7 @@
  * so a model loader takes either.
  * @module
  */
-import { dirname, join } from "node:path";
-import { tempPath } from "./fs.ts";
+import { type ByteSource, MemorySource } from "./byte_source.ts";
 
 // ---------------------------------------------------------------------------------------------
 // dtypes
@@ -281,7 +282,7 @@ export function typedView(
  *
  * @example
  * ```ts
- * import { toF32 } from "@lvm/kernels";
+ * import { toF32 } from "@lvm/weights";
  * const bf16 = new Uint8Array([0x80, 0x3f, 0x00, 0xc0]); // 1, -2
  * console.log(toF32("BF16", bf16)); // Float32Array [1, -2]
  * ```
@@ -607,70 +608,6 @@ export function encodeTensor(name: string, entry: TensorEntry): Uint8Array {
 }
 
 // ---------------------------------------------------------------------------------------------
-// Random-access file reads
-
-/**
- * A file read by (offset, length) with Deno.open + seek/read, one request at a time (calls are
- * queued, so concurrent reads are safe). Shared by the safetensors and torch readers.
- */
-export class RandomAccessFile {
-  #queue: Promise<unknown> = Promise.resolve();
-  #closed = false;
-  private constructor(
-    readonly path: string,
-    private readonly file: Deno.FsFile,
-    /** File size in bytes at open. */
-    readonly size: number,
-  ) {}
-
-  /** Opens `path` for reading; a missing/unreadable file is thrown as Deno's error. */
-  static async open(path: string): Promise<RandomAccessFile> {
-    const file = await Deno.open(path, { read: true });
-    try {
-      const st = await file.stat();
-      if (!st.isFile) throw new TypeError(`${path} is not a regular file`);
-      return new RandomAccessFile(path, file, st.size);
-    } catch (e) {
-      file.close();
-      throw e;
-    }
-  }
-
-  /**
-   * Reads up to `length` bytes at `offset` into a new buffer; returns fewer only at end of file
-   * (callers decide whether that is truncation).
-   */
-  read(offset: number, length: number): Promise<Uint8Array> {
-    const run = async () => {
-      if (this.#closed) throw new Error(`${this.path}: read after close`);
-      const out = new Uint8Array(length);
-      await this.file.seek(offset, Deno.SeekMode.Start);
-      let got = 0;
-      while (got < length) {
-        const r = await this.file.read(out.subarray(got));
-        if (r === null || r === 0) break;
-        got += r;
-      }
-      return got === length ? out : out.subarray(0, got);
-    };
-    const p = this.#queue.then(run, run);
-    this.#queue = p.catch(() => {});
-    return p;
-  }
-
-  /** Closes the handle (idempotent). */
-  close(): void {
-    if (this.#closed) return;
-    this.#closed = true;
-    this.file.close();
-  }
-
-  get closed(): boolean {
-    return this.#closed;
-  }
-}
-
-// ---------------------------------------------------------------------------------------------
 // Reading
 
 /** The library refuses headers over 100 MB; so do we. */
@@ -682,57 +619,70 @@ export interface SafetensorsTensorInfo extends TensorInfo {
   dataOffsets: [number, number];
 }
 
+/** A parsed safetensors header: where the data starts, each tensor, `__metadata__`. */
+export interface SafetensorsHeader {
+  /** Byte offset of the data section (8 + header length). */
+  dataStart: number;
+  tensors: Map<string, SafetensorsTensorInfo>;
+  metadata?: Record<string, string>;
+}
+
 /**
- * One safetensors file. `open` reads and validates only the header; each `readRaw` then reads one
- * tensor's bytes (so multi-GB files are fine).
+ * Safetensors tensors read from a {@link ByteSource}: {@link SafetensorsReader.fromSource} reads and
+ * validates only the header; each `readRaw` then reads one tensor's bytes (so multi-GB files are
+ * fine). `@lvm/weights/fs`'s `SafetensorsFile.open(path)` is this over a file.
  *
  * @example
  * ```ts
- * import { SafetensorsFile, writeSafetensors } from "@lvm/kernels";
- * const path = await Deno.makeTempFile({ suffix: ".safetensors" });
- * await writeSafetensors(path, { w: { dtype: "F32", shape: [2], data: new Float32Array([1, 2]) } });
- * const f = await SafetensorsFile.open(path);
- * console.log(f.info("w").shape, await f.readF32("w")); // [2] Float32Array [1, 2]
+ * import { encodeSafetensors, SafetensorsReader } from "@lvm/weights";
+ * const bytes = encodeSafetensors({ w: { dtype: "F32", shape: [2], data: new Float32Array([1, 2]) } });
+ * const f = await SafetensorsReader.fromBytes(bytes, "w.safetensors");
+ * console.log(f.info("w").shape, await f.readF32("w")); // [ 2 ] Float32Array(2) [ 1, 2 ]
  * f.close();
- * await Deno.remove(path);
  * ```
  */
-export class SafetensorsFile implements TensorSource {
+export class SafetensorsReader implements TensorSource {
   readonly #tensors: Map<string, SafetensorsTensorInfo>;
-  private constructor(
-    readonly path: string,
-    private readonly file: RandomAccessFile,
-    /** Byte offset of the data section (8 + header length). */
-    readonly dataStart: number,
-    tensors: Map<string, SafetensorsTensorInfo>,
-    /** The header's `__metadata__`, if any. */
-    readonly metadata?: Record<string, string>,
-  ) {
-    this.#tensors = tensors;
+  /** Byte offset of the data section (8 + header length). */
+  readonly dataStart: number;
+  /** The header's `__metadata__`, if any. */
+  readonly metadata?: Record<string, string>;
+
+  protected constructor(protected readonly file: ByteSource, header: SafetensorsHeader) {
+    this.#tensors = header.tensors;
+    this.dataStart = header.dataStart;
+    this.metadata = header.metadata;
+  }
+
+  /** The file (or URL) the tensors come from. */
+  get path(): string {
+    return this.file.path;
   }
 
   /**
-   * Opens `path` and validates its header: length within the file and under 100 MB, UTF-8 JSON
-   * object, known dtypes, shapes of counts, `data_offsets` with begin <= end inside the data
+   * Reads and validates the header of `source`: length within the source and under 100 MB, UTF-8
+   * JSON object, known dtypes, shapes of counts, `data_offsets` with begin <= end inside the data
    * section, size = numel * element size, no two tensors overlapping, `__metadata__` a string map.
-   * Any failure is a {@link SafetensorsError} naming the file (and tensor).
+   * Any failure is a {@link SafetensorsError} naming the source (and tensor); `source` is then
+   * closed.
    */
-  static async open(path: string): Promise<SafetensorsFile> {
-    let file: RandomAccessFile;
+  protected static async parse(source: ByteSource): Promise<SafetensorsHeader> {
     try {
-      file = await RandomAccessFile.open(path);
+      return await readHeader(source.path, source);
     } catch (e) {
-      throw new SafetensorsError(path, `cannot open: ${(e as Error).message}`, undefined, {
-        cause: e,
-      });
-    }
-    try {
-      const { dataStart, tensors, metadata } = await readHeader(path, file);
-      return new SafetensorsFile(path, file, dataStart, tensors, metadata);
-    } catch (e) {
-      file.close();
+      source.close();
       throw e;
     }
+  }
+
+  /** The tensors of `source` (see {@link SafetensorsReader.parse} for what is checked). */
+  static async fromSource(source: ByteSource): Promise<SafetensorsReader> {
+    return new SafetensorsReader(source, await SafetensorsReader.parse(source));
+  }
+
+  /** The tensors of a whole safetensors file in memory (`name` for messages). */
+  static fromBytes(bytes: Uint8Array, name = "memory"): Promise<SafetensorsReader> {
+    return SafetensorsReader.fromSource(new MemorySource(bytes, name));
   }
 
   /** Tensor names in file order (by data offset). */
@@ -829,7 +779,7 @@ function duplicateKey(text: string): { key: string; parent?: string } | undefine
   return undefined;
 }
 
-async function readHeader(path: string, file: RandomAccessFile) {
+async function readHeader(path: string, file: ByteSource): Promise<SafetensorsHeader> {
   const fail = (detail: string, tensor?: string): never => {
     throw new SafetensorsError(path, detail, tensor);
   };
@@ -962,25 +912,37 @@ async function readHeader(path: string, file: RandomAccessFile) {
 // ---------------------------------------------------------------------------------------------
 // Writing
 
-/** Name, dtype and shape of a tensor to be written by {@link SafetensorsWriter}. */
+/** Name, dtype and shape of a tensor to be written (`@lvm/weights/fs`'s `SafetensorsWriter`). */
 export interface TensorSpec {
   name: string;
   dtype: StDType;
   shape: readonly number[];
 }
 
-interface Planned extends TensorSpec {
+/** A tensor's place in a planned file: {@link TensorSpec} plus its data bytes and offset. */
+export interface PlannedTensor extends TensorSpec {
   byteLength: number;
+  /** Offset in the data section. */
   begin: number;
+}
+
+/** A file's layout: the header bytes (length prefix included), each tensor's place, data bytes. */
+export interface SafetensorsPlan {
+  header: Uint8Array;
+  planned: PlannedTensor[];
+  dataBytes: number;
 }
 
 /**
  * Lays out tensors as the library does (dtype alignment descending, then name) and builds the
- * padded header bytes. Returns the header (length prefix included) and each tensor's offset.
+ * padded header bytes: what every writer (here and in `@lvm/weights/fs`) follows.
  */
-function planFile(specs: readonly TensorSpec[], metadata?: Record<string, string>) {
+export function planSafetensors(
+  specs: readonly TensorSpec[],
+  metadata?: Record<string, string>,
+): SafetensorsPlan {
   const seen = new Set<string>();
-  const planned: Planned[] = specs.map((s) => {
+  const planned: PlannedTensor[] = specs.map((s) => {
     const label = `tensor ${JSON.stringify(s.name)}`;
     if (typeof s.name !== "string") throw new TypeError(`tensor name ${s.name} is not a string`);
     if (s.name === "__metadata__") {
@@ -1037,10 +999,37 @@ function planFile(specs: readonly TensorSpec[], metadata?: Record<string, string
 }
 
 /**
+ * A whole safetensors file in memory, laid out and headed byte for byte as the Python/Rust library
+ * writes it (`@lvm/weights/fs`'s `writeSafetensors` writes the same bytes to a file).
+ *
+ * @example
+ * ```ts
+ * import { encodeSafetensors } from "@lvm/weights";
+ * const bytes = encodeSafetensors({ b: { dtype: "BF16", shape: [3], data: new Float32Array([1, 2, 3]) } });
+ * console.log(bytes.byteLength); // 8-byte length + padded JSON header + 6 data bytes
+ * ```
+ */
+export function encodeSafetensors(
+  tensors: Record<string, TensorEntry>,
+  metadata?: Record<string, string>,
+): Uint8Array {
+  const bytes = new Map<string, Uint8Array>();
+  for (const [name, t] of Object.entries(tensors)) bytes.set(name, encodeTensor(name, t));
+  const plan = planSafetensors(
+    Object.entries(tensors).map(([name, t]) => ({ name, dtype: t.dtype, shape: t.shape })),
+    metadata,
+  );
+  const out = new Uint8Array(plan.header.byteLength + plan.dataBytes);
+  out.set(plan.header, 0);
+  for (const p of plan.planned) out.set(bytes.get(p.name)!, plan.header.byteLength + p.begin);
+  return out;
+}
+
+/**
  * Orders strings by Unicode code point (= UTF-8 byte order, as Rust and Python sort), which differs
  * from JS's UTF-16 code-unit order only when a surrogate pair meets U+E000..U+FFFF.
  */
-function compareCodePoints(a: string, b: string): number {
+export function compareCodePoints(a: string, b: string): number {
   if (/[\uD800-\uDFFF]/.test(a + b)) {
     const x = Array.from(a, (c) => c.codePointAt(0)!), y = Array.from(b, (c) => c.codePointAt(0)!);
     for (let i = 0; i < Math.min(x.length, y.length); i++) if (x[i] !== y[i]) return x[i] - y[i];
@@ -1049,172 +1038,24 @@ function compareCodePoints(a: string, b: string): number {
   return a < b ? -1 : a > b ? 1 : 0;
 }
 
-/**
- * Streams a safetensors file: the tensor list first (so the header can be written), then each
- * tensor's bytes, in any order, one call per tensor (so a model is saved without holding every
- * weight in host memory at once). Writes go to a temp file beside `path`; `close()` checks that
- * every tensor was written, syncs and renames it into place; `abort()` removes it.
- *
- * @example
- * ```ts
- * import { SafetensorsWriter } from "@lvm/kernels";
- * const path = await Deno.makeTempFile({ suffix: ".safetensors" });
- * const w = await SafetensorsWriter.create(path, [
- *   { name: "a", dtype: "F32", shape: [2, 2] },
- *   { name: "b", dtype: "BF16", shape: [3] },
- * ]);
- * await w.write("b", new Float32Array([1, 2, 3])); // converted to bf16
- * await w.write("a", new Float32Array([1, 2, 3, 4]));
- * await w.close();
- * await Deno.remove(path);
- * ```
- */
-export class SafetensorsWriter {
-  readonly #plan: Map<string, Planned>;
-  readonly #written = new Set<string>();
-  #done = false;
-  private constructor(
-    /** The final path. */
-    readonly path: string,
-    private readonly tmp: string,
-    private readonly file: Deno.FsFile,
-    private readonly dataStart: number,
-    plan: Planned[],
-  ) {
-    this.#plan = new Map(plan.map((p) => [p.name, p]));
-  }
-
-  /** Creates the temp file and writes the header for `specs` (+ optional string `metadata`). */
-  static async create(
-    path: string,
-    specs: readonly TensorSpec[],
-    metadata?: Record<string, string>,
-  ): Promise<SafetensorsWriter> {
-    const { header, planned, dataBytes } = planFile(specs, metadata);
-    const tmp = tempPath(path);
-    const file = await Deno.open(tmp, { write: true, create: true, truncate: true });
-    try {
-      await file.truncate(header.byteLength + dataBytes);
-      await writeAll(file, header, 0);
-    } catch (e) {
-      file.close();
-      await Deno.remove(tmp).catch(() => {});
-      throw e;
-    }
-    return new SafetensorsWriter(path, tmp, file, header.byteLength, planned);
-  }
-
-  /** Tensor names in file layout order (writing in this order is sequential I/O). */
-  get order(): string[] {
-    return [...this.#plan.keys()];
-  }
-
-  /** Writes one tensor's data (see {@link TensorEntry.data}); each tensor exactly once. */
-  async write(name: string, data: TensorData): Promise<void> {
-    if (this.#done) {
-      throw new Error(`${this.path}: write(${JSON.stringify(name)}) after close/abort`);
-    }
-    const p = this.#plan.get(name);
-    if (!p) {
-      throw new RangeError(
-        `${this.path}: tensor ${JSON.stringify(name)} was not in the list given to create()`,
-      );
-    }
-    if (this.#written.has(name)) {
-      throw new RangeError(`${this.path}: tensor ${JSON.stringify(name)} written twice`);
-    }
-    const bytes = encodeTensor(name, { dtype: p.dtype, shape: p.shape, data });
-    this.#written.add(name);
-    await writeAll(this.file, bytes, this.dataStart + p.begin);
-  }
-
-  /** Checks all tensors were written, syncs, closes and renames the temp file to `path`. */
-  async close(): Promise<void> {
-    if (this.#done) return;
-    const missing = this.order.filter((n) => !this.#written.has(n));
-    if (missing.length) {
-      await this.abort();
-      throw new RangeError(
-        `${this.path}: ${missing.length} tensor(s) never written (${
-          missing.slice(0, 5).join(", ")
-        }); nothing was saved`,
-      );
-    }
-    this.#done = true;
-    try {
-      await this.file.syncData();
-      this.file.close();
-      await Deno.rename(this.tmp, this.path);
-    } catch (e) {
-      try {
-        this.file.close();
-      } catch { /* already closed */ }
-      await Deno.remove(this.tmp).catch(() => {});
-      throw e;
-    }
-  }
-
-  /** Discards the temp file; `path` is left as it was. */
-  async abort(): Promise<void> {
-    if (this.#done) return;
-    this.#done = true;
-    try {
-      this.file.close();
-    } catch { /* already closed */ }
-    await Deno.remove(this.tmp).catch(() => {});
-  }
-}
-
-async function writeAll(file: Deno.FsFile, bytes: Uint8Array, offset: number): Promise<void> {
-  await file.seek(offset, Deno.SeekMode.Start);
-  let done = 0;
-  while (done < bytes.byteLength) done += await file.write(bytes.subarray(done));
-}
-
-/**
- * Writes `tensors` to `path` as one safetensors file, atomically (temp file + rename), laid out and
- * headed byte for byte as the Python/Rust library writes it.
- *
- * @example
- * ```ts
- * import { writeSafetensors } from "@lvm/kernels";
- * const path = await Deno.makeTempFile({ suffix: ".safetensors" });
- * await writeSafetensors(path, {
- *   "embed.weight": { dtype: "F16", shape: [2, 3], data: new Float32Array([1, 2, 3, 4, 5, 6]) },
- *   "step": { dtype: "I64", shape: [], data: new BigInt64Array([100n]) },
- * }, { format: "pt" });
- * await Deno.remove(path);
- * ```
- */
-export async function writeSafetensors(
-  path: string,
-  tensors: Record<string, TensorEntry>,
-  metadata?: Record<string, string>,
-): Promise<void> {
-  // Encode first, so a bad tensor fails before any file is created.
-  const bytes = new Map<string, Uint8Array>();
-  for (const [name, t] of Object.entries(tensors)) bytes.set(name, encodeTensor(name, t));
-  const w = await SafetensorsWriter.create(
-    path,
-    Object.entries(tensors).map(([name, t]) => ({ name, dtype: t.dtype, shape: t.shape })),
-    metadata,
-  );
-  try {
-    for (const name of w.order) await w.write(name, bytes.get(name)!);
-    await w.close();
-  } catch (e) {
-    await w.abort();
-    throw e;
-  }
-}
-
 // ---------------------------------------------------------------------------------------------
 // Sharded checkpoints (Hugging Face layout)
+
+/** How {@link ShardedCheckpoint.fromIndex} reaches the shards an index names. */
+export interface ShardOpener {
+  /** Where shard `file` (a name beside the index) lives: a path or URL. */
+  locate(file: string): string;
+  /** Whether it is there (a missing shard is reported with the tensors it should hold). */
+  exists(location: string): Promise<boolean>;
+  /** Opens it (headers only). */
+  open(location: string): Promise<TensorSource>;
+}
 
 /**
  * Several files behind one index JSON (`{"metadata": {...}, "weight_map": {name: file}}`), as
  * `model.safetensors.index.json` / `pytorch_model.bin.index.json`. Every shard is opened (headers
- * only) and every name checked to be in its shard when the index is opened.
+ * only) and every name checked to be in its shard when the index is opened
+ * (`@lvm/weights/fs`'s `openShardedCheckpoint(indexPath)` for files).
  */
 export class ShardedCheckpoint implements TensorSource {
   private constructor(
@@ -1226,20 +1067,21 @@ export class ShardedCheckpoint implements TensorSource {
   ) {}
 
   /**
-   * Opens the index at `indexPath` and its shards with `openShard` (safetensors by default).
-   * A shard that does not exist or cannot be opened, and a name mapped to a shard lacking it, are
-   * {@link SafetensorsError}s naming the index, the shard and the tensor.
+   * Parses the index text (read from `indexPath`) and opens its shards through `opener`. A bad
+   * index, a shard that does not exist or cannot be opened, and a name mapped to a shard lacking
+   * it, are {@link SafetensorsError}s naming the index, the shard and the tensor.
    */
-  static async open(
+  static async fromIndex(
     indexPath: string,
-    openShard: (path: string) => Promise<TensorSource> = SafetensorsFile.open,
+    indexText: string,
+    opener: ShardOpener,
   ): Promise<ShardedCheckpoint> {
     const fail = (detail: string, tensor?: string): never => {
       throw new SafetensorsError(indexPath, detail, tensor);
     };
     let index: any;
     try {
-      index = JSON.parse(await Deno.readTextFile(indexPath));
+      index = JSON.parse(indexText);
     } catch (e) {
       return fail(`cannot read the index: ${(e as Error).message}`);
     }
@@ -1264,23 +1106,20 @@ export class ShardedCheckpoint implements TensorSource {
         metadata[k] = typeof v === "string" ? v : JSON.stringify(v);
       }
     }
-    const dir = dirname(indexPath);
     const shards = new Map<string, TensorSource>();
     try {
       const files = [...new Set(weightMap.values())].sort();
       for (const f of files) {
-        const p = join(dir, f);
+        const p = opener.locate(f);
         const users = [...weightMap].filter(([, s]) => s === f).map(([n]) => n);
-        try {
-          await Deno.stat(p);
-        } catch {
+        if (!(await opener.exists(p))) {
           fail(
             `shard ${JSON.stringify(f)} (listed for ${users.length} tensor(s), e.g. ${
               users[0]
             }) does not exist at ${p}`,
           );
         }
-        shards.set(f, await openShard(p));
+        shards.set(f, await opener.open(p));
       }
       for (const [name, f] of weightMap) {
         if (!shards.get(f)!.has(name)) {
@@ -1326,136 +1165,9 @@ export class ShardedCheckpoint implements TensorSource {
   }
 }
 
-async function isFile(path: string): Promise<boolean> {
-  try {
-    return (await Deno.stat(path)).isFile;
-  } catch {
-    return false;
-  }
-}
-
-/**
- * Opens a safetensors checkpoint: a `.safetensors` file, an `.index.json`, or a directory holding
- * `model.safetensors` or `model.safetensors.index.json` (in that order of preference, as
- * Hugging Face does).
- */
-export async function openCheckpoint(path: string): Promise<TensorSource> {
-  let st: Deno.FileInfo;
-  try {
-    st = await Deno.stat(path);
-  } catch (e) {
-    throw new SafetensorsError(path, `no such file or directory`, undefined, { cause: e });
-  }
-  if (st.isFile) {
-    return path.endsWith(".json") ? ShardedCheckpoint.open(path) : SafetensorsFile.open(path);
-  }
-  const single = join(path, "model.safetensors");
-  if (await isFile(single)) return SafetensorsFile.open(single);
-  const index = join(path, "model.safetensors.index.json");
-  if (await isFile(index)) return ShardedCheckpoint.open(index);
-  throw new SafetensorsError(
-    path,
-    "directory holds neither model.safetensors nor model.safetensors.index.json",
-  );
-}
-
 /** `model-0000k-of-0000n.safetensors`, Hugging Face's shard name. */
 export function shardFileName(k: number, n: number, prefix = "model", ext = "safetensors"): string {
   return `${prefix}-${String(k).padStart(5, "0")}-of-${String(n).padStart(5, "0")}.${ext}`;
-}
-
-/** What {@link writeShardedSafetensors} wrote. */
-export interface ShardedWriteResult {
-  /** Shard file names (or just `model.safetensors`). */
-  files: string[];
-  /** The index path, absent when everything fit one file. */
-  index?: string;
-  /** Sum of tensor bytes. */
-  totalSize: number;
-}
-
-/**
- * Writes `tensors` into `dir` as Hugging Face does: tensors are packed in the given order into
- * shards of at most `maxShardBytes` of data (a larger tensor gets a shard of its own); one shard is
- * saved as `model.safetensors`, several as `model-0000k-of-0000n.safetensors` plus
- * `model.safetensors.index.json` (`metadata.total_size` and a sorted `weight_map`). Each file is
- * written atomically, the index last; files of an earlier save that the new one does not use
- * (`model.safetensors`, the index, `model-*-of-*.safetensors`) are then removed so the directory
- * cannot be read as a mix of the two.
- */
-export async function writeShardedSafetensors(
-  dir: string,
-  tensors: Record<string, TensorEntry>,
-  maxShardBytes: number,
-  metadata?: Record<string, string>,
-): Promise<ShardedWriteResult> {
-  if (!(maxShardBytes > 0)) {
-    throw new RangeError(`maxShardBytes must be > 0, found ${maxShardBytes}`);
-  }
-  const encoded = Object.entries(tensors).map(([name, t]) => ({
-    name,
-    t,
-    bytes: encodeTensor(name, t),
-  }));
-  const groups: (typeof encoded)[] = [];
-  let cur: typeof encoded = [];
-  let curBytes = 0;
-  for (const e of encoded) {
-    if (cur.length && curBytes + e.bytes.byteLength > maxShardBytes) {
-      groups.push(cur);
-      cur = [];
-      curBytes = 0;
-    }
-    cur.push(e);
-    curBytes += e.bytes.byteLength;
-  }
-  if (cur.length || !groups.length) groups.push(cur);
-  await Deno.mkdir(dir, { recursive: true });
-  const totalSize = encoded.reduce((s, e) => s + e.bytes.byteLength, 0);
-  const write = (file: string, g: typeof encoded) =>
-    writeSafetensors(
-      join(dir, file),
-      Object.fromEntries(
-        g.map((e) => [e.name, { dtype: e.t.dtype, shape: e.t.shape, data: e.bytes }]),
-      ),
-      metadata,
-    );
-  const keep = new Set<string>();
-  let result: ShardedWriteResult;
-  if (groups.length === 1) {
-    await write("model.safetensors", groups[0]);
-    keep.add("model.safetensors");
-    result = { files: ["model.safetensors"], totalSize };
-  } else {
-    const files: string[] = [];
-    const weightMap: Record<string, string> = {};
-    for (let k = 0; k < groups.length; k++) {
-      const f = shardFileName(k + 1, groups.length);
-      await write(f, groups[k]);
-      files.push(f);
-      keep.add(f);
-      for (const e of groups[k]) weightMap[e.name] = f;
-    }
-    const sortedMap = Object.fromEntries(
-      Object.keys(weightMap).sort(compareCodePoints).map((k) => [k, weightMap[k]]),
-    );
-    const indexPath = join(dir, "model.safetensors.index.json");
-    const tmp = tempPath(indexPath);
-    await Deno.writeTextFile(
-      tmp,
-      JSON.stringify({ metadata: { total_size: totalSize }, weight_map: sortedMap }, null, 2) +
-        "\n",
-    );
-    await Deno.rename(tmp, indexPath);
-    keep.add("model.safetensors.index.json");
-    result = { files, index: indexPath, totalSize };
-  }
-  for await (const ent of Deno.readDir(dir)) {
-    const stale = ent.name === "model.safetensors" || ent.name === "model.safetensors.index.json" ||
-      /^model-\d{5}-of-\d{5}\.safetensors$/.test(ent.name);
-    if (ent.isFile && stale && !keep.has(ent.name)) await Deno.remove(join(dir, ent.name));
-  }
-  return result;
 }
 
 /** The natural typed array of a tensor of any {@link TensorSource} (see {@link typedView}). */

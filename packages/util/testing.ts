@@ -4,24 +4,36 @@
  * @module
  */
 import { deepStrictEqual } from "node:assert/strict";
+import { Rng } from "./rng.ts";
 
-/** Deterministic PRNG (mulberry32). Returns floats in [0, 1). */
+/**
+ * Deterministic PRNG (mulberry32) started from the raw state `seed` (no `mix`, unlike `rng` of
+ * `@lvm/util`): the same sequence as `new Rng(seed)`. Returns floats in [0, 1).
+ */
 export function rng(seed: number): () => number {
-  let a = seed >>> 0;
-  return () => {
-    a = (a + 0x6d2b79f5) >>> 0;
-    let t = a;
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
-  };
+  return new Rng(seed).fn();
 }
 
-/** `n` uniform floats in [lo, hi). */
-export function randn(n: number, seed = 1, lo = -1, hi = 1): Float32Array {
+/** `n` UNIFORM floats in [lo, hi) (not normal: see {@link randNormal} for Gaussian draws). */
+export function randu(n: number, seed = 1, lo = -1, hi = 1): Float32Array {
   const r = rng(seed);
   const out = new Float32Array(n);
   for (let i = 0; i < n; i++) out[i] = lo + (hi - lo) * r();
+  return out;
+}
+
+/**
+ * @deprecated The old, misleading name of {@link randu}: it returns UNIFORM floats in [lo, hi),
+ * not normal ones. Kept so existing callers (tools/bench) work; use `randu` (or
+ * {@link randNormal}).
+ */
+export const randn: typeof randu = randu;
+
+/** `n` standard-normal floats (Box-Muller), times `std`, plus `mean`. */
+export function randNormal(n: number, seed = 1, mean = 0, std = 1): Float32Array {
+  const r = new Rng(seed);
+  const out = new Float32Array(n);
+  for (let i = 0; i < n; i++) out[i] = mean + std * r.normal();
   return out;
 }
 

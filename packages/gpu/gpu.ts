@@ -7,15 +7,8 @@
  * in a batch go into one buffer written once at submit, so a recorded step costs no buffer creation.
  * @module
  */
-import {
-  byteSize,
-  type DType,
-  type HostArray,
-  numel,
-  packF16,
-  Tensor,
-  unpackF16,
-} from "./tensor.ts";
+import { packF16, unpackF16 } from "@lvm/util";
+import { byteSize, type DType, type HostArray, numel, Tensor } from "./tensor.ts";
 
 /** A WebGPU problem: no adapter, a lost device, a shader that does not compile. */
 export class GpuError extends Error {

@@ -1,6 +1,6 @@
 import { type AdapterSource, getGpu, Gpu, GpuError, Params, requestAdapter } from "./gpu.ts";
-import { roundF16 } from "./tensor.ts";
-import { assertClose, assertEquals, assertRejects, assertThrows, randn } from "./testing.ts";
+import { roundF16 } from "@lvm/util";
+import { assertClose, assertEquals, assertRejects, assertThrows, randu } from "@lvm/util/testing";
 
 function assert(cond: unknown, msg: string): asserts cond {
   if (!cond) throw new Error(msg);
@@ -108,7 +108,7 @@ Deno.test("Gpu: device loss", async (t) => {
   });
   await t.step("a read in flight when the device is lost rejects, not hangs", async () => {
     const g = await Gpu.create();
-    const x = g.upload(randn(4099, 1), [4099]);
+    const x = g.upload(randu(4099, 1), [4099]);
     const p = g.read(x);
     g.device.destroy(); // the spec rejects pending mapAsync calls of a destroyed device
     await assertRejects(() => p, GpuError, "device lost");
@@ -185,7 +185,7 @@ Deno.test("Gpu: buffer pool, pipeline cache, one submit per step", async (t) => 
   });
   await t.step("300 dispatches in one encoder: one submit, one read, uniforms intact", async () => {
     const n = 45 * 65, steps = 300; // 300 x 256-byte uniform slots span two 64 KiB arenas
-    const x = Float32Array.from(randn(n, 5), (v) => Math.round(3 * v)); // integers: exact sums
+    const x = Float32Array.from(randu(n, 5), (v) => Math.round(3 * v)); // integers: exact sums
     const X = gpu.upload(x, [n]), Y = gpu.zeros([n]);
     await gpu.sync();
     const pipe = gpu.pipeline("gpu_test.axpy", AXPY);
@@ -224,7 +224,7 @@ Deno.test("Gpu: upload/read round trips", async (t) => {
         const flushes = gpu.stagingFlushes;
         await gpu.settle();
         await gpu.settle(); // nothing sent since: returns at once
-        const parts = [0, 1, 2, 3, 4].map((k) => randn(600, 100 + k));
+        const parts = [0, 1, 2, 3, 4].map((k) => randu(600, 100 + k));
         const ts = parts.map((p) => gpu.upload(p, [600])); // 2,400 bytes each
         assertEquals(gpu.stagingFlushes - flushes, 2, "sent after the 2nd and the 4th upload");
         await gpu.settle();
@@ -243,7 +243,7 @@ Deno.test("Gpu: upload/read round trips", async (t) => {
   );
   for (const n of [1, 7, 45 * 65]) {
     await t.step(`f32, i32, u32 [${n}] bit-exact`, async () => {
-      const f = randn(n, n, -300, 300);
+      const f = randu(n, n, -300, 300);
       f[0] = n === 1 ? -0 : f[0];
       if (n > 6) f.set([Infinity, -Infinity, NaN, 1e-45, -3.4e38, 1.17549435e-38], 1);
       const i = Int32Array.from({ length: n }, (_, k) => (k * 2654435761) | 0);
@@ -267,7 +267,7 @@ Deno.test("Gpu: upload/read round trips", async (t) => {
   }
   for (const n of [1, 7, 2925]) {
     await t.step(`f16 [${n}] packed two per word, as WGSL unpack2x16float reads it`, async () => {
-      const v = randn(n, 10 + n, -300, 300);
+      const v = randu(n, 10 + n, -300, 300);
       if (n > 6) v.set([65504, -70000, 6e-8, 1e-9, -0.5, 0.1], 0); // max, overflow, subnormal, 0
       const ref = roundF16(v);
       const H = gpu.upload(v, [n], "f16");

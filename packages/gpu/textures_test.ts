@@ -1,5 +1,5 @@
 import { getGpu } from "./gpu.ts";
-import { assertEquals } from "./testing.ts";
+import { assertEquals } from "@lvm/util/testing";
 import { TextureCache, TexturePool } from "./textures.ts";
 
 Deno.test("TextureCache: one texture per slot and size, least recently used out first", async () => {

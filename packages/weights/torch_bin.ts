@@ -24,11 +24,9 @@
  * strips one subtree. Scalars in the tree (epoch, strings) land in `metadata`.
  * @module
  */
-import { join } from "node:path";
+import { crc32 } from "@lvm/util";
+import { type ByteSource, MemorySource } from "./byte_source.ts";
 import {
-  RandomAccessFile,
-  SafetensorsFile,
-  ShardedCheckpoint,
   ST_DTYPE_SIZE,
   type StDType,
   type TensorInfo,
@@ -666,7 +664,7 @@ function u64At(dv: DataView, at: number, fail: (d: string) => never): number {
 }
 
 /** Reads the central directory (zip64 aware) of `file`. */
-async function readZipDirectory(file: RandomAccessFile): Promise<Map<string, ZipEntry>> {
+async function readZipDirectory(file: ByteSource): Promise<Map<string, ZipEntry>> {
   const fail = (d: string): never => {
     throw new TorchBinError(file.path, d);
   };
@@ -765,23 +763,6 @@ async function readZipDirectory(file: RandomAccessFile): Promise<Map<string, Zip
   return entries;
 }
 
-let crcTable: Uint32Array | undefined;
-/** CRC-32 (IEEE, as zip uses). */
-function crc32(bytes: Uint8Array): number {
-  if (!crcTable) {
-    crcTable = new Uint32Array(256);
-    for (let n = 0; n < 256; n++) {
-      let c = n;
-      for (let k = 0; k < 8; k++) c = c & 1 ? 0xedb88320 ^ (c >>> 1) : c >>> 1;
-      crcTable[n] = c >>> 0;
-    }
-  }
-  const t = crcTable;
-  let c = 0xffffffff;
-  for (let i = 0; i < bytes.length; i++) c = t[(c ^ bytes[i]) & 0xff] ^ (c >>> 8);
-  return (c ^ 0xffffffff) >>> 0;
-}
-
 async function inflateRaw(data: Uint8Array): Promise<Uint8Array> {
   const stream = new Blob([data as BlobPart]).stream().pipeThrough(
     new DecompressionStream("deflate-raw"),
@@ -792,7 +773,7 @@ async function inflateRaw(data: Uint8Array): Promise<Uint8Array> {
 /** One zip archive's entries, read by offset. */
 class ZipArchive {
   readonly #dataOffset = new Map<string, number>();
-  constructor(readonly file: RandomAccessFile, readonly entries: Map<string, ZipEntry>) {}
+  constructor(readonly file: ByteSource, readonly entries: Map<string, ZipEntry>) {}
 
   #fail(entry: ZipEntry, d: string): never {
     throw new TorchBinError(this.file.path, `zip entry ${entry.name}: ${d}`);
@@ -872,7 +853,7 @@ export interface TorchTensorInfo extends TensorInfo {
   contiguous: boolean;
 }
 
-/** Options of {@link TorchBinFile.open}. */
+/** Options of {@link TorchBinReader.fromSource} (and `TorchBinFile.open`). */
 export interface TorchBinOptions {
   /**
    * Keep only tensors whose flattened name starts with this and strip it, e.g. `"state_dict."` for
@@ -940,48 +921,59 @@ function gather(src: Uint8Array, es: number, shape: number[], stride: number[]):
   return out;
 }
 
+/** What {@link TorchBinReader} parsed of a checkpoint. */
+interface TorchBinParsed {
+  format: "zip" | "legacy";
+  tensors: Map<string, TorchTensorRef>;
+  storages: Map<string, StorageSource>;
+  metadata: Record<string, string>;
+}
+
 /**
- * A PyTorch checkpoint (zip or legacy format) as a {@link TensorSource}: `open` unpickles the
- * object with the restricted unpickler and checks every tensor against its storage; `readRaw`
- * then reads one tensor's bytes.
+ * A PyTorch checkpoint (zip or legacy format) read from a {@link ByteSource}, as a
+ * {@link TensorSource}: {@link TorchBinReader.fromSource} unpickles the object with the restricted
+ * unpickler and checks every tensor against its storage; `readRaw` then reads one tensor's bytes.
+ * `@lvm/weights/fs`'s `TorchBinFile.open(path)` is this over a file.
  *
  * @example
  * ```ts ignore
- * import { TorchBinFile } from "@lvm/kernels";
- * const vq = await TorchBinFile.open("vqgan/pytorch_model.bin");
+ * import { TorchBinReader } from "@lvm/weights";
+ * const bytes = new Uint8Array(await (await fetch("vqgan/pytorch_model.bin")).arrayBuffer());
+ * const vq = await TorchBinReader.fromBytes(bytes, "pytorch_model.bin");
  * const w = await vq.readF32("quantize.embedding.weight"); // (8192, 64)
  * vq.close();
  * ```
  */
-export class TorchBinFile implements TensorSource {
+export class TorchBinReader implements TensorSource {
   readonly #tensors: Map<string, TorchTensorRef>;
-  private constructor(
-    readonly path: string,
-    private readonly file: RandomAccessFile,
-    /** "zip" (torch >= 1.6) or "legacy". */
-    readonly format: "zip" | "legacy",
-    tensors: Map<string, TorchTensorRef>,
-    private readonly storages: Map<string, StorageSource>,
-    /** Scalars found in the pickled tree (flattened names), e.g. `{epoch: "3"}`. */
-    readonly metadata: Record<string, string>,
-  ) {
-    this.#tensors = tensors;
+  readonly #storages: Map<string, StorageSource>;
+  /** "zip" (torch >= 1.6) or "legacy". */
+  readonly format: "zip" | "legacy";
+  /** Scalars found in the pickled tree (flattened names), e.g. `{epoch: "3"}`. */
+  readonly metadata: Record<string, string>;
+
+  protected constructor(protected readonly file: ByteSource, parsed: TorchBinParsed) {
+    this.#tensors = parsed.tensors;
+    this.#storages = parsed.storages;
+    this.format = parsed.format;
+    this.metadata = parsed.metadata;
+  }
+
+  /** The file (or URL) the tensors come from. */
+  get path(): string {
+    return this.file.path;
   }
 
   /**
-   * Opens `path`. Errors ({@link TorchBinError}, {@link UnsafePickleError}) name the file and say
-   * what was wrong: not a checkpoint, truncated zip, a refused global, a storage that is missing
-   * or too small for a tensor, a prefix matching nothing.
+   * Parses `source`. Errors ({@link TorchBinError}, {@link UnsafePickleError}) name the source and
+   * say what was wrong: not a checkpoint, truncated zip, a refused global, a storage that is
+   * missing or too small for a tensor, a prefix matching nothing; `source` is then closed.
    */
-  static async open(path: string, options: TorchBinOptions = {}): Promise<TorchBinFile> {
-    let file: RandomAccessFile;
-    try {
-      file = await RandomAccessFile.open(path);
-    } catch (e) {
-      throw new TorchBinError(path, `cannot open: ${(e as Error).message}`, undefined, {
-        cause: e,
-      });
-    }
+  protected static async parse(
+    file: ByteSource,
+    options: TorchBinOptions = {},
+  ): Promise<TorchBinParsed> {
+    const path = file.path;
     try {
       const head = await file.read(0, 4);
       let root: unknown, storages: Map<string, StorageSource>, format: "zip" | "legacy";
@@ -1019,11 +1011,28 @@ export class TorchBinFile implements TensorSource {
           );
         }
       }
-      return new TorchBinFile(path, file, format, tensors, storages, metadata);
+      return { format, tensors, storages, metadata };
     } catch (e) {
       file.close();
       throw e;
     }
+  }
+
+  /** The checkpoint in `source` (see {@link TorchBinReader.parse} for what is checked). */
+  static async fromSource(
+    source: ByteSource,
+    options: TorchBinOptions = {},
+  ): Promise<TorchBinReader> {
+    return new TorchBinReader(source, await TorchBinReader.parse(source, options));
+  }
+
+  /** The checkpoint in memory (`name` for messages). */
+  static fromBytes(
+    bytes: Uint8Array,
+    name = "memory",
+    options: TorchBinOptions = {},
+  ): Promise<TorchBinReader> {
+    return TorchBinReader.fromSource(new MemorySource(bytes, name), options);
   }
 
   /** Tensor names in pickle order. */
@@ -1066,7 +1075,7 @@ export class TorchBinFile implements TensorSource {
   async readRaw(name: string): Promise<Uint8Array> {
     const t = this.#get(name);
     if (this.file.closed) throw new TorchBinError(this.path, "read after close()", name);
-    const s = this.storages.get(t.storage.key)!;
+    const s = this.#storages.get(t.storage.key)!;
     const es = ST_DTYPE_SIZE[t.storage.dtype];
     const span = viewSpan(t.shape, t.stride);
     if (span === 0) return new Uint8Array(0);
@@ -1162,7 +1171,7 @@ function storageLoader(path: string, where: string) {
   return { refs, load };
 }
 
-async function openZip(file: RandomAccessFile, options: TorchBinOptions) {
+async function openZip(file: ByteSource, options: TorchBinOptions) {
   const zip = new ZipArchive(file, await readZipDirectory(file));
   const pkls = [...zip.entries.keys()].filter((n) => /^[^/]+\/data\.pkl$/.test(n));
   if (pkls.length !== 1) {
@@ -1224,7 +1233,7 @@ async function openZip(file: RandomAccessFile, options: TorchBinOptions) {
 
 const LEGACY_MAGIC = 0x1950a86a20f9469cfc6cn;
 
-async function openLegacy(file: RandomAccessFile) {
+async function openLegacy(file: ByteSource) {
   const path = file.path;
   let size = Math.min(file.size, 1 << 20);
   while (true) {
@@ -1246,7 +1255,7 @@ async function openLegacy(file: RandomAccessFile) {
   }
 }
 
-function parseLegacy(file: RandomAccessFile, buf: Uint8Array) {
+function parseLegacy(file: ByteSource, buf: Uint8Array) {
   const path = file.path;
   const next = (start: number, where: string, persistentLoad?: (pid: unknown) => unknown) =>
     unpickle(buf, { path, where, start, persistentLoad });
@@ -1279,7 +1288,7 @@ function parseLegacy(file: RandomAccessFile, buf: Uint8Array) {
 }
 
 function legacyStorages(
-  file: RandomAccessFile,
+  file: ByteSource,
   keys: string[],
   refs: Map<string, TorchStorageRef>,
   start: number,
@@ -1342,47 +1351,3 @@ function legacyStorages(
 
 // ---------------------------------------------------------------------------------------------
 // Any weights
-
-async function isFile(path: string): Promise<boolean> {
-  try {
-    return (await Deno.stat(path)).isFile;
-  } catch {
-    return false;
-  }
-}
-
-const openShard = (p: string): Promise<TensorSource> =>
-  p.endsWith(".safetensors") ? SafetensorsFile.open(p) : TorchBinFile.open(p);
-
-/**
- * Opens any weights a loader may be given: a `.safetensors` file, a PyTorch file (`.bin`, `.pt`,
- * `.pth`, `.ckpt`), an `*.index.json` of shards of either, or a directory holding (by preference)
- * `model.safetensors`, `model.safetensors.index.json`, `pytorch_model.bin` or
- * `pytorch_model.bin.index.json`.
- */
-export async function openWeights(
-  path: string,
-  options: TorchBinOptions = {},
-): Promise<TensorSource> {
-  let st: Deno.FileInfo;
-  try {
-    st = await Deno.stat(path);
-  } catch (e) {
-    throw new TorchBinError(path, "no such file or directory", undefined, { cause: e });
-  }
-  if (st.isFile) {
-    if (path.endsWith(".json")) return ShardedCheckpoint.open(path, openShard);
-    if (path.endsWith(".safetensors")) return SafetensorsFile.open(path);
-    return TorchBinFile.open(path, options);
-  }
-  const tries: [string, (p: string) => Promise<TensorSource>][] = [
-    ["model.safetensors", SafetensorsFile.open],
-    ["model.safetensors.index.json", (p) => ShardedCheckpoint.open(p, openShard)],
-    ["pytorch_model.bin", (p) => TorchBinFile.open(p, options)],
-    ["pytorch_model.bin.index.json", (p) => ShardedCheckpoint.open(p, openShard)],
-  ];
-  for (const [name, open] of tries) {
-    if (await isFile(join(path, name))) return open(join(path, name));
-  }
-  throw new TorchBinError(path, `directory holds none of ${tries.map(([n]) => n).join(", ")}`);
-}

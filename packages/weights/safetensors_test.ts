@@ -1,31 +1,31 @@
-import nodeAssert from "node:assert";
 import { join } from "node:path";
 import {
+  encodeSafetensors,
   encodeTensor,
   fromF32,
-  openCheckpoint,
   readTyped,
   SafetensorsError,
-  SafetensorsFile,
-  SafetensorsWriter,
+  SafetensorsReader,
   ST_DTYPE_SIZE,
   type StDType,
   type TensorEntry,
   toBigInt64,
   toF32,
   toI32,
+} from "./safetensors.ts";
+import {
+  openCheckpoint,
+  SafetensorsFile,
+  SafetensorsWriter,
   writeSafetensors,
   writeShardedSafetensors,
-} from "./safetensors.ts";
-import { bf16BitsToF32, f16BitsToF32, f32ToF16Bits } from "./tensor.ts";
-import { rng } from "./testing.ts";
+} from "./fs.ts";
+import { bf16BitsToF32, f16BitsToF32, f32ToF16Bits } from "@lvm/util";
+import { assertEquals, rng } from "@lvm/util/testing";
 
-// Small assertion helpers over node:assert (JSR's @std/assert is unreachable here).
-function assert(cond: unknown, msg?: string): asserts cond {
-  nodeAssert.ok(cond, msg);
-}
-function assertEquals(got: unknown, want: unknown, msg?: string): void {
-  nodeAssert.deepStrictEqual(got, want, msg);
+// Assertions: @lvm/util/testing's, plus pattern and several-word checks of error messages.
+function assert(cond: unknown, msg = "assertion failed"): asserts cond {
+  if (!cond) throw new Error(msg);
 }
 function check(e: unknown, cls: new (...a: any[]) => Error, pattern?: string | RegExp): Error {
   assert(e instanceof cls, `expected ${cls.name}, got ${e}`);
@@ -853,5 +853,31 @@ Deno.test("sharded checkpoints", async (t) => {
     );
   } finally {
     await Deno.remove(dir, { recursive: true });
+  }
+});
+
+Deno.test("encodeSafetensors() and SafetensorsReader.fromBytes(): the file's bytes, in memory", async () => {
+  const tensors: Record<string, TensorEntry> = {
+    "embed.weight": { dtype: "F16", shape: [2, 3], data: new Float32Array([1, 2, 3, 4, 5, 6]) },
+    step: { dtype: "I64", shape: [], data: new BigInt64Array([100n]) },
+  };
+  const path = await Deno.makeTempFile({ suffix: ".safetensors" });
+  try {
+    await writeSafetensors(path, tensors, { format: "pt" });
+    const bytes = encodeSafetensors(tensors, { format: "pt" });
+    assertEquals(bytes, await Deno.readFile(path));
+    const r = await SafetensorsReader.fromBytes(bytes, "mem");
+    assertEquals(r.path, "mem");
+    assertEquals(r.names().sort(), ["embed.weight", "step"]);
+    assertEquals(await r.readF32("embed.weight"), new Float32Array([1, 2, 3, 4, 5, 6]));
+    r.close();
+    await assertRejects(() => r.readRaw("step"), SafetensorsError, "read after close");
+    await assertRejects(
+      () => SafetensorsReader.fromBytes(bytes.subarray(0, 20), "cut"),
+      SafetensorsError,
+      "cut",
+    );
+  } finally {
+    await Deno.remove(path);
   }
 });
