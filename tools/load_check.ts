@@ -10,7 +10,8 @@
  */
 import { parseArgs } from "node:util";
 import { getGpu } from "@lvm/gpu";
-import { DecodeSession, loadLlama } from "@lvm/transformer";
+import { DecodeSession } from "@lvm/transformer";
+import { loadLlama } from "@lvm/transformer/fs";
 
 const { values, positionals } = parseArgs({
   args: Deno.args,

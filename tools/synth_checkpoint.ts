@@ -12,7 +12,8 @@
  */
 import { parseArgs } from "node:util";
 import { join } from "node:path";
-import { SafetensorsWriter, shardFileName } from "@lvm/weights";
+import { shardFileName } from "@lvm/weights";
+import { SafetensorsWriter } from "@lvm/weights/fs";
 import { configToHf, paramSpecs, preset } from "@lvm/transformer";
 
 const { values } = parseArgs({

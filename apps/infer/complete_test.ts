@@ -5,9 +5,10 @@
  */
 import { deepStrictEqual, equal, ok } from "node:assert/strict";
 import { join } from "node:path";
-import { loadImage } from "@lvm/image";
+import { loadImage } from "@lvm/image/fs";
 import { getGpu } from "@lvm/gpu";
-import { Llama, makeConfig, saveLlama } from "@lvm/transformer";
+import { Llama, makeConfig } from "@lvm/transformer";
+import { saveLlama } from "@lvm/transformer/fs";
 
 const ROOT = new URL("../../", import.meta.url).pathname;
 const TOK = `${ROOT}tests/fixtures/tokenizer/openmuse`;
@@ -91,12 +92,16 @@ Deno.test("infer complete", async (t) => {
     deepStrictEqual(JSON.parse(a.stdout).tokens, JSON.parse(b.stdout).tokens);
   });
 
-  await t.step("errors: no prompt images, a missing image", async () => {
+  await t.step("errors: no prompt images, a missing image, a negative --count", async () => {
     const a = await cli("complete", "--model", model, "--tokenizer", TOK, "--out", dir);
     equal(a.code, 2, a.stderr);
     const b = await cli("complete", ...args.slice(0, 4), "--out", dir, join(dir, "nope.png"));
     equal(b.code, 1, b.stderr);
     ok(b.stderr.includes("nope.png"), b.stderr);
+    // A negative count is read as the flag's value and refused by its range (not "ambiguous").
+    const c = await cli("complete", ...args, "--out", dir, "--count", "-5");
+    equal(c.code, 2, c.stderr);
+    ok(c.stderr.includes("--count -5: expected >= 1") && c.stderr.includes("usage:"), c.stderr);
   });
   await Deno.remove(dir, { recursive: true });
 });

@@ -3,10 +3,11 @@
  * code ids (raster order), clamped to [0,1], saved as PNG.
  * @module
  */
-import { parseArgs } from "node:util";
-import { hstack, savePng } from "@lvm/image";
-import { loadTokenizer, TokenCountError } from "@lvm/tokenizer";
-import { type Command, numberOption, parseTokens, UsageError } from "./_cli.ts";
+import { type Command, parseFlags, parseTokens, positiveInt, required, UsageError } from "@lvm/cli";
+import { hstack } from "@lvm/image";
+import { savePng } from "@lvm/image/fs";
+import { loadPipeline } from "@lvm/pipeline/fs";
+import { TokenCountError } from "@lvm/tokenizer";
 
 const usage = `usage: deno task infer decode --tokenizer DIR --tokens IDS --out FILE.png [--many]
 
@@ -23,7 +24,7 @@ export const decode: Command = {
   summary: "the image of VQGAN token ids (PNG)",
   usage,
   async run(args) {
-    const { values, positionals } = parseArgs({
+    const { values, positionals } = parseFlags({
       args,
       options: {
         tokenizer: { type: "string" },
@@ -33,18 +34,15 @@ export const decode: Command = {
         resolution: { type: "string" },
       },
       allowPositionals: true,
-      strict: true,
     });
     if (positionals.length) throw new UsageError(`unexpected argument ${positionals[0]}`);
-    if (!values.tokenizer) throw new UsageError("--tokenizer DIR is required");
-    if (!values.tokens) throw new UsageError("--tokens IDS is required");
-    if (!values.out) throw new UsageError("--out FILE.png is required");
-    const resolution = values.resolution === undefined
-      ? undefined
-      : numberOption("--resolution", values.resolution, 0, { integer: true, min: 1 });
-    const ids = parseTokens(values.tokens);
-    const tok = await loadTokenizer(values.tokenizer, { resolution });
-    const T = tok.tokensPerImage;
+    const tokenizer = required("tokenizer", values.tokenizer, "DIR");
+    const tokens = required("tokens", values.tokens, "IDS");
+    const out = required("out", values.out, "FILE.png");
+    const resolution = positiveInt("resolution", values.resolution, undefined);
+    const ids = parseTokens(tokens);
+    const lvm = await loadPipeline({ tokenizer, resolution });
+    const tok = lvm.tokenizer, T = tok.tokensPerImage;
     try {
       let lists: number[][] = [ids];
       if (values.many && ids.length % T === 0 && ids.length > 0) {
@@ -53,19 +51,19 @@ export const decode: Command = {
         throw new TokenCountError(
           `--tokens: got ${ids.length} ids, expected ${T} (a ${tok.grid}x${tok.grid} grid in raster order)${
             values.many ? ` or a multiple of ${T}` : ""
-          } for ${values.tokenizer}`,
+          } for ${tokenizer}`,
         );
       }
-      const images = await tok.decode(lists);
+      const images = await lvm.decode(lists);
       const img = images.length === 1 ? images[0] : hstack(images, 2);
-      await savePng(values.out, img);
+      await savePng(out, img);
       console.log(
-        `wrote ${values.out} (${img.width}x${img.height}, ${lists.length} image${
+        `wrote ${out} (${img.width}x${img.height}, ${lists.length} image${
           lists.length > 1 ? "s" : ""
         })`,
       );
     } finally {
-      tok.release();
+      lvm.release();
     }
     return 0;
   },

@@ -3,10 +3,10 @@
  * grid x grid per image), squash-resized to the tokenizer's resolution (PIL bicubic).
  * @module
  */
-import { parseArgs } from "node:util";
-import { loadFrames, loadImage, type RgbImage } from "@lvm/image";
-import { loadTokenizer } from "@lvm/tokenizer";
-import { type Command, numberOption, UsageError } from "./_cli.ts";
+import { type Command, parseFlags, positiveInt, required, UsageError } from "@lvm/cli";
+import type { RgbImage } from "@lvm/image";
+import { loadFrames, loadImage } from "@lvm/image/fs";
+import { loadPipeline } from "@lvm/pipeline/fs";
 
 const usage = `usage: deno task infer encode --tokenizer DIR [--json] [--frames] IMAGE...
 
@@ -24,7 +24,7 @@ export const encode: Command = {
   summary: "VQGAN token ids of images",
   usage,
   async run(args) {
-    const { values, positionals } = parseArgs({
+    const { values, positionals } = parseFlags({
       args,
       options: {
         tokenizer: { type: "string" },
@@ -34,14 +34,11 @@ export const encode: Command = {
         resolution: { type: "string" },
       },
       allowPositionals: true,
-      strict: true,
     });
-    if (!values.tokenizer) throw new UsageError("--tokenizer DIR is required");
+    const tokenizer = required("tokenizer", values.tokenizer, "DIR");
     if (!positionals.length) throw new UsageError("give at least one IMAGE");
-    const batch = numberOption("--batch", values.batch, 16, { integer: true, min: 1 });
-    const resolution = values.resolution === undefined
-      ? undefined
-      : numberOption("--resolution", values.resolution, 0, { integer: true, min: 1 });
+    const batchSize = positiveInt("batch", values.batch, 16);
+    const resolution = positiveInt("resolution", values.resolution, undefined);
     const images: RgbImage[] = [], names: string[] = [];
     for (const path of positionals) {
       const frames = values.frames ? await loadFrames(path) : [await loadImage(path)];
@@ -50,9 +47,8 @@ export const encode: Command = {
         names.push(frames.length > 1 ? `${path}#${i}` : path);
       });
     }
-    const tok = await loadTokenizer(values.tokenizer, { batchSize: batch, resolution });
-    const tokens = await tok.encode(images);
-    tok.release();
+    const lvm = await loadPipeline({ tokenizer, batchSize, resolution });
+    const tokens = await lvm.encode(images).finally(() => lvm.release());
     if (values.json) console.log(JSON.stringify({ tokens: tokens.map((t) => Array.from(t)) }));
     else tokens.forEach((t, i) => console.log(`${names[i]}\t${Array.from(t).join(",")}`));
     return 0;

@@ -3,8 +3,9 @@
  * (tests/fixtures/tokenizer, written by tools/ref_vqgan.py).
  */
 import { deepStrictEqual, equal, match } from "node:assert/strict";
-import { floatToByte, loadImage } from "@lvm/image";
-import { SafetensorsFile } from "@lvm/weights";
+import { floatToByte } from "@lvm/image";
+import { loadImage } from "@lvm/image/fs";
+import { SafetensorsFile } from "@lvm/weights/fs";
 import { assertClose } from "@lvm/util/testing";
 
 const ROOT = new URL("../../", import.meta.url).pathname;

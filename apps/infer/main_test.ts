@@ -1,12 +1,14 @@
 /**
  * End-to-end tests of the inference CLI: spawn `apps/infer/main.ts` on the PyTorch fixture model and
  * compare with the reference (tools/ref_llama.py) — scores, greedy tokens — plus sampling flags,
- * `--tokens @FILE`, and the errors.
+ * `--tokens @FILE`, and the errors (parseTokens and loadProgress are tested in @lvm/cli).
  */
 import { deepStrictEqual, ok } from "node:assert/strict";
-import { SafetensorsFile } from "@lvm/weights";
+import { getGpu } from "@lvm/gpu";
+import { Llama, makeConfig } from "@lvm/transformer";
+import { saveLlama } from "@lvm/transformer/fs";
+import { SafetensorsFile } from "@lvm/weights/fs";
 import { assertClose } from "@lvm/util/testing";
-import { loadProgress, parseTokens } from "./_cli.ts";
 
 const ROOT = new URL("../../", import.meta.url).pathname;
 const MODEL = `${ROOT}tests/fixtures/transformer/mha`;
@@ -106,54 +108,36 @@ Deno.test("infer generate", async (t) => {
     const r = await cli("generate", "--model", MODEL, "--tokens", "1,2", "--top-p", "1.5");
     deepStrictEqual(r.code, 2);
     ok(r.stderr.includes("--top-p 1.5") && r.stderr.includes("usage:"), r.stderr);
+    // A negative number is the flag's value (not an "ambiguous" flag), checked against the range.
+    for (const neg of [["--max-new-tokens", "-5"], ["--max-new-tokens=-5"]]) {
+      const m = await cli("generate", "--model", MODEL, "--tokens", "1,2", ...neg);
+      deepStrictEqual(m.code, 2, m.stderr);
+      ok(m.stderr.includes("--max-new-tokens -5: expected >= 0"), m.stderr);
+      ok(!m.stderr.includes("ambiguous"), m.stderr);
+    }
     const u = await cli("frobnicate");
     deepStrictEqual(u.code, 2);
     ok(u.stderr.includes('unknown command "frobnicate"'), u.stderr);
   });
 });
 
-Deno.test("parseTokens()", async (t) => {
-  await t.step("commas, white space, JSON arrays, @FILE", async () => {
-    deepStrictEqual(parseTokens("5,17,3"), [5, 17, 3]);
-    deepStrictEqual(parseTokens(" 5  17\n3, 4 "), [5, 17, 3, 4]);
-    deepStrictEqual(parseTokens("[5, 17, 3]"), [5, 17, 3]);
-    const f = await Deno.makeTempFile();
-    await Deno.writeTextFile(f, "8 9\n10\n");
-    deepStrictEqual(parseTokens(`@${f}`), [8, 9, 10]);
-    await Deno.remove(f);
-  });
-  await t.step("bad items are named", () => {
-    for (
-      const [spec, msg] of [
-        ["1,x,3", /item 1 is "x"/],
-        ["[1,-2]", /item 1 is -2/],
-        [
-          "1.5",
-          /item 0/,
-        ],
-        ["", /no token ids/],
-        ["@/nonexistent/ids", /cannot read/],
-      ] as const
-    ) {
-      let err = "";
-      try {
-        parseTokens(spec);
-      } catch (e) {
-        err = (e as Error).message;
-      }
-      ok(msg.test(err), `${spec}: ${err}`);
-    }
-  });
-});
-
-Deno.test("loadProgress: a line per interval with the count and an eta; none for a fast load", () => {
-  const lines: string[] = [];
-  const every = loadProgress((l) => lines.push(l), 0);
-  for (let i = 0; i < 3; i++) every(`t${i}`, i, 3);
-  deepStrictEqual(lines.length, 3);
-  ok(/loaded 2\/3 tensors in \d+ s, eta \d+ s/.test(lines[1]), lines[1]);
-  const quiet: string[] = [];
-  const slow = loadProgress((l) => quiet.push(l), 60_000);
-  for (let i = 0; i < 3; i++) slow(`t${i}`, i, 3);
-  deepStrictEqual(quiet, []);
+Deno.test("infer score on a checkpoint whose weights are NaN fails naming it", async () => {
+  const dir = await Deno.makeTempDir({ prefix: "lvm-nan-" });
+  try {
+    const gpu = await getGpu();
+    const model = Llama.init(
+      gpu,
+      makeConfig({ hidden: 16, layers: 1, heads: 2, ffn: 32, vocab: 40 }),
+    );
+    model.setParam("model.norm.weight", new Float32Array(16).fill(NaN));
+    await saveLlama(model, dir);
+    model.release();
+    const r = await cli("score", "--model", dir, "--tokens", "1,2,3,4", "--json");
+    deepStrictEqual(r.code, 1, r.stderr);
+    ok(r.stderr.includes(dir) && r.stderr.includes("weights are not finite"), r.stderr);
+    ok(r.stderr.includes("model.norm.weight"), r.stderr);
+    deepStrictEqual(r.stdout, "");
+  } finally {
+    await Deno.remove(dir, { recursive: true });
+  }
 });

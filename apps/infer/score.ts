@@ -1,14 +1,23 @@
 /**
  * `deno task infer score --model DIR --tokens 5,17,3,... [--json] [--dtype f32|f16]`: log p(token_i |
  * tokens before it) for every position i > 0 (natural log, softmax over the full vocabulary), their
- * negative mean (nll) and exp(nll) (perplexity), from one pass of the model over the sequence.
+ * negative mean (nll) and exp(nll) (perplexity), from one pass of the model over the sequence. A
+ * model whose weights are not finite is an error (exit 1) naming it.
  * @module
  */
-import { parseArgs } from "node:util";
+import {
+  checkVocab,
+  type Command,
+  loadProgress,
+  parseFlags,
+  parseTokens,
+  required,
+  UsageError,
+} from "@lvm/cli";
 import { getGpu } from "@lvm/gpu";
-import { perplexity } from "@lvm/sampler";
-import { DecodeSession, loadLlama, readConfig } from "@lvm/transformer";
-import { checkVocab, type Command, loadProgress, parseTokens, UsageError } from "./_cli.ts";
+import { loadPipeline } from "@lvm/pipeline/fs";
+import { readConfig } from "@lvm/transformer/fs";
+import { dtypeFlag } from "./_cli.ts";
 
 const usage = `usage: deno task infer score --model DIR --tokens IDS [--json] [--dtype f32|f16]
 
@@ -22,49 +31,42 @@ export const score: Command = {
   summary: "log-probabilities, NLL and perplexity of a token sequence",
   usage,
   async run(args) {
-    const { values } = parseArgs({
+    const { values } = parseFlags({
       args,
       options: {
         model: { type: "string" },
         tokens: { type: "string" },
         json: { type: "boolean", default: false },
-        dtype: { type: "string", default: "f32" },
+        dtype: { type: "string" },
       },
-      strict: true,
     });
-    if (!values.model) throw new UsageError("--model DIR is required");
-    if (!values.tokens) throw new UsageError("--tokens IDS is required");
-    if (values.dtype !== "f32" && values.dtype !== "f16") {
-      throw new UsageError(`--dtype ${values.dtype}: expected f32 or f16`);
-    }
-    const ids = parseTokens(values.tokens);
+    const model = required("model", values.model, "DIR");
+    const ids = parseTokens(required("tokens", values.tokens, "IDS"));
+    const dtype = dtypeFlag(values.dtype);
     if (ids.length < 2) throw new UsageError("--tokens: scoring needs at least 2 token ids");
     const log = (s: string) => values.json || console.error(s);
-    const config = await readConfig(values.model);
-    checkVocab(ids, config.vocab, values.model);
+    const config = await readConfig(model);
+    checkVocab(ids, config.vocab, model);
     if (ids.length > config.maxPositions) {
       throw new RangeError(
         `--tokens: ${ids.length} ids exceed the model's ${config.maxPositions} positions`,
       );
     }
-    const gpu = await getGpu();
-    log(`loading ${values.model} (${values.dtype}) on ${gpu.describe()}`);
-    const model = await loadLlama(gpu, values.model, {
-      dtype: values.dtype,
-      onTensor: loadProgress(log),
-    });
-    const session = new DecodeSession(model, { maxTokens: ids.length });
-    const logprobs = Array.from(await session.logprobs(ids));
-    const { nll, perplexity: ppl } = perplexity(logprobs);
-    if (values.json) {
-      console.log(JSON.stringify({ logprobs, nll, perplexity: ppl }));
-    } else {
-      console.log(
-        `scored ${logprobs.length} tokens: nll ${nll.toFixed(6)}, perplexity ${ppl.toFixed(4)}`,
-      );
+    log(`loading ${model} (${dtype}) on ${(await getGpu()).describe()}`);
+    const lvm = await loadPipeline({ model, dtype, onTensor: loadProgress(log) });
+    try {
+      const { logprobs, nll, perplexity } = await lvm.scoreTokens(ids);
+      if (values.json) console.log(JSON.stringify({ logprobs, nll, perplexity }));
+      else {
+        console.log(
+          `scored ${logprobs.length} tokens: nll ${nll.toFixed(6)}, perplexity ${
+            perplexity.toFixed(4)
+          }`,
+        );
+      }
+    } finally {
+      lvm.release();
     }
-    session.release();
-    model.release();
     return 0;
   },
 };

@@ -10,7 +10,7 @@
 
 import { BlockMeanTestTokenizer } from "@lvm/sentence/testing";
 import { COMMANDS, main } from "./main.ts";
-import { UsageError } from "./_cli.ts";
+import { UsageError } from "@lvm/cli";
 import { makeDatasetCommand } from "./dataset.ts";
 
 COMMANDS.dataset = makeDatasetCommand({

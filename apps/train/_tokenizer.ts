@@ -11,7 +11,7 @@ import type { ImageTokenizer } from "@lvm/sentence";
 export async function openTokenizer(dir: string): Promise<ImageTokenizer> {
   let mod: Record<string, unknown>;
   try {
-    mod = (await import("@lvm/tokenizer")) as Record<string, unknown>;
+    mod = (await import("@lvm/tokenizer/fs")) as Record<string, unknown>;
   } catch (e) {
     throw new Error(`the VQGAN tokenizer package is not available yet (${(e as Error).message})`);
   }

@@ -1,6 +1,6 @@
 import { join } from "node:path";
 import { fileURLToPath } from "node:url";
-import { ffmpegAvailable } from "@lvm/image";
+import { ffmpegAvailable } from "@lvm/image/fs";
 import { formatJsonlLine } from "@lvm/sentence";
 import { writeCorruptAvi, writeTestInputs } from "@lvm/sentence/testing";
 
@@ -337,6 +337,16 @@ Deno.test("train dataset (CLI)", async (t) => {
       await cli(MAIN, "dataset", "--combine", o("p2"), "--out", o("comb2")),
       1,
       /part 1\/2 of the same build is missing/,
+    );
+    // A corrupt part is refused by --combine (every input shard is verified), naming the file.
+    const shard = join(o("p2"), "shard-00000.bin");
+    const bytes = await Deno.readFile(shard);
+    bytes[0] ^= 0x01;
+    await Deno.writeFile(shard, bytes);
+    expect(
+      await cli(MAIN, "dataset", "--combine", o("p1"), o("p2"), "--out", o("comb3")),
+      1,
+      new RegExp(`${shard.replace(/[.*+?^${}()|[\]\\]/g, "\\$&")}: corrupt: CRC-32`),
     );
   });
 

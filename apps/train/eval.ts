@@ -1,24 +1,27 @@
 /**
  * `deno task train eval`: a model's mean loss and perplexity on a dataset split (packed rows, as in
  * training), and the official LVM score when the sentences are made of images: the mean over
- * sentences of exp(mean NLL of the last image's tokens given the images before it).
+ * sentences of exp(mean NLL of the last image's tokens given the images before it). A model whose
+ * weights are not finite is an error (exit 1) naming it.
  * @module
  */
-import { parseArgs } from "node:util";
 import { existsSync } from "node:fs";
 import { join } from "node:path";
-import { getGpu } from "@lvm/gpu";
-import { TokenDataset } from "@lvm/sentence";
-import { loadLlama } from "@lvm/transformer";
 import {
-  evaluateImagePerplexity,
-  evaluateLoss,
-  readTrainerState,
-  resolveCheckpoint,
-  STATE_FILE,
-} from "@lvm/train";
-import { type Command, intOption, UsageError } from "./_cli.ts";
-import { floatOption } from "./model.ts";
+  type Command,
+  enumFlag,
+  floatFlag,
+  intFlag,
+  parseFlags,
+  positiveInt,
+  required,
+} from "@lvm/cli";
+import { getGpu } from "@lvm/gpu";
+import { assertFiniteScores } from "@lvm/pipeline";
+import { TokenDataset } from "@lvm/sentence";
+import { loadLlama } from "@lvm/transformer/fs";
+import { evaluateImagePerplexity, evaluateLoss, readTrainerState, STATE_FILE } from "@lvm/train";
+import { modelFolder } from "./_cli.ts";
 
 const USAGE = `usage: deno task train eval --model DIR --data DIR [options]
 
@@ -63,71 +66,43 @@ export const evalCommand: Command = {
   summary: "loss, perplexity and the official image perplexity of a model on a dataset split",
   usage: USAGE,
   async run(args: string[]): Promise<number> {
-    let parsed;
-    try {
-      parsed = parseArgs({ args, options: OPTIONS, strict: true, allowPositionals: false });
-    } catch (e) {
-      throw new UsageError((e as Error).message);
-    }
-    const v = parsed.values;
-    if (!v.model) throw new UsageError("--model DIR is required");
-    if (!v.data) throw new UsageError("--data DIR is required");
-    const split = v.split ?? "val";
-    if (split !== "val" && split !== "train" && split !== "all") {
-      throw new UsageError(`--split ${split}: expected val, train or all`);
-    }
-    let dir = v.model;
-    if (!existsSync(join(dir, "config.json"))) {
-      try {
-        dir = await resolveCheckpoint(dir);
-      } catch {
-        throw new UsageError(
-          `--model ${v.model}: holds no config.json and no checkpoint (expected a Hugging Face ` +
-            `model folder, a checkpoint-STEP folder or a training run folder)`,
-        );
-      }
-    }
+    const v = parseFlags({ args, options: OPTIONS }).values;
+    const dir = await modelFolder("model", required("model", v.model, "DIR"));
+    const data = required("data", v.data, "DIR");
+    const split = enumFlag("split", v.split, ["val", "train", "all"], "val");
     // The run's split and row length, when the model is a training checkpoint.
     const run = existsSync(join(dir, STATE_FILE)) ? (await readTrainerState(dir)).config : null;
-    const valFraction = floatOption(
-      "val-fraction",
-      v["val-fraction"],
-      run?.valFraction ?? 0.01,
-      { min: 0 },
-    )!;
-    const splitSeed = intOption("split-seed", v["split-seed"], run?.splitSeed ?? 0);
-    const batch = intOption("batch", v.batch, 1, { min: 1 });
-    const maxBatches = v["max-batches"] === undefined
-      ? undefined
-      : intOption("max-batches", v["max-batches"], 0, { min: 1 });
-    const maxExamples = v["max-examples"] === undefined
-      ? undefined
-      : intOption("max-examples", v["max-examples"], 0, { min: 1 });
+    const valFraction = floatFlag("val-fraction", v["val-fraction"], run?.valFraction ?? 0.01, {
+      min: 0,
+    });
+    const splitSeed = intFlag("split-seed", v["split-seed"], run?.splitSeed ?? 0);
+    const batch = positiveInt("batch", v.batch, 1);
+    const maxBatches = positiveInt("max-batches", v["max-batches"], undefined);
+    const maxExamples = positiveInt("max-examples", v["max-examples"], undefined);
     const log = (s: string) => v.json || console.error(s);
 
     const gpu = await getGpu();
-    const ds = await TokenDataset.open(v.data);
+    const ds = await TokenDataset.open(data);
     const model = await loadLlama(gpu, dir);
     try {
-      const seq = intOption("seq", v.seq, run?.seq ?? Math.min(4096, model.config.maxPositions), {
-        min: 1,
-        max: model.config.maxPositions,
-      });
+      const P = model.config.maxPositions;
+      const seq = intFlag("seq", v.seq, run?.seq ?? Math.min(4096, P), { min: 1, max: P });
       log(
-        `[eval] ${dir} on ${v.data} (${split} split, val fraction ${valFraction}) on ${gpu.describe()}`,
+        `[eval] ${dir} on ${data} (${split} split, val fraction ${valFraction}) on ${gpu.describe()}`,
       );
       const t0 = performance.now();
-      const splitOpts = { split: split as "val" | "train" | "all", valFraction, splitSeed };
+      const splitOpts = { split, valFraction, splitSeed };
       const loss = await evaluateLoss(model, ds, { ...splitOpts, seq, batch, maxBatches });
       if (!loss) {
         throw new RangeError(
-          `the ${split} split of ${v.data} holds no sentence (val fraction ${valFraction} of ` +
+          `the ${split} split of ${data} holds no sentence (val fraction ${valFraction} of ` +
             `${ds.sentences} sentences); use --split all or a larger --val-fraction`,
         );
       }
       const image = v["no-image"]
         ? null
         : await evaluateImagePerplexity(model, ds, { ...splitOpts, maxExamples });
+      await assertFiniteScores(model, dir, [loss.loss, image?.image_nll ?? 0], "scores");
       const secs = (performance.now() - t0) / 1000;
       if (v.json) {
         console.log(JSON.stringify({

@@ -1,10 +1,10 @@
 /**
  * `deno task train model`: trains an LVM transformer on a token-shard dataset with @lvm/train
  * (AdamW, warmup + cosine, gradient accumulation, global-norm clipping, all on the GPU), writing
- * checkpoints in Hugging Face layout; `--resume` continues a run exactly; Ctrl-C saves and exits.
+ * checkpoints in Hugging Face layout and a loss chart; `--resume` continues a run exactly; Ctrl-C
+ * or SIGTERM saves and exits; one run per --out at a time.
  * @module
  */
-import { parseArgs } from "node:util";
 import { existsSync } from "node:fs";
 import { join } from "node:path";
 import { getGpu } from "@lvm/gpu";
@@ -15,33 +15,49 @@ import {
   paramCount,
   preset,
   PRESETS,
-  readConfig,
 } from "@lvm/transformer";
+import { readConfig } from "@lvm/transformer/fs";
 import {
   clearRun,
   latestCheckpoint,
   listCheckpoints,
   type LogEntry,
   makeTrainConfig,
+  MetricsLog,
   readTrainerState,
   resolveCheckpoint,
   type ResumeOverrides,
+  RunLock,
+  stopOnSignals,
   tokensPerStep,
   type TrainConfig,
   Trainer,
 } from "@lvm/train";
 import { type SentenceLayout, TokenDataset } from "@lvm/sentence";
-import { type Command, intOption, UsageError } from "./_cli.ts";
+import {
+  type Command,
+  enumFlag,
+  floatFlag,
+  formatDuration,
+  intFlag,
+  parseFlags,
+  UsageError,
+} from "@lvm/cli";
 
 const USAGE = `usage: deno task train model --data DIR --out DIR --steps N [options]
-       deno task train model --out DIR --resume [--steps N]
+       deno task train model --out DIR --resume [--steps N] [--lr X]
 
 Trains a LLaMA decoder on visual sentences (packed rows of --seq tokens, loss on every token,
 positions restarting at 0 in every row) with the official recipe: AdamW (b1 0.9, b2 0.95, eps 1e-8,
 weight decay 0.1), global-norm clip 1.0, linear warmup then cosine decay to --min-lr, gradient
 accumulation. Checkpoints go to OUT/checkpoint-STEP/ (config.json + model.safetensors, loadable by
 \`deno task infer\` and transformers, plus optimizer.safetensors and trainer_state.json) and
-OUT/latest names the newest. Ctrl-C finishes the current step, saves a checkpoint and exits (130).
+OUT/latest names the newest; OUT/loss.png charts the training and validation loss. Ctrl-C
+(or SIGTERM) finishes the current step, saves a checkpoint and exits (130; 143 after SIGTERM).
+A checkpoint is never written from a diverged state: before each save the losses, gradient norms
+and weights must be finite, else the run stops (exit 1) naming the last good checkpoint. One run
+at a time per --out: OUT/train.lock names the process holding it (a dead one's lock is taken over);
+a second run is refused (exit 1).
 
 model (one of; default --preset tiny):
   --preset NAME         ${Object.keys(PRESETS).join(", ")}; the vocabulary is the dataset's
@@ -79,7 +95,9 @@ cadence and files:
   --keep N              checkpoints kept (default 3)
   --json-log FILE       also append one JSON object per progress/eval/save line to FILE
   --resume              continue the run in --out from its latest checkpoint (only --steps,
-                        the cadence flags, --data and --json-log may change)
+                        the cadence flags, --data, --json-log and the learning rate may change:
+                        --lr X sets a new peak (the floor keeps its ratio unless --min-lr),
+                        --warmup N a new warmup; e.g. after a divergence)
   --overwrite           delete --out's checkpoints and start over
   --quiet               no progress lines`;
 
@@ -131,31 +149,14 @@ const RESUMABLE = new Set([
   "json-log",
   "resume",
   "quiet",
+  "lr",
+  "min-lr",
+  "warmup",
 ]);
 
-/** Parses a finite number flag (>= min); the error names the flag. */
-export function floatOption(
-  flag: string,
-  value: string | undefined,
-  fallback: number | undefined,
-  { min = -Infinity } = {},
-): number | undefined {
-  if (value === undefined) return fallback;
-  const n = Number(value);
-  if (value.trim() === "" || !Number.isFinite(n)) {
-    throw new UsageError(`--${flag} ${value}: expected a number`);
-  }
-  if (n < min) throw new UsageError(`--${flag} ${value}: expected a value >= ${min}`);
-  return n;
-}
-
-/** `h:mm:ss`. */
-export function formatDuration(s: number): string {
-  if (!Number.isFinite(s) || s < 0) return "?";
-  s = Math.round(s);
-  return `${Math.floor(s / 3600)}:${String(Math.floor(s / 60) % 60).padStart(2, "0")}:${
-    String(s % 60).padStart(2, "0")
-  }`;
+/** A number flag >= 0 (learning rates, betas, decay, clip), or undefined when not given. */
+function nonNegative(flag: string, value: string | undefined): number | undefined {
+  return floatFlag(flag, value, undefined, { min: 0 });
 }
 
 /** The progress line of a log entry. */
@@ -234,33 +235,18 @@ export function withDataVocab(model: LlamaConfig, layout: SentenceLayout): Llama
   return makeConfig({ ...model, vocab: layout.vocabSize, imageCodes: layout.codebookSize });
 }
 
-function scheduleKind(s: string | undefined): "cosine" | "linear" | "constant" | undefined {
-  if (s === undefined || s === "cosine" || s === "linear" || s === "constant") return s;
-  throw new UsageError(`--schedule ${s}: expected cosine, linear or constant`);
-}
-
-function decayKind(s: string | undefined): "all" | "matrices" | undefined {
-  if (s === undefined || s === "all" || s === "matrices") return s;
-  throw new UsageError(`--decay ${s}: expected all or matrices`);
-}
-
 /** The `model` subcommand. */
 export const model: Command = {
   summary: "train the transformer on a token dataset (AdamW, warmup+cosine, resumable)",
   usage: USAGE,
   async run(args: string[]): Promise<number> {
-    let parsed;
-    try {
-      parsed = parseArgs({ args, options: OPTIONS, strict: true, allowPositionals: false });
-    } catch (e) {
-      throw new UsageError((e as Error).message);
-    }
+    const parsed = parseFlags({ args, options: OPTIONS, allowPositionals: false });
     const v = parsed.values as Record<string, string | boolean | undefined>;
     const str = (k: string) => v[k] as string | undefined;
     const out = str("out");
     if (!out) throw new UsageError("--out DIR is required (the run folder)");
     const int = (flag: string, min: number) =>
-      str(flag) === undefined ? undefined : intOption(flag, str(flag), 0, { min });
+      str(flag) === undefined ? undefined : intFlag(flag, str(flag), 0, { min });
     const cadence: ResumeOverrides = {
       steps: int("steps", 1),
       logEvery: int("log-every", 1),
@@ -272,6 +258,7 @@ export const model: Command = {
     const existing = await latestCheckpoint(out);
     const gpu = await getGpu();
     let trainer: Trainer;
+    let lock: RunLock | null = null;
     const quiet = !!v.quiet;
     const say = (s: string) => quiet || console.error(s);
 
@@ -295,7 +282,19 @@ export const model: Command = {
           `--steps ${cadence.steps}: the checkpoint is already at step ${state.step}`,
         );
       }
-      trainer = await Trainer.resume(gpu, existing, { ...cadence, data: str("data") });
+      lock = await RunLock.acquire(out, "train model --resume");
+      try {
+        trainer = await Trainer.resume(gpu, existing, {
+          ...cadence,
+          data: str("data"),
+          lr: nonNegative("lr", str("lr")),
+          minLr: nonNegative("min-lr", str("min-lr")),
+          warmup: int("warmup", 0),
+        });
+      } catch (e) {
+        await lock.release();
+        throw e;
+      }
       say(`[train] resumed ${existing} at step ${trainer.step} (${trainer.tokens} tokens trained)`);
     } else {
       if (existing && !v.overwrite) {
@@ -309,7 +308,7 @@ export const model: Command = {
       if (!data) throw new UsageError("--data DIR is required (a token-shard dataset)");
       if (cadence.steps === undefined) throw new UsageError("--steps N is required");
       const arch = await architecture(v, data);
-      const lr = floatOption("lr", str("lr"), undefined, { min: 0 });
+      const lr = nonNegative("lr", str("lr"));
       let config: TrainConfig;
       try {
         config = makeTrainConfig({
@@ -323,18 +322,23 @@ export const model: Command = {
           gradAccum: int("grad-accum", 1),
           steps: cadence.steps,
           lr,
-          minLr: floatOption("min-lr", str("min-lr"), undefined, { min: 0 }),
+          minLr: nonNegative("min-lr", str("min-lr")),
           warmup: int("warmup", 0),
-          scheduleKind: scheduleKind(str("schedule")),
+          scheduleKind: enumFlag(
+            "schedule",
+            str("schedule"),
+            ["cosine", "linear", "constant"],
+            undefined,
+          ),
           optimizer: {
-            weightDecay: floatOption("weight-decay", str("weight-decay"), undefined, { min: 0 }),
-            decay: decayKind(str("decay")),
-            beta1: floatOption("beta1", str("beta1"), undefined, { min: 0 }),
-            beta2: floatOption("beta2", str("beta2"), undefined, { min: 0 }),
-            eps: floatOption("eps", str("eps"), undefined, { min: 0 }),
-            clip: floatOption("clip", str("clip"), undefined, { min: 0 }),
+            weightDecay: nonNegative("weight-decay", str("weight-decay")),
+            decay: enumFlag("decay", str("decay"), ["all", "matrices"], undefined),
+            beta1: nonNegative("beta1", str("beta1")),
+            beta2: nonNegative("beta2", str("beta2")),
+            eps: nonNegative("eps", str("eps")),
+            clip: nonNegative("clip", str("clip")),
           },
-          valFraction: floatOption("val-fraction", str("val-fraction"), undefined, { min: 0 }),
+          valFraction: nonNegative("val-fraction", str("val-fraction")),
           splitSeed: int("split-seed", -(2 ** 31)),
           logEvery: cadence.logEvery,
           evalEvery: cadence.evalEvery,
@@ -346,102 +350,109 @@ export const model: Command = {
         if (e instanceof RangeError) throw new UsageError(e.message);
         throw e;
       }
-      if (existing) await clearRun(out);
-      trainer = await Trainer.create(gpu, config);
-    }
-
-    const c = trainer.config;
-    const ds = trainer.dataset;
-    say(
-      `[train] model ${c.preset ?? (c.init ? `from ${c.init}` : "custom")} (${
-        (paramCount(c.model) / 1e6).toFixed(2)
-      }M params, vocab ${c.model.vocab} of which ${c.model.imageCodes} image codes) on ${gpu.describe()}`,
-    );
-    say(
-      `[train] data ${ds.dir}: ${ds.sentences} sentences, ${ds.index.counts.tokens} tokens ` +
-        `(val fraction ${c.valFraction}) · B${c.batch} x T${c.seq} x accum ${c.gradAccum} = ` +
-        `${tokensPerStep(c)} tokens/step · steps ${trainer.step}->${c.steps} · lr ${
-          c.schedule.lr.toExponential(2)
-        } (${c.schedule.kind}, warmup ${c.schedule.warmup}, floor ${
-          c.schedule.minLr.toExponential(2)
-        })`,
-    );
-
-    const jsonPath = str("json-log");
-    const json = (o: Record<string, unknown>) => {
-      if (jsonPath) Deno.writeTextFileSync(jsonPath, JSON.stringify(o) + "\n", { append: true });
-    };
-
-    const ac = new AbortController();
-    let sigints = 0;
-    const onSigint = () => {
-      sigints++;
-      if (sigints > 1) {
-        console.error("[train] second interrupt: exiting without saving");
-        Deno.exit(130);
+      lock = await RunLock.acquire(out, "train model");
+      try {
+        if (existing) await clearRun(out);
+        trainer = await Trainer.create(gpu, config);
+      } catch (e) {
+        await lock.release();
+        throw e;
       }
-      console.error(
-        "[train] interrupt: finishing this step and saving a checkpoint (Ctrl-C again to quit now)",
-      );
-      ac.abort();
-    };
-    Deno.addSignalListener("SIGINT", onSigint);
-    let result;
+    }
     try {
-      result = await trainer.run({
-        out,
-        signal: ac.signal,
-        onLog(e) {
-          say(formatLog(e));
-          json({
-            type: "train",
-            step: e.step,
-            steps: e.steps,
-            loss: e.loss,
-            lr: e.lr,
-            grad_norm: e.gradNorm,
-            tokens: e.tokens,
-            tokens_per_s: e.tokensPerSec,
-            elapsed_s: e.elapsedSec,
-            eta_s: e.etaSec,
-            losses: e.records.map((r) => r.loss),
-          });
-        },
-        onEval(e) {
-          say(
-            `[train] eval step ${e.step} · val loss ${e.loss.toFixed(4)} · val perplexity ${
-              e.perplexity.toFixed(2)
-            } (${e.tokens} tokens)`,
-          );
-          json({
-            type: "eval",
-            step: e.step,
-            val_loss: e.loss,
-            val_perplexity: e.perplexity,
-            tokens: e.tokens,
-          });
-        },
-        onSave(path, step) {
-          say(`[train] saved ${path}`);
-          json({ type: "save", step, path });
-        },
-      });
+      return await train(trainer, out, str("json-log"), say, lock);
     } finally {
-      Deno.removeSignalListener("SIGINT", onSigint);
-      trainer.release();
+      await lock.release();
     }
-    if (result.interrupted) {
-      console.error(
-        `[train] interrupted at step ${result.step}; checkpoint ${result.checkpoint}; continue with ` +
-          `the same --out and --resume`,
-      );
-      return 130;
-    }
-    console.log(
-      `trained ${result.step} steps (${trainer.tokens} tokens), last loss ${
-        result.loss.toFixed(4)
-      }; model: ${result.checkpoint}`,
-    );
-    return 0;
   },
 };
+
+/** Trains to the end (or a signal) with progress lines, the metrics log and the loss chart. */
+async function train(
+  trainer: Trainer,
+  out: string,
+  jsonPath: string | undefined,
+  say: (s: string) => void,
+  lock: RunLock,
+): Promise<number> {
+  const gpu = trainer.gpu;
+  const c = trainer.config;
+  const ds = trainer.dataset;
+  say(
+    `[train] model ${c.preset ?? (c.init ? `from ${c.init}` : "custom")} (${
+      (paramCount(c.model) / 1e6).toFixed(2)
+    }M params, vocab ${c.model.vocab} of which ${c.model.imageCodes} image codes) on ${gpu.describe()}`,
+  );
+  say(
+    `[train] data ${ds.dir}: ${ds.sentences} sentences, ${ds.index.counts.tokens} tokens ` +
+      `(val fraction ${c.valFraction}) · B${c.batch} x T${c.seq} x accum ${c.gradAccum} = ` +
+      `${tokensPerStep(c)} tokens/step · steps ${trainer.step}->${c.steps} · lr ${
+        c.schedule.lr.toExponential(2)
+      } (${c.schedule.kind}, warmup ${c.schedule.warmup}, floor ${
+        c.schedule.minLr.toExponential(2)
+      })`,
+  );
+
+  const metrics = new MetricsLog(jsonPath ?? null);
+  const json = (o: Record<string, unknown>) => metrics.write(o);
+  const stop = stopOnSignals((m) => console.error(`[train] ${m}`), () => lock.releaseSync());
+  let result;
+  try {
+    result = await trainer.run({
+      out,
+      signal: stop.signal,
+      chart: join(out, "loss.png"),
+      chartTitle: `model loss (${c.preset ?? "custom"})`,
+      onLog(e) {
+        say(formatLog(e));
+        json({
+          type: "train",
+          step: e.step,
+          steps: e.steps,
+          loss: e.loss,
+          lr: e.lr,
+          grad_norm: e.gradNorm,
+          tokens: e.tokens,
+          tokens_per_s: e.tokensPerSec,
+          elapsed_s: e.elapsedSec,
+          eta_s: e.etaSec,
+          losses: e.records.map((r) => r.loss),
+        });
+      },
+      onEval(e) {
+        say(
+          `[train] eval step ${e.step} · val loss ${e.loss.toFixed(4)} · val perplexity ${
+            e.perplexity.toFixed(2)
+          } (${e.tokens} tokens)`,
+        );
+        json({
+          type: "eval",
+          step: e.step,
+          val_loss: e.loss,
+          val_perplexity: e.perplexity,
+          tokens: e.tokens,
+        });
+      },
+      onSave(path, step) {
+        say(`[train] saved ${path}`);
+        json({ type: "save", step, path });
+      },
+    });
+  } finally {
+    stop.dispose();
+    trainer.release();
+  }
+  if (result.interrupted) {
+    console.error(
+      `[train] interrupted at step ${result.step}; checkpoint ${result.checkpoint}; continue with ` +
+        `the same --out and --resume`,
+    );
+    return stop.exitCode() || 130;
+  }
+  console.log(
+    `trained ${result.step} steps (${trainer.tokens} tokens), last loss ${
+      result.loss.toFixed(4)
+    }; model: ${result.checkpoint}`,
+  );
+  return 0;
+}

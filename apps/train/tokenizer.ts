@@ -1,41 +1,45 @@
 /**
  * `deno task train tokenizer`: trains a VQGAN tokenizer (@lvm/tokenizer) from images, frame folders,
- * GIFs or videos; progress on stderr; resumable checkpoints; the output directory loads with
- * `deno task infer encode/decode --tokenizer DIR` and `loadTokenizer(DIR)`.
+ * GIFs or videos with @lvm/train's Trainer (the loop `train model` uses too); progress on stderr;
+ * resumable checkpoints; the output directory loads with `deno task infer encode/decode
+ * --tokenizer DIR` and `loadTokenizer(DIR)`.
  * @module
  */
 import { join } from "node:path";
-import { parseArgs } from "node:util";
 import {
   type AdversarialOptions,
   checkBatchFits,
-  DEFAULT_MAX_FRAMES,
   evalImages,
-  evaluateReconstruction,
   holdOut,
   HoldOutError,
   type ImageSource,
-  initWeights,
-  loadSources,
   parseConfig,
-  PatchDiscriminator,
   presetConfig,
-  PRESETS,
-  readCheckpointState,
-  readTokenizerDir,
   type ReconLoss,
-  sampleBatch,
-  saveTokenizer,
-  type TokenizerFiles,
   TRAIN_DEFAULTS,
-  type TrainOptions,
-  Vqgan,
+  VQGAN_PRESETS,
   type VqganConfig,
-  VqganTokenizer,
-  VqganTrainer,
 } from "@lvm/tokenizer";
+import { DEFAULT_MAX_FRAMES, loadSources } from "@lvm/tokenizer/fs";
+import { readTokenizerDir, saveTokenizer, type TokenizerFiles } from "@lvm/tokenizer/fs";
 import { getGpu } from "@lvm/gpu";
-import { type Command, intOption, UsageError } from "./_cli.ts";
+import {
+  latestCheckpoint,
+  legacyRunConfig,
+  makeVqganRunConfig,
+  MetricsLog,
+  readLegacyVqganCheckpoint,
+  readTrainerState,
+  resumeLegacyVqgan,
+  RunLock,
+  stopOnSignals,
+  Trainer,
+  vqganConfig,
+  type VqganRunConfig,
+  vqganSchedule,
+  VqganTrainable,
+} from "@lvm/train";
+import { type Command, floatFlag, intFlag, parseFlags, UsageError } from "@lvm/cli";
 
 const USAGE = `usage:
   deno task train tokenizer --images PATH... --preset NAME --steps N --out DIR [options]
@@ -45,9 +49,13 @@ const USAGE = `usage:
 Trains the VQGAN (open-muse architecture) from images: reconstruction loss (L2 by default, no
 perceptual loss) + codebook loss + 0.25 x commitment loss, straight-through gradients, AdamW,
 dead-code restarts. Writes DIR/config.json + DIR/model.safetensors (loadable by
-\`deno task infer encode/decode --tokenizer DIR\`) and resumable checkpoints in DIR/checkpoints/.
-Progress (stderr): step, loss, batch PSNR, codebook usage, steps/s, ETA. At the end the PSNR of
-held-out images (never trained on) is printed.
+\`deno task infer encode/decode --tokenizer DIR\`), resumable checkpoints in
+DIR/checkpoints/checkpoint-STEP/ (each a loadable tokenizer too; DIR/checkpoints/latest names the
+newest) and DIR/loss.png (training loss and held-out MSE by step). Progress (stderr): step, loss,
+batch PSNR, codebook usage, steps/s, ETA. At the end the PSNR of held-out images (never trained on)
+is printed. Ctrl-C (or SIGTERM) finishes the step, saves a checkpoint and exits (130; 143 after
+SIGTERM); a diverged run stops before saving (exit 1) naming the last good checkpoint; one run at
+a time per DIR (DIR/train.lock; a second run is refused, exit 1).
 
 inputs:
   --images PATH...      image files (PNG/JPEG/GIF/TIFF; a GIF gives its frames, up to --max-frames),
@@ -62,7 +70,7 @@ inputs:
                         ${DEFAULT_MAX_FRAMES}; 0 = every frame; a GIF is decoded whole first)
 
 model:
-  --preset NAME         ${Object.keys(PRESETS).join(", ")} (default tiny)
+  --preset NAME         ${Object.keys(VQGAN_PRESETS).join(", ")} (default tiny)
   --config FILE         an open-muse config.json instead of a preset
   --init DIR            start from this tokenizer (fine-tuning): its config.json (resolution,
                         channels, codebook) and weights, codebook included, instead of a preset
@@ -81,9 +89,14 @@ training:
   --weight-decay X      AdamW weight decay (default ${TRAIN_DEFAULTS.weightDecay})
   --seed N              data order, augmentation and init seed (default 0)
   --save-every N        checkpoint interval in steps (default 100)
+  --keep N              checkpoints kept in DIR/checkpoints (default 1)
   --eval-every N        evaluate on the held-out images every N steps (default 0: at the end)
   --log-every N         progress line interval (default 10)
-  --resume              continue from DIR/checkpoints (exactly: same data order, RNG, optimizer)
+  --json-log FILE       also append one JSON object per progress/eval/save line to FILE
+  --resume              continue from DIR/checkpoints (exactly: same data order, RNG, optimizer);
+                        the other settings come from the checkpoint, except --steps, the cadence
+                        flags and the learning rate: --lr X (new peak, floor lr/10) and
+                        --warmup N apply to the remaining steps (e.g. after a divergence)
   --adv-start N         switch on the adversarial patch loss at step N: a PatchGAN discriminator
                         (3 convs, hinge loss) whose verdict on the reconstruction is added to the
                         loss with a fixed weight (no adaptive weight, no perceptual loss)
@@ -112,6 +125,8 @@ const OPTIONS = {
   "weight-decay": { type: "string" },
   seed: { type: "string" },
   "save-every": { type: "string" },
+  keep: { type: "string" },
+  "json-log": { type: "string" },
   "eval-every": { type: "string" },
   "log-every": { type: "string" },
   resume: { type: "boolean" },
@@ -122,17 +137,13 @@ const OPTIONS = {
   quiet: { type: "boolean" },
 } as const;
 
+/** A number flag >= `min` (default 0), `fallback` when not given. */
 function num(flag: string, v: string | undefined, fallback: number, min = 0): number {
-  if (v === undefined) return fallback;
-  const n = Number(v);
-  if (v.trim() === "" || !Number.isFinite(n) || n < min) {
-    throw new UsageError(`--${flag} ${v}: expected a number >= ${min}`);
-  }
-  return n;
+  return floatFlag(flag, v, fallback, { min });
 }
 
 function fmtTime(s: number): string {
-  if (!Number.isFinite(s)) return "?";
+  if (!Number.isFinite(s) || s < 0) return "?";
   const h = Math.floor(s / 3600), m = Math.floor((s % 3600) / 60), sec = Math.floor(s % 60);
   return h
     ? `${h}h${String(m).padStart(2, "0")}m`
@@ -146,13 +157,23 @@ function sourceKey(sources: ImageSource[]): string[] {
   return sources.map((s) => `${s.name}:${s.frames.length}`);
 }
 
-async function exists(path: string): Promise<boolean> {
-  try {
-    await Deno.stat(path);
-    return true;
-  } catch {
-    return false;
-  }
+/** The progress line of a step (the format the tokenizer trainer has always printed). */
+function progressLine(
+  e: { step: number; steps: number; stepsPerSec: number; etaSec: number },
+  r: { loss: number; lr: number; metrics?: Record<string, number> },
+  K: number,
+  adversarial: AdversarialOptions | null,
+): string {
+  const m = r.metrics ?? {};
+  return `step ${e.step}/${e.steps}  loss ${r.loss.toFixed(5)}  rec ${m.rec.toFixed(5)}  vq ${
+    m.vq.toFixed(5)
+  }  psnr ${m.psnr.toFixed(2)} dB  codes ${m.codes_used}/${K}${
+    m.restarted ? ` (${m.restarted} restarted)` : ""
+  }${
+    adversarial && e.step >= adversarial.start
+      ? `  d ${m.d_loss.toFixed(4)} g_adv ${m.g_adv.toFixed(4)}`
+      : ""
+  }  lr ${r.lr.toExponential(2)}  ${e.stepsPerSec.toFixed(2)} steps/s  eta ${fmtTime(e.etaSec)}`;
 }
 
 /** `deno task train tokenizer`. */
@@ -160,7 +181,7 @@ export const tokenizer: Command = {
   summary: "train a VQGAN image tokenizer from images, frame folders, GIFs or videos",
   usage: USAGE,
   async run(args: string[]): Promise<number> {
-    const { values: v, positionals } = parseArgs({
+    const { values: v, positionals } = parseFlags({
       args,
       options: OPTIONS,
       allowPositionals: true,
@@ -172,34 +193,46 @@ export const tokenizer: Command = {
     }
     if (!v.out) throw new UsageError("--out DIR is required");
     if (v.steps === undefined) throw new UsageError("--steps N is required");
-    const steps = intOption("steps", v.steps, 0, { min: 1 });
+    const steps = intFlag("steps", v.steps, 0, { min: 1 });
     const out = v.out, ckptDir = join(out, "checkpoints");
     const log = (s: string) => {
       if (!v.quiet) console.error(s);
     };
+    const cadence = {
+      saveEvery: intFlag("save-every", v["save-every"], 100, { min: 1 }),
+      evalEvery: intFlag("eval-every", v["eval-every"], 0, { min: 0 }),
+      logEvery: intFlag("log-every", v["log-every"], 10, { min: 1 }),
+      keep: intFlag("keep", v.keep, 1, { min: 1 }),
+    };
 
-    // Config and options: from the checkpoint when resuming, else from the flags.
-    let config: VqganConfig, options: TrainOptions;
-    let savedSources: string[] | null = null;
-    let adversarial: AdversarialOptions | null = null;
+    // Config: from the checkpoint when resuming, else from the flags.
+    let run: VqganRunConfig;
+    let config: VqganConfig;
     let init: TokenizerFiles | null = null;
-    const resuming = !!v.resume && (await exists(join(ckptDir, "latest.json")));
+    const latest = v.resume ? await latestCheckpoint(ckptDir) : null;
+    // A checkpoint of the trainer before the shared loop (latest.json + ckpt-STEP/) resumes too.
+    const legacy = v.resume && !latest ? await readLegacyVqganCheckpoint(ckptDir) : null;
+    const resuming = latest !== null || legacy !== null;
     if (v.resume && !resuming) log(`no checkpoint in ${ckptDir}: starting a new run`);
     if (v.init && resuming) log(`--init ${v.init} ignored: the checkpoint holds the weights`);
-    if (resuming) {
-      const st = await readCheckpointState(ckptDir);
-      config = st.config;
-      options = { ...st.options, steps };
-      const extra = st.state.extra as
-        | { sources?: string[]; adversarial?: AdversarialOptions }
-        | undefined;
-      savedSources = extra?.sources ?? null;
-      adversarial = extra?.adversarial ?? null;
-      if (steps <= st.state.step) {
-        throw new UsageError(
-          `--steps ${steps}: the checkpoint is already at step ${st.state.step}`,
-        );
+    const state = latest ? await readTrainerState<VqganRunConfig>(latest, "vqgan") : null;
+    if (state || legacy) {
+      const at = state?.step ?? legacy!.step;
+      if (steps <= at) {
+        throw new UsageError(`--steps ${steps}: the checkpoint is already at step ${at}`);
       }
+      // The saved schedule, its cosine stretched to the new last step (as it always has been),
+      // with a new peak (floor lr / 10) and warmup when given.
+      const lr = v.lr === undefined
+        ? state?.config.schedule.lr ?? legacy!.options.lr
+        : num("lr", v.lr, 0);
+      const warmup = v.warmup === undefined
+        ? state?.config.schedule.warmup ?? legacy!.options.warmup
+        : intFlag("warmup", v.warmup, 0, { min: 0 });
+      run = state
+        ? { ...state.config, ...cadence, steps, schedule: vqganSchedule(lr, warmup, steps) }
+        : legacyRunConfig(legacy!, { ...cadence, steps, lr, warmup });
+      config = vqganConfig(run);
     } else {
       if (!v.images?.length) throw new UsageError("--images PATH is required");
       if (v.preset && v.config) throw new UsageError("give --preset or --config, not both");
@@ -226,47 +259,48 @@ export const tokenizer: Command = {
       if (recon !== "l1" && recon !== "l2") {
         throw new UsageError(`--recon ${v.recon}: expected l1 or l2`);
       }
-      options = {
-        batchSize: intOption("batch", v.batch, TRAIN_DEFAULTS.batchSize, { min: 1 }),
-        lr: num("lr", v.lr, TRAIN_DEFAULTS.lr),
-        warmup: intOption("warmup", v.warmup, TRAIN_DEFAULTS.warmup, { min: 0 }),
-        steps,
-        beta1: TRAIN_DEFAULTS.beta1,
-        beta2: TRAIN_DEFAULTS.beta2,
-        weightDecay: num("weight-decay", v["weight-decay"], TRAIN_DEFAULTS.weightDecay),
-        clip: num("clip", v.clip, TRAIN_DEFAULTS.clip),
-        recon,
-        restartEvery: intOption("restart-every", v["restart-every"], TRAIN_DEFAULTS.restartEvery, {
-          min: 0,
-        }),
-        seed: intOption("seed", v.seed, 0, { min: 0 }),
-      };
+      const seed = intFlag("seed", v.seed, 0, { min: 0 });
+      let adversarial: AdversarialOptions | null = null;
       if (v["adv-start"] !== undefined) {
         adversarial = {
-          start: intOption("adv-start", v["adv-start"], 1, { min: 1 }),
+          start: intFlag("adv-start", v["adv-start"], 1, { min: 1 }),
           weight: num("adv-weight", v["adv-weight"], 0.1),
-          channels: intOption("adv-channels", v["adv-channels"], 64, { min: 1 }),
-          seed: options.seed,
+          channels: intFlag("adv-channels", v["adv-channels"], 64, { min: 1 }),
+          seed,
         };
       } else if (v["adv-weight"] !== undefined || v["adv-channels"] !== undefined) {
         throw new UsageError("--adv-weight / --adv-channels need --adv-start N");
       }
+      run = makeVqganRunConfig({
+        config,
+        steps,
+        batch: intFlag("batch", v.batch, TRAIN_DEFAULTS.batchSize, { min: 1 }),
+        lr: num("lr", v.lr, TRAIN_DEFAULTS.lr),
+        warmup: intFlag("warmup", v.warmup, TRAIN_DEFAULTS.warmup, { min: 0 }),
+        weightDecay: num("weight-decay", v["weight-decay"], TRAIN_DEFAULTS.weightDecay),
+        clip: num("clip", v.clip, TRAIN_DEFAULTS.clip),
+        recon,
+        restartEvery: intFlag("restart-every", v["restart-every"], TRAIN_DEFAULTS.restartEvery, {
+          min: 0,
+        }),
+        seed,
+        fineTune: !!v.init,
+        adversarial,
+        ...cadence,
+      });
     }
     if (!v.images?.length) {
       throw new UsageError("--images PATH is required (the same inputs as the run being resumed)");
     }
     const R = config.resolution;
-    const saveEvery = intOption("save-every", v["save-every"], 100, { min: 1 });
-    const evalEvery = intOption("eval-every", v["eval-every"], 0, { min: 0 });
-    const logEvery = intOption("log-every", v["log-every"], 10, { min: 1 });
-    const maxSide = intOption("max-side", v["max-side"], 4 * R, { min: R });
-    const maxFrames = intOption("max-frames", v["max-frames"], DEFAULT_MAX_FRAMES, { min: 0 });
-    const holdout = intOption("holdout", v.holdout, 8, { min: 0 });
+    const maxSide = intFlag("max-side", v["max-side"], 4 * R, { min: R });
+    const maxFrames = intFlag("max-frames", v["max-frames"], DEFAULT_MAX_FRAMES, { min: 0 });
+    const holdout = intFlag("holdout", v.holdout, 8, { min: 0 });
 
     // The batch must fit the adapter: checked before the data is loaded.
     const gpu = await getGpu();
     try {
-      checkBatchFits(config, options.batchSize, gpu.limits.maxStorageBufferBindingSize, "--batch");
+      checkBatchFits(config, run.batch, gpu.limits.maxStorageBufferBindingSize, "--batch");
     } catch (e) {
       throw new UsageError((e as Error).message);
     }
@@ -294,115 +328,166 @@ export const tokenizer: Command = {
         frames(held)
       } images), loaded in ${((performance.now() - t0) / 1000).toFixed(1)} s`,
     );
+    const savedSources = state ? run.sources : legacy?.sources;
     if (savedSources && JSON.stringify(savedSources) !== JSON.stringify(sourceKey(train))) {
       throw new UsageError(
         "--resume: the training sources differ from the checkpoint's (give the same --images, --eval-images and --holdout)",
       );
     }
+    run.sources = sourceKey(train);
 
-    // Model and trainer: the --init tokenizer's weights, else random ones (a resumed run's come
-    // from the checkpoint below).
-    const model = Vqgan.fromWeights(
-      gpu,
-      config,
-      init?.weights ?? initWeights(config, options.seed),
-    );
-    init = null; // the host copy is no longer needed
-    const trainer = new VqganTrainer(model, options, { fineTune: !!v.init && !resuming });
-    if (adversarial) trainer.extension = new PatchDiscriminator(gpu, adversarial, options);
-    if (resuming) {
-      await trainer.load(ckptDir);
-      log(`resumed from ${ckptDir} at step ${trainer.step}`);
-    }
-    const K = config.numEmbeddings;
-    log(
-      `model: ${config.resolution}x${config.resolution} -> ${model.geometry.grid}x${model.geometry.grid} tokens, ${K} codes; ${gpu.describe()}`,
-    );
-    const evalSet = evalImages(held);
-    const evaluate = async () => {
-      if (!evalSet.length) return null;
-      const tok = new VqganTokenizer(model, "training", options.batchSize);
-      return await evaluateReconstruction(tok, evalSet);
-    };
-
-    // Loop.
-    const startStep = trainer.step;
-    const tStart = performance.now();
-    let last: Awaited<ReturnType<VqganTrainer["trainStep"]>> | null = null;
-    while (trainer.step < steps) {
-      const x = gpu.upload(sampleBatch(train, options.batchSize, R, trainer.rng), [
-        options.batchSize,
-        3,
-        R,
-        R,
-      ]);
-      last = await trainer.trainStep(x);
-      x.release();
-      const t = trainer.step;
-      if (!Number.isFinite(last.loss)) {
-        throw new Error(`step ${t}: the loss is ${last.loss}; lower --lr`);
-      }
-      if (t % logEvery === 0 || t === steps || t === startStep + 1) {
-        const rate = (t - startStep) / ((performance.now() - tStart) / 1000);
+    // Model and trainer: the checkpoint's weights when resuming, else the --init tokenizer's,
+    // else random ones.
+    const lock = await RunLock.acquire(out, "train tokenizer");
+    try {
+      const data = { train, eval: evalImages(held) };
+      let trainer: Trainer<VqganTrainable, VqganRunConfig>;
+      if (legacy) {
+        trainer = await resumeLegacyVqgan(gpu, legacy, run, data);
         log(
-          `step ${t}/${steps}  loss ${last.loss.toFixed(5)}  rec ${last.rec.toFixed(5)}  vq ${
-            last.vq.toFixed(5)
-          }  psnr ${last.psnr.toFixed(2)} dB  codes ${last.codesUsed}/${K}${
-            last.restarted ? ` (${last.restarted} restarted)` : ""
-          }${
-            adversarial && t >= adversarial.start
-              ? `  d ${last.d_loss.toFixed(4)} g_adv ${last.g_adv.toFixed(4)}`
-              : ""
-          }  lr ${last.lr.toExponential(2)}  ${rate.toFixed(2)} steps/s  eta ${
-            fmtTime((steps - t) / rate)
-          }`,
+          `resumed from ${legacy.path} (written by the previous tokenizer trainer; new ` +
+            `checkpoints go beside it as checkpoint-STEP/) at step ${trainer.step}`,
         );
+      } else {
+        const model = await VqganTrainable.open(gpu, run, data, {
+          checkpoint: latest ?? undefined,
+          state: state ? { rng: state.rng as number, usage: state.usage as number[] } : undefined,
+          weights: init?.weights,
+        });
+        init = null; // the host copy is no longer needed
+        trainer = state
+          ? await Trainer.fromCheckpoint(gpu, model, run, latest!, state)
+          : new Trainer(gpu, model, run);
+        if (state) log(`resumed from ${latest} at step ${trainer.step}`);
       }
-      if (evalEvery && t % evalEvery === 0 && t !== steps) {
-        const e = await evaluate();
-        if (e) log(`eval step ${t}: held-out PSNR ${e.psnr.toFixed(2)} dB (${e.images} images)`);
-      }
-      if (t % saveEvery === 0 || t === steps) {
-        await trainer.save(ckptDir, { sources: sourceKey(train), adversarial });
-      }
-    }
-
-    // Output.
-    const e = await evaluate();
-    const final = await model.readWeights();
-    const meta: Record<string, string> = { steps: String(trainer.step) };
-    if (e) meta.eval_psnr = e.psnr.toFixed(3);
-    await saveTokenizer(out, config, final, meta);
-    const secs = (performance.now() - tStart) / 1000;
-    if (e) {
-      log(
-        `held-out PSNR ${
-          e.psnr.toFixed(2)
-        } dB (mean over ${e.images} images from ${held.length} sources never used in training; MSE ${
-          e.mse.toExponential(3)
-        })`,
-      );
-    } else log("no held-out images (--holdout 0 and no --eval-images): no PSNR to report");
-    log(
-      `wrote ${join(out, "config.json")} and ${
-        join(out, "model.safetensors")
-      } (${trainer.step} steps, ${fmtTime(secs)})`,
-    );
-    if (v.json) {
-      console.log(JSON.stringify({
+      return await trainTokenizer(
+        trainer,
         out,
-        steps: trainer.step,
-        loss: last?.loss ?? null,
-        train_psnr: last?.psnr ?? null,
-        eval_psnr: e?.psnr ?? null,
-        eval_images: e?.images ?? 0,
-        codes_used: last?.codesUsed ?? null,
-        seconds: +secs.toFixed(1),
-      }));
+        ckptDir,
+        v["json-log"],
+        log,
+        held.length,
+        !!v.json,
+        lock,
+      );
+    } finally {
+      await lock.release();
     }
-    (trainer.extension as PatchDiscriminator | null)?.release();
-    trainer.release();
-    model.release();
-    return 0;
   },
 };
+
+/** Trains to the end (or a signal), then writes the tokenizer and reports held-out PSNR. */
+async function trainTokenizer(
+  trainer: Trainer<VqganTrainable, VqganRunConfig>,
+  out: string,
+  ckptDir: string,
+  jsonPath: string | undefined,
+  log: (s: string) => void,
+  heldSources: number,
+  json: boolean,
+  lock: RunLock,
+): Promise<number> {
+  const { gpu, model } = trainer;
+  const config = model.model.config, run = trainer.config;
+  const K = config.numEmbeddings;
+  log(
+    `model: ${config.resolution}x${config.resolution} -> ${model.model.geometry.grid}x${model.model.geometry.grid} tokens, ${K} codes; ${gpu.describe()}`,
+  );
+  const metrics = new MetricsLog(jsonPath ?? null);
+  const stop = stopOnSignals((m) => console.error(m), () => lock.releaseSync());
+  const tStart = performance.now();
+  let result;
+  try {
+    result = await trainer.run({
+      out: ckptDir,
+      signal: stop.signal,
+      logFirst: true,
+      finalEval: true,
+      chart: join(out, "loss.png"),
+      chartTitle: `tokenizer loss (${config.resolution}px, ${K} codes)`,
+      chartEvalName: "held-out MSE",
+      onLog(e) {
+        const r = e.records[e.records.length - 1];
+        log(progressLine(e, r, K, run.adversarial));
+        metrics.write({
+          type: "train",
+          step: e.step,
+          steps: e.steps,
+          loss: r.loss,
+          lr: r.lr,
+          grad_norm: r.gradNorm,
+          images: e.tokens,
+          images_per_s: e.tokensPerSec,
+          elapsed_s: e.elapsedSec,
+          eta_s: e.etaSec,
+          ...r.metrics,
+        });
+      },
+      onEval(e) {
+        if (e.step !== run.steps) {
+          log(`eval step ${e.step}: held-out PSNR ${e.psnr.toFixed(2)} dB (${e.images} images)`);
+        }
+        metrics.write({
+          type: "eval",
+          step: e.step,
+          val_loss: e.loss,
+          psnr: e.psnr,
+          images: e.images,
+        });
+      },
+      onSave(path, step) {
+        metrics.write({ type: "save", step, path });
+      },
+    });
+  } catch (e) {
+    stop.dispose();
+    trainer.release();
+    throw e;
+  }
+  stop.dispose();
+  if (result.interrupted) {
+    trainer.release();
+    console.error(
+      `interrupted at step ${result.step}; checkpoint ${result.checkpoint}; continue with the ` +
+        `same --out, --images and --resume`,
+    );
+    return stop.exitCode() || 130;
+  }
+
+  // Output.
+  const e = result.eval;
+  const final = await model.model.readWeights();
+  const meta: Record<string, string> = { steps: String(trainer.step) };
+  if (e) meta.eval_psnr = e.psnr.toFixed(3);
+  await saveTokenizer(out, config, final, meta);
+  const secs = (performance.now() - tStart) / 1000;
+  if (e) {
+    log(
+      `held-out PSNR ${
+        e.psnr.toFixed(2)
+      } dB (mean over ${e.images} images from ${heldSources} sources never used in training; MSE ${
+        e.mse.toExponential(3)
+      })`,
+    );
+  } else log("no held-out images (--holdout 0 and no --eval-images): no PSNR to report");
+  log(
+    `wrote ${join(out, "config.json")} and ${
+      join(out, "model.safetensors")
+    } (${trainer.step} steps, ${fmtTime(secs)})`,
+  );
+  const last = result.last;
+  if (json) {
+    console.log(JSON.stringify({
+      out,
+      steps: trainer.step,
+      loss: last?.loss ?? null,
+      train_psnr: last?.metrics?.psnr ?? null,
+      eval_psnr: e?.psnr ?? null,
+      eval_images: e?.images ?? 0,
+      codes_used: last?.metrics?.codes_used ?? null,
+      seconds: +secs.toFixed(1),
+    }));
+  }
+  trainer.release();
+  return 0;
+}

@@ -1,12 +1,14 @@
 /**
  * End-to-end tests of `deno task train tokenizer`: a short run writes a tokenizer that
- * `deno task infer encode` loads, reports held-out PSNR, and a run resumed from its checkpoint ends
+ * `deno task infer encode` loads, reports held-out PSNR, leaves the shared trainer's checkpoints
+ * and loss chart, and a run resumed from its checkpoint ends
  * with exactly the weights of an uninterrupted run; --init takes the init tokenizer's config and
  * weights; --max-frames caps GIFs; --holdout 1 and a batch that cannot fit are usage errors.
  */
 import { deepStrictEqual, equal, match, ok } from "node:assert/strict";
-import { makeImage, savePng } from "@lvm/image";
-import { SafetensorsFile } from "@lvm/weights";
+import { makeImage } from "@lvm/image";
+import { savePng } from "@lvm/image/fs";
+import { SafetensorsFile } from "@lvm/weights/fs";
 
 const ROOT = new URL("../../", import.meta.url).pathname;
 const FIX = `${ROOT}tests/fixtures/tokenizer`;
@@ -68,6 +70,12 @@ Deno.test("train tokenizer", async (t) => {
     match(r.stderr, /held-out PSNR [\d.]+ dB/);
     const s = JSON.parse(r.stdout);
     equal(s.steps, 4);
+    // The shared trainer's files: checkpoints/checkpoint-4 (a loadable tokenizer) named by
+    // checkpoints/latest, the loss chart; the run folder's lock is gone.
+    equal((await Deno.readTextFile(`${dir}/a/checkpoints/latest`)).trim(), "checkpoint-4");
+    ok((await Deno.stat(`${dir}/a/checkpoints/checkpoint-4/config.json`)).isFile);
+    deepStrictEqual(Array.from((await read(`${dir}/a/loss.png`)).subarray(1, 4)), [80, 78, 71]);
+    await Deno.stat(`${dir}/a/train.lock`).then(() => ok(false, "lock left"), () => {});
     ok(s.eval_psnr > 0 && s.eval_images === 2, JSON.stringify(s));
     const e = await cli(
       "infer",

@@ -32,12 +32,12 @@ export interface ProgressState {
   rateUnit?: string;
   /** Seconds left, if not (total - done) / rate. */
   eta?: number;
-  /** More fields, printed between the count and the rate: `loss 0.6931`. */
+  /** More fields, printed between the rate and the ETA: `loss 0.6931`. */
   fields?: readonly string[];
 }
 
 /**
- * One progress line: `[label] unit done/total (pct%) · fields... · rate unit/s · ETA h:mm:ss`.
+ * One progress line: `[label] unit done/total (pct%) · rate unit/s · fields... · ETA h:mm:ss`.
  *
  * @example
  * ```ts
@@ -58,8 +58,8 @@ export function formatProgress(p: ProgressState): string {
     : rate.toFixed(2);
   return [
     head,
-    ...(p.fields ?? []),
     `${r} ${p.rateUnit ?? p.unit ?? "items"}/s`,
+    ...(p.fields ?? []),
     `ETA ${formatDuration(eta)}`,
   ].join(" · ");
 }

@@ -25,7 +25,7 @@ Deno.test("formatProgress(): count, percent, fields, rate, ETA", () => {
       rateUnit: "tokens",
       eta: 61,
     }),
-    "[train] step 3/4 (75.0%) · loss 0.6931 · 1,234 tokens/s · ETA 0:01:01",
+    "[train] step 3/4 (75.0%) · 1,234 tokens/s · loss 0.6931 · ETA 0:01:01",
   );
   equal(formatProgress({ done: 0, total: 5, seconds: 0 }), "0/5 (0.0%) · ? items/s · ETA ?");
 });

@@ -23,10 +23,46 @@ export interface AdapterSource {
 /** Kernel family to prefer: CPU rasterizers (llvmpipe/lavapipe) and real GPUs want different shapes. */
 export type AdapterKind = "cpu" | "gpu";
 
+/**
+ * The environment variable that forces the kernel family for a whole process:
+ * `LVM_KERNEL_KIND=cpu` (texture-fed register tiles, what lavapipe runs fastest) or `gpu`
+ * (shared-memory tiles, for real GPUs). {@link GpuOptions.kind} takes precedence.
+ */
+export const KERNEL_KIND_ENV = "LVM_KERNEL_KIND";
+
+/** `value` checked as an {@link AdapterKind}; anything else is a TypeError naming `source`. */
+export function parseKernelKind(value: unknown, source: string): AdapterKind {
+  if (value === "cpu" || value === "gpu") return value;
+  throw new TypeError(
+    `${source} must be "cpu" (texture-fed tiles, for CPU rasterizers such as lavapipe) or "gpu" ` +
+      `(shared-memory tiles, for real GPUs), got ${JSON.stringify(value)}`,
+  );
+}
+
+/**
+ * The kernel family forced by {@link KERNEL_KIND_ENV}, or undefined when it is unset (or where
+ * there is no environment: a browser). A bad value is a TypeError.
+ */
+export function kernelKindFromEnv(): AdapterKind | undefined {
+  // Feature-detected, so this module loads in a browser (no Deno global there).
+  const env = (globalThis as { Deno?: { env?: { get(k: string): string | undefined } } }).Deno
+    ?.env;
+  let v: string | undefined;
+  try {
+    v = env?.get(KERNEL_KIND_ENV);
+  } catch {
+    return undefined; // no --allow-env: as if unset
+  }
+  return v === undefined || v === "" ? undefined : parseKernelKind(v, KERNEL_KIND_ENV);
+}
+
 /** Options for {@link Gpu.create}. */
 export interface GpuOptions {
   powerPreference?: GPUPowerPreference;
-  /** Force the kernel family (default: detected from the adapter). */
+  /**
+   * Force the kernel family: "cpu" (texture-fed register tiles) or "gpu" (shared-memory tiles).
+   * Default: the {@link KERNEL_KIND_ENV} environment variable, else detected from the adapter.
+   */
   kind?: AdapterKind;
   /** Where adapters come from (default `navigator.gpu`). */
   gpu?: AdapterSource;
@@ -231,6 +267,9 @@ export class Gpu {
 
   /** Opens the adapter (retrying once: lavapipe sometimes answers null right after install). */
   static async create(options: GpuOptions = {}): Promise<Gpu> {
+    const kind = options.kind === undefined
+      ? kernelKindFromEnv()
+      : parseKernelKind(options.kind, "GpuOptions.kind");
     let source = options.gpu;
     if (!source) {
       if (typeof navigator === "undefined" || !("gpu" in navigator) || !navigator.gpu) {
@@ -277,7 +316,7 @@ export class Gpu {
         { cause: e },
       );
     }
-    return new Gpu(adapter, device, adapter.info, options.kind);
+    return new Gpu(adapter, device, adapter.info, kind);
   }
 
   /**
@@ -647,12 +686,31 @@ let sharedGpu: Gpu | null = null;
 
 /**
  * The process-wide context, created on first use, and created afresh when the previous one was
- * lost or destroyed (tensors of the old one stay invalid).
+ * lost or destroyed (tensors of the old one stay invalid). `options` apply when it is created;
+ * asking for a `kind` other than the live context's is a GpuError (one context per process).
  */
 export function getGpu(options?: GpuOptions): Promise<Gpu> {
   if (sharedGpu?.lost) {
     shared = null;
     sharedGpu = null;
+  }
+  if (options?.kind !== undefined) {
+    let want: AdapterKind;
+    try {
+      want = parseKernelKind(options.kind, "getGpu({ kind })");
+    } catch (e) {
+      return Promise.reject(e);
+    }
+    if (shared) {
+      return shared.then((g) => {
+        if (g.kind !== want) {
+          throw new GpuError(
+            `getGpu({ kind: "${want}" }): this process's context already runs "${g.kind}" kernels`,
+          );
+        }
+        return g;
+      });
+    }
   }
   shared ??= Gpu.create(options).then(
     (g) => (sharedGpu = g),

@@ -1,4 +1,15 @@
-import { type AdapterSource, getGpu, Gpu, GpuError, Params, requestAdapter } from "./gpu.ts";
+import {
+  type AdapterKind,
+  type AdapterSource,
+  getGpu,
+  Gpu,
+  GpuError,
+  KERNEL_KIND_ENV,
+  kernelKindFromEnv,
+  Params,
+  parseKernelKind,
+  requestAdapter,
+} from "./gpu.ts";
 import { roundF16 } from "@lvm/util";
 import { assertClose, assertEquals, assertRejects, assertThrows, randu } from "@lvm/util/testing";
 
@@ -280,5 +291,60 @@ Deno.test("Gpu: upload/read round trips", async (t) => {
       H.release();
       out.release();
     });
+  }
+});
+
+Deno.test("kernel kind: GpuOptions.kind, LVM_KERNEL_KIND, bad values", async (t) => {
+  const old = Deno.env.get(KERNEL_KIND_ENV);
+  const restore = () =>
+    old === undefined ? Deno.env.delete(KERNEL_KIND_ENV) : Deno.env.set(KERNEL_KIND_ENV, old);
+  try {
+    for (const kind of ["cpu", "gpu"] as const) {
+      await t.step(
+        `GpuOptions.kind "${kind}" wins over the adapter and the environment`,
+        async () => {
+          Deno.env.set(KERNEL_KIND_ENV, kind === "cpu" ? "gpu" : "cpu");
+          const g = await Gpu.create({ kind });
+          assertEquals(g.kind, kind);
+          assertEquals(g.describe().includes(`${kind} kernels`), true);
+          g.destroy();
+        },
+      );
+      await t.step(`LVM_KERNEL_KIND=${kind} forces it when no option is given`, async () => {
+        Deno.env.set(KERNEL_KIND_ENV, kind);
+        const g = await Gpu.create();
+        assertEquals(g.kind, kind);
+        g.destroy();
+      });
+    }
+    await t.step("unset: detected from the adapter", async () => {
+      Deno.env.delete(KERNEL_KIND_ENV);
+      assertEquals(kernelKindFromEnv(), undefined);
+      const g = await Gpu.create();
+      const soft = /llvmpipe|lavapipe|swiftshader|software/i.test(
+        `${g.info.description} ${g.info.device} ${g.info.architecture}`,
+      ) || g.info.isFallbackAdapter;
+      assertEquals(g.kind, soft ? "cpu" : "gpu");
+      g.destroy();
+    });
+    await t.step("a bad value is a TypeError naming the switch and the choices", async () => {
+      Deno.env.set(KERNEL_KIND_ENV, "fast");
+      await assertRejects(() => Gpu.create(), TypeError, `LVM_KERNEL_KIND must be "cpu"`);
+      Deno.env.delete(KERNEL_KIND_ENV);
+      await assertRejects(
+        () => Gpu.create({ kind: "tpu" as AdapterKind }),
+        TypeError,
+        'GpuOptions.kind must be "cpu"',
+      );
+      assertThrows(() => parseKernelKind("GPU", "x"), TypeError, 'got "GPU"');
+    });
+    await t.step("getGpu({ kind }) refuses a kind other than the live context's", async () => {
+      const g = await getGpu();
+      assertEquals(await getGpu({ kind: g.kind }), g);
+      const other = g.kind === "cpu" ? "gpu" : "cpu";
+      await assertRejects(() => getGpu({ kind: other }), GpuError, `already runs "${g.kind}"`);
+    });
+  } finally {
+    restore();
   }
 });

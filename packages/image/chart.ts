@@ -20,7 +20,7 @@
  * ```
  * @module
  */
-import { encodePng, savePng } from "./codec.ts";
+import { encodePng } from "./codec.ts";
 import { makeImage, type RgbImage } from "./image.ts";
 
 /** An RGB colour, each channel in [0, 1]. */
@@ -452,9 +452,4 @@ export function renderChart(o: ChartOptions): RgbImage {
 /** A chart as PNG bytes. */
 export async function chartPng(o: ChartOptions): Promise<Uint8Array> {
   return await encodePng(renderChart(o));
-}
-
-/** Draws a chart and writes it as a PNG, atomically (a reader never sees a partial file). */
-export async function saveChart(path: string, o: ChartOptions): Promise<void> {
-  await savePng(path, renderChart(o));
 }

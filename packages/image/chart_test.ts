@@ -11,10 +11,10 @@ import {
   linearTicks,
   logTicks,
   renderChart,
-  saveChart,
   textWidth,
 } from "./chart.ts";
-import { decodeImageBytes, loadImage } from "./codec.ts";
+import { saveChart } from "./fs.ts";
+import { decodeImageBytes, loadImage } from "./fs.ts";
 import type { RgbImage } from "./image.ts";
 
 function px(img: RgbImage, x: number, y: number): [number, number, number] {

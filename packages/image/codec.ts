@@ -1,6 +1,7 @@
 /**
- * Image files: decoding PNG, JPEG, GIF (all frames) and TIFF with imagescript (npm, WebAssembly;
- * run with -A), encoding PNG, and listing an image folder in natural order.
+ * Image formats without files: the declared size of PNG, JPEG, GIF and TIFF images read from their
+ * headers (checked against a pixel limit before anything is decoded), format sniffing, PNG
+ * encoding, and natural name order. Decoding and files are `@lvm/image/fs` (files.ts).
  *
  * Alpha is DROPPED, not composited: a pixel keeps the RGB stored in the file whatever its alpha,
  * which is what PIL's `convert("RGB")` (the official loader) does for PNG. For GIF, frames are
@@ -16,11 +17,9 @@
  * ("too large", naming the file, its size and the limit), never "corrupt".
  * @module
  */
-import { join } from "node:path";
 import { crc32 } from "@lvm/util";
-import { writeFileAtomic } from "@lvm/util/fs";
 import { checkImage } from "./_check.ts";
-import { fromUint8, ImageError, type RgbImage, toUint8 } from "./image.ts";
+import { ImageError, type RgbImage, toUint8 } from "./image.ts";
 
 /** File extensions (lower case, no dot) that {@link decodeImageBytes} can decode. */
 export const IMAGE_EXTENSIONS: readonly string[] = ["png", "jpg", "jpeg", "gif", "tif", "tiff"];
@@ -51,7 +50,10 @@ export function maxImagePixels(maxPixels?: number): number {
   if (v === undefined) {
     let env: string | undefined;
     try {
-      env = (globalThis as any).Deno?.env?.get(MAX_IMAGE_PIXELS_ENV);
+      const D = (globalThis as any).Deno;
+      // Read only when already allowed: never a permission prompt in the middle of a decode.
+      const st = D?.permissions?.querySync?.({ name: "env", variable: MAX_IMAGE_PIXELS_ENV });
+      if (st?.state === "granted") env = D.env.get(MAX_IMAGE_PIXELS_ENV);
     } catch { /* no env permission (or no Deno): the default */ }
     if (env === undefined || env.trim() === "") return DEFAULT_MAX_IMAGE_PIXELS;
     v = Number(env.trim().replace(/_/g, ""));
@@ -205,7 +207,13 @@ export function readImageHeader(bytes: Uint8Array): ImageHeader | null {
 }
 
 /** Throws {@link ImageTooLargeError} when the header of `bytes` declares more than the limit. */
-function checkDeclaredSize(bytes: Uint8Array, name: string, limit: number, firstOnly: boolean) {
+/** Throws {@link ImageTooLargeError} when the header of `bytes` declares more pixels than `limit`. */
+export function checkDeclaredSize(
+  bytes: Uint8Array,
+  name: string,
+  limit: number,
+  firstOnly: boolean,
+) {
   const h = readImageHeader(bytes);
   if (!h) return;
   if (h.width * h.height > limit) throw new ImageTooLargeError(name, h.width, h.height, limit);
@@ -240,122 +248,6 @@ export function sniffFormat(bytes: Uint8Array): string | null {
     b(8) === 0x57 && b(9) === 0x45 && b(10) === 0x42 && b(11) === 0x50
   ) return "webp";
   return null;
-}
-
-const SUPPORTED = new Set(["png", "jpeg", "gif", "tiff"]);
-
-// imagescript is imported on first decode, not at module load: it loads a native addon (needs -A),
-// and the pixel functions of this package must stay usable without permissions.
-let imagescript: Promise<typeof import("imagescript")> | null = null;
-function decoder(): Promise<typeof import("imagescript")> {
-  imagescript ??= import("imagescript");
-  return imagescript;
-}
-
-/** imagescript's RGBA bitmap (H, W, 4) to an RgbImage, alpha dropped. */
-function fromBitmap(bitmap: Uint8ClampedArray, width: number, height: number): RgbImage {
-  return fromUint8(bitmap, width, height, 4);
-}
-
-async function decodeAll(
-  bytes: Uint8Array,
-  name: string,
-  firstOnly: boolean,
-  opts: DecodeOptions = {},
-) {
-  const fmt = sniffFormat(bytes);
-  if (fmt === null) {
-    throw new ImageError(
-      name,
-      bytes.length === 0
-        ? "empty file, expected image data"
-        : "not a recognised image (expected PNG, JPEG, GIF or TIFF signature)",
-    );
-  }
-  if (!SUPPORTED.has(fmt)) {
-    throw new ImageError(
-      name,
-      `unsupported image format ${fmt.toUpperCase()} (decodable: PNG, JPEG, GIF, little-endian ` +
-        `TIFF); convert it first, e.g. ffmpeg -i in.${fmt} out.png`,
-    );
-  }
-  checkDeclaredSize(bytes, name, maxImagePixels(opts.maxPixels), firstOnly);
-  let decode: (typeof import("imagescript"))["decode"];
-  try {
-    ({ decode } = await decoder());
-  } catch (e) {
-    imagescript = null;
-    throw new ImageError(
-      name,
-      `cannot load the imagescript decoder (run deno with -A: it loads a native addon): ${
-        (e as Error)?.message ?? e
-      }`,
-      { cause: e },
-    );
-  }
-  let decoded: any;
-  try {
-    decoded = await decode(bytes, firstOnly);
-  } catch (e) {
-    throw new ImageError(
-      name,
-      `corrupt or unreadable ${fmt.toUpperCase()} data (${(e as Error)?.message ?? e})`,
-      { cause: e },
-    );
-  }
-  const frames: RgbImage[] = [];
-  if (fmt === "gif") {
-    for (const f of decoded as Iterable<any>) {
-      frames.push(fromBitmap(f.bitmap, f.width, f.height));
-      if (firstOnly) break;
-    }
-  } else {
-    frames.push(fromBitmap(decoded.bitmap, decoded.width, decoded.height));
-  }
-  if (frames.length === 0) throw new ImageError(name, `${fmt.toUpperCase()} holds no frames`);
-  return frames;
-}
-
-/**
- * Decodes image bytes: every frame of a GIF, one frame otherwise. `name` labels errors.
- * Throws {@link ImageError} on unsupported or corrupt data, {@link ImageTooLargeError} when the
- * header declares more pixels than the limit (see {@link DecodeOptions}).
- */
-export function decodeImageBytes(
-  bytes: Uint8Array,
-  name = "<bytes>",
-  opts?: DecodeOptions,
-): Promise<RgbImage[]> {
-  return decodeAll(bytes, name, false, opts);
-}
-
-async function readBytes(path: string): Promise<Uint8Array> {
-  try {
-    return await Deno.readFile(path);
-  } catch (e) {
-    if (e instanceof Deno.errors.NotFound) {
-      throw new ImageError(path, "file not found", { cause: e });
-    }
-    if (e instanceof Deno.errors.IsADirectory) {
-      throw new ImageError(path, "is a directory, expected an image file", { cause: e });
-    }
-    throw new ImageError(path, `cannot read file (${(e as Error)?.message ?? e})`, { cause: e });
-  }
-}
-
-/**
- * Loads an image file (PNG, JPEG, TIFF, or the first frame of a GIF) as planar float RGB in
- * [0,1]; alpha is dropped. Throws {@link ImageError} naming the file when it is missing,
- * unreadable, corrupt or of an unsupported format, {@link ImageTooLargeError} when it declares
- * more pixels than the limit (see {@link DecodeOptions}).
- */
-export async function loadImage(path: string, opts?: DecodeOptions): Promise<RgbImage> {
-  return (await decodeAll(await readBytes(path), path, true, opts))[0];
-}
-
-/** Loads every frame of a GIF (composited by imagescript), or the single image of other files. */
-export async function loadFrames(path: string, opts?: DecodeOptions): Promise<RgbImage[]> {
-  return decodeAll(await readBytes(path), path, false, opts);
 }
 
 // ---- PNG encoder: 8-bit RGB, zlib via CompressionStream, per-row filter chosen by min-sum-abs.
@@ -443,19 +335,6 @@ export async function encodePng(img: RgbImage): Promise<Uint8Array> {
 }
 
 /**
- * Writes an image as PNG atomically (temp file in the same folder, then rename): a reader never
- * sees a partial file. Values are clamped, *255 and truncated to uint8 (the official save path).
- */
-export async function savePng(path: string, img: RgbImage): Promise<void> {
-  const bytes = await encodePng(img);
-  try {
-    await writeFileAtomic(path, bytes);
-  } catch (e) {
-    throw new ImageError(path, `cannot write PNG (${(e as Error)?.message ?? e})`, { cause: e });
-  }
-}
-
-/**
  * Compares names in natural order: digit runs compare as numbers ("frame2" < "frame10"), the
  * rest by code point; ties broken by plain code-point order.
  */
@@ -475,29 +354,4 @@ export function naturalCompare(a: string, b: string): number {
   }
   if (ta.length !== tb.length) return ta.length - tb.length;
   return a < b ? -1 : a > b ? 1 : 0;
-}
-
-/**
- * The decodable image files directly in `dir` (extensions {@link IMAGE_EXTENSIONS}, any case;
- * not recursive), as `join(dir, name)` in natural order (frame2 before frame10).
- */
-export async function listImages(dir: string): Promise<string[]> {
-  const names: string[] = [];
-  try {
-    for await (const e of Deno.readDir(dir)) {
-      const dot = e.name.lastIndexOf(".");
-      if (dot <= 0 || !IMAGE_EXTENSIONS.includes(e.name.slice(dot + 1).toLowerCase())) continue;
-      if (
-        e.isFile || (e.isSymlink && (await Deno.stat(join(dir, e.name)).catch(() => null))?.isFile)
-      ) {
-        names.push(e.name);
-      }
-    }
-  } catch (e) {
-    if (e instanceof Deno.errors.NotFound) {
-      throw new ImageError(dir, "folder not found", { cause: e });
-    }
-    throw new ImageError(dir, `cannot list folder (${(e as Error)?.message ?? e})`, { cause: e });
-  }
-  return names.sort(naturalCompare).map((n) => join(dir, n));
 }

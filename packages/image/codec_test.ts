@@ -1,19 +1,15 @@
 import { assertClose, randint } from "@lvm/util/testing";
 import { join } from "node:path";
 import { crc32 } from "@lvm/util";
+import { decodeImageBytes, listImages, loadFrames, loadImage, savePng } from "./fs.ts";
 import {
-  decodeImageBytes,
   DEFAULT_MAX_IMAGE_PIXELS,
   encodePng,
   ImageTooLargeError,
-  listImages,
-  loadFrames,
-  loadImage,
   MAX_IMAGE_PIXELS_ENV,
   maxImagePixels,
   naturalCompare,
   readImageHeader,
-  savePng,
 } from "./codec.ts";
 import { fromUint8, ImageError, makeImage, toUint8 } from "./image.ts";
 

@@ -1,5 +1,5 @@
 import { assertClose, randint, randu } from "@lvm/util/testing";
-import { loadImage } from "./codec.ts";
+import { loadImage } from "./fs.ts";
 import { fromUint8, makeImage, toUint8 } from "./image.ts";
 import { resize, resizeUint8 } from "./resize.ts";
 

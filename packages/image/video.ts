@@ -5,6 +5,7 @@
  * A missing binary or an unreadable file is an {@link ImageError} that says what to do.
  * @module
  */
+import { pathKind } from "@lvm/util/fs";
 import { checkSize } from "./_check.ts";
 import { ImageTooLargeError, maxImagePixels } from "./codec.ts";
 import { ImageError, type RgbImage } from "./image.ts";
@@ -93,16 +94,15 @@ async function run(path: string, bin: string, args: string[]): Promise<RunResult
 }
 
 async function checkFile(path: string): Promise<void> {
-  let st: Deno.FileInfo;
+  let kind;
   try {
-    st = await Deno.stat(path);
+    kind = await pathKind(path);
   } catch (e) {
-    if (e instanceof Deno.errors.NotFound) {
-      throw new ImageError(path, "video file not found", { cause: e });
-    }
-    throw new ImageError(path, `cannot read file (${(e as Error)?.message ?? e})`, { cause: e });
+    const msg = (e as Error)?.message?.replace(`${path}: `, "") ?? e;
+    throw new ImageError(path, `cannot read file (${msg})`, { cause: e });
   }
-  if (!st.isFile) throw new ImageError(path, "not a regular file, expected a video file");
+  if (kind === null) throw new ImageError(path, "video file not found");
+  if (kind !== "file") throw new ImageError(path, "not a regular file, expected a video file");
 }
 
 const tail = (s: string) => s.trim().split("\n").slice(-4).join(" | ").slice(-600);
@@ -299,8 +299,21 @@ const ffmpegInterrupted = (st: Deno.CommandStatus) => st.signal !== null || st.c
 
 function rawArgs(path: string, scale: string): string[] {
   return [
-    "-hide_banner", "-nostdin", "-v", "error", "-i", path, "-map", "0:v:0",
-    "-vf", `scale=${scale}`, "-f", "rawvideo", "-pix_fmt", "rgb24", "-",
+    "-hide_banner",
+    "-nostdin",
+    "-v",
+    "error",
+    "-i",
+    path,
+    "-map",
+    "0:v:0",
+    "-vf",
+    `scale=${scale}`,
+    "-f",
+    "rawvideo",
+    "-pix_fmt",
+    "rgb24",
+    "-",
   ]; // deno-fmt-ignore
 }
 
@@ -359,7 +372,10 @@ export async function countVideoFrames(
     }
     const n = Math.floor(bytes / 12);
     if (n === 0) {
-      throw new ImageError(path, `undecodable video: ffmpeg decoded no frame (${lastLines(stderr)})`);
+      throw new ImageError(
+        path,
+        `undecodable video: ffmpeg decoded no frame (${lastLines(stderr)})`,
+      );
     }
     return n;
   } finally {
@@ -388,7 +404,10 @@ export class VideoFrameReader {
       this.#child?.kill("SIGKILL");
     } catch { /* already exited */ }
   };
-  constructor(readonly path: string, readonly opts: VideoReadOptions & { maxPixels?: number } = {}) {}
+  constructor(
+    readonly path: string,
+    readonly opts: VideoReadOptions & { maxPixels?: number } = {},
+  ) {}
 
   get #signal(): AbortSignal | undefined {
     return this.opts.signal;

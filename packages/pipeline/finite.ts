@@ -53,7 +53,9 @@ export async function assertFiniteScores(
     if (Number.isFinite(values[i])) continue;
     await assertFiniteWeights(model, where);
     throw new Error(
-      `${where}: the ${what} are not finite (${values[i]} at position ${i}) although the weights are`,
+      `${where}: the ${what} are not finite (${
+        values[i]
+      } at position ${i}) although the weights are`,
     );
   }
 }

@@ -190,7 +190,8 @@ export class LvmPipeline {
         maxContextImages: window,
         cpuSampling: options.cpuSampling,
         onToken: options.onToken &&
-          ((image, token) => options.onToken!({ image, token, done: image * T + token + 1, total })),
+          ((image, token) =>
+            options.onToken!({ image, token, done: image * T + token + 1, total })),
       });
     } finally {
       session.release();
@@ -304,9 +305,9 @@ export class LvmPipeline {
     const i = ids.findIndex((id) => !Number.isInteger(id) || id < 0 || id >= vocab);
     if (i >= 0) {
       throw new RangeError(
-        `token id ${ids[i]} (position ${i}) is outside the vocabulary of ${this.modelName}: expected 0..${
-          vocab - 1
-        }`,
+        `token id ${
+          ids[i]
+        } (position ${i}) is outside the vocabulary of ${this.modelName}: expected 0..${vocab - 1}`,
       );
     }
   }

@@ -17,7 +17,7 @@ export interface TokenDecoder {
 }
 
 /** Options of {@link generateTokens}. */
-export interface GenerateOptions {
+export interface GenerateTokensOptions {
   /**
    * Sample on the CPU even when the decoder can sample on the GPU (default false: the GPU path
    * whenever the decoder offers it and the options are greedy or have top-p off).
@@ -37,7 +37,7 @@ export async function generateTokens(
   maxNewTokens: number,
   sampler: Sampler,
   onToken?: (id: number, i: number) => void,
-  options: GenerateOptions = {},
+  options: GenerateTokensOptions = {},
 ): Promise<number[]> {
   if (!Number.isInteger(maxNewTokens) || maxNewTokens < 0) {
     throw new RangeError(`maxNewTokens must be a non-negative integer, found ${maxNewTokens}`);

@@ -5,15 +5,10 @@
  * PyTorch fixture model and on a random model with LVM's 8292-id vocabulary, including the case where
  * the image window slides; and the GPU path reads back far less often.
  */
-import { deepStrictEqual } from "node:assert/strict";
+import { assertEquals as deepStrictEqual } from "@lvm/util/testing";
 import { getGpu } from "@lvm/gpu";
-import {
-  DecodeSession,
-  type Llama,
-  Llama as LlamaModel,
-  loadLlama,
-  makeConfig,
-} from "@lvm/transformer";
+import { DecodeSession, type Llama, Llama as LlamaModel, makeConfig } from "@lvm/transformer";
+import { loadLlama } from "@lvm/transformer/fs";
 import { generateTokens } from "./generate.ts";
 import type { GpuTokenDecoder } from "./gpu.ts";
 import { generateImages, type ResettableDecoder } from "./images.ts";

@@ -1,4 +1,4 @@
-import { deepStrictEqual, rejects } from "node:assert/strict";
+import { assertEquals, assertRejects } from "@lvm/util/testing";
 import { generateTokens, perplexity, type TokenDecoder } from "./generate.ts";
 import { Sampler } from "./logits.ts";
 
@@ -22,16 +22,24 @@ Deno.test("generateTokens()", async (t) => {
     const { d, calls } = fake(10);
     const ids = await generateTokens(d, [3, 4], 7, new Sampler({ greedy: true, suppressFrom: 8 }));
     // 5,6,7 then 8 and 9 are suppressed (arg-max among 0..7 of a row with one spike above 7: id 0)
-    deepStrictEqual(ids, [5, 6, 7, 0, 1, 2, 3]);
-    deepStrictEqual([calls.prefill, calls.step], [1, 6]);
-    deepStrictEqual(calls.fed, [3, 4, 5, 6, 7, 0, 1, 2]);
+    assertEquals(ids, [5, 6, 7, 0, 1, 2, 3]);
+    assertEquals([calls.prefill, calls.step], [1, 6]);
+    assertEquals(calls.fed, [3, 4, 5, 6, 7, 0, 1, 2]);
   });
   await t.step("N = 0 runs nothing; bad arguments are errors", async () => {
     const { d, calls } = fake(4);
-    deepStrictEqual(await generateTokens(d, [1], 0, new Sampler({ greedy: true })), []);
-    deepStrictEqual(calls.prefill, 0);
-    await rejects(() => generateTokens(d, [], 2, new Sampler({ greedy: true })), /prompt/);
-    await rejects(() => generateTokens(d, [1], -1, new Sampler({ greedy: true })), /maxNewTokens/);
+    assertEquals(await generateTokens(d, [1], 0, new Sampler({ greedy: true })), []);
+    assertEquals(calls.prefill, 0);
+    await assertRejects(
+      () => generateTokens(d, [], 2, new Sampler({ greedy: true })),
+      Error,
+      "prompt",
+    );
+    await assertRejects(
+      () => generateTokens(d, [1], -1, new Sampler({ greedy: true })),
+      Error,
+      "maxNewTokens",
+    );
   });
 });
 

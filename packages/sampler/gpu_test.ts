@@ -1,10 +1,10 @@
+import { assertEquals } from "@lvm/util/testing";
 /**
  * The GPU path's wiring, with a fake GPU decoder that samples with the same CPU code: generateTokens
  * and generateImages take it when they may (and only then), draw one uniform per sampled token from
  * the Sampler's Rng in the CPU path's order, report every id, and choose the same ids as the CPU path.
  * (tests/../generate_gpu_test.ts checks the real GPU sampler on real models.)
  */
-import { deepStrictEqual } from "node:assert/strict";
 import { generateTokens } from "./generate.ts";
 import {
   asGpuDecoder,
@@ -13,7 +13,8 @@ import {
   type GpuTokenDecoder,
 } from "./gpu.ts";
 import { generateImages, type ResettableDecoder } from "./images.ts";
-import { Rng, Sampler, sampleTokenAt } from "./logits.ts";
+import { Sampler, sampleTokenAt } from "./logits.ts";
+import { Rng } from "@lvm/util";
 
 /** Logits that depend on the whole context (position-aware), random enough for sampling to matter. */
 class FakeGpuDecoder implements GpuTokenDecoder, ResettableDecoder {
@@ -74,16 +75,16 @@ Deno.test("generateTokens(): the GPU path", async (t) => {
           return { ids, seen, state: s.rng.state, calls: d.calls };
         };
         const gpu = await run(false), cpu = await run(true);
-        deepStrictEqual(gpu.ids, cpu.ids);
-        deepStrictEqual(gpu.seen, cpu.seen);
-        deepStrictEqual(gpu.state, cpu.state);
-        deepStrictEqual(gpu.calls, {
+        assertEquals(gpu.ids, cpu.ids);
+        assertEquals(gpu.seen, cpu.seen);
+        assertEquals(gpu.state, cpu.state);
+        assertEquals(gpu.calls, {
           prefill: 0,
           step: 0,
           append: 1,
           chains: [[10, false, o.greedy ? 0 : 10]],
         });
-        deepStrictEqual([cpu.calls.prefill, cpu.calls.step, cpu.calls.chains.length], [1, 9, 0]);
+        assertEquals([cpu.calls.prefill, cpu.calls.step, cpu.calls.chains.length], [1, 9, 0]);
         if (new Set(gpu.ids).size < 3) throw new Error(`ids too uniform to test: ${gpu.ids}`);
       },
     );
@@ -91,9 +92,9 @@ Deno.test("generateTokens(): the GPU path", async (t) => {
   await t.step("top-p < 1 samples on the CPU; a decoder without the methods too", async () => {
     const d = new FakeGpuDecoder(24);
     await generateTokens(d, [1], 4, new Sampler({ topP: 0.9 }, 1));
-    deepStrictEqual([d.calls.prefill, d.calls.step, d.calls.chains.length], [1, 3, 0]);
-    deepStrictEqual(asGpuDecoder({ prefill: d.prefill, step: d.step }), null);
-    deepStrictEqual(asGpuDecoder(d), d);
+    assertEquals([d.calls.prefill, d.calls.step, d.calls.chains.length], [1, 3, 0]);
+    assertEquals(asGpuDecoder({ prefill: d.prefill, step: d.step }), null);
+    assertEquals(asGpuDecoder(d), d);
   });
 });
 
@@ -113,15 +114,15 @@ Deno.test("generateImages(): the GPU path", async (t) => {
           return { imgs: imgs.map((x) => [...x]), seen, state: s.rng.state, calls: d.calls };
         };
         const gpu = await run(false), cpu = await run(true);
-        deepStrictEqual(gpu.imgs, cpu.imgs);
-        deepStrictEqual(gpu.seen, cpu.seen);
-        deepStrictEqual(gpu.state, cpu.state);
+        assertEquals(gpu.imgs, cpu.imgs);
+        assertEquals(gpu.seen, cpu.seen);
+        assertEquals(gpu.state, cpu.state);
         // One chain per image; the cache grows into the next image while the window has room.
         const grow = (k: number) => k + 1 < 4 && prompt.length + k + 1 <= window;
         const u = o.greedy ? 0 : T;
-        deepStrictEqual(gpu.calls.chains, [0, 1, 2, 3].map((k) => [T, grow(k), u]));
-        deepStrictEqual(gpu.calls.append, cpu.calls.prefill);
-        deepStrictEqual([gpu.calls.prefill, gpu.calls.step], [0, 0]);
+        assertEquals(gpu.calls.chains, [0, 1, 2, 3].map((k) => [T, grow(k), u]));
+        assertEquals(gpu.calls.append, cpu.calls.prefill);
+        assertEquals([gpu.calls.prefill, gpu.calls.step], [0, 0]);
       });
     }
   }

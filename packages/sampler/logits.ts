@@ -16,6 +16,7 @@
  * probability); a row with no logit above -inf gives id 0, as greedy does.
  * @module
  */
+import { Rng } from "@lvm/util";
 
 /** How to pick the next token. */
 export interface SamplingOptions {
@@ -33,31 +34,6 @@ export interface SamplingOptions {
 
 /** The HF/official default top-k. */
 export const DEFAULT_TOP_K = 50;
-
-/** A small seeded PRNG (mulberry32): floats in [0, 1), reproducible per seed. */
-export class Rng {
-  #a: number;
-  constructor(seed = 0) {
-    if (!Number.isFinite(seed)) throw new RangeError(`Rng seed must be a number, found ${seed}`);
-    this.#a = seed >>> 0;
-  }
-  /** The next float in [0, 1). */
-  next(): number {
-    this.#a = (this.#a + 0x6d2b79f5) >>> 0;
-    let t = this.#a;
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
-  }
-  /** The internal state, to resume the exact sequence later with {@link Rng.fromState}. */
-  get state(): number {
-    return this.#a;
-  }
-  /** An Rng continuing from a saved {@link state}. */
-  static fromState(state: number): Rng {
-    return new Rng(state);
-  }
-}
 
 /** Checks options, returning them with defaults filled in. */
 export function resolveOptions(o: SamplingOptions, vocab: number): Required<SamplingOptions> {
@@ -106,7 +82,7 @@ export function processLogits(logits: ArrayLike<number>, options: SamplingOption
     // always keeping the most likely one.
     const idx = [...Array(n).keys()].filter((i) => out[i] > -Infinity);
     idx.sort((a, b) => out[a] - out[b] || b - a);
-    const probs = softmax(idx.map((i) => out[i]));
+    const probs = softmaxF64(idx.map((i) => out[i]));
     let cum = 0;
     for (let j = 0; j < idx.length - 1; j++) {
       cum += probs[j];
@@ -116,8 +92,8 @@ export function processLogits(logits: ArrayLike<number>, options: SamplingOption
   return out;
 }
 
-/** Numerically stable softmax in f64. */
-export function softmax(x: ArrayLike<number>): Float64Array {
+/** Numerically stable softmax in f64 (the host-side distribution of the sampler; @lvm/kernels' `softmax` is the GPU op). */
+export function softmaxF64(x: ArrayLike<number>): Float64Array {
   let m = -Infinity;
   for (let i = 0; i < x.length; i++) if (x[i] > m) m = x[i];
   const p = new Float64Array(x.length);

@@ -9,7 +9,7 @@ if (new Uint8Array(new Uint16Array([1]).buffer)[0] !== 1) {
   throw new Error("@lvm/sentence: big-endian hosts are not supported (shards are little-endian)");
 }
 
-export { AtomicWriter, tempPath, writeFileAtomic } from "@lvm/util/fs";
+export { AtomicWriter, errorWithPath, tempPath, writeFileAtomic } from "@lvm/util/fs";
 import { crc32 } from "@lvm/util";
 export { crc32, hex32 } from "@lvm/util";
 

@@ -5,7 +5,8 @@
  * @module
  */
 
-import { ImageTooLargeError, loadImage } from "@lvm/image";
+import { ImageTooLargeError } from "@lvm/image";
+import { loadImage } from "@lvm/image/fs";
 import { renderVariant } from "./sources.ts";
 
 // deno-lint-ignore no-explicit-any

@@ -35,7 +35,15 @@
 
 import { join } from "node:path";
 import { isAbortError, throwIfAborted } from "./_abort.ts";
-import { crc32, crc32Range, CRC_READ_BYTES, hex32, sha256Hex, writeFileAtomic } from "./_fs.ts";
+import {
+  crc32,
+  crc32Range,
+  CRC_READ_BYTES,
+  errorWithPath,
+  hex32,
+  sha256Hex,
+  writeFileAtomic,
+} from "./_fs.ts";
 import { keyItem, partRange, type Plan, slicePlan } from "./builders.ts";
 import { type KindOptions, planKind } from "./kinds.ts";
 import { assembleSentence, makeLayout, type SentenceLayout, tokenDtype } from "./layout.ts";
@@ -44,8 +52,8 @@ import {
   DatasetError,
   type DatasetIndex,
   INDEX_FILE,
-  shardFileName,
   type ShardRecord,
+  tokenShardFileName,
   writeIndex,
   writeShard,
 } from "./shards.ts";
@@ -495,10 +503,14 @@ async function build(opts: BuildOptions, phase: { now: string }): Promise<BuildR
         }
         check(); // the chunk is discarded, not recorded: a resume encodes it again
         const bytes = new Uint8Array(buf.buffer);
-        await file.seek(a * imageBytes, Deno.SeekMode.Start);
-        let off = 0;
-        while (off < bytes.length) off += await file.write(bytes.subarray(off));
-        await file.syncData();
+        try {
+          await file.seek(a * imageBytes, Deno.SeekMode.Start);
+          let off = 0;
+          while (off < bytes.length) off += await file.write(bytes.subarray(off));
+          await file.syncData();
+        } catch (e) {
+          throw errorWithPath(codesPath, e, "cannot write the code cache");
+        }
         state.chunks.push({ images: b - a, crc32: hex32(crc32(bytes)) });
         pendingInChunk = 0;
         await saveState();
@@ -550,7 +562,7 @@ async function build(opts: BuildOptions, phase: { now: string }): Promise<BuildR
         }
         check(); // nothing of this shard is on disk yet
         const rec = await writeShard(
-          join(outDir, shardFileName(k)),
+          join(outDir, tokenShardFileName(k)),
           sentences,
           dtype,
           layout.vocabSize,

@@ -1,5 +1,6 @@
 import { join } from "node:path";
-import { decodeVideo, ffmpegAvailable, makeImage, savePng } from "@lvm/image";
+import { makeImage } from "@lvm/image";
+import { decodeVideo, ffmpegAvailable, savePng } from "@lvm/image/fs";
 import { buildDataset, type BuildOptions, type BuildProgress } from "./build.ts";
 import { keyItem } from "./builders.ts";
 import { crc32, crc32Range } from "./_fs.ts";
@@ -595,7 +596,10 @@ Deno.test("buildDataset()", async (t) => {
     const ix = await combineDatasets([out("part3"), out("part1"), out("part2")], out("combined"));
     eq(await readAll(out("combined")), whole, "parts 1..3 = the whole build, in order");
     eq(ix.counts.sentences, whole.length);
-    if (!ix.shards.every((s) => s.file.startsWith("../part"))) {
+    // Shards are referenced, not copied: each record names its part's folder (explicit in
+    // "datasets") and a bare file name inside it.
+    eq(ix.datasets, ["../part1", "../part2", "../part3"]);
+    if (!ix.shards.every((s) => s.dataset !== undefined && /^shard-\d+\.bin$/.test(s.file))) {
       throw new Error("shards are referenced, not copied");
     }
     let copied = 0;

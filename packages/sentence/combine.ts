@@ -4,7 +4,7 @@
  * @module
  */
 
-import { resolve } from "node:path";
+import { isAbsolute, relative, resolve } from "node:path";
 import {
   countShards,
   DatasetError,
@@ -12,7 +12,6 @@ import {
   INDEX_FILE,
   openDataset,
   prepareOutDir,
-  rebasePath,
   type SourceInfo,
   type TokenDataset,
   writeIndex,
@@ -22,10 +21,19 @@ import {
 export interface CombineOptions {
   /** Replace a dataset already in the output folder. */
   overwrite?: boolean;
+  /**
+   * Check every input shard's size, CRC-32 and ids before writing the index (default true), so a
+   * corrupt input is refused here, not found by training later.
+   */
+  verify?: boolean;
+  /** Stops the verification between pieces (an AbortError). */
+  signal?: AbortSignal;
 }
 
 /**
- * Writes `outDir/index.json` listing every shard of `dirs` (paths relative to `outDir`). The
+ * Writes `outDir/index.json` listing every shard of `dirs`: the folders the shards live in are
+ * listed in the index's `datasets` (relative to `outDir`), each record names its folder by
+ * position. Every input is verified first (see {@link CombineOptions.verify}). The
  * datasets must share the tokenizer, the dtype and the layout (images per sentence may differ:
  * the result is then variable). Parts of one build are ordered by part number and must all be
  * present, so combining parts 1..N gives the sentences of the unsplit build in the same order.
@@ -111,14 +119,27 @@ export async function combineDatasets(
       ordered.push(byPart.get(i)!);
     }
   }
+  if (opts.verify ?? true) {
+    for (const ds of ordered) await ds.verify({ signal: opts.signal });
+  }
   await prepareOutDir(outDir, opts.overwrite);
   const sizes = new Set(ordered.map((d) => d.layout.imagesPerSentence));
   const layout = {
     ...first.layout,
     imagesPerSentence: sizes.size === 1 ? first.layout.imagesPerSentence : 0,
   };
+  // The folders holding the shards, relative to outDir (absolute when on another drive).
+  const datasets: string[] = [];
+  const folderOf = (abs: string) => {
+    let rel = relative(resolve(outDir), abs).split("\\").join("/");
+    if (isAbsolute(rel)) rel = abs;
+    if (rel === "") rel = ".";
+    let k = datasets.indexOf(rel);
+    if (k < 0) k = datasets.push(rel) - 1;
+    return k;
+  };
   const shards = ordered.flatMap((ds) =>
-    ds.index.shards.map((r) => ({ ...r, file: rebasePath(r.file, ds.dir, outDir) }))
+    ds.index.shards.map((r, i) => ({ ...r, dataset: folderOf(resolve(ds.shardDir(i))) }))
   );
   const sources: SourceInfo[] = [];
   const srcSeen = new Set<string>();
@@ -137,12 +158,13 @@ export async function combineDatasets(
     tokenizer: first.tokenizer,
     provenance: {
       combined: ordered.map((ds) => ({
-        dir: rebasePath(".", ds.dir, outDir),
+        dir: relative(resolve(outDir), resolve(ds.dir)).split("\\").join("/") || ".",
         provenance: ds.index.provenance,
       })),
     },
     sources,
     counts: countShards(layout, shards),
+    datasets,
     shards,
   };
   await writeIndex(outDir, index);

@@ -9,6 +9,7 @@
  */
 
 import { basename, join } from "node:path";
+import { pathKind } from "@lvm/util/fs";
 import { AtomicWriter } from "./_fs.ts";
 import { makeLayout, type SentenceLayout, splitSentence, tokenDtype } from "./layout.ts";
 import {
@@ -18,8 +19,8 @@ import {
   imagesIn,
   openDataset,
   prepareOutDir,
-  shardFileName,
   type ShardRecord,
+  tokenShardFileName,
   writeIndex,
   writeShard,
 } from "./shards.ts";
@@ -42,6 +43,8 @@ export interface ImportOptions {
   resolution?: number;
   /** Replace a dataset already in `outDir`. */
   overwrite?: boolean;
+  /** Longest line accepted, in bytes (default {@link JSONL_MAX_LINE_BYTES}). */
+  maxLineBytes?: number;
 }
 
 const b64 = {
@@ -49,26 +52,75 @@ const b64 = {
   encode: (u: Uint8Array): string => (u as any).toBase64(),
 };
 
-/** Lines of a text file, streamed (with 1-based line numbers). */
-async function* readLines(file: string): AsyncGenerator<[string, number]> {
+/**
+ * Longest JSONL line {@link importJsonl} accepts unless told (64 MiB: a sentence of about 12
+ * million ids; the released LVM's sentences are tens of KB).
+ */
+export const JSONL_MAX_LINE_BYTES = 64 << 20;
+
+/**
+ * Lines of a text file, streamed, with 1-based line numbers, in time linear in the file size:
+ * each piece read is searched once for newlines and a line's pieces are joined once. A line
+ * longer than `maxLineBytes` is a DatasetError naming the file and the line (the file is not
+ * read further). The file must be a regular file (a FIFO or device is refused).
+ */
+export async function* readLines(
+  file: string,
+  maxLineBytes = JSONL_MAX_LINE_BYTES,
+): AsyncGenerator<[string, number]> {
+  const kind = await pathKind(file).catch((e) => {
+    throw new DatasetError(file, `cannot read: ${(e as Error).message.replace(`${file}: `, "")}`);
+  });
+  if (kind === null) throw new DatasetError(file, "not found");
+  if (kind !== "file") throw new DatasetError(file, "not a regular file, expected a JSONL file");
   let f: Deno.FsFile;
   try {
     f = await Deno.open(file);
   } catch (e) {
     if (e instanceof Deno.errors.NotFound) throw new DatasetError(file, "not found");
-    throw e;
+    throw new DatasetError(file, `cannot read: ${(e as Error).message}`);
   }
-  let rest = "";
-  let n = 0;
-  for await (const chunk of f.readable.pipeThrough(new TextDecoderStream())) {
-    rest += chunk;
-    let i: number;
-    while ((i = rest.indexOf("\n")) >= 0) {
-      yield [rest.slice(0, i), ++n];
-      rest = rest.slice(i + 1);
+  const dec = new TextDecoder();
+  const buf = new Uint8Array(1 << 20);
+  let parts: Uint8Array[] = [], partBytes = 0, n = 0;
+  const line = (tail: Uint8Array): string => {
+    if (!parts.length) return dec.decode(tail);
+    const all = new Uint8Array(partBytes + tail.length);
+    let o = 0;
+    for (const p of parts) [all.set(p, o), o += p.length];
+    all.set(tail, o);
+    parts = [];
+    partBytes = 0;
+    return dec.decode(all);
+  };
+  const tooLong = () =>
+    new DatasetError(
+      file,
+      `line ${n + 1}: longer than ${maxLineBytes} bytes (the limit on one JSONL line; is this ` +
+        "really one sentence per line?)",
+    );
+  try {
+    while (true) {
+      const r = await f.read(buf);
+      if (r === null) break;
+      const chunk = buf.subarray(0, r);
+      let start = 0, i: number;
+      while ((i = chunk.indexOf(10, start)) >= 0) {
+        if (partBytes + i - start > maxLineBytes) throw tooLong();
+        const text = line(chunk.subarray(start, i));
+        yield [text, ++n];
+        start = i + 1;
+      }
+      if (start < chunk.length) {
+        if (partBytes + chunk.length - start > maxLineBytes) throw tooLong();
+        parts.push(chunk.slice(start));
+        partBytes += chunk.length - start;
+      }
     }
+    if (partBytes) yield [line(new Uint8Array(0)), ++n];
+  } finally {
+    f.close();
   }
-  if (rest.length) yield [rest, ++n];
 }
 
 /** Decodes one JSONL line into its ids; throws DatasetError naming the file and line. */
@@ -181,11 +233,11 @@ export async function importJsonl(
   const lengths = new Set<number>();
   const flush = async () => {
     if (!pending.length) return;
-    const name = shardFileName(shards.length);
+    const name = tokenShardFileName(shards.length);
     shards.push(await writeShard(join(outDir, name), pending, dtype, layout.vocabSize));
     pending = [];
   };
-  for await (const [line, n] of readLines(file)) {
+  for await (const [line, n] of readLines(file, opts.maxLineBytes)) {
     if (line.trim() === "") continue;
     const ids = parseJsonlLine(line, file, n);
     for (let i = 0; i < ids.length; i++) {

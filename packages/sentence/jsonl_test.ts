@@ -1,5 +1,12 @@
 import { join } from "node:path";
-import { exportJsonl, formatJsonlLine, importJsonl, parseJsonlLine } from "./jsonl.ts";
+import {
+  exportJsonl,
+  formatJsonlLine,
+  importJsonl,
+  JSONL_MAX_LINE_BYTES,
+  parseJsonlLine,
+  readLines,
+} from "./jsonl.ts";
 import { DatasetError, openDataset } from "./shards.ts";
 import { rng } from "@lvm/util";
 
@@ -148,4 +155,78 @@ Deno.test("official JSONL", async (t) => {
   });
 
   await Deno.remove(dir, { recursive: true });
+});
+
+Deno.test("JSONL reader: linear in line length, bounded lines, regular files only", async (t) => {
+  const dir = await Deno.makeTempDir({ prefix: "jsonl_lines_" });
+  const collect = async (f: string, max?: number) => {
+    const out: string[] = [];
+    for await (const [l, n] of readLines(f, max)) {
+      if (n !== out.length + 1) throw new Error(`line number ${n}`);
+      out.push(l);
+    }
+    return out;
+  };
+  try {
+    await t.step(
+      "lines across read pieces (and UTF-8 split between them) come back whole",
+      async () => {
+        const r = rng(3);
+        const lines = Array.from(
+          { length: 300 },
+          (_, i) => "é€".repeat(Math.floor(r() * 8000)) + `#${i}` + "x".repeat(i % 10 ? 0 : 60_000),
+        );
+        const f = join(dir, "many.txt");
+        await Deno.writeTextFile(f, lines.join("\n"));
+        const got = await collect(f);
+        if (
+          got.length !== lines.length || got.some((l, i) => l !== lines[i])
+        ) {
+          throw new Error("lines differ");
+        }
+      },
+    );
+    await t.step("an 8 MB line is read in one linear pass (was quadratic)", async () => {
+      const f = join(dir, "long.txt");
+      const big = new Uint8Array(8 << 20).fill(0x61);
+      big[big.length - 1] = 10;
+      await Deno.writeFile(f, big);
+      let timer: ReturnType<typeof setTimeout> | undefined;
+      const guard = new Promise<never>((_, rej) => {
+        timer = setTimeout(() => rej(new Error("a long line still takes minutes")), 60_000);
+      });
+      const got = await Promise.race([collect(f), guard]).finally(() => clearTimeout(timer));
+      if (got.length !== 1 || got[0].length !== big.length - 1) throw new Error("long line");
+    });
+    await t.step("a line over the limit is a clear error naming the file and line", async () => {
+      const f = join(dir, "over.jsonl");
+      await Deno.writeTextFile(f, formatJsonlLine([1, 2]) + formatJsonlLine(new Int32Array(1000)));
+      for (const max of [100, 3000]) {
+        let msg = "";
+        try {
+          await importJsonl(f, join(dir, `out-${max}`), { maxLineBytes: max });
+        } catch (e) {
+          if (!(e instanceof DatasetError)) throw e;
+          msg = e.message;
+        }
+        if (!msg.startsWith(`${f}: line 2: longer than ${max} bytes`)) throw new Error(msg);
+      }
+      if (JSONL_MAX_LINE_BYTES !== 64 << 20) throw new Error("default limit");
+    });
+    await t.step("a FIFO or a folder is refused, not waited on", async () => {
+      const fifo = join(dir, "pipe.jsonl");
+      if (!(await new Deno.Command("mkfifo", { args: [fifo] }).output()).success) return;
+      for (const f of [fifo, dir]) {
+        let msg = "";
+        try {
+          await importJsonl(f, join(dir, "out-fifo"), { overwrite: true });
+        } catch (e) {
+          msg = (e as Error).message;
+        }
+        if (!msg.startsWith(`${f}: not a regular file`)) throw new Error(msg);
+      }
+    });
+  } finally {
+    await Deno.remove(dir, { recursive: true });
+  }
 });

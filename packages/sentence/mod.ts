@@ -5,9 +5,12 @@
  *   optional begin/separator/end ids from the reserved range; default none, as the released LVM).
  * - builders.ts: the sentence kinds as pure, seeded plans (sequence, pairs, colorization,
  *   inpainting, rotation, flip, invert, zoom, multitask, classes).
- * - sources.ts / kinds.ts: inputs (folders, videos via ffmpeg, GIFs) -> items -> plans.
+ * - sources.ts / kinds.ts: inputs (folders, videos, GIFs) -> items -> plans; which file is what,
+ *   folder scanning and ffmpeg decoding live in `@lvm/image` (media.ts, video.ts).
  * - build.ts: tokenizing in batches into token shards, resumable, `--part I/N`.
- * - shards.ts: the token-shard format (binary u16/i32 + JSON index), validated streaming reads.
+ * - shards.ts: the token-shard format (binary u16/i32 + JSON index, shard paths confined to the
+ *   dataset folder or an explicitly listed one), validated streaming reads, and
+ *   `TokenDataset.verify()` / `verifyDataset()`: every shard checked up front in bounded memory.
  * - jsonl.ts: the official JSONL format (base64 little-endian int32), both ways.
  * - combine.ts, stats.ts, loader.ts: combining parts, summaries, the training loader.
  *

@@ -7,17 +7,25 @@
  *                         < 65536) or i32; no header, so a shard is also a plain numpy array
  * ```
  * The index holds the layout, the token dtype, the tokenizer's identity, the sources, the counts
- * and, per shard, its file (relative to the index; a combined dataset points into its parts'
- * folders), sentences, tokens, bytes, CRC-32 and the sentence boundaries: `sentenceTokens` when
- * every sentence has the same length, else `offsets` (sentences + 1 token offsets).
+ * and, per shard, its file, sentences, tokens, bytes, CRC-32 and the sentence boundaries:
+ * `sentenceTokens` when every sentence has the same length, else `offsets` (sentences + 1 token
+ * offsets).
  *
- * Reads are validated: the index's fields, every shard's size (on open), its CRC-32 and its ids
- * (< vocabSize) when read. A shard is read whole (tens of MB), one at a time: datasets far larger
- * than memory stream shard by shard.
+ * Shard files are confined: a record's `file` is a relative path inside the dataset folder (no
+ * `..`, not absolute). A combined dataset (`--combine`) reads the shards of other datasets without
+ * copying them: their folders are listed explicitly in the index's `datasets` (relative to the
+ * index's folder, or absolute), and each record names the folder it lives in by `dataset` (its
+ * position in that list), its `file` confined to that folder.
+ *
+ * Reads are validated: the index's fields, every shard's size and that it is a regular file (on
+ * open), its CRC-32 and its ids (< vocabSize) when read; {@link TokenDataset.verify} checks every
+ * shard up front in bounded memory. A shard is read whole (tens of MB), one at a time: datasets
+ * far larger than memory stream shard by shard.
  * @module
  */
 
 import { isAbsolute, join, relative, resolve } from "node:path";
+import { pathKind } from "@lvm/util/fs";
 import { crc32, hex32, writeFileAtomic } from "./_fs.ts";
 import { type SentenceLayout, validateLayout } from "./layout.ts";
 
@@ -31,8 +39,10 @@ export function dtypeBytes(dtype: TokenDtype): number {
 
 /** Index entry of one shard file. */
 export interface ShardRecord {
-  /** Path relative to the index's folder. */
+  /** Path relative to its dataset folder (the index's, or `datasets[dataset]`), inside it. */
   file: string;
+  /** Combined datasets: the folder holding the file, as a position in the index's `datasets`. */
+  dataset?: number;
   sentences: number;
   tokens: number;
   bytes: number;
@@ -81,7 +91,22 @@ export interface DatasetIndex {
   provenance: Record<string, unknown>;
   sources: SourceInfo[];
   counts: DatasetCounts;
+  /**
+   * Combined datasets: the other dataset folders whose shards this index lists (relative to this
+   * folder, or absolute); a shard record's `dataset` is a position in this list.
+   */
+  datasets?: string[];
   shards: ShardRecord[];
+}
+
+/** Why `file` is not a path confined to a dataset folder, or null when it is. */
+export function unconfinedReason(file: string): string | null {
+  if (typeof file !== "string" || !file) return "is empty";
+  if (isAbsolute(file) || /^[\\/]|^[A-Za-z]:/.test(file)) return "is an absolute path";
+  const parts = file.split(/[\\/]/);
+  if (parts.includes("..")) return 'climbs out of the folder ("..")';
+  if (parts.some((p) => p === "")) return "has an empty path segment";
+  return null;
 }
 
 /** File name of the index inside a dataset folder. */
@@ -99,7 +124,7 @@ export class DatasetError extends Error {
 }
 
 /** Name of the i-th shard file. */
-export function shardFileName(i: number): string {
+export function tokenShardFileName(i: number): string {
   return `shard-${String(i).padStart(5, "0")}.bin`;
 }
 
@@ -224,11 +249,32 @@ export function validateIndex(raw: unknown, file: string): DatasetIndex {
     bad("tokenizer.id missing");
   }
   if (!Array.isArray(ix.shards)) bad("shards is not an array");
+  if (ix.datasets !== undefined) {
+    if (!Array.isArray(ix.datasets)) bad("datasets is not an array of folders");
+    ix.datasets!.forEach((d, i) => {
+      if (typeof d !== "string" || !d) bad(`datasets[${i}] is not a folder path`);
+    });
+  }
   const isCount = (v: unknown) => typeof v === "number" && Number.isInteger(v) && v >= 0;
   const tb = dtypeBytes(ix.dtype);
   ix.shards.forEach((r, i) => {
     const at = `shards[${i}]`;
     if (typeof r?.file !== "string" || !r.file) bad(`${at}.file missing`);
+    const why = unconfinedReason(r.file);
+    if (why) {
+      bad(
+        `${at}.file ${JSON.stringify(r.file)} ${why}: shard files must lie inside their dataset ` +
+          `folder (another dataset's shards are referenced through "datasets"; an index combined ` +
+          `by an older version: run \`train dataset --combine\` again)`,
+      );
+    }
+    if (r.dataset !== undefined) {
+      if (
+        !Number.isInteger(r.dataset) || !(r.dataset >= 0 && r.dataset < (ix.datasets?.length ?? 0))
+      ) {
+        bad(`${at}.dataset is ${r.dataset}, expected a position in "datasets"`);
+      }
+    }
     for (const k of ["sentences", "tokens", "bytes"] as const) {
       if (!isCount(r[k])) bad(`${at}.${k} is ${r[k]}, expected a count`);
     }
@@ -313,15 +359,23 @@ export class TokenDataset {
     const file = join(dir, INDEX_FILE);
     let text: string;
     try {
-      text = await Deno.readTextFile(file);
-    } catch (e) {
-      if (e instanceof Deno.errors.NotFound) {
+      const kind = await pathKind(file);
+      if (kind === null) {
         throw new DatasetError(
           file,
           "not found (is this a dataset folder written by `train dataset`?)",
         );
       }
-      throw e;
+      if (kind !== "file") {
+        throw new DatasetError(
+          file,
+          `not a regular file (a ${kind === "dir" ? "folder" : "FIFO, socket or device"})`,
+        );
+      }
+      text = await Deno.readTextFile(file);
+    } catch (e) {
+      if (e instanceof DatasetError) throw e;
+      throw new DatasetError(file, `cannot read: ${(e as Error).message.replace(`${file}: `, "")}`);
     }
     let raw: unknown;
     try {
@@ -336,15 +390,7 @@ export class TokenDataset {
     const ds = new TokenDataset(dir, index, opts.verify ?? true);
     for (let i = 0; i < index.shards.length; i++) {
       const path = ds.shardPath(i);
-      let size: number;
-      try {
-        size = (await Deno.stat(path)).size;
-      } catch (e) {
-        if (e instanceof Deno.errors.NotFound) {
-          throw new DatasetError(path, "shard file is missing");
-        }
-        throw e;
-      }
+      const size = (await shardStat(path)).size;
       if (size !== index.shards[i].bytes) {
         throw new DatasetError(
           path,
@@ -356,10 +402,70 @@ export class TokenDataset {
     return ds;
   }
 
-  /** Absolute-or-cwd-relative path of shard `i`. */
+  /** The folder holding shard `i`'s file: the dataset's, or the combined dataset it names. */
+  shardDir(i: number): string {
+    const k = this.index.shards[i].dataset;
+    if (k === undefined) return this.dir;
+    const d = this.index.datasets![k];
+    return isAbsolute(d) ? d : join(this.dir, d);
+  }
+
+  /** Absolute-or-cwd-relative path of shard `i` (always inside {@link shardDir}). */
   shardPath(i: number): string {
-    const f = this.index.shards[i].file;
-    return isAbsolute(f) ? f : join(this.dir, f);
+    return join(this.shardDir(i), this.index.shards[i].file);
+  }
+
+  /**
+   * Checks every shard before training: each is a regular file of the indexed size whose CRC-32
+   * matches the index and whose ids are all `< vocabSize`. Streams each file in pieces of
+   * `chunkBytes` (default 4 MiB), so memory stays bounded whatever the shard sizes; `signal` is
+   * checked per piece and `onShard` runs after each shard. Throws the first problem as a
+   * {@link DatasetError} naming the shard file; returns the shards and bytes checked.
+   */
+  async verify(opts: VerifyOptions = {}): Promise<{ shards: number; bytes: number }> {
+    const chunk = Math.max(4, (opts.chunkBytes ?? 4 << 20) & ~3);
+    const buf = new Uint8Array(chunk);
+    const tb = dtypeBytes(this.index.dtype), v = this.layout.vocabSize;
+    let total = 0;
+    for (let i = 0; i < this.shards; i++) {
+      const rec = this.index.shards[i], path = this.shardPath(i);
+      const f = await openShard(path, rec.bytes);
+      try {
+        let crc = 0, done = 0;
+        while (done < rec.bytes) {
+          if (opts.signal?.aborted) {
+            throw new DOMException(`interrupted while verifying ${path}`, "AbortError");
+          }
+          const want = buf.subarray(0, Math.min(chunk, rec.bytes - done));
+          await readFull(f, want, path, rec.bytes, done);
+          crc = crc32(want, crc);
+          const ids = tb === 2
+            ? new Uint16Array(want.buffer, 0, want.length >> 1)
+            : new Int32Array(want.buffer, 0, want.length >> 2);
+          for (let k = 0; k < ids.length; k++) {
+            const t = ids[k];
+            if (t >= v || t < 0) {
+              throw new DatasetError(
+                path,
+                `corrupt: token ${done / tb + k} is ${t}, expected an id in [0, ${v})`,
+              );
+            }
+          }
+          done += want.length;
+        }
+        if (hex32(crc) !== rec.crc32) {
+          throw new DatasetError(
+            path,
+            `corrupt: CRC-32 is ${hex32(crc)}, the index says ${rec.crc32}`,
+          );
+        }
+      } finally {
+        f.close();
+      }
+      total += rec.bytes;
+      opts.onShard?.(i, this.shards);
+    }
+    return { shards: this.shards, bytes: total };
   }
 
   /** Reads shard `i` whole, validating size, CRC-32 and ids. */
@@ -367,20 +473,12 @@ export class TokenDataset {
     const rec = this.index.shards[i];
     if (!rec) throw new RangeError(`readShard: shard ${i} out of range [0, ${this.shards})`);
     const path = this.shardPath(i);
-    let bytes: Uint8Array;
+    const f = await openShard(path, rec.bytes);
+    const bytes = new Uint8Array(rec.bytes);
     try {
-      bytes = await Deno.readFile(path);
-    } catch (e) {
-      if (e instanceof Deno.errors.NotFound) throw new DatasetError(path, "shard file is missing");
-      throw e;
-    }
-    if (bytes.length !== rec.bytes) {
-      throw new DatasetError(
-        path,
-        `${
-          bytes.length < rec.bytes ? "truncated" : "wrong size"
-        }: expected ${rec.bytes} bytes, found ${bytes.length}`,
-      );
+      await readFull(f, bytes, path, rec.bytes, 0);
+    } finally {
+      f.close();
     }
     if (this.#verify) {
       const c = hex32(crc32(bytes));
@@ -417,6 +515,100 @@ export class TokenDataset {
       }
     }
   }
+}
+
+/** Options of {@link TokenDataset.verify}. */
+export interface VerifyOptions {
+  /** Bytes read at a time (default 4 MiB): the memory verification uses. */
+  chunkBytes?: number;
+  /** Stops between pieces (an AbortError). */
+  signal?: AbortSignal;
+  /** Called after each shard with its index and the number of shards. */
+  onShard?: (i: number, shards: number) => void;
+}
+
+/** Stat of a shard file: must exist and be a regular file (a FIFO would block a read forever). */
+async function shardStat(path: string): Promise<Deno.FileInfo> {
+  let st: Deno.FileInfo;
+  try {
+    st = await Deno.stat(path);
+  } catch (e) {
+    if (e instanceof Deno.errors.NotFound) throw new DatasetError(path, "shard file is missing");
+    throw new DatasetError(path, `cannot read the shard file: ${(e as Error).message}`);
+  }
+  if (!st.isFile) {
+    throw new DatasetError(
+      path,
+      `not a regular file (a ${st.isDirectory ? "folder" : "FIFO, socket or device"}): ` +
+        "shard files must be regular files",
+    );
+  }
+  return st;
+}
+
+/** Opens a shard for reading after checking it is a regular file of `bytes` bytes. */
+async function openShard(path: string, bytes: number): Promise<Deno.FsFile> {
+  await shardStat(path); // before open(): opening a FIFO for reading blocks
+  let f: Deno.FsFile;
+  try {
+    f = await Deno.open(path, { read: true });
+  } catch (e) {
+    if (e instanceof Deno.errors.NotFound) throw new DatasetError(path, "shard file is missing");
+    throw new DatasetError(path, `cannot read the shard file: ${(e as Error).message}`);
+  }
+  try {
+    const st = await f.stat(); // the file actually opened (it may have been replaced)
+    if (!st.isFile) {
+      throw new DatasetError(path, "not a regular file: shards must be regular files");
+    }
+    if (st.size !== bytes) {
+      throw new DatasetError(
+        path,
+        `${
+          st.size < bytes ? "truncated" : "wrong size"
+        }: expected ${bytes} bytes, found ${st.size}`,
+      );
+    }
+  } catch (e) {
+    f.close();
+    throw e;
+  }
+  return f;
+}
+
+/** Fills `out` from `f`; a short file is a "truncated" DatasetError. */
+async function readFull(
+  f: Deno.FsFile,
+  out: Uint8Array,
+  path: string,
+  bytes: number,
+  at: number,
+): Promise<void> {
+  let have = 0;
+  while (have < out.length) {
+    const r = await f.read(out.subarray(have));
+    if (r === null) {
+      throw new DatasetError(
+        path,
+        `truncated: expected ${bytes} bytes, the file ends at ${at + have}`,
+      );
+    }
+    have += r;
+  }
+}
+
+/**
+ * Opens `dir` and checks every shard's size, CRC-32 and ids in bounded memory (see
+ * {@link TokenDataset.verify}): what a trainer calls before its first step, so a corrupt shard
+ * stops the run before it starts, not in the middle. Returns the opened dataset.
+ */
+export async function verifyDataset(
+  dir: string | TokenDataset,
+  opts: VerifyOptions = {},
+): Promise<TokenDataset> {
+  const ds = typeof dir === "string" ? await TokenDataset.open(dir) : dir;
+  await ds.verify(opts);
+  return ds;
 }
 
 /** Opens a dataset folder. See {@link TokenDataset}. */

@@ -16,7 +16,6 @@
 import { createHash } from "node:crypto";
 import { basename } from "node:path";
 import {
-  countVideoFrames,
   crop,
   flipH,
   flipV,
@@ -27,20 +26,23 @@ import {
   isGif,
   isImage,
   isVideo,
-  listFiles,
-  listImages,
-  listSubfolders,
-  loadFrames,
-  loadImage,
   naturalCompare,
   resize,
   type RgbImage,
   rotate90,
   toGray,
   VIDEO_EXTENSIONS,
+} from "@lvm/image";
+import {
+  countVideoFrames,
+  listFiles,
+  listImages,
+  listSubfolders,
+  loadFrames,
+  loadImage,
   VideoFrameReader,
   walkFolders,
-} from "@lvm/image";
+} from "@lvm/image/fs";
 import { itemSeed, keyItem, keyVariant, Variant } from "./builders.ts";
 import { throwIfAborted } from "./_abort.ts";
 import { randInt, rng } from "@lvm/util";
@@ -141,7 +143,7 @@ export async function digestInputs(
       return `${st.size} ${st.mtime?.getTime() ?? "-"}`;
     } catch (e) {
       if (e instanceof Deno.errors.NotFound) throw new InputError(path, "input file disappeared");
-      throw e;
+      throw new InputError(path, `cannot read the input: ${(e as Error).message}`);
     }
   };
   const conc = opts.concurrency ?? 32;
@@ -166,12 +168,13 @@ export async function digestInputs(
 /** File name without its last extension ("a/0001.depth.png" -> "0001.depth"). */
 export const stem = (p: string): string => basename(p).replace(/\.[^.]*$/, "");
 
+/** Stat of an input (following symlinks): missing is "input not found", a loop says so. */
 async function statOf(path: string): Promise<Deno.FileInfo> {
   try {
     return await Deno.stat(path);
   } catch (e) {
     if (e instanceof Deno.errors.NotFound) throw new InputError(path, "input not found");
-    throw e;
+    throw new InputError(path, `cannot read the input: ${(e as Error).message}`);
   }
 }
 
@@ -235,6 +238,7 @@ export async function scanSequences(
       }
       continue;
     }
+    if (!st.isDirectory) throw new InputError(input, "not a regular file or a folder (a FIFO?)");
     const before = sequences.length;
     for (const dir of await walk(input, signal)) {
       const frames = await stills(dir, signal);
@@ -278,6 +282,7 @@ export async function scanImages(
       add({ path: input, type: "file", files: [input], count: 1 });
       continue;
     }
+    if (!st.isDirectory) throw new InputError(input, "not a regular file or a folder (a FIFO?)");
     const before = items.length;
     for (const dir of await walk(input, signal)) {
       const files = await folderFiles(dir, signal);

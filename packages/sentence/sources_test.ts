@@ -1,6 +1,15 @@
 import { join } from "node:path";
-import { countVideoFrames, ffmpegAvailable, ImageError, lastLines } from "@lvm/image";
-import { ItemLoader, ItemTable, scanSequences } from "./sources.ts";
+import { encodePng, ImageError, ImageTooLargeError, makeImage } from "@lvm/image";
+import { countVideoFrames, ffmpegAvailable, lastLines } from "@lvm/image/fs";
+import { crc32 } from "@lvm/util";
+import {
+  InputError,
+  ItemLoader,
+  ItemTable,
+  RenderPool,
+  scanImages,
+  scanSequences,
+} from "./sources.ts";
 import { writeCorruptAvi } from "./testing.ts";
 
 const hasFfmpeg = await ffmpegAvailable();
@@ -132,4 +141,72 @@ Deno.test("an aborted signal kills ffmpeg while counting or decoding frames", as
       await loader.close();
     });
   });
+});
+
+Deno.test("hostile inputs: image bombs, symlink loops, FIFOs", async (t) => {
+  const dir = await Deno.makeTempDir({ prefix: "sources_hostile_" });
+  try {
+    await t.step(
+      "a PNG declaring 16000x16000 is 'too large' on the loader and the workers",
+      async () => {
+        const png = await encodePng(makeImage(4, 4));
+        const dv = new DataView(png.buffer);
+        dv.setUint32(16, 16000);
+        dv.setUint32(20, 16000);
+        dv.setUint32(29, crc32(png.subarray(12, 29)));
+        const bomb = join(dir, "bomb.png");
+        await Deno.writeFile(bomb, png);
+        const table = new ItemTable();
+        table.add({ path: dir, type: "folder", files: [bomb], count: 1 });
+        await throws(
+          () => new ItemLoader(table).load(0),
+          (e) => e instanceof ImageTooLargeError && e.message.includes(bomb) ? null : "loader",
+        );
+        const pool = new RenderPool(1);
+        try {
+          await throws(
+            () => pool.render(bomb, 0, { resolution: 8, seed: 0 }),
+            (e) =>
+              e instanceof ImageTooLargeError && e.width === 16000 &&
+                e.message.startsWith(`${bomb}: image too large: 16000x16000`)
+                ? null
+                : "pool",
+          );
+        } finally {
+          pool.close();
+        }
+      },
+    );
+    await t.step("a symlink loop is an error naming it, not skipped or 'not found'", async () => {
+      const d = join(dir, "loops");
+      await Deno.mkdir(d);
+      await Deno.writeFile(join(d, "ok.png"), await encodePng(makeImage(2, 2)));
+      await Deno.symlink(join(d, "b.png"), join(d, "a.png"));
+      await Deno.symlink(join(d, "a.png"), join(d, "b.png"));
+      const named = (e: unknown) =>
+        /a\.png|b\.png/.test(String((e as Error)?.message)) &&
+          /symbolic links/.test(String((e as Error)?.message))
+          ? null
+          : "expected the loop named";
+      await throws(() => scanImages([d]), named);
+      await throws(() => scanSequences([d]), named);
+      await throws(
+        () => scanImages([join(d, "a.png")]),
+        (e) =>
+          e instanceof InputError && !/not found/.test(e.message) && named(e) === null
+            ? null
+            : "input",
+      );
+    });
+    await t.step("an input that is a FIFO is refused", async () => {
+      const fifo = join(dir, "pipe.png");
+      if (!(await new Deno.Command("mkfifo", { args: [fifo] }).output()).success) return;
+      await throws(
+        () => scanImages([fifo]),
+        (e) => e instanceof InputError && /not a regular file/.test(e.message) ? null : "fifo",
+      );
+    });
+  } finally {
+    await Deno.remove(dir, { recursive: true });
+  }
 });

@@ -7,7 +7,13 @@
 import { join } from "node:path";
 import type { RgbImage } from "@lvm/image";
 import { makeLayout } from "./layout.ts";
-import { countShards, type DatasetIndex, shardFileName, writeIndex, writeShard } from "./shards.ts";
+import {
+  countShards,
+  type DatasetIndex,
+  tokenShardFileName,
+  writeIndex,
+  writeShard,
+} from "./shards.ts";
 import type { ImageTokenizer } from "./tokenizer.ts";
 
 /**
@@ -112,7 +118,7 @@ export interface TestInputs {
  * sizes so the squash-resize is exercised, and one GIF).
  */
 export async function writeTestInputs(root: string): Promise<TestInputs> {
-  const { savePng } = await import("@lvm/image");
+  const { savePng } = await import("@lvm/image/fs");
   const { GIF, Frame } = await import("imagescript");
   const j = (...p: string[]) => [root, ...p].join("/");
   const mk = (d: string) => Deno.mkdir(d, { recursive: true });
@@ -229,7 +235,7 @@ export async function writeTestDataset(
   for (let i = 0; i * perShard < sentences.length; i++) {
     shards.push(
       await writeShard(
-        join(dir, shardFileName(i)),
+        join(dir, tokenShardFileName(i)),
         sentences.slice(i * perShard, (i + 1) * perShard),
         dtype,
         vocabSize,

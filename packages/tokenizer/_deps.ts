@@ -1,5 +1,5 @@
 /**
- * What @lvm/tokenizer uses from @lvm/gpu, @lvm/kernels and @lvm/weights, in one place.
+ * What @lvm/tokenizer uses from @lvm/gpu and @lvm/kernels, in one place.
  * @module
  */
 export {
@@ -21,6 +21,3 @@ export {
   vqNearest,
 } from "@lvm/kernels";
 export { getGpu, type Gpu, Tensor } from "@lvm/gpu";
-export { SafetensorsFile, type TensorSource, TorchBinFile, writeSafetensors } from "@lvm/weights";
-
-export { writeFileAtomic } from "@lvm/util/fs";

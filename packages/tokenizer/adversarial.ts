@@ -27,7 +27,6 @@ import {
   type Tensor,
 } from "./_deps.ts";
 import type { TrainerExtension, TrainOptions } from "./train.ts";
-import { learningRate } from "./train.ts";
 
 /** Options of {@link PatchDiscriminator}. */
 export interface AdversarialOptions {
@@ -61,7 +60,7 @@ interface DCache {
   logits: Tensor;
 }
 
-/** The PatchGAN discriminator and its training, as a {@link VqganTrainer} extension. */
+/** The PatchGAN discriminator and its training, as an extension of the VQGAN's training. */
 export class PatchDiscriminator implements TrainerExtension {
   readonly layers: Layer[];
   /** AdamW first moments of D's parameters. */
@@ -75,7 +74,7 @@ export class PatchDiscriminator implements TrainerExtension {
   constructor(
     readonly gpu: Gpu,
     readonly options: AdversarialOptions,
-    readonly train: TrainOptions,
+    readonly train: Pick<TrainOptions, "beta1" | "beta2">,
   ) {
     const C = options.channels ?? 64;
     const shapes: [string, number[], Conv2dOptions][] = [
@@ -167,19 +166,22 @@ export class PatchDiscriminator implements TrainerExtension {
     return dx;
   }
 
-  /** D's hinge-loss step on the real batch and the (detached) reconstruction. */
-  afterStep(x: Tensor, recon: Tensor, step: number): void {
+  /**
+   * D's hinge-loss step on the real batch and the (detached) reconstruction, at the generator's
+   * learning rate `lr` of this step.
+   */
+  afterStep(x: Tensor, recon: Tensor, step: number, lr: number): void {
     if (step < this.options.start) return;
     const g = this.gpu;
     const real = this.forward(x), fake = this.forward(recon);
     const n = real.logits.size;
     const s = f32Literal(1 / n);
     // loss = mean(relu(1 - real)) + mean(relu(1 + fake))
-    const lr = map(g, "max(1.0 - a, 0.0)", [real.logits]),
-      lf = map(g, "max(1.0 + a, 0.0)", [fake.logits]);
-    const mr = mean(g, lr, { axis: "all" }), mf = mean(g, lf, { axis: "all" });
+    const hr = map(g, "max(1.0 - a, 0.0)", [real.logits]),
+      hf = map(g, "max(1.0 + a, 0.0)", [fake.logits]);
+    const mr = mean(g, hr, { axis: "all" }), mf = mean(g, hf, { axis: "all" });
     map(g, "a + b", [mr, mf], this.#lossD);
-    for (const t of [lr, lf, mr, mf]) t.release();
+    for (const t of [hr, hf, mr, mf]) t.release();
     const dReal = map(g, `select(0.0, -${s}, a < 1.0)`, [real.logits]);
     const dFake = map(g, `select(0.0, ${s}, a > -1.0)`, [fake.logits]);
     const gr = this.backward(real, dReal, false), gf = this.backward(fake, dFake, false);
@@ -189,7 +191,7 @@ export class PatchDiscriminator implements TrainerExtension {
       for (const [k, p] of [[`${l.name}.weight`, l.w], [`${l.name}.bias`, l.b]] as const) {
         const grad = map(g, "a + b", [gr.grads.get(k)!, gf.grads.get(k)!]);
         adamw(g, { param: p, grad, m: this.m.get(k)!, v: this.v.get(k)! }, {
-          lr: learningRate(o, step),
+          lr,
           step: this.#dStep,
           beta1: o.beta1,
           beta2: o.beta2,

@@ -51,7 +51,7 @@ export const GROUPS = 32;
 export const NORM_EPS = 1e-6;
 
 /** The named presets: `lvm` is the released tokenizer; the others train on a CPU. */
-export const PRESETS: Readonly<Record<string, Readonly<VqganConfig>>> = Object.freeze({
+export const VQGAN_PRESETS: Readonly<Record<string, Readonly<VqganConfig>>> = Object.freeze({
   /** The LVM / aMUSEd-256 VQGAN: 256x256 -> 16x16 = 256 tokens, 8192 codes, 146,244,675 params. */
   lvm: preset({
     resolution: 256,
@@ -90,7 +90,7 @@ export const PRESETS: Readonly<Record<string, Readonly<VqganConfig>>> = Object.f
 
 function preset(p: Partial<VqganConfig>): Readonly<VqganConfig> {
   return Object.freeze(
-    validateConfig({
+    validateVqganConfig({
       resolution: 256,
       numChannels: 3,
       hiddenChannels: 128,
@@ -111,10 +111,12 @@ function preset(p: Partial<VqganConfig>): Readonly<VqganConfig> {
 
 /** A preset by name; the error lists the names. */
 export function presetConfig(name: string): VqganConfig {
-  const p = PRESETS[name];
+  const p = VQGAN_PRESETS[name];
   if (!p) {
     throw new VqganConfigError(
-      `unknown tokenizer preset "${name}": expected one of ${Object.keys(PRESETS).join(", ")}`,
+      `unknown tokenizer preset "${name}": expected one of ${
+        Object.keys(VQGAN_PRESETS).join(", ")
+      }`,
     );
   }
   return structuredClone(p) as VqganConfig;
@@ -130,7 +132,7 @@ function int(where: string, field: string, v: unknown, min = 1): number {
 }
 
 /** Checks a config; returns it. Throws {@link VqganConfigError} naming the field. */
-export function validateConfig(c: VqganConfig, where = "config"): VqganConfig {
+export function validateVqganConfig(c: VqganConfig, where = "config"): VqganConfig {
   int(where, "resolution", c.resolution);
   if (int(where, "num_channels", c.numChannels) !== 3) {
     throw new VqganConfigError(`${where}: "num_channels" must be 3 (RGB), found ${c.numChannels}`);
@@ -259,7 +261,7 @@ export function parseConfig(
   const c = {} as Record<string, unknown>;
   for (const [k, f] of FIELDS) c[f] = o[k] === undefined ? structuredClone(DEFAULTS[k]) : o[k];
   if (resolution !== undefined) c.resolution = resolution;
-  return validateConfig(c as unknown as VqganConfig, where);
+  return validateVqganConfig(c as unknown as VqganConfig, where);
 }
 
 function fromDiffusers(
@@ -314,7 +316,7 @@ function fromDiffusers(
     resampleWithConv: true,
     commitmentCost: 0.25,
   };
-  return validateConfig(c, where);
+  return validateVqganConfig(c, where);
 }
 
 /** The open-muse config.json object of a config (what our training writes). */
@@ -349,7 +351,7 @@ export function geometry(c: VqganConfig): VqganGeometry {
 }
 
 /** One parameter: open-muse name and shape. */
-export interface ParamSpec {
+export interface VqganParamSpec {
   name: string;
   shape: number[];
 }
@@ -405,8 +407,8 @@ export function layout(c: VqganConfig): VqganLayout {
 }
 
 /** Every parameter (open-muse names, shapes), in the order of open-muse's `state_dict()`. */
-export function paramSpecs(c: VqganConfig): ParamSpec[] {
-  const out: ParamSpec[] = [];
+export function vqganParamSpecs(c: VqganConfig): VqganParamSpec[] {
+  const out: VqganParamSpec[] = [];
   const conv = (name: string, cout: number, cin: number, k: number) => {
     out.push({ name: `${name}.weight`, shape: [cout, cin, k, k] }, {
       name: `${name}.bias`,
@@ -456,6 +458,6 @@ export function paramSpecs(c: VqganConfig): ParamSpec[] {
 }
 
 /** Number of parameters of a config (146,244,675 for `lvm`). */
-export function paramCount(c: VqganConfig): number {
-  return paramSpecs(c).reduce((s, p) => s + p.shape.reduce((a, b) => a * b, 1), 0);
+export function vqganParamCount(c: VqganConfig): number {
+  return vqganParamSpecs(c).reduce((s, p) => s + p.shape.reduce((a, b) => a * b, 1), 0);
 }

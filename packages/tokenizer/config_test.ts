@@ -1,13 +1,13 @@
-import { deepStrictEqual, equal, throws } from "node:assert/strict";
+import { assertEquals, assertThrows } from "@lvm/util/testing";
 import {
   configToJson,
   geometry,
-  paramCount,
-  paramSpecs,
   parseConfig,
   presetConfig,
-  PRESETS,
+  VQGAN_PRESETS,
   VqganConfigError,
+  vqganParamCount,
+  vqganParamSpecs,
 } from "./config.ts";
 import { detectNaming, toDiffusersName } from "./weights.ts";
 
@@ -31,22 +31,22 @@ const LVM_JSON = {
 
 Deno.test("paramCount()", async (t) => {
   await t.step("lvm preset has the released 146,244,675 parameters", () => {
-    equal(paramCount(presetConfig("lvm")), 146_244_675);
+    assertEquals(vqganParamCount(presetConfig("lvm")), 146_244_675);
   });
   await t.step("encoder 58.7M / decoder 87.0M split of the reference", () => {
-    const specs = paramSpecs(presetConfig("lvm"));
+    const specs = vqganParamSpecs(presetConfig("lvm"));
     const n = (p: string) =>
       specs.filter((s) => s.name.startsWith(p)).reduce(
         (a, s) => a + s.shape.reduce((x, y) => x * y, 1),
         0,
       );
-    equal(Math.round(n("encoder.") / 1e5) / 10, 58.7);
-    equal(Math.round(n("decoder.") / 1e5) / 10, 87.0);
+    assertEquals(Math.round(n("encoder.") / 1e5) / 10, 58.7);
+    assertEquals(Math.round(n("decoder.") / 1e5) / 10, 87.0);
   });
   await t.step("every preset validates; grids as documented", () => {
-    deepStrictEqual(
+    assertEquals(
       Object.fromEntries(
-        Object.keys(PRESETS).map((k) => [k, geometry(presetConfig(k)).tokensPerImage]),
+        Object.keys(VQGAN_PRESETS).map((k) => [k, geometry(presetConfig(k)).tokensPerImage]),
       ),
       { lvm: 256, tiny: 64, small: 64 },
     );
@@ -55,7 +55,7 @@ Deno.test("paramCount()", async (t) => {
 
 Deno.test("paramSpecs()", async (t) => {
   await t.step("open-muse names, decoder up.4 runs first and has no upsample at up.0", () => {
-    const names = new Set(paramSpecs(presetConfig("lvm")).map((s) => s.name));
+    const names = new Set(vqganParamSpecs(presetConfig("lvm")).map((s) => s.name));
     for (
       const n of [
         "encoder.down.4.block.1.conv2.weight",
@@ -66,43 +66,56 @@ Deno.test("paramSpecs()", async (t) => {
         "decoder.up.0.block.0.nin_shortcut.weight",
         "quantize.embedding.weight",
       ]
-    ) equal(names.has(n), true, n);
-    equal(names.has("encoder.down.4.downsample.conv.weight"), false);
-    equal(names.has("decoder.up.0.upsample.conv.weight"), false);
-    equal(names.has("encoder.down.0.block.0.nin_shortcut.weight"), false);
+    ) assertEquals(names.has(n), true, n);
+    assertEquals(names.has("encoder.down.4.downsample.conv.weight"), false);
+    assertEquals(names.has("decoder.up.0.upsample.conv.weight"), false);
+    assertEquals(names.has("encoder.down.0.block.0.nin_shortcut.weight"), false);
   });
   await t.step("shapes: conv [out,in,k,k], decoder level channels", () => {
-    const s = new Map(paramSpecs(presetConfig("lvm")).map((p) => [p.name, p.shape]));
-    deepStrictEqual(s.get("decoder.up.4.block.0.conv1.weight"), [768, 768, 3, 3]);
-    deepStrictEqual(s.get("decoder.up.3.block.0.conv1.weight"), [512, 768, 3, 3]);
-    deepStrictEqual(s.get("decoder.up.1.upsample.conv.weight"), [256, 256, 3, 3]);
-    deepStrictEqual(s.get("quant_conv.weight"), [64, 64, 1, 1]);
-    deepStrictEqual(s.get("decoder.conv_out.weight"), [3, 128, 3, 3]);
+    const s = new Map(vqganParamSpecs(presetConfig("lvm")).map((p) => [p.name, p.shape]));
+    assertEquals(s.get("decoder.up.4.block.0.conv1.weight"), [768, 768, 3, 3]);
+    assertEquals(s.get("decoder.up.3.block.0.conv1.weight"), [512, 768, 3, 3]);
+    assertEquals(s.get("decoder.up.1.upsample.conv.weight"), [256, 256, 3, 3]);
+    assertEquals(s.get("quant_conv.weight"), [64, 64, 1, 1]);
+    assertEquals(s.get("decoder.conv_out.weight"), [3, 128, 3, 3]);
   });
 });
 
 Deno.test("parseConfig()", async (t) => {
   await t.step("the released config.json", () => {
     const c = parseConfig(LVM_JSON);
-    deepStrictEqual(c, presetConfig("lvm"));
-    deepStrictEqual(configToJson(c), LVM_JSON);
+    assertEquals(c, presetConfig("lvm"));
+    assertEquals(configToJson(c), LVM_JSON);
   });
   await t.step("rejects attention, pooling resamplers, decoder overrides, bad channels", () => {
-    throws(
+    assertThrows(
       () => parseConfig({ ...LVM_JSON, attn_resolutions: [16] }),
-      /attn_resolutions.*not supported/,
+      Error,
+      "attn_resolutions",
     );
-    throws(() => parseConfig({ ...LVM_JSON, no_attn_mid_block: false }), /no_attn_mid_block/);
-    throws(() => parseConfig({ ...LVM_JSON, resample_with_conv: false }), /resample_with_conv/);
-    throws(() => parseConfig({ ...LVM_JSON, decoder_res_blocks: 3 }), /decoder_res_blocks/);
-    throws(() => parseConfig({ ...LVM_JSON, hidden_channels: 48 }), /multiple of 32/);
-    throws(() => parseConfig({ ...LVM_JSON, resolution: 250 }), /multiple of 16/);
-    throws(() => parseConfig({ ...LVM_JSON, num_res_blocks: 0 }), /num_res_blocks.*>= 1/);
-    throws(() => parseConfig([1, 2]), VqganConfigError);
+    assertThrows(
+      () => parseConfig({ ...LVM_JSON, no_attn_mid_block: false }),
+      Error,
+      "no_attn_mid_block",
+    );
+    assertThrows(
+      () => parseConfig({ ...LVM_JSON, resample_with_conv: false }),
+      Error,
+      "resample_with_conv",
+    );
+    assertThrows(
+      () => parseConfig({ ...LVM_JSON, decoder_res_blocks: 3 }),
+      Error,
+      "decoder_res_blocks",
+    );
+    assertThrows(() => parseConfig({ ...LVM_JSON, hidden_channels: 48 }), Error, "multiple of 32");
+    assertThrows(() => parseConfig({ ...LVM_JSON, resolution: 250 }), Error, "multiple of 16");
+    assertThrows(() => parseConfig({ ...LVM_JSON, num_res_blocks: 0 }), Error, "num_res_blocks");
+    assertThrows(() => parseConfig([1, 2]), VqganConfigError);
   });
   await t.step("absent fields take open-muse's defaults (attention on: rejected)", () => {
     const { attn_resolutions: _, ...rest } = LVM_JSON;
-    throws(() => parseConfig(rest), /attn_resolutions/);
+    assertThrows(() => parseConfig(rest), Error, "attn_resolutions");
   });
   await t.step("a diffusers VQModel config (aMUSEd-256's)", () => {
     const c = parseConfig({
@@ -122,45 +135,49 @@ Deno.test("parseConfig()", async (t) => {
       sample_size: 32,
       vq_embed_dim: null,
     });
-    deepStrictEqual(c, presetConfig("lvm"));
-    throws(
+    assertEquals(c, presetConfig("lvm"));
+    assertThrows(
       () =>
         parseConfig({
           block_out_channels: [128, 256],
           layers_per_block: 2,
           mid_block_add_attention: true,
         }),
-      /mid_block_add_attention/,
+      Error,
+      "mid_block_add_attention",
     );
   });
   await t.step("unknown preset lists the names", () => {
-    throws(() => presetConfig("huge"), /lvm, tiny, small/);
+    assertThrows(() => presetConfig("huge"), Error, "lvm, tiny, small");
   });
 });
 
 Deno.test("toDiffusersName()", async (t) => {
   await t.step("maps as diffusers' convert_amused.py", () => {
     const m = (n: string) => toDiffusersName(n, 5);
-    equal(
+    assertEquals(
       m("encoder.down.1.block.0.nin_shortcut.weight"),
       "encoder.down_blocks.1.resnets.0.conv_shortcut.weight",
     );
-    equal(
+    assertEquals(
       m("encoder.down.3.downsample.conv.bias"),
       "encoder.down_blocks.3.downsamplers.0.conv.bias",
     );
-    equal(m("encoder.mid.block_2.conv1.weight"), "encoder.mid_block.resnets.1.conv1.weight");
-    equal(m("encoder.norm_out.weight"), "encoder.conv_norm_out.weight");
-    equal(m("decoder.up.0.block.2.conv2.bias"), "decoder.up_blocks.4.resnets.2.conv2.bias");
-    equal(m("decoder.up.4.upsample.conv.weight"), "decoder.up_blocks.0.upsamplers.0.conv.weight");
-    equal(m("decoder.conv_in.weight"), "decoder.conv_in.weight");
-    equal(m("quantize.embedding.weight"), "quantize.embedding.weight");
+    assertEquals(m("encoder.mid.block_2.conv1.weight"), "encoder.mid_block.resnets.1.conv1.weight");
+    assertEquals(m("encoder.norm_out.weight"), "encoder.conv_norm_out.weight");
+    assertEquals(m("decoder.up.0.block.2.conv2.bias"), "decoder.up_blocks.4.resnets.2.conv2.bias");
+    assertEquals(
+      m("decoder.up.4.upsample.conv.weight"),
+      "decoder.up_blocks.0.upsamplers.0.conv.weight",
+    );
+    assertEquals(m("decoder.conv_in.weight"), "decoder.conv_in.weight");
+    assertEquals(m("quantize.embedding.weight"), "quantize.embedding.weight");
   });
   await t.step("one-to-one over the lvm parameters; naming detected", () => {
-    const names = paramSpecs(presetConfig("lvm")).map((s) => s.name);
+    const names = vqganParamSpecs(presetConfig("lvm")).map((s) => s.name);
     const mapped = names.map((n) => toDiffusersName(n, 5));
-    equal(new Set(mapped).size, names.length);
-    equal(detectNaming(names), "open-muse");
-    equal(detectNaming(mapped), "diffusers");
+    assertEquals(new Set(mapped).size, names.length);
+    assertEquals(detectNaming(names), "open-muse");
+    assertEquals(detectNaming(mapped), "diffusers");
   });
 });

@@ -1,6 +1,6 @@
 /**
- * Training images for the tokenizer: sources (image files, GIFs, videos, frame folders) loaded once
- * at a reduced size, a seeded batch sampler with light augmentation, a held-out split by source, and
+ * Training images for the tokenizer: sources (image files, GIFs, videos, frame folders; loaded by
+ * `loadSources` of `@lvm/tokenizer/fs`) at a reduced size, a seeded batch sampler with light augmentation, a held-out split by source, and
  * the reconstruction PSNR evaluation.
  *
  * A source is what the held-out split keeps whole, so that near-identical frames never sit on both
@@ -10,25 +10,8 @@
  * `maxFrames` of its frames, evenly spaced (default {@link DEFAULT_MAX_FRAMES}; 0 keeps every frame).
  * @module
  */
-import { join } from "node:path";
-import {
-  crop,
-  decodeVideo,
-  flipH,
-  IMAGE_EXTENSIONS,
-  listImages,
-  loadFrames,
-  probeVideo,
-  resize,
-  type RgbImage,
-} from "@lvm/image";
-import type { Rng } from "./train.ts";
-
-/** Video file extensions read through ffmpeg. */
-export const VIDEO_EXTENSIONS: readonly string[] = ["avi", "mp4", "mkv", "mov", "webm"];
-
-/** Frames kept per GIF, video or frame folder unless {@link LoadSourcesOptions.maxFrames} says. */
-export const DEFAULT_MAX_FRAMES = 64;
+import { crop, flipH, resize, type RgbImage } from "@lvm/image";
+import type { Rng } from "@lvm/util";
 
 /** One source of training images (see the module doc). */
 export interface ImageSource {
@@ -36,26 +19,6 @@ export interface ImageSource {
   name: string;
   /** Its images, shorter side at most `maxSide` (aspect kept). */
   frames: RgbImage[];
-}
-
-/** Options of {@link loadSources}. */
-export interface LoadSourcesOptions {
-  /** Shorter side of the stored copies (default 128). */
-  maxSide?: number;
-  /** Frames per second sampled from videos (default 1). */
-  videoFps?: number;
-  /**
-   * Most frames kept per GIF, video or frame folder, evenly spaced (default
-   * {@link DEFAULT_MAX_FRAMES}; 0 keeps every frame). A GIF is decoded whole before the cap applies.
-   */
-  maxFrames?: number;
-  /** Called after each source (for progress). */
-  onSource?: (s: ImageSource) => void;
-}
-
-function ext(path: string): string {
-  const dot = path.lastIndexOf(".");
-  return dot < 0 ? "" : path.slice(dot + 1).toLowerCase();
 }
 
 /** Shrinks an image so its shorter side is at most `maxSide` (PIL bicubic); smaller ones are kept. */
@@ -71,76 +34,9 @@ export function shrink(img: RgbImage, maxSide: number): RgbImage {
 }
 
 /** At most n items of xs, evenly spaced (all of them when n is 0). */
-function spaced<T>(xs: T[], n: number): T[] {
+export function evenlySpaced<T>(xs: T[], n: number): T[] {
   if (n <= 0 || xs.length <= n) return xs;
   return Array.from({ length: n }, (_, i) => xs[Math.floor((i * xs.length) / n)]);
-}
-
-/**
- * Loads sources from paths: image files, GIFs (up to `maxFrames` frames), videos (`videoFps` frames
- * per second, needs ffmpeg; up to `maxFrames`), and folders (see the module doc). Errors name the path.
- */
-export async function loadSources(
-  paths: string[],
-  opts: LoadSourcesOptions = {},
-): Promise<ImageSource[]> {
-  const maxSide = opts.maxSide ?? 128, maxFrames = opts.maxFrames ?? DEFAULT_MAX_FRAMES;
-  if (!Number.isInteger(maxFrames) || maxFrames < 0) {
-    throw new RangeError(`loadSources: maxFrames must be an integer >= 0, got ${maxFrames}`);
-  }
-  const out: ImageSource[] = [];
-  const add = (s: ImageSource) => {
-    if (!s.frames.length) return;
-    out.push(s);
-    opts.onSource?.(s);
-  };
-  const file = async (path: string): Promise<RgbImage[]> => {
-    if (VIDEO_EXTENSIONS.includes(ext(path))) {
-      const info = await probeVideo(path);
-      const f = Math.min(1, maxSide / Math.min(info.width, info.height));
-      const frames = await decodeVideo(path, {
-        width: Math.max(1, Math.round(info.width * f)),
-        height: Math.max(1, Math.round(info.height * f)),
-        fps: opts.videoFps ?? 1,
-        resample: "ffmpeg",
-      });
-      return spaced(frames, maxFrames);
-    }
-    return spaced(await loadFrames(path), maxFrames).map((m) => shrink(m, maxSide));
-  };
-  for (const p of paths) {
-    let st: Deno.FileInfo;
-    try {
-      st = await Deno.stat(p);
-    } catch (e) {
-      throw new Error(`${p}: no such image, video or folder`, { cause: e });
-    }
-    if (st.isFile) {
-      add({ name: p, frames: await file(p) });
-      continue;
-    }
-    for (const f of await listImages(p)) add({ name: f, frames: await file(f) });
-    const videos: string[] = [], subdirs: string[] = [];
-    for await (const e of Deno.readDir(p)) {
-      if (e.isFile && VIDEO_EXTENSIONS.includes(ext(e.name))) videos.push(join(p, e.name));
-      if (e.isDirectory && !e.name.startsWith(".")) subdirs.push(join(p, e.name));
-    }
-    for (const v of videos.sort()) add({ name: v, frames: await file(v) });
-    for (const d of subdirs.sort()) {
-      const frames = spaced(await listImages(d), maxFrames);
-      const imgs: RgbImage[] = [];
-      for (const f of frames) imgs.push(...(await loadFrames(f)).map((m) => shrink(m, maxSide)));
-      add({ name: d, frames: imgs });
-    }
-  }
-  if (!out.length) {
-    throw new Error(
-      `no images found in ${paths.join(", ")} (expected ${
-        IMAGE_EXTENSIONS.join("/")
-      } files, videos or folders of them)`,
-    );
-  }
-  return out;
 }
 
 /** {@link holdOut} was asked to hold out every source, leaving none to train on. */
@@ -197,7 +93,7 @@ export function sampleBatch(sources: ImageSource[], B: number, R: number, rng: R
 
 /** The evaluation images of held-out sources: at most `perSource` frames each, evenly spaced. */
 export function evalImages(sources: ImageSource[], perSource = 4): RgbImage[] {
-  return sources.flatMap((s) => spaced(s.frames, perSource));
+  return sources.flatMap((s) => evenlySpaced(s.frames, perSource));
 }
 
 /** Reconstruction quality: mean of per-image PSNR (dB) and the overall MSE, on [0,1] pixels. */

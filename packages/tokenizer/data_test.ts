@@ -4,16 +4,11 @@
  */
 import { deepStrictEqual, equal, rejects, throws } from "node:assert/strict";
 import { join } from "node:path";
-import { loadFrames, makeImage, savePng } from "@lvm/image";
-import {
-  DEFAULT_MAX_FRAMES,
-  holdOut,
-  HoldOutError,
-  type ImageSource,
-  loadSources,
-  sampleBatch,
-} from "./data.ts";
-import { Rng } from "./train.ts";
+import { makeImage } from "@lvm/image";
+import { loadFrames, savePng } from "@lvm/image/fs";
+import { holdOut, HoldOutError, type ImageSource, sampleBatch } from "./data.ts";
+import { DEFAULT_MAX_FRAMES, loadSources } from "./sources.ts";
+import { Rng } from "@lvm/util";
 
 const GIF = new URL("../../tests/fixtures/image/anim_3f.gif", import.meta.url).pathname;
 

@@ -36,10 +36,10 @@ import {
   GROUPS,
   layout,
   NORM_EPS,
-  paramSpecs,
   type ResBlockSpec,
   type VqganConfig,
   type VqganGeometry,
+  vqganParamSpecs,
 } from "./config.ts";
 import type { VqganWeights } from "./weights.ts";
 
@@ -87,7 +87,7 @@ export class Vqgan {
   private constructor(
     readonly gpu: Gpu,
     readonly config: VqganConfig,
-    /** Parameters by open-muse name, shapes as {@link paramSpecs}. */
+    /** Parameters by open-muse name, shapes as {@link vqganParamSpecs}. */
     readonly params: Map<string, Tensor>,
   ) {
     this.geometry = geometry(config);
@@ -96,7 +96,7 @@ export class Vqgan {
   /** Uploads host weights (every parameter of the config, checked by size). */
   static fromWeights(gpu: Gpu, config: VqganConfig, weights: VqganWeights): Vqgan {
     const params = new Map<string, Tensor>();
-    for (const s of paramSpecs(config)) {
+    for (const s of vqganParamSpecs(config)) {
       const w = weights.get(s.name);
       const n = s.shape.reduce((a, b) => a * b, 1);
       if (!w || w.length !== n) {
@@ -372,7 +372,7 @@ export function checkBatchFits(
  * weights and biases U(-1/sqrt(fan_in), 1/sqrt(fan_in)) (kaiming_uniform with a = sqrt(5)),
  * GroupNorm weight 1 and bias 0, codebook U(-1/K, 1/K). Deterministic in `seed`.
  */
-export function initWeights(config: VqganConfig, seed = 0): VqganWeights {
+export function initVqganWeights(config: VqganConfig, seed = 0): VqganWeights {
   let s = seed >>> 0;
   const rnd = () => {
     s = (s + 0x6d2b79f5) >>> 0;
@@ -382,7 +382,7 @@ export function initWeights(config: VqganConfig, seed = 0): VqganWeights {
     return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
   };
   const out: VqganWeights = new Map();
-  const specs = paramSpecs(config);
+  const specs = vqganParamSpecs(config);
   const fanIn = new Map<string, number>();
   for (const sp of specs) {
     if (sp.shape.length === 4) {
@@ -404,3 +404,9 @@ export function initWeights(config: VqganConfig, seed = 0): VqganWeights {
   }
   return out;
 }
+
+/**
+ * @deprecated Use {@link initVqganWeights} (packages/pipeline, packages/train/vqgan*.ts and
+ * train_test.ts still do).
+ */
+export const initWeights = initVqganWeights;

@@ -6,18 +6,18 @@
  * (nin_shortcut blocks); and, for another nin_shortcut config, the forward against the CPU reference
  * and the gradients against finite differences of it.
  */
-import { deepStrictEqual, equal, match, ok, rejects } from "node:assert/strict";
 import { join } from "node:path";
-import { loadImage } from "@lvm/image";
+import { loadImage } from "@lvm/image/fs";
 import { getGpu, type Tensor } from "./_deps.ts";
-import { SafetensorsFile } from "@lvm/weights";
-import { assertClose, finiteDiff, randu } from "@lvm/util/testing";
-import { configToJson, paramSpecs, parseConfig, type VqganConfig } from "./config.ts";
-import { initWeights, Tape, Vqgan } from "./model.ts";
+import { SafetensorsFile } from "@lvm/weights/fs";
+import { assertClose, assertEquals, assertRejects, finiteDiff, randu } from "@lvm/util/testing";
+import { configToJson, parseConfig, type VqganConfig, vqganParamSpecs } from "./config.ts";
+import { initVqganWeights, Tape, Vqgan } from "./model.ts";
 import { VqganCpu } from "./_reference.ts";
-import { createTokenizer, loadTokenizer, TokenCountError } from "./tokenizer.ts";
+import { createTokenizer, TokenCountError } from "./tokenizer.ts";
+import { loadTokenizer, readTokenizerDir, saveTokenizer } from "./fs.ts";
 import { releaseLoss, vqganLossAndGrads } from "./train.ts";
-import { readTokenizerDir, saveTokenizer, type VqganWeights } from "./weights.ts";
+import type { VqganWeights } from "./weights.ts";
 
 const FIX = new URL("../../tests/fixtures/tokenizer/", import.meta.url).pathname;
 const ref = await SafetensorsFile.open(join(FIX, "reference.safetensors"));
@@ -40,9 +40,9 @@ Deno.test("VqganTokenizer fixtures()", async (t) => {
         join(FIX, sub),
         sub === "diffusers" ? { resolution: 16 } : {},
       );
-      equal(tok.tokensPerImage, T);
-      equal(tok.grid, 8);
-      equal(tok.codebookSize, 64);
+      assertEquals(tok.tokensPerImage, T);
+      assertEquals(tok.grid, 8);
+      assertEquals(tok.codebookSize, 64);
       const got = await tok.encode(asImages());
       assertClose(
         Float32Array.from([...got[0], ...got[1]]),
@@ -62,18 +62,18 @@ Deno.test("VqganTokenizer fixtures()", async (t) => {
     "diffusers/config.json is a diffusers VQModel config of the same model",
     async () => {
       const json = JSON.parse(await Deno.readTextFile(join(FIX, "diffusers", "config.json")));
-      equal(json._class_name, "VQModel");
-      equal("block_out_channels" in json && !("hidden_channels" in json), true);
+      assertEquals(json._class_name, "VQModel");
+      assertEquals("block_out_channels" in json && !("hidden_channels" in json), true);
       const om = parseConfig(JSON.parse(await Deno.readTextFile(join(FIX, "bin", "config.json"))));
-      deepStrictEqual(parseConfig(json, "diffusers", 16), om);
+      assertEquals(parseConfig(json, "diffusers", 16), om);
       // Without the resolution, 2^(levels-1) x 16 (what the LVM tokenizer's 5 levels give: 256).
-      deepStrictEqual(parseConfig(json), { ...om, resolution: 32 });
+      assertEquals(parseConfig(json), { ...om, resolution: 32 });
     },
   );
   await t.step(
     "one identity for the three files; the fixed image also loads from PNG",
     async () => {
-      equal(new Set(ids).size, 1);
+      assertEquals(new Set(ids).size, 1);
       const png = await loadImage(join(FIX, "image.png"));
       assertClose(png.data, images.slice(0, P), { atol: 0, rtol: 0 }, "image.png");
     },
@@ -86,28 +86,29 @@ Deno.test("VqganTokenizer fixtures()", async (t) => {
     const z = model.encode(x);
     assertClose(await gpu.readF32(z), await ref.readF32("z"), { atol: 1e-5, rtol: 1e-4 }, "z");
     // A margin this wide cannot be crossed by f32 rounding of the distances.
-    equal((await ref.readF32("margin"))[0] > 1e-3, true);
+    assertEquals((await ref.readF32("margin"))[0] > 1e-3, true);
     x.release();
     z.release();
     model.release();
   });
   await t.step("wrong token count names the grid; out-of-range ids rejected", async () => {
     const tok = await loadTokenizer(join(FIX, "openmuse"));
-    await rejects(() => tok.decode([new Int32Array(63)]), (e: Error) => {
-      equal(e instanceof TokenCountError, true);
-      match(e.message, /got 63 ids, expected 64 \(a 8x8 grid/);
-      return true;
-    });
-    await rejects(
+    await assertRejects(
+      () => tok.decode([new Int32Array(63)]),
+      TokenCountError,
+      "got 63 ids, expected 64 (a 8x8 grid",
+    );
+    await assertRejects(
       () => tok.decode([new Int32Array(64).fill(64)]),
-      /tokens\[0\] is 64, expected a code id in \[0, 64\)/,
+      Error,
+      "tokens[0] is 64, expected a code id in [0, 64)",
     );
     tok.release();
   });
   await t.step("images of other sizes are squash-resized to the resolution", async () => {
     const tok = await loadTokenizer(join(FIX, "openmuse"));
     const [a] = await tok.encode([{ width: 37, height: 23, data: randu(3 * 37 * 23, 3, 0, 1) }]);
-    equal(a.length, T);
+    assertEquals(a.length, T);
     tok.release();
   });
 });
@@ -129,7 +130,7 @@ Deno.test("vqganLossAndGrads() fixture", async (t) => {
   });
   await t.step("gradients match PyTorch's (straight-through, codebook, commitment)", async () => {
     const names = ref.names().filter((n) => n.startsWith("grad.")).map((n) => n.slice(5));
-    equal(names.length > 20, true);
+    assertEquals(names.length > 20, true);
     for (const n of names) {
       const want = await ref.readF32(`grad.${n}`);
       let scale = 0;
@@ -139,7 +140,7 @@ Deno.test("vqganLossAndGrads() fixture", async (t) => {
         rtol: 2e-3,
       }, `d${n}`);
     }
-    equal(r.grads.size, weights.size);
+    assertEquals(r.grads.size, weights.size);
   });
   releaseLoss(r);
   x.release();
@@ -156,20 +157,20 @@ Deno.test("levels3 fixture: 3 levels, channels changing in the encoder and the d
   const gpu = await getGpu();
   const { config } = await readTokenizerDir(join(L3, "bin"));
   await t.step("the config has nin_shortcut blocks in the encoder and the decoder", async () => {
-    const nin = paramSpecs(config).filter((s) => s.name.endsWith("nin_shortcut.weight"));
-    deepStrictEqual(nin.map((s) => [s.name, s.shape.join("x")]), [
+    const nin = vqganParamSpecs(config).filter((s) => s.name.endsWith("nin_shortcut.weight"));
+    assertEquals(nin.map((s) => [s.name, s.shape.join("x")]), [
       ["encoder.down.1.block.0.nin_shortcut.weight", "64x32x1x1"],
       ["encoder.down.2.block.0.nin_shortcut.weight", "32x64x1x1"],
       ["decoder.up.0.block.0.nin_shortcut.weight", "32x64x1x1"],
       ["decoder.up.1.block.0.nin_shortcut.weight", "64x32x1x1"],
     ]);
-    ok((await r3.readF32("margin"))[0] > 1e-3, "id margin wide enough for f32");
+    assertEquals((await r3.readF32("margin"))[0] > 1e-3, true, "id margin wide enough for f32");
   });
   const ids: string[] = [];
   for (const sub of ["bin", "diffusers"]) {
     await t.step(`${sub}: latents, ids and decoded pixels match PyTorch`, async () => {
       const tok = await loadTokenizer(join(L3, sub), sub === "diffusers" ? { resolution: 32 } : {});
-      deepStrictEqual([tok.grid, tok.tokensPerImage, tok.codebookSize], [8, T3, 32]);
+      assertEquals([tok.grid, tok.tokensPerImage, tok.codebookSize], [8, T3, 32]);
       const images = [0, 1].map((i) => ({
         width: 32,
         height: 32,
@@ -191,8 +192,8 @@ Deno.test("levels3 fixture: 3 levels, channels changing in the encoder and the d
     });
   }
   await t.step("one identity for the .bin and the diffusers safetensors", () => {
-    equal(ids.length, 2);
-    equal(ids[0], ids[1]);
+    assertEquals(ids.length, 2);
+    assertEquals(ids[0], ids[1]);
   });
   await t.step("training loss and gradients match PyTorch", async () => {
     const { weights } = await readTokenizerDir(join(L3, "bin"));
@@ -204,7 +205,7 @@ Deno.test("levels3 fixture: 3 levels, channels changing in the encoder and the d
     assertClose([rec[0], vq[0], vq[0]], loss.slice(1), { atol: 1e-6, rtol: 1e-4 }, "loss terms");
     assertClose(await gpu.read(r.ids), ids3, { atol: 0, rtol: 0 }, "ids");
     const names = r3.names().filter((n) => n.startsWith("grad.")).map((n) => n.slice(5));
-    equal(names.filter((n) => n.includes("nin_shortcut")).length, 6);
+    assertEquals(names.filter((n) => n.includes("nin_shortcut")).length, 6);
     for (const n of names) {
       const want = await r3.readF32(`grad.${n}`);
       let scale = 0;
@@ -236,7 +237,7 @@ const NIN: VqganConfig = parseConfig({
 
 Deno.test("Vqgan nin_shortcut config vs CPU reference()", async (t) => {
   const gpu = await getGpu();
-  const w = initWeights(NIN, 7);
+  const w = initVqganWeights(NIN, 7);
   // Non-trivial norms and a codebook spread like the latents.
   for (const [n, v] of w) {
     if (/norm|nin/.test(n)) {
@@ -343,7 +344,7 @@ Deno.test("saveTokenizer() round trip", async (t) => {
     await saveTokenizer(dir, config, weights);
     const a = await createTokenizer(config, weights);
     const b = await loadTokenizer(dir);
-    equal(b.id, a.id);
+    assertEquals(b.id, a.id);
     const [ia, ib] = [await a.encode(asImages()), await b.encode(asImages())];
     assertClose(
       Float32Array.from(ib.flat()),
@@ -358,17 +359,19 @@ Deno.test("saveTokenizer() round trip", async (t) => {
     const { config, weights } = await readTokenizerDir(join(FIX, "bin"));
     const bad: VqganConfig = { ...config, numEmbeddings: 32 };
     // Weights of 64 codes do not save, nor load, under a config of 32.
-    await rejects(
+    await assertRejects(
       () => saveTokenizer(join(dir, "bad"), bad, weights),
-      /quantize\.embedding\.weight needs 256 values for shape \[32,8\], found 512/,
+      Error,
+      "quantize.embedding.weight needs 256 values for shape [32,8], found 512",
     );
     await Deno.writeTextFile(join(dir, "config.json"), JSON.stringify(configToJson(bad)));
-    await rejects(
+    await assertRejects(
       () => loadTokenizer(dir),
-      /quantize\.embedding\.weight has shape \[64,8\], expected \[32,8\]/,
+      Error,
+      "quantize.embedding.weight has shape [64,8], expected [32,8]",
     );
     await Deno.remove(join(dir, "model.safetensors"));
-    await rejects(() => loadTokenizer(dir), /no weight file found/);
+    await assertRejects(() => loadTokenizer(dir), Error, "no weight file found");
   });
   await Deno.remove(dir, { recursive: true });
 });

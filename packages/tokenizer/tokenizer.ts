@@ -1,6 +1,7 @@
 /**
- * The tokenizer as a user sees it: `loadTokenizer(dir)` -> an object that encodes RGB images to code
- * ids and decodes ids back to images. It implements the `ImageTokenizer` interface of @lvm/sentence
+ * The tokenizer as a user sees it: `createTokenizer(config, weights)` (or `@lvm/tokenizer/fs`'s
+ * `loadTokenizer(dir)`) -> an object that encodes RGB images to code ids and decodes ids back to
+ * images. It implements the `ImageTokenizer` interface of @lvm/sentence
  * (id, resolution, tokensPerImage, codebookSize, encode).
  * @module
  */
@@ -8,19 +9,16 @@ import { makeImage, resize, type RgbImage } from "@lvm/image";
 import { getGpu, type Gpu } from "./_deps.ts";
 import type { VqganConfig } from "./config.ts";
 import { Vqgan } from "./model.ts";
-import {
-  readTokenizerDir,
-  type ReadTokenizerOptions,
-  tokenizerId,
-  type VqganWeights,
-} from "./weights.ts";
+import { tokenizerId, type VqganWeights } from "./weights.ts";
 
-/** Options of {@link loadTokenizer}. */
-export interface LoadTokenizerOptions extends ReadTokenizerOptions {
+/** Options of {@link createTokenizer}. */
+export interface CreateTokenizerOptions {
   /** The device context (default: the process's). */
   gpu?: Gpu;
   /** Images per GPU batch (default: as many as fit one storage binding, at most 16). */
   batchSize?: number;
+  /** The tokenizer's id when already known (default: {@link tokenizerId} of config and weights). */
+  id?: string;
 }
 
 /** A wrong token list given to {@link VqganTokenizer.decode}. */
@@ -134,37 +132,9 @@ export class VqganTokenizer {
 export async function createTokenizer(
   config: VqganConfig,
   weights: VqganWeights,
-  options: { gpu?: Gpu; batchSize?: number } = {},
+  options: CreateTokenizerOptions = {},
 ): Promise<VqganTokenizer> {
   const gpu = options.gpu ?? (await getGpu());
   const model = Vqgan.fromWeights(gpu, config, weights);
-  return new VqganTokenizer(model, tokenizerId(config, weights), options.batchSize);
-}
-
-/**
- * Loads a tokenizer directory: `config.json` (open-muse `VQGANModel` fields, or a diffusers `VQModel`
- * config) and the first weight file found of `model.safetensors`, `diffusion_pytorch_model.safetensors`,
- * `pytorch_model.bin`, `diffusion_pytorch_model.bin`; open-muse or diffusers key names (detected).
- *
- * @example
- * Runs as a doc test (`deno test --doc -A --unstable-webgpu packages/tokenizer/tokenizer.ts`) on this
- * repository's 16x16 PyTorch fixture; the LVM tokenizer's directory (config.json +
- * pytorch_model.bin) loads the same way and gives 256 ids (16x16) per 256x256 image.
- * ```ts
- * import { loadTokenizer } from "@lvm/tokenizer";
- * import { loadImage } from "@lvm/image";
- * const dir = new URL("../../tests/fixtures/tokenizer/", import.meta.url).pathname;
- * const tok = await loadTokenizer(`${dir}bin`);
- * const [ids] = await tok.encode([await loadImage(`${dir}image.png`)]); // Int32Array(64): 8x8 grid
- * const [img] = await tok.decode([ids]); // RgbImage, 16x16
- * if (ids.length !== tok.tokensPerImage || img.width !== tok.resolution) throw new Error("shape");
- * tok.release();
- * ```
- */
-export async function loadTokenizer(
-  dir: string,
-  options: LoadTokenizerOptions = {},
-): Promise<VqganTokenizer> {
-  const { config, weights } = await readTokenizerDir(dir, options);
-  return createTokenizer(config, weights, options);
+  return new VqganTokenizer(model, options.id ?? tokenizerId(config, weights), options.batchSize);
 }

@@ -1,30 +1,23 @@
 /**
- * Training: the loss goes down on a few steps, a resumed run equals an uninterrupted one bit for bit
- * (weights, AdamW moments, RNG, data order), dead codes are restarted from latents of the batch, a
- * fine-tuning trainer keeps its codebook, the schedule, and the batch-size check against the
- * adapter's storage-binding limit.
+ * What training needs from the VQGAN: the batch-size check against the adapter's storage-binding
+ * limit, and that no per-batch tensor of a training step exceeds its estimate. (The training loop's
+ * tests — loss falls, exact resume, dead-code restarts, fine-tuning — moved with the loop to
+ * @lvm/train's vqgan_test.ts.)
  */
-import { deepStrictEqual, equal, ok, throws } from "node:assert/strict";
+import { equal, ok, throws } from "node:assert/strict";
+import { Rng } from "@lvm/util";
 import { makeImage } from "@lvm/image";
-import { getGpu, nchwToRows } from "./_deps.ts";
-import { parseConfig, presetConfig, PRESETS, type VqganConfig } from "./config.ts";
+import { getGpu } from "./_deps.ts";
+import { parseConfig, presetConfig, VQGAN_PRESETS, type VqganConfig } from "./config.ts";
 import { type ImageSource, sampleBatch } from "./data.ts";
 import {
   activationBytesPerImage,
   checkBatchFits,
-  initWeights,
+  initVqganWeights,
   maxBatchFor,
   Vqgan,
 } from "./model.ts";
-import {
-  learningRate,
-  releaseLoss,
-  Rng,
-  TRAIN_DEFAULTS,
-  type TrainOptions,
-  vqganLossAndGrads,
-  VqganTrainer,
-} from "./train.ts";
+import { releaseLoss, vqganLossAndGrads } from "./train.ts";
 
 const CONFIG = parseConfig({
   resolution: 16,
@@ -37,14 +30,6 @@ const CONFIG = parseConfig({
   num_embeddings: 32,
   quantized_embed_dim: 8,
 });
-const OPTS: TrainOptions = {
-  ...TRAIN_DEFAULTS,
-  batchSize: 4,
-  lr: 3e-3,
-  warmup: 2,
-  steps: 40,
-  restartEvery: 3,
-};
 
 /** Smooth synthetic images (colour ramps and blobs), 24x20. */
 function sources(): ImageSource[] {
@@ -62,146 +47,6 @@ function sources(): ImageSource[] {
   });
 }
 
-async function trainer(
-  config = CONFIG,
-  batchSize = 4,
-  extra: Partial<TrainOptions> = {},
-  fineTune = false,
-): Promise<VqganTrainer> {
-  const gpu = await getGpu();
-  return new VqganTrainer(
-    Vqgan.fromWeights(gpu, config, initWeights(config, 3)),
-    { ...OPTS, batchSize, ...extra },
-    { fineTune },
-  );
-}
-
-async function steps(tr: VqganTrainer, n: number, src: ImageSource[]) {
-  const out = [];
-  const B = tr.options.batchSize;
-  for (let i = 0; i < n; i++) {
-    const x = tr.gpu.upload(sampleBatch(src, B, 16, tr.rng), [B, 3, 16, 16]);
-    out.push(await tr.trainStep(x));
-    x.release();
-  }
-  return out;
-}
-
-async function snapshot(tr: VqganTrainer): Promise<Float32Array[]> {
-  const names = [...tr.model.params.keys()];
-  return (await tr.gpu.readMany(
-    names.flatMap((n) => [tr.model.p(n), tr.m.get(n)!, tr.v.get(n)!]),
-  )) as Float32Array[];
-}
-
-Deno.test("VqganTrainer()", async (t) => {
-  const src = sources();
-  await t.step("a few steps lower the loss", async () => {
-    const tr = await trainer();
-    const s = await steps(tr, 12, src);
-    const first = (s[0].loss + s[1].loss) / 2, last = (s[10].loss + s[11].loss) / 2;
-    ok(last < 0.7 * first, `loss ${first} -> ${last}`);
-    ok(s[11].psnr > s[0].psnr + 2, `psnr ${s[0].psnr} -> ${s[11].psnr}`);
-    equal(s[0].restarted, CONFIG.numEmbeddings); // step 1 initialises the whole codebook
-    tr.release();
-    tr.model.release();
-  });
-  await t.step("resume from a checkpoint equals the uninterrupted run bit for bit", async () => {
-    const dir = await Deno.makeTempDir();
-    const a = await trainer(CONFIG, 2);
-    const sa = await steps(a, 5, src);
-    const b = await trainer(CONFIG, 2);
-    await steps(b, 3, src);
-    await b.save(dir, { note: "x" });
-    b.release();
-    b.model.release();
-    const c = await trainer(CONFIG, 2); // fresh weights: everything must come from the checkpoint
-    deepStrictEqual(await c.load(dir), { note: "x" });
-    equal(c.step, 3);
-    const sc = await steps(c, 2, src);
-    deepStrictEqual(sc.map((s) => s.loss), sa.slice(3).map((s) => s.loss));
-    equal(c.rng.state, a.rng.state);
-    const [pa, pc] = [await snapshot(a), await snapshot(c)];
-    pa.forEach((v, i) => deepStrictEqual(pc[i], v, `tensor ${i}`));
-    // Only the latest checkpoint is kept; latest.json points at it.
-    await c.save(dir);
-    const names = [...Deno.readDirSync(dir)].map((e) => e.name).sort();
-    deepStrictEqual(names, ["ckpt-0000005", "latest.json"]);
-    for (const tr of [a, c]) {
-      tr.release();
-      tr.model.release();
-    }
-    await Deno.remove(dir, { recursive: true });
-  });
-  await t.step("dead codes are re-initialised to latents of the batch", async () => {
-    const K = 512, E = CONFIG.quantizedEmbedDim; // more codes than one batch's 128 latents
-    const tr = await trainer({ ...CONFIG, numEmbeddings: K }, 2);
-    const gpu = tr.gpu;
-    await steps(tr, 2, src);
-    const before = (await gpu.readF32(tr.model.p("quantize.embedding.weight"))).slice();
-    const usedBefore = tr.usage.slice();
-    // Step 3 ends the window. Its batch, and the latents and codes the step will compute from it
-    // (the same kernels on the same weights: bit-identical).
-    const x = gpu.upload(sampleBatch(src, 2, 16, tr.rng), [2, 3, 16, 16]);
-    const z = tr.model.encode(x);
-    const zt = nchwToRows(gpu, z), idt = tr.model.codes(z);
-    const [zr, ids] = [await gpu.readF32(zt), (await gpu.read(idt)) as Int32Array];
-    for (const u of [z, zt, idt]) u.release();
-    const N = zr.length / E; // 128 latents
-    const s = await tr.trainStep(x);
-    x.release();
-    const used = new Set(ids);
-    const dead = [...Array(K).keys()].filter((k) => usedBefore[k] === 0 && !used.has(k));
-    ok(dead.length > N, `${dead.length} dead codes, more than the ${N} latents`);
-    equal(s.restarted, dead.length);
-    const after = await gpu.readF32(tr.model.p("quantize.embedding.weight"));
-    const row = (a: Float32Array, k: number) => Array.from(a.subarray(k * E, (k + 1) * E));
-    const latents = Array.from({ length: N }, (_, i) => row(zr, i));
-    let rms = 0;
-    for (const v of zr) rms += v * v;
-    rms = Math.sqrt(rms / zr.length);
-    const nearest = (r: number[]) =>
-      Math.min(...latents.map((l) => Math.max(...l.map((v, d) => Math.abs(v - r[d])))));
-    // The first N dead codes (in index order) take the N latents, each once, exactly; the rest take
-    // latents again plus noise of 0.01 x their RMS.
-    const exact = dead.slice(0, N).map((k) => row(after, k).join());
-    deepStrictEqual(exact.slice().sort(), latents.map((l) => l.join()).sort());
-    for (const k of dead.slice(N)) {
-      const d = nearest(row(after, k));
-      ok(d > 0 && d < 0.01 * rms * 6, `code ${k}: ${d} from the nearest latent (rms ${rms})`);
-    }
-    // Codes used in the window keep their (AdamW-updated) values: none became a latent copy.
-    const isLatent = new Set(latents.map((l) => l.join()));
-    for (let k = 0; k < K; k++) {
-      if (dead.includes(k)) continue;
-      ok(!isLatent.has(row(after, k).join()) || row(before, k).join() === row(after, k).join());
-    }
-    deepStrictEqual(Array.from(tr.usage), new Array(K).fill(0));
-    tr.release();
-    tr.model.release();
-  });
-  await t.step("a fine-tuning trainer keeps the codebook at step 1", async () => {
-    for (const fineTune of [false, true]) {
-      const tr = await trainer(CONFIG, 2, { lr: 0, restartEvery: 0 }, fineTune);
-      const cb0 = (await tr.gpu.readF32(tr.model.p("quantize.embedding.weight"))).slice();
-      const [s] = await steps(tr, 1, src);
-      const cb1 = await tr.gpu.readF32(tr.model.p("quantize.embedding.weight"));
-      equal(s.restarted, fineTune ? 0 : CONFIG.numEmbeddings);
-      equal(cb1.every((v, i) => v === cb0[i]), fineTune, `fineTune ${fineTune}`);
-      tr.release();
-      tr.model.release();
-    }
-  });
-});
-
-Deno.test("learningRate()", () => {
-  const o = { ...TRAIN_DEFAULTS, lr: 1, warmup: 10, steps: 110 };
-  equal(learningRate(o, 5), 0.5);
-  equal(learningRate(o, 10), 1);
-  ok(Math.abs(learningRate(o, 60) - 0.55) < 1e-12);
-  ok(Math.abs(learningRate(o, 110) - 0.1) < 1e-12);
-});
-
 Deno.test("batch size against the storage-binding limit", async (t) => {
   const MiB = 2 ** 20;
   await t.step("lvm preset: the estimate, the largest batch, the error", () => {
@@ -218,18 +63,6 @@ Deno.test("batch size against the storage-binding limit", async (t) => {
     );
     throws(() => checkBatchFits(lvm, 1, 64 * MiB), /at most 0 images of 256x256 per step fit/);
   });
-  await t.step("the trainer refuses a batch that cannot fit, before allocating", () => {
-    const lvm = presetConfig("lvm");
-    const fake = {
-      config: lvm,
-      gpu: { limits: { maxStorageBufferBindingSize: 128 * MiB } },
-      params: new Map(),
-    } as unknown as Vqgan;
-    throws(
-      () => new VqganTrainer(fake, { ...OPTS, batchSize: 16 }),
-      /batchSize 16: at most 1 image/,
-    );
-  });
   // The estimate is only useful if no per-batch tensor of a real step is larger: record every
   // allocation of a training step (forward, backward, losses) of configs whose widest tensors sit at
   // different levels, and compare those that grow with the batch: (B,C,H,W) activations and their
@@ -238,7 +71,7 @@ Deno.test("batch size against the storage-binding limit", async (t) => {
   const cases: [string, VqganConfig][] = [
     ["tiny", presetConfig("tiny")],
     ["[1,2,1] x 32", {
-      ...PRESETS.tiny,
+      ...VQGAN_PRESETS.tiny,
       resolution: 32,
       hiddenChannels: 32,
       channelMult: [1, 2, 1],
@@ -251,7 +84,7 @@ Deno.test("batch size against the storage-binding limit", async (t) => {
       async () => {
         const gpu = await getGpu();
         const B = 2, R = config.resolution;
-        const model = Vqgan.fromWeights(gpu, config, initWeights(config, 1));
+        const model = Vqgan.fromWeights(gpu, config, initVqganWeights(config, 1));
         const x = gpu.upload(sampleBatch(sources(), B, R, new Rng(1)), [B, 3, R, R]);
         const G = R / 2 ** (config.channelMult.length - 1);
         let largest = 0, seen = 0;

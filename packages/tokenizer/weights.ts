@@ -1,21 +1,15 @@
 /**
- * VQGAN weights on disk: open-muse names (safetensors or the released `pytorch_model.bin`), diffusers
- * `VQModel` names (mapped as diffusers' `scripts/convert_amused.py` maps them), our own save format
- * (config.json + model.safetensors, f32, open-muse names), and the tokenizer identity hash.
+ * VQGAN weights from any `TensorSource`: open-muse names (safetensors or the released
+ * `pytorch_model.bin`), diffusers `VQModel` names (mapped as diffusers' `scripts/convert_amused.py`
+ * maps them), and the tokenizer identity hash. Tokenizer directories on disk (reading, our own save
+ * format) are `@lvm/tokenizer/fs`.
  * @module
  */
-import { createHash } from "node:crypto";
-import { join } from "node:path";
-import {
-  SafetensorsFile,
-  type TensorSource,
-  TorchBinFile,
-  writeFileAtomic,
-  writeSafetensors,
-} from "./_deps.ts";
-import { configToJson, paramSpecs, parseConfig, type VqganConfig } from "./config.ts";
+import type { TensorSource } from "@lvm/weights";
+import { Sha256 } from "./_sha256.ts";
+import { configToJson, type VqganConfig, vqganParamSpecs } from "./config.ts";
 
-/** Host weights: open-muse name -> f32 values (row-major, the shape of {@link paramSpecs}). */
+/** Host weights: open-muse name -> f32 values (row-major, the shape of {@link vqganParamSpecs}). */
 export type VqganWeights = Map<string, Float32Array>;
 
 /** Key naming of a weight file. */
@@ -70,7 +64,7 @@ export async function readWeights(
   const names = source.names();
   const naming = detectNaming(names);
   const levels = config.channelMult.length;
-  const specs = paramSpecs(config);
+  const specs = vqganParamSpecs(config);
   const fileName = (n: string) => (naming === "diffusers" ? toDiffusersName(n, levels) : n);
   const expected = new Set(specs.map((s) => fileName(s.name)));
   const missing = specs.filter((s) => !source.has(fileName(s.name))).map((s) => fileName(s.name));
@@ -110,126 +104,30 @@ export async function readWeights(
   return out;
 }
 
-/** Weight files a tokenizer directory may hold, in order of preference. */
-export const WEIGHT_FILES: readonly string[] = [
-  "model.safetensors",
-  "diffusion_pytorch_model.safetensors",
-  "pytorch_model.bin",
-  "diffusion_pytorch_model.bin",
-];
-
-async function isFile(path: string): Promise<boolean> {
-  try {
-    return (await Deno.stat(path)).isFile;
-  } catch {
-    return false;
-  }
-}
-
-/** Opens the first of {@link WEIGHT_FILES} present in `dir` (safetensors or a torch pickle). */
-export async function openWeights(dir: string): Promise<TensorSource> {
-  for (const f of WEIGHT_FILES) {
-    const path = join(dir, f);
-    if (!(await isFile(path))) continue;
-    return f.endsWith(".bin") ? await TorchBinFile.open(path) : await SafetensorsFile.open(path);
-  }
-  throw new VqganWeightsError(
-    `${dir}: no weight file found; expected one of ${WEIGHT_FILES.join(", ")}`,
-  );
-}
-
-/** Options of {@link readTokenizerDir}. */
-export interface ReadTokenizerOptions {
-  /** Input resolution override (needed for diffusers configs, which do not record it). */
-  resolution?: number;
-}
-
-/** A tokenizer directory read into host memory. */
-export interface TokenizerFiles {
-  config: VqganConfig;
-  weights: VqganWeights;
-  /** The weight file read. */
-  weightsPath: string;
-}
-
-/** Reads `dir/config.json` and the weights (whichever file {@link openWeights} finds). */
-export async function readTokenizerDir(
-  dir: string,
-  options: ReadTokenizerOptions = {},
-): Promise<TokenizerFiles> {
-  const cfgPath = join(dir, "config.json");
-  let text: string;
-  try {
-    text = await Deno.readTextFile(cfgPath);
-  } catch (e) {
-    throw new VqganWeightsError(
-      `${cfgPath}: cannot read the tokenizer config (${(e as Error).message})`,
-      {
-        cause: e,
-      },
-    );
-  }
-  let json: unknown;
-  try {
-    json = JSON.parse(text);
-  } catch (e) {
-    throw new VqganWeightsError(`${cfgPath}: not valid JSON (${(e as Error).message})`);
-  }
-  const config = parseConfig(json, cfgPath, options.resolution);
-  const source = await openWeights(dir);
-  try {
-    return { config, weights: await readWeights(source, config), weightsPath: source.path };
-  } finally {
-    source.close();
-  }
-}
-
-/** Writes `path` atomically (temp file, fsync, rename); the shared `@lvm/kernels/fs` helper. */
-export { writeFileAtomic };
-
-/**
- * Saves a tokenizer as open-muse `config.json` + `model.safetensors` (f32, open-muse names), each
- * written atomically; `dir` is created if needed.
- */
-export async function saveTokenizer(
-  dir: string,
-  config: VqganConfig,
-  weights: VqganWeights,
-  metadata: Record<string, string> = {},
-): Promise<void> {
-  await Deno.mkdir(dir, { recursive: true });
-  const tensors: Record<string, { dtype: "F32"; shape: number[]; data: Float32Array }> = {};
-  for (const s of paramSpecs(config)) {
-    const w = weights.get(s.name);
-    const n = s.shape.reduce((a, b) => a * b, 1);
-    if (!w || w.length !== n) {
-      throw new VqganWeightsError(
-        `saveTokenizer: ${s.name} needs ${n} values for shape [${s.shape}], found ${
-          w ? w.length : "none"
-        }`,
-      );
-    }
-    tensors[s.name] = { dtype: "F32", shape: s.shape, data: w };
-  }
-  await writeSafetensors(join(dir, "model.safetensors"), tensors, { format: "pt", ...metadata });
-  await writeFileAtomic(
-    join(dir, "config.json"),
-    JSON.stringify(configToJson(config), null, 2) + "\n",
-  );
+/** What {@link tokenizerId} needs of a SHA-256 implementation. */
+export interface Sha256Hasher {
+  update(data: Uint8Array | string): unknown;
+  /** The digest as 64 hex digits. */
+  digestHex(): string;
 }
 
 /**
  * The identity of a tokenizer: `vqgan-` + the SHA-256 (hex, first 32 digits) of its canonical
  * config JSON and every parameter's f32 bytes in open-muse order. The same weights give the same id
- * whichever file format they came from.
+ * whichever file format they came from. `hasher` computes the SHA-256 (default: a plain
+ * TypeScript one, which runs anywhere; `@lvm/tokenizer/fs` passes the runtime's native one).
  */
-export function tokenizerId(config: VqganConfig, weights: VqganWeights): string {
-  const h = createHash("sha256");
+export function tokenizerId(
+  config: VqganConfig,
+  weights: VqganWeights,
+  hasher: Sha256Hasher = new Sha256(),
+): string {
+  const h = hasher;
   h.update(JSON.stringify(configToJson(config)));
-  for (const s of paramSpecs(config)) {
+  for (const s of vqganParamSpecs(config)) {
     const w = weights.get(s.name)!;
     h.update(s.name);
     h.update(new Uint8Array(w.buffer, w.byteOffset, w.byteLength));
   }
-  return `vqgan-${h.digest("hex").slice(0, 32)}`;
+  return `vqgan-${h.digestHex().slice(0, 32)}`;
 }

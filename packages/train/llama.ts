@@ -7,7 +7,8 @@
  */
 import type { Gpu, Tensor } from "@lvm/gpu";
 import { type LoaderState, TokenDataset, TokenLoader } from "@lvm/sentence";
-import { Llama, type LlamaConfig, loadLlama, saveLlama } from "@lvm/transformer";
+import { Llama, type LlamaConfig } from "@lvm/transformer";
+import { loadLlama, saveLlama } from "@lvm/transformer/fs";
 import type { TrainConfig } from "./config.ts";
 import { evaluateLoss, type LossEvalResult, maskedTargets } from "./evaluate.ts";
 import type { MicroBatch, Trainable } from "./trainable.ts";
@@ -51,7 +52,10 @@ export class LlamaTrainable implements Trainable {
     } else {
       model = Llama.init(gpu, config.model, { seed: config.seed });
     }
-    const loader = await TokenLoader.open(dataset, { ...loaderOptions(config), state: from.loader });
+    const loader = await TokenLoader.open(dataset, {
+      ...loaderOptions(config),
+      state: from.loader,
+    });
     return new LlamaTrainable(config, model, loader, dataset);
   }
 

@@ -28,7 +28,9 @@ export class RunLockedError extends Error {
   constructor(readonly path: string, readonly holder: LockInfo) {
     super(
       `${path}: this run folder is in use by pid ${holder.pid} on ${holder.host} since ` +
-        `${holder.started}${holder.command ? ` (${holder.command})` : ""}; two runs on one folder ` +
+        `${holder.started}${
+          holder.command ? ` (${holder.command})` : ""
+        }; two runs on one folder ` +
         `would overwrite each other's checkpoints: wait for it to finish, stop it, or use another ` +
         `--out (if that process is gone, delete ${join(path, LOCK_FILE)})`,
     );
@@ -109,7 +111,10 @@ export class RunLock {
     if (this.#released) return;
     this.#released = true;
     const holder = await readLock(this.path);
-    if (holder && holder !== "gone" && holder.pid === this.info.pid && holder.started === this.info.started) {
+    if (
+      holder && holder !== "gone" && holder.pid === this.info.pid &&
+      holder.started === this.info.started
+    ) {
       await Deno.remove(this.path).catch(() => {});
     }
   }

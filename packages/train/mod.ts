@@ -1,6 +1,10 @@
 /**
- * @lvm/train: training the LVM transformer on visual sentences, on WebGPU.
+ * @lvm/train: one training loop for every model of the LVM, on WebGPU: the transformer on visual
+ * sentences and the VQGAN tokenizer on images, each a {@link Trainable}.
  *
+ * - trainable.ts: the interface a model implements to be trained (forward/backward of a
+ *   micro-batch, after-update hook, evaluation, checkpoint files and state).
+ * - llama.ts, vqgan.ts: the two implementations.
  * - schedule.ts: learning-rate schedules (linear warmup, then cosine / linear decay to a floor, or
  *   constant), as the official recipe.
  * - optimizer.ts: AdamW over named parameters with global-norm clipping, all on the GPU; moments
@@ -8,10 +12,13 @@
  * - config.ts: the run configuration (model, data, B x T x accumulation, optimizer, schedule,
  *   cadence).
  * - trainer.ts: the loop (gradient accumulation, one loss readback per log interval), validation,
- *   checkpoints, exact resume.
+ *   checkpoints that are never written from a diverged state, exact resume.
  * - checkpoint.ts: the run folder (checkpoint-STEP/ in Hugging Face layout + optimizer + state,
  *   `latest`, keep-last-K), atomic.
  * - evaluate.ts: validation loss/perplexity and the official target-image perplexity.
+ * - lock.ts: one writer per run folder (a lock file; a dead holder's lock is taken over).
+ * - signals.ts: SIGINT and SIGTERM finish the step, save and exit.
+ * - metrics.ts: the metrics JSONL and the loss chart (PNG).
  *
  * ```ts ignore
  * import { getGpu } from "@lvm/gpu";
@@ -21,6 +28,15 @@
  * const config = makeTrainConfig({ data: "out/data", model: preset("tiny"), steps: 100, seq: 256 });
  * const trainer = await Trainer.create(gpu, config);
  * await trainer.run({ out: "out/run", onLog: (e) => console.error(e.step, e.loss) });
+ *
+ * // The VQGAN through the same loop (checkpoints, resume, signals, metrics as above):
+ * import { presetConfig } from "@lvm/tokenizer";
+ * import { loadSources } from "@lvm/tokenizer/fs";
+ * import { makeVqganRunConfig, VqganTrainable } from "@lvm/train";
+ * const run = makeVqganRunConfig({ config: presetConfig("tiny"), steps: 200, batch: 8 });
+ * const data = { train: await loadSources(["data/images"]), eval: [] };
+ * const vq = new Trainer(gpu, await VqganTrainable.open(gpu, run, data), run);
+ * await vq.run({ out: "out/vq/checkpoints" });
  * ```
  * @module
  */
@@ -29,4 +45,10 @@ export * from "./optimizer.ts";
 export * from "./config.ts";
 export * from "./checkpoint.ts";
 export * from "./evaluate.ts";
+export * from "./trainable.ts";
 export * from "./trainer.ts";
+export * from "./llama.ts";
+export * from "./vqgan.ts";
+export * from "./lock.ts";
+export * from "./signals.ts";
+export * from "./metrics.ts";

@@ -14,7 +14,7 @@
  */
 import { adamw, clipGradNorm } from "@lvm/kernels";
 import type { Gpu, Tensor } from "@lvm/gpu";
-import { SafetensorsFile, SafetensorsWriter } from "@lvm/weights";
+import { SafetensorsFile, SafetensorsWriter } from "@lvm/weights/fs";
 
 /** Hyperparameters of {@link AdamW} (JSON-serializable). */
 export interface AdamWConfig {

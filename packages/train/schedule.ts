@@ -38,6 +38,12 @@ export interface LrSchedule {
   decaySteps: number;
   /** Learning rate at step 0 of the warmup (default 0, as the official recipe). */
   initLr: number;
+  /**
+   * Added to the step before the formula (default 0). 1 counts updates from 1, the tokenizer
+   * trainer's convention: its first update already uses lr / warmup, its warmup ends one update
+   * earlier and its decay reaches the floor at the last update.
+   */
+  offset?: number;
 }
 
 /** Fields of {@link makeSchedule}; missing ones get the defaults shown there. */
@@ -69,6 +75,7 @@ export function makeSchedule(input: ScheduleInput): LrSchedule {
     warmup: input.warmup ?? 0,
     decaySteps: input.decaySteps ?? input.warmup ?? 0,
     initLr: input.initLr ?? 0,
+    ...(input.offset ? { offset: input.offset } : {}),
   };
   validateSchedule(s);
   return s;
@@ -85,6 +92,9 @@ export function validateSchedule(s: LrSchedule): void {
     if (typeof s[k] !== "number" || !Number.isFinite(s[k]) || s[k] < 0) {
       throw new RangeError(`LrSchedule.${k} must be a finite number >= 0, found ${s[k]}`);
     }
+  }
+  if (s.offset !== undefined && !(Number.isInteger(s.offset) && s.offset >= 0)) {
+    throw new RangeError(`LrSchedule.offset must be an integer >= 0, found ${s.offset}`);
   }
   for (const k of ["warmup", "decaySteps"] as const) {
     if (!Number.isInteger(s[k]) || s[k] < 0) {
@@ -106,6 +116,7 @@ export function lrAt(s: LrSchedule, step: number): number {
   if (!Number.isInteger(step) || step < 0) {
     throw new RangeError(`lrAt: step must be an integer >= 0, found ${step}`);
   }
+  step += s.offset ?? 0;
   if (step < s.warmup) return s.initLr + (s.lr - s.initLr) * (step / s.warmup);
   if (s.kind === "constant") return s.lr;
   const span = s.decaySteps - s.warmup;

@@ -66,8 +66,10 @@ export interface UpdateContext {
 /** An evaluation: `loss` (drawn on the loss chart beside the training loss) and other figures. */
 export interface EvalMetrics {
   loss: number;
-  [name: string]: number;
 }
+
+/** What a model's {@link Trainable.evaluate} gives (when not null). */
+export type EvalOf<T extends Trainable> = NonNullable<Awaited<ReturnType<T["evaluate"]>>>;
 
 /** A model the {@link Trainer} can train (see the module doc). */
 export interface Trainable {

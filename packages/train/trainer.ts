@@ -1,28 +1,33 @@
 /**
- * The training loop. One optimizer step:
+ * The training loop, the same for every model (see trainable.ts for the model's side). One
+ * optimizer step:
  *
  * ```
- * for k in 0..gradAccum-1:                      micro-batch k: B rows of T tokens (packed)
- *   loss_k = forward(batch_k, gradScale 1/K)    dlogits scaled so the gradients average
- *   backward(accumulate: k > 0)                 grads += d(loss_k / K)
+ * for k in 0..gradAccum-1:                      micro-batch k
+ *   loss_k = model.forwardBackward(k)           gradients of loss_k / K, accumulated
  *   copy loss_k into a GPU slot                 (no readback)
  * norm, scale = clipGradNorm(grads, clip)       on the GPU
  * adamw(every param, lr(step), gradScale)       on the GPU, scale read by the kernel
  * copy norm into a GPU slot
+ * model.afterUpdate(step, lr, optimizer)        model-specific (code restarts, a discriminator)
  * ```
- * The CPU reads the slots back only every `logEvery` steps (one readMany of two small buffers):
- * each step's loss (mean over its B*T*K tokens) and gradient norm. The CPU records at most one
- * step ahead of the GPU (it waits for step s-1 to finish after recording step s), so memory
- * stays bounded and progress timings are honest.
+ * The CPU reads the slots back only every `logEvery` steps and before every save (one readMany
+ * of two small buffers): each step's loss (mean over its micro-batches) and gradient norm. The CPU
+ * records at most one step ahead of the GPU (it waits for step s-1 to finish after recording step
+ * s), so memory stays bounded and progress timings are honest.
+ *
+ * Divergence: before every checkpoint the losses and gradient norms since the last check and the
+ * parameters' global norm must be finite; otherwise nothing is saved (the good checkpoints stay,
+ * `latest` keeps naming the last of them) and {@link DivergenceError} names it.
  *
  * Exact resume: the model (F32), the AdamW moments and step count, the schedule (a function of the
- * step) and the loader position are saved; nothing else is random. A run of N steps and a run of
- * k steps + resume + N-k steps give the same weights bit for bit on the same adapter.
+ * step) and the model's state (data position, RNG) are saved. A run of N steps and a run of k steps
+ * + resume + N-k steps give the same weights bit for bit on the same adapter.
  * @module
  */
 import type { Gpu, Tensor } from "@lvm/gpu";
-import { TokenDataset, TokenLoader } from "@lvm/sentence";
-import { Llama, type LlamaConfig, loadLlama, saveLlama } from "@lvm/transformer";
+import { gradNorm } from "@lvm/kernels";
+import type { TokenDataset, TokenLoader } from "@lvm/sentence";
 import { join } from "node:path";
 import {
   commitCheckpoint,
@@ -34,21 +39,26 @@ import {
   STATE_FILE,
   type TrainerState,
 } from "./checkpoint.ts";
-import { tokensPerStep, type TrainConfig, validateTrainConfig } from "./config.ts";
-import { evaluateLoss, type LossEvalResult, maskedTargets } from "./evaluate.ts";
+import { type TrainConfig, validateTrainConfig } from "./config.ts";
+import type { LossEvalResult } from "./evaluate.ts";
+import { LlamaTrainable } from "./llama.ts";
+import { LossChart } from "./metrics.ts";
 import { AdamW } from "./optimizer.ts";
 import { lrAt } from "./schedule.ts";
+import type { EvalMetrics, EvalOf, LoopConfig, Trainable } from "./trainable.ts";
 
 /** One completed step, as read back. */
 export interface StepRecord {
   /** Steps completed after this one (1 for the first). */
   step: number;
-  /** Mean loss of the step's tokens. */
+  /** Mean loss of the step's micro-batches. */
   loss: number;
   /** Learning rate used. */
   lr: number;
   /** Global gradient norm before clipping. */
   gradNorm: number;
+  /** The model's own figures of this step ({@link Trainable.afterUpdate}), if any. */
+  metrics?: Record<string, number>;
 }
 
 /** A progress report (every `logEvery` steps and at the end). */
@@ -61,36 +71,48 @@ export interface LogEntry {
   lr: number;
   /** Gradient norm of the last step (before clipping). */
   gradNorm: number;
-  /** Tokens trained on so far (all sessions). */
+  /** Items (tokens, images: {@link Trainable.unit}) trained on so far, all sessions. */
   tokens: number;
-  /** Training throughput since the previous report. */
+  /** Items per second since the previous report. */
   tokensPerSec: number;
+  /** What `tokens` counts ("tokens", "images"). */
+  unit: string;
   /** Seconds of this session so far. */
   elapsedSec: number;
   /** Estimated seconds to the last step at this session's rate. */
   etaSec: number;
+  /** Steps per second of this session (validation and saving left out). */
+  stepsPerSec: number;
   /** The steps of this report. */
   records: StepRecord[];
 }
 
-/** A validation report. */
-export interface EvalEntry extends LossEvalResult {
-  step: number;
-}
+/** An evaluation report: the model's evaluation (a LLaMA's {@link LossEvalResult}) and the step. */
+export type EvalEntry<E extends EvalMetrics = LossEvalResult> = E & { step: number };
 
-/** Callbacks and stop signal of {@link Trainer.run}. */
-export interface RunOptions {
+/** Callbacks and stop signal of {@link Trainer.run}; `E` is the model's evaluation. */
+export interface RunOptions<E extends EvalMetrics = LossEvalResult> {
   /** Run folder for checkpoints (null: never save). */
   out: string | null;
   /** Abort to stop after the current step; a checkpoint is saved (when `out` is set). */
   signal?: AbortSignal;
+  /** Also report after the first step of this session (a sign of life on slow runs). */
+  logFirst?: boolean;
+  /** Evaluate after the last step (default: when `evalEvery` > 0). */
+  finalEval?: boolean;
+  /** PNG path of the loss chart, redrawn at each evaluation and report (throttled) and at the end. */
+  chart?: string | null;
+  /** Title of the loss chart. */
+  chartTitle?: string;
+  /** Legend of the evaluation's loss on the chart (default "validation"). */
+  chartEvalName?: string;
   onLog?(entry: LogEntry): void;
-  onEval?(entry: EvalEntry): void;
+  onEval?(entry: EvalEntry<E>): void;
   onSave?(path: string, step: number): void;
 }
 
 /** How {@link Trainer.run} ended. */
-export interface RunResult {
+export interface RunResult<E extends EvalMetrics = LossEvalResult> {
   step: number;
   /** True when stopped by the signal before the last step. */
   interrupted: boolean;
@@ -98,48 +120,98 @@ export interface RunResult {
   checkpoint: string | null;
   /** Last reported mean loss (NaN if none). */
   loss: number;
+  /** The last record read back (its metrics: the model's figures of the last step). */
+  last: StepRecord | null;
+  /** The last evaluation of this session, if any. */
+  eval: E | null;
 }
 
-/** The loss became NaN or infinite: training stopped (the last checkpoint is intact). */
+/**
+ * The loss, a gradient norm or the weights became NaN or infinite: training stopped without saving
+ * the poisoned state. `checkpoint` is the last good checkpoint (null if none was written).
+ */
 export class DivergenceError extends Error {
   override name = "DivergenceError";
+  constructor(message: string, readonly step: number, readonly checkpoint: string | null) {
+    super(message);
+  }
 }
 
 /** Settings that may change when resuming (the rest are fixed by the checkpoint). */
-export type ResumeOverrides = Partial<
-  Pick<
-    TrainConfig,
-    "steps" | "logEvery" | "evalEvery" | "evalBatches" | "saveEvery" | "keep" | "data"
+export type ResumeOverrides =
+  & Partial<
+    Pick<
+      TrainConfig,
+      "steps" | "logEvery" | "evalEvery" | "evalBatches" | "saveEvery" | "keep" | "data"
+    >
   >
->;
+  & {
+    /** New peak learning rate (the floor keeps its ratio to the peak unless `minLr` is given). */
+    lr?: number;
+    /** New floor of the decay. */
+    minLr?: number;
+    /** New warmup steps. */
+    warmup?: number;
+  };
 
-/** A training run in progress: model, optimizer, data position, step. */
-export class Trainer {
+/**
+ * A schedule with the learning-rate overrides of a resumed run applied: `lr` replaces the peak
+ * (and scales the floor and the warmup start with it unless `minLr` is given), `warmup` the
+ * warmup length (the decay end moves out if it falls before it).
+ */
+export function overrideSchedule<C extends LoopConfig>(
+  config: C,
+  o: { lr?: number; minLr?: number; warmup?: number },
+): C {
+  const s = { ...config.schedule };
+  if (o.lr !== undefined) {
+    const ratio = s.lr > 0 ? o.lr / s.lr : 0;
+    s.minLr = o.minLr ?? (s.lr > 0 ? s.minLr * ratio : o.lr / 5);
+    s.initLr = s.lr > 0 ? s.initLr * ratio : 0;
+    s.lr = o.lr;
+  } else if (o.minLr !== undefined) s.minLr = o.minLr;
+  if (o.warmup !== undefined) {
+    s.warmup = o.warmup;
+    if (s.kind !== "constant") s.decaySteps = Math.max(s.decaySteps, o.warmup);
+  }
+  return { ...config, schedule: s };
+}
+
+/** A training run in progress: model, optimizer, step. `T` is the model trained. */
+export class Trainer<T extends Trainable = LlamaTrainable, C extends LoopConfig = TrainConfig> {
   /** Optimizer steps completed. */
   step = 0;
-  /** Tokens trained on. */
+  /** Items (tokens, images) trained on. */
   tokens = 0;
   /** Seconds of training in earlier sessions (from the checkpoint). */
   readonly priorSeconds: number;
   readonly history: LogRecord[];
+  readonly optimizer: AdamW;
 
   #lossSlots: Tensor; // (logEvery * gradAccum) losses of the pending steps' micro-batches
   #normSlots: Tensor; // (logEvery) gradient norms of the pending steps
-  #pending: { step: number; lr: number }[] = [];
-  #ready: StepRecord[] = []; // read back early (slots full) and not yet returned by flush()
+  #pending: { step: number; lr: number; metrics?: Record<string, number> }[] = [];
+  #ready: StepRecord[] = []; // read back early (slots full, a save) and not yet returned by flush()
   #inflight: Promise<unknown> | null = null;
   #sessionStart = performance.now();
   #mark = { time: performance.now(), tokens: 0, step: 0 };
 
-  private constructor(
+  /**
+   * A trainer for `model` with `config`'s loop settings: fresh AdamW moments, or `prior` (a
+   * checkpoint's step, items, seconds and history; then call {@link loadOptimizer}).
+   */
+  constructor(
     readonly gpu: Gpu,
-    readonly config: TrainConfig,
-    readonly model: Llama,
-    readonly optimizer: AdamW,
-    readonly loader: TokenLoader,
-    readonly dataset: TokenDataset,
-    prior: { step: number; tokens: number; seconds: number; history: LogRecord[] },
+    readonly model: T,
+    readonly config: C,
+    prior: { step: number; tokens: number; seconds: number; history: LogRecord[] } = {
+      step: 0,
+      tokens: 0,
+      seconds: 0,
+      history: [],
+    },
   ) {
+    this.optimizer = new AdamW(gpu, model.params, config.optimizer);
     this.step = prior.step;
     this.tokens = prior.tokens;
     this.priorSeconds = prior.seconds;
@@ -150,73 +222,82 @@ export class Trainer {
   }
 
   /**
-   * A new run: the model is initialised from `config.seed` (or loaded from `config.init`, whose
-   * config.json must match `config.model`), fresh AdamW moments, the loader at the start.
+   * A new LLaMA run: the model is initialised from `config.seed` (or loaded from `config.init`,
+   * whose config.json must match `config.model`), fresh AdamW moments, the loader at the start.
    */
-  static async create(gpu: Gpu, config: TrainConfig): Promise<Trainer> {
+  static async create(gpu: Gpu, config: TrainConfig): Promise<Trainer<LlamaTrainable>> {
     validateTrainConfig(config);
-    const dataset = await openChecked(config);
-    let model: Llama;
-    if (config.init) {
-      model = await loadLlama(gpu, config.init);
-      if (!sameConfig(model.config, config.model)) {
-        model.release();
-        throw new RangeError(
-          `${config.init}: its config.json does not match TrainConfig.model ` +
-            `(${JSON.stringify(model.config)} vs ${JSON.stringify(config.model)})`,
-        );
-      }
-    } else {
-      model = Llama.init(gpu, config.model, { seed: config.seed });
-    }
-    const loader = await TokenLoader.open(dataset, loaderOptions(config));
-    const optimizer = new AdamW(gpu, model.params, config.optimizer);
-    return new Trainer(gpu, config, model, optimizer, loader, dataset, {
-      step: 0,
-      tokens: 0,
-      seconds: 0,
-      history: [],
-    });
+    const model = await LlamaTrainable.open(gpu, config);
+    return new Trainer(gpu, model, config);
   }
 
   /**
-   * Continues a run from `path`: a checkpoint folder or a run folder (its latest checkpoint).
-   * `overrides` may extend `steps` or change the cadence and the dataset's location (the loader
-   * refuses a dataset whose content differs).
+   * Continues a LLaMA run from `path`: a checkpoint folder or a run folder (its latest
+   * checkpoint). `overrides` may extend `steps`, change the cadence, the learning rate (see
+   * {@link overrideSchedule}) and the dataset's location (the loader refuses a dataset whose
+   * content differs).
    */
-  static async resume(gpu: Gpu, path: string, overrides: ResumeOverrides = {}): Promise<Trainer> {
+  static async resume(
+    gpu: Gpu,
+    path: string,
+    overrides: ResumeOverrides = {},
+  ): Promise<Trainer<LlamaTrainable>> {
     const dir = await resolveCheckpoint(path);
     const state = await readTrainerState(dir);
-    const config: TrainConfig = { ...state.config, ...stripUndefined(overrides) };
+    const { lr, minLr, warmup, ...rest } = overrides;
+    const config = overrideSchedule(
+      { ...state.config, ...stripUndefined(rest) } as TrainConfig,
+      { lr, minLr, warmup },
+    );
     validateTrainConfig(config);
     if (config.steps < state.step) {
       throw new RangeError(
         `${dir}: the checkpoint is at step ${state.step}, past the requested ${config.steps} steps`,
       );
     }
-    const dataset = await openChecked(config);
-    const model = await loadLlama(gpu, dir);
-    if (!sameConfig(model.config, config.model)) {
-      model.release();
-      throw new RangeError(`${dir}: config.json does not match the model in ${STATE_FILE}`);
-    }
-    const optimizer = new AdamW(gpu, model.params, config.optimizer);
-    await optimizer.load(join(dir, OPTIMIZER_FILE));
-    if (optimizer.step !== state.step) {
-      throw new RangeError(
-        `${dir}: ${OPTIMIZER_FILE} is at step ${optimizer.step}, ${STATE_FILE} at ${state.step}`,
-      );
-    }
-    const loader = await TokenLoader.open(dataset, {
-      ...loaderOptions(config),
-      state: state.loader,
-    });
-    return new Trainer(gpu, config, model, optimizer, loader, dataset, {
+    const model = await LlamaTrainable.open(gpu, config, { weights: dir, loader: state.loader });
+    return await Trainer.fromCheckpoint(gpu, model, config, dir, state);
+  }
+
+  /**
+   * A trainer continuing the checkpoint in `dir` (whose trainer state is `state`) with `model`,
+   * already rebuilt from that checkpoint by its factory: loads the AdamW moments and checks their
+   * step.
+   */
+  static async fromCheckpoint<M extends Trainable, K extends LoopConfig>(
+    gpu: Gpu,
+    model: M,
+    config: K,
+    dir: string,
+    state: TrainerState<unknown>,
+  ): Promise<Trainer<M, K>> {
+    const t = new Trainer(gpu, model, config, {
       step: state.step,
       tokens: state.tokens,
       seconds: state.elapsed_s,
       history: state.log_history ?? [],
     });
+    try {
+      await t.optimizer.load(join(dir, OPTIMIZER_FILE));
+      if (t.optimizer.step !== state.step) {
+        throw new RangeError(
+          `${dir}: ${OPTIMIZER_FILE} is at step ${t.optimizer.step}, ${STATE_FILE} at ${state.step}`,
+        );
+      }
+    } catch (e) {
+      t.release();
+      throw e;
+    }
+    return t;
+  }
+
+  /** The LLaMA run's training loader (a LLaMA trainer only). */
+  get loader(): TokenLoader {
+    return (this.model as unknown as LlamaTrainable).loader;
+  }
+  /** The LLaMA run's dataset (a LLaMA trainer only). */
+  get dataset(): TokenDataset {
+    return (this.model as unknown as LlamaTrainable).dataset;
   }
 
   /** Learning rate of the next step. */
@@ -235,17 +316,16 @@ export class Trainer {
    * Part of {@link trainStep}; public so gradient accumulation can be checked on its own.
    */
   async accumulateGradients(): Promise<Tensor[]> {
-    const { batch: B, seq: T, gradAccum: K } = this.config;
+    const K = this.config.gradAccum;
     const losses: Tensor[] = [];
     for (let k = 0; k < K; k++) {
-      const b = await this.loader.next();
-      if (!b) throw new RangeError(`${this.dataset.dir}: the training split ran out of tokens`);
-      const { loss } = this.model.forward(
-        { B, T, inputs: b.inputs, targets: maskedTargets(b.targets, b.mask) },
-        { train: true, gradScale: 1 / K },
-      );
-      this.model.backward({ accumulate: k > 0 });
-      losses.push(loss!);
+      const { loss, items } = await this.model.forwardBackward({
+        step: this.step,
+        index: k,
+        count: K,
+      });
+      this.tokens += items;
+      losses.push(loss);
     }
     return losses;
   }
@@ -265,8 +345,12 @@ export class Trainer {
     this.gpu.copy(norm, this.#normSlots, 4, 0, slot * 4);
     norm.release();
     this.step++;
-    this.tokens += tokensPerStep(this.config);
-    this.#pending.push({ step: this.step, lr });
+    const metrics = await this.model.afterUpdate?.({
+      step: this.step,
+      lr,
+      optimizer: this.optimizer,
+    });
+    this.#pending.push({ step: this.step, lr, ...(metrics ? { metrics } : {}) });
     // Keep at most one step queued ahead of the GPU.
     this.gpu.submit();
     const done = this.gpu.device.queue.onSubmittedWorkDone();
@@ -281,7 +365,9 @@ export class Trainer {
     const out = this.#pending.map((p, i) => {
       let s = 0;
       for (let k = 0; k < K; k++) s += l[i * K + k];
-      return { step: p.step, lr: p.lr, loss: s / K, gradNorm: n[i] };
+      const r: StepRecord = { step: p.step, lr: p.lr, loss: s / K, gradNorm: n[i] };
+      if (p.metrics) r.metrics = p.metrics;
+      return r;
     });
     this.#pending = [];
     return out;
@@ -306,19 +392,36 @@ export class Trainer {
   }
 
   /**
-   * Validation: mean loss and perplexity over packed rows (B, T of the run) of the validation
-   * split, at most `config.evalBatches` batches (0 = all). Null when the split is empty.
+   * The first non-finite figure since the last check, or null when all are finite: every loss
+   * and gradient norm not yet checked (read back now; they are still reported later) and the
+   * parameters' global norm (one GPU reduction).
    */
-  async evaluate(maxBatches = this.config.evalBatches): Promise<LossEvalResult | null> {
-    const c = this.config;
-    return await evaluateLoss(this.model, this.dataset, {
-      seq: c.seq,
-      batch: c.batch,
-      split: "val",
-      valFraction: c.valFraction,
-      splitSeed: c.splitSeed,
-      maxBatches: maxBatches || undefined,
-    });
+  async checkFinite(): Promise<{ what: string; lr: number } | null> {
+    const recs = await this.flush();
+    this.#ready.push(...recs);
+    for (const r of recs) {
+      if (!Number.isFinite(r.loss)) {
+        return { what: `loss is ${r.loss} at step ${r.step}`, lr: r.lr };
+      }
+      if (!Number.isFinite(r.gradNorm)) {
+        return { what: `gradient norm is ${r.gradNorm} at step ${r.step}`, lr: r.lr };
+      }
+    }
+    const norm = gradNorm(this.gpu, [...this.model.params.values()]);
+    const [w] = await this.gpu.readMany([norm]);
+    norm.release();
+    if (!Number.isFinite(w[0])) {
+      return {
+        what: `the weights' norm is ${w[0]} at step ${this.step}`,
+        lr: lrAt(this.config.schedule, Math.max(0, this.step - 1)),
+      };
+    }
+    return null;
+  }
+
+  /** The model's evaluation (null when it has no held-out data). */
+  async evaluate(): Promise<EvalOf<T> | null> {
+    return (await this.model.evaluate()) as EvalOf<T> | null;
   }
 
   /** Seconds of training so far, all sessions. */
@@ -327,16 +430,16 @@ export class Trainer {
   }
 
   /** The JSON of `trainer_state.json` for the current step. */
-  state(): TrainerState {
+  state(): TrainerState<C> {
     return {
       format: "lvm-trainer-state",
       version: 1,
+      ...(this.model.kind === "llama" ? {} : { kind: this.model.kind }),
       step: this.step,
       tokens: this.tokens,
       config: this.config,
       next_lr: this.lr,
-      loader: this.loader.state(),
-      rng: { seed: this.config.seed, splitSeed: this.config.splitSeed },
+      ...(this.model.state() as { loader: TrainerState["loader"]; rng: TrainerState["rng"] }),
       elapsed_s: +this.elapsedSeconds().toFixed(3),
       log_history: this.history.slice(-HISTORY_LIMIT),
       saved_at: new Date().toISOString(),
@@ -346,33 +449,40 @@ export class Trainer {
   /**
    * Saves a checkpoint of the current step into run folder `out` (see checkpoint.ts): model,
    * optimizer, trainer state, then `latest`; keeps the newest `config.keep`. Returns its path.
+   * Does not check for divergence (see {@link checkFinite}; {@link run} does).
    */
   async save(out: string): Promise<string> {
     await this.gpu.sync();
     return await commitCheckpoint(out, this.step, this.config.keep, async (dir) => {
-      await saveLlama(this.model, dir);
+      await this.model.saveModel(dir);
       await this.optimizer.save(join(dir, OPTIMIZER_FILE));
       await Deno.writeTextFile(join(dir, STATE_FILE), JSON.stringify(this.state(), null, 2) + "\n");
     });
   }
 
   /**
-   * Trains to `config.steps`, reporting every `logEvery` steps, validating every `evalEvery`,
+   * Trains to `config.steps`, reporting every `logEvery` steps, evaluating every `evalEvery`,
    * saving every `saveEvery` and at the end. When `signal` aborts, stops after the current step and
-   * saves. Throws {@link DivergenceError} when a reported loss is not finite.
+   * saves. Throws {@link DivergenceError} when a loss, gradient norm or the weights are not finite,
+   * before saving them.
    */
-  async run(options: RunOptions): Promise<RunResult> {
+  async run(options: RunOptions<EvalOf<T>>): Promise<RunResult<EvalOf<T>>> {
     const c = this.config;
     const { out, signal } = options;
     let checkpoint: string | null = null;
     let lastLoss = NaN;
+    let last: StepRecord | null = null;
+    let evaluation: EvalOf<T> | null = null;
     let savedStep = -1;
     this.#mark = { time: performance.now(), tokens: this.tokens, step: this.step };
     const sessionStartStep = this.step;
     const wallStart = performance.now();
     let busyStart = wallStart; // moved forward by the time spent validating and saving
+    const chart = options.chart
+      ? new LossChart(options.chart, this.history, options.chartTitle, options.chartEvalName)
+      : null;
     // Time spent validating and saving is left out of throughput and ETA.
-    const paused = async <T>(fn: () => Promise<T>): Promise<T> => {
+    const paused = async <R>(fn: () => Promise<R>): Promise<R> => {
       const t0 = performance.now();
       try {
         return await fn();
@@ -382,14 +492,31 @@ export class Trainer {
         busyStart += d;
       }
     };
+    const lastGood = async () => checkpoint ?? (out ? await latestOf(out) : null);
+    const diverged = async (what: string, lr: number) => {
+      const good = await lastGood();
+      const peak = c.schedule.lr;
+      return new DivergenceError(
+        `training diverged: ${what} (lr ${lr.toExponential(3)}, peak ${peak.toExponential(3)}); ` +
+          `nothing was saved from this state. ${
+            good
+              ? `The last good checkpoint is ${good} (latest points at it): resume from it`
+              : "No checkpoint was written: start again"
+          } with a lower --lr (e.g. ${(peak / 10).toExponential(1)}) or a longer --warmup ` +
+          `(--resume takes a new --lr and --warmup)`,
+        this.step,
+        good,
+      );
+    };
     const report = async () => {
       const records = await this.flush();
       if (!records.length) return;
       const now = performance.now();
       const secs = (now - this.#mark.time) / 1000;
-      const last = records[records.length - 1];
+      last = records[records.length - 1];
       const loss = records.reduce((s, r) => s + r.loss, 0) / records.length;
-      const rate = (now - busyStart) / 1000 / Math.max(1, this.step - sessionStartStep);
+      const busy = (now - busyStart) / 1000;
+      const rate = busy / Math.max(1, this.step - sessionStartStep);
       const entry: LogEntry = {
         step: this.step,
         steps: c.steps,
@@ -398,8 +525,10 @@ export class Trainer {
         gradNorm: last.gradNorm,
         tokens: this.tokens,
         tokensPerSec: (this.tokens - this.#mark.tokens) / Math.max(secs, 1e-9),
+        unit: this.model.unit,
         elapsedSec: (now - wallStart) / 1000,
         etaSec: rate * (c.steps - this.step),
+        stepsPerSec: (this.step - sessionStartStep) / Math.max(busy, 1e-9),
         records,
       };
       this.#mark = { time: now, tokens: this.tokens, step: this.step };
@@ -415,41 +544,55 @@ export class Trainer {
         this.history.splice(0, this.history.length - HISTORY_LIMIT);
       }
       options.onLog?.(entry);
-      const bad = records.find((r) => !Number.isFinite(r.loss));
+      const bad = records.find((r) => !Number.isFinite(r.loss) || !Number.isFinite(r.gradNorm));
       if (bad) {
-        throw new DivergenceError(
-          `loss is ${bad.loss} at step ${bad.step} (lr ${bad.lr.toExponential(3)}): training ` +
-            `diverged; lower --lr or raise --warmup and resume from the last checkpoint`,
-        );
+        const what = Number.isFinite(bad.loss)
+          ? `gradient norm is ${bad.gradNorm} at step ${bad.step}`
+          : `loss is ${bad.loss} at step ${bad.step}`;
+        throw await diverged(what, bad.lr);
       }
+      await chart?.update();
     };
     const validate = async () => {
       const r = await paused(() => this.evaluate());
       if (!r) return;
       const h = this.history[this.history.length - 1];
       if (h?.step === this.step) h.val_loss = r.loss;
+      evaluation = r;
       options.onEval?.({ ...r, step: this.step });
+      await chart?.update(true);
     };
     const save = async () => {
       if (!out || savedStep === this.step) return;
+      const bad = await this.checkFinite();
+      if (bad) throw await diverged(bad.what, bad.lr);
       checkpoint = await paused(() => this.save(out));
       savedStep = this.step;
       options.onSave?.(checkpoint, this.step);
     };
+    const finalEval = options.finalEval ?? c.evalEvery > 0;
     while (!this.done && !signal?.aborted) {
       await this.trainStep();
       const s = this.step;
-      if (s % c.logEvery === 0 || this.done) await report();
-      if (c.evalEvery > 0 && s % c.evalEvery === 0) {
+      const first = options.logFirst && s === sessionStartStep + 1;
+      if (s % c.logEvery === 0 || this.done || first) await report();
+      if ((c.evalEvery > 0 && s % c.evalEvery === 0) || (this.done && finalEval)) {
         await report();
         await validate();
       }
       if (c.saveEvery > 0 && s % c.saveEvery === 0) await save();
     }
     await report();
-    if (this.done && c.evalEvery > 0 && this.step % c.evalEvery !== 0) await validate();
     await save();
-    return { step: this.step, interrupted: !this.done, checkpoint, loss: lastLoss };
+    await chart?.update(true);
+    return {
+      step: this.step,
+      interrupted: !this.done,
+      checkpoint,
+      loss: lastLoss,
+      last,
+      eval: evaluation,
+    };
   }
 
   /** Frees the model, the optimizer state and the slots. */
@@ -461,35 +604,17 @@ export class Trainer {
   }
 }
 
-function loaderOptions(c: TrainConfig) {
-  return {
-    rowTokens: c.seq,
-    batchRows: c.batch,
-    packing: "packed" as const,
-    split: "train" as const,
-    valFraction: c.valFraction,
-    splitSeed: c.splitSeed,
-    seed: c.seed,
-  };
-}
-
-async function openChecked(c: TrainConfig): Promise<TokenDataset> {
-  const ds = await TokenDataset.open(c.data);
-  if (ds.layout.vocabSize > c.model.vocab) {
-    throw new RangeError(
-      `${c.data}: the dataset's vocabulary (${ds.layout.vocabSize} ids) does not fit the model's ` +
-        `${c.model.vocab}; train a model with vocab >= ${ds.layout.vocabSize}`,
-    );
+/** The checkpoint `latest` names in run folder `out`, or null. */
+async function latestOf(out: string): Promise<string | null> {
+  try {
+    return await resolveCheckpoint(out);
+  } catch {
+    return null;
   }
-  return ds;
-}
-
-/** Field-by-field equality of two model configs (key order aside). */
-function sameConfig(a: LlamaConfig, b: LlamaConfig): boolean {
-  const keys = new Set([...Object.keys(a), ...Object.keys(b)]) as Set<keyof LlamaConfig>;
-  return [...keys].every((k) => a[k] === b[k]);
 }
 
 function stripUndefined<T extends object>(o: T): Partial<T> {
   return Object.fromEntries(Object.entries(o).filter(([, v]) => v !== undefined)) as Partial<T>;
 }
+
+export type { LossEvalResult };

@@ -8,7 +8,7 @@ import { join } from "node:path";
 import { getGpu } from "@lvm/gpu";
 import { assertClose } from "@lvm/util/testing";
 import { writeTestDataset } from "@lvm/sentence/testing";
-import { loadLlama } from "@lvm/transformer";
+import { loadLlama } from "@lvm/transformer/fs";
 import {
   commitCheckpoint,
   LATEST_FILE,
@@ -215,11 +215,14 @@ Deno.test("Trainer.run()", async (t) => {
     const names = [...Deno.readDirSync(run)].map((e) => e.name).sort();
     assertEquals(names, ["checkpoint-4", "checkpoint-6", LATEST_FILE]);
     assertEquals((await Deno.readTextFile(join(run, LATEST_FILE))).trim(), "checkpoint-6");
-    // The next save also clears what a killed save left behind.
-    await Deno.mkdir(join(run, ".checkpoint-7.tmp-1-abc"));
+    // The next save also clears what a killed save left behind (a process that is gone: no such
+    // pid), but never the temp folder of a live process (pid 1), which may be saving right now.
+    await Deno.mkdir(join(run, ".checkpoint-7.tmp-4194999-abc"));
+    await Deno.mkdir(join(run, ".checkpoint-9.tmp-1-abc"));
     await commitCheckpoint(run, 8, 2, (dir) => Deno.writeTextFile(join(dir, "x"), "x"));
     const after = [...Deno.readDirSync(run)].map((e) => e.name).sort();
-    assertEquals(after, ["checkpoint-6", "checkpoint-8", LATEST_FILE]);
+    assertEquals(after, [".checkpoint-9.tmp-1-abc", "checkpoint-6", "checkpoint-8", LATEST_FILE]);
+    await Deno.remove(join(run, ".checkpoint-9.tmp-1-abc"));
   });
 });
 
@@ -236,7 +239,7 @@ Deno.test("evaluateLoss(), evaluateImagePerplexity()", async (t) => {
   await writeTestDataset(dir, s, 2);
   const trainer = await Trainer.create(gpu, config({ steps: 3 }));
   await trainer.train();
-  const model = trainer.model;
+  const model = trainer.model.llama;
 
   /** log p(ids[j] | ids[<j]) for j >= 1, from one unpadded forward and a CPU log-softmax. */
   async function logprobs(ids: number[]): Promise<number[]> {

@@ -6,46 +6,26 @@
  * tooling too).
  *
  * Loading checks every tensor's presence and shape against config.json from the headers alone,
- * before any upload, then streams tensor by tensor (one tensor in host memory at a time). Saving
- * streams the other way: one tensor read back from the GPU and written at a time, atomically.
+ * before any upload, then streams tensor by tensor (one tensor in host memory at a time). This
+ * module works on bytes and `TensorSource`s (it runs in a browser); `@lvm/transformer/fs` reads
+ * and writes model directories (`readConfig`, `loadLlama`, `saveLlama`).
  * @module
  */
-import { join } from "node:path";
-import { writeFileAtomic } from "@lvm/util/fs";
 import type { Gpu } from "@lvm/gpu";
-import {
-  openCheckpoint,
-  SafetensorsWriter,
-  shardFileName,
-  type StDType,
-  type TensorSource,
-} from "@lvm/weights";
-import {
-  ConfigError,
-  configFromHf,
-  configToHf,
-  type LlamaConfig,
-  LM_HEAD,
-  paramSpecs,
-} from "./config.ts";
+import type { StDType, TensorSource } from "@lvm/weights";
+import { ConfigError, configFromHf, type LlamaConfig, LM_HEAD, paramSpecs } from "./config.ts";
 import { Llama, type ModelOptions } from "./model.ts";
 
 /** A checkpoint whose tensors do not match its config: names the tensor and the file. */
-export class CheckpointError extends Error {
-  override name = "CheckpointError";
+export class LlamaCheckpointError extends Error {
+  override name = "LlamaCheckpointError";
 }
 
-/** Reads and checks `DIR/config.json`. */
-export async function readConfig(dir: string): Promise<LlamaConfig> {
-  const path = join(dir, "config.json");
-  let text: string;
-  try {
-    text = await Deno.readTextFile(path);
-  } catch (e) {
-    throw new ConfigError(
-      `${path}: cannot read (${(e as Error).message}); a model directory needs config.json`,
-    );
-  }
+/**
+ * Parses the text of a Hugging Face `config.json` (`path` names it in errors) into a checked
+ * {@link LlamaConfig}; `@lvm/transformer/fs`'s `readConfig(dir)` reads it from a model directory.
+ */
+export function parseHfConfig(text: string, path = "config.json"): LlamaConfig {
   let json: unknown;
   try {
     json = JSON.parse(text);
@@ -69,24 +49,24 @@ const FLOAT_NAMES = `${FLOAT_DTYPES.slice(0, -1).join(", ")} or ${FLOAT_DTYPES.a
 
 /**
  * Checks that `source` holds exactly the tensors of `config` (names, shapes, float dtypes), from
- * the headers. Throws a {@link CheckpointError} naming the first problem's tensor and file.
+ * the headers. Throws a {@link LlamaCheckpointError} naming the first problem's tensor and file.
  */
 export function checkTensors(source: TensorSource, config: LlamaConfig): void {
   const specs = paramSpecs(config);
   for (const { name, shape } of specs) {
     if (!source.has(name)) {
-      throw new CheckpointError(
+      throw new LlamaCheckpointError(
         `${source.path}: missing tensor "${name}" (expected [${shape}] for this config.json)`,
       );
     }
     const info = source.info(name);
     if (info.shape.length !== shape.length || info.shape.some((d, i) => d !== shape[i])) {
-      throw new CheckpointError(
+      throw new LlamaCheckpointError(
         `${source.path}: tensor "${name}" has shape [${info.shape}], expected [${shape}] from config.json`,
       );
     }
     if (!FLOAT_DTYPES.includes(info.dtype)) {
-      throw new CheckpointError(
+      throw new LlamaCheckpointError(
         `${source.path}: tensor "${name}" is ${info.dtype}, expected ${FLOAT_NAMES}`,
       );
     }
@@ -94,7 +74,7 @@ export function checkTensors(source: TensorSource, config: LlamaConfig): void {
   const known = new Set(specs.map((s) => s.name));
   const extra = source.names().filter((n) => !known.has(n) && !ignorable(n, config));
   if (extra.length) {
-    throw new CheckpointError(
+    throw new LlamaCheckpointError(
       `${source.path}: unexpected tensor${extra.length > 1 ? "s" : ""} ${
         extra.slice(0, 3).map((n) => `"${n}"`).join(", ")
       }${
@@ -104,116 +84,33 @@ export function checkTensors(source: TensorSource, config: LlamaConfig): void {
   }
 }
 
-/** Options of {@link loadLlama}. */
+/** Options of {@link loadLlamaFrom} (and `@lvm/transformer/fs`'s `loadLlama`). */
 export interface LoadOptions extends ModelOptions {
   /** Called after each tensor is uploaded (progress output). */
   onTensor?: (name: string, index: number, total: number) => void;
 }
 
 /**
- * Loads a Hugging Face LLaMA directory (config.json + model.safetensors or sharded index) onto the
- * GPU, tensor by tensor. BF16/F16/F64 tensors are converted to f32 on load; `dtype: "f16"` keeps the matrices
- * at 16 bits on the GPU (the 7B then needs ~13 GB).
+ * Builds a {@link Llama} of `config` on the GPU from `source` (any `TensorSource`: a safetensors
+ * reader over bytes, a sharded checkpoint, a torch file), tensor by tensor, after checking every
+ * tensor's presence and shape from the headers ({@link checkTensors}). BF16/F16/F64 tensors are
+ * converted to f32 on load; `dtype: "f16"` keeps the matrices at 16 bits on the GPU. `source` is
+ * left open. `@lvm/transformer/fs`'s `loadLlama(gpu, dir)` does this for a model directory.
  */
-export async function loadLlama(gpu: Gpu, dir: string, options: LoadOptions = {}): Promise<Llama> {
-  const config = await readConfig(dir);
-  const source = await openCheckpoint(dir);
-  try {
-    checkTensors(source, config);
-    const model = Llama.empty(gpu, config, options);
-    const specs = paramSpecs(config);
-    for (let i = 0; i < specs.length; i++) {
-      const name = specs[i].name;
-      model.setParam(name, await source.readF32(name));
-      await gpu.settle(); // one copy of the weights in host memory, not two
-      options.onTensor?.(name, i, specs.length);
-    }
-    return model;
-  } finally {
-    source.close();
+export async function loadLlamaFrom(
+  gpu: Gpu,
+  config: LlamaConfig,
+  source: TensorSource,
+  options: LoadOptions = {},
+): Promise<Llama> {
+  checkTensors(source, config);
+  const model = Llama.empty(gpu, config, options);
+  const specs = paramSpecs(config);
+  for (let i = 0; i < specs.length; i++) {
+    const name = specs[i].name;
+    model.setParam(name, await source.readF32(name));
+    await gpu.settle(); // one copy of the weights in host memory, not two
+    options.onTensor?.(name, i, specs.length);
   }
-}
-
-/** Options of {@link saveLlama}. */
-export interface SaveOptions {
-  /** Stored dtype of every tensor (default F32). */
-  dtype?: "F32" | "F16" | "BF16";
-  /** Largest shard in bytes before splitting into model-0000k-of-0000n files (default 5e9, as HF). */
-  maxShardBytes?: number;
-  /** Extra `__metadata__` strings. */
-  metadata?: Record<string, string>;
-}
-
-/**
- * Saves `model` as a Hugging Face directory: config.json and model.safetensors, or shards with
- * model.safetensors.index.json when over `maxShardBytes`. Every file is written atomically (temp file
- * + rename), the weights before config.json; files of an earlier save that the new one does not use
- * are removed. Returns the weight file names.
- */
-export async function saveLlama(
-  model: Llama,
-  dir: string,
-  options: SaveOptions = {},
-): Promise<string[]> {
-  const { dtype = "F32", maxShardBytes = 5e9 } = options;
-  const metadata = { format: "pt", ...options.metadata };
-  const specs = paramSpecs(model.config);
-  const elem = dtype === "F32" ? 4 : 2;
-  const groups: (typeof specs)[] = [];
-  let cur: typeof specs = [], bytes = 0;
-  for (const s of specs) {
-    const b = s.shape.reduce((a, d) => a * d, 1) * elem;
-    if (cur.length && bytes + b > maxShardBytes) {
-      groups.push(cur);
-      cur = [];
-      bytes = 0;
-    }
-    cur.push(s);
-    bytes += b;
-  }
-  groups.push(cur);
-  await Deno.mkdir(dir, { recursive: true });
-  const files = groups.length === 1
-    ? ["model.safetensors"]
-    : groups.map((_, k) => shardFileName(k + 1, groups.length));
-  const weightMap: Record<string, string> = {};
-  let total = 0;
-  for (let k = 0; k < groups.length; k++) {
-    const w = await SafetensorsWriter.create(
-      join(dir, files[k]),
-      groups[k].map((s) => ({ name: s.name, dtype, shape: s.shape })),
-      metadata,
-    );
-    try {
-      for (const s of groups[k]) {
-        await w.write(s.name, await model.gpu.readF32(model.param(s.name)));
-        weightMap[s.name] = files[k];
-        total += s.shape.reduce((a, d) => a * d, 1) * elem;
-      }
-      await w.close();
-    } catch (e) {
-      await w.abort();
-      throw e;
-    }
-  }
-  if (groups.length > 1) {
-    const sorted = Object.fromEntries(Object.keys(weightMap).sort().map((n) => [n, weightMap[n]]));
-    await writeFileAtomic(
-      join(dir, "model.safetensors.index.json"),
-      JSON.stringify({ metadata: { total_size: total }, weight_map: sorted }, null, 2) + "\n",
-    );
-  }
-  const torchDtype = { F32: "float32", F16: "float16", BF16: "bfloat16" }[dtype];
-  await writeFileAtomic(
-    join(dir, "config.json"),
-    JSON.stringify(configToHf(model.config, torchDtype), null, 2) + "\n",
-  );
-  // Remove weight files of an earlier save that this one replaced.
-  const keep = new Set([...files, ...(groups.length > 1 ? ["model.safetensors.index.json"] : [])]);
-  for await (const e of Deno.readDir(dir)) {
-    const weights = e.name === "model.safetensors" || e.name === "model.safetensors.index.json" ||
-      /^model-\d{5}-of-\d{5}\.safetensors$/.test(e.name);
-    if (e.isFile && weights && !keep.has(e.name)) await Deno.remove(join(dir, e.name));
-  }
-  return files;
+  return model;
 }

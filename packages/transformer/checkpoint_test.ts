@@ -1,9 +1,11 @@
 import { getGpu } from "@lvm/gpu";
-import { openCheckpoint, SafetensorsError, SafetensorsFile, writeSafetensors } from "@lvm/weights";
+import { SafetensorsError } from "@lvm/weights";
+import { openCheckpoint, SafetensorsFile, writeSafetensors } from "@lvm/weights/fs";
 import { roundF16 } from "@lvm/util";
 import { assertClose } from "@lvm/util/testing";
 import { assertEquals, assertRejects } from "./_assert.ts";
-import { CheckpointError, loadLlama, readConfig, saveLlama } from "./checkpoint.ts";
+import { LlamaCheckpointError } from "./checkpoint.ts";
+import { loadLlama, readConfig, saveLlama } from "./fs.ts";
 import { ConfigError, makeConfig, paramSpecs } from "./config.ts";
 import { Llama } from "./model.ts";
 
@@ -112,7 +114,7 @@ Deno.test("loadLlama() errors name the tensor and the file", async (t) => {
     await edit(dir, (c) => (c.num_hidden_layers = 3));
     await assertRejects(
       () => loadLlama(gpu, dir),
-      CheckpointError,
+      LlamaCheckpointError,
       `${dir}/model.safetensors: missing tensor "model.layers.2.input_layernorm.weight"`,
     );
   });
@@ -121,7 +123,7 @@ Deno.test("loadLlama() errors name the tensor and the file", async (t) => {
     await edit(dir, (c) => (c.intermediate_size = 41));
     await assertRejects(
       () => loadLlama(gpu, dir),
-      CheckpointError,
+      LlamaCheckpointError,
       `tensor "model.layers.0.mlp.gate_proj.weight" has shape [40,24], expected [41,24]`,
     );
   });
@@ -154,7 +156,7 @@ Deno.test("loadLlama() errors name the tensor and the file", async (t) => {
     await writeSafetensors(`${dir}/model.safetensors`, tensors);
     await assertRejects(
       () => loadLlama(gpu, dir),
-      CheckpointError,
+      LlamaCheckpointError,
       `unexpected tensor "model.layers.0.self_attn.q_proj.bias"`,
     );
   });
@@ -293,7 +295,7 @@ Deno.test("checkTensors(): F64 loads, other dtypes are named in the error", asyn
     const dir = await rewrite((n) => (n === "model.norm.weight" ? "I32" : "F32"));
     await assertRejects(
       () => loadLlama(gpu, dir),
-      CheckpointError,
+      LlamaCheckpointError,
       `tensor "model.norm.weight" is I32, expected F32, F16, BF16 or F64`,
     );
   });

@@ -28,6 +28,7 @@ import {
   validateIds,
 } from "@lvm/kernels";
 import type { Gpu, Tensor } from "@lvm/gpu";
+import type { GpuSampleOptions, GpuSampling } from "@lvm/sampler";
 import { EMBED, FINAL_NORM, layerNames, LM_HEAD } from "./config.ts";
 import { KvCache } from "./kv_cache.ts";
 import { dims, type Llama } from "./model.ts";
@@ -44,36 +45,6 @@ export interface SessionOptions {
    * when the weights take at most 2 GiB; a real GPU reads the tensors directly.
    */
   packWeights?: boolean;
-}
-
-/**
- * How {@link DecodeSession.sampleOnGpu} chooses each id: the subset of @lvm/sampler's options the
- * GPU sampler supports (no top-p), with the same meaning.
- */
-export interface GpuSampling {
-  /** Arg-max (ties -> the lowest id) instead of sampling. */
-  greedy?: boolean;
-  /** Divides the logits (> 0; default 1). */
-  temperature?: number;
-  /** Keep the k most likely ids and every id tied with the k-th (0 = off, the default). */
-  topK?: number;
-  /** Ids at or above this are never chosen (default: the whole vocabulary). */
-  suppressFrom?: number;
-}
-
-/** Options of {@link DecodeSession.sampleOnGpu}. */
-export interface GpuSampleOptions {
-  /** One uniform draw in [0, 1) per token, in order (needed unless greedy). */
-  uniforms?: ArrayLike<number>;
-  /**
-   * Also run the last chosen id through the model, so the cache holds it and the logits after it
-   * are pending for the next call (default false: N ids cost N-1 steps).
-   */
-  feedLast?: boolean;
-  /** Called with each chunk of ids as it is read back: the ids and the index of the first. */
-  onIds?: (ids: Int32Array, first: number) => void;
-  /** Ids per read-back (default 32): how often progress arrives. */
-  readEvery?: number;
 }
 
 /**

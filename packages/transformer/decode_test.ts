@@ -5,11 +5,11 @@
  * chunk of ids; chunked prefill and scoring equal unchunked; f16 weights stay close to f32.
  */
 import { getGpu } from "@lvm/gpu";
-import { SafetensorsFile } from "@lvm/weights";
+import { SafetensorsFile } from "@lvm/weights/fs";
 import { sampleCpu } from "@lvm/kernels";
 import { assertClose, rng } from "@lvm/util/testing";
 import { assertEquals, assertRejects } from "./_assert.ts";
-import { loadLlama } from "./checkpoint.ts";
+import { loadLlama } from "./fs.ts";
 import { DecodeSession } from "./decode.ts";
 import type { Llama } from "./model.ts";
 

@@ -1,8 +1,8 @@
 /**
  * The KV cache of one attention layer: storage for the keys and values of positions 0..maxT-1 of
  * B sequences, in the layout @lvm/kernels' decode reads fastest on this adapter (textures on CPU
- * adapters, tensors on GPUs). The ops ({@link kvWrite}, `attentionDecode`) take its plain
- * {@link KvBuffers}; the cache owns allocation and release. {@link DecodeSession} keeps one per layer
+ * adapters, tensors on GPUs). The ops (`kvWrite`, `attentionDecode`) take its plain `KvBuffers`
+ * (tensors or textures + sizes and layout); the cache owns allocation and release. {@link DecodeSession} keeps one per layer
  * and the position reached.
  * @module
  */
@@ -40,14 +40,8 @@ export class KvCache {
 
   constructor(gpu: Gpu, o: KvCacheOptions) {
     const dims = { B: o.batch, maxT: o.maxT, KVH: o.kvHeads, D: o.headDim };
-    for (
-      const [name, x] of Object.entries({
-        batch: o.batch,
-        maxT: o.maxT,
-        kvHeads: o.kvHeads,
-        headDim: o.headDim,
-      })
-    ) {
+    for (const name of ["batch", "maxT", "kvHeads", "headDim"] as const) {
+      const x = o[name];
       if (!Number.isInteger(x) || x < 1) {
         throw new RangeError(`KvCache: ${name} must be a positive integer, got ${x}`);
       }

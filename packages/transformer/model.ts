@@ -57,7 +57,7 @@ import { type HostWeights, type InitOptions, initWeights } from "./init.ts";
 export type WeightDType = "f32" | "f16";
 
 /** A (B,T) batch of token ids on the host (row-major, B*T values). */
-export interface Batch {
+export interface LlamaBatch {
   B: number;
   T: number;
   /** (B*T) input ids. */
@@ -253,7 +253,7 @@ export class Llama {
    * tensor; with `train` the activations are kept and dlogits computed for {@link backward}.
    * Records GPU work only: read the results with `gpu.read`.
    */
-  forward(batch: Batch, options: ForwardOptions = {}): ForwardResult {
+  forward(batch: LlamaBatch, options: ForwardOptions = {}): ForwardResult {
     const { gpu, config: c } = this;
     const { B, T } = batch;
     const N = B * T;

@@ -5,9 +5,9 @@
  */
 import { adamw, clipGradNorm } from "@lvm/kernels";
 import { getGpu, type Tensor } from "@lvm/gpu";
-import { SafetensorsFile } from "@lvm/weights";
+import { SafetensorsFile } from "@lvm/weights/fs";
 import { assertClose } from "@lvm/util/testing";
-import { loadLlama } from "./checkpoint.ts";
+import { loadLlama } from "./fs.ts";
 import { makeConfig, paramSpecs } from "./config.ts";
 import { Llama } from "./model.ts";
 import { assertEquals, assertThrows } from "./_assert.ts";

@@ -38,7 +38,9 @@ Deno.test("writeFileAtomic and AtomicWriter", async (t) => {
     await t.step("a full disk (a file-size limit) is an error naming the target", async () => {
       // ulimit -f makes write() fail with EFBIG past 8 KiB, as ENOSPC would on a full disk.
       const p = join(dir, "full.bin");
-      const code = `import { writeFileAtomic } from ${JSON.stringify(import.meta.resolve("./fs.ts"))};
+      const code = `import { writeFileAtomic } from ${
+        JSON.stringify(import.meta.resolve("./fs.ts"))
+      };
         try { await writeFileAtomic(${JSON.stringify(p)}, new Uint8Array(1 << 20)); }
         catch (e) { console.log(e.message); }`;
       const out = await new Deno.Command("bash", {
@@ -48,9 +50,9 @@ Deno.test("writeFileAtomic and AtomicWriter", async (t) => {
       }).output();
       const msg = new TextDecoder().decode(out.stdout);
       if (!msg.startsWith(`${p}: cannot write (after `) || !/too large|space/i.test(msg)) {
-        throw new Error(`expected the path and the OS error, got: ${msg} ${
-          new TextDecoder().decode(out.stderr)
-        }`);
+        throw new Error(
+          `expected the path and the OS error, got: ${msg} ${new TextDecoder().decode(out.stderr)}`,
+        );
       }
       assertEquals(await temps(dir), []);
       await rejects(() => Deno.stat(p), Deno.errors.NotFound);

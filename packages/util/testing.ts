@@ -22,13 +22,6 @@ export function randu(n: number, seed = 1, lo = -1, hi = 1): Float32Array {
   return out;
 }
 
-/**
- * @deprecated The old, misleading name of {@link randu}: it returns UNIFORM floats in [lo, hi),
- * not normal ones. Kept so existing callers (tools/bench) work; use `randu` (or
- * {@link randNormal}).
- */
-export const randn: typeof randu = randu;
-
 /** `n` standard-normal floats (Box-Muller), times `std`, plus `mean`. */
 export function randNormal(n: number, seed = 1, mean = 0, std = 1): Float32Array {
   const r = new Rng(seed);

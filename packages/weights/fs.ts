@@ -13,8 +13,8 @@
 import { dirname, join } from "node:path";
 import { isFile, tempPath } from "@lvm/util/fs";
 import type { ByteSource } from "./byte_source.ts";
+import { compareCodePoints } from "./_code_points.ts";
 import {
-  compareCodePoints,
   encodeTensor,
   type PlannedTensor,
   planSafetensors,
@@ -129,11 +129,15 @@ export class SafetensorsFile extends SafetensorsReader {
  * A PyTorch checkpoint file on disk (see {@link TorchBinReader}).
  *
  * @example
- * ```ts ignore
+ * ```ts
  * import { TorchBinFile } from "@lvm/weights/fs";
- * const vq = await TorchBinFile.open("vqgan/pytorch_model.bin");
- * const w = await vq.readF32("quantize.embedding.weight"); // (8192, 64)
- * vq.close();
+ * // A torch.save'd state dict from this repository's fixtures (the LVM VQGAN's
+ * // pytorch_model.bin opens the same way).
+ * const path = new URL("../../tests/fixtures/kernels/torch_state.bin", import.meta.url).pathname;
+ * const sd = await TorchBinFile.open(path);
+ * console.log(sd.info("conv.weight").shape); // [ 3, 2, 3, 3 ]
+ * const w = await sd.readF32("conv.weight"); // Float32Array(54)
+ * sd.close();
  * ```
  */
 export class TorchBinFile extends TorchBinReader {
@@ -211,15 +215,35 @@ export async function openCheckpoint(path: string): Promise<TensorSource> {
 const openShard = (p: string): Promise<TensorSource> =>
   p.endsWith(".safetensors") ? SafetensorsFile.open(p) : TorchBinFile.open(p);
 
+/** The weight files a folder is searched for by default, in order of preference (as HF does). */
+export const HF_WEIGHT_FILES: readonly string[] = [
+  "model.safetensors",
+  "model.safetensors.index.json",
+  "pytorch_model.bin",
+  "pytorch_model.bin.index.json",
+];
+
+/** Options of {@link openWeights}. */
+export interface OpenWeightsOptions extends TorchBinOptions {
+  /** File names a folder is searched for, in order (default {@link HF_WEIGHT_FILES}). */
+  files?: readonly string[];
+}
+
+/** {@link openWeights} found no weight file in a folder (a {@link TorchBinError}). */
+export class NoWeightsError extends TorchBinError {
+  override name = "NoWeightsError";
+}
+
 /**
  * Opens any weights a loader may be given: a `.safetensors` file, a PyTorch file (`.bin`, `.pt`,
- * `.pth`, `.ckpt`), an `*.index.json` of shards of either, or a directory holding (by preference)
- * `model.safetensors`, `model.safetensors.index.json`, `pytorch_model.bin` or
- * `pytorch_model.bin.index.json`.
+ * `.pth`, `.ckpt`), an `*.index.json` of shards of either, or a directory holding one of
+ * `options.files` (by preference; default `model.safetensors`, `model.safetensors.index.json`,
+ * `pytorch_model.bin`, `pytorch_model.bin.index.json`). The one way every loader of this
+ * repository opens a weights folder.
  */
 export async function openWeights(
   path: string,
-  options: TorchBinOptions = {},
+  options: OpenWeightsOptions = {},
 ): Promise<TensorSource> {
   let st: Deno.FileInfo;
   try {
@@ -227,21 +251,18 @@ export async function openWeights(
   } catch (e) {
     throw new TorchBinError(path, "no such file or directory", undefined, { cause: e });
   }
-  if (st.isFile) {
-    if (path.endsWith(".json")) return openShardedCheckpoint(path, openShard);
-    if (path.endsWith(".safetensors")) return SafetensorsFile.open(path);
-    return TorchBinFile.open(path, options);
+  const open = (p: string): Promise<TensorSource> =>
+    p.endsWith(".json")
+      ? openShardedCheckpoint(p, openShard)
+      : p.endsWith(".safetensors")
+      ? SafetensorsFile.open(p)
+      : TorchBinFile.open(p, options);
+  if (st.isFile) return await open(path);
+  const files = options.files ?? HF_WEIGHT_FILES;
+  for (const name of files) {
+    if (await isFile(join(path, name))) return await open(join(path, name));
   }
-  const tries: [string, (p: string) => Promise<TensorSource>][] = [
-    ["model.safetensors", SafetensorsFile.open],
-    ["model.safetensors.index.json", (p) => openShardedCheckpoint(p, openShard)],
-    ["pytorch_model.bin", (p) => TorchBinFile.open(p, options)],
-    ["pytorch_model.bin.index.json", (p) => openShardedCheckpoint(p, openShard)],
-  ];
-  for (const [name, open] of tries) {
-    if (await isFile(join(path, name))) return open(join(path, name));
-  }
-  throw new TorchBinError(path, `directory holds none of ${tries.map(([n]) => n).join(", ")}`);
+  throw new NoWeightsError(path, `directory holds none of ${files.join(", ")}`);
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -19,6 +19,7 @@
  * @module
  */
 import { type ByteSource, MemorySource } from "./byte_source.ts";
+import { compareCodePoints } from "./_code_points.ts";
 
 // ---------------------------------------------------------------------------------------------
 // dtypes
@@ -1023,19 +1024,6 @@ export function encodeSafetensors(
   out.set(plan.header, 0);
   for (const p of plan.planned) out.set(bytes.get(p.name)!, plan.header.byteLength + p.begin);
   return out;
-}
-
-/**
- * Orders strings by Unicode code point (= UTF-8 byte order, as Rust and Python sort), which differs
- * from JS's UTF-16 code-unit order only when a surrogate pair meets U+E000..U+FFFF.
- */
-export function compareCodePoints(a: string, b: string): number {
-  if (/[\uD800-\uDFFF]/.test(a + b)) {
-    const x = Array.from(a, (c) => c.codePointAt(0)!), y = Array.from(b, (c) => c.codePointAt(0)!);
-    for (let i = 0; i < Math.min(x.length, y.length); i++) if (x[i] !== y[i]) return x[i] - y[i];
-    return x.length - y.length;
-  }
-  return a < b ? -1 : a > b ? 1 : 0;
 }
 
 // ---------------------------------------------------------------------------------------------

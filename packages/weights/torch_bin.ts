@@ -936,12 +936,14 @@ interface TorchBinParsed {
  * `@lvm/weights/fs`'s `TorchBinFile.open(path)` is this over a file.
  *
  * @example
- * ```ts ignore
+ * ```ts
  * import { TorchBinReader } from "@lvm/weights";
- * const bytes = new Uint8Array(await (await fetch("vqgan/pytorch_model.bin")).arrayBuffer());
- * const vq = await TorchBinReader.fromBytes(bytes, "pytorch_model.bin");
- * const w = await vq.readF32("quantize.embedding.weight"); // (8192, 64)
- * vq.close();
+ * // In a browser: the bytes of a fetch (here: one of this repository's fixtures).
+ * const url = new URL("../../tests/fixtures/kernels/torch_state.bin", import.meta.url);
+ * const bytes = new Uint8Array(await (await fetch(url)).arrayBuffer());
+ * const sd = await TorchBinReader.fromBytes(bytes, "torch_state.bin");
+ * const w = await sd.readF32("conv.weight"); // Float32Array(54): (3, 2, 3, 3)
+ * sd.close();
  * ```
  */
 export class TorchBinReader implements TensorSource {

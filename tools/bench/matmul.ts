@@ -18,7 +18,7 @@ import {
   type PackedWeight,
   packWeight,
 } from "@lvm/kernels";
-import { randn } from "@lvm/util/testing";
+import { randu } from "@lvm/util/testing";
 import type { BenchCase } from "./_harness.ts";
 
 const GF = (flops: number) => (flops / 1e9).toFixed(2);
@@ -55,9 +55,9 @@ function mmCase(M: number, K: number, N: number, o: Opts): BenchCase {
     note: `2MKN = ${GF(flops)} GFLOP` +
       (memBound ? `, W ${(wBytes / 2 ** 20).toFixed(0)} MiB read once` : ""),
     setup(gpu: Gpu) {
-      const x = gpu.upload(randn(M * K, 1), [M, K]);
+      const x = gpu.upload(randu(M * K, 1), [M, K]);
       const w = gpu.upload(
-        randn(K * N, 2, -0.05, 0.05),
+        randu(K * N, 2, -0.05, 0.05),
         o.linear ? [N, K] : [K, N],
         o.f16 ? "f16" : "f32",
       );
@@ -90,9 +90,9 @@ function backwardCase(M: number, K: number, N: number, per: number): BenchCase {
     flops: flops * per,
     note: `dx = dy W and dW = dy^T x: 4MKN = ${GF(flops)} GFLOP`,
     setup(gpu: Gpu) {
-      const x = gpu.upload(randn(M * K, 1), [M, K]);
-      const w = gpu.upload(randn(N * K, 2, -0.05, 0.05), [N, K]);
-      const dy = gpu.upload(randn(M * N, 3), [M, N]);
+      const x = gpu.upload(randu(M * K, 1), [M, K]);
+      const w = gpu.upload(randu(N * K, 2, -0.05, 0.05), [N, K]);
+      const dy = gpu.upload(randu(M * N, 3), [M, N]);
       const dW = gpu.zeros([N, K]);
       tensors = [x, w, dy, dW];
       return () => {

@@ -9,16 +9,10 @@
  * @module
  */
 import type { Gpu, Tensor } from "@lvm/gpu";
-import { randn } from "@lvm/util/testing";
-import {
-  initWeights,
-  layout,
-  presetConfig,
-  TRAIN_DEFAULTS,
-  Vqgan,
-  type VqganConfig,
-  VqganTrainer,
-} from "@lvm/tokenizer";
+import { randu } from "@lvm/util/testing";
+import { initVqganWeights, layout, presetConfig, Vqgan, type VqganConfig } from "@lvm/tokenizer";
+import { makeImage } from "@lvm/image";
+import { makeVqganRunConfig, Trainer, VqganTrainable } from "@lvm/train";
 import type { BenchCase } from "./_harness.ts";
 
 /** FLOPs of one image's encode (encoder + quant_conv + code search) and decode (post_quant + decoder). */
@@ -64,7 +58,7 @@ let model: Vqgan | null = null;
 const held: Tensor[] = [];
 
 function lvmModel(gpu: Gpu): Vqgan {
-  model ??= Vqgan.fromWeights(gpu, LVM, initWeights(LVM, 1));
+  model ??= Vqgan.fromWeights(gpu, LVM, initVqganWeights(LVM, 1));
   return model;
 }
 
@@ -87,7 +81,7 @@ export const benches: BenchCase[] = [
     reps: 1,
     setup(gpu) {
       const m = lvmModel(gpu);
-      const x = gpu.upload(randn(3 * 256 * 256, 2, 0, 1), [1, 3, 256, 256]);
+      const x = gpu.upload(randu(3 * 256 * 256, 2, 0, 1), [1, 3, 256, 256]);
       held.push(x);
       return () => m.encodeIds(x).release();
     },
@@ -121,18 +115,28 @@ export const benches: BenchCase[] = [
     items: TINY_B,
     unit: "images",
     flops: 3 * TINY_B * (vqganFlops(TINY).encode + vqganFlops(TINY).decode),
-    note: "forward + backward (~3x forward FLOPs) + clip + AdamW, loss read back",
+    note:
+      "forward + backward (~3x forward FLOPs) + clip + AdamW, loss read back (@lvm/train's Trainer)",
     reps: 3,
     setup(gpu) {
-      const m = Vqgan.fromWeights(gpu, TINY, initWeights(TINY, 1));
-      const tr = new VqganTrainer(m, { ...TRAIN_DEFAULTS, batchSize: TINY_B });
-      const x = gpu.upload(randn(TINY_B * 3 * 32 * 32, 3, 0, 1), [TINY_B, 3, 32, 32]);
-      held.push(x);
-      teardownTrain = () => {
-        tr.release();
-        m.release();
+      const m = Vqgan.fromWeights(gpu, TINY, initVqganWeights(TINY, 1));
+      const cfg = makeVqganRunConfig({
+        config: TINY,
+        steps: 1_000_000,
+        batch: TINY_B,
+        logEvery: 1,
+      });
+      const frames = Array.from(
+        { length: TINY_B },
+        (_, i) => makeImage(32, 32, randu(3 * 32 * 32, 3 + i, 0, 1)),
+      );
+      const run = new VqganTrainable(m, cfg, { train: [{ name: "noise", frames }], eval: [] });
+      const trainer = new Trainer(gpu, run, cfg);
+      teardownTrain = () => trainer.release(); // the model too
+      return async () => {
+        await trainer.trainStep();
+        await trainer.flush();
       };
-      return () => tr.trainStep(x);
     },
     teardown() {
       teardown();

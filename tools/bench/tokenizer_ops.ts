@@ -15,7 +15,7 @@ import {
   vqNearest,
 } from "@lvm/kernels";
 import { type Gpu, type Tensor } from "@lvm/gpu";
-import { randn } from "@lvm/util/testing";
+import { randu } from "@lvm/util/testing";
 import type { BenchCase } from "./_harness.ts";
 
 let held: Tensor[] = [];
@@ -25,7 +25,7 @@ const teardown = () => {
   held = [];
 };
 const rand = (gpu: Gpu, shape: number[], seed: number, lo = -1, hi = 1) =>
-  keep(gpu.upload(randn(shape.reduce((a, b) => a * b, 1), seed, lo, hi), shape));
+  keep(gpu.upload(randu(shape.reduce((a, b) => a * b, 1), seed, lo, hi), shape));
 const release = (r: Tensor | null | (Tensor | null)[] | Record<string, Tensor | null>) => {
   const ts = r instanceof Array ? r : r && "buffer" in r ? [r as Tensor] : Object.values(r ?? {});
   ts.forEach((t) => t?.release());

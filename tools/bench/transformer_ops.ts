@@ -16,7 +16,7 @@ import {
 } from "@lvm/kernels";
 import { type Gpu, type Tensor } from "@lvm/gpu";
 import { KvCache } from "@lvm/transformer";
-import { randn } from "@lvm/util/testing";
+import { randu } from "@lvm/util/testing";
 import type { BenchCase } from "./_harness.ts";
 
 let held: Tensor[] = [];
@@ -27,7 +27,7 @@ const teardown = () => {
   held = [];
 };
 const rand = (gpu: Gpu, shape: number[], seed: number) =>
-  keep(gpu.upload(randn(shape.reduce((a, b) => a * b, 1), seed), shape));
+  keep(gpu.upload(randu(shape.reduce((a, b) => a * b, 1), seed), shape));
 /**
  * Runs `f` `n` times and releases what it returns (so repeated runs reuse pooled buffers). Small
  * ops run several times per timed run: each run pays one ~11 ms sync on lavapipe.

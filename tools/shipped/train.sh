@@ -26,12 +26,13 @@ D="$R/data/shipped"
 DS="$O/ds"
 mkdir -p "$LOG" "$ST" "$DS"
 
-TOK_STEPS="${TOK_STEPS:-1500}"
+TOK_STEPS="${TOK_STEPS:-1000}"
 TOK_BATCH=8
 # LVM: one visual sentence = 8 images x 64 codes = 512 tokens = one packed row.
 SEQ=512
-LVM_BATCH=8                                  # 4096 tokens per step
-LVM_TOKENS="${LVM_TOKENS:-1228800}"          # same budget for every size
+LVM_BATCH=4                                  # 2048 tokens per step
+LVM_LR=1e-3
+LVM_TOKENS="${LVM_TOKENS:-307200}"          # same budget for every size
 LVM_STEPS=$((LVM_TOKENS / (SEQ * LVM_BATCH)))
 
 say() { echo "[shipped $(date +%H:%M:%S)] $*"; }
@@ -40,18 +41,23 @@ done_() { [ -f "$ST/$1.done" ]; }
 mark() { date -Is > "$ST/$1.done"; }
 
 plan() {
+  local xs=$((LVM_TOKENS / 650 / 60)) sm=$((LVM_TOKENS / 380 / 60)) m=$((LVM_TOKENS / 150 / 60))
   cat <<EOF
-[shipped] plan (2-core CPU, lavapipe; estimates with the CPU shared):
-  1 split       tools/shipped/split.sh (MNIST last 10%/class, video tails, every 8th photo)  ~3 min
-  2 tokenizer   tiny VQGAN (32x32 -> 8x8 codes, 512 codes, 2.85M params), $TOK_STEPS steps x batch $TOK_BATCH,
-                on data/shipped/tok (train digits, train video frames, train photos);
-                eval: held-out MNIST (900 digits)                                      ~45-60 min
-  3 datasets    8 images/sentence (512 tokens): classes (MNIST), digit analogies (invert, flip,
-                rotation, zoom, edges), colour analogies on photos + video frames (colorization,
-                flip, rotation, edges, zoom, invert), sequence (video frames, stride 2); the same
-                kinds on the held-out split; combined into ds/train and ds/heldout       ~15 min
-  4 lvm-*       LLaMA, seq $SEQ, batch $LVM_BATCH, $LVM_STEPS steps = $LVM_TOKENS tokens each:
-                xs ~1M, s ~3M, m ~7.8M params (tools/shipped/lvm_*.json)                    see below
+[shipped] plan (2-core CPU through lavapipe, CPU shared with other work; rates measured here
+          under that load; each stage resumes where it stopped):
+  split           tools/shipped/split.sh: MNIST last 10% per class, video tails, every 8th photo  ~3 min (once)
+  tokenizer       tiny VQGAN (32x32 -> 8x8 codes, 512 codes, 2.85M params), $TOK_STEPS steps x batch $TOK_BATCH
+                  on data/shipped/tok (train digits ~44%, train video frames ~39%, train photos ~18%
+                  of samples); 0.25-0.55 steps/s -> ~35-65 min, + ~3 min held-out eval (997 digits)
+  tokenizer_eval  tools/shipped/psnr.ts: held-out PSNR of digits, video frames, photos            ~1 min
+  datasets        8 images (512 tokens) per sentence, --shard-sentences 16; train ~1770 sentences:
+                  classes, digit analogies (invert flip rotation zoom edges), colour analogies on
+                  photos + video frames (colorization flip rotation edges zoom invert), sequence
+                  (stride 2); the same kinds on the held-out split; ~17k images at 25-50 img/s  ~10-15 min
+  lvm_xs          0.95M params (tools/shipped/lvm_xs.json) } seq $SEQ x batch $LVM_BATCH, $LVM_STEPS steps,
+  lvm_m           7.83M params (lvm_m.json, shipped)     } $LVM_TOKENS tokens each, lr $LVM_LR cosine:
+  lvm_s           2.89M params (lvm_s.json)              } ~650 / ~150 / ~380 tokens/s -> ~$xs / ~$m / ~$sm min
+  eval            held-out loss + image perplexity per task group, 3 sizes x 4 groups            ~5 min
 EOF
 }
 
@@ -77,13 +83,127 @@ stage_tokenizer() {
   for c in 0 1 2 3 4 5 6 7 8 9; do evals+=(--eval-images "$D/heldout/mnist/$c"); done
   lvm tokenizer --images "$D/tok" --max-frames 0 "${evals[@]}" \
     --preset tiny --steps "$TOK_STEPS" --batch "$TOK_BATCH" --out "$out" \
-    --log-every 10 --save-every 50 --eval-every 250 --json "${resume[@]}" \
+    --log-every 10 --save-every 50 --json "${resume[@]}" \
     > "$O/tokenizer.json" 2>> "$LOG/tokenizer.log"
   cat "$O/tokenizer.json"
 }
 
-# Every stage, in order. Each entry: NAME (function stage_NAME).
-STAGES=(split tokenizer)
+stage_tokenizer_eval() {
+  (cd "$CODE" && deno run -A --config deno.json "$R/tools/shipped/psnr.ts" --code . "$O/tokenizer" \
+    digits="$D/heldout/mnist" video="$D/heldout/video" photos="$D/heldout/photos") \
+    > "$O/tokenizer_heldout.json"
+  cat "$O/tokenizer_heldout.json"
+}
+
+# One dataset build (resumable by the CLI; skipped once its index.json exists). NAME, then arguments.
+# --shard-sentences 16: the trainer shuffles shards, then the sentences of one shard at a time, so
+# small shards are what mixes the tasks of the combined dataset within a short run.
+build() {
+  local name="$1"; shift
+  if [ ! -f "$DS/$name/index.json" ]; then
+    say "dataset $name: $*"
+    lvm dataset --tokenizer "$O/tokenizer" --out "$DS/$name" --images 8 --shard-sentences 16 \
+      --quiet "$@" 2>&1 | tee "$LOG/ds_$name.log"
+  fi
+}
+combine() {
+  local out="$1"; shift
+  local dirs=()
+  for n in "$@"; do dirs+=("$DS/$n"); done
+  if [ ! -f "$DS/$out/index.json" ]; then lvm dataset --combine "${dirs[@]}" --out "$DS/$out"; fi
+  lvm dataset --stats "$DS/$out" --json > "$DS/$out.stats.json"
+  lvm dataset --stats "$DS/$out"
+}
+
+DIGIT_KINDS=(invert flip rotation zoom edges)
+COLOUR_KINDS=(colorization flip rotation edges zoom invert)
+
+# deal ROOT N NAME: the files of each sub-folder F of ROOT (sorted), file i -> $D/sub/NAME_g(i%N)/F/
+# (symlinks). Disjoint subsets of a split for builds that should use only part of it (`--part`
+# cannot subsample: `--combine` refuses a build whose other parts are missing).
+deal() {
+  local root="$1" n="$2" name="$3" f g i
+  for f in $(ls "$root" | LC_ALL=C sort); do
+    mapfile -t files < <(ls "$root/$f" | LC_ALL=C sort)
+    for ((g = 0; g < n; g++)); do
+      local sel=()
+      for ((i = g; i < ${#files[@]}; i += n)); do sel+=("$root/$f/${files[$i]}"); done
+      mkdir -p "$D/sub/${name}_g$g/$f"
+      [ ${#sel[@]} -gt 0 ] && ln -s "${sel[@]}" "$D/sub/${name}_g$g/$f/"
+    done
+  done
+}
+subsets() {
+  [ -f "$D/sub/.done" ] && return
+  rm -rf "$D/sub"
+  deal "$D/train/mnist" 20 mnist          # 20 groups of ~444 train digits (all classes)
+  deal "$D/train/video" 6 frames          # 6 groups of every 6th train frame of each video
+  deal "$D/heldout/mnist" 4 ho_mnist
+  deal "$D/heldout/video" 2 ho_frames
+  touch "$D/sub/.done"
+}
+
+stage_datasets() {
+  local i g
+  subsets
+  # train split: ~1770 sentences (~0.9M tokens): classes ~31% (digit groups 0-9 = half the train
+  # digits), digit analogies ~31% (one group of ~444 digits per kind: groups 10-14), colour
+  # analogies ~22% (train photos + one group of every-6th train video frames per kind), sequences
+  # ~15% (train video frames, stride 2, 3 random groupings).
+  local roots=(); for g in 0 1 2 3 4 5 6 7 8 9; do roots+=("$D/sub/mnist_g$g"); done
+  build classes --kind classes --input "${roots[@]}" --seed 1
+  i=0; for k in "${DIGIT_KINDS[@]}"; do
+    build "digit_$k" --kind "$k" --input "$D/sub/mnist_g$((10 + i))" --seed $((10 + i)); i=$((i + 1)); done
+  i=0; for k in "${COLOUR_KINDS[@]}"; do
+    build "colour_$k" --kind "$k" --input "$D/train/photos" "$D/sub/frames_g$i" --seed $((20 + i)); i=$((i + 1)); done
+  build sequence --kind sequence --input "$D/train/video" --stride 2 --epochs 3 --seed 2
+  combine train classes "${DIGIT_KINDS[@]/#/digit_}" "${COLOUR_KINDS[@]/#/colour_}" sequence
+  # held-out split (never trained on): the same kinds, one combined dataset per task group
+  build ho_classes --kind classes --input "$D/heldout/mnist" --seed 101
+  i=0; for k in "${DIGIT_KINDS[@]}"; do
+    build "ho_digit_$k" --kind "$k" --input "$D/sub/ho_mnist_g$((i % 4))" --seed $((110 + i)); i=$((i + 1)); done
+  i=0; for k in "${COLOUR_KINDS[@]}"; do
+    build "ho_colour_$k" --kind "$k" --input "$D/heldout/photos" "$D/sub/ho_frames_g$((i % 2))" --seed $((120 + i)); i=$((i + 1)); done
+  build ho_sequence --kind sequence --input "$D/heldout/video" --stride 2 --epochs 2 --seed 102
+  combine ho_digit_analogies "${DIGIT_KINDS[@]/#/ho_digit_}"
+  combine ho_colour_analogies "${COLOUR_KINDS[@]/#/ho_colour_}"
+  combine heldout ho_classes "${DIGIT_KINDS[@]/#/ho_digit_}" "${COLOUR_KINDS[@]/#/ho_colour_}" ho_sequence
+}
+
+# LLaMA at one size (tools/shipped/lvm_SIZE.json), the same data, order and token budget for all.
+lvm_size() {
+  local size="$1" out="$O/lvm_$1" args=()
+  if [ -f "$out/latest" ] || ls -d "$out"/checkpoint-* >/dev/null 2>&1; then
+    args=(--resume)
+  else
+    args=(--data "$DS/train" --config "$R/tools/shipped/lvm_$size.json" --seq $SEQ
+      --batch $LVM_BATCH --lr $LVM_LR --seed 0 --overwrite)
+  fi
+  lvm model --out "$out" "${args[@]}" --steps $LVM_STEPS --log-every 5 --eval-every 50 \
+    --eval-batches 8 --save-every 25 --keep 2 --json-log "$LOG/lvm_$size.jsonl"
+}
+stage_lvm_xs() { lvm_size xs; }
+stage_lvm_s() { lvm_size s; }
+stage_lvm_m() { lvm_size m; }
+
+# Held-out metrics of each model on each task group (loss/perplexity + image perplexity of the
+# last image), JSON in out/shipped/eval/SIZE_GROUP.json.
+stage_eval() {
+  mkdir -p "$O/eval"
+  for size in xs s m; do
+    for g in ho_classes ho_digit_analogies ho_colour_analogies ho_sequence; do
+      [ -s "$O/eval/${size}_$g.json" ] && continue
+      lvm eval --model "$O/lvm_$size" --data "$DS/$g" --split all --seq $SEQ --batch 4 \
+        --max-batches 8 --max-examples 32 --json > "$O/eval/${size}_$g.json.tmp"
+      mv "$O/eval/${size}_$g.json.tmp" "$O/eval/${size}_$g.json"
+      say "eval $size $g: $(cat "$O/eval/${size}_$g.json")"
+    done
+  done
+}
+
+# Every stage, in order (function stage_NAME). lvm_xs first: a quick check of the whole data path;
+# then the shipped size m; s last.
+STAGES=(split tokenizer tokenizer_eval datasets lvm_xs lvm_m lvm_s eval)
 
 main() {
   snapshot

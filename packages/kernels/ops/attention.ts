@@ -761,7 +761,7 @@ const DECODE_MIN_KEYS = 512;
 const DECODE_WORKGROUPS = 32;
 
 /** Options of {@link attentionDecode}. */
-export interface DecodeOptions {
+export interface AttentionDecodeOptions {
   /** Force the kernel: "split" (split-K over the cache) or "rows" (the forward kernel). */
   kernel?: "split" | "rows";
   /** Key slices per query for "split" (default: ~32 workgroups of >= 512 keys). */
@@ -779,7 +779,7 @@ export function attentionDecode(
   q: Tensor,
   store: KvBuffers,
   lenPrev: number,
-  options: DecodeOptions = {},
+  options: AttentionDecodeOptions = {},
 ): Tensor {
   const op = "attentionDecode";
   const [B, n, H, D] = dims4(op, "q", q);

@@ -1,6 +1,5 @@
-import { equal } from "node:assert/strict";
 import { getGpu } from "@lvm/gpu";
-import { assertClose, randu } from "@lvm/util/testing";
+import { assertClose, assertEquals, randu } from "@lvm/util/testing";
 import { groupNormBackwardCpu, groupNormCpu } from "./groupnorm.ts";
 import { groupNormFast, groupNormFastBackward, useRowsGroupNorm } from "./groupnorm_rows.ts";
 
@@ -60,10 +59,10 @@ Deno.test("groupNormFast()", async (t) => {
   }
   await t.step("useRowsGroupNorm(): CPU adapters, except a forward with few groups", () => {
     const cpu = { kind: "cpu" } as typeof gpu, real = { kind: "gpu" } as typeof gpu;
-    equal(useRowsGroupNorm(cpu, 64, false), false);
-    equal(useRowsGroupNorm(cpu, 65, false), true);
-    equal(useRowsGroupNorm(cpu, 1, true), true);
-    equal(useRowsGroupNorm(real, 4096, true), false);
-    equal(useRowsGroupNorm(real, 1, false, true), true);
+    assertEquals(useRowsGroupNorm(cpu, 64, false), false);
+    assertEquals(useRowsGroupNorm(cpu, 65, false), true);
+    assertEquals(useRowsGroupNorm(cpu, 1, true), true);
+    assertEquals(useRowsGroupNorm(real, 4096, true), false);
+    assertEquals(useRowsGroupNorm(real, 1, false, true), true);
   });
 });
