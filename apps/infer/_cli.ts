@@ -1,11 +1,42 @@
 /**
- * Flags the inference commands share: the sampling choice (`generate`, `complete`) and the weight
- * dtype. Everything else comes from `@lvm/cli`.
+ * What the inference commands share: the sampling choice (`generate`, `complete`), the weight
+ * dtype, the flags of the token-list commands (`generate`, `score`) and of the tokenizer commands
+ * (`encode`, `decode`), and loading the transformer with progress lines. Everything else comes from
+ * `@lvm/cli`.
  * @module
  */
-import { enumFlag, floatFlag, nonNegativeInt, seedFlag } from "@lvm/cli";
+import { enumFlag, floatFlag, loadProgress, nonNegativeInt, seedFlag } from "@lvm/cli";
+import { getGpu } from "@lvm/gpu";
 import { DEFAULT_TOP_K } from "@lvm/sampler";
-import type { SamplingChoice } from "@lvm/pipeline";
+import type { LvmPipeline, SamplingChoice } from "@lvm/pipeline";
+import { loadPipeline } from "@lvm/pipeline/fs";
+
+/** `parseArgs` options of the commands that run the transformer on a token list (`generate`, `score`). */
+export const MODEL_TOKENS_OPTIONS = {
+  model: { type: "string" },
+  tokens: { type: "string" },
+  json: { type: "boolean", default: false },
+  dtype: { type: "string" },
+} as const;
+
+/** `parseArgs` options of the commands that load only the VQGAN (`encode`, `decode`). */
+export const TOKENIZER_OPTIONS = {
+  tokenizer: { type: "string" },
+  resolution: { type: "string" },
+} as const;
+
+/**
+ * The transformer at `model` with its weights in `dtype`, loaded after a line naming it and the
+ * adapter, with a progress line per tensor, on `log`.
+ */
+export async function loadModel(
+  model: string,
+  dtype: "f32" | "f16",
+  log: (line: string) => unknown,
+): Promise<LvmPipeline> {
+  log(`loading ${model} (${dtype}) on ${(await getGpu()).describe()}`);
+  return await loadPipeline({ model, dtype, onTensor: loadProgress(log) });
+}
 
 /** `parseArgs` options of the sampling flags. */
 export const SAMPLING_OPTIONS = {

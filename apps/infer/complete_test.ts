@@ -9,21 +9,13 @@ import { loadImage } from "@lvm/image/fs";
 import { getGpu } from "@lvm/gpu";
 import { Llama, makeConfig } from "@lvm/transformer";
 import { saveLlama } from "@lvm/transformer/fs";
+import { runApp } from "@lvm/cli/testing";
 
 const ROOT = new URL("../../", import.meta.url).pathname;
 const TOK = `${ROOT}tests/fixtures/tokenizer/openmuse`;
 const IMAGE = `${ROOT}tests/fixtures/tokenizer/image.png`;
 
-async function cli(...args: string[]) {
-  const out = await new Deno.Command(Deno.execPath(), {
-    args: ["run", "-A", `${ROOT}apps/infer/main.ts`, ...args],
-    stdout: "piped",
-    stderr: "piped",
-    env: { DENO_WEBGPU_BACKEND: Deno.env.get("DENO_WEBGPU_BACKEND") ?? "vulkan" },
-  }).output();
-  const dec = new TextDecoder();
-  return { code: out.code, stdout: dec.decode(out.stdout), stderr: dec.decode(out.stderr) };
-}
+const cli = (...args: string[]) => runApp("infer", ...args);
 
 Deno.test("infer complete", async (t) => {
   const dir = await Deno.makeTempDir({ prefix: "lvm-complete-" });

@@ -8,6 +8,7 @@ import { hstack } from "@lvm/image";
 import { savePng } from "@lvm/image/fs";
 import { loadPipeline } from "@lvm/pipeline/fs";
 import { TokenCountError } from "@lvm/tokenizer";
+import { TOKENIZER_OPTIONS } from "./_cli.ts";
 
 const usage = `usage: deno task infer decode --tokenizer DIR --tokens IDS --out FILE.png [--many]
 
@@ -27,11 +28,10 @@ export const decode: Command = {
     const { values, positionals } = parseFlags({
       args,
       options: {
-        tokenizer: { type: "string" },
+        ...TOKENIZER_OPTIONS,
         tokens: { type: "string" },
         out: { type: "string" },
         many: { type: "boolean", default: false },
-        resolution: { type: "string" },
       },
       allowPositionals: true,
     });

@@ -7,6 +7,7 @@ import { type Command, parseFlags, positiveInt, required, UsageError } from "@lv
 import type { RgbImage } from "@lvm/image";
 import { loadFrames, loadImage } from "@lvm/image/fs";
 import { loadPipeline } from "@lvm/pipeline/fs";
+import { TOKENIZER_OPTIONS } from "./_cli.ts";
 
 const usage = `usage: deno task infer encode --tokenizer DIR [--json] [--frames] IMAGE...
 
@@ -27,11 +28,10 @@ export const encode: Command = {
     const { values, positionals } = parseFlags({
       args,
       options: {
-        tokenizer: { type: "string" },
+        ...TOKENIZER_OPTIONS,
         json: { type: "boolean", default: false },
         frames: { type: "boolean", default: false },
         batch: { type: "string" },
-        resolution: { type: "string" },
       },
       allowPositionals: true,
     });

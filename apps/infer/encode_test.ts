@@ -7,20 +7,12 @@ import { floatToByte } from "@lvm/image";
 import { loadImage } from "@lvm/image/fs";
 import { SafetensorsFile } from "@lvm/weights/fs";
 import { assertClose } from "@lvm/util/testing";
+import { runApp } from "@lvm/cli/testing";
 
 const ROOT = new URL("../../", import.meta.url).pathname;
 const FIX = `${ROOT}tests/fixtures/tokenizer`;
 
-async function cli(...args: string[]) {
-  const out = await new Deno.Command(Deno.execPath(), {
-    args: ["run", "-A", `${ROOT}apps/infer/main.ts`, ...args],
-    stdout: "piped",
-    stderr: "piped",
-    env: { DENO_WEBGPU_BACKEND: Deno.env.get("DENO_WEBGPU_BACKEND") ?? "vulkan" },
-  }).output();
-  const dec = new TextDecoder();
-  return { code: out.code, stdout: dec.decode(out.stdout), stderr: dec.decode(out.stderr) };
-}
+const cli = (...args: string[]) => runApp("infer", ...args);
 
 const ref = await SafetensorsFile.open(`${FIX}/reference.safetensors`);
 const ids = Array.from(new Int32Array((await ref.readRaw("ids")).slice().buffer)); // (2, 64)

@@ -8,16 +8,20 @@
 import {
   checkVocab,
   type Command,
-  loadProgress,
   nonNegativeInt,
   parseFlags,
   parseTokens,
   required,
 } from "@lvm/cli";
-import { getGpu } from "@lvm/gpu";
-import { loadPipeline } from "@lvm/pipeline/fs";
 import { readConfig } from "@lvm/transformer/fs";
-import { dtypeFlag, SAMPLING_OPTIONS, SAMPLING_USAGE, samplingChoice } from "./_cli.ts";
+import {
+  dtypeFlag,
+  loadModel,
+  MODEL_TOKENS_OPTIONS,
+  SAMPLING_OPTIONS,
+  SAMPLING_USAGE,
+  samplingChoice,
+} from "./_cli.ts";
 
 const usage =
   `usage: deno task infer generate --model DIR --tokens IDS [--max-new-tokens N] [options]
@@ -37,11 +41,8 @@ export const generate: Command = {
     const { values } = parseFlags({
       args,
       options: {
-        model: { type: "string" },
-        tokens: { type: "string" },
+        ...MODEL_TOKENS_OPTIONS,
         "max-new-tokens": { type: "string" },
-        json: { type: "boolean", default: false },
-        dtype: { type: "string" },
         ...SAMPLING_OPTIONS,
       },
     });
@@ -54,8 +55,7 @@ export const generate: Command = {
     const log = (s: string) => values.json || console.error(s);
 
     checkVocab(prompt, (await readConfig(model)).vocab, model);
-    log(`loading ${model} (${dtype}) on ${(await getGpu()).describe()}`);
-    const lvm = await loadPipeline({ model, dtype, onTensor: loadProgress(log) });
+    const lvm = await loadModel(model, dtype, log);
     try {
       const t0 = performance.now();
       const ids = await lvm.generate(prompt, n, {

@@ -9,20 +9,12 @@ import { Llama, makeConfig } from "@lvm/transformer";
 import { saveLlama } from "@lvm/transformer/fs";
 import { SafetensorsFile } from "@lvm/weights/fs";
 import { assertClose } from "@lvm/util/testing";
+import { runApp } from "@lvm/cli/testing";
 
 const ROOT = new URL("../../", import.meta.url).pathname;
 const MODEL = `${ROOT}tests/fixtures/transformer/mha`;
 
-async function cli(...args: string[]) {
-  const out = await new Deno.Command(Deno.execPath(), {
-    args: ["run", "-A", `${ROOT}apps/infer/main.ts`, ...args],
-    stdout: "piped",
-    stderr: "piped",
-    env: { DENO_WEBGPU_BACKEND: Deno.env.get("DENO_WEBGPU_BACKEND") ?? "vulkan" },
-  }).output();
-  const dec = new TextDecoder();
-  return { code: out.code, stdout: dec.decode(out.stdout), stderr: dec.decode(out.stderr) };
-}
+const cli = (...args: string[]) => runApp("infer", ...args);
 
 async function ref(name: string): Promise<number[]> {
   const f = await SafetensorsFile.open(`${MODEL}/reference.safetensors`);
@@ -72,30 +64,11 @@ Deno.test("infer generate", async (t) => {
     const dir = await Deno.makeTempDir();
     await Deno.writeTextFile(`${dir}/prompt.json`, "[5, 17, 3]");
     const args = ["--model", MODEL, "--tokens", `@${dir}/prompt.json`, "--max-new-tokens", "40"];
-    const a = await cli(
-      "generate",
-      ...args,
-      "--seed",
-      "7",
-      "--top-k",
-      "0",
-      "--temperature",
-      "2",
-      "--json",
-    );
+    const sampled = (...extra: string[]) =>
+      cli("generate", ...args, "--seed", "7", "--top-k", "0", "--temperature", "2", ...extra);
+    const a = await sampled("--json");
     // The same seed on the CPU path (--cpu-sampling) draws the same ids as the default GPU path.
-    const b = await cli(
-      "generate",
-      ...args,
-      "--seed",
-      "7",
-      "--top-k",
-      "0",
-      "--temperature",
-      "2",
-      "--cpu-sampling",
-      "--json",
-    );
+    const b = await sampled("--cpu-sampling", "--json");
     deepStrictEqual(a.code, 0, a.stderr);
     const ta: number[] = JSON.parse(a.stdout).tokens;
     deepStrictEqual(ta.length, 40);

@@ -5,19 +5,9 @@
  * model whose weights are not finite is an error (exit 1) naming it.
  * @module
  */
-import {
-  checkVocab,
-  type Command,
-  loadProgress,
-  parseFlags,
-  parseTokens,
-  required,
-  UsageError,
-} from "@lvm/cli";
-import { getGpu } from "@lvm/gpu";
-import { loadPipeline } from "@lvm/pipeline/fs";
+import { checkVocab, type Command, parseFlags, parseTokens, required, UsageError } from "@lvm/cli";
 import { readConfig } from "@lvm/transformer/fs";
-import { dtypeFlag } from "./_cli.ts";
+import { dtypeFlag, loadModel, MODEL_TOKENS_OPTIONS } from "./_cli.ts";
 
 const usage = `usage: deno task infer score --model DIR --tokens IDS [--json] [--dtype f32|f16]
 
@@ -31,15 +21,7 @@ export const score: Command = {
   summary: "log-probabilities, NLL and perplexity of a token sequence",
   usage,
   async run(args) {
-    const { values } = parseFlags({
-      args,
-      options: {
-        model: { type: "string" },
-        tokens: { type: "string" },
-        json: { type: "boolean", default: false },
-        dtype: { type: "string" },
-      },
-    });
+    const { values } = parseFlags({ args, options: MODEL_TOKENS_OPTIONS });
     const model = required("model", values.model, "DIR");
     const ids = parseTokens(required("tokens", values.tokens, "IDS"));
     const dtype = dtypeFlag(values.dtype);
@@ -52,8 +34,7 @@ export const score: Command = {
         `--tokens: ${ids.length} ids exceed the model's ${config.maxPositions} positions`,
       );
     }
-    log(`loading ${model} (${dtype}) on ${(await getGpu()).describe()}`);
-    const lvm = await loadPipeline({ model, dtype, onTensor: loadProgress(log) });
+    const lvm = await loadModel(model, dtype, log);
     try {
       const { logprobs, nll, perplexity } = await lvm.scoreTokens(ids);
       if (values.json) console.log(JSON.stringify({ logprobs, nll, perplexity }));

@@ -80,18 +80,22 @@ export async function build(
     onProgress: progressPrinter(!!v.quiet),
   };
   const tokenizer = await openTokenizer(v.tokenizer);
-  // A SIGINT listener replaces the default termination: the first Ctrl-C aborts the build (it
-  // stops within one step of any phase, keeping what is finished), a second one quits.
+  // SIGINT and SIGTERM listeners replace the default termination: the first signal aborts the
+  // build (it stops within one step of any phase, keeping what is finished), a second one quits.
   const ac = new AbortController();
-  const onSigint = () => {
+  let code = 130;
+  const onSignal = (name: "Ctrl-C" | "SIGTERM", exit: number) => () => {
     if (ac.signal.aborted) {
-      console.error("[dataset] second Ctrl-C: quitting now (finished chunks and shards are kept)");
-      Deno.exit(130);
+      console.error(`[dataset] second ${name}: quitting now (finished chunks and shards are kept)`);
+      Deno.exit(exit);
     }
-    console.error("[dataset] Ctrl-C: stopping after the current step (Ctrl-C again to quit now)");
+    console.error(`[dataset] ${name}: stopping after the current step (again to quit now)`);
+    code = exit;
     ac.abort();
   };
+  const onSigint = onSignal("Ctrl-C", 130), onSigterm = onSignal("SIGTERM", 143);
   Deno.addSignalListener("SIGINT", onSigint);
+  Deno.addSignalListener("SIGTERM", onSigterm);
   let res;
   try {
     res = await buildDataset({ ...options, tokenizer, signal: ac.signal });
@@ -105,9 +109,10 @@ export async function build(
     console.error(
       `[dataset] ${what}` + (what.includes("resume") ? "" : "; run the same command to resume"),
     );
-    return 130;
+    return code;
   } finally {
     Deno.removeSignalListener("SIGINT", onSigint);
+    Deno.removeSignalListener("SIGTERM", onSigterm);
   }
   for (const n of res.notes) console.error(`[dataset] note: ${n}`);
   if (!res.complete) {

@@ -301,6 +301,73 @@ Deno.test("train dataset (CLI)", async (t) => {
     );
   });
 
+  await t.step(
+    "SIGTERM stops a build between steps (exit 143); the same command resumes",
+    async () => {
+      const args = [
+        "run",
+        "-A",
+        HARNESS,
+        "dataset",
+        "--tokenizer",
+        "test:32",
+        "--kind",
+        "colorization",
+        "--input",
+        inp.images,
+        inp.x,
+        "--images",
+        "4",
+        "--epochs",
+        "200",
+        "--shard-sentences",
+        "2",
+        "--chunk-images",
+        "6",
+        "--batch",
+        "4",
+        "--out",
+        o("term"),
+      ]; // deno-fmt-ignore
+      const child = new Deno.Command(Deno.execPath(), {
+      args,
+      cwd: ROOT,
+      stdout: "piped",
+      stderr: "piped",
+      env: { NO_COLOR: "1" },
+    }).spawn();
+      const stdout = new Response(child.stdout).text();
+      const dec = new TextDecoder();
+      let err = "";
+      const reader = child.stderr.getReader();
+      // Signal once the build reports progress (it has started writing), then drain stderr.
+      while (!/\[dataset\] .*images\/s/.test(err)) {
+        const { value, done } = await reader.read();
+        if (done) break;
+        err += dec.decode(value);
+      }
+      child.kill("SIGTERM");
+      for (;;) {
+        const { value, done } = await reader.read();
+        if (done) break;
+        err += dec.decode(value);
+      }
+      const st = await child.status;
+      await stdout;
+      expect(
+        { code: st.code, stdout: "", stderr: err },
+        143,
+        /SIGTERM: stopping after the current step/,
+      );
+      expect(
+        await cli(HARNESS, ...args.slice(3)),
+        0,
+        /resumed \d+ chunks/,
+        "stdout",
+      );
+    },
+  );
+
   await t.step("--part I/N and --combine", async () => {
     const args = [
       "dataset",

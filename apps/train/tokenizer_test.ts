@@ -9,32 +9,11 @@ import { deepStrictEqual, equal, match, ok } from "node:assert/strict";
 import { makeImage } from "@lvm/image";
 import { savePng } from "@lvm/image/fs";
 import { SafetensorsFile } from "@lvm/weights/fs";
+import { TINY_CONFIG_JSON } from "@lvm/tokenizer/testing";
+import { runApp as cli } from "@lvm/cli/testing";
 
 const ROOT = new URL("../../", import.meta.url).pathname;
 const FIX = `${ROOT}tests/fixtures/tokenizer`;
-
-async function cli(main: string, ...args: string[]) {
-  const out = await new Deno.Command(Deno.execPath(), {
-    args: ["run", "-A", `${ROOT}apps/${main}/main.ts`, ...args],
-    stdout: "piped",
-    stderr: "piped",
-    env: { DENO_WEBGPU_BACKEND: Deno.env.get("DENO_WEBGPU_BACKEND") ?? "vulkan" },
-  }).output();
-  const dec = new TextDecoder();
-  return { code: out.code, stdout: dec.decode(out.stdout), stderr: dec.decode(out.stderr) };
-}
-
-const CONFIG = {
-  resolution: 16,
-  hidden_channels: 32,
-  channel_mult: [1, 1],
-  num_res_blocks: 1,
-  attn_resolutions: [],
-  no_attn_mid_block: true,
-  z_channels: 8,
-  num_embeddings: 32,
-  quantized_embed_dim: 8,
-};
 
 Deno.test("train tokenizer", async (t) => {
   const dir = await Deno.makeTempDir();
@@ -44,7 +23,7 @@ Deno.test("train tokenizer", async (t) => {
     img.data.forEach((_, i) => (img.data[i] = 0.5 + 0.45 * Math.sin(i / (3 + k))));
     await savePng(k < 4 ? `${dir}/images/img${k}.png` : `${dir}/images/frames/f${k}.png`, img);
   }
-  await Deno.writeTextFile(`${dir}/config.json`, JSON.stringify(CONFIG));
+  await Deno.writeTextFile(`${dir}/config.json`, JSON.stringify(TINY_CONFIG_JSON));
   const common = ["--images", `${dir}/images`, "--config", `${dir}/config.json`, "--batch", "2"];
   const read = (p: string) => Deno.readFile(p);
 
@@ -92,33 +71,11 @@ Deno.test("train tokenizer", async (t) => {
     "--resume continues exactly: same final weights as an uninterrupted run",
     async () => {
       // The uninterrupted run is the previous step's (4 steps into a/).
-      const r = await cli(
-        "train",
-        "tokenizer",
-        ...common,
-        "--steps",
-        "2",
-        "--save-every",
-        "1",
-        "--out",
-        `${dir}/c`,
-        "--holdout",
-        "2",
-        "--quiet",
-      );
+      const runC = (steps: number, ...extra: string[]) =>
+        cli("train", "tokenizer", ...common, "--steps", `${steps}`, "--out", `${dir}/c`, ...extra);
+      const r = await runC(2, "--holdout", "2", "--save-every", "1", "--quiet");
       equal(r.code, 0, r.stderr);
-      const c = await cli(
-        "train",
-        "tokenizer",
-        ...common,
-        "--steps",
-        "4",
-        "--out",
-        `${dir}/c`,
-        "--holdout",
-        "2",
-        "--resume",
-      );
+      const c = await runC(4, "--holdout", "2", "--resume");
       equal(c.code, 0, c.stderr);
       match(c.stderr, /resumed from .* at step 2/);
       deepStrictEqual(

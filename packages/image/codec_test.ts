@@ -11,25 +11,8 @@ import {
   naturalCompare,
   readImageHeader,
 } from "./codec.ts";
-import { fromUint8, ImageError, makeImage, toUint8 } from "./image.ts";
-
-const FIX = new URL("../../tests/fixtures/image/", import.meta.url);
-const fix = (name: string) => new URL(name, FIX).pathname;
-const exact = { atol: 0, rtol: 0 };
-
-/** Runs `fn`, expects an ImageError whose message contains every needle. */
-async function expectImageError(fn: () => Promise<unknown>, needles: string[], label: string) {
-  try {
-    await fn();
-  } catch (e) {
-    if (!(e instanceof ImageError)) throw new Error(`${label}: threw ${e}, want ImageError`);
-    for (const n of needles) {
-      if (!e.message.includes(n)) throw new Error(`${label}: "${e.message}" lacks "${n}"`);
-    }
-    return;
-  }
-  throw new Error(`${label}: did not throw`);
-}
+import { fromUint8, makeImage, toUint8 } from "./image.ts";
+import { exact, expectImageError, fix } from "./testing.ts";
 
 Deno.test("encodePng() / savePng() / loadImage(): PNG round trip is exact", async (t) => {
   const dir = await Deno.makeTempDir({ prefix: "lvm_image_" });

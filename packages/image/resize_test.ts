@@ -2,9 +2,7 @@ import { assertClose, randint, randu } from "@lvm/util/testing";
 import { loadImage } from "./fs.ts";
 import { fromUint8, makeImage, toUint8 } from "./image.ts";
 import { resize, resizeUint8 } from "./resize.ts";
-
-const FIX = new URL("../../tests/fixtures/image/", import.meta.url);
-const fix = (name: string) => new URL(name, FIX).pathname;
+import { fix } from "./testing.ts";
 
 interface Manifest {
   pil_version: string;

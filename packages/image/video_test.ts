@@ -1,12 +1,9 @@
 import { assertClose } from "@lvm/util/testing";
 import { join } from "node:path";
-import { ImageError, toUint8 } from "./image.ts";
+import { toUint8 } from "./image.ts";
 import { resize } from "./resize.ts";
 import { decodeVideo, ffmpegAvailable, probeVideo, VideoFrameReader } from "./video.ts";
-
-const FIX = new URL("../../tests/fixtures/image/", import.meta.url);
-const fix = (name: string) => new URL(name, FIX).pathname;
-const exact = { atol: 0, rtol: 0 };
+import { exact, expectImageError, fix } from "./testing.ts";
 
 const hasFfmpeg = await ffmpegAvailable();
 
@@ -34,19 +31,6 @@ Deno.test("ffmpegAvailable(): false, never a throw, when ffmpeg is absent", asyn
     await Deno.remove(empty, { recursive: true });
   }
 });
-
-async function expectImageError(fn: () => Promise<unknown>, needles: string[], label: string) {
-  try {
-    await fn();
-  } catch (e) {
-    if (!(e instanceof ImageError)) throw new Error(`${label}: threw ${e}, want ImageError`);
-    for (const n of needles) {
-      if (!e.message.includes(n)) throw new Error(`${label}: "${e.message}" lacks "${n}"`);
-    }
-    return;
-  }
-  throw new Error(`${label}: did not throw`);
-}
 
 Deno.test("decodeVideo() / probeVideo() errors (no ffmpeg needed)", async (t) => {
   const file = fix("src_37x23.png"); // any existing file: the binary is missing before it is read

@@ -157,15 +157,19 @@ Deno.test("buildDataset()", async (t) => {
     }
   });
 
+  // The colorization build the resume and abort tests stop and resume, in shards, chunks and
+  // batches small enough to stop it between any two of them.
+  const colorization = {
+    kind: "colorization",
+    inputs: [inp.images, inp.x],
+    imagesPerSentence: 4,
+    epochs: 3,
+    seed: 1,
+  };
+  const colorSizes = { shardSentences: 2, chunkImages: 7, batchImages: 3 };
+
   await t.step("an interrupted build resumes to the same bytes, redoing nothing", async () => {
-    const o = {
-      kind: "colorization",
-      inputs: [inp.images, inp.x],
-      imagesPerSentence: 4,
-      epochs: 3,
-      seed: 1,
-    };
-    const sizes = { shardSentences: 2, chunkImages: 7, batchImages: 3 };
+    const o = colorization, sizes = colorSizes;
     const full = new BlockMeanTestTokenizer(R);
     await build({ ...o, ...sizes, outDir: out("full"), tokenizer: full });
 
@@ -199,14 +203,7 @@ Deno.test("buildDataset()", async (t) => {
   await t.step(
     "an aborted build (signal) resumes to the same bytes; a corrupt shard is redone",
     async () => {
-      const o = {
-        kind: "colorization",
-        inputs: [inp.images, inp.x],
-        imagesPerSentence: 4,
-        epochs: 3,
-        seed: 1,
-      };
-      const sizes = { shardSentences: 2, chunkImages: 7, batchImages: 3 };
+      const o = colorization, sizes = colorSizes;
       const dir = out("aborted");
       const ac = new AbortController();
       const tok = new BlockMeanTestTokenizer(R);
@@ -238,16 +235,6 @@ Deno.test("buildDataset()", async (t) => {
       sameFiles(await filesOf(dir), await filesOf(out("full")));
     },
   );
-
-  /** Same colorization build as "full" above. */
-  const colorization = {
-    kind: "colorization",
-    inputs: [inp.images, inp.x],
-    imagesPerSentence: 4,
-    epochs: 3,
-    seed: 1,
-  };
-  const colorSizes = { shardSentences: 2, chunkImages: 7, batchImages: 3 };
 
   await t.step(
     "resume verifies codes.bin in bounded pieces; a damaged chunk is redone",

@@ -26,6 +26,7 @@ import {
   mean,
   type Tensor,
 } from "./_deps.ts";
+import { Rng } from "@lvm/util";
 import type { TrainerExtension, TrainOptions } from "./train.ts";
 
 /** Options of {@link PatchDiscriminator}. */
@@ -82,14 +83,8 @@ export class PatchDiscriminator implements TrainerExtension {
       ["disc.1", [2 * C, C, 4, 4], { stride: 2, pad: 1 }],
       ["disc.2", [1, 2 * C, 4, 4], { pad: 1 }],
     ];
-    let s = ((options.seed ?? 0) * 2654435761 + 99991) >>> 0;
-    const rnd = () => {
-      s = (s + 0x6d2b79f5) >>> 0;
-      let t = s;
-      t = Math.imul(t ^ (t >>> 15), t | 1);
-      t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-      return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
-    };
+    const rng = new Rng(((options.seed ?? 0) * 2654435761 + 99991) >>> 0);
+    const rnd = () => rng.next();
     this.layers = shapes.map(([name, shape, opts]) => {
       // PyTorch's default conv init: U(-1/sqrt(fan_in), 1/sqrt(fan_in)) for weights and biases.
       const fan = shape[1] * 16, bound = 1 / Math.sqrt(fan);

@@ -31,6 +31,7 @@ import {
   vqLookup,
   vqNearest,
 } from "./_deps.ts";
+import { Rng } from "@lvm/util";
 import {
   geometry,
   GROUPS,
@@ -373,14 +374,8 @@ export function checkBatchFits(
  * GroupNorm weight 1 and bias 0, codebook U(-1/K, 1/K). Deterministic in `seed`.
  */
 export function initVqganWeights(config: VqganConfig, seed = 0): VqganWeights {
-  let s = seed >>> 0;
-  const rnd = () => {
-    s = (s + 0x6d2b79f5) >>> 0;
-    let t = s;
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
-  };
+  const rng = new Rng(seed >>> 0);
+  const rnd = () => rng.next();
   const out: VqganWeights = new Map();
   const specs = vqganParamSpecs(config);
   const fanIn = new Map<string, number>();

@@ -8,7 +8,7 @@
  */
 import { join } from "node:path";
 import { loadImage } from "@lvm/image/fs";
-import { getGpu, type Tensor } from "./_deps.ts";
+import { getGpu, type Gpu, type Tensor } from "./_deps.ts";
 import { SafetensorsFile } from "@lvm/weights/fs";
 import { assertClose, assertEquals, assertRejects, finiteDiff, randu } from "@lvm/util/testing";
 import { configToJson, parseConfig, type VqganConfig, vqganParamSpecs } from "./config.ts";
@@ -29,6 +29,28 @@ const refIds = new Int32Array(
 const P = 3 * 16 * 16, T = 64;
 const asImages = () =>
   [0, 1].map((i) => ({ width: 16, height: 16, data: images.slice(i * P, (i + 1) * P) }));
+
+/**
+ * Asserts every `grad.NAME` tensor of a PyTorch reference file matches `grads.get(NAME)` (to 1e-4
+ * of the largest reference value, 2e-3 relative); returns the names.
+ */
+async function assertGradsMatch(
+  gpu: Gpu,
+  ref: SafetensorsFile,
+  grads: Map<string, Tensor>,
+): Promise<string[]> {
+  const names = ref.names().filter((n) => n.startsWith("grad.")).map((n) => n.slice(5));
+  for (const n of names) {
+    const want = await ref.readF32(`grad.${n}`);
+    let scale = 0;
+    for (const v of want) scale = Math.max(scale, Math.abs(v));
+    assertClose(await gpu.readF32(grads.get(n)!), want, {
+      atol: 1e-4 * scale + 1e-7,
+      rtol: 2e-3,
+    }, `d${n}`);
+  }
+  return names;
+}
 
 Deno.test("VqganTokenizer fixtures()", async (t) => {
   const decoded = await ref.readF32("decoded");
@@ -129,17 +151,8 @@ Deno.test("vqganLossAndGrads() fixture", async (t) => {
     assertClose(await gpu.read(r.ids), refIds, { atol: 0, rtol: 0 }, "ids");
   });
   await t.step("gradients match PyTorch's (straight-through, codebook, commitment)", async () => {
-    const names = ref.names().filter((n) => n.startsWith("grad.")).map((n) => n.slice(5));
+    const names = await assertGradsMatch(gpu, ref, r.grads);
     assertEquals(names.length > 20, true);
-    for (const n of names) {
-      const want = await ref.readF32(`grad.${n}`);
-      let scale = 0;
-      for (const v of want) scale = Math.max(scale, Math.abs(v));
-      assertClose(await gpu.readF32(r.grads.get(n)!), want, {
-        atol: 1e-4 * scale + 1e-7,
-        rtol: 2e-3,
-      }, `d${n}`);
-    }
     assertEquals(r.grads.size, weights.size);
   });
   releaseLoss(r);
@@ -204,17 +217,8 @@ Deno.test("levels3 fixture: 3 levels, channels changing in the encoder and the d
     const loss = await r3.readF32("loss");
     assertClose([rec[0], vq[0], vq[0]], loss.slice(1), { atol: 1e-6, rtol: 1e-4 }, "loss terms");
     assertClose(await gpu.read(r.ids), ids3, { atol: 0, rtol: 0 }, "ids");
-    const names = r3.names().filter((n) => n.startsWith("grad.")).map((n) => n.slice(5));
+    const names = await assertGradsMatch(gpu, r3, r.grads);
     assertEquals(names.filter((n) => n.includes("nin_shortcut")).length, 6);
-    for (const n of names) {
-      const want = await r3.readF32(`grad.${n}`);
-      let scale = 0;
-      for (const v of want) scale = Math.max(scale, Math.abs(v));
-      assertClose(await gpu.readF32(r.grads.get(n)!), want, {
-        atol: 1e-4 * scale + 1e-7,
-        rtol: 2e-3,
-      }, `d${n}`);
-    }
     releaseLoss(r);
     xt.release();
     model.release();

@@ -6,10 +6,9 @@
  */
 import { equal, ok, throws } from "node:assert/strict";
 import { Rng } from "@lvm/util";
-import { makeImage } from "@lvm/image";
 import { getGpu } from "./_deps.ts";
-import { parseConfig, presetConfig, VQGAN_PRESETS, type VqganConfig } from "./config.ts";
-import { type ImageSource, sampleBatch } from "./data.ts";
+import { presetConfig, VQGAN_PRESETS, type VqganConfig } from "./config.ts";
+import { sampleBatch } from "./data.ts";
 import {
   activationBytesPerImage,
   checkBatchFits,
@@ -18,34 +17,7 @@ import {
   Vqgan,
 } from "./model.ts";
 import { releaseLoss, vqganLossAndGrads } from "./train.ts";
-
-const CONFIG = parseConfig({
-  resolution: 16,
-  hidden_channels: 32,
-  channel_mult: [1, 1],
-  num_res_blocks: 1,
-  attn_resolutions: [],
-  no_attn_mid_block: true,
-  z_channels: 8,
-  num_embeddings: 32,
-  quantized_embed_dim: 8,
-});
-
-/** Smooth synthetic images (colour ramps and blobs), 24x20. */
-function sources(): ImageSource[] {
-  return Array.from({ length: 5 }, (_, k) => {
-    const img = makeImage(24, 20);
-    for (let c = 0; c < 3; c++) {
-      for (let y = 0; y < 20; y++) {
-        for (let x = 0; x < 24; x++) {
-          img.data[(c * 20 + y) * 24 + x] = 0.5 +
-            0.4 * Math.sin((x * (k + 1)) / 7 + c) * Math.cos((y + 3 * c) / (4 + k));
-        }
-      }
-    }
-    return { name: `synthetic${k}`, frames: [img] };
-  });
-}
+import { syntheticSources as sources, TINY_CONFIG as CONFIG } from "./testing.ts";
 
 Deno.test("batch size against the storage-binding limit", async (t) => {
   const MiB = 2 ** 20;

@@ -11,7 +11,6 @@ import { makeImage } from "@lvm/image";
 import { nchwToRows } from "@lvm/kernels";
 import {
   configToJson,
-  type ImageSource,
   initVqganWeights,
   parseConfig,
   presetConfig,
@@ -19,6 +18,7 @@ import {
   TRAIN_DEFAULTS,
   type Vqgan,
 } from "@lvm/tokenizer";
+import { syntheticSources, TINY_CONFIG as CONFIG } from "@lvm/tokenizer/testing";
 import { writeSafetensors } from "@lvm/weights/fs";
 import { Rng } from "@lvm/util";
 import { join } from "node:path";
@@ -37,34 +37,7 @@ import {
 } from "./vqgan.ts";
 
 const gpu = await getGpu();
-const CONFIG = parseConfig({
-  resolution: 16,
-  hidden_channels: 32,
-  channel_mult: [1, 1],
-  num_res_blocks: 1,
-  attn_resolutions: [],
-  no_attn_mid_block: true,
-  z_channels: 8,
-  num_embeddings: 32,
-  quantized_embed_dim: 8,
-});
-
-/** Smooth synthetic images (colour ramps and blobs), 24x20. */
-function sources(): ImageSource[] {
-  return Array.from({ length: 5 }, (_, k) => {
-    const img = makeImage(24, 20);
-    for (let c = 0; c < 3; c++) {
-      for (let y = 0; y < 20; y++) {
-        for (let x = 0; x < 24; x++) {
-          img.data[(c * 20 + y) * 24 + x] = 0.5 +
-            0.4 * Math.sin((x * (k + 1)) / 7 + c) * Math.cos((y + 3 * c) / (4 + k));
-        }
-      }
-    }
-    return { name: `synthetic${k}`, frames: [img] };
-  });
-}
-const SRC = sources();
+const SRC = syntheticSources();
 
 function runConfig(over: Partial<VqganRunInput> = {}): VqganRunConfig {
   return makeVqganRunConfig({

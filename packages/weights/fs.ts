@@ -26,6 +26,7 @@ import {
   type TensorEntry,
   type TensorSource,
   type TensorSpec,
+  type WeightsFileError,
 } from "./safetensors.ts";
 import { TorchBinError, type TorchBinOptions, TorchBinReader } from "./torch_bin.ts";
 
@@ -93,6 +94,23 @@ export class FileSource implements ByteSource {
 // ---------------------------------------------------------------------------------------------
 // Opening files
 
+/** Opens `path`; a failure is the format's error (`Err`) naming the file: "PATH: cannot open: ...". */
+async function openFile(
+  path: string,
+  Err: new (
+    path: string,
+    detail: string,
+    tensor?: string,
+    options?: ErrorOptions,
+  ) => WeightsFileError,
+): Promise<FileSource> {
+  try {
+    return await FileSource.open(path);
+  } catch (e) {
+    throw new Err(path, `cannot open: ${(e as Error).message}`, undefined, { cause: e });
+  }
+}
+
 /**
  * A safetensors file on disk (see {@link SafetensorsReader} for what opening checks).
  *
@@ -113,14 +131,7 @@ export class SafetensorsFile extends SafetensorsReader {
    * file (and tensor).
    */
   static async open(path: string): Promise<SafetensorsFile> {
-    let file: FileSource;
-    try {
-      file = await FileSource.open(path);
-    } catch (e) {
-      throw new SafetensorsError(path, `cannot open: ${(e as Error).message}`, undefined, {
-        cause: e,
-      });
-    }
+    const file = await openFile(path, SafetensorsError);
     return new SafetensorsFile(file, await SafetensorsReader.parse(file));
   }
 }
@@ -146,14 +157,7 @@ export class TorchBinFile extends TorchBinReader {
    * was wrong.
    */
   static async open(path: string, options: TorchBinOptions = {}): Promise<TorchBinFile> {
-    let file: FileSource;
-    try {
-      file = await FileSource.open(path);
-    } catch (e) {
-      throw new TorchBinError(path, `cannot open: ${(e as Error).message}`, undefined, {
-        cause: e,
-      });
-    }
+    const file = await openFile(path, TorchBinError);
     return new TorchBinFile(file, await TorchBinReader.parse(file, options));
   }
 }

@@ -128,9 +128,12 @@ export interface TensorSource {
   metadata?: Record<string, string>;
 }
 
-/** An error about a safetensors file (or sharded checkpoint): names the file and, where relevant, the tensor. */
-export class SafetensorsError extends Error {
-  override name = "SafetensorsError";
+/**
+ * An error about a weights file of any format: names the file and, where relevant, the tensor.
+ * Each format has its own subclass ({@link SafetensorsError}, `TorchBinError`).
+ */
+export class WeightsFileError extends Error {
+  override name = "WeightsFileError";
   /**
    * @param path the file the error is about
    * @param detail what was wrong (and what was expected)
@@ -147,6 +150,11 @@ export class SafetensorsError extends Error {
       options,
     );
   }
+}
+
+/** An error about a safetensors file (or sharded checkpoint): names the file and, where relevant, the tensor. */
+export class SafetensorsError extends WeightsFileError {
+  override name = "SafetensorsError";
 }
 
 /** Number of elements of a shape, checking each dimension (1 for the scalar shape `[]`). */

@@ -32,22 +32,12 @@ import {
   type TensorInfo,
   type TensorSource,
   toF32,
+  WeightsFileError,
 } from "./safetensors.ts";
 
 /** An error about a PyTorch checkpoint: names the file and, where relevant, the tensor or entry. */
-export class TorchBinError extends Error {
+export class TorchBinError extends WeightsFileError {
   override name = "TorchBinError";
-  constructor(
-    readonly path: string,
-    readonly detail: string,
-    readonly tensor?: string,
-    options?: ErrorOptions,
-  ) {
-    super(
-      `${path}: ${tensor !== undefined ? `tensor ${JSON.stringify(tensor)}: ` : ""}${detail}`,
-      options,
-    );
-  }
 }
 
 /** A pickle asked for a global outside the allow-list (the pickle was not, and is never, run). */

@@ -1,3 +1,4 @@
+import { throws } from "node:assert/strict";
 import { getGpu } from "@lvm/gpu";
 import { assertClose, randu } from "@lvm/util/testing";
 import { adamw, adamwCpu } from "./adamw.ts";
@@ -122,28 +123,19 @@ Deno.test("adamw() matches the CPU reference on odd sizes and extreme values", a
 Deno.test("adamw(): bad inputs are reported", async () => {
   const gpu = await getGpu();
   const a = gpu.zeros([4]), b = gpu.zeros([4]), c = gpu.zeros([4]), d = gpu.zeros([3]);
-  const expectThrow = (f: () => unknown, re: RegExp) => {
-    let msg = "";
-    try {
-      f();
-    } catch (e) {
-      msg = String(e);
-    }
-    if (!re.test(msg)) throw new Error(`expected ${re}, got "${msg}"`);
-  };
-  expectThrow(
+  throws(
     () => adamw(gpu, { param: a, grad: d, m: b, v: c }, { lr: 1, step: 1 }),
     /grad has shape \[3\] \(3 elements\), expected 4/,
   );
-  expectThrow(
+  throws(
     () => adamw(gpu, { param: a, grad: a, m: b, v: c }, { lr: 1, step: 1 }),
     /distinct buffers/,
   );
-  expectThrow(
+  throws(
     () => adamw(gpu, { param: a, grad: d.view([3]), m: b, v: c }, { lr: 1, step: 0 }),
     /step must be an integer >= 1/,
   );
-  expectThrow(
+  throws(
     () =>
       adamw(gpu, { param: a, grad: gpu.zeros([4]), m: b, v: c }, {
         lr: 1,

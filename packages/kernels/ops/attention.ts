@@ -197,6 +197,23 @@ function packed(gpu: Gpu, slot: number, x: Tensor): TexSlot {
 // ---------------------------------------------------------------------------------------------
 // Forward (training, and prefill of many tokens against a cache).
 
+/**
+ * WGSL opening of the kernels with one workgroup per (batch, head, block of WG * R query rows)
+ * (forward, dQ): `qb` the block (late blocks first: they see the most keys), `bh`, `h`, `b`, the
+ * KV head `g` (`gx` its first texel column) and the workgroup's first row `tb` of this invocation.
+ */
+function qBlockHead(U: number, WG: number, R: number): string {
+  return `let w = ${WG_INDEX};
+  if (w >= p.BH * p.nQB) { return; }
+  let qb = p.nQB - 1u - w % p.nQB; // late query blocks first: they see the most keys
+  let bh = w / p.nQB;
+  let h = bh % p.H;
+  let b = bh / p.H;
+  let g = h / (p.H / p.KVH);
+  let gx = g * ${U}u;
+  let tb = (qb * ${WG}u + li) * ${R}u;`;
+}
+
 function forwardKernel(D: number, src: AttentionVariant, WG: number, R: number): string {
   const { U, ty, ld, st } = rows(D);
   const s = streamed(src, D, ["kt", "vt"], 1);
@@ -214,15 +231,7 @@ struct P { BH: u32, Tq: u32, H: u32, KVH: u32, Tk: u32, qStart: u32, nQB: u32, s
 @compute @workgroup_size(${WG})
 fn main(@builtin(local_invocation_index) li: u32, @builtin(workgroup_id) wg: vec3u,
         @builtin(num_workgroups) nwg: vec3u) {
-  let w = ${WG_INDEX};
-  if (w >= p.BH * p.nQB) { return; }
-  let qb = p.nQB - 1u - w % p.nQB; // late query blocks first: they see the most keys
-  let bh = w / p.nQB;
-  let h = bh % p.H;
-  let b = bh / p.H;
-  let g = h / (p.H / p.KVH);
-  let gx = g * ${U}u;
-  let tb = (qb * ${WG}u + li) * ${R}u;
+  ${qBlockHead(U, WG, R)}
   // Rows past Tq compute a copy of the last row and are not written.
   ${
     rs((r) =>
@@ -398,15 +407,7 @@ struct P { BH: u32, T: u32, H: u32, KVH: u32, nQB: u32, scaleLog2: f32, scale: f
 @compute @workgroup_size(${WG})
 fn main(@builtin(local_invocation_index) li: u32, @builtin(workgroup_id) wg: vec3u,
         @builtin(num_workgroups) nwg: vec3u) {
-  let w = ${WG_INDEX};
-  if (w >= p.BH * p.nQB) { return; }
-  let qb = p.nQB - 1u - w % p.nQB;
-  let bh = w / p.nQB;
-  let h = bh % p.H;
-  let b = bh / p.H;
-  let g = h / (p.H / p.KVH);
-  let gx = g * ${U}u;
-  let tb = (qb * ${WG}u + li) * ${R}u;
+  ${qBlockHead(U, WG, R)}
   ${
     rs((r) =>
       `let t${r} = min(tb + ${r}u, p.T - 1u);

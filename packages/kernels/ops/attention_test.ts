@@ -61,6 +61,24 @@ function inputs(B: number, T: number, H: number, KVH: number, D: number, seed: n
   };
 }
 
+/** attention() of {@link inputs}: the inputs, and the output and log-sum-exp read back. */
+async function attendInputs(
+  gpu: Gpu,
+  [B, T, H, KVH, D]: number[],
+  seed: number,
+  amp: number,
+) {
+  const { q, k, v } = inputs(B, T, H, KVH, D, seed, amp);
+  const { out, lse } = attention(
+    gpu,
+    gpu.upload(q, [B, T, H, D]),
+    gpu.upload(k, [B, T, KVH, D]),
+    gpu.upload(v, [B, T, KVH, D]),
+  );
+  const [o, l] = await gpu.readMany([out, lse]);
+  return { q, k, v, o, l };
+}
+
 Deno.test("attention()", async (t) => {
   const gpu = await getGpu();
   for (const [B, T, H, KVH, D, variant, rows] of FORWARD) {
@@ -83,14 +101,7 @@ Deno.test("attention()", async (t) => {
 
   await t.step("extreme values: scores of +-1e5, values +-300", async () => {
     const [B, T, H, KVH, D] = [1, 40, 2, 1, 12];
-    const { q, k, v } = inputs(B, T, H, KVH, D, 5, 300);
-    const { out, lse } = attention(
-      gpu,
-      gpu.upload(q, [B, T, H, D]),
-      gpu.upload(k, [B, T, KVH, D]),
-      gpu.upload(v, [B, T, KVH, D]),
-    );
-    const [o, l] = await gpu.readMany([out, lse]);
+    const { q, k, v, o, l } = await attendInputs(gpu, [B, T, H, KVH, D], 5, 300);
     const ref = attentionCpu(q, k, v, { B, Tq: T, H, KVH, D });
     assertClose(o, ref.out, { atol: 1e-3, rtol: 1e-4 }, "out extremes");
     assertClose(l, ref.lse, { atol: 1e-3, rtol: 1e-5 }, "lse extremes");
@@ -98,14 +109,7 @@ Deno.test("attention()", async (t) => {
 
   await t.step("T=4096, D=64: sampled rows match", async () => {
     const [B, T, H, KVH, D] = [1, 4096, 1, 1, 64];
-    const { q, k, v } = inputs(B, T, H, KVH, D, 9, 1);
-    const { out, lse } = attention(
-      gpu,
-      gpu.upload(q, [B, T, H, D]),
-      gpu.upload(k, [B, T, KVH, D]),
-      gpu.upload(v, [B, T, KVH, D]),
-    );
-    const [o, l] = await gpu.readMany([out, lse]);
+    const { q, k, v, o, l } = await attendInputs(gpu, [B, T, H, KVH, D], 9, 1);
     for (const row of [0, 63, 64, 2049, 4095]) {
       // Reference for one query row: a Tq=1 problem at position `row`.
       const ref = attentionCpu(q.subarray(row * D, (row + 1) * D), k, v, {

@@ -249,6 +249,20 @@ function batchChunk(
 // ---------------------------------------------------------------------------------------------------
 // Pass 1: zero-pad (dilate, upsample) planes into a texture.
 
+/**
+ * Entry point of both pad kernels: invocation i writes texel (c4, r) of padded plane `plane`
+ * (p.Hp rows of p.Wp4 texels).
+ */
+const PAD_MAIN = `@compute @workgroup_size(256)
+fn main(@builtin(local_invocation_index) li: u32, @builtin(workgroup_id) wg: vec3u,
+        @builtin(num_workgroups) nwg: vec3u) {
+  let i = ${WG_INDEX} * 256u + li;
+  if (i >= p.N4) { return; }
+  let c4 = i % p.Wp4;
+  let pr = i / p.Wp4;            // plane * Hp + r
+  let r = pr % p.Hp;
+  let plane = pr / p.Hp;`;
+
 const PAD_WGSL = `
 @group(0) @binding(0) var<storage, read> x: array<f32>;
 @group(0) @binding(1) var tex: texture_storage_2d<rgba32float, write>;
@@ -268,15 +282,7 @@ fn src(plane: u32, r: i32, c: i32) -> f32 {
   if (sy >= p.H * p.up || sx >= p.W * p.up) { return 0.0; }
   return x[(plane * p.H + sy / p.up) * p.W + sx / p.up];
 }
-@compute @workgroup_size(256)
-fn main(@builtin(local_invocation_index) li: u32, @builtin(workgroup_id) wg: vec3u,
-        @builtin(num_workgroups) nwg: vec3u) {
-  let i = ${WG_INDEX} * 256u + li;
-  if (i >= p.N4) { return; }
-  let c4 = i % p.Wp4;
-  let pr = i / p.Wp4;            // plane * Hp + r
-  let r = pr % p.Hp;
-  let plane = pr / p.Hp;
+${PAD_MAIN}
   let c = i32(c4 * 4u);
   let sp = p.plane0 + plane;
   let v = vec4f(src(sp, i32(r), c), src(sp, i32(r), c + 1), src(sp, i32(r), c + 2),
@@ -297,15 +303,7 @@ fn ld(rowbase: u32, a: i32) -> vec4f {
   if (a < 0 || a >= i32(p.W4)) { return vec4f(0.0); }
   return x[rowbase + u32(a)];
 }
-@compute @workgroup_size(256)
-fn main(@builtin(local_invocation_index) li: u32, @builtin(workgroup_id) wg: vec3u,
-        @builtin(num_workgroups) nwg: vec3u) {
-  let i = ${WG_INDEX} * 256u + li;
-  if (i >= p.N4) { return; }
-  let c4 = i % p.Wp4;
-  let pr = i / p.Wp4;            // plane * Hp + r
-  let r = pr % p.Hp;
-  let plane = pr / p.Hp;
+${PAD_MAIN}
   let yy = i32(r) - p.offT;
   var v = vec4f(0.0);
   if (yy >= 0 && yy < i32(p.H)) {
@@ -1056,6 +1054,35 @@ export interface Conv2dCpuArgs extends Conv2dOptions {
   wShape: readonly number[];
 }
 
+/**
+ * Calls `tap(xi, wi)` for every (x index, w index) pair that output (b, co, oh, ow) sums, in the
+ * order ci, kh, kw (padding, stride and the nearest-neighbour upsample applied).
+ */
+function taps(
+  g: ReturnType<typeof geometry>,
+  b: number,
+  co: number,
+  oh: number,
+  ow: number,
+  tap: (xi: number, wi: number) => void,
+): void {
+  const { Cin, H, W, KH, KW, S, pt, pl, up, Hu, Wu } = g;
+  for (let ci = 0; ci < Cin; ci++) {
+    for (let kh = 0; kh < KH; kh++) {
+      const yy = oh * S + kh - pt;
+      if (yy < 0 || yy >= Hu) continue;
+      for (let kw = 0; kw < KW; kw++) {
+        const xx = ow * S + kw - pl;
+        if (xx < 0 || xx >= Wu) continue;
+        tap(
+          ((b * Cin + ci) * H + Math.floor(yy / up)) * W + Math.floor(xx / up),
+          ((co * Cin + ci) * KH + kh) * KW + kw,
+        );
+      }
+    }
+  }
+}
+
 /** CPU reference of {@link conv2d} (with optional bias and residual). Returns (B,Cout,Ho,Wo). */
 export function conv2dCpu(
   x: ArrayLike<number>,
@@ -1063,30 +1090,15 @@ export function conv2dCpu(
   bias: ArrayLike<number> | null,
   a: Conv2dCpuArgs & { residual?: ArrayLike<number> },
 ): Float32Array {
-  const { B, Cin, H, W, Cout, KH, KW, S, pt, pl, up, Hu, Wu, Ho, Wo } = geometry(
-    "conv2dCpu",
-    a.xShape,
-    a.wShape,
-    a,
-  );
+  const g = geometry("conv2dCpu", a.xShape, a.wShape, a);
+  const { B, Cout, Ho, Wo } = g;
   const out = new Float32Array(B * Cout * Ho * Wo);
   for (let b = 0; b < B; b++) {
     for (let co = 0; co < Cout; co++) {
       for (let oh = 0; oh < Ho; oh++) {
         for (let ow = 0; ow < Wo; ow++) {
           let s = 0;
-          for (let ci = 0; ci < Cin; ci++) {
-            for (let kh = 0; kh < KH; kh++) {
-              const yy = oh * S + kh - pt;
-              if (yy < 0 || yy >= Hu) continue;
-              for (let kw = 0; kw < KW; kw++) {
-                const xx = ow * S + kw - pl;
-                if (xx < 0 || xx >= Wu) continue;
-                const xv = x[((b * Cin + ci) * H + Math.floor(yy / up)) * W + Math.floor(xx / up)];
-                s += xv * w[((co * Cin + ci) * KH + kh) * KW + kw];
-              }
-            }
-          }
+          taps(g, b, co, oh, ow, (xi, wi) => (s += x[xi] * w[wi]));
           const o = ((b * Cout + co) * Ho + oh) * Wo + ow;
           out[o] = s + (bias ? bias[co] : 0) + (a.residual ? a.residual[o] : 0);
         }
@@ -1103,12 +1115,8 @@ export function conv2dBackwardCpu(
   dy: ArrayLike<number>,
   a: Conv2dCpuArgs,
 ): { dx: Float32Array; dw: Float32Array; dbias: Float32Array } {
-  const { B, Cin, H, W, Cout, KH, KW, S, pt, pl, up, Hu, Wu, Ho, Wo } = geometry(
-    "conv2dBackwardCpu",
-    a.xShape,
-    a.wShape,
-    a,
-  );
+  const g = geometry("conv2dBackwardCpu", a.xShape, a.wShape, a);
+  const { B, Cin, H, W, Cout, KH, KW, Ho, Wo } = g;
   const dx = new Float64Array(B * Cin * H * W);
   const dw = new Float64Array(Cout * Cin * KH * KW);
   const dbias = new Float64Array(Cout);
@@ -1118,20 +1126,10 @@ export function conv2dBackwardCpu(
         for (let ow = 0; ow < Wo; ow++) {
           const d = dy[((b * Cout + co) * Ho + oh) * Wo + ow];
           dbias[co] += d;
-          for (let ci = 0; ci < Cin; ci++) {
-            for (let kh = 0; kh < KH; kh++) {
-              const yy = oh * S + kh - pt;
-              if (yy < 0 || yy >= Hu) continue;
-              for (let kw = 0; kw < KW; kw++) {
-                const xx = ow * S + kw - pl;
-                if (xx < 0 || xx >= Wu) continue;
-                const xi = ((b * Cin + ci) * H + Math.floor(yy / up)) * W + Math.floor(xx / up);
-                const wi = ((co * Cin + ci) * KH + kh) * KW + kw;
-                dx[xi] += d * w[wi];
-                dw[wi] += d * x[xi];
-              }
-            }
-          }
+          taps(g, b, co, oh, ow, (xi, wi) => {
+            dx[xi] += d * w[wi];
+            dw[wi] += d * x[xi];
+          });
         }
       }
     }

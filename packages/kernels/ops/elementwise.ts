@@ -45,6 +45,24 @@ export interface MapInput {
 const NAMES = ["a", "b", "c", "d"];
 const PER_THREAD = 4;
 const WG = 256;
+
+/**
+ * WGSL: the entry point of the scalar elementwise kernels ({@link map}, swiglu's backward), up to
+ * the body for element `i`: invocations of a workgroup of 256 take 4 consecutive elements each and
+ * stop at `p.N`. The body closes the element loop and `main`; {@link perElementGrid} launches it.
+ */
+export const WGSL_PER_ELEMENT_MAIN = `@compute @workgroup_size(${WG})
+fn main(@builtin(local_invocation_index) li: u32, @builtin(workgroup_id) wg: vec3u,
+        @builtin(num_workgroups) nwg: vec3u) {
+  let base = (${WG_INDEX} * ${WG}u + li) * ${PER_THREAD}u;
+  for (var k = 0u; k < ${PER_THREAD}u; k++) {
+    let i = base + k;
+    if (i >= p.N) { return; }`;
+
+/** The workgroups of a {@link WGSL_PER_ELEMENT_MAIN} kernel over `n` elements. */
+export function perElementGrid(n: number): [number, number, number] {
+  return grid(Math.ceil(n / (WG * PER_THREAD)));
+}
 /** vec4s per invocation and invocations per workgroup of the vec4 and tex variants. */
 const VEC_PER_THREAD = 4;
 const VEC_WG = 64;
@@ -226,13 +244,7 @@ fn main(@builtin(local_invocation_index) li: u32, @builtin(workgroup_id) wg: vec
 @group(0) @binding(${n}) var<storage, read_write> out: array<f32>;
 struct P { N: u32, C: u32 }
 @group(0) @binding(${n + 1}) var<uniform> p: P;
-@compute @workgroup_size(${WG})
-fn main(@builtin(local_invocation_index) li: u32, @builtin(workgroup_id) wg: vec3u,
-        @builtin(num_workgroups) nwg: vec3u) {
-  let base = (${WG_INDEX} * ${WG}u + li) * ${PER_THREAD}u;
-  for (var k = 0u; k < ${PER_THREAD}u; k++) {
-    let i = base + k;
-    if (i >= p.N) { return; }
+${WGSL_PER_ELEMENT_MAIN}
     {
       ${loads}
       out[i] = ${expr};

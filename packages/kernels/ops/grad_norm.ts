@@ -17,18 +17,19 @@
  * combines the three sums. Variants ("rows", "tex", "wg") follow `segmentReduce` (reduce.ts).
  * @module
  */
-import { type Gpu, Params, WG_INDEX } from "@lvm/gpu";
+import { type Gpu, Params } from "@lvm/gpu";
 import type { Tensor } from "@lvm/gpu";
 import { texelCopy, wgslTexel } from "./elementwise.ts";
 import {
   checkF32,
   pickRowVariant,
   REDUCE_BLOCK,
-  REDUCE_ROWS_WG,
   REDUCE_WG,
   type RowVariant,
   segmentGrid,
   segmentLength,
+  wgslBlocks,
+  wgslSegmentMain,
 } from "./reduce.ts";
 
 /** Options of {@link gradNorm}. */
@@ -111,20 +112,16 @@ fn fast_ok(sum: f32) -> bool { return sum >= 0x1p-70f && sum <= 0x1p104f; }`;
   if (variant !== "wg") {
     const block = tex ? REDUCE_BLOCK / 4 : REDUCE_BLOCK;
     const loop = (acc: string, zero: string, term: string) =>
-      `for (var b = start; b < end; b += ${block}u) {
-    let be = min(b + ${block}u, end);
-    var part = ${zero};
-    for (var j = b; j < be; j++) { let v = ${load}; part += ${term}; }
-    ${acc} += part;
-  }`;
+      wgslBlocks({
+        from: "start",
+        to: "end",
+        block,
+        init: zero,
+        step: `let v = ${load}; part += ${term};`,
+        fold: `${acc} += part;`,
+      });
     return `${head}
-@compute @workgroup_size(${REDUCE_ROWS_WG})
-fn main(@builtin(local_invocation_index) li: u32, @builtin(workgroup_id) wg: vec3u,
-        @builtin(num_workgroups) nwg: vec3u) {
-  let s = ${WG_INDEX} * ${REDUCE_ROWS_WG}u + li;
-  if (s >= p.nSeg) { return; }
-  let start = s * p.L;
-  let end = min(start + p.L, p.N);
+${wgslSegmentMain("rows")}
   var sum = 0.0;
   ${loop("sum", "0.0", sq)}
   if (fast_ok(sum)) {
@@ -144,13 +141,7 @@ fn tree(li: u32) {
     if (li < h) { sh[li] += sh[li + h]; }
   }
 }
-@compute @workgroup_size(${REDUCE_WG})
-fn main(@builtin(local_invocation_index) li: u32, @builtin(workgroup_id) wg: vec3u,
-        @builtin(num_workgroups) nwg: vec3u) {
-  let s = ${WG_INDEX};
-  if (s >= p.nSeg) { return; } // uniform: s is the workgroup's index
-  let start = s * p.L;
-  let end = min(start + p.L, p.N);
+${wgslSegmentMain("wg")}
   var sum = 0.0;
   for (var j = start + li; j < end; j += ${REDUCE_WG}u) { let v = ${load}; sum += ${sq}; }
   sh[li] = vec3f(0.0, sum, 0.0);

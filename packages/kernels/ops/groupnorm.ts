@@ -309,6 +309,32 @@ fn main(@builtin(global_invocation_id) gid: vec3u) {
   }
 }`;
 
+/**
+ * The backward's reduction over channels and groups, shared by {@link groupNormBackward} and the
+ * barrier-free backward of groupnorm_rows.ts: from the per-(b, c) sums `sums` (B*C, 2) of
+ * s1 = sum g and s2 = sum g * xhat, dgamma[c] = sum_b s2 and dbeta[c] = sum_b s1 (C), and per
+ * (b, g) mm = (sum_c gamma_c s1, sum_c gamma_c s2) / n (B*groups, 2), n the elements of a group.
+ */
+export function groupNormGradMix(
+  gpu: Gpu,
+  sums: Tensor,
+  gamma: Tensor,
+  B: number,
+  groups: number,
+  n: number,
+): { dgamma: Tensor; dbeta: Tensor; mm: Tensor } {
+  const C = sums.size / (2 * B), cpg = C / groups;
+  const dgamma = gpu.empty([C]), dbeta = gpu.empty([C]);
+  const mm = gpu.empty([B * groups, 2]);
+  gpu.dispatch(
+    gpu.pipeline("groupnorm_bwd_mix", MIX_WGSL),
+    [sums, gamma, dgamma, dbeta, mm],
+    new Params().u32(B).u32(C).u32(groups).u32(cpg).f32(n),
+    Math.ceil(Math.max(C, B * groups) / 64),
+  );
+  return { dgamma, dbeta, mm };
+}
+
 /** dx = rstd * (gamma * g - m1 - xhat * m2), per-plane grid. */
 const DX_WGSL = (silu: boolean, vec: boolean) => {
   const T = vec ? "vec4f" : "f32";
@@ -370,14 +396,7 @@ export function groupNormBackward(
     new Params().u32(C).u32(HWv).u32(cpg).u32(B * C),
     grid(B * C),
   );
-  const dgamma = gpu.empty([C]), dbeta = gpu.empty([C]);
-  const mm = gpu.empty([B * G, 2]);
-  gpu.dispatch(
-    gpu.pipeline("groupnorm_bwd_mix", MIX_WGSL),
-    [sums, gamma, dgamma, dbeta, mm],
-    new Params().u32(B).u32(C).u32(G).u32(cpg).f32(cpg * HW),
-    Math.ceil(Math.max(C, B * G) / 64),
-  );
+  const { dgamma, dbeta, mm } = groupNormGradMix(gpu, sums, gamma, B, G, cpg * HW);
   const dx = gpu.empty([B, C, H, W]);
   gpu.dispatch(
     gpu.pipeline(`groupnorm_bwd_dx|${silu}|${pv}`, () => DX_WGSL(silu, pv)),
@@ -394,6 +413,16 @@ export function groupNormBackward(
 
 const siluF = (v: number) => v / (1 + Math.exp(-v));
 
+/** Mean and 1/sqrt(biased variance + eps) of x[base, base + n), two passes in f64. */
+function groupStatsCpu(x: ArrayLike<number>, base: number, n: number, eps: number) {
+  let s = 0;
+  for (let i = 0; i < n; i++) s += x[base + i];
+  const mu = s / n;
+  let q = 0;
+  for (let i = 0; i < n; i++) q += (x[base + i] - mu) ** 2;
+  return { mu, rs: 1 / Math.sqrt(q / n + eps) };
+}
+
 /** CPU reference of {@link groupNorm} (f64 math and results, two-pass variance). */
 export function groupNormCpu(
   x: ArrayLike<number>,
@@ -409,12 +438,7 @@ export function groupNormCpu(
   const mean = new Float64Array(B * groups), rstd = new Float64Array(B * groups);
   for (let bg = 0; bg < B * groups; bg++) {
     const base = bg * n;
-    let s = 0;
-    for (let i = 0; i < n; i++) s += x[base + i];
-    const mu = s / n;
-    let q = 0;
-    for (let i = 0; i < n; i++) q += (x[base + i] - mu) ** 2;
-    const rs = 1 / Math.sqrt(q / n + eps);
+    const { mu, rs } = groupStatsCpu(x, base, n, eps);
     mean[bg] = mu;
     rstd[bg] = rs;
     for (let i = 0; i < n; i++) {
@@ -442,12 +466,7 @@ export function groupNormBackwardCpu(
   const dgamma = new Float64Array(C), dbeta = new Float64Array(C);
   for (let bg = 0; bg < B * groups; bg++) {
     const base = bg * n;
-    let s = 0;
-    for (let i = 0; i < n; i++) s += x[base + i];
-    const mu = s / n;
-    let q = 0;
-    for (let i = 0; i < n; i++) q += (x[base + i] - mu) ** 2;
-    const rs = 1 / Math.sqrt(q / n + eps);
+    const { mu, rs } = groupStatsCpu(x, base, n, eps);
     const xh = new Float64Array(n), g = new Float64Array(n);
     let m1 = 0, m2 = 0;
     for (let i = 0; i < n; i++) {

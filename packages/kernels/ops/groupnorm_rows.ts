@@ -16,13 +16,14 @@
  * y = (x - mean) * rstd * gamma + beta, then SiLU.
  * Backward (g = dy, or dy * silu'(y_pre) recomputed from x): (1) per (b, c, chunk): sum g, sum g*xhat;
  * (2) per (b, c): merge chunks; (3) per c: dgamma = sum_b s2, dbeta = sum_b s1; per (b, g):
- * m1 = sum_c gamma_c s1 / n, m2 = sum_c gamma_c s2 / n; (4) dx = rstd * (gamma * g - m1 - xhat * m2).
+ * m1 = sum_c gamma_c s1 / n, m2 = sum_c gamma_c s2 / n (groupnorm.ts's `groupNormGradMix`, the same
+ * pass as the barrier version's); (4) dx = rstd * (gamma * g - m1 - xhat * m2).
  * CPU references: groupnorm.ts's `groupNormCpu` / `groupNormBackwardCpu`.
  * @module
  */
 import { type Gpu, grid, Params, WG_INDEX } from "@lvm/gpu";
 import type { Tensor } from "@lvm/gpu";
-import { groupNorm, groupNormBackward } from "./groupnorm.ts";
+import { groupNorm, groupNormBackward, groupNormGradMix } from "./groupnorm.ts";
 
 const WG = 64;
 /** Invocations a reduction pass aims for (enough lanes for 2-16 cores). */
@@ -174,31 +175,6 @@ ${HEAD}
   var s = vec2f(0.0);
   for (var k = 0u; k < p.P; k++) { s += part[i * p.P + k]; }
   sums[i] = s;
-}`;
-
-// Backward (3): dgamma, dbeta per channel (i < C) and m1, m2 per (b, g) (i < B*G).
-const BREDUCE = `
-@group(0) @binding(0) var<storage, read> sums: array<vec2f>;
-@group(0) @binding(1) var<storage, read> gamma: array<f32>;
-@group(0) @binding(2) var<storage, read_write> dgamma: array<f32>;
-@group(0) @binding(3) var<storage, read_write> dbeta: array<f32>;
-@group(0) @binding(4) var<storage, read_write> mm: array<vec2f>;
-struct P { B: u32, C: u32, cpg: u32, G: u32, n: u32 }
-@group(0) @binding(5) var<uniform> p: P;
-${HEAD}
-  if (i < p.C) {
-    var s = vec2f(0.0);
-    for (var b = 0u; b < p.B; b++) { s += sums[b * p.C + i]; }
-    dgamma[i] = s.y;
-    dbeta[i] = s.x;
-  }
-  if (i < p.B * p.G) {
-    let b = i / p.G;
-    let c0 = (i % p.G) * p.cpg;
-    var m = vec2f(0.0);
-    for (var c = c0; c < c0 + p.cpg; c++) { m += gamma[c] * sums[b * p.C + c]; }
-    mm[i] = m / f32(p.n);
-  }
 }`;
 
 // Backward (4): dx = rstd * (gamma * g - m1 - xhat * m2).
@@ -363,13 +339,7 @@ export function groupNormFastBackward(
     wgs(B * C),
   );
   part.release();
-  const dgamma = gpu.empty([C]), dbeta = gpu.empty([C]), mm = gpu.empty([B * G, 2]);
-  gpu.dispatch(
-    gpu.pipeline("gn_rows_breduce", BREDUCE),
-    [sums, gamma, dgamma, dbeta, mm],
-    new Params().u32(B).u32(C).u32(cpg).u32(G).u32(n),
-    wgs(Math.max(C, B * G)),
-  );
+  const { dgamma, dbeta, mm } = groupNormGradMix(gpu, sums, gamma, B, G, n);
   sums.release();
   // (mean, rstd) and (gamma, beta) as vec2s keep the dx kernel at 7 bindings.
   const stat = gpu.empty([B * G, 2]), gb = gpu.empty([C, 2]);

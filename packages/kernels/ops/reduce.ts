@@ -39,6 +39,31 @@ export const REDUCE_WG = 256;
 /** Block length of the blocked sequential sums of the "rows" variant. */
 export const REDUCE_BLOCK = 64;
 
+/**
+ * WGSL of the blocked sequential loop of every "rows"/"tex" reduction (here, softmax, cross-entropy,
+ * grad norm): elements `from` .. `to` (exclusive) in blocks of `block`; each block is folded into
+ * `part` (starting at `init`) by `step`, a statement over the index `j`, and then `fold` adds `part`
+ * to the running result, so the rounding error grows like (block + L/block) ulp instead of L ulp.
+ * The first line is not indented; the others are, for a kernel's body.
+ */
+export function wgslBlocks(o: {
+  from: string;
+  to: string;
+  block: number;
+  init: string;
+  step: string;
+  fold: string;
+  j?: string;
+}): string {
+  const j = o.j ?? "j";
+  return `for (var b = ${o.from}; b < ${o.to}; b += ${o.block}u) {
+    let be = min(b + ${o.block}u, ${o.to});
+    var part = ${o.init};
+    for (var ${j} = b; ${j} < be; ${j}++) { ${o.step} }
+    ${o.fold}
+  }`;
+}
+
 /** WGSL expression for the lowest finite f32, the "minus infinity" start of a running max. */
 export const WGSL_LOWEST = "bitcast<f32>(0xff7fffffu)";
 
@@ -66,6 +91,29 @@ export function pickRowVariant(gpu: Gpu, v?: RowVariant, cols = 1): RowVariant {
 /** Workgroup counts for `n` segments under `variant`. */
 export function segmentGrid(variant: RowVariant, n: number): [number, number, number] {
   return grid(variant === "wg" ? n : Math.ceil(n / REDUCE_ROWS_WG));
+}
+
+/**
+ * WGSL: the entry point of a segment kernel (uniforms `p.N`, `p.L`, `p.nSeg`) up to its loop, with
+ * `s` the segment and [`start`, `end`) its elements: one invocation per segment ("rows", "tex": a
+ * workgroup of {@link REDUCE_ROWS_WG}) or one workgroup of {@link REDUCE_WG} per segment ("wg").
+ */
+export function wgslSegmentMain(variant: RowVariant): string {
+  return variant === "wg"
+    ? `@compute @workgroup_size(${REDUCE_WG})
+fn main(@builtin(local_invocation_index) li: u32, @builtin(workgroup_id) wg: vec3u,
+        @builtin(num_workgroups) nwg: vec3u) {
+  let s = ${WG_INDEX};
+  if (s >= p.nSeg) { return; } // uniform: s is the workgroup's index
+  let start = s * p.L;
+  let end = min(start + p.L, p.N);`
+    : `@compute @workgroup_size(${REDUCE_ROWS_WG})
+fn main(@builtin(local_invocation_index) li: u32, @builtin(workgroup_id) wg: vec3u,
+        @builtin(num_workgroups) nwg: vec3u) {
+  let s = ${WG_INDEX} * ${REDUCE_ROWS_WG}u + li;
+  if (s >= p.nSeg) { return; }
+  let start = s * p.L;
+  let end = min(start + p.L, p.N);`;
 }
 
 /** What each element contributes: itself, its square, or the running max. */
@@ -101,19 +149,17 @@ function segmentKernelTex(op: SegmentOp, sqrt: boolean): string {
 struct P { N: u32, L: u32, nSeg: u32, offset: u32, mul: f32 }
 @group(0) @binding(2) var<uniform> p: P;
 fn sq4(v: vec4f) -> vec4f { return v * v; }
-@compute @workgroup_size(${REDUCE_ROWS_WG})
-fn main(@builtin(local_invocation_index) li: u32, @builtin(workgroup_id) wg: vec3u,
-        @builtin(num_workgroups) nwg: vec3u) {
-  let s = ${WG_INDEX} * ${REDUCE_ROWS_WG}u + li;
-  if (s >= p.nSeg) { return; }
-  let start = s * p.L;
-  let end = min(start + p.L, p.N);
+${wgslSegmentMain("rows")}
   var acc = ${init};
-  for (var b = start; b < end; b += ${REDUCE_BLOCK / 4}u) {
-    let be = min(b + ${REDUCE_BLOCK / 4}u, end);
-    var part = ${init};
-    for (var j = b; j < be; j++) { part = ${comb("part", load)}; }
-    acc = ${comb("acc", "part")};
+  ${
+    wgslBlocks({
+      from: "start",
+      to: "end",
+      block: REDUCE_BLOCK / 4,
+      init,
+      step: `part = ${comb("part", load)};`,
+      fold: `acc = ${comb("acc", "part")};`,
+    })
   }
   let r = ${fold};
   out[p.offset + s] = ${post};
@@ -134,32 +180,24 @@ struct P { N: u32, L: u32, nSeg: u32, offset: u32, mul: f32 }
 fn sq(v: f32) -> f32 { return v * v; }`;
   if (variant !== "wg") {
     return `${head}
-@compute @workgroup_size(${REDUCE_ROWS_WG})
-fn main(@builtin(local_invocation_index) li: u32, @builtin(workgroup_id) wg: vec3u,
-        @builtin(num_workgroups) nwg: vec3u) {
-  let s = ${WG_INDEX} * ${REDUCE_ROWS_WG}u + li;
-  if (s >= p.nSeg) { return; }
-  let start = s * p.L;
-  let end = min(start + p.L, p.N);
+${wgslSegmentMain("rows")}
   var acc = ${init};
-  for (var b = start; b < end; b += ${REDUCE_BLOCK}u) {
-    let be = min(b + ${REDUCE_BLOCK}u, end);
-    var part = ${init};
-    for (var j = b; j < be; j++) { part = ${comb("part", load)}; }
-    acc = ${comb("acc", "part")};
-  }
+  ${
+      wgslBlocks({
+        from: "start",
+        to: "end",
+        block: REDUCE_BLOCK,
+        init,
+        step: `part = ${comb("part", load)};`,
+        fold: `acc = ${comb("acc", "part")};`,
+      })
+    }
   out[p.offset + s] = ${post};
 }`;
   }
   return `${head}
 var<workgroup> sh: array<f32, ${REDUCE_WG}>;
-@compute @workgroup_size(${REDUCE_WG})
-fn main(@builtin(local_invocation_index) li: u32, @builtin(workgroup_id) wg: vec3u,
-        @builtin(num_workgroups) nwg: vec3u) {
-  let s = ${WG_INDEX};
-  if (s >= p.nSeg) { return; } // uniform: s is the workgroup's index
-  let start = s * p.L;
-  let end = min(start + p.L, p.N);
+${wgslSegmentMain("wg")}
   var acc = ${init};
   for (var j = start + li; j < end; j += ${REDUCE_WG}u) { acc = ${comb("acc", load)}; }
   sh[li] = acc;
@@ -314,11 +352,16 @@ fn main(@builtin(local_invocation_index) li: u32, @builtin(workgroup_id) wg: vec
   let r0 = s * p.RL;
   let r1 = min(r0 + p.RL, p.M);
   var acc = ${T}(0.0);
-  for (var b = r0; b < r1; b += ${REDUCE_BLOCK}u) {
-    let be = min(b + ${REDUCE_BLOCK}u, r1);
-    var part = ${T}(0.0);
-    for (var r = b; r < be; r++) { part += ${x}; }
-    acc += part;
+  ${
+    wgslBlocks({
+      from: "r0",
+      to: "r1",
+      block: REDUCE_BLOCK,
+      init: `${T}(0.0)`,
+      step: `part += ${x};`,
+      fold: "acc += part;",
+      j: "r",
+    })
   }
   out[idx] = acc;
 }`;

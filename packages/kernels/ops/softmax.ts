@@ -28,6 +28,7 @@ import {
   segmentGrid,
   WGSL_EXP_SUB,
   WGSL_LOWEST,
+  wgslBlocks,
 } from "./reduce.ts";
 
 /**
@@ -105,12 +106,16 @@ export function wgslRowSum(
     return {
       decls: "",
       body: `var acc = 0.0;
-  for (var b = 0u; b < ${n}; b += ${REDUCE_BLOCK}u) {
-    let be = min(b + ${REDUCE_BLOCK}u, ${n});
-    var part = 0.0;
-    for (var j = b; j < be; j++) { part += ${term("j")}; }
-    acc += part;
-  }`,
+  ${
+        wgslBlocks({
+          from: "0u",
+          to: n,
+          block: REDUCE_BLOCK,
+          init: "0.0",
+          step: `part += ${term("j")};`,
+          fold: "acc += part;",
+        })
+      }`,
     };
   }
   return {
@@ -158,11 +163,16 @@ export function wgslOnlineMaxSum4(z4: (j4: string) => string, n: string): string
 /** The "tex" form of {@link wgslRowSum}: `acc` = sum of the components of `term4(j4)`, j4 < n4. */
 export function wgslRowSum4(term4: (j4: string) => string, n4: string): string {
   return `var acc = 0.0;
-  for (var b = 0u; b < ${n4}; b += ${REDUCE_BLOCK / 4}u) {
-    let be = min(b + ${REDUCE_BLOCK / 4}u, ${n4});
-    var part = vec4f(0.0);
-    for (var j4 = b; j4 < be; j4++) { part += ${term4("j4")}; }
-    acc += (part.x + part.y) + (part.z + part.w);
+  ${
+    wgslBlocks({
+      from: "0u",
+      to: n4,
+      block: REDUCE_BLOCK / 4,
+      init: "vec4f(0.0)",
+      step: `part += ${term4("j4")};`,
+      fold: "acc += (part.x + part.y) + (part.z + part.w);",
+      j: "j4",
+    })
   }`;
 }
 

@@ -1,3 +1,4 @@
+import { throws } from "node:assert/strict";
 import { getGpu } from "@lvm/gpu";
 import { assertClose, finiteDiff, randu } from "@lvm/util/testing";
 import type { RowVariant } from "./reduce.ts";
@@ -92,18 +93,9 @@ Deno.test("softmaxBackward() matches finite differences", async () => {
 Deno.test("softmax(): bad inputs are reported", async () => {
   const gpu = await getGpu();
   const X = gpu.upload([1, 2, 3, 4], [2, 2]);
-  const expectThrow = (f: () => unknown, re: RegExp) => {
-    let msg = "";
-    try {
-      f();
-    } catch (e) {
-      msg = String(e);
-    }
-    if (!re.test(msg)) throw new Error(`expected ${re}, got "${msg}"`);
-  };
-  expectThrow(() => softmax(gpu, X, { validCols: 3 }), /validCols must be an integer in \[0, 2\]/);
-  expectThrow(() => softmax(gpu, X, { scale: 0 }), /scale must be a finite number > 0/);
-  expectThrow(() => softmax(gpu, X, { out: X }), /out must not be x/);
-  expectThrow(() => softmaxBackward(gpu, X, gpu.upload([1, 2], [2])), /dy has shape \[2\]/);
+  throws(() => softmax(gpu, X, { validCols: 3 }), /validCols must be an integer in \[0, 2\]/);
+  throws(() => softmax(gpu, X, { scale: 0 }), /scale must be a finite number > 0/);
+  throws(() => softmax(gpu, X, { out: X }), /out must not be x/);
+  throws(() => softmaxBackward(gpu, X, gpu.upload([1, 2], [2])), /dy has shape \[2\]/);
   await gpu.sync();
 });

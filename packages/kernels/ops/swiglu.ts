@@ -10,12 +10,9 @@
  * For g = -300, exp(300) overflows to inf and s = 0 exactly, so every expression stays finite.
  * @module
  */
-import { type Gpu, grid, Params, WG_INDEX } from "@lvm/gpu";
+import { type Gpu, Params } from "@lvm/gpu";
 import type { Tensor } from "@lvm/gpu";
-import { map } from "./elementwise.ts";
-
-const WG = 256;
-const PER_THREAD = 4;
+import { map, perElementGrid, WGSL_PER_ELEMENT_MAIN } from "./elementwise.ts";
 
 // silu(a) * b. a / (1 + exp(-a)) rather than a * sigmoid: one division, exact 0 at a = -inf.
 const SWIGLU = "a / (1.0 + exp(-a)) * b";
@@ -65,13 +62,7 @@ function swigluBackwardKernel(): string {
 @group(0) @binding(4) var<storage, read_write> dup: array<f32>;
 struct P { N: u32 }
 @group(0) @binding(5) var<uniform> p: P;
-@compute @workgroup_size(${WG})
-fn main(@builtin(local_invocation_index) li: u32, @builtin(workgroup_id) wg: vec3u,
-        @builtin(num_workgroups) nwg: vec3u) {
-  let base = (${WG_INDEX} * ${WG}u + li) * ${PER_THREAD}u;
-  for (var k = 0u; k < ${PER_THREAD}u; k++) {
-    let i = base + k;
-    if (i >= p.N) { return; }
+${WGSL_PER_ELEMENT_MAIN}
     let g = gate[i];
     let u = up[i];
     let d = dh[i];
@@ -101,7 +92,7 @@ export function swigluBackward(
     pipe,
     [gate, up, dh, dgate, dup],
     new Params().u32(N),
-    grid(Math.ceil(N / (WG * PER_THREAD))),
+    perElementGrid(N),
   );
   return { dgate, dup };
 }

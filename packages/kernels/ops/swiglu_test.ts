@@ -6,19 +6,29 @@ const SHAPES = [[1, 1], [1, 7], [45, 65], [3, 1025]];
 
 Deno.test("swiglu()", async (t) => {
   const gpu = await getGpu();
+  /** swiglu and swigluBackward of (g, u, dh) in `shape` against the CPU references. */
+  const checkAgainstCpu = async (
+    g: Float32Array,
+    u: Float32Array,
+    dh: Float32Array,
+    shape: number[],
+    label: string,
+  ) => {
+    const G = gpu.upload(g, shape), U = gpu.upload(u, shape), DH = gpu.upload(dh, shape);
+    const h = swiglu(gpu, G, U);
+    const { dgate, dup } = swigluBackward(gpu, G, U, DH);
+    const [hh, dg, du] = await gpu.readMany([h, dgate, dup]);
+    const ref = swigluBackwardCpu(g, u, dh);
+    assertClose(hh, swigluCpu(g, u), { atol: 1e-6, rtol: 1e-5 }, `h${label}`);
+    assertClose(dg, ref.dgate, { atol: 1e-6, rtol: 1e-5 }, `dgate${label}`);
+    assertClose(du, ref.dup, { atol: 1e-6, rtol: 1e-5 }, `dup${label}`);
+    [G, U, DH, h, dgate, dup].forEach((x) => x.release());
+  };
   for (const shape of SHAPES) {
     await t.step(`[${shape}] forward and backward`, async () => {
       const n = shape[0] * shape[1];
       const g = randu(n, 11, -6, 6), u = randu(n, 12, -3, 3), dh = randu(n, 13);
-      const G = gpu.upload(g, shape), U = gpu.upload(u, shape), DH = gpu.upload(dh, shape);
-      const h = swiglu(gpu, G, U);
-      const { dgate, dup } = swigluBackward(gpu, G, U, DH);
-      const [hh, dg, du] = await gpu.readMany([h, dgate, dup]);
-      const ref = swigluBackwardCpu(g, u, dh);
-      assertClose(hh, swigluCpu(g, u), { atol: 1e-6, rtol: 1e-5 }, "h");
-      assertClose(dg, ref.dgate, { atol: 1e-6, rtol: 1e-5 }, "dgate");
-      assertClose(du, ref.dup, { atol: 1e-6, rtol: 1e-5 }, "dup");
-      [G, U, DH, h, dgate, dup].forEach((x) => x.release());
+      await checkAgainstCpu(g, u, dh, shape, "");
     });
   }
 
@@ -26,15 +36,7 @@ Deno.test("swiglu()", async (t) => {
     const g = new Float32Array([-300, -88, -20, -1e-30, 0, 1e-30, 20, 88, 300]);
     const u = new Float32Array([300, -300, 2, 1, 5, -1, 0.5, -2, 300]);
     const dh = new Float32Array(g.length).fill(1.5);
-    const G = gpu.upload(g, [g.length]), U = gpu.upload(u, [g.length]);
-    const DH = gpu.upload(dh, [g.length]);
-    const h = swiglu(gpu, G, U);
-    const { dgate, dup } = swigluBackward(gpu, G, U, DH);
-    const [hh, dg, du] = await gpu.readMany([h, dgate, dup]);
-    const ref = swigluBackwardCpu(g, u, dh);
-    assertClose(hh, swigluCpu(g, u), { atol: 1e-6, rtol: 1e-5 }, "h extremes");
-    assertClose(dg, ref.dgate, { atol: 1e-6, rtol: 1e-5 }, "dgate extremes");
-    assertClose(du, ref.dup, { atol: 1e-6, rtol: 1e-5 }, "dup extremes");
+    await checkAgainstCpu(g, u, dh, [g.length], " extremes");
   });
 
   await t.step("backward matches finite differences of the CPU reference", async () => {
