@@ -50,7 +50,7 @@ Deno.test("deno task demo --quick", async () => {
  */
 Deno.test("deno task demo on shipped models (--models DIR)", async () => {
   const { getGpu } = await import("@lvm/gpu");
-  const { initWeights, presetConfig } = await import("@lvm/tokenizer");
+  const { initVqganWeights, presetConfig } = await import("@lvm/tokenizer");
   const { saveTokenizer } = await import("@lvm/tokenizer/fs");
   const { Llama, makeConfig } = await import("@lvm/transformer");
   const { saveLlama } = await import("@lvm/transformer/fs");
@@ -58,7 +58,7 @@ Deno.test("deno task demo on shipped models (--models DIR)", async () => {
   try {
     const models = join(root, "models"), out = join(root, "out");
     const vq = { ...presetConfig("tiny"), numEmbeddings: 64 };
-    await saveTokenizer(join(models, "tokenizer"), vq, initWeights(vq, 1));
+    await saveTokenizer(join(models, "tokenizer"), vq, initVqganWeights(vq, 1));
     const config = makeConfig({
       ...{ hidden: 32, layers: 1, heads: 2, ffn: 64 },
       ...{ vocab: 80, imageCodes: 64, maxPositions: 512 },

@@ -173,6 +173,20 @@ export async function tokenizerFolder(dir: string): Promise<[string, () => Promi
   return [tmp, () => Deno.remove(tmp, { recursive: true })];
 }
 
+/**
+ * The id of the tokenizer whose codes a training checkpoint learned (its run's dataset index),
+ * or null when that is not known (not a checkpoint, or the dataset is not where the run saw it).
+ */
+async function trainingTokenizer(dir: string): Promise<string | null> {
+  try {
+    const state = JSON.parse(await Deno.readTextFile(join(dir, "trainer_state.json")));
+    const index = JSON.parse(await Deno.readTextFile(join(state.config.data, "index.json")));
+    return typeof index.tokenizer?.id === "string" ? index.tokenizer.id : null;
+  } catch {
+    return null;
+  }
+}
+
 /** Image-code counts of a token dataset (ids below `codebook`). */
 async function datasetCounts(dir: string): Promise<Float64Array> {
   const ds = await TokenDataset.open(dir);
@@ -261,6 +275,13 @@ export const evaluateCommand: Command = {
         const label = basename(given.replace(/\/+$/, "")) || `model-${i}`;
         log(`[evaluate] ${dir} with tokenizer ${tokArg} on ${gpu.describe()}`);
         const lvm = await loadPipeline({ model: dir, tokenizer: tokDir, gpu });
+        const trainedWith = await trainingTokenizer(dir);
+        if (trainedWith && trainedWith !== lvm.tokenizer.id) {
+          console.error(
+            `[evaluate] warning: ${dir} was trained on codes of tokenizer ${trainedWith}, but ` +
+              `${tokArg} is ${lvm.tokenizer.id}: its scores will be meaningless`,
+          );
+        }
         let e: ModelEvaluation;
         try {
           e = await evaluateLvm(lvm, data, { ...options, ...unigram, onProgress: log });

@@ -2,7 +2,7 @@ import { join } from "node:path";
 import { getGpu } from "@lvm/gpu";
 import { makeImage } from "@lvm/image";
 import { loadImage, savePng } from "@lvm/image/fs";
-import { initWeights, presetConfig } from "@lvm/tokenizer";
+import { initVqganWeights, presetConfig } from "@lvm/tokenizer";
 import { saveTokenizer } from "@lvm/tokenizer/fs";
 import { Llama, makeConfig } from "@lvm/transformer";
 import { saveLlama } from "@lvm/transformer/fs";
@@ -45,7 +45,7 @@ async function writeSplit(root: string): Promise<void> {
 /** A random `tiny` tokenizer (64 codes) and two random models of different sizes. */
 async function writeModels(root: string): Promise<void> {
   const vq = { ...presetConfig("tiny"), numEmbeddings: 64 };
-  await saveTokenizer(join(root, "tok"), vq, initWeights(vq, 1));
+  await saveTokenizer(join(root, "tok"), vq, initVqganWeights(vq, 1));
   for (const [name, hidden] of [["small", 16], ["big", 32]] as const) {
     const config = makeConfig({
       hidden,

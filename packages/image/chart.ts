@@ -64,6 +64,10 @@ export const CHART_COLORS: readonly Rgb[] = [
   [0.84, 0.15, 0.16],
   [0.58, 0.4, 0.74],
   [0.55, 0.34, 0.29],
+  [0.89, 0.47, 0.76],
+  [0.5, 0.5, 0.5],
+  [0.74, 0.74, 0.13],
+  [0.09, 0.75, 0.81],
 ];
 
 /** Where the data lands: the plot rectangle and the data-to-pixel mapping of a chart. */

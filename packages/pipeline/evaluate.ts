@@ -22,7 +22,7 @@
  * @example
  * ```ts ignore
  * import { evaluateLvm, inContextChart, loadPipeline } from "@lvm/pipeline/fs";
- * import { saveChart } from "@lvm/image";
+ * import { saveChart } from "@lvm/image/fs";
  * const lvm = await loadPipeline({ model: "models/lvm", tokenizer: "models/tokenizer" });
  * const e = await evaluateLvm(lvm, heldout, { examples: 24, seed: 0 }); // heldout: HeldoutImages
  * console.log(e.tasks.classes.category?.accuracy, e.tasks.invert.psnr);
@@ -32,6 +32,7 @@
  * @module
  */
 import {
+  CHART_COLORS,
   type ChartOptions,
   type ChartSeries,
   hstack,
@@ -648,18 +649,6 @@ export interface ScalingSource {
 }
 
 /** Ten distinct line colours (matplotlib's tab10), so eight tasks and the overall line differ. */
-const TAB10: readonly (readonly [number, number, number])[] = [
-  [0.12, 0.47, 0.71],
-  [1.0, 0.5, 0.05],
-  [0.17, 0.63, 0.17],
-  [0.84, 0.15, 0.16],
-  [0.58, 0.4, 0.74],
-  [0.55, 0.34, 0.29],
-  [0.89, 0.47, 0.76],
-  [0.5, 0.5, 0.5],
-  [0.74, 0.74, 0.13],
-  [0.09, 0.75, 0.81],
-];
 
 /** Log y only when the values span more than a factor of 10 (else the ticks are too sparse). */
 function wideRange(series: ChartSeries[]): boolean {
@@ -678,7 +667,7 @@ export function inContextChart(
   const series: ChartSeries[] = Object.entries(e.tasks).map(([name, r], i) => ({
     name,
     points: r.curve.filter((p) => p.target !== false).map((p) => [p.prompt_images, p.perplexity]),
-    color: TAB10[i % TAB10.length],
+    color: CHART_COLORS[i % CHART_COLORS.length],
     markers: true,
   }));
   series.push({
@@ -709,7 +698,7 @@ export function scalingChart(
     points: sorted.map((
       m,
     ) => [m.evaluation.params / 1e6, m.evaluation.tasks[name]?.perplexity ?? NaN]),
-    color: TAB10[i % TAB10.length],
+    color: CHART_COLORS[i % CHART_COLORS.length],
     markers: true,
   }));
   series.push({

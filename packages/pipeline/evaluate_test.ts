@@ -1,6 +1,6 @@
 import { makeImage, renderChart, type RgbImage } from "@lvm/image";
 import { getGpu } from "@lvm/gpu";
-import { createTokenizer, initWeights, presetConfig } from "@lvm/tokenizer";
+import { createTokenizer, initVqganWeights, presetConfig } from "@lvm/tokenizer";
 import { Llama, makeConfig } from "@lvm/transformer";
 import { assertEquals } from "@lvm/util/testing";
 import {
@@ -98,7 +98,7 @@ Deno.test("psnr(), paperStrip(), enlarge(), KnnClassifier", async (t) => {
 
 Deno.test("evaluateLvm() on a random tiny tokenizer and model", async () => {
   const vq = { ...presetConfig("tiny"), numEmbeddings: 64 }; // 32x32 -> 8x8 = 64 codes
-  const tokenizer = await createTokenizer(vq, initWeights(vq, 1));
+  const tokenizer = await createTokenizer(vq, initVqganWeights(vq, 1));
   const config = makeConfig({
     hidden: 32,
     layers: 1,

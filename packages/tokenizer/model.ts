@@ -399,9 +399,3 @@ export function initVqganWeights(config: VqganConfig, seed = 0): VqganWeights {
   }
   return out;
 }
-
-/**
- * @deprecated Use {@link initVqganWeights} (packages/pipeline, packages/train/vqgan*.ts and
- * train_test.ts still do).
- */
-export const initWeights = initVqganWeights;
