@@ -5,8 +5,6 @@
  * weights are not finite is an error (exit 1) naming it.
  * @module
  */
-import { existsSync } from "node:fs";
-import { join } from "node:path";
 import {
   type Command,
   enumFlag,
@@ -20,8 +18,7 @@ import { getGpu } from "@lvm/gpu";
 import { assertFiniteScores } from "@lvm/pipeline";
 import { TokenDataset } from "@lvm/sentence";
 import { loadLlama } from "@lvm/transformer/fs";
-import { evaluateImagePerplexity, evaluateLoss, readTrainerState, STATE_FILE } from "@lvm/train";
-import { modelFolder } from "./_cli.ts";
+import { checkpointConfig, evaluateImagePerplexity, evaluateLoss, modelFolder } from "@lvm/train";
 
 const USAGE = `usage: deno task train eval --model DIR --data DIR [options]
 
@@ -71,7 +68,7 @@ export const evalCommand: Command = {
     const data = required("data", v.data, "DIR");
     const split = enumFlag("split", v.split, ["val", "train", "all"], "val");
     // The run's split and row length, when the model is a training checkpoint.
-    const run = existsSync(join(dir, STATE_FILE)) ? (await readTrainerState(dir)).config : null;
+    const run = await checkpointConfig(dir);
     const valFraction = floatFlag("val-fraction", v["val-fraction"], run?.valFraction ?? 0.01, {
       min: 0,
     });

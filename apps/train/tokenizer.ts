@@ -2,44 +2,35 @@
  * `deno task train tokenizer`: trains a VQGAN tokenizer (@lvm/tokenizer) from images, frame folders,
  * GIFs or videos with @lvm/train's Trainer (the loop `train model` uses too); progress on stderr;
  * resumable checkpoints; the output directory loads with `deno task infer encode/decode
- * --tokenizer DIR` and `loadTokenizer(DIR)`.
+ * --tokenizer DIR` and `loadTokenizer(DIR)`. The run's setup and loop are @lvm/train's
+ * (`findVqganCheckpoint`, `resolveVqganConfig`, `loadVqganImages`, `trainVqganRun`).
  * @module
  */
 import { join } from "node:path";
-import {
-  type AdversarialOptions,
-  checkBatchFits,
-  evalImages,
-  holdOut,
-  HoldOutError,
-  type ImageSource,
-  parseConfig,
-  presetConfig,
-  type ReconLoss,
-  TRAIN_DEFAULTS,
-  VQGAN_PRESETS,
-  type VqganConfig,
-} from "@lvm/tokenizer";
-import { DEFAULT_MAX_FRAMES, loadSources } from "@lvm/tokenizer/fs";
-import { readTokenizerDir, saveTokenizer, type TokenizerFiles } from "@lvm/tokenizer/fs";
+import { checkBatchFits, TRAIN_DEFAULTS, VQGAN_PRESETS, type VqganConfig } from "@lvm/tokenizer";
+import { DEFAULT_MAX_FRAMES, type TokenizerFiles } from "@lvm/tokenizer/fs";
 import { getGpu } from "@lvm/gpu";
 import {
-  latestCheckpoint,
-  legacyRunConfig,
+  checkSources,
+  findVqganCheckpoint,
+  loadVqganImages,
   makeVqganRunConfig,
-  MetricsLog,
-  readLegacyVqganCheckpoint,
-  readTrainerState,
-  resumeLegacyVqgan,
-  RunLock,
-  stopOnSignals,
-  Trainer,
+  resolveVqganConfig,
+  resumedVqganRun,
+  trainVqganRun,
   vqganConfig,
   type VqganRunConfig,
-  vqganSchedule,
-  VqganTrainable,
 } from "@lvm/train";
-import { type Command, floatFlag, intFlag, parseFlags, UsageError } from "@lvm/cli";
+import {
+  asUsage,
+  type Command,
+  enumFlag,
+  flagOptions,
+  intFlag,
+  nonNegativeFloat,
+  parseFlags,
+  UsageError,
+} from "@lvm/cli";
 
 const USAGE = `usage:
   deno task train tokenizer --images PATH... --preset NAME --steps N --out DIR [options]
@@ -105,87 +96,21 @@ training:
   --json                print a JSON summary on stdout at the end
   --quiet               no progress lines`;
 
-const OPTIONS = {
-  images: { type: "string", multiple: true },
-  "eval-images": { type: "string", multiple: true },
-  holdout: { type: "string" },
-  "max-side": { type: "string" },
-  "max-frames": { type: "string" },
-  preset: { type: "string" },
-  config: { type: "string" },
-  init: { type: "string" },
-  steps: { type: "string" },
-  out: { type: "string" },
-  batch: { type: "string" },
-  lr: { type: "string" },
-  warmup: { type: "string" },
-  recon: { type: "string" },
-  "restart-every": { type: "string" },
-  clip: { type: "string" },
-  "weight-decay": { type: "string" },
-  seed: { type: "string" },
-  "save-every": { type: "string" },
-  keep: { type: "string" },
-  "json-log": { type: "string" },
-  "eval-every": { type: "string" },
-  "log-every": { type: "string" },
-  resume: { type: "boolean" },
-  "adv-start": { type: "string" },
-  "adv-weight": { type: "string" },
-  "adv-channels": { type: "string" },
-  json: { type: "boolean" },
-  quiet: { type: "boolean" },
-} as const;
-
-/** A number flag >= `min` (default 0), `fallback` when not given. */
-function num(flag: string, v: string | undefined, fallback: number, min = 0): number {
-  return floatFlag(flag, v, fallback, { min });
-}
-
-function fmtTime(s: number): string {
-  if (!Number.isFinite(s) || s < 0) return "?";
-  const h = Math.floor(s / 3600), m = Math.floor((s % 3600) / 60), sec = Math.floor(s % 60);
-  return h
-    ? `${h}h${String(m).padStart(2, "0")}m`
-    : m
-    ? `${m}m${String(sec).padStart(2, "0")}s`
-    : `${sec}s`;
-}
-
-/** What identifies the training data (a resumed run must see the same sources). */
-function sourceKey(sources: ImageSource[]): string[] {
-  return sources.map((s) => `${s.name}:${s.frames.length}`);
-}
-
-/** The progress line of a step (the format the tokenizer trainer has always printed). */
-function progressLine(
-  e: { step: number; steps: number; stepsPerSec: number; etaSec: number },
-  r: { loss: number; lr: number; metrics?: Record<string, number> },
-  K: number,
-  adversarial: AdversarialOptions | null,
-): string {
-  const m = r.metrics ?? {};
-  return `step ${e.step}/${e.steps}  loss ${r.loss.toFixed(5)}  rec ${m.rec.toFixed(5)}  vq ${
-    m.vq.toFixed(5)
-  }  psnr ${m.psnr.toFixed(2)} dB  codes ${m.codes_used}/${K}${
-    m.restarted ? ` (${m.restarted} restarted)` : ""
-  }${
-    adversarial && e.step >= adversarial.start
-      ? `  d ${m.d_loss.toFixed(4)} g_adv ${m.g_adv.toFixed(4)}`
-      : ""
-  }  lr ${r.lr.toExponential(2)}  ${e.stepsPerSec.toFixed(2)} steps/s  eta ${fmtTime(e.etaSec)}`;
-}
+const OPTIONS = flagOptions({
+  string: `holdout max-side max-frames preset config init steps out batch lr warmup recon
+    restart-every clip weight-decay seed save-every keep json-log eval-every log-every adv-start
+    adv-weight adv-channels`,
+  boolean: "resume json quiet",
+  multiple: "images eval-images",
+});
 
 /** `deno task train tokenizer`. */
 export const tokenizer: Command = {
   summary: "train a VQGAN image tokenizer from images, frame folders, GIFs or videos",
   usage: USAGE,
   async run(args: string[]): Promise<number> {
-    const { values: v, positionals } = parseFlags({
-      args,
-      options: OPTIONS,
-      allowPositionals: true,
-    });
+    const parsed = parseFlags({ args, options: OPTIONS, allowPositionals: true });
+    const { values: v, positionals } = parsed;
     // `--images A B C` (as the issue spells it): bare words are more --images paths.
     if (positionals.length) {
       if (!v.images?.length) throw new UsageError(`unexpected argument ${positionals[0]}`);
@@ -194,10 +119,8 @@ export const tokenizer: Command = {
     if (!v.out) throw new UsageError("--out DIR is required");
     if (v.steps === undefined) throw new UsageError("--steps N is required");
     const steps = intFlag("steps", v.steps, 0, { min: 1 });
-    const out = v.out, ckptDir = join(out, "checkpoints");
-    const log = (s: string) => {
-      if (!v.quiet) console.error(s);
-    };
+    const out = v.out;
+    const log = (s: string) => v.quiet || console.error(s);
     const cadence = {
       saveEvery: intFlag("save-every", v["save-every"], 100, { min: 1 }),
       evalEvery: intFlag("eval-every", v["eval-every"], 0, { min: 0 }),
@@ -206,83 +129,47 @@ export const tokenizer: Command = {
     };
 
     // Config: from the checkpoint when resuming, else from the flags.
-    let run: VqganRunConfig;
-    let config: VqganConfig;
-    let init: TokenizerFiles | null = null;
-    const latest = v.resume ? await latestCheckpoint(ckptDir) : null;
-    // A checkpoint of the trainer before the shared loop (latest.json + ckpt-STEP/) resumes too.
-    const legacy = v.resume && !latest ? await readLegacyVqganCheckpoint(ckptDir) : null;
-    const resuming = latest !== null || legacy !== null;
-    if (v.resume && !resuming) log(`no checkpoint in ${ckptDir}: starting a new run`);
-    if (v.init && resuming) log(`--init ${v.init} ignored: the checkpoint holds the weights`);
-    const state = latest ? await readTrainerState<VqganRunConfig>(latest, "vqgan") : null;
-    if (state || legacy) {
-      const at = state?.step ?? legacy!.step;
-      if (steps <= at) {
-        throw new UsageError(`--steps ${steps}: the checkpoint is already at step ${at}`);
+    const ckptDir = join(out, "checkpoints");
+    const resume = v.resume ? await findVqganCheckpoint(ckptDir) : null;
+    if (v.resume && !resume) log(`no checkpoint in ${ckptDir}: starting a new run`);
+    if (v.init && resume) log(`--init ${v.init} ignored: the checkpoint holds the weights`);
+    let run: VqganRunConfig, config: VqganConfig, init: TokenizerFiles | null = null;
+    if (resume) {
+      if (steps <= resume.step) {
+        throw new UsageError(`--steps ${steps}: the checkpoint is already at step ${resume.step}`);
       }
-      // The saved schedule, its cosine stretched to the new last step (as it always has been),
-      // with a new peak (floor lr / 10) and warmup when given.
-      const lr = v.lr === undefined
-        ? state?.config.schedule.lr ?? legacy!.options.lr
-        : num("lr", v.lr, 0);
-      const warmup = v.warmup === undefined
-        ? state?.config.schedule.warmup ?? legacy!.options.warmup
-        : intFlag("warmup", v.warmup, 0, { min: 0 });
-      run = state
-        ? { ...state.config, ...cadence, steps, schedule: vqganSchedule(lr, warmup, steps) }
-        : legacyRunConfig(legacy!, { ...cadence, steps, lr, warmup });
+      run = resumedVqganRun(resume, {
+        ...cadence,
+        steps,
+        lr: nonNegativeFloat("lr", v.lr, undefined),
+        warmup: intFlag("warmup", v.warmup, undefined, { min: 0 }),
+      });
       config = vqganConfig(run);
     } else {
       if (!v.images?.length) throw new UsageError("--images PATH is required");
-      if (v.preset && v.config) throw new UsageError("give --preset or --config, not both");
-      if (v.init && (v.preset || v.config)) {
-        throw new UsageError(
-          `--init ${v.init} takes the architecture from its config.json: give no --${
-            v.preset ? "preset" : "config"
-          }`,
-        );
-      }
-      if (v.init) {
-        init = await readTokenizerDir(v.init);
-        config = init.config;
-      } else if (v.config) {
-        config = parseConfig(JSON.parse(await Deno.readTextFile(v.config)), v.config);
-      } else {
-        try {
-          config = presetConfig(v.preset ?? "tiny");
-        } catch (e) {
-          throw new UsageError(`--preset: ${(e as Error).message}`);
-        }
-      }
-      const recon = (v.recon ?? "l2") as ReconLoss;
-      if (recon !== "l1" && recon !== "l2") {
-        throw new UsageError(`--recon ${v.recon}: expected l1 or l2`);
-      }
+      ({ config, init } = await resolveVqganConfig(v)); // --preset, --config or --init
+      const recon = enumFlag("recon", v.recon, ["l1", "l2"], "l2");
       const seed = intFlag("seed", v.seed, 0, { min: 0 });
-      let adversarial: AdversarialOptions | null = null;
-      if (v["adv-start"] !== undefined) {
-        adversarial = {
-          start: intFlag("adv-start", v["adv-start"], 1, { min: 1 }),
-          weight: num("adv-weight", v["adv-weight"], 0.1),
-          channels: intFlag("adv-channels", v["adv-channels"], 64, { min: 1 }),
-          seed,
-        };
-      } else if (v["adv-weight"] !== undefined || v["adv-channels"] !== undefined) {
+      if (v["adv-start"] === undefined && (v["adv-weight"] ?? v["adv-channels"]) !== undefined) {
         throw new UsageError("--adv-weight / --adv-channels need --adv-start N");
       }
+      const adversarial = v["adv-start"] === undefined ? null : {
+        start: intFlag("adv-start", v["adv-start"], 1, { min: 1 }),
+        weight: nonNegativeFloat("adv-weight", v["adv-weight"], 0.1),
+        channels: intFlag("adv-channels", v["adv-channels"], 64, { min: 1 }),
+        seed,
+      };
+      const D = TRAIN_DEFAULTS;
       run = makeVqganRunConfig({
         config,
         steps,
-        batch: intFlag("batch", v.batch, TRAIN_DEFAULTS.batchSize, { min: 1 }),
-        lr: num("lr", v.lr, TRAIN_DEFAULTS.lr),
-        warmup: intFlag("warmup", v.warmup, TRAIN_DEFAULTS.warmup, { min: 0 }),
-        weightDecay: num("weight-decay", v["weight-decay"], TRAIN_DEFAULTS.weightDecay),
-        clip: num("clip", v.clip, TRAIN_DEFAULTS.clip),
+        batch: intFlag("batch", v.batch, D.batchSize, { min: 1 }),
+        lr: nonNegativeFloat("lr", v.lr, D.lr),
+        warmup: intFlag("warmup", v.warmup, D.warmup, { min: 0 }),
+        weightDecay: nonNegativeFloat("weight-decay", v["weight-decay"], D.weightDecay),
+        clip: nonNegativeFloat("clip", v.clip, D.clip),
         recon,
-        restartEvery: intFlag("restart-every", v["restart-every"], TRAIN_DEFAULTS.restartEvery, {
-          min: 0,
-        }),
+        restartEvery: intFlag("restart-every", v["restart-every"], D.restartEvery, { min: 0 }),
         seed,
         fineTune: !!v.init,
         adversarial,
@@ -293,201 +180,32 @@ export const tokenizer: Command = {
       throw new UsageError("--images PATH is required (the same inputs as the run being resumed)");
     }
     const R = config.resolution;
-    const maxSide = intFlag("max-side", v["max-side"], 4 * R, { min: R });
-    const maxFrames = intFlag("max-frames", v["max-frames"], DEFAULT_MAX_FRAMES, { min: 0 });
-    const holdout = intFlag("holdout", v.holdout, 8, { min: 0 });
+    const images = {
+      images: v.images,
+      evalImages: v["eval-images"],
+      maxSide: intFlag("max-side", v["max-side"], 4 * R, { min: R }),
+      maxFrames: intFlag("max-frames", v["max-frames"], DEFAULT_MAX_FRAMES, { min: 0 }),
+      holdout: intFlag("holdout", v.holdout, 8, { min: 0 }),
+    };
 
     // The batch must fit the adapter: checked before the data is loaded.
     const gpu = await getGpu();
-    try {
-      checkBatchFits(config, run.batch, gpu.limits.maxStorageBufferBindingSize, "--batch");
-    } catch (e) {
-      throw new UsageError((e as Error).message);
-    }
+    const limit = gpu.limits.maxStorageBufferBindingSize;
+    asUsage(() => checkBatchFits(config, run.batch, limit, "--batch"), Error);
+    const { train, held } = await loadVqganImages(images, log);
+    checkSources(run, resume, train);
 
-    // Data.
-    const t0 = performance.now();
-    const all = await loadSources(v.images, { maxSide, maxFrames });
-    let train: ImageSource[], held: ImageSource[];
-    if (v["eval-images"]?.length) {
-      train = all;
-      held = await loadSources(v["eval-images"], { maxSide, maxFrames });
-    } else {
-      try {
-        ({ train, held } = holdOut(all, holdout));
-      } catch (e) {
-        if (!(e instanceof HoldOutError)) throw e;
-        throw new UsageError(
-          `--holdout ${holdout}: ${e.message}; use --holdout 0 (no evaluation), a K of 2 or more, or --eval-images`,
-        );
-      }
-    }
-    const frames = (ss: ImageSource[]) => ss.reduce((a, s) => a + s.frames.length, 0);
-    log(
-      `data: ${train.length} training sources (${frames(train)} images), ${held.length} held out (${
-        frames(held)
-      } images), loaded in ${((performance.now() - t0) / 1000).toFixed(1)} s`,
-    );
-    const savedSources = state ? run.sources : legacy?.sources;
-    if (savedSources && JSON.stringify(savedSources) !== JSON.stringify(sourceKey(train))) {
-      throw new UsageError(
-        "--resume: the training sources differ from the checkpoint's (give the same --images, --eval-images and --holdout)",
+    const setup = { run, train, held, resume, init };
+    const warn = (s: string) => console.error(s);
+    const end = await trainVqganRun(gpu, out, setup, { jsonLog: v["json-log"], log, warn });
+    if (end.result.interrupted) {
+      console.error(
+        `interrupted at step ${end.result.step}; checkpoint ${end.result.checkpoint}; continue ` +
+          `with the same --out, --images and --resume`,
       );
+      return end.exitCode;
     }
-    run.sources = sourceKey(train);
-
-    // Model and trainer: the checkpoint's weights when resuming, else the --init tokenizer's,
-    // else random ones.
-    const lock = await RunLock.acquire(out, "train tokenizer");
-    try {
-      const data = { train, eval: evalImages(held) };
-      let trainer: Trainer<VqganTrainable, VqganRunConfig>;
-      if (legacy) {
-        trainer = await resumeLegacyVqgan(gpu, legacy, run, data);
-        log(
-          `resumed from ${legacy.path} (written by the previous tokenizer trainer; new ` +
-            `checkpoints go beside it as checkpoint-STEP/) at step ${trainer.step}`,
-        );
-      } else {
-        const model = await VqganTrainable.open(gpu, run, data, {
-          checkpoint: latest ?? undefined,
-          state: state ? { rng: state.rng as number, usage: state.usage as number[] } : undefined,
-          weights: init?.weights,
-        });
-        init = null; // the host copy is no longer needed
-        trainer = state
-          ? await Trainer.fromCheckpoint(gpu, model, run, latest!, state)
-          : new Trainer(gpu, model, run);
-        if (state) log(`resumed from ${latest} at step ${trainer.step}`);
-      }
-      return await trainTokenizer(
-        trainer,
-        out,
-        ckptDir,
-        v["json-log"],
-        log,
-        held.length,
-        !!v.json,
-        lock,
-      );
-    } finally {
-      await lock.release();
-    }
+    if (v.json) console.log(JSON.stringify(end.summary));
+    return 0;
   },
 };
-
-/** Trains to the end (or a signal), then writes the tokenizer and reports held-out PSNR. */
-async function trainTokenizer(
-  trainer: Trainer<VqganTrainable, VqganRunConfig>,
-  out: string,
-  ckptDir: string,
-  jsonPath: string | undefined,
-  log: (s: string) => void,
-  heldSources: number,
-  json: boolean,
-  lock: RunLock,
-): Promise<number> {
-  const { gpu, model } = trainer;
-  const config = model.model.config, run = trainer.config;
-  const K = config.numEmbeddings;
-  log(
-    `model: ${config.resolution}x${config.resolution} -> ${model.model.geometry.grid}x${model.model.geometry.grid} tokens, ${K} codes; ${gpu.describe()}`,
-  );
-  const metrics = new MetricsLog(jsonPath ?? null);
-  const stop = stopOnSignals((m) => console.error(m), () => lock.releaseSync());
-  const tStart = performance.now();
-  let result;
-  try {
-    result = await trainer.run({
-      out: ckptDir,
-      signal: stop.signal,
-      logFirst: true,
-      finalEval: true,
-      chart: join(out, "loss.png"),
-      chartTitle: `tokenizer loss (${config.resolution}px, ${K} codes)`,
-      chartEvalName: "held-out MSE",
-      onLog(e) {
-        const r = e.records[e.records.length - 1];
-        log(progressLine(e, r, K, run.adversarial));
-        metrics.write({
-          type: "train",
-          step: e.step,
-          steps: e.steps,
-          loss: r.loss,
-          lr: r.lr,
-          grad_norm: r.gradNorm,
-          images: e.tokens,
-          images_per_s: e.tokensPerSec,
-          elapsed_s: e.elapsedSec,
-          eta_s: e.etaSec,
-          ...r.metrics,
-        });
-      },
-      onEval(e) {
-        if (e.step !== run.steps) {
-          log(`eval step ${e.step}: held-out PSNR ${e.psnr.toFixed(2)} dB (${e.images} images)`);
-        }
-        metrics.write({
-          type: "eval",
-          step: e.step,
-          val_loss: e.loss,
-          psnr: e.psnr,
-          images: e.images,
-        });
-      },
-      onSave(path, step) {
-        metrics.write({ type: "save", step, path });
-      },
-    });
-  } catch (e) {
-    stop.dispose();
-    trainer.release();
-    throw e;
-  }
-  stop.dispose();
-  if (result.interrupted) {
-    trainer.release();
-    console.error(
-      `interrupted at step ${result.step}; checkpoint ${result.checkpoint}; continue with the ` +
-        `same --out, --images and --resume`,
-    );
-    return stop.exitCode() || 130;
-  }
-
-  // Output.
-  const e = result.eval;
-  const final = await model.model.readWeights();
-  const meta: Record<string, string> = { steps: String(trainer.step) };
-  if (e) meta.eval_psnr = e.psnr.toFixed(3);
-  await saveTokenizer(out, config, final, meta);
-  const secs = (performance.now() - tStart) / 1000;
-  if (e) {
-    log(
-      `held-out PSNR ${
-        e.psnr.toFixed(2)
-      } dB (mean over ${e.images} images from ${heldSources} sources never used in training; MSE ${
-        e.mse.toExponential(3)
-      })`,
-    );
-  } else log("no held-out images (--holdout 0 and no --eval-images): no PSNR to report");
-  log(
-    `wrote ${join(out, "config.json")} and ${
-      join(out, "model.safetensors")
-    } (${trainer.step} steps, ${fmtTime(secs)})`,
-  );
-  const last = result.last;
-  if (json) {
-    console.log(JSON.stringify({
-      out,
-      steps: trainer.step,
-      loss: last?.loss ?? null,
-      train_psnr: last?.metrics?.psnr ?? null,
-      eval_psnr: e?.psnr ?? null,
-      eval_images: e?.images ?? 0,
-      codes_used: last?.metrics?.codes_used ?? null,
-      seconds: +secs.toFixed(1),
-    }));
-  }
-  trainer.release();
-  return 0;
-}

@@ -241,3 +241,74 @@ export function parseDuration<F extends number | undefined>(
   }
   return parts.reduce<number>((s, p) => s + Number(p[1]) * DURATION_UNITS[p[2]], 0);
 }
+
+/**
+ * `fn()`, with an error of class `kind` (default `RangeError`: a package's "bad setting") it throws
+ * turned into a {@link UsageError} with the same message, for settings that come from flags.
+ *
+ * @example
+ * ```ts
+ * import { asUsage, UsageError } from "@lvm/cli";
+ * try {
+ *   asUsage(() => {
+ *     throw new RangeError("batch must be >= 1");
+ *   });
+ * } catch (e) {
+ *   console.log(e instanceof UsageError); // true
+ * }
+ * ```
+ */
+export function asUsage<T>(
+  fn: () => T,
+  kind: abstract new (...a: never[]) => Error = RangeError,
+): T {
+  try {
+    return fn();
+  } catch (e) {
+    if (e instanceof kind && !(e instanceof UsageError)) throw new UsageError(e.message);
+    throw e;
+  }
+}
+
+/** The names in a space- or newline-separated list, as a union type. */
+type Words<S extends string> = S extends `${infer H} ${infer T}` ? Words<H> | Words<T>
+  : S extends `${infer H}\n${infer T}` ? Words<H> | Words<T>
+  : S extends "" ? never
+  : S;
+
+/** An options table with `T` as every name's entry. */
+type FlagTable<S extends string, T> = { [K in Words<S>]: T };
+
+/**
+ * A {@link parseFlags} options table from lists of flag names (separated by spaces or newlines):
+ * `string` flags take a value, `boolean` flags take none, `multiple` flags take a value and may be
+ * repeated. The values `parseFlags` returns are typed by name, as with a written-out table.
+ *
+ * @example
+ * ```ts
+ * import { flagOptions, parseFlags } from "@lvm/cli";
+ * const options = flagOptions({ string: "out steps", boolean: "quiet", multiple: "images" });
+ * const { values } = parseFlags({ args: ["--images", "a.png", "--quiet"], options });
+ * console.log(values.images, values.quiet, values.out); // [ "a.png" ] true undefined
+ * ```
+ */
+export function flagOptions<
+  const S extends string = "",
+  const B extends string = "",
+  const M extends string = "",
+>(
+  names: { string?: S; boolean?: B; multiple?: M },
+):
+  & FlagTable<S, { type: "string" }>
+  & FlagTable<B, { type: "boolean" }>
+  & FlagTable<M, {
+    type: "string";
+    multiple: true;
+  }> {
+  const table: Record<string, { type: "string" | "boolean"; multiple?: true }> = {};
+  const words = (s = "") => s.split(/\s+/).filter((w) => w);
+  for (const w of words(names.string)) table[w] = { type: "string" };
+  for (const w of words(names.boolean)) table[w] = { type: "boolean" };
+  for (const w of words(names.multiple)) table[w] = { type: "string", multiple: true };
+  return table as never;
+}

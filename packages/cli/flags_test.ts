@@ -1,6 +1,8 @@
 import { deepStrictEqual, equal, throws } from "node:assert/strict";
 import {
+  asUsage,
   enumFlag,
+  flagOptions,
   floatFlag,
   intFlag,
   joinNegativeValues,
@@ -106,4 +108,54 @@ Deno.test("enumFlag(), required(), parseDuration()", () => {
   equal(parseDuration("t", undefined, 7), 7);
   usage(() => parseDuration("t", "-5s", 0), /--t -5s: expected a duration/);
   usage(() => parseDuration("t", "5 parsecs", 0), /expected a duration/);
+});
+
+Deno.test("flagOptions()", async (t) => {
+  await t.step("builds the table parseArgs takes from lists of names", () => {
+    const options = flagOptions({
+      string: `out steps
+        lr`,
+      boolean: "quiet",
+      multiple: "images",
+    });
+    deepStrictEqual(options, {
+      out: { type: "string" },
+      steps: { type: "string" },
+      lr: { type: "string" },
+      quiet: { type: "boolean" },
+      images: { type: "string", multiple: true },
+    });
+    const { values } = parseFlags({
+      args: ["--images", "a", "--images", "b", "--quiet", "--lr", "-1e-3"],
+      options,
+    });
+    const images: string[] | undefined = values.images; // typed by name
+    deepStrictEqual([images, values.quiet, values.lr, values.out], [
+      ["a", "b"],
+      true,
+      "-1e-3",
+      undefined,
+    ]);
+  });
+  await t.step("an unknown flag is still a usage error", () => {
+    usage(() => parseFlags({ args: ["--nope"], options: flagOptions({ string: "out" }) }), /nope/);
+  });
+});
+
+Deno.test("asUsage()", async (t) => {
+  await t.step("a RangeError becomes a UsageError with its message", () => {
+    usage(() =>
+      asUsage(() => {
+        throw new RangeError("batch must be >= 1");
+      }), /^batch must be >= 1$/);
+  });
+  await t.step("other errors pass through; kind widens what is converted", () => {
+    const boom = () => {
+      throw new TypeError("boom");
+    };
+    throws(boom, (e) => e instanceof TypeError && !(e instanceof UsageError));
+    throws(() => asUsage(boom), (e) => e instanceof TypeError);
+    usage(() => asUsage(boom, Error), /^boom$/);
+    equal(asUsage(() => 3), 3);
+  });
 });

@@ -106,6 +106,23 @@ export class RunLock {
     throw new Error(`${path}: could not take the run folder's lock (it keeps changing)`);
   }
 
+  /**
+   * Runs `fn` holding the lock of run folder `dir` ({@link acquire}) and releases the lock when it
+   * ends, however it ends.
+   */
+  static async hold<T>(
+    dir: string,
+    command: string,
+    fn: (lock: RunLock) => Promise<T>,
+  ): Promise<T> {
+    const lock = await RunLock.acquire(dir, command);
+    try {
+      return await fn(lock);
+    } finally {
+      await lock.release();
+    }
+  }
+
   /** Removes the lock file (once; later calls do nothing). */
   async release(): Promise<void> {
     if (this.#released) return;

@@ -19,6 +19,13 @@
  * - lock.ts: one writer per run folder (a lock file; a dead holder's lock is taken over).
  * - signals.ts: SIGINT and SIGTERM finish the step, save and exit.
  * - metrics.ts: the metrics JSONL and the loss chart (PNG).
+ * - llama_run.ts, vqgan_run.ts: a run as `deno task train model` / `tokenizer` sets it up (the
+ *   architecture from a preset, config or saved model; the checks before a new or resumed run) and
+ *   drives it (lock, signals, progress lines, metrics; the tokenizer written at the end). Their
+ *   errors are `@lvm/cli` usage errors naming the flags.
+ * - heldout.ts: `deno task train evaluate` from folders: held-out images, tokenizer checkpoints,
+ *   the unigram counts of a dataset, `evaluateModels` (@lvm/pipeline's `evaluateLvm` per model,
+ *   strips and charts, the JSON report).
  *
  * ```ts ignore
  * import { getGpu } from "@lvm/gpu";
@@ -52,3 +59,6 @@ export * from "./vqgan.ts";
 export * from "./lock.ts";
 export * from "./signals.ts";
 export * from "./metrics.ts";
+export * from "./llama_run.ts";
+export * from "./vqgan_run.ts";
+export * from "./heldout.ts";
