@@ -53,7 +53,7 @@ inputs:
                         videos (avi/mp4/mkv/mov/webm, through ffmpeg, 1 frame per second, up to
                         --max-frames), or folders: a folder's images are separate sources and each
                         sub-folder is one frame-folder source (up to --max-frames) (repeatable)
-  --eval-images PATH    held-out evaluation sources (same forms); default: every --holdout-th source
+  --eval-images PATH... held-out evaluation sources (same forms); default: every --holdout-th source
   --holdout K           hold out every K-th source for evaluation when --eval-images is absent
                         (default 8; 0 = none; 1 is refused: it would leave nothing to train on)
   --max-side N          shorter side of the in-memory copies (default 4 x resolution)
@@ -109,12 +109,18 @@ export const tokenizer: Command = {
   summary: "train a VQGAN image tokenizer from images, frame folders, GIFs or videos",
   usage: USAGE,
   async run(args: string[]): Promise<number> {
-    const parsed = parseFlags({ args, options: OPTIONS, allowPositionals: true });
-    const { values: v, positionals } = parsed;
-    // `--images A B C` (as the issue spells it): bare words are more --images paths.
-    if (positionals.length) {
-      if (!v.images?.length) throw new UsageError(`unexpected argument ${positionals[0]}`);
-      v.images = [...v.images, ...positionals];
+    const parsed = parseFlags({ args, options: OPTIONS, allowPositionals: true, tokens: true });
+    const { values: v } = parsed;
+    // `--images A B C` (as the issue spells it): a bare word is one more path of the last
+    // --images or --eval-images before it (so `--eval-images A B` holds out both A and B).
+    let last: "images" | "eval-images" | null = null;
+    for (const tok of parsed.tokens) {
+      if (tok.kind === "option" && (tok.name === "images" || tok.name === "eval-images")) {
+        last = tok.name;
+      } else if (tok.kind === "positional") {
+        if (last === null) throw new UsageError(`unexpected argument ${tok.value}`);
+        v[last] = [...(v[last] ?? []), tok.value];
+      }
     }
     if (!v.out) throw new UsageError("--out DIR is required");
     if (v.steps === undefined) throw new UsageError("--steps N is required");

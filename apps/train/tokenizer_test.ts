@@ -166,6 +166,31 @@ Deno.test("train tokenizer", async (t) => {
       );
     },
   );
+  await t.step("bare paths after --eval-images are held out, never trained on", async () => {
+    const r = await cli(
+      "train",
+      "tokenizer",
+      "--images",
+      `${dir}/images/img0.png`,
+      `${dir}/images/img1.png`,
+      "--eval-images",
+      `${dir}/images/img2.png`,
+      `${dir}/images/img3.png`,
+      "--config",
+      `${dir}/config.json`,
+      "--batch",
+      "2",
+      "--steps",
+      "1",
+      "--out",
+      `${dir}/ev`,
+    );
+    equal(r.code, 0, r.stderr);
+    match(r.stderr, /data: 2 training sources \(2 images\), 2 held out \(2 images\)/);
+    const bare = await cli("train", "tokenizer", `${dir}/images/img0.png`, "--steps", "1");
+    equal(bare.code, 2, bare.stderr);
+    match(bare.stderr, /unexpected argument/);
+  });
   await t.step("usage errors: --holdout 1, a batch that cannot fit the adapter", async () => {
     const h = await cli(
       "train",

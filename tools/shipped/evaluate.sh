@@ -7,14 +7,14 @@
 # Then `cp out/shipped/eval/metrics.json models/metrics.json` (the demo draws its charts from it)
 # and copy the figures into models/README.md.
 # Env: TOK (tokenizer folder or run folder, default out/shipped/tokenizer), MODELS (space-separated
-# model or run folders, default out/shipped/lvm-{xs,s,m}, missing ones skipped), EXAMPLES (held-out
+# model or run folders, default out/shipped/lvm_{xs,s,m}, missing ones skipped), EXAMPLES (held-out
 # prompts per task, default 24), SEED (default 0), OUT (default out/shipped/eval), EXTRA (more flags).
 # Runs from the working tree (not train.sh's pinned snapshot): the evaluation is newer than the pin.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 export DENO_WEBGPU_BACKEND="${DENO_WEBGPU_BACKEND:-vulkan}" XDG_RUNTIME_DIR="${XDG_RUNTIME_DIR:-/tmp}"
 TOK="${TOK:-out/shipped/tokenizer}"
-MODELS="${MODELS:-out/shipped/lvm-xs out/shipped/lvm-s out/shipped/lvm-m}"
+MODELS="${MODELS:-out/shipped/lvm_xs out/shipped/lvm_s out/shipped/lvm_m}"
 OUT="${OUT:-out/shipped/eval}"
 HELD="data/shipped/heldout"
 args=()

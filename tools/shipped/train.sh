@@ -189,16 +189,16 @@ stage_lvm_s() { lvm_size s; }
 stage_lvm_m() { lvm_size m; }
 
 # Held-out metrics of each model on each task group (loss/perplexity + image perplexity of the
-# last image), JSON in out/shipped/eval/SIZE_GROUP.json.
+# last image), JSON in out/shipped/eval_loss/SIZE_GROUP.json (out/shipped/eval/ is tools/shipped/evaluate.sh's).
 stage_eval() {
-  mkdir -p "$O/eval"
+  mkdir -p "$O/eval_loss"
   for size in xs s m; do
     for g in ho_classes ho_digit_analogies ho_colour_analogies ho_sequence; do
-      [ -s "$O/eval/${size}_$g.json" ] && continue
+      [ -s "$O/eval_loss/${size}_$g.json" ] && continue
       lvm eval --model "$O/lvm_$size" --data "$DS/$g" --split all --seq $SEQ --batch 4 \
-        --max-batches 8 --max-examples 32 --json > "$O/eval/${size}_$g.json.tmp"
-      mv "$O/eval/${size}_$g.json.tmp" "$O/eval/${size}_$g.json"
-      say "eval $size $g: $(cat "$O/eval/${size}_$g.json")"
+        --max-batches 8 --max-examples 32 --json > "$O/eval_loss/${size}_$g.json.tmp"
+      mv "$O/eval_loss/${size}_$g.json.tmp" "$O/eval_loss/${size}_$g.json"
+      say "eval $size $g: $(cat "$O/eval_loss/${size}_$g.json")"
     done
   done
 }
