@@ -160,11 +160,20 @@ ${wgslSegmentMain("wg")}
 }
 
 /** WGSL `combine(small, mid, big)` -> the norm (LAPACK nrm2's final step, in f32). */
-const WGSL_COMBINE = `fn combine(t: vec3f) -> f32 {
-  if (t.z > 0.0) { return sqrt(t.z + (t.y * SBIG) * SBIG) / SBIG; } // small ones are negligible
+const WGSL_COMBINE =
+  `// sqrt(a^2 + b^2) as LAPACK's nrm2 joins two sums: max * sqrt(1 + (min / max)^2). Each scaled
+// sum is unscaled by one division of its sqrt, never by two constants in a row, which a compiler
+// may fold into one factor that underflows (Dawn/SwiftShader turns (x / 2^75) / 2^75 into
+// x * 2^-150 = 0). No max()/min(): a NaN in either must reach the result.
+fn join2(a: f32, b: f32) -> f32 {
+  if (b <= a) { let r = b / a; return a * sqrt(1.0 + r * r); }
+  let r = a / b;
+  return b * sqrt(1.0 + r * r);
+}
+fn combine(t: vec3f) -> f32 {
+  if (t.z > 0.0) { return join2(sqrt(t.z) / SBIG, sqrt(t.y)); } // small ones are negligible
   if (t.y == 0.0) { return sqrt(t.x) / SSML; } // only small ones (or none)
-  // mid >= 2^-126 here, so small * 2^-150 is negligible wherever it rounds away
-  return sqrt(t.y + (t.x / SSML) / SSML);
+  return join2(sqrt(t.y), sqrt(t.x) / SSML);
 }`;
 
 /** One workgroup: sums the P partial triples, combines them, sqrt -> out[0]. */

@@ -87,6 +87,30 @@ function getTable(gpu: Gpu, headDim: number, theta: number, need: number): Table
   return next;
 }
 
+/**
+ * WGSL (sin a, cos a) to a few f32 ulps for any angle a rotary position reaches (|a| < 2^16 pi/2
+ * keeps the reduction exact): WGSL's own sin/cos are only specified to 2^-11 absolute on
+ * [-pi, pi] (Dawn/SwiftShader's err by ~2e-5 there and by ~1e-4 at a = 4096). Cody-Waite
+ * reduction by pi/2 with Cephes' three-part constant, then Cephes' sinf/cosf polynomials on
+ * [-pi/4, pi/4] and the quadrant's rotation.
+ */
+const WGSL_SINCOS = `fn sincos(a: f32) -> vec2f {
+  let k = round(a * 0.63661977236758134);
+  var r = a - k * 1.5703125;
+  r = r - k * 4.837512969970703125e-4;
+  r = r - k * 7.54978995489188216e-8;
+  let z = r * r;
+  let s = r + r * z * (-1.6666654611e-1 + z * (8.3321608736e-3 + z * -1.9515295891e-4));
+  let c = 1.0 - 0.5 * z +
+    z * z * (4.166664568298827e-2 + z * (-1.388731625493765e-3 + z * 2.443315711809948e-5));
+  switch (i32(k) & 3) {
+    case 0: { return vec2f(s, c); }
+    case 1: { return vec2f(c, -s); }
+    case 2: { return vec2f(-s, -c); }
+    default: { return vec2f(-c, s); }
+  }
+}`;
+
 function ropeKernel(H: number, half: number, explicit: boolean, inPlace: boolean): string {
   const io = inPlace
     ? `@group(0) @binding(0) var<storage, read_write> x: array<f32>;`
@@ -104,6 +128,7 @@ function ropeKernel(H: number, half: number, explicit: boolean, inPlace: boolean
   return `${io}
 ${tab}
 ${pos}
+${WGSL_SINCOS}
 const HALF: u32 = ${half}u;
 const PAIRS: u32 = ${H * half}u; // pairs per row
 struct P { rows: u32, T: u32, posOffset: u32, tablePositions: u32, sign: f32 }
@@ -125,9 +150,9 @@ fn main(@builtin(local_invocation_index) li: u32, @builtin(workgroup_id) wg: vec
       c = v.x;
       s = v.y;
     } else {
-      let a = f32(pos) * inv[i];
-      c = cos(a);
-      s = sin(a);
+      let sc = sincos(f32(pos) * inv[i]);
+      c = sc.y;
+      s = sc.x;
     }
     s = s * p.sign; // -1: the inverse rotation (backward)
     let j = rowBase + (k / HALF) * HALF * 2u + i; // element of x_i; x_{i+D/2} is j + HALF
