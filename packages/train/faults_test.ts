@@ -175,6 +175,18 @@ Deno.test("any Trainable: a NaN loss between progress reads is caught before the
   await Deno.remove(run, { recursive: true });
 });
 
+Deno.test("a corrupt shard stops the run before step 1, naming the shard", async () => {
+  const { data } = await patternDataset(64, 16);
+  const index = JSON.parse(await Deno.readTextFile(join(data, "index.json")));
+  const shard = join(data, index.shards[index.shards.length - 1].file);
+  const bytes = await Deno.readFile(shard);
+  bytes[bytes.length - 2] ^= 0x01; // the last shard (a lazy reader meets it last): one token id +-1
+  await Deno.writeFile(shard, bytes);
+  const config = makeTrainConfig({ data, model: MINI, steps: 2, batch: 1, seq: 128 });
+  const e = await assertRejects(() => Trainer.create(gpu, config), Error, "corrupt");
+  assert(e.message.startsWith(shard), e.message);
+});
+
 Deno.test("RunLock", async (t) => {
   const dir = await Deno.makeTempDir({ prefix: "lvm-lock-" });
   await t.step("one holder; a second is refused naming the first; release frees it", async () => {

@@ -128,8 +128,13 @@ function loaderOptions(c: TrainConfig) {
   };
 }
 
+/**
+ * Opens the dataset and checks every shard (type, size, CRC-32, token ids; streamed in bounded
+ * memory) before step 1, so a corrupt shard stops the run at once instead of hours in.
+ */
 async function openChecked(c: TrainConfig): Promise<TokenDataset> {
   const ds = await TokenDataset.open(c.data);
+  await ds.verify();
   if (ds.layout.vocabSize > c.model.vocab) {
     throw new RangeError(
       `${c.data}: the dataset's vocabulary (${ds.layout.vocabSize} ids) does not fit the model's ` +
