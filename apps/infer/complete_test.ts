@@ -3,7 +3,7 @@
  * 8x8 = 64 codes of a 64-code codebook) and a random LLaMA saved here whose image codes (96) are
  * more than the tokenizer has: the generated codes must still be ones the tokenizer can decode.
  */
-import { deepStrictEqual, equal, ok } from "node:assert/strict";
+import { assert, assertEquals, assertStrictEquals } from "@lvm/util/testing";
 import { join } from "node:path";
 import { loadImage } from "@lvm/image/fs";
 import { getGpu } from "@lvm/gpu";
@@ -51,20 +51,20 @@ Deno.test("infer complete", async (t) => {
         "3",
         "--json",
       );
-      equal(r.code, 0, r.stderr);
+      assertStrictEquals(r.code, 0, r.stderr);
       const j = JSON.parse(r.stdout);
-      deepStrictEqual(j.images, [join(out, "next-1.png"), join(out, "next-2.png")]);
-      equal(j.tokens.length, 2);
+      assertEquals(j.images, [join(out, "next-1.png"), join(out, "next-2.png")]);
+      assertStrictEquals(j.tokens.length, 2);
       for (const t of j.tokens as number[][]) {
-        equal(t.length, 64);
-        ok(t.every((id) => Number.isInteger(id) && id >= 0 && id < 64), `${t}`);
+        assertStrictEquals(t.length, 64);
+        assert(t.every((id) => Number.isInteger(id) && id >= 0 && id < 64), `${t}`);
       }
-      ok(new Set(j.tokens.flat()).size > 10, "temperature 3 should vary the codes");
-      deepStrictEqual(JSON.parse(await Deno.readTextFile(j.codes)).tokens, j.tokens);
+      assert(new Set(j.tokens.flat()).size > 10, "temperature 3 should vary the codes");
+      assertEquals(JSON.parse(await Deno.readTextFile(j.codes)).tokens, j.tokens);
       const next = await loadImage(j.images[0]);
-      deepStrictEqual([next.width, next.height], [16, 16]);
+      assertEquals([next.width, next.height], [16, 16]);
       const strip = await loadImage(j.strip);
-      deepStrictEqual([strip.width, strip.height], [4 * 16 + 3 * 2, 16]); // 2 prompt + 2 new, 2 px gaps
+      assertEquals([strip.width, strip.height], [4 * 16 + 3 * 2, 16]); // 2 prompt + 2 new, 2 px gaps
     },
   );
 
@@ -79,21 +79,21 @@ Deno.test("infer complete", async (t) => {
       "--cpu-sampling",
       "--json",
     );
-    equal(a.code, 0, a.stderr);
-    equal(b.code, 0, b.stderr);
-    deepStrictEqual(JSON.parse(a.stdout).tokens, JSON.parse(b.stdout).tokens);
+    assertStrictEquals(a.code, 0, a.stderr);
+    assertStrictEquals(b.code, 0, b.stderr);
+    assertEquals(JSON.parse(a.stdout).tokens, JSON.parse(b.stdout).tokens);
   });
 
   await t.step("errors: no prompt images, a missing image, a negative --count", async () => {
     const a = await cli("complete", "--model", model, "--tokenizer", TOK, "--out", dir);
-    equal(a.code, 2, a.stderr);
+    assertStrictEquals(a.code, 2, a.stderr);
     const b = await cli("complete", ...args.slice(0, 4), "--out", dir, join(dir, "nope.png"));
-    equal(b.code, 1, b.stderr);
-    ok(b.stderr.includes("nope.png"), b.stderr);
+    assertStrictEquals(b.code, 1, b.stderr);
+    assert(b.stderr.includes("nope.png"), b.stderr);
     // A negative count is read as the flag's value and refused by its range (not "ambiguous").
     const c = await cli("complete", ...args, "--out", dir, "--count", "-5");
-    equal(c.code, 2, c.stderr);
-    ok(c.stderr.includes("--count -5: expected >= 1") && c.stderr.includes("usage:"), c.stderr);
+    assertStrictEquals(c.code, 2, c.stderr);
+    assert(c.stderr.includes("--count -5: expected >= 1") && c.stderr.includes("usage:"), c.stderr);
   });
   await Deno.remove(dir, { recursive: true });
 });

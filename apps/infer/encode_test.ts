@@ -2,11 +2,10 @@
  * End-to-end tests of `deno task infer encode` / `decode` on the PyTorch tokenizer fixture
  * (tests/fixtures/tokenizer, written by tools/ref_vqgan.py).
  */
-import { deepStrictEqual, equal, match } from "node:assert/strict";
 import { floatToByte } from "@lvm/image";
 import { loadImage } from "@lvm/image/fs";
 import { SafetensorsFile } from "@lvm/weights/fs";
-import { assertClose } from "@lvm/util/testing";
+import { assertClose, assertEquals, assertMatch, assertStrictEquals } from "@lvm/util/testing";
 import { runApp } from "@lvm/cli/testing";
 
 const ROOT = new URL("../../", import.meta.url).pathname;
@@ -29,18 +28,18 @@ Deno.test("infer encode", async (t) => {
       `${FIX}/image.png`,
       `${FIX}/image.png`,
     );
-    equal(r.code, 0, r.stderr);
+    assertStrictEquals(r.code, 0, r.stderr);
     const out = JSON.parse(r.stdout);
-    deepStrictEqual(Object.keys(out), ["tokens"]);
-    deepStrictEqual(out.tokens, [ids.slice(0, 64), ids.slice(0, 64)]);
+    assertEquals(Object.keys(out), ["tokens"]);
+    assertEquals(out.tokens, [ids.slice(0, 64), ids.slice(0, 64)]);
   });
   await t.step("errors: no images, a missing image", async () => {
     const a = await cli("encode", "--tokenizer", `${FIX}/bin`);
-    equal(a.code, 2);
-    match(a.stderr, /at least one IMAGE/);
+    assertStrictEquals(a.code, 2);
+    assertMatch(a.stderr, /at least one IMAGE/);
     const b = await cli("encode", "--tokenizer", `${FIX}/bin`, `${FIX}/nope.png`);
-    equal(b.code, 1);
-    match(b.stderr, /nope\.png/);
+    assertStrictEquals(b.code, 1);
+    assertMatch(b.stderr, /nope\.png/);
   });
 });
 
@@ -59,8 +58,8 @@ Deno.test("infer decode", async (t) => {
       "--out",
       `${dir}/a.png`,
     );
-    equal(r.code, 0, r.stderr);
-    match(r.stdout, /wrote .*a\.png \(16x16, 1 image\)/);
+    assertStrictEquals(r.code, 0, r.stderr);
+    assertMatch(r.stdout, /wrote .*a\.png \(16x16, 1 image\)/);
     const png = await loadImage(`${dir}/a.png`);
     const want = Array.from(decoded.slice(3 * 256), (v) => floatToByte(v) / 255);
     // A value within float rounding of a byte boundary may land one byte apart.
@@ -76,8 +75,8 @@ Deno.test("infer decode", async (t) => {
       "--out",
       `${dir}/b.png`,
     );
-    equal(r.code, 1);
-    match(r.stderr, /got 63 ids, expected 64 \(a 8x8 grid/);
+    assertStrictEquals(r.code, 1);
+    assertMatch(r.stderr, /got 63 ids, expected 64 \(a 8x8 grid/);
     const m = await cli(
       "decode",
       "--tokenizer",
@@ -88,9 +87,9 @@ Deno.test("infer decode", async (t) => {
       `${dir}/c.png`,
       "--many",
     );
-    equal(m.code, 0, m.stderr);
+    assertStrictEquals(m.code, 0, m.stderr);
     const png = await loadImage(`${dir}/c.png`);
-    deepStrictEqual([png.width, png.height], [34, 16]);
+    assertEquals([png.width, png.height], [34, 16]);
   });
   await Deno.remove(dir, { recursive: true });
 });

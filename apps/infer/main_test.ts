@@ -3,12 +3,11 @@
  * compare with the reference (tools/ref_llama.py) — scores, greedy tokens — plus sampling flags,
  * `--tokens @FILE`, and the errors (parseTokens and loadProgress are tested in @lvm/cli).
  */
-import { deepStrictEqual, ok } from "node:assert/strict";
 import { getGpu } from "@lvm/gpu";
 import { Llama, makeConfig } from "@lvm/transformer";
 import { saveLlama } from "@lvm/transformer/fs";
 import { SafetensorsFile } from "@lvm/weights/fs";
-import { assertClose } from "@lvm/util/testing";
+import { assert, assertClose, assertEquals } from "@lvm/util/testing";
 import { runApp } from "@lvm/cli/testing";
 
 const ROOT = new URL("../../", import.meta.url).pathname;
@@ -28,18 +27,18 @@ Deno.test("infer score", async (t) => {
     const inputs = await ref("inputs");
     const row0 = inputs.slice(0, inputs.length / 2);
     const r = await cli("score", "--model", MODEL, "--tokens", row0.join(","), "--json");
-    deepStrictEqual(r.code, 0, r.stderr);
+    assertEquals(r.code, 0, r.stderr);
     const out = JSON.parse(r.stdout);
-    deepStrictEqual(Object.keys(out), ["logprobs", "nll", "perplexity"]);
+    assertEquals(Object.keys(out), ["logprobs", "nll", "perplexity"]);
     assertClose(out.logprobs, await ref("score.logprobs"), { atol: 2e-5, rtol: 1e-5 }, "logprobs");
     const nll = -out.logprobs.reduce((a: number, b: number) => a + b, 0) / out.logprobs.length;
     assertClose([out.nll, out.perplexity], [nll, Math.exp(nll)], { atol: 1e-9, rtol: 1e-9 });
   });
   await t.step("an id outside the vocabulary is an error naming it", async () => {
     const r = await cli("score", "--model", MODEL, "--tokens", "1,2,100,3", "--json");
-    deepStrictEqual(r.code, 1);
-    ok(/token id 100 \(position 2\) is outside the vocabulary/.test(r.stderr), r.stderr);
-    deepStrictEqual(r.stdout, "");
+    assertEquals(r.code, 1);
+    assert(/token id 100 \(position 2\) is outside the vocabulary/.test(r.stderr), r.stderr);
+    assertEquals(r.stdout, "");
   });
 });
 
@@ -57,8 +56,8 @@ Deno.test("infer generate", async (t) => {
       "--greedy",
       "--json",
     );
-    deepStrictEqual(r.code, 0, r.stderr);
-    deepStrictEqual(JSON.parse(r.stdout), { tokens: want });
+    assertEquals(r.code, 0, r.stderr);
+    assertEquals(JSON.parse(r.stdout), { tokens: want });
   });
   await t.step("sampling: exactly N ids below the image codes, reproducible per seed", async () => {
     const dir = await Deno.makeTempDir();
@@ -69,28 +68,28 @@ Deno.test("infer generate", async (t) => {
     const a = await sampled("--json");
     // The same seed on the CPU path (--cpu-sampling) draws the same ids as the default GPU path.
     const b = await sampled("--cpu-sampling", "--json");
-    deepStrictEqual(a.code, 0, a.stderr);
+    assertEquals(a.code, 0, a.stderr);
     const ta: number[] = JSON.parse(a.stdout).tokens;
-    deepStrictEqual(ta.length, 40);
-    ok(ta.every((id) => Number.isInteger(id) && id >= 0 && id < 96), `${ta}`);
-    deepStrictEqual(JSON.parse(b.stdout).tokens, ta);
-    ok(new Set(ta).size > 5, `temperature 2 over 96 codes should vary: ${ta}`);
+    assertEquals(ta.length, 40);
+    assert(ta.every((id) => Number.isInteger(id) && id >= 0 && id < 96), `${ta}`);
+    assertEquals(JSON.parse(b.stdout).tokens, ta);
+    assert(new Set(ta).size > 5, `temperature 2 over 96 codes should vary: ${ta}`);
     await Deno.remove(dir, { recursive: true });
   });
   await t.step("usage errors exit 2 with the usage", async () => {
     const r = await cli("generate", "--model", MODEL, "--tokens", "1,2", "--top-p", "1.5");
-    deepStrictEqual(r.code, 2);
-    ok(r.stderr.includes("--top-p 1.5") && r.stderr.includes("usage:"), r.stderr);
+    assertEquals(r.code, 2);
+    assert(r.stderr.includes("--top-p 1.5") && r.stderr.includes("usage:"), r.stderr);
     // A negative number is the flag's value (not an "ambiguous" flag), checked against the range.
     for (const neg of [["--max-new-tokens", "-5"], ["--max-new-tokens=-5"]]) {
       const m = await cli("generate", "--model", MODEL, "--tokens", "1,2", ...neg);
-      deepStrictEqual(m.code, 2, m.stderr);
-      ok(m.stderr.includes("--max-new-tokens -5: expected >= 0"), m.stderr);
-      ok(!m.stderr.includes("ambiguous"), m.stderr);
+      assertEquals(m.code, 2, m.stderr);
+      assert(m.stderr.includes("--max-new-tokens -5: expected >= 0"), m.stderr);
+      assert(!m.stderr.includes("ambiguous"), m.stderr);
     }
     const u = await cli("frobnicate");
-    deepStrictEqual(u.code, 2);
-    ok(u.stderr.includes('unknown command "frobnicate"'), u.stderr);
+    assertEquals(u.code, 2);
+    assert(u.stderr.includes('unknown command "frobnicate"'), u.stderr);
   });
 });
 
@@ -106,10 +105,10 @@ Deno.test("infer score on a checkpoint whose weights are NaN fails naming it", a
     await saveLlama(model, dir);
     model.release();
     const r = await cli("score", "--model", dir, "--tokens", "1,2,3,4", "--json");
-    deepStrictEqual(r.code, 1, r.stderr);
-    ok(r.stderr.includes(dir) && r.stderr.includes("weights are not finite"), r.stderr);
-    ok(r.stderr.includes("model.norm.weight"), r.stderr);
-    deepStrictEqual(r.stdout, "");
+    assertEquals(r.code, 1, r.stderr);
+    assert(r.stderr.includes(dir) && r.stderr.includes("weights are not finite"), r.stderr);
+    assert(r.stderr.includes("model.norm.weight"), r.stderr);
+    assertEquals(r.stdout, "");
   } finally {
     await Deno.remove(dir, { recursive: true });
   }

@@ -2,7 +2,7 @@
  * `train eval` on a checkpoint whose weights are NaN: an error naming the checkpoint (exit 1), not
  * a JSON object of nulls. (The happy path is tested with `train model` in model_test.ts.)
  */
-import { deepStrictEqual, ok } from "node:assert/strict";
+import { assert, assertEquals } from "@lvm/util/testing";
 import { join } from "node:path";
 import { getGpu } from "@lvm/gpu";
 import { writeTestDataset } from "@lvm/sentence/testing";
@@ -30,11 +30,11 @@ Deno.test("train eval: NaN weights fail naming the checkpoint", async () => {
     console.error = (...a: unknown[]) => err.push(a.join(" "));
     const code = await main(["eval", "--model", model, "--data", data, "--split", "all", "--json"]);
     Object.assign(console, { log, error });
-    deepStrictEqual(code, 1, err.join("\n"));
+    assertEquals(code, 1, err.join("\n"));
     const msg = err.join("\n");
-    ok(msg.includes(`${model}: the weights are not finite`), msg);
-    ok(msg.includes("model.embed_tokens.weight"), msg);
-    deepStrictEqual(out, []);
+    assert(msg.includes(`${model}: the weights are not finite`), msg);
+    assert(msg.includes("model.embed_tokens.weight"), msg);
+    assertEquals(out, []);
   } finally {
     Object.assign(console, { log, error });
     await Deno.remove(root, { recursive: true });

@@ -5,7 +5,7 @@
  * with exactly the weights of an uninterrupted run; --init takes the init tokenizer's config and
  * weights; --max-frames caps GIFs; --holdout 1 and a batch that cannot fit are usage errors.
  */
-import { deepStrictEqual, equal, match, ok } from "node:assert/strict";
+import { assert, assertEquals, assertMatch, assertStrictEquals } from "@lvm/util/testing";
 import { makeImage } from "@lvm/image";
 import { savePng } from "@lvm/image/fs";
 import { SafetensorsFile } from "@lvm/weights/fs";
@@ -42,20 +42,23 @@ Deno.test("train tokenizer", async (t) => {
       "--log-every",
       "1",
     );
-    equal(r.code, 0, r.stderr);
+    assertStrictEquals(r.code, 0, r.stderr);
     // 5 sources: img0-3 and the frames/ folder (2 frames, one source); every 2nd held out.
-    match(r.stderr, /data: 3 training sources \(4 images\), 2 held out \(2 images\)/);
-    match(r.stderr, /step 4\/4 .* psnr [\d.]+ dB {2}codes \d+\/32 .* steps\/s {2}eta/);
-    match(r.stderr, /held-out PSNR [\d.]+ dB/);
+    assertMatch(r.stderr, /data: 3 training sources \(4 images\), 2 held out \(2 images\)/);
+    assertMatch(r.stderr, /step 4\/4 .* psnr [\d.]+ dB {2}codes \d+\/32 .* steps\/s {2}eta/);
+    assertMatch(r.stderr, /held-out PSNR [\d.]+ dB/);
     const s = JSON.parse(r.stdout);
-    equal(s.steps, 4);
+    assertStrictEquals(s.steps, 4);
     // The shared trainer's files: checkpoints/checkpoint-4 (a loadable tokenizer) named by
     // checkpoints/latest, the loss chart; the run folder's lock is gone.
-    equal((await Deno.readTextFile(`${dir}/a/checkpoints/latest`)).trim(), "checkpoint-4");
-    ok((await Deno.stat(`${dir}/a/checkpoints/checkpoint-4/config.json`)).isFile);
-    deepStrictEqual(Array.from((await read(`${dir}/a/loss.png`)).subarray(1, 4)), [80, 78, 71]);
-    await Deno.stat(`${dir}/a/train.lock`).then(() => ok(false, "lock left"), () => {});
-    ok(s.eval_psnr > 0 && s.eval_images === 2, JSON.stringify(s));
+    assertStrictEquals(
+      (await Deno.readTextFile(`${dir}/a/checkpoints/latest`)).trim(),
+      "checkpoint-4",
+    );
+    assert((await Deno.stat(`${dir}/a/checkpoints/checkpoint-4/config.json`)).isFile);
+    assertEquals(Array.from((await read(`${dir}/a/loss.png`)).subarray(1, 4)), [80, 78, 71]);
+    await Deno.stat(`${dir}/a/train.lock`).then(() => assert(false, "lock left"), () => {});
+    assert(s.eval_psnr > 0 && s.eval_images === 2, JSON.stringify(s));
     const e = await cli(
       "infer",
       "encode",
@@ -64,8 +67,8 @@ Deno.test("train tokenizer", async (t) => {
       "--json",
       `${dir}/images/img0.png`,
     );
-    equal(e.code, 0, e.stderr);
-    equal(JSON.parse(e.stdout).tokens[0].length, 64);
+    assertStrictEquals(e.code, 0, e.stderr);
+    assertStrictEquals(JSON.parse(e.stdout).tokens[0].length, 64);
   });
   await t.step(
     "--resume continues exactly: same final weights as an uninterrupted run",
@@ -74,11 +77,11 @@ Deno.test("train tokenizer", async (t) => {
       const runC = (steps: number, ...extra: string[]) =>
         cli("train", "tokenizer", ...common, "--steps", `${steps}`, "--out", `${dir}/c`, ...extra);
       const r = await runC(2, "--holdout", "2", "--save-every", "1", "--quiet");
-      equal(r.code, 0, r.stderr);
+      assertStrictEquals(r.code, 0, r.stderr);
       const c = await runC(4, "--holdout", "2", "--resume");
-      equal(c.code, 0, c.stderr);
-      match(c.stderr, /resumed from .* at step 2/);
-      deepStrictEqual(
+      assertStrictEquals(c.code, 0, c.stderr);
+      assertMatch(c.stderr, /resumed from .* at step 2/);
+      assertEquals(
         await read(`${dir}/c/model.safetensors`),
         await read(`${dir}/a/model.safetensors`),
       );
@@ -95,8 +98,8 @@ Deno.test("train tokenizer", async (t) => {
         `${dir}/c`,
         "--resume",
       );
-      equal(bad.code, 2);
-      match(bad.stderr, /training sources differ/);
+      assertStrictEquals(bad.code, 2);
+      assertMatch(bad.stderr, /training sources differ/);
     },
   );
   await t.step(
@@ -131,10 +134,13 @@ Deno.test("train tokenizer", async (t) => {
         "--out",
         `${dir}/i`,
       );
-      equal(r.code, 0, r.stderr);
-      match(r.stderr, /data: 3 training sources \(4 images\)/); // 2 of the GIF's 3 frames
-      match(r.stderr, /model: 16x16 -> 8x8 tokens, 64 codes/);
-      equal(JSON.parse(await Deno.readTextFile(`${dir}/i/config.json`)).resolution, 16);
+      assertStrictEquals(r.code, 0, r.stderr);
+      assertMatch(r.stderr, /data: 3 training sources \(4 images\)/); // 2 of the GIF's 3 frames
+      assertMatch(r.stderr, /model: 16x16 -> 8x8 tokens, 64 codes/);
+      assertStrictEquals(
+        JSON.parse(await Deno.readTextFile(`${dir}/i/config.json`)).resolution,
+        16,
+      );
       const e = await cli(
         "infer",
         "encode",
@@ -143,11 +149,11 @@ Deno.test("train tokenizer", async (t) => {
         "--json",
         `${FIX}/image.png`,
       );
-      equal(e.code, 0, e.stderr);
+      assertStrictEquals(e.code, 0, e.stderr);
       const ref = await SafetensorsFile.open(`${FIX}/reference.safetensors`);
       const ids = Array.from(new Int32Array((await ref.readRaw("ids")).slice().buffer));
       ref.close();
-      deepStrictEqual(JSON.parse(e.stdout).tokens[0], ids.slice(0, 64));
+      assertEquals(JSON.parse(e.stdout).tokens[0], ids.slice(0, 64));
       const both = await cli(
         "train",
         "tokenizer",
@@ -159,8 +165,8 @@ Deno.test("train tokenizer", async (t) => {
         "--out",
         `${dir}/j`,
       );
-      equal(both.code, 2);
-      match(
+      assertStrictEquals(both.code, 2);
+      assertMatch(
         both.stderr,
         /--init .* takes the architecture from its config\.json: give no --config/,
       );
@@ -185,11 +191,11 @@ Deno.test("train tokenizer", async (t) => {
       "--out",
       `${dir}/ev`,
     );
-    equal(r.code, 0, r.stderr);
-    match(r.stderr, /data: 2 training sources \(2 images\), 2 held out \(2 images\)/);
+    assertStrictEquals(r.code, 0, r.stderr);
+    assertMatch(r.stderr, /data: 2 training sources \(2 images\), 2 held out \(2 images\)/);
     const bare = await cli("train", "tokenizer", `${dir}/images/img0.png`, "--steps", "1");
-    equal(bare.code, 2, bare.stderr);
-    match(bare.stderr, /unexpected argument/);
+    assertStrictEquals(bare.code, 2, bare.stderr);
+    assertMatch(bare.stderr, /unexpected argument/);
   });
   await t.step("usage errors: --holdout 1, a batch that cannot fit the adapter", async () => {
     const h = await cli(
@@ -203,8 +209,8 @@ Deno.test("train tokenizer", async (t) => {
       "--out",
       `${dir}/h`,
     );
-    equal(h.code, 2, h.stderr);
-    match(h.stderr, /--holdout 1: .*holds out all 5 sources, leaving none to train on/);
+    assertStrictEquals(h.code, 2, h.stderr);
+    assertMatch(h.stderr, /--holdout 1: .*holds out all 5 sources, leaving none to train on/);
     // Refused before the data is read (the path does not exist).
     const b = await cli(
       "train",
@@ -220,8 +226,8 @@ Deno.test("train tokenizer", async (t) => {
       "--out",
       `${dir}/b`,
     );
-    equal(b.code, 2, b.stderr);
-    match(b.stderr, /--batch 1000: at most \d+ images? of 256x256 per step fit this adapter/);
+    assertStrictEquals(b.code, 2, b.stderr);
+    assertMatch(b.stderr, /--batch 1000: at most \d+ images? of 256x256 per step fit this adapter/);
   });
   await Deno.remove(dir, { recursive: true });
 });

@@ -2,8 +2,8 @@
  * The page's JavaScript, built with Deno's own bundler (`deno bundle --platform browser`, esbuild
  * underneath): `app.js` (the page: `browser/page.ts` and the packages it imports) and `ops.js`
  * (the kernel op tests of `packages/kernels/ops/*_test.ts` behind a `Deno.test` stand-in, for
- * `ops.html`). The core packages bundle for the browser as they are; `bundle_map.json` points
- * the op tests' `node:assert` at a browser stand-in (`browser/assert.ts`).
+ * `ops.html`). The core packages and the op tests (whose assertions, `@lvm/util/testing`, import
+ * no `node:` module) bundle for the browser as they are.
  * @module
  */
 import { join, relative } from "node:path";
@@ -26,8 +26,6 @@ async function bundle(entry: string, out: string): Promise<void> {
       "bundle",
       "--platform",
       "browser",
-      "--import-map",
-      join(HERE, "bundle_map.json"),
       "-o",
       out,
       entry,
@@ -75,7 +73,7 @@ export async function buildBundles(dir: string): Promise<Bundles> {
     const js = await Deno.readTextFile(join(dir, name));
     const bad = [...js.matchAll(/^import .* from "(node:[^"]+)"/gm)].map((m) => m[1]);
     if (bad.length) {
-      throw new Error(`${name} still imports ${bad.join(", ")}: map it in bundle_map.json`);
+      throw new Error(`${name} still imports ${bad.join(", ")}: the browser has no node: modules`);
     }
   }
   return { dir, opTests: tests.map((f) => relative(ROOT, f)) };

@@ -1,5 +1,5 @@
 /** The page's server: what it lists, byte ranges, and nothing outside the folders it was given. */
-import { deepStrictEqual, equal, ok } from "node:assert/strict";
+import { assert, assertEquals, assertStrictEquals } from "@lvm/util/testing";
 import { join } from "node:path";
 import { serveWeb } from "./server.ts";
 
@@ -15,25 +15,25 @@ Deno.test("serveWeb(): config, files by range, 127.0.0.1 only, no path outside",
     await Deno.writeTextFile(join(dir, "secret.txt"), "no");
     const { url, server } = serveWeb({ bundles: dir, model, examples: join(dir, "examples") });
     try {
-      ok(url.startsWith("http://127.0.0.1:"), url);
+      assert(url.startsWith("http://127.0.0.1:"), url);
       const cfg = await (await fetch(`${url}api/config`)).json();
-      deepStrictEqual(
+      assertEquals(
         cfg.model.files.map((f: { name: string; size: number }) => [f.name, f.size]),
         [
           ["config.json", 2],
           ["model.safetensors", 7],
         ],
       );
-      equal(cfg.tokenizer, null);
-      deepStrictEqual(cfg.examples, [{
+      assertStrictEquals(cfg.tokenizer, null);
+      assertEquals(cfg.examples, [{
         name: "seq",
         images: ["/files/examples/seq/2.png", "/files/examples/seq/10.png"],
       }]);
       const r = await fetch(`${url}files/model/model.safetensors`, {
         headers: { range: "bytes=2-4" },
       });
-      equal(r.status, 206);
-      deepStrictEqual([...new Uint8Array(await r.arrayBuffer())], [2, 3, 4]);
+      assertStrictEquals(r.status, 206);
+      assertEquals([...new Uint8Array(await r.arrayBuffer())], [2, 3, 4]);
       for (
         const p of [
           "files/model/../secret.txt",
@@ -44,10 +44,10 @@ Deno.test("serveWeb(): config, files by range, 127.0.0.1 only, no path outside",
       ) {
         const x = await fetch(url + p);
         await x.body?.cancel();
-        equal(x.status, 404, p);
+        assertStrictEquals(x.status, 404, p);
       }
       const page = await fetch(url);
-      ok((await page.text()).includes("/app.js"));
+      assert((await page.text()).includes("/app.js"));
     } finally {
       await server.shutdown();
     }

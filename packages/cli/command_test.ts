@@ -1,4 +1,4 @@
-import { deepStrictEqual, ok } from "node:assert/strict";
+import { assert, assertEquals } from "@lvm/util/testing";
 import { type Command, parseFlags, positiveInt, runCli, UsageError } from "./mod.ts";
 
 /** Runs `f` with console.log/error captured. */
@@ -31,28 +31,28 @@ const cli = { program: "prog", commands: { echo } };
 
 Deno.test("runCli()", async (t) => {
   await t.step("runs the command; --help lists commands and shows usage, exit 0", async () => {
-    deepStrictEqual(await capture(() => runCli(cli, ["echo", "--n", "3"])), {
+    assertEquals(await capture(() => runCli(cli, ["echo", "--n", "3"])), {
       code: 0,
       stdout: "3",
       stderr: "",
     });
     const h = await capture(() => runCli(cli, ["--help"]));
-    ok(h.code === 0 && h.stdout.includes("commands:\n  echo  print N"), h.stdout);
+    assert(h.code === 0 && h.stdout.includes("commands:\n  echo  print N"), h.stdout);
     const u = await capture(() => runCli(cli, ["echo", "--help"]));
-    deepStrictEqual([u.code, u.stdout], [0, echo.usage]);
+    assertEquals([u.code, u.stdout], [0, echo.usage]);
   });
   await t.step("usage errors exit 2 with the usage; other errors exit 1", async () => {
     for (const args of [["echo", "--n", "-5"], ["echo", "--m"], ["echo", "--n", "12"]]) {
       const r = await capture(() => runCli(cli, args));
-      ok(r.code === 2 && r.stderr.includes("usage: prog echo"), `${args}: ${r.stderr}`);
+      assert(r.code === 2 && r.stderr.includes("usage: prog echo"), `${args}: ${r.stderr}`);
     }
     const neg = await capture(() => runCli(cli, ["echo", "--n", "-5"]));
-    ok(neg.stderr.startsWith("error: --n -5: expected >= 1"), neg.stderr);
+    assert(neg.stderr.startsWith("error: --n -5: expected >= 1"), neg.stderr);
     const e = await capture(() => runCli(cli, ["echo", "--n", "13"]));
-    deepStrictEqual([e.code, e.stderr], [1, "error: unlucky"]);
+    assertEquals([e.code, e.stderr], [1, "error: unlucky"]);
     const x = await capture(() => runCli(cli, ["frob"]));
-    ok(x.code === 2 && x.stderr.includes('unknown command "frob"'), x.stderr);
+    assert(x.code === 2 && x.stderr.includes('unknown command "frob"'), x.stderr);
     const none = await capture(() => runCli(cli, []));
-    ok(none.code === 2 && none.stderr.includes("usage: prog <command>"), none.stderr);
+    assert(none.code === 2 && none.stderr.includes("usage: prog <command>"), none.stderr);
   });
 });

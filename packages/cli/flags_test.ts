@@ -1,4 +1,4 @@
-import { deepStrictEqual, equal, throws } from "node:assert/strict";
+import { assert, assertEquals, assertStrictEquals, assertThrows } from "@lvm/util/testing";
 import {
   asUsage,
   enumFlag,
@@ -19,7 +19,7 @@ import {
 
 /** Asserts `f` throws a UsageError whose message matches `re`. */
 function usage(f: () => unknown, re: RegExp) {
-  throws(f, (e) => e instanceof UsageError && re.test(e.message));
+  assertThrows(f, UsageError, re);
 }
 
 Deno.test("parseFlags()", async (t) => {
@@ -29,16 +29,16 @@ Deno.test("parseFlags()", async (t) => {
   } as const;
   await t.step("a negative number is a value: --flag -5, --flag=-5, -n -5", () => {
     for (const args of [["--n", "-5"], ["--n=-5"], ["-n", "-5"]]) {
-      deepStrictEqual(parseFlags({ args, options }).values.n, "-5", args.join(" "));
+      assertEquals(parseFlags({ args, options }).values.n, "-5", args.join(" "));
     }
     for (const v of ["-0.5", "-.5", "-1e-3", "-2E+4", "-Infinity"]) {
-      equal(parseFlags({ args: ["--n", v], options }).values.n, v);
+      assertStrictEquals(parseFlags({ args: ["--n", v], options }).values.n, v);
     }
   });
   await t.step("a flag after a string flag is still a flag; a boolean flag takes no value", () => {
     usage(() => parseFlags({ args: ["--n", "--json"], options }), /--n/);
     usage(() => parseFlags({ args: ["--json", "-5"], options }), /-5|Unknown/);
-    deepStrictEqual(
+    assertEquals(
       joinNegativeValues(["--n", "-5", "--", "--n", "-3"], options),
       ["--n=-5", "--", "--n", "-3"],
     );
@@ -46,7 +46,7 @@ Deno.test("parseFlags()", async (t) => {
   await t.step("unknown flags and stray positionals are usage errors", () => {
     usage(() => parseFlags({ args: ["--frob"], options }), /frob/);
     usage(() => parseFlags({ args: ["x"], options }), /x/);
-    deepStrictEqual(
+    assertEquals(
       parseFlags({ args: ["x", "--json"], options, allowPositionals: true }).positionals,
       ["x"],
     );
@@ -55,16 +55,16 @@ Deno.test("parseFlags()", async (t) => {
 
 Deno.test("number flags", async (t) => {
   await t.step("values, fallbacks, dashes optional in the name", () => {
-    equal(intFlag("steps", "40", 100, { min: 1 }), 40);
-    equal(intFlag("--steps", undefined, 100), 100);
-    equal(intFlag("steps", undefined, undefined), undefined);
-    equal(floatFlag("lr", "1.5e-4", 1), 1.5e-4);
-    equal(floatFlag("bias", "-2.5", 0), -2.5);
-    equal(positiveInt("count", "3", 1), 3);
-    equal(nonNegativeInt("top-k", "0", 50), 0);
-    equal(positiveFloat("temperature", "0.7", 1), 0.7);
-    equal(nonNegativeFloat("decay", "0", 0.1), 0);
-    equal(seedFlag("seed", "4294967295"), 2 ** 32 - 1);
+    assertStrictEquals(intFlag("steps", "40", 100, { min: 1 }), 40);
+    assertStrictEquals(intFlag("--steps", undefined, 100), 100);
+    assertStrictEquals(intFlag("steps", undefined, undefined), undefined);
+    assertStrictEquals(floatFlag("lr", "1.5e-4", 1), 1.5e-4);
+    assertStrictEquals(floatFlag("bias", "-2.5", 0), -2.5);
+    assertStrictEquals(positiveInt("count", "3", 1), 3);
+    assertStrictEquals(nonNegativeInt("top-k", "0", 50), 0);
+    assertStrictEquals(positiveFloat("temperature", "0.7", 1), 0.7);
+    assertStrictEquals(nonNegativeFloat("decay", "0", 0.1), 0);
+    assertStrictEquals(seedFlag("seed", "4294967295"), 2 ** 32 - 1);
   });
   await t.step("range errors say the bound", () => {
     usage(() => positiveInt("max-new-tokens", "-5", 256), /^--max-new-tokens -5: expected >= 1$/);
@@ -92,20 +92,20 @@ Deno.test("number flags", async (t) => {
 });
 
 Deno.test("enumFlag(), required(), parseDuration()", () => {
-  equal(enumFlag("dtype", "f16", ["f32", "f16"], "f32"), "f16");
-  equal(enumFlag("dtype", undefined, ["f32", "f16"], "f32"), "f32");
+  assertStrictEquals(enumFlag("dtype", "f16", ["f32", "f16"], "f32"), "f16");
+  assertStrictEquals(enumFlag("dtype", undefined, ["f32", "f16"], "f32"), "f32");
   usage(() => enumFlag("dtype", "f8", ["f32", "f16"], "f32"), /^--dtype f8: expected f32 or f16$/);
   usage(
     () => enumFlag("kind", "paint", ["sequence", "pairs", "flip"], undefined),
     /--kind paint: expected one of sequence, pairs, flip/,
   );
-  equal(required("model", "m", "DIR"), "m");
+  assertStrictEquals(required("model", "m", "DIR"), "m");
   usage(() => required("model", undefined, "DIR"), /^--model DIR is required$/);
-  equal(parseDuration("t", "90", 0), 90);
-  equal(parseDuration("t", "1h30m", 0), 5400);
-  equal(parseDuration("t", "250ms", 0), 0.25);
-  equal(parseDuration("t", "1.5m", 0), 90);
-  equal(parseDuration("t", undefined, 7), 7);
+  assertStrictEquals(parseDuration("t", "90", 0), 90);
+  assertStrictEquals(parseDuration("t", "1h30m", 0), 5400);
+  assertStrictEquals(parseDuration("t", "250ms", 0), 0.25);
+  assertStrictEquals(parseDuration("t", "1.5m", 0), 90);
+  assertStrictEquals(parseDuration("t", undefined, 7), 7);
   usage(() => parseDuration("t", "-5s", 0), /--t -5s: expected a duration/);
   usage(() => parseDuration("t", "5 parsecs", 0), /expected a duration/);
 });
@@ -118,7 +118,7 @@ Deno.test("flagOptions()", async (t) => {
       boolean: "quiet",
       multiple: "images",
     });
-    deepStrictEqual(options, {
+    assertEquals(options, {
       out: { type: "string" },
       steps: { type: "string" },
       lr: { type: "string" },
@@ -130,7 +130,7 @@ Deno.test("flagOptions()", async (t) => {
       options,
     });
     const images: string[] | undefined = values.images; // typed by name
-    deepStrictEqual([images, values.quiet, values.lr, values.out], [
+    assertEquals([images, values.quiet, values.lr, values.out], [
       ["a", "b"],
       true,
       "-1e-3",
@@ -153,9 +153,9 @@ Deno.test("asUsage()", async (t) => {
     const boom = () => {
       throw new TypeError("boom");
     };
-    throws(boom, (e) => e instanceof TypeError && !(e instanceof UsageError));
-    throws(() => asUsage(boom), (e) => e instanceof TypeError);
+    assert(!(assertThrows(boom, TypeError) instanceof UsageError));
+    assertThrows(() => asUsage(boom), TypeError);
     usage(() => asUsage(boom, Error), /^boom$/);
-    equal(asUsage(() => 3), 3);
+    assertStrictEquals(asUsage(() => 3), 3);
   });
 });

@@ -1,14 +1,14 @@
-import { deepStrictEqual, ok, throws } from "node:assert/strict";
+import { assert, assertEquals, assertThrows } from "@lvm/util/testing";
 import { checkVocab, parseTokens } from "./mod.ts";
 
 Deno.test("parseTokens()", async (t) => {
   await t.step("commas, white space, JSON arrays, @FILE", async () => {
-    deepStrictEqual(parseTokens("5,17,3"), [5, 17, 3]);
-    deepStrictEqual(parseTokens(" 5  17\n3, 4 "), [5, 17, 3, 4]);
-    deepStrictEqual(parseTokens("[5, 17, 3]"), [5, 17, 3]);
+    assertEquals(parseTokens("5,17,3"), [5, 17, 3]);
+    assertEquals(parseTokens(" 5  17\n3, 4 "), [5, 17, 3, 4]);
+    assertEquals(parseTokens("[5, 17, 3]"), [5, 17, 3]);
     const f = await Deno.makeTempFile();
     await Deno.writeTextFile(f, "8 9\n10\n");
-    deepStrictEqual(parseTokens(`@${f}`), [8, 9, 10]);
+    assertEquals(parseTokens(`@${f}`), [8, 9, 10]);
     await Deno.remove(f);
   });
   await t.step("bad items are named", () => {
@@ -27,12 +27,16 @@ Deno.test("parseTokens()", async (t) => {
       } catch (e) {
         err = (e as Error).message;
       }
-      ok(msg.test(err), `${spec}: ${err}`);
+      assert(msg.test(err), `${spec}: ${err}`);
     }
   });
 });
 
 Deno.test("checkVocab() names the first id outside the vocabulary", () => {
   checkVocab([0, 5, 9], 10, "m");
-  throws(() => checkVocab([1, 2, 100, 3], 96, "m"), /token id 100 \(position 2\) .* 0\.\.95/);
+  assertThrows(
+    () => checkVocab([1, 2, 100, 3], 96, "m"),
+    Error,
+    /token id 100 \(position 2\) .* 0\.\.95/,
+  );
 });

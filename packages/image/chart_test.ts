@@ -2,7 +2,7 @@
  * The line chart: pixels of a known series land where the layout maps its points, ticks are nice
  * numbers, log-y places decades evenly, text uses the built-in font, and the PNG decodes back.
  */
-import { deepStrictEqual, equal, ok, throws } from "node:assert/strict";
+import { assert, assertEquals, assertStrictEquals, assertThrows } from "@lvm/util/testing";
 import {
   CHART_COLORS,
   chartLayout,
@@ -32,18 +32,18 @@ function hit(img: RgbImage, x: number, y: number, c: readonly number[]): boolean
 }
 
 Deno.test("linearTicks(), logTicks(), formatTick()", () => {
-  deepStrictEqual(linearTicks(0, 100), [0, 20, 40, 60, 80, 100]);
-  deepStrictEqual(linearTicks(0.13, 0.71), [0.2, 0.3, 0.4, 0.5, 0.6, 0.7]);
-  deepStrictEqual(logTicks(0.5, 30), [0.5, 1, 2, 5, 10, 20]);
-  deepStrictEqual(logTicks(1e-3, 1e3), [1e-3, 1e-2, 0.1, 1, 10, 100, 1000]);
-  deepStrictEqual([0, 1.5, 2000, 1e6, 1.5e-4].map(formatTick), [
+  assertEquals(linearTicks(0, 100), [0, 20, 40, 60, 80, 100]);
+  assertEquals(linearTicks(0.13, 0.71), [0.2, 0.3, 0.4, 0.5, 0.6, 0.7]);
+  assertEquals(logTicks(0.5, 30), [0.5, 1, 2, 5, 10, 20]);
+  assertEquals(logTicks(1e-3, 1e3), [1e-3, 1e-2, 0.1, 1, 10, 100, 1000]);
+  assertEquals([0, 1.5, 2000, 1e6, 1.5e-4].map(formatTick), [
     "0",
     "1.5",
     "2000",
     "1e6",
     "1.5e-4",
   ]);
-  equal(textWidth("abc", 2), (3 * 6 - 1) * 2);
+  assertStrictEquals(textWidth("abc", 2), (3 * 6 - 1) * 2);
 });
 
 Deno.test("renderChart()", async (t) => {
@@ -56,32 +56,32 @@ Deno.test("renderChart()", async (t) => {
   await t.step("the points of a known series land where the layout maps them", () => {
     const img = renderChart(opts);
     const L = chartLayout(opts);
-    equal([img.width, img.height].join(), "320,200");
-    deepStrictEqual(L.xTicks, [0, 20, 40, 60, 80, 100]);
-    deepStrictEqual(L.x, [0, 100]);
+    assertStrictEquals([img.width, img.height].join(), "320,200");
+    assertEquals(L.xTicks, [0, 20, 40, 60, 80, 100]);
+    assertEquals(L.x, [0, 100]);
     // Every point of "train" lies in the plot area and is drawn in the first series colour; the
     // midpoint of a segment too (a line, not just markers).
     for (const [x, y] of [[0, 4], [50, 2], [100, 1], [10, 3.6], [75, 1.5]]) {
       const [cx, cy] = L.toPixel(x, y);
-      ok(cx >= L.plot.left && cx < L.plot.right && cy >= L.plot.top && cy < L.plot.bottom);
-      ok(hit(img, cx, cy, CHART_COLORS[0]), `(${x}, ${y}) at (${cx}, ${cy})`);
+      assert(cx >= L.plot.left && cx < L.plot.right && cy >= L.plot.top && cy < L.plot.bottom);
+      assert(hit(img, cx, cy, CHART_COLORS[0]), `(${x}, ${y}) at (${cx}, ${cy})`);
     }
     // x maps linearly: 50 is halfway between 0 and 100.
     const [a] = L.toPixel(0, 1), [b] = L.toPixel(50, 1), [c] = L.toPixel(100, 1);
-    ok(Math.abs(b - (a + c) / 2) < 1e-9);
+    assert(Math.abs(b - (a + c) / 2) < 1e-9);
     // Higher values are higher up.
-    ok(L.toPixel(0, 4)[1] < L.toPixel(0, 1)[1]);
+    assert(L.toPixel(0, 4)[1] < L.toPixel(0, 1)[1]);
     // The "val" series uses the second colour; far from every line the plot is white or grid.
     const [vx, vy] = L.toPixel(50, 2.5);
-    ok(hit(img, vx, vy, CHART_COLORS[1]), "val midpoint");
+    assert(hit(img, vx, vy, CHART_COLORS[1]), "val midpoint");
     const [ex, ey] = L.toPixel(10, 1.15);
-    ok(px(img, ex, ey).every((v) => v > 0.85), "empty area");
+    assert(px(img, ex, ey).every((v) => v > 0.85), "empty area");
     // Text (title) is drawn: some black pixels in the title band, none outside the image.
     let dark = 0;
     for (let y = 0; y < L.plot.top - 2; y++) {
       for (let x = 0; x < img.width; x++) if (px(img, x, y)[0] === 0) dark++;
     }
-    ok(dark > 10, `${dark} title pixels`);
+    assert(dark > 10, `${dark} title pixels`);
   });
 
   await t.step("log y: decades are evenly spaced; non-positive and NaN points skipped", () => {
@@ -99,28 +99,28 @@ Deno.test("renderChart()", async (t) => {
     };
     const L = chartLayout(o);
     const ys = [0.01, 0.1, 1, 10].map((v) => L.toPixel(1, v)[1]);
-    ok(Math.abs((ys[0] - ys[1]) - (ys[1] - ys[2])) < 1e-9 && ys[2] - ys[3] > 0);
-    ok(L.yTicks.includes(0.01) && L.yTicks.includes(10), String(L.yTicks));
+    assert(Math.abs((ys[0] - ys[1]) - (ys[1] - ys[2])) < 1e-9 && ys[2] - ys[3] > 0);
+    assert(L.yTicks.includes(0.01) && L.yTicks.includes(10), String(L.yTicks));
     const img = renderChart(o);
-    ok(hit(img, ...L.toPixel(2, 0.1), CHART_COLORS[0]));
+    assert(hit(img, ...L.toPixel(2, 0.1), CHART_COLORS[0]));
   });
 
   await t.step("errors: too small, log axis over non-positive values", () => {
-    throws(() => renderChart({ series: [], width: 10, height: 10 }), /at least|>= 64/);
-    throws(() => renderChart({ series: [], logY: true, yRange: [0, 1] }), /positive/);
+    assertThrows(() => renderChart({ series: [], width: 10, height: 10 }), Error, /at least|>= 64/);
+    assertThrows(() => renderChart({ series: [], logY: true, yRange: [0, 1] }), Error, /positive/);
     // Empty series still draw axes.
-    equal(renderChart({ series: [] }).width, 640);
+    assertStrictEquals(renderChart({ series: [] }).width, 640);
   });
 
   await t.step("the PNG decodes back to the same pixels; saveChart writes it", async () => {
     const img = renderChart(opts);
     const [back] = await decodeImageBytes(await chartPng(opts));
-    equal(back.width, 320);
+    assertStrictEquals(back.width, 320);
     const same = img.data.every((v, i) => Math.abs(v - back.data[i]) <= 1 / 255 + 1e-6);
-    ok(same, "decoded pixels");
+    assert(same, "decoded pixels");
     const dir = await Deno.makeTempDir();
     await saveChart(`${dir}/c.png`, opts);
-    equal((await loadImage(`${dir}/c.png`)).height, 200);
+    assertStrictEquals((await loadImage(`${dir}/c.png`)).height, 200);
     await Deno.remove(dir, { recursive: true });
   });
 });

@@ -3,7 +3,6 @@
  * codes in testdata/complete_golden.json: same random model, fixture tokenizer, prompt, seeds),
  * the official score's definition, non-finite weights, and the errors.
  */
-import { deepStrictEqual, equal, ok, rejects, throws } from "node:assert/strict";
 import { join } from "node:path";
 import { getGpu } from "@lvm/gpu";
 import { loadImage } from "@lvm/image/fs";
@@ -11,7 +10,14 @@ import { perplexity } from "@lvm/sampler";
 import { createTokenizer, initVqganWeights, presetConfig } from "@lvm/tokenizer";
 import { Llama, makeConfig } from "@lvm/transformer";
 import { saveLlama } from "@lvm/transformer/fs";
-import { assertClose } from "@lvm/util/testing";
+import {
+  assert,
+  assertClose,
+  assertEquals,
+  assertRejects,
+  assertStrictEquals,
+  assertThrows,
+} from "@lvm/util/testing";
 import { LvmPipeline, NonFiniteWeightsError } from "./mod.ts";
 import { loadPipeline } from "./fs.ts";
 
@@ -49,17 +55,17 @@ Deno.test("LvmPipeline.complete()", async (t) => {
           ...run.options,
           onToken: (p) => seen.push(p.done),
         });
-        deepStrictEqual(r.codes.map((c) => [...c]), run.tokens);
-        deepStrictEqual(seen, Array.from({ length: 128 }, (_, i) => i + 1));
-        deepStrictEqual(r.images.map((im) => [im.width, im.height]), [[16, 16], [16, 16]]);
-        equal(r.prompt.length, 2);
+        assertEquals(r.codes.map((c) => [...c]), run.tokens);
+        assertEquals(seen, Array.from({ length: 128 }, (_, i) => i + 1));
+        assertEquals(r.images.map((im) => [im.width, im.height]), [[16, 16], [16, 16]]);
+        assertStrictEquals(r.prompt.length, 2);
         // The CPU sampling path draws the same codes.
         const cpu = await lvm.completeCodes(r.prompt, {
           count: 2,
           ...run.options,
           cpuSampling: true,
         });
-        deepStrictEqual(cpu.map((c) => [...c]), run.tokens);
+        assertEquals(cpu.map((c) => [...c]), run.tokens);
       });
     }
     await t.step("score(): mean over examples of exp(mean NLL of the last image)", async () => {
@@ -84,7 +90,11 @@ Deno.test("LvmPipeline.complete()", async (t) => {
         atol: 0,
         rtol: 0,
       });
-      await rejects(() => lvm.scoreCodes([[a]]), /example 0 has 1 image, expected 2 or more/);
+      await assertRejects(
+        () => lvm.scoreCodes([[a]]),
+        Error,
+        /example 0 has 1 image, expected 2 or more/,
+      );
     });
   } finally {
     lvm.release();
@@ -101,12 +111,10 @@ Deno.test("LvmPipeline: NaN weights are an error naming the model and the tensor
   model.setParam("model.layers.0.mlp.up_proj.weight", new Float32Array(32 * 16).fill(NaN));
   const lvm = new LvmPipeline({ model, modelName: "runs/x/checkpoint-9" });
   try {
-    await rejects(
+    await assertRejects(
       () => lvm.scoreTokens([1, 2, 3]),
-      (e) =>
-        e instanceof NonFiniteWeightsError &&
-        /^runs\/x\/checkpoint-9: the weights are not finite \(tensor "model\.layers\.0\.mlp\.up_proj\.weight" holds NaN/
-          .test(e.message),
+      NonFiniteWeightsError,
+      /^runs\/x\/checkpoint-9: the weights are not finite \(tensor "model\.layers\.0\.mlp\.up_proj\.weight" holds NaN/,
     );
   } finally {
     lvm.release();
@@ -121,18 +129,25 @@ Deno.test("LvmPipeline: errors say what is missing or does not fit", async () =>
     gpu,
     makeConfig({ hidden: 16, layers: 1, heads: 2, ffn: 32, vocab: 40, maxPositions: 256 }),
   );
-  throws(
+  assertThrows(
     () => new LvmPipeline({ tokenizer, model: small, modelName: "m", tokenizerName: "t" }),
+    Error,
     /tokenizer t has 64 codes but model m generates only 40 image codes/,
   );
   const noTok = new LvmPipeline({ model: small });
-  await rejects(() => noTok.complete([]), /at least one image/);
-  throws(() => noTok.tokenizer, /no tokenizer/);
-  await rejects(() => noTok.scoreTokens([1, 99]), /token id 99 \(position 1\) is outside/);
-  await rejects(() => noTok.generate([1, 2], 300), /exceed the model's 256 positions/);
+  await assertRejects(() => noTok.complete([]), Error, /at least one image/);
+  assertThrows(() => noTok.tokenizer, Error, /no tokenizer/);
+  await assertRejects(
+    () => noTok.scoreTokens([1, 99]),
+    Error,
+    /token id 99 \(position 1\) is outside/,
+  );
+  await assertRejects(() => noTok.generate([1, 2], 300), Error, /exceed the model's 256 positions/);
   const noModel = new LvmPipeline({ tokenizer });
-  throws(() => noModel.model, /no model/);
-  ok((await noModel.encode([(await noModel.decode([new Int32Array(64)]))[0]]))[0].length === 64);
+  assertThrows(() => noModel.model, Error, /no model/);
+  assert(
+    (await noModel.encode([(await noModel.decode([new Int32Array(64)]))[0]]))[0].length === 64,
+  );
   noTok.release();
   noModel.release();
 });

@@ -4,9 +4,8 @@
  * training inside the trainer (switches on at `start`, checkpoints and resumes exactly) is tested
  * with the loop, in @lvm/train's vqgan_test.ts.
  */
-import { deepStrictEqual } from "node:assert/strict";
 import { conv2dCpu } from "@lvm/kernels";
-import { assertClose, finiteDiff, randu } from "@lvm/util/testing";
+import { assertClose, assertEquals, finiteDiff, randu } from "@lvm/util/testing";
 import { getGpu } from "./_deps.ts";
 import { PatchDiscriminator } from "./adversarial.ts";
 import { TRAIN_DEFAULTS } from "./train.ts";
@@ -54,7 +53,7 @@ Deno.test("PatchDiscriminator()", async (t) => {
     const x = randu(B * 3 * S * S, 5, 0, 1);
     const xt = gpu.upload(x, [B, 3, S, S]);
     const c = d.forward(xt);
-    deepStrictEqual(c.logits.shape, [B, 1, 3, 3]);
+    assertEquals(c.logits.shape, [B, 1, 3, 3]);
     const R = randu(c.logits.size, 6);
     assertClose(
       [(await gpu.readF32(c.logits)).reduce((a, v, i) => a + v * R[i], 0)],

@@ -4,7 +4,7 @@
  * tests — loss falls, exact resume, dead-code restarts, fine-tuning — moved with the loop to
  * @lvm/train's vqgan_test.ts.)
  */
-import { equal, ok, throws } from "node:assert/strict";
+import { assert, assertStrictEquals, assertThrows } from "@lvm/util/testing";
 import { Rng } from "@lvm/util";
 import { getGpu } from "./_deps.ts";
 import { presetConfig, VQGAN_PRESETS, type VqganConfig } from "./config.ts";
@@ -24,16 +24,21 @@ Deno.test("batch size against the storage-binding limit", async (t) => {
   await t.step("lvm preset: the estimate, the largest batch, the error", () => {
     const lvm = presetConfig("lvm");
     // Level 0 of the decoder: its upsample conv reads 256 channels at 256x256 (+ padding slack).
-    equal(activationBytesPerImage(lvm), 256 * 260 * 264 * 4);
-    equal(maxBatchFor(lvm, 128 * MiB), 1); // the WebGPU default binding limit (lavapipe's)
-    equal(maxBatchFor(lvm, 2 ** 31 - 1), 30);
-    equal(maxBatchFor(lvm, 64 * MiB), 0);
+    assertStrictEquals(activationBytesPerImage(lvm), 256 * 260 * 264 * 4);
+    assertStrictEquals(maxBatchFor(lvm, 128 * MiB), 1); // the WebGPU default binding limit (lavapipe's)
+    assertStrictEquals(maxBatchFor(lvm, 2 ** 31 - 1), 30);
+    assertStrictEquals(maxBatchFor(lvm, 64 * MiB), 0);
     checkBatchFits(lvm, 1, 128 * MiB);
-    throws(
+    assertThrows(
       () => checkBatchFits(lvm, 16, 128 * MiB, "--batch"),
-      /^RangeError: --batch 16: at most 1 image of 256x256 per step fit this adapter \(its largest tensor takes 67\.0 MiB per image; one storage binding holds at most 128\.0 MiB\); use --batch 1 or less$/,
+      RangeError,
+      /^--batch 16: at most 1 image of 256x256 per step fit this adapter \(its largest tensor takes 67\.0 MiB per image; one storage binding holds at most 128\.0 MiB\); use --batch 1 or less$/,
     );
-    throws(() => checkBatchFits(lvm, 1, 64 * MiB), /at most 0 images of 256x256 per step fit/);
+    assertThrows(
+      () => checkBatchFits(lvm, 1, 64 * MiB),
+      Error,
+      /at most 0 images of 256x256 per step fit/,
+    );
   });
   // The estimate is only useful if no per-batch tensor of a real step is larger: record every
   // allocation of a training step (forward, backward, losses) of configs whose widest tensors sit at
@@ -78,12 +83,15 @@ Deno.test("batch size against the storage-binding limit", async (t) => {
           gpu.empty = empty;
         }
         const bound = B * activationBytesPerImage(config);
-        ok(seen > 50, `${seen} per-batch tensors recorded`);
-        ok(
+        assert(seen > 50, `${seen} per-batch tensors recorded`);
+        assert(
           largest > 0 && largest <= bound,
           `${label}: largest tensor ${largest} B > bound ${bound} B`,
         );
-        ok(largest > bound / 4, `${label}: the bound ${bound} B is loose (largest ${largest} B)`);
+        assert(
+          largest > bound / 4,
+          `${label}: the bound ${bound} B is loose (largest ${largest} B)`,
+        );
         x.release();
         model.release();
       },

@@ -5,7 +5,7 @@
  * latents of the batch, a fine-tuning run keeps its codebook, the batch-size check, gradient
  * accumulation, and the discriminator (off before `start`, then trained; resumes exactly).
  */
-import { deepStrictEqual, equal, ok, throws } from "node:assert/strict";
+import { assert, assertEquals, assertStrictEquals, assertThrows } from "@lvm/util/testing";
 import { getGpu, type Tensor } from "@lvm/gpu";
 import { makeImage } from "@lvm/image";
 import { nchwToRows } from "@lvm/kernels";
@@ -73,10 +73,10 @@ Deno.test("the schedule: warmup then cosine to lr/10, updates counted from 1", (
   // then lr * (0.1 + 0.9 * 0.5 * (1 + cos(pi * (t - warmup) / (steps - warmup)))).
   const s = vqganSchedule(1, 10, 110);
   const at = (t: number) => lrAt(s, t - 1); // t: 1-based update
-  equal(at(5), 0.5);
-  equal(at(10), 1);
-  ok(Math.abs(at(60) - 0.55) < 1e-12);
-  ok(Math.abs(at(110) - 0.1) < 1e-12);
+  assertStrictEquals(at(5), 0.5);
+  assertStrictEquals(at(10), 1);
+  assert(Math.abs(at(60) - 0.55) < 1e-12);
+  assert(Math.abs(at(110) - 0.1) < 1e-12);
 });
 
 Deno.test("VqganTrainable + Trainer", async (t) => {
@@ -84,13 +84,13 @@ Deno.test("VqganTrainable + Trainer", async (t) => {
     const tr = await trainer();
     const s = await tr.train(12);
     const first = (s[0].loss + s[1].loss) / 2, last = (s[10].loss + s[11].loss) / 2;
-    ok(last < 0.7 * first, `loss ${first} -> ${last}`);
-    ok(
+    assert(last < 0.7 * first, `loss ${first} -> ${last}`);
+    assert(
       s[11].metrics!.psnr > s[0].metrics!.psnr + 2,
       `psnr ${s[0].metrics!.psnr} -> ${s[11].metrics!.psnr}`,
     );
-    equal(s[0].metrics!.restarted, CONFIG.numEmbeddings); // step 1 initialises the whole codebook
-    equal(tr.tokens, 12 * 4); // images
+    assertStrictEquals(s[0].metrics!.restarted, CONFIG.numEmbeddings); // step 1 initialises the whole codebook
+    assertStrictEquals(tr.tokens, 12 * 4); // images
     tr.release();
   });
 
@@ -103,25 +103,25 @@ Deno.test("VqganTrainable + Trainer", async (t) => {
     const path = await b.save(dir);
     b.release();
     const state = await readTrainerState<VqganRunConfig>(path, "vqgan");
-    equal(state.step, 3);
+    assertStrictEquals(state.step, 3);
     // Fresh weights: everything must come from the checkpoint.
     const model = await VqganTrainable.open(gpu, state.config, { train: SRC, eval: [] }, {
       checkpoint: path,
       state: { rng: state.rng as number, usage: state.usage as number[] },
     });
     const c = await Trainer.fromCheckpoint(gpu, model, state.config, path, state);
-    equal(c.step, 3);
+    assertStrictEquals(c.step, 3);
     const sc = await c.train(2);
-    deepStrictEqual(sc.map((s) => s.loss), sa.slice(3).map((s) => s.loss));
-    equal(c.model.rng.state, a.model.rng.state);
-    deepStrictEqual(c.model.restarts.usage, a.model.restarts.usage);
+    assertEquals(sc.map((s) => s.loss), sa.slice(3).map((s) => s.loss));
+    assertStrictEquals(c.model.rng.state, a.model.rng.state);
+    assertEquals(c.model.restarts.usage, a.model.restarts.usage);
     const [pa, pc] = [await snapshot(a), await snapshot(c)];
-    pa.forEach((v, i) => deepStrictEqual(pc[i], v, `tensor ${i}`));
+    pa.forEach((v, i) => assertEquals(pc[i], v, `tensor ${i}`));
     // keep 1: only the latest checkpoint stays; it is a loadable tokenizer folder.
     await c.save(dir);
-    deepStrictEqual((await listCheckpoints(dir)).map((x) => x.step), [5]);
+    assertEquals((await listCheckpoints(dir)).map((x) => x.step), [5]);
     const files = [...Deno.readDirSync(join(dir, "checkpoint-5"))].map((e) => e.name).sort();
-    deepStrictEqual(files, [
+    assertEquals(files, [
       "config.json",
       "model.safetensors",
       "optimizer.safetensors",
@@ -187,18 +187,18 @@ Deno.test("VqganTrainable + Trainer", async (t) => {
     );
     b.release();
     const legacy = (await readLegacyVqganCheckpoint(dir))!;
-    deepStrictEqual([legacy.step, legacy.sources], [3, ["x:1"]]);
+    assertEquals([legacy.step, legacy.sources], [3, ["x:1"]]);
     const run = legacyRunConfig(legacy, { steps: 40, logEvery: 40 });
-    deepStrictEqual(run.schedule, runConfig({ batch: 2 }).schedule);
+    assertEquals(run.schedule, runConfig({ batch: 2 }).schedule);
     const c = await resumeLegacyVqgan(gpu, legacy, run, { train: SRC, eval: [] });
-    equal(c.step, 3);
+    assertStrictEquals(c.step, 3);
     const sc = await c.train(2);
-    deepStrictEqual(sc.map((s) => s.loss), sa.slice(3).map((s) => s.loss));
+    assertEquals(sc.map((s) => s.loss), sa.slice(3).map((s) => s.loss));
     const [pa, pc] = [await snapshot(a), await snapshot(c)];
-    pa.forEach((v, i) => deepStrictEqual(pc[i], v, `tensor ${i}`));
+    pa.forEach((v, i) => assertEquals(pc[i], v, `tensor ${i}`));
     a.release();
     c.release();
-    equal(await readLegacyVqganCheckpoint(join(dir, "none")), null);
+    assertStrictEquals(await readLegacyVqganCheckpoint(join(dir, "none")), null);
     await Deno.remove(dir, { recursive: true });
   });
 
@@ -220,8 +220,8 @@ Deno.test("VqganTrainable + Trainer", async (t) => {
     const [s] = await tr.train(1);
     const used = new Set(ids);
     const dead = [...Array(K).keys()].filter((k) => usedBefore[k] === 0 && !used.has(k));
-    ok(dead.length > N, `${dead.length} dead codes, more than the ${N} latents`);
-    equal(s.metrics!.restarted, dead.length);
+    assert(dead.length > N, `${dead.length} dead codes, more than the ${N} latents`);
+    assertStrictEquals(s.metrics!.restarted, dead.length);
     const after = await gpu.readF32(vq.p("quantize.embedding.weight"));
     const row = (a: Float32Array, k: number) => Array.from(a.subarray(k * E, (k + 1) * E));
     const latents = Array.from({ length: N }, (_, i) => row(zr, i));
@@ -233,24 +233,26 @@ Deno.test("VqganTrainable + Trainer", async (t) => {
     // The first N dead codes (in index order) take the N latents, each once, exactly; the rest take
     // latents again plus noise of 0.01 x their RMS.
     const exact = dead.slice(0, N).map((k) => row(after, k).join());
-    deepStrictEqual(exact.slice().sort(), latents.map((l) => l.join()).sort());
+    assertEquals(exact.slice().sort(), latents.map((l) => l.join()).sort());
     for (const k of dead.slice(N)) {
       const d = nearest(row(after, k));
-      ok(d > 0 && d < 0.01 * rms * 6, `code ${k}: ${d} from the nearest latent (rms ${rms})`);
+      assert(d > 0 && d < 0.01 * rms * 6, `code ${k}: ${d} from the nearest latent (rms ${rms})`);
     }
     // Codes used in the window keep their (AdamW-updated) values: none became a latent copy.
     const isLatent = new Set(latents.map((l) => l.join()));
     for (let k = 0; k < K; k++) {
       if (dead.includes(k)) continue;
-      ok(!isLatent.has(row(after, k).join()) || row(before, k).join() === row(after, k).join());
+      assert(!isLatent.has(row(after, k).join()) || row(before, k).join() === row(after, k).join());
     }
     // Their moments were reset too.
     const [mm, vv] = await gpu.readMany([
       tr.optimizer.m("quantize.embedding.weight"),
       tr.optimizer.v("quantize.embedding.weight"),
     ]);
-    for (const k of dead) ok(row(mm as Float32Array, k).every((v) => v === 0) && vv[k * E] === 0);
-    deepStrictEqual(Array.from(m.restarts.usage), new Array(K).fill(0));
+    for (const k of dead) {
+      assert(row(mm as Float32Array, k).every((v) => v === 0) && vv[k * E] === 0);
+    }
+    assertEquals(Array.from(m.restarts.usage), new Array(K).fill(0));
     tr.release();
   });
 
@@ -261,8 +263,8 @@ Deno.test("VqganTrainable + Trainer", async (t) => {
       const cb0 = (await gpu.readF32(p)).slice();
       const [s] = await tr.train(1);
       const cb1 = await gpu.readF32(p);
-      equal(s.metrics!.restarted, fineTune ? 0 : CONFIG.numEmbeddings);
-      equal(cb1.every((v, i) => v === cb0[i]), fineTune, `fineTune ${fineTune}`);
+      assertStrictEquals(s.metrics!.restarted, fineTune ? 0 : CONFIG.numEmbeddings);
+      assertStrictEquals(cb1.every((v, i) => v === cb0[i]), fineTune, `fineTune ${fineTune}`);
       tr.release();
     }
   });
@@ -270,8 +272,8 @@ Deno.test("VqganTrainable + Trainer", async (t) => {
   await t.step("gradient accumulation: 2 micro-batches of 2 images per step", async () => {
     const tr = await trainer({ batch: 2, gradAccum: 2 });
     const s = await tr.train(3);
-    ok(s.every((r) => Number.isFinite(r.loss) && r.gradNorm > 0), JSON.stringify(s));
-    equal(tr.tokens, 3 * 2 * 2);
+    assert(s.every((r) => Number.isFinite(r.loss) && r.gradNorm > 0), JSON.stringify(s));
+    assertStrictEquals(tr.tokens, 3 * 2 * 2);
     tr.release();
   });
 
@@ -283,9 +285,10 @@ Deno.test("VqganTrainable + Trainer", async (t) => {
       gpu: { limits: { maxStorageBufferBindingSize: 128 * MiB } },
       params: new Map(),
     } as unknown as Vqgan;
-    throws(
+    assertThrows(
       () =>
         new VqganTrainable(fake, runConfig({ config: lvm, batch: 16 }), { train: [], eval: [] }),
+      Error,
       /16: at most 1 image/,
     );
   });
@@ -309,9 +312,9 @@ Deno.test("VqganTrainable + Trainer", async (t) => {
       });
     const a = new Trainer(gpu, await make({}), config);
     const sa = await a.train(4);
-    equal(sa[0].metrics!.d_loss, 0);
-    ok(sa[1].metrics!.d_loss > 0 && sa[3].metrics!.d_loss > 0, "d_loss");
-    ok(sa[3].metrics!.g_adv !== 0);
+    assertStrictEquals(sa[0].metrics!.d_loss, 0);
+    assert(sa[1].metrics!.d_loss > 0 && sa[3].metrics!.d_loss > 0, "d_loss");
+    assert(sa[3].metrics!.g_adv !== 0);
     const dir = await Deno.makeTempDir();
     const b = new Trainer(gpu, await make({}), config);
     await b.train(2);
@@ -330,10 +333,10 @@ Deno.test("VqganTrainable + Trainer", async (t) => {
     );
     const sc = await c.train(2);
     const pick = (s: typeof sa) => s.map((r) => [r.loss, r.metrics!.d_loss, r.metrics!.g_adv]);
-    deepStrictEqual(pick(sc), pick(sa.slice(2)));
+    assertEquals(pick(sc), pick(sa.slice(2)));
     const dState = async (tr: Trainer<VqganTrainable, VqganRunConfig>) =>
       await gpu.readMany([...tr.model.discriminator!.state().values()]);
-    deepStrictEqual(await dState(c), await dState(a));
+    assertEquals(await dState(c), await dState(a));
     a.release();
     c.release();
     await Deno.remove(dir, { recursive: true });

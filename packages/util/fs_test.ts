@@ -1,4 +1,4 @@
-import { deepStrictEqual as assertEquals, rejects } from "node:assert/strict";
+import { assertEquals, assertRejects } from "./testing.ts";
 import { join } from "node:path";
 import { AtomicWriter, isFile, pathKind, tempPath, writeFileAtomic } from "./fs.ts";
 
@@ -26,14 +26,18 @@ Deno.test("writeFileAtomic and AtomicWriter", async (t) => {
       // A directory where the file should go makes the rename fail.
       const blocked = join(dir, "blocked");
       await Deno.mkdir(join(blocked, "inner"), { recursive: true });
-      await rejects(() => writeFileAtomic(blocked, "x"));
+      await assertRejects(() => writeFileAtomic(blocked, "x"), Error);
       assertEquals(await temps(dir), []);
       assertEquals(await Deno.readTextFile(p), "kept");
     });
     await t.step("a missing folder is an error naming the target, nothing is written", async () => {
       const p = join(dir, "nope", "c.txt");
-      await rejects(() => writeFileAtomic(p, "x"), Deno.errors.NotFound);
-      await rejects(() => writeFileAtomic(p, "x"), { message: new RegExp(`^${p}: cannot write`) });
+      await assertRejects(() => writeFileAtomic(p, "x"), Deno.errors.NotFound);
+      await assertRejects(
+        () => writeFileAtomic(p, "x"),
+        Error,
+        new RegExp(`^${p}: cannot write`),
+      );
     });
     await t.step("a full disk (a file-size limit) is an error naming the target", async () => {
       // ulimit -f makes write() fail with EFBIG past 8 KiB, as ENOSPC would on a full disk.
@@ -55,7 +59,7 @@ Deno.test("writeFileAtomic and AtomicWriter", async (t) => {
         );
       }
       assertEquals(await temps(dir), []);
-      await rejects(() => Deno.stat(p), Deno.errors.NotFound);
+      await assertRejects(() => Deno.stat(p), Deno.errors.NotFound);
     });
     await t.step("AtomicWriter: pieces then commit; abort leaves nothing", async () => {
       const p = join(dir, "d.bin");
@@ -64,14 +68,14 @@ Deno.test("writeFileAtomic and AtomicWriter", async (t) => {
       await w.write(new Uint8Array([1, 2]));
       await w.write(new Uint8Array([3]));
       assertEquals(w.bytes, 3);
-      await rejects(() => Deno.stat(p), Deno.errors.NotFound);
+      await assertRejects(() => Deno.stat(p), Deno.errors.NotFound);
       await w.commit();
       assertEquals(await Deno.readFile(p), new Uint8Array([1, 2, 3]));
       const q = join(dir, "e.bin");
       const v = await AtomicWriter.open(q);
       await v.write(new Uint8Array([9]));
       await v.abort();
-      await rejects(() => Deno.stat(q), Deno.errors.NotFound);
+      await assertRejects(() => Deno.stat(q), Deno.errors.NotFound);
       assertEquals(await temps(dir), []);
     });
   } finally {
@@ -94,10 +98,12 @@ Deno.test("pathKind / isFile: FIFOs are 'other', symlink loops are errors, not m
     }
     await Deno.symlink(join(dir, "b"), join(dir, "a"));
     await Deno.symlink(join(dir, "a"), join(dir, "b"));
-    await rejects(() => pathKind(join(dir, "a")), {
-      message: new RegExp(`^${join(dir, "a")}: .*symbolic links`),
-    });
-    await rejects(() => isFile(join(dir, "a")), Error);
+    await assertRejects(
+      () => pathKind(join(dir, "a")),
+      Error,
+      new RegExp(`^${join(dir, "a")}: .*symbolic links`),
+    );
+    await assertRejects(() => isFile(join(dir, "a")), Error);
   } finally {
     await Deno.remove(dir, { recursive: true });
   }

@@ -1,9 +1,9 @@
 /**
  * Test helpers shared by every package: seeded random data, tolerance comparison in the llm.c style
- * (`|got - ref| <= atol + rtol * |ref|`, first mismatches printed), and finite-difference gradients.
+ * (`|got - ref| <= atol + rtol * |ref|`, first mismatches printed), finite-difference gradients, and
+ * the `assertX` assertions the tests use. No `node:` imports: the op tests also run in a browser.
  * @module
  */
-import { deepStrictEqual } from "node:assert/strict";
 import { Rng } from "./rng.ts";
 
 /**
@@ -105,45 +105,151 @@ export function finiteDiff(
   return out;
 }
 
-/** Deep equality (node:assert/strict). */
-export function assertEquals<T>(got: T, want: T, msg?: string): void {
-  deepStrictEqual(got, want, msg);
+/** Thrown by the assertions below when they fail. */
+export class AssertionError extends Error {
+  override name = "AssertionError";
 }
 
-/** Throws unless `fn` throws an instance of `cls` whose message contains `includes`. */
+function show(v: unknown): string {
+  try {
+    return JSON.stringify(
+      v,
+      (_k, x) =>
+        ArrayBuffer.isView(x)
+          ? Array.from(x as unknown as ArrayLike<unknown>)
+          : typeof x === "bigint"
+          ? `${x}n`
+          : x,
+    ) ?? String(v);
+  } catch {
+    return String(v);
+  }
+}
+
+/**
+ * Deep strict equality in the sense of Node's `deepStrictEqual`, for the values tests compare:
+ * primitives by `Object.is`, same prototypes, arrays/plain objects by own enumerable keys, typed
+ * arrays and ArrayBuffers element-wise, Maps and Sets by content, Dates by time, RegExps by
+ * source and flags, Errors also by name and message.
+ */
+function same(a: unknown, b: unknown, seen = new Map<object, object>()): boolean {
+  if (Object.is(a, b)) return true;
+  if (typeof a !== "object" || typeof b !== "object" || a === null || b === null) return false;
+  if (Object.getPrototypeOf(a) !== Object.getPrototypeOf(b)) return false;
+  if (seen.get(a) === b) return true;
+  seen.set(a, b);
+  if (ArrayBuffer.isView(a) || a instanceof ArrayBuffer) {
+    const x = ArrayBuffer.isView(a) && !(a instanceof DataView)
+      ? a as unknown as ArrayLike<unknown>
+      : new Uint8Array(ArrayBuffer.isView(a) ? a.buffer : a as ArrayBuffer);
+    const y = ArrayBuffer.isView(b) && !(b instanceof DataView)
+      ? b as unknown as ArrayLike<unknown>
+      : new Uint8Array(ArrayBuffer.isView(b) ? (b as DataView).buffer : b as ArrayBuffer);
+    if (x.length !== y.length) return false;
+    for (let i = 0; i < x.length; i++) if (!Object.is(x[i], y[i])) return false;
+    return true;
+  }
+  if (a instanceof Date && !Object.is(a.getTime(), (b as Date).getTime())) return false;
+  if (a instanceof RegExp && String(a) !== String(b)) return false;
+  if (
+    a instanceof Error &&
+    (a.message !== (b as Error).message || a.name !== (b as Error).name)
+  ) return false;
+  if (a instanceof Set) {
+    const rest = [...(b as Set<unknown>)];
+    if (a.size !== rest.length) return false;
+    for (const v of a) {
+      const i = rest.findIndex((w) => same(v, w, seen));
+      if (i < 0) return false;
+      rest.splice(i, 1);
+    }
+  } else if (a instanceof Map) {
+    const m = b as Map<unknown, unknown>;
+    if (a.size !== m.size) return false;
+    const rest = [...m];
+    for (const [k, v] of a) {
+      const i = rest.findIndex(([k2, v2]) => same(k, k2, seen) && same(v, v2, seen));
+      if (i < 0) return false;
+      rest.splice(i, 1);
+    }
+  }
+  const ka = Object.keys(a), kb = Object.keys(b);
+  if (ka.length !== kb.length) return false;
+  return ka.every((k) =>
+    Object.hasOwn(b, k) &&
+    same((a as Record<string, unknown>)[k], (b as Record<string, unknown>)[k], seen)
+  );
+}
+
+function fail(msg: string | undefined, fallback: () => string): never {
+  throw new AssertionError(msg ?? fallback());
+}
+
+/** Throws unless `cond` is truthy. */
+export function assert(cond: unknown, msg?: string): asserts cond {
+  if (!cond) fail(msg, () => `expected a truthy value, found ${show(cond)}`);
+}
+
+/** Deep strict equality (see the module's `same`: Node's `deepStrictEqual` semantics). */
+export function assertEquals<T>(got: unknown, want: T, msg?: string): asserts got is T {
+  if (!same(got, want)) fail(msg, () => `expected ${show(want)}, found ${show(got)}`);
+}
+
+/** Throws unless `got` and `want` are the same value (`Object.is`), objects by identity. */
+export function assertStrictEquals<T>(got: unknown, want: T, msg?: string): asserts got is T {
+  if (!Object.is(got, want)) fail(msg, () => `expected ${show(want)}, found ${show(got)}`);
+}
+
+/** Throws unless `re` matches `text`. */
+export function assertMatch(text: string, re: RegExp, msg?: string): void {
+  if (!re.test(text)) fail(msg, () => `${show(text)} does not match ${re}`);
+}
+
+type ErrorClass = abstract new (...args: any[]) => Error;
+
+/**
+ * Throws unless `fn` throws an instance of `cls` whose message contains `includes` (a string) or
+ * matches it (a RegExp). Returns the error for further checks.
+ */
 export function assertThrows(
   fn: () => unknown,
-  cls: abstract new (...args: any[]) => Error,
-  includes = "",
+  cls: ErrorClass,
+  includes: string | RegExp = "",
 ): Error {
   try {
     fn();
   } catch (e) {
     return checkError(e, cls, includes);
   }
-  throw new Error(`expected ${cls.name} containing "${includes}", but nothing was thrown`);
+  throw new AssertionError(`expected ${cls.name} ${want(includes)}, but nothing was thrown`);
 }
 
 /** Async {@link assertThrows}. */
 export async function assertRejects(
   fn: () => Promise<unknown>,
-  cls: abstract new (...args: any[]) => Error,
-  includes = "",
+  cls: ErrorClass,
+  includes: string | RegExp = "",
 ): Promise<Error> {
   try {
     await fn();
   } catch (e) {
     return checkError(e, cls, includes);
   }
-  throw new Error(`expected ${cls.name} containing "${includes}", but nothing was thrown`);
+  throw new AssertionError(`expected ${cls.name} ${want(includes)}, but nothing was thrown`);
 }
 
-function checkError(e: unknown, cls: abstract new (...args: any[]) => Error, includes: string) {
+function want(includes: string | RegExp): string {
+  return typeof includes === "string" ? `containing "${includes}"` : `matching ${includes}`;
+}
+
+function checkError(e: unknown, cls: ErrorClass, includes: string | RegExp): Error {
   if (!(e instanceof cls)) {
-    throw new Error(`expected ${cls.name}, got ${(e as Error)?.name}: ${(e as Error)?.message}`);
+    throw new AssertionError(
+      `expected ${cls.name}, got ${(e as Error)?.name}: ${(e as Error)?.message}`,
+    );
   }
-  if (!e.message.includes(includes)) {
-    throw new Error(`expected ${cls.name} message to contain "${includes}", got: ${e.message}`);
+  if (typeof includes === "string" ? !e.message.includes(includes) : !includes.test(e.message)) {
+    throw new AssertionError(`expected ${cls.name} message ${want(includes)}, got: ${e.message}`);
   }
   return e;
 }

@@ -1,6 +1,5 @@
-import { throws } from "node:assert/strict";
 import { getGpu } from "@lvm/gpu";
-import { assertClose, randu } from "@lvm/util/testing";
+import { assertClose, assertThrows, randu } from "@lvm/util/testing";
 import { adamw, adamwCpu } from "./adamw.ts";
 import { clipScale, clipScaleCpu, gradNorm, gradNormCpu } from "./grad_norm.ts";
 
@@ -123,25 +122,29 @@ Deno.test("adamw() matches the CPU reference on odd sizes and extreme values", a
 Deno.test("adamw(): bad inputs are reported", async () => {
   const gpu = await getGpu();
   const a = gpu.zeros([4]), b = gpu.zeros([4]), c = gpu.zeros([4]), d = gpu.zeros([3]);
-  throws(
+  assertThrows(
     () => adamw(gpu, { param: a, grad: d, m: b, v: c }, { lr: 1, step: 1 }),
+    Error,
     /grad has shape \[3\] \(3 elements\), expected 4/,
   );
-  throws(
+  assertThrows(
     () => adamw(gpu, { param: a, grad: a, m: b, v: c }, { lr: 1, step: 1 }),
+    Error,
     /distinct buffers/,
   );
-  throws(
+  assertThrows(
     () => adamw(gpu, { param: a, grad: d.view([3]), m: b, v: c }, { lr: 1, step: 0 }),
+    Error,
     /step must be an integer >= 1/,
   );
-  throws(
+  assertThrows(
     () =>
       adamw(gpu, { param: a, grad: gpu.zeros([4]), m: b, v: c }, {
         lr: 1,
         step: 1,
         gradScale: gpu.zeros([2]),
       }),
+    Error,
     /gradScale tensor has shape \[2\], expected \[1\]/,
   );
   await gpu.sync();

@@ -1,7 +1,6 @@
-import { throws } from "node:assert/strict";
 import { getGpu, type Gpu } from "@lvm/gpu";
 import type { Tensor } from "@lvm/gpu";
-import { assertClose, finiteDiff, randint, randu } from "@lvm/util/testing";
+import { assertClose, assertThrows, finiteDiff, randint, randu } from "@lvm/util/testing";
 import {
   crossEntropy,
   crossEntropyCpu,
@@ -182,13 +181,19 @@ function crossEntropyCpu64(x: Float64Array, tg: Int32Array, R: number, V: number
 Deno.test("crossEntropy(): bad inputs are reported", async () => {
   const gpu = await getGpu();
   const L = gpu.upload([1, 2, 3, 4, 5, 6], [2, 3]);
-  throws(
+  assertThrows(
     () => crossEntropy(gpu, L, gpu.upload([0, 1, 2], [3], "i32")),
+    Error,
     /targets has shape \[3\], expected 2 elements/,
   );
-  throws(() => crossEntropy(gpu, L, gpu.upload([0, 1], [2])), /targets must be i32, got f32/);
-  throws(
+  assertThrows(
+    () => crossEntropy(gpu, L, gpu.upload([0, 1], [2])),
+    Error,
+    /targets must be i32, got f32/,
+  );
+  assertThrows(
     () => crossEntropy(gpu, [L, gpu.upload([1, 2], [1, 2])], gpu.upload([0, 1, 1], [3], "i32")),
+    Error,
     /logits chunk 1 has shape \[1,2\], expected \(R_i,3\)/,
   );
   await gpu.sync();

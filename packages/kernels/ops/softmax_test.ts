@@ -1,6 +1,5 @@
-import { throws } from "node:assert/strict";
 import { getGpu } from "@lvm/gpu";
-import { assertClose, finiteDiff, randu } from "@lvm/util/testing";
+import { assertClose, assertThrows, finiteDiff, randu } from "@lvm/util/testing";
 import type { RowVariant } from "./reduce.ts";
 import { softmax, softmaxBackward, softmaxBackwardCpu, softmaxCpu } from "./softmax.ts";
 
@@ -93,9 +92,13 @@ Deno.test("softmaxBackward() matches finite differences", async () => {
 Deno.test("softmax(): bad inputs are reported", async () => {
   const gpu = await getGpu();
   const X = gpu.upload([1, 2, 3, 4], [2, 2]);
-  throws(() => softmax(gpu, X, { validCols: 3 }), /validCols must be an integer in \[0, 2\]/);
-  throws(() => softmax(gpu, X, { scale: 0 }), /scale must be a finite number > 0/);
-  throws(() => softmax(gpu, X, { out: X }), /out must not be x/);
-  throws(() => softmaxBackward(gpu, X, gpu.upload([1, 2], [2])), /dy has shape \[2\]/);
+  assertThrows(
+    () => softmax(gpu, X, { validCols: 3 }),
+    Error,
+    /validCols must be an integer in \[0, 2\]/,
+  );
+  assertThrows(() => softmax(gpu, X, { scale: 0 }), Error, /scale must be a finite number > 0/);
+  assertThrows(() => softmax(gpu, X, { out: X }), Error, /out must not be x/);
+  assertThrows(() => softmaxBackward(gpu, X, gpu.upload([1, 2], [2])), Error, /dy has shape \[2\]/);
   await gpu.sync();
 });
