@@ -274,6 +274,13 @@ export function configFromHf(json: Record<string, unknown>, source = "config.jso
   }
   const hidden = num("hidden_size");
   const heads = num("num_attention_heads");
+  // Checked here, before head_dim's default (hidden / heads) is computed from it: 0 heads would
+  // otherwise surface as a head_dim of Infinity ("found null").
+  if (!Number.isInteger(heads) || heads < 1) {
+    throw new ConfigError(
+      `${source}: "num_attention_heads" must be a positive integer, found ${heads}`,
+    );
+  }
   const vocab = num("vocab_size");
   try {
     return makeConfig({

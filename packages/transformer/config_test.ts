@@ -68,6 +68,21 @@ Deno.test("configFromHf()", async (t) => {
     assertEquals(configFromHf({ ...base, vocab_size: 32000 }).imageCodes, 32000);
     assertEquals(configFromHf({ ...base, vocab_size: 32000 }).kvHeads, 4);
   });
+  await t.step("0 attention heads is named as such (not as a head_dim of null)", () => {
+    const zero = {
+      architectures: ["LlamaForCausalLM"],
+      hidden_size: 64,
+      num_hidden_layers: 1,
+      num_attention_heads: 0,
+      intermediate_size: 100,
+      vocab_size: 100,
+    };
+    assertThrows(
+      () => configFromHf(zero),
+      ConfigError,
+      '"num_attention_heads" must be a positive integer, found 0',
+    );
+  });
   await t.step("makeConfig and configFromHf default imageCodes alike", () => {
     const base = {
       architectures: ["LlamaForCausalLM"],
