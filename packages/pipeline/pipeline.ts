@@ -48,6 +48,11 @@ export interface CompleteOptions extends SamplingChoice {
   contextImages?: number;
   /** Called after each generated code (progress output). */
   onToken?: (p: TokenProgress) => void;
+  /**
+   * Called (and awaited) as each new image's codes are complete, before the next one is generated:
+   * decode and show it there to fill a strip image by image.
+   */
+  onImage?: (index: number, codes: Int32Array) => void | Promise<void>;
 }
 
 /** What {@link LvmPipeline.complete} returns. */
@@ -189,6 +194,7 @@ export class LvmPipeline {
         tokensPerImage: T,
         maxContextImages: window,
         cpuSampling: options.cpuSampling,
+        onImage: options.onImage,
         onToken: options.onToken &&
           ((image, token) =>
             options.onToken!({ image, token, done: image * T + token + 1, total })),

@@ -59,13 +59,21 @@ Deno.test("LvmPipeline.complete()", async (t) => {
         assertEquals(seen, Array.from({ length: 128 }, (_, i) => i + 1));
         assertEquals(r.images.map((im) => [im.width, im.height]), [[16, 16], [16, 16]]);
         assertStrictEquals(r.prompt.length, 2);
-        // The CPU sampling path draws the same codes.
+        // The CPU sampling path draws the same codes, and onImage sees each image's codes as
+        // soon as they are complete (before the next image's first code).
+        const events: string[] = [];
         const cpu = await lvm.completeCodes(r.prompt, {
           count: 2,
           ...run.options,
           cpuSampling: true,
+          onToken: (p) => p.token === 0 && events.push(`token ${p.image}.0`),
+          onImage: async (k, codes) => {
+            await Promise.resolve();
+            events.push(`image ${k} ${codes.join(",") === run.tokens[k].join(",")}`);
+          },
         });
         assertEquals(cpu.map((c) => [...c]), run.tokens);
+        assertEquals(events, ["token 0.0", "image 0 true", "token 1.0", "image 1 true"]);
       });
     }
     await t.step("score(): mean over examples of exp(mean NLL of the last image)", async () => {

@@ -29,6 +29,11 @@ export interface ImageGenerationOptions {
   onToken?: (image: number, token: number) => void;
   /** Sample on the CPU even when the decoder can sample on the GPU (default false). */
   cpuSampling?: boolean;
+  /**
+   * Called (and awaited) as each new image is complete, with its index among the new ones and its
+   * codes: a front end can decode and show it while the next one is generated.
+   */
+  onImage?: (image: number, codes: Int32Array) => void | Promise<void>;
 }
 
 /**
@@ -100,6 +105,7 @@ export async function generateImages(
     images.push(img);
     out.push(img);
     whole = feedLast;
+    await options.onImage?.(k, img);
   }
   return out;
 }
