@@ -6,6 +6,7 @@
  * @module
  */
 import { basename, extname, join, relative, resolve } from "node:path";
+import type { ServedFile, WebConfig } from "./api.ts";
 
 const HERE = new URL(".", import.meta.url).pathname;
 const STATIC = join(HERE, "static");
@@ -23,20 +24,6 @@ export interface ServeOptions {
   examples?: string;
   /** Port (default 0: any free one). */
   port?: number;
-}
-
-/** A file the page may fetch: its URL and size in bytes. */
-export interface ServedFile {
-  name: string;
-  url: string;
-  size: number;
-}
-
-/** `/api/config`: what the page loads. */
-export interface WebConfig {
-  model: { name: string; files: ServedFile[] } | null;
-  tokenizer: { name: string; files: ServedFile[] } | null;
-  examples: { name: string; images: string[] }[];
 }
 
 const TYPES: Record<string, string> = {

@@ -14,20 +14,7 @@ import {
 } from "@lvm/weights";
 import { loadLlamaFrom, parseHfConfig } from "@lvm/transformer";
 import { LvmPipeline, tokenizerFromSource } from "@lvm/pipeline";
-
-/** A file the server offers (see the server's `/api/config`). */
-export interface ServedFile {
-  name: string;
-  url: string;
-  size: number;
-}
-
-/** What the server serves (`/api/config`). */
-export interface WebConfig {
-  model: { name: string; files: ServedFile[] } | null;
-  tokenizer: { name: string; files: ServedFile[] } | null;
-  examples: { name: string; images: string[] }[];
-}
+import type { ServedFile, WebConfig } from "../api.ts";
 
 /** A file on the server read by byte ranges (`Range: bytes=a-b`). */
 export class HttpSource implements ByteSource {

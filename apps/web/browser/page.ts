@@ -9,7 +9,8 @@
 import { getGpu, type Gpu } from "@lvm/gpu";
 import { resize, type RgbImage } from "@lvm/image";
 import type { LvmPipeline } from "@lvm/pipeline";
-import { loadServedPipeline, type WebConfig } from "./load.ts";
+import type { WebConfig } from "../api.ts";
+import { loadServedPipeline } from "./load.ts";
 import { decodeImage, drawImage } from "./pixels.ts";
 
 /** What a test (or the console) can read: state, adapter and the last completion. */
