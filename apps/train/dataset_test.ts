@@ -58,10 +58,34 @@ async function sameTree(a: string, b: string) {
   }
 }
 
+/** A small colorization build through the test tokenizer, `epochs` passes over the inputs. */
+function colorizationArgs(inputs: string[], epochs: number): string[] {
+  return [
+    "dataset",
+    "--tokenizer",
+    "test:32",
+    "--kind",
+    "colorization",
+    "--input",
+    ...inputs,
+    "--images",
+    "4",
+    "--epochs",
+    String(epochs),
+    "--shard-sentences",
+    "2",
+    "--chunk-images",
+    "6",
+    "--batch",
+    "4",
+  ]; // deno-fmt-ignore
+}
+
 Deno.test("train dataset (CLI)", async (t) => {
   const tmp = await Deno.makeTempDir();
   const inp = await writeTestInputs(join(tmp, "in"));
   const o = (n: string) => join(tmp, n);
+  const colorization = (epochs: number) => colorizationArgs([inp.images, inp.x], epochs);
 
   await t.step("usage errors exit 2 and say what is wrong", async () => {
     expect(await cli(MAIN), 2, /usage: deno task train <command>/);
@@ -239,26 +263,7 @@ Deno.test("train dataset (CLI)", async (t) => {
   );
 
   await t.step("build with progress; interrupted build resumes to the same bytes", async () => {
-    const args = [
-      "dataset",
-      "--tokenizer",
-      "test:32",
-      "--kind",
-      "colorization",
-      "--input",
-      inp.images,
-      inp.x,
-      "--images",
-      "4",
-      "--epochs",
-      "3",
-      "--shard-sentences",
-      "2",
-      "--chunk-images",
-      "6",
-      "--batch",
-      "4",
-    ];
+    const args = colorization(3);
     const full = await cli(HARNESS, ...args, "--out", o("full"));
     expect(
       full,
@@ -304,38 +309,14 @@ Deno.test("train dataset (CLI)", async (t) => {
   await t.step(
     "SIGTERM stops a build between steps (exit 143); the same command resumes",
     async () => {
-      const args = [
-        "run",
-        "-A",
-        HARNESS,
-        "dataset",
-        "--tokenizer",
-        "test:32",
-        "--kind",
-        "colorization",
-        "--input",
-        inp.images,
-        inp.x,
-        "--images",
-        "4",
-        "--epochs",
-        "200",
-        "--shard-sentences",
-        "2",
-        "--chunk-images",
-        "6",
-        "--batch",
-        "4",
-        "--out",
-        o("term"),
-      ]; // deno-fmt-ignore
+      const args = ["run", "-A", HARNESS, ...colorization(200), "--out", o("term")];
       const child = new Deno.Command(Deno.execPath(), {
-      args,
-      cwd: ROOT,
-      stdout: "piped",
-      stderr: "piped",
-      env: { NO_COLOR: "1" },
-    }).spawn();
+        args,
+        cwd: ROOT,
+        stdout: "piped",
+        stderr: "piped",
+        env: { NO_COLOR: "1" },
+      }).spawn();
       const stdout = new Response(child.stdout).text();
       const dec = new TextDecoder();
       let err = "";
