@@ -66,6 +66,7 @@ optimization:
   --lr X                peak learning rate (default 1.5e-4, official)
   --min-lr X            floor of the decay (default lr/5: official 1.5e-4 -> 3e-5)
   --warmup N            linear warmup steps from 0 (default min(8000, steps/10))
+  --decay-steps N       step where the decay reaches --min-lr (default --steps)
   --schedule KIND       cosine (default) | linear | constant
   --weight-decay X      default 0.1          --decay all|matrices   which params decay (all)
   --beta1 X, --beta2 X  default 0.9, 0.95    --eps X                default 1e-8
@@ -83,13 +84,14 @@ cadence and files:
   --resume              continue the run in --out from its latest checkpoint (only --steps,
                         the cadence flags, --data, --json-log and the learning rate may change:
                         --lr X sets a new peak (the floor keeps its ratio unless --min-lr),
-                        --warmup N a new warmup; e.g. after a divergence)
+                        --warmup N a new warmup, e.g. after a divergence; --decay-steps N
+                        moves the decay's end, e.g. to stretch it over added --steps)
   --overwrite           delete --out's checkpoints and start over
   --quiet               no progress lines`;
 
 const OPTIONS = flagOptions({
   string: `data out preset config init batch seq grad-accum val-fraction split-seed steps lr
-    min-lr warmup schedule weight-decay decay beta1 beta2 eps clip seed log-every eval-every
+    min-lr warmup decay-steps schedule weight-decay decay beta1 beta2 eps clip seed log-every eval-every
     eval-batches save-every keep json-log`,
   boolean: "preset-vocab resume overwrite quiet",
 });
@@ -134,6 +136,7 @@ export const model: Command = {
           lr: num("lr"),
           minLr: num("min-lr"),
           warmup: int("warmup", 0),
+          decaySteps: int("decay-steps", 0),
         });
         say(`[train] resumed ${from} at step ${trainer.step} (${trainer.tokens} tokens trained)`);
         return trainer;
@@ -161,6 +164,7 @@ export const model: Command = {
           lr,
           minLr: num("min-lr"),
           warmup: int("warmup", 0),
+          decaySteps: int("decay-steps", 0),
           scheduleKind: enumFlag("schedule", str("schedule"), SCHEDULES, undefined),
           optimizer: {
             weightDecay: num("weight-decay"),

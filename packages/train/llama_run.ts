@@ -138,6 +138,7 @@ export const RESUMABLE_FLAGS: readonly string[] = [
   "lr",
   "min-lr",
   "warmup",
+  "decay-steps",
 ];
 
 /**

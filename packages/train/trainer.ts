@@ -152,16 +152,22 @@ export type ResumeOverrides =
     minLr?: number;
     /** New warmup steps. */
     warmup?: number;
+    /**
+     * New end of the decay (the step where the floor is reached): a run extended past its old
+     * end otherwise continues at the floor; a new end restarts the decay from where the cosine
+     * stands at the current step ("warm restart").
+     */
+    decaySteps?: number;
   };
 
 /**
  * A schedule with the learning-rate overrides of a resumed run applied: `lr` replaces the peak
  * (and scales the floor and the warmup start with it unless `minLr` is given), `warmup` the
- * warmup length (the decay end moves out if it falls before it).
+ * warmup length (the decay end moves out if it falls before it), `decaySteps` the decay end.
  */
 export function overrideSchedule<C extends LoopConfig>(
   config: C,
-  o: { lr?: number; minLr?: number; warmup?: number },
+  o: { lr?: number; minLr?: number; warmup?: number; decaySteps?: number },
 ): C {
   const s = { ...config.schedule };
   if (o.lr !== undefined) {
@@ -173,6 +179,14 @@ export function overrideSchedule<C extends LoopConfig>(
   if (o.warmup !== undefined) {
     s.warmup = o.warmup;
     if (s.kind !== "constant") s.decaySteps = Math.max(s.decaySteps, o.warmup);
+  }
+  if (o.decaySteps !== undefined) {
+    if (o.decaySteps < s.warmup) {
+      throw new RangeError(
+        `decaySteps ${o.decaySteps} must be at least the warmup (${s.warmup} steps)`,
+      );
+    }
+    s.decaySteps = o.decaySteps;
   }
   return { ...config, schedule: s };
 }
@@ -244,10 +258,10 @@ export class Trainer<T extends Trainable = LlamaTrainable, C extends LoopConfig 
   ): Promise<Trainer<LlamaTrainable>> {
     const dir = await resolveCheckpoint(path);
     const state = await readTrainerState(dir);
-    const { lr, minLr, warmup, ...rest } = overrides;
+    const { lr, minLr, warmup, decaySteps, ...rest } = overrides;
     const config = overrideSchedule(
       { ...state.config, ...stripUndefined(rest) } as TrainConfig,
-      { lr, minLr, warmup },
+      { lr, minLr, warmup, decaySteps },
     );
     validateTrainConfig(config);
     if (config.steps < state.step) {

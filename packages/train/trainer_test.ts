@@ -20,12 +20,13 @@ import {
 import { makeTrainConfig, type TrainConfigInput } from "./config.ts";
 import { evaluateImagePerplexity, evaluateLoss } from "./evaluate.ts";
 import { lrAt } from "./schedule.ts";
-import { Trainer } from "./trainer.ts";
+import { overrideSchedule, Trainer } from "./trainer.ts";
 import {
   assert,
   assertBitEqual,
   assertEquals,
   assertRejects,
+  assertThrows,
   MINI,
   patternDataset,
 } from "./testing.ts";
@@ -305,4 +306,26 @@ Deno.test("Trainer.create() errors", async (t) => {
     );
   });
   await Deno.remove(root, { recursive: true });
+});
+
+Deno.test("overrideSchedule(): a resumed run's learning rate", async (t) => {
+  const saved = config({ steps: 300, lr: 1e-3, minLr: undefined, warmup: 30 });
+  await t.step("--decay-steps stretches the cosine over added steps (a warm restart)", () => {
+    assertEquals(lrAt(saved.schedule, 400), saved.schedule.minLr); // past the old end: the floor
+    const c = overrideSchedule(saved, { decaySteps: 1500 });
+    assertEquals([c.schedule.decaySteps, c.schedule.lr, c.schedule.warmup], [1500, 1e-3, 30]);
+    const mid = (30 + 1500) / 2; // halfway through the decay: the midpoint of peak and floor
+    assertClose([lrAt(c.schedule, mid)], [(1e-3 + c.schedule.minLr) / 2], { atol: 1e-12 });
+    assert(lrAt(c.schedule, 300) > lrAt(saved.schedule, 300), "restarts above the old floor");
+    assertEquals(lrAt(c.schedule, 1500), c.schedule.minLr);
+  });
+  await t.step("a new peak keeps the floor's ratio; an end before the warmup is refused", () => {
+    const c = overrideSchedule(saved, { lr: 5e-4 });
+    assertClose([c.schedule.minLr / c.schedule.lr], [saved.schedule.minLr / 1e-3], { atol: 1e-12 });
+    assertThrows(
+      () => overrideSchedule(saved, { decaySteps: 10 }),
+      RangeError,
+      "at least the warmup",
+    );
+  });
 });
