@@ -17,7 +17,7 @@ set -euo pipefail
 cd "$(dirname "$0")/../.."
 R="$(pwd)"
 export DENO_WEBGPU_BACKEND="${DENO_WEBGPU_BACKEND:-vulkan}" XDG_RUNTIME_DIR="${XDG_RUNTIME_DIR:-/tmp}"
-PIN="${PIN:-c83d8c3}"
+PIN="${PIN:-aaeecfa}"
 O="$R/out/shipped"
 CODE="$O/code"
 LOG="$O/logs"
@@ -34,7 +34,12 @@ LVM_BATCH=4                                  # 2048 tokens per step
 # Peak learning rate per size: 1e-3 x 128 / hidden (1e-3 at xs's width 128; m at 1e-3 spiked from
 # loss 5.5 to 7.8 repeatedly in its first 60 steps, measured), cosine to lr/5 after 10% warmup.
 declare -A LVM_LR=([xs]=1e-3 [s]=6.7e-4 [m]=4e-4)
-LVM_TOKENS="${LVM_TOKENS:-614400}"          # same budget for every size
+# Same budget for every size. The first run (PIN c83d8c3) trained 614,400 tokens (300 steps, a
+# cosine ending at step 300); the budget was then raised to 3,072,000 (1500 steps) and each run
+# resumed with --decay-steps 1500: the cosine restarts from its value at step 300 of a 1500-step
+# decay (a warm restart, lr back near the peak) and ends at step 1500. A fresh run with this
+# budget gets the plain 1500-step cosine.
+LVM_TOKENS="${LVM_TOKENS:-3072000}"
 LVM_STEPS=$((LVM_TOKENS / (SEQ * LVM_BATCH)))
 
 say() { echo "[shipped $(date +%H:%M:%S)] $*"; }
@@ -57,14 +62,14 @@ plan() {
                   photos + video frames (colorization flip rotation edges zoom invert), sequence
                   (stride 2); the same kinds on the held-out split; ~17k images at 25-50 img/s  ~10-15 min
   lvm_xs          0.95M params (tools/shipped/lvm_xs.json) } seq $SEQ x batch $LVM_BATCH, $LVM_STEPS steps,
-  lvm_m           7.83M params (lvm_m.json, shipped)     } $LVM_TOKENS tokens each, lr 1e-3*128/hidden:
-  lvm_s           2.89M params (lvm_s.json)              } ~3000 / ~480 / ~1200 tokens/s (quiet CPU; 5x slower under load) -> ~$xs / ~$m / ~$sm min
+  lvm_s           2.89M params (lvm_s.json)              } $LVM_TOKENS tokens each, lr 1e-3*128/hidden:
+  lvm_m           7.83M params (lvm_m.json)              } ~3000 / ~1200 / ~480 tokens/s (quiet CPU; up to 5x slower under load) -> ~$xs / ~$sm / ~$m min
   eval            held-out loss + image perplexity per task group, 3 sizes x 4 groups            ~5 min
 EOF
 }
 
 snapshot() {
-  if [ ! -f "$CODE/.pin" ]; then
+  if [ "$(cat "$CODE/.pin" 2>/dev/null)" != "$PIN" ]; then
     say "snapshot of commit $PIN -> $CODE"
     rm -rf "$CODE" && mkdir -p "$CODE"
     git archive "$PIN" | tar -x -C "$CODE"
@@ -176,7 +181,7 @@ stage_datasets() {
 lvm_size() {
   local size="$1" out="$O/lvm_$1" args=()
   if [ -f "$out/latest" ] || ls -d "$out"/checkpoint-* >/dev/null 2>&1; then
-    args=(--resume)
+    args=(--resume --decay-steps $LVM_STEPS)
   else
     args=(--data "$DS/train" --config "$R/tools/shipped/lvm_$size.json" --seq $SEQ
       --batch $LVM_BATCH --lr ${LVM_LR[$size]} --seed 0 --overwrite)
@@ -204,8 +209,8 @@ stage_eval() {
 }
 
 # Every stage, in order (function stage_NAME). lvm_xs first: a quick check of the whole data path;
-# then the shipped size m; s last.
-STAGES=(split tokenizer tokenizer_eval datasets lvm_xs lvm_m lvm_s eval)
+# then s, then m (the slowest: ~90 min per 2.5M tokens on a quiet 2-core CPU).
+STAGES=(split tokenizer tokenizer_eval datasets lvm_xs lvm_s lvm_m eval)
 
 main() {
   snapshot
