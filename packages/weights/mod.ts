@@ -19,3 +19,4 @@
 export * from "./byte_source.ts";
 export * from "./safetensors.ts";
 export * from "./torch_bin.ts";
+export * from "./quant.ts";
