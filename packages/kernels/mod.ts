@@ -24,6 +24,7 @@ export * from "./ops/cross_entropy.ts";
 export * from "./ops/adamw.ts";
 export * from "./ops/grad_norm.ts";
 export * from "./ops/matmul.ts";
+export * from "./ops/quant_matmul.ts";
 export * from "./ops/conv2d.ts";
 export * from "./ops/groupnorm.ts";
 export * from "./ops/groupnorm_rows.ts";

@@ -1,0 +1,308 @@
+/**
+ * WGSL of the block-quantized matrix kernels (private to ops/quant_matmul.ts). Every kernel reads a
+ * weight W [N, K] stored as GGML blocks split for the GPU (@lvm/weights' `splitBlocks`): `qs`, the
+ * quants of block `n*nb + b` (row n, columns 32b..32b+31; nb = K/32 blocks per row) as one
+ * `vec4<u32>` (Q4_0) or two (Q8_0), and `sc`, the f16 scales, two per u32 (block i in half i&1 of
+ * word i>>1). Dequantization happens in registers or workgroup memory, never into a full copy:
+ *
+ * - Q4_0, word i of a block (bytes 4i..4i+3): the nibble at bit 8t is element 4i+t, the nibble at
+ *   bit 8t+4 is element 16+4i+t; value (q - 8) * d.
+ * - Q8_0, word i of a block: byte t (bits 8t..8t+7) is element 4i+t, an int8; value q * d.
+ *
+ * So word i of a block pairs with columns 4i..4i+3 of x (one vec4), plus 16+4i.. for Q4_0's high
+ * nibbles: x is read as vec4s in the same order as the quants.
+ * @module
+ */
+import type { QuantType } from "@lvm/weights";
+
+/** Quant words per block. */
+export function blockWords(type: QuantType): number {
+  return type === "Q4_0" ? 4 : 8;
+}
+
+/**
+ * WGSL that sets `v0..v7` (vec4f) to the dequantized block, without the scale: v_i pairs with x
+ * columns 4i..4i+3 of the block. `q` names the block's first vec4<u32> (Q8_0: `q` and `q1`).
+ * `off` subtracts Q4_0's 8 per element (false when the kernel folds it into x's block sum).
+ */
+function unpackBlock(type: QuantType, off = true): string {
+  if (type === "Q4_0") {
+    const m = off ? " - 8.0" : "";
+    return [0, 1, 2, 3].map((i) =>
+      `let v${i} = vec4f((vec4u(q[${i}]) >> vec4u(0u, 8u, 16u, 24u)) & vec4u(15u))${m}; ` +
+      `let v${4 + i} = vec4f((vec4u(q[${i}]) >> vec4u(4u, 12u, 20u, 28u)) & vec4u(15u))${m};`
+    ).join("\n    ");
+  }
+  // Sign-extend byte t of a word: shift it to the top, arithmetic shift back down.
+  return [0, 1, 2, 3, 4, 5, 6, 7].map((i) =>
+    `let v${i} = vec4f((vec4i(bitcast<i32>(${i < 4 ? "q" : "q1"}[${
+      i % 4
+    }])) << vec4u(24u, 16u, 8u, 0u)) >> vec4u(24u));`
+  ).join("\n    ");
+}
+
+/** WGSL loading block `blk`'s quants into `q` (and `q1`) from `qs`. */
+function loadBlock(type: QuantType, blk: string): string {
+  return type === "Q4_0"
+    ? `let q = qs[${blk}];`
+    : `let q = qs[(${blk}) * 2u]; let q1 = qs[(${blk}) * 2u + 1u];`;
+}
+
+/** `fn scale(blk) -> f32`: the f16 scale of block `blk` from `sc` (u32 words). */
+const SCALE_FN = `fn scale(blk: u32) -> f32 { return unpack2x16float(sc[blk >> 1u])[blk & 1u]; }`;
+
+/** Parameters of {@link gemvKernel}. */
+export const GEMV_PARAMS = `struct P { N: u32, nb: u32, b0: u32, nbc: u32, acc: u32, o0: u32 }`;
+
+/**
+ * Decode's matrix-vector product on a CPU adapter (llvmpipe): y[n] (+)= sum_k x[k] W[n, k] for the
+ * blocks b0 .. b0+nbc-1 of every row (K is split into chunks that fit the uniform buffer). Each
+ * invocation owns R rows of W and streams their blocks; x comes from a uniform buffer, whose loads
+ * are uniform across the lanes (cheap broadcasts; a storage-buffer load with a per-lane index is a
+ * loop over the lanes in llvmpipe), and is loaded once per block for all R rows. Q4_0's -8 is
+ * folded into x's block sum (once per block, not once per weight). `wide`: every row's scales
+ * start on a 16-byte boundary (nb % 8 == 0) and are loaded 8 blocks at a time, an eighth of the
+ * per-lane loads. Output row o0 + n.
+ */
+export function gemvKernel(type: QuantType, R: number, wide: boolean, WG = 64): string {
+  const rs = [...Array(R).keys()];
+  const q4 = type === "Q4_0";
+  const xs = [0, 1, 2, 3, 4, 5, 6, 7];
+  const row = (r: number) => {
+    const d = wide
+      ? `unpack2x16float(sv${r}[(kb >> 1u) & 3u])[kb & 1u]`
+      : `scale(n${r} * p.nb + kb)`;
+    return `{
+      ${loadBlock(type, `n${r} * p.nb + kb`)}
+      ${unpackBlock(type, false)}
+      let a = ${xs.map((i) => `v${i} * x${i}`).join(" + ")};
+      s${r} = fma(${d}, a.x + a.y + a.z + a.w${q4 ? " - xsum" : ""}, s${r});
+    }`;
+  };
+  return `@group(0) @binding(0) var<uniform> X: array<vec4f, 4096>;
+@group(0) @binding(1) var<storage, read> qs: array<vec4<u32>>;
+@group(0) @binding(2) var<storage, read> sc: array<${wide ? "vec4<u32>" : "u32"}>;
+@group(0) @binding(3) var<storage, read_write> out: array<f32>;
+${GEMV_PARAMS}
+@group(0) @binding(4) var<uniform> p: P;
+${wide ? "" : SCALE_FN}
+@compute @workgroup_size(${WG})
+fn main(@builtin(global_invocation_id) g: vec3u) {
+  let nf = g.x * ${R}u;
+  if (nf >= p.N) { return; }
+  ${rs.map((r) => `let n${r} = min(nf + ${r}u, p.N - 1u); var s${r} = 0.0;`).join("\n  ")}
+  ${wide ? rs.map((r) => `var sv${r} = vec4u(0u);`).join(" ") : ""}
+  for (var b = 0u; b < p.nbc; b++) {
+    let kb = p.b0 + b;
+    ${xs.map((i) => `let x${i} = X[b * 8u + ${i}u];`).join(" ")}
+    ${
+    q4
+      ? `let xa = ${
+        xs.map((i) => `x${i}`).join(" + ")
+      }; let xsum = 8.0 * (xa.x + xa.y + xa.z + xa.w);`
+      : ""
+  }
+    ${
+    wide
+      ? `if ((kb & 7u) == 0u) { ${
+        rs.map((r) => `sv${r} = sc[(n${r} * p.nb + kb) / 8u];`).join(" ")
+      } }`
+      : ""
+  }
+    ${rs.map(row).join("\n    ")}
+  }
+  ${
+    rs.map((r) =>
+      `if (nf + ${r}u < p.N) { let o = p.o0 + n${r}; if (p.acc != 0u) { s${r} += out[o]; } out[o] = s${r}; }`
+    ).join("\n  ")
+  }
+}`;
+}
+
+/** Parameters of the storage-operand kernels ({@link gemvWgKernel}, {@link blockedKernel}, {@link tiledKernel}). */
+export const MM_PARAMS = `struct P { M: u32, N: u32, K: u32, nb: u32 }`;
+
+/** Bindings of the storage-operand kernels: x (f32), quants, scales, out, params. */
+function mmBindings(xVec4: boolean): string {
+  return `@group(0) @binding(0) var<storage, read> x: array<${xVec4 ? "vec4f" : "f32"}>;
+@group(0) @binding(1) var<storage, read> qs: array<vec4<u32>>;
+@group(0) @binding(2) var<storage, read> sc: array<u32>;
+@group(0) @binding(3) var<storage, read_write> out: array<f32>;
+${MM_PARAMS}
+@group(0) @binding(4) var<uniform> p: P;
+${SCALE_FN}`;
+}
+
+/**
+ * Matrix-vector product for real GPUs: a workgroup of RW rows x 32 lanes; lane l of a row sums
+ * blocks l, l+32, ... of that row (adjacent lanes read adjacent blocks), then the 32 partial sums
+ * are reduced as a tree in workgroup memory. Rows of x (M) are the grid's z.
+ */
+export function gemvWgKernel(type: QuantType, RW = 8): string {
+  const L = 32;
+  return `${mmBindings(true)}
+var<workgroup> part: array<f32, ${RW * L}>;
+@compute @workgroup_size(${L}, ${RW})
+fn main(@builtin(local_invocation_id) l: vec3u, @builtin(workgroup_id) wg: vec3u,
+        @builtin(num_workgroups) nwg: vec3u) {
+  let n = (wg.x + wg.y * nwg.x) * ${RW}u + l.y;
+  let m = wg.z;
+  var s = 0.0;
+  if (n < p.N) {
+    for (var b = l.x; b < p.nb; b += ${L}u) {
+      let blk = n * p.nb + b;
+      ${loadBlock(type, "blk")}
+      ${unpackBlock(type)}
+      let xo = (m * p.K) / 4u + b * 8u;
+      let a = ${[0, 1, 2, 3, 4, 5, 6, 7].map((i) => `v${i} * x[xo + ${i}u]`).join(" + ")};
+      s = fma(scale(blk), a.x + a.y + a.z + a.w, s);
+    }
+  }
+  let li = l.y * ${L}u + l.x;
+  part[li] = s;
+  workgroupBarrier();
+  for (var h = ${L / 2}u; h > 0u; h >>= 1u) {
+    if (l.x < h) { part[li] += part[li + h]; }
+    workgroupBarrier();
+  }
+  if (l.x == 0u && n < p.N) { out[m * p.N + n] = part[li]; }
+}`;
+}
+
+/**
+ * Matrix product for a CPU adapter (prefill, scoring): 1-D workgroups of 64 lanes over the rows of
+ * W (outputs n), each with R rows of x chosen by the workgroup (so x's loads are uniform across the
+ * lanes: broadcasts, not per-lane loops). Per block a lane loads its row's quants once, dequantizes
+ * the 32 weights in registers and applies them to all R rows of x. No workgroup memory, no barriers
+ * (both are slow on llvmpipe).
+ */
+export function blockedKernel(type: QuantType, R: number): string {
+  const rs = [...Array(R).keys()];
+  const xs = [0, 1, 2, 3, 4, 5, 6, 7];
+  return `${mmBindings(true)}
+@compute @workgroup_size(64)
+fn main(@builtin(global_invocation_id) g: vec3u, @builtin(workgroup_id) wg: vec3u) {
+  let n = min(g.x, p.N - 1u);
+  let m0 = wg.y * ${R}u;
+  ${
+    rs.map((r) => `let xo${r} = (min(m0 + ${r}u, p.M - 1u) * p.K) / 4u; var a${r} = vec4f(0.0);`)
+      .join("\n  ")
+  }
+  for (var b = 0u; b < p.nb; b++) {
+    let blk = n * p.nb + b;
+    ${loadBlock(type, "blk")}
+    let d = scale(blk);
+    ${unpackBlock(type)}
+    ${xs.map((i) => `let w${i} = v${i} * d;`).join(" ")}
+    ${
+    rs.map((r) =>
+      `a${r} = ${xs.map((i) => `w${i} * x[xo${r} + b * 8u + ${i}u]`).join(" + ")} + a${r};`
+    )
+      .join("\n    ")
+  }
+  }
+  if (g.x >= p.N) { return; }
+  ${
+    rs.map((r) =>
+      `if (m0 + ${r}u < p.M) { out[(m0 + ${r}u) * p.N + n] = a${r}.x + a${r}.y + a${r}.z + a${r}.w; }`
+    ).join("\n  ")
+  }
+}`;
+}
+
+/**
+ * Matrix product for real GPUs: a 16x16 workgroup computes a 64x64 tile of the output (4x4 per
+ * invocation); K advances one block (32) at a time: x's 64x32 tile is copied and W's 64 blocks are
+ * dequantized (8 weights per invocation) into workgroup memory, then multiplied from there.
+ */
+export function tiledKernel(type: QuantType): string {
+  // Invocation t dequantizes block row t/4 (output n0 + t/4), elements 8*(t%4) .. +7.
+  const deq = type === "Q4_0"
+    ? `let w = qs[blk][j];  // bytes 4j..4j+3: elements 4j..4j+3 (low) and 16+4j.. (high)
+        for (var t = 0u; t < 4u; t++) {
+          Ws[(4u * j + t) * 64u + r] = (f32((w >> (8u * t)) & 15u) - 8.0) * d;
+          Ws[(16u + 4u * j + t) * 64u + r] = (f32((w >> (8u * t + 4u)) & 15u) - 8.0) * d;
+        }`
+    : `let qv = qs[blk * 2u + j / 2u];
+        for (var h = 0u; h < 2u; h++) {
+          let w = qv[(j % 2u) * 2u + h];  // elements 8j + 4h .. +3
+          for (var t = 0u; t < 4u; t++) {
+            Ws[(8u * j + 4u * h + t) * 64u + r] = f32((bitcast<i32>(w) << (24u - 8u * t)) >> 24u) * d;
+          }
+        }`;
+  return `${mmBindings(false)}
+var<workgroup> Xs: array<f32, 2048>; // (32 k, 64 m)
+var<workgroup> Ws: array<f32, 2048>; // (32 k, 64 n)
+@compute @workgroup_size(16, 16)
+fn main(@builtin(workgroup_id) wg: vec3u, @builtin(local_invocation_id) l: vec3u) {
+  let m0 = wg.y * 64u; let n0 = wg.x * 64u;
+  let li = l.y * 16u + l.x;
+  var acc: array<array<f32, 4>, 4>;
+  for (var b = 0u; b < p.nb; b++) {
+    // x tile: 2048 values, 8 per invocation; rows past M read as 0.
+    for (var e = 0u; e < 8u; e++) {
+      let idx = li + e * 256u;
+      let mm = idx / 32u; let kk = idx % 32u;
+      var v = 0.0;
+      if (m0 + mm < p.M) { v = x[(m0 + mm) * p.K + b * 32u + kk]; }
+      Xs[kk * 64u + mm] = v;
+    }
+    {
+      let r = li / 4u; let j = li % 4u;
+      if (n0 + r < p.N) {
+        let blk = (n0 + r) * p.nb + b;
+        let d = scale(blk);
+        ${deq}
+      } else {
+        for (var t = 0u; t < 8u; t++) { Ws[(8u * j + t) * 64u + r] = 0.0; }
+      }
+    }
+    workgroupBarrier();
+    for (var kk = 0u; kk < 32u; kk++) {
+      var av: array<f32, 4>; var bv: array<f32, 4>;
+      for (var i = 0u; i < 4u; i++) { av[i] = Xs[kk * 64u + l.y * 4u + i]; bv[i] = Ws[kk * 64u + l.x * 4u + i]; }
+      for (var i = 0u; i < 4u; i++) {
+        for (var j = 0u; j < 4u; j++) { acc[i][j] = fma(av[i], bv[j], acc[i][j]); }
+      }
+    }
+    workgroupBarrier();
+  }
+  for (var i = 0u; i < 4u; i++) {
+    let m = m0 + l.y * 4u + i;
+    if (m >= p.M) { continue; }
+    for (var j = 0u; j < 4u; j++) {
+      let n = n0 + l.x * 4u + j;
+      if (n < p.N) { out[m * p.N + n] = acc[i][j]; }
+    }
+  }
+}`;
+}
+
+/**
+ * Embedding lookup from a quantized table (V, C): one workgroup per token, lanes over the row's
+ * blocks, each writing its 32 dequantized values as 8 vec4s. Ids are clamped into [0, V).
+ */
+export function embeddingKernel(type: QuantType, WG = 64): string {
+  return `@group(0) @binding(0) var<storage, read> ids: array<i32>;
+@group(0) @binding(1) var<storage, read> qs: array<vec4<u32>>;
+@group(0) @binding(2) var<storage, read> sc: array<u32>;
+@group(0) @binding(3) var<storage, read_write> out: array<vec4f>;
+struct P { N: u32, V: u32, nb: u32 }
+@group(0) @binding(4) var<uniform> p: P;
+${SCALE_FN}
+@compute @workgroup_size(${WG})
+fn main(@builtin(local_invocation_index) li: u32, @builtin(workgroup_id) wg: vec3u,
+        @builtin(num_workgroups) nwg: vec3u) {
+  let t = wg.x + wg.y * nwg.x;
+  if (t >= p.N) { return; }
+  let id = u32(clamp(ids[t], 0, i32(p.V) - 1));
+  for (var b = li; b < p.nb; b += ${WG}u) {
+    let blk = id * p.nb + b;
+    ${loadBlock(type, "blk")}
+    let d = scale(blk);
+    ${unpackBlock(type)}
+    let o = (t * p.nb + b) * 8u;
+    ${[0, 1, 2, 3, 4, 5, 6, 7].map((i) => `out[o + ${i}u] = v${i} * d;`).join(" ")}
+  }
+}`;
+}

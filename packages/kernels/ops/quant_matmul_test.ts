@@ -1,0 +1,153 @@
+import { getGpu, type Gpu } from "@lvm/gpu";
+import { assert, assertClose, assertEquals, assertThrows, randu } from "@lvm/util/testing";
+import { dequantize, quantize, type QuantType } from "@lvm/weights";
+import {
+  embeddingQ,
+  embeddingQCpu,
+  linearAny,
+  linearQ,
+  linearQCpu,
+  type QuantVariant,
+  QuantWeight,
+} from "./quant_matmul.ts";
+
+const TYPES: QuantType[] = ["Q8_0", "Q4_0"];
+const VARIANTS: QuantVariant[] = ["gemv", "gemvWg", "blocked", "tiled"];
+
+/** f32 accumulation over K terms of size ~|x||w|: the error grows with K. */
+function tol(K: number) {
+  return { atol: 1e-5 + 3e-7 * K, rtol: 1e-4 };
+}
+
+/** W [N, K] in +-0.5 quantized as `type`; x (M, K) in +-1; GPU vs linearQCpu. */
+async function check(gpu: Gpu, type: QuantType, M: number, N: number, K: number, v?: QuantVariant) {
+  const w = randu(N * K, N + K, -0.5, 0.5);
+  const bytes = quantize(type, w);
+  const x = randu(M * K, M + 7);
+  const W = QuantWeight.fromBlocks(gpu, type, [N, K], bytes);
+  const X = gpu.upload(x, [M, K]);
+  const y = linearQ(gpu, X, W, { variant: v });
+  assertEquals(y.shape, [M, N]);
+  const label = `${type} ${v ?? "auto"} M=${M} N=${N} K=${K}`;
+  assertClose(await gpu.readF32(y), linearQCpu(x, type, bytes, N, K), tol(K), label);
+  for (const t of [X, y, W]) t.release();
+}
+
+Deno.test("linearQ() matches linearQCpu on odd shapes, both types, every variant", async (t) => {
+  const gpu = await getGpu();
+  const shapes: [number, number, number][] = [
+    [1, 1, 32],
+    [1, 7, 96],
+    [3, 45, 160],
+    [17, 129, 96],
+    [33, 7, 64],
+    [70, 45, 32], // blocked's 16-row tiles, a partial one
+  ];
+  for (const v of VARIANTS) {
+    await t.step(v, async () => {
+      for (const type of TYPES) {
+        for (const [M, N, K] of shapes) await check(gpu, type, M, N, K, v);
+      }
+    });
+  }
+  await t.step("automatic choice, K beyond one uniform chunk (gemv splits K)", async () => {
+    for (const type of TYPES) {
+      await check(gpu, type, 1, 45, 16384 + 4096 + 96); // 3 chunks, rows not a multiple of 256
+      await check(gpu, type, 1, 13, 4096);
+      await check(gpu, type, 5, 13, 4096);
+    }
+  });
+});
+
+/** Bit-exact but for the sign of zero (a zero block's d = 0 times q - 8 < 0 is -0 on the CPU). */
+const EXACT = { atol: 0, rtol: 0 };
+
+Deno.test("linearQ(): one-hot rows read back exactly the dequantized weights", async () => {
+  const gpu = await getGpu();
+  // K % 256 == 0 exercises gemv's wide scale loads, 96 the per-block ones.
+  for (const [N, K] of [[45, 96], [7, 256]]) {
+    for (const type of TYPES) {
+      // Extreme magnitudes: the f16 scales span a wide range, zero blocks give d = 0.
+      const w = randu(N * K, 3, -300, 300);
+      for (let k = 0; k < 32; k++) w[k] = 0;
+      for (let k = 32; k < 64; k++) w[k] *= 1e-4;
+      const bytes = quantize(type, w);
+      const ref = dequantize(type, bytes, N * K); // [N, K]
+      const W = QuantWeight.fromBlocks(gpu, type, [N, K], bytes);
+      // Identity x (K, K): y = W^T, y[k, n] = W[n, k].
+      const eye = new Float32Array(K * K);
+      for (let k = 0; k < K; k++) eye[k * K + k] = 1;
+      const X = gpu.upload(eye, [K, K]);
+      const want = new Float32Array(K * N);
+      for (let n = 0; n < N; n++) for (let k = 0; k < K; k++) want[k * N + n] = ref[n * K + k];
+      for (const v of VARIANTS) {
+        const y = await gpu.readF32(linearQ(gpu, X, W, { variant: v }));
+        assertClose(y, want, EXACT, `${type} ${v} [${N}, ${K}]`);
+      }
+      // gemv, row by row (its x goes through the uniform buffer).
+      const row = gpu.upload(eye.subarray(5 * K, 6 * K), [1, K]);
+      const y5 = await gpu.readF32(linearQ(gpu, row, W, { variant: "gemv" }));
+      assertClose(y5, want.subarray(5 * N, 6 * N), EXACT, `${type} gemv row 5`);
+      assertEquals([...await W.readF32()], [...ref], `${type} readF32`);
+      assertEquals([...await W.readBlocks()], [...bytes], `${type} readBlocks`);
+      for (const t of [W, X, row]) t.release();
+    }
+  }
+});
+
+Deno.test("embeddingQ() gathers exactly the dequantized rows", async () => {
+  const gpu = await getGpu();
+  for (const type of TYPES) {
+    for (const [V, C] of [[1, 32], [45, 96], [7, 4096]]) {
+      const bytes = quantize(type, randu(V * C, V, -2, 2));
+      const T = QuantWeight.fromBlocks(gpu, type, [V, C], bytes);
+      const ids = [0, V - 1, Math.floor(V / 2), 0, V - 1];
+      const I = gpu.upload(ids, [5], "i32");
+      const out = embeddingQ(gpu, I, T);
+      assertEquals(out.shape, [5, C]);
+      assertEquals([...await gpu.readF32(out)], [...embeddingQCpu(ids, type, bytes, V, C)]);
+      for (const t of [T, I, out]) t.release();
+    }
+  }
+});
+
+Deno.test("QuantWeight.fromF32 quantizes like @lvm/weights; linearAny dispatches", async () => {
+  const gpu = await getGpu();
+  const w = randu(7 * 64, 9);
+  const W = QuantWeight.fromF32(gpu, "Q4_0", [7, 64], w);
+  assertEquals([...await W.readBlocks()], [...quantize("Q4_0", w)]);
+  assertEquals(W.bytes, 7 * 2 * 18);
+  const x = gpu.upload(randu(3 * 64, 4), [3, 64]);
+  const a = await gpu.readF32(linearAny(gpu, x, W));
+  const Wf = gpu.upload(await W.readF32(), [7, 64]);
+  assertClose(a, await gpu.readF32(linearAny(gpu, x, Wf)), tol(64));
+  assertThrows(() => linearAny(gpu, x, W, gpu.zeros([7])), RangeError, "no bias");
+  W.release();
+  assert(W.released);
+  assertThrows(() => linearQ(gpu, x, W), RangeError, "released");
+  x.release();
+  Wf.release();
+});
+
+Deno.test("QuantWeight and linearQ report bad inputs", async () => {
+  const gpu = await getGpu();
+  assertThrows(
+    () => QuantWeight.fromF32(gpu, "Q8_0", [2, 48], new Float32Array(96)),
+    RangeError,
+    "multiple of 32",
+  );
+  assertThrows(
+    () => QuantWeight.fromF32(gpu, "Q8_0", [2, 32], new Float32Array(63)),
+    RangeError,
+    "needs 64 values",
+  );
+  assertThrows(
+    () => QuantWeight.fromBlocks(gpu, "Q4_0", [2, 32], new Uint8Array(18)),
+    RangeError,
+    "needs 2 blocks",
+  );
+  const W = QuantWeight.fromF32(gpu, "Q8_0", [2, 32], new Float32Array(64));
+  assertThrows(() => linearQ(gpu, gpu.zeros([1, 64]), W), RangeError, "(..., 32)");
+  assertThrows(() => linearQ(gpu, gpu.zeros([1, 32], "f16"), W), TypeError, "f32");
+  W.release();
+});
