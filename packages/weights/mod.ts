@@ -20,3 +20,4 @@ export * from "./byte_source.ts";
 export * from "./safetensors.ts";
 export * from "./torch_bin.ts";
 export * from "./quant.ts";
+export * from "./gguf.ts";
