@@ -21,3 +21,4 @@ export * from "./safetensors.ts";
 export * from "./torch_bin.ts";
 export * from "./quant.ts";
 export * from "./gguf.ts";
+export * from "./gguf_llama.ts";
