@@ -3,17 +3,41 @@
  * files atomically. The parsing lives in the main module and reads through a {@link ByteSource};
  * here {@link FileSource} is that source over a file.
  *
- * - {@link SafetensorsFile}`.open(path)`, {@link TorchBinFile}`.open(path)`: one file.
+ * - {@link SafetensorsFile}`.open(path)`, {@link TorchBinFile}`.open(path)`,
+ *   {@link GgufFile}`.open(path)`: one file.
  * - {@link openShardedCheckpoint}: an `*.index.json` and its shards.
  * - {@link openWeights}: the one way to open "the weights" of a file or folder (safetensors, torch
- *   pickles, sharded either way); {@link openCheckpoint}: the same for safetensors only.
- * - {@link SafetensorsWriter}, {@link writeSafetensors}, {@link writeShardedSafetensors}.
+ *   pickles, sharded either way, a LLaMA `.gguf` under Hugging Face names);
+ *   {@link openCheckpoint}: the same for safetensors only.
+ * - {@link SafetensorsWriter}, {@link writeSafetensors}, {@link writeShardedSafetensors};
+ *   {@link GgufWriter}, {@link writeGguf}; {@link convertLlamaToGguf} (an HF LLaMA folder to a
+ *   quantized GGUF, one tensor at a time).
  * @module
  */
 import { dirname, join } from "node:path";
 import { isFile, tempPath } from "@lvm/util/fs";
 import type { ByteSource } from "./byte_source.ts";
 import { compareCodePoints } from "./_code_points.ts";
+import {
+  encodeGgml,
+  type GgmlType,
+  GgufError,
+  type GgufMetadata,
+  type GgufPlannedTensor,
+  GgufReader,
+  type GgufTensorSpec,
+  type GgufValue,
+  planGguf,
+} from "./gguf.ts";
+import {
+  encodeLlamaTensor,
+  GgufLlamaSource,
+  type LlamaGgufTensor,
+  llamaQkRowOrder,
+  llamaShapeFromHf,
+  planLlamaGguf,
+  reorderRows,
+} from "./gguf_llama.ts";
 import {
   encodeTensor,
   type PlannedTensor,
@@ -163,6 +187,31 @@ export class TorchBinFile extends TorchBinReader {
 }
 
 /**
+ * A GGUF file on disk (see {@link GgufReader}); {@link openWeights} gives a LLaMA one under
+ * Hugging Face names ({@link GgufLlamaSource}).
+ *
+ * @example
+ * ```ts
+ * import { GgufFile, writeGguf } from "@lvm/weights/fs";
+ * const path = await Deno.makeTempFile({ suffix: ".gguf" });
+ * await writeGguf(path, new Map(), [
+ *   { name: "w", type: "Q4_0", shape: [1, 32], data: new Float32Array(32).fill(-2) },
+ * ]);
+ * const g = await GgufFile.open(path);
+ * console.log(g.info("w").byteLength, (await g.readF32("w"))[0]); // 18 -2
+ * g.close();
+ * await Deno.remove(path);
+ * ```
+ */
+export class GgufFile extends GgufReader {
+  /** Opens `path` and validates its header; any failure is a {@link GgufError} naming the file. */
+  static async open(path: string): Promise<GgufFile> {
+    const file = await openFile(path, GgufError);
+    return new GgufFile(file, await GgufReader.parse(file));
+  }
+}
+
+/**
  * Opens the index at `indexPath` and its shards (beside it) with `openShard` (safetensors by
  * default); see {@link ShardedCheckpoint.fromIndex} for what is checked.
  */
@@ -240,10 +289,15 @@ export class NoWeightsError extends TorchBinError {
 
 /**
  * Opens any weights a loader may be given: a `.safetensors` file, a PyTorch file (`.bin`, `.pt`,
- * `.pth`, `.ckpt`), an `*.index.json` of shards of either, or a directory holding one of
- * `options.files` (by preference; default `model.safetensors`, `model.safetensors.index.json`,
- * `pytorch_model.bin`, `pytorch_model.bin.index.json`). The one way every loader of this
- * repository opens a weights folder.
+ * `.pth`, `.ckpt`), an `*.index.json` of shards of either, a LLaMA `.gguf` file, or a directory
+ * holding one of `options.files` (by preference; default `model.safetensors`,
+ * `model.safetensors.index.json`, `pytorch_model.bin`, `pytorch_model.bin.index.json`). The one
+ * way every loader of this repository opens a weights folder.
+ *
+ * A `.gguf` comes back as a {@link GgufLlamaSource}: Hugging Face names, f32 values in HF row
+ * order (q/k unpermuted, Q8_0/Q4_0 dequantized) from `readF32`, the stored blocks from
+ * `rawTensor(name)`, and the config.json object from `config()` (a GGUF has no config.json
+ * beside it). A GGUF of another architecture than "llama" is a {@link GgufError}.
  */
 export async function openWeights(
   path: string,
@@ -256,7 +310,9 @@ export async function openWeights(
     throw new TorchBinError(path, "no such file or directory", undefined, { cause: e });
   }
   const open = (p: string): Promise<TensorSource> =>
-    p.endsWith(".json")
+    p.endsWith(".gguf")
+      ? openLlamaGguf(p)
+      : p.endsWith(".json")
       ? openShardedCheckpoint(p, openShard)
       : p.endsWith(".safetensors")
       ? SafetensorsFile.open(p)
@@ -267,6 +323,17 @@ export async function openWeights(
     if (await isFile(join(path, name))) return await open(join(path, name));
   }
   throw new NoWeightsError(path, `directory holds none of ${files.join(", ")}`);
+}
+
+/** Opens a LLaMA `.gguf` under Hugging Face names (see {@link openWeights}). */
+export async function openLlamaGguf(path: string): Promise<GgufLlamaSource> {
+  const g = await GgufFile.open(path);
+  try {
+    return new GgufLlamaSource(g);
+  } catch (e) {
+    g.close();
+    throw e;
+  }
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -523,4 +590,274 @@ export async function writeShardedSafetensors(
     if (ent.isFile && stale && !keep.has(ent.name)) await Deno.remove(join(dir, ent.name));
   }
   return result;
+}
+
+// ---------------------------------------------------------------------------------------------
+// GGUF
+
+/**
+ * Streams a GGUF file: the tensor list first (so the header, with every offset, can be written),
+ * then each tensor's data, in any order, one call per tensor, so a 7B model is written without
+ * holding more than one tensor in memory. The layout is llama.cpp's ({@link planGguf}: tensors in
+ * the given order, each padded to the alignment). Writes go to a temp file beside `path`;
+ * `close()` checks every tensor was written, syncs and renames it into place; `abort()` removes it.
+ *
+ * @example
+ * ```ts
+ * import { GgufWriter } from "@lvm/weights/fs";
+ * import { ggufValue } from "@lvm/weights";
+ * const path = await Deno.makeTempFile({ suffix: ".gguf" });
+ * const w = await GgufWriter.create(path, new Map([["general.name", ggufValue.str("x")]]), [
+ *   { name: "a", type: "Q8_0", shape: [2, 32] },
+ *   { name: "b", type: "F32", shape: [3] },
+ * ]);
+ * await w.write("b", new Float32Array([1, 2, 3]));
+ * await w.write("a", new Float32Array(64)); // quantized here
+ * await w.close();
+ * await Deno.remove(path);
+ * ```
+ */
+export class GgufWriter {
+  readonly #plan: Map<string, GgufPlannedTensor>;
+  readonly #written = new Set<string>();
+  #done = false;
+  private constructor(
+    /** The final path. */
+    readonly path: string,
+    private readonly tmp: string,
+    private readonly file: Deno.FsFile,
+    private readonly dataStart: number,
+    plan: GgufPlannedTensor[],
+    /** Total bytes of the file. */
+    readonly size: number,
+  ) {
+    this.#plan = new Map(plan.map((p) => [p.name, p]));
+  }
+
+  /** Creates the temp file and writes the header for `specs` and `metadata`. */
+  static async create(
+    path: string,
+    metadata: GgufMetadata | Record<string, GgufValue>,
+    specs: readonly GgufTensorSpec[],
+  ): Promise<GgufWriter> {
+    const { header, planned, dataBytes } = planGguf(metadata, specs);
+    const tmp = tempPath(path);
+    const file = await Deno.open(tmp, { write: true, create: true, truncate: true });
+    const size = header.byteLength + dataBytes;
+    try {
+      await file.truncate(size); // zeros: the padding
+      await writeAll(file, header, 0);
+    } catch (e) {
+      file.close();
+      await Deno.remove(tmp).catch(() => {});
+      throw e;
+    }
+    return new GgufWriter(path, tmp, file, header.byteLength, planned, size);
+  }
+
+  /** Tensor names in file order (writing in this order is sequential I/O). */
+  get order(): string[] {
+    return [...this.#plan.keys()];
+  }
+
+  /** Writes one tensor: f32 values (encoded as its type) or its stored bytes; each exactly once. */
+  async write(name: string, data: Float32Array | Uint8Array): Promise<void> {
+    if (this.#done) {
+      throw new Error(`${this.path}: write(${JSON.stringify(name)}) after close/abort`);
+    }
+    const p = this.#plan.get(name);
+    if (!p) {
+      throw new RangeError(
+        `${this.path}: tensor ${JSON.stringify(name)} was not in the list given to create()`,
+      );
+    }
+    if (this.#written.has(name)) {
+      throw new RangeError(`${this.path}: tensor ${JSON.stringify(name)} written twice`);
+    }
+    const bytes = encodeGgml(p.type, p.shape, data, `${this.path}: tensor ${JSON.stringify(name)}`);
+    this.#written.add(name);
+    await writeAll(this.file, bytes, this.dataStart + p.offset);
+  }
+
+  /** Checks all tensors were written, syncs, closes and renames the temp file to `path`. */
+  async close(): Promise<void> {
+    if (this.#done) return;
+    const missing = this.order.filter((n) => !this.#written.has(n));
+    if (missing.length) {
+      await this.abort();
+      throw new RangeError(
+        `${this.path}: ${missing.length} tensor(s) never written (${
+          missing.slice(0, 5).join(", ")
+        }); nothing was saved`,
+      );
+    }
+    this.#done = true;
+    try {
+      await this.file.syncData();
+      this.file.close();
+      await Deno.rename(this.tmp, this.path);
+    } catch (e) {
+      try {
+        this.file.close();
+      } catch { /* already closed */ }
+      await Deno.remove(this.tmp).catch(() => {});
+      throw e;
+    }
+  }
+
+  /** Discards the temp file; `path` is left as it was. */
+  async abort(): Promise<void> {
+    if (this.#done) return;
+    this.#done = true;
+    try {
+      this.file.close();
+    } catch { /* already closed */ }
+    await Deno.remove(this.tmp).catch(() => {});
+  }
+}
+
+/** One tensor for {@link writeGguf}: its data, or a function that produces it when it is written. */
+export interface GgufTensorInput extends GgufTensorSpec {
+  data: Float32Array | Uint8Array | (() => Promise<Float32Array | Uint8Array>);
+}
+
+/**
+ * Writes a GGUF file atomically (temp file + rename), streaming: the specs of `tensors` make the
+ * header, then each tensor's data is produced (a function is called only then) and written before
+ * the next, so only one tensor is in memory at a time. On any error nothing is left at `path`'s
+ * temp file and `path` is untouched.
+ *
+ * @example
+ * ```ts
+ * import { writeGguf } from "@lvm/weights/fs";
+ * import { ggufValue } from "@lvm/weights";
+ * const path = await Deno.makeTempFile({ suffix: ".gguf" });
+ * await writeGguf(path, new Map([["general.architecture", ggufValue.str("llama")]]), [
+ *   { name: "token_embd.weight", type: "F16", shape: [4, 8], data: new Float32Array(32) },
+ *   { name: "output_norm.weight", type: "F32", shape: [8], data: () => Promise.resolve(new Float32Array(8)) },
+ * ]);
+ * await Deno.remove(path);
+ * ```
+ */
+export async function writeGguf(
+  path: string,
+  metadata: GgufMetadata | Record<string, GgufValue>,
+  tensors: Iterable<GgufTensorInput>,
+): Promise<void> {
+  const list = [...tensors];
+  const w = await GgufWriter.create(path, metadata, list);
+  try {
+    for (const t of list) {
+      await w.write(t.name, typeof t.data === "function" ? await t.data() : t.data);
+    }
+    await w.close();
+  } catch (e) {
+    await w.abort();
+    throw e;
+  }
+}
+
+/** Options of {@link convertLlamaToGguf}. */
+export interface ConvertGgufOptions {
+  /** The type of the matrices; norms stay F32, rows not a multiple of 32 fall back to F16. */
+  type: GgmlType;
+  /** `general.name` (default "LVM"). */
+  name?: string;
+  /** Called after each tensor is written (progress). */
+  onTensor?: (t: LlamaGgufTensor, index: number, total: number) => void;
+}
+
+/** What {@link convertLlamaToGguf} wrote. */
+export interface ConvertGgufResult {
+  file: string;
+  type: GgmlType;
+  /** Tensors written. */
+  tensors: number;
+  /** Size of the file. */
+  bytes: number;
+  /** Tensors stored in another type than asked, and why. */
+  notes: string[];
+  /** Tensors of the checkpoint left out, and why. */
+  skipped: { name: string; why: string }[];
+}
+
+/**
+ * Converts a Hugging Face LLaMA (a folder with config.json and any weights {@link openWeights}
+ * opens; or a LLaMA `.gguf`, re-typed) into a GGUF at `out` that llama.cpp loads: llama.cpp names
+ * and metadata, q/k rows permuted, matrices as `options.type` ({@link planLlamaGguf}). Reads,
+ * encodes and writes one tensor at a time; the file appears atomically. Tensors already stored
+ * in the wanted type in a source GGUF are copied block for block.
+ */
+export async function convertLlamaToGguf(
+  model: string,
+  out: string,
+  options: ConvertGgufOptions,
+): Promise<ConvertGgufResult> {
+  let config: Record<string, unknown>;
+  let configPath = model;
+  const source = await openWeights(model);
+  try {
+    if (source instanceof GgufLlamaSource) config = source.config();
+    else {
+      const st = await Deno.stat(model);
+      configPath = join(st.isFile ? dirname(model) : model, "config.json");
+      let text: string;
+      try {
+        text = await Deno.readTextFile(configPath);
+      } catch (e) {
+        throw new Error(
+          `${configPath}: cannot read (${(e as Error).message}); a model folder needs config.json`,
+          { cause: e },
+        );
+      }
+      try {
+        config = JSON.parse(text);
+      } catch (e) {
+        throw new SyntaxError(`${configPath}: not valid JSON: ${(e as Error).message}`);
+      }
+      if (!config || typeof config !== "object" || Array.isArray(config)) {
+        throw new TypeError(`${configPath}: expected a JSON object`);
+      }
+    }
+    const shape = llamaShapeFromHf(config, configPath);
+    const plan = planLlamaGguf(
+      shape,
+      source.names().map((name) => ({ name, shape: source.info(name).shape })),
+      options.type,
+      { name: options.name, source: source.path },
+    );
+    const w = await GgufWriter.create(out, plan.metadata, plan.tensors);
+    try {
+      for (let i = 0; i < plan.tensors.length; i++) {
+        const t = plan.tensors[i];
+        await w.write(t.name, await tensorBytes(source, t));
+        options.onTensor?.(t, i, plan.tensors.length);
+      }
+      await w.close();
+    } catch (e) {
+      await w.abort();
+      throw e;
+    }
+    return {
+      file: out,
+      type: options.type,
+      tensors: plan.tensors.length,
+      bytes: w.size,
+      notes: plan.tensors.filter((t) => t.note).map((t) => `${t.hfName}: ${t.note}`),
+      skipped: plan.skipped,
+    };
+  } finally {
+    source.close();
+  }
+}
+
+/** The stored bytes of planned tensor `t` from `source` (blocks copied when already that type). */
+async function tensorBytes(source: TensorSource, t: LlamaGgufTensor): Promise<Uint8Array> {
+  if (source instanceof GgufLlamaSource && source.ggmlType(t.hfName) === t.type) {
+    const raw = await source.rawTensor(t.hfName); // HF row order: permute q/k back
+    if (t.heads === undefined) return raw.bytes;
+    const rowBytes = raw.bytes.byteLength / t.shape[0];
+    return reorderRows(raw.bytes, rowBytes, llamaQkRowOrder(t.shape[0], t.heads));
+  }
+  return encodeLlamaTensor(t, await source.readF32(t.hfName));
 }

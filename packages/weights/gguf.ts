@@ -649,10 +649,11 @@ export function ggufPlain(v: GgufValue): number | bigint | boolean | string | Gg
  * ```ts
  * import { encodeGguf, ggufValue, GgufReader } from "@lvm/weights";
  * const bytes = encodeGguf(new Map([["general.name", ggufValue.str("tiny")]]), [
- *   { name: "w", type: "Q8_0", shape: [2, 32], data: new Float32Array(64).fill(0.5) },
+ *   { name: "w", type: "Q8_0", shape: [2, 32], data: new Float32Array(64).fill(0.75) },
  * ]);
  * const g = await GgufReader.fromBytes(bytes, "tiny.gguf");
- * console.log(g.get("general.name"), g.info("w").type, (await g.readF32("w"))[0]); // tiny Q8_0 0.5
+ * // 0.75 -> scale 0.75/127 rounded to f16, q = 127: back as 0.7499542236328125
+ * console.log(g.get("general.name"), g.info("w").type, (await g.readF32("w"))[0]); // tiny Q8_0 0.7499542236328125
  * g.close();
  * ```
  */
