@@ -4,6 +4,7 @@
  *
  *   deno task infer score --model DIR --tokens 5,17,3 --json
  *   deno task infer generate --model DIR --tokens 5,17,3 --max-new-tokens 256 --greedy --json
+ *   deno task infer quantize --model DIR --out model-q8_0.gguf --type q8_0
  * @module
  */
 import { type Command, runCli } from "@lvm/cli";
@@ -12,6 +13,7 @@ import { score } from "./score.ts";
 import { encode } from "./encode.ts";
 import { decode } from "./decode.ts";
 import { complete } from "./complete.ts";
+import { quantize } from "./quantize.ts";
 
 /** Subcommands by name. */
 export const COMMANDS: Record<string, Command> = {
@@ -20,6 +22,7 @@ export const COMMANDS: Record<string, Command> = {
   encode,
   decode,
   complete,
+  quantize,
 };
 
 /** Runs the CLI with `args`; resolves to the exit code (0 ok, 1 error, 2 usage). */
