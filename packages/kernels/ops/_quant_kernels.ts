@@ -170,41 +170,68 @@ fn main(@builtin(local_invocation_id) l: vec3u, @builtin(workgroup_id) wg: vec3u
 }
 
 /**
- * Matrix product for a CPU adapter (prefill, scoring): 1-D workgroups of 64 lanes over the rows of
- * W (outputs n), each with R rows of x chosen by the workgroup (so x's loads are uniform across the
- * lanes: broadcasts, not per-lane loops). Per block a lane loads its row's quants once, dequantizes
- * the 32 weights in registers and applies them to all R rows of x. No workgroup memory, no barriers
- * (both are slow on llvmpipe).
+ * Matrix product for a CPU adapter (prefill, scoring), shaped like matmul's texture kernel: each
+ * invocation computes R rows x 4 columns of the output (outputs n0..n0+3 as one vec4 per row) in
+ * registers; 1-D workgroups of 64 lanes over column groups, the R rows of x chosen by the workgroup
+ * (so x's loads are uniform across the lanes: broadcasts, not per-lane loops). Per block a lane
+ * loads its 4 rows of W once and dequantizes them 4 columns of K at a time, each weight then
+ * feeding R FMAs. No workgroup memory, no barriers (both are slow on llvmpipe).
  */
 export function blockedKernel(type: QuantType, R: number): string {
   const rs = [...Array(R).keys()];
-  const xs = [0, 1, 2, 3, 4, 5, 6, 7];
+  const cs = [0, 1, 2, 3];
+  const load = cs.map((c) => {
+    const blk = `n${c} * p.nb + b`;
+    return type === "Q4_0"
+      ? `let q${c} = qs[${blk}]; let d${c} = scale(${blk}); let e${c} = vec4f(-8.0 * d${c});`
+      : `let q${c} = qs[(${blk}) * 2u]; let r${c} = qs[(${blk}) * 2u + 1u]; let d${c} = scale(${blk});`;
+  }).join("\n    ");
+  // v{c}: column c's weights at k = 4i..4i+3 of the block (i = 0..7).
+  const deq = (i: number) =>
+    cs.map((c) => {
+      if (type === "Q4_0") {
+        const sh = i < 4 ? "0u, 8u, 16u, 24u" : "4u, 12u, 20u, 28u";
+        // (q - 8) d as one fma: q d + (-8 d).
+        return `let v${c} = fma(vec4f((vec4u(q${c}[${
+          i % 4
+        }]) >> vec4u(${sh})) & vec4u(15u)), vec4f(d${c}), e${c});`;
+      }
+      return `let v${c} = vec4f((vec4i(bitcast<i32>(${i < 4 ? "q" : "r"}${c}[${
+        i % 4
+      }])) << vec4u(24u, 16u, 8u, 0u)) >> vec4u(24u)) * d${c};`;
+    }).join(" ");
+  const step = (i: number) =>
+    `{
+      ${deq(i)}
+      ${
+      [0, 1, 2, 3].map((j) => `let w${j} = vec4f(v0[${j}], v1[${j}], v2[${j}], v3[${j}]);`).join(
+        " ",
+      )
+    }
+      ${
+      rs.map((r) =>
+        `{ let xv = x[xo${r} + b * 8u + ${i}u]; c${r} = fma(vec4f(xv.w), w3, fma(vec4f(xv.z), w2, fma(vec4f(xv.y), w1, fma(vec4f(xv.x), w0, c${r})))); }`
+      ).join("\n      ")
+    }
+    }`;
   return `${mmBindings(true)}
 @compute @workgroup_size(64)
 fn main(@builtin(global_invocation_id) g: vec3u, @builtin(workgroup_id) wg: vec3u) {
-  let n = min(g.x, p.N - 1u);
+  let nf = g.x * 4u;
+  ${cs.map((c) => `let n${c} = min(nf + ${c}u, p.N - 1u);`).join(" ")}
   let m0 = wg.y * ${R}u;
   ${
-    rs.map((r) => `let xo${r} = (min(m0 + ${r}u, p.M - 1u) * p.K) / 4u; var a${r} = vec4f(0.0);`)
+    rs.map((r) => `let xo${r} = (min(m0 + ${r}u, p.M - 1u) * p.K) / 4u; var c${r} = vec4f(0.0);`)
       .join("\n  ")
   }
   for (var b = 0u; b < p.nb; b++) {
-    let blk = n * p.nb + b;
-    ${loadBlock(type, "blk")}
-    let d = scale(blk);
-    ${unpackBlock(type)}
-    ${xs.map((i) => `let w${i} = v${i} * d;`).join(" ")}
-    ${
-    rs.map((r) =>
-      `a${r} = ${xs.map((i) => `w${i} * x[xo${r} + b * 8u + ${i}u]`).join(" + ")} + a${r};`
-    )
-      .join("\n    ")
+    ${load}
+    ${[0, 1, 2, 3, 4, 5, 6, 7].map(step).join("\n    ")}
   }
-  }
-  if (g.x >= p.N) { return; }
+  if (nf >= p.N) { return; }
   ${
     rs.map((r) =>
-      `if (m0 + ${r}u < p.M) { out[(m0 + ${r}u) * p.N + n] = a${r}.x + a${r}.y + a${r}.z + a${r}.w; }`
+      `if (m0 + ${r}u < p.M) { let o = (m0 + ${r}u) * p.N; for (var j = 0u; j < 4u; j++) { if (nf + j < p.N) { out[o + nf + j] = c${r}[j]; } } }`
     ).join("\n  ")
   }
 }`;

@@ -20,9 +20,10 @@
  *             dequantized blocks go through workgroup memory.
  *
  * Default choice: one row -> gemv (CPU adapter) / gemvWg; else blocked / tiled. Measured on
- * llvmpipe (2 cores, 4096x4096, one token): Q4_0 gemv ~5 ms, about the f16 texture GEMV of a packed
- * weight (which holds a second copy) and 2-4x faster than the f16 GEMV of an unpacked weight
- * (`deno task bench --filter linearQ`).
+ * llvmpipe (2 cores shared with other work, so +-30%; `deno task bench --filter linearQ`): one
+ * token through 4096x4096, Q4_0/Q8_0 gemv ~6 ms, as fast as the f16 texture GEMV of a packed weight
+ * (which holds a second copy of W) and 3x the f16 GEMV of an unpacked one (what a model over 2 GiB
+ * runs); 512x4096x4096, blocked 7-10 GFLOP/s, as fast as the f16 texture kernel.
  * @module
  */
 import { type Gpu, grid, Params, type Tensor } from "@lvm/gpu";
@@ -320,7 +321,7 @@ export function linearQ(
     case "blocked": {
       const R = M >= 64 ? 16 : 4;
       const pipe = gpu.pipeline(`quant/blocked/${type}/${R}`, () => blockedKernel(type, R));
-      gpu.dispatch(pipe, binds, p, [Math.ceil(N / 64), Math.ceil(M / R)]);
+      gpu.dispatch(pipe, binds, p, [Math.ceil(N / 256), Math.ceil(M / R)]);
       return out;
     }
     case "tiled": {
