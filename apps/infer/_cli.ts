@@ -9,6 +9,7 @@ import { enumFlag, floatFlag, loadProgress, nonNegativeInt, seedFlag } from "@lv
 import { getGpu } from "@lvm/gpu";
 import { DEFAULT_TOP_K } from "@lvm/sampler";
 import type { LvmPipeline, SamplingChoice } from "@lvm/pipeline";
+import { WEIGHT_DTYPES, type WeightDType } from "@lvm/transformer";
 import { loadPipeline } from "@lvm/pipeline/fs";
 
 /** `parseArgs` options of the commands that run the transformer on a token list (`generate`, `score`). */
@@ -31,7 +32,7 @@ export const TOKENIZER_OPTIONS = {
  */
 export async function loadModel(
   model: string,
-  dtype: "f32" | "f16",
+  dtype: WeightDType,
   log: (line: string) => unknown,
 ): Promise<LvmPipeline> {
   log(`loading ${model} (${dtype}) on ${(await getGpu()).describe()}`);
@@ -75,7 +76,10 @@ export function samplingChoice(v: {
   };
 }
 
-/** `--dtype f32|f16` (default f32). */
-export function dtypeFlag(value: string | undefined): "f32" | "f16" {
-  return enumFlag("dtype", value, ["f32", "f16"], "f32");
+/**
+ * `--dtype f32|f16|q8|q4` (default f32): the model's matrices on the GPU as f32, f16, or GGML
+ * Q8_0 / Q4_0 blocks quantized while loading.
+ */
+export function dtypeFlag(value: string | undefined): WeightDType {
+  return enumFlag("dtype", value, WEIGHT_DTYPES, "f32");
 }

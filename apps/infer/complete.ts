@@ -36,7 +36,8 @@ const usage =
   --context N           images of context kept (default 15, the official window)
 ${SAMPLING_USAGE}
   --frames              read every frame of GIF prompts
-  --dtype f32|f16       weight storage on the GPU (default f32)
+  --dtype D             weight storage on the GPU: f32 (default), f16, q8 or q4 (GGML
+                        Q8_0 / Q4_0 blocks, quantized while loading)
   --json                print {"images": [paths], "tokens": [[ids]...], "strip": path, "codes": path}`;
 
 /** The `complete` subcommand. */

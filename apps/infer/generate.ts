@@ -31,7 +31,8 @@ const usage =
   --max-new-tokens N    ids to generate (default 256: one image)
 ${SAMPLING_USAGE}
   --json                print {"tokens": [...]} (the new ids only)
-  --dtype D             weight storage on the GPU: f32 (default) or f16`;
+  --dtype D             weight storage on the GPU: f32 (default), f16, q8 or q4 (GGML
+                        Q8_0 / Q4_0 blocks, quantized while loading)`;
 
 /** The `generate` subcommand. */
 export const generate: Command = {

@@ -1,20 +1,22 @@
 /**
- * `deno task infer score --model DIR --tokens 5,17,3,... [--json] [--dtype f32|f16]`: log p(token_i |
- * tokens before it) for every position i > 0 (natural log, softmax over the full vocabulary), their
- * negative mean (nll) and exp(nll) (perplexity), from one pass of the model over the sequence. A
- * model whose weights are not finite is an error (exit 1) naming it.
+ * `deno task infer score --model DIR --tokens 5,17,3,... [--json] [--dtype f32|f16|q8|q4]`:
+ * log p(token_i | tokens before it) for every position i > 0 (natural log, softmax over the full
+ * vocabulary), their negative mean (nll) and exp(nll) (perplexity), from one pass of the model over
+ * the sequence. A model whose weights are not finite is an error (exit 1) naming it.
  * @module
  */
 import { checkVocab, type Command, parseFlags, parseTokens, required, UsageError } from "@lvm/cli";
 import { readConfig } from "@lvm/transformer/fs";
 import { dtypeFlag, loadModel, MODEL_TOKENS_OPTIONS } from "./_cli.ts";
 
-const usage = `usage: deno task infer score --model DIR --tokens IDS [--json] [--dtype f32|f16]
+const usage =
+  `usage: deno task infer score --model DIR --tokens IDS [--json] [--dtype f32|f16|q8|q4]
 
   --model DIR     Hugging Face LLaMA directory (config.json + model.safetensors or shards)
   --tokens IDS    the sequence: 5,17,3 or "5 17 3" or [5,17,3], or @FILE holding any of those
   --json          print {"logprobs": [...], "nll": x, "perplexity": y}
-  --dtype D       weight storage on the GPU: f32 (default) or f16`;
+  --dtype D       weight storage on the GPU: f32 (default), f16, q8 or q4 (GGML Q8_0 /
+                  Q4_0 blocks, quantized while loading)`;
 
 /** The `score` subcommand. */
 export const score: Command = {

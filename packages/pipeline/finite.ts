@@ -15,9 +15,10 @@ export class NonFiniteWeightsError extends Error {
 export async function findNonFinite(
   model: Llama,
 ): Promise<{ name: string; index: number; value: number } | null> {
-  for (const [name, t] of model.params) {
+  for (const name of model.paramNames()) {
     // One tensor at a time: a 7B read back whole would need its size again in host memory.
-    const [values] = await model.gpu.readMany([t]);
+    // Block-quantized matrices read back dequantized (a non-finite f16 scale shows there).
+    const values = await model.readParam(name);
     for (let i = 0; i < values.length; i++) {
       if (!Number.isFinite(values[i])) return { name, index: i, value: values[i] };
     }

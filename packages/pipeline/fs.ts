@@ -27,7 +27,10 @@ export interface LoadPipelineOptions {
   model?: string;
   /** VQGAN tokenizer folder (config.json + safetensors or pytorch_model.bin). */
   tokenizer?: string;
-  /** Weight storage of the model's matrices on the GPU (default f32). */
+  /**
+   * Weight storage of the model's matrices on the GPU (default f32): f16, or block-quantized
+   * q8 (Q8_0) / q4 (Q4_0), quantized tensor by tensor while loading.
+   */
   dtype?: LoadOptions["dtype"];
   /** Called after each model tensor is uploaded (progress output). */
   onTensor?: LoadOptions["onTensor"];

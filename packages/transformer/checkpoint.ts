@@ -94,8 +94,9 @@ export interface LoadOptions extends ModelOptions {
  * Builds a {@link Llama} of `config` on the GPU from `source` (any `TensorSource`: a safetensors
  * reader over bytes, a sharded checkpoint, a torch file), tensor by tensor, after checking every
  * tensor's presence and shape from the headers ({@link checkTensors}). BF16/F16/F64 tensors are
- * converted to f32 on load; `dtype: "f16"` keeps the matrices at 16 bits on the GPU. `source` is
- * left open. `@lvm/transformer/fs`'s `loadLlama(gpu, dir)` does this for a model directory.
+ * converted to f32 on load; `dtype: "f16"` keeps the matrices at 16 bits on the GPU, `"q8"`/`"q4"`
+ * block-quantizes each one on the host before the next tensor is read (host memory holds one f32
+ * tensor beyond the packed model). `source` is left open. `@lvm/transformer/fs`'s `loadLlama(gpu, dir)` does this for a model directory.
  */
 export async function loadLlamaFrom(
   gpu: Gpu,

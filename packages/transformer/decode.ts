@@ -17,8 +17,8 @@
 import {
   addRmsnorm,
   attentionDecode,
-  embedding,
-  linear,
+  embeddingAny,
+  linearAny,
   logSoftmaxGather,
   PackedWeight,
   rmsnorm,
@@ -31,7 +31,7 @@ import type { Gpu, Tensor } from "@lvm/gpu";
 import type { GpuSampleOptions, GpuSampling } from "@lvm/sampler";
 import { EMBED, FINAL_NORM, layerNames, LM_HEAD } from "./config.ts";
 import { KvCache } from "./kv_cache.ts";
-import { dims, type Llama } from "./model.ts";
+import { dims, type Llama, type Weight } from "./model.ts";
 
 /** Options of {@link DecodeSession}. */
 export interface SessionOptions {
@@ -42,7 +42,8 @@ export interface SessionOptions {
   /**
    * Pack the weight matrices once into the texture layout the CPU-adapter matmul reads fastest
    * (matmul's {@link PackedWeight}); costs a second copy of the weights. Default: on CPU adapters
-   * when the weights take at most 2 GiB; a real GPU reads the tensors directly.
+   * when the weights take at most 2 GiB; a real GPU reads the tensors directly. Block-quantized
+   * matrices are never packed (their kernels read the blocks).
    */
   packWeights?: boolean;
 }
@@ -83,8 +84,7 @@ export class DecodeSession {
       );
     }
     this.#id = this.#gpu.zeros([1], "i32");
-    const weightBytes = [...model.params.values()].reduce((s, t) => s + t.byteLength, 0);
-    const pack = options.packWeights ?? (this.#gpu.kind === "cpu" && weightBytes <= 2 ** 31);
+    const pack = options.packWeights ?? (this.#gpu.kind === "cpu" && model.weightBytes <= 2 ** 31);
     if (pack) {
       // Every matrix a matmul reads; an untied embedding is only gathered from, never packed.
       const gatherOnly = model.config.tieEmbeddings ? null : EMBED;
@@ -104,8 +104,8 @@ export class DecodeSession {
   }
 
   /** The weight `name` as matmul should read it: packed when this session packed it. */
-  #w(name: string): Tensor | PackedWeight {
-    return this.#packed.get(name) ?? this.model.param(name);
+  #w(name: string): Weight | PackedWeight {
+    return this.#packed.get(name) ?? this.model.weight(name);
   }
 
   /**
@@ -294,7 +294,7 @@ export class DecodeSession {
     return flat;
   }
 
-  get #head(): Tensor | PackedWeight {
+  get #head(): Weight | PackedWeight {
     return this.#w(this.model.config.tieEmbeddings ? EMBED : LM_HEAD);
   }
 
@@ -323,7 +323,7 @@ export class DecodeSession {
       if (ids) gpu.write(this.#id, ids);
       idT = this.#id;
     } else idT = gpu.upload(ids!, [n], "i32");
-    let x = embedding(gpu, idT, model.param(EMBED)); // (n,D)
+    let x = embeddingAny(gpu, idT, model.weight(EMBED)); // (n,D)
     if (idT !== this.#id) idT.release();
     let branch: Tensor | null = null;
     const ropeOpts = { headDim: hd, theta: c.ropeTheta, posOffset: pos };
@@ -337,30 +337,30 @@ export class DecodeSession {
         [x, h1, rstd1] = [r.sum, r.y, r.rstd];
       } else ({ y: h1, rstd: rstd1 } = rmsnorm(gpu, x, model.param(nm.ln1), c.rmsEps));
       rstd1.release();
-      const q = linear(gpu, h1, this.#w(nm.q)).view([1, n, H, hd]);
+      const q = linearAny(gpu, h1, this.#w(nm.q)).view([1, n, H, hd]);
       rope(gpu, q, { ...ropeOpts, heads: H, out: q });
-      const k = linear(gpu, h1, this.#w(nm.k)).view([1, n, KVH, hd]);
+      const k = linearAny(gpu, h1, this.#w(nm.k)).view([1, n, KVH, hd]);
       rope(gpu, k, { ...ropeOpts, heads: KVH, out: k });
-      const v = linear(gpu, h1, this.#w(nm.v)).view([1, n, KVH, hd]);
+      const v = linearAny(gpu, h1, this.#w(nm.v)).view([1, n, KVH, hd]);
       h1.release();
       this.#cache[i].write(gpu, k, v, pos);
       k.release();
       v.release();
       const att = attentionDecode(gpu, q, this.#cache[i].buffers, pos); // (1,n,H,hd)
       q.release();
-      const ao = linear(gpu, att.view([n, H * hd]), this.#w(nm.o)); // (n,D)
+      const ao = linearAny(gpu, att.view([n, H * hd]), this.#w(nm.o)); // (n,D)
       att.release();
       const r2 = addRmsnorm(gpu, ao, x, model.param(nm.ln2), c.rmsEps);
       ao.release();
       x.release();
       r2.rstd.release();
-      const gate = linear(gpu, r2.y, this.#w(nm.gate));
-      const up = linear(gpu, r2.y, this.#w(nm.up));
+      const gate = linearAny(gpu, r2.y, this.#w(nm.gate));
+      const up = linearAny(gpu, r2.y, this.#w(nm.up));
       r2.y.release();
       const act = swiglu(gpu, gate, up);
       gate.release();
       up.release();
-      branch = linear(gpu, act, this.#w(nm.down));
+      branch = linearAny(gpu, act, this.#w(nm.down));
       act.release();
       x = r2.sum;
     }
@@ -385,7 +385,7 @@ export class DecodeSession {
         gpu.copy(xf, row, D * 4, (n - 1) * D * 4, 0);
         xf.release();
       }
-      const logits = linear(gpu, row.view([1, D]), this.#head); // (1,V)
+      const logits = linearAny(gpu, row.view([1, D]), this.#head); // (1,V)
       row.release();
       return logits;
     }
@@ -399,7 +399,7 @@ export class DecodeSession {
         part = gpu.empty([m, D]);
         gpu.copy(xf, part, m * D * 4, r0 * D * 4, 0);
       }
-      chunks.push(linear(gpu, part, this.#head));
+      chunks.push(linearAny(gpu, part, this.#head));
       if (part !== xf) part.release();
     }
     xf.release();

@@ -32,7 +32,9 @@ export async function readConfig(dir: string): Promise<LlamaConfig> {
 /**
  * Loads a Hugging Face LLaMA directory (config.json + model.safetensors or sharded index) onto the
  * GPU, tensor by tensor (see {@link loadLlamaFrom}). BF16/F16/F64 tensors are converted to f32 on
- * load; `dtype: "f16"` keeps the matrices at 16 bits on the GPU (the 7B then needs ~13 GB).
+ * load; `dtype: "f16"` keeps the matrices at 16 bits on the GPU (the 7B then needs ~13 GB), `"q8"` /
+ * `"q4"` quantizes each matrix on the host as it is read, before the next one (GGML Q8_0 / Q4_0: the
+ * 7B then needs ~7.2 / ~3.8 GB).
  */
 export async function loadLlama(gpu: Gpu, dir: string, options: LoadOptions = {}): Promise<Llama> {
   const config = await readConfig(dir);
@@ -58,7 +60,8 @@ export interface SaveOptions {
  * Saves `model` as a Hugging Face directory: config.json and model.safetensors, or shards with
  * model.safetensors.index.json when over `maxShardBytes`. Every file is written atomically (temp file
  * + rename), the weights before config.json; files of an earlier save that the new one does not use
- * are removed. Returns the weight file names.
+ * are removed. Returns the weight file names. Block-quantized matrices are saved dequantized (the
+ * values the model computes with), in `dtype`.
  */
 export async function saveLlama(
   model: Llama,
@@ -96,7 +99,7 @@ export async function saveLlama(
     );
     try {
       for (const s of groups[k]) {
-        await w.write(s.name, await model.gpu.readF32(model.param(s.name)));
+        await w.write(s.name, await model.readParam(s.name));
         weightMap[s.name] = files[k];
         total += s.shape.reduce((a, d) => a * d, 1) * elem;
       }

@@ -17,8 +17,11 @@
  * storage binding (4096 x 8292 f32 does); in training the cross-entropy kernel turns each logits chunk
  * into dlogits in place, so the backward starts from them without a second pass over the vocabulary.
  *
- * Norms, softmax, logits and all activations are f32. Matrices may be stored f16 for inference
- * (`dtype: "f16"`); training needs f32 parameters.
+ * Norms, softmax, logits and all activations are f32. For inference the matrices may be stored f16
+ * (`dtype: "f16"`) or block-quantized (`"q8"`: GGML Q8_0, `"q4"`: Q4_0; @lvm/kernels' QuantWeight,
+ * dequantized inside the matrix kernels), the embedding included (rows gathered by `embeddingQ`,
+ * and the classifier when tied). A matrix whose rows are not a multiple of 32 values cannot be
+ * block-quantized and is kept f16 instead. Training needs f32 parameters.
  * @module
  */
 import {
@@ -28,11 +31,12 @@ import {
   buildEmbeddingIndex,
   crossEntropy,
   crossEntropyLoss,
-  embedding,
+  embeddingAny,
   embeddingBackward,
   type EmbeddingIndex,
-  linear,
+  linearAny,
   matmul,
+  QuantWeight,
   rmsnorm,
   rmsnormBackward,
   rope,
@@ -42,6 +46,7 @@ import {
   validateIds,
 } from "@lvm/kernels";
 import type { Gpu, Tensor } from "@lvm/gpu";
+import { QK, type QuantType } from "@lvm/weights";
 import {
   EMBED,
   FINAL_NORM,
@@ -53,8 +58,22 @@ import {
 } from "./config.ts";
 import { type HostWeights, type InitOptions, initWeights } from "./init.ts";
 
-/** Storage type of the weight matrices (norm weights are always f32). */
-export type WeightDType = "f32" | "f16";
+/**
+ * Storage type of the weight matrices (norm weights are always f32): f32, f16, or GGML's block
+ * quantization `q8` (Q8_0, 8.5 bits per weight) / `q4` (Q4_0, 4.5 bits per weight).
+ */
+export type WeightDType = "f32" | "f16" | "q8" | "q4";
+
+/** The weight dtypes, for flags and checks. */
+export const WEIGHT_DTYPES: readonly WeightDType[] = ["f32", "f16", "q8", "q4"];
+
+/** The GGML block type of a quantized {@link WeightDType}, or null for f32/f16. */
+export function quantTypeOf(dtype: WeightDType): QuantType | null {
+  return dtype === "q8" ? "Q8_0" : dtype === "q4" ? "Q4_0" : null;
+}
+
+/** A parameter as the kernels read it: a tensor (f32/f16) or a block-quantized matrix. */
+export type Weight = Tensor | QuantWeight;
 
 /** A (B,T) batch of token ids on the host (row-major, B*T values). */
 export interface LlamaBatch {
@@ -134,8 +153,13 @@ export interface ModelOptions {
  * {@link backward}, `grads` maps the same names to f32 gradients.
  */
 export class Llama {
-  /** Parameters by Hugging Face name (matrices in `dtype`, norm weights f32). */
+  /**
+   * Parameters held as tensors, by Hugging Face name (matrices in `dtype`, norm weights f32; with a
+   * quantized dtype, only the norms and the matrices that fell back to f16).
+   */
   readonly params: Map<string, Tensor> = new Map();
+  /** Block-quantized matrices by Hugging Face name (dtype q8/q4, or {@link setQuantParam}). */
+  readonly quantized: Map<string, QuantWeight> = new Map();
   /** Gradients by Hugging Face name (f32), after the first {@link backward}. */
   readonly grads: Map<string, Tensor> = new Map();
   #saved: Saved | null = null;
@@ -146,9 +170,11 @@ export class Llama {
 
   private constructor(readonly gpu: Gpu, readonly config: LlamaConfig, options: ModelOptions) {
     this.dtype = options.dtype ?? "f32";
-    if (this.dtype !== "f32" && this.dtype !== "f16") {
+    if (!WEIGHT_DTYPES.includes(this.dtype)) {
       throw new TypeError(
-        `Llama: dtype must be "f32" or "f16", found ${JSON.stringify(this.dtype)}`,
+        `Llama: dtype must be one of ${WEIGHT_DTYPES.map((d) => `"${d}"`).join(", ")}, found ${
+          JSON.stringify(this.dtype)
+        }`,
       );
     }
     const r = options.headChunkRows;
@@ -195,13 +221,62 @@ export class Llama {
     return new Llama(gpu, config, options);
   }
 
-  /** Uploads one parameter (f32 host values; stored as the model's dtype when it is a matrix). */
+  /**
+   * Uploads one parameter (f32 host values; stored as the model's dtype when it is a matrix). With
+   * dtype q8/q4 a matrix is quantized here, on the host, before upload (so a loader holds one f32
+   * tensor at a time); rows of a length that is not a multiple of 32 are stored f16 instead.
+   */
   setParam(name: string, values: ArrayLike<number>): void {
     const spec = this.#spec(name);
-    const dtype = spec.shape.length === 2 ? this.dtype : "f32";
+    const n = spec.shape.reduce((a, b) => a * b, 1);
+    if (values.length !== n) {
+      throw new RangeError(
+        `setParam: "${name}" has ${values.length} values, expected [${spec.shape}] = ${n}`,
+      );
+    }
+    const matrix = spec.shape.length === 2;
+    const qt = matrix ? quantTypeOf(this.dtype) : null;
+    if (qt && spec.shape[1] % QK === 0) {
+      this.#dropParam(name);
+      this.quantized.set(name, QuantWeight.fromF32(this.gpu, qt, spec.shape, values));
+      return;
+    }
+    const dtype = !matrix ? "f32" : qt ? "f16" : this.dtype as "f32" | "f16";
     const old = this.params.get(name);
-    if (old) this.gpu.write(old, values);
-    else this.params.set(name, this.gpu.upload(values, spec.shape, dtype));
+    if (old && old.dtype === dtype) this.gpu.write(old, values);
+    else {
+      this.#dropParam(name);
+      this.params.set(name, this.gpu.upload(values, spec.shape, dtype));
+    }
+  }
+
+  /**
+   * Sets matrix `name` from GGUF blocks of `type` (Q8_0/Q4_0, row after row; @lvm/weights'
+   * quant.ts layout), kept quantized whatever the model's dtype. `shape` must be the parameter's
+   * [out, in]. For GGUF's q/k projections (llama.cpp permutes their rows for its RoPE), the caller
+   * restores Hugging Face's row order before calling.
+   */
+  setQuantParam(name: string, type: QuantType, shape: readonly number[], bytes: Uint8Array): void {
+    const spec = this.#spec(name);
+    if (
+      spec.shape.length !== 2 || shape.length !== 2 || shape.some((d, i) => d !== spec.shape[i])
+    ) {
+      throw new RangeError(
+        `setQuantParam: "${name}" is [${spec.shape}], got ${type} blocks of shape [${shape}]` +
+          (spec.shape.length === 2 ? "" : " (only matrices can be quantized)"),
+      );
+    }
+    const w = QuantWeight.fromBlocks(this.gpu, type, shape, bytes);
+    this.#dropParam(name);
+    this.quantized.set(name, w);
+  }
+
+  /** Frees `name` wherever it is held (before it is set again in another form). */
+  #dropParam(name: string): void {
+    this.params.get(name)?.release();
+    this.params.delete(name);
+    this.quantized.get(name)?.release();
+    this.quantized.delete(name);
   }
 
   #specs: Map<string, { name: string; shape: number[] }> | null = null;
@@ -218,16 +293,43 @@ export class Llama {
     return s;
   }
 
-  /** Parameter `name` (throws naming it when absent). */
+  /**
+   * Parameter `name` as a tensor (throws naming it when absent, or when it is block-quantized:
+   * read those with {@link weight} or {@link readParam}).
+   */
   param(name: string): Tensor {
     const t = this.params.get(name);
-    if (!t) throw new RangeError(`parameter "${name}" has not been set`);
-    return t;
+    if (t) return t;
+    const q = this.quantized.get(name);
+    if (q) {
+      throw new TypeError(
+        `parameter "${name}" is block-quantized (${q.type}); use weight() or readParam()`,
+      );
+    }
+    throw new RangeError(`parameter "${name}" has not been set`);
+  }
+
+  /** Parameter `name` as the kernels read it: a tensor or a {@link QuantWeight}. */
+  weight(name: string): Weight {
+    return this.quantized.get(name) ?? this.param(name);
+  }
+
+  /** Names of every parameter set so far (tensors and quantized matrices). */
+  paramNames(): string[] {
+    return [...this.params.keys(), ...this.quantized.keys()];
+  }
+
+  /** GPU bytes of the parameters (tensors and quantized matrices). */
+  get weightBytes(): number {
+    let n = 0;
+    for (const t of this.params.values()) n += t.byteLength;
+    for (const q of this.quantized.values()) n += q.bytes;
+    return n;
   }
 
   /** The classifier weight: lm_head, or the embedding when tied. */
-  get head(): Tensor {
-    return this.param(this.config.tieEmbeddings ? EMBED : LM_HEAD);
+  get head(): Weight {
+    return this.weight(this.config.tieEmbeddings ? EMBED : LM_HEAD);
   }
 
   /** Rows per classifier chunk: the most whose (rows, V) f32 logits fit one binding. */
@@ -237,12 +339,23 @@ export class Llama {
     return Math.min(fit, this.#headRows ?? fit);
   }
 
-  /** Reads every parameter back as f32, by name (for saving and tests). One GPU->CPU read. */
+  /**
+   * Reads every parameter back as f32, by name (for saving and tests): tensors in one GPU->CPU
+   * read, quantized matrices dequantized (the values the kernels compute with).
+   */
   async readParams(): Promise<HostWeights> {
     const names = [...this.params.keys()];
     const values = await this.gpu.readMany(names.map((n) => this.params.get(n)!));
     const f32 = (v: ArrayLike<number>) => v instanceof Float32Array ? v : Float32Array.from(v);
-    return new Map(names.map((n, i) => [n, f32(values[i])]));
+    const out: HostWeights = new Map(names.map((n, i) => [n, f32(values[i])]));
+    for (const [n, q] of this.quantized) out.set(n, await q.readF32());
+    return out;
+  }
+
+  /** Reads parameter `name` back as f32 (dequantized when quantized). */
+  async readParam(name: string): Promise<Float32Array> {
+    const q = this.quantized.get(name);
+    return q ? await q.readF32() : await this.gpu.readF32(this.param(name));
   }
 
   // -------------------------------------------------------------------------------------------
@@ -275,8 +388,13 @@ export class Llama {
       throw new RangeError(`forward: targets has ${batch.targets.length} ids, expected ${N}`);
     }
     if (train && !batch.targets) throw new RangeError("forward: train needs targets");
-    if (train && this.dtype !== "f32") {
-      throw new TypeError(`forward: training needs f32 weights, this model stores ${this.dtype}`);
+    if (train && (this.dtype !== "f32" || this.quantized.size > 0)) {
+      const q = [...this.quantized.values()][0];
+      throw new TypeError(
+        `forward: training needs f32 weights, this model stores ${
+          this.dtype === "f32" ? `block-quantized ${q.type} matrices` : this.dtype
+        } (load it with dtype "f32" to train)`,
+      );
     }
     validateIds(batch.inputs, c.vocab, "inputs");
     if (batch.targets) {
@@ -291,7 +409,7 @@ export class Llama {
 
     const { D, H, KVH, hd } = dims(c);
     const ids = gpu.upload(batch.inputs, [B, T], "i32");
-    let x = embedding(gpu, ids, this.param(EMBED)).view([N, D]); // (N,D)
+    let x = embeddingAny(gpu, ids, this.weight(EMBED)).view([N, D]); // (N,D)
     ids.release();
     const layers: LayerActs[] = [];
     let branch: Tensor | null = null; // (N,D) output of the last sublayer, not yet added to x
@@ -308,19 +426,19 @@ export class Llama {
         ({ y: h1, rstd: rstd1 } = rmsnorm(gpu, x, this.param(n.ln1), c.rmsEps));
       }
       const ropeOpts = { headDim: hd, theta: c.ropeTheta };
-      const q = linear(gpu, h1, this.param(n.q)).view([B, T, H, hd]);
+      const q = linearAny(gpu, h1, this.weight(n.q)).view([B, T, H, hd]);
       rope(gpu, q, { ...ropeOpts, heads: H, out: q });
-      const k = linear(gpu, h1, this.param(n.k)).view([B, T, KVH, hd]);
+      const k = linearAny(gpu, h1, this.weight(n.k)).view([B, T, KVH, hd]);
       rope(gpu, k, { ...ropeOpts, heads: KVH, out: k });
-      const v = linear(gpu, h1, this.param(n.v)).view([B, T, KVH, hd]);
+      const v = linearAny(gpu, h1, this.weight(n.v)).view([B, T, KVH, hd]);
       const { out: att, lse } = attention(gpu, q, k, v);
-      const ao = linear(gpu, att.view([N, H * hd]), this.param(n.o)); // (N,D)
+      const ao = linearAny(gpu, att.view([N, H * hd]), this.weight(n.o)); // (N,D)
       const r2 = addRmsnorm(gpu, ao, x, this.param(n.ln2), c.rmsEps);
       ao.release();
-      const gate = linear(gpu, r2.y, this.param(n.gate)); // (N,F)
-      const up = linear(gpu, r2.y, this.param(n.up)); // (N,F)
+      const gate = linearAny(gpu, r2.y, this.weight(n.gate)); // (N,F)
+      const up = linearAny(gpu, r2.y, this.weight(n.up)); // (N,F)
       const act = swiglu(gpu, gate, up); // (N,F)
-      branch = linear(gpu, act, this.param(n.down)); // (N,D)
+      branch = linearAny(gpu, act, this.weight(n.down)); // (N,D)
       if (train) {
         layers.push({
           x,
@@ -404,13 +522,13 @@ export class Llama {
   #head(xf: Tensor): Tensor[] {
     const [N, D] = xf.shape;
     const R = this.headChunkRows();
-    if (N <= R) return [linear(this.gpu, xf, this.head)];
+    if (N <= R) return [linearAny(this.gpu, xf, this.head)];
     const chunks: Tensor[] = [];
     for (let r0 = 0; r0 < N; r0 += R) {
       const n = Math.min(R, N - r0);
       const part = this.gpu.empty([n, D]);
       this.gpu.copy(xf, part, n * D * 4, r0 * D * 4, 0);
-      chunks.push(linear(this.gpu, part, this.head));
+      chunks.push(linearAny(this.gpu, part, this.head));
       part.release();
     }
     return chunks;
@@ -447,9 +565,10 @@ export class Llama {
 
     // Classifier: dxf = dlogits Whead, dWhead += dlogits^T xf (per row chunk).
     const headName = c.tieEmbeddings ? EMBED : LM_HEAD;
+    const head = this.param(headName); // training forwards need f32 tensors
     let dxf: Tensor;
     if (s.dlogits.length === 1) {
-      dxf = matmul(gpu, s.dlogits[0], this.head); // (N,D)
+      dxf = matmul(gpu, s.dlogits[0], head); // (N,D)
       matmul(gpu, s.dlogits[0], s.xf, { transA: true, out: g(headName), ...acc });
     } else {
       dxf = gpu.empty([N, D]);
@@ -459,7 +578,7 @@ export class Llama {
         const part = gpu.empty([n, D]);
         gpu.copy(s.xf, part, n * D * 4, r0 * D * 4, 0);
         matmul(gpu, dl, part, { transA: true, out: g(headName), ...acc });
-        const dpart = matmul(gpu, dl, this.head); // (n,D)
+        const dpart = matmul(gpu, dl, head); // (n,D)
         gpu.copy(dpart, dxf, n * D * 4, 0, r0 * D * 4);
         part.release();
         dpart.release();
@@ -540,8 +659,10 @@ export class Llama {
   release(): void {
     this.releaseActivations();
     for (const t of this.params.values()) t.release();
+    for (const q of this.quantized.values()) q.release();
     for (const t of this.grads.values()) t.release();
     this.params.clear();
+    this.quantized.clear();
     this.grads.clear();
   }
 }

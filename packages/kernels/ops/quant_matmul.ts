@@ -6,7 +6,8 @@
  *
  * - {@link linearQ}: y = x W^T (HF Linear without bias), f32 activations, f32 accumulation.
  * - {@link embeddingQ}: rows of a quantized table, dequantized to f32.
- * - {@link linearAny}: one call for any weight the model may hold (f32/f16 tensor, packed, quantized).
+ * - {@link linearAny} / {@link embeddingAny}: one call for any weight a model may hold (f32/f16
+ *   tensor, packed, quantized).
  *
  * Variants of linearQ (WGSL in ./_quant_kernels.ts), each checked against {@link linearQCpu}:
  * - `gemv`    one row of x (decode) on a CPU adapter: R = 8 rows of W per invocation, x in a uniform
@@ -28,6 +29,7 @@
  */
 import { type Gpu, grid, Params, type Tensor } from "@lvm/gpu";
 import { dequantize, QK, quantize, type QuantType, splitBlocks } from "@lvm/weights";
+import { embedding } from "./embedding.ts";
 import { linear, type PackedWeight } from "./matmul.ts";
 import {
   blockedKernel,
@@ -351,6 +353,18 @@ export function embeddingQ(gpu: Gpu, ids: Tensor, table: QuantWeight, out?: Tens
   const p = new Params().u32(N).u32(V).u32(table.nb);
   gpu.dispatch(pipe, [ids, table.quants, table.scales, o], p, grid(N));
   return o;
+}
+
+/** Embedding lookup from an f32/f16 table tensor or a quantized one ({@link embeddingQ}). */
+export function embeddingAny(
+  gpu: Gpu,
+  ids: Tensor,
+  table: Tensor | QuantWeight,
+  out?: Tensor,
+): Tensor {
+  return table instanceof QuantWeight
+    ? embeddingQ(gpu, ids, table, out)
+    : embedding(gpu, ids, table, out);
 }
 
 /**
