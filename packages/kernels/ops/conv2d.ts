@@ -26,14 +26,16 @@
  *    barriers. Bias and an optional residual (the res block's skip) are added on the way out.
  *
  * Backward:
- * - dx = the same forward kernel on dy (dilated by the stride, padded by k-1-pad) with W rotated by 180
- *   degrees and transposed; for stride 2 it spends 3/4 of its FMAs on the inserted zeros (only the 4
- *   downsample convs of the VQGAN).
+ * - dx = the same forward kernel on dy padded by k-1-pad with W rotated by 180 degrees and
+ *   transposed. With stride S > 1 it runs once per output phase (S*S stride-1 convs with the
+ *   kernel's taps of that phase, each writing every S-th pixel of dx): no FMAs on the zeros a dilated
+ *   dy would hold (the VQGAN's 4 downsample convs; 2.1x faster than the dilated form at 32x32).
  * - dW[co, ci, kh, kw] = sum over (b, pixel) of dy * xpad: an invocation owns 2 input channels and a
- *   block of 8 output channels (144 accumulators for 3x3), reads dy and x as texels; the (b, row)
- *   range is split over workgroups when there are too few (split-K), and the slices are summed by a
+ *   block of 8 output channels (144 accumulators for 3x3) and walks segments of 2 rows x 8 pixels in
+ *   one flat loop, reading dy and x as texels; dbias is summed from the same dy texels. The segments
+ *   are split over workgroups when there are too few (split-K), and the slices are summed by a
  *   second pass in a fixed order: deterministic, no float atomics.
- * - dbias[co] = a workgroup tree reduction per channel.
+ * - dbias alone (no dW asked): a workgroup tree reduction per channel.
  *
  * Variants per adapter: the tile table ({@link conv2dTile}) is tuned on lavapipe; on a real GPU the same
  * kernels run (texture reads are fast there too) with smaller tiles for occupancy. A shared-memory
@@ -370,23 +372,32 @@ function stage(
 // ---------------------------------------------------------------------------------------------------
 // Pass 2: weights -> texture. Row R = (cin, kh, kw) (or (cout, kh', kw') flipped for dx), texel c4
 // holds output channels 4*c4..4*c4+3 (zero past the end). Rows wrap into bands of wH rows, wH a
-// multiple of KH*KW so that one input channel's taps never straddle bands.
+// multiple of the taps per channel so that one input channel's taps never straddle bands.
+// Flipped, the taps are a sub-kernel for one output phase of a strided conv's dx (see
+// conv2dBackward): tap (jh, jw) of KHs x KWs is w[k0h + st*(KHs-1-jh), k0w + st*(KWs-1-jw)]; with
+// st = 1, k0 = 0 and the full size that is the kernel rotated by 180 degrees.
 
 const WT_WGSL = `
 @group(0) @binding(0) var<storage, read> w: array<f32>;
 @group(0) @binding(1) var tex: texture_storage_2d<rgba32float, write>;
-struct P { N: u32, Cout: u32, Cin: u32, KHW: u32, CoP4: u32, flip: u32, wH: u32 }
+struct P {
+  N: u32, Cout: u32, Cin: u32, KH: u32, KW: u32, CoP4: u32, flip: u32, wH: u32, KHs: u32, KWs: u32,
+  k0h: u32, k0w: u32, st: u32, taps: u32,
+}
 @group(0) @binding(2) var<uniform> p: P;
 fn at(row: u32, col: u32) -> f32 {
-  let k = row % p.KHW;
+  let KHW = p.KH * p.KW;
   if (p.flip == 0u) {
     // row = (ci, kh, kw), col = co
     if (col >= p.Cout) { return 0.0; }
-    return w[(col * p.Cin + row / p.KHW) * p.KHW + k];
+    return w[(col * p.Cin + row / KHW) * KHW + row % KHW];
   }
-  // row = (co, kh', kw'), col = ci; the kernel rotated by 180 degrees
+  // row = (co, jh, jw) of the sub-kernel, col = ci
   if (col >= p.Cin) { return 0.0; }
-  return w[((row / p.KHW) * p.Cin + col) * p.KHW + (p.KHW - 1u - k)];
+  let t = row % p.taps;
+  let kh = p.k0h + p.st * (p.KHs - 1u - t / p.KWs);
+  let kw = p.k0w + p.st * (p.KWs - 1u - t % p.KWs);
+  return w[((row / p.taps) * p.Cin + col) * KHW + kh * p.KW + kw];
 }
 @compute @workgroup_size(256)
 fn main(@builtin(local_invocation_index) li: u32, @builtin(workgroup_id) wg: vec3u,
@@ -404,9 +415,25 @@ interface StagedW extends Staged {
   wH: number;
 }
 
-function stageWeights(gpu: Gpu, w: Tensor, cot: number, flip: boolean): StagedW {
+/** The taps of one output phase of a strided conv's dx: see {@link dxPhase}. */
+interface SubKernel {
+  KHs: number;
+  KWs: number;
+  k0h: number;
+  k0w: number;
+  st: number;
+}
+
+function stageWeights(
+  gpu: Gpu,
+  w: Tensor,
+  cot: number,
+  flip: boolean,
+  sub?: SubKernel,
+): StagedW {
   const [Cout, Cin, KH, KW] = w.shape;
-  const KHW = KH * KW;
+  const k = sub ?? { KHs: KH, KWs: KW, k0h: 0, k0w: 0, st: 1 };
+  const KHW = flip ? k.KHs * k.KWs : KH * KW;
   const rows = (flip ? Cout : Cin) * KHW;
   const cols = flip ? Cin : Cout;
   const CoP4 = Math.ceil(cols / cot) * (cot / 4);
@@ -422,7 +449,8 @@ function stageWeights(gpu: Gpu, w: Tensor, cot: number, flip: boolean): StagedW 
   gpu.dispatch(
     gpu.pipeline("conv2d_wt", WT_WGSL),
     [w, view],
-    new Params().u32(N).u32(Cout).u32(Cin).u32(KHW).u32(CoP4).u32(flip ? 1 : 0).u32(wH),
+    new Params().u32(N).u32(Cout).u32(Cin).u32(KH).u32(KW).u32(CoP4).u32(flip ? 1 : 0).u32(wH)
+      .u32(k.KHs).u32(k.KWs).u32(k.k0h).u32(k.k0w).u32(k.st).u32(KHW),
     grid(Math.ceil(N / 256)),
   );
   return { tex, view, lay: { Hp: wH, Wp4: CoP4, P: bands, bands: 1 }, CoP4, wH };
@@ -439,6 +467,11 @@ interface FwdCfg extends ConvTile {
   res: boolean;
   /** Output rows are a multiple of 4 floats: vec4 stores. */
   vecOut: boolean;
+  /**
+   * The output is one phase of a larger tensor: pixel (oh, ow) goes to (oh*oS + oR, ow*oS + oC) of
+   * (oHf, oWf) planes (scalar stores).
+   */
+  strided: boolean;
 }
 
 /** Texels one invocation reads per input row: positions S*px + kw for px < PX, kw < KW. */
@@ -462,7 +495,8 @@ function fwdWgsl(c: FwdCfg): string {
   L.push(`@group(0) @binding(${b++}) var<storage, read_write> out: array<${ot}>;`);
   L.push(`struct P {
   Cin: u32, Cout: u32, Ho: u32, Wo: u32, nTx: u32, nTiles: u32, coBlocks: u32, P: u32, Wp4: u32,
-  Hp: u32, wH: u32, CoP4: u32, b0: u32, T: u32, G: u32,
+  Hp: u32, wH: u32, CoP4: u32, b0: u32, T: u32, G: u32, oS: u32, oHf: u32, oWf: u32, oR: u32,
+  oC: u32,
 }`);
   L.push(`@group(0) @binding(${b++}) var<uniform> p: P;`);
   L.push(`@compute @workgroup_size(${WG})`);
@@ -540,7 +574,11 @@ function fwdWgsl(c: FwdCfg): string {
     for (let y = 0; y < py; y++) {
       L.push(`      {`);
       L.push(`        let oh = ty * ${py}u + ${y}u;`);
-      L.push(`        let ob = ((bi * p.Cout + co) * p.Ho + oh) * p.Wo + ox0;`);
+      L.push(
+        c.strided
+          ? `        let ob = ((bi * p.Cout + co) * p.oHf + oh * p.oS + p.oR) * p.oWf + p.oC + ox0 * p.oS;`
+          : `        let ob = ((bi * p.Cout + co) * p.Ho + oh) * p.Wo + ox0;`,
+      );
       L.push(`        if (oh < p.Ho) {`);
       for (let q = 0; q < QN; q++) {
         let v = `a${o}_${y}_${q}`;
@@ -553,7 +591,7 @@ function fwdWgsl(c: FwdCfg): string {
           L.push(`          {`);
           L.push(`            let s = ${v};`);
           for (let i = 0; i < 4; i++) {
-            const idx = `ob + ${q * 4 + i}u`;
+            const idx = c.strided ? `ob + ${q * 4 + i}u * p.oS` : `ob + ${q * 4 + i}u`;
             const val = c.res ? `s.${COMP[i]} + res[${idx}]` : `s.${COMP[i]}`;
             L.push(`            if (ox0 + ${q * 4 + i}u < p.Wo) { out[${idx}] = ${val}; }`);
           }
@@ -590,7 +628,13 @@ export function conv2dTile(
   const cot = Cout <= 4 ? 4 : one ? 16 : S > 1 || !cpu ? 8 : 4;
   const px = Wo <= 4 ? 4 : 8;
   const rows = 2 ** Math.floor(Math.log2(Math.max(1, Ho))); // the largest power of two <= Ho
-  const py = Math.min(rows, !cpu || one ? 2 : S > 1 ? 4 : 8);
+  let py = Math.min(rows, !cpu || one ? 2 : S > 1 ? 4 : 8);
+  // A small image has fewer tiles than a workgroup has lanes: the lanes then take several channel
+  // blocks, and where there are not enough blocks some lanes idle. Shorter tiles until every lane
+  // has work (8x8 images, 128 channels: 4x4x8 ran 1.6-1.9x faster than 4x8x8).
+  const coBlocks = Math.ceil(Cout / cot);
+  const lanes = (py: number) => nextPow2(Math.ceil(Ho / py) * Math.ceil(Wo / px)) * coBlocks;
+  while (py > 1 && lanes(py) < WG) py /= 2;
   return { cot, px, py };
 }
 
@@ -614,6 +658,18 @@ function nextPow2(n: number): number {
   return 2 ** Math.ceil(Math.log2(Math.max(1, n)));
 }
 
+/**
+ * Where a phase output goes in the full tensor: pixel (oh, ow) -> (oh*S + r, ow*S + c) of (H, W)
+ * planes (see {@link FwdCfg.strided}).
+ */
+interface OutPhase {
+  S: number;
+  H: number;
+  W: number;
+  r: number;
+  c: number;
+}
+
 /** Records the main kernel over a staged input chunk (batch b0..b0+bc) and staged weights. */
 function launchFwd(
   gpu: Gpu,
@@ -625,12 +681,21 @@ function launchFwd(
   g: { Cin: number; Cout: number; Ho: number; Wo: number; b0: number; bc: number },
   k: { KH: number; KW: number; S: number },
   tile: ConvTile,
+  phase?: OutPhase,
 ) {
   const { nTx, nTy } = fwdPlane(g.Ho, g.Wo, k.KH, k.KW, k.S, tile);
   const nTiles = nTx * nTy;
   const coBlocks = Math.ceil(g.Cout / tile.cot);
   const T = Math.min(WG, nextPow2(nTiles));
-  const cfg: FwdCfg = { ...tile, ...k, bias: !!bias, res: !!res, vecOut: g.Wo % 4 === 0 };
+  const strided = phase !== undefined;
+  const cfg: FwdCfg = {
+    ...tile,
+    ...k,
+    bias: !!bias,
+    res: !!res,
+    vecOut: g.Wo % 4 === 0 && !strided,
+    strided,
+  };
   const key = [
     "conv2d_fwd",
     tile.cot,
@@ -642,6 +707,7 @@ function launchFwd(
     cfg.bias,
     cfg.res,
     cfg.vecOut,
+    cfg.strided,
   ]
     .join("|");
   const pipe = gpu.pipeline(key, () => fwdWgsl(cfg));
@@ -651,7 +717,8 @@ function launchFwd(
     binds,
     new Params().u32(g.Cin).u32(g.Cout).u32(g.Ho).u32(g.Wo).u32(nTx).u32(nTiles).u32(coBlocks)
       .u32(xs.lay.P).u32(xs.lay.Wp4).u32(xs.lay.Hp).u32(ws.wH).u32(ws.CoP4).u32(g.b0).u32(T)
-      .u32(WG / T),
+      .u32(WG / T).u32(phase?.S ?? 1).u32(phase?.H ?? g.Ho).u32(phase?.W ?? g.Wo).u32(phase?.r ?? 0)
+      .u32(phase?.c ?? 0),
     [Math.ceil(coBlocks / (WG / T)), Math.ceil(nTiles / T), g.bc],
   );
 }
@@ -672,6 +739,7 @@ function convCore(
   g: { Cout: number; Ho: number; Wo: number; KH: number; KW: number; S: number },
   pad: { offT: number; offL: number; dil: number; up: number },
   tile: ConvTile,
+  phase?: OutPhase,
 ) {
   const { Hp, Wp4 } = fwdPlane(g.Ho, g.Wo, g.KH, g.KW, g.S, tile);
   const { B, C } = inShape;
@@ -702,6 +770,7 @@ function convCore(
       { Cin: C, Cout: g.Cout, Ho: g.Ho, Wo: g.Wo, b0, bc: n },
       g,
       tile,
+      phase,
     );
     texPool.put(gpu, xs.tex);
   }
@@ -770,28 +839,48 @@ interface DwCfg {
   /** Input channels per invocation. */
   cit: number;
   px: number;
+  /** Output rows per segment (divides Ho). */
+  py: number;
   KH: number;
   KW: number;
   S: number;
+  /** Also sum dy per output channel (the bias gradient). */
+  bias: boolean;
+  /** Segments per row and per image. */
+  nTx: number;
+  nTy: number;
+  /** The staged planes' layouts (x, dy). */
+  xl: PlaneLayout;
+  dl: PlaneLayout;
 }
 
+/** Knobs for benchmarks and tuning (not for normal use). */
+export const conv2dTuning: {
+  /** Weight-gradient tile: output channels, input channels, pixels and rows per segment. */
+  dw: Partial<{ cot: number; cit: number; px: number; py: number }> | null;
+} = { dw: null };
+
 /**
- * dW partial sums. Invocation = (CIT input channels, block of COT output channels) with
- * COT*CIT*KH*KW accumulators; workgroup z = a slice of the (b, output row) range. Per row segment of
- * PX pixels it reads COT*PX/4 dy texels (uniform across the workgroup) and CIT*KH*NV x texels.
+ * dW (and dbias) partial sums. Invocation = (CIT input channels, block of COT output channels) with
+ * COT*CIT*KH*KW accumulators; workgroup z = a slice of the segments (image, PY output rows, PX
+ * pixels). Per segment it reads COT*PY*PX/4 dy texels (uniform across the workgroup when T >= 8) and
+ * CIT*((PY-1)*S+KH)*NV x texels. One flat loop over segments with the layout's sizes baked in: on
+ * lavapipe the same work in nested (row, segment) loops ran 1.4x slower at 32x32 and 5x at 8x8 (the
+ * loop bookkeeping of every loop-carried accumulator is paid per inner iteration), and the
+ * constant divisors become multiply-shifts.
  */
 function dwWgsl(c: DwCfg): string {
-  const { cot, cit, px, KH, KW, S } = c;
+  const { cot, cit, px, py, KH, KW, S, nTx, nTy, xl, dl } = c;
   const QN = px / 4;
   const NV = texelsPerRow(px, S, KW);
   const KHW = KH * KW;
+  const R = (py - 1) * S + KH; // x rows per segment
   const L: string[] = [];
   L.push(`@group(0) @binding(0) var xt: texture_2d<f32>;`);
   L.push(`@group(0) @binding(1) var dyt: texture_2d<f32>;`);
   L.push(`@group(0) @binding(2) var<storage, read_write> part: array<f32>;`);
   L.push(`struct P {
-  Cin: u32, Cout: u32, Ho: u32, nTx: u32, rows: u32, rowsPer: u32, coBlocks: u32,
-  xP: u32, xWp4: u32, xHp: u32, dP: u32, dWp4: u32, dHp: u32, part0: u32, T: u32, G: u32,
+  Cin: u32, Cout: u32, segs: u32, segsPer: u32, coBlocks: u32, part0: u32, T: u32, G: u32,
 }`);
   L.push(`@group(0) @binding(3) var<uniform> p: P;`);
   L.push(`@compute @workgroup_size(${WG})`);
@@ -809,69 +898,89 @@ function dwWgsl(c: DwCfg): string {
     for (let j = 0; j < cit; j++) {
       for (let k = 0; k < KHW; k++) L.push(`  var a${o}_${j}_${k} = 0.0;`);
     }
+    if (c.bias) L.push(`  var bs${o} = vec4f(0.0);`);
   }
-  L.push(`  let r1 = min((slice + 1u) * p.rowsPer, p.rows);`);
-  L.push(`  for (var r = slice * p.rowsPer; r < r1; r++) {`);
-  L.push(`    let bl = r / p.Ho;`);
-  L.push(`    let oh = r - bl * p.Ho;`);
+  L.push(`  let s1 = min((slice + 1u) * p.segsPer, p.segs);`);
+  L.push(`  for (var s = slice * p.segsPer; s < s1; s++) {`);
+  L.push(`    let rt = s / ${nTx}u;`);
+  L.push(`    let tx = s - rt * ${nTx}u;`);
+  L.push(`    let bl = rt / ${nTy}u;`);
+  L.push(`    let oh = (rt - bl * ${nTy}u) * ${py}u;`);
   for (let j = 0; j < cit; j++) {
     L.push(`    let xp${j} = bl * p.Cin + ci${j};`);
-    L.push(`    let xu${j} = (xp${j} % p.xP) * p.xWp4;`);
-    L.push(`    let xv${j} = (xp${j} / p.xP) * p.xHp + oh * ${S}u;`);
+    L.push(`    let xu${j} = (xp${j} % ${xl.P}u) * ${xl.Wp4}u + tx * ${(px * S) / 4}u;`);
+    L.push(`    let xv${j} = (xp${j} / ${xl.P}u) * ${xl.Hp}u + oh * ${S}u;`);
   }
   for (let o = 0; o < cot; o++) {
     L.push(`    let dp${o} = bl * p.Cout + co${o};`);
-    L.push(`    let du${o} = (dp${o} % p.dP) * p.dWp4;`);
-    L.push(`    let dv${o} = (dp${o} / p.dP) * p.dHp + oh;`);
-  }
-  L.push(`    for (var tx = 0u; tx < p.nTx; tx++) {`);
-  for (let o = 0; o < cot; o++) {
-    for (let q = 0; q < QN; q++) {
-      L.push(
-        `      let d${o}_${q} = textureLoad(dyt, vec2u(du${o} + tx * ${QN}u + ${q}u, dv${o}), 0);`,
-      );
+    L.push(`    let du${o} = (dp${o} % ${dl.P}u) * ${dl.Wp4}u + tx * ${QN}u;`);
+    L.push(`    let dv${o} = (dp${o} / ${dl.P}u) * ${dl.Hp}u + oh;`);
+    for (let y = 0; y < py; y++) {
+      for (let q = 0; q < QN; q++) {
+        L.push(
+          `    let d${o}_${y}_${q} = textureLoad(dyt, vec2u(du${o} + ${q}u, dv${o} + ${y}u), 0);`,
+        );
+      }
+    }
+    if (c.bias) {
+      const all = [];
+      for (let y = 0; y < py; y++) for (let q = 0; q < QN; q++) all.push(`d${o}_${y}_${q}`);
+      L.push(`    bs${o} += ${all.join(" + ")};`);
     }
   }
   for (let j = 0; j < cit; j++) {
-    for (let kh = 0; kh < KH; kh++) {
-      L.push(`      {`);
+    L.push(`    {`);
+    for (let r = 0; r < R; r++) {
       for (let v = 0; v < NV; v++) {
-        const col = `xu${j} + tx * ${(px * S) / 4}u + ${v}u`;
-        L.push(`        let v${v} = textureLoad(xt, vec2u(${col}, xv${j} + ${kh}u), 0);`);
+        L.push(`      let v${r}_${v} = textureLoad(xt, vec2u(xu${j} + ${v}u, xv${j} + ${r}u), 0);`);
       }
+    }
+    // Tap (kh, kw) of output pixel (y, 4q+i) reads x row y*S + kh, column S*(4q+i) + kw.
+    const xs = (r: number, kw: number, q: number) => {
+      const pos = [0, 1, 2, 3].map((i) => S * (q * 4 + i) + kw);
+      return S === 1 && pos[0] % 4 === 0
+        ? `v${r}_${pos[0] >> 2}`
+        : `vec4f(${pos.map((p) => `v${r}_${p >> 2}.${COMP[p & 3]}`).join(", ")})`;
+    };
+    for (let kh = 0; kh < KH; kh++) {
       for (let kw = 0; kw < KW; kw++) {
-        for (let q = 0; q < QN; q++) {
-          const pos = [0, 1, 2, 3].map((i) => S * (q * 4 + i) + kw);
-          const aligned = S === 1 && pos[0] % 4 === 0;
-          const xs = aligned
-            ? `v${pos[0] >> 2}`
-            : `vec4f(${pos.map((p) => `v${p >> 2}.${COMP[p & 3]}`).join(", ")})`;
-          L.push(`        let x${kw}_${q} = ${xs};`);
+        L.push(`      {`);
+        for (let y = 0; y < py; y++) {
+          for (let q = 0; q < QN; q++) L.push(`      let x${y}_${q} = ${xs(y * S + kh, kw, q)};`);
         }
         const k = kh * KW + kw;
         for (let o = 0; o < cot; o++) {
-          const terms = [...Array(QN).keys()].map((q) => `dot(d${o}_${q}, x${kw}_${q})`).join(
-            " + ",
-          );
-          L.push(`        a${o}_${j}_${k} += ${terms};`);
+          const terms = [];
+          for (let y = 0; y < py; y++) {
+            for (let q = 0; q < QN; q++) terms.push(`dot(d${o}_${y}_${q}, x${y}_${q})`);
+          }
+          L.push(`      a${o}_${j}_${k} += ${terms.join(" + ")};`);
         }
+        L.push(`      }`);
       }
-      L.push(`      }`);
     }
+    L.push(`    }`);
   }
-  L.push(`    }`);
   L.push(`  }`);
   L.push(`  if (!live) { return; }`);
-  L.push(`  let n = p.Cout * p.Cin * ${KHW}u;`);
+  const n2 = c.bias ? `p.Cout * p.Cin * ${KHW}u + p.Cout` : `p.Cout * p.Cin * ${KHW}u`;
+  L.push(`  let sbase = (p.part0 + slice) * (${n2});`);
   for (let o = 0; o < cot; o++) {
+    L.push(`  if (cb * ${cot}u + ${o}u < p.Cout) {`);
     for (let j = 0; j < cit; j++) {
-      L.push(`  if (cb * ${cot}u + ${o}u < p.Cout && cg * ${cit}u + ${j}u < p.Cin) {`);
-      L.push(
-        `    let base = (p.part0 + slice) * n + ((cb * ${cot}u + ${o}u) * p.Cin + ci${j}) * ${KHW}u;`,
-      );
-      for (let k = 0; k < KHW; k++) L.push(`    part[base + ${k}u] = a${o}_${j}_${k};`);
-      L.push(`  }`);
+      L.push(`    if (cg * ${cit}u + ${j}u < p.Cin) {`);
+      L.push(`      let base = sbase + (co${o} * p.Cin + ci${j}) * ${KHW}u;`);
+      for (let k = 0; k < KHW; k++) L.push(`      part[base + ${k}u] = a${o}_${j}_${k};`);
+      L.push(`    }`);
     }
+    if (c.bias) {
+      L.push(`    if (cg == 0u) {`);
+      L.push(
+        `      part[sbase + p.Cout * p.Cin * ${KHW}u + co${o}] = bs${o}.x + bs${o}.y + bs${o}.z + bs${o}.w;`,
+      );
+      L.push(`    }`);
+    }
+    L.push(`  }`);
   }
   L.push(`}`);
   return L.join("\n");
@@ -880,7 +989,8 @@ function dwWgsl(c: DwCfg): string {
 const SUM_SLICES_WGSL = `
 @group(0) @binding(0) var<storage, read> part: array<f32>;
 @group(0) @binding(1) var<storage, read_write> out: array<f32>;
-struct P { N: u32, S: u32 }
+// out[i] = sum over slices k of part[k * stride + off + i], i < N.
+struct P { N: u32, S: u32, stride: u32, off: u32 }
 @group(0) @binding(2) var<uniform> p: P;
 @compute @workgroup_size(256)
 fn main(@builtin(local_invocation_index) li: u32, @builtin(workgroup_id) wg: vec3u,
@@ -888,7 +998,7 @@ fn main(@builtin(local_invocation_index) li: u32, @builtin(workgroup_id) wg: vec
   let i = ${WG_INDEX} * 256u + li;
   if (i >= p.N) { return; }
   var s = 0.0;
-  for (var k = 0u; k < p.S; k++) { s += part[k * p.N + i]; }
+  for (var k = 0u; k < p.S; k++) { s += part[k * p.stride + p.off + i]; }
   out[i] = s;
 }`;
 
@@ -916,6 +1026,56 @@ fn main(@builtin(local_invocation_index) li: u32, @builtin(workgroup_id) wg: vec
 }`;
 
 /**
+ * One output phase of a strided conv's dx along one axis. dx[i] sums dy[oh] w[kh] over
+ * oh*S + kh - pad = i, so the inputs i = S*m + r of phase r see only the taps kh = k0 + S*t with
+ * k0 = (r + pad) mod S, and then oh = m + c - t, c = (r + pad - k0) / S: a stride-1 correlation of
+ * dy (offset by `off` = n-1-c, possibly negative) with the n taps reversed, over `len` outputs.
+ * Computing each phase apart skips the (S-1)/S of the FMAs that the dilated form spends on the
+ * zeros between dy's pixels.
+ */
+function dxPhase(r: number, S: number, pad: number, K: number, extent: number) {
+  const k0 = (r + pad) % S;
+  const n = k0 < K ? Math.ceil((K - k0) / S) : 0;
+  const c = (r + pad - k0) / S;
+  return { k0, n, off: n - 1 - c, len: Math.ceil((extent - r) / S) };
+}
+
+/** dx of a conv with stride S > 1 (on the upsampled grid): S*S stride-1 phase convs, see {@link dxPhase}. */
+function dxStrided(gpu: Gpu, w: Tensor, dy: Tensor, g: Geom, tileOpt?: ConvTile): Tensor {
+  const { B, Cin, Cout, KH, KW, S, Ho, Wo, Hu, Wu } = g;
+  const rows = [...Array(S).keys()].map((r) => dxPhase(r, S, g.pt, KH, Hu));
+  const cols = [...Array(S).keys()].map((r) => dxPhase(r, S, g.pl, KW, Wu));
+  // A phase without taps (a kernel smaller than the stride) is zero: start from zeros then.
+  const empty = [...rows, ...cols].some((p) => p.n === 0 && p.len > 0);
+  const dxu = empty ? gpu.zeros([B, Cin, Hu, Wu]) : gpu.empty([B, Cin, Hu, Wu]);
+  for (const [rh, ph] of rows.entries()) {
+    for (const [rw, pw] of cols.entries()) {
+      if (ph.n === 0 || pw.n === 0 || ph.len <= 0 || pw.len <= 0) continue;
+      const tile = tileOpt ?? conv2dTile(gpu, Cin, ph.len, pw.len, ph.n, pw.n, 1);
+      validTile(tile);
+      const sub = { KHs: ph.n, KWs: pw.n, k0h: ph.k0, k0w: pw.k0, st: S };
+      const ws = stageWeights(gpu, w, tile.cot, true, sub);
+      convCore(
+        gpu,
+        "conv2dBackward",
+        dy,
+        { B, C: Cout, H: Ho, W: Wo },
+        ws,
+        undefined,
+        undefined,
+        dxu,
+        { Cout: Cin, Ho: ph.len, Wo: pw.len, KH: ph.n, KW: pw.n, S: 1 },
+        { offT: ph.off, offL: pw.off, dil: 1, up: 1 },
+        tile,
+        { S, H: Hu, W: Wu, r: rh, c: rw },
+      );
+      texPool.put(gpu, ws.tex);
+    }
+  }
+  return dxu;
+}
+
+/**
  * Backward of {@link conv2d}: given x (B,Cin,H,W), w (Cout,Cin,KH,KW) and dy (B,Cout,Ho,Wo), returns
  * dx (B,Cin,H,W), dw (Cout,Cin,KH,KW) and dbias (Cout) (sums over batch and pixels, deterministic, no
  * float atomics). The options must be the forward's (stride, pad, upsample2x). A fused residual's
@@ -937,25 +1097,27 @@ export function conv2dBackward(
   const grads: Conv2dGrads = { dx: null, dw: null, dbias: null };
 
   if (opts.dx !== false) {
-    // dx = conv(dilate(dy, S) padded by (K-1-pad), rot180(W)^T), output extent = the (upsampled) input.
-    const tile = opts.tile ?? conv2dTile(gpu, Cin, g.Hu, g.Wu, KH, KW, 1);
-    validTile(tile);
-    const ws = stageWeights(gpu, w, tile.cot, true);
-    const dxu = gpu.empty([B, Cin, g.Hu, g.Wu]);
-    convCore(
-      gpu,
-      fn,
-      dy,
-      { B, C: Cout, H: Ho, W: Wo },
-      ws,
-      undefined,
-      undefined,
-      dxu,
-      { Cout: Cin, Ho: g.Hu, Wo: g.Wu, KH, KW, S: 1 },
-      { offT: KH - 1 - g.pt, offL: KW - 1 - g.pl, dil: S, up: 1 },
-      tile,
-    );
-    texPool.put(gpu, ws.tex);
+    const dxu = S === 1 ? gpu.empty([B, Cin, g.Hu, g.Wu]) : dxStrided(gpu, w, dy, g, opts.tile);
+    if (S === 1) {
+      // dx = conv(dy padded by (K-1-pad), rot180(W)^T), output extent = the (upsampled) input.
+      const tile = opts.tile ?? conv2dTile(gpu, Cin, g.Hu, g.Wu, KH, KW, 1);
+      validTile(tile);
+      const ws = stageWeights(gpu, w, tile.cot, true);
+      convCore(
+        gpu,
+        fn,
+        dy,
+        { B, C: Cout, H: Ho, W: Wo },
+        ws,
+        undefined,
+        undefined,
+        dxu,
+        { Cout: Cin, Ho: g.Hu, Wo: g.Wu, KH, KW, S: 1 },
+        { offT: KH - 1 - g.pt, offL: KW - 1 - g.pl, dil: 1, up: 1 },
+        tile,
+      );
+      texPool.put(gpu, ws.tex);
+    }
     if (g.up === 1) grads.dx = dxu;
     else {
       grads.dx = upsampleNearest2xBackward(gpu, dxu);
@@ -963,9 +1125,12 @@ export function conv2dBackward(
     }
   }
 
-  if (opts.dw !== false) grads.dw = convDw(gpu, x, dy, g);
-
-  if (opts.dbias !== false) {
+  const wantBias = opts.dbias !== false;
+  if (opts.dw !== false) {
+    const r = convDw(gpu, x, dy, g, wantBias);
+    grads.dw = r.dw;
+    grads.dbias = r.dbias;
+  } else if (wantBias) {
     const db = gpu.empty([Cout]);
     gpu.dispatch(
       gpu.pipeline("conv2d_dbias", DBIAS_WGSL),
@@ -978,15 +1143,25 @@ export function conv2dBackward(
   return grads;
 }
 
-function convDw(gpu: Gpu, x: Tensor, dy: Tensor, g: Geom): Tensor {
+/** dW (and, with `bias`, dbias, summed from the same dy texels) by {@link dwWgsl}. */
+function convDw(
+  gpu: Gpu,
+  x: Tensor,
+  dy: Tensor,
+  g: Geom,
+  bias: boolean,
+): { dw: Tensor; dbias: Tensor | null } {
   const { B, Cin, Cout, KH, KW, S, Ho, Wo } = g;
-  const px = Wo <= 4 ? 4 : 8; // 16 measured no faster
-  // cot 8 x cit 2 (144 accumulators): ~9 GFLOP per CPU-second on lavapipe; 16x1, 16x2, 4x4, 8x1
-  // measured 7.4-8.5.
-  const cot = Cout <= 4 ? 4 : 8;
-  const cit = Cin === 1 ? 1 : 2;
+  const tn = conv2dTuning.dw ?? {};
+  // Measured on lavapipe (GFLOP per CPU-second beside the tex matmul at the same FLOPs): cot 8 x
+  // cit 2 (144 accumulators for 3x3) and two rows per segment; 16x1, 4x4, 4x2 ran slower.
+  const px = tn.px ?? (Wo <= 4 ? 4 : 8);
+  const py = tn.py ?? (Ho % 2 === 0 ? 2 : 1);
+  const cot = tn.cot ?? (Cout <= 4 ? 4 : 8);
+  const cit = tn.cit ?? (Cin === 1 ? 1 : 2);
+  if (Ho % py !== 0) throw new RangeError(`conv2d dw: py ${py} must divide Ho ${Ho}`);
   const cGroups = Math.ceil(Cin / cit);
-  const nTx = Math.ceil(Wo / px);
+  const nTx = Math.ceil(Wo / px), nTy = Ho / py;
   // x planes as the forward reads them, for nTx segments of px pixels per output row.
   const xHp = (Ho - 1) * S + KH;
   const xWp4 = ((nTx - 1) * px * S) / 4 + texelsPerRow(px, S, KW);
@@ -998,49 +1173,54 @@ function convDw(gpu: Gpu, x: Tensor, dy: Tensor, g: Geom): Tensor {
   const coBlocks = Math.ceil(Cout / cot);
   const T = Math.min(WG, Math.max(8, nextPow2(cGroups)));
   const groups = Math.ceil(cGroups / T) * Math.ceil(coBlocks / (WG / T));
-  const rows = Math.min(bc, B) * Ho;
-  // Split the (b, row) range so that there are enough workgroups to keep every core (or SM) busy.
+  const segs = Math.min(bc, B) * nTy * nTx;
+  // Split the segments so that there are enough workgroups to keep every core (or SM) busy.
   const target = gpu.kind === "cpu" ? 16 : 256;
-  const slices = Math.max(1, Math.min(rows, 64, Math.ceil(target / groups)));
-  const rowsPer = Math.ceil(rows / slices);
-  const nSlices = Math.ceil(rows / rowsPer);
+  const slices = Math.max(1, Math.min(segs, 64, Math.ceil(target / groups)));
+  const segsPer = Math.ceil(segs / slices);
+  const nSlices = Math.ceil(segs / segsPer);
   const chunks = Math.ceil(B / bc);
   const total = chunks * nSlices;
   const n = Cout * Cin * KH * KW;
-  const dw = gpu.empty([Cout, Cin, KH, KW]);
-  const part = total === 1 ? dw : gpu.empty([total, n]);
-  const cfg: DwCfg = { cot, cit, px, KH, KW, S };
-  const pipe = gpu.pipeline(`conv2d_dw|${cot}|${cit}|${px}|${KH}|${KW}|${S}`, () => dwWgsl(cfg));
+  const n2 = n + (bias ? Cout : 0);
+  const part = gpu.empty([total, n2]);
   for (let c = 0; c < chunks; c++) {
     const b0 = c * bc;
     const nb = Math.min(bc, B - b0);
     const xl = planeLayout(gpu, nb * Cin, xHp, xWp4)!;
     const dl = planeLayout(gpu, nb * Cout, Ho, dWp4)!;
+    const cfg: DwCfg = { cot, cit, px, py, KH, KW, S, bias, nTx, nTy, xl, dl };
+    const key = ["conv2d_dw", cot, cit, px, py, KH, KW, S, bias, nTx, nTy, xl.P, xl.Wp4, xl.Hp]
+      .concat([dl.P, dl.Wp4, dl.Hp]).join("|");
+    const pipe = gpu.pipeline(key, () => dwWgsl(cfg));
     const xs = stage(gpu, x, b0 * Cin, nb * Cin, g.H, g.W, xl, g.pt, g.pl, 1, g.up);
     const ds = stage(gpu, dy, b0 * Cout, nb * Cout, Ho, Wo, dl, 0, 0);
-    const r = nb * Ho;
+    const cs = nb * nTy * nTx;
     gpu.dispatch(
       pipe,
       [xs.view, ds.view, part],
-      new Params().u32(Cin).u32(Cout).u32(Ho).u32(nTx).u32(r).u32(rowsPer).u32(coBlocks)
-        .u32(xl.P).u32(xl.Wp4).u32(xl.Hp).u32(dl.P).u32(dl.Wp4).u32(dl.Hp).u32(c * nSlices).u32(T)
+      new Params().u32(Cin).u32(Cout).u32(cs).u32(segsPer).u32(coBlocks).u32(c * nSlices).u32(T)
         .u32(WG / T),
       [Math.ceil(cGroups / T), Math.ceil(coBlocks / (WG / T)), nSlices],
     );
     texPool.put(gpu, xs.tex);
     texPool.put(gpu, ds.tex);
   }
-  if (total > 1) {
-    // Every slice of every chunk writes its partial sums (zeros for an empty slice of a short chunk).
+  // Every slice of every chunk writes its partial sums (zeros for an empty slice of a short chunk);
+  // they are summed in a fixed order: deterministic, no float atomics.
+  const sum = (out: Tensor, N: number, off: number) =>
     gpu.dispatch(
       gpu.pipeline("conv2d_sum_slices", SUM_SLICES_WGSL),
-      [part, dw],
-      new Params().u32(n).u32(total),
-      grid(Math.ceil(n / 256)),
+      [part, out],
+      new Params().u32(N).u32(total).u32(n2).u32(off),
+      grid(Math.ceil(N / 256)),
     );
-    part.release();
-  }
-  return dw;
+  const dw = gpu.empty([Cout, Cin, KH, KW]);
+  sum(dw, n, 0);
+  let dbias: Tensor | null = null;
+  if (bias) sum(dbias = gpu.empty([Cout]), Cout, n);
+  part.release();
+  return { dw, dbias };
 }
 
 // ---------------------------------------------------------------------------------------------------

@@ -8,6 +8,7 @@ import {
   type Conv2dCpuArgs,
   type Conv2dForwardOptions,
   conv2dReleaseTextures,
+  conv2dTuning,
 } from "./conv2d.ts";
 
 interface Case {
@@ -88,6 +89,22 @@ const CASES: Case[] = [
     K: 3,
     o: { stride: 2, pad: 1, tile: { cot: 8, py: 3, px: 4 } },
   },
+  // Strided dx runs one stride-1 conv per output phase: stride 3 (one tap per phase), a 1x1 kernel
+  // at stride 2 (phases without taps are zero), stride 2 after the upsample, a 5x5 kernel with
+  // uneven padding (negative offsets in some phases).
+  { B: 2, Cin: 3, H: 10, W: 11, Cout: 5, K: 3, o: { stride: 3, pad: 1, tile: SMALL }, bias: true },
+  { B: 1, Cin: 4, H: 7, W: 8, Cout: 3, K: 1, o: { stride: 2, tile: SMALL } },
+  { B: 1, Cin: 2, H: 4, W: 5, Cout: 3, K: 3, o: { stride: 2, pad: 1, upsample2x: true } },
+  {
+    B: 1,
+    Cin: 3,
+    H: 11,
+    W: 9,
+    Cout: 4,
+    K: 5,
+    o: { stride: 2, pad: [2, 0, 1, 2], tile: SMALL },
+    bias: true,
+  },
 ];
 
 function label(c: Case): string {
@@ -131,6 +148,45 @@ Deno.test("conv2d() and conv2dBackward() match direct-loop references", async (t
       assertClose(dw, r.dw, { atol: 2e-4, rtol: 1e-4 }, `dw ${label(c)}`);
       assertClose(db, r.dbias, { atol: 1e-4, rtol: 1e-4 }, `dbias ${label(c)}`);
       for (const tt of [X, Wt, Bt, R, y, g.dx!, g.dw!, g.dbias!]) tt?.release();
+    });
+  }
+});
+
+Deno.test("conv2dBackward() weight-gradient tiles and dbias alone", async (t) => {
+  const gpu = await getGpu();
+  // Odd channel counts (partial blocks), a width that is no multiple of the segment, and both
+  // rows-per-segment settings (py 2 needs an even height: the 10-row case).
+  const tiles = [
+    { cot: 4, cit: 1, px: 4, py: 1 },
+    { cot: 8, cit: 2, px: 16, py: 2 },
+    { cot: 16, cit: 1, px: 8, py: 2 },
+  ];
+  for (const H of [7, 10]) {
+    const c: Case = { B: 2, Cin: 5, H, W: 13, Cout: 9, K: 3, o: { pad: 1 } };
+    const a = args(c);
+    const x = randu(c.B * c.Cin * c.H * c.W, 100 + H), w = randu(c.Cout * c.Cin * 9, 110 + H);
+    const dy = randu(c.B * c.Cout * c.H * c.W, 120 + H);
+    const r = conv2dBackwardCpu(x, w, dy, a);
+    const X = gpu.upload(x, a.xShape), Wt = gpu.upload(w, a.wShape);
+    const DY = gpu.upload(dy, [c.B, c.Cout, c.H, c.W]);
+    for (const tile of tiles) {
+      if (c.H % tile.py) continue;
+      await t.step(`${label(c)} dw tile ${Object.values(tile).join("x")}`, async () => {
+        conv2dTuning.dw = tile;
+        try {
+          const g = conv2dBackward(gpu, X, Wt, DY, { ...c.o, dx: false });
+          const [dw, db] = await gpu.readMany([g.dw!, g.dbias!]);
+          assertClose(dw, r.dw, { atol: 2e-4, rtol: 1e-4 }, "dw");
+          assertClose(db, r.dbias, { atol: 1e-4, rtol: 1e-4 }, "dbias");
+        } finally {
+          conv2dTuning.dw = null;
+        }
+      });
+    }
+    await t.step(`${label(c)} dbias without dw`, async () => {
+      const g = conv2dBackward(gpu, X, Wt, DY, { ...c.o, dx: false, dw: false });
+      if (g.dw !== null || g.dx !== null) throw new Error("dx and dw were not asked for");
+      assertClose(await gpu.readF32(g.dbias!), r.dbias, { atol: 1e-4, rtol: 1e-4 }, "dbias");
     });
   }
 });
@@ -184,6 +240,7 @@ Deno.test("conv2dBackward() matches finite differences", async (t) => {
     { B: 1, Cin: 2, H: 5, W: 4, Cout: 3, K: 3, o: { stride: 2, pad: [0, 1, 0, 1], tile: SMALL } },
     { B: 2, Cin: 2, H: 3, W: 3, Cout: 2, K: 3, o: { pad: 1, upsample2x: true, tile: SMALL } },
     { B: 1, Cin: 3, H: 4, W: 5, Cout: 2, K: 1, o: { tile: SMALL } },
+    { B: 1, Cin: 2, H: 7, W: 5, Cout: 2, K: 3, o: { stride: 3, pad: [1, 2, 0, 1], tile: SMALL } },
   ];
   for (const [i, c] of cases.entries()) {
     await t.step(label(c), async () => {
