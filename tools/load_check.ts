@@ -5,12 +5,15 @@
  * or one made by tools/synth_checkpoint.ts) fits:
  *
  *   deno run -A tools/synth_checkpoint.ts --preset 7b --out /tmp/synth7b
- *   deno run -A tools/load_check.ts /tmp/synth7b [--dtype f16] [--prompt 16] [--steps 4]
+ *   deno run -A tools/load_check.ts /tmp/synth7b [--dtype f32|f16|q8|q4] [--prompt 16] [--steps 4]
+ *
+ * Peak RSS is the kernel's high-water mark (`VmHWM`, Linux), so it includes the load's transients.
+ * `--json` adds one JSON line with every figure at the end.
  * @module
  */
 import { parseArgs } from "node:util";
 import { getGpu } from "@lvm/gpu";
-import { DecodeSession } from "@lvm/transformer";
+import { DecodeSession, WEIGHT_DTYPES, type WeightDType } from "@lvm/transformer";
 import { loadLlama } from "@lvm/transformer/fs";
 
 const { values, positionals } = parseArgs({
@@ -20,24 +23,36 @@ const { values, positionals } = parseArgs({
     dtype: { type: "string", default: "f16" },
     prompt: { type: "string", default: "16" },
     steps: { type: "string", default: "4" },
+    json: { type: "boolean", default: false },
   },
 });
 const dir = positionals[0];
-if (!dir || (values.dtype !== "f16" && values.dtype !== "f32")) {
+const dtype = values.dtype as WeightDType;
+if (!dir || !WEIGHT_DTYPES.includes(dtype)) {
   console.error(
-    "usage: deno run -A tools/load_check.ts MODEL_DIR [--dtype f16|f32] [--prompt N] [--steps N]",
+    "usage: deno run -A tools/load_check.ts MODEL_DIR [--dtype f32|f16|q8|q4] [--prompt N] " +
+      "[--steps N] [--json]",
   );
   Deno.exit(2);
 }
 const P = Number(values.prompt), S = Number(values.steps);
 const gb = (b: number) => (b / 1e9).toFixed(2);
 const rss = () => gb(Deno.memoryUsage().rss);
+/** Peak resident set (VmHWM) in bytes, or NaN where /proc is not there. */
+function peakRss(): number {
+  try {
+    const m = Deno.readTextFileSync("/proc/self/status").match(/VmHWM:\s+(\d+) kB/);
+    return m ? Number(m[1]) * 1024 : NaN;
+  } catch {
+    return NaN;
+  }
+}
 const gpu = await getGpu();
 console.log(`${gpu.describe()}; loading ${dir} as ${values.dtype}`);
 let t = performance.now();
 let last = t;
 const model = await loadLlama(gpu, dir, {
-  dtype: values.dtype,
+  dtype,
   onTensor: (name, i, n) => {
     const now = performance.now();
     if (now - last < 10_000 && i < n - 1) return;
@@ -46,20 +61,37 @@ const model = await loadLlama(gpu, dir, {
   },
 });
 const load = (performance.now() - t) / 1000;
+const peakLoad = peakRss();
 console.log(
-  `loaded in ${load.toFixed(1)} s: rss ${rss()} GB, GPU buffers ${gb(gpu.pool.allocatedBytes)} GB`,
+  `loaded in ${load.toFixed(1)} s: rss ${rss()} GB (peak ${gb(peakLoad)} GB), weights ${
+    gb(model.weightBytes)
+  } GB, GPU buffers ${gb(gpu.pool.allocatedBytes)} GB`,
 );
-const session = new DecodeSession(model, { maxTokens: P + S });
+const session = new DecodeSession(model, { maxTokens: P + S + 1 });
 const ids = Array.from({ length: P }, (_, i) => (i * 37) % model.config.imageCodes);
 t = performance.now();
 await session.prefill(ids);
-console.log(
-  `prefill ${P} tokens: ${((performance.now() - t) / 1000).toFixed(1)} s, rss ${rss()} GB`,
-);
+const prefill = (performance.now() - t) / 1000;
+console.log(`prefill ${P} tokens: ${prefill.toFixed(1)} s, rss ${rss()} GB`);
+await session.step(ids[0]); // the first step compiles the decode kernels: not timed
 t = performance.now();
-for (let i = 0; i < S; i++) await session.step(ids[i % P]);
+for (let i = 0; i < S; i++) await session.step(ids[(i + 1) % P]);
 const per = (performance.now() - t) / 1000 / S;
 console.log(
-  `decode: ${per.toFixed(2)} s/token (${(1 / per).toFixed(2)} tokens/s), rss ${rss()} GB`,
+  `decode: ${per.toFixed(2)} s/token (${(1 / per).toFixed(2)} tokens/s), rss ${rss()} GB, ` +
+    `peak ${gb(peakRss())} GB`,
 );
+if (values.json) {
+  console.log(JSON.stringify({
+    dir,
+    dtype,
+    load_s: +load.toFixed(1),
+    peak_rss_load_gb: +gb(peakLoad),
+    peak_rss_gb: +gb(peakRss()),
+    weight_gb: +gb(model.weightBytes),
+    gpu_buffers_gb: +gb(gpu.pool.allocatedBytes),
+    prefill_s: +prefill.toFixed(2),
+    decode_s_per_token: +per.toFixed(3),
+  }));
+}
 session.release();
