@@ -12,9 +12,9 @@
  * @module
  */
 import type { Gpu } from "@lvm/gpu";
-import type { StDType, TensorSource } from "@lvm/weights";
+import { GgufLlamaSource, type StDType, type TensorSource } from "@lvm/weights";
 import { ConfigError, configFromHf, type LlamaConfig, LM_HEAD, paramSpecs } from "./config.ts";
-import { Llama, type ModelOptions } from "./model.ts";
+import { Llama, type ModelOptions, quantTypeOf } from "./model.ts";
 
 /** A checkpoint whose tensors do not match its config: names the tensor and the file. */
 export class LlamaCheckpointError extends Error {
@@ -96,7 +96,10 @@ export interface LoadOptions extends ModelOptions {
  * tensor's presence and shape from the headers ({@link checkTensors}). BF16/F16/F64 tensors are
  * converted to f32 on load; `dtype: "f16"` keeps the matrices at 16 bits on the GPU, `"q8"`/`"q4"`
  * block-quantizes each one on the host before the next tensor is read (host memory holds one f32
- * tensor beyond the packed model). `source` is left open. `@lvm/transformer/fs`'s `loadLlama(gpu, dir)` does this for a model directory.
+ * tensor beyond the packed model). From a LLaMA GGUF (@lvm/weights' `GgufLlamaSource`), a matrix
+ * stored in the very block type the dtype asks for (Q8_0 for q8, Q4_0 for q4) is uploaded as its
+ * stored blocks, bit for bit (rows already in HF order); any other is dequantized and converted as
+ * above. `source` is left open. `@lvm/transformer/fs`'s `loadLlama(gpu, dir)` does this for a model directory.
  */
 export async function loadLlamaFrom(
   gpu: Gpu,
@@ -107,9 +110,13 @@ export async function loadLlamaFrom(
   checkTensors(source, config);
   const model = Llama.empty(gpu, config, options);
   const specs = paramSpecs(config);
+  const want = quantTypeOf(model.dtype);
   for (let i = 0; i < specs.length; i++) {
-    const name = specs[i].name;
-    model.setParam(name, await source.readF32(name));
+    const { name, shape } = specs[i];
+    if (want && source instanceof GgufLlamaSource && source.ggmlType(name) === want) {
+      const raw = await source.rawTensor(name);
+      model.setQuantParam(name, want, shape, raw.bytes);
+    } else model.setParam(name, await source.readF32(name));
     await gpu.settle(); // one copy of the weights in host memory, not two
     options.onTensor?.(name, i, specs.length);
   }

@@ -9,10 +9,10 @@
 import { join } from "node:path";
 import { writeFileAtomic } from "@lvm/util/fs";
 import type { Gpu } from "@lvm/gpu";
-import { shardFileName } from "@lvm/weights";
+import { GgufLlamaSource, shardFileName } from "@lvm/weights";
 import { openWeights, SafetensorsWriter } from "@lvm/weights/fs";
 import { loadLlamaFrom, type LoadOptions, parseHfConfig } from "./checkpoint.ts";
-import { ConfigError, configToHf, type LlamaConfig, paramSpecs } from "./config.ts";
+import { ConfigError, configFromHf, configToHf, type LlamaConfig, paramSpecs } from "./config.ts";
 import type { Llama } from "./model.ts";
 
 /** Reads and checks `DIR/config.json`. */
@@ -34,13 +34,20 @@ export async function readConfig(dir: string): Promise<LlamaConfig> {
  * GPU, tensor by tensor (see {@link loadLlamaFrom}). BF16/F16/F64 tensors are converted to f32 on
  * load; `dtype: "f16"` keeps the matrices at 16 bits on the GPU (the 7B then needs ~13 GB), `"q8"` /
  * `"q4"` quantizes each matrix on the host as it is read, before the next one (GGML Q8_0 / Q4_0: the
- * 7B then needs ~7.2 / ~3.8 GB).
+ * 7B then needs ~7.2 / ~3.8 GB). `dir` may also be a LLaMA `.gguf` file (its metadata is the config);
+ * matrices stored as the blocks the dtype asks for are then uploaded as they are.
  */
 export async function loadLlama(gpu: Gpu, dir: string, options: LoadOptions = {}): Promise<Llama> {
-  const config = await readConfig(dir);
+  const gguf = dir.endsWith(".gguf");
+  const config = gguf ? null : await readConfig(dir);
   const source = await openWeights(dir);
   try {
-    return await loadLlamaFrom(gpu, config, source, options);
+    if (gguf && !(source instanceof GgufLlamaSource)) {
+      throw new ConfigError(`${dir}: not a LLaMA GGUF (no config in its metadata)`);
+    }
+    const c = config ??
+      configFromHf((source as GgufLlamaSource).config(), `${dir} (GGUF metadata)`);
+    return await loadLlamaFrom(gpu, c, source, options);
   } finally {
     source.close();
   }

@@ -6,6 +6,7 @@
  */
 import { getGpu } from "@lvm/gpu";
 import { quantize } from "@lvm/weights";
+import { convertLlamaToGguf } from "@lvm/weights/fs";
 import { assert, assertClose } from "@lvm/util/testing";
 import { assertEquals, assertThrows } from "./_assert.ts";
 import { makeConfig } from "./config.ts";
@@ -225,6 +226,39 @@ Deno.test("loadLlama({ dtype: q8|q4 }) quantizes while loading; saving writes de
       for (const x of [loaded, direct, back]) x.release();
     }
     m32.release();
+  } finally {
+    await Deno.remove(dir, { recursive: true });
+  }
+});
+
+Deno.test("loadLlama(FILE.gguf, { dtype }) uploads the file's Q4_0/Q8_0 blocks as stored", async () => {
+  const gpu = await getGpu();
+  const dir = await Deno.makeTempDir();
+  try {
+    const m32 = Llama.fromWeights(gpu, config, weights);
+    await saveLlama(m32, `${dir}/hf`);
+    m32.release();
+    for (const [type, dtype] of [["Q4_0", "q4"], ["Q8_0", "q8"]] as const) {
+      const file = `${dir}/${dtype}.gguf`;
+      await convertLlamaToGguf(`${dir}/hf`, file, { type });
+      const m = await loadLlama(gpu, file, { dtype });
+      assertEquals(m.config, config);
+      // Every matrix is the file's blocks: quantize() of the original values (q/k rows, permuted
+      // in the file, back in HF order).
+      for (const [name, q] of m.quantized) {
+        assertEquals([...await q.readBlocks()], [...quantize(type, weights.get(name)!)], name);
+      }
+      assertEquals(m.quantized.size, weights.size - m.params.size);
+      const direct = Llama.fromWeights(gpu, config, weights, { dtype });
+      assertEquals([...await forwardLogits(m, prompt)], [...await forwardLogits(direct, prompt)]);
+      direct.release();
+      m.release();
+    }
+    // Another dtype converts the dequantized blocks.
+    const m = await loadLlama(gpu, `${dir}/q4.gguf`, { dtype: "q8" });
+    assertEquals(m.quantized.get("lm_head.weight")?.type, "Q8_0");
+    assert((await forwardLogits(m, prompt)).every(Number.isFinite));
+    m.release();
   } finally {
     await Deno.remove(dir, { recursive: true });
   }
