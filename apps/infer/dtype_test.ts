@@ -1,11 +1,13 @@
 /**
  * `--dtype q8|q4` end to end: `infer score` quantizes the model while loading and scores exactly as
  * the same model built in-process with that dtype (a model whose rows are multiples of 32, so every
- * matrix is block-quantized); an unknown dtype is a usage error listing the choices.
+ * matrix is block-quantized), from a model folder or a GGUF of that block type; an unknown dtype is
+ * a usage error listing the choices.
  */
 import { getGpu } from "@lvm/gpu";
 import { DecodeSession, Llama, makeConfig, type WeightDType } from "@lvm/transformer";
 import { saveLlama } from "@lvm/transformer/fs";
+import { convertLlamaToGguf } from "@lvm/weights/fs";
 import { assert, assertClose, assertEquals } from "@lvm/util/testing";
 import { runApp } from "@lvm/cli/testing";
 
@@ -39,6 +41,21 @@ Deno.test("infer score --dtype q8|q4", async (t) => {
         assertClose(got, want, { atol: 1e-5, rtol: 1e-5 }, dtype);
         // ... and not as the f32 model does: the weights were quantized.
         assert(got.some((v, i) => Math.abs(v - f32[i]) > 1e-4), `${dtype} scores equal f32's`);
+        // A GGUF of that block type scores the same: its blocks are uploaded as stored.
+        const file = `${dir}/${dtype}.gguf`;
+        await convertLlamaToGguf(dir, file, { type: dtype === "q8" ? "Q8_0" : "Q4_0" });
+        const g = await runApp(
+          "infer",
+          "score",
+          ...["--model", file, "--tokens", tokens.join(","), "--json", "--dtype", dtype],
+        );
+        assertEquals(g.code, 0, g.stderr);
+        assertClose(
+          JSON.parse(g.stdout).logprobs,
+          want,
+          { atol: 1e-5, rtol: 1e-5 },
+          `${dtype} gguf`,
+        );
       });
     }
     await t.step("an unknown dtype names the choices", async () => {

@@ -9,14 +9,24 @@
 import { join } from "node:path";
 import { writeFileAtomic } from "@lvm/util/fs";
 import type { Gpu } from "@lvm/gpu";
-import { GgufLlamaSource, shardFileName } from "@lvm/weights";
+import { GgufLlamaSource, shardFileName, type TensorSource } from "@lvm/weights";
 import { openWeights, SafetensorsWriter } from "@lvm/weights/fs";
 import { loadLlamaFrom, type LoadOptions, parseHfConfig } from "./checkpoint.ts";
 import { ConfigError, configFromHf, configToHf, type LlamaConfig, paramSpecs } from "./config.ts";
 import type { Llama } from "./model.ts";
 
-/** Reads and checks `DIR/config.json`. */
+/**
+ * Reads and checks `DIR/config.json` (or, for a LLaMA `FILE.gguf`, the config its metadata holds).
+ */
 export async function readConfig(dir: string): Promise<LlamaConfig> {
+  if (dir.endsWith(".gguf")) {
+    const source = await openWeights(dir);
+    try {
+      return ggufConfig(dir, source);
+    } finally {
+      source.close();
+    }
+  }
   const path = join(dir, "config.json");
   let text: string;
   try {
@@ -42,15 +52,18 @@ export async function loadLlama(gpu: Gpu, dir: string, options: LoadOptions = {}
   const config = gguf ? null : await readConfig(dir);
   const source = await openWeights(dir);
   try {
-    if (gguf && !(source instanceof GgufLlamaSource)) {
-      throw new ConfigError(`${dir}: not a LLaMA GGUF (no config in its metadata)`);
-    }
-    const c = config ??
-      configFromHf((source as GgufLlamaSource).config(), `${dir} (GGUF metadata)`);
-    return await loadLlamaFrom(gpu, c, source, options);
+    return await loadLlamaFrom(gpu, config ?? ggufConfig(dir, source), source, options);
   } finally {
     source.close();
   }
+}
+
+/** The config of an opened LLaMA GGUF (`path` names it in errors). */
+function ggufConfig(path: string, source: TensorSource): LlamaConfig {
+  if (!(source instanceof GgufLlamaSource)) {
+    throw new ConfigError(`${path}: not a LLaMA GGUF (no config in its metadata)`);
+  }
+  return configFromHf(source.config(), `${path} (GGUF metadata)`);
 }
 
 /** Options of {@link saveLlama}. */
