@@ -54,7 +54,13 @@ function failures(r: TestResult): string[] {
   return [...own, ...r.steps.flatMap((s) => failures(s).map((f) => `${r.name} > ${f}`))];
 }
 
-async function cliComplete(model: string, out: string, images: string[], flags: string[]) {
+async function cliComplete(
+  model: string,
+  out: string,
+  images: string[],
+  flags: string[],
+  tokenizer = TOK,
+) {
   const r = await new Deno.Command(Deno.execPath(), {
     args: [
       "run",
@@ -64,7 +70,7 @@ async function cliComplete(model: string, out: string, images: string[], flags: 
       "--model",
       model,
       "--tokenizer",
-      TOK,
+      tokenizer,
       "--out",
       out,
       ...flags,
@@ -81,8 +87,8 @@ async function cliComplete(model: string, out: string, images: string[], flags: 
 }
 
 /** The same pipeline in this Deno process (wgpu), timed per phase on a second (warm) run. */
-async function denoTimed(model: string, images: string[]) {
-  const lvm = await loadPipeline({ model, tokenizer: TOK });
+async function denoTimed(model: string, images: string[], tokenizer = TOK) {
+  const lvm = await loadPipeline({ model, tokenizer });
   try {
     const prompt = await Promise.all(images.map((p) => loadImage(p)));
     let r!: { prompt: Int32Array[]; ms: { encode: number; generate: number; decode: number } };
@@ -394,6 +400,115 @@ Deno.test({
           }
         },
       );
+    } finally {
+      await browser.close();
+      await server.shutdown();
+      await Deno.remove(dir, { recursive: true });
+    }
+  },
+});
+
+/**
+ * `deno task web`'s defaults: the shipped models of models/ (models/README.md) and their held-out
+ * example prompts. The page generates greedily from the video-frames example; the CLI (Deno, wgpu
+ * on lavapipe) does the same from the same files, and the codes are compared (Chromium runs Dawn on
+ * SwiftShader: another compiler and float path, so the share that match is reported; the test
+ * needs the prompt's codes equal and most generated codes equal).
+ */
+Deno.test({
+  name: "web page on the shipped models (deno task web's defaults) in headless Chromium",
+  sanitizeOps: false,
+  sanitizeResources: false,
+  async fn() {
+    const dir = await Deno.makeTempDir({ prefix: "lvm-web-shipped-" });
+    await Deno.mkdir(OUT, { recursive: true });
+    const bundles = await buildBundles(join(dir, "bundles"));
+    const model = join(ROOT, "models/lvm"), tokenizer = join(ROOT, "models/tokenizer");
+    const examples = join(ROOT, "models/examples");
+    const { url, server } = serveWeb({ bundles: bundles.dir, model, tokenizer, examples });
+    const browser = await launchChromium();
+    try {
+      const page = await browser.newPage();
+      const errors: string[] = [];
+      page.on("pageerror", (e) => errors.push(e.message));
+      await page.setViewportSize({ width: 1100, height: 900 });
+      await page.goto(url);
+      await page.waitForFunction(
+        () => {
+          const s = (globalThis as unknown as { lvmPage?: { status: string } }).lvmPage?.status;
+          return s === "ready" || s === "error";
+        },
+        null,
+        { timeout: 180_000 },
+      );
+      const frames = [...Deno.readDirSync(join(examples, "sequence"))]
+        .map((e) => e.name).filter((n) => n.endsWith(".png")).sort()
+        .map((n) => join(examples, "sequence", n));
+      await page.click("button[data-example=sequence]");
+      await page.waitForFunction(
+        (n) => document.querySelectorAll("#prompt figure").length === n,
+        frames.length,
+      );
+      await page.check("#greedy");
+      await page.fill("#count", "1");
+      await page.click("#generate");
+      await page.waitForFunction(
+        () => {
+          const s = (globalThis as unknown as { lvmPage: { status: string; last?: unknown } })
+            .lvmPage;
+          return s.status === "error" || (s.status === "ready" && s.last);
+        },
+        null,
+        { timeout: 180_000 },
+      );
+      const st = await page.evaluate(() =>
+        (globalThis as unknown as { lvmPage: unknown }).lvmPage
+      ) as {
+        status: string;
+        error?: string;
+        adapter: string;
+        last: { codes: number[][]; prompt: number[][]; codesPerSecond: number };
+      };
+      if (st.status !== "ready") throw new Error(`page: ${st.error}`);
+      await page.screenshot({ path: join(OUT, "page_shipped.png"), fullPage: true });
+      if (errors.length) throw new Error(`page errors: ${errors.join("; ")}`);
+      const cli = await cliComplete(model, join(dir, "cli"), frames, ["--greedy"], tokenizer);
+      const deno = await denoTimed(model, frames, tokenizer);
+      const a = st.last.codes.flat(), b = cli.codes.flat();
+      const same = a.filter((v, i) => v === b[i]).length;
+      const pa = st.last.prompt.flat(), pb = deno.prompt.flat();
+      const samePrompt = pa.filter((v, i) => v === pb[i]).length;
+      console.log(
+        `  shipped models: page on ${st.adapter} ${st.last.codesPerSecond.toFixed(1)} codes/s, ` +
+          `Deno on ${deno.adapter} ${
+            deno.codesPerSecond.toFixed(1)
+          } codes/s (warm); greedy codes ` +
+          `equal ${same}/${b.length}, prompt codes equal ${samePrompt}/${pb.length}`,
+      );
+      await Deno.writeTextFile(
+        join(OUT, "greedy_compare_shipped.json"),
+        JSON.stringify({
+          page: st.last.codes,
+          cli: cli.codes,
+          same,
+          total: b.length,
+          samePrompt,
+          promptTotal: pb.length,
+          pageCodesPerSecond: st.last.codesPerSecond,
+          denoCodesPerSecond: deno.codesPerSecond,
+        }) + "\n",
+      );
+      if (a.length !== 64 || b.length !== 64) throw new Error(`expected 64 codes: ${a.length}`);
+      if (samePrompt < pb.length) {
+        throw new Error(`prompt codes differ: ${pb.length - samePrompt} of ${pb.length}`);
+      }
+      // Greedy decoding feeds each code back: one near-tie decided differently changes the rest.
+      const firstDiff = a.findIndex((v, i) => v !== b[i]);
+      if (firstDiff >= 0 && firstDiff < 32) {
+        throw new Error(
+          `page and CLI greedy codes differ from code ${firstDiff} (${same}/64 equal)`,
+        );
+      }
     } finally {
       await browser.close();
       await server.shutdown();
