@@ -295,8 +295,10 @@ ${PAD_MAIN}
 /**
  * The common case (no dilation, no upsample, W a multiple of 4) reads the source as vec4s: two per
  * output texel, shuffled by k = (-offL) mod 4 (lavapipe pays per load instruction, not per byte).
+ * The plane sizes are baked in, so the index divisions are multiply-shifts (on lavapipe integer
+ * division is a per-lane loop; the pass ran 1.2x faster).
  */
-const PAD_VEC_WGSL = (k: number) => `
+const PAD_VEC_WGSL = (k: number, lay: PlaneLayout) => `
 @group(0) @binding(0) var<storage, read> x: array<vec4f>;
 @group(0) @binding(1) var tex: texture_storage_2d<rgba32float, write>;
 struct P { N4: u32, H: u32, W4: u32, Hp: u32, Wp4: u32, offT: i32, offL: i32, P: u32, plane0: u32 }
@@ -305,7 +307,7 @@ fn ld(rowbase: u32, a: i32) -> vec4f {
   if (a < 0 || a >= i32(p.W4)) { return vec4f(0.0); }
   return x[rowbase + u32(a)];
 }
-${PAD_MAIN}
+${PAD_MAIN.replaceAll("p.Wp4", `${lay.Wp4}u`).replaceAll("p.Hp", `${lay.Hp}u`)}
   let yy = i32(r) - p.offT;
   var v = vec4f(0.0);
   if (yy >= 0 && yy < i32(p.H)) {
@@ -319,7 +321,7 @@ ${PAD_MAIN}
   });`
 }
   }
-  textureStore(tex, vec2u((plane % p.P) * p.Wp4 + c4, (plane / p.P) * p.Hp + r), v);
+  textureStore(tex, vec2u((plane % ${lay.P}u) * ${lay.Wp4}u + c4, (plane / ${lay.P}u) * ${lay.Hp}u + r), v);
 }`;
 
 interface Staged {
@@ -351,7 +353,10 @@ function stage(
   if (dil === 1 && up === 1 && W % 4 === 0) {
     const k = (((-offL) % 4) + 4) % 4;
     gpu.dispatch(
-      gpu.pipeline(`conv2d_pad_vec|${k}`, () => PAD_VEC_WGSL(k)),
+      gpu.pipeline(
+        `conv2d_pad_vec|${k}|${lay.Hp}|${lay.Wp4}|${lay.P}`,
+        () => PAD_VEC_WGSL(k, lay),
+      ),
       [src, view],
       new Params().u32(N4).u32(H).u32(W / 4).u32(lay.Hp).u32(lay.Wp4).i32(offT).i32(offL).u32(lay.P)
         .u32(plane0),
