@@ -19,7 +19,8 @@ const HELP = `usage: deno task bench [--json] [--filter TEXT] [--reps N] [--torc
 
 Fields: name, shape; ms = milliseconds per op (the best run's time / per); per = ops per timed
 run (a run may record several small ops before its one GPU sync); run_ms = the best run's time;
-gflops / gbps / per_s (+ unit) = throughput of a run's napkin-math FLOPs, bytes or items; mem_mb
+gflops / gbps / per_s (+ unit) = throughput of a run's napkin-math FLOPs, bytes or items;
+dispatches_per_token / dispatches_per_step = GPU dispatches of one decode step or train step; mem_mb
 where a case measures memory (MiB); note = the napkin math.
 With --torch, each PyTorch line is paired with ours by name + shape: ratio_vs_torch (and its alias
 speed_vs_torch) = torch ms / our ms = our speed / torch's speed: > 1 means we are faster.`;

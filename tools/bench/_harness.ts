@@ -56,6 +56,10 @@ export interface BenchResult {
   unit?: string;
   /** Memory the case held, MiB (2^20 bytes); what it counts is the case's to say. */
   mem_mb?: number;
+  /** GPU dispatches per generated token (decode cases; prefill excluded). */
+  dispatches_per_token?: number;
+  /** GPU dispatches per training step (train-step cases). */
+  dispatches_per_step?: number;
   note?: string;
   [k: string]: unknown;
 }
@@ -114,6 +118,12 @@ export function formatResult(r: BenchResult): string {
     parts.push(`${v.padStart(9)} ${r.unit}/s`);
   }
   if (typeof r.mem_mb === "number") parts.push(`mem ${r.mem_mb.toFixed(1)} MiB`);
+  if (typeof r.dispatches_per_token === "number") {
+    parts.push(`${r.dispatches_per_token} dispatches/token`);
+  }
+  if (typeof r.dispatches_per_step === "number") {
+    parts.push(`${r.dispatches_per_step} dispatches/step`);
+  }
   if (r.note) parts.push(`  (${r.note})`);
   return parts.join(" ");
 }

@@ -38,6 +38,7 @@ function cases(cfg: (typeof CONFIGS)[number]): BenchCase[] {
   let model: Llama | null = null;
   let session: DecodeSession | null = null;
   let mem = 0;
+  let perToken = 0; // GPU dispatches per generated token (prefill excluded)
   const build = (gpu: Gpu) => {
     gpu.pool.trim(); // free what earlier cases left, so the peak below is this case's own
     mem = 0;
@@ -54,7 +55,10 @@ function cases(cfg: (typeof CONFIGS)[number]): BenchCase[] {
     model?.release();
     session = model = null;
   };
-  const extra = () => ({ gpu_pool_mb: +(mem / MB).toFixed(1) });
+  const extra = () => ({
+    gpu_pool_mb: +(mem / MB).toFixed(1),
+    ...(perToken ? { dispatches_per_token: +perToken.toFixed(1) } : {}),
+  });
   const gpuCases = SAMPLERS.map(({ label, options }): BenchCase => ({
     name: "transformer decode gpu-sampled",
     shape: `${name} prompt${cfg.prompt} +${cfg.decode} ${label}`,
@@ -69,10 +73,12 @@ function cases(cfg: (typeof CONFIGS)[number]): BenchCase[] {
       return async () => {
         s.reset();
         s.append(prompt);
+        const d0 = gpu.dispatchCount; // after the prompt's prefill was recorded
         await s.sampleOnGpu(cfg.decode, { ...options, suppressFrom: codes }, {
           uniforms: sampler.drawUniforms(cfg.decode),
           feedLast: true,
         });
+        perToken = (gpu.dispatchCount - d0) / cfg.decode;
         mem = Math.max(mem, gpu.pool.allocatedBytes);
       };
     },
@@ -93,7 +99,9 @@ function cases(cfg: (typeof CONFIGS)[number]): BenchCase[] {
       return async () => {
         s.reset();
         let logits = await s.prefill(prompt);
+        const d0 = gpu.dispatchCount;
         for (let i = 0; i < cfg.decode; i++) logits = await s.step(sampler.sample(logits));
+        perToken = (gpu.dispatchCount - d0) / cfg.decode;
         mem = Math.max(mem, gpu.pool.allocatedBytes);
       };
     },

@@ -64,10 +64,13 @@ function cases(cfg: (typeof CONFIGS)[number]): BenchCase[] {
   let sessionBytes: { textures: number; buffers: number } | null = null;
   let held: Tensor[] = []; // optimizer moments of the train step
   let mem = 0;
+  // GPU dispatches recorded by one train step, and by one decode step (prefill excluded).
+  let perStep = 0, perToken = 0;
   const extra = () => {
     const s = sessionBytes;
     return {
       params_m: +(P / 1e6).toFixed(1),
+
       // Peak bytes of pooled GPU buffers in the case (weights, grads, moments, activations, and the
       // decode session's pooled tensors).
       gpu_pool_mb: +(mem / MB).toFixed(1),
@@ -137,6 +140,7 @@ function cases(cfg: (typeof CONFIGS)[number]): BenchCase[] {
         let step = 0;
         return async () => {
           step++;
+          const d0 = gpu.dispatchCount;
           const { loss } = model.forward({ B, T, inputs, targets }, { train: true });
           const grads = model.backward();
           const clip = clipGradNorm(gpu, specs.map((s) => grads.get(s.name)!), 1.0);
@@ -151,12 +155,13 @@ function cases(cfg: (typeof CONFIGS)[number]): BenchCase[] {
             })
           );
           await gpu.read(loss!);
+          perStep = gpu.dispatchCount - d0;
           mem = Math.max(mem, gpu.pool.allocatedBytes);
           for (const t of [loss!, clip.norm, clip.scale] as Tensor[]) t.release();
         };
       },
       teardown,
-      extra,
+      extra: () => ({ ...extra(), dispatches_per_step: perStep }),
     },
     {
       name: `transformer decode`,
@@ -182,12 +187,14 @@ function cases(cfg: (typeof CONFIGS)[number]): BenchCase[] {
         return async () => {
           s.reset();
           let logits = await s.prefill(prompt);
+          const d0 = gpu.dispatchCount;
           for (let i = 0; i < cfg.decode; i++) logits = await s.step(argmax(logits));
+          perToken = (gpu.dispatchCount - d0) / cfg.decode;
           mem = Math.max(mem, gpu.pool.allocatedBytes);
         };
       },
       teardown,
-      extra,
+      extra: () => ({ ...extra(), dispatches_per_token: +perToken.toFixed(1) }),
     },
   ];
 }
