@@ -13,8 +13,8 @@
  * 1. `pad` pass: x -> rgba32float texture, each (batch, channel) plane zero-padded to (Hp, Wp) with
  *    Wp a multiple of 4 (one texel = 4 consecutive pixels of a row) and laid out so that every texel
  *    the main kernel reads exists: no bounds checks or selects in the inner loop. Planes are stacked
- *    in columns to fit the 2-D texture size limit. The same pass dilates (for the stride-2 backward)
- *    and nearest-upsamples (fusing the decoder's Upsample into its conv).
+ *    in columns to fit the 2-D texture size limit. The same pass can nearest-upsample (the weight
+ *    gradient of the decoder's Upsample + conv reads x that way).
  * 2. `wt` pass: W -> texture of [ci][kh][kw] rows x [co] texels (4 output channels per texel).
  * 3. main kernel, an implicit GEMM: each invocation computes COT output channels x PY rows x PX
  *    pixels in registers (COT*PY*PX accumulators) and per input channel reads COT/4*KH*KW weight texels
@@ -24,6 +24,10 @@
  *    invocations shares one block of output channels when the image has at least 64 tiles (uniform
  *    weight reads); smaller images put several channel blocks in one workgroup. No shared memory, no
  *    barriers. Bias and an optional residual (the res block's skip) are added on the way out.
+ *    A conv on a nearest-2x-upsampled input (the decoder's Upsample + conv) runs as four convs of
+ *    the source, one per output phase, with the taps that read the same source pixel summed: 2x2
+ *    for 3x3, 2.25x fewer FMAs (measured 1.7x faster than the fused upsampling pad), each writing
+ *    every other pixel of the output.
  *
  * Backward:
  * - dx = the same forward kernel on dy padded by k-1-pad with W rotated by 180 degrees and
@@ -249,7 +253,7 @@ function batchChunk(
 }
 
 // ---------------------------------------------------------------------------------------------------
-// Pass 1: zero-pad (dilate, upsample) planes into a texture.
+// Pass 1: zero-pad (and upsample) planes into a texture.
 
 /**
  * Entry point of both pad kernels: invocation i writes texel (c4, r) of padded plane `plane`
@@ -269,18 +273,17 @@ const PAD_WGSL = `
 @group(0) @binding(0) var<storage, read> x: array<f32>;
 @group(0) @binding(1) var tex: texture_storage_2d<rgba32float, write>;
 struct P {
-  N4: u32, H: u32, W: u32, Hp: u32, Wp4: u32, offT: i32, offL: i32, dil: i32, up: u32, P: u32,
-  plane0: u32,
+  N4: u32, H: u32, W: u32, Hp: u32, Wp4: u32, offT: i32, offL: i32, up: u32, P: u32, plane0: u32,
 }
 @group(0) @binding(2) var<uniform> p: P;
-// Padded element (plane, r, c) is source element ((r - offT) / dil, (c - offL) / dil) of the
-// upsampled plane when that is a whole number inside it, else 0.
+// Padded element (plane, r, c) is element (r - offT, c - offL) of the upsampled plane when that is
+// inside it, else 0.
 fn src(plane: u32, r: i32, c: i32) -> f32 {
   let yy = r - p.offT;
   let xx = c - p.offL;
-  if (yy < 0 || xx < 0 || yy % p.dil != 0 || xx % p.dil != 0) { return 0.0; }
-  let sy = u32(yy / p.dil);
-  let sx = u32(xx / p.dil);
+  if (yy < 0 || xx < 0) { return 0.0; }
+  let sy = u32(yy);
+  let sx = u32(xx);
   if (sy >= p.H * p.up || sx >= p.W * p.up) { return 0.0; }
   return x[(plane * p.H + sy / p.up) * p.W + sx / p.up];
 }
@@ -293,7 +296,7 @@ ${PAD_MAIN}
 }`;
 
 /**
- * The common case (no dilation, no upsample, W a multiple of 4) reads the source as vec4s: two per
+ * The common case (no upsample, W a multiple of 4) reads the source as vec4s: two per
  * output texel, shuffled by k = (-offL) mod 4 (lavapipe pays per load instruction, not per byte).
  * The plane sizes are baked in, so the index divisions are multiply-shifts (on lavapipe integer
  * division is a per-lane loop; the pass ran 1.2x faster).
@@ -332,7 +335,8 @@ interface Staged {
 
 /**
  * Stages `planes` planes (from plane `plane0` of src, each H x W) into a texture of padded
- * (Hp, Wp4*4) planes with the source at (offT, offL), dilated by `dil`, upsampled by `up`.
+ * (Hp, Wp4*4) planes with the source at (offT, offL) (either may be negative: the source's first
+ * rows or columns are then cut), nearest-upsampled by `up`.
  */
 function stage(
   gpu: Gpu,
@@ -344,13 +348,12 @@ function stage(
   lay: PlaneLayout,
   offT: number,
   offL: number,
-  dil = 1,
   up = 1,
 ): Staged {
   const tex = takeTexture(gpu, Math.min(planes, lay.P) * lay.Wp4, lay.bands * lay.Hp);
   const view = tex.createView();
   const N4 = planes * lay.Hp * lay.Wp4;
-  if (dil === 1 && up === 1 && W % 4 === 0) {
+  if (up === 1 && W % 4 === 0) {
     const k = (((-offL) % 4) + 4) % 4;
     gpu.dispatch(
       gpu.pipeline(
@@ -367,7 +370,7 @@ function stage(
   gpu.dispatch(
     gpu.pipeline("conv2d_pad", PAD_WGSL),
     [src, view],
-    new Params().u32(N4).u32(H).u32(W).u32(lay.Hp).u32(lay.Wp4).i32(offT).i32(offL).i32(dil).u32(up)
+    new Params().u32(N4).u32(H).u32(W).u32(lay.Hp).u32(lay.Wp4).i32(offT).i32(offL).u32(up)
       .u32(lay.P).u32(plane0),
     grid(Math.ceil(N4 / 256)),
   );
@@ -378,31 +381,50 @@ function stage(
 // Pass 2: weights -> texture. Row R = (cin, kh, kw) (or (cout, kh', kw') flipped for dx), texel c4
 // holds output channels 4*c4..4*c4+3 (zero past the end). Rows wrap into bands of wH rows, wH a
 // multiple of the taps per channel so that one input channel's taps never straddle bands.
-// Flipped, the taps are a sub-kernel for one output phase of a strided conv's dx (see
-// conv2dBackward): tap (jh, jw) of KHs x KWs is w[k0h + st*(KHs-1-jh), k0w + st*(KWs-1-jw)]; with
-// st = 1, k0 = 0 and the full size that is the kernel rotated by 180 degrees.
+// Modes ({@link WeightTaps}):
+// 0 (plain): row = (ci, kh, kw), col = co.
+// 1 (flipped sub-kernel, one output phase of a strided conv's dx, see dxPhase): row = (co, jh, jw),
+//   col = ci, tap (jh, jw) of KHs x KWs is w[k0h + st*(KHs-1-jh), k0w + st*(KWs-1-jw)]; with st = 1,
+//   k0 = 0 and the full size that is the kernel rotated by 180 degrees.
+// 2 (combined taps, one output phase of a conv on a nearest-2x-upsampled input, see upPhase): row =
+//   (ci, jh, jw), col = co, tap (jh, jw) sums the w[kh, kw] that read source pixel offset
+//   (offH + jh, offW + jw), i.e. floor((rh + kh - pt) / 2) - offH == jh (likewise kw).
 
 const WT_WGSL = `
 @group(0) @binding(0) var<storage, read> w: array<f32>;
 @group(0) @binding(1) var tex: texture_storage_2d<rgba32float, write>;
 struct P {
-  N: u32, Cout: u32, Cin: u32, KH: u32, KW: u32, CoP4: u32, flip: u32, wH: u32, KHs: u32, KWs: u32,
-  k0h: u32, k0w: u32, st: u32, taps: u32,
+  N: u32, Cout: u32, Cin: u32, KH: u32, KW: u32, CoP4: u32, mode: u32, wH: u32, KHs: u32, KWs: u32,
+  taps: u32, k0h: u32, k0w: u32, st: u32, rh: i32, rw: i32, pt: i32, pl: i32, offH: i32, offW: i32,
 }
 @group(0) @binding(2) var<uniform> p: P;
 fn at(row: u32, col: u32) -> f32 {
   let KHW = p.KH * p.KW;
-  if (p.flip == 0u) {
-    // row = (ci, kh, kw), col = co
+  if (p.mode == 0u) {
     if (col >= p.Cout) { return 0.0; }
     return w[(col * p.Cin + row / KHW) * KHW + row % KHW];
   }
-  // row = (co, jh, jw) of the sub-kernel, col = ci
-  if (col >= p.Cin) { return 0.0; }
   let t = row % p.taps;
-  let kh = p.k0h + p.st * (p.KHs - 1u - t / p.KWs);
-  let kw = p.k0w + p.st * (p.KWs - 1u - t % p.KWs);
-  return w[((row / p.taps) * p.Cin + col) * KHW + kh * p.KW + kw];
+  if (p.mode == 1u) {
+    if (col >= p.Cin) { return 0.0; }
+    let kh = p.k0h + p.st * (p.KHs - 1u - t / p.KWs);
+    let kw = p.k0w + p.st * (p.KWs - 1u - t % p.KWs);
+    return w[((row / p.taps) * p.Cin + col) * KHW + kh * p.KW + kw];
+  }
+  if (col >= p.Cout) { return 0.0; }
+  let jh = i32(t / p.KWs);
+  let jw = i32(t % p.KWs);
+  let base = (col * p.Cin + row / p.taps) * KHW;
+  var s = 0.0;
+  for (var kh = 0u; kh < p.KH; kh++) {
+    // >> on i32 is arithmetic: a floor division by 2 for negative values too.
+    if (((p.rh + i32(kh) - p.pt) >> 1u) - p.offH != jh) { continue; }
+    for (var kw = 0u; kw < p.KW; kw++) {
+      if (((p.rw + i32(kw) - p.pl) >> 1u) - p.offW != jw) { continue; }
+      s += w[base + kh * p.KW + kw];
+    }
+  }
+  return s;
 }
 @compute @workgroup_size(256)
 fn main(@builtin(local_invocation_index) li: u32, @builtin(workgroup_id) wg: vec3u,
@@ -420,25 +442,35 @@ interface StagedW extends Staged {
   wH: number;
 }
 
-/** The taps of one output phase of a strided conv's dx: see {@link dxPhase}. */
-interface SubKernel {
-  KHs: number;
-  KWs: number;
-  k0h: number;
-  k0w: number;
-  st: number;
+/**
+ * Which taps a staged weight holds: the kernel as is, one output phase of a strided conv's dx
+ * (flipped and transposed, {@link dxPhase}), or one output phase of a conv on a nearest-2x-upsampled
+ * input (taps reading the same source pixel summed, {@link upPhase}).
+ */
+type WeightTaps =
+  | { mode: "plain" }
+  | { mode: "dx"; KHs: number; KWs: number; k0h: number; k0w: number; st: number }
+  | {
+    mode: "up";
+    KHs: number;
+    KWs: number;
+    rh: number;
+    rw: number;
+    pt: number;
+    pl: number;
+    offH: number;
+    offW: number;
+  };
+
+/** The whole kernel rotated by 180 degrees and transposed: the weights of a stride-1 conv's dx. */
+function rotated(w: Tensor): WeightTaps {
+  return { mode: "dx", KHs: w.shape[2], KWs: w.shape[3], k0h: 0, k0w: 0, st: 1 };
 }
 
-function stageWeights(
-  gpu: Gpu,
-  w: Tensor,
-  cot: number,
-  flip: boolean,
-  sub?: SubKernel,
-): StagedW {
+function stageWeights(gpu: Gpu, w: Tensor, cot: number, k: WeightTaps): StagedW {
   const [Cout, Cin, KH, KW] = w.shape;
-  const k = sub ?? { KHs: KH, KWs: KW, k0h: 0, k0w: 0, st: 1 };
-  const KHW = flip ? k.KHs * k.KWs : KH * KW;
+  const flip = k.mode === "dx";
+  const KHW = k.mode === "plain" ? KH * KW : k.KHs * k.KWs;
   const rows = (flip ? Cout : Cin) * KHW;
   const cols = flip ? Cin : Cout;
   const CoP4 = Math.ceil(cols / cot) * (cot / 4);
@@ -454,8 +486,15 @@ function stageWeights(
   gpu.dispatch(
     gpu.pipeline("conv2d_wt", WT_WGSL),
     [w, view],
-    new Params().u32(N).u32(Cout).u32(Cin).u32(KH).u32(KW).u32(CoP4).u32(flip ? 1 : 0).u32(wH)
-      .u32(k.KHs).u32(k.KWs).u32(k.k0h).u32(k.k0w).u32(k.st).u32(KHW),
+    new Params().u32(N).u32(Cout).u32(Cin).u32(KH).u32(KW).u32(CoP4)
+      .u32(["plain", "dx", "up"].indexOf(k.mode)).u32(wH)
+      .u32(k.mode === "plain" ? KH : k.KHs).u32(k.mode === "plain" ? KW : k.KWs).u32(KHW)
+      .u32(k.mode === "dx" ? k.k0h : 0).u32(k.mode === "dx" ? k.k0w : 0).u32(
+        k.mode === "dx" ? k.st : 1,
+      )
+      .i32(k.mode === "up" ? k.rh : 0).i32(k.mode === "up" ? k.rw : 0)
+      .i32(k.mode === "up" ? k.pt : 0).i32(k.mode === "up" ? k.pl : 0)
+      .i32(k.mode === "up" ? k.offH : 0).i32(k.mode === "up" ? k.offW : 0),
     grid(Math.ceil(N / 256)),
   );
   return { tex, view, lay: { Hp: wH, Wp4: CoP4, P: bands, bands: 1 }, CoP4, wH };
@@ -759,7 +798,7 @@ function convCore(
   res: Tensor | undefined,
   out: Tensor,
   g: { Cout: number; Ho: number; Wo: number; KH: number; KW: number; S: number },
-  pad: { offT: number; offL: number; dil: number; up: number },
+  pad: { offT: number; offL: number; up: number },
   tile: ConvTile,
   phase?: OutPhase,
 ) {
@@ -779,7 +818,6 @@ function convCore(
       lay,
       pad.offT,
       pad.offL,
-      pad.dil,
       pad.up,
     );
     launchFwd(
@@ -795,6 +833,72 @@ function convCore(
       phase,
     );
     texPool.put(gpu, xs.tex);
+  }
+}
+
+/**
+ * One output phase of a stride-1 conv on a nearest-2x-upsampled input, along one axis: output
+ * o = 2m + r reads upsampled positions o + k - pad, i.e. source pixels floor((r + k - pad) / 2) + m,
+ * which span n <= ceil(K/2) + 1 offsets from `off` = floor((r - pad) / 2): a conv of the source with n
+ * taps (each the sum of the kernel taps that land on it), over `len` outputs.
+ */
+function upPhase(r: number, pad: number, K: number, extent: number) {
+  const off = Math.floor((r - pad) / 2);
+  const n = Math.floor((r + K - 1 - pad) / 2) - off + 1;
+  return { off, n, len: Math.ceil((extent - r) / 2) };
+}
+
+/**
+ * conv(upsample2x(x)) as four convs of x itself, one per output phase (row and column parity), each
+ * with the taps that read the same source pixel summed (2x2 for a 3x3 kernel): 4*4 instead of 4*9
+ * FMAs per output pixel quad, 2.25x fewer for the decoder's upsample convs, no upsampled copy.
+ */
+function upsampledConv(
+  gpu: Gpu,
+  x: Tensor,
+  w: Tensor,
+  bias: Tensor | undefined,
+  res: Tensor | undefined,
+  out: Tensor,
+  g: Geom,
+  tileOpt?: ConvTile,
+) {
+  const { B, Cin, Cout, KH, KW, Ho, Wo } = g;
+  for (let rh = 0; rh < 2; rh++) {
+    const ph = upPhase(rh, g.pt, KH, Ho);
+    for (let rw = 0; rw < 2; rw++) {
+      const pw = upPhase(rw, g.pl, KW, Wo);
+      if (ph.len <= 0 || pw.len <= 0) continue;
+      const tile = tileOpt ?? conv2dTile(gpu, Cout, ph.len, pw.len, ph.n, pw.n, 1);
+      validTile(tile);
+      const taps = {
+        mode: "up",
+        KHs: ph.n,
+        KWs: pw.n,
+        rh,
+        rw,
+        pt: g.pt,
+        pl: g.pl,
+        offH: ph.off,
+        offW: pw.off,
+      } as const;
+      const ws = stageWeights(gpu, w, tile.cot, taps);
+      convCore(
+        gpu,
+        "conv2d",
+        x,
+        { B, C: Cin, H: g.H, W: g.W },
+        ws,
+        bias,
+        res,
+        out,
+        { Cout, Ho: ph.len, Wo: pw.len, KH: ph.n, KW: pw.n, S: 1 },
+        { offT: -ph.off, offL: -pw.off, up: 1 },
+        tile,
+        { S: 2, H: Ho, W: Wo, r: rh, c: rw },
+      );
+      texPool.put(gpu, ws.tex);
+    }
   }
 }
 
@@ -833,9 +937,13 @@ export function conv2d(
   for (const t of [x, w, bias, opts.residual]) {
     if (t && t.buffer === out.buffer) throw new RangeError("conv2d: out aliases an input");
   }
+  if (g.up === 2 && S === 1) {
+    upsampledConv(gpu, x, w, bias, opts.residual, out, g, opts.tile);
+    return out;
+  }
   const tile = opts.tile ?? conv2dTile(gpu, Cout, Ho, Wo, KH, KW, S);
   validTile(tile);
-  const ws = stageWeights(gpu, w, tile.cot, false);
+  const ws = stageWeights(gpu, w, tile.cot, { mode: "plain" });
   convCore(
     gpu,
     "conv2d",
@@ -846,7 +954,7 @@ export function conv2d(
     opts.residual,
     out,
     g,
-    { offT: g.pt, offL: g.pl, dil: 1, up: g.up },
+    { offT: g.pt, offL: g.pl, up: g.up },
     tile,
   );
   texPool.put(gpu, ws.tex);
@@ -1080,8 +1188,8 @@ function dxStrided(gpu: Gpu, w: Tensor, dy: Tensor, g: Geom, tileOpt?: ConvTile)
       if (ph.n === 0 || pw.n === 0 || ph.len <= 0 || pw.len <= 0) continue;
       const tile = tileOpt ?? conv2dTile(gpu, Cin, ph.len, pw.len, ph.n, pw.n, 1);
       validTile(tile);
-      const sub = { KHs: ph.n, KWs: pw.n, k0h: ph.k0, k0w: pw.k0, st: S };
-      const ws = stageWeights(gpu, w, tile.cot, true, sub);
+      const sub = { mode: "dx", KHs: ph.n, KWs: pw.n, k0h: ph.k0, k0w: pw.k0, st: S } as const;
+      const ws = stageWeights(gpu, w, tile.cot, sub);
       convCore(
         gpu,
         "conv2dBackward",
@@ -1092,7 +1200,7 @@ function dxStrided(gpu: Gpu, w: Tensor, dy: Tensor, g: Geom, tileOpt?: ConvTile)
         undefined,
         dxu,
         { Cout: Cin, Ho: ph.len, Wo: pw.len, KH: ph.n, KW: pw.n, S: 1 },
-        { offT: ph.off, offL: pw.off, dil: 1, up: 1 },
+        { offT: ph.off, offL: pw.off, up: 1 },
         tile,
         { S, H: Hu, W: Wu, r: rh, c: rw },
       );
@@ -1129,7 +1237,7 @@ export function conv2dBackward(
       // dx = conv(dy padded by (K-1-pad), rot180(W)^T), output extent = the (upsampled) input.
       const tile = opts.tile ?? conv2dTile(gpu, Cin, g.Hu, g.Wu, KH, KW, 1);
       validTile(tile);
-      const ws = stageWeights(gpu, w, tile.cot, true);
+      const ws = stageWeights(gpu, w, tile.cot, rotated(w));
       convCore(
         gpu,
         fn,
@@ -1140,7 +1248,7 @@ export function conv2dBackward(
         undefined,
         dxu,
         { Cout: Cin, Ho: g.Hu, Wo: g.Wu, KH, KW, S: 1 },
-        { offT: KH - 1 - g.pt, offL: KW - 1 - g.pl, dil: 1, up: 1 },
+        { offT: KH - 1 - g.pt, offL: KW - 1 - g.pl, up: 1 },
         tile,
       );
       texPool.put(gpu, ws.tex);
@@ -1237,7 +1345,7 @@ function convDw(
     ]
       .concat([dl.P, dl.Wp4, dl.Hp]).join("|");
     const pipe = gpu.pipeline(key, () => dwWgsl(cfg));
-    const xs = stage(gpu, x, b0 * Cin, nb * Cin, g.H, g.W, xl, g.pt, g.pl, 1, g.up);
+    const xs = stage(gpu, x, b0 * Cin, nb * Cin, g.H, g.W, xl, g.pt, g.pl, g.up);
     const ds = stage(gpu, dy, b0 * Cout, nb * Cout, Ho, Wo, dl, 0, 0);
     const cs = nb * nTy * nTx;
     gpu.dispatch(

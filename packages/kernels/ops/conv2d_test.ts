@@ -105,6 +105,32 @@ const CASES: Case[] = [
     o: { stride: 2, pad: [2, 0, 1, 2], tile: SMALL },
     bias: true,
   },
+  // The upsampled forward runs one conv of x per output phase with summed taps: uneven padding and a
+  // 5x5 kernel (3 taps in some phases), a 1x1 kernel, the default tiles with bias and residual.
+  {
+    B: 1,
+    Cin: 3,
+    H: 5,
+    W: 6,
+    Cout: 5,
+    K: 5,
+    o: { pad: [2, 1, 0, 2], upsample2x: true, tile: SMALL },
+    bias: true,
+    res: true,
+  },
+  { B: 2, Cin: 3, H: 3, W: 5, Cout: 2, K: 1, o: { upsample2x: true, tile: SMALL }, res: true },
+  {
+    B: 2,
+    Cin: 4,
+    H: 4,
+    W: 6,
+    Cout: 9,
+    K: 3,
+    o: { pad: 1, upsample2x: true },
+    bias: true,
+    res: true,
+    bwdDefault: true,
+  },
 ];
 
 function label(c: Case): string {
