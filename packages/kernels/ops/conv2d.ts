@@ -1293,7 +1293,9 @@ function convDw(
   const px = tn.px ?? (Wo <= 4 ? 4 : 8);
   const py = tn.py ?? (Ho % 2 === 0 ? 2 : 1);
   const cot = tn.cot ?? (Cout <= 4 ? 4 : 8);
-  const cit = tn.cit ?? (Cin === 1 ? 1 : 2);
+  // A 1x1 kernel has 9x fewer taps: 8 input channels keep the work per segment up (8x8: 1.7x
+  // faster than 8x2 at 128->64 channels).
+  const cit = tn.cit ?? (Cin === 1 ? 1 : KH * KW === 1 ? Math.min(8, Cin) : 2);
   if (Ho % py !== 0) throw new RangeError(`conv2d dw: py ${py} must divide Ho ${Ho}`);
   const cGroups = Math.ceil(Cin / cit);
   const nTx = Math.ceil(Wo / px), nTy = Ho / py;
