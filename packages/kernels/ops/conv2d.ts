@@ -470,6 +470,38 @@ fn main(@builtin(global_invocation_id) g: vec3u) {
 }`;
 
 /**
+ * The rotated (dx) layout of the whole kernel when Cin % 4 == 0: texel (c4, (co, t)) =
+ * w[co][4*c4 .. 4*c4+3][KHW-1-t], so one invocation per (c4, co) reads the 4*KHW contiguous floats
+ * of those 4 input channels as KHW vec4s and writes KHW texels.
+ */
+const WT_ROT_QUAD_WGSL = (KHW: number) => `
+@group(0) @binding(0) var<storage, read> w: array<vec4f>;
+@group(0) @binding(1) var tex: texture_storage_2d<rgba32float, write>;
+struct P { CoP4: u32, Cout: u32, Cin: u32 }
+@group(0) @binding(2) var<uniform> p: P;
+@compute @workgroup_size(16, 4)
+fn main(@builtin(global_invocation_id) g: vec3u) {
+  let c4 = g.x;
+  let co = g.y;
+  if (c4 >= p.CoP4 || co >= p.Cout) { return; }
+  var v: array<vec4f, ${KHW}>;
+  if (c4 * 4u < p.Cin) {
+    let base = (co * p.Cin + c4 * 4u) * ${KHW}u / 4u;
+    for (var i = 0u; i < ${KHW}u; i++) { v[i] = w[base + i]; }
+  }
+  for (var t = 0u; t < ${KHW}u; t++) {
+    // Channel j's tap k is float j*KHW + k of the block.
+    let k = ${KHW - 1}u - t;
+    var o: vec4f;
+    for (var j = 0u; j < 4u; j++) {
+      let f = j * ${KHW}u + k;
+      o[j] = v[f / 4u][f % 4u];
+    }
+    textureStore(tex, vec2u(c4, co * ${KHW}u + t), o);
+  }
+}`;
+
+/**
  * Which taps a staged weight holds: the kernel as is, one output phase of a strided conv's dx
  * (flipped and transposed, {@link dxPhase}), or one output phase of a conv on a nearest-2x-upsampled
  * input (taps reading the same source pixel summed, {@link upPhase}).
@@ -516,6 +548,18 @@ function stageWeights(gpu: Gpu, w: Tensor, cot: number, k: WeightTaps): StagedW 
       [w, view],
       new Params().u32(CoP4).u32(rows / 4).u32(Cout),
       [Math.ceil(CoP4 / 16), Math.ceil(rows / 16), 1],
+    );
+    return { tex, view, lay: { Hp: wH, Wp4: CoP4, P: bands, bands: 1 }, CoP4, wH };
+  }
+  if (
+    k.mode === "dx" && k.st === 1 && k.KHs === KH && k.KWs === KW && bands === 1 &&
+    Cin % 4 === 0 && KHW <= 64
+  ) {
+    gpu.dispatch(
+      gpu.pipeline(`conv2d_wt_rot_quad|${KHW}`, () => WT_ROT_QUAD_WGSL(KHW)),
+      [w, view],
+      new Params().u32(CoP4).u32(Cout).u32(Cin),
+      [Math.ceil(CoP4 / 16), Math.ceil(Cout / 4), 1],
     );
     return { tex, view, lay: { Hp: wH, Wp4: CoP4, P: bands, bands: 1 }, CoP4, wH };
   }

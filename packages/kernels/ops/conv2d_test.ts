@@ -54,6 +54,9 @@ const CASES: Case[] = [
   },
   { B: 1, Cin: 32, H: 16, W: 16, Cout: 7, K: 3, o: { stride: 2, pad: [0, 1, 0, 1] } },
   { B: 1, Cin: 7, H: 9, W: 9, Cout: 5, K: 1, o: { tile: SMALL }, bias: true, res: true },
+  // Input channels in quads: the vectorised weight staging (plain and rotated), 1x1 and 3x3.
+  { B: 1, Cin: 8, H: 5, W: 7, Cout: 6, K: 1, o: { tile: SMALL }, bias: true },
+  { B: 2, Cin: 12, H: 6, W: 5, Cout: 5, K: 3, o: { pad: 1, tile: SMALL } },
   {
     B: 2,
     Cin: 3,
