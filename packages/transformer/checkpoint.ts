@@ -111,12 +111,16 @@ export async function loadLlamaFrom(
   const model = Llama.empty(gpu, config, options);
   const specs = paramSpecs(config);
   const want = quantTypeOf(model.dtype);
+  // One f32 buffer for every tensor, sized for the largest: the 7B's 291 tensors would otherwise
+  // leave ~27 GB of f32 arrays for the garbage collector, of which it keeps some resident.
+  const size = (shape: readonly number[]) => shape.reduce((a, b) => a * b, 1);
+  const scratch = new Float32Array(Math.max(...specs.map((s) => size(s.shape))));
   for (let i = 0; i < specs.length; i++) {
     const { name, shape } = specs[i];
     if (want && source instanceof GgufLlamaSource && source.ggmlType(name) === want) {
       const raw = await source.rawTensor(name);
       model.setQuantParam(name, want, shape, raw.bytes);
-    } else model.setParam(name, await source.readF32(name));
+    } else model.setParam(name, await source.readF32(name, scratch.subarray(0, size(shape))));
     await gpu.settle(); // one copy of the weights in host memory, not two
     options.onTensor?.(name, i, specs.length);
   }

@@ -346,3 +346,39 @@ fn main(@builtin(local_invocation_index) li: u32, @builtin(workgroup_id) wg: vec
   }
 }`;
 }
+
+/**
+ * Splits GGUF blocks (uploaded as they are, `B` = 34 or 18 bytes each, so mostly unaligned) into
+ * the kernels' layout, as @lvm/weights' `splitBlocks` does on the host: invocation i handles blocks
+ * 2i and 2i+1, whose f16 scales make word i of `sc`. Every block starts at an even byte, so each
+ * scale is one half of a word and each quant word is one source word or two halves of two.
+ */
+export function splitKernel(type: QuantType, WG = 64): string {
+  const B = type === "Q4_0" ? 18 : 34, W = blockWords(type);
+  return `@group(0) @binding(0) var<storage, read> src: array<u32>;
+@group(0) @binding(1) var<storage, read_write> sc: array<u32>;
+@group(0) @binding(2) var<storage, read_write> qs: array<u32>;
+struct P { blocks: u32 }
+@group(0) @binding(3) var<uniform> p: P;
+/** The 4 bytes at even byte offset o. */
+fn word(o: u32) -> u32 {
+  let a = o >> 2u;
+  if ((o & 3u) == 0u) { return src[a]; }
+  return (src[a] >> 16u) | (src[a + 1u] << 16u);
+}
+/** The 2 bytes at even byte offset o. */
+fn half(o: u32) -> u32 { return (src[o >> 2u] >> ((o & 2u) * 8u)) & 0xFFFFu; }
+@compute @workgroup_size(${WG})
+fn main(@builtin(local_invocation_index) li: u32, @builtin(workgroup_id) wg: vec3u,
+        @builtin(num_workgroups) nwg: vec3u) {
+  let i = (wg.x + wg.y * nwg.x) * ${WG}u + li;
+  let b0 = 2u * i;
+  if (b0 >= p.blocks) { return; }
+  var s = half(b0 * ${B}u);
+  if (b0 + 1u < p.blocks) { s |= half((b0 + 1u) * ${B}u) << 16u; }
+  sc[i] = s;
+  for (var b = b0; b < min(b0 + 2u, p.blocks); b++) {
+    for (var w = 0u; w < ${W}u; w++) { qs[b * ${W}u + w] = word(b * ${B}u + 2u + 4u * w); }
+  }
+}`;
+}

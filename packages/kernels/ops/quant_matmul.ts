@@ -29,7 +29,14 @@
  * @module
  */
 import { type Gpu, grid, Params, type Tensor } from "@lvm/gpu";
-import { dequantize, QK, quantize, type QuantType, splitBlocks } from "@lvm/weights";
+import {
+  BLOCK_BYTES,
+  dequantize,
+  QK,
+  quantize,
+  quantizedBytes,
+  type QuantType,
+} from "@lvm/weights";
 import { embedding } from "./embedding.ts";
 import { linear, type PackedWeight } from "./matmul.ts";
 import {
@@ -38,8 +45,15 @@ import {
   embeddingKernel,
   gemvKernel,
   gemvWgKernel,
+  splitKernel,
   tiledKernel,
 } from "./_quant_kernels.ts";
+
+/**
+ * Host bytes {@link QuantWeight.fromF32} quantizes into, kept for the next call (a loader
+ * quantizes tensor after tensor: one buffer of the largest instead of one per tensor).
+ */
+let scratch: Uint8Array | null = null;
 
 /** Kernel variants of {@link linearQ}. */
 export type QuantVariant = "gemv" | "gemvWg" | "blocked" | "tiled";
@@ -105,16 +119,37 @@ export class QuantWeight {
     bytes: Uint8Array,
   ): QuantWeight {
     const [N, K] = QuantWeight.#shape(type, shape);
-    const split = splitBlocks(type, bytes);
-    if (split.blocks !== (N * K) / QK) {
+    const blocks = (N * K) / QK, B = BLOCK_BYTES[type];
+    if (bytes.length !== blocks * B) {
       throw new RangeError(
-        `QuantWeight: [${shape}] ${type} needs ${
-          (N * K) / QK
-        } blocks, the bytes hold ${split.blocks}`,
+        `QuantWeight: [${shape}] ${type} needs ${blocks} blocks (${
+          blocks * B
+        } bytes), got ${bytes.length} bytes`,
       );
     }
-    const scales = gpu.upload(split.scales, [split.scales.length], "u32");
-    const quants = gpu.upload(split.quants, [split.quants.length], "u32");
+    // The blocks go up as they are (4-byte aligned writes, the tail padded) and a kernel splits
+    // them: no host copy of the split layout (a 7B would churn ~7 GB of host arrays). The upload
+    // buffer is not pooled but destroyed once the split is submitted (its memory is freed after
+    // the work runs), so a loader leaves no idle buffer of each tensor size behind.
+    const raw = gpu.device.createBuffer({
+      label: "quant blocks upload",
+      size: Math.ceil(bytes.length / 4) * 4,
+      usage: GPUBufferUsage.STORAGE | GPUBufferUsage.COPY_DST,
+    });
+    const body = bytes.length & ~3;
+    if (body) gpu.writeBytes(raw, bytes.subarray(0, body));
+    if (body < bytes.length) {
+      const tail = new Uint8Array(4);
+      tail.set(bytes.subarray(body));
+      gpu.writeBytes(raw, tail, body);
+    }
+    const scales = gpu.empty([Math.ceil(blocks / 2)], "u32");
+    const quants = gpu.empty([blocks * blockWords(type)], "u32");
+    const pipe = gpu.pipeline(`quant/split/${type}`, () => splitKernel(type));
+    const p = new Params().u32(blocks);
+    gpu.dispatch(pipe, [raw, scales, quants], p, grid(Math.ceil(blocks / 128)));
+    gpu.submit();
+    raw.destroy();
     return new QuantWeight(gpu, type, [N, K], scales, quants);
   }
 
@@ -131,7 +166,11 @@ export class QuantWeight {
         `QuantWeight: [${shape}] needs ${N * K} values, got ${values.length}`,
       );
     }
-    return QuantWeight.fromBlocks(gpu, type, shape, quantize(type, values));
+    // The blocks are quantized into one reused host buffer (see fromBlocks).
+    const bytes = quantizedBytes(type, N * K);
+    if (!scratch || scratch.length < bytes) scratch = new Uint8Array(bytes);
+    const blocks = quantize(type, values, scratch).subarray(0, bytes);
+    return QuantWeight.fromBlocks(gpu, type, shape, blocks);
   }
 
   /** GPU bytes of the packed weight (scales and quants; the pool may round buffers up). */
