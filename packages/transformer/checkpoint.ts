@@ -12,7 +12,16 @@
  * @module
  */
 import type { Gpu } from "@lvm/gpu";
-import { GgufLlamaSource, type StDType, type TensorSource } from "@lvm/weights";
+import {
+  GgufLlamaSource,
+  QK,
+  quantize,
+  quantizedBytes,
+  type QuantType,
+  type StDType,
+  type TensorSource,
+  toF32,
+} from "@lvm/weights";
 import { ConfigError, configFromHf, type LlamaConfig, LM_HEAD, paramSpecs } from "./config.ts";
 import { Llama, type ModelOptions, quantTypeOf } from "./model.ts";
 
@@ -84,6 +93,37 @@ export function checkTensors(source: TensorSource, config: LlamaConfig): void {
   }
 }
 
+/**
+ * Quantizes matrix `name` of `source` as `type` into `out`, converting its stored values to f32
+ * a few rows at a time (~4 MB), so no f32 copy of the whole tensor is made: the same blocks as
+ * quantizing all of its f32 values at once (blocks never straddle rows).
+ */
+async function quantizeRows(
+  source: TensorSource,
+  name: string,
+  type: QuantType,
+  shape: readonly number[],
+  out: Uint8Array,
+): Promise<Uint8Array> {
+  const [N, K] = shape;
+  const raw = await source.readRaw(name);
+  const { dtype } = source.info(name);
+  const eb = raw.length / (N * K); // stored bytes per value
+  const rows = Math.max(1, Math.floor(2 ** 20 / K));
+  const chunk = new Float32Array(Math.min(rows, N) * K);
+  for (let r0 = 0; r0 < N; r0 += rows) {
+    const n = Math.min(rows, N - r0);
+    const x = toF32(
+      dtype,
+      raw.subarray(r0 * K * eb, (r0 + n) * K * eb),
+      `${source.path}: tensor "${name}"`,
+      chunk.subarray(0, n * K),
+    );
+    quantize(type, x, out.subarray(quantizedBytes(type, r0 * K)));
+  }
+  return out;
+}
+
 /** Options of {@link loadLlamaFrom} (and `@lvm/transformer/fs`'s `loadLlama`). */
 export interface LoadOptions extends ModelOptions {
   /** Called after each tensor is uploaded (progress output). */
@@ -95,8 +135,8 @@ export interface LoadOptions extends ModelOptions {
  * reader over bytes, a sharded checkpoint, a torch file), tensor by tensor, after checking every
  * tensor's presence and shape from the headers ({@link checkTensors}). BF16/F16/F64 tensors are
  * converted to f32 on load; `dtype: "f16"` keeps the matrices at 16 bits on the GPU, `"q8"`/`"q4"`
- * block-quantizes each one on the host before the next tensor is read (host memory holds one f32
- * tensor beyond the packed model). From a LLaMA GGUF (@lvm/weights' `GgufLlamaSource`), a matrix
+ * block-quantizes each one on the host, a few rows at a time, before the next tensor is read
+ * (host memory holds one tensor's stored bytes and blocks beyond the packed model). From a LLaMA GGUF (@lvm/weights' `GgufLlamaSource`), a matrix
  * stored in the very block type the dtype asks for (Q8_0 for q8, Q4_0 for q4) is uploaded as its
  * stored blocks, bit for bit (rows already in HF order); any other is dequantized and converted as
  * above. `source` is left open. `@lvm/transformer/fs`'s `loadLlama(gpu, dir)` does this for a model directory.
@@ -111,16 +151,26 @@ export async function loadLlamaFrom(
   const model = Llama.empty(gpu, config, options);
   const specs = paramSpecs(config);
   const want = quantTypeOf(model.dtype);
-  // One f32 buffer for every tensor, sized for the largest: the 7B's 291 tensors would otherwise
-  // leave ~27 GB of f32 arrays for the garbage collector, of which it keeps some resident.
+  // Host buffers reused from tensor to tensor (sized for the largest one that needs each): the
+  // 7B's 291 tensors would otherwise leave ~27 GB of f32 arrays to the garbage collector.
   const size = (shape: readonly number[]) => shape.reduce((a, b) => a * b, 1);
-  const scratch = new Float32Array(Math.max(...specs.map((s) => size(s.shape))));
+  const reused = { f32: new Float32Array(0), bytes: new Uint8Array(0) };
+  const f32 = (n: number) => {
+    if (reused.f32.length < n) reused.f32 = new Float32Array(n);
+    return reused.f32.subarray(0, n);
+  };
   for (let i = 0; i < specs.length; i++) {
     const { name, shape } = specs[i];
-    if (want && source instanceof GgufLlamaSource && source.ggmlType(name) === want) {
-      const raw = await source.rawTensor(name);
-      model.setQuantParam(name, want, shape, raw.bytes);
-    } else model.setParam(name, await source.readF32(name, scratch.subarray(0, size(shape))));
+    if (want && shape.length === 2 && shape[1] % QK === 0) {
+      if (source instanceof GgufLlamaSource && source.ggmlType(name) === want) {
+        model.setQuantParam(name, want, shape, (await source.rawTensor(name)).bytes);
+      } else {
+        const n = quantizedBytes(want, size(shape));
+        if (reused.bytes.length < n) reused.bytes = new Uint8Array(n);
+        const blocks = await quantizeRows(source, name, want, shape, reused.bytes.subarray(0, n));
+        model.setQuantParam(name, want, shape, blocks);
+      }
+    } else model.setParam(name, await source.readF32(name, f32(size(shape))));
     await gpu.settle(); // one copy of the weights in host memory, not two
     options.onTensor?.(name, i, specs.length);
   }
