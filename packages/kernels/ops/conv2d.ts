@@ -41,9 +41,11 @@
  *   second pass in a fixed order: deterministic, no float atomics.
  * - dbias alone (no dW asked): a workgroup tree reduction per channel.
  *
- * Variants per adapter: the tile table ({@link conv2dTile}) is tuned on lavapipe; on a real GPU the same
- * kernels run (texture reads are fast there too) with smaller tiles for occupancy. A shared-memory
- * GPU variant is not written.
+ * Variants per adapter: the tile table ({@link conv2dTile}) is tuned on lavapipe, where the main
+ * kernels bind their textures as read-only storage textures ({@link texDecl}); on a real GPU the same
+ * kernels run on sampled textures (texture reads are fast there too) with smaller tiles for
+ * occupancy. A shared-memory GPU variant is not written. Figures beside the matmul at the same FLOPs:
+ * tools/bench/conv.ts (`deno task bench --filter "vs matmul"`).
  * @module
  */
 import { type Gpu, grid, Params, WG_INDEX } from "@lvm/gpu";
