@@ -115,6 +115,53 @@ async function denoTimed(model: string, images: string[], tokenizer = TOK) {
   }
 }
 
+/** What the page reports of its last generation (`globalThis.lvmPage.last`). */
+type Last = {
+  codes: number[][];
+  prompt: number[][];
+  codesPerSecond: number;
+  ms: { encode: number; generate: number; decode: number };
+};
+type Page = Awaited<ReturnType<Awaited<ReturnType<typeof launchChromium>>["newPage"]>>;
+
+/** Opens the page at `url` and waits until it has loaded its models (or failed). */
+async function openPage(page: Page, url: string, timeout: number): Promise<void> {
+  await page.setViewportSize({ width: 1100, height: 900 });
+  await page.goto(url);
+  await page.waitForFunction(
+    () => {
+      const s = (globalThis as unknown as { lvmPage?: { status: string } }).lvmPage?.status;
+      return s === "ready" || s === "error";
+    },
+    null,
+    { timeout },
+  );
+}
+
+/** Clicks Generate, waits for the result, and returns the page's state (throws on an error). */
+async function generateOn(page: Page, timeout: number) {
+  await page.evaluate(() => {
+    (globalThis as unknown as { lvmPage: { last?: unknown } }).lvmPage.last = undefined;
+  });
+  await page.click("#generate");
+  await page.waitForFunction(
+    () => {
+      const s = (globalThis as unknown as { lvmPage: { status: string; last?: unknown } }).lvmPage;
+      return s.status === "error" || (s.status === "ready" && s.last);
+    },
+    null,
+    { timeout },
+  );
+  const st = await page.evaluate(() => (globalThis as unknown as { lvmPage: unknown }).lvmPage) as {
+    status: string;
+    error?: string;
+    adapter: string;
+    last: Last;
+  };
+  if (st.status !== "ready") throw new Error(`page: ${st.error}`);
+  return st;
+}
+
 Deno.test({
   name: "web page and kernel ops in headless Chromium (WebGPU)",
   sanitizeOps: false,
@@ -167,32 +214,7 @@ Deno.test({
       const errors: string[] = [];
       page.on("pageerror", (e) => errors.push(e.message));
 
-      type Last = {
-        codes: number[][];
-        prompt: number[][];
-        codesPerSecond: number;
-        ms: { encode: number; generate: number; decode: number };
-      };
-      const generate = async () => {
-        await page.evaluate(() => {
-          (globalThis as unknown as { lvmPage: { last?: unknown } }).lvmPage.last = undefined;
-        });
-        await page.click("#generate");
-        await page.waitForFunction(
-          () => {
-            const s = (globalThis as unknown as { lvmPage: { status: string; last?: unknown } })
-              .lvmPage;
-            return s.status === "error" || (s.status === "ready" && s.last);
-          },
-          null,
-          { timeout: 120_000 },
-        );
-        const st = await page.evaluate(() =>
-          (globalThis as unknown as { lvmPage: unknown }).lvmPage
-        ) as { status: string; error?: string; adapter: string; last: Last };
-        if (st.status !== "ready") throw new Error(`page: ${st.error}`);
-        return st;
-      };
+      const generate = () => generateOn(page, 120_000);
       await t.step("kernel op tests against their CPU references", async () => {
         // LVM_KERNEL_KIND=gpu|cpu picks the kernels' variants as on that kind of adapter.
         const kind = Deno.env.get("LVM_KERNEL_KIND");
@@ -232,16 +254,7 @@ Deno.test({
       let pageCodes: number[][] = [], pagePrompt: number[][] = [];
       let pageRate = NaN;
       await t.step("the page generates an image greedily for an example prompt", async () => {
-        await page.setViewportSize({ width: 1100, height: 900 });
-        await page.goto(url);
-        await page.waitForFunction(
-          () => {
-            const s = (globalThis as unknown as { lvmPage?: { status: string } }).lvmPage?.status;
-            return s === "ready" || s === "error";
-          },
-          null,
-          { timeout: 120_000 },
-        );
+        await openPage(page, url, 120_000);
         const st0 = await page.evaluate(() =>
           (globalThis as unknown as { lvmPage: unknown }).lvmPage
         );
@@ -431,16 +444,7 @@ Deno.test({
       const page = await browser.newPage();
       const errors: string[] = [];
       page.on("pageerror", (e) => errors.push(e.message));
-      await page.setViewportSize({ width: 1100, height: 900 });
-      await page.goto(url);
-      await page.waitForFunction(
-        () => {
-          const s = (globalThis as unknown as { lvmPage?: { status: string } }).lvmPage?.status;
-          return s === "ready" || s === "error";
-        },
-        null,
-        { timeout: 180_000 },
-      );
+      await openPage(page, url, 180_000);
       const frames = [...Deno.readDirSync(join(examples, "sequence"))]
         .map((e) => e.name).filter((n) => n.endsWith(".png")).sort()
         .map((n) => join(examples, "sequence", n));
@@ -451,25 +455,7 @@ Deno.test({
       );
       await page.check("#greedy");
       await page.fill("#count", "1");
-      await page.click("#generate");
-      await page.waitForFunction(
-        () => {
-          const s = (globalThis as unknown as { lvmPage: { status: string; last?: unknown } })
-            .lvmPage;
-          return s.status === "error" || (s.status === "ready" && s.last);
-        },
-        null,
-        { timeout: 180_000 },
-      );
-      const st = await page.evaluate(() =>
-        (globalThis as unknown as { lvmPage: unknown }).lvmPage
-      ) as {
-        status: string;
-        error?: string;
-        adapter: string;
-        last: { codes: number[][]; prompt: number[][]; codesPerSecond: number };
-      };
-      if (st.status !== "ready") throw new Error(`page: ${st.error}`);
+      const st = await generateOn(page, 180_000);
       await page.screenshot({ path: join(OUT, "page_shipped.png"), fullPage: true });
       if (errors.length) throw new Error(`page errors: ${errors.join("; ")}`);
       const cli = await cliComplete(model, join(dir, "cli"), frames, ["--greedy"], tokenizer);
