@@ -340,58 +340,42 @@ export async function openLlamaGguf(path: string): Promise<GgufLlamaSource> {
 // Writing
 
 /**
- * Streams a safetensors file: the tensor list first (so the header can be written), then each
- * tensor's bytes, in any order, one call per tensor (so a model is saved without holding every
- * weight in host memory at once). Writes go to a temp file beside `path`; `close()` checks that
- * every tensor was written, syncs and renames it into place; `abort()` removes it.
- *
- * @example
- * ```ts
- * import { SafetensorsWriter } from "@lvm/weights/fs";
- * const path = await Deno.makeTempFile({ suffix: ".safetensors" });
- * const w = await SafetensorsWriter.create(path, [
- *   { name: "a", dtype: "F32", shape: [2, 2] },
- *   { name: "b", dtype: "BF16", shape: [3] },
- * ]);
- * await w.write("b", new Float32Array([1, 2, 3])); // converted to bf16
- * await w.write("a", new Float32Array([1, 2, 3, 4]));
- * await w.close();
- * await Deno.remove(path);
- * ```
+ * The atomic, streaming part shared by {@link SafetensorsWriter} and {@link GgufWriter}: a temp file
+ * beside `path` sized and headed at creation, one write per planned tensor at its offset, `close()`
+ * (every tensor written? sync, rename into place) and `abort()` (remove the temp file).
  */
-export class SafetensorsWriter {
-  readonly #plan: Map<string, PlannedTensor>;
+abstract class PlannedFileWriter<P extends { name: string }> {
+  readonly #plan: Map<string, P>;
   readonly #written = new Set<string>();
   #done = false;
-  private constructor(
+  protected constructor(
     /** The final path. */
     readonly path: string,
     private readonly tmp: string,
     private readonly file: Deno.FsFile,
     private readonly dataStart: number,
-    plan: PlannedTensor[],
+    plan: P[],
   ) {
     this.#plan = new Map(plan.map((p) => [p.name, p]));
   }
 
-  /** Creates the temp file and writes the header for `specs` (+ optional string `metadata`). */
-  static async create(
+  /** Creates the temp file for `path`, `size` bytes (zeros), with `header` at its start. */
+  protected static async openTemp(
     path: string,
-    specs: readonly TensorSpec[],
-    metadata?: Record<string, string>,
-  ): Promise<SafetensorsWriter> {
-    const { header, planned, dataBytes } = planSafetensors(specs, metadata);
+    header: Uint8Array,
+    size: number,
+  ): Promise<{ tmp: string; file: Deno.FsFile }> {
     const tmp = tempPath(path);
     const file = await Deno.open(tmp, { write: true, create: true, truncate: true });
     try {
-      await file.truncate(header.byteLength + dataBytes);
+      await file.truncate(size);
       await writeAll(file, header, 0);
     } catch (e) {
       file.close();
       await Deno.remove(tmp).catch(() => {});
       throw e;
     }
-    return new SafetensorsWriter(path, tmp, file, header.byteLength, planned);
+    return { tmp, file };
   }
 
   /** Tensor names in file layout order (writing in this order is sequential I/O). */
@@ -399,8 +383,8 @@ export class SafetensorsWriter {
     return [...this.#plan.keys()];
   }
 
-  /** Writes one tensor's data (see {@link TensorEntry.data}); each tensor exactly once. */
-  async write(name: string, data: TensorData): Promise<void> {
+  /** The plan of tensor `name`, checking it may be written now (planned, not yet written, open). */
+  protected planned(name: string): P {
     if (this.#done) {
       throw new Error(`${this.path}: write(${JSON.stringify(name)}) after close/abort`);
     }
@@ -413,9 +397,13 @@ export class SafetensorsWriter {
     if (this.#written.has(name)) {
       throw new RangeError(`${this.path}: tensor ${JSON.stringify(name)} written twice`);
     }
-    const bytes = encodeTensor(name, { dtype: p.dtype, shape: p.shape, data });
+    return p;
+  }
+
+  /** Writes tensor `name`'s encoded bytes at `offset` in the data section. */
+  protected async put(name: string, bytes: Uint8Array, offset: number): Promise<void> {
     this.#written.add(name);
-    await writeAll(this.file, bytes, this.dataStart + p.begin);
+    await writeAll(this.file, bytes, this.dataStart + offset);
   }
 
   /** Checks all tensors were written, syncs, closes and renames the temp file to `path`. */
@@ -452,6 +440,50 @@ export class SafetensorsWriter {
       this.file.close();
     } catch { /* already closed */ }
     await Deno.remove(this.tmp).catch(() => {});
+  }
+}
+
+/**
+ * Streams a safetensors file: the tensor list first (so the header can be written), then each
+ * tensor's bytes, in any order, one call per tensor (so a model is saved without holding every
+ * weight in host memory at once). Writes go to a temp file beside `path`; `close()` checks that
+ * every tensor was written, syncs and renames it into place; `abort()` removes it.
+ *
+ * @example
+ * ```ts
+ * import { SafetensorsWriter } from "@lvm/weights/fs";
+ * const path = await Deno.makeTempFile({ suffix: ".safetensors" });
+ * const w = await SafetensorsWriter.create(path, [
+ *   { name: "a", dtype: "F32", shape: [2, 2] },
+ *   { name: "b", dtype: "BF16", shape: [3] },
+ * ]);
+ * await w.write("b", new Float32Array([1, 2, 3])); // converted to bf16
+ * await w.write("a", new Float32Array([1, 2, 3, 4]));
+ * await w.close();
+ * await Deno.remove(path);
+ * ```
+ */
+export class SafetensorsWriter extends PlannedFileWriter<PlannedTensor> {
+  /** Creates the temp file and writes the header for `specs` (+ optional string `metadata`). */
+  static async create(
+    path: string,
+    specs: readonly TensorSpec[],
+    metadata?: Record<string, string>,
+  ): Promise<SafetensorsWriter> {
+    const { header, planned, dataBytes } = planSafetensors(specs, metadata);
+    const { tmp, file } = await PlannedFileWriter.openTemp(
+      path,
+      header,
+      header.byteLength + dataBytes,
+    );
+    return new SafetensorsWriter(path, tmp, file, header.byteLength, planned);
+  }
+
+  /** Writes one tensor's data (see {@link TensorEntry.data}); each tensor exactly once. */
+  async write(name: string, data: TensorData): Promise<void> {
+    const p = this.planned(name);
+    const bytes = encodeTensor(name, { dtype: p.dtype, shape: p.shape, data });
+    await this.put(name, bytes, p.begin);
   }
 }
 
@@ -617,21 +649,17 @@ export async function writeShardedSafetensors(
  * await Deno.remove(path);
  * ```
  */
-export class GgufWriter {
-  readonly #plan: Map<string, GgufPlannedTensor>;
-  readonly #written = new Set<string>();
-  #done = false;
+export class GgufWriter extends PlannedFileWriter<GgufPlannedTensor> {
   private constructor(
-    /** The final path. */
-    readonly path: string,
-    private readonly tmp: string,
-    private readonly file: Deno.FsFile,
-    private readonly dataStart: number,
+    path: string,
+    tmp: string,
+    file: Deno.FsFile,
+    dataStart: number,
     plan: GgufPlannedTensor[],
     /** Total bytes of the file. */
     readonly size: number,
   ) {
-    this.#plan = new Map(plan.map((p) => [p.name, p]));
+    super(path, tmp, file, dataStart, plan);
   }
 
   /** Creates the temp file and writes the header for `specs` and `metadata`. */
@@ -641,78 +669,16 @@ export class GgufWriter {
     specs: readonly GgufTensorSpec[],
   ): Promise<GgufWriter> {
     const { header, planned, dataBytes } = planGguf(metadata, specs);
-    const tmp = tempPath(path);
-    const file = await Deno.open(tmp, { write: true, create: true, truncate: true });
-    const size = header.byteLength + dataBytes;
-    try {
-      await file.truncate(size); // zeros: the padding
-      await writeAll(file, header, 0);
-    } catch (e) {
-      file.close();
-      await Deno.remove(tmp).catch(() => {});
-      throw e;
-    }
+    const size = header.byteLength + dataBytes; // zeros beyond the header: the padding
+    const { tmp, file } = await PlannedFileWriter.openTemp(path, header, size);
     return new GgufWriter(path, tmp, file, header.byteLength, planned, size);
-  }
-
-  /** Tensor names in file order (writing in this order is sequential I/O). */
-  get order(): string[] {
-    return [...this.#plan.keys()];
   }
 
   /** Writes one tensor: f32 values (encoded as its type) or its stored bytes; each exactly once. */
   async write(name: string, data: Float32Array | Uint8Array): Promise<void> {
-    if (this.#done) {
-      throw new Error(`${this.path}: write(${JSON.stringify(name)}) after close/abort`);
-    }
-    const p = this.#plan.get(name);
-    if (!p) {
-      throw new RangeError(
-        `${this.path}: tensor ${JSON.stringify(name)} was not in the list given to create()`,
-      );
-    }
-    if (this.#written.has(name)) {
-      throw new RangeError(`${this.path}: tensor ${JSON.stringify(name)} written twice`);
-    }
+    const p = this.planned(name);
     const bytes = encodeGgml(p.type, p.shape, data, `${this.path}: tensor ${JSON.stringify(name)}`);
-    this.#written.add(name);
-    await writeAll(this.file, bytes, this.dataStart + p.offset);
-  }
-
-  /** Checks all tensors were written, syncs, closes and renames the temp file to `path`. */
-  async close(): Promise<void> {
-    if (this.#done) return;
-    const missing = this.order.filter((n) => !this.#written.has(n));
-    if (missing.length) {
-      await this.abort();
-      throw new RangeError(
-        `${this.path}: ${missing.length} tensor(s) never written (${
-          missing.slice(0, 5).join(", ")
-        }); nothing was saved`,
-      );
-    }
-    this.#done = true;
-    try {
-      await this.file.syncData();
-      this.file.close();
-      await Deno.rename(this.tmp, this.path);
-    } catch (e) {
-      try {
-        this.file.close();
-      } catch { /* already closed */ }
-      await Deno.remove(this.tmp).catch(() => {});
-      throw e;
-    }
-  }
-
-  /** Discards the temp file; `path` is left as it was. */
-  async abort(): Promise<void> {
-    if (this.#done) return;
-    this.#done = true;
-    try {
-      this.file.close();
-    } catch { /* already closed */ }
-    await Deno.remove(this.tmp).catch(() => {});
+    await this.put(name, bytes, p.offset);
   }
 }
 
