@@ -117,7 +117,13 @@ interface Metrics {
       perplexity: number;
       unigram_perplexity: number;
       category?: { accuracy: number; chance: number };
-      psnr?: { model: number; copy: number; no_examples?: number; tokenizer_ceiling: number };
+      psnr?: {
+        model: number;
+        copy: number;
+        copy_codes?: number;
+        no_examples?: number;
+        tokenizer_ceiling: number;
+      };
     }>;
   })[];
   settings?: unknown;
@@ -251,6 +257,8 @@ export async function runShipped(models: string, out: string): Promise<string> {
           }%)`
           : r.psnr
           ? `${r.psnr.model.toFixed(1)} dB (copy ${r.psnr.copy.toFixed(1)}${
+            r.psnr.copy_codes === undefined ? "" : `, copy's codes ${r.psnr.copy_codes.toFixed(1)}`
+          }${
             r.psnr.no_examples === undefined ? "" : `, no examples ${r.psnr.no_examples.toFixed(1)}`
           }, VQGAN ceiling ${r.psnr.tokenizer_ceiling.toFixed(1)})`
           : "";

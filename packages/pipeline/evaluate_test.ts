@@ -132,11 +132,14 @@ Deno.test("evaluateLvm() on a random tiny tokenizer and model", async () => {
     }
     const inv = e.tasks.invert;
     assertEquals(inv.curve.map((p) => p.target), [true, false, true]);
-    for (const k of ["model", "copy", "no_examples", "tokenizer_ceiling"] as const) {
+    for (const k of ["model", "copy", "copy_codes", "no_examples", "tokenizer_ceiling"] as const) {
       assertEquals(Number.isFinite(inv.psnr![k]), true);
     }
     assertEquals(e.tasks.sequence.psnr!.copy_is, "last frame");
     assertEquals(e.tasks.sequence.psnr!.no_examples, undefined);
+    // The copy through the tokenizer is its own figure (a decoded image), not the plain copy.
+    assertEquals(Number.isFinite(e.tasks.sequence.psnr!.copy_codes), true);
+    assertEquals(e.tasks.sequence.psnr!.copy_codes !== e.tasks.sequence.psnr!.copy, true);
     const cat = e.tasks.classes.category!;
     assertEquals(cat.accuracy >= 0 && cat.accuracy <= 1 && cat.chance === 0.1, true);
     assertEquals(e.classifier!.heldout_accuracy, 1);
