@@ -31,3 +31,4 @@ export * from "./ops/groupnorm_rows.ts";
 export * from "./ops/upsample.ts";
 export * from "./ops/vq.ts";
 export * from "./ops/sample.ts";
+export * from "./ops/decode_fused.ts";

@@ -45,22 +45,45 @@ for (const variant of ["mha", "gqa_tied"]) {
     const prompt = await ref(variant, "generate.prompt");
     const want = await ref(variant, "generate.tokens");
 
-    await t.step("greedy with the cache == full recompute == PyTorch", async () => {
-      const s = new DecodeSession(model, { maxTokens: 32 });
-      const cached: number[] = [];
-      let logits = await s.prefill(prompt);
-      const seq = [...prompt];
-      for (let i = 0; i < want.length; i++) {
-        const full = await fullLogits(model, seq);
-        assertClose(logits, full, { atol: 1e-4, rtol: 1e-4 }, `step ${i} logits`);
-        const id = argmaxBelow(logits, codes);
-        cached.push(id);
-        seq.push(id);
-        if (i + 1 < want.length) logits = await s.step(id);
+    for (const fuse of [true, false]) {
+      await t.step(
+        `greedy with the cache == full recompute == PyTorch (fuse: ${fuse})`,
+        async () => {
+          const s = new DecodeSession(model, { maxTokens: 32, fuse });
+          const cached: number[] = [];
+          let logits = await s.prefill(prompt);
+          const seq = [...prompt];
+          for (let i = 0; i < want.length; i++) {
+            const full = await fullLogits(model, seq);
+            assertClose(logits, full, { atol: 1e-4, rtol: 1e-4 }, `step ${i} logits`);
+            const id = argmaxBelow(logits, codes);
+            cached.push(id);
+            seq.push(id);
+            if (i + 1 < want.length) logits = await s.step(id);
+          }
+          assertEquals(cached, want);
+          assertEquals(s.length, prompt.length + want.length - 1);
+          s.release();
+        },
+      );
+    }
+
+    await t.step("fused one-token steps == unfused, packed weights or not", async () => {
+      // The fused kernels' two variants: "tex" (packed weights, CPU adapters) and "buffer".
+      const ref = new DecodeSession(model, { maxTokens: 24, fuse: false });
+      const runs = [true, false].map((packWeights) =>
+        new DecodeSession(model, { maxTokens: 24, packWeights })
+      );
+      let want = await ref.prefill(prompt);
+      for (const r of runs) assertClose(await r.prefill(prompt), want, { atol: 1e-5, rtol: 1e-5 });
+      for (let i = 0; i < 6; i++) {
+        const id = argmaxBelow(want, codes);
+        want = await ref.step(id);
+        for (const [j, r] of runs.entries()) {
+          assertClose(await r.step(id), want, { atol: 1e-5, rtol: 1e-5 }, `run ${j} step ${i}`);
+        }
       }
-      assertEquals(cached, want);
-      assertEquals(s.length, prompt.length + want.length - 1);
-      s.release();
+      for (const r of [ref, ...runs]) r.release();
     });
 
     await t.step("a decode step: no new pipeline or buffer, one read", async () => {
@@ -229,5 +252,9 @@ Deno.test("DecodeSession with f16 weights", async () => {
   assertClose(lb, la, { atol: 2e-2, rtol: 1e-2 }, "f16 vs f32 logits");
   const sa = await a.step(3), sb = await b.step(3);
   assertClose(sb, sa, { atol: 2e-2, rtol: 1e-2 }, "f16 vs f32 step logits");
-  for (const x of [a, b, m32, m16]) x.release();
+  // The fused step reads the same halves as the unfused one.
+  const c = new DecodeSession(m16, { maxTokens: 8, fuse: false });
+  await c.prefill(prompt);
+  assertClose(sb, await c.step(3), { atol: 1e-5, rtol: 1e-5 }, "f16 fused vs unfused step");
+  for (const x of [a, b, c, m32, m16]) x.release();
 });

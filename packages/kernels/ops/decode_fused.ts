@@ -1,0 +1,615 @@
+/**
+ * Fused kernels of one decode step (one token, batch 1), so a layer costs a handful of dispatches
+ * instead of ~16 (issue 11 item 2). Two kernels here; the rest of a layer is attention over the
+ * cache ({@link attentionDecode}) and two matrix-vector products that add into the residual stream
+ * in place (`matmul(..., { out: x, accumulate: true })`):
+ * - {@link decodeQkv}: RMSNorm of x, the q/k/v projections, RoPE (HF rotate-half: pairs d and
+ *   d + hd/2 of each head) on q and k, and the KV-cache append of k and v at position `pos`.
+ * - {@link decodeFfn}: RMSNorm of x, the gate and up projections and SwiGLU: act = silu(g) * u.
+ * Every workgroup recomputes the row's rstd from x itself (x is one row of D floats), so no
+ * normalized copy of x is ever written.
+ *
+ * Variants, chosen per adapter like the matmul's:
+ * - `tex` (llvmpipe): weights read from matmul's {@link PackedWeight} textures (K rows of 4-column
+ *   texels, or 8 halves), one invocation per 4 output columns looping over K (for q and k, 4 rotation
+ *   pairs: 4 columns of each half of a head), x staged normalized in workgroup memory a chunk at a
+ *   time, the cache written with texel stores. Needs packed weights, the "tex" KV layout and a head
+ *   dimension that is a multiple of 8 (a group of 4 pairs is then one texel of each half).
+ * - `buffer` (real GPUs; any head dimension): weights read from the f32/f16 tensors [out, in], one
+ *   workgroup per output (per rotation pair for q and k) whose lanes stride over K and reduce; the
+ *   cache is written in place ("buffer" KV layout) or through {@link kvWrite} ("tex").
+ * The rotation's cos/sin for `pos` travel in the uniform parameters (the f32 table of
+ * {@link ropeTables}, as {@link rope} uses).
+ *
+ * CPU references: {@link decodeQkvCpu}, {@link decodeFfnCpu} (composed from rmsnormCpu, a plain
+ * product, ropeCpu and swigluCpu). Figures: tools/bench/decode.ts (`dispatches_per_token`).
+ * @module
+ */
+import { type Gpu, grid, Params, type Tensor, WG_INDEX } from "@lvm/gpu";
+import { type KvBuffers, kvWrite } from "./attention.ts";
+import { PackedWeight } from "./matmul.ts";
+import { rmsnormCpu } from "./rmsnorm.ts";
+import { ropeCpu, ropeTables } from "./rope.ts";
+import { swigluCpu } from "./swiglu.ts";
+
+/** Kernel variants of {@link decodeQkv} / {@link decodeFfn}. */
+export type DecodeFusedVariant = "tex" | "buffer";
+
+/** A weight the fused kernels read: an f32/f16 Linear weight [out, in] or its packed copy. */
+export type DecodeWeight = Tensor | PackedWeight;
+
+// ---------------------------------------------------------------------------------------------
+// CPU references.
+
+/** y (N) = W x for W [N, K] row-major (a Linear weight) and x (K), f64 sums rounded to f32. */
+function gemvCpu(w: ArrayLike<number>, x: ArrayLike<number>, N: number, K: number): Float32Array {
+  const y = new Float32Array(N);
+  for (let n = 0; n < N; n++) {
+    let s = 0;
+    for (let k = 0; k < K; k++) s += w[n * K + k] * x[k];
+    y[n] = s;
+  }
+  return y;
+}
+
+/**
+ * CPU reference of {@link decodeQkv}: h = rmsnorm(x) * norm; q = rope(Wq h), k = rope(Wk h),
+ * v = Wv h at position `pos`. x (D), Wq [H*hd, D], Wk and Wv [KVH*hd, D]. Returns q (H*hd) and the
+ * k, v (KVH*hd) the cache receives.
+ */
+export function decodeQkvCpu(
+  x: ArrayLike<number>,
+  norm: ArrayLike<number>,
+  w: { q: ArrayLike<number>; k: ArrayLike<number>; v: ArrayLike<number> },
+  o: { heads: number; kvHeads: number; headDim: number; pos: number; eps?: number; theta?: number },
+): { q: Float32Array; k: Float32Array; v: Float32Array } {
+  const D = x.length, { heads: H, kvHeads: KVH, headDim: hd, pos } = o;
+  const h = rmsnormCpu(x, norm, D, o.eps ?? 1e-6).y;
+  const ro = { theta: o.theta ?? 10000, posOffset: pos };
+  return {
+    q: ropeCpu(gemvCpu(w.q, h, H * hd, D), 1, H, hd, ro),
+    k: ropeCpu(gemvCpu(w.k, h, KVH * hd, D), 1, KVH, hd, ro),
+    v: gemvCpu(w.v, h, KVH * hd, D),
+  };
+}
+
+/** CPU reference of {@link decodeFfn}: silu(Wg h) * (Wu h), h = rmsnorm(x) * norm; W [F, D]. */
+export function decodeFfnCpu(
+  x: ArrayLike<number>,
+  norm: ArrayLike<number>,
+  w: { gate: ArrayLike<number>; up: ArrayLike<number> },
+  F: number,
+  eps = 1e-6,
+): Float32Array {
+  const D = x.length;
+  const h = rmsnormCpu(x, norm, D, eps).y;
+  return swigluCpu(gemvCpu(w.gate, h, F, D), gemvCpu(w.up, h, F, D));
+}
+
+// ---------------------------------------------------------------------------------------------
+// WGSL.
+
+/** Lanes per workgroup. 32 spreads the few output groups of a small model over both cores. */
+const WG = 32;
+/** Texel rows (4 values of x each) staged in workgroup memory at a time by the tex kernels. */
+const KC4 = 256;
+
+/** rstd of x (D) by a workgroup tree reduction; leaves `rstd` in scope. Needs `red`. */
+const RSTD = `var ss = 0.0;
+  for (var i = li; i < p.D; i += ${WG}u) { let v = x[i]; ss = fma(v, v, ss); }
+  red[li] = ss;
+  workgroupBarrier();
+  for (var s = ${WG / 2}u; s > 0u; s >>= 1u) {
+    if (li < s) { red[li] += red[li + s]; }
+    workgroupBarrier();
+  }
+  let rstd = inverseSqrt(red[0] / f32(p.D) + p.eps);`;
+
+/** Stages texel rows c0.. of y = norm * (x * rstd) in `xs` (zeros past D), between barriers. */
+const STAGE = `workgroupBarrier();
+    for (var i = li; i < n4; i += ${WG}u) {
+      var v = vec4f(0.0);
+      for (var e = 0u; e < 4u; e++) {
+        let k = (c0 + i) * 4u + e;
+        if (k < p.D) { v[e] = g[k] * (x[k] * rstd); }
+      }
+      xs[i] = v;
+    }
+    workgroupBarrier();`;
+
+/** WGSL fn `f<name>(col4, k) -> vec4f`: columns 4*col4.. of row k of a packed weight texture. */
+function texFetch(name: string, u16: boolean, st: boolean): string {
+  const lod = st ? "" : ", 0"; // a storage texture has no mip level
+  if (!u16) {
+    return `fn f${name}(c: u32, k: u32) -> vec4f { return textureLoad(${name}, vec2u(c, k), 0${lod}); }`;
+  }
+  return `fn f${name}(c: u32, k: u32) -> vec4f {
+  let w = textureLoad(${name}, vec2u(c / 2u, k), 0${lod});
+  let h = select(w.xy, w.zw, (c & 1u) == 1u);
+  return vec4f(unpack2x16float(h.x), unpack2x16float(h.y));
+}`;
+}
+
+/** Accumulates the staged chunk into `s<acc>` from the weights' columns: one statement set per k. */
+function texLoop(terms: [string, string, string][]): string {
+  const body = [0, 1, 2, 3].map((e) =>
+    `{ let k = (c0 + i) * 4u + ${e}u; ${
+      terms.map(([acc, w, c]) => `${acc} = fma(vec4f(xv[${e}]), f${w}(${c}, k), ${acc});`).join(" ")
+    } }`
+  ).join("\n        ");
+  return `for (var i = 0u; i < n4; i++) {
+        let xv = xs[i];
+        ${body}
+      }`;
+}
+
+/**
+ * A packed weight's binding: a read-only storage texture (what matmul's llvmpipe kernels read;
+ * llvmpipe fetches it faster than a sampled one) or, where the adapter's 4 storage textures per
+ * stage are taken, a sampled texture.
+ */
+function texDecl(name: string, binding: number, u16: boolean, st: boolean): string {
+  const type = st
+    ? `texture_storage_2d_array<${u16 ? "rgba32uint" : "rgba32float"}, read>`
+    : `texture_2d_array<${u16 ? "u32" : "f32"}>`;
+  return `@group(0) @binding(${binding}) var ${name}: ${type};`;
+}
+
+/** Uniform parameters of the q/k/v kernels: sizes, then cos and sin of `pos` (hd/2 each). */
+function qkvParams(C4: number): string {
+  return `struct P { D: u32, pos: u32, eps: f32, kvBase: u32,
+           cosv: array<vec4f, ${C4}>, sinv: array<vec4f, ${C4}> }`;
+}
+
+function qkvTexKernel(H: number, KVH: number, hd: number, u16: boolean[]): string {
+  const G = hd / 8, Q4 = hd / 4, HALF4 = hd / 8;
+  const NQ = H * G, NK = KVH * G, NV = KVH * Q4;
+  return `@group(0) @binding(0) var<storage, read> x: array<f32>; // (D)
+@group(0) @binding(1) var<storage, read> g: array<f32>; // (D)
+@group(0) @binding(2) var<storage, read_write> q: array<vec4f>; // (H*hd/4)
+${texDecl("wq", 3, u16[0], true)}
+${texDecl("wk", 4, u16[1], true)}
+${texDecl("wv", 5, u16[2], false)}
+@group(0) @binding(6) var kc: texture_storage_2d_array<rgba32float, write>;
+@group(0) @binding(7) var vc: texture_storage_2d_array<rgba32float, write>;
+${qkvParams(Math.ceil(hd / 8))}
+@group(0) @binding(8) var<uniform> p: P;
+${texFetch("wq", u16[0], true)}
+${texFetch("wk", u16[1], true)}
+${texFetch("wv", u16[2], false)}
+var<workgroup> xs: array<vec4f, ${KC4}>;
+var<workgroup> red: array<f32, ${WG}>;
+
+@compute @workgroup_size(${WG})
+fn main(@builtin(local_invocation_index) li: u32, @builtin(workgroup_id) wg: vec3u,
+        @builtin(num_workgroups) nwg: vec3u) {
+  let u = ${WG_INDEX} * ${WG}u + li;
+  ${RSTD}
+  // Role of this invocation: 0 q / 1 k (4 rotation pairs: texel columns ca and cb = ca + hd/8),
+  // 2 v (texel column ca), 3 idle (still helps stage x).
+  var role = 3u;
+  var ca = 0u;
+  if (u < ${NQ}u) {
+    role = 0u;
+    ca = (u / ${G}u) * ${Q4}u + u % ${G}u;
+  } else if (u < ${NQ + NK}u) {
+    role = 1u;
+    let t = u - ${NQ}u;
+    ca = (t / ${G}u) * ${Q4}u + t % ${G}u;
+  } else if (u < ${NQ + NK + NV}u) {
+    role = 2u;
+    ca = u - ${NQ + NK}u;
+  }
+  let cb = ca + ${HALF4}u;
+  var sa = vec4f(0.0);
+  var sb = vec4f(0.0);
+  let KT = (p.D + 3u) / 4u;
+  for (var c0 = 0u; c0 < KT; c0 += ${KC4}u) {
+    let n4 = min(${KC4}u, KT - c0);
+    ${STAGE}
+    if (role == 0u) {
+      ${texLoop([["sa", "wq", "ca"], ["sb", "wq", "cb"]])}
+    } else if (role == 1u) {
+      ${texLoop([["sa", "wk", "ca"], ["sb", "wk", "cb"]])}
+    } else if (role == 2u) {
+      ${texLoop([["sa", "wv", "ca"]])}
+    }
+  }
+  if (role < 2u) {
+    let i4 = ca % ${Q4}u; // pairs 4*i4.. of the head
+    let c = p.cosv[i4];
+    let s = p.sinv[i4];
+    let ra = sa * c - sb * s;
+    let rb = sb * c + sa * s;
+    if (role == 0u) {
+      q[ca] = ra;
+      q[cb] = rb;
+    } else {
+      textureStore(kc, vec2u(ca, p.pos), 0, ra);
+      textureStore(kc, vec2u(cb, p.pos), 0, rb);
+    }
+  } else if (role == 2u) {
+    textureStore(vc, vec2u(ca, p.pos), 0, sa);
+  }
+}`;
+}
+
+/** WGSL fn `l<name>(i) -> f32`: element i of a storage weight (f16: two halves per u32). */
+function bufFetch(name: string, f16: boolean): string {
+  return f16
+    ? `fn l${name}(i: u32) -> f32 { return unpack2x16float(${name}[i >> 1u])[i & 1u]; }`
+    : `fn l${name}(i: u32) -> f32 { return ${name}[i]; }`;
+}
+
+function bufDecl(name: string, binding: number, f16: boolean): string {
+  return `@group(0) @binding(${binding}) var<storage, read> ${name}: array<${
+    f16 ? "u32" : "f32"
+  }>;`;
+}
+
+/** Lanes' partial sums (ss, sa, sb) reduced over the workgroup into red[0]. */
+const REDUCE3 = `red3[li] = vec3f(ss, sa, sb);
+  workgroupBarrier();
+  for (var s = ${WG / 2}u; s > 0u; s >>= 1u) {
+    if (li < s) { red3[li] += red3[li + s]; }
+    workgroupBarrier();
+  }`;
+
+function qkvBufKernel(H: number, KVH: number, hd: number, f16: boolean[]): string {
+  const HALF = hd / 2, NQ = H * HALF, NK = KVH * HALF, NV = KVH * hd;
+  const loop = (w: string, two: boolean) =>
+    `for (var k = li; k < p.D; k += ${WG}u) {
+      let xv = x[k];
+      ss = fma(xv, xv, ss);
+      let y = g[k] * xv;
+      sa = fma(y, l${w}(ra * p.D + k), sa);${
+      two ? `\n      sb = fma(y, l${w}(rb * p.D + k), sb);` : ""
+    }
+    }`;
+  return `@group(0) @binding(0) var<storage, read> x: array<f32>; // (D)
+@group(0) @binding(1) var<storage, read> g: array<f32>; // (D)
+@group(0) @binding(2) var<storage, read_write> q: array<f32>; // (H*hd)
+${bufDecl("wq", 3, f16[0])}
+${bufDecl("wk", 4, f16[1])}
+${bufDecl("wv", 5, f16[2])}
+@group(0) @binding(6) var<storage, read_write> kc: array<f32>; // (maxT, KVH, hd) or (KVH, hd)
+@group(0) @binding(7) var<storage, read_write> vc: array<f32>;
+${qkvParams(Math.ceil(HALF / 4))}
+@group(0) @binding(8) var<uniform> p: P;
+${bufFetch("wq", f16[0])}
+${bufFetch("wk", f16[1])}
+${bufFetch("wv", f16[2])}
+var<workgroup> red3: array<vec3f, ${WG}>;
+
+fn cosAt(i: u32) -> f32 { return p.cosv[i / 4u][i % 4u]; }
+fn sinAt(i: u32) -> f32 { return p.sinv[i / 4u][i % 4u]; }
+
+@compute @workgroup_size(${WG})
+fn main(@builtin(local_invocation_index) li: u32, @builtin(workgroup_id) wg: vec3u,
+        @builtin(num_workgroups) nwg: vec3u) {
+  let w = ${WG_INDEX}; // one output: a q or k rotation pair (ra, rb), or a v row (ra)
+  if (w >= ${NQ + NK + NV}u) { return; }
+  var ra = 0u;
+  var i = 0u; // pair index within the head
+  var role = 0u;
+  if (w < ${NQ}u) {
+    i = w % ${HALF}u;
+    ra = (w / ${HALF}u) * ${hd}u + i;
+  } else if (w < ${NQ + NK}u) {
+    role = 1u;
+    i = (w - ${NQ}u) % ${HALF}u;
+    ra = ((w - ${NQ}u) / ${HALF}u) * ${hd}u + i;
+  } else {
+    role = 2u;
+    ra = w - ${NQ + NK}u;
+  }
+  let rb = ra + ${HALF}u;
+  var ss = 0.0;
+  var sa = 0.0;
+  var sb = 0.0;
+  if (role == 0u) {
+    ${loop("wq", true)}
+  } else if (role == 1u) {
+    ${loop("wk", true)}
+  } else {
+    ${loop("wv", false)}
+  }
+  ${REDUCE3}
+  if (li != 0u) { return; }
+  let t = red3[0];
+  let rstd = inverseSqrt(t.x / f32(p.D) + p.eps);
+  let a = t.y * rstd;
+  let b = t.z * rstd;
+  let c = cosAt(i);
+  let s = sinAt(i);
+  if (role == 0u) {
+    q[ra] = a * c - b * s;
+    q[rb] = b * c + a * s;
+  } else if (role == 1u) {
+    kc[p.kvBase + ra] = a * c - b * s;
+    kc[p.kvBase + rb] = b * c + a * s;
+  } else {
+    vc[p.kvBase + ra] = a;
+  }
+}`;
+}
+
+const SILU = (a: string, b: string) => `${a} / (1.0 + exp(-${a})) * ${b}`;
+
+function ffnTexKernel(u16: boolean[]): string {
+  return `@group(0) @binding(0) var<storage, read> x: array<f32>; // (D)
+@group(0) @binding(1) var<storage, read> g: array<f32>; // (D)
+@group(0) @binding(2) var<storage, read_write> act: array<f32>; // (F)
+${texDecl("wg", 3, u16[0], true)}
+${texDecl("wu", 4, u16[1], true)}
+struct P { D: u32, F: u32, eps: f32 }
+@group(0) @binding(5) var<uniform> p: P;
+${texFetch("wg", u16[0], true)}
+${texFetch("wu", u16[1], true)}
+var<workgroup> xs: array<vec4f, ${KC4}>;
+var<workgroup> red: array<f32, ${WG}>;
+
+@compute @workgroup_size(${WG})
+fn main(@builtin(local_invocation_index) li: u32, @builtin(workgroup_id) wg: vec3u,
+        @builtin(num_workgroups) nwg: vec3u) {
+  let ca = ${WG_INDEX} * ${WG}u + li; // texel column: outputs 4*ca..4*ca+3
+  ${RSTD}
+  let live = ca * 4u < p.F;
+  var sa = vec4f(0.0);
+  var sb = vec4f(0.0);
+  let KT = (p.D + 3u) / 4u;
+  for (var c0 = 0u; c0 < KT; c0 += ${KC4}u) {
+    let n4 = min(${KC4}u, KT - c0);
+    ${STAGE}
+    if (live) {
+      ${texLoop([["sa", "wg", "ca"], ["sb", "wu", "ca"]])}
+    }
+  }
+  for (var e = 0u; e < 4u; e++) {
+    let n = ca * 4u + e;
+    if (n < p.F) { let a = sa[e]; let b = sb[e]; act[n] = ${SILU("a", "b")}; }
+  }
+}`;
+}
+
+function ffnBufKernel(f16: boolean[]): string {
+  return `@group(0) @binding(0) var<storage, read> x: array<f32>; // (D)
+@group(0) @binding(1) var<storage, read> g: array<f32>; // (D)
+@group(0) @binding(2) var<storage, read_write> act: array<f32>; // (F)
+${bufDecl("wg", 3, f16[0])}
+${bufDecl("wu", 4, f16[1])}
+struct P { D: u32, F: u32, eps: f32 }
+@group(0) @binding(5) var<uniform> p: P;
+${bufFetch("wg", f16[0])}
+${bufFetch("wu", f16[1])}
+var<workgroup> red3: array<vec3f, ${WG}>;
+
+@compute @workgroup_size(${WG})
+fn main(@builtin(local_invocation_index) li: u32, @builtin(workgroup_id) wg: vec3u,
+        @builtin(num_workgroups) nwg: vec3u) {
+  let n = ${WG_INDEX}; // one output of F
+  if (n >= p.F) { return; }
+  var ss = 0.0;
+  var sa = 0.0;
+  var sb = 0.0;
+  for (var k = li; k < p.D; k += ${WG}u) {
+    let xv = x[k];
+    ss = fma(xv, xv, ss);
+    let y = g[k] * xv;
+    sa = fma(y, lwg(n * p.D + k), sa);
+    sb = fma(y, lwu(n * p.D + k), sb);
+  }
+  ${REDUCE3}
+  if (li != 0u) { return; }
+  let t = red3[0];
+  let rstd = inverseSqrt(t.x / f32(p.D) + p.eps);
+  let a = t.y * rstd;
+  let b = t.z * rstd;
+  act[n] = ${SILU("a", "b")};
+}`;
+}
+
+// ---------------------------------------------------------------------------------------------
+// Launchers.
+
+/** The f32/f16 tensor [out, in] behind a weight. */
+function source(w: DecodeWeight): Tensor {
+  return w instanceof PackedWeight ? w.source : w;
+}
+
+/** Checks a weight is [N, K] f32/f16 (a PackedWeight: packed with transB, as Linear weights). */
+function checkWeight(op: string, name: string, w: DecodeWeight, N: number, K: number): void {
+  if (w instanceof PackedWeight && !w.transB) {
+    throw new RangeError(`${op}: ${name} must be packed with transB: true (a Linear weight)`);
+  }
+  const t = source(w);
+  if (t.dtype !== "f32" && t.dtype !== "f16") {
+    throw new TypeError(`${op}: ${name} must be f32 or f16, got ${t.dtype}`);
+  }
+  if (t.shape.length !== 2 || t.shape[0] !== N || t.shape[1] !== K) {
+    throw new RangeError(`${op}: ${name} must be [${N}, ${K}], got [${t.shape}]`);
+  }
+}
+
+function checkRow(op: string, x: Tensor, norm: Tensor): number {
+  const D = x.shape[x.shape.length - 1];
+  if (x.dtype !== "f32" || x.size !== D || D < 1) {
+    throw new RangeError(`${op}: x must be one f32 row (1, D), got ${x.dtype} [${x.shape}]`);
+  }
+  if (norm.dtype !== "f32" || norm.size !== D) {
+    throw new RangeError(`${op}: norm must be f32 (${D}), got ${norm.dtype} [${norm.shape}]`);
+  }
+  return D;
+}
+
+/** Whether every weight has a packed texture (the tex variant's operands). */
+function allPacked(ws: DecodeWeight[]): boolean {
+  return ws.every((w) => w instanceof PackedWeight && w.texture !== null);
+}
+
+/** Host cos/sin tables per (headDim, theta), grown on demand: one row goes into the parameters. */
+const hostTables = new Map<string, { positions: number; cos: Float32Array; sin: Float32Array }>();
+
+function cosSinAt(hd: number, theta: number, pos: number): [Float32Array, Float32Array] {
+  const key = `${hd}|${theta}`;
+  let t = hostTables.get(key);
+  if (!t || t.positions <= pos) {
+    const positions = Math.max(pos + 1, 4096, t ? t.positions * 2 : 0);
+    t = { positions, ...ropeTables(hd, theta, positions) };
+    hostTables.set(key, t);
+  }
+  const half = hd / 2;
+  return [
+    t.cos.subarray(pos * half, (pos + 1) * half),
+    t.sin.subarray(pos * half, (pos + 1) * half),
+  ];
+}
+
+/** Options of {@link decodeQkv}. */
+export interface DecodeQkvOptions {
+  /** Query heads H (Wq is [H*hd, D]). */
+  heads: number;
+  /** RMSNorm epsilon (default 1e-6). */
+  eps?: number;
+  /** RoPE base (default 10000). */
+  theta?: number;
+  /** Force the kernel (default: `tex` where it applies, else `buffer`). */
+  variant?: DecodeFusedVariant;
+}
+
+/** The variant {@link decodeQkv} uses for these operands when none is forced. */
+export function decodeQkvVariant(
+  gpu: Gpu,
+  w: { q: DecodeWeight; k: DecodeWeight; v: DecodeWeight },
+  kv: KvBuffers,
+): DecodeFusedVariant {
+  const tex = gpu.kind === "cpu" && kv.layout === "tex" && kv.D % 8 === 0 && kv.B === 1 &&
+    allPacked([w.q, w.k, w.v]);
+  return tex ? "tex" : "buffer";
+}
+
+/**
+ * One decode token's attention input, fused: h = rmsnorm(x) * norm, q = rope(h Wq^T),
+ * k = rope(h Wk^T) and v = h Wv^T, with k and v appended to the KV storage `kv` at position
+ * `pos` (batch 1). x (1, D) f32; Wq [H*hd, D], Wk and Wv [KVH*hd, D] (f32, f16 or packed with
+ * transB). Returns q (1, 1, H, hd), ready for `attentionDecode(gpu, q, kv, pos)`. One dispatch
+ * (two more with the buffer variant on a "tex" cache).
+ */
+export function decodeQkv(
+  gpu: Gpu,
+  x: Tensor,
+  norm: Tensor,
+  w: { q: DecodeWeight; k: DecodeWeight; v: DecodeWeight },
+  kv: KvBuffers,
+  pos: number,
+  o: DecodeQkvOptions,
+): Tensor {
+  const op = "decodeQkv";
+  const D = checkRow(op, x, norm);
+  const { KVH, D: hd, maxT } = kv, H = o.heads;
+  if (kv.B !== 1) throw new RangeError(`${op}: the KV storage must hold batch 1, got ${kv.B}`);
+  if (hd % 2) throw new RangeError(`${op}: the head dimension must be even, got ${hd}`);
+  if (!Number.isInteger(H) || H < KVH || H % KVH) {
+    throw new RangeError(`${op}: heads (${H}) must be a positive multiple of kvHeads (${KVH})`);
+  }
+  if (!Number.isInteger(pos) || pos < 0 || pos >= maxT) {
+    throw new RangeError(`${op}: position ${pos} does not fit a cache of ${maxT}`);
+  }
+  checkWeight(op, "Wq", w.q, H * hd, D);
+  checkWeight(op, "Wk", w.k, KVH * hd, D);
+  checkWeight(op, "Wv", w.v, KVH * hd, D);
+  const variant = o.variant ?? decodeQkvVariant(gpu, w, kv);
+  const [cos, sin] = cosSinAt(hd, o.theta ?? 10000, pos);
+  const C4 = Math.ceil(hd / 8); // vec4s of cos (and of sin) for the hd/2 pairs
+  const params = new Uint8Array(16 + 2 * C4 * 16);
+  const view = new DataView(params.buffer);
+  view.setUint32(0, D, true);
+  view.setUint32(4, pos, true);
+  view.setFloat32(8, o.eps ?? 1e-6, true);
+  const cs = new Float32Array(params.buffer, 16, 2 * C4 * 4);
+  cs.set(cos, 0);
+  cs.set(sin, C4 * 4);
+  const q = gpu.empty([1, 1, H, hd]);
+  const ws = [w.q, w.k, w.v];
+  if (variant === "tex") {
+    if (kv.layout !== "tex" || hd % 8 || !allPacked(ws)) {
+      throw new RangeError(
+        `${op}: variant tex needs packed weights, a "tex" KV layout and a head dimension that is a multiple of 8 (got ${kv.layout}, ${hd})`,
+      );
+    }
+    const u16 = ws.map((t) => (t as PackedWeight).u16);
+    const pipe = gpu.pipeline(
+      `decodeQkv/tex/${H}/${KVH}/${hd}/${u16}`,
+      () => qkvTexKernel(H, KVH, hd, u16),
+    );
+    const units = (H + KVH) * hd / 8 + KVH * hd / 4; // q/k pair groups, v texels
+    const views = ws.map((t) => (t as PackedWeight).texture!.view);
+    gpu.dispatch(
+      pipe,
+      [x, norm, q, ...views, kv.k.view, kv.v.view],
+      params,
+      grid(Math.ceil(units / WG)),
+    );
+    return q;
+  }
+  const f16 = ws.map((t) => source(t).dtype === "f16");
+  const pipe = gpu.pipeline(
+    `decodeQkv/buffer/${H}/${KVH}/${hd}/${f16}`,
+    () => qkvBufKernel(H, KVH, hd, f16),
+  );
+  const units = (H + KVH) * hd / 2 + KVH * hd;
+  const direct = kv.layout === "buffer";
+  const k = direct ? kv.k : gpu.empty([1, 1, KVH, hd]);
+  const v = direct ? kv.v : gpu.empty([1, 1, KVH, hd]);
+  view.setUint32(12, direct ? pos * KVH * hd : 0, true);
+  gpu.dispatch(pipe, [x, norm, q, ...ws.map(source), k, v], params, grid(units));
+  if (!direct) {
+    kvWrite(gpu, kv, k, v, pos);
+    k.release();
+    v.release();
+  }
+  return q;
+}
+
+/** Options of {@link decodeFfn}. */
+export interface DecodeFfnOptions {
+  /** RMSNorm epsilon (default 1e-6). */
+  eps?: number;
+  /** Force the kernel (default: `tex` where both weights are packed, else `buffer`). */
+  variant?: DecodeFusedVariant;
+}
+
+/**
+ * One decode token's MLP input, fused: act = silu(h Wg^T) * (h Wu^T), h = rmsnorm(x) * norm.
+ * x (1, D) f32; Wg and Wu [F, D] (f32, f16 or packed with transB). Returns act (1, F), the input
+ * of the down projection. One dispatch.
+ */
+export function decodeFfn(
+  gpu: Gpu,
+  x: Tensor,
+  norm: Tensor,
+  w: { gate: DecodeWeight; up: DecodeWeight },
+  o: DecodeFfnOptions = {},
+): Tensor {
+  const op = "decodeFfn";
+  const D = checkRow(op, x, norm);
+  const F = source(w.gate).shape[0];
+  checkWeight(op, "Wgate", w.gate, F, D);
+  checkWeight(op, "Wup", w.up, F, D);
+  const ws = [w.gate, w.up];
+  const variant = o.variant ?? (gpu.kind === "cpu" && allPacked(ws) ? "tex" : "buffer");
+  const params = new Params().u32(D).u32(F).f32(o.eps ?? 1e-6);
+  const act = gpu.empty([1, F]);
+  if (variant === "tex") {
+    if (!allPacked(ws)) throw new RangeError(`${op}: variant tex needs packed weights`);
+    const u16 = ws.map((t) => (t as PackedWeight).u16);
+    const pipe = gpu.pipeline(`decodeFfn/tex/${u16}`, () => ffnTexKernel(u16));
+    const views = ws.map((t) => (t as PackedWeight).texture!.view);
+    gpu.dispatch(pipe, [x, norm, act, ...views], params, grid(Math.ceil(F / 4 / WG)));
+    return act;
+  }
+  const f16 = ws.map((t) => source(t).dtype === "f16");
+  const pipe = gpu.pipeline(`decodeFfn/buffer/${f16}`, () => ffnBufKernel(f16));
+  gpu.dispatch(pipe, [x, norm, act, ...ws.map(source)], params, grid(F));
+  return act;
+}

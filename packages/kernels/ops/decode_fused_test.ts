@@ -1,0 +1,177 @@
+import { getGpu, type Gpu, makeTexture, type Tensor } from "@lvm/gpu";
+import { assertClose, assertEquals, randu } from "@lvm/util/testing";
+import { type AttentionVariant, type KvBuffers, kvLayout } from "./attention.ts";
+import {
+  decodeFfn,
+  decodeFfnCpu,
+  type DecodeFusedVariant,
+  decodeQkv,
+  decodeQkvCpu,
+} from "./decode_fused.ts";
+import { type PackedWeight, packWeight } from "./matmul.ts";
+
+const TOL = { atol: 2e-5, rtol: 2e-4 };
+
+/** KV storage of a layout for batch 1, and its release. */
+function kvStore(gpu: Gpu, maxT: number, KVH: number, D: number, layout: AttentionVariant) {
+  const dims = { B: 1, maxT, KVH, D };
+  let kv: KvBuffers;
+  if (kvLayout(gpu, dims, layout) === "tex") {
+    // makeKvTexture's layout, plus COPY_SRC so that the test can read the stored keys back.
+    const usage = GPUTextureUsage.STORAGE_BINDING | GPUTextureUsage.TEXTURE_BINDING |
+      GPUTextureUsage.COPY_SRC;
+    const tex = (label: string) =>
+      makeTexture(gpu, KVH * Math.ceil(D / 4), maxT, 1, label, { usage });
+    kv = { ...dims, layout: "tex", k: tex("k"), v: tex("v") };
+  } else {
+    const [k, v] = [gpu.zeros([1, maxT, KVH, D]), gpu.zeros([1, maxT, KVH, D])];
+    kv = { ...dims, layout: "buffer", k, v };
+  }
+  const release = () => {
+    if (kv.layout === "tex") [kv.k, kv.v].forEach((t) => t.texture.destroy());
+    else [kv.k, kv.v].forEach((t) => t.release());
+  };
+  return { kv, release };
+}
+
+/** The keys and values (KVH*D each) stored at position `pos`, read back from either layout. */
+async function readKv(gpu: Gpu, kv: KvBuffers, pos: number): Promise<[Float32Array, Float32Array]> {
+  const { KVH, D } = kv;
+  if (kv.layout === "buffer") {
+    const [k, v] = await Promise.all([gpu.readF32(kv.k), gpu.readF32(kv.v)]);
+    const at = (a: Float32Array) => a.slice(pos * KVH * D, (pos + 1) * KVH * D);
+    return [at(k), at(v)];
+  }
+  gpu.submit();
+  const U = Math.ceil(D / 4), W = KVH * U, bytesPerRow = Math.ceil((W * 16) / 256) * 256;
+  const out: Float32Array[] = [];
+  for (const t of [kv.k, kv.v]) {
+    const buf = gpu.device.createBuffer({
+      size: bytesPerRow,
+      usage: GPUBufferUsage.COPY_DST | GPUBufferUsage.MAP_READ,
+    });
+    const enc = gpu.device.createCommandEncoder();
+    enc.copyTextureToBuffer({ texture: t.texture, origin: [0, pos, 0] }, {
+      buffer: buf,
+      bytesPerRow,
+    }, [
+      W,
+      1,
+      1,
+    ]);
+    gpu.device.queue.submit([enc.finish()]);
+    await buf.mapAsync(GPUMapMode.READ);
+    const texels = new Float32Array(buf.getMappedRange().slice(0));
+    buf.destroy();
+    const row = new Float32Array(KVH * D);
+    for (let g = 0; g < KVH; g++) {
+      for (let d = 0; d < D; d++) row[g * D + d] = texels[(g * U) * 4 + d];
+    }
+    out.push(row);
+  }
+  return [out[0], out[1]];
+}
+
+/** A weight [N, K] of a dtype, its values as the GPU holds them, and a packed copy. */
+async function weight(gpu: Gpu, N: number, K: number, dtype: "f32" | "f16", seed: number) {
+  const t = gpu.upload(randu(N * K, seed, -0.5, 0.5), [N, K], dtype);
+  const values = await gpu.readF32(t);
+  return { t, values, packed: packWeight(gpu, t, { transB: true }) };
+}
+
+// [D, H, KVH, hd, pos, maxT, dtype]: odd hidden sizes, GQA (kvHeads < heads), positions > 0, x
+// longer than one staged chunk (1030 > 1024), head dims 8/16 (the tex variant's groups of 4 pairs)
+// and 6/10 (buffer variant only).
+type QkvCase = [number, number, number, number, number, number, "f32" | "f16"];
+const QKV: QkvCase[] = [
+  [37, 3, 1, 8, 5, 7, "f32"],
+  [45, 4, 2, 16, 0, 3, "f16"],
+  [1030, 2, 1, 8, 3, 4, "f32"],
+  [64, 2, 2, 32, 4100, 4101, "f16"],
+  [29, 3, 3, 6, 2, 5, "f32"],
+  [51, 4, 2, 10, 1, 2, "f16"],
+];
+
+Deno.test("decodeQkv()", async (t) => {
+  const gpu = await getGpu();
+  for (const [D, H, KVH, hd, pos, maxT, dtype] of QKV) {
+    const x = randu(D, D + pos, -3, 3), norm = randu(D, 7, 0.5, 1.5);
+    const [wq, wk, wv] = await Promise.all([
+      weight(gpu, H * hd, D, dtype, 1),
+      weight(gpu, KVH * hd, D, dtype, 2),
+      weight(gpu, KVH * hd, D, dtype, 3),
+    ]);
+    const ref = decodeQkvCpu(x, norm, { q: wq.values, k: wk.values, v: wv.values }, {
+      heads: H,
+      kvHeads: KVH,
+      headDim: hd,
+      pos,
+      theta: 500,
+    });
+    const xT = gpu.upload(x, [1, D]), nT = gpu.upload(norm, [D]);
+    const runs: [DecodeFusedVariant, AttentionVariant, boolean][] = [
+      ["buffer", "buffer", false],
+      ["buffer", "tex", true],
+    ];
+    if (wq.packed.texture && hd % 8 === 0) runs.push(["tex", "tex", true]);
+    for (const [variant, layout, packed] of runs) {
+      await t.step(
+        `D=${D} H=${H} KVH=${KVH} hd=${hd} pos=${pos} ${dtype} ${variant}/${layout}`,
+        async () => {
+          const { kv, release } = kvStore(gpu, maxT, KVH, hd, layout);
+          const pick = (w: { t: Tensor; packed: PackedWeight }) => packed ? w.packed : w.t;
+          const w = { q: pick(wq), k: pick(wk), v: pick(wv) };
+          const q = decodeQkv(gpu, xT, nT, w, kv, pos, { heads: H, theta: 500, variant });
+          assertEquals(q.shape, [1, 1, H, hd]);
+          assertClose(await gpu.readF32(q), ref.q, TOL, "q");
+          const [k, v] = await readKv(gpu, kv, pos);
+          assertClose(k, ref.k, TOL, "k");
+          assertClose(v, ref.v, TOL, "v");
+          q.release();
+          release();
+        },
+      );
+    }
+    for (const w of [wq, wk, wv]) {
+      w.packed.release();
+      w.t.release();
+    }
+    xT.release();
+    nT.release();
+  }
+});
+
+// [D, F, dtype]: F not a multiple of 4, x longer than one staged chunk, the tiny preset's sizes.
+const FFN: [number, number, "f32" | "f16"][] = [
+  [37, 90, "f32"],
+  [45, 13, "f16"],
+  [1030, 21, "f32"],
+  [128, 344, "f16"],
+];
+
+Deno.test("decodeFfn()", async (t) => {
+  const gpu = await getGpu();
+  for (const [D, F, dtype] of FFN) {
+    const x = randu(D, D, -3, 3), norm = randu(D, 5, 0.5, 1.5);
+    const [wg, wu] = await Promise.all([weight(gpu, F, D, dtype, 4), weight(gpu, F, D, dtype, 5)]);
+    const ref = decodeFfnCpu(x, norm, { gate: wg.values, up: wu.values }, F);
+    const xT = gpu.upload(x, [1, D]), nT = gpu.upload(norm, [D]);
+    const runs: [DecodeFusedVariant, boolean][] = [["buffer", false], ["buffer", true]];
+    if (wg.packed.texture) runs.push(["tex", true]);
+    for (const [variant, packed] of runs) {
+      await t.step(`D=${D} F=${F} ${dtype} ${variant}${packed ? " packed" : ""}`, async () => {
+        const w = packed ? { gate: wg.packed, up: wu.packed } : { gate: wg.t, up: wu.t };
+        const act = decodeFfn(gpu, xT, nT, w, { variant });
+        assertEquals(act.shape, [1, F]);
+        assertClose(await gpu.readF32(act), ref, TOL, "act");
+        act.release();
+      });
+    }
+    for (const w of [wg, wu]) {
+      w.packed.release();
+      w.t.release();
+    }
+    xT.release();
+    nT.release();
+  }
+});
