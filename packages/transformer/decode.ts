@@ -18,12 +18,12 @@ import {
   addRmsnorm,
   attentionDecode,
   decodeFfn,
+  decodeLinearAdd,
   decodeQkv,
   type DecodeWeight,
   embeddingAny,
   linearAny,
   logSoftmaxGather,
-  matmul,
   PackedWeight,
   rmsnorm,
   rope,
@@ -460,11 +460,10 @@ export class DecodeSession {
     }); // (1,1,H,hd)
     const att = attentionDecode(gpu, q, kv, pos); // (1,1,H,hd)
     q.release();
-    const acc = { out: x, accumulate: true, transB: true };
-    matmul(gpu, att.view([1, H * hd]), w.o, acc); // x += att Wo^T
+    decodeLinearAdd(gpu, att.view([1, H * hd]), w.o, x); // x += att Wo^T
     att.release();
     const act = decodeFfn(gpu, x, model.param(nm.ln2), w, { eps: c.rmsEps }); // (1,F)
-    matmul(gpu, act, w.down, acc); // x += act Wdown^T
+    decodeLinearAdd(gpu, act, w.down, x); // x += act Wdown^T
     act.release();
   }
 

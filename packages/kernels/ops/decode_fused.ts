@@ -1,11 +1,12 @@
 /**
  * Fused kernels of one decode step (one token, batch 1), so a layer costs a handful of dispatches
- * instead of ~16 (issue 11 item 2). Two kernels here; the rest of a layer is attention over the
- * cache ({@link attentionDecode}) and two matrix-vector products that add into the residual stream
- * in place (`matmul(..., { out: x, accumulate: true })`):
+ * instead of ~16 (issue 11 item 2). A layer is {@link decodeQkv}, attention over the cache
+ * (`attentionDecode`), {@link decodeLinearAdd} (o projection), {@link decodeFfn} and
+ * {@link decodeLinearAdd} again (down projection):
  * - {@link decodeQkv}: RMSNorm of x, the q/k/v projections, RoPE (HF rotate-half: pairs d and
  *   d + hd/2 of each head) on q and k, and the KV-cache append of k and v at position `pos`.
  * - {@link decodeFfn}: RMSNorm of x, the gate and up projections and SwiGLU: act = silu(g) * u.
+ * - {@link decodeLinearAdd}: x += W a, the residual added in place by the projection itself.
  * Every workgroup recomputes the row's rstd from x itself (x is one row of D floats), so no
  * normalized copy of x is ever written.
  *
@@ -21,13 +22,13 @@
  * The rotation's cos/sin for `pos` travel in the uniform parameters (the f32 table of
  * {@link ropeTables}, as {@link rope} uses).
  *
- * CPU references: {@link decodeQkvCpu}, {@link decodeFfnCpu} (composed from rmsnormCpu, a plain
+ * CPU references: {@link decodeQkvCpu}, {@link decodeFfnCpu}, {@link decodeLinearAddCpu} (composed from rmsnormCpu, a plain
  * product, ropeCpu and swigluCpu). Figures: tools/bench/decode.ts (`dispatches_per_token`).
  * @module
  */
 import { type Gpu, grid, Params, type Tensor, WG_INDEX } from "@lvm/gpu";
 import { type KvBuffers, kvWrite } from "./attention.ts";
-import { PackedWeight } from "./matmul.ts";
+import { matmul, PackedWeight } from "./matmul.ts";
 import { rmsnormCpu } from "./rmsnorm.ts";
 import { ropeCpu, ropeTables } from "./rope.ts";
 import { swigluCpu } from "./swiglu.ts";
@@ -84,6 +85,16 @@ export function decodeFfnCpu(
   const D = x.length;
   const h = rmsnormCpu(x, norm, D, eps).y;
   return swigluCpu(gemvCpu(w.gate, h, F, D), gemvCpu(w.up, h, F, D));
+}
+
+/** CPU reference of {@link decodeLinearAdd}: out (N) + W a for W [N, K] and a (K). */
+export function decodeLinearAddCpu(
+  out: ArrayLike<number>,
+  w: ArrayLike<number>,
+  a: ArrayLike<number>,
+): Float32Array {
+  const N = out.length, y = gemvCpu(w, a, N, a.length);
+  return y.map((v, n) => v + out[n]);
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -409,6 +420,95 @@ fn main(@builtin(local_invocation_index) li: u32, @builtin(workgroup_id) wg: vec
 }`;
 }
 
+/** Lanes of {@link decodeLinearAdd}'s tex kernel per output texel column (they split K). */
+const KPARTS = 4;
+/** Texel columns per workgroup of that kernel. */
+const LIN_COLS = 8;
+/** Weights (N*K) from which {@link decodeLinearAdd} on llvmpipe uses matmul's gemv instead. */
+const LIN_GEMV_FROM = 1 << 18;
+
+function linearAddTexKernel(u16: boolean): string {
+  const L = LIN_COLS * KPARTS;
+  return `@group(0) @binding(0) var<storage, read> a: array<f32>; // (K)
+@group(0) @binding(1) var<storage, read_write> out: array<f32>; // (N), added into
+${texDecl("w", 2, u16, true)}
+struct P { K: u32, N: u32 }
+@group(0) @binding(3) var<uniform> p: P;
+${texFetch("w", u16, true)}
+var<workgroup> xs: array<vec4f, ${KC4}>;
+var<workgroup> part: array<vec4f, ${L}>;
+
+@compute @workgroup_size(${L})
+fn main(@builtin(local_invocation_index) li: u32, @builtin(workgroup_id) wg: vec3u,
+        @builtin(num_workgroups) nwg: vec3u) {
+  let ca = ${WG_INDEX} * ${LIN_COLS}u + li % ${LIN_COLS}u; // texel column: outputs 4*ca..
+  let kp = li / ${LIN_COLS}u; // which part of each staged chunk this lane sums
+  let live = ca * 4u < p.N;
+  var sa = vec4f(0.0);
+  let KT = (p.K + 3u) / 4u;
+  for (var c0 = 0u; c0 < KT; c0 += ${KC4}u) {
+    let n4 = min(${KC4}u, KT - c0);
+    workgroupBarrier();
+    for (var i = li; i < n4; i += ${L}u) {
+      var v = vec4f(0.0);
+      for (var e = 0u; e < 4u; e++) {
+        let k = (c0 + i) * 4u + e;
+        if (k < p.K) { v[e] = a[k]; }
+      }
+      xs[i] = v;
+    }
+    workgroupBarrier();
+    if (live) {
+      let per = (n4 + ${KPARTS - 1}u) / ${KPARTS}u;
+      let i1 = min(n4, (kp + 1u) * per);
+      for (var i = kp * per; i < i1; i++) {
+        let xv = xs[i];
+        ${
+    [0, 1, 2, 3].map((e) =>
+      `{ let k = (c0 + i) * 4u + ${e}u; sa = fma(vec4f(xv[${e}]), fw(ca, k), sa); }`
+    ).join("\n        ")
+  }
+      }
+    }
+  }
+  part[li] = sa;
+  workgroupBarrier();
+  if (kp != 0u || !live) { return; }
+  var s = sa;
+  for (var j = 1u; j < ${KPARTS}u; j++) { s += part[j * ${LIN_COLS}u + li]; }
+  for (var e = 0u; e < 4u; e++) {
+    let n = ca * 4u + e;
+    if (n < p.N) { out[n] = out[n] + s[e]; }
+  }
+}`;
+}
+
+function linearAddBufKernel(f16: boolean): string {
+  return `@group(0) @binding(0) var<storage, read> a: array<f32>; // (K)
+@group(0) @binding(1) var<storage, read_write> out: array<f32>; // (N), added into
+${bufDecl("w", 2, f16)}
+struct P { K: u32, N: u32 }
+@group(0) @binding(3) var<uniform> p: P;
+${bufFetch("w", f16)}
+var<workgroup> red: array<f32, ${WG}>;
+
+@compute @workgroup_size(${WG})
+fn main(@builtin(local_invocation_index) li: u32, @builtin(workgroup_id) wg: vec3u,
+        @builtin(num_workgroups) nwg: vec3u) {
+  let n = ${WG_INDEX}; // one output of N
+  if (n >= p.N) { return; }
+  var s = 0.0;
+  for (var k = li; k < p.K; k += ${WG}u) { s = fma(a[k], lw(n * p.K + k), s); }
+  red[li] = s;
+  workgroupBarrier();
+  for (var h = ${WG / 2}u; h > 0u; h >>= 1u) {
+    if (li < h) { red[li] += red[li + h]; }
+    workgroupBarrier();
+  }
+  if (li == 0u) { out[n] = out[n] + red[0]; }
+}`;
+}
+
 // ---------------------------------------------------------------------------------------------
 // Launchers.
 
@@ -612,4 +712,58 @@ export function decodeFfn(
   const pipe = gpu.pipeline(`decodeFfn/buffer/${f16}`, () => ffnBufKernel(f16));
   gpu.dispatch(pipe, [x, norm, act, ...ws.map(source)], params, grid(F));
   return act;
+}
+
+/** Options of {@link decodeLinearAdd}. */
+export interface DecodeLinearAddOptions {
+  /**
+   * Force the kernel (default: `tex` for a packed weight, else `buffer`; on llvmpipe, weights of
+   * more than 2^18 values go through matmul's gemv).
+   */
+  variant?: DecodeFusedVariant;
+}
+
+/**
+ * A decode token's projection added into the residual stream in place: out += a W^T, for a (1, K)
+ * and out (1, N) f32 and W [N, K] (f32, f16 or packed with transB): the o and down projections of
+ * a layer. One dispatch; a's row is staged in workgroup memory (no copy into a uniform buffer, so
+ * the compute pass is not split), and on llvmpipe each output texel column's K is split over
+ * {@link KPARTS} lanes, so that even N = 640 keeps both cores busy.
+ */
+export function decodeLinearAdd(
+  gpu: Gpu,
+  a: Tensor,
+  w: DecodeWeight,
+  out: Tensor,
+  o: DecodeLinearAddOptions = {},
+): Tensor {
+  const op = "decodeLinearAdd";
+  const K = a.shape[a.shape.length - 1], N = out.shape[out.shape.length - 1];
+  if (a.dtype !== "f32" || a.size !== K || out.dtype !== "f32" || out.size !== N) {
+    throw new RangeError(
+      `${op}: a and out must be f32 rows (1, K) and (1, N), got [${a.shape}] and [${out.shape}]`,
+    );
+  }
+  if (a.buffer === out.buffer) throw new RangeError(`${op}: out aliases a`);
+  checkWeight(op, "W", w, N, K);
+  if (!o.variant && gpu.kind === "cpu" && allPacked([w]) && N * K > LIN_GEMV_FROM) {
+    // Big matrices on llvmpipe: matmul's gemv (the row copied into a uniform buffer) streamed the
+    // 100m preset's 640x640 and 640x1664 ~15% faster than the tex kernel below, which wins on small
+    // ones (~20% on the tiny preset's: no copy, so the compute pass is not split).
+    return matmul(gpu, a.view([1, K]), w, { out: out.view([1, N]), accumulate: true });
+  }
+  const variant = o.variant ?? (gpu.kind === "cpu" && allPacked([w]) ? "tex" : "buffer");
+  const params = new Params().u32(K).u32(N);
+  if (variant === "tex") {
+    if (!allPacked([w])) throw new RangeError(`${op}: variant tex needs a packed weight`);
+    const pw = w as PackedWeight;
+    const pipe = gpu.pipeline(`decodeLinearAdd/tex/${pw.u16}`, () => linearAddTexKernel(pw.u16));
+    const groups = Math.ceil(Math.ceil(N / 4) / LIN_COLS);
+    gpu.dispatch(pipe, [a, out, pw.texture!.view], params, grid(groups));
+    return out;
+  }
+  const f16 = source(w).dtype === "f16";
+  const pipe = gpu.pipeline(`decodeLinearAdd/buffer/${f16}`, () => linearAddBufKernel(f16));
+  gpu.dispatch(pipe, [a, out, source(w)], params, grid(N));
+  return out;
 }

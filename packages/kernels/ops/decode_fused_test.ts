@@ -5,6 +5,8 @@ import {
   decodeFfn,
   decodeFfnCpu,
   type DecodeFusedVariant,
+  decodeLinearAdd,
+  decodeLinearAddCpu,
   decodeQkv,
   decodeQkvCpu,
 } from "./decode_fused.ts";
@@ -173,5 +175,38 @@ Deno.test("decodeFfn()", async (t) => {
     }
     xT.release();
     nT.release();
+  }
+});
+
+// [K, N, dtype]: N not a multiple of 4 or of a workgroup's 32 columns, K past one staged chunk and
+// not a multiple of 4 (its rows split over the lanes unevenly), the 100m preset's o projection.
+const LIN: [number, number, "f32" | "f16"][] = [
+  [37, 90, "f32"],
+  [45, 13, "f16"],
+  [1030, 21, "f32"],
+  [3, 5, "f32"],
+  [640, 640, "f16"],
+];
+
+Deno.test("decodeLinearAdd()", async (t) => {
+  const gpu = await getGpu();
+  for (const [K, N, dtype] of LIN) {
+    const a = randu(K, K, -3, 3), x = randu(N, N + 1, -2, 2);
+    const w = await weight(gpu, N, K, dtype, 6);
+    const ref = decodeLinearAddCpu(x, w.values, a);
+    const aT = gpu.upload(a, [1, K]);
+    const runs: [DecodeFusedVariant, boolean][] = [["buffer", false], ["buffer", true]];
+    if (w.packed.texture) runs.push(["tex", true]);
+    for (const [variant, packed] of runs) {
+      await t.step(`K=${K} N=${N} ${dtype} ${variant}${packed ? " packed" : ""}`, async () => {
+        const out = gpu.upload(x, [1, N]);
+        assertEquals(decodeLinearAdd(gpu, aT, packed ? w.packed : w.t, out, { variant }), out);
+        assertClose(await gpu.readF32(out), ref, TOL, "out");
+        out.release();
+      });
+    }
+    w.packed.release();
+    w.t.release();
+    aT.release();
   }
 });
