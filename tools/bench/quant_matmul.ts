@@ -4,11 +4,17 @@
  * GPU, dequantization bound on llvmpipe) and a prefill chunk (512 tokens). Shapes are "MxKxN"
  * (x (M,K), W [N,K]). f16 "packed" is the texture copy a DecodeSession makes of small models;
  * "unpacked" is what a model over 2 GiB (the 7B) runs. `deno task bench --filter linearQ`.
+ *
+ * `linearQ[ratio]` (`--filter quant`): decode's GEMV through each of the 7B's matrix shapes, Q4_0,
+ * Q8_0 and the unpacked f16 `linear`, each over distinct copies of the weight (~100 MB of each type,
+ * so the weights stream from memory as in a model, not from cache), timed round after round in
+ * turn; the note gives each one's median ms per GEMV and the median (min-max) of f16/Q4_0 and
+ * f16/Q8_0 across the rounds (warm-up excluded). The line's ms is one whole round.
  * @module
  */
 import type { Gpu, Tensor } from "@lvm/gpu";
 import { linear, linearQ, type PackedWeight, packWeight, QuantWeight } from "@lvm/kernels";
-import type { QuantType } from "@lvm/weights";
+import { quantize, type QuantType } from "@lvm/weights";
 import { randu } from "@lvm/util/testing";
 import type { BenchCase } from "./_harness.ts";
 
@@ -56,6 +62,80 @@ function qCase(M: number, K: number, N: number, w: Weight, per: number, packed =
   };
 }
 
+/** Median of a list. */
+function median(a: number[]): number {
+  const s = [...a].sort((x, y) => x - y);
+  return s.length % 2 ? s[s.length >> 1] : (s[s.length / 2 - 1] + s[s.length / 2]) / 2;
+}
+
+/** Decode GEMV x (1,K) -> (1,N): Q4_0, Q8_0 and f16 unpacked in one process, rounds in turn. */
+function ratioCase(K: number, N: number, reps = 7): BenchCase {
+  const kinds = ["Q4_0", "Q8_0", "f16"] as const;
+  const held: { release(): void }[] = [];
+  const times: Record<(typeof kinds)[number], number[]> = { Q4_0: [], Q8_0: [], f16: [] };
+  let rounds = 0;
+  const perWeight = { Q4_0: 18 / 32, Q8_0: 34 / 32, f16: 2 };
+  const copies = (k: (typeof kinds)[number]) =>
+    Math.max(2, Math.ceil(100e6 / (K * N * perWeight[k])));
+  return {
+    name: "linearQ[ratio]",
+    shape: `1x${K}x${N} quant vs f16`,
+    reps,
+    setup(gpu: Gpu) {
+      const values = randu(N * K, 2, -0.05, 0.05);
+      const x = gpu.upload(randu(K, 1), [1, K]);
+      const out = gpu.empty([1, N]);
+      held.push(x, out);
+      const runs = {} as Record<(typeof kinds)[number], () => void>;
+      for (const k of kinds) {
+        if (k === "f16") {
+          const Ws = Array.from({ length: copies(k) }, () => gpu.upload(values, [N, K], "f16"));
+          held.push(...Ws);
+          runs[k] = () => Ws.forEach((W) => linear(gpu, x, W, undefined, out));
+        } else {
+          const bytes = quantize(k, values);
+          const Ws = Array.from(
+            { length: copies(k) },
+            () => QuantWeight.fromBlocks(gpu, k, [N, K], bytes),
+          );
+          held.push(...Ws);
+          runs[k] = () => Ws.forEach((W) => linearQ(gpu, x, W, { out }));
+        }
+      }
+      return async () => {
+        for (const k of kinds) {
+          const t0 = performance.now();
+          runs[k]();
+          await gpu.sync();
+          if (rounds > 0) times[k].push((performance.now() - t0) / copies(k)); // not the warm-up
+        }
+        rounds++;
+      };
+    },
+    teardown() {
+      held.forEach((h) => h.release());
+      held.length = 0;
+    },
+    extra() {
+      const r = (k: "Q4_0" | "Q8_0") => times.f16.map((t, i) => t / times[k][i]);
+      const range = (a: number[]) =>
+        `${median(a).toFixed(2)} (${Math.min(...a).toFixed(2)}-${Math.max(...a).toFixed(2)})`;
+      const ms = kinds.map((k) => `${k} ${median(times[k]).toFixed(2)} ms`).join(", ");
+      return {
+        q4_ms: +median(times.Q4_0).toFixed(3),
+        q8_ms: +median(times.Q8_0).toFixed(3),
+        f16_ms: +median(times.f16).toFixed(3),
+        f16_over_q4: +median(r("Q4_0")).toFixed(3),
+        f16_over_q8: +median(r("Q8_0")).toFixed(3),
+        rounds: times.f16.length,
+        note: `${ms} per GEMV; f16/Q4_0 ${range(r("Q4_0"))}, f16/Q8_0 ${
+          range(r("Q8_0"))
+        } over ${times.f16.length} rounds`,
+      };
+    },
+  };
+}
+
 /** The cases, in the order they print. */
 export const benches: BenchCase[] = [
   // Decode: one token.
@@ -69,4 +149,8 @@ export const benches: BenchCase[] = [
   qCase(512, 4096, 4096, "Q8_0", 1),
   qCase(512, 4096, 4096, "f16", 1, true),
   qCase(512, 4096, 4096, "f32", 1),
+  // Decode through the 7B's shapes (attention, gate/up, down), quantized vs f16 in one process.
+  ratioCase(4096, 4096),
+  ratioCase(4096, 11008),
+  ratioCase(11008, 4096),
 ];

@@ -11,9 +11,49 @@
  *
  * So word i of a block pairs with columns 4i..4i+3 of x (one vec4), plus 16+4i.. for Q4_0's high
  * nibbles: x is read as vec4s in the same order as the quants.
+ *
+ * Two places the blocks may live ({@link QuantLayout}), read by every kernel through the accessors
+ * of {@link quantSource} (`quant(n, c)`: texel c of row n, c = b for Q4_0, 2b and 2b+1 for Q8_0;
+ * `scale(n, b)`):
+ * - `storage`: `qs` (vec4<u32> per texel, rows after rows) and `sc` (u32, two scales per word, block
+ *   i in half i&1 of word i>>1), storage buffers (real GPUs).
+ * - `texture`: two rgba32uint 2D-array textures (llvmpipe, where a texel fetch is a vectorized
+ *   gather and a storage load a loop over the lanes): texel (c, n) of the quants, texel (j, n) of
+ *   the scales holding blocks 8j..8j+7 of row n (rows padded to a multiple of 8 blocks); row n at
+ *   y = n % 2^RS of layer n >> RS.
  * @module
  */
 import type { QuantType } from "@lvm/weights";
+
+/** Where a weight's blocks live (see the module doc). */
+export type QuantLayout = "storage" | "texture";
+
+/**
+ * WGSL bindings 1 and 2 (quants, scales) of a kernel reading `layout`, and its accessors
+ * `quant(n, c) -> vec4<u32>` and `scale(n, b) -> f32`. Storage needs the kernel's `p.nb`
+ * (blocks per row); `rs`: log2 of the texture rows per layer.
+ */
+export function quantSource(type: QuantType, layout: QuantLayout, rs = 14): string {
+  const T = texels(type);
+  if (layout === "storage") {
+    return `@group(0) @binding(1) var<storage, read> qs: array<vec4<u32>>;
+@group(0) @binding(2) var<storage, read> sc: array<u32>;
+fn quant(n: u32, c: u32) -> vec4<u32> { return qs[n * p.nb * ${T}u + c]; }
+fn scale(n: u32, b: u32) -> f32 { let i = n * p.nb + b; return unpack2x16float(sc[i >> 1u])[i & 1u]; }`;
+  }
+  const at = (x: string) => `vec2u(${x}, n & ${(1 << rs) - 1}u), n >> ${rs}u`;
+  return `@group(0) @binding(1) var tq: texture_storage_2d_array<rgba32uint, read>;
+@group(0) @binding(2) var ts: texture_storage_2d_array<rgba32uint, read>;
+fn quant(n: u32, c: u32) -> vec4<u32> { return textureLoad(tq, ${at("c")}); }
+fn scale(n: u32, b: u32) -> f32 {
+  return unpack2x16float(textureLoad(ts, ${at("b >> 3u")})[(b >> 1u) & 3u])[b & 1u];
+}`;
+}
+
+/** Texels (vec4<u32>) per block: 1 for Q4_0, 2 for Q8_0. */
+export function texels(type: QuantType): number {
+  return type === "Q4_0" ? 1 : 2;
+}
 
 /** Quant words per block. */
 export function blockWords(type: QuantType): number {
@@ -41,11 +81,18 @@ function unpackBlock(type: QuantType, off = true): string {
   ).join("\n    ");
 }
 
-/** WGSL loading block `blk`'s quants into `q` (and `q1`) from `qs`. */
+/** WGSL loading block `blk`'s quants into `q` (and `q1`) from `qs` (storage layout). */
 function loadBlock(type: QuantType, blk: string): string {
   return type === "Q4_0"
     ? `let q = qs[${blk}];`
     : `let q = qs[(${blk}) * 2u]; let q1 = qs[(${blk}) * 2u + 1u];`;
+}
+
+/** WGSL loading block b of row n into `q` (and `q1`) through {@link quantSource}'s `quant`. */
+function loadRowBlock(type: QuantType, n: string, b: string): string {
+  return type === "Q4_0"
+    ? `let q = quant(${n}, ${b});`
+    : `let q = quant(${n}, (${b}) * 2u); let q1 = quant(${n}, (${b}) * 2u + 1u);`;
 }
 
 /** `fn scale(blk) -> f32`: the f16 scale of block `blk` from `sc` (u32 words). */
@@ -119,18 +166,98 @@ fn main(@builtin(global_invocation_id) g: vec3u) {
 }`;
 }
 
+/**
+ * Decode's matrix-vector product on llvmpipe from the texture layout: as {@link gemvKernel} (x in
+ * a uniform buffer, K in chunks, Q4_0's -8 folded into x's block sums), with fewer instructions per
+ * weight and the blocks fetched as texels (one rgba32uint fetch per Q4_0 block, a vectorized gather,
+ * where a storage load loops over the lanes):
+ * - a quant is isolated with one mask, left where it is (`w & 0xF00` is q * 2^8, exact in f32), and
+ *   converted as a signed integer (one instruction, where u32 -> f32 takes several on AVX2); x is
+ *   prescaled by 2^-p once per block for all R rows, so (q 2^p)(x 2^-p) = q x exactly. Q8_0's signed
+ *   bytes are made unsigned by flipping their top bits (q + 128) and the 128 folded like Q4_0's 8.
+ * - the 8 lanes llvmpipe runs together own 8 adjacent rows, R rows each (rows 8r apart), and the
+ *   scales of 8 blocks come in one texel.
+ * Output row o0 + n; the chunk's first block b0 is a multiple of 8.
+ */
+export function gemvTexKernel(type: QuantType, R: number, rs = 14, WG = 64): string {
+  const rows = [...Array(R).keys()], xs = [0, 1, 2, 3, 4, 5, 6, 7];
+  const q4 = type === "Q4_0";
+  const at = (n: string, x: string) => `vec2u(${x}, ${n} & ${(1 << rs) - 1}u), ${n} >> ${rs}u`;
+  // a: the block's 32 products (4 lanes of a vec4), before the offset and the scale.
+  const words = q4
+    ? [0, 1, 2, 3].map((i) =>
+      `{ let w = q[${i}]; ` +
+      `a = fma(vec4f(bitcast<vec4i>(vec4u(w) & vec4u(0xFu, 0xF00u, 0xF0000u, 0xF000000u))), xl${i}, a); ` +
+      `a = fma(vec4f(bitcast<vec4i>(vec4u(w & 0xF0u, w & 0xF000u, w & 0xF00000u, w >> 28u))), xh${i}, a); }`
+    )
+    : xs.map((i) =>
+      `{ let w = ${i < 4 ? `q[${i}]` : `q1[${i - 4}]`} ^ 0x80808080u; ` +
+      `a = fma(vec4f(bitcast<vec4i>(vec4u(w & 0xFFu, w & 0xFF00u, w & 0xFF0000u, w >> 24u))), xs${i}, a); }`
+    );
+  const row = (r: number) =>
+    `{
+      let q = textureLoad(tq, ${at(`n${r}`, `kb * ${texels(type)}u`)});${
+      q4 ? "" : `\n      let q1 = textureLoad(tq, ${at(`n${r}`, "kb * 2u + 1u")});`
+    }
+      var a = vec4f(0.0);
+      ${words.join("\n      ")}
+      s${r} = fma(unpack2x16float(sv${r}[(kb >> 1u) & 3u])[kb & 1u], a.x + a.y + a.z + a.w - xsum, s${r});
+    }`;
+  // 2^-p for the quant at bit p of its word.
+  const prescale = q4
+    ? [0, 1, 2, 3].map((i) =>
+      `let xl${i} = x${i} * vec4f(1.0, 0.00390625, 1.52587890625e-05, 5.9604644775390625e-08); ` +
+      `let xh${i} = x${4 + i} * vec4f(0.0625, 0.000244140625, 9.5367431640625e-07, 1.0);`
+    ).join("\n    ")
+    : xs.map((i) => `let xs${i} = x${i} * vec4f(1.0, 0.00390625, 1.52587890625e-05, 1.0);`).join(
+      "\n    ",
+    );
+  return `@group(0) @binding(0) var<uniform> X: array<vec4f, 4096>;
+@group(0) @binding(1) var tq: texture_storage_2d_array<rgba32uint, read>;
+@group(0) @binding(2) var ts: texture_storage_2d_array<rgba32uint, read>;
+@group(0) @binding(3) var<storage, read_write> out: array<f32>;
+${GEMV_PARAMS}
+@group(0) @binding(4) var<uniform> p: P;
+@compute @workgroup_size(${WG})
+fn main(@builtin(global_invocation_id) g: vec3u) {
+  let base = (g.x / 8u) * ${8 * R}u + g.x % 8u;
+  if (base >= p.N) { return; }
+  ${
+    rows.map((r) =>
+      `let n${r} = min(base + ${8 * r}u, p.N - 1u); var s${r} = 0.0; var sv${r} = vec4u(0u);`
+    ).join("\n  ")
+  }
+  for (var b = 0u; b < p.nbc; b++) {
+    let kb = p.b0 + b;
+    ${xs.map((i) => `let x${i} = X[b * 8u + ${i}u];`).join(" ")}
+    let xa = ${xs.map((i) => `x${i}`).join(" + ")};
+    let xsum = ${q4 ? "8.0" : "128.0"} * (xa.x + xa.y + xa.z + xa.w);
+    ${prescale}
+    if ((kb & 7u) == 0u) { ${
+    rows.map((r) => `sv${r} = textureLoad(ts, ${at(`n${r}`, "kb >> 3u")});`).join(" ")
+  } }
+    ${rows.map(row).join("\n    ")}
+  }
+  ${
+    rows.map((r) =>
+      `if (base + ${
+        8 * r
+      }u < p.N) { let o = p.o0 + n${r}; if (p.acc != 0u) { s${r} += out[o]; } out[o] = s${r}; }`
+    ).join("\n  ")
+  }
+}`;
+}
+
 /** Parameters of the storage-operand kernels ({@link gemvWgKernel}, {@link blockedKernel}, {@link tiledKernel}). */
 export const MM_PARAMS = `struct P { M: u32, N: u32, K: u32, nb: u32 }`;
 
-/** Bindings of the storage-operand kernels: x (f32), quants, scales, out, params. */
-function mmBindings(xVec4: boolean): string {
+/** Bindings of the matrix kernels: x (f32), quants and scales ({@link quantSource}), out, params. */
+function mmBindings(xVec4: boolean, type: QuantType, layout: QuantLayout, rs: number): string {
   return `@group(0) @binding(0) var<storage, read> x: array<${xVec4 ? "vec4f" : "f32"}>;
-@group(0) @binding(1) var<storage, read> qs: array<vec4<u32>>;
-@group(0) @binding(2) var<storage, read> sc: array<u32>;
+${quantSource(type, layout, rs)}
 @group(0) @binding(3) var<storage, read_write> out: array<f32>;
 ${MM_PARAMS}
-@group(0) @binding(4) var<uniform> p: P;
-${SCALE_FN}`;
+@group(0) @binding(4) var<uniform> p: P;`;
 }
 
 /**
@@ -138,9 +265,14 @@ ${SCALE_FN}`;
  * blocks l, l+32, ... of that row (adjacent lanes read adjacent blocks), then the 32 partial sums
  * are reduced as a tree in workgroup memory. Rows of x (M) are the grid's z.
  */
-export function gemvWgKernel(type: QuantType, RW = 8): string {
+export function gemvWgKernel(
+  type: QuantType,
+  layout: QuantLayout = "storage",
+  rs = 14,
+  RW = 8,
+): string {
   const L = 32;
-  return `${mmBindings(true)}
+  return `${mmBindings(true, type, layout, rs)}
 var<workgroup> part: array<f32, ${RW * L}>;
 @compute @workgroup_size(${L}, ${RW})
 fn main(@builtin(local_invocation_id) l: vec3u, @builtin(workgroup_id) wg: vec3u,
@@ -150,12 +282,11 @@ fn main(@builtin(local_invocation_id) l: vec3u, @builtin(workgroup_id) wg: vec3u
   var s = 0.0;
   if (n < p.N) {
     for (var b = l.x; b < p.nb; b += ${L}u) {
-      let blk = n * p.nb + b;
-      ${loadBlock(type, "blk")}
+      ${loadRowBlock(type, "n", "b")}
       ${unpackBlock(type)}
       let xo = (m * p.K) / 4u + b * 8u;
       let a = ${[0, 1, 2, 3, 4, 5, 6, 7].map((i) => `v${i} * x[xo + ${i}u]`).join(" + ")};
-      s = fma(scale(blk), a.x + a.y + a.z + a.w, s);
+      s = fma(scale(n, b), a.x + a.y + a.z + a.w, s);
     }
   }
   let li = l.y * ${L}u + l.x;
@@ -177,16 +308,21 @@ fn main(@builtin(local_invocation_id) l: vec3u, @builtin(workgroup_id) wg: vec3u
  * and dequantizes them 4 columns of K at a time; each x vec4 loaded feeds C/4 x 4 vec4 FMAs, each
  * weight R FMAs. No workgroup memory, no barriers (both are slow on llvmpipe).
  */
-export function blockedKernel(type: QuantType, R: number, C = 8): string {
-  const rs = [...Array(R).keys()];
+export function blockedKernel(
+  type: QuantType,
+  R: number,
+  C = 8,
+  layout: QuantLayout = "storage",
+  rs = 14,
+): string {
+  const xr = [...Array(R).keys()];
   const cs = [...Array(C).keys()];
   const gs = [...Array(C / 4).keys()];
-  const load = cs.map((c) => {
-    const blk = `n${c} * p.nb + b`;
-    return type === "Q4_0"
-      ? `let q${c} = qs[${blk}]; let d${c} = scale(${blk}); let e${c} = vec4f(-8.0 * d${c});`
-      : `let q${c} = qs[(${blk}) * 2u]; let r${c} = qs[(${blk}) * 2u + 1u]; let d${c} = scale(${blk});`;
-  }).join("\n    ");
+  const load = cs.map((c) =>
+    type === "Q4_0"
+      ? `let q${c} = quant(n${c}, b); let d${c} = scale(n${c}, b); let e${c} = vec4f(-8.0 * d${c});`
+      : `let q${c} = quant(n${c}, b * 2u); let r${c} = quant(n${c}, b * 2u + 1u); let d${c} = scale(n${c}, b);`
+  ).join("\n    ");
   // v{c}: column c's weights at k = 4i..4i+3 of the block (the loop's i = 0..7: word i % 4, and
   // for Q4_0 the low nibbles for i < 4, the high ones after). A loop, not unrolled: 8x less code
   // for LLVM to compile (seconds per pipeline on llvmpipe at R = 16, C = 8), at no measured cost.
@@ -214,18 +350,18 @@ export function blockedKernel(type: QuantType, R: number, C = 8): string {
       ${deq}
       ${regroup}
       ${
-    rs.map((r) => `{ let xv = x[xo${r} + b * 8u + i]; ${gs.map((g) => fmaRow(r, g)).join(" ")} }`)
+    xr.map((r) => `{ let xv = x[xo${r} + b * 8u + i]; ${gs.map((g) => fmaRow(r, g)).join(" ")} }`)
       .join("\n      ")
   }
     }`;
-  return `${mmBindings(true)}
+  return `${mmBindings(true, type, layout, rs)}
 @compute @workgroup_size(64)
 fn main(@builtin(global_invocation_id) g: vec3u, @builtin(workgroup_id) wg: vec3u) {
   let nf = g.x * ${C}u;
   ${cs.map((c) => `let n${c} = min(nf + ${c}u, p.N - 1u);`).join(" ")}
   let m0 = wg.y * ${R}u;
   ${
-    rs.map((r) =>
+    xr.map((r) =>
       `let xo${r} = (min(m0 + ${r}u, p.M - 1u) * p.K) / 4u; ${
         gs.map((g) => `var c${r}_${g} = vec4f(0.0);`).join(" ")
       }`
@@ -237,7 +373,7 @@ fn main(@builtin(global_invocation_id) g: vec3u, @builtin(workgroup_id) wg: vec3
   }
   if (nf >= p.N) { return; }
   ${
-    rs.map((r) =>
+    xr.map((r) =>
       `if (m0 + ${r}u < p.M) { let o = (m0 + ${r}u) * p.N + nf; ${
         gs.map((g) =>
           `for (var j = 0u; j < 4u; j++) { if (nf + ${4 * g}u + j < p.N) { out[o + ${
@@ -255,22 +391,22 @@ fn main(@builtin(global_invocation_id) g: vec3u, @builtin(workgroup_id) wg: vec3
  * invocation); K advances one block (32) at a time: x's 64x32 tile is copied and W's 64 blocks are
  * dequantized (8 weights per invocation) into workgroup memory, then multiplied from there.
  */
-export function tiledKernel(type: QuantType): string {
+export function tiledKernel(type: QuantType, layout: QuantLayout = "storage", rs = 14): string {
   // Invocation t dequantizes block row t/4 (output n0 + t/4), elements 8*(t%4) .. +7.
   const deq = type === "Q4_0"
-    ? `let w = qs[blk][j];  // bytes 4j..4j+3: elements 4j..4j+3 (low) and 16+4j.. (high)
+    ? `let w = quant(n0 + r, b)[j];  // bytes 4j..4j+3: elements 4j..4j+3 (low) and 16+4j.. (high)
         for (var t = 0u; t < 4u; t++) {
           Ws[(4u * j + t) * 64u + r] = (f32((w >> (8u * t)) & 15u) - 8.0) * d;
           Ws[(16u + 4u * j + t) * 64u + r] = (f32((w >> (8u * t + 4u)) & 15u) - 8.0) * d;
         }`
-    : `let qv = qs[blk * 2u + j / 2u];
+    : `let qv = quant(n0 + r, b * 2u + j / 2u);
         for (var h = 0u; h < 2u; h++) {
           let w = qv[(j % 2u) * 2u + h];  // elements 8j + 4h .. +3
           for (var t = 0u; t < 4u; t++) {
             Ws[(8u * j + 4u * h + t) * 64u + r] = f32((bitcast<i32>(w) << (24u - 8u * t)) >> 24u) * d;
           }
         }`;
-  return `${mmBindings(false)}
+  return `${mmBindings(false, type, layout, rs)}
 var<workgroup> Xs: array<f32, 2048>; // (32 k, 64 m)
 var<workgroup> Ws: array<f32, 2048>; // (32 k, 64 n)
 @compute @workgroup_size(16, 16)
@@ -290,8 +426,7 @@ fn main(@builtin(workgroup_id) wg: vec3u, @builtin(local_invocation_id) l: vec3u
     {
       let r = li / 4u; let j = li % 4u;
       if (n0 + r < p.N) {
-        let blk = (n0 + r) * p.nb + b;
-        let d = scale(blk);
+        let d = scale(n0 + r, b);
         ${deq}
       } else {
         for (var t = 0u; t < 8u; t++) { Ws[(8u * j + t) * 64u + r] = 0.0; }
@@ -322,14 +457,17 @@ fn main(@builtin(workgroup_id) wg: vec3u, @builtin(local_invocation_id) l: vec3u
  * Embedding lookup from a quantized table (V, C): one workgroup per token, lanes over the row's
  * blocks, each writing its 32 dequantized values as 8 vec4s. Ids are clamped into [0, V).
  */
-export function embeddingKernel(type: QuantType, WG = 64): string {
+export function embeddingKernel(
+  type: QuantType,
+  layout: QuantLayout = "storage",
+  rs = 14,
+  WG = 64,
+): string {
   return `@group(0) @binding(0) var<storage, read> ids: array<i32>;
-@group(0) @binding(1) var<storage, read> qs: array<vec4<u32>>;
-@group(0) @binding(2) var<storage, read> sc: array<u32>;
+${quantSource(type, layout, rs)}
 @group(0) @binding(3) var<storage, read_write> out: array<vec4f>;
 struct P { N: u32, V: u32, nb: u32 }
 @group(0) @binding(4) var<uniform> p: P;
-${SCALE_FN}
 @compute @workgroup_size(${WG})
 fn main(@builtin(local_invocation_index) li: u32, @builtin(workgroup_id) wg: vec3u,
         @builtin(num_workgroups) nwg: vec3u) {
@@ -337,9 +475,8 @@ fn main(@builtin(local_invocation_index) li: u32, @builtin(workgroup_id) wg: vec
   if (t >= p.N) { return; }
   let id = u32(clamp(ids[t], 0, i32(p.V) - 1));
   for (var b = li; b < p.nb; b += ${WG}u) {
-    let blk = id * p.nb + b;
-    ${loadBlock(type, "blk")}
-    let d = scale(blk);
+    ${loadRowBlock(type, "id", "b")}
+    let d = scale(id, b);
     ${unpackBlock(type)}
     let o = (t * p.nb + b) * 8u;
     ${[0, 1, 2, 3, 4, 5, 6, 7].map((i) => `out[o + ${i}u] = v${i} * d;`).join(" ")}
@@ -380,5 +517,79 @@ fn main(@builtin(local_invocation_index) li: u32, @builtin(workgroup_id) wg: vec
   for (var b = b0; b < min(b0 + 2u, p.blocks); b++) {
     for (var w = 0u; w < ${W}u; w++) { qs[b * ${W}u + w] = word(b * ${B}u + 2u + 4u * w); }
   }
+}`;
+}
+
+/**
+ * {@link splitKernel} for the texture layout: invocation i handles row n = i / G, blocks 8j..8j+7
+ * (j = i % G, G = ceil(nb / 8)): their quant texels and the one scale texel (zeros past the row).
+ */
+export function splitTexKernel(type: QuantType, rs = 14, WG = 64): string {
+  const B = type === "Q4_0" ? 18 : 34, T = texels(type);
+  const at = (x: string) => `vec2u(${x}, n & ${(1 << rs) - 1}u), n >> ${rs}u`;
+  return `@group(0) @binding(0) var<storage, read> src: array<u32>;
+@group(0) @binding(1) var tq: texture_storage_2d_array<rgba32uint, write>;
+@group(0) @binding(2) var ts: texture_storage_2d_array<rgba32uint, write>;
+struct P { N: u32, nb: u32, G: u32 }
+@group(0) @binding(3) var<uniform> p: P;
+fn word(o: u32) -> u32 {
+  let a = o >> 2u;
+  if ((o & 3u) == 0u) { return src[a]; }
+  return (src[a] >> 16u) | (src[a + 1u] << 16u);
+}
+fn half(o: u32) -> u32 { return (src[o >> 2u] >> ((o & 2u) * 8u)) & 0xFFFFu; }
+@compute @workgroup_size(${WG})
+fn main(@builtin(local_invocation_index) li: u32, @builtin(workgroup_id) wg: vec3u,
+        @builtin(num_workgroups) nwg: vec3u) {
+  let i = (wg.x + wg.y * nwg.x) * ${WG}u + li;
+  let n = i / p.G; let j = i % p.G;
+  if (n >= p.N) { return; }
+  var h = array<u32, 8>(0u, 0u, 0u, 0u, 0u, 0u, 0u, 0u);
+  for (var e = 0u; e < 8u; e++) {
+    let b = j * 8u + e;
+    if (b >= p.nb) { break; }
+    let o = (n * p.nb + b) * ${B}u;
+    h[e] = half(o);
+    for (var t = 0u; t < ${T}u; t++) {
+      let q = o + 2u + 16u * t;
+      textureStore(tq, ${at(`b * ${T}u + t`)},
+        vec4u(word(q), word(q + 4u), word(q + 8u), word(q + 12u)));
+    }
+  }
+  textureStore(ts, ${at("j")},
+    vec4u(h[0] | (h[1] << 16u), h[2] | (h[3] << 16u), h[4] | (h[5] << 16u), h[6] | (h[7] << 16u)));
+}`;
+}
+
+/**
+ * The texture layout back to the storage one (for reading a weight back): invocation i writes
+ * blocks 2i and 2i+1 (numbered row after row): their quant words and their scale word.
+ */
+export function unsplitTexKernel(type: QuantType, rs = 14, WG = 64): string {
+  const T = texels(type);
+  const at = (x: string, n: string) => `vec2u(${x}, ${n} & ${(1 << rs) - 1}u), ${n} >> ${rs}u`;
+  return `@group(0) @binding(0) var tq: texture_storage_2d_array<rgba32uint, read>;
+@group(0) @binding(1) var ts: texture_storage_2d_array<rgba32uint, read>;
+@group(0) @binding(2) var<storage, read_write> sc: array<u32>;
+@group(0) @binding(3) var<storage, read_write> qs: array<vec4<u32>>;
+struct P { blocks: u32, nb: u32 }
+@group(0) @binding(4) var<uniform> p: P;
+@compute @workgroup_size(${WG})
+fn main(@builtin(local_invocation_index) li: u32, @builtin(workgroup_id) wg: vec3u,
+        @builtin(num_workgroups) nwg: vec3u) {
+  let i = (wg.x + wg.y * nwg.x) * ${WG}u + li;
+  if (2u * i >= p.blocks) { return; }
+  var s = 0u;
+  for (var e = 0u; e < 2u; e++) {
+    let blk = 2u * i + e;
+    if (blk >= p.blocks) { break; }
+    let n = blk / p.nb; let b = blk % p.nb;
+    let h = (textureLoad(ts, ${at("b >> 3u", "n")})[(b >> 1u) & 3u] >> ((b & 1u) * 16u)) & 0xFFFFu;
+    s |= h << (16u * e);
+    for (var t = 0u; t < ${T}u; t++) { qs[blk * ${T}u + t] = textureLoad(tq, ${
+    at(`b * ${T}u + t`, "n")
+  }); }
+  }
+  sc[i] = s;
 }`;
 }

@@ -9,10 +9,16 @@
  * - {@link linearAny} / {@link embeddingAny}: one call for any weight a model may hold (f32/f16
  *   tensor, packed, quantized).
  *
+ * A weight's blocks live in storage buffers (real GPUs) or, on a CPU adapter, in two rgba32uint
+ * textures (llvmpipe fetches a texel with a vectorized gather but loads from a storage buffer in a
+ * loop over the lanes); every kernel reads either ({@link QuantLayout}).
+ *
  * Variants of linearQ (WGSL in ./_quant_kernels.ts), each checked against {@link linearQCpu}:
- * - `gemv`    one row of x (decode) on a CPU adapter: R = 8 rows of W per invocation, x in a uniform
- *             buffer (broadcast loads), Q4_0's -8 folded into x's block sums, scales 8 blocks per
- *             load where rows allow (K % 256 == 0).
+ * - `gemv`    one row of x (decode) on a CPU adapter: x in a uniform buffer (broadcast loads),
+ *             Q4_0's -8 folded into x's block sums. Texture layout: 16 (Q4_0) / 8 (Q8_0) rows of W
+ *             per invocation, each quant isolated by one mask and converted as a signed integer
+ *             against x prescaled by a power of two, scales 8 blocks per fetch. Storage layout: 8
+ *             rows, shift-and-mask, scales 8 blocks per load where rows allow (K % 256 == 0).
  * - `gemvWg`  one row of x on a real GPU: 8 rows of W per workgroup, 32 lanes per row over its
  *             blocks, a tree reduction in workgroup memory.
  * - `blocked` many rows (prefill, scoring) on a CPU adapter: 8 rows x 8 outputs per invocation in
@@ -22,13 +28,12 @@
  *             dequantized blocks go through workgroup memory.
  *
  * Default choice: one row -> gemv (CPU adapter) / gemvWg; else blocked / tiled. Measured on
- * llvmpipe (2 cores shared with other work, so +-30%; `deno task bench --filter linearQ`): one
- * token through 4096x4096, Q4_0/Q8_0 gemv ~6 ms, as fast as the f16 texture GEMV of a packed weight
- * (which holds a second copy of W) and 3x the f16 GEMV of an unpacked one (what a model over 2 GiB
- * runs); 512x4096x4096, blocked 7-10 GFLOP/s, as fast as the f16 texture kernel.
+ * llvmpipe (2 cores shared with a training run, so +-50% from run to run: compare the ratios of
+ * one process; `deno task bench --filter linearQ`): 512x4096x4096, blocked 7-10 GFLOP/s, as fast as
+ * the f16 texture kernel; decode figures in tools/bench/quant_matmul.ts.
  * @module
  */
-import { type Gpu, grid, Params, type Tensor } from "@lvm/gpu";
+import { type Gpu, grid, makeTexture, Params, type Tensor, type TexSlot } from "@lvm/gpu";
 import {
   BLOCK_BYTES,
   dequantize,
@@ -44,10 +49,17 @@ import {
   blockWords,
   embeddingKernel,
   gemvKernel,
+  gemvTexKernel,
   gemvWgKernel,
+  type QuantLayout,
   splitKernel,
+  splitTexKernel,
+  texels,
   tiledKernel,
+  unsplitTexKernel,
 } from "./_quant_kernels.ts";
+
+export type { QuantLayout } from "./_quant_kernels.ts";
 
 /**
  * Host bytes {@link QuantWeight.fromF32} quantizes into, kept for the next call (a loader
@@ -58,10 +70,33 @@ let scratch: Uint8Array | null = null;
 /** Kernel variants of {@link linearQ}. */
 export type QuantVariant = "gemv" | "gemvWg" | "blocked" | "tiled";
 
+/** Options of {@link QuantWeight.fromBlocks} and {@link QuantWeight.fromF32}. */
+export interface QuantWeightOptions {
+  /**
+   * Where the blocks live: default textures on a CPU adapter where the weight fits one
+   * (K / 32 texels per row at most the adapter's texture width), storage buffers otherwise.
+   */
+  layout?: QuantLayout;
+}
+
+/** log2 of the texture rows per layer: the largest power of two the adapter's textures allow. */
+function rowsLog2(gpu: Gpu): number {
+  return Math.floor(Math.log2(gpu.limits.maxTextureDimension2D));
+}
+
+/** Whether a [N, K] weight of `type` fits the texture layout on this adapter. */
+function texFits(gpu: Gpu, type: QuantType, N: number, K: number): boolean {
+  const w = (K / QK) * texels(type);
+  const layers = Math.ceil(N / 2 ** rowsLog2(gpu));
+  return w <= gpu.limits.maxTextureDimension2D && layers <= gpu.limits.maxTextureArrayLayers;
+}
+
 /**
- * A weight W [N, K] (Linear [out, in]; K a multiple of 32) as block-quantized GPU tensors in
- * @lvm/weights' split layout: `quants` (u32, 4 words per Q4_0 block, 8 per Q8_0 block, blocks row
- * after row) and `scales` (u32, the f16 scales two per word). The same bytes as the GGUF tensor.
+ * A weight W [N, K] (Linear [out, in]; K a multiple of 32) as GGML blocks on the GPU, in one of two
+ * layouts ({@link QuantLayout}): storage buffers as @lvm/weights' split layout (`quants`: 4 u32 per
+ * Q4_0 block, 8 per Q8_0 block, blocks row after row; `scales`: the f16 scales two per u32), or two
+ * rgba32uint textures (a block's quants as 1 or 2 texels of its row, the scales 8 blocks per
+ * texel). The same bytes as the GGUF tensor either way.
  *
  * @example
  * ```ts
@@ -77,16 +112,27 @@ export type QuantVariant = "gemv" | "gemvWg" | "blocked" | "tiled";
 export class QuantWeight {
   /** Blocks per row (K / 32). */
   readonly nb: number;
+  /** log2 of the texture rows per layer (texture layout). */
+  readonly rs: number;
   #released = false;
+  readonly #store: { scales: Tensor; quants: Tensor } | { tq: TexSlot; ts: TexSlot };
 
   private constructor(
     readonly gpu: Gpu,
     readonly type: QuantType,
     readonly shape: readonly [number, number],
-    readonly scales: Tensor,
-    readonly quants: Tensor,
+    readonly layout: QuantLayout,
+    store: { scales: Tensor; quants: Tensor } | { tq: TexSlot; ts: TexSlot },
   ) {
     this.nb = shape[1] / QK;
+    this.rs = rowsLog2(gpu);
+    this.#store = store;
+  }
+
+  /** What the kernels bind as the quants and the scales (bindings 1 and 2). */
+  get bindings(): [Tensor | GPUTextureView, Tensor | GPUTextureView] {
+    const s = this.#store;
+    return "tq" in s ? [s.tq.view, s.ts.view] : [s.quants, s.scales];
   }
 
   /** Checks `shape` ([N, K], K a multiple of 32) and returns it as a pair. */
@@ -117,8 +163,18 @@ export class QuantWeight {
     type: QuantType,
     shape: readonly number[],
     bytes: Uint8Array,
+    opts: QuantWeightOptions = {},
   ): QuantWeight {
     const [N, K] = QuantWeight.#shape(type, shape);
+    const fits = texFits(gpu, type, N, K);
+    const layout = opts.layout ?? (gpu.kind === "cpu" && fits ? "texture" : "storage");
+    if (layout === "texture" && !fits) {
+      throw new RangeError(
+        `QuantWeight: [${shape}] ${type} does not fit this adapter's textures (${
+          (K / QK) * texels(type)
+        } texels per row, max ${gpu.limits.maxTextureDimension2D})`,
+      );
+    }
     const blocks = (N * K) / QK, B = BLOCK_BYTES[type];
     if (bytes.length !== blocks * B) {
       throw new RangeError(
@@ -143,14 +199,30 @@ export class QuantWeight {
       tail.set(bytes.subarray(body));
       gpu.writeBytes(raw, tail, body);
     }
-    const scales = gpu.empty([Math.ceil(blocks / 2)], "u32");
-    const quants = gpu.empty([blocks * blockWords(type)], "u32");
-    const pipe = gpu.pipeline(`quant/split/${type}`, () => splitKernel(type));
-    const p = new Params().u32(blocks);
-    gpu.dispatch(pipe, [raw, scales, quants], p, grid(Math.ceil(blocks / 128)));
+    let store: { scales: Tensor; quants: Tensor } | { tq: TexSlot; ts: TexSlot };
+    if (layout === "texture") {
+      const rs = rowsLog2(gpu), nb = K / QK, G = Math.ceil(nb / 8);
+      const H = Math.min(N, 2 ** rs), L = Math.ceil(N / 2 ** rs);
+      const opts = { format: "rgba32uint" as const };
+      store = {
+        tq: makeTexture(gpu, nb * texels(type), H, L, `quant ${type} [${N}, ${K}]`, opts),
+        ts: makeTexture(gpu, G, H, L, `quant ${type} scales [${N}, ${K}]`, opts),
+      };
+      const pipe = gpu.pipeline(`quant/splittex/${type}/${rs}`, () => splitTexKernel(type, rs));
+      const p = new Params().u32(N).u32(nb).u32(G);
+      gpu.dispatch(pipe, [raw, store.tq.view, store.ts.view], p, grid(Math.ceil((N * G) / 64)));
+    } else {
+      store = {
+        scales: gpu.empty([Math.ceil(blocks / 2)], "u32"),
+        quants: gpu.empty([blocks * blockWords(type)], "u32"),
+      };
+      const pipe = gpu.pipeline(`quant/split/${type}`, () => splitKernel(type));
+      const p = new Params().u32(blocks);
+      gpu.dispatch(pipe, [raw, store.scales, store.quants], p, grid(Math.ceil(blocks / 128)));
+    }
     gpu.submit();
     raw.destroy();
-    return new QuantWeight(gpu, type, [N, K], scales, quants);
+    return new QuantWeight(gpu, type, [N, K], layout, store);
   }
 
   /** Quantizes f32 host values of a weight of `shape` [N, K] (row-major) as `type`. */
@@ -159,6 +231,7 @@ export class QuantWeight {
     type: QuantType,
     shape: readonly number[],
     values: ArrayLike<number>,
+    opts: QuantWeightOptions = {},
   ): QuantWeight {
     const [N, K] = QuantWeight.#shape(type, shape);
     if (values.length !== N * K) {
@@ -170,12 +243,14 @@ export class QuantWeight {
     const bytes = quantizedBytes(type, N * K);
     if (!scratch || scratch.length < bytes) scratch = new Uint8Array(bytes);
     const blocks = quantize(type, values, scratch).subarray(0, bytes);
-    return QuantWeight.fromBlocks(gpu, type, shape, blocks);
+    return QuantWeight.fromBlocks(gpu, type, shape, blocks, opts);
   }
 
   /** GPU bytes of the packed weight (scales and quants; the pool may round buffers up). */
   get bytes(): number {
-    return this.scales.byteLength + this.quants.byteLength;
+    const s = this.#store;
+    if ("tq" in s) return (s.tq.w + s.ts.w) * s.tq.h * s.tq.l * 16;
+    return s.scales.byteLength + s.quants.byteLength;
   }
 
   /** Whether {@link release} was called. */
@@ -185,15 +260,37 @@ export class QuantWeight {
 
   /** Reads the blocks back in GGUF's layout (scale then quants, per block). */
   async readBlocks(): Promise<Uint8Array> {
-    const [sc, qs] = await this.gpu.readMany([this.scales, this.quants]);
     const blocks = (this.shape[0] * this.shape[1]) / QK;
+    const s = this.#store;
+    let split = s as { scales: Tensor; quants: Tensor };
+    if ("tq" in s) {
+      // Back to the storage layout first (a kernel; textures are not read back directly).
+      const { gpu, type, rs } = this;
+      split = {
+        scales: gpu.empty([Math.ceil(blocks / 2)], "u32"),
+        quants: gpu.empty([blocks * blockWords(type)], "u32"),
+      };
+      const pipe = gpu.pipeline(`quant/unsplit/${type}/${rs}`, () => unsplitTexKernel(type, rs));
+      const p = new Params().u32(blocks).u32(this.nb);
+      gpu.dispatch(
+        pipe,
+        [s.tq.view, s.ts.view, split.scales, split.quants],
+        p,
+        grid(Math.ceil(blocks / 128)),
+      );
+    }
+    const [sc, qs] = await this.gpu.readMany([split.scales, split.quants]);
+    if (split !== s) {
+      split.scales.release();
+      split.quants.release();
+    }
     const QB = blockWords(this.type) * 4, B = QB + 2;
-    const s = new Uint8Array(sc.buffer, sc.byteOffset, sc.byteLength);
+    const d = new Uint8Array(sc.buffer, sc.byteOffset, sc.byteLength);
     const q = new Uint8Array(qs.buffer, qs.byteOffset, qs.byteLength);
     const out = new Uint8Array(blocks * B);
     for (let i = 0; i < blocks; i++) {
-      out[i * B] = s[i * 2];
-      out[i * B + 1] = s[i * 2 + 1];
+      out[i * B] = d[i * 2];
+      out[i * B + 1] = d[i * 2 + 1];
       out.set(q.subarray(i * QB, (i + 1) * QB), i * B + 2);
     }
     return out;
@@ -204,11 +301,19 @@ export class QuantWeight {
     return dequantize(this.type, await this.readBlocks(), this.shape[0] * this.shape[1]);
   }
 
-  /** Returns both tensors to the pool. Idempotent. */
+  /** Returns both tensors to the pool (or destroys both textures). Idempotent. */
   release(): void {
+    if (this.#released) return;
     this.#released = true;
-    this.scales.release();
-    this.quants.release();
+    const s = this.#store;
+    if ("tq" in s) {
+      this.gpu.submit(); // recorded work may still read them
+      s.tq.texture.destroy();
+      s.ts.texture.destroy();
+    } else {
+      s.scales.release();
+      s.quants.release();
+    }
   }
 }
 
@@ -275,8 +380,10 @@ function xBuffer(gpu: Gpu): GPUBuffer {
   return ubo;
 }
 
-/** Rows of W per invocation of the CPU-adapter GEMV (8 measured best of 2, 4, 8, 16). */
+/** Rows of W per invocation of the CPU-adapter GEMV, storage layout (8 measured best of 2, 4, 8, 16). */
 const GEMV_ROWS = 8;
+/** Rows of W per invocation of the texture GEMV (of 8 and 16: 16 for Q4_0, 8 for Q8_0). */
+const GEMV_TEX_ROWS = { Q4_0: 16, Q8_0: 8 };
 
 /** The variant {@link linearQ} uses for M rows of x on this adapter when none is forced. */
 export function chooseQuantVariant(gpu: Gpu, M: number): QuantVariant {
@@ -330,32 +437,39 @@ export function linearQ(
   if (out.buffer === x.buffer) throw new RangeError("linearQ: out aliases x");
   if (M === 0) return out;
   const variant = opts.variant ?? chooseQuantVariant(gpu, M);
-  const { type, nb } = W;
-  const binds = [x, W.quants, W.scales, out];
+  const { type, nb, layout, rs } = W;
+  const [qb, sb] = W.bindings;
+  const binds = [x, qb, sb, out];
   const p = new Params().u32(M).u32(N).u32(K).u32(nb);
+  const lk = `${layout}/${rs}`;
   switch (variant) {
     case "gemv": {
       const ubo = xBuffer(gpu);
       const wide = nb % 8 === 0;
-      const pipe = gpu.pipeline(
-        `quant/gemv/${type}/${GEMV_ROWS}/${wide}`,
-        () => gemvKernel(type, GEMV_ROWS, wide),
-      );
+      const tex = layout === "texture";
+      const R = tex ? GEMV_TEX_ROWS[type] : GEMV_ROWS;
+      const pipe = tex
+        ? gpu.pipeline(`quant/gemvtex/${type}/${R}/${rs}`, () => gemvTexKernel(type, R, rs))
+        : gpu.pipeline(`quant/gemv/${type}/${R}/${wide}`, () => gemvKernel(type, R, wide));
+      // Invocations: the texture kernel's 8 lanes own 8 adjacent rows, R rows apart by 8.
+      const wgs = tex ? Math.ceil((Math.ceil(N / (8 * R)) * 8) / 64) : Math.ceil(N / R / 64);
       const BC = X_FLOATS / QK; // blocks per chunk (a multiple of 8: wide scale loads stay aligned)
       for (let m = 0; m < M; m++) {
         for (let b0 = 0; b0 < nb; b0 += BC) {
           const nbc = Math.min(BC, nb - b0);
           gpu.copy(x, ubo, nbc * QK * 4, (m * K + b0 * QK) * 4, 0);
           const gp = new Params().u32(N).u32(nb).u32(b0).u32(nbc).u32(b0 > 0 ? 1 : 0).u32(m * N);
-          const wgs = Math.ceil(N / GEMV_ROWS / 64);
-          gpu.dispatch(pipe, [ubo, W.quants, W.scales, out], gp, wgs);
+          gpu.dispatch(pipe, [ubo, qb, sb, out], gp, wgs);
         }
       }
       return out;
     }
     case "gemvWg": {
       const RW = 8;
-      const pipe = gpu.pipeline(`quant/gemvwg/${type}`, () => gemvWgKernel(type, RW));
+      const pipe = gpu.pipeline(
+        `quant/gemvwg/${type}/${lk}`,
+        () => gemvWgKernel(type, layout, rs, RW),
+      );
       const [gx, gy] = grid(Math.ceil(N / RW));
       gpu.dispatch(pipe, binds, p, [gx, gy, M]);
       return out;
@@ -364,12 +478,15 @@ export function linearQ(
       // 8 rows x 8 columns per invocation: of 16x4, 16x8, 8x8 and 32x4 the fastest at
       // 512x1024x1024 on llvmpipe (~5 GFLOP/s there, 2 busy cores), and ~1-2 s to compile.
       const [R, C] = [8, 8];
-      const pipe = gpu.pipeline(`quant/blocked/${type}/${R}x${C}`, () => blockedKernel(type, R, C));
+      const pipe = gpu.pipeline(
+        `quant/blocked/${type}/${R}x${C}/${lk}`,
+        () => blockedKernel(type, R, C, layout, rs),
+      );
       gpu.dispatch(pipe, binds, p, [Math.ceil(N / (64 * C)), Math.ceil(M / R)]);
       return out;
     }
     case "tiled": {
-      const pipe = gpu.pipeline(`quant/tiled/${type}`, () => tiledKernel(type));
+      const pipe = gpu.pipeline(`quant/tiled/${type}/${lk}`, () => tiledKernel(type, layout, rs));
       gpu.dispatch(pipe, binds, p, [Math.ceil(N / 64), Math.ceil(M / 64)]);
       return out;
     }
@@ -391,9 +508,13 @@ export function embeddingQ(gpu: Gpu, ids: Tensor, table: QuantWeight, out?: Tens
   if (o.size !== N * C || o.dtype !== "f32") {
     throw new RangeError(`embeddingQ: out is [${o.shape}] ${o.dtype}, expected [${shape}] f32`);
   }
-  const pipe = gpu.pipeline(`quant/embedding/${table.type}`, () => embeddingKernel(table.type));
+  const { type, layout, rs } = table;
+  const pipe = gpu.pipeline(
+    `quant/embedding/${type}/${layout}/${rs}`,
+    () => embeddingKernel(type, layout, rs),
+  );
   const p = new Params().u32(N).u32(V).u32(table.nb);
-  gpu.dispatch(pipe, [ids, table.quants, table.scales, o], p, grid(N));
+  gpu.dispatch(pipe, [ids, ...table.bindings, o], p, grid(N));
   return o;
 }
 

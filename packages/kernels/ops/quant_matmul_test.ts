@@ -7,12 +7,14 @@ import {
   linearAny,
   linearQ,
   linearQCpu,
+  type QuantLayout,
   type QuantVariant,
   QuantWeight,
 } from "./quant_matmul.ts";
 
 const TYPES: QuantType[] = ["Q8_0", "Q4_0"];
 const VARIANTS: QuantVariant[] = ["gemv", "gemvWg", "blocked", "tiled"];
+const LAYOUTS: QuantLayout[] = ["storage", "texture"];
 
 /** f32 accumulation over K terms of size ~|x||w|: the error grows with K. */
 function tol(K: number) {
@@ -20,15 +22,24 @@ function tol(K: number) {
 }
 
 /** W [N, K] in +-0.5 quantized as `type`; x (M, K) in +-1; GPU vs linearQCpu. */
-async function check(gpu: Gpu, type: QuantType, M: number, N: number, K: number, v?: QuantVariant) {
+async function check(
+  gpu: Gpu,
+  type: QuantType,
+  M: number,
+  N: number,
+  K: number,
+  v?: QuantVariant,
+  layout?: QuantLayout,
+) {
   const w = randu(N * K, N + K, -0.5, 0.5);
   const bytes = quantize(type, w);
   const x = randu(M * K, M + 7);
-  const W = QuantWeight.fromBlocks(gpu, type, [N, K], bytes);
+  const W = QuantWeight.fromBlocks(gpu, type, [N, K], bytes, { layout });
+  if (layout) assertEquals(W.layout, layout);
   const X = gpu.upload(x, [M, K]);
   const y = linearQ(gpu, X, W, { variant: v });
   assertEquals(y.shape, [M, N]);
-  const label = `${type} ${v ?? "auto"} M=${M} N=${N} K=${K}`;
+  const label = `${type} ${v ?? "auto"} ${W.layout} M=${M} N=${N} K=${K}`;
   assertClose(await gpu.readF32(y), linearQCpu(x, type, bytes, N, K), tol(K), label);
   for (const t of [X, y, W]) t.release();
 }
@@ -44,17 +55,28 @@ Deno.test("linearQ() matches linearQCpu on odd shapes, both types, every variant
     [70, 45, 32], // blocked's 16-row tiles, a partial one
   ];
   for (const v of VARIANTS) {
-    await t.step(v, async () => {
-      for (const type of TYPES) {
-        for (const [M, N, K] of shapes) await check(gpu, type, M, N, K, v);
-      }
-    });
+    for (const layout of LAYOUTS) {
+      await t.step(`${v}, ${layout}`, async () => {
+        for (const type of TYPES) {
+          for (const [M, N, K] of shapes) await check(gpu, type, M, N, K, v, layout);
+        }
+      });
+    }
   }
   await t.step("automatic choice, K beyond one uniform chunk (gemv splits K)", async () => {
     for (const type of TYPES) {
-      await check(gpu, type, 1, 45, 16384 + 4096 + 96); // 3 chunks, rows not a multiple of 256
-      await check(gpu, type, 1, 13, 4096);
-      await check(gpu, type, 5, 13, 4096);
+      for (const layout of LAYOUTS) {
+        // 3 chunks, rows not a multiple of 256 (and of 8 blocks).
+        await check(gpu, type, 1, 45, 16384 + 4096 + 96, undefined, layout);
+        await check(gpu, type, 1, 13, 4096, undefined, layout);
+        await check(gpu, type, 5, 13, 4096, undefined, layout);
+      }
+    }
+  });
+  await t.step("texture layout over several layers (rows past 2^14)", async () => {
+    for (const type of TYPES) {
+      await check(gpu, type, 1, 16384 + 133, 64, "gemv", "texture");
+      await check(gpu, type, 2, 16384 + 133, 64, "blocked", "texture");
     }
   });
 });
@@ -73,24 +95,26 @@ Deno.test("linearQ(): one-hot rows read back exactly the dequantized weights", a
       for (let k = 32; k < 64; k++) w[k] *= 1e-4;
       const bytes = quantize(type, w);
       const ref = dequantize(type, bytes, N * K); // [N, K]
-      const W = QuantWeight.fromBlocks(gpu, type, [N, K], bytes);
-      // Identity x (K, K): y = W^T, y[k, n] = W[n, k].
-      const eye = new Float32Array(K * K);
-      for (let k = 0; k < K; k++) eye[k * K + k] = 1;
-      const X = gpu.upload(eye, [K, K]);
-      const want = new Float32Array(K * N);
-      for (let n = 0; n < N; n++) for (let k = 0; k < K; k++) want[k * N + n] = ref[n * K + k];
-      for (const v of VARIANTS) {
-        const y = await gpu.readF32(linearQ(gpu, X, W, { variant: v }));
-        assertClose(y, want, EXACT, `${type} ${v} [${N}, ${K}]`);
+      for (const layout of LAYOUTS) {
+        const W = QuantWeight.fromBlocks(gpu, type, [N, K], bytes, { layout });
+        // Identity x (K, K): y = W^T, y[k, n] = W[n, k].
+        const eye = new Float32Array(K * K);
+        for (let k = 0; k < K; k++) eye[k * K + k] = 1;
+        const X = gpu.upload(eye, [K, K]);
+        const want = new Float32Array(K * N);
+        for (let n = 0; n < N; n++) for (let k = 0; k < K; k++) want[k * N + n] = ref[n * K + k];
+        for (const v of VARIANTS) {
+          const y = await gpu.readF32(linearQ(gpu, X, W, { variant: v }));
+          assertClose(y, want, EXACT, `${type} ${v} ${layout} [${N}, ${K}]`);
+        }
+        // gemv, row by row (its x goes through the uniform buffer).
+        const row = gpu.upload(eye.subarray(5 * K, 6 * K), [1, K]);
+        const y5 = await gpu.readF32(linearQ(gpu, row, W, { variant: "gemv" }));
+        assertClose(y5, want.subarray(5 * N, 6 * N), EXACT, `${type} gemv ${layout} row 5`);
+        assertEquals([...await W.readF32()], [...ref], `${type} ${layout} readF32`);
+        assertEquals([...await W.readBlocks()], [...bytes], `${type} ${layout} readBlocks`);
+        for (const t of [W, X, row]) t.release();
       }
-      // gemv, row by row (its x goes through the uniform buffer).
-      const row = gpu.upload(eye.subarray(5 * K, 6 * K), [1, K]);
-      const y5 = await gpu.readF32(linearQ(gpu, row, W, { variant: "gemv" }));
-      assertClose(y5, want.subarray(5 * N, 6 * N), EXACT, `${type} gemv row 5`);
-      assertEquals([...await W.readF32()], [...ref], `${type} readF32`);
-      assertEquals([...await W.readBlocks()], [...bytes], `${type} readBlocks`);
-      for (const t of [W, X, row]) t.release();
     }
   }
 });
@@ -100,13 +124,15 @@ Deno.test("embeddingQ() gathers exactly the dequantized rows", async () => {
   for (const type of TYPES) {
     for (const [V, C] of [[1, 32], [45, 96], [7, 4096]]) {
       const bytes = quantize(type, randu(V * C, V, -2, 2));
-      const T = QuantWeight.fromBlocks(gpu, type, [V, C], bytes);
-      const ids = [0, V - 1, Math.floor(V / 2), 0, V - 1];
-      const I = gpu.upload(ids, [5], "i32");
-      const out = embeddingQ(gpu, I, T);
-      assertEquals(out.shape, [5, C]);
-      assertEquals([...await gpu.readF32(out)], [...embeddingQCpu(ids, type, bytes, V, C)]);
-      for (const t of [T, I, out]) t.release();
+      for (const layout of LAYOUTS) {
+        const T = QuantWeight.fromBlocks(gpu, type, [V, C], bytes, { layout });
+        const ids = [0, V - 1, Math.floor(V / 2), 0, V - 1];
+        const I = gpu.upload(ids, [5], "i32");
+        const out = embeddingQ(gpu, I, T);
+        assertEquals(out.shape, [5, C]);
+        assertEquals([...await gpu.readF32(out)], [...embeddingQCpu(ids, type, bytes, V, C)]);
+        for (const t of [T, I, out]) t.release();
+      }
     }
   }
 });
@@ -116,7 +142,8 @@ Deno.test("QuantWeight.fromF32 quantizes like @lvm/weights; linearAny dispatches
   const w = randu(7 * 64, 9);
   const W = QuantWeight.fromF32(gpu, "Q4_0", [7, 64], w);
   assertEquals([...await W.readBlocks()], [...quantize("Q4_0", w)]);
-  assertEquals(W.bytes, 7 * 2 * 18);
+  // Texture layout: per row 2 quant texels and 1 texel of scales (8 slots, 2 used), 16 bytes each.
+  assertEquals(W.bytes, W.layout === "texture" ? 7 * 3 * 16 : 7 * 2 * 18);
   const x = gpu.upload(randu(3 * 64, 4), [3, 64]);
   const a = await gpu.readF32(linearAny(gpu, x, W));
   const Wf = gpu.upload(await W.readF32(), [7, 64]);
