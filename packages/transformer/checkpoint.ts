@@ -104,13 +104,14 @@ async function quantizeRows(
   type: QuantType,
   shape: readonly number[],
   out: Uint8Array,
+  scratch: LoadScratch,
 ): Promise<Uint8Array> {
   const [N, K] = shape;
-  const raw = await source.readRaw(name);
+  const raw = await source.readRaw(name, scratch.raw(source.info(name).byteLength));
   const { dtype } = source.info(name);
   const eb = raw.length / (N * K); // stored bytes per value
   const rows = Math.max(1, Math.floor(2 ** 20 / K));
-  const chunk = new Float32Array(Math.min(rows, N) * K);
+  const chunk = scratch.f32(Math.min(rows, N) * K);
   for (let r0 = 0; r0 < N; r0 += rows) {
     const n = Math.min(rows, N - r0);
     const x = toF32(
@@ -122,6 +123,37 @@ async function quantizeRows(
     quantize(type, x, out.subarray(quantizedBytes(type, r0 * K)));
   }
   return out;
+}
+
+/**
+ * Host buffers a loader reuses from tensor to tensor, each grown to the largest request: the
+ * stored bytes of a tensor (`raw`), f32 values (`f32`) and quantized blocks (`blocks`). Without
+ * them every tensor's arrays wait for the garbage collector (~0.5 GB of the 7B's peak at q4, ~27
+ * GB of f32 arrays over its 291 tensors at f16).
+ */
+export class LoadScratch {
+  #raw = new Uint8Array(0);
+  #f32 = new Float32Array(0);
+  #blocks = new Uint8Array(0);
+  /** Bytes held now. */
+  get bytes(): number {
+    return this.#raw.byteLength + this.#f32.byteLength + this.#blocks.byteLength;
+  }
+  /** `n` bytes for a tensor's stored bytes. */
+  raw(n: number): Uint8Array {
+    if (this.#raw.length < n) this.#raw = new Uint8Array(n);
+    return this.#raw.subarray(0, n);
+  }
+  /** `n` floats. */
+  f32(n: number): Float32Array {
+    if (this.#f32.length < n) this.#f32 = new Float32Array(n);
+    return this.#f32.subarray(0, n);
+  }
+  /** `n` bytes for quantized blocks. */
+  blocks(n: number): Uint8Array {
+    if (this.#blocks.length < n) this.#blocks = new Uint8Array(n);
+    return this.#blocks.subarray(0, n);
+  }
 }
 
 /** Options of {@link loadLlamaFrom} (and `@lvm/transformer/fs`'s `loadLlama`). */
@@ -151,26 +183,28 @@ export async function loadLlamaFrom(
   const model = Llama.empty(gpu, config, options);
   const specs = paramSpecs(config);
   const want = quantTypeOf(model.dtype);
-  // Host buffers reused from tensor to tensor (sized for the largest one that needs each): the
-  // 7B's 291 tensors would otherwise leave ~27 GB of f32 arrays to the garbage collector.
+  // Host buffers reused from tensor to tensor (sized for the largest one that needs each), so host
+  // memory holds at most one tensor (its stored bytes, and its blocks or f32 values) beyond the
+  // model: nothing is left to the garbage collector.
   const size = (shape: readonly number[]) => shape.reduce((a, b) => a * b, 1);
-  const reused = { f32: new Float32Array(0), bytes: new Uint8Array(0) };
-  const f32 = (n: number) => {
-    if (reused.f32.length < n) reused.f32 = new Float32Array(n);
-    return reused.f32.subarray(0, n);
-  };
+  const scratch = new LoadScratch();
   for (let i = 0; i < specs.length; i++) {
     const { name, shape } = specs[i];
+    const { dtype, byteLength } = source.info(name);
     if (want && shape.length === 2 && shape[1] % QK === 0) {
       if (source instanceof GgufLlamaSource && source.ggmlType(name) === want) {
-        model.setQuantParam(name, want, shape, (await source.rawTensor(name)).bytes);
+        const raw = await source.rawTensor(name, scratch.raw(byteLength));
+        model.setQuantParam(name, want, shape, raw.bytes);
       } else {
-        const n = quantizedBytes(want, size(shape));
-        if (reused.bytes.length < n) reused.bytes = new Uint8Array(n);
-        const blocks = await quantizeRows(source, name, want, shape, reused.bytes.subarray(0, n));
+        const out = scratch.blocks(quantizedBytes(want, size(shape)));
+        const blocks = await quantizeRows(source, name, want, shape, out, scratch);
         model.setQuantParam(name, want, shape, blocks);
       }
-    } else model.setParam(name, await source.readF32(name, f32(size(shape))));
+    } else {
+      const raw = await source.readRaw(name, scratch.raw(byteLength));
+      const label = `${source.path}: tensor "${name}"`;
+      model.setParam(name, toF32(dtype, raw, label, scratch.f32(size(shape))));
+    }
     await gpu.settle(); // one copy of the weights in host memory, not two
     options.onTensor?.(name, i, specs.length);
   }

@@ -13,14 +13,27 @@ export interface ByteSource {
   /** Size in bytes. */
   readonly size: number;
   /**
-   * Up to `length` bytes at `offset` in a new buffer; fewer only at the end (the caller decides
-   * whether that is truncation). Concurrent calls must be safe.
+   * Up to `length` bytes at `offset`, in a new buffer or, given `out` (at least `length` bytes),
+   * into its start (a view of `out` is returned: a loader reuses one buffer from tensor to
+   * tensor); fewer only at the end (the caller decides whether that is truncation). Concurrent
+   * calls must be safe.
    */
-  read(offset: number, length: number): Promise<Uint8Array>;
+  read(offset: number, length: number, out?: Uint8Array): Promise<Uint8Array>;
   /** Releases the handle (idempotent); reads after it fail. */
   close(): void;
   /** Whether {@link ByteSource.close} was called. */
   readonly closed: boolean;
+}
+
+/**
+ * The first `length` bytes of a caller's buffer `out` (for `read(..., out)` and `readRaw(name,
+ * out)`); a RangeError naming `what` when it is too small.
+ */
+export function intoBuffer(out: Uint8Array, length: number, what: string): Uint8Array {
+  if (out.length < length) {
+    throw new RangeError(`${what}: the output buffer holds ${out.length} bytes, ${length} needed`);
+  }
+  return out.subarray(0, length);
 }
 
 /**
@@ -41,9 +54,17 @@ export class MemorySource implements ByteSource {
     return this.bytes.byteLength;
   }
 
-  read(offset: number, length: number): Promise<Uint8Array> {
+  read(offset: number, length: number, out?: Uint8Array): Promise<Uint8Array> {
     if (this.#closed) return Promise.reject(new Error(`${this.path}: read after close`));
-    return Promise.resolve(this.bytes.slice(offset, Math.min(offset + length, this.size)));
+    const src = this.bytes.subarray(offset, Math.min(offset + length, this.size));
+    if (!out) return Promise.resolve(src.slice());
+    try {
+      const dst = intoBuffer(out, length, this.path);
+      dst.set(src);
+      return Promise.resolve(dst.subarray(0, src.length));
+    } catch (e) {
+      return Promise.reject(e);
+    }
   }
 
   close(): void {

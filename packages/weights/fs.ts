@@ -16,7 +16,7 @@
  */
 import { dirname, join } from "node:path";
 import { isFile, tempPath } from "@lvm/util/fs";
-import type { ByteSource } from "./byte_source.ts";
+import { type ByteSource, intoBuffer } from "./byte_source.ts";
 import { compareCodePoints } from "./_code_points.ts";
 import {
   encodeGgml,
@@ -82,13 +82,14 @@ export class FileSource implements ByteSource {
   }
 
   /**
-   * Reads up to `length` bytes at `offset` into a new buffer; returns fewer only at end of file
-   * (callers decide whether that is truncation).
+   * Reads up to `length` bytes at `offset` into a new buffer, or into the start of `into` (at
+   * least `length` bytes); returns fewer only at end of file (callers decide whether that is
+   * truncation).
    */
-  read(offset: number, length: number): Promise<Uint8Array> {
+  read(offset: number, length: number, into?: Uint8Array): Promise<Uint8Array> {
     const run = async () => {
       if (this.#closed) throw new Error(`${this.path}: read after close`);
-      const out = new Uint8Array(length);
+      const out = into ? intoBuffer(into, length, this.path) : new Uint8Array(length);
       await this.file.seek(offset, Deno.SeekMode.Start);
       let got = 0;
       while (got < length) {

@@ -23,7 +23,7 @@
  * The reader accepts any aligned, non-overlapping layout.
  * @module
  */
-import { type ByteSource, MemorySource } from "./byte_source.ts";
+import { type ByteSource, intoBuffer, MemorySource } from "./byte_source.ts";
 import { fromF32, toF32, WeightsFileError } from "./safetensors.ts";
 import { BLOCK_BYTES, dequantize, QK, quantize } from "./quant.ts";
 
@@ -737,12 +737,16 @@ export class GgufReader {
     return v === undefined ? undefined : ggufPlain(v);
   }
 
-  /** The tensor's stored bytes (quantized blocks as in the file). */
-  async readRaw(name: string): Promise<Uint8Array> {
+  /**
+   * The tensor's stored bytes (quantized blocks as in the file): a new array, or the start of
+   * `out` (at least the tensor's byte size) when given.
+   */
+  async readRaw(name: string, out?: Uint8Array): Promise<Uint8Array> {
     const t = this.#tensors.get(name);
     if (!t) throw this.#missing(name);
     if (this.file.closed) throw new GgufError(this.path, "read after close()", name);
-    const bytes = await this.file.read(t.byteOffset, t.byteLength);
+    if (out) intoBuffer(out, t.byteLength, `${this.path}: tensor "${name}"`);
+    const bytes = await this.file.read(t.byteOffset, t.byteLength, out);
     if (bytes.byteLength !== t.byteLength) {
       throw new GgufError(
         this.path,

@@ -20,7 +20,7 @@
  * {@link GgufLlamaSource} presents a LLaMA GGUF as a `TensorSource` under HF names, in HF row order.
  * @module
  */
-import { MemorySource } from "./byte_source.ts";
+import { intoBuffer, MemorySource } from "./byte_source.ts";
 import {
   encodeGgml,
   ggmlBytes,
@@ -33,7 +33,7 @@ import {
   isGgmlType,
 } from "./gguf.ts";
 import { type StDType, type TensorInfo, type TensorSource, toF32 } from "./safetensors.ts";
-import { dequantize } from "./quant.ts";
+import { dequantize, type QuantType } from "./quant.ts";
 
 // ---------------------------------------------------------------------------------------------
 // Names
@@ -646,11 +646,12 @@ export class GgufLlamaSource implements TensorSource {
   /**
    * The stored blocks of `name` (an HF name), rows in HF order: for q/k the file's llama.cpp row
    * order is undone by moving whole rows ({@link reorderRows}), which leaves each row's blocks
-   * bit for bit as stored.
+   * bit for bit as stored. Read into the start of `out` when given (at least the tensor's stored
+   * size; q/k rows are then reordered into a new array).
    */
-  async rawTensor(name: string): Promise<RawTensor> {
+  async rawTensor(name: string, out?: Uint8Array): Promise<RawTensor> {
     const t = this.gguf.info(this.ggufName(name));
-    let bytes = await this.gguf.readRaw(t.name);
+    let bytes = await this.gguf.readRaw(t.name, out);
     const heads = this.#heads.get(name);
     if (heads !== undefined && t.shape.length === 2) {
       const order = invertOrder(llamaQkRowOrder(t.shape[0], heads));
@@ -659,12 +660,25 @@ export class GgufLlamaSource implements TensorSource {
     return { type: t.type, shape: t.shape, bytes };
   }
 
-  /** HF-order bytes in `info(name).dtype` (quantized tensors dequantized to f32). */
-  async readRaw(name: string): Promise<Uint8Array> {
-    const { type, shape, bytes } = await this.rawTensor(name);
-    if (type !== "Q8_0" && type !== "Q4_0") return bytes;
-    const f = dequantize(type, bytes, shape.reduce((a, b) => a * b, 1));
-    return new Uint8Array(f.buffer);
+  /**
+   * HF-order bytes in `info(name).dtype` (quantized tensors dequantized to f32), into the start of
+   * `out` when given (at least `info(name).byteLength` bytes).
+   */
+  async readRaw(name: string, out?: Uint8Array): Promise<Uint8Array> {
+    const quant = (t: string) => t === "Q8_0" || t === "Q4_0";
+    // Stored as it is returned: read straight into `out`.
+    const direct = out && !quant(this.ggmlType(name));
+    const { type, shape, bytes } = await this.rawTensor(name, direct ? out : undefined);
+    let raw = bytes;
+    if (quant(type)) {
+      raw = new Uint8Array(
+        dequantize(type as QuantType, bytes, shape.reduce((a, b) => a * b, 1)).buffer,
+      );
+    }
+    if (!out || raw.buffer === out.buffer && raw.byteOffset === out.byteOffset) return raw;
+    const dst = intoBuffer(out, raw.length, `${this.path}: tensor "${name}"`);
+    dst.set(raw);
+    return dst;
   }
 
   async readF32(name: string, out?: Float32Array): Promise<Float32Array> {

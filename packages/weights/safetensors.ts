@@ -18,7 +18,7 @@
  * so a model loader takes either.
  * @module
  */
-import { type ByteSource, MemorySource } from "./byte_source.ts";
+import { type ByteSource, intoBuffer, MemorySource } from "./byte_source.ts";
 import { compareCodePoints } from "./_code_points.ts";
 
 // ---------------------------------------------------------------------------------------------
@@ -118,8 +118,12 @@ export interface TensorSource {
   /** Dtype, shape and size of `name`; throws naming the file when there is no such tensor. */
   info(name: string): TensorInfo;
   has(name: string): boolean;
-  /** The tensor's bytes, row-major contiguous, little-endian, in its stored dtype. */
-  readRaw(name: string): Promise<Uint8Array>;
+  /**
+   * The tensor's bytes, row-major contiguous, little-endian, in its stored dtype: a new array, or
+   * given `out` (at least `info(name).byteLength` bytes), a view of its start holding them (a
+   * loader reads tensor after tensor into one buffer instead of leaving each to the collector).
+   */
+  readRaw(name: string, out?: Uint8Array): Promise<Uint8Array>;
   /** The tensor converted to f32 (see {@link toF32}), into `out` when given (one slot per element). */
   readF32(name: string, out?: Float32Array): Promise<Float32Array>;
   /** Closes the file handles. Reads after close fail. */
@@ -709,12 +713,13 @@ export class SafetensorsReader implements TensorSource {
     return { ...t, shape: [...t.shape], dataOffsets: [...t.dataOffsets] };
   }
 
-  async readRaw(name: string): Promise<Uint8Array> {
+  async readRaw(name: string, out?: Uint8Array): Promise<Uint8Array> {
     const t = this.#tensors.get(name);
     if (!t) throw missingTensor(this.path, name, this.names());
     if (this.file.closed) throw new SafetensorsError(this.path, "read after close()", name);
     const [begin, end] = t.dataOffsets;
-    const bytes = await this.file.read(this.dataStart + begin, end - begin);
+    if (out) intoBuffer(out, end - begin, `${this.path}: tensor "${name}"`);
+    const bytes = await this.file.read(this.dataStart + begin, end - begin, out);
     if (bytes.byteLength !== end - begin) {
       throw new SafetensorsError(
         this.path,
@@ -1148,8 +1153,8 @@ export class ShardedCheckpoint implements TensorSource {
     return this.#shard(name).info(name);
   }
 
-  async readRaw(name: string): Promise<Uint8Array> {
-    return await this.#shard(name).readRaw(name);
+  async readRaw(name: string, out?: Uint8Array): Promise<Uint8Array> {
+    return await this.#shard(name).readRaw(name, out);
   }
 
   async readF32(name: string, out?: Float32Array): Promise<Float32Array> {

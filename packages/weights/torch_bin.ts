@@ -25,7 +25,7 @@
  * @module
  */
 import { crc32 } from "@lvm/util";
-import { type ByteSource, MemorySource } from "./byte_source.ts";
+import { type ByteSource, intoBuffer, MemorySource } from "./byte_source.ts";
 import {
   ST_DTYPE_SIZE,
   type StDType,
@@ -1064,15 +1064,24 @@ export class TorchBinReader implements TensorSource {
     };
   }
 
-  async readRaw(name: string): Promise<Uint8Array> {
+  /**
+   * The tensor's bytes (see `TensorSource.readRaw`). With `out` they are copied there: zip
+   * entries are read (or inflated) whole, so it spares the caller's copy, not the read's.
+   */
+  async readRaw(name: string, out?: Uint8Array): Promise<Uint8Array> {
     const t = this.#get(name);
     if (this.file.closed) throw new TorchBinError(this.path, "read after close()", name);
     const s = this.#storages.get(t.storage.key)!;
     const es = ST_DTYPE_SIZE[t.storage.dtype];
     const span = viewSpan(t.shape, t.stride);
-    if (span === 0) return new Uint8Array(0);
-    if (isContiguous(t.shape, t.stride)) return await s.read(t.offset * es, span * es);
-    return gather(await s.read(t.offset * es, span * es), es, t.shape, t.stride);
+    let bytes: Uint8Array;
+    if (span === 0) bytes = new Uint8Array(0);
+    else if (isContiguous(t.shape, t.stride)) bytes = await s.read(t.offset * es, span * es);
+    else bytes = gather(await s.read(t.offset * es, span * es), es, t.shape, t.stride);
+    if (!out) return bytes;
+    const dst = intoBuffer(out, bytes.length, `${this.path}: tensor "${name}"`);
+    dst.set(bytes);
+    return dst;
   }
 
   async readF32(name: string, out?: Float32Array): Promise<Float32Array> {
