@@ -17,6 +17,8 @@
 import {
   addRmsnorm,
   attentionDecode,
+  DECODE_ATTENTION_MAX_HEAD_DIM,
+  decodeAttention,
   decodeFfn,
   decodeLinearAdd,
   decodeQkv,
@@ -52,9 +54,9 @@ export interface SessionOptions {
   packWeights?: boolean;
   /**
    * Run one-token steps with @lvm/kernels' fused decode kernels (default true): per layer one
-   * `decodeQkv` (norm + q/k/v + RoPE + cache append), attention over the cache, the o projection
-   * added into the residual in place, one `decodeFfn` (norm + gate/up + SwiGLU) and the down
-   * projection added in place: 6 dispatches instead of ~16. Layers with a block-quantized matrix
+   * `decodeQkv` (norm + q/k/v + RoPE + cache append), `decodeAttention` over the cache, the o
+   * projection added into the residual in place (`decodeLinearAdd`), one `decodeFfn` (norm +
+   * gate/up + SwiGLU) and the down projection added in place: 5 dispatches instead of 16. Layers with a block-quantized matrix
    * keep the unfused path; prefill and scoring (several tokens) always do.
    */
   fuse?: boolean;
@@ -458,7 +460,9 @@ export class DecodeSession {
       eps: c.rmsEps,
       theta: c.ropeTheta,
     }); // (1,1,H,hd)
-    const att = attentionDecode(gpu, q, kv, pos); // (1,1,H,hd)
+    // One dispatch per head group; a real GPU with a long cache fills more cores with split-K.
+    const one = hd <= DECODE_ATTENTION_MAX_HEAD_DIM && (gpu.kind === "cpu" || pos < 512);
+    const att = one ? decodeAttention(gpu, q, kv, pos) : attentionDecode(gpu, q, kv, pos); // (1,1,H,hd)
     q.release();
     decodeLinearAdd(gpu, att.view([1, H * hd]), w.o, x); // x += att Wo^T
     att.release();

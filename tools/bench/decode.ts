@@ -39,11 +39,11 @@ function cases(cfg: (typeof CONFIGS)[number]): BenchCase[] {
   let session: DecodeSession | null = null;
   let mem = 0;
   let perToken = 0; // GPU dispatches per generated token (prefill excluded)
-  const build = (gpu: Gpu) => {
+  const build = (gpu: Gpu, fuse = true) => {
     gpu.pool.trim(); // free what earlier cases left, so the peak below is this case's own
     mem = 0;
     model = Llama.init(gpu, preset(name), { seed: 1 });
-    session = new DecodeSession(model, { maxTokens: cfg.prompt + cfg.decode });
+    session = new DecodeSession(model, { maxTokens: cfg.prompt + cfg.decode, fuse });
     return {
       s: session,
       prompt: tokens(cfg.prompt, model.config.imageCodes, 3),
@@ -59,16 +59,22 @@ function cases(cfg: (typeof CONFIGS)[number]): BenchCase[] {
     gpu_pool_mb: +(mem / MB).toFixed(1),
     ...(perToken ? { dispatches_per_token: +perToken.toFixed(1) } : {}),
   });
-  const gpuCases = SAMPLERS.map(({ label, options }): BenchCase => ({
+  // The fused one-token step (DecodeSession's default), and greedy once more unfused (`fuse:
+  // false`, the per-op path: ~16 dispatches per layer) for the before/after in one run.
+  const variants = [
+    ...SAMPLERS.map((x) => ({ ...x, fuse: true })),
+    { ...SAMPLERS[0], fuse: false },
+  ];
+  const gpuCases = variants.map(({ label, options, fuse }): BenchCase => ({
     name: "transformer decode gpu-sampled",
-    shape: `${name} prompt${cfg.prompt} +${cfg.decode} ${label}`,
+    shape: `${name} prompt${cfg.prompt} +${cfg.decode} ${label}${fuse ? "" : " unfused"}`,
     items: cfg.decode,
     unit: "tokens",
     reps,
     note: `KV cache, ${label} on the GPU, ids read back per 32 tokens, ` +
-      `one ${cfg.prompt}-token prefill included`,
+      `one ${cfg.prompt}-token prefill included${fuse ? "" : ", fuse: false"}`,
     setup(gpu) {
-      const { s, prompt, codes } = build(gpu);
+      const { s, prompt, codes } = build(gpu, fuse);
       const sampler = new Sampler({ ...options, suppressFrom: codes }, 1);
       return async () => {
         s.reset();

@@ -509,6 +509,88 @@ fn main(@builtin(local_invocation_index) li: u32, @builtin(workgroup_id) wg: vec
 }`;
 }
 
+/** Lanes of {@link decodeAttention}'s workgroup (one per head) for head dims up to 64 / 128. */
+const ATT_LANES = (U: number) => (U <= 16 ? 32 : 16);
+
+function attentionKernel(H: number, KVH: number, hd: number, tex: boolean): string {
+  const U = Math.ceil(hd / 4), L = ATT_LANES(U), rep = H / KVH;
+  const vec = hd % 4 === 0; // buffer layout: rows of whole vec4s
+  const kvDecl = tex
+    ? `@group(0) @binding(1) var kt: texture_storage_2d_array<rgba32float, read>;
+@group(0) @binding(2) var vt: texture_storage_2d_array<rgba32float, read>;`
+    : `@group(0) @binding(1) var<storage, read> kb: array<${
+      vec ? "vec4f" : "f32"
+    }>; // (maxT, KVH, hd)
+@group(0) @binding(2) var<storage, read> vb: array<${vec ? "vec4f" : "f32"}>;`;
+  // Texel d of key/value j of this head's group: a texel load, or 4 (fewer at the end) floats.
+  const ld = (n: "k" | "v", d: number) =>
+    tex
+      ? `textureLoad(${n}t, vec2u(c0 + ${d}u, j), 0)`
+      : vec
+      ? `${n}b[o / 4u + ${d}u]`
+      : `vec4f(${
+        [0, 1, 2, 3].map((e) => (4 * d + e < hd ? `${n}b[o + ${4 * d + e}u]` : "0.0")).join(", ")
+      })`;
+  const us = (f: (d: number) => string, sep = "\n  ") => [...Array(U).keys()].map(f).join(sep);
+  return `@group(0) @binding(0) var<storage, read> q: array<f32>; // (H, hd)
+${kvDecl}
+@group(0) @binding(3) var<storage, read_write> out: array<f32>; // (H, hd)
+struct P { keys: u32, scaleLog2: f32 }
+@group(0) @binding(4) var<uniform> p: P;
+var<workgroup> ml: array<vec2f, ${L}>;
+var<workgroup> accs: array<vec4f, ${L * U}>;
+
+@compute @workgroup_size(${L})
+fn main(@builtin(local_invocation_index) li: u32, @builtin(workgroup_id) wg: vec3u) {
+  let h = wg.x;
+  let grp = h / ${rep}u; // this head's KV group
+  let c0 = grp * ${U}u; // its first texel column (tex layout)
+  let qo = h * ${hd}u;
+  ${us((d) => `var q${d} = vec4f(0.0);`, " ")}
+  ${
+    us((d) =>
+      [0, 1, 2, 3].filter((e) => 4 * d + e < hd).map((e) =>
+        `q${d}[${e}] = q[qo + ${4 * d + e}u] * p.scaleLog2;`
+      ).join(" ")
+    )
+  }
+  ${us((d) => `var a${d} = vec4f(0.0);`, " ")}
+  var m = -1.0e30;
+  var l = 0.0;
+  for (var j = li; j < p.keys; j += ${L}u) {
+    let o = (j * ${KVH}u + grp) * ${hd}u; // row of key j (buffer layout)
+    var x = vec4f(0.0);
+    ${us((d) => `x = fma(q${d}, ${ld("k", d)}, x);`, "\n    ")}
+    let sc = x.x + x.y + x.z + x.w;
+    if (sc > m) {
+      let c = exp2(m - sc);
+      m = sc;
+      l *= c;
+      ${us((d) => `a${d} *= c;`, " ")}
+    }
+    let e = exp2(sc - m);
+    l += e;
+    ${us((d) => `a${d} = fma(vec4f(e), ${ld("v", d)}, a${d});`, "\n    ")}
+  }
+  ml[li] = vec2f(m, l);
+  ${us((d) => `accs[li * ${U}u + ${d}u] = a${d};`)}
+  workgroupBarrier();
+  // Lanes that saw no key have l = 0 and add nothing; lane 0 always sees key 0.
+  var M = -1.0e30;
+  for (var s = 0u; s < ${L}u; s++) { M = max(M, ml[s].x); }
+  var Ls = 0.0;
+  for (var s = 0u; s < ${L}u; s++) { Ls += exp2(ml[s].x - M) * ml[s].y; }
+  for (var d = li; d < ${U}u; d += ${L}u) {
+    var acc = vec4f(0.0);
+    for (var s = 0u; s < ${L}u; s++) { acc = fma(vec4f(exp2(ml[s].x - M)), accs[s * ${U}u + d], acc); }
+    acc = acc / Ls;
+    for (var e = 0u; e < 4u; e++) {
+      if (d * 4u + e < ${hd}u) { out[qo + d * 4u + e] = acc[e]; }
+    }
+  }
+}`;
+}
+
 // ---------------------------------------------------------------------------------------------
 // Launchers.
 
@@ -765,5 +847,43 @@ export function decodeLinearAdd(
   const f16 = source(w).dtype === "f16";
   const pipe = gpu.pipeline(`decodeLinearAdd/buffer/${f16}`, () => linearAddBufKernel(f16));
   gpu.dispatch(pipe, [a, out, source(w)], params, grid(N));
+  return out;
+}
+
+/** Largest head dimension {@link decodeAttention} takes (its workgroup memory holds every lane's sums). */
+export const DECODE_ATTENTION_MAX_HEAD_DIM = 128;
+
+/**
+ * Attention of one decode token (batch 1) over positions 0..pos of a layer's KV storage, in one
+ * dispatch: one workgroup per head whose lanes take every L-th key with their own online softmax,
+ * merged through workgroup memory (the split-K `attentionDecode` takes two dispatches: partials,
+ * then a combine). q (1, 1, H, hd); `kv` must hold keys/values for positions 0..pos (hd up to
+ * {@link DECODE_ATTENTION_MAX_HEAD_DIM}). Returns out (1, 1, H, hd). H workgroups: right for a
+ * CPU adapter's few cores; a real GPU with a long cache keeps more busy with `attentionDecode`.
+ */
+export function decodeAttention(gpu: Gpu, q: Tensor, kv: KvBuffers, pos: number): Tensor {
+  const op = "decodeAttention";
+  const { KVH, D: hd, maxT } = kv;
+  if (kv.B !== 1) throw new RangeError(`${op}: the KV storage must hold batch 1, got ${kv.B}`);
+  if (q.dtype !== "f32" || q.size % hd || q.shape[q.shape.length - 1] !== hd) {
+    throw new RangeError(`${op}: q must be f32 (1, 1, H, ${hd}), got ${q.dtype} [${q.shape}]`);
+  }
+  const H = q.size / hd;
+  if (H % KVH) throw new RangeError(`${op}: heads (${H}) must be a multiple of kvHeads (${KVH})`);
+  if (hd > DECODE_ATTENTION_MAX_HEAD_DIM) {
+    throw new RangeError(`${op}: head dimension ${hd} exceeds ${DECODE_ATTENTION_MAX_HEAD_DIM}`);
+  }
+  if (!Number.isInteger(pos) || pos < 0 || pos >= maxT) {
+    throw new RangeError(`${op}: position ${pos} does not fit a cache of ${maxT}`);
+  }
+  const tex = kv.layout === "tex";
+  const pipe = gpu.pipeline(
+    `decodeAttention/${H}/${KVH}/${hd}/${kv.layout}`,
+    () => attentionKernel(H, KVH, hd, tex),
+  );
+  const out = gpu.empty([1, 1, H, hd]);
+  const kvb = kv.layout === "tex" ? [kv.k.view, kv.v.view] : [kv.k, kv.v];
+  const params = new Params().u32(pos + 1).f32(Math.LOG2E / Math.sqrt(hd));
+  gpu.dispatch(pipe, [q, ...kvb, out], params, H);
   return out;
 }

@@ -1,7 +1,14 @@
 import { getGpu, type Gpu, makeTexture, type Tensor } from "@lvm/gpu";
 import { assertClose, assertEquals, randu } from "@lvm/util/testing";
-import { type AttentionVariant, type KvBuffers, kvLayout } from "./attention.ts";
 import {
+  attentionCpu,
+  type AttentionVariant,
+  type KvBuffers,
+  kvLayout,
+  kvWrite,
+} from "./attention.ts";
+import {
+  decodeAttention,
   decodeFfn,
   decodeFfnCpu,
   type DecodeFusedVariant,
@@ -208,5 +215,37 @@ Deno.test("decodeLinearAdd()", async (t) => {
     w.packed.release();
     w.t.release();
     aT.release();
+  }
+});
+
+// [H, KVH, hd, pos, maxT]: GQA, a head dim that is not a multiple of 4 (6), positions 0 and
+// past a lane's share (keys > 32 lanes), the widest head (128: 16 lanes).
+const ATT: [number, number, number, number, number][] = [
+  [3, 1, 8, 5, 7],
+  [4, 2, 6, 0, 3],
+  [2, 2, 64, 70, 80],
+  [4, 1, 128, 40, 41],
+];
+
+Deno.test("decodeAttention()", async (t) => {
+  const gpu = await getGpu();
+  for (const [H, KVH, hd, pos, maxT] of ATT) {
+    const q = randu(H * hd, 1, -2, 2);
+    const k = randu((pos + 1) * KVH * hd, 2, -2, 2), v = randu((pos + 1) * KVH * hd, 3);
+    const ref = attentionCpu(q, k, v, { B: 1, Tq: 1, H, KVH, D: hd, Tk: pos + 1, qStart: pos });
+    // The widest head only in the tex layout: llvmpipe compiles its buffer variant for seconds.
+    for (const layout of hd > 64 ? ["tex"] as const : ["tex", "buffer"] as const) {
+      await t.step(`H=${H} KVH=${KVH} hd=${hd} pos=${pos} ${layout}`, async () => {
+        const { kv, release } = kvStore(gpu, maxT, KVH, hd, layout);
+        const kT = gpu.upload(k, [1, pos + 1, KVH, hd]), vT = gpu.upload(v, [1, pos + 1, KVH, hd]);
+        kvWrite(gpu, kv, kT, vT, 0);
+        const qT = gpu.upload(q, [1, 1, H, hd]);
+        const out = decodeAttention(gpu, qT, kv, pos);
+        assertEquals(out.shape, [1, 1, H, hd]);
+        assertClose(await gpu.readF32(out), ref.out, TOL, "out");
+        for (const x of [kT, vT, qT, out]) x.release();
+        release();
+      });
+    }
   }
 });
