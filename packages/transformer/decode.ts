@@ -21,6 +21,7 @@ import {
   decodeAttention,
   decodeFfn,
   decodeLinearAdd,
+  decodeNormLinear,
   decodeQkv,
   type DecodeWeight,
   embeddingAny,
@@ -38,6 +39,11 @@ import type { GpuSampleOptions, GpuSampling } from "@lvm/sampler";
 import { EMBED, FINAL_NORM, layerNames, LM_HEAD } from "./config.ts";
 import { KvCache } from "./kv_cache.ts";
 import { dims, type Llama, type Weight } from "./model.ts";
+
+/** Whether the fused decode kernels read this weight (f32/f16, packed or not; not block-quantized). */
+function isDecodeWeight(w: Weight | PackedWeight): w is DecodeWeight {
+  return w instanceof PackedWeight || w instanceof Tensor;
+}
 
 /** Options of {@link DecodeSession}. */
 export interface SessionOptions {
@@ -384,6 +390,14 @@ export class DecodeSession {
       act.release();
       x = r2.sum;
     }
+    const head = this.#head;
+    if (n === 1 && this.#fuse && mode === "last" && !branch && isDecodeWeight(head)) {
+      // Every layer ran fused: the final norm and the head in one dispatch.
+      const logits = decodeNormLinear(gpu, x, model.param(FINAL_NORM), head, { eps: c.rmsEps });
+      x.release();
+      this.#length += n;
+      return logits; // (1,V)
+    }
     let xf: Tensor;
     if (branch) {
       const r = addRmsnorm(gpu, branch, x, model.param(FINAL_NORM), c.rmsEps);
@@ -436,7 +450,7 @@ export class DecodeSession {
     const out: Partial<Record<"q" | "k" | "v" | "o" | "gate" | "up" | "down", DecodeWeight>> = {};
     for (const key of ["q", "k", "v", "o", "gate", "up", "down"] as const) {
       const w = this.#w(nm[key]);
-      if (!(w instanceof PackedWeight || w instanceof Tensor)) return null;
+      if (!isDecodeWeight(w)) return null;
       out[key] = w;
     }
     return out as Record<"q" | "k" | "v" | "o" | "gate" | "up" | "down", DecodeWeight>;

@@ -7,6 +7,7 @@
  *   d + hd/2 of each head) on q and k, and the KV-cache append of k and v at position `pos`.
  * - {@link decodeFfn}: RMSNorm of x, the gate and up projections and SwiGLU: act = silu(g) * u.
  * - {@link decodeLinearAdd}: x += W a, the residual added in place by the projection itself.
+ * - {@link decodeNormLinear}: RMSNorm then one projection (the final norm and the LM head).
  * Every workgroup recomputes the row's rstd from x itself (x is one row of D floats), so no
  * normalized copy of x is ever written.
  *
@@ -85,6 +86,17 @@ export function decodeFfnCpu(
   const D = x.length;
   const h = rmsnormCpu(x, norm, D, eps).y;
   return swigluCpu(gemvCpu(w.gate, h, F, D), gemvCpu(w.up, h, F, D));
+}
+
+/** CPU reference of {@link decodeNormLinear}: (rmsnorm(x) * norm) W^T for W [N, D]. */
+export function decodeNormLinearCpu(
+  x: ArrayLike<number>,
+  norm: ArrayLike<number>,
+  w: ArrayLike<number>,
+  N: number,
+  eps = 1e-6,
+): Float32Array {
+  return gemvCpu(w, rmsnormCpu(x, norm, x.length, eps).y, N, x.length);
 }
 
 /** CPU reference of {@link decodeLinearAdd}: out (N) + W a for W [N, K] and a (K). */
@@ -347,16 +359,18 @@ fn main(@builtin(local_invocation_index) li: u32, @builtin(workgroup_id) wg: vec
 
 const SILU = (a: string, b: string) => `${a} / (1.0 + exp(-${a})) * ${b}`;
 
+/** decodeFfn's kernel (two weights, SwiGLU), or decodeNormLinear's (one weight) when u16 has one flag. */
 function ffnTexKernel(u16: boolean[]): string {
+  const two = u16.length === 2;
   return `@group(0) @binding(0) var<storage, read> x: array<f32>; // (D)
 @group(0) @binding(1) var<storage, read> g: array<f32>; // (D)
 @group(0) @binding(2) var<storage, read_write> act: array<f32>; // (F)
 ${texDecl("wg", 3, u16[0], true)}
-${texDecl("wu", 4, u16[1], true)}
+${two ? texDecl("wu", 4, u16[1], true) : ""}
 struct P { D: u32, F: u32, eps: f32 }
-@group(0) @binding(5) var<uniform> p: P;
+@group(0) @binding(${two ? 5 : 4}) var<uniform> p: P;
 ${texFetch("wg", u16[0], true)}
-${texFetch("wu", u16[1], true)}
+${two ? texFetch("wu", u16[1], true) : ""}
 var<workgroup> xs: array<vec4f, ${KC4}>;
 var<workgroup> red: array<f32, ${WG}>;
 
@@ -373,26 +387,28 @@ fn main(@builtin(local_invocation_index) li: u32, @builtin(workgroup_id) wg: vec
     let n4 = min(${KC4}u, KT - c0);
     ${STAGE}
     if (live) {
-      ${texLoop([["sa", "wg", "ca"], ["sb", "wu", "ca"]])}
+      ${texLoop(two ? [["sa", "wg", "ca"], ["sb", "wu", "ca"]] : [["sa", "wg", "ca"]])}
     }
   }
   for (var e = 0u; e < 4u; e++) {
     let n = ca * 4u + e;
-    if (n < p.F) { let a = sa[e]; let b = sb[e]; act[n] = ${SILU("a", "b")}; }
+    if (n < p.F) { let a = sa[e]; let b = sb[e]; act[n] = ${two ? SILU("a", "b") : "a"}; }
   }
 }`;
 }
 
+/** The buffer variant of {@link ffnTexKernel} (one flag: decodeNormLinear's). */
 function ffnBufKernel(f16: boolean[]): string {
+  const two = f16.length === 2;
   return `@group(0) @binding(0) var<storage, read> x: array<f32>; // (D)
 @group(0) @binding(1) var<storage, read> g: array<f32>; // (D)
 @group(0) @binding(2) var<storage, read_write> act: array<f32>; // (F)
 ${bufDecl("wg", 3, f16[0])}
-${bufDecl("wu", 4, f16[1])}
+${two ? bufDecl("wu", 4, f16[1]) : ""}
 struct P { D: u32, F: u32, eps: f32 }
-@group(0) @binding(5) var<uniform> p: P;
+@group(0) @binding(${two ? 5 : 4}) var<uniform> p: P;
 ${bufFetch("wg", f16[0])}
-${bufFetch("wu", f16[1])}
+${two ? bufFetch("wu", f16[1]) : ""}
 var<workgroup> red3: array<vec3f, ${WG}>;
 
 @compute @workgroup_size(${WG})
@@ -408,7 +424,7 @@ fn main(@builtin(local_invocation_index) li: u32, @builtin(workgroup_id) wg: vec
     ss = fma(xv, xv, ss);
     let y = g[k] * xv;
     sa = fma(y, lwg(n * p.D + k), sa);
-    sb = fma(y, lwu(n * p.D + k), sb);
+    ${two ? "sb = fma(y, lwu(n * p.D + k), sb);" : ""}
   }
   ${REDUCE3}
   if (li != 0u) { return; }
@@ -416,7 +432,7 @@ fn main(@builtin(local_invocation_index) li: u32, @builtin(workgroup_id) wg: vec
   let rstd = inverseSqrt(t.x / f32(p.D) + p.eps);
   let a = t.y * rstd;
   let b = t.z * rstd;
-  act[n] = ${SILU("a", "b")};
+  act[n] = ${two ? SILU("a", "b") : "a"};
 }`;
 }
 
@@ -773,12 +789,36 @@ export function decodeFfn(
   w: { gate: DecodeWeight; up: DecodeWeight },
   o: DecodeFfnOptions = {},
 ): Tensor {
-  const op = "decodeFfn";
+  return normProject(gpu, "decodeFfn", x, norm, [w.gate, w.up], o);
+}
+
+/**
+ * RMSNorm then one projection, fused, for one decode token: y = (rmsnorm(x) * norm) W^T, x (1, D)
+ * f32, W [N, D] (f32, f16 or packed with transB). Returns y (1, N): the final norm and the LM head
+ * of a decode step in one dispatch.
+ */
+export function decodeNormLinear(
+  gpu: Gpu,
+  x: Tensor,
+  norm: Tensor,
+  w: DecodeWeight,
+  o: DecodeFfnOptions = {},
+): Tensor {
+  return normProject(gpu, "decodeNormLinear", x, norm, [w], o);
+}
+
+/** decodeFfn (two weights: silu(h Wg^T) * h Wu^T) or decodeNormLinear (one: h W^T). */
+function normProject(
+  gpu: Gpu,
+  op: string,
+  x: Tensor,
+  norm: Tensor,
+  ws: DecodeWeight[],
+  o: DecodeFfnOptions,
+): Tensor {
   const D = checkRow(op, x, norm);
-  const F = source(w.gate).shape[0];
-  checkWeight(op, "Wgate", w.gate, F, D);
-  checkWeight(op, "Wup", w.up, F, D);
-  const ws = [w.gate, w.up];
+  const F = source(ws[0]).shape[0];
+  ws.forEach((w, i) => checkWeight(op, ws.length === 2 ? ["Wgate", "Wup"][i] : "W", w, F, D));
   const variant = o.variant ?? (gpu.kind === "cpu" && allPacked(ws) ? "tex" : "buffer");
   const params = new Params().u32(D).u32(F).f32(o.eps ?? 1e-6);
   const act = gpu.empty([1, F]);

@@ -14,6 +14,8 @@ import {
   type DecodeFusedVariant,
   decodeLinearAdd,
   decodeLinearAddCpu,
+  decodeNormLinear,
+  decodeNormLinearCpu,
   decodeQkv,
   decodeQkvCpu,
 } from "./decode_fused.ts";
@@ -247,5 +249,36 @@ Deno.test("decodeAttention()", async (t) => {
         release();
       });
     }
+  }
+});
+
+Deno.test("decodeNormLinear()", async (t) => {
+  const gpu = await getGpu();
+  // [D, N, dtype]: N not a multiple of 4, x past one staged chunk, a head-sized output.
+  for (
+    const [D, N, dtype] of [[37, 90, "f32"], [45, 13, "f16"], [1030, 5, "f32"], [
+      24,
+      2061,
+      "f32",
+    ]] as const
+  ) {
+    const x = randu(D, D, -3, 3), norm = randu(D, 5, 0.5, 1.5);
+    const w = await weight(gpu, N, D, dtype, 8);
+    const ref = decodeNormLinearCpu(x, norm, w.values, N);
+    const xT = gpu.upload(x, [1, D]), nT = gpu.upload(norm, [D]);
+    const runs: [DecodeFusedVariant, boolean][] = [["buffer", false]];
+    if (w.packed.texture) runs.push(["tex", true]);
+    for (const [variant, packed] of runs) {
+      await t.step(`D=${D} N=${N} ${dtype} ${variant}`, async () => {
+        const y = decodeNormLinear(gpu, xT, nT, packed ? w.packed : w.t, { variant });
+        assertEquals(y.shape, [1, N]);
+        assertClose(await gpu.readF32(y), ref, TOL, "y");
+        y.release();
+      });
+    }
+    w.packed.release();
+    w.t.release();
+    xT.release();
+    nT.release();
   }
 });
