@@ -5,6 +5,10 @@
  * Same presets, prompt and new-token counts as transformer.ts's `transformer decode` (the CPU-sampled
  * greedy path) and the same work: one prompt prefill, then one one-token forward per new token (the
  * last id is fed too). `cpu-sampled` is the CPU path with the same seeded top-k sampler.
+ * One-token steps run @lvm/kernels' fused decode kernels (ops/decode_fused.ts, 5 dispatches per
+ * layer); `greedy unfused` is the same greedy chain with `fuse: false` (the per-op path, 16 per
+ * layer), so one run shows both. `dispatches_per_token` counts the GPU dispatches of the decode
+ * steps (prefill excluded).
  * @module
  */
 import type { Gpu } from "@lvm/gpu";

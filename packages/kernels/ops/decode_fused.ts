@@ -1,13 +1,16 @@
 /**
- * Fused kernels of one decode step (one token, batch 1), so a layer costs a handful of dispatches
- * instead of ~16 (issue 11 item 2). A layer is {@link decodeQkv}, attention over the cache
- * (`attentionDecode`), {@link decodeLinearAdd} (o projection), {@link decodeFfn} and
- * {@link decodeLinearAdd} again (down projection):
+ * Fused kernels of one decode step (one token, batch 1), so a layer costs 5 dispatches instead of
+ * 16 (issue 11 item 2): {@link decodeQkv}, {@link decodeAttention}, {@link decodeLinearAdd} (o
+ * projection), {@link decodeFfn}, {@link decodeLinearAdd} (down projection); the step ends with
+ * {@link decodeNormLinear} (final norm + LM head).
  * - {@link decodeQkv}: RMSNorm of x, the q/k/v projections, RoPE (HF rotate-half: pairs d and
  *   d + hd/2 of each head) on q and k, and the KV-cache append of k and v at position `pos`.
+ * - {@link decodeAttention}: attention over positions 0..pos of the cache, one workgroup per head
+ *   (the split-K `attentionDecode` needs a second, combining dispatch).
+ * - {@link decodeLinearAdd}: x += W a, the residual added in place by the projection itself (on
+ *   llvmpipe, big weights go through matmul's gemv, which streams them faster).
  * - {@link decodeFfn}: RMSNorm of x, the gate and up projections and SwiGLU: act = silu(g) * u.
- * - {@link decodeLinearAdd}: x += W a, the residual added in place by the projection itself.
- * - {@link decodeNormLinear}: RMSNorm then one projection (the final norm and the LM head).
+ * - {@link decodeNormLinear}: RMSNorm then one projection.
  * Every workgroup recomputes the row's rstd from x itself (x is one row of D floats), so no
  * normalized copy of x is ever written.
  *
@@ -23,8 +26,10 @@
  * The rotation's cos/sin for `pos` travel in the uniform parameters (the f32 table of
  * {@link ropeTables}, as {@link rope} uses).
  *
- * CPU references: {@link decodeQkvCpu}, {@link decodeFfnCpu}, {@link decodeLinearAddCpu} (composed from rmsnormCpu, a plain
- * product, ropeCpu and swigluCpu). Figures: tools/bench/decode.ts (`dispatches_per_token`).
+ * CPU references: {@link decodeQkvCpu}, {@link decodeFfnCpu}, {@link decodeNormLinearCpu},
+ * {@link decodeLinearAddCpu} (composed from rmsnormCpu, a plain product, ropeCpu and swigluCpu);
+ * decodeAttention is held to attention.ts's `attentionCpu`. Figures: tools/bench/decode.ts
+ * (tokens/s and `dispatches_per_token`, fused and `fuse: false`).
  * @module
  */
 import { type Gpu, grid, Params, type Tensor, WG_INDEX } from "@lvm/gpu";
@@ -34,7 +39,7 @@ import { rmsnormCpu } from "./rmsnorm.ts";
 import { ropeCpu, ropeTables } from "./rope.ts";
 import { swigluCpu } from "./swiglu.ts";
 
-/** Kernel variants of {@link decodeQkv} / {@link decodeFfn}. */
+/** Kernel variants of the fused decode kernels (see the module doc). */
 export type DecodeFusedVariant = "tex" | "buffer";
 
 /** A weight the fused kernels read: an f32/f16 Linear weight [out, in] or its packed copy. */
