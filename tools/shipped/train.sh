@@ -64,7 +64,7 @@ plan() {
   lvm_xs          0.95M params (tools/shipped/lvm_xs.json) } seq $SEQ x batch $LVM_BATCH, $LVM_STEPS steps,
   lvm_s           2.89M params (lvm_s.json)              } $LVM_TOKENS tokens each, lr 1e-3*128/hidden:
   lvm_m           7.83M params (lvm_m.json)              } ~3000 / ~1200 / ~480 tokens/s (quiet CPU; up to 5x slower under load) -> ~$xs / ~$sm / ~$m min
-  eval            held-out loss + image perplexity per task group, 3 sizes x 4 groups            ~5 min
+  evaluate        tools/shipped/evaluate.sh: every metric of the model card, 3 sizes x 8 tasks   ~15 min
 EOF
 }
 
@@ -193,24 +193,13 @@ stage_lvm_xs() { lvm_size xs; }
 stage_lvm_s() { lvm_size s; }
 stage_lvm_m() { lvm_size m; }
 
-# Held-out metrics of each model on each task group (loss/perplexity + image perplexity of the
-# last image), JSON in out/shipped/eval_loss/SIZE_GROUP.json (out/shipped/eval/ is tools/shipped/evaluate.sh's).
-stage_eval() {
-  mkdir -p "$O/eval_loss"
-  for size in xs s m; do
-    for g in ho_classes ho_digit_analogies ho_colour_analogies ho_sequence; do
-      [ -s "$O/eval_loss/${size}_$g.json" ] && continue
-      lvm eval --model "$O/lvm_$size" --data "$DS/$g" --split all --seq $SEQ --batch 4 \
-        --max-batches 8 --max-examples 32 --json > "$O/eval_loss/${size}_$g.json.tmp"
-      mv "$O/eval_loss/${size}_$g.json.tmp" "$O/eval_loss/${size}_$g.json"
-      say "eval $size $g: $(cat "$O/eval_loss/${size}_$g.json")"
-    done
-  done
-}
+# The held-out evaluation of every size (tools/shipped/evaluate.sh, run from the working tree: the
+# evaluation is newer than the pin): out/shipped/eval/metrics.json, charts, strips.
+stage_evaluate() { bash "$R/tools/shipped/evaluate.sh"; }
 
 # Every stage, in order (function stage_NAME). lvm_xs first: a quick check of the whole data path;
 # then s, then m (the slowest: ~90 min per 2.5M tokens on a quiet 2-core CPU).
-STAGES=(split tokenizer tokenizer_eval datasets lvm_xs lvm_s lvm_m eval)
+STAGES=(split tokenizer tokenizer_eval datasets lvm_xs lvm_s lvm_m evaluate)
 
 main() {
   snapshot
