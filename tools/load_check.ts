@@ -8,6 +8,8 @@
  *   deno run -A tools/load_check.ts /tmp/synth7b [--dtype f32|f16|q8|q4] [--prompt 16] [--steps 4]
  *
  * Peak RSS is the kernel's high-water mark (`VmHWM`, Linux), so it includes the load's transients.
+ * Decode is also given in CPU seconds per token (user + system of every thread of the process,
+ * llvmpipe's workers included), which a shared machine disturbs far less than the wall clock.
  * `--json` adds one JSON line with every figure at the end.
  *
  * Measured on the 2-core CI-class machine beside a training run (lavapipe; decode figures move by
@@ -16,11 +18,20 @@
  *   q4:  load 132-358 s, peak 4.94-5.08 GB (3.68 GB weights), prefill 24-35 s, decode 2.0-3.3 s/token
  * and the 1B layout (2.29 GB BF16; over 2 GiB at f16, so not packed, as the 7B), runs back to back:
  *   f16 1.19 / 1.38 s/token, q8 1.03, q4 0.38 / 0.56; peak 3.7 (f16), 2.0 (q8), 1.1 GB (q4).
- * About 0.5 GB of the peak is the tensor readers' byte arrays the garbage collector has not
- * freed yet (reading the 7B alone, without a GPU, grows RSS by that much).
+ * About 0.5 GB of the peak was the tensor readers' byte arrays the garbage collector had not
+ * freed yet (reading the 7B alone, without a GPU, grows RSS by that much); the loader now reads
+ * every tensor into one reused buffer (`readRaw(name, out)`, `LoadScratch`), not re-measured on
+ * the 7B yet.
+ * The 1B layout again after that and the texture-layout quant GEMV, beside the training run and
+ * another session's jobs (this process got ~10-15% of the 2 cores: wall clock 6-9x the CPU time),
+ * runs back to back on the tree of 2026-12-03 ~20:57 UTC (HEAD e8e61a1, the fused f16 decode):
+ *   q4:  load 98.5 s, peak 0.99 GB, decode 3.73 s/token wall, 0.40 CPU-s/token
+ *   f16: load 226 s, peak 3.63 GB, decode 24.7 s/token wall, 4.02 CPU-s/token
+ * (q4 10x f16 in CPU time, 6.6x in wall time; an earlier q4 run: 2.53 s/token wall, peak 0.99 GB).
  * @module
  */
 import { parseArgs } from "node:util";
+import process from "node:process";
 import { getGpu } from "@lvm/gpu";
 import { DecodeSession, WEIGHT_DTYPES, type WeightDType } from "@lvm/transformer";
 import { loadLlama } from "@lvm/transformer/fs";
@@ -84,11 +95,15 @@ const prefill = (performance.now() - t) / 1000;
 console.log(`prefill ${P} tokens: ${prefill.toFixed(1)} s, rss ${rss()} GB`);
 await session.step(ids[0]); // the first step compiles the decode kernels: not timed
 t = performance.now();
+const c0 = process.cpuUsage();
 for (let i = 0; i < S; i++) await session.step(ids[(i + 1) % P]);
 const per = (performance.now() - t) / 1000 / S;
+const c1 = process.cpuUsage(c0);
+const cpuPer = (c1.user + c1.system) / 1e6 / S; // every thread of the process: llvmpipe's too
 console.log(
-  `decode: ${per.toFixed(2)} s/token (${(1 / per).toFixed(2)} tokens/s), rss ${rss()} GB, ` +
-    `peak ${gb(peakRss())} GB`,
+  `decode: ${per.toFixed(2)} s/token (${(1 / per).toFixed(2)} tokens/s), CPU ${
+    cpuPer.toFixed(2)
+  } s/token, rss ${rss()} GB, peak ${gb(peakRss())} GB`,
 );
 if (values.json) {
   console.log(JSON.stringify({
@@ -101,6 +116,7 @@ if (values.json) {
     gpu_buffers_gb: +gb(gpu.pool.allocatedBytes),
     prefill_s: +prefill.toFixed(2),
     decode_s_per_token: +per.toFixed(3),
+    decode_cpu_s_per_token: +cpuPer.toFixed(3),
   }));
 }
 session.release();
