@@ -27,7 +27,7 @@
  * runs back to back on the tree of 2026-12-03 ~20:57 UTC (HEAD e8e61a1, the fused f16 decode):
  *   q4:  load 98.5 s, peak 0.99 GB, decode 3.73 s/token wall, 0.40 CPU-s/token
  *   f16: load 226 s, peak 3.63 GB, decode 24.7 s/token wall, 4.02 CPU-s/token
- *   q8:  load 292 s, peak 1.74 GB, decode 2.02 s/token wall, 0.50 CPU-s/token (run next, alone)
+ *   q8:  load 292 s, peak 1.74 GB, decode 2.02 s/token wall, 0.50 CPU-s/token (after them, beside tests)
  * (q4 10x f16 in CPU time, 6.6x in wall time; an earlier q4 run: 2.53 s/token wall, peak 0.99 GB).
  * @module
  */
