@@ -23,6 +23,7 @@ import {
   decodeLinearAdd,
   decodeNormLinear,
   decodeQkv,
+  decodeQkvVariant,
   type DecodeWeight,
   embeddingAny,
   linearAny,
@@ -62,8 +63,9 @@ export interface SessionOptions {
    * Run one-token steps with @lvm/kernels' fused decode kernels (default true): per layer one
    * `decodeQkv` (norm + q/k/v + RoPE + cache append), `decodeAttention` over the cache, the o
    * projection added into the residual in place (`decodeLinearAdd`), one `decodeFfn` (norm +
-   * gate/up + SwiGLU) and the down projection added in place: 5 dispatches instead of 16. Layers with a block-quantized matrix
-   * keep the unfused path; prefill and scoring (several tokens) always do.
+   * gate/up + SwiGLU) and the down projection added in place: 5 dispatches instead of 16. Layers
+   * with a block-quantized matrix, and on a CPU adapter layers whose weights are not packed, keep
+   * the unfused path; prefill and scoring (several tokens) always do.
    */
   fuse?: boolean;
 }
@@ -457,7 +459,15 @@ export class DecodeSession {
   }
 
   #fusable(i: number): boolean {
-    return this.#fusedWeights(i) !== null;
+    const w = this.#fusedWeights(i);
+    if (!w) return false;
+    if (this.#gpu.kind !== "cpu") return true;
+    // On a CPU adapter the fused kernels pay off only in their texture variant (packed weights, a
+    // texture cache); their buffer variant (a workgroup per output) ran 4-20x slower than the
+    // unfused path on unpacked 100m f16 weights through lavapipe, so such layers (models over
+    // the packing limit, packWeights: false) keep the unfused path.
+    return Object.values(w).every((t) => t instanceof PackedWeight) &&
+      decodeQkvVariant(this.#gpu, w, this.#cache[i].buffers) === "tex";
   }
 
   /**
