@@ -321,8 +321,12 @@ Deno.test("train dataset (CLI)", async (t) => {
       const dec = new TextDecoder();
       let err = "";
       const reader = child.stderr.getReader();
-      // Signal once the build reports progress (it has started writing), then drain stderr.
-      while (!/\[dataset\] .*images\/s/.test(err)) {
+      // Signal once the build reports a whole chunk's codes (6 images: --chunk-images 6) written,
+      // so there is something to resume however slow the machine (at the first progress line, 4
+      // images in, a loaded machine stopped before the first chunk was committed), then drain.
+      const encoded = () =>
+        [...err.matchAll(/\[dataset\] \w+ +images (\d+)\//g)].some((m) => Number(m[1]) >= 6);
+      while (!encoded()) {
         const { value, done } = await reader.read();
         if (done) break;
         err += dec.decode(value);
