@@ -484,6 +484,14 @@ fn main(@builtin(local_invocation_index) li: u32, @builtin(workgroup_id) wg: vec
 }`;
 }
 
+/** WGSL: the 4 bytes (`word`) and 2 bytes (`half`) at an even byte offset o of `src` (GGUF blocks). */
+const SRC_BYTES = `fn word(o: u32) -> u32 {
+  let a = o >> 2u;
+  if ((o & 3u) == 0u) { return src[a]; }
+  return (src[a] >> 16u) | (src[a + 1u] << 16u);
+}
+fn half(o: u32) -> u32 { return (src[o >> 2u] >> ((o & 2u) * 8u)) & 0xFFFFu; }`;
+
 /**
  * Splits GGUF blocks (uploaded as they are, `B` = 34 or 18 bytes each, so mostly unaligned) into
  * the kernels' layout, as @lvm/weights' `splitBlocks` does on the host: invocation i handles blocks
@@ -497,14 +505,7 @@ export function splitKernel(type: QuantType, WG = 64): string {
 @group(0) @binding(2) var<storage, read_write> qs: array<u32>;
 struct P { blocks: u32 }
 @group(0) @binding(3) var<uniform> p: P;
-/** The 4 bytes at even byte offset o. */
-fn word(o: u32) -> u32 {
-  let a = o >> 2u;
-  if ((o & 3u) == 0u) { return src[a]; }
-  return (src[a] >> 16u) | (src[a + 1u] << 16u);
-}
-/** The 2 bytes at even byte offset o. */
-fn half(o: u32) -> u32 { return (src[o >> 2u] >> ((o & 2u) * 8u)) & 0xFFFFu; }
+${SRC_BYTES}
 @compute @workgroup_size(${WG})
 fn main(@builtin(local_invocation_index) li: u32, @builtin(workgroup_id) wg: vec3u,
         @builtin(num_workgroups) nwg: vec3u) {
@@ -532,12 +533,7 @@ export function splitTexKernel(type: QuantType, rs = 14, WG = 64): string {
 @group(0) @binding(2) var ts: texture_storage_2d_array<rgba32uint, write>;
 struct P { N: u32, nb: u32, G: u32 }
 @group(0) @binding(3) var<uniform> p: P;
-fn word(o: u32) -> u32 {
-  let a = o >> 2u;
-  if ((o & 3u) == 0u) { return src[a]; }
-  return (src[a] >> 16u) | (src[a + 1u] << 16u);
-}
-fn half(o: u32) -> u32 { return (src[o >> 2u] >> ((o & 2u) * 8u)) & 0xFFFFu; }
+${SRC_BYTES}
 @compute @workgroup_size(${WG})
 fn main(@builtin(local_invocation_index) li: u32, @builtin(workgroup_id) wg: vec3u,
         @builtin(num_workgroups) nwg: vec3u) {
