@@ -14,12 +14,18 @@
  * gives each one's median CPU ms per GEMV and the median (min-max) over the rounds (warm-up
  * excluded) of the f16/Q4_0 and f16/Q8_0 ratios, CPU then wall. The line's ms is one whole round.
  *
- * Measured (`--filter "linearQ[ratio]" --reps 9`, texture layout, CPU time, median (min-max)):
- *   1x4096x4096   CPU ms Q4_0 4.96, Q8_0 7.09, f16 13.98; f16/Q4_0 2.84 (2.27-3.28), f16/Q8_0 2.02 (1.55-2.73)
- *   1x4096x11008  CPU ms Q4_0 11.2, Q8_0 13.1, f16 31.0;   f16/Q4_0 2.67 (2.28-2.92), f16/Q8_0 2.31 (2.10-2.66)
- *   1x11008x4096  CPU ms Q4_0 15.5, Q8_0 19.8, f16 36.6;   f16/Q4_0 2.36 (2.27-2.63), f16/Q8_0 1.91 (1.57-2.02)
- * (wall-clock ratios: the same medians within ~20%, rounds from 0.2 to 50). The storage layout in
- * the same process at 4096x4096 (7 rounds): Q4_0 4.56 vs 4.54 CPU ms (texture), Q8_0 6.46 vs 5.65.
+ * "Q4_0" is a weight made with `quantizeX` (gemvInt: x quantized to 8 bits, integer dot products),
+ * "Q4_0 gemv" the exact product. Measured (`--filter "linearQ[ratio]" --reps 9`, texture layout,
+ * CPU time, median (min-max); machine load 5-6 on 2 cores):
+ *   1x4096x4096   CPU ms Q4_0 2.79, Q4_0 gemv 3.44, Q8_0 4.58, f16 11.45;
+ *                 f16/Q4_0 4.16 (3.83-4.54), f16/Q4_0 gemv 3.37 (3.16-3.50), f16/Q8_0 2.49 (2.37-2.70)
+ *   1x4096x11008  CPU ms Q4_0 6.96, Q4_0 gemv 8.76, Q8_0 11.55, f16 30.18;
+ *                 f16/Q4_0 4.35 (4.15-4.51), f16/Q4_0 gemv 3.43 (3.11-3.58), f16/Q8_0 2.62 (2.28-2.70)
+ *   1x11008x4096  CPU ms Q4_0 11.34, Q4_0 gemv 13.43, Q8_0 20.14, f16 30.57;
+ *                 f16/Q4_0 2.66 (1.77-2.75), f16/Q4_0 gemv 2.27 (2.21-2.37), f16/Q8_0 1.50 (1.44-1.62)
+ * Before (the float texture GEMV with scales picked by a computed index, Q4_0 at 16 rows): f16/Q4_0
+ * 2.84 / 2.67 / 2.36, f16/Q8_0 2.02 / 2.31 / 1.91. The storage layout in the same process at
+ * 4096x4096 (7 rounds, before): Q4_0 4.56 vs 4.54 CPU ms (texture), Q8_0 6.46 vs 5.65.
  * @module
  */
 import type { Gpu, Tensor } from "@lvm/gpu";
@@ -79,16 +85,18 @@ function median(a: number[]): number {
   return s.length % 2 ? s[s.length >> 1] : (s[s.length / 2 - 1] + s[s.length / 2]) / 2;
 }
 
-/** Decode GEMV x (1,K) -> (1,N): Q4_0, Q8_0 and f16 unpacked in one process, rounds in turn. */
+/** What {@link ratioCase} times: Q4_0 with quantizeX (gemvInt) and exact (gemv), Q8_0, f16. */
+const KINDS = ["Q4_0", "Q4_0 gemv", "Q8_0", "f16"] as const;
+type Kind = (typeof KINDS)[number];
+
+/** Decode GEMV x (1,K) -> (1,N): each of {@link KINDS} in one process, rounds in turn. */
 function ratioCase(K: number, N: number, reps = 7): BenchCase {
-  const kinds = ["Q4_0", "Q8_0", "f16"] as const;
   const held: { release(): void }[] = [];
-  const times: Record<(typeof kinds)[number], number[]> = { Q4_0: [], Q8_0: [], f16: [] };
-  const cpu: Record<(typeof kinds)[number], number[]> = { Q4_0: [], Q8_0: [], f16: [] };
+  const times = Object.fromEntries(KINDS.map((k) => [k, [] as number[]])) as Record<Kind, number[]>;
+  const cpu = Object.fromEntries(KINDS.map((k) => [k, [] as number[]])) as Record<Kind, number[]>;
   let rounds = 0;
-  const perWeight = { Q4_0: 18 / 32, Q8_0: 34 / 32, f16: 2 };
-  const copies = (k: (typeof kinds)[number]) =>
-    Math.max(2, Math.ceil(100e6 / (K * N * perWeight[k])));
+  const perWeight = { Q4_0: 18 / 32, "Q4_0 gemv": 18 / 32, Q8_0: 34 / 32, f16: 2 };
+  const copies = (k: Kind) => Math.max(2, Math.ceil(100e6 / (K * N * perWeight[k])));
   return {
     name: "linearQ[ratio]",
     shape: `1x${K}x${N} quant vs f16`,
@@ -98,24 +106,26 @@ function ratioCase(K: number, N: number, reps = 7): BenchCase {
       const x = gpu.upload(randu(K, 1), [1, K]);
       const out = gpu.empty([1, N]);
       held.push(x, out);
-      const runs = {} as Record<(typeof kinds)[number], () => void>;
-      for (const k of kinds) {
+      const runs = {} as Record<Kind, () => void>;
+      for (const k of KINDS) {
         if (k === "f16") {
           const Ws = Array.from({ length: copies(k) }, () => gpu.upload(values, [N, K], "f16"));
           held.push(...Ws);
           runs[k] = () => Ws.forEach((W) => linear(gpu, x, W, undefined, out));
         } else {
-          const bytes = quantize(k, values);
+          const type = k === "Q8_0" ? "Q8_0" : "Q4_0";
+          const quantizeX = k === "Q4_0";
+          const bytes = quantize(type, values);
           const Ws = Array.from(
             { length: copies(k) },
-            () => QuantWeight.fromBlocks(gpu, k, [N, K], bytes),
+            () => QuantWeight.fromBlocks(gpu, type, [N, K], bytes, { quantizeX }),
           );
           held.push(...Ws);
           runs[k] = () => Ws.forEach((W) => linearQ(gpu, x, W, { out }));
         }
       }
       return async () => {
-        for (const k of kinds) {
+        for (const k of KINDS) {
           const t0 = performance.now(), c0 = process.cpuUsage();
           runs[k]();
           await gpu.sync();
@@ -133,27 +143,29 @@ function ratioCase(K: number, N: number, reps = 7): BenchCase {
       held.length = 0;
     },
     extra() {
-      const r = (t: typeof times, k: "Q4_0" | "Q8_0") => t.f16.map((f, i) => f / t[k][i]);
+      const r = (t: typeof times, k: Kind) => t.f16.map((f, i) => f / t[k][i]);
       const range = (a: number[]) =>
         `${median(a).toFixed(2)} (${Math.min(...a).toFixed(2)}-${Math.max(...a).toFixed(2)})`;
-      const ms = kinds.map((k) => `${k} ${median(cpu[k]).toFixed(2)}`).join(", ");
+      const ms = KINDS.map((k) => `${k} ${median(cpu[k]).toFixed(2)}`).join(", ");
+      const ratios = (["Q4_0", "Q4_0 gemv", "Q8_0"] as const).map((k) =>
+        `f16/${k} cpu ${range(r(cpu, k))} wall ${range(r(times, k))}`
+      ).join("; ");
       return {
         q4_ms: +median(times.Q4_0).toFixed(3),
+        q4_gemv_ms: +median(times["Q4_0 gemv"]).toFixed(3),
         q8_ms: +median(times.Q8_0).toFixed(3),
         f16_ms: +median(times.f16).toFixed(3),
         q4_cpu_ms: +median(cpu.Q4_0).toFixed(3),
+        q4_gemv_cpu_ms: +median(cpu["Q4_0 gemv"]).toFixed(3),
         q8_cpu_ms: +median(cpu.Q8_0).toFixed(3),
         f16_cpu_ms: +median(cpu.f16).toFixed(3),
         f16_over_q4: +median(r(times, "Q4_0")).toFixed(3),
         f16_over_q8: +median(r(times, "Q8_0")).toFixed(3),
         f16_over_q4_cpu: +median(r(cpu, "Q4_0")).toFixed(3),
+        f16_over_q4_gemv_cpu: +median(r(cpu, "Q4_0 gemv")).toFixed(3),
         f16_over_q8_cpu: +median(r(cpu, "Q8_0")).toFixed(3),
         rounds: times.f16.length,
-        note: `CPU ms per GEMV ${ms}; f16/Q4_0 cpu ${range(r(cpu, "Q4_0"))} wall ${
-          range(r(times, "Q4_0"))
-        }; f16/Q8_0 cpu ${range(r(cpu, "Q8_0"))} wall ${
-          range(r(times, "Q8_0"))
-        }; ${times.f16.length} rounds`,
+        note: `CPU ms per GEMV ${ms}; ${ratios}; ${times.f16.length} rounds`,
       };
     },
   };

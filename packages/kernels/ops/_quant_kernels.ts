@@ -176,7 +176,11 @@ fn main(@builtin(global_invocation_id) g: vec3u) {
  *   prescaled by 2^-p once per block for all R rows, so (q 2^p)(x 2^-p) = q x exactly. Q8_0's signed
  *   bytes are made unsigned by flipping their top bits (q + 128) and the 128 folded like Q4_0's 8.
  * - the 8 lanes llvmpipe runs together own 8 adjacent rows, R rows each (rows 8r apart), and the
- *   scales of 8 blocks come in one texel.
+ *   scales of 8 blocks come in one texel; the loop steps 8 blocks (one scale texel) at a time,
+ *   unrolled, so each block's scale is a constant component of it (a scale picked by a computed
+ *   index cost ~15% of the kernel: llvmpipe spills the vector and reloads it per lane).
+ * x past the chunk's nbc blocks must read as zeros up to a multiple of 8 blocks (the caller pads
+ * the uniform buffer); the quant texels past a row read as anything finite and the scales as 0.
  * Output row o0 + n; the chunk's first block b0 is a multiple of 8.
  */
 export function gemvTexKernel(type: QuantType, R: number, rs = 14, WG = 64): string {
@@ -194,24 +198,35 @@ export function gemvTexKernel(type: QuantType, R: number, rs = 14, WG = 64): str
       `{ let w = ${i < 4 ? `q[${i}]` : `q1[${i - 4}]`} ^ 0x80808080u; ` +
       `a = fma(vec4f(bitcast<vec4i>(vec4u(w & 0xFFu, w & 0xFF00u, w & 0xFF0000u, w >> 24u))), xs${i}, a); }`
     );
-  const row = (r: number) =>
+  const row = (r: number, j: number) =>
     `{
-      let q = textureLoad(tq, ${at(`n${r}`, `kb * ${texels(type)}u`)});${
-      q4 ? "" : `\n      let q1 = textureLoad(tq, ${at(`n${r}`, "kb * 2u + 1u")});`
+        let q = textureLoad(tq, ${at(`n${r}`, `kb * ${texels(type)}u`)});${
+      q4 ? "" : `\n        let q1 = textureLoad(tq, ${at(`n${r}`, "kb * 2u + 1u")});`
     }
-      var a = vec4f(0.0);
-      ${words.join("\n      ")}
-      s${r} = fma(unpack2x16float(sv${r}[(kb >> 1u) & 3u])[kb & 1u], a.x + a.y + a.z + a.w - xsum, s${r});
-    }`;
+        var a = vec4f(0.0);
+        ${words.join("\n        ")}
+        s${r} = fma(unpack2x16float(sv${r}[${j >> 1}])[${
+      j & 1
+    }], a.x + a.y + a.z + a.w - xsum, s${r});
+      }`;
   // 2^-p for the quant at bit p of its word.
   const prescale = q4
     ? [0, 1, 2, 3].map((i) =>
       `let xl${i} = x${i} * vec4f(1.0, 0.00390625, 1.52587890625e-05, 5.9604644775390625e-08); ` +
       `let xh${i} = x${4 + i} * vec4f(0.0625, 0.000244140625, 9.5367431640625e-07, 1.0);`
-    ).join("\n    ")
+    ).join("\n      ")
     : xs.map((i) => `let xs${i} = x${i} * vec4f(1.0, 0.00390625, 1.52587890625e-05, 1.0);`).join(
-      "\n    ",
+      "\n      ",
     );
+  const block = (j: number) =>
+    `{
+      let b = g8 + ${j}u; let kb = p.b0 + b;
+      ${xs.map((i) => `let x${i} = X[b * 8u + ${i}u];`).join(" ")}
+      let xa = ${xs.map((i) => `x${i}`).join(" + ")};
+      let xsum = ${q4 ? "8.0" : "128.0"} * (xa.x + xa.y + xa.z + xa.w);
+      ${prescale}
+      ${rows.map((r) => row(r, j)).join("\n      ")}
+    }`;
   return `@group(0) @binding(0) var<uniform> X: array<vec4f, 4096>;
 @group(0) @binding(1) var tq: texture_storage_2d_array<rgba32uint, read>;
 @group(0) @binding(2) var ts: texture_storage_2d_array<rgba32uint, read>;
@@ -222,22 +237,147 @@ ${GEMV_PARAMS}
 fn main(@builtin(global_invocation_id) g: vec3u) {
   let base = (g.x / 8u) * ${8 * R}u + g.x % 8u;
   if (base >= p.N) { return; }
+  ${rows.map((r) => `let n${r} = min(base + ${8 * r}u, p.N - 1u); var s${r} = 0.0;`).join("\n  ")}
+  for (var g8 = 0u; g8 < p.nbc; g8 += 8u) {
+    ${
+    rows.map((r) => `let sv${r} = textureLoad(ts, ${at(`n${r}`, "(p.b0 + g8) >> 3u")});`).join(" ")
+  }
+    ${xs.map(block).join("\n    ")}
+  }
   ${
     rows.map((r) =>
-      `let n${r} = min(base + ${8 * r}u, p.N - 1u); var s${r} = 0.0; var sv${r} = vec4u(0u);`
+      `if (base + ${
+        8 * r
+      }u < p.N) { let o = p.o0 + n${r}; if (p.acc != 0u) { s${r} += out[o]; } out[o] = s${r}; }`
     ).join("\n  ")
   }
-  for (var b = 0u; b < p.nbc; b++) {
-    let kb = p.b0 + b;
-    ${xs.map((i) => `let x${i} = X[b * 8u + ${i}u];`).join(" ")}
-    let xa = ${xs.map((i) => `x${i}`).join(" + ")};
-    let xsum = ${q4 ? "8.0" : "128.0"} * (xa.x + xa.y + xa.z + xa.w);
-    ${prescale}
-    if ((kb & 7u) == 0u) { ${
-    rows.map((r) => `sv${r} = textureLoad(ts, ${at(`n${r}`, "kb >> 3u")});`).join(" ")
-  } }
-    ${rows.map(row).join("\n    ")}
+}`;
+}
+
+/**
+ * x quantized for {@link gemvIntKernel} (GGML's Q8_0 of an activation row, as llama.cpp's integer
+ * dot products use it, with an f32 scale): per block of 32, dx = max|x| / 127 and
+ * xq = round(x / dx) in [-127, 127] (round half to even; computed as x * (1 / dx)). Record of block
+ * b: 8 vec4<u32> from XQ_STRIDE * b of the buffer (64 KiB: at most 512 blocks per chunk):
+ * - 0..3: the 16 pair multipliers A_t = xq[4t+2] + xq[4t] 2^16, B_t = xq[4t+3] + xq[4t+1] 2^16
+ *   (t = 0..7, u32 wrapping), record word 4j + c: A_{2j+c/2} for even c, B_{2j+(c-1)/2} for odd.
+ * - 4: (dx as bits, Q4_0's initial accumulator 0x8000 - 0x00080008 sum_t (A_t + B_t), 0, 0).
+ * Blocks nbc .. nbp-1 (the padding up to the texture kernel's 8-block steps) are all zeros.
+ */
+export const XQ_STRIDE = 8;
+
+/** The pre-pass that quantizes one chunk of a row of x (see {@link XQ_STRIDE}): an invocation per block. */
+export function quantizeXKernel(WG = 64): string {
+  return `@group(0) @binding(0) var<storage, read> x: array<vec4f>;
+@group(0) @binding(1) var<storage, read_write> X: array<vec4u>;
+struct P { x0: u32, nbc: u32, nbp: u32 }
+@group(0) @binding(2) var<uniform> p: P;
+@compute @workgroup_size(${WG})
+fn main(@builtin(global_invocation_id) g: vec3u) {
+  let b = g.x;
+  if (b >= p.nbp) { return; }
+  let o = b * ${XQ_STRIDE}u;
+  if (b >= p.nbc) {
+    for (var j = 0u; j < 5u; j++) { X[o + j] = vec4u(0u); }
+    return;
   }
+  var v: array<vec4f, 8>;
+  var m = vec4f(0.0);
+  for (var t = 0u; t < 8u; t++) { v[t] = x[p.x0 + b * 8u + t]; m = max(m, abs(v[t])); }
+  let d = max(max(m.x, m.y), max(m.z, m.w)) / 127.0;
+  let id = select(0.0, 1.0 / d, d != 0.0);
+  var k = 0u;
+  for (var j = 0u; j < 4u; j++) {
+    let e = bitcast<vec4u>(clamp(vec4i(round(v[2u * j] * id)), vec4i(-127), vec4i(127)));
+    let f = bitcast<vec4u>(clamp(vec4i(round(v[2u * j + 1u] * id)), vec4i(-127), vec4i(127)));
+    let w = vec4u(e.z + (e.x << 16u), e.w + (e.y << 16u), f.z + (f.x << 16u), f.w + (f.y << 16u));
+    X[o + j] = w;
+    k += w.x + w.y + w.z + w.w;
+  }
+  X[o + 4u] = vec4u(bitcast<u32>(d), 0x8000u - 0x00080008u * k, 0u, 0u);
+}`;
+}
+
+/**
+ * Decode's Q4_0 matrix-vector product with x quantized to 8 bits per block ({@link
+ * quantizeXKernel}) and integer dot products, two per 32-bit multiply (SWAR): a quant word's
+ * nibble pair (bits 0 and 16: elements 4i, 4i+2) masked out as m = q_a + q_b 2^16 and multiplied by
+ * A = xq_b + xq_a 2^16 leaves q_a xq_a + q_b xq_b in bits 16..31 (the cross term q_a xq_b below,
+ * q_b xq_a 2^32 gone). A block's 16 multiplies sum into one u32 that starts at the record's
+ * 0x8000 - 0x00080008 sum(A + B): the -8 of every quant, so the fields hold signed q - 8 in [-8, 7],
+ * |low| <= 16 * 8 * 127 < 2^15, |high| <= 32 * 8 * 127 < 2^15, and the block's integer dot product
+ * sum (q - 8) xq is the accumulator's top half (an arithmetic shift; the 0x8000 rounds the low
+ * field away). One float multiply-add per block: s += d_w dx isum. 15 integer operations per quant
+ * word (8 weights) against the float path's 24.
+ *
+ * Texture layout: as {@link gemvTexKernel} (8 lanes on 8 adjacent rows, R rows each, 8-block steps
+ * unrolled with the scales at constant components; the pre-pass pads x with zero blocks). Storage
+ * layout (a weight too big for the textures): {@link quantSource}'s accessors, one block at a time.
+ */
+export function gemvIntKernel(
+  R: number,
+  layout: QuantLayout = "texture",
+  rs = 14,
+  WG = 64,
+): string {
+  const rows = [...Array(R).keys()], js = [0, 1, 2, 3, 4, 5, 6, 7];
+  const tex = layout === "texture";
+  const at = (n: string, x: string) => `vec2u(${x}, ${n} & ${(1 << rs) - 1}u), ${n} >> ${rs}u`;
+  const M = "0x000F000Fu";
+  // Word i pairs with A_i, B_i (low nibbles) and A_{4+i}, B_{4+i} (high nibbles).
+  const A = (t: number) => `X${t >> 1}[${(t & 1) * 2}]`,
+    B = (t: number) => `X${t >> 1}[${(t & 1) * 2 + 1}]`;
+  const row = (r: number, d: string) =>
+    `{
+        let q = ${tex ? `textureLoad(tq, ${at(`n${r}`, "kb")})` : `quant(n${r}, kb)`};
+        var a = a0;
+        ${
+      [0, 1, 2, 3].map((i) =>
+        `{ let w = q[${i}]; a += (w & ${M}) * ${A(i)} + ((w >> 8u) & ${M}) * ${B(i)} + ` +
+        `((w >> 4u) & ${M}) * ${A(4 + i)} + ((w >> 12u) & ${M}) * ${B(4 + i)}; }`
+      ).join("\n        ")
+    }
+        s${r} = fma(${d} * dx, f32(bitcast<i32>(a) >> 16u), s${r});
+      }`;
+  const head = (b: string) =>
+    `let b = ${b}; let kb = p.b0 + b; let o = b * ${XQ_STRIDE}u;
+      ${[0, 1, 2, 3].map((j) => `let X${j} = X[o + ${j}u];`).join(" ")}
+      let mt = X[o + 4u]; let dx = bitcast<f32>(mt.x); let a0 = mt.y;`;
+  const body = tex
+    ? `for (var g8 = 0u; g8 < p.nbc; g8 += 8u) {
+    ${
+      rows.map((r) => `let sv${r} = textureLoad(ts, ${at(`n${r}`, "(p.b0 + g8) >> 3u")});`).join(
+        " ",
+      )
+    }
+    ${
+      js.map((j) =>
+        `{
+      ${head(`g8 + ${j}u`)}
+      ${rows.map((r) => row(r, `unpack2x16float(sv${r}[${j >> 1}])[${j & 1}]`)).join("\n      ")}
+    }`
+      ).join("\n    ")
+    }
+  }`
+    : `for (var bb = 0u; bb < p.nbc; bb++) {
+    ${head("bb")}
+    ${rows.map((r) => row(r, `scale(n${r}, kb)`)).join("\n    ")}
+  }`;
+  const bind = tex
+    ? `@group(0) @binding(1) var tq: texture_storage_2d_array<rgba32uint, read>;
+@group(0) @binding(2) var ts: texture_storage_2d_array<rgba32uint, read>;`
+    : quantSource("Q4_0", "storage", rs);
+  return `@group(0) @binding(0) var<uniform> X: array<vec4u, 4096>;
+${bind}
+@group(0) @binding(3) var<storage, read_write> out: array<f32>;
+${GEMV_PARAMS}
+@group(0) @binding(4) var<uniform> p: P;
+@compute @workgroup_size(${WG})
+fn main(@builtin(global_invocation_id) g: vec3u) {
+  let base = (g.x / 8u) * ${8 * R}u + g.x % 8u;
+  if (base >= p.N) { return; }
+  ${rows.map((r) => `let n${r} = min(base + ${8 * r}u, p.N - 1u); var s${r} = 0.0;`).join("\n  ")}
+  ${body}
   ${
     rows.map((r) =>
       `if (base + ${

@@ -19,6 +19,13 @@
  *             per invocation, each quant isolated by one mask and converted as a signed integer
  *             against x prescaled by a power of two, scales 8 blocks per fetch. Storage layout: 8
  *             rows, shift-and-mask, scales 8 blocks per load where rows allow (K % 256 == 0).
+ * - `gemvInt` one row of x against Q4_0 on a CPU adapter, where the weight asks for it
+ *             ({@link QuantWeightOptions.quantizeX}; not the default: not exact): x quantized per
+ *             block of 32 to 8 bits with an f32 scale by a pre-pass (GGML's Q8_0 of an activation,
+ *             as llama.cpp's integer dot products), then two 4-bit x 8-bit products per 32-bit
+ *             integer multiply and one float multiply-add per block. Not the exact dequantized
+ *             product: checked against {@link linearQIntCpu} (the same math) and within x's
+ *             rounding bound of {@link linearQCpu}.
  * - `gemvWg`  one row of x on a real GPU: 8 rows of W per workgroup, 32 lanes per row over its
  *             blocks, a tree reduction in workgroup memory.
  * - `blocked` many rows (prefill, scoring) on a CPU adapter: 8 rows x 8 outputs per invocation in
@@ -27,13 +34,15 @@
  * - `tiled`   many rows on a real GPU: 64x64 output tiles; per block of K, x's tile and W's 64
  *             dequantized blocks go through workgroup memory.
  *
- * Default choice: one row -> gemv (CPU adapter) / gemvWg; else blocked / tiled. Measured on
+ * Default choice: one row -> gemv (gemvInt for a Q4_0 weight made with quantizeX) on a CPU
+ * adapter, gemvWg on a GPU; else blocked / tiled. Measured on
  * llvmpipe (2 cores shared with a training run, so +-50% from run to run: compare the ratios of
  * one process; `deno task bench --filter linearQ`): 512x4096x4096, blocked 7-10 GFLOP/s, as fast as
  * the f16 texture kernel. Decode (`--filter "linearQ[ratio]"`, CPU time, distinct weights): one
- * token through 4096x4096, Q4_0 ~5 ms, Q8_0 ~6-7, the unpacked f16 GEMV ~14 (2.4-2.8x Q4_0 over the
- * 7B's shapes); the texture layout saves ~12% of Q8_0's time and none of Q4_0's, which at ~0.8
- * cycles per weight is bound by its instructions, not its loads (tools/bench/quant_matmul.ts).
+ * token through 4096x4096, Q4_0 ~2.9 ms (gemvInt; gemv 3.5), Q8_0 ~5.0, the unpacked f16 GEMV
+ * ~12.6 (f16/Q4_0 4.4x at 4096x4096 and 4096x11008, 2.8x at 11008x4096; tools/bench/quant_matmul.ts).
+ * What is left of gemvInt's time is mostly texel fetches: each of the 8 lanes reads its own row,
+ * 64 rows apart per invocation, which costs most where rows are long (K = 11008).
  * @module
  */
 import { type Gpu, grid, makeTexture, Params, type Tensor, type TexSlot } from "@lvm/gpu";
@@ -51,9 +60,11 @@ import {
   blockedKernel,
   blockWords,
   embeddingKernel,
+  gemvIntKernel,
   gemvKernel,
   gemvTexKernel,
   gemvWgKernel,
+  quantizeXKernel,
   type QuantLayout,
   splitKernel,
   splitTexKernel,
@@ -71,7 +82,7 @@ export type { QuantLayout } from "./_quant_kernels.ts";
 let scratch: Uint8Array | null = null;
 
 /** Kernel variants of {@link linearQ}. */
-export type QuantVariant = "gemv" | "gemvWg" | "blocked" | "tiled";
+export type QuantVariant = "gemv" | "gemvInt" | "gemvWg" | "blocked" | "tiled";
 
 /** Options of {@link QuantWeight.fromBlocks} and {@link QuantWeight.fromF32}. */
 export interface QuantWeightOptions {
@@ -80,6 +91,12 @@ export interface QuantWeightOptions {
    * (K / 32 texels per row at most the adapter's texture width), storage buffers otherwise.
    */
   layout?: QuantLayout;
+  /**
+   * Q4_0 only: decode's one-row product on a CPU adapter quantizes x to 8 bits per block and
+   * multiplies integers (variant `gemvInt`, llama.cpp's numerics: ~1.2-1.4x faster than the exact
+   * `gemv` on llvmpipe, off the exact product by x's rounding). Default false.
+   */
+  quantizeX?: boolean;
 }
 
 /** log2 of the texture rows per layer: the largest power of two the adapter's textures allow. */
@@ -117,6 +134,8 @@ export class QuantWeight {
   readonly nb: number;
   /** log2 of the texture rows per layer (texture layout). */
   readonly rs: number;
+  /** See {@link QuantWeightOptions.quantizeX}. */
+  readonly quantizeX: boolean;
   #released = false;
   readonly #store: { scales: Tensor; quants: Tensor } | { tq: TexSlot; ts: TexSlot };
 
@@ -126,8 +145,10 @@ export class QuantWeight {
     readonly shape: readonly [number, number],
     readonly layout: QuantLayout,
     store: { scales: Tensor; quants: Tensor } | { tq: TexSlot; ts: TexSlot },
+    quantizeX: boolean,
   ) {
     this.nb = shape[1] / QK;
+    this.quantizeX = quantizeX;
     this.rs = rowsLog2(gpu);
     this.#store = store;
   }
@@ -225,7 +246,10 @@ export class QuantWeight {
     }
     gpu.submit();
     raw.destroy();
-    return new QuantWeight(gpu, type, [N, K], layout, store);
+    if (opts.quantizeX && type !== "Q4_0") {
+      throw new RangeError(`QuantWeight: quantizeX takes Q4_0 weights, got ${type}`);
+    }
+    return new QuantWeight(gpu, type, [N, K], layout, store, opts.quantizeX ?? false);
   }
 
   /** Quantizes f32 host values of a weight of `shape` [N, K] (row-major) as `type`. */
@@ -347,6 +371,64 @@ export function linearQCpu(
   return y;
 }
 
+/**
+ * x (M, K) quantized as {@link linearQ}'s `gemvInt` does it (GGML's Q8_0 of an activation, f32
+ * scale), in f32 as the kernel computes it: per block of 32, dx = max|x| / 127, id = 1 / dx (0 for
+ * an all-zero block), xq = round_half_even(x * id), clamped to [-127, 127].
+ */
+export function quantizeXCpu(x: Float32Array): { q: Int8Array; d: Float32Array } {
+  if (x.length % QK !== 0) {
+    throw new RangeError(`quantizeXCpu: x has ${x.length} values, not a multiple of ${QK}`);
+  }
+  const f = Math.fround, q = new Int8Array(x.length), d = new Float32Array(x.length / QK);
+  for (let b = 0; b < d.length; b++) {
+    let m = 0;
+    for (let k = b * QK; k < (b + 1) * QK; k++) m = Math.max(m, Math.abs(x[k]));
+    const dx = f(m / 127), id = dx !== 0 ? f(1 / dx) : 0;
+    d[b] = dx;
+    for (let k = b * QK; k < (b + 1) * QK; k++) {
+      const v = f(x[k] * id), r = Math.round(v);
+      // Round half to even (WGSL's round), not JS's half up.
+      const e = r - v === 0.5 && r % 2 !== 0 ? r - 1 : r;
+      q[k] = Math.max(-127, Math.min(127, e));
+    }
+  }
+  return { q, d };
+}
+
+/**
+ * CPU reference of {@link linearQ}'s `gemvInt`: y = sum over blocks of dx * sum(w * xq), x
+ * quantized by {@link quantizeXCpu}, W dequantized, accumulated in f64 (the kernel's integer sums
+ * are exact; only its f32 accumulation over blocks differs).
+ */
+export function linearQIntCpu(
+  x: Float32Array,
+  type: QuantType,
+  bytes: Uint8Array,
+  N: number,
+  K: number,
+): Float32Array {
+  if (x.length % K !== 0) {
+    throw new RangeError(`linearQIntCpu: x has ${x.length} values, not a multiple of K = ${K}`);
+  }
+  const M = x.length / K, nb = K / QK;
+  const { q, d } = quantizeXCpu(x);
+  const w = dequantize(type, bytes, N * K);
+  const y = new Float32Array(M * N);
+  for (let m = 0; m < M; m++) {
+    for (let n = 0; n < N; n++) {
+      let s = 0;
+      for (let b = 0; b < nb; b++) {
+        let t = 0;
+        for (let k = b * QK; k < (b + 1) * QK; k++) t += w[n * K + k] * q[m * K + k];
+        s += t * d[m * nb + b];
+      }
+      y[m * N + n] = s;
+    }
+  }
+  return y;
+}
+
 /** CPU reference of {@link embeddingQ}: rows `ids` (clamped into [0, V)) of a (V, C) table. */
 export function embeddingQCpu(
   ids: ArrayLike<number>,
@@ -366,31 +448,48 @@ export function embeddingQCpu(
 
 // ---------------------------------------------------------------------------------------------
 
-/** The uniform buffer decode's x chunks are copied into (64 KiB: WebGPU's uniform binding limit). */
-const xUniform = new WeakMap<Gpu, GPUBuffer>();
+/**
+ * The uniform buffer decode's x chunks are copied into (64 KiB: WebGPU's uniform binding limit),
+ * or quantized into by gemvInt's pre-pass (a storage binding there); and 7 blocks of zeros that pad
+ * a copied chunk to the texture GEMV's 8-block steps.
+ */
+const xUniform = new WeakMap<Gpu, { ubo: GPUBuffer; zeros: GPUBuffer }>();
 const X_FLOATS = 16384;
 
-function xBuffer(gpu: Gpu): GPUBuffer {
-  let ubo = xUniform.get(gpu);
-  if (!ubo) {
-    ubo = gpu.device.createBuffer({
-      label: "quant gemv x uniform",
-      size: X_FLOATS * 4,
-      usage: GPUBufferUsage.UNIFORM | GPUBufferUsage.COPY_DST,
-    });
-    xUniform.set(gpu, ubo);
+function xBuffer(gpu: Gpu): { ubo: GPUBuffer; zeros: GPUBuffer } {
+  let b = xUniform.get(gpu);
+  if (!b) {
+    const usage = GPUBufferUsage.UNIFORM | GPUBufferUsage.STORAGE | GPUBufferUsage.COPY_DST;
+    b = {
+      ubo: gpu.device.createBuffer({ label: "quant gemv x uniform", size: X_FLOATS * 4, usage }),
+      // WebGPU buffers start zeroed.
+      zeros: gpu.device.createBuffer({
+        label: "quant gemv x padding",
+        size: 7 * QK * 4,
+        usage: GPUBufferUsage.COPY_SRC,
+      }),
+    };
+    xUniform.set(gpu, b);
   }
-  return ubo;
+  return b;
 }
 
 /** Rows of W per invocation of the CPU-adapter GEMV, storage layout (8 measured best of 2, 4, 8, 16). */
 const GEMV_ROWS = 8;
-/** Rows of W per invocation of the texture GEMV (of 8 and 16: 16 for Q4_0, 8 for Q8_0). */
-const GEMV_TEX_ROWS = { Q4_0: 16, Q8_0: 8 };
+/**
+ * Rows of W per invocation of the texture GEMV: 8 (with its 8-block steps unrolled, Q4_0 at 16
+ * rows took 2.3 s to compile on llvmpipe and ran no faster than at 8).
+ */
+const GEMV_TEX_ROWS = { Q4_0: 8, Q8_0: 8 };
+/** Rows of W per invocation of gemvInt (4 and 8 ran alike at 4096x4096). */
+const GEMV_INT_ROWS = 8;
 
-/** The variant {@link linearQ} uses for M rows of x on this adapter when none is forced. */
-export function chooseQuantVariant(gpu: Gpu, M: number): QuantVariant {
-  if (gpu.kind === "cpu") return M === 1 ? "gemv" : "blocked";
+/**
+ * The variant {@link linearQ} uses for M rows of x on this adapter when none is forced: on a CPU
+ * adapter one row of x takes gemvInt where the weight asks for it ({@link QuantWeight.quantizeX}).
+ */
+export function chooseQuantVariant(gpu: Gpu, M: number, quantizeX = false): QuantVariant {
+  if (gpu.kind === "cpu") return M === 1 ? (quantizeX ? "gemvInt" : "gemv") : "blocked";
   return M === 1 ? "gemvWg" : "tiled";
 }
 
@@ -439,7 +538,7 @@ export function linearQ(
   }
   if (out.buffer === x.buffer) throw new RangeError("linearQ: out aliases x");
   if (M === 0) return out;
-  const variant = opts.variant ?? chooseQuantVariant(gpu, M);
+  const variant = opts.variant ?? chooseQuantVariant(gpu, M, W.quantizeX);
   const { type, nb, layout, rs } = W;
   const [qb, sb] = W.bindings;
   const binds = [x, qb, sb, out];
@@ -447,7 +546,7 @@ export function linearQ(
   const lk = `${layout}/${rs}`;
   switch (variant) {
     case "gemv": {
-      const ubo = xBuffer(gpu);
+      const { ubo, zeros } = xBuffer(gpu);
       const wide = nb % 8 === 0;
       const tex = layout === "texture";
       const R = tex ? GEMV_TEX_ROWS[type] : GEMV_ROWS;
@@ -461,6 +560,33 @@ export function linearQ(
         for (let b0 = 0; b0 < nb; b0 += BC) {
           const nbc = Math.min(BC, nb - b0);
           gpu.copy(x, ubo, nbc * QK * 4, (m * K + b0 * QK) * 4, 0);
+          // The texture kernel steps 8 blocks: zeros past the chunk (not the last GEMV's x).
+          const pad = (8 - (nbc % 8)) % 8;
+          if (tex && pad) gpu.copy(zeros, ubo, pad * QK * 4, 0, nbc * QK * 4);
+          const gp = new Params().u32(N).u32(nb).u32(b0).u32(nbc).u32(b0 > 0 ? 1 : 0).u32(m * N);
+          gpu.dispatch(pipe, [ubo, qb, sb, out], gp, wgs);
+        }
+      }
+      return out;
+    }
+    case "gemvInt": {
+      if (type !== "Q4_0") {
+        throw new RangeError(
+          `linearQ: variant gemvInt takes Q4_0 weights, got ${type} (Q8_0's products overflow ` +
+            `its 16-bit fields; use gemv)`,
+        );
+      }
+      const { ubo } = xBuffer(gpu);
+      const R = GEMV_INT_ROWS;
+      const pre = gpu.pipeline("quant/quantizex", () => quantizeXKernel());
+      const pipe = gpu.pipeline(`quant/gemvint/${R}/${lk}`, () => gemvIntKernel(R, layout, rs));
+      const wgs = Math.ceil((Math.ceil(N / (8 * R)) * 8) / 64);
+      const BC = 512; // blocks per chunk: 512 records of 8 vec4 fill the 64 KiB uniform buffer
+      for (let m = 0; m < M; m++) {
+        for (let b0 = 0; b0 < nb; b0 += BC) {
+          const nbc = Math.min(BC, nb - b0), nbp = Math.ceil(nbc / 8) * 8;
+          const pp = new Params().u32((m * K + b0 * QK) / 4).u32(nbc).u32(nbp);
+          gpu.dispatch(pre, [x, ubo], pp, Math.ceil(nbp / 64));
           const gp = new Params().u32(N).u32(nb).u32(b0).u32(nbc).u32(b0 > 0 ? 1 : 0).u32(m * N);
           gpu.dispatch(pipe, [ubo, qb, sb, out], gp, wgs);
         }

@@ -7,13 +7,14 @@ import {
   linearAny,
   linearQ,
   linearQCpu,
+  linearQIntCpu,
   type QuantLayout,
   type QuantVariant,
   QuantWeight,
 } from "./quant_matmul.ts";
 
 const TYPES: QuantType[] = ["Q8_0", "Q4_0"];
-const VARIANTS: QuantVariant[] = ["gemv", "gemvWg", "blocked", "tiled"];
+const VARIANTS: QuantVariant[] = ["gemv", "gemvInt", "gemvWg", "blocked", "tiled"];
 const LAYOUTS: QuantLayout[] = ["storage", "texture"];
 
 /** f32 accumulation over K terms of size ~|x||w|: the error grows with K. */
@@ -21,7 +22,39 @@ function tol(K: number) {
   return { atol: 1e-5 + 3e-7 * K, rtol: 1e-4 };
 }
 
-/** W [N, K] in +-0.5 quantized as `type`; x (M, K) in +-1; GPU vs linearQCpu. */
+/** The variant linearQ runs: gemvInt when forced or chosen (quantizeX, one row, CPU adapter). */
+function runs(gpu: Gpu, M: number, v?: QuantVariant, qx = false): QuantVariant | "auto" {
+  return v ?? (gpu.kind === "cpu" && M === 1 && qx ? "gemvInt" : "auto");
+}
+
+/**
+ * The error gemvInt's quantized x may add to the exact product, per output: x's rounding to
+ * xq dx is at most dx / 2 per element (a hair more where x * (1 / dx) is off by an ulp), so
+ * |y - y_exact| <= sum_b dx_b / 2 * sum_{k in b} |w_k|.
+ */
+function xQuantBound(x: Float32Array, w: Float32Array, N: number, K: number): Float32Array {
+  const M = x.length / K, nb = K / 32, out = new Float32Array(M * N);
+  for (let m = 0; m < M; m++) {
+    for (let n = 0; n < N; n++) {
+      let e = 0;
+      for (let b = 0; b < nb; b++) {
+        let amax = 0, wsum = 0;
+        for (let k = b * 32; k < b * 32 + 32; k++) {
+          amax = Math.max(amax, Math.abs(x[m * K + k]));
+          wsum += Math.abs(w[n * K + k]);
+        }
+        e += (amax / 127) * 0.5001 * wsum;
+      }
+      out[m * N + n] = e;
+    }
+  }
+  return out;
+}
+
+/**
+ * W [N, K] in +-0.5 quantized as `type`; x (M, K) in +-1; GPU vs linearQCpu, or for gemvInt vs
+ * linearQIntCpu (the same math: x quantized) and within {@link xQuantBound} of linearQCpu.
+ */
 async function check(
   gpu: Gpu,
   type: QuantType,
@@ -30,17 +63,31 @@ async function check(
   K: number,
   v?: QuantVariant,
   layout?: QuantLayout,
+  quantizeX?: boolean,
 ) {
   const w = randu(N * K, N + K, -0.5, 0.5);
   const bytes = quantize(type, w);
   const x = randu(M * K, M + 7);
-  const W = QuantWeight.fromBlocks(gpu, type, [N, K], bytes, { layout });
+  const W = QuantWeight.fromBlocks(gpu, type, [N, K], bytes, { layout, quantizeX });
   if (layout) assertEquals(W.layout, layout);
   const X = gpu.upload(x, [M, K]);
   const y = linearQ(gpu, X, W, { variant: v });
   assertEquals(y.shape, [M, N]);
-  const label = `${type} ${v ?? "auto"} ${W.layout} M=${M} N=${N} K=${K}`;
-  assertClose(await gpu.readF32(y), linearQCpu(x, type, bytes, N, K), tol(K), label);
+  const label = `${type} ${runs(gpu, M, v, quantizeX)} ${W.layout} M=${M} N=${N} K=${K}`;
+  const got = await gpu.readF32(y), exact = linearQCpu(x, type, bytes, N, K);
+  if (runs(gpu, M, v, quantizeX) === "gemvInt") {
+    assertClose(got, linearQIntCpu(x, type, bytes, N, K), tol(K), label);
+    const wq = dequantize(type, bytes, N * K), bound = xQuantBound(x, wq, N, K);
+    for (let i = 0; i < got.length; i++) {
+      const e = Math.abs(got[i] - exact[i]);
+      assert(
+        e <= bound[i] + tol(K).atol,
+        `${label}: output ${i} is ${e} off the exact product (bound ${bound[i]})`,
+      );
+    }
+  } else {
+    assertClose(got, exact, tol(K), label);
+  }
   for (const t of [X, y, W]) t.release();
 }
 
@@ -57,7 +104,7 @@ Deno.test("linearQ() matches linearQCpu on odd shapes, both types, every variant
   for (const v of VARIANTS) {
     for (const layout of LAYOUTS) {
       await t.step(`${v}, ${layout}`, async () => {
-        for (const type of TYPES) {
+        for (const type of v === "gemvInt" ? ["Q4_0" as const] : TYPES) {
           for (const [M, N, K] of shapes) await check(gpu, type, M, N, K, v, layout);
         }
       });
@@ -72,8 +119,13 @@ Deno.test("linearQ() matches linearQCpu on odd shapes, both types, every variant
         await check(gpu, type, 5, 13, 4096, undefined, layout);
       }
     }
+    for (const layout of LAYOUTS) {
+      await check(gpu, "Q4_0", 1, 45, 16384 + 4096 + 96, undefined, layout, true);
+      await check(gpu, "Q4_0", 5, 13, 4096, undefined, layout, true); // blocked: exact
+    }
   });
   await t.step("texture layout over several layers (rows past 2^14)", async () => {
+    await check(gpu, "Q4_0", 1, 16384 + 133, 96, "gemvInt", "texture");
     for (const type of TYPES) {
       await check(gpu, type, 1, 16384 + 133, 64, "gemv", "texture");
       await check(gpu, type, 2, 16384 + 133, 64, "blocked", "texture");
@@ -103,7 +155,8 @@ Deno.test("linearQ(): one-hot rows read back exactly the dequantized weights", a
         const X = gpu.upload(eye, [K, K]);
         const want = new Float32Array(K * N);
         for (let n = 0; n < N; n++) for (let k = 0; k < K; k++) want[k * N + n] = ref[n * K + k];
-        for (const v of VARIANTS) {
+        // gemvInt quantizes x: its own tests.
+        for (const v of VARIANTS.filter((v) => v !== "gemvInt")) {
           const y = await gpu.readF32(linearQ(gpu, X, W, { variant: v }));
           assertClose(y, want, EXACT, `${type} ${v} ${layout} [${N}, ${K}]`);
         }
@@ -117,6 +170,47 @@ Deno.test("linearQ(): one-hot rows read back exactly the dequantized weights", a
       }
     }
   }
+});
+
+Deno.test("linearQ() gemvInt: extreme x, zero blocks, x chunks, Q8_0 refused", async () => {
+  const gpu = await getGpu();
+  for (const layout of LAYOUTS) {
+    for (const [N, K] of [[45, 96], [13, 16384 + 4096 + 96], [70, 256]]) {
+      const w = randu(N * K, 5, -300, 300);
+      const bytes = quantize("Q4_0", w);
+      // x: +-300, a zero block, a block of tiny values, one with a single non-zero (xq = +-127).
+      const x = randu(2 * K, 6, -300, 300);
+      x.fill(0, 0, 32);
+      for (let k = 32; k < 64; k++) x[k] *= 1e-6;
+      x.fill(0, K, K + 32);
+      x[K + 5] = -2;
+      const W = QuantWeight.fromBlocks(gpu, "Q4_0", [N, K], bytes, { layout });
+      const want = linearQIntCpu(x, "Q4_0", bytes, N, K);
+      // Row by row (M = 2 runs gemvInt once per row), K past one 512-block chunk for the second shape.
+      const X = gpu.upload(x, [2, K]);
+      const y = await gpu.readF32(linearQ(gpu, X, W, { variant: "gemvInt" }));
+      const scale = Math.max(...want.map(Math.abs));
+      assertClose(
+        y,
+        want,
+        { atol: scale * 1e-6, rtol: 1e-5 },
+        `Q4_0 gemvInt ${layout} [${N}, ${K}]`,
+      );
+      for (const t of [W, X]) t.release();
+    }
+  }
+  const W8 = QuantWeight.fromF32(gpu, "Q8_0", [2, 32], new Float32Array(64));
+  assertThrows(
+    () => linearQ(gpu, gpu.zeros([1, 32]), W8, { variant: "gemvInt" }),
+    RangeError,
+    "Q4_0",
+  );
+  W8.release();
+  assertThrows(
+    () => QuantWeight.fromF32(gpu, "Q8_0", [2, 32], new Float32Array(64), { quantizeX: true }),
+    RangeError,
+    "Q4_0",
+  );
 });
 
 Deno.test("embeddingQ() gathers exactly the dequantized rows", async () => {
