@@ -167,6 +167,7 @@ function scratchTexture(
  * from 23-25 to 34-37 GFLOP per CPU-second. The columns past `w` are never read.
  */
 function pitchTexels(gpu: Gpu, w: number): number {
+  if (!matmulTuning.padPitch) return w;
   const lines = Math.ceil(w / 4);
   const p = (lines % 2 === 0 ? lines + 1 : lines) * 4;
   return p <= gpu.limits.maxTextureDimension2D ? p : w;
@@ -349,7 +350,9 @@ function texFits(gpu: Gpu, K: number, N: number): boolean {
 export const matmulTuning: {
   /** Force the tex kernel's tile: R rows x 4*CB columns per invocation (CB must divide 4). */
   texTile: [number, number] | null;
-} = { texTile: null };
+  /** Allocate operand textures with an odd number of 64-byte lines per row (see pitchTexels). */
+  padPitch: boolean;
+} = { texTile: null, padPitch: true };
 
 /** Output tile (R rows x 4*CB columns per invocation) of the texture kernel for a shape. */
 function texTile(M: number, N: number, batch: number): [number, number] {

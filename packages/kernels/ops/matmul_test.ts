@@ -227,6 +227,36 @@ Deno.test("matmul() tex: every tile and operand layout, bias and accumulate", as
   }
 });
 
+Deno.test("matmul() tex: rows a multiple of 4 KiB, in textures with and without the padded pitch", async (t) => {
+  const gpu = await getGpu();
+  // 1024 floats per row: the plain-copy pack into a texture wider than the copy (padded pitch), and
+  // into one exactly as wide (padPitch off); both layouts of each operand and a packed weight.
+  const cases: Case[] = [
+    { M: 19, K: 1024, N: 1024, bias: true },
+    { M: 19, K: 1024, N: 1024, transA: true, transB: true },
+    { M: 21, K: 64, N: 1024, aB: 2, bB: 2, acc: true },
+  ];
+  for (const pad of [true, false]) {
+    await t.step(`padPitch ${pad}`, async () => {
+      matmulTuning.padPitch = pad;
+      try {
+        for (const c of cases) await check(gpu, c, "tex", 41);
+        const [M, K, N] = [19, 1024, 1024];
+        const x = randu(M * K, 42), w = randu(N * K, 43);
+        const W = gpu.upload(w, [N, K]);
+        const Wp = packWeight(gpu, W, { transB: true });
+        const X = gpu.upload(x, [M, K]);
+        const ref = matmulCpu(x, w, 1, M, K, N, false, true);
+        assertClose(await gpu.readF32(linear(gpu, X, Wp)), ref, tol(K), `packed, pad ${pad}`);
+        Wp.release();
+        for (const u of [W, X]) u.release();
+      } finally {
+        matmulTuning.padPitch = true;
+      }
+    });
+  }
+});
+
 Deno.test("packWeight(): packed weights match, refresh() picks up new values", async () => {
   const gpu = await getGpu();
   const [M, K, N] = [37, 20, 23];
