@@ -41,6 +41,13 @@
  *   second pass in a fixed order: deterministic, no float atomics.
  * - dbias alone (no dW asked): a workgroup tree reduction per channel.
  *
+ * Winograd F(2x2,3x3) (2.25x fewer multiplies, {@link winoWgsl}) is written and tested but off
+ * (`conv2dTuning.wino`): on lavapipe its kernel ran 1.3-1.7x slower than the direct one on the
+ * forward and dx of 8x64->64 at 32x32 and 8x128->128 at 8x8 with every tile tried (cot 4/8/16, PY
+ * 2/4, 1/2/4 input channels per iteration; e.g. 21.5 vs 13.4 ms per kernel, timestamp replay): with
+ * the input transform per 4 output channels and 16 weight texels per input channel it makes
+ * about as many vector operations and more loads per output than the direct kernel's 4x8x8 tile.
+ *
  * Variants per adapter: the tile table ({@link conv2dTile}) is tuned on lavapipe, where the main
  * kernels bind their textures as read-only storage textures ({@link texDecl}); on a real GPU the same
  * kernels run on sampled textures (texture reads are fast there too) with smaller tiles for
@@ -61,6 +68,12 @@ export interface ConvTile {
   py: number;
   /** Output pixels per row per invocation: 4, 8 or 16. */
   px: number;
+}
+
+/** A forward tile with the kernel choice: `wino` > 0 runs Winograd F(2x2,3x3) (PX 8, PY even). */
+interface KernelTile extends ConvTile {
+  /** Input channels per iteration of the Winograd kernel; 0 or absent: the direct kernel. */
+  wino?: number;
 }
 
 /** Options of {@link conv2d} and {@link conv2dBackward}. */
@@ -329,6 +342,55 @@ ${PAD_MAIN.replaceAll("p.Wp4", `${lay.Wp4}u`).replaceAll("p.Hp", `${lay.Hp}u`)}
   textureStore(tex, vec2u((plane % ${lay.P}u) * ${lay.Wp4}u + c4, (plane / ${lay.P}u) * ${lay.Hp}u + r), v);
 }`;
 
+/**
+ * {@link PAD_VEC_WGSL} with one invocation per padded row, for narrow planes (up to 17 texels, 64
+ * pixels): the row's texels unrolled, each source vec4 loaded once (a texel's upper half is the next
+ * one's lower half) and the index arithmetic paid once per row instead of once per texel. Measured
+ * (timestamp replay, the 4 pads of a 3x3 conv's forward + backward, 8x64 planes of 32x32): 2.7 vs
+ * 6.1 ms and 5.1 vs 10.1 ms; at 64x64 about even (14.8-15.3 vs 15.0-17.4 ms), at 128x128 slower.
+ */
+const PAD_ROW_WGSL = (k: number, lay: PlaneLayout) => {
+  const L: string[] = [];
+  L.push(`
+@group(0) @binding(0) var<storage, read> x: array<vec4f>;
+@group(0) @binding(1) var tex: texture_storage_2d<rgba32float, write>;
+struct P { N4: u32, H: u32, W4: u32, Hp: u32, Wp4: u32, offT: i32, offL: i32, P: u32, plane0: u32 }
+@group(0) @binding(2) var<uniform> p: P;
+fn ld(rowbase: u32, a: i32) -> vec4f {
+  if (a < 0 || a >= i32(p.W4)) { return vec4f(0.0); }
+  return x[rowbase + u32(a)];
+}
+@compute @workgroup_size(64)
+fn main(@builtin(local_invocation_index) li: u32, @builtin(workgroup_id) wg: vec3u,
+        @builtin(num_workgroups) nwg: vec3u) {
+  let pr = ${WG_INDEX} * 64u + li;  // plane * Hp + r
+  if (pr >= p.N4) { return; }
+  let r = pr % ${lay.Hp}u;
+  let plane = pr / ${lay.Hp}u;
+  let u0 = (plane % ${lay.P}u) * ${lay.Wp4}u;
+  let v = (plane / ${lay.P}u) * ${lay.Hp}u + r;
+  let yy = i32(r) - p.offT;
+  if (yy < 0 || yy >= i32(p.H)) {
+    for (var c = 0u; c < ${lay.Wp4}u; c++) { textureStore(tex, vec2u(u0 + c, v), vec4f(0.0)); }
+    return;
+  }
+  let rowbase = ((p.plane0 + plane) * p.H + u32(yy)) * p.W4;
+  let a0 = (-p.offL - ${k}) / 4;  // exact: source vec4 of texel 0`);
+  const n = lay.Wp4 + (k === 0 ? 0 : 1);
+  for (let j = 0; j < n; j++) L.push(`  let s${j} = ld(rowbase, a0 + ${j});`);
+  for (let c = 0; c < lay.Wp4; c++) {
+    const val = k === 0 ? `s${c}` : `vec4f(${
+      [0, 1, 2, 3].map((i) => {
+        const e = k + i;
+        return `s${c + (e >> 2)}.${COMP[e & 3]}`;
+      }).join(", ")
+    })`;
+    L.push(`  textureStore(tex, vec2u(u0 + ${c}u, v), ${val});`);
+  }
+  L.push(`}`);
+  return L.join("\n");
+};
+
 interface Staged {
   tex: GPUTexture;
   view: GPUTextureView;
@@ -355,6 +417,21 @@ function stage(
   const tex = takeTexture(gpu, Math.min(planes, lay.P) * lay.Wp4, lay.bands * lay.Hp);
   const view = tex.createView();
   const N4 = planes * lay.Hp * lay.Wp4;
+  if (up === 1 && W % 4 === 0 && lay.Wp4 <= 17) {
+    const k = (((-offL) % 4) + 4) % 4;
+    const rows = planes * lay.Hp;
+    gpu.dispatch(
+      gpu.pipeline(
+        `conv2d_pad_row|${k}|${lay.Hp}|${lay.Wp4}|${lay.P}`,
+        () => PAD_ROW_WGSL(k, lay),
+      ),
+      [src, view],
+      new Params().u32(rows).u32(H).u32(W / 4).u32(lay.Hp).u32(lay.Wp4).i32(offT).i32(offL)
+        .u32(lay.P).u32(plane0),
+      grid(Math.ceil(rows / 64)),
+    );
+    return { tex, view, lay };
+  }
   if (up === 1 && W % 4 === 0) {
     const k = (((-offL) % 4) + 4) % 4;
     gpu.dispatch(
@@ -582,6 +659,78 @@ function stageWeights(gpu: Gpu, w: Tensor, cot: number, k: WeightTaps): StagedW 
   return { tex, view, lay: { Hp: wH, Wp4: CoP4, P: bands, bands: 1 }, CoP4, wH };
 }
 
+/**
+ * Weights of {@link winoWgsl}: texel (c4, ci*16 + 4i + j) = U[i][j] of output channels 4*c4..4*c4+3
+ * and input channel ci, U = G g G^T with G = [[1, 0, 0], [.5, .5, .5], [.5, -.5, .5], [0, 0, 1]]
+ * and g the 3x3 kernel of (co, ci); `rot` (a stride-1 dx): the kernel rotated by 180 degrees and
+ * transposed, g = w[ci][co] flipped (out/in as the dx conv sees them).
+ */
+const WT_WINO_WGSL = `
+@group(0) @binding(0) var<storage, read> w: array<f32>;
+@group(0) @binding(1) var tex: texture_storage_2d<rgba32float, write>;
+struct P { CoP4: u32, Co: u32, Ci: u32, wH: u32, rot: u32 }
+@group(0) @binding(2) var<uniform> p: P;
+@compute @workgroup_size(16, 4)
+fn main(@builtin(global_invocation_id) g: vec3u) {
+  let c4 = g.x;
+  let ci = g.y;
+  if (c4 >= p.CoP4 || ci >= p.Ci) { return; }
+  var u: array<vec4f, 16>;
+  for (var l = 0u; l < 4u; l++) {
+    let co = c4 * 4u + l;
+    if (co >= p.Co) { continue; }
+    var k: array<f32, 9>;
+    for (var t = 0u; t < 9u; t++) {
+      // plain: w[co][ci][t]; rot: w[ci][co][8 - t] (w is (Ci, Co, 3, 3) then).
+      k[t] = select(w[(co * p.Ci + ci) * 9u + t], w[(ci * p.Co + co) * 9u + 8u - t], p.rot == 1u);
+    }
+    var T: array<f32, 12>;  // G g: 4 x 3
+    for (var c = 0u; c < 3u; c++) {
+      T[c] = k[c];
+      T[3u + c] = 0.5 * (k[c] + k[3u + c] + k[6u + c]);
+      T[6u + c] = 0.5 * (k[c] - k[3u + c] + k[6u + c]);
+      T[9u + c] = k[6u + c];
+    }
+    for (var i = 0u; i < 4u; i++) {
+      let a = T[3u * i];
+      let b = T[3u * i + 1u];
+      let c = T[3u * i + 2u];
+      u[4u * i][l] = a;
+      u[4u * i + 1u][l] = 0.5 * (a + b + c);
+      u[4u * i + 2u][l] = 0.5 * (a - b + c);
+      u[4u * i + 3u][l] = c;
+    }
+  }
+  let r0 = ci * 16u;
+  for (var x = 0u; x < 16u; x++) {
+    let r = r0 + x;
+    textureStore(tex, vec2u((r / p.wH) * p.CoP4 + c4, r % p.wH), u[x]);
+  }
+}`;
+
+/** Stages 3x3 weights as {@link WT_WINO_WGSL}'s U, in blocks of `cot` output channels. */
+function stageWinoWeights(gpu: Gpu, w: Tensor, cot: number, rot: boolean): StagedW {
+  const [Cout, Cin] = w.shape;
+  const co = rot ? Cin : Cout, ci = rot ? Cout : Cin;
+  const rows = ci * 16;
+  const CoP4 = Math.ceil(co / cot) * (cot / 4);
+  const max = gpu.limits.maxTextureDimension2D;
+  const wH = Math.min(Math.floor(max / 16) * 16, rows);
+  const bands = Math.ceil(rows / wH);
+  if (bands * CoP4 > max) {
+    throw new RangeError(`conv2d: weights [${w.shape}] are too large for one ${max}^2 texture`);
+  }
+  const tex = takeTexture(gpu, bands * CoP4, wH);
+  const view = tex.createView();
+  gpu.dispatch(
+    gpu.pipeline("conv2d_wt_wino", WT_WINO_WGSL),
+    [w, view],
+    new Params().u32(CoP4).u32(co).u32(ci).u32(wH).u32(rot ? 1 : 0),
+    [Math.ceil(CoP4 / 16), Math.ceil(ci / 4), 1],
+  );
+  return { tex, view, lay: { Hp: wH, Wp4: CoP4, P: bands, bands: 1 }, CoP4, wH };
+}
+
 // ---------------------------------------------------------------------------------------------------
 // Pass 3: the register-blocked implicit GEMM.
 
@@ -600,6 +749,11 @@ interface FwdCfg extends ConvTile {
   strided: boolean;
   /** Read the textures as read-only storage textures ({@link texDecl}). */
   storageRead: boolean;
+  /**
+   * Winograd F(2x2, 3x3) ({@link winoWgsl}) with this many input channels per loop iteration (1 or
+   * 2); 0 or absent: the direct kernel.
+   */
+  wino?: number;
 }
 
 /**
@@ -619,14 +773,9 @@ function texelsPerRow(px: number, S: number, KW: number): number {
   return Math.ceil((S * (px - 1) + KW) / 4);
 }
 
-function fwdWgsl(c: FwdCfg): string {
-  const { cot, px, py, KH, KW, S } = c;
-  const QN = px / 4; // output quads per row
-  const NV = texelsPerRow(px, S, KW);
-  const WV = cot / 4;
-  const R = (py - 1) * S + KH; // input rows per invocation
-  const { type: TEX, lvl: LVL } = texDecl(c.storageRead);
-  const L: string[] = [];
+/** The forward kernels' bindings, parameters and tile/channel-block indexing (see fwdWgsl). */
+function fwdHeader(c: FwdCfg, L: string[]) {
+  const { type: TEX } = texDecl(c.storageRead);
   let b = 0;
   L.push(`@group(0) @binding(${b++}) var xt: ${TEX};`);
   L.push(`@group(0) @binding(${b++}) var wt: ${TEX};`);
@@ -655,6 +804,67 @@ function fwdWgsl(c: FwdCfg): string {
   L.push(`  let ty = tile / p.nTx;`);
   L.push(`  let tx = tile - ty * p.nTx;`);
   L.push(`  let bl = wg.z;`);
+}
+
+/**
+ * The forward kernels' epilogue: accumulators (or lets) a{o}_{y}_{q} (vec4 of pixels 4q..4q+3 of
+ * row y, output channel o of the tile) plus bias and residual, bounds-checked stores.
+ */
+function fwdEpilogue(c: FwdCfg, L: string[]) {
+  const { cot, px, py } = c;
+  const QN = px / 4;
+  L.push(`  if (!live) { return; }`);
+  L.push(`  let bi = p.b0 + bl;`);
+  L.push(`  let ox0 = tx * ${px}u;`);
+  for (let o = 0; o < cot; o++) {
+    L.push(`  {`);
+    L.push(`    let co = cb * ${cot}u + ${o}u;`);
+    L.push(`    if (co < p.Cout) {`);
+    if (c.bias) L.push(`      let bv = bias[co];`);
+    for (let y = 0; y < py; y++) {
+      L.push(`      {`);
+      L.push(`        let oh = ty * ${py}u + ${y}u;`);
+      L.push(
+        c.strided
+          ? `        let ob = ((bi * p.Cout + co) * p.oHf + oh * p.oS + p.oR) * p.oWf + p.oC + ox0 * p.oS;`
+          : `        let ob = ((bi * p.Cout + co) * p.Ho + oh) * p.Wo + ox0;`,
+      );
+      L.push(`        if (oh < p.Ho) {`);
+      for (let q = 0; q < QN; q++) {
+        let v = `a${o}_${y}_${q}`;
+        if (c.bias) v = `(${v} + vec4f(bv))`;
+        if (c.vecOut) {
+          const idx = `ob / 4u + ${q}u`;
+          if (c.res) v = `${v} + res[${idx}]`;
+          L.push(`          if (ox0 + ${q * 4}u < p.Wo) { out[${idx}] = ${v}; }`);
+        } else {
+          L.push(`          {`);
+          L.push(`            let s = ${v};`);
+          for (let i = 0; i < 4; i++) {
+            const idx = c.strided ? `ob + ${q * 4 + i}u * p.oS` : `ob + ${q * 4 + i}u`;
+            const val = c.res ? `s.${COMP[i]} + res[${idx}]` : `s.${COMP[i]}`;
+            L.push(`            if (ox0 + ${q * 4 + i}u < p.Wo) { out[${idx}] = ${val}; }`);
+          }
+          L.push(`          }`);
+        }
+      }
+      L.push(`        }`);
+      L.push(`      }`);
+    }
+    L.push(`    }`);
+    L.push(`  }`);
+  }
+}
+
+function fwdWgsl(c: FwdCfg): string {
+  const { cot, px, py, KH, KW, S } = c;
+  const QN = px / 4; // output quads per row
+  const NV = texelsPerRow(px, S, KW);
+  const WV = cot / 4;
+  const R = (py - 1) * S + KH; // input rows per invocation
+  const { lvl: LVL } = texDecl(c.storageRead);
+  const L: string[] = [];
+  fwdHeader(c, L);
   for (let o = 0; o < cot; o++) {
     for (let y = 0; y < py; y++) {
       for (let q = 0; q < QN; q++) L.push(`  var a${o}_${y}_${q} = vec4f(0.0);`);
@@ -703,48 +913,127 @@ function fwdWgsl(c: FwdCfg): string {
     }
   }
   L.push(`  }`);
-  // Epilogue: bias, residual, bounds-checked stores.
-  L.push(`  if (!live) { return; }`);
-  L.push(`  let bi = p.b0 + bl;`);
-  L.push(`  let ox0 = tx * ${px}u;`);
+  fwdEpilogue(c, L);
+  L.push(`}`);
+  return L.join("\n");
+}
+
+/**
+ * Winograd F(2x2, 3x3) variant of the forward kernel for stride-1 3x3 convs (Lavin & Gray 2015):
+ * per input channel, each 4x4 input patch d of a 2x2 output tile becomes V = B^T d B (additions
+ * only), the staged weights are already U = G g G^T ({@link stageWinoWeights}, 16 rows per input
+ * channel), and the 16 products M = U .* V are summed over input channels; the epilogue turns M into
+ * the 2x2 outputs, A^T M A. 16 multiply-adds per output channel and tile instead of 36 (2.25x
+ * fewer). Vectorised over the 4 tiles of a row of 8 output pixels (vec4 lane t = tile t: input
+ * column 2t + j), like the direct kernel's vec4 of 4 pixels; PY/2 tile rows per invocation share the
+ * column transforms of their overlapping input rows. Reads the same padded planes as the direct
+ * kernel with PX = 8: (PY + 2) rows of 3 texels. `wino` input channels per iteration are chained
+ * into one fma expression per accumulator (fewer accumulator loads and stores, see fwdWgsl).
+ */
+function winoWgsl(c: FwdCfg): string {
+  const { cot, py } = c;
+  const CI = c.wino!;
+  const WV = cot / 4;
+  const TR = py / 2; // tile rows
+  const R = py + 2; // input rows
+  const { lvl: LVL } = texDecl(c.storageRead);
+  const L: string[] = [];
+  fwdHeader(c, L);
   for (let o = 0; o < cot; o++) {
-    L.push(`  {`);
-    L.push(`    let co = cb * ${cot}u + ${o}u;`);
-    L.push(`    if (co < p.Cout) {`);
-    if (c.bias) L.push(`      let bv = bias[co];`);
-    for (let y = 0; y < py; y++) {
-      L.push(`      {`);
-      L.push(`        let oh = ty * ${py}u + ${y}u;`);
-      L.push(
-        c.strided
-          ? `        let ob = ((bi * p.Cout + co) * p.oHf + oh * p.oS + p.oR) * p.oWf + p.oC + ox0 * p.oS;`
-          : `        let ob = ((bi * p.Cout + co) * p.Ho + oh) * p.Wo + ox0;`,
-      );
-      L.push(`        if (oh < p.Ho) {`);
-      for (let q = 0; q < QN; q++) {
-        let v = `a${o}_${y}_${q}`;
-        if (c.bias) v = `(${v} + vec4f(bv))`;
-        if (c.vecOut) {
-          const idx = `ob / 4u + ${q}u`;
-          if (c.res) v = `${v} + res[${idx}]`;
-          L.push(`          if (ox0 + ${q * 4}u < p.Wo) { out[${idx}] = ${v}; }`);
-        } else {
-          L.push(`          {`);
-          L.push(`            let s = ${v};`);
-          for (let i = 0; i < 4; i++) {
-            const idx = c.strided ? `ob + ${q * 4 + i}u * p.oS` : `ob + ${q * 4 + i}u`;
-            const val = c.res ? `s.${COMP[i]} + res[${idx}]` : `s.${COMP[i]}`;
-            L.push(`            if (ox0 + ${q * 4 + i}u < p.Wo) { out[${idx}] = ${val}; }`);
-          }
-          L.push(`          }`);
-        }
-      }
-      L.push(`        }`);
-      L.push(`      }`);
+    for (let t = 0; t < TR; t++) {
+      for (let x = 0; x < 16; x++) L.push(`  var m${o}_${t}_${x} = vec4f(0.0);`);
     }
-    L.push(`    }`);
-    L.push(`  }`);
   }
+  L.push(`  let wc = cb * ${WV}u;`);
+  L.push(`  for (var c0 = 0u; c0 < p.Cin; c0 += ${CI}u) {`);
+  for (let k = 0; k < CI; k++) {
+    // A channel past the end (odd Cin) reads the last one with zero weights.
+    L.push(`    let ci${k} = min(c0 + ${k}u, p.Cin - 1u);`);
+    L.push(`    let z${k} = ${k === 0 ? "1.0" : `select(0.0, 1.0, c0 + ${k}u < p.Cin)`};`);
+    L.push(`    let plane${k} = bl * p.Cin + ci${k};`);
+    L.push(`    let xu${k} = (plane${k} % p.P) * p.Wp4 + tx * 2u;`);
+    L.push(`    let xv${k} = (plane${k} / p.P) * p.Hp + ty * ${py}u;`);
+    L.push(`    let r0${k} = ci${k} * 16u;`);
+    L.push(`    let wu${k} = (r0${k} / p.wH) * p.CoP4 + wc;`);
+    L.push(`    let wv${k} = r0${k} % p.wH;`);
+    for (let x = 0; x < 16; x++) {
+      for (let j = 0; j < WV; j++) {
+        const ld = `textureLoad(wt, vec2u(wu${k} + ${j}u, wv${k} + ${x}u)${LVL})`;
+        L.push(`    let u${k}_${x}_${j} = ${k === 0 ? ld : `${ld} * z${k}`};`);
+      }
+    }
+    for (let r = 0; r < R; r++) {
+      for (let v = 0; v < 3; v++) {
+        L.push(
+          `    let x${k}_${r}_${v} = textureLoad(xt, vec2u(xu${k} + ${v}u, xv${k} + ${r}u)${LVL});`,
+        );
+      }
+      // Column transform of row r: d_j = columns j, j+2, j+4, j+6 (one per tile), then
+      // e = (d0 - d2, d1 + d2, d2 - d1, d1 - d3).
+      const d = [0, 1, 2, 3].map((j) =>
+        `vec4f(${
+          [0, 1, 2, 3].map((t) => {
+            const col = j + 2 * t;
+            return `x${k}_${r}_${col >> 2}.${COMP[col & 3]}`;
+          }).join(", ")
+        })`
+      );
+      L.push(`    let d${k}_${r}_0 = ${d[0]};`);
+      L.push(`    let d${k}_${r}_1 = ${d[1]};`);
+      L.push(`    let d${k}_${r}_2 = ${d[2]};`);
+      L.push(`    let d${k}_${r}_3 = ${d[3]};`);
+      const e = [
+        `d${k}_${r}_0 - d${k}_${r}_2`,
+        `d${k}_${r}_1 + d${k}_${r}_2`,
+        `d${k}_${r}_2 - d${k}_${r}_1`,
+        `d${k}_${r}_1 - d${k}_${r}_3`,
+      ];
+      e.forEach((ex, j) => L.push(`    let e${k}_${r}_${j} = ${ex};`));
+    }
+    // Row transform per tile row: V[i][j] from rows 2t..2t+3.
+    for (let t = 0; t < TR; t++) {
+      const a = 2 * t;
+      for (let j = 0; j < 4; j++) {
+        const E = (r: number) => `e${k}_${a + r}_${j}`;
+        L.push(`    let V${k}_${t}_${j} = ${E(0)} - ${E(2)};`);
+        L.push(`    let V${k}_${t}_${4 + j} = ${E(1)} + ${E(2)};`);
+        L.push(`    let V${k}_${t}_${8 + j} = ${E(2)} - ${E(1)};`);
+        L.push(`    let V${k}_${t}_${12 + j} = ${E(1)} - ${E(3)};`);
+      }
+    }
+  }
+  for (let o = 0; o < cot; o++) {
+    for (let t = 0; t < TR; t++) {
+      for (let x = 0; x < 16; x++) {
+        let e = `m${o}_${t}_${x}`;
+        for (let k = 0; k < CI; k++) {
+          e = `fma(vec4f(u${k}_${x}_${o >> 2}.${COMP[o & 3]}), V${k}_${t}_${x}, ${e})`;
+        }
+        L.push(`    m${o}_${t}_${x} = ${e};`);
+      }
+    }
+  }
+  L.push(`  }`);
+  // Output transform A^T M A, A^T = [[1, 1, 1, 0], [0, 1, -1, -1]]: lane t of y{i}{j} is output
+  // (2 tr + i, 2t + j); pixels 0..7 of a row interleave y{i}0 and y{i}1.
+  for (let o = 0; o < cot; o++) {
+    for (let t = 0; t < TR; t++) {
+      const M = (i: number, j: number) => `m${o}_${t}_${4 * i + j}`;
+      for (let j = 0; j < 4; j++) {
+        L.push(`  let s${o}_${t}_0_${j} = ${M(0, j)} + ${M(1, j)} + ${M(2, j)};`);
+        L.push(`  let s${o}_${t}_1_${j} = ${M(1, j)} - ${M(2, j)} - ${M(3, j)};`);
+      }
+      for (let i = 0; i < 2; i++) {
+        const S = (j: number) => `s${o}_${t}_${i}_${j}`;
+        L.push(`  let y${o}_${t}_${i}0 = ${S(0)} + ${S(1)} + ${S(2)};`);
+        L.push(`  let y${o}_${t}_${i}1 = ${S(1)} - ${S(2)} - ${S(3)};`);
+        const y0 = `y${o}_${t}_${i}0`, y1 = `y${o}_${t}_${i}1`;
+        L.push(`  let a${o}_${2 * t + i}_0 = vec4f(${y0}.x, ${y1}.x, ${y0}.y, ${y1}.y);`);
+        L.push(`  let a${o}_${2 * t + i}_1 = vec4f(${y0}.z, ${y1}.z, ${y0}.w, ${y1}.w);`);
+      }
+    }
+  }
+  fwdEpilogue(c, L);
   L.push(`}`);
   return L.join("\n");
 }
@@ -821,7 +1110,7 @@ function launchFwd(
   out: Tensor,
   g: { Cin: number; Cout: number; Ho: number; Wo: number; b0: number; bc: number },
   k: { KH: number; KW: number; S: number },
-  tile: ConvTile,
+  tile: KernelTile,
   phase?: OutPhase,
 ) {
   const { nTx, nTy } = fwdPlane(g.Ho, g.Wo, k.KH, k.KW, k.S, tile);
@@ -837,9 +1126,10 @@ function launchFwd(
     vecOut: g.Wo % 4 === 0 && !strided,
     strided,
     storageRead: gpu.kind === "cpu",
+    wino: tile.wino ?? 0,
   };
   const key = [
-    "conv2d_fwd",
+    cfg.wino ? `conv2d_wino${cfg.wino}` : "conv2d_fwd",
     cfg.storageRead,
     tile.cot,
     tile.py,
@@ -853,7 +1143,7 @@ function launchFwd(
     cfg.strided,
   ]
     .join("|");
-  const pipe = gpu.pipeline(key, () => fwdWgsl(cfg));
+  const pipe = gpu.pipeline(key, () => (cfg.wino ? winoWgsl(cfg) : fwdWgsl(cfg)));
   const binds = [xs.view, ws.view, ...(bias ? [bias] : []), ...(res ? [res] : []), out];
   gpu.dispatch(
     pipe,
@@ -881,7 +1171,7 @@ function convCore(
   out: Tensor,
   g: { Cout: number; Ho: number; Wo: number; KH: number; KW: number; S: number },
   pad: { offT: number; offL: number; up: number },
-  tile: ConvTile,
+  tile: KernelTile,
   phase?: OutPhase,
 ) {
   const { Hp, Wp4 } = fwdPlane(g.Ho, g.Wo, g.KH, g.KW, g.S, tile);
@@ -1023,9 +1313,14 @@ export function conv2d(
     upsampledConv(gpu, x, w, bias, opts.residual, out, g, opts.tile);
     return out;
   }
-  const tile = opts.tile ?? conv2dTile(gpu, Cout, Ho, Wo, KH, KW, S);
+  const wt = !opts.tile && S === 1 && KH === 3 && KW === 3 && g.up === 1
+    ? winoTile(Cout, Ho, Wo)
+    : null;
+  const tile: KernelTile = wt ?? opts.tile ?? conv2dTile(gpu, Cout, Ho, Wo, KH, KW, S);
   validTile(tile);
-  const ws = stageWeights(gpu, w, tile.cot, { mode: "plain" });
+  const ws = wt
+    ? stageWinoWeights(gpu, w, tile.cot, false)
+    : stageWeights(gpu, w, tile.cot, { mode: "plain" });
   convCore(
     gpu,
     "conv2d",
@@ -1072,7 +1367,29 @@ interface DwCfg {
 export const conv2dTuning: {
   /** Weight-gradient tile: output channels, input channels, pixels and rows per segment. */
   dw: Partial<{ cot: number; cit: number; px: number; py: number }> | null;
-} = { dw: null };
+  /**
+   * Winograd F(2x2,3x3) for stride-1 3x3 convs (forward and dx, {@link winoWgsl}): false = never
+   * (the default: on lavapipe it lost to the direct kernel at every tile tried, see the module
+   * doc), null = the default Winograd tile ({@link winoTile}), or a tile (cot, py; ci = input
+   * channels per iteration).
+   */
+  wino: false | null | { cot: number; py: number; ci: number };
+} = { dw: null, wino: false };
+
+/**
+ * The Winograd tile for a stride-1 3x3 conv of `Cout` outputs of Ho x Wo, or null where the direct
+ * kernel is used.
+ */
+function winoTile(Cout: number, Ho: number, Wo: number): KernelTile | null {
+  const t = conv2dTuning.wino;
+  if (t === false || Wo <= 4 || Ho < 2) return null;
+  const cot = t?.cot ?? 4, ci = t?.ci ?? 2;
+  let py = t?.py ?? 4;
+  const coBlocks = Math.ceil(Cout / cot);
+  const lanes = (py: number) => nextPow2(Math.ceil(Ho / py) * Math.ceil(Wo / 8)) * coBlocks;
+  while (py > 2 && lanes(py) < WG) py /= 2;
+  return { cot, py, px: 8, wino: ci };
+}
 
 /**
  * dW (and dbias) partial sums. Invocation = (CIT input channels, block of COT output channels) with
@@ -1317,9 +1634,12 @@ export function conv2dBackward(
     const dxu = S === 1 ? gpu.empty([B, Cin, g.Hu, g.Wu]) : dxStrided(gpu, w, dy, g, opts.tile);
     if (S === 1) {
       // dx = conv(dy padded by (K-1-pad), rot180(W)^T), output extent = the (upsampled) input.
-      const tile = opts.tile ?? conv2dTile(gpu, Cin, g.Hu, g.Wu, KH, KW, 1);
+      const wt = !opts.tile && KH === 3 && KW === 3 ? winoTile(Cin, g.Hu, g.Wu) : null;
+      const tile: KernelTile = wt ?? opts.tile ?? conv2dTile(gpu, Cin, g.Hu, g.Wu, KH, KW, 1);
       validTile(tile);
-      const ws = stageWeights(gpu, w, tile.cot, rotated(w));
+      const ws = wt
+        ? stageWinoWeights(gpu, w, tile.cot, true)
+        : stageWeights(gpu, w, tile.cot, rotated(w));
       convCore(
         gpu,
         fn,

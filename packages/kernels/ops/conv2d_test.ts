@@ -220,6 +220,53 @@ Deno.test("conv2dBackward() weight-gradient tiles and dbias alone", async (t) =>
   }
 });
 
+Deno.test("conv2d() Winograd F(2x2,3x3) variant (opt-in) matches the references", async (t) => {
+  const gpu = await getGpu();
+  // Odd channel counts (partial channel blocks, an odd Cin with two channels per iteration), sides
+  // that are no multiple of the 2x2 tiles or of the 8-pixel rows, asymmetric padding, bias and
+  // residual; the dx runs the same kernel on the rotated weights.
+  const cases: Case[] = [
+    { B: 2, Cin: 5, H: 7, W: 13, Cout: 9, K: 3, o: { pad: 1 }, bias: true, res: true },
+    { B: 1, Cin: 3, H: 16, W: 9, Cout: 4, K: 3, o: { pad: [1, 0, 2, 1] }, bias: true },
+    { B: 2, Cin: 4, H: 4, W: 6, Cout: 5, K: 3, o: { pad: 1, upsample2x: true }, res: true },
+  ];
+  const tiles = [{ cot: 4, py: 4, ci: 2 }, { cot: 8, py: 2, ci: 1 }];
+  for (const c of cases) {
+    const a = args(c);
+    const Ho = c.o.upsample2x ? 2 * c.H : c.H + (c.o.pad === 1 ? 0 : -1);
+    const Wo = c.o.upsample2x ? 2 * c.W : c.W + (c.o.pad === 1 ? 0 : 1);
+    const x = randu(c.B * c.Cin * c.H * c.W, 200 + c.Cin, -2, 2);
+    const w = randu(c.Cout * c.Cin * 9, 210 + c.Cin, -1, 1);
+    const b = randu(c.Cout, 220);
+    const res = randu(c.B * c.Cout * Ho * Wo, 230);
+    const dy = randu(c.B * c.Cout * Ho * Wo, 240);
+    const ref = conv2dCpu(x, w, c.bias ? b : null, { ...a, residual: c.res ? res : undefined });
+    const rb = conv2dBackwardCpu(x, w, dy, a);
+    const X = gpu.upload(x, a.xShape), Wt = gpu.upload(w, a.wShape), Bt = gpu.upload(b, [c.Cout]);
+    const R = gpu.upload(res, [c.B, c.Cout, Ho, Wo]), DY = gpu.upload(dy, [c.B, c.Cout, Ho, Wo]);
+    for (const tile of tiles) {
+      await t.step(`${label(c)} wino ${Object.values(tile).join("x")}`, async () => {
+        conv2dTuning.wino = tile;
+        try {
+          const y = conv2d(gpu, X, Wt, c.bias ? Bt : undefined, {
+            ...c.o,
+            residual: c.res ? R : undefined,
+          });
+          const g = conv2dBackward(gpu, X, Wt, DY, { ...c.o, dw: false, dbias: false });
+          const [yh, dxh] = await gpu.readMany([y, g.dx!]);
+          assertClose(yh, ref, { atol: 2e-4, rtol: 1e-4 }, "y");
+          assertClose(dxh, rb.dx, { atol: 2e-4, rtol: 1e-4 }, "dx");
+          y.release();
+          g.dx!.release();
+        } finally {
+          conv2dTuning.wino = false;
+        }
+      });
+    }
+    for (const tt of [X, Wt, Bt, R, DY]) tt.release();
+  }
+});
+
 Deno.test("conv2d() extreme values and bad inputs", async (t) => {
   const gpu = await getGpu();
   await t.step("+-300 inputs", async () => {
