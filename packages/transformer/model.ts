@@ -146,6 +146,13 @@ export interface ModelOptions {
    * Smaller values bound the logits' memory; tests use them to exercise the chunked path.
    */
   headChunkRows?: number;
+  /**
+   * Q4_0 matrices (dtype q4, or Q4_0 blocks from a GGUF): one-row products (decode steps, the
+   * prefill's last-row logits) quantize x to 8 bits per 32-block and multiply integers, as llama.cpp
+   * does for its Q4_0 dot products (@lvm/kernels' `gemvInt`: faster on a CPU adapter; off the exact
+   * dequantized product by x's rounding). Default true; false keeps the exact product everywhere.
+   */
+  quantizeActivations?: boolean;
 }
 
 /**
@@ -167,6 +174,8 @@ export class Llama {
   /** Storage of the weight matrices. */
   readonly dtype: WeightDType;
   readonly #headRows?: number;
+  /** See {@link ModelOptions.quantizeActivations}. */
+  readonly quantizeActivations: boolean;
 
   private constructor(readonly gpu: Gpu, readonly config: LlamaConfig, options: ModelOptions) {
     this.dtype = options.dtype ?? "f32";
@@ -182,6 +191,12 @@ export class Llama {
       throw new RangeError(`Llama: headChunkRows must be a positive integer, found ${r}`);
     }
     this.#headRows = r;
+    this.quantizeActivations = options.quantizeActivations ?? true;
+  }
+
+  /** QuantWeight options for a matrix of block type `type` (see quantizeActivations). */
+  #quantOptions(type: QuantType): { quantizeX: boolean } {
+    return { quantizeX: type === "Q4_0" && this.quantizeActivations };
   }
 
   /** A model from host weights (every parameter of {@link paramSpecs}, f32, checked for shape). */
@@ -238,7 +253,10 @@ export class Llama {
     const qt = matrix ? quantTypeOf(this.dtype) : null;
     if (qt && spec.shape[1] % QK === 0) {
       this.#dropParam(name);
-      this.quantized.set(name, QuantWeight.fromF32(this.gpu, qt, spec.shape, values));
+      this.quantized.set(
+        name,
+        QuantWeight.fromF32(this.gpu, qt, spec.shape, values, this.#quantOptions(qt)),
+      );
       return;
     }
     const dtype = !matrix ? "f32" : qt ? "f16" : this.dtype as "f32" | "f16";
@@ -266,7 +284,7 @@ export class Llama {
           (spec.shape.length === 2 ? "" : " (only matrices can be quantized)"),
       );
     }
-    const w = QuantWeight.fromBlocks(this.gpu, type, shape, bytes);
+    const w = QuantWeight.fromBlocks(this.gpu, type, shape, bytes, this.#quantOptions(type));
     this.#dropParam(name);
     this.quantized.set(name, w);
   }

@@ -112,11 +112,22 @@ Deno.test("q8/q4 models: logits near f32, greedy tokens where margins allow", as
 Deno.test("q8/q4: decode steps and chunked prefill == the full forward of the same model", async () => {
   const gpu = await getGpu();
   const V = config.vocab;
-  for (const dtype of ["q8", "q4"] as WeightDType[]) {
-    const m = Llama.fromWeights(gpu, config, weights, { dtype });
+  // q4 by default quantizes x to 8 bits per block in its one-row products (decode steps, the
+  // prefill's last row), as llama.cpp does: those rows differ from the full forward's exact tiled
+  // products by x's rounding (measured worst 0.014 here); with quantizeActivations false (and at
+  // q8) they are the same math.
+  const variants = [
+    { dtype: "q8", exact: true },
+    { dtype: "q4", exact: true },
+    { dtype: "q4", exact: false },
+  ] as const;
+  for (const { dtype, exact } of variants) {
+    const m = Llama.fromWeights(gpu, config, weights, { dtype, quantizeActivations: !exact });
+    const q = m.quantized.get("model.layers.0.self_attn.q_proj.weight")!;
+    assertEquals(q.quantizeX, dtype === "q4" && !exact, `${dtype} exact=${exact}: quantizeX`);
     const seq = [...prompt, 11, 12, 13];
     const full = await forwardLogits(m, seq); // blocked/tiled kernels over all rows
-    const tol = { atol: 1e-4, rtol: 1e-4 };
+    const tol = exact ? { atol: 1e-4, rtol: 1e-4 } : { atol: 0.05, rtol: 0.02 };
     for (const chunk of [512, 3]) {
       const s = new DecodeSession(m, { maxTokens: 32, chunk });
       const row = (i: number) => full.subarray(i * V, (i + 1) * V);
