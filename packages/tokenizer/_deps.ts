@@ -9,6 +9,7 @@ export {
   conv2d,
   conv2dBackward,
   type Conv2dOptions,
+  Conv2dStash,
   f32Literal,
   groupNormFast,
   groupNormFastBackward,

@@ -21,6 +21,7 @@ import {
   conv2d,
   conv2dBackward,
   type Conv2dOptions,
+  Conv2dStash,
   type Gpu,
   groupNormFast,
   groupNormFastBackward,
@@ -140,9 +141,10 @@ export class Vqgan {
    */
   #conv(x: Tensor, name: string, opts: Conv2dOptions, tape?: Tape, ownX = true, dx = true): Tensor {
     const w = this.p(`${name}.weight`), b = this.p(`${name}.bias`);
-    const y = conv2d(this.gpu, x, w, b, opts);
+    const stash = tape ? new Conv2dStash() : undefined; // x as staged, for the backward's dW
+    const y = conv2d(this.gpu, x, w, b, { ...opts, stash });
     tape?.push((dy) => {
-      const g = conv2dBackward(this.gpu, x, w, dy, { ...opts, dx });
+      const g = conv2dBackward(this.gpu, x, w, dy, { ...opts, dx, stash });
       tape.setGrad(`${name}.weight`, g.dw);
       tape.setGrad(`${name}.bias`, g.dbias);
       dy.release();
@@ -184,11 +186,19 @@ export class Vqgan {
     if (!tape) a.release();
     const b = this.#normSilu(h, `${n}.norm2`, sub); // (B,cout,H,W)
     if (!tape) h.release();
+    const ninStash = tape && nin ? new Conv2dStash() : undefined;
     const skip = nin
-      ? conv2d(gpu, x, this.p(`${n}.nin_shortcut.weight`), this.p(`${n}.nin_shortcut.bias`))
+      ? conv2d(gpu, x, this.p(`${n}.nin_shortcut.weight`), this.p(`${n}.nin_shortcut.bias`), {
+        stash: ninStash,
+      })
       : x;
     const w2 = this.p(`${n}.conv2.weight`);
-    const y = conv2d(gpu, b, w2, this.p(`${n}.conv2.bias`), { ...PAD1, residual: skip });
+    const stash2 = tape ? new Conv2dStash() : undefined;
+    const y = conv2d(gpu, b, w2, this.p(`${n}.conv2.bias`), {
+      ...PAD1,
+      residual: skip,
+      stash: stash2,
+    });
     if (nin) skip.release();
     if (!tape) {
       b.release();
@@ -196,13 +206,15 @@ export class Vqgan {
     }
     tape.push((dy) => {
       // y = conv2(b) + skip(x): dy flows to both branches.
-      const g2 = conv2dBackward(gpu, b, w2, dy, PAD1);
+      const g2 = conv2dBackward(gpu, b, w2, dy, { ...PAD1, stash: stash2 });
       tape.setGrad(`${n}.conv2.weight`, g2.dw);
       tape.setGrad(`${n}.conv2.bias`, g2.dbias);
       b.release();
       let dskip: Tensor = dy;
       if (nin) {
-        const gs = conv2dBackward(gpu, x, this.p(`${n}.nin_shortcut.weight`), dy);
+        const gs = conv2dBackward(gpu, x, this.p(`${n}.nin_shortcut.weight`), dy, {
+          stash: ninStash,
+        });
         tape.setGrad(`${n}.nin_shortcut.weight`, gs.dw);
         tape.setGrad(`${n}.nin_shortcut.bias`, gs.dbias);
         dskip = gs.dx!;

@@ -86,8 +86,33 @@ export interface Conv2dOptions {
   upsample2x?: boolean;
 }
 
+/**
+ * A forward conv's staged input (x padded into a texture), kept for the backward's weight gradient,
+ * which reads x in the same layout: the backward then skips one pass over x. Made empty by the
+ * caller, filled by {@link conv2d} (when x fits one texture of at most `maxBytes`), emptied by
+ * {@link conv2dBackward} or {@link Conv2dStash.release}. Holding it costs a padded copy of x.
+ */
+export class Conv2dStash {
+  /** The staged input and how it was staged (internal to conv2d.ts). */
+  staged: (Staged & { x: Tensor; B: number; offT: number; offL: number }) | null = null;
+
+  /** @param maxBytes the largest texture kept (default 32 MiB). */
+  constructor(readonly maxBytes: number = 32 * 2 ** 20) {}
+
+  /** Gives the kept texture back to conv2d's pool (no-op when empty). */
+  release(gpu: Gpu): void {
+    if (this.staged) texPool.put(gpu, this.staged.tex);
+    this.staged = null;
+  }
+}
+
 /** Options of {@link conv2d}'s forward: adds the fused residual, an output tensor, a tile override. */
 export interface Conv2dForwardOptions extends Conv2dOptions {
+  /**
+   * Keep the staged input here for {@link conv2dBackward}'s weight gradient (pass the same stash
+   * in its options); ignored by the nearest-2x-upsampled conv.
+   */
+  stash?: Conv2dStash;
   /** Added to the output (same shape as it): out = conv(x) + bias + residual. */
   residual?: Tensor;
   /** Where to write the output (must not alias an input). */
@@ -106,6 +131,8 @@ export interface Conv2dBackwardOptions extends Conv2dOptions {
   dbias?: boolean;
   /** Register tile of the dx convolution instead of the table's choice (tests, benchmarks). */
   tile?: ConvTile;
+  /** The forward's {@link Conv2dStash}: its staged x is used when it fits, then released. */
+  stash?: Conv2dStash;
 }
 
 /** Gradients of {@link conv2dBackward}; null where not requested. */
@@ -1173,10 +1200,12 @@ function convCore(
   pad: { offT: number; offL: number; up: number },
   tile: KernelTile,
   phase?: OutPhase,
+  keep?: Conv2dStash,
 ) {
   const { Hp, Wp4 } = fwdPlane(g.Ho, g.Wo, g.KH, g.KW, g.S, tile);
   const { B, C } = inShape;
   const bc = batchChunk(fn, gpu, B, C, Hp, Wp4);
+  keep?.release(gpu);
   for (let b0 = 0; b0 < B; b0 += bc) {
     const n = Math.min(bc, B - b0);
     const lay = planeLayout(gpu, n * C, Hp, Wp4)!;
@@ -1204,7 +1233,9 @@ function convCore(
       tile,
       phase,
     );
-    texPool.put(gpu, xs.tex);
+    if (keep && bc === B && xs.tex.width * xs.tex.height * 16 <= keep.maxBytes) {
+      keep.staged = { ...xs, x, B, offT: pad.offT, offL: pad.offL };
+    } else texPool.put(gpu, xs.tex);
   }
 }
 
@@ -1333,6 +1364,8 @@ export function conv2d(
     g,
     { offT: g.pt, offL: g.pl, up: g.up },
     tile,
+    undefined,
+    g.up === 1 ? opts.stash : undefined,
   );
   texPool.put(gpu, ws.tex);
   return out;
@@ -1664,7 +1697,7 @@ export function conv2dBackward(
 
   const wantBias = opts.dbias !== false;
   if (opts.dw !== false) {
-    const r = convDw(gpu, x, dy, g, wantBias);
+    const r = convDw(gpu, x, dy, g, wantBias, opts.stash);
     grads.dw = r.dw;
     grads.dbias = r.dbias;
   } else if (wantBias) {
@@ -1677,6 +1710,7 @@ export function conv2dBackward(
     );
     grads.dbias = db;
   }
+  opts.stash?.release(gpu);
   return grads;
 }
 
@@ -1687,6 +1721,7 @@ function convDw(
   dy: Tensor,
   g: Geom,
   bias: boolean,
+  stash?: Conv2dStash,
 ): { dw: Tensor; dbias: Tensor | null } {
   const { B, Cin, Cout, KH, KW, S, Ho, Wo } = g;
   const tn = conv2dTuning.dw ?? {};
@@ -1726,7 +1761,14 @@ function convDw(
   for (let c = 0; c < chunks; c++) {
     const b0 = c * bc;
     const nb = Math.min(bc, B - b0);
-    const xl = planeLayout(gpu, nb * Cin, xHp, xWp4)!;
+    // The forward's staged x when it covers these planes (the same x, padding and batch, a plane
+    // at least as large): the kernel takes the layout as given.
+    const st = stash?.staged;
+    const kept = st && chunks === 1 && st.x === x && st.B === B && g.up === 1 &&
+        st.offT === g.pt && st.offL === g.pl && st.lay.Hp >= xHp && st.lay.Wp4 >= xWp4
+      ? st
+      : null;
+    const xl = kept ? kept.lay : planeLayout(gpu, nb * Cin, xHp, xWp4)!;
     const dl = planeLayout(gpu, nb * Cout, Ho, dWp4)!;
     const storageRead = gpu.kind === "cpu";
     const cfg: DwCfg = { cot, cit, px, py, KH, KW, S, bias, nTx, nTy, xl, dl, storageRead };
@@ -1749,7 +1791,7 @@ function convDw(
     ]
       .concat([dl.P, dl.Wp4, dl.Hp]).join("|");
     const pipe = gpu.pipeline(key, () => dwWgsl(cfg));
-    const xs = stage(gpu, x, b0 * Cin, nb * Cin, g.H, g.W, xl, g.pt, g.pl, g.up);
+    const xs = kept ?? stage(gpu, x, b0 * Cin, nb * Cin, g.H, g.W, xl, g.pt, g.pl, g.up);
     const ds = stage(gpu, dy, b0 * Cout, nb * Cout, Ho, Wo, dl, 0, 0);
     const cs = nb * nTy * nTx;
     gpu.dispatch(
@@ -1759,7 +1801,7 @@ function convDw(
         .u32(WG / T),
       [Math.ceil(cGroups / T), Math.ceil(coBlocks / (WG / T)), nSlices],
     );
-    texPool.put(gpu, xs.tex);
+    if (!kept) texPool.put(gpu, xs.tex); // a kept one goes back with the stash
     texPool.put(gpu, ds.tex);
   }
   // Every slice of every chunk writes its partial sums (zeros for an empty slice of a short chunk);

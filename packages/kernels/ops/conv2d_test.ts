@@ -8,6 +8,7 @@ import {
   type Conv2dCpuArgs,
   type Conv2dForwardOptions,
   conv2dReleaseTextures,
+  Conv2dStash,
   conv2dTuning,
 } from "./conv2d.ts";
 
@@ -264,6 +265,49 @@ Deno.test("conv2d() Winograd F(2x2,3x3) variant (opt-in) matches the references"
       });
     }
     for (const tt of [X, Wt, Bt, R, DY]) tt.release();
+  }
+});
+
+Deno.test("conv2dBackward() with the forward's staged input (Conv2dStash)", async (t) => {
+  const gpu = await getGpu();
+  // A forward plane taller than the weight gradient's (7 rows: the forward's tile covers 8), the
+  // downsample's stride and padding, a 1x1, and a stash too small to keep anything.
+  const cases: [Case, number?][] = [
+    [{ B: 2, Cin: 5, H: 7, W: 12, Cout: 9, K: 3, o: { pad: 1 }, bias: true }],
+    [{ B: 2, Cin: 3, H: 9, W: 8, Cout: 5, K: 3, o: { stride: 2, pad: [0, 1, 0, 1] } }],
+    [{ B: 3, Cin: 6, H: 5, W: 4, Cout: 7, K: 1, o: {}, bias: true }],
+    [{ B: 1, Cin: 4, H: 6, W: 8, Cout: 3, K: 3, o: { pad: 1 } }, 16],
+  ];
+  for (const [c, maxBytes] of cases) {
+    await t.step(`${label(c)}${maxBytes ? ` maxBytes ${maxBytes}` : ""}`, async () => {
+      const a = args(c);
+      const x = randu(c.B * c.Cin * c.H * c.W, 300 + c.Cin, -2, 2);
+      const w = randu(c.Cout * c.Cin * c.K * c.K, 310 + c.Cin);
+      const X = gpu.upload(x, a.xShape), Wt = gpu.upload(w, a.wShape);
+      const stash = new Conv2dStash(maxBytes);
+      const y = conv2d(gpu, X, Wt, undefined, { ...c.o, stash });
+      if ((stash.staged === null) !== (maxBytes !== undefined)) {
+        throw new Error(`staged input ${stash.staged ? "kept" : "not kept"}`);
+      }
+      const dy = randu(y.size, 320 + c.Cin);
+      const DY = gpu.upload(dy, y.shape);
+      const r = conv2dBackwardCpu(x, w, dy, a);
+      let d0 = gpu.dispatchCount;
+      const ref = conv2dBackward(gpu, X, Wt, DY, { ...c.o, dx: false });
+      const plain = gpu.dispatchCount - d0;
+      d0 = gpu.dispatchCount;
+      const g = conv2dBackward(gpu, X, Wt, DY, { ...c.o, dx: false, stash });
+      if (stash.staged !== null) throw new Error("conv2dBackward did not release the stash");
+      // A kept input saves the pass that stages x.
+      const saved = plain - (gpu.dispatchCount - d0);
+      if (saved !== (maxBytes ? 0 : 1)) throw new Error(`${saved} dispatches saved`);
+      ref.dw!.release();
+      ref.dbias!.release();
+      const [dw, db] = await gpu.readMany([g.dw!, g.dbias!]);
+      assertClose(dw, r.dw, { atol: 2e-4, rtol: 1e-4 }, "dw");
+      assertClose(db, r.dbias, { atol: 1e-4, rtol: 1e-4 }, "dbias");
+      for (const tt of [X, Wt, y, DY, g.dw!, g.dbias!]) tt.release();
+    });
   }
 });
 
