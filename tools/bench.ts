@@ -9,13 +9,15 @@ import { parseArgs } from "node:util";
 import { getGpu } from "@lvm/gpu";
 import { type BenchCase, type BenchResult, formatResult, runCase } from "./bench/_harness.ts";
 
-const HELP = `usage: deno task bench [--json] [--filter TEXT] [--reps N] [--torch]
+const HELP = `usage: deno task bench [--json] [--filter TEXT] [--reps N] [--torch [--markdown]]
 
   --filter TEXT  only cases whose "name shape" contains TEXT
   --reps N       timed runs per case, best kept (default: the case's own, else 5)
   --json         one JSON object per line on stdout (log lines go to stderr)
   --torch        also run tools/bench_torch.py (PyTorch, CPU) on the same cases and compare
                  (interpreter: $PYTHON, default python3)
+  --markdown     with --torch: end with the README's performance table (every case PyTorch
+                 also ran: ours, PyTorch, ratio), to paste as it is
 
 Fields: name, shape; ms = milliseconds per op (the best run's time / per); per = ops per timed
 run (a run may record several small ops before its one GPU sync); run_ms = the best run's time;
@@ -32,6 +34,7 @@ const { values } = parseArgs({
     filter: { type: "string" },
     reps: { type: "string" },
     torch: { type: "boolean", default: false },
+    markdown: { type: "boolean", default: false },
     help: { type: "boolean", short: "h", default: false },
   },
 });
@@ -72,7 +75,35 @@ for (const c of selected) {
   } else console.log(formatResult(r));
 }
 
+/** A result's headline rate as the README's table gives it: items/s, else GB/s, else GFLOP/s. */
+function headline(r: BenchResult): string {
+  if (r.per_s !== undefined) {
+    const v = r.per_s >= 100 ? r.per_s.toFixed(0) : r.per_s.toPrecision(3);
+    return `${v} ${r.unit}/s`;
+  }
+  if (r.gbps !== undefined) return `${r.gbps.toFixed(1)} GB/s`;
+  if (r.gflops !== undefined) return `${r.gflops.toFixed(1)} GFLOP/s`;
+  return `${r.ms.toFixed(2)} ms`;
+}
+
+/** The README's performance table: one row per case both sides ran, in run order. */
+function markdownTable(pairs: { ours: BenchResult; torch: BenchResult; ratio: number }[]): string {
+  const rows = pairs.map(({ ours, torch, ratio }) => [
+    `${ours.name} ${ours.shape}`,
+    headline(ours),
+    headline(torch),
+    `${ratio.toFixed(2)}x`,
+  ]);
+  const head = ["case", "ours", "PyTorch", "ratio"];
+  const w = head.map((h, i) => Math.max(h.length, ...rows.map((r) => r[i].length)));
+  const line = (r: string[]) => `| ${r.map((c, i) => c.padEnd(w[i])).join(" | ")} |`;
+  return [line(head), `| ${w.map((n) => "-".repeat(n)).join(" | ")} |`, ...rows.map(line)].join(
+    "\n",
+  );
+}
+
 if (values.torch) {
+  const pairs: { ours: BenchResult; torch: BenchResult; ratio: number }[] = [];
   const script = new URL("./bench_torch.py", import.meta.url).pathname;
   const args = [
     script,
@@ -90,6 +121,7 @@ if (values.torch) {
       // Both sides report ms per op, so the pair compares the same op even where `per` differs.
       const ours = results.find((r) => r.name === t.name && r.shape === t.shape);
       const ratio = ours && ours.ms > 0 ? +(t.ms / ours.ms).toFixed(3) : undefined;
+      if (ours && ratio !== undefined) pairs.push({ ours, torch: t, ratio });
       if (values.json) {
         console.log(
           JSON.stringify({
@@ -115,4 +147,13 @@ if (values.torch) {
   } catch (e) {
     log(`PyTorch comparison skipped: ${(e as Error).message}`);
   }
+  if (values.markdown) {
+    log(
+      `\n${gpu.describe()}, ${navigator.hardwareConcurrency} logical cores; ` +
+        `ratio = our speed / PyTorch's\n`,
+    );
+    log(markdownTable(pairs));
+  }
+} else if (values.markdown) {
+  log("--markdown needs --torch (the table pairs each case with PyTorch's)");
 }
