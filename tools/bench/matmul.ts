@@ -36,6 +36,8 @@ interface Opts {
   variant?: MatmulVariant;
   /** Force the tex tile. */
   tile?: [number, number];
+  /** matmulTuning.padPitch for this case (default: the library's, on). */
+  padPitch?: boolean;
   name?: string;
   suffix?: string;
 }
@@ -66,11 +68,13 @@ function mmCase(M: number, K: number, N: number, o: Opts): BenchCase {
       const b = o.packed ? (packed = packWeight(gpu, w, { transB: !!o.linear })) : w;
       return () => {
         matmulTuning.texTile = o.tile ?? null;
+        matmulTuning.padPitch = o.padPitch ?? true;
         for (let i = 0; i < o.per; i++) {
           if (o.linear && !o.variant) linear(gpu, x, b, undefined, out);
           else matmul(gpu, x, b, { transB: o.linear, out, variant: o.variant });
         }
         matmulTuning.texTile = null;
+        matmulTuning.padPitch = true;
       };
     },
     teardown() {
@@ -116,6 +120,9 @@ export const benches: BenchCase[] = [
   mmCase(256, 256, 256, { per: 1, variant: "blocked", name: "matmul[blocked]" }),
   mmCase(256, 256, 256, { per: 1, variant: "tiled", name: "matmul[tiled]" }),
   mmCase(256, 256, 256, { per: 16, variant: "tex", name: "matmul[tex 4x1]", tile: [4, 1] }),
+  // Operand textures exactly as wide as the matrix (rows 4 KiB apart, one L1 set): what the tex
+  // kernel ran at before the padded pitch; compare with "matmul 1024x1024x1024" of the same run.
+  mmCase(1024, 1024, 1024, { per: 2, name: "matmul[unpadded]", padPitch: false }),
   // 100m transformer (hidden 640, FFN 1664), 512 tokens: gate/up and down projections.
   mmCase(512, 640, 1664, { per: 2, linear: true, suffix: " linear" }),
   mmCase(512, 640, 1664, { per: 2, linear: true, packed: true, suffix: " linear packed" }),

@@ -351,11 +351,27 @@ export const TEX_PARAMS = `struct P {
 }`;
 
 /** `put4(m, bi, t, v)`: stores columns 4t..4t+3 of row m (bounds-checked) through `put`. */
-const PUT4 = `fn put4(m: u32, bi: u32, t: u32, v: vec4f) {
+const PUT4 = `${EPILOGUE}
+fn put4(m: u32, bi: u32, t: u32, v: vec4f) {
   if (m >= p.M) { return; }
   let n = t * 4u;
   let o = ((p.b0 + bi) * p.M + m) * p.N + n;
   for (var j = 0u; j < 4u; j++) { if (n + j < p.N) { put(o + j, n + j, v[j]); } }
+}`;
+
+/**
+ * `put4` when N % 4 == 0 and `out` is bound as vec4s: a texel of C is in or out of range as a
+ * whole, so one vec4 store (and one vec4 read to accumulate) per texel. Each storage access is a
+ * lane-by-lane loop on llvmpipe; this quarters them and halves the kernel's compile time at 16x2.
+ */
+const PUT4_VEC = `fn put4(m: u32, bi: u32, t: u32, v: vec4f) {
+  let n = t * 4u;
+  if (m >= p.M || n >= p.N) { return; }
+  var r = p.alpha * v;
+  if ((p.flags & ${FLAG_BIAS}u) != 0u) { r += vec4f(bias[n], bias[n + 1u], bias[n + 2u], bias[n + 3u]); }
+  let o = (((p.b0 + bi) * p.M + m) * p.N + n) / 4u;
+  if ((p.flags & ${FLAG_ACC}u) != 0u) { r += out[o]; }
+  out[o] = r;
 }`;
 
 /**
@@ -366,14 +382,27 @@ const PUT4 = `fn put4(m: u32, bi: u32, t: u32, v: vec4f) {
  * cycles per 8 lanes), so R and CB are as large as the shape allows. `bU16`: B is the rgba32uint
  * half layout (CB even; each texel is two vec4 column blocks). `aT` / `bT`: the operand's texture is
  * its transpose (texel (m/4, k) of A, texel (k/4, n) of B), i.e. a plain copy of A stored (K,M) or
- * B stored (N,K) (a Linear weight): the same fetch count, no transposing pack.
+ * B stored (N,K) (a Linear weight): the same fetch count, no transposing pack. `vecOut`: N % 4 == 0,
+ * `out` is bound as vec4s and each texel of C is one store.
  */
-export function texKernel(R: number, CB: number, bU16 = false, aT = false, bT = false): string {
+export function texKernel(
+  R: number,
+  CB: number,
+  bU16 = false,
+  aT = false,
+  bT = false,
+  vecOut = false,
+): string {
   const rs = [...Array(R).keys()], cs = [...Array(CB).keys()];
   const binds = [
     `@group(0) @binding(0) var tA: ${texRead("rgba32float")};`,
     `@group(0) @binding(1) var tB: ${texRead(bU16 ? "rgba32uint" : "rgba32float")};`,
-    tailBindings(TEX_PARAMS),
+    vecOut
+      ? `@group(0) @binding(2) var<storage, read> bias: array<f32>;
+@group(0) @binding(3) var<storage, read_write> out: array<vec4f>;
+${TEX_PARAMS}
+@group(0) @binding(4) var<uniform> p: P;`
+      : tailBindings(TEX_PARAMS),
   ];
   // In llvmpipe's SoA code every vec4 component is its own register, so regrouping fetched
   // components (the transposed layouts below) costs nothing: only the fetch count matters.
@@ -422,8 +451,7 @@ export function texKernel(R: number, CB: number, bU16 = false, aT = false, bT = 
     ).join("\n    ")
     : rs.map((r) => `let a${r} = textureLoad(tA, vec2u(k4, ay + ${r}u), aL);`).join("\n    ");
   return `${binds.join("\n")}
-${EPILOGUE}
-${PUT4}
+${vecOut ? PUT4_VEC : PUT4}
 @compute @workgroup_size(64)
 fn main(@builtin(local_invocation_index) li: u32, @builtin(workgroup_id) wg: vec3u,
         @builtin(num_workgroups) nwg: vec3u) {

@@ -9,7 +9,8 @@
  * - `tiled`   64x64 shared-memory tiles, 4x4 per invocation: the classic real-GPU kernel.
  * - `tex`     llvmpipe: A and B first packed into rgba32float textures (Mesa fetches texels
  *             vectorised but loops lane by lane over every bounds-checked storage-buffer load),
- *             16x8 outputs per invocation, no barriers. Contiguous operands are packed by a plain
+ *             16x8 outputs per invocation, no barriers; textures a little wider than the matrix
+ *             so that rows are not a multiple of 4 KiB apart (see `pitchTexels`). Contiguous operands are packed by a plain
  *             buffer-to-texture copy; a weight can be packed once into a {@link PackedWeight}
  *             (f16 weights stay 16-bit there).
  * - `gemv`    M <= 4 (decode), memory bound: B streamed once. On llvmpipe from a texture (a
@@ -361,6 +362,13 @@ function texTile(M: number, N: number, batch: number): [number, number] {
   // keep the cores busy (512 = 8 workgroups of 64), smaller ones for small products. 16x2 ran as
   // fast as 16x4, 8x4 and 32x4 at 1024^3 (within noise) and compiles ~4x faster than 16x4 (LLVM
   // time grows faster than linearly with the unrolled tile: seconds for 16x4 on this machine).
+  // Re-measured after the padded pitch (1024^3, GFLOP per CPU-second as a ratio to 16x2 in the
+  // same process, loaded machine): 20x2 1.0 (wastes rows unless M % 20 == 0), 16x4 0.88, 12x2
+  // 0.87, 24x2 0.84, 8x2 0.79, 8x4 0.77, 32x2 0.64. Also slower than 16x2: two or four k steps
+  // per iteration chained into one fma expression per accumulator, as the conv kernel does (0.63-
+  // 0.71), A read from a storage buffer (0.51) or a uniform buffer (0.57) at a workgroup-uniform
+  // address; no faster: no early return, 2-D instead of array textures, workgroups of 8 column
+  // groups x 8 row blocks (B reused across row blocks from cache).
   const tiles: [number, number][] = [[16, 2], [8, 2]];
   for (const [R, CB] of tiles) {
     const threads = Math.ceil(M / R) * Math.ceil(N / (4 * CB)) * batch;
@@ -485,8 +493,9 @@ function texMatmul(
           );
         }
       }
-      const key = `matmul/tex/${R}x${CB}/${u16}/${aT}/${bT}`;
-      const pipe = gpu.pipeline(key, () => texKernel(R, CB, u16, aT, bT));
+      const vec = N % 4 === 0;
+      const key = `matmul/tex/${R}x${CB}/${u16}/${aT}/${bT}/${vec}`;
+      const pipe = gpu.pipeline(key, () => texKernel(R, CB, u16, aT, bT, vec));
       const p = new Params().u32(M).u32(N).u32(KTc).u32(NG).u32(RB).u32(nb).u32(chunks).u32(HA)
         .u32(pl.bBatched ? 1 : 0).u32(b0).f32(e.alpha).u32(epiFlags(e, kc === 0, e.acc || kc > 0));
       const binds = [tA.view, tB.view, biasBinding(gpu, e.bias), out];

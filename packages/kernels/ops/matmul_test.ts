@@ -232,7 +232,7 @@ Deno.test("matmul() tex: rows a multiple of 4 KiB, in textures with and without 
   // 1024 floats per row: the plain-copy pack into a texture wider than the copy (padded pitch), and
   // into one exactly as wide (padPitch off); both layouts of each operand and a packed weight.
   const cases: Case[] = [
-    { M: 19, K: 1024, N: 1024, bias: true },
+    { M: 19, K: 1024, N: 1024, bias: true, acc: true, alpha: 0.5 },
     { M: 19, K: 1024, N: 1024, transA: true, transB: true },
     { M: 21, K: 64, N: 1024, aB: 2, bB: 2, acc: true },
   ];
