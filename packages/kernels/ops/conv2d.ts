@@ -1569,6 +1569,28 @@ fn main(@builtin(local_invocation_index) li: u32, @builtin(workgroup_id) wg: vec
   out[i] = s;
 }`;
 
+/**
+ * {@link SUM_SLICES_WGSL} for dW and dbias together, 4 floats per invocation (n and Cout multiples
+ * of 4): one pass where there were two, and vec4 loads (each storage load is paid per instruction
+ * on lavapipe).
+ */
+const SUM_SLICES4_WGSL = (bias: boolean) => `
+@group(0) @binding(0) var<storage, read> part: array<vec4f>;
+@group(0) @binding(1) var<storage, read_write> dw: array<vec4f>;
+${bias ? "@group(0) @binding(2) var<storage, read_write> db: array<vec4f>;" : ""}
+// (dw | db)[i] = sum over slices k of part[k * stride4 + i], i < N4 (dw below n4, db above).
+struct P { N4: u32, S: u32, stride4: u32, n4: u32 }
+@group(0) @binding(${bias ? 3 : 2}) var<uniform> p: P;
+@compute @workgroup_size(64)
+fn main(@builtin(local_invocation_index) li: u32, @builtin(workgroup_id) wg: vec3u,
+        @builtin(num_workgroups) nwg: vec3u) {
+  let i = ${WG_INDEX} * 64u + li;
+  if (i >= p.N4) { return; }
+  var s = vec4f(0.0);
+  for (var k = 0u; k < p.S; k++) { s += part[k * p.stride4 + i]; }
+  ${bias ? "if (i < p.n4) { dw[i] = s; } else { db[i - p.n4] = s; }" : "dw[i] = s;"}
+}`;
+
 const DBIAS_WGSL = `
 @group(0) @binding(0) var<storage, read> dy: array<f32>;
 @group(0) @binding(1) var<storage, read_write> db: array<f32>;
@@ -1814,9 +1836,18 @@ function convDw(
       grid(Math.ceil(N / 256)),
     );
   const dw = gpu.empty([Cout, Cin, KH, KW]);
-  sum(dw, n, 0);
-  let dbias: Tensor | null = null;
-  if (bias) sum(dbias = gpu.empty([Cout]), Cout, n);
+  const dbias: Tensor | null = bias ? gpu.empty([Cout]) : null;
+  if (n % 4 === 0 && n2 % 4 === 0) {
+    gpu.dispatch(
+      gpu.pipeline(`conv2d_sum_slices4|${bias}`, () => SUM_SLICES4_WGSL(bias)),
+      [part, dw, ...(dbias ? [dbias] : [])],
+      new Params().u32(n2 / 4).u32(total).u32(n2 / 4).u32(n / 4),
+      grid(Math.ceil(n2 / 4 / 64)),
+    );
+  } else {
+    sum(dw, n, 0);
+    if (dbias) sum(dbias, Cout, n);
+  }
   part.release();
   return { dw, dbias };
 }
