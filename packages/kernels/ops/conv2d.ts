@@ -565,14 +565,16 @@ fn main(@builtin(global_invocation_id) g: vec3u) {
   let c4 = g.x;
   let q = g.y;
   if (c4 >= p.CoP4 || q >= p.R4) { return; }
-  var v: array<vec4f, 4>;
-  for (var j = 0u; j < 4u; j++) {
-    let co = c4 * 4u + j;
-    if (co < p.Cout) { v[j] = w[co * p.R4 + q]; }
-  }
-  for (var t = 0u; t < 4u; t++) {
-    textureStore(tex, vec2u(c4, q * 4u + t), vec4f(v[0][t], v[1][t], v[2][t], v[3][t]));
-  }
+  // Unrolled, constant component indices (see WT_ROT_QUAD_WGSL).
+  let co = c4 * 4u;
+  let v0 = select(vec4f(0.0), w[min(co, p.Cout - 1u) * p.R4 + q], co < p.Cout);
+  let v1 = select(vec4f(0.0), w[min(co + 1u, p.Cout - 1u) * p.R4 + q], co + 1u < p.Cout);
+  let v2 = select(vec4f(0.0), w[min(co + 2u, p.Cout - 1u) * p.R4 + q], co + 2u < p.Cout);
+  let v3 = select(vec4f(0.0), w[min(co + 3u, p.Cout - 1u) * p.R4 + q], co + 3u < p.Cout);
+  textureStore(tex, vec2u(c4, q * 4u), vec4f(v0.x, v1.x, v2.x, v3.x));
+  textureStore(tex, vec2u(c4, q * 4u + 1u), vec4f(v0.y, v1.y, v2.y, v3.y));
+  textureStore(tex, vec2u(c4, q * 4u + 2u), vec4f(v0.z, v1.z, v2.z, v3.z));
+  textureStore(tex, vec2u(c4, q * 4u + 3u), vec4f(v0.w, v1.w, v2.w, v3.w));
 }`;
 
 /**
@@ -580,7 +582,21 @@ fn main(@builtin(global_invocation_id) g: vec3u) {
  * w[co][4*c4 .. 4*c4+3][KHW-1-t], so one invocation per (c4, co) reads the 4*KHW contiguous floats
  * of those 4 input channels as KHW vec4s and writes KHW texels.
  */
-const WT_ROT_QUAD_WGSL = (KHW: number) => `
+const WT_ROT_QUAD_WGSL = (KHW: number) => {
+  // Unrolled: every component index is a constant (a private array indexed by a loop variable is a
+  // per-lane memory access on lavapipe).
+  const L: string[] = [];
+  for (let i = 0; i < KHW; i++) L.push(`  let v${i} = select(vec4f(0.0), w[base + ${i}u], ok);`);
+  for (let t = 0; t < KHW; t++) {
+    // Channel j's tap k is float j*KHW + k of the block.
+    const k = KHW - 1 - t;
+    const comps = [0, 1, 2, 3].map((j) => {
+      const f = j * KHW + k;
+      return `v${f >> 2}.${COMP[f & 3]}`;
+    });
+    L.push(`  textureStore(tex, vec2u(c4, co * ${KHW}u + ${t}u), vec4f(${comps.join(", ")}));`);
+  }
+  return `
 @group(0) @binding(0) var<storage, read> w: array<vec4f>;
 @group(0) @binding(1) var tex: texture_storage_2d<rgba32float, write>;
 struct P { CoP4: u32, Cout: u32, Cin: u32 }
@@ -590,22 +606,11 @@ fn main(@builtin(global_invocation_id) g: vec3u) {
   let c4 = g.x;
   let co = g.y;
   if (c4 >= p.CoP4 || co >= p.Cout) { return; }
-  var v: array<vec4f, ${KHW}>;
-  if (c4 * 4u < p.Cin) {
-    let base = (co * p.Cin + c4 * 4u) * ${KHW}u / 4u;
-    for (var i = 0u; i < ${KHW}u; i++) { v[i] = w[base + i]; }
-  }
-  for (var t = 0u; t < ${KHW}u; t++) {
-    // Channel j's tap k is float j*KHW + k of the block.
-    let k = ${KHW - 1}u - t;
-    var o: vec4f;
-    for (var j = 0u; j < 4u; j++) {
-      let f = j * ${KHW}u + k;
-      o[j] = v[f / 4u][f % 4u];
-    }
-    textureStore(tex, vec2u(c4, co * ${KHW}u + t), o);
-  }
+  let ok = c4 * 4u < p.Cin;
+  let base = select(0u, (co * p.Cin + c4 * 4u) * ${KHW}u / 4u, ok);
+${L.join("\n")}
 }`;
+};
 
 /**
  * Which taps a staged weight holds: the kernel as is, one output phase of a strided conv's dx
