@@ -182,36 +182,27 @@ const BDX = (silu: boolean, v4: boolean) => `
 alias T = ${v4 ? "vec4f" : "f32"};
 @group(0) @binding(0) var<storage, read> x: array<${v4 ? "vec4f" : "f32"}>;
 @group(0) @binding(1) var<storage, read> dy: array<${v4 ? "vec4f" : "f32"}>;
-@group(0) @binding(2) var<storage, read> stat: array<vec2f>;   // (mean, rstd) per (b, g)
-@group(0) @binding(3) var<storage, read> gb: array<vec2f>;     // (gamma, beta) per c
-@group(0) @binding(4) var<storage, read> mm: array<vec2f>;
-@group(0) @binding(5) var<storage, read_write> dx: array<${v4 ? "vec4f" : "f32"}>;
+@group(0) @binding(2) var<storage, read> mean: array<f32>;     // per (b, g)
+@group(0) @binding(3) var<storage, read> rstd: array<f32>;
+@group(0) @binding(4) var<storage, read> gamma: array<f32>;    // per c
+@group(0) @binding(5) var<storage, read> beta: array<f32>;
+@group(0) @binding(6) var<storage, read> mm: array<vec2f>;
+@group(0) @binding(7) var<storage, read_write> dx: array<${v4 ? "vec4f" : "f32"}>;
 struct P { N: u32, HW: u32, C: u32, n: u32 }
-@group(0) @binding(6) var<uniform> p: P;
+@group(0) @binding(8) var<uniform> p: P;
 ${silu ? (v4 ? SILU_GRAD4 : SILU_GRAD) : ""}
 ${HEAD}
   if (i >= p.N) { return; }
   let e = i * ${v4 ? 4 : 1}u;
   let c = (e / p.HW) % p.C;
   let bg = e / p.n;
-  let st = stat[bg];
-  let ab = gb[c];
-  let xh = (x[i] - T(st.x)) * st.y;
-  let g = ${silu ? "act_grad(dy[i], xh * ab.x + T(ab.y))" : "dy[i]"};
+  let rs = rstd[bg];
+  let ga = gamma[c];
+  let xh = (x[i] - T(mean[bg])) * rs;
+  let g = ${silu ? "act_grad(dy[i], xh * ga + T(beta[c]))" : "dy[i]"};
   let m = mm[bg];
-  dx[i] = st.y * (ab.x * g - T(m.x) - xh * m.y);
-}`;
-
-// Interleaves two (K) vectors into (K) vec2s: out[k] = (a[k], b[k]).
-const ZIP = `
-@group(0) @binding(0) var<storage, read> a: array<f32>;
-@group(0) @binding(1) var<storage, read> b: array<f32>;
-@group(0) @binding(2) var<storage, read_write> out: array<vec2f>;
-struct P { K: u32 }
-@group(0) @binding(3) var<uniform> p: P;
-${HEAD}
-  if (i >= p.K) { return; }
-  out[i] = vec2f(a[i], b[i]);
+  dx[i] = rs * (ga * g - T(m.x) - xh * m.y);
+  ${silu ? "" : "_ = beta[0];"}
 }`;
 
 function dims(fn: string, x: Tensor, groups: number) {
@@ -341,18 +332,15 @@ export function groupNormFastBackward(
   part.release();
   const { dgamma, dbeta, mm } = groupNormGradMix(gpu, sums, gamma, B, G, n);
   sums.release();
-  // (mean, rstd) and (gamma, beta) as vec2s keep the dx kernel at 7 bindings.
-  const stat = gpu.empty([B * G, 2]), gb = gpu.empty([C, 2]);
-  const zip = gpu.pipeline("gn_rows_zip", ZIP);
-  gpu.dispatch(zip, [mean, rstd, stat], new Params().u32(B * G), wgs(B * G));
-  gpu.dispatch(zip, [gamma, beta, gb], new Params().u32(C), wgs(C));
+  // 8 storage bindings: WebGPU's default per-stage limit (two interleaving passes that kept it
+  // at 6 cost 2 of the backward's 6 dispatches).
   const dx = gpu.empty(x.shape);
   gpu.dispatch(
     gpu.pipeline(`gn_rows_bdx|${silu}|${v4}`, () => BDX(silu, v4)),
-    [x, dy, stat, gb, mm, dx],
+    [x, dy, mean, rstd, gamma, beta, mm, dx],
     new Params().u32(x.size / (v4 ? 4 : 1)).u32(HW).u32(C).u32(n),
     wgs(x.size / (v4 ? 4 : 1)),
   );
-  for (const t of [mm, stat, gb]) t.release();
+  mm.release();
   return { dx, dgamma, dbeta };
 }
