@@ -15,17 +15,19 @@
  * excluded) of the f16/Q4_0 and f16/Q8_0 ratios, CPU then wall. The line's ms is one whole round.
  *
  * "Q4_0" is a weight made with `quantizeX` (gemvInt: x quantized to 8 bits, integer dot products),
- * "Q4_0 gemv" the exact product. Measured (`--filter "linearQ[ratio]" --reps 9`, texture layout,
- * CPU time, median (min-max); machine load 5-6 on 2 cores):
- *   1x4096x4096   CPU ms Q4_0 2.79, Q4_0 gemv 3.44, Q8_0 4.58, f16 11.45;
- *                 f16/Q4_0 4.16 (3.83-4.54), f16/Q4_0 gemv 3.37 (3.16-3.50), f16/Q8_0 2.49 (2.37-2.70)
- *   1x4096x11008  CPU ms Q4_0 6.96, Q4_0 gemv 8.76, Q8_0 11.55, f16 30.18;
- *                 f16/Q4_0 4.35 (4.15-4.51), f16/Q4_0 gemv 3.43 (3.11-3.58), f16/Q8_0 2.62 (2.28-2.70)
- *   1x11008x4096  CPU ms Q4_0 11.34, Q4_0 gemv 13.43, Q8_0 20.14, f16 30.57;
- *                 f16/Q4_0 2.66 (1.77-2.75), f16/Q4_0 gemv 2.27 (2.21-2.37), f16/Q8_0 1.50 (1.44-1.62)
- * Before (the float texture GEMV with scales picked by a computed index, Q4_0 at 16 rows): f16/Q4_0
- * 2.84 / 2.67 / 2.36, f16/Q8_0 2.02 / 2.31 / 1.91. The storage layout in the same process at
- * 4096x4096 (7 rounds, before): Q4_0 4.56 vs 4.54 CPU ms (texture), Q8_0 6.46 vs 5.65.
+ * "Q4_0 gemv" the exact product. Measured (`--filter "linearQ[ratio]" --reps 9`, texture layout
+ * with each group of 8 rows side by side, CPU time, median (min-max); machine load ~3 on 2 cores):
+ *   1x4096x4096   CPU ms Q4_0 2.28, Q4_0 gemv 3.01, Q8_0 3.88, f16 11.55;
+ *                 f16/Q4_0 5.14 (4.78-5.52), f16/Q4_0 gemv 3.83 (3.64-4.00), f16/Q8_0 2.99 (2.80-3.05)
+ *   1x4096x11008  CPU ms Q4_0 5.65, Q4_0 gemv 7.60, Q8_0 8.42, f16 30.27;
+ *                 f16/Q4_0 5.47 (4.99-5.77), f16/Q4_0 gemv 3.97 (3.93-4.54), f16/Q8_0 3.60 (3.24-3.86)
+ *   1x11008x4096  CPU ms Q4_0 6.41, Q4_0 gemv 8.04, Q8_0 9.04, f16 34.28;
+ *                 f16/Q4_0 5.68 (4.67-7.73), f16/Q4_0 gemv 4.10 (3.82-6.24), f16/Q8_0 3.72 (3.40-4.19)
+ * Before, rows one after the other in the textures (load 5-6): f16/Q4_0 4.16 / 4.35 / 2.66,
+ * f16/Q4_0 gemv 3.37 / 3.43 / 2.27, f16/Q8_0 2.49 / 2.62 / 1.50; and before that (a scale picked
+ * by a computed index, Q4_0 at 16 rows): f16/Q4_0 gemv 2.84 / 2.67 / 2.36, f16/Q8_0 2.02 / 2.31 /
+ * 1.91. The storage layout in the same process at 4096x4096 (7 rounds, before): Q4_0 4.56 vs 4.54
+ * CPU ms (texture), Q8_0 6.46 vs 5.65.
  * @module
  */
 import type { Gpu, Tensor } from "@lvm/gpu";

@@ -39,10 +39,11 @@
  * llvmpipe (2 cores shared with a training run, so +-50% from run to run: compare the ratios of
  * one process; `deno task bench --filter linearQ`): 512x4096x4096, blocked 7-10 GFLOP/s, as fast as
  * the f16 texture kernel. Decode (`--filter "linearQ[ratio]"`, CPU time, distinct weights): one
- * token through 4096x4096, Q4_0 ~2.9 ms (gemvInt; gemv 3.5), Q8_0 ~5.0, the unpacked f16 GEMV
- * ~12.6 (f16/Q4_0 4.4x at 4096x4096 and 4096x11008, 2.8x at 11008x4096; tools/bench/quant_matmul.ts).
- * What is left of gemvInt's time is mostly texel fetches: each of the 8 lanes reads its own row,
- * 64 rows apart per invocation, which costs most where rows are long (K = 11008).
+ * token through 4096x4096, Q4_0 ~2.3 ms (gemvInt; gemv 3.0), Q8_0 ~3.9, the unpacked f16 GEMV
+ * ~11.6 (f16/Q4_0 5.1-5.7x, f16/Q8_0 3.0-3.7x over the 7B's three shapes;
+ * tools/bench/quant_matmul.ts). The texture layout stores each group of 8 rows side by side, so the
+ * 8 lanes on 8 adjacent rows fetch neighbouring bytes: at K = 11008, where a row is 5.5 KiB (Q4_0)
+ * apart, that halved gemvInt's time.
  * @module
  */
 import { type Gpu, grid, makeTexture, Params, type Tensor, type TexSlot } from "@lvm/gpu";
@@ -69,6 +70,7 @@ import {
   splitKernel,
   splitTexKernel,
   texels,
+  texSize,
   tiledKernel,
   unsplitTexKernel,
 } from "./_quant_kernels.ts";
@@ -88,7 +90,8 @@ export type QuantVariant = "gemv" | "gemvInt" | "gemvWg" | "blocked" | "tiled";
 export interface QuantWeightOptions {
   /**
    * Where the blocks live: default textures on a CPU adapter where the weight fits one
-   * (K / 32 texels per row at most the adapter's texture width), storage buffers otherwise.
+   * (8 K / 32 texels, K / 16 for Q8_0, per group of 8 rows at most the adapter's texture width),
+   * storage buffers otherwise.
    */
   layout?: QuantLayout;
   /**
@@ -106,8 +109,7 @@ function rowsLog2(gpu: Gpu): number {
 
 /** Whether a [N, K] weight of `type` fits the texture layout on this adapter. */
 function texFits(gpu: Gpu, type: QuantType, N: number, K: number): boolean {
-  const w = (K / QK) * texels(type);
-  const layers = Math.ceil(N / 2 ** rowsLog2(gpu));
+  const [w, , layers] = texSize((K / QK) * texels(type), N, rowsLog2(gpu));
   return w <= gpu.limits.maxTextureDimension2D && layers <= gpu.limits.maxTextureArrayLayers;
 }
 
@@ -116,7 +118,8 @@ function texFits(gpu: Gpu, type: QuantType, N: number, K: number): boolean {
  * layouts ({@link QuantLayout}): storage buffers as @lvm/weights' split layout (`quants`: 4 u32 per
  * Q4_0 block, 8 per Q8_0 block, blocks row after row; `scales`: the f16 scales two per u32), or two
  * rgba32uint textures (a block's quants as 1 or 2 texels of its row, the scales 8 blocks per
- * texel). The same bytes as the GGUF tensor either way.
+ * texel, the rows of each group of 8 side by side: N padded to a multiple of 8 there). The same
+ * bytes as the GGUF tensor either way.
  *
  * @example
  * ```ts
@@ -195,8 +198,8 @@ export class QuantWeight {
     if (layout === "texture" && !fits) {
       throw new RangeError(
         `QuantWeight: [${shape}] ${type} does not fit this adapter's textures (${
-          (K / QK) * texels(type)
-        } texels per row, max ${gpu.limits.maxTextureDimension2D})`,
+          (K / QK) * texels(type) * 8
+        } texels per 8 rows, max ${gpu.limits.maxTextureDimension2D})`,
       );
     }
     const blocks = (N * K) / QK, B = BLOCK_BYTES[type];
@@ -226,11 +229,15 @@ export class QuantWeight {
     let store: { scales: Tensor; quants: Tensor } | { tq: TexSlot; ts: TexSlot };
     if (layout === "texture") {
       const rs = rowsLog2(gpu), nb = K / QK, G = Math.ceil(nb / 8);
-      const H = Math.min(N, 2 ** rs), L = Math.ceil(N / 2 ** rs);
       const opts = { format: "rgba32uint" as const };
       store = {
-        tq: makeTexture(gpu, nb * texels(type), H, L, `quant ${type} [${N}, ${K}]`, opts),
-        ts: makeTexture(gpu, G, H, L, `quant ${type} scales [${N}, ${K}]`, opts),
+        tq: makeTexture(
+          gpu,
+          ...texSize(nb * texels(type), N, rs),
+          `quant ${type} [${N}, ${K}]`,
+          opts,
+        ),
+        ts: makeTexture(gpu, ...texSize(G, N, rs), `quant ${type} scales [${N}, ${K}]`, opts),
       };
       const pipe = gpu.pipeline(`quant/splittex/${type}/${rs}`, () => splitTexKernel(type, rs));
       const p = new Params().u32(N).u32(nb).u32(G);
@@ -478,10 +485,11 @@ function xBuffer(gpu: Gpu): { ubo: GPUBuffer; zeros: GPUBuffer } {
 const GEMV_ROWS = 8;
 /**
  * Rows of W per invocation of the texture GEMV: 8 (with its 8-block steps unrolled, Q4_0 at 16
- * rows took 2.3 s to compile on llvmpipe and ran no faster than at 8).
+ * rows took 2.3 s to compile on llvmpipe and ran slower than at 8, as did 16 rows of Q8_0 but at
+ * 11008x4096, 4 rows of either everywhere).
  */
 const GEMV_TEX_ROWS = { Q4_0: 8, Q8_0: 8 };
-/** Rows of W per invocation of gemvInt (4 and 8 ran alike at 4096x4096). */
+/** Rows of W per invocation of gemvInt (of 4, 8 and 16, 8 ran fastest on the three 7B shapes). */
 const GEMV_INT_ROWS = 8;
 
 /**
