@@ -613,6 +613,47 @@ ${L.join("\n")}
 };
 
 /**
+ * The combined-taps layout of one output phase of a conv on a nearest-2x-upsampled input (mode "up"
+ * of WT_WGSL) unrolled: `taps[t]` lists the kernel taps (kh*KW + kw) summed into staged tap t, known
+ * on the host, so one invocation per (c4, ci) loads the 4 output channels' KH*KW weights once and
+ * writes their `taps.length` texels with constant sums (the generic kernel re-derives the tap
+ * sets per element with loops and divisions: 8 ms per 512->512 phase in an lvm decode).
+ */
+const WT_UP_WGSL = (KHW: number, taps: number[][]) => {
+  const L: string[] = [];
+  for (let j = 0; j < 4; j++) {
+    L.push(`  let ok${j} = c4 * 4u + ${j}u < p.Cout;`);
+    L.push(`  let b${j} = (min(c4 * 4u + ${j}u, p.Cout - 1u) * p.Cin + ci) * ${KHW}u;`);
+    for (let k = 0; k < KHW; k++) {
+      L.push(`  let w${j}_${k} = select(0.0, w[b${j} + ${k}u], ok${j});`);
+    }
+  }
+  taps.forEach((ks, t) => {
+    const sum = (j: number) => (ks.length ? ks.map((k) => `w${j}_${k}`).join(" + ") : "0.0");
+    L.push(`  {`);
+    L.push(`    let r = ci * ${taps.length}u + ${t}u;`);
+    L.push(
+      `    textureStore(tex, vec2u((r / p.wH) * p.CoP4 + c4, r % p.wH), vec4f(${
+        [0, 1, 2, 3].map(sum).join(", ")
+      }));`,
+    );
+    L.push(`  }`);
+  });
+  return `
+@group(0) @binding(0) var<storage, read> w: array<f32>;
+@group(0) @binding(1) var tex: texture_storage_2d<rgba32float, write>;
+struct P { CoP4: u32, Cout: u32, Cin: u32, wH: u32 }
+@group(0) @binding(2) var<uniform> p: P;
+@compute @workgroup_size(16, 4)
+fn main(@builtin(global_invocation_id) g: vec3u) {
+  let c4 = g.x;
+  let ci = g.y;
+  if (c4 >= p.CoP4 || ci >= p.Cin) { return; }
+${L.join("\n")}
+}`;
+};
+
+/**
  * Which taps a staged weight holds: the kernel as is, one output phase of a strided conv's dx
  * (flipped and transposed, {@link dxPhase}), or one output phase of a conv on a nearest-2x-upsampled
  * input (taps reading the same source pixel summed, {@link upPhase}).
@@ -671,6 +712,29 @@ function stageWeights(gpu: Gpu, w: Tensor, cot: number, k: WeightTaps): StagedW 
       [w, view],
       new Params().u32(CoP4).u32(Cout).u32(Cin),
       [Math.ceil(CoP4 / 16), Math.ceil(Cout / 4), 1],
+    );
+    return { tex, view, lay: { Hp: wH, Wp4: CoP4, P: bands, bands: 1 }, CoP4, wH };
+  }
+  if (k.mode === "up" && KHW <= 16 && KH * KW <= 25) {
+    // Which kernel taps each staged tap sums (see upPhase).
+    const taps: number[][] = Array.from({ length: KHW }, () => []);
+    for (let kh = 0; kh < KH; kh++) {
+      const jh = Math.floor((k.rh + kh - k.pt) / 2) - k.offH;
+      for (let kw = 0; kw < KW; kw++) {
+        const jw = Math.floor((k.rw + kw - k.pl) / 2) - k.offW;
+        if (jh >= 0 && jh < k.KHs && jw >= 0 && jw < k.KWs) {
+          taps[jh * k.KWs + jw].push(kh * KW + kw);
+        }
+      }
+    }
+    gpu.dispatch(
+      gpu.pipeline(
+        `conv2d_wt_up|${KH * KW}|${JSON.stringify(taps)}`,
+        () => WT_UP_WGSL(KH * KW, taps),
+      ),
+      [w, view],
+      new Params().u32(CoP4).u32(Cout).u32(Cin).u32(wH),
+      [Math.ceil(CoP4 / 16), Math.ceil(Cin / 4), 1],
     );
     return { tex, view, lay: { Hp: wH, Wp4: CoP4, P: bands, bands: 1 }, CoP4, wH };
   }
