@@ -275,3 +275,19 @@ Deno.test("QuantWeight and linearQ report bad inputs", async () => {
   assertThrows(() => linearQ(gpu, gpu.zeros([1, 32], "f16"), W), TypeError, "f32");
   W.release();
 });
+
+Deno.test("QuantWeight: rows too long for the texture layout take storage buffers", async () => {
+  const gpu = await getGpu();
+  // Q8_0 in textures: 2 texels per block of a row, 8 rows side by side, so 16 texels per block.
+  const N = 3, K = 32 * (Math.floor(gpu.limits.maxTextureDimension2D / 16) + 1);
+  const bytes = quantize("Q8_0", randu(N * K, 11, -1, 1));
+  assertThrows(
+    () => QuantWeight.fromBlocks(gpu, "Q8_0", [N, K], bytes, { layout: "texture" }),
+    RangeError,
+    "does not fit",
+  );
+  const W = QuantWeight.fromBlocks(gpu, "Q8_0", [N, K], bytes);
+  assertEquals(W.layout, "storage");
+  assertEquals([...await W.readBlocks()], [...bytes]);
+  W.release();
+});
