@@ -169,12 +169,13 @@ Deno.test("q4: rows not a multiple of 32 stay f16; params read back dequantized"
   }
   assertEquals([...await m.readParam("model.norm.weight")], [...w.get("model.norm.weight")!]);
   // What the session holds: Q4_0 is 18 bytes per 32 weights, no packed copy of it (in textures,
-  // a CPU adapter's layout, each row's scales take whole 16-byte texels of 8).
+  // a CPU adapter's layout, each row's scales take whole 16-byte texels of 8, and rows are stored
+  // in groups of 8 side by side, so the row count rounds up to a multiple of 8).
   let bytes = 0;
   for (const q of m.quantized.values()) {
     const blocks = (q.shape[0] * q.shape[1]) / 32;
     bytes += q.layout === "texture"
-      ? q.shape[0] * (Math.ceil(q.nb / 8) * 16 + q.nb * 16)
+      ? Math.ceil(q.shape[0] / 8) * 8 * (Math.ceil(q.nb / 8) * 16 + q.nb * 16)
       : Math.ceil(blocks / 2) * 4 + blocks * 16;
   }
   for (const t of m.params.values()) bytes += t.byteLength;
