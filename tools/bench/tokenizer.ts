@@ -134,15 +134,19 @@ export const benches: BenchCase[] = [
       const trainer = new Trainer(gpu, run, cfg);
       teardownTrain = () => trainer.release(); // the model too
       return async () => {
+        const d0 = gpu.dispatchCount;
         await trainer.trainStep();
         await trainer.flush();
+        trainDispatches = gpu.dispatchCount - d0;
       };
     },
     teardown() {
       teardown();
       teardownTrain?.();
     },
+    extra: () => ({ dispatches_per_step: trainDispatches }),
   },
 ];
 
 let teardownTrain: (() => void) | undefined;
+let trainDispatches = 0;
