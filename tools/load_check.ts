@@ -12,23 +12,13 @@
  * llvmpipe's workers included), which a shared machine disturbs far less than the wall clock.
  * `--json` adds one JSON line with every figure at the end.
  *
- * Measured on the 2-core CI-class machine beside a training run (lavapipe; decode figures move by
- * +-30% between runs), synthetic 7B (13.09 GB BF16):
- *   f16: load 629 s, peak 14.5 GB (13.09 GB weights), prefill 16 tokens 90 s, decode 5.3 s/token
- *   q4:  load 132-358 s, peak 4.94-5.08 GB (3.68 GB weights), prefill 24-35 s, decode 2.0-3.3 s/token
- * and the 1B layout (2.29 GB BF16; over 2 GiB at f16, so not packed, as the 7B), runs back to back:
- *   f16 1.19 / 1.38 s/token, q8 1.03, q4 0.38 / 0.56; peak 3.7 (f16), 2.0 (q8), 1.1 GB (q4).
- * About 0.5 GB of the peak was the tensor readers' byte arrays the garbage collector had not
- * freed yet (reading the 7B alone, without a GPU, grows RSS by that much); the loader now reads
- * every tensor into one reused buffer (`readRaw(name, out)`, `LoadScratch`), not re-measured on
- * the 7B yet.
- * The 1B layout again after that and the texture-layout quant GEMV, beside the training run and
- * another session's jobs (this process got ~10-15% of the 2 cores: wall clock 6-9x the CPU time),
- * runs back to back on the tree of 2026-12-03 ~20:57 UTC (HEAD e8e61a1, the fused f16 decode):
- *   q4:  load 98.5 s, peak 0.99 GB, decode 3.73 s/token wall, 0.40 CPU-s/token
- *   f16: load 226 s, peak 3.63 GB, decode 24.7 s/token wall, 4.02 CPU-s/token
- *   q8:  load 292 s, peak 1.74 GB, decode 2.02 s/token wall, 0.50 CPU-s/token (after them, beside tests)
- * (q4 10x f16 in CPU time, 6.6x in wall time; an earlier q4 run: 2.53 s/token wall, peak 0.99 GB).
+ * Measured on the 2-core CI-class machine (lavapipe, quiet; 2026-12-04, after the Q4_0 integer-dot
+ * GEMV and the 8-rows-side-by-side block textures), synthetic 7B (13.09 GB BF16):
+ *   f16: load 166 s, peak 14.54 GB (13.09 GB weights), decode 3.17 s/token (4.55 CPU-s/token)
+ *   q4:  load 64 s, peak 4.70 GB (3.68 GB weights), decode 0.665 s/token (1.02 CPU-s/token)
+ *   q4 from its Q4_0 GGUF (`infer quantize --type q4_0`): load 18 s, peak 4.67 GB, 0.65 s/token
+ *   q8 (machine at load ~3): load 200 s, peak 9.78 GB (6.95 GB weights), 1.48 s/token (1.43 CPU-s)
+ * The README's "Quantized weights" table has these figures and the history.
  * @module
  */
 import { parseArgs } from "node:util";
