@@ -122,6 +122,15 @@ if (values.torch) {
       const ours = results.find((r) => r.name === t.name && r.shape === t.shape);
       const ratio = ours && ours.ms > 0 ? +(t.ms / ours.ms).toFixed(3) : undefined;
       if (ours && ratio !== undefined) pairs.push({ ours, torch: t, ratio });
+      // PyTorch's decode loop (greedy, arg-max on the CPU per token) is also the reference for
+      // our GPU-sampled greedy chain of the same prompt and length: the table shows both.
+      const gpuSampled = t.name === "transformer decode" &&
+        results.find((r) =>
+          r.name === "transformer decode gpu-sampled" && r.shape === `${t.shape} greedy`
+        );
+      if (gpuSampled && gpuSampled.ms > 0) {
+        pairs.push({ ours: gpuSampled, torch: t, ratio: +(t.ms / gpuSampled.ms).toFixed(3) });
+      }
       if (values.json) {
         console.log(
           JSON.stringify({
