@@ -343,7 +343,8 @@ ${PAD_MAIN}
  * The plane sizes are baked in, so the index divisions are multiply-shifts (on lavapipe integer
  * division is a per-lane loop; the pass ran 1.2x faster).
  */
-const PAD_VEC_WGSL = (k: number, lay: PlaneLayout) => `
+/** The vec4 pad passes' bindings and bounds-checked source load (both variants below). */
+const PAD_VEC_HEADER = `
 @group(0) @binding(0) var<storage, read> x: array<vec4f>;
 @group(0) @binding(1) var tex: texture_storage_2d<rgba32float, write>;
 struct P { N4: u32, H: u32, W4: u32, Hp: u32, Wp4: u32, offT: i32, offL: i32, P: u32, plane0: u32 }
@@ -351,7 +352,10 @@ struct P { N4: u32, H: u32, W4: u32, Hp: u32, Wp4: u32, offT: i32, offL: i32, P:
 fn ld(rowbase: u32, a: i32) -> vec4f {
   if (a < 0 || a >= i32(p.W4)) { return vec4f(0.0); }
   return x[rowbase + u32(a)];
-}
+}`;
+
+const PAD_VEC_WGSL = (k: number, lay: PlaneLayout) =>
+  `${PAD_VEC_HEADER}
 ${PAD_MAIN.replaceAll("p.Wp4", `${lay.Wp4}u`).replaceAll("p.Hp", `${lay.Hp}u`)}
   let yy = i32(r) - p.offT;
   var v = vec4f(0.0);
@@ -360,11 +364,11 @@ ${PAD_MAIN.replaceAll("p.Wp4", `${lay.Wp4}u`).replaceAll("p.Hp", `${lay.Hp}u`)}
     let a = (i32(c4 * 4u) - p.offL - ${k}) / 4;  // exact: the difference is a multiple of 4
     let lo = ld(rowbase, a);
     ${
-  k === 0 ? "v = lo;" : `let hi = ld(rowbase, a + 1);
+    k === 0 ? "v = lo;" : `let hi = ld(rowbase, a + 1);
     v = vec4f(${
-    ["lo.x", "lo.y", "lo.z", "lo.w", "hi.x", "hi.y", "hi.z"].slice(k, k + 4).join(", ")
-  });`
-}
+      ["lo.x", "lo.y", "lo.z", "lo.w", "hi.x", "hi.y", "hi.z"].slice(k, k + 4).join(", ")
+    });`
+  }
   }
   textureStore(tex, vec2u((plane % ${lay.P}u) * ${lay.Wp4}u + c4, (plane / ${lay.P}u) * ${lay.Hp}u + r), v);
 }`;
@@ -378,15 +382,7 @@ ${PAD_MAIN.replaceAll("p.Wp4", `${lay.Wp4}u`).replaceAll("p.Hp", `${lay.Hp}u`)}
  */
 const PAD_ROW_WGSL = (k: number, lay: PlaneLayout) => {
   const L: string[] = [];
-  L.push(`
-@group(0) @binding(0) var<storage, read> x: array<vec4f>;
-@group(0) @binding(1) var tex: texture_storage_2d<rgba32float, write>;
-struct P { N4: u32, H: u32, W4: u32, Hp: u32, Wp4: u32, offT: i32, offL: i32, P: u32, plane0: u32 }
-@group(0) @binding(2) var<uniform> p: P;
-fn ld(rowbase: u32, a: i32) -> vec4f {
-  if (a < 0 || a >= i32(p.W4)) { return vec4f(0.0); }
-  return x[rowbase + u32(a)];
-}
+  L.push(`${PAD_VEC_HEADER}
 @compute @workgroup_size(64)
 fn main(@builtin(local_invocation_index) li: u32, @builtin(workgroup_id) wg: vec3u,
         @builtin(num_workgroups) nwg: vec3u) {

@@ -356,7 +356,7 @@ export class QuantWeight {
  * `type`, dequantized with @lvm/weights' `dequantize`, accumulated in f64.
  */
 export function linearQCpu(
-  x: Float32Array,
+  x: ArrayLike<number>,
   type: QuantType,
   bytes: Uint8Array,
   N: number,
@@ -418,22 +418,10 @@ export function linearQIntCpu(
   if (x.length % K !== 0) {
     throw new RangeError(`linearQIntCpu: x has ${x.length} values, not a multiple of K = ${K}`);
   }
-  const M = x.length / K, nb = K / QK;
+  // Each quantized x value times its block's scale, exact in f64 (an 8-bit integer times an f32).
   const { q, d } = quantizeXCpu(x);
-  const w = dequantize(type, bytes, N * K);
-  const y = new Float32Array(M * N);
-  for (let m = 0; m < M; m++) {
-    for (let n = 0; n < N; n++) {
-      let s = 0;
-      for (let b = 0; b < nb; b++) {
-        let t = 0;
-        for (let k = b * QK; k < (b + 1) * QK; k++) t += w[n * K + k] * q[m * K + k];
-        s += t * d[m * nb + b];
-      }
-      y[m * N + n] = s;
-    }
-  }
-  return y;
+  const xd = Float64Array.from(q, (v, i) => v * d[Math.floor(i / QK)]);
+  return linearQCpu(xd, type, bytes, N, K);
 }
 
 /** CPU reference of {@link embeddingQ}: rows `ids` (clamped into [0, V)) of a (V, C) table. */
