@@ -18,6 +18,9 @@
  * - `top1Agreement`: positions whose arg-max agrees, of the prompt's
  * - `greedy`: our greedy continuation of `--new` ids (arg-max over the whole vocabulary) against
  *   llama.cpp's, and how many agree before the first difference
+ * - for q8_0 / q4_0 files also `vsOursQuantizedDecode`: ours loading the file at `--dtype q8|q4`
+ *   (its blocks kept packed, x quantized per block at q4 as llama.cpp does) and run token by token
+ *   through KV-cache decode steps, the kernels generation uses
  *
  * Prints one line per type and a JSON report (`--json FILE` writes it). The figures measured
  * here are in the README (GGUF); on this 2-core machine with lavapipe a run takes ~8 minutes.
@@ -29,6 +32,7 @@ import { getGpu } from "@lvm/gpu";
 import {
   configFromHf,
   configToHf,
+  DecodeSession,
   Llama,
   loadLlamaFrom,
   makeConfig,
@@ -165,6 +169,33 @@ async function ours(
   return { logp, greedy, margins };
 }
 
+/**
+ * The same through our decode path on the file's own blocks: the model loaded with `dtype` q8/q4
+ * (Q8_0/Q4_0 kept packed; at q4 x quantized to 8 bits per block in the GEMV, as llama.cpp does),
+ * fed one token at a time by a DecodeSession (the GEMV kernels generation runs).
+ */
+async function oursDecode(
+  m: Llama,
+): Promise<{ logp: Float64Array; greedy: number[]; margins: number[] }> {
+  const s = new DecodeSession(m, { maxTokens: PROMPT + NEW + 1 });
+  const rows = new Float32Array(PROMPT * V);
+  let row = await s.prefill([prompt[0]]);
+  rows.set(row, 0);
+  for (let i = 1; i < PROMPT; i++) {
+    row = await s.step(prompt[i]);
+    rows.set(row, i * V);
+  }
+  const greedy: number[] = [], margins: number[] = [];
+  for (let i = 0; i < NEW; i++) {
+    const next = argmax(row);
+    greedy.push(next);
+    margins.push(row[next] - Math.max(...row.filter((_, v) => v !== next)));
+    row = await s.step(next);
+  }
+  s.release();
+  return { logp: logSoftmax(rows, PROMPT), greedy, margins };
+}
+
 const llama = await getLlama({ gpu: false, build: "never", logLevel: LlamaLogLevel.error });
 
 /** llama.cpp's log-probabilities at every prompt position and its greedy continuation. */
@@ -253,12 +284,21 @@ for (const type of TYPES) {
   src.close();
   const same = await ours(fromFile);
   fromFile.release();
+  // Q8_0 / Q4_0 files: also through our quantized decode kernels on the stored blocks.
+  const qdtype = type === "Q8_0" ? "q8" : type === "Q4_0" ? "q4" : null;
+  let quant: ReturnType<typeof compare> | undefined;
+  if (qdtype) {
+    const q = await loadLlama(gpu, file, { dtype: qdtype });
+    quant = compare(await oursDecode(q), their);
+    q.release();
+  }
   const r = {
     bytes: conv.bytes,
     notes: conv.notes,
     vsOriginal: compare(ref, their),
     vsSameFileHere: compare(same, their),
     oursFileVsOriginal: compare(ref, same),
+    ...(quant ? { vsOursQuantizedDecode: quant } : {}),
     greedy: { ours: ref.greedy, llamaCpp: their.greedy },
   };
   (report.types as Record<string, unknown>)[type] = r;
@@ -268,7 +308,11 @@ for (const type of TYPES) {
       `top-1 ${r.vsOriginal.top1Agreement}, greedy ${r.vsOriginal.greedyAgreeBeforeFirstDiff}` +
       ` (margin there ${r.vsOriginal.marginAtFirstDiff}) | ` +
       `vs ours (same file): max |dlogp| ${r.vsSameFileHere.maxLogprobDiff}, greedy ${r.vsSameFileHere.greedyAgreeBeforeFirstDiff}` +
-      ` (margin there ${r.vsSameFileHere.marginAtFirstDiff})`,
+      ` (margin there ${r.vsSameFileHere.marginAtFirstDiff})` +
+      (quant
+        ? ` | vs ours (--dtype ${qdtype} decode): max |dlogp| ${quant.maxLogprobDiff}, top-1 ` +
+          `${quant.top1Agreement}, greedy ${quant.greedyAgreeBeforeFirstDiff}`
+        : ""),
   );
 }
 await llama.dispose();
