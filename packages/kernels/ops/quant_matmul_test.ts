@@ -113,8 +113,12 @@ Deno.test("linearQ() matches linearQCpu on odd shapes, both types, every variant
   await t.step("automatic choice, K beyond one uniform chunk (gemv splits K)", async () => {
     for (const type of TYPES) {
       for (const layout of LAYOUTS) {
-        // 3 chunks, rows not a multiple of 256 (and of 8 blocks).
-        await check(gpu, type, 1, 45, 16384 + 4096 + 96, undefined, layout);
+        // 3 chunks, rows not a multiple of 256 (and of 8 blocks). Where 8 such rows of Q8_0
+        // blocks are wider than the adapter's textures (Chromium's 8192 texels), the texture
+        // layout refuses them (tested below) and there is nothing to run.
+        const K = 16384 + 4096 + 96;
+        const wide = (K / 32) * (type === "Q8_0" ? 2 : 1) * 8 > gpu.limits.maxTextureDimension2D;
+        if (!(layout === "texture" && wide)) await check(gpu, type, 1, 45, K, undefined, layout);
         await check(gpu, type, 1, 13, 4096, undefined, layout);
         await check(gpu, type, 5, 13, 4096, undefined, layout);
       }
