@@ -70,6 +70,9 @@ export interface SessionOptions {
   fuse?: boolean;
 }
 
+/** A layer's matrices as the fused decode kernels read them. */
+type FusedWeights = Record<"q" | "k" | "v" | "o" | "gate" | "up" | "down", DecodeWeight>;
+
 /**
  * One sequence being generated (batch 1): the KV cache of every layer, and the position reached.
  * Implements @lvm/sampler's `TokenDecoder` (`prefill`, `step`) and its GPU-sampling extension
@@ -352,7 +355,11 @@ export class DecodeSession {
     let branch: Tensor | null = null;
     let first = 0; // layers before this one ran fused
     if (n === 1 && this.#fuse) {
-      for (; first < c.layers && this.#fusable(first); first++) this.#fusedLayer(first, x, pos);
+      for (; first < c.layers; first++) {
+        const w = this.#fusable(first);
+        if (!w) break;
+        this.#fusedLayer(first, w, x, pos);
+      }
     }
     const ropeOpts = { headDim: hd, theta: c.ropeTheta, posOffset: pos };
     for (let i = first; i < c.layers; i++) {
@@ -445,40 +452,39 @@ export class DecodeSession {
   }
 
   /** A layer's matrices as the fused kernels read them, or null if one is block-quantized. */
-  #fusedWeights(
-    i: number,
-  ): Record<"q" | "k" | "v" | "o" | "gate" | "up" | "down", DecodeWeight> | null {
+  #fusedWeights(i: number): FusedWeights | null {
     const nm = layerNames(i);
-    const out: Partial<Record<"q" | "k" | "v" | "o" | "gate" | "up" | "down", DecodeWeight>> = {};
+    const out: Partial<FusedWeights> = {};
     for (const key of ["q", "k", "v", "o", "gate", "up", "down"] as const) {
       const w = this.#w(nm[key]);
       if (!isDecodeWeight(w)) return null;
       out[key] = w;
     }
-    return out as Record<"q" | "k" | "v" | "o" | "gate" | "up" | "down", DecodeWeight>;
+    return out as FusedWeights;
   }
 
-  #fusable(i: number): boolean {
+  /** Layer `i`'s matrices if its one-token step runs fused, else null. */
+  #fusable(i: number): FusedWeights | null {
     const w = this.#fusedWeights(i);
-    if (!w) return false;
-    if (this.#gpu.kind !== "cpu") return true;
+    if (!w || this.#gpu.kind !== "cpu") return w;
     // On a CPU adapter the fused kernels pay off only in their texture variant (packed weights, a
     // texture cache); their buffer variant (a workgroup per output) ran 4-20x slower than the
     // unfused path on unpacked 100m f16 weights through lavapipe, so such layers (models over
     // the packing limit, packWeights: false) keep the unfused path.
-    return Object.values(w).every((t) => t instanceof PackedWeight) &&
+    const tex = Object.values(w).every((t) => t instanceof PackedWeight) &&
       decodeQkvVariant(this.#gpu, w, this.#cache[i].buffers) === "tex";
+    return tex ? w : null;
   }
 
   /**
    * One layer of a one-token step, fused (see {@link SessionOptions.fuse}): x (1,D) is the residual
    * stream, updated in place.
    */
-  #fusedLayer(i: number, x: Tensor, pos: number): void {
+  #fusedLayer(i: number, w: FusedWeights, x: Tensor, pos: number): void {
     const { gpu, model } = { gpu: this.#gpu, model: this.model };
     const c = model.config;
     const { H, hd } = dims(c);
-    const nm = layerNames(i), w = this.#fusedWeights(i)!, kv = this.#cache[i].buffers;
+    const nm = layerNames(i), kv = this.#cache[i].buffers;
     const q = decodeQkv(gpu, x, model.param(nm.ln1), w, kv, pos, {
       heads: H,
       eps: c.rmsEps,

@@ -10,9 +10,9 @@
  * - `tex`     llvmpipe: A and B first packed into rgba32float textures (Mesa fetches texels
  *             vectorised but loops lane by lane over every bounds-checked storage-buffer load),
  *             16x8 outputs per invocation, no barriers; textures a little wider than the matrix
- *             so that rows are not a multiple of 4 KiB apart (see `pitchTexels`). Contiguous operands are packed by a plain
- *             buffer-to-texture copy; a weight can be packed once into a {@link PackedWeight}
- *             (f16 weights stay 16-bit there).
+ *             so that rows are not a multiple of 4 KiB apart (see `pitchTexels`). Contiguous
+ *             operands are packed by a plain buffer-to-texture copy; a weight can be packed once
+ *             into a {@link PackedWeight} (f16 weights stay 16-bit there).
  * - `gemv`    M <= 4 (decode), memory bound: B streamed once. On llvmpipe from a texture (a
  *             PackedWeight, or a Linear weight copied as is) with A in a uniform buffer; elsewhere
  *             from the storage buffer (f16 read as vec2<u32>).
