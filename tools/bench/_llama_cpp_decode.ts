@@ -12,7 +12,8 @@
  *
  * One thread unless `LLAMA_CPP_THREADS` says otherwise: llama.cpp's threads meet at a spinning
  * barrier after every op, and on this 2-core machine shared with a training run two of them ran
- * 32 tokens in 350 s (0.09 tokens/s) where one ran 40 tokens/s.
+ * 32 tokens in 350 s (0.09 tokens/s) where one ran 40 tokens/s. On a quiet machine two threads
+ * pay: the synthetic 7B's Q4_0 GGUF ran 8.27 tokens/s with `LLAMA_CPP_THREADS=2`, 3.81 with one.
  * @module
  */
 const SPEC = "npm:node-llama-cpp@3.21.1"; // computed import: `deno check` and the lock never see it
