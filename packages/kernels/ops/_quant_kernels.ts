@@ -249,23 +249,33 @@ export function gemvTexKernel(type: QuantType, R: number, rs = 14, WG = 64): str
       ${prescale}
       ${rows.map((r) => row(r, j)).join("\n      ")}
     }`;
+  const body = `for (var g8 = 0u; g8 < p.nbc; g8 += 8u) {
+    ${scaleTexels(R, rs)}
+    ${xs.map(block).join("\n    ")}
+  }`;
   return `@group(0) @binding(0) var<uniform> X: array<vec4f, 4096>;
 @group(0) @binding(1) var tq: texture_storage_2d_array<rgba32uint, read>;
 @group(0) @binding(2) var ts: texture_storage_2d_array<rgba32uint, read>;
 @group(0) @binding(3) var<storage, read_write> out: array<f32>;
 ${GEMV_PARAMS}
 @group(0) @binding(4) var<uniform> p: P;
-@compute @workgroup_size(${WG})
+${rowGroupMain(R, WG, body)}`;
+}
+
+/**
+ * WGSL `main` of the GEMVs whose 8 adjacent lanes own 8 adjacent rows, R rows each, 8 apart
+ * ({@link gemvTexKernel}, {@link gemvIntKernel}): rows n_r (clamped into [0, N)) and sums s_r,
+ * `body` (the loop over the chunk's blocks), then each s_r written to output row o0 + n_r (added
+ * to it where p.acc).
+ */
+function rowGroupMain(R: number, WG: number, body: string): string {
+  const rows = [...Array(R).keys()];
+  return `@compute @workgroup_size(${WG})
 fn main(@builtin(global_invocation_id) g: vec3u) {
   let base = (g.x / 8u) * ${8 * R}u + g.x % 8u;
   if (base >= p.N) { return; }
   ${rows.map((r) => `let n${r} = min(base + ${8 * r}u, p.N - 1u); var s${r} = 0.0;`).join("\n  ")}
-  for (var g8 = 0u; g8 < p.nbc; g8 += 8u) {
-    ${
-    rows.map((r) => `let sv${r} = textureLoad(ts, ${at(`n${r}`, "(p.b0 + g8) >> 3u")});`).join(" ")
-  }
-    ${xs.map(block).join("\n    ")}
-  }
+  ${body}
   ${
     rows.map((r) =>
       `if (base + ${
@@ -274,6 +284,13 @@ fn main(@builtin(global_invocation_id) g: vec3u) {
     ).join("\n  ")
   }
 }`;
+}
+
+/** WGSL: sv_r, the scale texel of blocks b0 + g8 .. b0 + g8 + 7 of row n_r (texture layout). */
+function scaleTexels(R: number, rs: number): string {
+  return [...Array(R).keys()].map((r) =>
+    `let sv${r} = textureLoad(ts, ${texAt(`n${r}`, "(p.b0 + g8) >> 3u", rs)});`
+  ).join(" ");
 }
 
 /**
@@ -367,11 +384,7 @@ export function gemvIntKernel(
       let mt = X[o + 4u]; let dx = bitcast<f32>(mt.x); let a0 = mt.y;`;
   const body = tex
     ? `for (var g8 = 0u; g8 < p.nbc; g8 += 8u) {
-    ${
-      rows.map((r) => `let sv${r} = textureLoad(ts, ${at(`n${r}`, "(p.b0 + g8) >> 3u")});`).join(
-        " ",
-      )
-    }
+    ${scaleTexels(R, rs)}
     ${
       js.map((j) =>
         `{
@@ -394,20 +407,7 @@ ${bind}
 @group(0) @binding(3) var<storage, read_write> out: array<f32>;
 ${GEMV_PARAMS}
 @group(0) @binding(4) var<uniform> p: P;
-@compute @workgroup_size(${WG})
-fn main(@builtin(global_invocation_id) g: vec3u) {
-  let base = (g.x / 8u) * ${8 * R}u + g.x % 8u;
-  if (base >= p.N) { return; }
-  ${rows.map((r) => `let n${r} = min(base + ${8 * r}u, p.N - 1u); var s${r} = 0.0;`).join("\n  ")}
-  ${body}
-  ${
-    rows.map((r) =>
-      `if (base + ${
-        8 * r
-      }u < p.N) { let o = p.o0 + n${r}; if (p.acc != 0u) { s${r} += out[o]; } out[o] = s${r}; }`
-    ).join("\n  ")
-  }
-}`;
+${rowGroupMain(R, WG, body)}`;
 }
 
 /** Parameters of the storage-operand kernels ({@link gemvWgKernel}, {@link blockedKernel}, {@link tiledKernel}). */

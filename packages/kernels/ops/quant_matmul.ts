@@ -73,6 +73,7 @@ import {
   texSize,
   tiledKernel,
   unsplitTexKernel,
+  XQ_STRIDE,
 } from "./_quant_kernels.ts";
 
 export type { QuantLayout } from "./_quant_kernels.ts";
@@ -193,6 +194,9 @@ export class QuantWeight {
     opts: QuantWeightOptions = {},
   ): QuantWeight {
     const [N, K] = QuantWeight.#shape(type, shape);
+    if (opts.quantizeX && type !== "Q4_0") {
+      throw new RangeError(`QuantWeight: quantizeX takes Q4_0 weights, got ${type}`);
+    }
     const fits = texFits(gpu, type, N, K);
     const layout = opts.layout ?? (gpu.kind === "cpu" && fits ? "texture" : "storage");
     if (layout === "texture" && !fits) {
@@ -253,9 +257,6 @@ export class QuantWeight {
     }
     gpu.submit();
     raw.destroy();
-    if (opts.quantizeX && type !== "Q4_0") {
-      throw new RangeError(`QuantWeight: quantizeX takes Q4_0 weights, got ${type}`);
-    }
     return new QuantWeight(gpu, type, [N, K], layout, store, opts.quantizeX ?? false);
   }
 
@@ -577,7 +578,7 @@ export function linearQ(
       const pre = gpu.pipeline("quant/quantizex", () => quantizeXKernel());
       const pipe = gpu.pipeline(`quant/gemvint/${R}/${lk}`, () => gemvIntKernel(R, layout, rs));
       const wgs = Math.ceil((Math.ceil(N / (8 * R)) * 8) / 64);
-      const BC = 512; // blocks per chunk: 512 records of 8 vec4 fill the 64 KiB uniform buffer
+      const BC = X_FLOATS / 4 / XQ_STRIDE; // blocks per chunk: their records fill the buffer (512)
       for (let m = 0; m < M; m++) {
         for (let b0 = 0; b0 < nb; b0 += BC) {
           const nbc = Math.min(BC, nb - b0), nbp = Math.ceil(nbc / 8) * 8;
