@@ -94,7 +94,7 @@ export interface Conv2dOptions {
  */
 export class Conv2dStash {
   /** The staged input and how it was staged (internal to conv2d.ts). */
-  staged: (Staged & { x: Tensor; B: number; offT: number; offL: number }) | null = null;
+  staged: (Staged & { x: Tensor; offT: number; offL: number }) | null = null;
 
   /** @param maxBytes the largest texture kept (default 32 MiB). */
   constructor(readonly maxBytes: number = 32 * 2 ** 20) {}
@@ -440,32 +440,20 @@ function stage(
   const tex = takeTexture(gpu, Math.min(planes, lay.P) * lay.Wp4, lay.bands * lay.Hp);
   const view = tex.createView();
   const N4 = planes * lay.Hp * lay.Wp4;
-  if (up === 1 && W % 4 === 0 && lay.Wp4 <= 17) {
-    const k = (((-offL) % 4) + 4) % 4;
-    const rows = planes * lay.Hp;
-    gpu.dispatch(
-      gpu.pipeline(
-        `conv2d_pad_row|${k}|${lay.Hp}|${lay.Wp4}|${lay.P}`,
-        () => PAD_ROW_WGSL(k, lay),
-      ),
-      [src, view],
-      new Params().u32(rows).u32(H).u32(W / 4).u32(lay.Hp).u32(lay.Wp4).i32(offT).i32(offL)
-        .u32(lay.P).u32(plane0),
-      grid(Math.ceil(rows / 64)),
-    );
-    return { tex, view, lay };
-  }
   if (up === 1 && W % 4 === 0) {
     const k = (((-offL) % 4) + 4) % 4;
+    // Narrow planes: one invocation per padded row (PAD_ROW_WGSL), else one per texel.
+    const row = lay.Wp4 <= 17;
+    const n = row ? planes * lay.Hp : N4;
     gpu.dispatch(
       gpu.pipeline(
-        `conv2d_pad_vec|${k}|${lay.Hp}|${lay.Wp4}|${lay.P}`,
-        () => PAD_VEC_WGSL(k, lay),
+        `conv2d_pad_${row ? "row" : "vec"}|${k}|${lay.Hp}|${lay.Wp4}|${lay.P}`,
+        () => (row ? PAD_ROW_WGSL : PAD_VEC_WGSL)(k, lay),
       ),
       [src, view],
-      new Params().u32(N4).u32(H).u32(W / 4).u32(lay.Hp).u32(lay.Wp4).i32(offT).i32(offL).u32(lay.P)
+      new Params().u32(n).u32(H).u32(W / 4).u32(lay.Hp).u32(lay.Wp4).i32(offT).i32(offL).u32(lay.P)
         .u32(plane0),
-      grid(Math.ceil(N4 / 256)),
+      grid(Math.ceil(n / (row ? 64 : 256))),
     );
     return { tex, view, lay };
   }
@@ -674,12 +662,19 @@ function rotated(w: Tensor): WeightTaps {
   return { mode: "dx", KHs: w.shape[2], KWs: w.shape[3], k0h: 0, k0w: 0, st: 1 };
 }
 
-function stageWeights(gpu: Gpu, w: Tensor, cot: number, k: WeightTaps): StagedW {
-  const [Cout, Cin, KH, KW] = w.shape;
-  const flip = k.mode === "dx";
-  const KHW = k.mode === "plain" ? KH * KW : k.KHs * k.KWs;
-  const rows = (flip ? Cout : Cin) * KHW;
-  const cols = flip ? Cin : Cout;
+/**
+ * A weight texture for `rows` rows (KHW taps per input channel, never split across bands) and
+ * `cols` output channels in blocks of `cot`: texel columns CoP4 per band, rows wrapped into bands
+ * of wH side by side.
+ */
+function weightTexture(
+  gpu: Gpu,
+  w: Tensor,
+  rows: number,
+  cols: number,
+  cot: number,
+  KHW: number,
+): StagedW {
   const CoP4 = Math.ceil(cols / cot) * (cot / 4);
   const max = gpu.limits.maxTextureDimension2D;
   const wH = Math.min(Math.floor(max / KHW) * KHW, rows);
@@ -688,7 +683,17 @@ function stageWeights(gpu: Gpu, w: Tensor, cot: number, k: WeightTaps): StagedW 
     throw new RangeError(`conv2d: weights [${w.shape}] are too large for one ${max}^2 texture`);
   }
   const tex = takeTexture(gpu, bands * CoP4, wH);
-  const view = tex.createView();
+  return { tex, view: tex.createView(), lay: { Hp: wH, Wp4: CoP4, P: bands, bands: 1 }, CoP4, wH };
+}
+
+function stageWeights(gpu: Gpu, w: Tensor, cot: number, k: WeightTaps): StagedW {
+  const [Cout, Cin, KH, KW] = w.shape;
+  const flip = k.mode === "dx";
+  const KHW = k.mode === "plain" ? KH * KW : k.KHs * k.KWs;
+  const rows = (flip ? Cout : Cin) * KHW;
+  const st = weightTexture(gpu, w, rows, flip ? Cin : Cout, cot, KHW);
+  const { view, CoP4, wH } = st;
+  const bands = st.lay.P;
   const N = rows * CoP4;
   if (k.mode === "plain" && bands === 1 && rows % 4 === 0) {
     gpu.dispatch(
@@ -697,7 +702,7 @@ function stageWeights(gpu: Gpu, w: Tensor, cot: number, k: WeightTaps): StagedW 
       new Params().u32(CoP4).u32(rows / 4).u32(Cout),
       [Math.ceil(CoP4 / 16), Math.ceil(rows / 16), 1],
     );
-    return { tex, view, lay: { Hp: wH, Wp4: CoP4, P: bands, bands: 1 }, CoP4, wH };
+    return st;
   }
   if (
     k.mode === "dx" && k.st === 1 && k.KHs === KH && k.KWs === KW && bands === 1 &&
@@ -709,7 +714,7 @@ function stageWeights(gpu: Gpu, w: Tensor, cot: number, k: WeightTaps): StagedW 
       new Params().u32(CoP4).u32(Cout).u32(Cin),
       [Math.ceil(CoP4 / 16), Math.ceil(Cout / 4), 1],
     );
-    return { tex, view, lay: { Hp: wH, Wp4: CoP4, P: bands, bands: 1 }, CoP4, wH };
+    return st;
   }
   if (k.mode === "up" && KHW <= 16 && KH * KW <= 25) {
     // Which kernel taps each staged tap sums (see upPhase).
@@ -732,7 +737,7 @@ function stageWeights(gpu: Gpu, w: Tensor, cot: number, k: WeightTaps): StagedW 
       new Params().u32(CoP4).u32(Cout).u32(Cin).u32(wH),
       [Math.ceil(CoP4 / 16), Math.ceil(Cin / 4), 1],
     );
-    return { tex, view, lay: { Hp: wH, Wp4: CoP4, P: bands, bands: 1 }, CoP4, wH };
+    return st;
   }
   gpu.dispatch(
     gpu.pipeline("conv2d_wt", WT_WGSL),
@@ -748,7 +753,7 @@ function stageWeights(gpu: Gpu, w: Tensor, cot: number, k: WeightTaps): StagedW 
       .i32(k.mode === "up" ? k.offH : 0).i32(k.mode === "up" ? k.offW : 0),
     grid(Math.ceil(N / 256)),
   );
-  return { tex, view, lay: { Hp: wH, Wp4: CoP4, P: bands, bands: 1 }, CoP4, wH };
+  return st;
 }
 
 /**
@@ -804,23 +809,14 @@ fn main(@builtin(global_invocation_id) g: vec3u) {
 function stageWinoWeights(gpu: Gpu, w: Tensor, cot: number, rot: boolean): StagedW {
   const [Cout, Cin] = w.shape;
   const co = rot ? Cin : Cout, ci = rot ? Cout : Cin;
-  const rows = ci * 16;
-  const CoP4 = Math.ceil(co / cot) * (cot / 4);
-  const max = gpu.limits.maxTextureDimension2D;
-  const wH = Math.min(Math.floor(max / 16) * 16, rows);
-  const bands = Math.ceil(rows / wH);
-  if (bands * CoP4 > max) {
-    throw new RangeError(`conv2d: weights [${w.shape}] are too large for one ${max}^2 texture`);
-  }
-  const tex = takeTexture(gpu, bands * CoP4, wH);
-  const view = tex.createView();
+  const st = weightTexture(gpu, w, ci * 16, co, cot, 16);
   gpu.dispatch(
     gpu.pipeline("conv2d_wt_wino", WT_WINO_WGSL),
-    [w, view],
-    new Params().u32(CoP4).u32(co).u32(ci).u32(wH).u32(rot ? 1 : 0),
-    [Math.ceil(CoP4 / 16), Math.ceil(ci / 4), 1],
+    [w, st.view],
+    new Params().u32(st.CoP4).u32(co).u32(ci).u32(st.wH).u32(rot ? 1 : 0),
+    [Math.ceil(st.CoP4 / 16), Math.ceil(ci / 4), 1],
   );
-  return { tex, view, lay: { Hp: wH, Wp4: CoP4, P: bands, bands: 1 }, CoP4, wH };
+  return st;
 }
 
 // ---------------------------------------------------------------------------------------------------
@@ -1299,7 +1295,7 @@ function convCore(
       phase,
     );
     if (keep && bc === B && xs.tex.width * xs.tex.height * 16 <= keep.maxBytes) {
-      keep.staged = { ...xs, x, B, offT: pad.offT, offL: pad.offL };
+      keep.staged = { ...xs, x, offT: pad.offT, offL: pad.offL };
     } else texPool.put(gpu, xs.tex);
   }
 }
@@ -1851,7 +1847,7 @@ function convDw(
     // The forward's staged x when it covers these planes (the same x, padding and batch, a plane
     // at least as large): the kernel takes the layout as given.
     const st = stash?.staged;
-    const kept = st && chunks === 1 && st.x === x && st.B === B && g.up === 1 &&
+    const kept = st && chunks === 1 && st.x === x && g.up === 1 &&
         st.offT === g.pt && st.offL === g.pl && st.lay.Hp >= xHp && st.lay.Wp4 >= xWp4
       ? st
       : null;

@@ -70,6 +70,8 @@ const CASES: Case[] = [
   },
   { B: 1, Cin: 1, H: 1, W: 1, Cout: 1, K: 3, o: { pad: 1, tile: SMALL }, bias: true },
   { B: 1, Cin: 2, H: 45, W: 65, Cout: 3, K: 3, o: { pad: 1, tile: SMALL } },
+  // Planes wider than 17 texels with W % 4 == 0: the per-texel vec4 pad (narrower: a row each).
+  { B: 1, Cin: 2, H: 5, W: 80, Cout: 3, K: 3, o: { pad: 1, tile: SMALL }, bias: true },
   { B: 1, Cin: 3, H: 6, W: 8, Cout: 3, K: 5, o: { pad: [2, 1, 2, 0], tile: SMALL }, bias: true },
   { B: 2, Cin: 1, H: 4, W: 12, Cout: 2, K: 3, o: { pad: [1, 1, 3, 0], tile: SMALL }, bias: true },
   // Other generator paths: 16 channels, 1 row, 16 pixels, scalar stores, 3 rows at stride 2.
@@ -248,12 +250,22 @@ Deno.test("conv2d() Winograd F(2x2,3x3) variant (opt-in) matches the references"
     for (const tile of tiles) {
       await t.step(`${label(c)} wino ${Object.values(tile).join("x")}`, async () => {
         conv2dTuning.wino = tile;
+        // Count the Winograd kernel's dispatches: the case must not fall back to the direct one.
+        const pipeline = gpu.pipeline;
+        let wino = 0;
+        gpu.pipeline = (key, code, entry) => {
+          if (key.startsWith("conv2d_wino")) wino++;
+          return pipeline.call(gpu, key, code, entry);
+        };
         try {
           const y = conv2d(gpu, X, Wt, c.bias ? Bt : undefined, {
             ...c.o,
             residual: c.res ? R : undefined,
           });
           const g = conv2dBackward(gpu, X, Wt, DY, { ...c.o, dw: false, dbias: false });
+          // The upsampled forward has its own kernel; its dx and every other pass are Winograd.
+          const want = c.o.upsample2x ? 1 : 2;
+          if (wino !== want) throw new Error(`${wino} Winograd dispatches, expected ${want}`);
           const [yh, dxh] = await gpu.readMany([y, g.dx!]);
           assertClose(yh, ref, { atol: 2e-4, rtol: 1e-4 }, "y");
           assertClose(dxh, rb.dx, { atol: 2e-4, rtol: 1e-4 }, "dx");
@@ -261,6 +273,7 @@ Deno.test("conv2d() Winograd F(2x2,3x3) variant (opt-in) matches the references"
           g.dx!.release();
         } finally {
           conv2dTuning.wino = false;
+          gpu.pipeline = pipeline;
         }
       });
     }
