@@ -213,6 +213,42 @@ Deno.test("Gpu: buffer pool, pipeline cache, one submit per step", async (t) => 
     X.release();
     Y.release();
   });
+  await t.step(
+    "bind groups: reused for the same bindings, fresh ones after pool.trim()",
+    async () => {
+      const n = 100;
+      const pipe = gpu.pipeline("gpu_test.axpy", AXPY);
+      const X = gpu.upload(new Float32Array(n).fill(1), [n]), Y = gpu.zeros([n]);
+      // Three submits of the same dispatch: the uniform lands at the same arena offset each time, so
+      // the first group is reused, and each run still reads its own k.
+      const b0 = gpu.bindGroupCount;
+      for (const k of [1, 2, 4]) {
+        gpu.dispatch(pipe, [X, Y], new Params().u32(n).f32(k), 2);
+        gpu.submit();
+      }
+      assertEquals(gpu.bindGroupCount - b0, 1);
+      assertClose(
+        await gpu.read(Y),
+        new Float32Array(n).fill(7),
+        { atol: 0, rtol: 0 },
+        "y = 1+2+4",
+      );
+      // Other bindings (x and y swapped), another group.
+      gpu.dispatch(pipe, [Y, X], new Params().u32(n).f32(1), 2);
+      assertEquals(gpu.bindGroupCount - b0, 2);
+      assertClose(await gpu.read(X), new Float32Array(n).fill(8), { atol: 0, rtol: 0 }, "x = 1+7");
+      // A buffer freed and destroyed, a new one in its place: nothing stale is bound.
+      Y.release();
+      gpu.pool.trim();
+      const Z = gpu.zeros([n]);
+      const b1 = gpu.bindGroupCount;
+      gpu.dispatch(pipe, [X, Z], new Params().u32(n).f32(2), 2);
+      assertEquals(gpu.bindGroupCount - b1, 1);
+      assertClose(await gpu.read(Z), new Float32Array(n).fill(16), { atol: 0, rtol: 0 }, "z = 2x");
+      X.release();
+      Z.release();
+    },
+  );
   await t.step("write() checks the data length", () => {
     const T = gpu.empty([2, 3]);
     assertThrows(() => gpu.write(T, [1, 2, 3, 4, 5]), RangeError, "holds 6 values, got 5");
