@@ -6,7 +6,7 @@ lines whose `name` and `shape` match the WebGPU cases so `deno task bench --torc
     /usr/bin/python3 tools/bench_torch_tokenizer.py [--filter TEXT] [--reps N]
 
 tools/bench_torch.py can import it: `from bench_torch_tokenizer import results` and print each dict
-of `results(filter, reps)` (reps None: 1 run of encode/decode, 3 of the training step, as
+of `results(filter, reps)` (reps None: 2 runs of encode/decode, 3 of the training step, as
 tools/bench/tokenizer.ts). Threads: $TORCH_THREADS, else os.cpu_count(). The model math is tools/ref_vqgan.py's (open-muse VQGANModel), here in f32
 under torch.no_grad() for encode/decode; the training step is forward + backward of the same loss as
 @lvm/tokenizer (L2 + codebook + 0.25 commitment, straight-through) and torch.optim.AdamW.
@@ -114,10 +114,10 @@ def results(filt=None, reps=None):
         ids = (torch.arange(256, dtype=torch.int64) * 2654435761) % 8192
         with torch.no_grad():
             if want("vqgan encode lvm 1x3x256x256"):
-                ms = best_ms(lambda: distances(p, encode_features(p, LVM_CONFIG, x)).argmin(1), reps or 1)
+                ms = best_ms(lambda: distances(p, encode_features(p, LVM_CONFIG, x)).argmin(1), reps or 2)
                 out.append(line("vqgan encode", "lvm 1x3x256x256", ms, enc_f, 1, "torch f32 CPU"))
             if want("vqgan decode lvm 1x256 ids"):
-                ms = best_ms(lambda: decode_latent(p, LVM_CONFIG, lookup(p, ids[None], 16, 16)).clamp(0, 1), reps or 1)
+                ms = best_ms(lambda: decode_latent(p, LVM_CONFIG, lookup(p, ids[None], 16, 16)).clamp(0, 1), reps or 2)
                 out.append(line("vqgan decode", "lvm 1x256 ids", ms, dec_f, 1, "torch f32 CPU"))
     key = f"vqgan train step tiny b{TINY_B} 32x32"
     if want(key):

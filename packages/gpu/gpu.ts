@@ -255,6 +255,9 @@ export class Gpu {
   stagingFlushes = 0;
   #staged = 0;
   #unsettled = false;
+  /** Queue operations (submits, buffer writes) sent so far, and how many of them are known done. */
+  #queued = 0;
+  #done = 0;
 
   private constructor(
     readonly adapter: GPUAdapter,
@@ -446,6 +449,7 @@ export class Gpu {
     // Work recorded before this write must run before it: submit it first.
     this.submit();
     this.device.queue.writeBuffer(t.buffer, 0, bytes.buffer, bytes.byteOffset, bytes.byteLength);
+    this.#queued++;
     this.#countStaged(bytes.byteLength);
   }
 
@@ -454,6 +458,7 @@ export class Gpu {
     this.#staged += bytes;
     if (this.#staged < this.stagingLimit) return;
     this.device.queue.submit([]);
+    this.#queued++;
     this.#staged = 0;
     this.stagingFlushes++;
     this.#unsettled = true;
@@ -483,6 +488,7 @@ export class Gpu {
     }
     this.submit();
     this.device.queue.writeBuffer(buf, offset, bytes.buffer, bytes.byteOffset, bytes.byteLength);
+    this.#queued++;
     this.#countStaged(bytes.byteLength);
   }
 
@@ -629,6 +635,7 @@ export class Gpu {
     this.#flushArena(false);
     for (const { buffer, bytes } of this.#arenaDirty) {
       this.device.queue.writeBuffer(buffer, 0, bytes.buffer, bytes.byteOffset, bytes.byteLength);
+      this.#queued++;
     }
     this.#arenaDirty = [];
     this.#arenaIndex = 0;
@@ -637,6 +644,7 @@ export class Gpu {
       this.device.queue.submit([this.#encoder.finish()]);
       this.#encoder = null;
       this.submitCount++;
+      this.#queued++;
     }
   }
 
@@ -665,11 +673,21 @@ export class Gpu {
     if (e) throw new GpuError(e.message);
   }
 
-  /** Submits and waits until the GPU is idle. */
+  /**
+   * Submits and waits until the GPU is idle: until everything sent to the queue through this
+   * context (dispatches, copies, writes) has run. Returns without waiting when nothing was sent
+   * since the last completed read or sync.
+   */
   async sync(): Promise<void> {
     this.#checkLive();
     this.submit();
-    await this.#wait(this.device.queue.onSubmittedWorkDone(), "sync");
+    // Nothing sent since a read or sync completed: the GPU is idle already, and Deno's wait costs
+    // ~11 ms even then (its device polling), so a sync after a read does not wait again.
+    if (this.#queued !== this.#done) {
+      const upTo = this.#queued;
+      await this.#wait(this.device.queue.onSubmittedWorkDone(), "sync");
+      this.#done = Math.max(this.#done, upTo);
+    }
     await this.#checkErrors();
   }
 
@@ -685,10 +703,13 @@ export class Gpu {
     });
     this.submit();
     this.readCount++;
+    const upTo = this.#queued; // the copies above ran after everything sent before them
     await this.#wait(
       Promise.all(stages.map((s) => s.stage.mapAsync(GPUMapMode.READ, 0, s.stage.size))),
       "read",
     );
+    // A copy's completion means all earlier work completed (one queue, in order).
+    if (stages.some((st) => st.bytes > 0)) this.#done = Math.max(this.#done, upTo);
     await this.#checkErrors();
     return stages.map(({ t, stage, bytes }) => {
       const raw = stage.getMappedRange(0, bytes).slice(0);

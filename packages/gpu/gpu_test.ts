@@ -249,6 +249,33 @@ Deno.test("Gpu: buffer pool, pipeline cache, one submit per step", async (t) => 
       Z.release();
     },
   );
+  await t.step("sync() waits only when something was sent since a read or sync", async () => {
+    const q = gpu.device.queue;
+    const orig = q.onSubmittedWorkDone;
+    let waits = 0;
+    q.onSubmittedWorkDone = () => (waits++, orig.call(q));
+    try {
+      const pipe = gpu.pipeline("gpu_test.axpy", AXPY);
+      const X = gpu.upload([1, 2, 3], [3]), Y = gpu.zeros([3]);
+      gpu.dispatch(pipe, [X, Y], new Params().u32(3).f32(2), 1);
+      assertEquals(Array.from(await gpu.read(Y)), [2, 4, 6]);
+      await gpu.sync(); // the read saw everything through
+      assertEquals(waits, 0);
+      gpu.dispatch(pipe, [X, Y], new Params().u32(3).f32(1), 1);
+      await gpu.sync(); // a dispatch since
+      assertEquals(waits, 1);
+      await gpu.sync(); // nothing since
+      assertEquals(waits, 1);
+      gpu.write(X, [0, 0, 0]);
+      await gpu.sync(); // a queue write since
+      assertEquals(waits, 2);
+      assertEquals(Array.from(await gpu.read(Y)), [3, 6, 9]);
+      X.release();
+      Y.release();
+    } finally {
+      q.onSubmittedWorkDone = orig;
+    }
+  });
   await t.step("write() checks the data length", () => {
     const T = gpu.empty([2, 3]);
     assertThrows(() => gpu.write(T, [1, 2, 3, 4, 5]), RangeError, "holds 6 values, got 5");

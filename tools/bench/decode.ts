@@ -19,7 +19,7 @@ import type { BenchCase } from "./_harness.ts";
 /** Presets measured, with transformer.ts's decode prompt/new-token counts and repetitions. */
 const CONFIGS = [
   { name: "tiny", prompt: 16, decode: 32, reps: 3 },
-  { name: "100m", prompt: 16, decode: 16, reps: 1 },
+  { name: "100m", prompt: 16, decode: 16, reps: 3 },
 ];
 
 const SAMPLERS: { label: string; options: SamplingOptions }[] = [

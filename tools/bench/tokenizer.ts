@@ -78,7 +78,7 @@ export const benches: BenchCase[] = [
     unit: "images",
     flops: F.encode,
     note: `${(F.encode / 1e9).toFixed(0)} GFLOP/image (convs + code search), random weights, f32`,
-    reps: 1,
+    reps: 2,
     setup(gpu) {
       const m = lvmModel(gpu);
       const x = gpu.upload(randu(3 * 256 * 256, 2, 0, 1), [1, 3, 256, 256]);
@@ -94,7 +94,7 @@ export const benches: BenchCase[] = [
     unit: "images",
     flops: F.decode,
     note: `${(F.decode / 1e9).toFixed(0)} GFLOP/image (convs), random weights, f32, clamped output`,
-    reps: 1,
+    reps: 2,
     setup(gpu) {
       const m = lvmModel(gpu);
       const ids = gpu.upload(Int32Array.from({ length: 256 }, (_, i) => (i * 2654435761) % 8192), [
