@@ -124,6 +124,9 @@ export function formatResult(r: BenchResult): string {
   if (typeof r.dispatches_per_step === "number") {
     parts.push(`${r.dispatches_per_step} dispatches/step`);
   }
+  if (typeof r.ms_worst === "number") {
+    parts.push(`worst of ${r.rounds} rounds ${r.ms_worst.toFixed(3)} ms`);
+  }
   if (r.note) parts.push(`  (${r.note})`);
   return parts.join(" ");
 }
