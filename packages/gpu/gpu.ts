@@ -3,8 +3,10 @@
  * a uniform arena and the command encoder that kernels are recorded into.
  *
  * Kernels are recorded into one open compute pass; nothing reaches the GPU until {@link Gpu.submit},
- * and the CPU waits only in {@link Gpu.read} / {@link Gpu.sync}. Uniform parameters of every dispatch
- * in a batch go into one buffer written once at submit, so a recorded step costs no buffer creation.
+ * and the CPU waits only in {@link Gpu.read} / {@link Gpu.sync} (a sync right after a read does not
+ * wait again). Uniform parameters of every dispatch in a batch go into one buffer written once at
+ * submit, and a dispatch that binds what an earlier one bound reuses its bind group, so a recorded
+ * step that repeats (a decode token, a training step) creates next to nothing.
  * @module
  */
 import { packF16, unpackF16 } from "@lvm/util";
