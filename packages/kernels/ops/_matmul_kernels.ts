@@ -392,6 +392,7 @@ export function texKernel(
   aT = false,
   bT = false,
   vecOut = false,
+  WG = 64,
 ): string {
   const rs = [...Array(R).keys()], cs = [...Array(CB).keys()];
   const binds = [
@@ -452,11 +453,11 @@ ${TEX_PARAMS}
     : rs.map((r) => `let a${r} = textureLoad(tA, vec2u(k4, ay + ${r}u), aL);`).join("\n    ");
   return `${binds.join("\n")}
 ${vecOut ? PUT4_VEC : PUT4}
-@compute @workgroup_size(64)
+@compute @workgroup_size(${WG})
 fn main(@builtin(local_invocation_index) li: u32, @builtin(workgroup_id) wg: vec3u,
         @builtin(num_workgroups) nwg: vec3u) {
   // One invocation per (column group, row block) of batch wg.z, column groups fastest.
-  let t = (wg.x + wg.y * nwg.x) * 64u + li;
+  let t = (wg.x + wg.y * nwg.x) * ${WG}u + li;
   let cg = t % p.NG; let rb = t / p.NG; let bi = wg.z;
   if (rb >= p.RB || bi >= p.batch) { return; }
   let row0 = rb * ${R}u;

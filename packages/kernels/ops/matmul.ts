@@ -353,11 +353,16 @@ export const matmulTuning: {
   texTile: [number, number] | null;
   /** Allocate operand textures with an odd number of 64-byte lines per row (see pitchTexels). */
   padPitch: boolean;
-} = { texTile: null, padPitch: true };
+  /** Force the tex kernel's workgroup size in lanes (a multiple of 8); null: the shape's choice. */
+  texLanes: number | null;
+} = { texTile: null, padPitch: true, texLanes: null };
 
-/** Output tile (R rows x 4*CB columns per invocation) of the texture kernel for a shape. */
-function texTile(M: number, N: number, batch: number): [number, number] {
-  if (matmulTuning.texTile) return matmulTuning.texTile;
+/**
+ * Output tile (R rows x 4*CB columns per invocation) of the texture kernel for a shape, and its
+ * workgroup size in lanes.
+ */
+function texTile(M: number, N: number, batch: number): [number, number, number] {
+  if (matmulTuning.texTile) return [...matmulTuning.texTile, matmulTuning.texLanes ?? 64];
   // Few tiles, so few pipelines to compile: the big one wherever there are enough invocations to
   // keep the cores busy (512 = 8 workgroups of 64), smaller ones for small products. 16x2 ran as
   // fast as 16x4, 8x4 and 32x4 at 1024^3 (within noise) and compiles ~4x faster than 16x4 (LLVM
@@ -369,12 +374,22 @@ function texTile(M: number, N: number, batch: number): [number, number] {
   // 0.71), A read from a storage buffer (0.51) or a uniform buffer (0.57) at a workgroup-uniform
   // address; no faster: no early return, 2-D instead of array textures, workgroups of 8 column
   // groups x 8 row blocks (B reused across row blocks from cache).
+  const threads = (R: number, CB: number) => Math.ceil(M / R) * Math.ceil(N / (4 * CB)) * batch;
+  // Skinny products (a prefill's 16 rows): the 16x2 tile still, in workgroups small enough that
+  // there are 8 or more of them. llvmpipe runs a workgroup on one thread: the 100m prefill's
+  // 640-wide products are 80 invocations of 16x2, which in 64-lane groups left a core idle for most
+  // of each dispatch (and 4x1 at 64 lanes fetches 2.6x more per FMA). 100m 16-token prefill, one
+  // process, best of 6: 127-136 -> 107-109 ms.
+  if (M <= 64 && threads(16, 2) >= 64) {
+    const n = threads(16, 2);
+    const lanes = matmulTuning.texLanes ?? [64, 32, 16, 8].find((l) => n >= 8 * l) ?? 8;
+    return [16, 2, lanes];
+  }
   const tiles: [number, number][] = [[16, 2], [8, 2]];
   for (const [R, CB] of tiles) {
-    const threads = Math.ceil(M / R) * Math.ceil(N / (4 * CB)) * batch;
-    if (threads >= 512) return [R, CB];
+    if (threads(R, CB) >= 512) return [R, CB, matmulTuning.texLanes ?? 64];
   }
-  return [4, 1];
+  return [4, 1, matmulTuning.texLanes ?? 64];
 }
 
 function texMatmul(
@@ -391,7 +406,7 @@ function texMatmul(
   const maxLayers = gpu.limits.maxTextureArrayLayers;
   const packed = b instanceof PackedWeight ? b.texture : null;
   const u16 = packed !== null && (b as PackedWeight).u16;
-  let [R, CB] = texTile(M, N, batch);
+  let [R, CB, WG] = texTile(M, N, batch);
   if (u16 && CB < 2) CB = 2; // a u16 texel is two column blocks
   const NT = packed ? (b as PackedWeight).NT : Math.ceil(Math.ceil(N / 4) / CB) * CB;
   const NG = NT / (u16 ? CB / 2 : CB);
@@ -494,12 +509,12 @@ function texMatmul(
         }
       }
       const vec = N % 4 === 0;
-      const key = `matmul/tex/${R}x${CB}/${u16}/${aT}/${bT}/${vec}`;
-      const pipe = gpu.pipeline(key, () => texKernel(R, CB, u16, aT, bT, vec));
+      const key = `matmul/tex/${R}x${CB}/${u16}/${aT}/${bT}/${vec}/${WG}`;
+      const pipe = gpu.pipeline(key, () => texKernel(R, CB, u16, aT, bT, vec, WG));
       const p = new Params().u32(M).u32(N).u32(KTc).u32(NG).u32(RB).u32(nb).u32(chunks).u32(HA)
         .u32(pl.bBatched ? 1 : 0).u32(b0).f32(e.alpha).u32(epiFlags(e, kc === 0, e.acc || kc > 0));
       const binds = [tA.view, tB.view, biasBinding(gpu, e.bias), out];
-      const [gx, gy] = grid(Math.ceil((NG * RB) / 64));
+      const [gx, gy] = grid(Math.ceil((NG * RB) / WG));
       gpu.dispatch(pipe, binds, p, [gx, gy, nb]);
     }
   }

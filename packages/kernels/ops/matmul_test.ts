@@ -1,5 +1,5 @@
 import { getGpu, type Gpu } from "@lvm/gpu";
-import { assertClose, finiteDiff, randu } from "@lvm/util/testing";
+import { assert, assertClose, assertEquals, finiteDiff, randu } from "@lvm/util/testing";
 import { roundF16 } from "@lvm/util";
 import {
   colSum,
@@ -223,6 +223,32 @@ Deno.test("matmul() tex: every tile and operand layout, bias and accumulate", as
       } finally {
         matmulTuning.texTile = null;
       }
+    });
+  }
+});
+
+Deno.test("matmul() tex: skinny products take the 16x2 tile in workgroups of 8-64 lanes", async (t) => {
+  const gpu = await getGpu();
+  // [M, K, N, lanes]: 16x2 invocations = ceil(M/16) * ceil(N/8); lanes: the most with >= 8 groups.
+  const cases: [number, number, number, number][] = [
+    [16, 37, 520, 8], // 65 invocations
+    [5, 19, 1030, 16], // 129
+    [33, 23, 700, 32], // 3 x 88 = 264
+    [64, 9, 1030, 64], // 4 x 129 = 516
+  ];
+  for (const [M, K, N, lanes] of cases) {
+    await t.step(`${M}x${K}x${N}: ${lanes} lanes`, async () => {
+      const labels: string[] = [];
+      const dispatch = gpu.dispatch;
+      gpu.dispatch = (p, ...rest) => (labels.push(p.label), dispatch.call(gpu, p, ...rest));
+      try {
+        await check(gpu, { M, K, N, bias: true, acc: true, alpha: 0.5 }, "tex", M + N);
+      } finally {
+        gpu.dispatch = dispatch;
+      }
+      const tex = labels.filter((l) => l.startsWith("matmul/tex/"));
+      assertEquals(tex.length, 1, labels.join());
+      assert(tex[0].startsWith("matmul/tex/16x2/") && tex[0].endsWith(`/${lanes}`), tex[0]);
     });
   }
 });
