@@ -450,9 +450,14 @@ export class Gpu {
     else bytes = data instanceof Uint32Array ? data : Uint32Array.from(data);
     // Work recorded before this write must run before it: submit it first.
     this.submit();
-    this.device.queue.writeBuffer(t.buffer, 0, bytes.buffer, bytes.byteOffset, bytes.byteLength);
-    this.#queued++;
+    this.#writeQueue(t.buffer, 0, bytes);
     this.#countStaged(bytes.byteLength);
+  }
+
+  /** Queues a buffer write (counted for {@link sync}: see #queued). */
+  #writeQueue(buffer: GPUBuffer, offset: number, bytes: ArrayBufferView): void {
+    this.device.queue.writeBuffer(buffer, offset, bytes.buffer, bytes.byteOffset, bytes.byteLength);
+    this.#queued++;
   }
 
   /** Counts staged upload bytes; past {@link stagingLimit} sends them (an empty submit). */
@@ -489,8 +494,7 @@ export class Gpu {
       );
     }
     this.submit();
-    this.device.queue.writeBuffer(buf, offset, bytes.buffer, bytes.byteOffset, bytes.byteLength);
-    this.#queued++;
+    this.#writeQueue(buf, offset, bytes);
     this.#countStaged(bytes.byteLength);
   }
 
@@ -636,8 +640,7 @@ export class Gpu {
     this.#endPass();
     this.#flushArena(false);
     for (const { buffer, bytes } of this.#arenaDirty) {
-      this.device.queue.writeBuffer(buffer, 0, bytes.buffer, bytes.byteOffset, bytes.byteLength);
-      this.#queued++;
+      this.#writeQueue(buffer, 0, bytes);
     }
     this.#arenaDirty = [];
     this.#arenaIndex = 0;

@@ -245,6 +245,13 @@ Deno.test("Gpu: buffer pool, pipeline cache, one submit per step", async (t) => 
       gpu.dispatch(pipe, [X, Z], new Params().u32(n).f32(2), 2);
       assertEquals(gpu.bindGroupCount - b1, 1);
       assertClose(await gpu.read(Z), new Float32Array(n).fill(16), { atol: 0, rtol: 0 }, "z = 2x");
+      // The same dispatch again reuses its group, unless a trim emptied the cache in between.
+      gpu.dispatch(pipe, [X, Z], new Params().u32(n).f32(0), 2);
+      assertEquals(gpu.bindGroupCount - b1, 1);
+      gpu.pool.trim();
+      gpu.dispatch(pipe, [X, Z], new Params().u32(n).f32(0), 2);
+      assertEquals(gpu.bindGroupCount - b1, 2);
+      await gpu.sync();
       X.release();
       Z.release();
     },
