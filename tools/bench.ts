@@ -98,21 +98,26 @@ function keepBest(best: Map<string, BenchResult>, r: BenchResult): void {
   best.set(key, { ...(r.ms < old.ms ? r : old), rounds, ms_worst: worst });
 }
 
+/** Prints one of our results: a JSON line with --json, else the text line. */
+function emit(r: BenchResult): void {
+  if (values.json) {
+    console.log(JSON.stringify({ ...r, backend: "webgpu", adapter: gpu.describe() }));
+  } else console.log(formatResult(r));
+}
+
 const oursBest = new Map<string, BenchResult>();
 const torchBest = new Map<string, BenchResult>();
-let torchFailed: string | null = null;
+let torchRuns = values.torch;
 for (let round = 1; round <= rounds; round++) {
   for (const c of selected) {
     const r = await runCase(gpu, c, reps);
     keepBest(oursBest, r);
-    if (rounds === 1) {
-      if (values.json) {
-        console.log(JSON.stringify({ ...r, backend: "webgpu", adapter: gpu.describe() }));
-      } else console.log(formatResult(r));
-    } else console.error(`round ${round}/${rounds}: ${formatResult(r)}`);
+    // One round: each result as it comes; more: progress lines now, the best of each at the end.
+    if (rounds === 1) emit(r);
+    else console.error(`round ${round}/${rounds}: ${formatResult(r)}`);
   }
-  if (values.torch && !torchFailed) {
-    torchFailed = await runTorch((t) => {
+  if (torchRuns) {
+    torchRuns = await runTorch((t) => {
       keepBest(torchBest, t);
       if (rounds > 1) {
         console.error(
@@ -123,19 +128,13 @@ for (let round = 1; round <= rounds; round++) {
   }
 }
 const results = [...oursBest.values()];
-if (rounds > 1) {
-  for (const r of results) {
-    if (values.json) {
-      console.log(JSON.stringify({ ...r, backend: "webgpu", adapter: gpu.describe() }));
-    } else console.log(formatResult(r));
-  }
-}
+if (rounds > 1) results.forEach(emit);
 
 /**
  * Runs tools/bench_torch.py once (same filter and reps), handing each result line to `onResult`;
- * returns null, or why PyTorch's side did not run (logged once).
+ * false (after saying why) where PyTorch's side did not run, so later rounds skip it.
  */
-async function runTorch(onResult: (t: BenchResult) => void): Promise<string | null> {
+async function runTorch(onResult: (t: BenchResult) => void): Promise<boolean> {
   const script = new URL("./bench_torch.py", import.meta.url).pathname;
   const args = [
     script,
@@ -150,16 +149,14 @@ async function runTorch(onResult: (t: BenchResult) => void): Promise<string | nu
     const lines = new TextDecoder().decode(out.stdout).split("\n").filter((l) => l.startsWith("{"));
     for (const line of lines) onResult(JSON.parse(line) as BenchResult);
     if (!out.success) {
-      const why =
-        `bench_torch.py failed (is python3-torch installed for ${python}? PYTHON=... picks another)`;
-      log(why);
-      return why;
+      log(
+        `bench_torch.py failed (is python3-torch installed for ${python}? PYTHON=... picks another)`,
+      );
     }
-    return null;
+    return out.success;
   } catch (e) {
-    const why = `PyTorch comparison skipped: ${(e as Error).message}`;
-    log(why);
-    return why;
+    log(`PyTorch comparison skipped: ${(e as Error).message}`);
+    return false;
   }
 }
 

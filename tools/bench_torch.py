@@ -163,6 +163,8 @@ mm_case(512, 640, 1664, 2, linear=True, suffix=" linear")
 mm_case(512, 640, 1664, 2, linear=True, suffix=" linear packed")  # torch has nothing to pack
 mm_case(512, 1664, 640, 2, linear=True, suffix=" linear")
 mm_case(1024, 4096, 1024, 1, linear=True, suffix=" linear")
+mm_case(16, 640, 1664, 64, linear=True, suffix=" linear packed")  # a 16-token prefill
+mm_case(16, 1664, 640, 64, linear=True, suffix=" linear packed")
 backward_case(512, 640, 1664, 1)
 mm_case(1, 4096, 4096, 8, linear=True, suffix=" linear")
 mm_case(1, 4096, 4096, 8, linear=True, f16=True, suffix=" linear f16")

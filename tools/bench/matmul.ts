@@ -128,6 +128,19 @@ export const benches: BenchCase[] = [
   mmCase(512, 640, 1664, { per: 2, linear: true, packed: true, suffix: " linear packed" }),
   mmCase(512, 1664, 640, { per: 2, linear: true, suffix: " linear" }),
   mmCase(1024, 4096, 1024, { per: 1, linear: true, suffix: " linear" }),
+  // A 16-token prefill of the same projections (skinny: the 16x2 tile in small workgroups), and
+  // the same products in the 4x1 tile at 64 lanes (what skinny products took before).
+  ...[[640, 1664], [1664, 640]].flatMap(([K, N]) => [
+    mmCase(16, K, N, { per: 64, linear: true, packed: true, suffix: " linear packed" }),
+    mmCase(16, K, N, {
+      per: 64,
+      linear: true,
+      packed: true,
+      tile: [4, 1],
+      name: "matmul[tex 4x1]",
+      suffix: " linear packed",
+    }),
+  ]),
   backwardCase(512, 640, 1664, 1),
   // Decode: one token through a 4096x4096 weight (memory bound). Packed: the weight as a texture
   // (what a model holds); unpacked: read from the storage buffer each call.

@@ -378,8 +378,8 @@ function texTile(M: number, N: number, batch: number): [number, number, number] 
   // Skinny products (a prefill's 16 rows): the 16x2 tile still, in workgroups small enough that
   // there are 8 or more of them. llvmpipe runs a workgroup on one thread: the 100m prefill's
   // 640-wide products are 80 invocations of 16x2, which in 64-lane groups left a core idle for most
-  // of each dispatch (and 4x1 at 64 lanes fetches 2.6x more per FMA). 100m 16-token prefill, one
-  // process, best of 6: 127-136 -> 107-109 ms.
+  // of each dispatch (and 4x1 at 64 lanes fetches 2.6x more per FMA). `deno task bench --filter
+  // 16x`: 16x640x1664 and 16x1664x640 at 44-47 GFLOP/s, 33-34 in 4x1 at 64 lanes (the old choice).
   if (M <= 64 && threads(16, 2) >= 64) {
     const n = threads(16, 2);
     const lanes = matmulTuning.texLanes ?? [64, 32, 16, 8].find((l) => n >= 8 * l) ?? 8;
