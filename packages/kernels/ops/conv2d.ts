@@ -41,12 +41,13 @@
  *   second pass in a fixed order: deterministic, no float atomics.
  * - dbias alone (no dW asked): a workgroup tree reduction per channel.
  *
- * Winograd F(2x2,3x3) (2.25x fewer multiplies, {@link winoWgsl}) is written and tested but off
- * (`conv2dTuning.wino`): on lavapipe its kernel ran 1.3-1.7x slower than the direct one on the
- * forward and dx of 8x64->64 at 32x32 and 8x128->128 at 8x8 with every tile tried (cot 4/8/16, PY
- * 2/4, 1/2/4 input channels per iteration; e.g. 21.5 vs 13.4 ms per kernel, timestamp replay): with
- * the input transform per 4 output channels and 16 weight texels per input channel it makes
- * about as many vector operations and more loads per output than the direct kernel's 4x8x8 tile.
+ * Winograd F(4x4,3x3) ({@link w43Conv}): stride-1 3x3 convs of 256-512 channels on 32x32 and
+ * larger (forward, dx, and the decoder's upsampled convs at 64x64..128x128 outputs) run as an input
+ * transform, 36 GEMMs by the 1x1 kernel above (4x fewer multiply-adds than the direct kernel) and an
+ * output transform with the bias and residual: 1.2-1.9x faster there on lavapipe; below 256
+ * channels the transforms (2.25x the input and output written and read again) cost more than the
+ * GEMM saves ({@link useW43}). A fused F(2x2,3x3) kernel (transforms in registers, per output
+ * channel block) was tried before and ran 1.3-1.7x slower than the direct kernel.
  *
  * Variants per adapter: the tile table ({@link conv2dTile}) is tuned on lavapipe, where the main
  * kernels bind their textures as read-only storage textures ({@link texDecl}); on a real GPU the same
@@ -68,12 +69,6 @@ export interface ConvTile {
   py: number;
   /** Output pixels per row per invocation: 4, 8 or 16. */
   px: number;
-}
-
-/** A forward tile with the kernel choice: `wino` > 0 runs Winograd F(2x2,3x3) (PX 8, PY even). */
-interface KernelTile extends ConvTile {
-  /** Input channels per iteration of the Winograd kernel; 0 or absent: the direct kernel. */
-  wino?: number;
 }
 
 /** Options of {@link conv2d} and {@link conv2dBackward}. */
@@ -756,69 +751,6 @@ function stageWeights(gpu: Gpu, w: Tensor, cot: number, k: WeightTaps): StagedW 
   return st;
 }
 
-/**
- * Weights of {@link winoWgsl}: texel (c4, ci*16 + 4i + j) = U[i][j] of output channels 4*c4..4*c4+3
- * and input channel ci, U = G g G^T with G = [[1, 0, 0], [.5, .5, .5], [.5, -.5, .5], [0, 0, 1]]
- * and g the 3x3 kernel of (co, ci); `rot` (a stride-1 dx): the kernel rotated by 180 degrees and
- * transposed, g = w[ci][co] flipped (out/in as the dx conv sees them).
- */
-const WT_WINO_WGSL = `
-@group(0) @binding(0) var<storage, read> w: array<f32>;
-@group(0) @binding(1) var tex: texture_storage_2d<rgba32float, write>;
-struct P { CoP4: u32, Co: u32, Ci: u32, wH: u32, rot: u32 }
-@group(0) @binding(2) var<uniform> p: P;
-@compute @workgroup_size(16, 4)
-fn main(@builtin(global_invocation_id) g: vec3u) {
-  let c4 = g.x;
-  let ci = g.y;
-  if (c4 >= p.CoP4 || ci >= p.Ci) { return; }
-  var u: array<vec4f, 16>;
-  for (var l = 0u; l < 4u; l++) {
-    let co = c4 * 4u + l;
-    if (co >= p.Co) { continue; }
-    var k: array<f32, 9>;
-    for (var t = 0u; t < 9u; t++) {
-      // plain: w[co][ci][t]; rot: w[ci][co][8 - t] (w is (Ci, Co, 3, 3) then).
-      k[t] = select(w[(co * p.Ci + ci) * 9u + t], w[(ci * p.Co + co) * 9u + 8u - t], p.rot == 1u);
-    }
-    var T: array<f32, 12>;  // G g: 4 x 3
-    for (var c = 0u; c < 3u; c++) {
-      T[c] = k[c];
-      T[3u + c] = 0.5 * (k[c] + k[3u + c] + k[6u + c]);
-      T[6u + c] = 0.5 * (k[c] - k[3u + c] + k[6u + c]);
-      T[9u + c] = k[6u + c];
-    }
-    for (var i = 0u; i < 4u; i++) {
-      let a = T[3u * i];
-      let b = T[3u * i + 1u];
-      let c = T[3u * i + 2u];
-      u[4u * i][l] = a;
-      u[4u * i + 1u][l] = 0.5 * (a + b + c);
-      u[4u * i + 2u][l] = 0.5 * (a - b + c);
-      u[4u * i + 3u][l] = c;
-    }
-  }
-  let r0 = ci * 16u;
-  for (var x = 0u; x < 16u; x++) {
-    let r = r0 + x;
-    textureStore(tex, vec2u((r / p.wH) * p.CoP4 + c4, r % p.wH), u[x]);
-  }
-}`;
-
-/** Stages 3x3 weights as {@link WT_WINO_WGSL}'s U, in blocks of `cot` output channels. */
-function stageWinoWeights(gpu: Gpu, w: Tensor, cot: number, rot: boolean): StagedW {
-  const [Cout, Cin] = w.shape;
-  const co = rot ? Cin : Cout, ci = rot ? Cout : Cin;
-  const st = weightTexture(gpu, w, ci * 16, co, cot, 16);
-  gpu.dispatch(
-    gpu.pipeline("conv2d_wt_wino", WT_WINO_WGSL),
-    [w, st.view],
-    new Params().u32(st.CoP4).u32(co).u32(ci).u32(st.wH).u32(rot ? 1 : 0),
-    [Math.ceil(st.CoP4 / 16), Math.ceil(ci / 4), 1],
-  );
-  return st;
-}
-
 // ---------------------------------------------------------------------------------------------------
 // Pass 3: the register-blocked implicit GEMM.
 
@@ -838,10 +770,10 @@ interface FwdCfg extends ConvTile {
   /** Read the textures as read-only storage textures ({@link texDecl}). */
   storageRead: boolean;
   /**
-   * Winograd F(2x2, 3x3) ({@link winoWgsl}) with this many input channels per loop iteration (1 or
-   * 2); 0 or absent: the direct kernel.
+   * Each run of `p.wDiv` images has its own weights (rows (image / wDiv) * Cin + ci): the Winograd
+   * GEMM's 36 products ({@link w43Conv}).
    */
-  wino?: number;
+  wsets: boolean;
 }
 
 /**
@@ -874,7 +806,7 @@ function fwdHeader(c: FwdCfg, L: string[]) {
   L.push(`struct P {
   Cin: u32, Cout: u32, Ho: u32, Wo: u32, nTx: u32, nTiles: u32, coBlocks: u32, P: u32, Wp4: u32,
   Hp: u32, wH: u32, CoP4: u32, b0: u32, T: u32, G: u32, oS: u32, oHf: u32, oWf: u32, oR: u32,
-  oC: u32,
+  oC: u32, wDiv: u32,
 }`);
   L.push(`@group(0) @binding(${b++}) var<uniform> p: P;`);
   L.push(`@compute @workgroup_size(${WG})`);
@@ -963,7 +895,11 @@ function fwdWgsl(c: FwdCfg): string {
   L.push(`    let plane = bl * p.Cin + ci;`);
   L.push(`    let xu = (plane % p.P) * p.Wp4 + tx * ${(px * S) / 4}u;`);
   L.push(`    let xv = (plane / p.P) * p.Hp + ty * ${py * S}u;`);
-  L.push(`    let r0 = ci * ${KH * KW}u;`);
+  L.push(
+    c.wsets
+      ? `    let r0 = ((bl / p.wDiv) * p.Cin + ci) * ${KH * KW}u;`
+      : `    let r0 = ci * ${KH * KW}u;`,
+  );
   L.push(`    let wu = (r0 / p.wH) * p.CoP4 + wc;`);
   L.push(`    let wv = r0 % p.wH;`);
   // All texels of this input channel first (KH*KW*COT/4 weights, R*NV inputs), then one chained
@@ -1001,126 +937,6 @@ function fwdWgsl(c: FwdCfg): string {
     }
   }
   L.push(`  }`);
-  fwdEpilogue(c, L);
-  L.push(`}`);
-  return L.join("\n");
-}
-
-/**
- * Winograd F(2x2, 3x3) variant of the forward kernel for stride-1 3x3 convs (Lavin & Gray 2015):
- * per input channel, each 4x4 input patch d of a 2x2 output tile becomes V = B^T d B (additions
- * only), the staged weights are already U = G g G^T ({@link stageWinoWeights}, 16 rows per input
- * channel), and the 16 products M = U .* V are summed over input channels; the epilogue turns M into
- * the 2x2 outputs, A^T M A. 16 multiply-adds per output channel and tile instead of 36 (2.25x
- * fewer). Vectorised over the 4 tiles of a row of 8 output pixels (vec4 lane t = tile t: input
- * column 2t + j), like the direct kernel's vec4 of 4 pixels; PY/2 tile rows per invocation share the
- * column transforms of their overlapping input rows. Reads the same padded planes as the direct
- * kernel with PX = 8: (PY + 2) rows of 3 texels. `wino` input channels per iteration are chained
- * into one fma expression per accumulator (fewer accumulator loads and stores, see fwdWgsl).
- */
-function winoWgsl(c: FwdCfg): string {
-  const { cot, py } = c;
-  const CI = c.wino!;
-  const WV = cot / 4;
-  const TR = py / 2; // tile rows
-  const R = py + 2; // input rows
-  const { lvl: LVL } = texDecl(c.storageRead);
-  const L: string[] = [];
-  fwdHeader(c, L);
-  for (let o = 0; o < cot; o++) {
-    for (let t = 0; t < TR; t++) {
-      for (let x = 0; x < 16; x++) L.push(`  var m${o}_${t}_${x} = vec4f(0.0);`);
-    }
-  }
-  L.push(`  let wc = cb * ${WV}u;`);
-  L.push(`  for (var c0 = 0u; c0 < p.Cin; c0 += ${CI}u) {`);
-  for (let k = 0; k < CI; k++) {
-    // A channel past the end (odd Cin) reads the last one with zero weights.
-    L.push(`    let ci${k} = min(c0 + ${k}u, p.Cin - 1u);`);
-    L.push(`    let z${k} = ${k === 0 ? "1.0" : `select(0.0, 1.0, c0 + ${k}u < p.Cin)`};`);
-    L.push(`    let plane${k} = bl * p.Cin + ci${k};`);
-    L.push(`    let xu${k} = (plane${k} % p.P) * p.Wp4 + tx * 2u;`);
-    L.push(`    let xv${k} = (plane${k} / p.P) * p.Hp + ty * ${py}u;`);
-    L.push(`    let r0${k} = ci${k} * 16u;`);
-    L.push(`    let wu${k} = (r0${k} / p.wH) * p.CoP4 + wc;`);
-    L.push(`    let wv${k} = r0${k} % p.wH;`);
-    for (let x = 0; x < 16; x++) {
-      for (let j = 0; j < WV; j++) {
-        const ld = `textureLoad(wt, vec2u(wu${k} + ${j}u, wv${k} + ${x}u)${LVL})`;
-        L.push(`    let u${k}_${x}_${j} = ${k === 0 ? ld : `${ld} * z${k}`};`);
-      }
-    }
-    for (let r = 0; r < R; r++) {
-      for (let v = 0; v < 3; v++) {
-        L.push(
-          `    let x${k}_${r}_${v} = textureLoad(xt, vec2u(xu${k} + ${v}u, xv${k} + ${r}u)${LVL});`,
-        );
-      }
-      // Column transform of row r: d_j = columns j, j+2, j+4, j+6 (one per tile), then
-      // e = (d0 - d2, d1 + d2, d2 - d1, d1 - d3).
-      const d = [0, 1, 2, 3].map((j) =>
-        `vec4f(${
-          [0, 1, 2, 3].map((t) => {
-            const col = j + 2 * t;
-            return `x${k}_${r}_${col >> 2}.${COMP[col & 3]}`;
-          }).join(", ")
-        })`
-      );
-      L.push(`    let d${k}_${r}_0 = ${d[0]};`);
-      L.push(`    let d${k}_${r}_1 = ${d[1]};`);
-      L.push(`    let d${k}_${r}_2 = ${d[2]};`);
-      L.push(`    let d${k}_${r}_3 = ${d[3]};`);
-      const e = [
-        `d${k}_${r}_0 - d${k}_${r}_2`,
-        `d${k}_${r}_1 + d${k}_${r}_2`,
-        `d${k}_${r}_2 - d${k}_${r}_1`,
-        `d${k}_${r}_1 - d${k}_${r}_3`,
-      ];
-      e.forEach((ex, j) => L.push(`    let e${k}_${r}_${j} = ${ex};`));
-    }
-    // Row transform per tile row: V[i][j] from rows 2t..2t+3.
-    for (let t = 0; t < TR; t++) {
-      const a = 2 * t;
-      for (let j = 0; j < 4; j++) {
-        const E = (r: number) => `e${k}_${a + r}_${j}`;
-        L.push(`    let V${k}_${t}_${j} = ${E(0)} - ${E(2)};`);
-        L.push(`    let V${k}_${t}_${4 + j} = ${E(1)} + ${E(2)};`);
-        L.push(`    let V${k}_${t}_${8 + j} = ${E(2)} - ${E(1)};`);
-        L.push(`    let V${k}_${t}_${12 + j} = ${E(1)} - ${E(3)};`);
-      }
-    }
-  }
-  for (let o = 0; o < cot; o++) {
-    for (let t = 0; t < TR; t++) {
-      for (let x = 0; x < 16; x++) {
-        let e = `m${o}_${t}_${x}`;
-        for (let k = 0; k < CI; k++) {
-          e = `fma(vec4f(u${k}_${x}_${o >> 2}.${COMP[o & 3]}), V${k}_${t}_${x}, ${e})`;
-        }
-        L.push(`    m${o}_${t}_${x} = ${e};`);
-      }
-    }
-  }
-  L.push(`  }`);
-  // Output transform A^T M A, A^T = [[1, 1, 1, 0], [0, 1, -1, -1]]: lane t of y{i}{j} is output
-  // (2 tr + i, 2t + j); pixels 0..7 of a row interleave y{i}0 and y{i}1.
-  for (let o = 0; o < cot; o++) {
-    for (let t = 0; t < TR; t++) {
-      const M = (i: number, j: number) => `m${o}_${t}_${4 * i + j}`;
-      for (let j = 0; j < 4; j++) {
-        L.push(`  let s${o}_${t}_0_${j} = ${M(0, j)} + ${M(1, j)} + ${M(2, j)};`);
-        L.push(`  let s${o}_${t}_1_${j} = ${M(1, j)} - ${M(2, j)} - ${M(3, j)};`);
-      }
-      for (let i = 0; i < 2; i++) {
-        const S = (j: number) => `s${o}_${t}_${i}_${j}`;
-        L.push(`  let y${o}_${t}_${i}0 = ${S(0)} + ${S(1)} + ${S(2)};`);
-        L.push(`  let y${o}_${t}_${i}1 = ${S(1)} - ${S(2)} - ${S(3)};`);
-        const y0 = `y${o}_${t}_${i}0`, y1 = `y${o}_${t}_${i}1`;
-        L.push(`  let a${o}_${2 * t + i}_0 = vec4f(${y0}.x, ${y1}.x, ${y0}.y, ${y1}.y);`);
-        L.push(`  let a${o}_${2 * t + i}_1 = vec4f(${y0}.z, ${y1}.z, ${y0}.w, ${y1}.w);`);
-      }
-    }
-  }
   fwdEpilogue(c, L);
   L.push(`}`);
   return L.join("\n");
@@ -1198,8 +1014,9 @@ function launchFwd(
   out: Tensor,
   g: { Cin: number; Cout: number; Ho: number; Wo: number; b0: number; bc: number },
   k: { KH: number; KW: number; S: number },
-  tile: KernelTile,
+  tile: ConvTile,
   phase?: OutPhase,
+  wDiv?: number,
 ) {
   const { nTx, nTy } = fwdPlane(g.Ho, g.Wo, k.KH, k.KW, k.S, tile);
   const nTiles = nTx * nTy;
@@ -1214,10 +1031,10 @@ function launchFwd(
     vecOut: g.Wo % 4 === 0 && !strided,
     strided,
     storageRead: gpu.kind === "cpu",
-    wino: tile.wino ?? 0,
+    wsets: wDiv !== undefined,
   };
   const key = [
-    cfg.wino ? `conv2d_wino${cfg.wino}` : "conv2d_fwd",
+    "conv2d_fwd",
     cfg.storageRead,
     tile.cot,
     tile.py,
@@ -1229,9 +1046,10 @@ function launchFwd(
     cfg.res,
     cfg.vecOut,
     cfg.strided,
+    cfg.wsets,
   ]
     .join("|");
-  const pipe = gpu.pipeline(key, () => (cfg.wino ? winoWgsl(cfg) : fwdWgsl(cfg)));
+  const pipe = gpu.pipeline(key, () => fwdWgsl(cfg));
   const binds = [xs.view, ws.view, ...(bias ? [bias] : []), ...(res ? [res] : []), out];
   gpu.dispatch(
     pipe,
@@ -1239,7 +1057,7 @@ function launchFwd(
     new Params().u32(g.Cin).u32(g.Cout).u32(g.Ho).u32(g.Wo).u32(nTx).u32(nTiles).u32(coBlocks)
       .u32(xs.lay.P).u32(xs.lay.Wp4).u32(xs.lay.Hp).u32(ws.wH).u32(ws.CoP4).u32(g.b0).u32(T)
       .u32(WG / T).u32(phase?.S ?? 1).u32(phase?.H ?? g.Ho).u32(phase?.W ?? g.Wo).u32(phase?.r ?? 0)
-      .u32(phase?.c ?? 0),
+      .u32(phase?.c ?? 0).u32(wDiv ?? 1),
     [Math.ceil(coBlocks / (WG / T)), Math.ceil(nTiles / T), g.bc],
   );
 }
@@ -1259,7 +1077,7 @@ function convCore(
   out: Tensor,
   g: { Cout: number; Ho: number; Wo: number; KH: number; KW: number; S: number },
   pad: { offT: number; offL: number; up: number },
-  tile: KernelTile,
+  tile: ConvTile,
   phase?: OutPhase,
   keep?: Conv2dStash,
 ) {
@@ -1298,6 +1116,356 @@ function convCore(
       keep.staged = { ...xs, x, offT: pad.offT, offL: pad.offL };
     } else texPool.put(gpu, xs.tex);
   }
+}
+
+// ---------------------------------------------------------------------------------------------------
+// Winograd F(4x4, 3x3) as a batched GEMM (Lavin & Gray 2015, "non-fused"): every 6x6 input patch d
+// of a 4x4 output tile becomes V = B^T d B (a pass over the staged input), the weights U = G g G^T,
+// and the 36 products M_xi = V_xi U_xi (xi = one of the 6x6 positions) are 36 GEMMs over input
+// channels, run by the forward kernel as a 1x1 conv of 36 "images" of tiles, each with its own
+// weights; a last pass turns M into the outputs, Y = A^T M A, adding bias and residual. The GEMM
+// does 36 multiply-adds per 16 outputs and input channel instead of 144 (4x fewer); the two passes
+// read and write 2.25x the input and output.
+
+const W43_BT = [
+  [4, 0, -5, 0, 1, 0],
+  [0, -4, -4, 1, 1, 0],
+  [0, 4, -4, -1, 1, 0],
+  [0, -2, -1, 2, 1, 0],
+  [0, 2, -1, -2, 1, 0],
+  [0, 4, 0, -5, 0, 1],
+];
+const W43_AT = [
+  [1, 1, 1, 1, 1, 0],
+  [0, 1, -1, 2, -2, 0],
+  [0, 1, 1, 4, 4, 0],
+  [0, 1, -1, 8, -8, 1],
+];
+
+/** The sum of coef * terms[j] over the nonzero coefficients, as WGSL. */
+function lin(coefs: readonly number[], term: (j: number) => string): string {
+  const parts: string[] = [];
+  coefs.forEach((c, j) => {
+    if (c === 0) return;
+    const t = term(j);
+    if (parts.length === 0) parts.push(c === 1 ? t : c === -1 ? `-${t}` : `${c}.0 * ${t}`);
+    else if (c === 1) parts.push(`+ ${t}`);
+    else if (c === -1) parts.push(`- ${t}`);
+    else parts.push(`${c < 0 ? "-" : "+"} ${Math.abs(c)}.0 * ${t}`);
+  });
+  return parts.join(" ");
+}
+
+/**
+ * Weights: texel (c4, xi*Ci + ci) holds U_xi of output channels 4*c4..4*c4+3 and input channel ci,
+ * U = G g G^T (6x6) with g the 3x3 kernel; `rot` (a stride-1 dx): g = w[ci][co] rotated by 180 degrees.
+ */
+const WT_W43_WGSL = (rot: boolean, wH: number) => {
+  const L: string[] = [];
+  L.push(`@group(0) @binding(0) var<storage, read> w: array<f32>;
+@group(0) @binding(1) var tex: texture_storage_2d<rgba32float, write>;
+struct P { CoP4: u32, Co: u32, Ci: u32, wH: u32 }
+@group(0) @binding(2) var<uniform> p: P;
+@compute @workgroup_size(16, 4)
+fn main(@builtin(global_invocation_id) g: vec3u) {
+  let c4 = g.x;
+  let ci = g.y;
+  if (c4 >= p.CoP4 || ci >= p.Ci) { return; }`);
+  // Straight-line code (lavapipe spills dynamically indexed arrays to memory).
+  const G = (a: string, b: string, d: string) => [
+    `${a} * 0.25`,
+    `-(${a} + ${b} + ${d}) / 6.0`,
+    `-(${a} - ${b} + ${d}) / 6.0`,
+    `${a} / 24.0 + ${b} / 12.0 + ${d} / 6.0`,
+    `${a} / 24.0 - ${b} / 12.0 + ${d} / 6.0`,
+    d,
+  ];
+  for (let l = 0; l < 4; l++) {
+    L.push(`  let ok${l} = c4 * 4u + ${l}u < p.Co;`);
+    L.push(`  let co${l} = min(c4 * 4u + ${l}u, p.Co - 1u);`);
+    for (let t = 0; t < 9; t++) {
+      const idx = rot
+        ? `(ci * p.Co + co${l}) * 9u + ${8 - t}u`
+        : `(co${l} * p.Ci + ci) * 9u + ${t}u`;
+      L.push(`  let k${l}_${t} = select(0.0, w[${idx}], ok${l});`);
+    }
+    // T = G g (6 x 3), then U = T G^T (6 x 6).
+    for (let c = 0; c < 3; c++) {
+      G(`k${l}_${c}`, `k${l}_${3 + c}`, `k${l}_${6 + c}`).forEach((e, r) =>
+        L.push(`  let t${l}_${r}_${c} = ${e};`)
+      );
+    }
+    for (let r = 0; r < 6; r++) {
+      G(`t${l}_${r}_0`, `t${l}_${r}_1`, `t${l}_${r}_2`).forEach((e, c) =>
+        L.push(`  let u${l}_${6 * r + c} = ${e};`)
+      );
+    }
+  }
+  for (let x = 0; x < 36; x++) {
+    L.push(`  {`);
+    L.push(`    let r = ${x}u * p.Ci + ci;`);
+    L.push(
+      `    textureStore(tex, vec2u((r / ${wH}u) * p.CoP4 + c4, r % ${wH}u), vec4f(u0_${x}, u1_${x}, u2_${x}, u3_${x}));`,
+    );
+    L.push(`  }`);
+  }
+  L.push(`}`);
+  return L.join("\n");
+};
+
+/** Stages 3x3 weights as {@link WT_W43_WGSL}'s U, in blocks of `cot` output channels. */
+function stageW43Weights(gpu: Gpu, w: Tensor, cot: number, rot: boolean): StagedW {
+  const [Cout, Cin] = w.shape;
+  const co = rot ? Cin : Cout, ci = rot ? Cout : Cin;
+  const st = weightTexture(gpu, w, 36 * ci, co, cot, 1);
+  gpu.dispatch(
+    gpu.pipeline(`conv2d_wt_w43|${rot}|${st.wH}`, () => WT_W43_WGSL(rot, st.wH)),
+    [w, st.view],
+    new Params().u32(st.CoP4).u32(co).u32(ci).u32(st.wH),
+    [Math.ceil(st.CoP4 / 16), Math.ceil(ci / 4), 1],
+  );
+  return st;
+}
+
+/** Sizes of one {@link w43Conv} chunk, baked into its transform kernels. */
+interface W43Dims {
+  /** Images in the chunk, channels in (C) and out. */
+  n: number;
+  C: number;
+  Cout: number;
+  /** Tile rows (4 output rows each) and tile quads (16 output columns each) per image. */
+  nTy: number;
+  nQ: number;
+  /** Rows of the GEMM's pseudo-image (4 tile quads per row). */
+  R: number;
+}
+
+/**
+ * Input transform: invocation (image b, channel ci, tile row ty, tile quad q) reads rows
+ * 4ty..4ty+5 of the staged plane, texels 4q..4q+4 (columns 16q..16q+19: the 6x6 patches of 4 tiles
+ * side by side) and writes V_xi of the 4 tiles (a vec4, lane t = tile 4q+t) to plane xi*C + ci of
+ * the GEMM's input, where the chunk's tile quads are numbered (b, ty, q) and laid 4 per row. Sizes
+ * are baked in (integer division by a non-constant is a per-lane loop on lavapipe).
+ */
+const W43_IN_WGSL = (d: W43Dims, xl: PlaneLayout, vl: PlaneLayout, storageRead: boolean) => {
+  const { type: TEX, lvl: LVL } = texDecl(storageRead);
+  const { C, nTy, nQ } = d;
+  const L: string[] = [];
+  L.push(`@group(0) @binding(0) var xt: ${TEX};`);
+  L.push(`@group(0) @binding(1) var vt: texture_storage_2d<rgba32float, write>;`);
+  L.push(`struct P { n: u32 }`);
+  L.push(`@group(0) @binding(2) var<uniform> p: P;`);
+  L.push(`@compute @workgroup_size(64)`);
+  L.push(`fn main(@builtin(local_invocation_index) li: u32, @builtin(workgroup_id) wg: vec3u,
+        @builtin(num_workgroups) nwg: vec3u) {`);
+  L.push(`  let i = ${WG_INDEX} * 64u + li;`);
+  L.push(`  if (i >= p.n) { return; }`);
+  L.push(`  let q = i % ${nQ}u;`);
+  L.push(`  let ty = (i / ${nQ}u) % ${nTy}u;`);
+  L.push(`  let plane = i / ${nQ * nTy}u;          // b * C + ci`);
+  L.push(`  let ci = plane % ${C}u;`);
+  L.push(`  let t = (plane / ${C}u) * ${nTy * nQ}u + i % ${nTy * nQ}u; // quad index (b, ty, q)`);
+  L.push(`  let vu = t % 4u;`);
+  L.push(`  let vr = t / 4u;`);
+  L.push(`  let xu = (plane % ${xl.P}u) * ${xl.Wp4}u + q * 4u;`);
+  L.push(`  let xv = (plane / ${xl.P}u) * ${xl.Hp}u + ty * 4u;`);
+  for (let r = 0; r < 6; r++) {
+    for (let v = 0; v < 5; v++) {
+      L.push(`  let x${r}_${v} = textureLoad(xt, vec2u(xu + ${v}u, xv + ${r}u)${LVL});`);
+    }
+    // d{r}_{j}: column j of the patches, lane t = tile t (column 4t + j of the texels' span).
+    for (let j = 0; j < 6; j++) {
+      const comps = [0, 1, 2, 3].map((t) => {
+        const col = 4 * t + j;
+        return `x${r}_${col >> 2}.${COMP[col & 3]}`;
+      });
+      L.push(`  let d${r}_${j} = vec4f(${comps.join(", ")});`);
+    }
+  }
+  // T = B^T d (rows), then V = T B (columns).
+  for (let i = 0; i < 6; i++) {
+    for (let j = 0; j < 6; j++) {
+      L.push(`  let t${i}_${j} = ${lin(W43_BT[i], (r) => `d${r}_${j}`)};`);
+    }
+  }
+  for (let i = 0; i < 6; i++) {
+    for (let k = 0; k < 6; k++) {
+      L.push(`  {`);
+      L.push(`    let pl = ${(6 * i + k) * C}u + ci;`);
+      L.push(
+        `    textureStore(vt, vec2u((pl % ${vl.P}u) * ${vl.Wp4}u + vu, (pl / ${vl.P}u) * ${vl.Hp}u + vr), ${
+          lin(W43_BT[k], (j) => `t${i}_${j}`)
+        });`,
+      );
+      L.push(`  }`);
+    }
+  }
+  L.push(`}`);
+  return L.join("\n");
+};
+
+/**
+ * Output transform: invocation (image b, channel co, tile row ty, tile quad q) reads M_xi of the 4
+ * tiles of quad t = (b, ty, q) (the GEMM's output (36, Cout, R, 16) holds them as the vec4
+ * (xi*Cout + co) * 4R + t) and writes their 4x4 outputs Y = A^T M A, plus bias and residual: rows
+ * 4ty..4ty+3, columns 16q..16q+15 of image b0 + b.
+ */
+const W43_OUT_WGSL = (d: W43Dims, bias: boolean, res: boolean, vecOut: boolean) => {
+  const { Cout, nTy, nQ, R } = d;
+  const L: string[] = [];
+  let b = 0;
+  L.push(`@group(0) @binding(${b++}) var<storage, read> m: array<vec4f>;`);
+  if (bias) L.push(`@group(0) @binding(${b++}) var<storage, read> bias: array<f32>;`);
+  const ot = vecOut ? "vec4f" : "f32";
+  if (res) L.push(`@group(0) @binding(${b++}) var<storage, read> res: array<${ot}>;`);
+  L.push(`@group(0) @binding(${b++}) var<storage, read_write> out: array<${ot}>;`);
+  L.push(`struct P { n: u32, Ho: u32, Wo: u32, b0: u32 }`);
+  L.push(`@group(0) @binding(${b++}) var<uniform> p: P;`);
+  L.push(`@compute @workgroup_size(64)`);
+  L.push(`fn main(@builtin(local_invocation_index) li: u32, @builtin(workgroup_id) wg: vec3u,
+        @builtin(num_workgroups) nwg: vec3u) {`);
+  L.push(`  let i = ${WG_INDEX} * 64u + li;`);
+  L.push(`  if (i >= p.n) { return; }`);
+  L.push(`  let q = i % ${nQ}u;`);
+  L.push(`  let ty = (i / ${nQ}u) % ${nTy}u;`);
+  L.push(`  let bco = i / ${nQ * nTy}u;          // b * Cout + co`);
+  L.push(`  let co = bco % ${Cout}u;`);
+  L.push(`  let t = (bco / ${Cout}u) * ${nTy * nQ}u + i % ${nTy * nQ}u;`);
+  for (let xi = 0; xi < 36; xi++) {
+    L.push(`  let m${xi} = m[${xi * Cout * 4 * R}u + co * ${4 * R}u + t];`);
+  }
+  for (let i = 0; i < 4; i++) {
+    for (let c = 0; c < 6; c++) {
+      L.push(`  let s${i}_${c} = ${lin(W43_AT[i], (r) => `m${6 * r + c}`)};`);
+    }
+  }
+  if (bias) L.push(`  let bv = bias[co];`);
+  L.push(`  let base = (p.b0 * ${Cout}u + bco) * p.Ho * p.Wo;`);
+  for (let i = 0; i < 4; i++) {
+    for (let j = 0; j < 4; j++) {
+      L.push(`  let y${i}_${j} = ${lin(W43_AT[j], (c) => `s${i}_${c}`)};`);
+    }
+    L.push(`  let oh${i} = ty * 4u + ${i}u;`);
+    L.push(`  if (oh${i} < p.Ho) {`);
+    for (let t = 0; t < 4; t++) {
+      // Tile t's row i: pixels 16q + 4t + j, lane t of y{i}_{j}.
+      let v = `vec4f(y${i}_0.${COMP[t]}, y${i}_1.${COMP[t]}, y${i}_2.${COMP[t]}, y${i}_3.${
+        COMP[t]
+      })`;
+      if (bias) v = `${v} + vec4f(bv)`;
+      L.push(`    {`);
+      L.push(`      let ow = q * 16u + ${4 * t}u;`);
+      L.push(`      let o = base + oh${i} * p.Wo + ow;`);
+      if (vecOut) {
+        L.push(`      if (ow < p.Wo) { out[o / 4u] = ${v}${res ? " + res[o / 4u]" : ""}; }`);
+      } else {
+        L.push(`      let s = ${v};`);
+        for (let j = 0; j < 4; j++) {
+          L.push(
+            `      if (ow + ${j}u < p.Wo) { out[o + ${j}u] = s.${COMP[j]}${
+              res ? ` + res[o + ${j}u]` : ""
+            }; }`,
+          );
+        }
+      }
+      L.push(`    }`);
+    }
+    L.push(`  }`);
+  }
+  L.push(`}`);
+  return L.join("\n");
+};
+
+/** The GEMM tile of {@link w43Conv} (a 1x1 conv over a pseudo-image 16 tiles wide). */
+const W43_GEMM_TILE: ConvTile = { cot: 16, py: 2, px: 16 };
+
+/**
+ * Stride-1 3x3 conv by Winograd F(4x4,3x3) (see above) of x (B, C, H, W; nearest-upsampled by
+ * `pad.up` first), padded by (offT, offL) on the top/left, into out (B, Cout, Ho, Wo), with staged
+ * weights from {@link stageW43Weights}. The GEMM is a 1x1 conv of 36 "images" (one per xi, its own
+ * weights) of C planes, each the chunk's tile quads laid 4 per row: any image size fills its 16x2
+ * register tiles. Returns false, having recorded nothing, when one image's transformed tiles do
+ * not fit a texture or the products a buffer binding (the caller then runs the direct kernel).
+ */
+function w43Conv(
+  gpu: Gpu,
+  x: Tensor,
+  inShape: { B: number; C: number; H: number; W: number },
+  w: Tensor,
+  rot: boolean,
+  bias: Tensor | undefined,
+  res: Tensor | undefined,
+  out: Tensor,
+  g: { Cout: number; Ho: number; Wo: number },
+  pad: { offT: number; offL: number; up: number },
+): boolean {
+  const { B, C } = inShape;
+  const { Cout, Ho, Wo } = g;
+  const tile = W43_GEMM_TILE;
+  const nTy = Math.ceil(Ho / 4), nQ = Math.ceil(Wo / 16);
+  const xHp = 4 * nTy + 2, xWp4 = 4 * nQ + 1; // staged input planes: every texel a patch reads
+  const dims = (n: number): W43Dims => {
+    const R = Math.ceil((n * nTy * nQ) / 4);
+    return { n, C, Cout, nTy, nQ, R: Math.ceil(R / tile.py) * tile.py };
+  };
+  const fits = (n: number) => {
+    const d = dims(n);
+    return !!planeLayout(gpu, 36 * C, d.R, 4) &&
+      36 * Cout * d.R * 64 <= gpu.limits.maxStorageBufferBindingSize;
+  };
+  let bc = B;
+  while (bc > 1 && !(fits(bc) && planeLayout(gpu, bc * C, xHp, xWp4))) bc = Math.floor(bc / 2);
+  if (!fits(bc) || !planeLayout(gpu, bc * C, xHp, xWp4)) return false;
+  const ws = stageW43Weights(gpu, w, tile.cot, rot);
+  const storageRead = gpu.kind === "cpu";
+  for (let b0 = 0; b0 < B; b0 += bc) {
+    const d = dims(Math.min(bc, B - b0));
+    const xl = planeLayout(gpu, d.n * C, xHp, xWp4)!;
+    const xs = stage(gpu, x, b0 * C, d.n * C, inShape.H, inShape.W, xl, pad.offT, pad.offL, pad.up);
+    const vl = planeLayout(gpu, 36 * C, d.R, 4)!;
+    const vTex = takeTexture(gpu, Math.min(36 * C, vl.P) * vl.Wp4, vl.bands * vl.Hp);
+    const vView = vTex.createView();
+    const nIn = d.n * C * nTy * nQ;
+    gpu.dispatch(
+      gpu.pipeline(
+        `conv2d_w43_in|${storageRead}|${JSON.stringify([d, xl, vl])}`,
+        () => W43_IN_WGSL(d, xl, vl, storageRead),
+      ),
+      [xs.view, vView],
+      new Params().u32(nIn),
+      grid(Math.ceil(nIn / 64)),
+    );
+    texPool.put(gpu, xs.tex);
+    const m = gpu.empty([36, Cout, d.R, 16]);
+    launchFwd(
+      gpu,
+      { tex: vTex, view: vView, lay: vl },
+      ws,
+      undefined,
+      undefined,
+      m,
+      { Cin: C, Cout, Ho: d.R, Wo: 16, b0: 0, bc: 36 },
+      { KH: 1, KW: 1, S: 1 },
+      tile,
+      undefined,
+      1,
+    );
+    texPool.put(gpu, vTex);
+    const vecOut = Wo % 4 === 0;
+    const nOut = d.n * Cout * nTy * nQ;
+    gpu.dispatch(
+      gpu.pipeline(
+        `conv2d_w43_out|${JSON.stringify(d)}|${!!bias}|${!!res}|${vecOut}`,
+        () => W43_OUT_WGSL(d, !!bias, !!res, vecOut),
+      ),
+      [m, ...(bias ? [bias] : []), ...(res ? [res] : []), out],
+      new Params().u32(nOut).u32(Ho).u32(Wo).u32(b0),
+      grid(Math.ceil(nOut / 64)),
+    );
+    m.release();
+  }
+  texPool.put(gpu, ws.tex);
+  return true;
 }
 
 /**
@@ -1401,18 +1569,24 @@ export function conv2d(
   for (const t of [x, w, bias, opts.residual]) {
     if (t && t.buffer === out.buffer) throw new RangeError("conv2d: out aliases an input");
   }
+  if (
+    !opts.tile && useW43(g, Cin, Cout, Ho, Wo) &&
+    w43Conv(gpu, x, { B, C: Cin, H: g.H, W: g.W }, w, false, bias, opts.residual, out, g, {
+      offT: g.pt,
+      offL: g.pl,
+      up: g.up,
+    })
+  ) {
+    opts.stash?.release(gpu);
+    return out;
+  }
   if (g.up === 2 && S === 1) {
     upsampledConv(gpu, x, w, bias, opts.residual, out, g, opts.tile);
     return out;
   }
-  const wt = !opts.tile && S === 1 && KH === 3 && KW === 3 && g.up === 1
-    ? winoTile(Cout, Ho, Wo)
-    : null;
-  const tile: KernelTile = wt ?? opts.tile ?? conv2dTile(gpu, Cout, Ho, Wo, KH, KW, S);
+  const tile: ConvTile = opts.tile ?? conv2dTile(gpu, Cout, Ho, Wo, KH, KW, S);
   validTile(tile);
-  const ws = wt
-    ? stageWinoWeights(gpu, w, tile.cot, false)
-    : stageWeights(gpu, w, tile.cot, { mode: "plain" });
+  const ws = stageWeights(gpu, w, tile.cot, { mode: "plain" });
   convCore(
     gpu,
     "conv2d",
@@ -1462,27 +1636,26 @@ export const conv2dTuning: {
   /** Weight-gradient tile: output channels, input channels, pixels and rows per segment. */
   dw: Partial<{ cot: number; cit: number; px: number; py: number }> | null;
   /**
-   * Winograd F(2x2,3x3) for stride-1 3x3 convs (forward and dx, {@link winoWgsl}): false = never
-   * (the default: on lavapipe it lost to the direct kernel at every tile tried, see the module
-   * doc), null = the default Winograd tile ({@link winoTile}), or a tile (cot, py; ci = input
-   * channels per iteration).
+   * Winograd F(4x4,3x3) ({@link w43Conv}) for stride-1 3x3 convs (forward, dx, the decoder's
+   * upsampled convs): true = always, false = never, null = where it is measured faster ({@link useW43}).
    */
-  wino: false | null | { cot: number; py: number; ci: number };
-} = { dw: null, wino: false };
+  w43: boolean | null;
+} = { dw: null, w43: null };
 
 /**
- * The Winograd tile for a stride-1 3x3 conv of `Cout` outputs of Ho x Wo, or null where the direct
- * kernel is used.
+ * Whether a stride-1 3x3 conv of Cin -> Cout channels and Ho x Wo outputs takes the Winograd path
+ * ({@link conv2dTuning}'s `w43`).
  */
-function winoTile(Cout: number, Ho: number, Wo: number): KernelTile | null {
-  const t = conv2dTuning.wino;
-  if (t === false || Wo <= 4 || Ho < 2) return null;
-  const cot = t?.cot ?? 4, ci = t?.ci ?? 2;
-  let py = t?.py ?? 4;
-  const coBlocks = Math.ceil(Cout / cot);
-  const lanes = (py: number) => nextPow2(Math.ceil(Ho / py) * Math.ceil(Wo / 8)) * coBlocks;
-  while (py > 2 && lanes(py) < WG) py /= 2;
-  return { cot, py, px: 8, wino: ci };
+function useW43(g: Geom, Cin: number, Cout: number, Ho: number, Wo: number): boolean {
+  if (g.KH !== 3 || g.KW !== 3 || g.S !== 1 || conv2dTuning.w43 === false) return false;
+  if (conv2dTuning.w43) return true;
+  // Measured on lavapipe (.scratch A/B, one process, forward and dx): 1.2-1.9x faster at 256 -> 256
+  // on 64x64 and 128x128 and 512 -> 512 on 32x32; slower below 256 channels (the transforms,
+  // linear in channels, outweigh the GEMM's savings: 64 -> 64 on 32x32 1.5x slower), at 768 on 16x16
+  // (the weight transform), and for the upsampled convs outside 64x64..128x128 outputs.
+  const lo = Math.min(Cin, Cout), hi = Math.max(Cin, Cout), px = Ho * Wo;
+  if (lo < 256 || hi > 512 || px < 32 * 32) return false;
+  return g.up === 1 || (px >= 64 * 64 && px <= 128 * 128);
 }
 
 /**
@@ -1750,26 +1923,31 @@ export function conv2dBackward(
     const dxu = S === 1 ? gpu.empty([B, Cin, g.Hu, g.Wu]) : dxStrided(gpu, w, dy, g, opts.tile);
     if (S === 1) {
       // dx = conv(dy padded by (K-1-pad), rot180(W)^T), output extent = the (upsampled) input.
-      const wt = !opts.tile && KH === 3 && KW === 3 ? winoTile(Cin, g.Hu, g.Wu) : null;
-      const tile: KernelTile = wt ?? opts.tile ?? conv2dTile(gpu, Cin, g.Hu, g.Wu, KH, KW, 1);
-      validTile(tile);
-      const ws = wt
-        ? stageWinoWeights(gpu, w, tile.cot, true)
-        : stageWeights(gpu, w, tile.cot, rotated(w));
-      convCore(
-        gpu,
-        fn,
-        dy,
-        { B, C: Cout, H: Ho, W: Wo },
-        ws,
-        undefined,
-        undefined,
-        dxu,
-        { Cout: Cin, Ho: g.Hu, Wo: g.Wu, KH, KW, S: 1 },
-        { offT: KH - 1 - g.pt, offL: KW - 1 - g.pl, up: 1 },
-        tile,
-      );
-      texPool.put(gpu, ws.tex);
+      const w43 = !opts.tile && useW43(g, Cout, Cin, g.Hu, g.Wu) &&
+        w43Conv(gpu, dy, { B, C: Cout, H: Ho, W: Wo }, w, true, undefined, undefined, dxu, {
+          Cout: Cin,
+          Ho: g.Hu,
+          Wo: g.Wu,
+        }, { offT: KH - 1 - g.pt, offL: KW - 1 - g.pl, up: 1 });
+      if (!w43) {
+        const tile: ConvTile = opts.tile ?? conv2dTile(gpu, Cin, g.Hu, g.Wu, KH, KW, 1);
+        validTile(tile);
+        const ws = stageWeights(gpu, w, tile.cot, rotated(w));
+        convCore(
+          gpu,
+          fn,
+          dy,
+          { B, C: Cout, H: Ho, W: Wo },
+          ws,
+          undefined,
+          undefined,
+          dxu,
+          { Cout: Cin, Ho: g.Hu, Wo: g.Wu, KH, KW, S: 1 },
+          { offT: KH - 1 - g.pt, offL: KW - 1 - g.pl, up: 1 },
+          tile,
+        );
+        texPool.put(gpu, ws.tex);
+      }
     }
     if (g.up === 1) grads.dx = dxu;
     else {
