@@ -107,7 +107,7 @@ export class TexturePool {
   /** @param name label prefix of the textures. */
   constructor(readonly name: string) {}
 
-  /** A free (w, h) texture (storage + texture binding), made when none is free. */
+  /** A free (w, h) texture (storage + texture binding, copy destination), made when none is free. */
   take(gpu: Gpu, w: number, h: number): GPUTexture {
     const list = this.#per.get(gpu)?.get(`${w}x${h}`);
     if (list?.length) return list.pop()!;
@@ -115,7 +115,8 @@ export class TexturePool {
       label: `${this.name} ${w}x${h}`,
       size: [w, h],
       format: "rgba32float",
-      usage: GPUTextureUsage.TEXTURE_BINDING | GPUTextureUsage.STORAGE_BINDING,
+      usage: GPUTextureUsage.TEXTURE_BINDING | GPUTextureUsage.STORAGE_BINDING |
+        GPUTextureUsage.COPY_DST,
     });
   }
 

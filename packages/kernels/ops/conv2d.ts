@@ -41,13 +41,15 @@
  *   second pass in a fixed order: deterministic, no float atomics.
  * - dbias alone (no dW asked): a workgroup tree reduction per channel.
  *
- * Winograd F(4x4,3x3) ({@link w43Conv}): stride-1 3x3 convs of 256-512 channels on 32x32 and
- * larger (forward, dx, and the decoder's upsampled convs at 64x64..128x128 outputs) run as an input
- * transform, 36 GEMMs by the 1x1 kernel above (4x fewer multiply-adds than the direct kernel) and an
- * output transform with the bias and residual: 1.2-1.9x faster there on lavapipe; below 256
- * channels the transforms (2.25x the input and output written and read again) cost more than the
- * GEMM saves ({@link useW43}). A fused F(2x2,3x3) kernel (transforms in registers, per output
- * channel block) was tried before and ran 1.3-1.7x slower than the direct kernel.
+ * Winograd F(4x4,3x3) ({@link w43Conv}): stride-1 3x3 convs from 128 channels on 64x64 (256-512 on
+ * 32x32; forward, dx, and the decoder's upsampled convs of 256-512 channels at 64x64..128x128
+ * outputs) run as an input transform, 36 GEMMs by the 1x1 kernel above (4x fewer multiply-adds than
+ * the direct kernel) and an output transform with the bias and residual: 1.2-1.65x faster there on
+ * lavapipe. The transforms write their results to buffers that are copied into textures (a memcpy
+ * on lavapipe, where image stores go lane by lane). Below that size, and at 768 channels, the
+ * transforms (2.25x the input and output, written and read again) and the weight transform cost
+ * more than the GEMM saves ({@link useW43}). A fused F(2x2,3x3) kernel (transforms in registers, per
+ * output channel block) was tried before and ran 1.3-1.7x slower than the direct kernel.
  *
  * Variants per adapter: the tile table ({@link conv2dTile}) is tuned on lavapipe, where the main
  * kernels bind their textures as read-only storage textures ({@link texDecl}); on a real GPU the same
@@ -1247,12 +1249,18 @@ interface W43Dims {
  * the GEMM's input, where the chunk's tile quads are numbered (b, ty, q) and laid 4 per row. Sizes
  * are baked in (integer division by a non-constant is a per-lane loop on lavapipe).
  */
-const W43_IN_WGSL = (d: W43Dims, xl: PlaneLayout, vl: PlaneLayout, storageRead: boolean) => {
+const W43_IN_WGSL = (
+  d: W43Dims,
+  xl: PlaneLayout,
+  vl: PlaneLayout,
+  texW: number,
+  storageRead: boolean,
+) => {
   const { type: TEX, lvl: LVL } = texDecl(storageRead);
   const { C, nTy, nQ } = d;
   const L: string[] = [];
   L.push(`@group(0) @binding(0) var xt: ${TEX};`);
-  L.push(`@group(0) @binding(1) var vt: texture_storage_2d<rgba32float, write>;`);
+  L.push(`@group(0) @binding(1) var<storage, read_write> vb: array<vec4f>;`);
   L.push(`struct P { n: u32 }`);
   L.push(`@group(0) @binding(2) var<uniform> p: P;`);
   L.push(`@compute @workgroup_size(64)`);
@@ -1293,9 +1301,9 @@ const W43_IN_WGSL = (d: W43Dims, xl: PlaneLayout, vl: PlaneLayout, storageRead: 
       L.push(`  {`);
       L.push(`    let pl = ${(6 * i + k) * C}u + ci;`);
       L.push(
-        `    textureStore(vt, vec2u((pl % ${vl.P}u) * ${vl.Wp4}u + vu, (pl / ${vl.P}u) * ${vl.Hp}u + vr), ${
+        `    vb[((pl / ${vl.P}u) * ${vl.Hp}u + vr) * ${texW}u + (pl % ${vl.P}u) * ${vl.Wp4}u + vu] = ${
           lin(W43_BT[k], (j) => `t${i}_${j}`)
-        });`,
+        };`,
       );
       L.push(`  }`);
     }
@@ -1310,11 +1318,19 @@ const W43_IN_WGSL = (d: W43Dims, xl: PlaneLayout, vl: PlaneLayout, storageRead: 
  * (xi*Cout + co) * 4R + t) and writes their 4x4 outputs Y = A^T M A, plus bias and residual: rows
  * 4ty..4ty+3, columns 16q..16q+15 of image b0 + b.
  */
-const W43_OUT_WGSL = (d: W43Dims, bias: boolean, res: boolean, vecOut: boolean) => {
+const W43_OUT_WGSL = (
+  d: W43Dims,
+  mW: number,
+  bias: boolean,
+  res: boolean,
+  vecOut: boolean,
+  storageRead: boolean,
+) => {
   const { Cout, nTy, nQ, R } = d;
+  const { type: TEX, lvl: LVL } = texDecl(storageRead);
   const L: string[] = [];
   let b = 0;
-  L.push(`@group(0) @binding(${b++}) var<storage, read> m: array<vec4f>;`);
+  L.push(`@group(0) @binding(${b++}) var mt: ${TEX};`);
   if (bias) L.push(`@group(0) @binding(${b++}) var<storage, read> bias: array<f32>;`);
   const ot = vecOut ? "vec4f" : "f32";
   if (res) L.push(`@group(0) @binding(${b++}) var<storage, read> res: array<${ot}>;`);
@@ -1332,7 +1348,8 @@ const W43_OUT_WGSL = (d: W43Dims, bias: boolean, res: boolean, vecOut: boolean) 
   L.push(`  let co = bco % ${Cout}u;`);
   L.push(`  let t = (bco / ${Cout}u) * ${nTy * nQ}u + i % ${nTy * nQ}u;`);
   for (let xi = 0; xi < 36; xi++) {
-    L.push(`  let m${xi} = m[${xi * Cout * 4 * R}u + co * ${4 * R}u + t];`);
+    L.push(`  let e${xi} = ${xi * Cout * 4 * R}u + co * ${4 * R}u + t;`);
+    L.push(`  let m${xi} = textureLoad(mt, vec2u(e${xi} % ${mW}u, e${xi} / ${mW}u)${LVL});`);
   }
   for (let i = 0; i < 4; i++) {
     for (let c = 0; c < 6; c++) {
@@ -1376,6 +1393,9 @@ const W43_OUT_WGSL = (d: W43Dims, bias: boolean, res: boolean, vecOut: boolean) 
   return L.join("\n");
 };
 
+/** Texels per row of the products' texture (the output transform's input). */
+const W43_MW = 4096;
+
 /** The GEMM tile of {@link w43Conv} (a 1x1 conv over a pseudo-image 16 tiles wide). */
 const W43_GEMM_TILE: ConvTile = { cot: 16, py: 2, px: 16 };
 
@@ -1410,8 +1430,11 @@ function w43Conv(
   };
   const fits = (n: number) => {
     const d = dims(n);
-    return !!planeLayout(gpu, 36 * C, d.R, 4) &&
-      36 * Cout * d.R * 64 <= gpu.limits.maxStorageBufferBindingSize;
+    const vl = planeLayout(gpu, 36 * C, d.R, 4);
+    const max = gpu.limits.maxStorageBufferBindingSize;
+    return !!vl && 36 * Cout * d.R * 64 <= max &&
+      Math.ceil((36 * Cout * d.R * 4) / W43_MW) <= gpu.limits.maxTextureDimension2D &&
+      Math.ceil((Math.min(36 * C, vl.P) * 4) / 16) * 16 * vl.bands * d.R * 16 <= max;
   };
   let bc = B;
   while (bc > 1 && !(fits(bc) && planeLayout(gpu, bc * C, xHp, xWp4))) bc = Math.floor(bc / 2);
@@ -1425,18 +1448,30 @@ function w43Conv(
     const vl = planeLayout(gpu, 36 * C, d.R, 4)!;
     const vTex = takeTexture(gpu, Math.min(36 * C, vl.P) * vl.Wp4, vl.bands * vl.Hp);
     const vView = vTex.createView();
+    // V is written to a buffer in the texture's row layout, then copied (image stores go lane by
+    // lane on lavapipe: 36 per invocation cost 10x the loads and arithmetic; the copy is a memcpy).
+    const texW = vTex.width, vRows = vl.bands * vl.Hp;
+    const vBuf = gpu.empty([vRows * texW * 4]);
     const nIn = d.n * C * nTy * nQ;
     gpu.dispatch(
       gpu.pipeline(
-        `conv2d_w43_in|${storageRead}|${JSON.stringify([d, xl, vl])}`,
-        () => W43_IN_WGSL(d, xl, vl, storageRead),
+        `conv2d_w43_in|${storageRead}|${JSON.stringify([d, xl, vl, texW])}`,
+        () => W43_IN_WGSL(d, xl, vl, texW, storageRead),
       ),
-      [xs.view, vView],
+      [xs.view, vBuf],
       new Params().u32(nIn),
       grid(Math.ceil(nIn / 64)),
     );
+    gpu.copyToTexture(vBuf, { bytesPerRow: texW * 16, rowsPerImage: vRows }, { texture: vTex }, [
+      texW,
+      vRows,
+      1,
+    ]);
+    vBuf.release();
     texPool.put(gpu, xs.tex);
-    const m = gpu.empty([36, Cout, d.R, 16]);
+    // The products (36, Cout, R, 16), rounded up to whole rows of the texture they are copied to.
+    const mRows = Math.ceil((36 * Cout * d.R * 4) / W43_MW);
+    const m = gpu.empty([mRows * W43_MW * 4]);
     launchFwd(
       gpu,
       { tex: vTex, view: vView, lay: vl },
@@ -1451,18 +1486,27 @@ function w43Conv(
       1,
     );
     texPool.put(gpu, vTex);
+    // M as a texture of rows of W43_MW texels (a memcpy): the output transform's 36 reads are then
+    // vectorised gathers instead of bounds-checked buffer loads.
+    const mTex = takeTexture(gpu, W43_MW, mRows);
+    gpu.copyToTexture(m, { bytesPerRow: W43_MW * 16, rowsPerImage: mRows }, { texture: mTex }, [
+      W43_MW,
+      mRows,
+      1,
+    ]);
+    m.release();
     const vecOut = Wo % 4 === 0;
     const nOut = d.n * Cout * nTy * nQ;
     gpu.dispatch(
       gpu.pipeline(
-        `conv2d_w43_out|${JSON.stringify(d)}|${!!bias}|${!!res}|${vecOut}`,
-        () => W43_OUT_WGSL(d, !!bias, !!res, vecOut),
+        `conv2d_w43_out|${JSON.stringify(d)}|${!!bias}|${!!res}|${vecOut}|${storageRead}`,
+        () => W43_OUT_WGSL(d, W43_MW, !!bias, !!res, vecOut, storageRead),
       ),
-      [m, ...(bias ? [bias] : []), ...(res ? [res] : []), out],
+      [mTex.createView(), ...(bias ? [bias] : []), ...(res ? [res] : []), out],
       new Params().u32(nOut).u32(Ho).u32(Wo).u32(b0),
       grid(Math.ceil(nOut / 64)),
     );
-    m.release();
+    texPool.put(gpu, mTex);
   }
   texPool.put(gpu, ws.tex);
   return true;
@@ -1649,13 +1693,14 @@ export const conv2dTuning: {
 function useW43(g: Geom, Cin: number, Cout: number, Ho: number, Wo: number): boolean {
   if (g.KH !== 3 || g.KW !== 3 || g.S !== 1 || conv2dTuning.w43 === false) return false;
   if (conv2dTuning.w43) return true;
-  // Measured on lavapipe (.scratch A/B, one process, forward and dx): 1.2-1.9x faster at 256 -> 256
-  // on 64x64 and 128x128 and 512 -> 512 on 32x32; slower below 256 channels (the transforms,
-  // linear in channels, outweigh the GEMM's savings: 64 -> 64 on 32x32 1.5x slower), at 768 on 16x16
-  // (the weight transform), and for the upsampled convs outside 64x64..128x128 outputs.
+  // Measured on lavapipe (wall clock per conv, best of 4, alternating in one process): 1.2-1.65x
+  // faster from 128 channels on 64x64 (128 -> 128 at 256x256: 277 -> 189 ms, 256 -> 256 at 64x64:
+  // 83 -> 50 ms, 512 -> 512 at 32x32: 83 -> 64 ms); no faster on the tiny tokenizer's shapes (64 or
+  // 128 channels at 32x32 and below), slower at 768 channels on 16x16 (82 -> 100 ms: the weight
+  // transform) and for the upsampled convs outside 256-512 channels at 64x64..128x128 outputs.
   const lo = Math.min(Cin, Cout), hi = Math.max(Cin, Cout), px = Ho * Wo;
-  if (lo < 256 || hi > 512 || px < 32 * 32) return false;
-  return g.up === 1 || (px >= 64 * 64 && px <= 128 * 128);
+  if (lo < 128 || hi > 512 || lo * px < 128 * 64 * 64) return false;
+  return g.up === 1 || (lo >= 256 && px >= 64 * 64 && px <= 128 * 128);
 }
 
 /**
