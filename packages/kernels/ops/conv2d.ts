@@ -1162,10 +1162,10 @@ function lin(coefs: readonly number[], term: (j: number) => string): string {
  * Weights: texel (c4, xi*Ci + ci) holds U_xi of output channels 4*c4..4*c4+3 and input channel ci,
  * U = G g G^T (6x6) with g the 3x3 kernel; `rot` (a stride-1 dx): g = w[ci][co] rotated by 180 degrees.
  */
-const WT_W43_WGSL = (rot: boolean, wH: number) => {
+const WT_W43_WGSL = (rot: boolean, wH: number, texW: number) => {
   const L: string[] = [];
   L.push(`@group(0) @binding(0) var<storage, read> w: array<f32>;
-@group(0) @binding(1) var tex: texture_storage_2d<rgba32float, write>;
+@group(0) @binding(1) var<storage, read_write> tb: array<vec4f>;
 struct P { CoP4: u32, Co: u32, Ci: u32, wH: u32 }
 @group(0) @binding(2) var<uniform> p: P;
 @compute @workgroup_size(16, 4)
@@ -1207,7 +1207,7 @@ fn main(@builtin(global_invocation_id) g: vec3u) {
     L.push(`  {`);
     L.push(`    let r = ${x}u * p.Ci + ci;`);
     L.push(
-      `    textureStore(tex, vec2u((r / ${wH}u) * p.CoP4 + c4, r % ${wH}u), vec4f(u0_${x}, u1_${x}, u2_${x}, u3_${x}));`,
+      `    tb[(r % ${wH}u) * ${texW}u + (r / ${wH}u) * p.CoP4 + c4] = vec4f(u0_${x}, u1_${x}, u2_${x}, u3_${x});`,
     );
     L.push(`  }`);
   }
@@ -1220,12 +1220,21 @@ function stageW43Weights(gpu: Gpu, w: Tensor, cot: number, rot: boolean): Staged
   const [Cout, Cin] = w.shape;
   const co = rot ? Cin : Cout, ci = rot ? Cout : Cin;
   const st = weightTexture(gpu, w, 36 * ci, co, cot, 1);
+  // Written to a buffer in the texture's row layout, then copied (see w43Conv).
+  const texW = st.tex.width;
+  const tb = gpu.empty([st.wH * texW * 4]);
   gpu.dispatch(
-    gpu.pipeline(`conv2d_wt_w43|${rot}|${st.wH}`, () => WT_W43_WGSL(rot, st.wH)),
-    [w, st.view],
+    gpu.pipeline(`conv2d_wt_w43|${rot}|${st.wH}|${texW}`, () => WT_W43_WGSL(rot, st.wH, texW)),
+    [w, tb],
     new Params().u32(st.CoP4).u32(co).u32(ci).u32(st.wH),
     [Math.ceil(st.CoP4 / 16), Math.ceil(ci / 4), 1],
   );
+  gpu.copyToTexture(tb, { bytesPerRow: texW * 16, rowsPerImage: st.wH }, { texture: st.tex }, [
+    texW,
+    st.wH,
+    1,
+  ]);
+  tb.release();
   return st;
 }
 
