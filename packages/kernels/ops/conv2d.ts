@@ -42,7 +42,7 @@
  * - dbias alone (no dW asked): a workgroup tree reduction per channel.
  *
  * Winograd F(4x4,3x3) ({@link w43Conv}): stride-1 3x3 convs from 128 channels on 64x64 (256-512 on
- * 32x32; forward, dx, and the decoder's upsampled convs of 256-512 channels at 64x64..128x128
+ * 32x32; forward, dx, and the decoder's upsampled convs of 256-512 channels from 64x64
  * outputs) run as an input transform, 36 GEMMs by the 1x1 kernel above (4x fewer multiply-adds than
  * the direct kernel) and an output transform with the bias and residual: 1.2-1.65x faster there on
  * lavapipe. The transforms write their results to buffers that are copied into textures (a memcpy
@@ -1344,7 +1344,7 @@ const W43_OUT_WGSL = (
   const ot = vecOut ? "vec4f" : "f32";
   if (res) L.push(`@group(0) @binding(${b++}) var<storage, read> res: array<${ot}>;`);
   L.push(`@group(0) @binding(${b++}) var<storage, read_write> out: array<${ot}>;`);
-  L.push(`struct P { n: u32, Ho: u32, Wo: u32, b0: u32 }`);
+  L.push(`struct P { n: u32, Ho: u32, Wo: u32, b0: u32, oh0: u32 }`);
   L.push(`@group(0) @binding(${b++}) var<uniform> p: P;`);
   L.push(`@compute @workgroup_size(64)`);
   L.push(`fn main(@builtin(local_invocation_index) li: u32, @builtin(workgroup_id) wg: vec3u,
@@ -1371,7 +1371,7 @@ const W43_OUT_WGSL = (
     for (let j = 0; j < 4; j++) {
       L.push(`  let y${i}_${j} = ${lin(W43_AT[j], (c) => `s${i}_${c}`)};`);
     }
-    L.push(`  let oh${i} = ty * 4u + ${i}u;`);
+    L.push(`  let oh${i} = p.oh0 + ty * 4u + ${i}u;`);
     L.push(`  if (oh${i} < p.Ho) {`);
     for (let t = 0; t < 4; t++) {
       // Tile t's row i: pixels 16q + 4t + j, lane t of y{i}_{j}.
@@ -1413,8 +1413,10 @@ const W43_GEMM_TILE: ConvTile = { cot: 16, py: 2, px: 16 };
  * `pad.up` first), padded by (offT, offL) on the top/left, into out (B, Cout, Ho, Wo), with staged
  * weights from {@link stageW43Weights}. The GEMM is a 1x1 conv of 36 "images" (one per xi, its own
  * weights) of C planes, each the chunk's tile quads laid 4 per row: any image size fills its 16x2
- * register tiles. Returns false, having recorded nothing, when one image's transformed tiles do
- * not fit a texture or the products a buffer binding (the caller then runs the direct kernel).
+ * register tiles. Chunks are batches of images, or bands of tile rows of one image when a whole
+ * image's transformed tiles or products would not fit a texture or a buffer binding (256 channels
+ * at 256x256). Returns false, having recorded nothing, when not even one tile row fits (the caller
+ * then runs the direct kernel).
  */
 function w43Conv(
   gpu: Gpu,
@@ -1431,91 +1433,108 @@ function w43Conv(
   const { B, C } = inShape;
   const { Cout, Ho, Wo } = g;
   const tile = W43_GEMM_TILE;
-  const nTy = Math.ceil(Ho / 4), nQ = Math.ceil(Wo / 16);
-  const xHp = 4 * nTy + 2, xWp4 = 4 * nQ + 1; // staged input planes: every texel a patch reads
-  const dims = (n: number): W43Dims => {
+  const nTyAll = Math.ceil(Ho / 4), nQ = Math.ceil(Wo / 16);
+  const xWp4 = 4 * nQ + 1; // staged input planes: every texel a patch reads
+  // A chunk: n images, or one image's band of nTy tile rows.
+  const dims = (n: number, nTy: number): W43Dims => {
     const R = Math.ceil((n * nTy * nQ) / 4);
     return { n, C, Cout, nTy, nQ, R: Math.ceil(R / tile.py) * tile.py };
   };
-  const fits = (n: number) => {
-    const d = dims(n);
+  const fits = (n: number, nTy: number) => {
+    const d = dims(n, nTy);
     const vl = planeLayout(gpu, 36 * C, d.R, 4);
     const max = gpu.limits.maxStorageBufferBindingSize;
-    return !!vl && 36 * Cout * d.R * 64 <= max &&
+    return !!vl && !!planeLayout(gpu, n * C, 4 * nTy + 2, xWp4) && 36 * Cout * d.R * 64 <= max &&
       Math.ceil((36 * Cout * d.R * 4) / W43_MW) <= gpu.limits.maxTextureDimension2D &&
       Math.ceil((Math.min(36 * C, vl.P) * 4) / 16) * 16 * vl.bands * d.R * 16 <= max;
   };
-  let bc = B;
-  while (bc > 1 && !(fits(bc) && planeLayout(gpu, bc * C, xHp, xWp4))) bc = Math.floor(bc / 2);
-  if (!fits(bc) || !planeLayout(gpu, bc * C, xHp, xWp4)) return false;
+  let bc = B, band = Math.min(nTyAll, conv2dTuning.w43Rows ?? nTyAll);
+  while (bc > 1 && !fits(bc, band)) bc = Math.floor(bc / 2);
+  while (band > 1 && !fits(bc, band)) band = Math.ceil(band / 2);
+  if (!fits(bc, band)) return false;
   const ws = stageW43Weights(gpu, w, tile.cot, rot);
   const storageRead = gpu.kind === "cpu";
   for (let b0 = 0; b0 < B; b0 += bc) {
-    const d = dims(Math.min(bc, B - b0));
-    const xl = planeLayout(gpu, d.n * C, xHp, xWp4)!;
-    const xs = stage(gpu, x, b0 * C, d.n * C, inShape.H, inShape.W, xl, pad.offT, pad.offL, pad.up);
-    const vl = planeLayout(gpu, 36 * C, d.R, 4)!;
-    const vTex = takeTexture(gpu, Math.min(36 * C, vl.P) * vl.Wp4, vl.bands * vl.Hp);
-    const vView = vTex.createView();
-    // V is written to a buffer in the texture's row layout, then copied (image stores go lane by
-    // lane on lavapipe: 36 per invocation cost 10x the loads and arithmetic; the copy is a memcpy).
-    const texW = vTex.width, vRows = vl.bands * vl.Hp;
-    const vBuf = gpu.empty([vRows * texW * 4]);
-    const nIn = d.n * C * nTy * nQ;
-    gpu.dispatch(
-      gpu.pipeline(
-        `conv2d_w43_in|${storageRead}|${JSON.stringify([d, xl, vl, texW])}`,
-        () => W43_IN_WGSL(d, xl, vl, texW, storageRead),
-      ),
-      [xs.view, vBuf],
-      new Params().u32(nIn),
-      grid(Math.ceil(nIn / 64)),
-    );
-    gpu.copyToTexture(vBuf, { bytesPerRow: texW * 16, rowsPerImage: vRows }, { texture: vTex }, [
-      texW,
-      vRows,
-      1,
-    ]);
-    vBuf.release();
-    texPool.put(gpu, xs.tex);
-    // The products (36, Cout, R, 16), rounded up to whole rows of the texture they are copied to.
-    const mRows = Math.ceil((36 * Cout * d.R * 4) / W43_MW);
-    const m = gpu.empty([mRows * W43_MW * 4]);
-    launchFwd(
-      gpu,
-      { tex: vTex, view: vView, lay: vl },
-      ws,
-      undefined,
-      undefined,
-      m,
-      { Cin: C, Cout, Ho: d.R, Wo: 16, b0: 0, bc: 36 },
-      { KH: 1, KW: 1, S: 1 },
-      tile,
-      undefined,
-      1,
-    );
-    texPool.put(gpu, vTex);
-    // M as a texture of rows of W43_MW texels (a memcpy): the output transform's 36 reads are then
-    // vectorised gathers instead of bounds-checked buffer loads.
-    const mTex = takeTexture(gpu, W43_MW, mRows);
-    gpu.copyToTexture(m, { bytesPerRow: W43_MW * 16, rowsPerImage: mRows }, { texture: mTex }, [
-      W43_MW,
-      mRows,
-      1,
-    ]);
-    m.release();
-    const vecOut = Wo % 4 === 0;
-    const nOut = d.n * Cout * nTy * nQ;
-    gpu.dispatch(
-      gpu.pipeline(
-        `conv2d_w43_out|${JSON.stringify(d)}|${!!bias}|${!!res}|${vecOut}|${storageRead}`,
-        () => W43_OUT_WGSL(d, W43_MW, !!bias, !!res, vecOut, storageRead),
-      ),
-      [mTex.createView(), ...(bias ? [bias] : []), ...(res ? [res] : []), out],
-      new Params().u32(nOut).u32(Ho).u32(Wo).u32(b0),
-      grid(Math.ceil(nOut / 64)),
-    );
-    texPool.put(gpu, mTex);
+    for (let ty0 = 0; ty0 < nTyAll; ty0 += band) {
+      const nTy = Math.min(band, nTyAll - ty0);
+      const d = dims(Math.min(bc, B - b0), nTy);
+      const xl = planeLayout(gpu, d.n * C, 4 * nTy + 2, xWp4)!;
+      // Rows 4*ty0.. of the output read padded rows 4*ty0..: the source is cut by as many rows.
+      const xs = stage(
+        gpu,
+        x,
+        b0 * C,
+        d.n * C,
+        inShape.H,
+        inShape.W,
+        xl,
+        pad.offT - 4 * ty0,
+        pad.offL,
+        pad.up,
+      );
+      const vl = planeLayout(gpu, 36 * C, d.R, 4)!;
+      const vTex = takeTexture(gpu, Math.min(36 * C, vl.P) * vl.Wp4, vl.bands * vl.Hp);
+      const vView = vTex.createView();
+      // V is written to a buffer in the texture's row layout, then copied (image stores go lane by
+      // lane on lavapipe: 36 per invocation cost 10x the loads and arithmetic; the copy is a memcpy).
+      const texW = vTex.width, vRows = vl.bands * vl.Hp;
+      const vBuf = gpu.empty([vRows * texW * 4]);
+      const nIn = d.n * C * nTy * nQ;
+      gpu.dispatch(
+        gpu.pipeline(
+          `conv2d_w43_in|${storageRead}|${JSON.stringify([d, xl, vl, texW])}`,
+          () => W43_IN_WGSL(d, xl, vl, texW, storageRead),
+        ),
+        [xs.view, vBuf],
+        new Params().u32(nIn),
+        grid(Math.ceil(nIn / 64)),
+      );
+      gpu.copyToTexture(vBuf, { bytesPerRow: texW * 16, rowsPerImage: vRows }, { texture: vTex }, [
+        texW,
+        vRows,
+        1,
+      ]);
+      vBuf.release();
+      texPool.put(gpu, xs.tex);
+      // The products (36, Cout, R, 16), rounded up to whole rows of the texture they are copied to.
+      const mRows = Math.ceil((36 * Cout * d.R * 4) / W43_MW);
+      const m = gpu.empty([mRows * W43_MW * 4]);
+      launchFwd(
+        gpu,
+        { tex: vTex, view: vView, lay: vl },
+        ws,
+        undefined,
+        undefined,
+        m,
+        { Cin: C, Cout, Ho: d.R, Wo: 16, b0: 0, bc: 36 },
+        { KH: 1, KW: 1, S: 1 },
+        tile,
+        undefined,
+        1,
+      );
+      texPool.put(gpu, vTex);
+      // M as a texture of rows of W43_MW texels (a memcpy): the output transform's 36 reads are then
+      // vectorised gathers instead of bounds-checked buffer loads.
+      const mTex = takeTexture(gpu, W43_MW, mRows);
+      gpu.copyToTexture(m, { bytesPerRow: W43_MW * 16, rowsPerImage: mRows }, { texture: mTex }, [
+        W43_MW,
+        mRows,
+        1,
+      ]);
+      m.release();
+      const vecOut = Wo % 4 === 0;
+      const nOut = d.n * Cout * nTy * nQ;
+      gpu.dispatch(
+        gpu.pipeline(
+          `conv2d_w43_out|${JSON.stringify(d)}|${!!bias}|${!!res}|${vecOut}|${storageRead}`,
+          () => W43_OUT_WGSL(d, W43_MW, !!bias, !!res, vecOut, storageRead),
+        ),
+        [mTex.createView(), ...(bias ? [bias] : []), ...(res ? [res] : []), out],
+        new Params().u32(nOut).u32(Ho).u32(Wo).u32(b0).u32(4 * ty0),
+        grid(Math.ceil(nOut / 64)),
+      );
+      texPool.put(gpu, mTex);
+    }
   }
   texPool.put(gpu, ws.tex);
   return true;
@@ -1693,7 +1712,9 @@ export const conv2dTuning: {
    * upsampled convs): true = always, false = never, null = where it is measured faster ({@link useW43}).
    */
   w43: boolean | null;
-} = { dw: null, w43: null };
+  /** The most tile rows (4 output rows each) one Winograd chunk takes (tests: banded images). */
+  w43Rows: number | null;
+} = { dw: null, w43: null, w43Rows: null };
 
 /**
  * Whether a stride-1 3x3 conv of Cin -> Cout channels and Ho x Wo outputs takes the Winograd path
@@ -1706,10 +1727,11 @@ function useW43(g: Geom, Cin: number, Cout: number, Ho: number, Wo: number): boo
   // faster from 128 channels on 64x64 (128 -> 128 at 256x256: 277 -> 189 ms, 256 -> 256 at 64x64:
   // 83 -> 50 ms, 512 -> 512 at 32x32: 83 -> 64 ms); no faster on the tiny tokenizer's shapes (64 or
   // 128 channels at 32x32 and below), slower at 768 channels on 16x16 (82 -> 100 ms: the weight
-  // transform) and for the upsampled convs outside 256-512 channels at 64x64..128x128 outputs.
+  // transform); the upsampled convs only from 256 channels on 64x64 outputs (256 at 256x256: 724 ->
+  // 596 ms, 512 at 64x64 175 -> 141; 128 at 256x256 173 -> 205, slower).
   const lo = Math.min(Cin, Cout), hi = Math.max(Cin, Cout), px = Ho * Wo;
   if (lo < 128 || hi > 512 || lo * px < 128 * 64 * 64) return false;
-  return g.up === 1 || (lo >= 256 && px >= 64 * 64 && px <= 128 * 128);
+  return g.up === 1 || (lo >= 256 && px >= 64 * 64);
 }
 
 /**

@@ -24,6 +24,8 @@ interface Case {
   res?: boolean;
   /** The backward's dx conv also runs the default tile (else the small one). */
   bwdDefault?: boolean;
+  /** Winograd chunks of this many tile rows ({@link conv2dTuning}'s `w43Rows`). */
+  rows?: number;
 }
 
 // Most cases pin a small register tile: the big default tiles take seconds to compile on lavapipe.
@@ -235,6 +237,8 @@ Deno.test("conv2d() Winograd F(4x4,3x3) path matches the references", async (t) 
     { B: 1, Cin: 3, H: 16, W: 9, Cout: 4, K: 3, o: { pad: [1, 0, 2, 1] }, bias: true },
     { B: 2, Cin: 4, H: 4, W: 6, Cout: 5, K: 3, o: { pad: 1, upsample2x: true }, res: true },
     { B: 1, Cin: 64, H: 20, W: 36, Cout: 33, K: 3, o: { pad: 1 }, bias: true, res: true },
+    // Banded: chunks of 2 tile rows (8 output rows), as a large image is split.
+    { B: 2, Cin: 6, H: 19, W: 21, Cout: 7, K: 3, o: { pad: 1 }, bias: true, res: true, rows: 2 },
   ];
   for (const c of cases) {
     const a = args(c);
@@ -251,6 +255,7 @@ Deno.test("conv2d() Winograd F(4x4,3x3) path matches the references", async (t) 
     const R = gpu.upload(res, [c.B, c.Cout, Ho, Wo]), DY = gpu.upload(dy, [c.B, c.Cout, Ho, Wo]);
     await t.step(`${label(c)} w43`, async () => {
       conv2dTuning.w43 = true;
+      conv2dTuning.w43Rows = c.rows ?? null;
       // Count the input transforms: the case must not fall back to the direct kernel.
       const pipeline = gpu.pipeline;
       let w43 = 0;
@@ -264,7 +269,10 @@ Deno.test("conv2d() Winograd F(4x4,3x3) path matches the references", async (t) 
           residual: c.res ? R : undefined,
         });
         const g = conv2dBackward(gpu, X, Wt, DY, { ...c.o, dw: false, dbias: false });
-        if (w43 !== 2) throw new Error(`${w43} Winograd input transforms, expected 2`);
+        // One input transform per chunk: per band of `rows` tile rows (both images in each).
+        const bands = (h: number) => Math.ceil(Math.ceil(h / 4) / c.rows!);
+        const want = c.rows ? bands(Ho) + bands(c.H) : 2;
+        if (w43 !== want) throw new Error(`${w43} Winograd input transforms, expected ${want}`);
         const [yh, dxh] = await gpu.readMany([y, g.dx!]);
         assertClose(yh, ref, { atol: 2e-4, rtol: 1e-4 }, "y");
         assertClose(dxh, rb.dx, { atol: 2e-4, rtol: 1e-4 }, "dx");
@@ -272,6 +280,7 @@ Deno.test("conv2d() Winograd F(4x4,3x3) path matches the references", async (t) 
         g.dx!.release();
       } finally {
         conv2dTuning.w43 = null;
+        conv2dTuning.w43Rows = null;
         gpu.pipeline = pipeline;
       }
     });
