@@ -1262,7 +1262,7 @@ interface W43Dims {
   /** Tile rows (4 output rows each) and tile quads (16 output columns each) per image. */
   nTy: number;
   nQ: number;
-  /** Rows of the GEMM's pseudo-image (4 tile quads per row). */
+  /** Rows of the GEMM's pseudo-image ({@link W43_WQ} tile quads per row). */
   R: number;
 }
 
@@ -1270,7 +1270,7 @@ interface W43Dims {
  * Input transform: invocation (image b, channel ci, tile row ty, tile quad q) reads rows
  * 4ty..4ty+5 of the staged plane, texels 4q..4q+4 (columns 16q..16q+19: the 6x6 patches of 4 tiles
  * side by side) and writes V_xi of the 4 tiles (a vec4, lane t = tile 4q+t) to plane xi*C + ci of
- * the GEMM's input, where the chunk's tile quads are numbered (b, ty, q) and laid 4 per row. Sizes
+ * the GEMM's input, where the chunk's tile quads are numbered (b, ty, q) and laid W43_WQ per row. Sizes
  * are baked in (integer division by a non-constant is a per-lane loop on lavapipe).
  */
 const W43_IN_WGSL = (
@@ -1297,8 +1297,8 @@ const W43_IN_WGSL = (
   L.push(`  let plane = i / ${nQ * nTy}u;          // b * C + ci`);
   L.push(`  let ci = plane % ${C}u;`);
   L.push(`  let t = (plane / ${C}u) * ${nTy * nQ}u + i % ${nTy * nQ}u; // quad index (b, ty, q)`);
-  L.push(`  let vu = t % 4u;`);
-  L.push(`  let vr = t / 4u;`);
+  L.push(`  let vu = t % ${W43_WQ}u;`);
+  L.push(`  let vr = t / ${W43_WQ}u;`);
   L.push(`  let xu = (plane % ${xl.P}u) * ${xl.Wp4}u + q * 4u;`);
   L.push(`  let xv = (plane / ${xl.P}u) * ${xl.Hp}u + ty * 4u;`);
   for (let r = 0; r < 6; r++) {
@@ -1372,7 +1372,7 @@ const W43_OUT_WGSL = (
   L.push(`  let co = bco % ${Cout}u;`);
   L.push(`  let t = (bco / ${Cout}u) * ${nTy * nQ}u + i % ${nTy * nQ}u;`);
   for (let xi = 0; xi < 36; xi++) {
-    L.push(`  let e${xi} = ${xi * Cout * 4 * R}u + co * ${4 * R}u + t;`);
+    L.push(`  let e${xi} = ${xi * Cout * W43_WQ * R}u + co * ${W43_WQ * R}u + t;`);
     L.push(`  let m${xi} = textureLoad(mt, vec2u(e${xi} % ${mW}u, e${xi} / ${mW}u)${LVL});`);
   }
   for (let i = 0; i < 4; i++) {
@@ -1417,6 +1417,13 @@ const W43_OUT_WGSL = (
   return L.join("\n");
 };
 
+/**
+ * Tile quads (texels) per row of the GEMM's pseudo-image: lanes then walk rows of one texel column
+ * group. 16 and 64 (lanes along rows) measured the same on 128-256 channels and up to 4.6x slower
+ * at 512 -> 512 on 32x32 (a partial last row of few tiles).
+ */
+const W43_WQ = 4;
+
 /** Texels per row of the products' texture (the output transform's input). */
 const W43_MW = 4096;
 
@@ -1455,16 +1462,17 @@ function w43Conv(
   const xWp4 = 4 * nQ + 1; // staged input planes: every texel a patch reads
   // A chunk: n images, or one image's band of nTy tile rows.
   const dims = (n: number, nTy: number): W43Dims => {
-    const R = Math.ceil((n * nTy * nQ) / 4);
+    const R = Math.ceil((n * nTy * nQ) / W43_WQ);
     return { n, C, Cout, nTy, nQ, R: Math.ceil(R / tile.py) * tile.py };
   };
   const fits = (n: number, nTy: number) => {
     const d = dims(n, nTy);
-    const vl = planeLayout(gpu, 36 * C, d.R, 4);
+    const vl = planeLayout(gpu, 36 * C, d.R, W43_WQ);
     const max = gpu.limits.maxStorageBufferBindingSize;
-    return !!vl && !!planeLayout(gpu, n * C, 4 * nTy + 2, xWp4) && 36 * Cout * d.R * 64 <= max &&
-      Math.ceil((36 * Cout * d.R * 4) / W43_MW) <= gpu.limits.maxTextureDimension2D &&
-      Math.ceil((Math.min(36 * C, vl.P) * 4) / 16) * 16 * vl.bands * d.R * 16 <= max;
+    return !!vl && !!planeLayout(gpu, n * C, 4 * nTy + 2, xWp4) &&
+      36 * Cout * d.R * W43_WQ * 16 <= max &&
+      Math.ceil((36 * Cout * d.R * W43_WQ) / W43_MW) <= gpu.limits.maxTextureDimension2D &&
+      Math.ceil((Math.min(36 * C, vl.P) * vl.Wp4) / 16) * 16 * vl.bands * d.R * 16 <= max;
   };
   let bc = B, band = Math.min(nTyAll, conv2dTuning.w43Rows ?? nTyAll);
   while (bc > 1 && !fits(bc, band)) bc = Math.floor(bc / 2);
@@ -1490,7 +1498,7 @@ function w43Conv(
         pad.offL,
         pad.up,
       );
-      const vl = planeLayout(gpu, 36 * C, d.R, 4)!;
+      const vl = planeLayout(gpu, 36 * C, d.R, W43_WQ)!;
       const vTex = takeTexture(gpu, Math.min(36 * C, vl.P) * vl.Wp4, vl.bands * vl.Hp);
       const vView = vTex.createView();
       // V is written to a buffer in the texture's row layout, then copied (image stores go lane by
@@ -1515,7 +1523,7 @@ function w43Conv(
       vBuf.release();
       texPool.put(gpu, xs.tex);
       // The products (36, Cout, R, 16), rounded up to whole rows of the texture they are copied to.
-      const mRows = Math.ceil((36 * Cout * d.R * 4) / W43_MW);
+      const mRows = Math.ceil((36 * Cout * d.R * W43_WQ) / W43_MW);
       const m = gpu.empty([mRows * W43_MW * 4]);
       launchFwd(
         gpu,
@@ -1524,7 +1532,7 @@ function w43Conv(
         undefined,
         undefined,
         m,
-        { Cin: C, Cout, Ho: d.R, Wo: 16, b0: 0, bc: 36 },
+        { Cin: C, Cout, Ho: d.R, Wo: 4 * W43_WQ, b0: 0, bc: 36 },
         { KH: 1, KW: 1, S: 1 },
         tile,
         undefined,
