@@ -41,15 +41,16 @@
  *   second pass in a fixed order: deterministic, no float atomics.
  * - dbias alone (no dW asked): a workgroup tree reduction per channel.
  *
- * Winograd F(4x4,3x3) ({@link w43Conv}): stride-1 3x3 convs from 128 channels on 64x64 (256-512 on
- * 32x32; forward, dx, and the decoder's upsampled convs of 256-512 channels from 64x64
- * outputs) run as an input transform, 36 GEMMs by the 1x1 kernel above (4x fewer multiply-adds than
- * the direct kernel) and an output transform with the bias and residual: 1.2-1.65x faster there on
- * lavapipe. The transforms write their results to buffers that are copied into textures (a memcpy
- * on lavapipe, where image stores go lane by lane). Below that size, and at 768 channels, the
+ * Winograd F(4x4,3x3) ({@link w43Conv}): stride-1 3x3 convs of 128-768 channels on images of
+ * 32x32 and larger with enough work (channels x pixels x batch >= 128 x 64 x 64; forward, dx, and
+ * the decoder's upsampled convs from 256 channels at 64x64 outputs) run as an input transform, 36
+ * GEMMs by the 1x1 kernel above (4x fewer multiply-adds than the direct kernel) and an output
+ * transform with the bias and residual: 1.2-1.65x faster there on lavapipe. The transforms write
+ * buffers that are copied into textures (a memcpy on lavapipe, where image stores scattered over
+ * 36 planes cost more than the transform's arithmetic). On 16x16 images and below 128 channels the
  * transforms (2.25x the input and output, written and read again) and the weight transform cost
- * more than the GEMM saves ({@link useW43}). A fused F(2x2,3x3) kernel (transforms in registers, per
- * output channel block) was tried before and ran 1.3-1.7x slower than the direct kernel.
+ * more than the GEMM saves ({@link useW43}). A fused F(2x2,3x3) kernel (transforms in registers,
+ * per output channel block) was tried before and ran 1.3-1.7x slower than the direct kernel.
  *
  * Variants per adapter: the tile table ({@link conv2dTile}) is tuned on lavapipe, where the main
  * kernels bind their textures as read-only storage textures ({@link texDecl}); on a real GPU the same
@@ -1751,12 +1752,13 @@ function useW43(g: Geom, Cin: number, Cout: number, Ho: number, Wo: number): boo
   if (conv2dTuning.w43) return true;
   // Measured on lavapipe (wall clock per conv, best of 4, alternating in one process): 1.2-1.65x
   // faster from 128 channels on 64x64 (128 -> 128 at 256x256: 277 -> 189 ms, 256 -> 256 at 64x64:
-  // 83 -> 50 ms, 512 -> 512 at 32x32: 83 -> 64 ms); no faster on the tiny tokenizer's shapes (64 or
-  // 128 channels at 32x32 and below), slower at 768 channels on 16x16 (82 -> 100 ms: the weight
-  // transform); the upsampled convs only from 256 channels on 64x64 outputs (256 at 256x256: 724 ->
-  // 596 ms, 512 at 64x64 175 -> 141; 128 at 256x256 173 -> 205, slower).
+  // 83 -> 50 ms, 512 -> 512 at 32x32: 83 -> 64 ms, 768 -> 512 at 32x32: 115 -> 79 ms, a batch of 8
+  // 128 -> 128 at 32x32: 44 -> 36 ms); the same at 256 -> 256 on one 32x32 image; slower on 16x16
+  // images (768 channels: 57 -> 87 ms, the weight transform) and below 128 channels (64 at 32x32,
+  // batch 8: 21 ms either way); the upsampled convs only from 256 channels on 64x64 outputs (256
+  // at 256x256: 724 -> 596 ms, 512 at 64x64 175 -> 141; 128 at 256x256 173 -> 205, slower).
   const lo = Math.min(Cin, Cout), hi = Math.max(Cin, Cout), px = Ho * Wo;
-  if (lo < 128 || hi > 512 || lo * px < 128 * 64 * 64) return false;
+  if (lo < 128 || hi > 768 || px < 32 * 32 || lo * g.B * px < 128 * 64 * 64) return false;
   return g.up === 1 || (lo >= 256 && px >= 64 * 64);
 }
 
