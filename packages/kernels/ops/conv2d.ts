@@ -975,10 +975,17 @@ export function conv2dTile(
   // within noise of the best at every size; s2: 8x4x8; 1x1: 16x2x8). Bigger tiles compile for seconds.
   const cpu = gpu.kind === "cpu";
   const one = KH * KW === 1;
-  const cot = Cout <= 4 ? 4 : one ? 16 : S > 1 || !cpu ? 8 : 4;
+  // Large outputs of a strided conv, and of the 2x2/2x1/1x2 phase convs (a strided conv's dx, an
+  // upsampled conv), take 16 output channels per invocation: few taps per input channel leave the
+  // 4- and 8-channel tiles bound by their input loads. Measured (wall, best of 3, one process):
+  // stride-2 128 channels from 256x256 139 -> 99 ms (16x4x8), its dx 128 -> 107 ms (16x2x8), the
+  // upsampled 128-channel conv to 256x256 185 -> 141 ms; no faster on 16x16 outputs (tiny's).
+  const big = cpu && Ho * Wo >= 32 * 32 && Cout > 8;
+  const wide = one || (big && (S > 1 || KH * KW <= 4));
+  const cot = Cout <= 4 ? 4 : wide ? 16 : S > 1 || !cpu ? 8 : 4;
   const px = Wo <= 4 ? 4 : 8;
   const rows = 2 ** Math.floor(Math.log2(Math.max(1, Ho))); // the largest power of two <= Ho
-  let py = Math.min(rows, !cpu || one ? 2 : S > 1 ? 4 : 8);
+  let py = Math.min(rows, !cpu || one || (wide && S === 1) ? 2 : S > 1 ? 4 : 8);
   // A small image has fewer tiles than a workgroup has lanes: the lanes then take several channel
   // blocks, and where there are not enough blocks some lanes idle. Shorter tiles until every lane
   // has work (8x8 images, 128 channels: 4x4x8 ran 1.6-1.9x faster than 4x8x8).
@@ -2094,7 +2101,10 @@ function convDw(
   // cit 2 (144 accumulators for 3x3) and two rows per segment; 16x1, 4x4, 4x2 ran slower.
   const px = tn.px ?? (Wo <= 4 ? 4 : 8);
   const py = tn.py ?? (Ho % 2 === 0 ? 2 : 1);
-  const cot = tn.cot ?? (Cout <= 4 ? 4 : 8);
+  // A strided conv's large dW takes 16 output channels (its x rows are read for fewer dy texels:
+  // 128 channels from 256x256, 137 -> 119 ms; the same on tiny's 16x16 outputs).
+  const cot = tn.cot ??
+    (Cout <= 4 ? 4 : S > 1 && gpu.kind === "cpu" && Ho * Wo >= 32 * 32 && Cout > 8 ? 16 : 8);
   // A 1x1 kernel has 9x fewer taps: 8 input channels keep the work per segment up (8x8: 1.7x
   // faster than 8x2 at 128->64 channels).
   const cit = tn.cit ?? (Cin === 1 ? 1 : KH * KW === 1 ? Math.min(8, Cin) : 2);

@@ -1,5 +1,5 @@
 import { getGpu } from "@lvm/gpu";
-import { assertClose, finiteDiff, randu } from "@lvm/util/testing";
+import { assertClose, assertEquals, finiteDiff, randu } from "@lvm/util/testing";
 import {
   conv2d,
   conv2dBackward,
@@ -9,6 +9,7 @@ import {
   type Conv2dForwardOptions,
   conv2dReleaseTextures,
   Conv2dStash,
+  conv2dTile,
   conv2dTuning,
 } from "./conv2d.ts";
 
@@ -137,6 +138,31 @@ const CASES: Case[] = [
     o: { pad: 1, upsample2x: true },
     bias: true,
     res: true,
+    bwdDefault: true,
+  },
+  // Large outputs take the 16-channel tiles: the stride-2 downsample (forward 16x4x8, dx phases
+  // 16x2x8, dW cot 16) on 33x33 outputs, and an upsampled conv with 32x32 phases; Cout 18 leaves a
+  // partial 16-channel block.
+  {
+    B: 1,
+    Cin: 10,
+    H: 66,
+    W: 66,
+    Cout: 18,
+    K: 3,
+    o: { stride: 2, pad: [0, 1, 0, 1] },
+    bias: true,
+    bwdDefault: true,
+  },
+  {
+    B: 1,
+    Cin: 2,
+    H: 32,
+    W: 36,
+    Cout: 18,
+    K: 3,
+    o: { pad: 1, upsample2x: true },
+    bias: true,
     bwdDefault: true,
   },
 ];
@@ -412,4 +438,18 @@ Deno.test("conv2dBackward() matches finite differences", async (t) => {
       );
     });
   }
+});
+
+Deno.test("conv2dTile() takes 16-channel tiles for large strided and few-tap outputs (cpu kind)", async () => {
+  const gpu = await getGpu();
+  const t = (Cout: number, Ho: number, Wo: number, K: number, S: number) =>
+    conv2dTile(gpu, Cout, Ho, Wo, K, K, S);
+  if (gpu.kind !== "cpu") {
+    assertEquals(t(18, 33, 33, 3, 2).cot, 8); // GPU kind: unchanged
+    return;
+  }
+  assertEquals(t(18, 33, 33, 3, 2), { cot: 16, px: 8, py: 4 }); // a large stride-2 output
+  assertEquals(t(10, 33, 33, 2, 1), { cot: 16, px: 8, py: 2 }); // a 2x2 phase (dx, upsample)
+  assertEquals(t(18, 16, 16, 3, 2).cot, 8); // tiny's 16x16 outputs: as before
+  assertEquals(t(64, 32, 32, 3, 1), { cot: 4, px: 8, py: 8 }); // stride-1 3x3: as before
 });
