@@ -1432,6 +1432,13 @@ const W43_OUT_WGSL = (
  */
 const W43_WQ = 4;
 
+/**
+ * The most bytes of transformed tiles (V) or products (M) one chunk holds: bounds the working
+ * memory (a buffer and a texture of each) to ~128 MiB. The lvm decoder's peak host memory: 2.39 GB
+ * with the direct kernel, 2.53 GB with this cap, 2.87 GB with 128 MiB chunks, at the same speed.
+ */
+const W43_CHUNK_BYTES = 32 * 2 ** 20;
+
 /** Texels per row of the products' texture (the output transform's input). */
 const W43_MW = 4096;
 
@@ -1447,8 +1454,7 @@ const W43_GEMM_TILE: ConvTile = { cot: 16, py: 2, px: 16 };
  * weights from {@link stageW43Weights}. The GEMM is a 1x1 conv of 36 "images" (one per xi, its own
  * weights) of C planes, each the chunk's tile quads laid 4 per row: any image size fills its 16x2
  * register tiles. Chunks are batches of images, or bands of tile rows of one image when a whole
- * image's transformed tiles or products would not fit a texture or a buffer binding (256 channels
- * at 256x256). Returns false, having recorded nothing, when not even one tile row fits (the caller
+ * image's transformed tiles or products would not fit a texture or {@link W43_CHUNK_BYTES}. Returns false, having recorded nothing, when not even one tile row fits (the caller
  * then runs the direct kernel).
  */
 function w43Conv(
@@ -1476,7 +1482,7 @@ function w43Conv(
   const fits = (n: number, nTy: number) => {
     const d = dims(n, nTy);
     const vl = planeLayout(gpu, 36 * C, d.R, W43_WQ);
-    const max = gpu.limits.maxStorageBufferBindingSize;
+    const max = Math.min(gpu.limits.maxStorageBufferBindingSize, W43_CHUNK_BYTES);
     return !!vl && !!planeLayout(gpu, n * C, 4 * nTy + 2, xWp4) &&
       36 * Cout * d.R * W43_WQ * 16 <= max &&
       Math.ceil((36 * Cout * d.R * W43_WQ) / W43_MW) <= gpu.limits.maxTextureDimension2D &&
