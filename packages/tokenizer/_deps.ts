@@ -13,6 +13,7 @@ export {
   f32Literal,
   groupNormFast,
   groupNormFastBackward,
+  groupNormPlaneAffine,
   map,
   mean,
   nchwToRows,

@@ -25,6 +25,7 @@ import {
   type Gpu,
   groupNormFast,
   groupNormFastBackward,
+  groupNormPlaneAffine,
   map,
   nchwToRows,
   rowsToNchw,
@@ -154,15 +155,13 @@ export class Vqgan {
     return y;
   }
 
-  /** silu(groupNorm(x)) with parameters `name`; records its backward. */
-  #normSilu(x: Tensor, name: string, tape?: Tape, ownX = true): Tensor {
+  /**
+   * silu(groupNorm(x)) with parameters `name`; records its backward (training: inference applies
+   * the norm inside the next conv, {@link Vqgan.#normSiluConv}).
+   */
+  #normSilu(x: Tensor, name: string, tape: Tape, ownX = true): Tensor {
     const gamma = this.p(`${name}.weight`), beta = this.p(`${name}.bias`);
     const r = groupNormFast(this.gpu, x, gamma, beta, GROUPS, NORM_EPS, true);
-    if (!tape) {
-      r.mean.release();
-      r.rstd.release();
-      return r.y;
-    }
     tape.push((dy) => {
       const g = groupNormFastBackward(this.gpu, x, gamma, beta, r.mean, r.rstd, dy, true);
       tape.setGrad(`${name}.weight`, g.dgamma);
@@ -176,34 +175,60 @@ export class Vqgan {
     return r.y;
   }
 
+  /**
+   * conv `conv`(silu(norm `norm`(x))) (+ residual) for inference: the norm is a per-channel affine
+   * that conv2d applies as it stages x (its prologue), so no normalized copy of x is made.
+   */
+  #normSiluConv(x: Tensor, norm: string, conv: string, residual?: Tensor): Tensor {
+    const ss = groupNormPlaneAffine(
+      this.gpu,
+      x,
+      this.p(`${norm}.weight`),
+      this.p(`${norm}.bias`),
+      GROUPS,
+      NORM_EPS,
+    );
+    const y = conv2d(this.gpu, x, this.p(`${conv}.weight`), this.p(`${conv}.bias`), {
+      ...PAD1,
+      residual,
+      prologue: { ss, silu: true },
+    });
+    ss.release();
+    return y;
+  }
+
   /** One res block; x is kept (the caller owns it) unless a tape takes it over. */
   #res(s: ResBlockSpec, x: Tensor, tape?: Tape): Tensor {
     const gpu = this.gpu, n = s.name;
     const nin = s.cin !== s.cout;
-    const sub = tape ? new Tape() : undefined;
+    if (!tape) {
+      const h = this.#normSiluConv(x, `${n}.norm1`, `${n}.conv1`); // (B,cout,H,W)
+      const skip = nin
+        ? conv2d(gpu, x, this.p(`${n}.nin_shortcut.weight`), this.p(`${n}.nin_shortcut.bias`))
+        : x;
+      const y = this.#normSiluConv(h, `${n}.norm2`, `${n}.conv2`, skip);
+      h.release();
+      if (nin) skip.release();
+      return y;
+    }
+    const sub = new Tape();
     const a = this.#normSilu(x, `${n}.norm1`, sub, false); // (B,cin,H,W) silu(norm1(x))
     const h = this.#conv(a, `${n}.conv1`, PAD1, sub); // (B,cout,H,W)
-    if (!tape) a.release();
     const b = this.#normSilu(h, `${n}.norm2`, sub); // (B,cout,H,W)
-    if (!tape) h.release();
-    const ninStash = tape && nin ? new Conv2dStash() : undefined;
+    const ninStash = nin ? new Conv2dStash() : undefined;
     const skip = nin
       ? conv2d(gpu, x, this.p(`${n}.nin_shortcut.weight`), this.p(`${n}.nin_shortcut.bias`), {
         stash: ninStash,
       })
       : x;
     const w2 = this.p(`${n}.conv2.weight`);
-    const stash2 = tape ? new Conv2dStash() : undefined;
+    const stash2 = new Conv2dStash();
     const y = conv2d(gpu, b, w2, this.p(`${n}.conv2.bias`), {
       ...PAD1,
       residual: skip,
       stash: stash2,
     });
     if (nin) skip.release();
-    if (!tape) {
-      b.release();
-      return y;
-    }
     tape.push((dy) => {
       // y = conv2(b) + skip(x): dy flows to both branches.
       const g2 = conv2dBackward(gpu, b, w2, dy, { ...PAD1, stash: stash2 });
@@ -220,8 +245,8 @@ export class Vqgan {
         dskip = gs.dx!;
         dy.release();
       }
-      const dxMain = sub!.backward(g2.dx!)!; // through norm2, conv1, norm1
-      for (const [k, v] of sub!.grads) tape.setGrad(k, v);
+      const dxMain = sub.backward(g2.dx!)!; // through norm2, conv1, norm1
+      for (const [k, v] of sub.grads) tape.setGrad(k, v);
       const dx = map(gpu, "a + b", [dxMain, dskip]);
       dxMain.release();
       dskip.release();
@@ -255,8 +280,10 @@ export class Vqgan {
       if (lv.downsample) step(this.#conv(h, lv.downsample, DOWN, tape)); // (B,C,H/2,W/2)
     }
     for (const s of L.encMid) step(this.#res(s, h, tape));
-    step(this.#normSilu(h, "encoder.norm_out", tape));
-    step(this.#conv(h, "encoder.conv_out", PAD1, tape)); // (B,z,h,w)
+    if (tape) {
+      step(this.#normSilu(h, "encoder.norm_out", tape));
+      step(this.#conv(h, "encoder.conv_out", PAD1, tape)); // (B,z,h,w)
+    } else step(this.#normSiluConv(h, "encoder.norm_out", "encoder.conv_out"));
     step(this.#conv(h, "quant_conv", {}, tape)); // (B,E,h,w)
     return h;
   }
@@ -280,8 +307,10 @@ export class Vqgan {
       for (const s of lv.blocks) step(this.#res(s, h, tape));
       if (lv.upsample) step(this.#conv(h, lv.upsample, UP, tape)); // (B,C,2H,2W)
     }
-    step(this.#normSilu(h, "decoder.norm_out", tape));
-    step(this.#conv(h, "decoder.conv_out", PAD1, tape)); // (B,3,R,R)
+    if (tape) {
+      step(this.#normSilu(h, "decoder.norm_out", tape));
+      step(this.#conv(h, "decoder.conv_out", PAD1, tape)); // (B,3,R,R)
+    } else step(this.#normSiluConv(h, "decoder.norm_out", "decoder.conv_out"));
     return h;
   }
 

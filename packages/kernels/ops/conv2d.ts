@@ -104,8 +104,23 @@ export class Conv2dStash {
   }
 }
 
+/**
+ * A per-channel affine (and SiLU) applied to x as the forward stages it: the conv sees
+ * act(x * scale + shift) per (image, channel) plane, with the zero padding added after. This is a
+ * GroupNorm(+SiLU) before the conv without its normalized copy of x (`groupNormPlaneAffine` in
+ * groupnorm.ts makes `ss`); for inference (no backward takes it).
+ */
+export interface Conv2dPrologue {
+  /** (B*Cin, 2): scale and shift of each plane of x. */
+  ss: Tensor;
+  /** SiLU after the affine. */
+  silu: boolean;
+}
+
 /** Options of {@link conv2d}'s forward: adds the fused residual, an output tensor, a tile override. */
 export interface Conv2dForwardOptions extends Conv2dOptions {
+  /** Convolve act(x * scale + shift) ({@link Conv2dPrologue}); not with `stash`. */
+  prologue?: Conv2dPrologue;
   /**
    * Keep the staged input here for {@link conv2dBackward}'s weight gradient (pass the same stash
    * in its options); ignored by the nearest-2x-upsampled conv.
@@ -309,13 +324,14 @@ fn main(@builtin(local_invocation_index) li: u32, @builtin(workgroup_id) wg: vec
   let r = pr % p.Hp;
   let plane = pr / p.Hp;`;
 
-const PAD_WGSL = `
+const PAD_WGSL = (pro: Prologue) => `
 @group(0) @binding(0) var<storage, read> x: array<f32>;
 @group(0) @binding(1) var tex: texture_storage_2d<rgba32float, write>;
 struct P {
   N4: u32, H: u32, W: u32, Hp: u32, Wp4: u32, offT: i32, offL: i32, up: u32, P: u32, plane0: u32,
 }
-@group(0) @binding(2) var<uniform> p: P;
+${proDecl(pro, 2)}
+${pro === "silu" ? SILU_FN(false) : ""}
 // Padded element (plane, r, c) is element (r - offT, c - offL) of the upsampled plane when that is
 // inside it, else 0.
 fn src(plane: u32, r: i32, c: i32) -> f32 {
@@ -325,9 +341,10 @@ fn src(plane: u32, r: i32, c: i32) -> f32 {
   let sy = u32(yy);
   let sx = u32(xx);
   if (sy >= p.H * p.up || sx >= p.W * p.up) { return 0.0; }
-  return x[(plane * p.H + sy / p.up) * p.W + sx / p.up];
+  return ${proApply(pro, "x[(plane * p.H + sy / p.up) * p.W + sx / p.up]", false)};
 }
 ${PAD_MAIN}
+  ${proLoad(pro)}
   let c = i32(c4 * 4u);
   let sp = p.plane0 + plane;
   let v = vec4f(src(sp, i32(r), c), src(sp, i32(r), c + 1), src(sp, i32(r), c + 2),
@@ -342,19 +359,54 @@ ${PAD_MAIN}
  * division is a per-lane loop; the pass ran 1.2x faster).
  */
 /** The vec4 pad passes' bindings and bounds-checked source load (both variants below). */
-const PAD_VEC_HEADER = `
+const PAD_VEC_HEADER = (pro: Prologue) => `
 @group(0) @binding(0) var<storage, read> x: array<vec4f>;
 @group(0) @binding(1) var tex: texture_storage_2d<rgba32float, write>;
 struct P { N4: u32, H: u32, W4: u32, Hp: u32, Wp4: u32, offT: i32, offL: i32, P: u32, plane0: u32 }
-@group(0) @binding(2) var<uniform> p: P;
+${proDecl(pro, 2)}
 fn ld(rowbase: u32, a: i32) -> vec4f {
   if (a < 0 || a >= i32(p.W4)) { return vec4f(0.0); }
-  return x[rowbase + u32(a)];
+  return ${proApply(pro, "x[rowbase + u32(a)]", true)};
 }`;
 
-const PAD_VEC_WGSL = (k: number, lay: PlaneLayout) =>
-  `${PAD_VEC_HEADER}
+/**
+ * A per-plane affine (and SiLU) applied to the source as it is staged ({@link Conv2dPrologue}):
+ * "" = none, "affine", "silu" (affine then SiLU). Padding stays zero.
+ */
+type Prologue = "" | "affine" | "silu";
+
+/** The prologue's bindings: the per-plane (scale, shift) at `b`, then the uniform. */
+function proDecl(pro: Prologue, b: number): string {
+  return pro
+    ? `@group(0) @binding(${b}) var<storage, read> ss: array<vec2f>;
+@group(0) @binding(${b + 1}) var<uniform> p: P;
+var<private> sc: vec2f;`
+    : `@group(0) @binding(${b}) var<uniform> p: P;`;
+}
+
+/** Loads the plane's (scale, shift) (the pad kernels' \`plane\`, from plane0). */
+function proLoad(pro: Prologue): string {
+  return pro ? "sc = ss[p.plane0 + plane];" : "";
+}
+
+/** The source value `v` (a vec4f when `vec`, else f32) with the prologue applied. */
+function proApply(pro: Prologue, v: string, vec: boolean): string {
+  if (!pro) return v;
+  const t = vec ? `fma(${v}, vec4f(sc.x), vec4f(sc.y))` : `fma(${v}, sc.x, sc.y)`;
+  return pro === "silu" ? `silu_(${t})` : t;
+}
+
+/** SiLU (x * sigmoid(x), as the GroupNorm kernels compute it) for the prologue. */
+const SILU_FN = (vec: boolean) =>
+  vec
+    ? "fn silu_(t: vec4f) -> vec4f { return t / (vec4f(1.0) + exp(-t)); }"
+    : "fn silu_(t: f32) -> f32 { return t / (1.0 + exp(-t)); }";
+
+const PAD_VEC_WGSL = (k: number, lay: PlaneLayout, pro: Prologue) =>
+  `${PAD_VEC_HEADER(pro)}
+${pro === "silu" ? SILU_FN(true) : ""}
 ${PAD_MAIN.replaceAll("p.Wp4", `${lay.Wp4}u`).replaceAll("p.Hp", `${lay.Hp}u`)}
+  ${proLoad(pro)}
   let yy = i32(r) - p.offT;
   var v = vec4f(0.0);
   if (yy >= 0 && yy < i32(p.H)) {
@@ -378,9 +430,10 @@ ${PAD_MAIN.replaceAll("p.Wp4", `${lay.Wp4}u`).replaceAll("p.Hp", `${lay.Hp}u`)}
  * (timestamp replay, the 4 pads of a 3x3 conv's forward + backward, 8x64 planes of 32x32): 2.7 vs
  * 6.1 ms and 5.1 vs 10.1 ms; at 64x64 about even (14.8-15.3 vs 15.0-17.4 ms), at 128x128 slower.
  */
-const PAD_ROW_WGSL = (k: number, lay: PlaneLayout) => {
+const PAD_ROW_WGSL = (k: number, lay: PlaneLayout, pro: Prologue) => {
   const L: string[] = [];
-  L.push(`${PAD_VEC_HEADER}
+  L.push(`${PAD_VEC_HEADER(pro)}
+${pro === "silu" ? SILU_FN(true) : ""}
 @compute @workgroup_size(64)
 fn main(@builtin(local_invocation_index) li: u32, @builtin(workgroup_id) wg: vec3u,
         @builtin(num_workgroups) nwg: vec3u) {
@@ -388,6 +441,7 @@ fn main(@builtin(local_invocation_index) li: u32, @builtin(workgroup_id) wg: vec
   if (pr >= p.N4) { return; }
   let r = pr % ${lay.Hp}u;
   let plane = pr / ${lay.Hp}u;
+  ${proLoad(pro)}
   let u0 = (plane % ${lay.P}u) * ${lay.Wp4}u;
   let v = (plane / ${lay.P}u) * ${lay.Hp}u + r;
   let yy = i32(r) - p.offT;
@@ -434,10 +488,13 @@ function stage(
   offT: number,
   offL: number,
   up = 1,
+  prologue?: Conv2dPrologue,
 ): Staged {
   const tex = takeTexture(gpu, Math.min(planes, lay.P) * lay.Wp4, lay.bands * lay.Hp);
   const view = tex.createView();
   const N4 = planes * lay.Hp * lay.Wp4;
+  const pro: Prologue = prologue ? (prologue.silu ? "silu" : "affine") : "";
+  const binds = [src, view, ...(prologue ? [prologue.ss] : [])];
   if (up === 1 && W % 4 === 0) {
     const k = (((-offL) % 4) + 4) % 4;
     // Narrow planes: one invocation per padded row (PAD_ROW_WGSL), else one per texel.
@@ -445,10 +502,10 @@ function stage(
     const n = row ? planes * lay.Hp : N4;
     gpu.dispatch(
       gpu.pipeline(
-        `conv2d_pad_${row ? "row" : "vec"}|${k}|${lay.Hp}|${lay.Wp4}|${lay.P}`,
-        () => (row ? PAD_ROW_WGSL : PAD_VEC_WGSL)(k, lay),
+        `conv2d_pad_${row ? "row" : "vec"}|${k}|${lay.Hp}|${lay.Wp4}|${lay.P}|${pro}`,
+        () => (row ? PAD_ROW_WGSL : PAD_VEC_WGSL)(k, lay, pro),
       ),
-      [src, view],
+      binds,
       new Params().u32(n).u32(H).u32(W / 4).u32(lay.Hp).u32(lay.Wp4).i32(offT).i32(offL).u32(lay.P)
         .u32(plane0),
       grid(Math.ceil(n / (row ? 64 : 256))),
@@ -456,8 +513,8 @@ function stage(
     return { tex, view, lay };
   }
   gpu.dispatch(
-    gpu.pipeline("conv2d_pad", PAD_WGSL),
-    [src, view],
+    gpu.pipeline(`conv2d_pad|${pro}`, () => PAD_WGSL(pro)),
+    binds,
     new Params().u32(N4).u32(H).u32(W).u32(lay.Hp).u32(lay.Wp4).i32(offT).i32(offL).u32(up)
       .u32(lay.P).u32(plane0),
     grid(Math.ceil(N4 / 256)),
@@ -1101,7 +1158,7 @@ function convCore(
   res: Tensor | undefined,
   out: Tensor,
   g: { Cout: number; Ho: number; Wo: number; KH: number; KW: number; S: number },
-  pad: { offT: number; offL: number; up: number },
+  pad: { offT: number; offL: number; up: number; pro?: Conv2dPrologue },
   tile: ConvTile,
   phase?: OutPhase,
   keep?: Conv2dStash,
@@ -1124,6 +1181,7 @@ function convCore(
       pad.offT,
       pad.offL,
       pad.up,
+      pad.pro,
     );
     launchFwd(
       gpu,
@@ -1467,7 +1525,7 @@ function w43Conv(
   res: Tensor | undefined,
   out: Tensor,
   g: { Cout: number; Ho: number; Wo: number },
-  pad: { offT: number; offL: number; up: number },
+  pad: { offT: number; offL: number; up: number; pro?: Conv2dPrologue },
 ): boolean {
   const { B, C } = inShape;
   const { Cout, Ho, Wo } = g;
@@ -1511,6 +1569,7 @@ function w43Conv(
         pad.offT - 4 * ty0,
         pad.offL,
         pad.up,
+        pad.pro,
       );
       const vl = planeLayout(gpu, 36 * C, d.R, W43_WQ)!;
       const vTex = takeTexture(gpu, Math.min(36 * C, vl.P) * vl.Wp4, vl.bands * vl.Hp);
@@ -1606,6 +1665,7 @@ function upsampledConv(
   out: Tensor,
   g: Geom,
   tileOpt?: ConvTile,
+  pro?: Conv2dPrologue,
 ) {
   const { B, Cin, Cout, KH, KW, Ho, Wo } = g;
   for (let rh = 0; rh < 2; rh++) {
@@ -1637,7 +1697,7 @@ function upsampledConv(
         res,
         out,
         { Cout, Ho: ph.len, Wo: pw.len, KH: ph.n, KW: pw.n, S: 1 },
-        { offT: -ph.off, offL: -pw.off, up: 1 },
+        { offT: -ph.off, offL: -pw.off, up: 1, pro },
         tile,
         { S: 2, H: Ho, W: Wo, r: rh, c: rw },
       );
@@ -1681,19 +1741,24 @@ export function conv2d(
   for (const t of [x, w, bias, opts.residual]) {
     if (t && t.buffer === out.buffer) throw new RangeError("conv2d: out aliases an input");
   }
+  if (opts.prologue) {
+    check("conv2d", "prologue.ss", opts.prologue.ss, [B * Cin, 2]);
+    if (opts.stash) throw new RangeError("conv2d: a prologue and a stash cannot be combined");
+  }
   if (
     !opts.tile && useW43(g, Cin, Cout, Ho, Wo) &&
     w43Conv(gpu, x, { B, C: Cin, H: g.H, W: g.W }, w, false, bias, opts.residual, out, g, {
       offT: g.pt,
       offL: g.pl,
       up: g.up,
+      pro: opts.prologue,
     })
   ) {
     opts.stash?.release(gpu);
     return out;
   }
   if (g.up === 2 && S === 1) {
-    upsampledConv(gpu, x, w, bias, opts.residual, out, g, opts.tile);
+    upsampledConv(gpu, x, w, bias, opts.residual, out, g, opts.tile, opts.prologue);
     return out;
   }
   const tile: ConvTile = opts.tile ?? conv2dTile(gpu, Cout, Ho, Wo, KH, KW, S);
@@ -1709,7 +1774,7 @@ export function conv2d(
     opts.residual,
     out,
     g,
-    { offT: g.pt, offL: g.pl, up: g.up },
+    { offT: g.pt, offL: g.pl, up: g.up, pro: opts.prologue },
     tile,
     undefined,
     g.up === 1 ? opts.stash : undefined,

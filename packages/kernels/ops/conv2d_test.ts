@@ -12,6 +12,8 @@ import {
   conv2dTile,
   conv2dTuning,
 } from "./conv2d.ts";
+import { groupNormCpu } from "./groupnorm.ts";
+import { groupNormPlaneAffine } from "./groupnorm_rows.ts";
 
 interface Case {
   B: number;
@@ -452,4 +454,53 @@ Deno.test("conv2dTile() takes 16-channel tiles for large strided and few-tap out
   assertEquals(t(10, 33, 33, 2, 1), { cot: 16, px: 8, py: 2 }); // a 2x2 phase (dx, upsample)
   assertEquals(t(18, 16, 16, 3, 2).cot, 8); // tiny's 16x16 outputs: as before
   assertEquals(t(64, 32, 32, 3, 1), { cot: 4, px: 8, py: 8 }); // stride-1 3x3: as before
+});
+
+Deno.test("conv2d() with a GroupNorm(+SiLU) prologue matches norm -> conv references", async (t) => {
+  const gpu = await getGpu();
+  // Each staging pass applies it: the row pad (narrow vec4 planes), the per-texel vec4 pad (80
+  // wide), the scalar pad (W % 4 != 0, and the upsampled conv's phases), the Winograd path; both
+  // statistics kernels (few groups: one workgroup per group; 4 x 32 groups: the rows kernels on a
+  // CPU adapter); with and
+  // without SiLU; padding stays zero after the affine (shift != 0).
+  const cases: (Case & { G: number; silu: boolean; w43?: boolean })[] = [
+    { B: 2, Cin: 8, H: 10, W: 12, Cout: 5, K: 3, o: { pad: 1 }, bias: true, G: 4, silu: true },
+    { B: 1, Cin: 4, H: 6, W: 80, Cout: 3, K: 3, o: { pad: 1 }, G: 2, silu: false },
+    { B: 4, Cin: 32, H: 7, W: 9, Cout: 4, K: 3, o: { pad: 1 }, res: true, G: 32, silu: true },
+    { B: 1, Cin: 4, H: 5, W: 6, Cout: 5, K: 3, o: { pad: 1, upsample2x: true }, G: 2, silu: true },
+    { B: 2, Cin: 8, H: 9, W: 20, Cout: 6, K: 3, o: { pad: 1 }, G: 4, silu: true, w43: true },
+  ];
+  for (const c of cases) {
+    await t.step(`${label(c)} G${c.G}${c.silu ? " silu" : ""}${c.w43 ? " w43" : ""}`, async () => {
+      const a = args(c);
+      const xs = [c.B, c.Cin, c.H, c.W];
+      const x = randu(c.B * c.Cin * c.H * c.W, 300 + c.Cin, -2, 3);
+      const gamma = randu(c.Cin, 310, 0.5, 1.5), beta = randu(c.Cin, 320, -0.5, 0.5);
+      const w = randu(c.Cout * c.Cin * 9, 330, -0.5, 0.5), b = randu(c.Cout, 340);
+      const normed = groupNormCpu(x, xs, gamma, beta, c.G, 1e-6, c.silu).y;
+      const Ho = c.o.upsample2x ? 2 * c.H : c.H, Wo = c.o.upsample2x ? 2 * c.W : c.W;
+      const res = randu(c.B * c.Cout * Ho * Wo, 350);
+      const ref = conv2dCpu(normed, w, c.bias ? b : null, {
+        ...a,
+        residual: c.res ? res : undefined,
+      });
+      const X = gpu.upload(x, xs), Gm = gpu.upload(gamma, [c.Cin]), Bt = gpu.upload(beta, [c.Cin]);
+      const Wt = gpu.upload(w, a.wShape), Bi = gpu.upload(b, [c.Cout]);
+      const R = gpu.upload(res, [c.B, c.Cout, Ho, Wo]);
+      conv2dTuning.w43 = c.w43 ? true : null;
+      try {
+        const ss = groupNormPlaneAffine(gpu, X, Gm, Bt, c.G, 1e-6);
+        const y = conv2d(gpu, X, Wt, c.bias ? Bi : undefined, {
+          ...c.o,
+          residual: c.res ? R : undefined,
+          prologue: { ss, silu: c.silu },
+        });
+        assertClose(await gpu.readF32(y), ref, { atol: 2e-4, rtol: 2e-4 }, "y");
+        for (const tt of [ss, y]) tt.release();
+      } finally {
+        conv2dTuning.w43 = null;
+        for (const tt of [X, Gm, Bt, Wt, Bi, R]) tt.release();
+      }
+    });
+  }
 });

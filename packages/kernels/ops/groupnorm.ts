@@ -180,6 +180,35 @@ function planeGrid(planes: number, HWv: number): [number, number, number] {
  * const { y } = groupNorm(gpu, x, ones, zeros, 2, 1e-6, { silu: true }); // (1, 4, 4, 4)
  * ```
  */
+/**
+ * The statistics of {@link groupNorm} alone: mean and rstd (B, groups) of x (B, C, H, W), one
+ * workgroup per (image, group).
+ */
+export function groupNormStats(
+  gpu: Gpu,
+  x: Tensor,
+  groups: number,
+  eps: number,
+): { mean: Tensor; rstd: Tensor } {
+  const [B, C, H, W] = shape4("groupNormStats", x);
+  if (!Number.isInteger(groups) || groups < 1 || C % groups !== 0) {
+    throw new RangeError(
+      `groupNormStats: groups must be a positive divisor of C = ${C}, got ${groups}`,
+    );
+  }
+  const n = (C / groups) * H * W;
+  const mean = gpu.empty([B, groups]);
+  const rstd = gpu.empty([B, groups]);
+  const vec = n % 4 === 0;
+  gpu.dispatch(
+    gpu.pipeline(`groupnorm_stats|${vec}`, () => STATS_WGSL(vec)),
+    [x, mean, rstd],
+    new Params().u32(n).f32(eps).u32(B * groups),
+    grid(B * groups),
+  );
+  return { mean, rstd };
+}
+
 export function groupNorm(
   gpu: Gpu,
   x: Tensor,
@@ -204,15 +233,7 @@ export function groupNorm(
       `${fn}: out must be a separate tensor of shape [${x.shape}], got [${y.shape}]`,
     );
   }
-  const mean = gpu.empty([B, groups]);
-  const rstd = gpu.empty([B, groups]);
-  const vec = n % 4 === 0;
-  gpu.dispatch(
-    gpu.pipeline(`groupnorm_stats|${vec}`, () => STATS_WGSL(vec)),
-    [x, mean, rstd],
-    new Params().u32(n).f32(eps).u32(B * groups),
-    grid(B * groups),
-  );
+  const { mean, rstd } = groupNormStats(gpu, x, groups, eps);
   const pv = HW % 4 === 0;
   const HWv = pv ? HW / 4 : HW;
   gpu.dispatch(

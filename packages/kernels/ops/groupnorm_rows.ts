@@ -23,7 +23,7 @@
  */
 import { type Gpu, grid, Params, WG_INDEX } from "@lvm/gpu";
 import type { Tensor } from "@lvm/gpu";
-import { groupNorm, groupNormBackward, groupNormGradMix } from "./groupnorm.ts";
+import { groupNorm, groupNormBackward, groupNormGradMix, groupNormStats } from "./groupnorm.ts";
 
 const WG = 64;
 /** Invocations a reduction pass aims for (enough lanes for 2-16 cores). */
@@ -238,6 +238,80 @@ export function useRowsGroupNorm(
   return gpu.kind === "cpu" && (backward || segments > 64);
 }
 
+/** Passes (1) and (2) of the forward: mean and rstd (B, G). */
+function rowsStats(gpu: Gpu, x: Tensor, B: number, G: number, n: number, v4: boolean, eps: number) {
+  const P = chunks(B * G, n), L = v4 ? Math.ceil(n / P / 4) * 4 : Math.ceil(n / P);
+  const part = gpu.empty([B * G * P, 2]);
+  gpu.dispatch(
+    gpu.pipeline(`gn_rows_stats|${v4}`, () => STATS(v4)),
+    [x, part],
+    new Params().u32(B * G * P).u32(n).u32(L).u32(P),
+    wgs(B * G * P),
+  );
+  const mean = gpu.empty([B, G]), rstd = gpu.empty([B, G]);
+  gpu.dispatch(
+    gpu.pipeline("gn_rows_merge", MERGE),
+    [part, mean, rstd],
+    new Params().u32(B * G).u32(n).u32(L).u32(P).f32(eps),
+    wgs(B * G),
+  );
+  part.release();
+  return { mean, rstd };
+}
+
+const PLANE_AFFINE = `
+@group(0) @binding(0) var<storage, read> mean: array<f32>;
+@group(0) @binding(1) var<storage, read> rstd: array<f32>;
+@group(0) @binding(2) var<storage, read> gamma: array<f32>;
+@group(0) @binding(3) var<storage, read> beta: array<f32>;
+@group(0) @binding(4) var<storage, read_write> ss: array<vec2f>;
+struct P { BC: u32, C: u32, Cg: u32 }
+@group(0) @binding(5) var<uniform> p: P;
+@compute @workgroup_size(64)
+fn main(@builtin(local_invocation_index) li: u32, @builtin(workgroup_id) wg: vec3u,
+        @builtin(num_workgroups) nwg: vec3u) {
+  let i = ${WG_INDEX} * 64u + li;   // b * C + c
+  if (i >= p.BC) { return; }
+  let c = i % p.C;
+  let bg = (i / p.C) * (p.C / p.Cg) + c / p.Cg;
+  let scale = gamma[c] * rstd[bg];
+  ss[i] = vec2f(scale, beta[c] - mean[bg] * scale);
+}`;
+
+/**
+ * GroupNorm as a per-(image, channel) affine: ss (B*C, 2) with y = x * ss[.][0] + ss[.][1] equal
+ * to the GroupNorm of x (before any SiLU): conv2d's `prologue` applies it (and the SiLU) while
+ * staging x, so no normalized copy of x is written (inference).
+ */
+export function groupNormPlaneAffine(
+  gpu: Gpu,
+  x: Tensor,
+  gamma: Tensor,
+  beta: Tensor,
+  groups: number,
+  eps: number,
+): Tensor {
+  const { B, C, HW, G, n } = dims("groupNormPlaneAffine", x, groups);
+  for (const [k, t] of [["gamma", gamma], ["beta", beta]] as const) {
+    if (t.size !== C) {
+      throw new RangeError(`groupNormPlaneAffine: ${k} has ${t.size} elements, expected ${C}`);
+    }
+  }
+  const { mean, rstd } = useRowsGroupNorm(gpu, B * G, false)
+    ? rowsStats(gpu, x, B, G, n, HW % 4 === 0, eps)
+    : groupNormStats(gpu, x, G, eps);
+  const ss = gpu.empty([B * C, 2]);
+  gpu.dispatch(
+    gpu.pipeline("gn_plane_affine", PLANE_AFFINE),
+    [mean, rstd, gamma, beta, ss],
+    new Params().u32(B * C).u32(C).u32(C / G),
+    wgs(B * C),
+  );
+  mean.release();
+  rstd.release();
+  return ss;
+}
+
 /**
  * GroupNorm (+ SiLU): x (B,C,H,W), gamma/beta (C) -> y, with mean/rstd (B,groups) for the backward.
  * The barrier-free kernels on CPU adapters, `groupNorm` elsewhere.
@@ -262,22 +336,7 @@ export function groupNormFast(
     }
   }
   const v4 = HW % 4 === 0;
-  const P = chunks(B * G, n), L = v4 ? Math.ceil(n / P / 4) * 4 : Math.ceil(n / P);
-  const part = gpu.empty([B * G * P, 2]);
-  gpu.dispatch(
-    gpu.pipeline(`gn_rows_stats|${v4}`, () => STATS(v4)),
-    [x, part],
-    new Params().u32(B * G * P).u32(n).u32(L).u32(P),
-    wgs(B * G * P),
-  );
-  const mean = gpu.empty([B, G]), rstd = gpu.empty([B, G]);
-  gpu.dispatch(
-    gpu.pipeline("gn_rows_merge", MERGE),
-    [part, mean, rstd],
-    new Params().u32(B * G).u32(n).u32(L).u32(P).f32(eps),
-    wgs(B * G),
-  );
-  part.release();
+  const { mean, rstd } = rowsStats(gpu, x, B, G, n, v4, eps);
   const y = gpu.empty(x.shape);
   gpu.dispatch(
     gpu.pipeline(`gn_rows_apply|${silu}|${v4}`, () => APPLY(silu, v4)),
