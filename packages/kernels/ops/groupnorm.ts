@@ -226,7 +226,6 @@ export function groupNorm(
   checkVec(fn, "gamma", gamma, C);
   checkVec(fn, "beta", beta, C);
   const HW = H * W;
-  const n = (C / groups) * HW;
   const y = opts.out ?? gpu.empty([B, C, H, W]); // (B,C,H,W)
   if (y.size !== x.size || y.buffer === x.buffer) {
     throw new RangeError(
