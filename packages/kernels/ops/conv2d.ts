@@ -1333,6 +1333,24 @@ interface W43Dims {
 }
 
 /**
+ * The transforms' entry point: invocation i = ((b * chans + c) * nTy + ty) * nQ + q (image b,
+ * channel c, tile row ty, tile quad q) as `plane` = b * chans + c, `ch` = c, ty, q and the chunk's
+ * quad index t = (b * nTy + ty) * nQ + q.
+ */
+function w43Main(L: string[], nQ: number, nTy: number, chans: number, plane: string, ch: string) {
+  L.push(`@compute @workgroup_size(64)`);
+  L.push(`fn main(@builtin(local_invocation_index) li: u32, @builtin(workgroup_id) wg: vec3u,
+        @builtin(num_workgroups) nwg: vec3u) {`);
+  L.push(`  let i = ${WG_INDEX} * 64u + li;`);
+  L.push(`  if (i >= p.n) { return; }`);
+  L.push(`  let q = i % ${nQ}u;`);
+  L.push(`  let ty = (i / ${nQ}u) % ${nTy}u;`);
+  L.push(`  let ${plane} = i / ${nQ * nTy}u;`);
+  L.push(`  let ${ch} = ${plane} % ${chans}u;`);
+  L.push(`  let t = (${plane} / ${chans}u) * ${nTy * nQ}u + i % ${nTy * nQ}u;`);
+}
+
+/**
  * Input transform: invocation (image b, channel ci, tile row ty, tile quad q) reads rows
  * 4ty..4ty+5 of the staged plane, texels 4q..4q+4 (columns 16q..16q+19: the 6x6 patches of 4 tiles
  * side by side) and writes V_xi of the 4 tiles (a vec4, lane t = tile 4q+t) to plane xi*C + ci of
@@ -1353,16 +1371,7 @@ const W43_IN_WGSL = (
   L.push(`@group(0) @binding(1) var<storage, read_write> vb: array<vec4f>;`);
   L.push(`struct P { n: u32 }`);
   L.push(`@group(0) @binding(2) var<uniform> p: P;`);
-  L.push(`@compute @workgroup_size(64)`);
-  L.push(`fn main(@builtin(local_invocation_index) li: u32, @builtin(workgroup_id) wg: vec3u,
-        @builtin(num_workgroups) nwg: vec3u) {`);
-  L.push(`  let i = ${WG_INDEX} * 64u + li;`);
-  L.push(`  if (i >= p.n) { return; }`);
-  L.push(`  let q = i % ${nQ}u;`);
-  L.push(`  let ty = (i / ${nQ}u) % ${nTy}u;`);
-  L.push(`  let plane = i / ${nQ * nTy}u;          // b * C + ci`);
-  L.push(`  let ci = plane % ${C}u;`);
-  L.push(`  let t = (plane / ${C}u) * ${nTy * nQ}u + i % ${nTy * nQ}u; // quad index (b, ty, q)`);
+  w43Main(L, nQ, nTy, C, "plane", "ci");
   L.push(`  let vu = t % ${W43_WQ}u;`);
   L.push(`  let vr = t / ${W43_WQ}u;`);
   L.push(`  let xu = (plane % ${xl.P}u) * ${xl.Wp4}u + q * 4u;`);
@@ -1427,16 +1436,7 @@ const W43_OUT_WGSL = (
   L.push(`@group(0) @binding(${b++}) var<storage, read_write> out: array<${ot}>;`);
   L.push(`struct P { n: u32, Ho: u32, Wo: u32, b0: u32, oh0: u32 }`);
   L.push(`@group(0) @binding(${b++}) var<uniform> p: P;`);
-  L.push(`@compute @workgroup_size(64)`);
-  L.push(`fn main(@builtin(local_invocation_index) li: u32, @builtin(workgroup_id) wg: vec3u,
-        @builtin(num_workgroups) nwg: vec3u) {`);
-  L.push(`  let i = ${WG_INDEX} * 64u + li;`);
-  L.push(`  if (i >= p.n) { return; }`);
-  L.push(`  let q = i % ${nQ}u;`);
-  L.push(`  let ty = (i / ${nQ}u) % ${nTy}u;`);
-  L.push(`  let bco = i / ${nQ * nTy}u;          // b * Cout + co`);
-  L.push(`  let co = bco % ${Cout}u;`);
-  L.push(`  let t = (bco / ${Cout}u) * ${nTy * nQ}u + i % ${nTy * nQ}u;`);
+  w43Main(L, nQ, nTy, Cout, "bco", "co");
   for (let xi = 0; xi < 36; xi++) {
     L.push(`  let e${xi} = ${xi * Cout * W43_WQ * R}u + co * ${W43_WQ * R}u + t;`);
     L.push(`  let m${xi} = textureLoad(mt, vec2u(e${xi} % ${mW}u, e${xi} / ${mW}u)${LVL});`);

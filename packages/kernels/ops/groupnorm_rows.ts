@@ -238,6 +238,12 @@ export function useRowsGroupNorm(
   return gpu.kind === "cpu" && (backward || segments > 64);
 }
 
+function checkAffine(fn: string, gamma: Tensor, beta: Tensor, C: number) {
+  for (const [k, t] of [["gamma", gamma], ["beta", beta]] as const) {
+    if (t.size !== C) throw new RangeError(`${fn}: ${k} has ${t.size} elements, expected ${C}`);
+  }
+}
+
 /** Passes (1) and (2) of the forward: mean and rstd (B, G). */
 function rowsStats(gpu: Gpu, x: Tensor, B: number, G: number, n: number, v4: boolean, eps: number) {
   const P = chunks(B * G, n), L = v4 ? Math.ceil(n / P / 4) * 4 : Math.ceil(n / P);
@@ -292,11 +298,7 @@ export function groupNormPlaneAffine(
   eps: number,
 ): Tensor {
   const { B, C, HW, G, n } = dims("groupNormPlaneAffine", x, groups);
-  for (const [k, t] of [["gamma", gamma], ["beta", beta]] as const) {
-    if (t.size !== C) {
-      throw new RangeError(`groupNormPlaneAffine: ${k} has ${t.size} elements, expected ${C}`);
-    }
-  }
+  checkAffine("groupNormPlaneAffine", gamma, beta, C);
   const { mean, rstd } = useRowsGroupNorm(gpu, B * G, false)
     ? rowsStats(gpu, x, B, G, n, HW % 4 === 0, eps)
     : groupNormStats(gpu, x, G, eps);
@@ -330,11 +332,7 @@ export function groupNormFast(
   if (!useRowsGroupNorm(gpu, B * G, false, force)) {
     return groupNorm(gpu, x, gamma, beta, groups, eps, { silu });
   }
-  for (const [k, t] of [["gamma", gamma], ["beta", beta]] as const) {
-    if (t.size !== C) {
-      throw new RangeError(`groupNormFast: ${k} has ${t.size} elements, expected ${C}`);
-    }
-  }
+  checkAffine("groupNormFast", gamma, beta, C);
   const v4 = HW % 4 === 0;
   const { mean, rstd } = rowsStats(gpu, x, B, G, n, v4, eps);
   const y = gpu.empty(x.shape);
