@@ -9,7 +9,9 @@
  *   y = conv2(b) + skip           residual fused into the conv's epilogue; skip = nin_shortcut(x)
  *                                 (1x1) when cin != cout, else x
  * Downsample = 3x3 stride-2 conv on x zero-padded bottom/right by 1; Upsample = nearest x2 fused into
- * the following 3x3 conv's padding pass.
+ * the following 3x3 conv (four phase convs of the source, or the Winograd path's staging).
+ * Without a tape (inference), each norm is a per-channel scale and shift that the next conv applies
+ * with the SiLU while it stages its input (conv2d's `prologue`): a and b are never written.
  *
  * Backward: a forward run with a {@link Tape} records one closure per module; `tape.backward(dy)`
  * runs them in reverse, each turning its output gradient into its input gradient and storing its
