@@ -2171,8 +2171,9 @@ function convDw(
   // Measured on lavapipe (GFLOP per CPU-second beside the tex matmul at the same FLOPs): cot 8 x
   // cit 2 (144 accumulators for 3x3) and two rows per segment; 16x1, 4x4, 4x2 ran slower. Segments
   // of 4 pixels (one dy texel per row): 7-12% faster than 8 at 64 channels 32x32 (batch 8), 256 at
-  // 64x64 and 512 at 32x32, the same at 128 on 256x256 (wall, one process, alternating).
-  const px = tn.px ?? 4;
+  // 64x64 and 512 at 32x32, the same at 128 on 256x256 (wall, one process, alternating); a 1x1
+  // kernel keeps 8 (256 -> 512 at 32x32: 9.0 vs 10.6 ms).
+  const px = tn.px ?? (KH * KW === 1 && Wo > 4 ? 8 : 4);
   const py = tn.py ?? (Ho % 2 === 0 ? 2 : 1);
   // A strided conv's large dW takes 16 output channels (its x rows are read for fewer dy texels:
   // 128 channels from 256x256, 137 -> 119 ms; the same on tiny's 16x16 outputs).
