@@ -203,11 +203,14 @@ export class Vqgan {
   #res(s: ResBlockSpec, x: Tensor, tape?: Tape): Tensor {
     const gpu = this.gpu, n = s.name;
     const nin = s.cin !== s.cout;
+    const ninStash = tape && nin ? new Conv2dStash() : undefined;
+    const skip = nin // (B,cout,H,W)
+      ? conv2d(gpu, x, this.p(`${n}.nin_shortcut.weight`), this.p(`${n}.nin_shortcut.bias`), {
+        stash: ninStash,
+      })
+      : x;
     if (!tape) {
       const h = this.#normSiluConv(x, `${n}.norm1`, `${n}.conv1`); // (B,cout,H,W)
-      const skip = nin
-        ? conv2d(gpu, x, this.p(`${n}.nin_shortcut.weight`), this.p(`${n}.nin_shortcut.bias`))
-        : x;
       const y = this.#normSiluConv(h, `${n}.norm2`, `${n}.conv2`, skip);
       h.release();
       if (nin) skip.release();
@@ -217,12 +220,6 @@ export class Vqgan {
     const a = this.#normSilu(x, `${n}.norm1`, sub, false); // (B,cin,H,W) silu(norm1(x))
     const h = this.#conv(a, `${n}.conv1`, PAD1, sub); // (B,cout,H,W)
     const b = this.#normSilu(h, `${n}.norm2`, sub); // (B,cout,H,W)
-    const ninStash = nin ? new Conv2dStash() : undefined;
-    const skip = nin
-      ? conv2d(gpu, x, this.p(`${n}.nin_shortcut.weight`), this.p(`${n}.nin_shortcut.bias`), {
-        stash: ninStash,
-      })
-      : x;
     const w2 = this.p(`${n}.conv2.weight`);
     const stash2 = new Conv2dStash();
     const y = conv2d(gpu, b, w2, this.p(`${n}.conv2.bias`), {

@@ -45,11 +45,12 @@
  * 32x32 and larger with enough work (channels x pixels x batch >= 128 x 64 x 64; forward, dx, and
  * the decoder's upsampled convs from 256 channels at 64x64 outputs) run as an input transform, 36
  * GEMMs by the 1x1 kernel above (4x fewer multiply-adds than the direct kernel) and an output
- * transform with the bias and residual: 1.2-1.65x faster there on lavapipe. The transforms write
- * buffers that are copied into textures (a memcpy on lavapipe, where image stores scattered over
- * 36 planes cost more than the transform's arithmetic). On 16x16 images and below 128 channels the
- * transforms (2.25x the input and output, written and read again) and the weight transform cost
- * more than the GEMM saves ({@link useW43}). A fused F(2x2,3x3) kernel (transforms in registers,
+ * transform with the bias and residual: 1.2-1.65x faster there on lavapipe (`deno task bench
+ * --filter "vs matmul"`: forward and dx of `lvm`'s 128-512-channel shapes at 1.5-1.8x the matmul's
+ * GFLOP/s, counted as the direct conv's FLOPs). The transforms write buffers that are copied into
+ * textures ({@link copyRows}). On 16x16 images and below 128 channels the transforms (2.25x the
+ * input and output, written and read again) and the weight transform cost more than the GEMM saves
+ * ({@link useW43}). A fused F(2x2,3x3) kernel (transforms in registers,
  * per output channel block) was tried before and ran 1.3-1.7x slower than the direct kernel.
  *
  * Variants per adapter: the tile table ({@link conv2dTile}) is tuned on lavapipe, where the main
@@ -1296,12 +1297,28 @@ fn main(@builtin(global_invocation_id) g: vec3u) {
   return L.join("\n");
 };
 
+/**
+ * Copies the first `rows` full rows of `tex` from `buf`, which holds them in the texture's row
+ * layout (tex.width texels per row; a pool texture's width is a multiple of 16, so each row is a
+ * multiple of 256 bytes), then releases `buf`. The Winograd passes write buffers and copy them:
+ * on lavapipe the copy is a memcpy, while image stores go lane by lane.
+ */
+function copyRows(gpu: Gpu, buf: Tensor, tex: GPUTexture, rows: number) {
+  const texW = tex.width;
+  gpu.copyToTexture(buf, { bytesPerRow: texW * 16, rowsPerImage: rows }, { texture: tex }, [
+    texW,
+    rows,
+    1,
+  ]);
+  buf.release();
+}
+
 /** Stages 3x3 weights as {@link WT_W43_WGSL}'s U, in blocks of `cot` output channels. */
 function stageW43Weights(gpu: Gpu, w: Tensor, cot: number, rot: boolean): StagedW {
   const [Cout, Cin] = w.shape;
   const co = rot ? Cin : Cout, ci = rot ? Cout : Cin;
   const st = weightTexture(gpu, w, 36 * ci, co, cot, 1);
-  // Written to a buffer in the texture's row layout, then copied (see w43Conv).
+  // Written to a buffer in the texture's row layout, then copied ({@link copyRows}).
   const texW = st.tex.width;
   const tb = gpu.empty([st.wH * texW * 4]);
   gpu.dispatch(
@@ -1310,12 +1327,7 @@ function stageW43Weights(gpu: Gpu, w: Tensor, cot: number, rot: boolean): Staged
     new Params().u32(st.CoP4).u32(co).u32(ci).u32(st.wH),
     [Math.ceil(st.CoP4 / 16), Math.ceil(ci / 4), 1],
   );
-  gpu.copyToTexture(tb, { bytesPerRow: texW * 16, rowsPerImage: st.wH }, { texture: st.tex }, [
-    texW,
-    st.wH,
-    1,
-  ]);
-  tb.release();
+  copyRows(gpu, tb, st.tex, st.wH);
   return st;
 }
 
@@ -1574,8 +1586,8 @@ function w43Conv(
       const vl = planeLayout(gpu, 36 * C, d.R, W43_WQ)!;
       const vTex = takeTexture(gpu, Math.min(36 * C, vl.P) * vl.Wp4, vl.bands * vl.Hp);
       const vView = vTex.createView();
-      // V is written to a buffer in the texture's row layout, then copied (image stores go lane by
-      // lane on lavapipe: 36 per invocation cost 10x the loads and arithmetic; the copy is a memcpy).
+      // V is written to a buffer in the texture's row layout, then copied ({@link copyRows}): 36
+      // image stores per invocation, scattered over 36 planes, cost 10x the loads and arithmetic.
       const texW = vTex.width, vRows = vl.bands * vl.Hp;
       const vBuf = gpu.empty([vRows * texW * 4]);
       const nIn = d.n * C * nTy * nQ;
@@ -1588,12 +1600,7 @@ function w43Conv(
         new Params().u32(nIn),
         grid(Math.ceil(nIn / 64)),
       );
-      gpu.copyToTexture(vBuf, { bytesPerRow: texW * 16, rowsPerImage: vRows }, { texture: vTex }, [
-        texW,
-        vRows,
-        1,
-      ]);
-      vBuf.release();
+      copyRows(gpu, vBuf, vTex, vRows);
       texPool.put(gpu, xs.tex);
       // The products (36, Cout, R, 16), rounded up to whole rows of the texture they are copied to.
       const mRows = Math.ceil((36 * Cout * d.R * W43_WQ) / W43_MW);
@@ -1615,12 +1622,7 @@ function w43Conv(
       // M as a texture of rows of W43_MW texels (a memcpy): the output transform's 36 reads are then
       // vectorised gathers instead of bounds-checked buffer loads.
       const mTex = takeTexture(gpu, W43_MW, mRows);
-      gpu.copyToTexture(m, { bytesPerRow: W43_MW * 16, rowsPerImage: mRows }, { texture: mTex }, [
-        W43_MW,
-        mRows,
-        1,
-      ]);
-      m.release();
+      copyRows(gpu, m, mTex, mRows);
       const vecOut = Wo % 4 === 0;
       const nOut = d.n * Cout * nTy * nQ;
       gpu.dispatch(
@@ -2105,7 +2107,9 @@ export function conv2dBackward(
     const dxu = S === 1 ? gpu.empty([B, Cin, g.Hu, g.Wu]) : dxStrided(gpu, w, dy, g, opts.tile);
     if (S === 1) {
       // dx = conv(dy padded by (K-1-pad), rot180(W)^T), output extent = the (upsampled) input.
-      const w43 = !opts.tile && useW43(g, Cout, Cin, g.Hu, g.Wu) &&
+      // The dx conv runs on the upsampled grid: a plain conv there (the upsampled rule is the
+      // forward's).
+      const w43 = !opts.tile && useW43({ ...g, up: 1 }, Cout, Cin, g.Hu, g.Wu) &&
         w43Conv(gpu, dy, { B, C: Cout, H: Ho, W: Wo }, w, true, undefined, undefined, dxu, {
           Cout: Cin,
           Ho: g.Hu,
