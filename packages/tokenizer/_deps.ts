@@ -10,6 +10,7 @@ export {
   conv2dBackward,
   type Conv2dOptions,
   Conv2dStash,
+  Conv2dWeightCache,
   f32Literal,
   groupNormFast,
   groupNormFastBackward,

@@ -77,6 +77,8 @@ Deno.test("VqganTokenizer fixtures()", async (t) => {
       imgs.forEach((m, i) => flat.set(m.data, i * P));
       assertClose(flat, decoded, { atol: 2e-5, rtol: 1e-4 }, `${sub} decoded`);
       ids.push(tok.id);
+      // A loaded tokenizer keeps its staged weights (the decodes above used them).
+      assertEquals(tok.model.cachedWeightBytes > 0, true);
       tok.release();
     });
   }
@@ -106,9 +108,20 @@ Deno.test("VqganTokenizer fixtures()", async (t) => {
     const model = Vqgan.fromWeights(gpu, config, weights);
     const x = gpu.upload(images, [2, 3, 16, 16]);
     const z = model.encode(x);
-    assertClose(await gpu.readF32(z), await ref.readF32("z"), { atol: 1e-5, rtol: 1e-4 }, "z");
+    const zh = await gpu.readF32(z);
+    assertClose(zh, await ref.readF32("z"), { atol: 1e-5, rtol: 1e-4 }, "z");
     // A margin this wide cannot be crossed by f32 rounding of the distances.
     assertEquals((await ref.readF32("margin"))[0] > 1e-3, true);
+    // With the staged weights kept: filled by the first call, the same latents on every call.
+    model.cacheWeights();
+    for (let i = 0; i < 2; i++) {
+      const zc = model.encode(x);
+      assertEquals(Array.from(await gpu.readF32(zc)), Array.from(zh), `cached encode ${i}`);
+      zc.release();
+    }
+    assertEquals(model.cachedWeightBytes > 0, true);
+    model.cacheWeights(false);
+    assertEquals(model.cachedWeightBytes, 0);
     x.release();
     z.release();
     model.release();
@@ -201,6 +214,8 @@ Deno.test("levels3 fixture: 3 levels, channels changing in the encoder and the d
       imgs.forEach((m, i) => flat.set(m.data, i * P3));
       assertClose(flat, await r3.readF32("decoded"), { atol: 2e-5, rtol: 1e-4 }, "decoded");
       ids.push(tok.id);
+      // A loaded tokenizer keeps its staged weights (the decodes above used them).
+      assertEquals(tok.model.cachedWeightBytes > 0, true);
       tok.release();
     });
   }

@@ -19,6 +19,12 @@ export interface CreateTokenizerOptions {
   batchSize?: number;
   /** The tokenizer's id when already known (default: {@link tokenizerId} of config and weights). */
   id?: string;
+  /**
+   * Keep the convs' staged weights between calls (default true: ~8% faster encodes and decodes
+   * of one image on lavapipe, for ~0.4 GB (`lvm` encoder) and ~0.7 GB (decoder) more memory; see
+   * `Vqgan.cacheWeights`).
+   */
+  cacheWeights?: boolean;
 }
 
 /** A wrong token list given to {@link VqganTokenizer.decode}. */
@@ -136,5 +142,6 @@ export async function createTokenizer(
 ): Promise<VqganTokenizer> {
   const gpu = options.gpu ?? (await getGpu());
   const model = Vqgan.fromWeights(gpu, config, weights);
+  model.cacheWeights(options.cacheWeights ?? true);
   return new VqganTokenizer(model, options.id ?? tokenizerId(config, weights), options.batchSize);
 }

@@ -106,6 +106,46 @@ export class Conv2dStash {
 }
 
 /**
+ * Staged weights (the textures {@link conv2d} reads: the plain kernel's layout, the upsampled conv's
+ * phase taps, the Winograd transform U = G g G^T) kept across calls, for weights that do not change
+ * between them (inference). Without one, every forward call stages its weights again: on lavapipe
+ * 6% of an `lvm` VQGAN encode or decode (a 768 -> 768 conv's Winograd weights: 31 ms of ~85).
+ * Entries are keyed by the weight tensor and how it was staged; after changing a weight's values,
+ * {@link Conv2dWeightCache.release} the cache. Holding it costs the staged bytes ({@link bytes}):
+ * the weights' size for direct convs, 4x for Winograd ones.
+ */
+export class Conv2dWeightCache {
+  #m = new Map<Tensor, Map<string, StagedW>>();
+  #bytes = 0;
+
+  /** The staged weights of `w` under `key`, made by `make` on the first call. */
+  get(w: Tensor, key: string, make: () => StagedW): StagedW {
+    let per = this.#m.get(w);
+    if (!per) this.#m.set(w, per = new Map());
+    let st = per.get(key);
+    if (!st) {
+      st = make();
+      per.set(key, st);
+      this.#bytes += st.tex.width * st.tex.height * 16;
+    }
+    return st;
+  }
+
+  /** Bytes of the textures held. */
+  get bytes(): number {
+    return this.#bytes;
+  }
+
+  /** Destroys the held textures (after work already recorded with them). */
+  release(gpu: Gpu): void {
+    if (this.#m.size) gpu.submit();
+    for (const per of this.#m.values()) for (const st of per.values()) st.tex.destroy();
+    this.#m.clear();
+    this.#bytes = 0;
+  }
+}
+
+/**
  * A per-channel affine (and SiLU) applied to x as the forward stages it: the conv sees
  * act(x * scale + shift) per (image, channel) plane, with the zero padding added after. This is a
  * GroupNorm(+SiLU) before the conv without its normalized copy of x (`groupNormPlaneAffine` in
@@ -133,6 +173,8 @@ export interface Conv2dForwardOptions extends Conv2dOptions {
   out?: Tensor;
   /** Register tile to use instead of the table's choice (benchmarks). */
   tile?: ConvTile;
+  /** Keep the staged weights here and reuse them ({@link Conv2dWeightCache}: inference). */
+  weights?: Conv2dWeightCache;
 }
 
 /** Options of {@link conv2dBackward}: the forward's options plus which gradients to compute. */
@@ -1538,6 +1580,7 @@ function w43Conv(
   out: Tensor,
   g: { Cout: number; Ho: number; Wo: number },
   pad: { offT: number; offL: number; up: number; pro?: Conv2dPrologue },
+  cache?: Conv2dWeightCache,
 ): boolean {
   const { B, C } = inShape;
   const { Cout, Ho, Wo } = g;
@@ -1562,7 +1605,9 @@ function w43Conv(
   while (bc > 1 && !fits(bc, band)) bc = Math.floor(bc / 2);
   while (band > 1 && !fits(bc, band)) band = Math.ceil(band / 2);
   if (!fits(bc, band)) return false;
-  const ws = stageW43Weights(gpu, w, tile.cot, rot);
+  const ws = cache
+    ? cache.get(w, `w43|${tile.cot}|${rot}`, () => stageW43Weights(gpu, w, tile.cot, rot))
+    : stageW43Weights(gpu, w, tile.cot, rot);
   const storageRead = gpu.kind === "cpu";
   for (let b0 = 0; b0 < B; b0 += bc) {
     for (let ty0 = 0; ty0 < nTyAll; ty0 += band) {
@@ -1637,7 +1682,7 @@ function w43Conv(
       texPool.put(gpu, mTex);
     }
   }
-  texPool.put(gpu, ws.tex);
+  if (!cache) texPool.put(gpu, ws.tex);
   return true;
 }
 
@@ -1668,6 +1713,7 @@ function upsampledConv(
   g: Geom,
   tileOpt?: ConvTile,
   pro?: Conv2dPrologue,
+  cache?: Conv2dWeightCache,
 ) {
   const { B, Cin, Cout, KH, KW, Ho, Wo } = g;
   for (let rh = 0; rh < 2; rh++) {
@@ -1688,7 +1734,13 @@ function upsampledConv(
         offH: ph.off,
         offW: pw.off,
       } as const;
-      const ws = stageWeights(gpu, w, tile.cot, taps);
+      const ws = cache
+        ? cache.get(
+          w,
+          `${tile.cot}|${JSON.stringify(taps)}`,
+          () => stageWeights(gpu, w, tile.cot, taps),
+        )
+        : stageWeights(gpu, w, tile.cot, taps);
       convCore(
         gpu,
         "conv2d",
@@ -1703,7 +1755,7 @@ function upsampledConv(
         tile,
         { S: 2, H: Ho, W: Wo, r: rh, c: rw },
       );
-      texPool.put(gpu, ws.tex);
+      if (!cache) texPool.put(gpu, ws.tex);
     }
   }
 }
@@ -1754,18 +1806,19 @@ export function conv2d(
       offL: g.pl,
       up: g.up,
       pro: opts.prologue,
-    })
+    }, opts.weights)
   ) {
     opts.stash?.release(gpu);
     return out;
   }
   if (g.up === 2 && S === 1) {
-    upsampledConv(gpu, x, w, bias, opts.residual, out, g, opts.tile, opts.prologue);
+    upsampledConv(gpu, x, w, bias, opts.residual, out, g, opts.tile, opts.prologue, opts.weights);
     return out;
   }
   const tile: ConvTile = opts.tile ?? conv2dTile(gpu, Cout, Ho, Wo, KH, KW, S);
   validTile(tile);
-  const ws = stageWeights(gpu, w, tile.cot, { mode: "plain" });
+  const plain = () => stageWeights(gpu, w, tile.cot, { mode: "plain" });
+  const ws = opts.weights ? opts.weights.get(w, `${tile.cot}|plain`, plain) : plain();
   convCore(
     gpu,
     "conv2d",
@@ -1781,7 +1834,7 @@ export function conv2d(
     undefined,
     g.up === 1 ? opts.stash : undefined,
   );
-  texPool.put(gpu, ws.tex);
+  if (!opts.weights) texPool.put(gpu, ws.tex);
   return out;
 }
 

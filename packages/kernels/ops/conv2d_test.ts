@@ -11,6 +11,7 @@ import {
   Conv2dStash,
   conv2dTile,
   conv2dTuning,
+  Conv2dWeightCache,
 } from "./conv2d.ts";
 import { groupNormCpu } from "./groupnorm.ts";
 import { groupNormPlaneAffine } from "./groupnorm_rows.ts";
@@ -500,6 +501,73 @@ Deno.test("conv2d() with a GroupNorm(+SiLU) prologue matches norm -> conv refere
       } finally {
         conv2dTuning.w43 = null;
         for (const tt of [X, Gm, Bt, Wt, Bi, R]) tt.release();
+      }
+    });
+  }
+});
+
+Deno.test("conv2d() with a Conv2dWeightCache reuses staged weights and matches the reference", async (t) => {
+  const gpu = await getGpu();
+  // One entry per weight and staging: the plain kernel, the upsampled conv's four phases, the
+  // Winograd transform; the second call stages nothing (no weight-staging dispatch) and gives the
+  // same result; release empties it.
+  const cases: (Case & { w43?: boolean; stages: number })[] = [
+    { B: 1, Cin: 5, H: 9, W: 7, Cout: 6, K: 3, o: { pad: 1, tile: SMALL }, bias: true, stages: 1 },
+    {
+      B: 2,
+      Cin: 3,
+      H: 4,
+      W: 5,
+      Cout: 4,
+      K: 3,
+      o: { pad: 1, upsample2x: true, tile: SMALL },
+      stages: 4,
+    },
+    { B: 1, Cin: 6, H: 10, W: 11, Cout: 5, K: 3, o: { pad: 1 }, res: true, w43: true, stages: 1 },
+  ];
+  for (const c of cases) {
+    await t.step(`${label(c)}${c.w43 ? " w43" : ""}`, async () => {
+      const a = args(c);
+      const Ho = c.o.upsample2x ? 2 * c.H : c.H, Wo = c.o.upsample2x ? 2 * c.W : c.W;
+      const x = randu(c.B * c.Cin * c.H * c.W, 400 + c.Cin, -2, 2);
+      const w = randu(c.Cout * c.Cin * 9, 410, -0.5, 0.5), b = randu(c.Cout, 420);
+      const res = randu(c.B * c.Cout * Ho * Wo, 430);
+      const ref = conv2dCpu(x, w, c.bias ? b : null, { ...a, residual: c.res ? res : undefined });
+      const X = gpu.upload(x, a.xShape), Wt = gpu.upload(w, a.wShape), Bi = gpu.upload(b, [c.Cout]);
+      const R = gpu.upload(res, [c.B, c.Cout, Ho, Wo]);
+      const cache = new Conv2dWeightCache();
+      const pipeline = gpu.pipeline;
+      let staged = 0;
+      gpu.pipeline = (key, code, entry) => {
+        if (key.startsWith("conv2d_wt")) staged++;
+        return pipeline.call(gpu, key, code, entry);
+      };
+      conv2dTuning.w43 = c.w43 ? true : false;
+      try {
+        const run = () =>
+          conv2d(gpu, X, Wt, c.bias ? Bi : undefined, {
+            ...c.o,
+            residual: c.res ? R : undefined,
+            weights: cache,
+          });
+        const y1 = run();
+        assertEquals(staged, c.stages, "staging dispatches on the first call");
+        const bytes = cache.bytes;
+        if (bytes <= 0) throw new Error("the cache holds nothing after the first call");
+        const y2 = run();
+        assertEquals(staged, c.stages, "staging dispatches after the second call");
+        assertEquals(cache.bytes, bytes, "bytes after the second call");
+        const [h1, h2] = await gpu.readMany([y1, y2]);
+        assertClose(h1, ref, { atol: 2e-4, rtol: 1e-4 }, "first call");
+        assertEquals(Array.from(h2), Array.from(h1), "second call");
+        y1.release();
+        y2.release();
+        cache.release(gpu);
+        assertEquals(cache.bytes, 0, "bytes after release");
+      } finally {
+        conv2dTuning.w43 = null;
+        gpu.pipeline = pipeline;
+        for (const tt of [X, Wt, Bi, R]) tt.release();
       }
     });
   }
