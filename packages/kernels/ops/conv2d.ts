@@ -48,7 +48,9 @@
  * transform with the bias and residual: 1.2-1.65x faster there on lavapipe (`deno task bench
  * --filter "vs matmul"`: forward and dx of `lvm`'s 128-512-channel shapes at 1.5-1.8x the matmul's
  * GFLOP/s, counted as the direct conv's FLOPs). The transforms write buffers that are copied into
- * textures ({@link copyRows}). On 16x16 images and below 128 channels the transforms (2.25x the
+ * textures ({@link copyRows}); the input transform reads x itself (with the prologue and the zero
+ * padding) when x is not upsampled and its width is a multiple of 4, skipping the pad pass (6-8%
+ * faster per conv from 64x64, about even at 32x32). On 16x16 images and below 128 channels the transforms (2.25x the
  * input and output, written and read again) and the weight transform cost more than the GEMM saves
  * ({@link useW43}). A fused F(2x2,3x3) kernel (transforms in registers,
  * per output channel block) was tried before and ran 1.3-1.7x slower than the direct kernel.
@@ -1405,9 +1407,20 @@ function w43Main(L: string[], nQ: number, nTy: number, chans: number, plane: str
 }
 
 /**
+ * The input transform reading x itself (no staging pass; x not upsampled, W a multiple of 4): the
+ * plane's height, width in vec4s, k = (-offL) mod 4 and the prologue.
+ */
+interface W43Direct {
+  H: number;
+  W4: number;
+  k: number;
+  pro: Prologue;
+}
+
+/**
  * Input transform: invocation (image b, channel ci, tile row ty, tile quad q) reads rows
  * 4ty..4ty+5 of the staged plane, texels 4q..4q+4 (columns 16q..16q+19: the 6x6 patches of 4 tiles
- * side by side) and writes V_xi of the 4 tiles (a vec4, lane t = tile 4q+t) to plane xi*C + ci of
+ * side by side; with `direct`, the same padded rows and columns from x, see {@link W43Direct}) and writes V_xi of the 4 tiles (a vec4, lane t = tile 4q+t) to plane xi*C + ci of
  * the GEMM's input, where the chunk's tile quads are numbered (b, ty, q) and laid W43_WQ per row. Sizes
  * are baked in (integer division by a non-constant is a per-lane loop on lavapipe).
  */
@@ -1417,22 +1430,64 @@ const W43_IN_WGSL = (
   vl: PlaneLayout,
   texW: number,
   storageRead: boolean,
+  direct: W43Direct | null,
 ) => {
   const { type: TEX, lvl: LVL } = texDecl(storageRead);
   const { C, nTy, nQ } = d;
   const L: string[] = [];
-  L.push(`@group(0) @binding(0) var xt: ${TEX};`);
-  L.push(`@group(0) @binding(1) var<storage, read_write> vb: array<vec4f>;`);
-  L.push(`struct P { n: u32 }`);
-  L.push(`@group(0) @binding(2) var<uniform> p: P;`);
+  if (direct) {
+    const pro = direct.pro;
+    L.push(`@group(0) @binding(0) var<storage, read> x: array<vec4f>;`);
+    L.push(`@group(0) @binding(1) var<storage, read_write> vb: array<vec4f>;`);
+    L.push(`struct P { n: u32, offT: i32, offL: i32, plane0: u32 }`);
+    L.push(proDecl(pro, 2));
+    if (pro === "silu") L.push(SILU_FN(true));
+    // Source vec4 a of a row (zero outside the plane, the prologue applied inside).
+    L.push(`fn ld(ok: bool, rowbase: u32, a: i32) -> vec4f {
+  if (!ok || a < 0 || a >= ${direct.W4}) { return vec4f(0.0); }
+  return ${proApply(pro, "x[rowbase + u32(a)]", true)};
+}`);
+  } else {
+    L.push(`@group(0) @binding(0) var xt: ${TEX};`);
+    L.push(`@group(0) @binding(1) var<storage, read_write> vb: array<vec4f>;`);
+    L.push(`struct P { n: u32 }`);
+    L.push(`@group(0) @binding(2) var<uniform> p: P;`);
+  }
   w43Main(L, nQ, nTy, C, "plane", "ci");
   L.push(`  let vu = t % ${W43_WQ}u;`);
   L.push(`  let vr = t / ${W43_WQ}u;`);
-  L.push(`  let xu = (plane % ${xl.P}u) * ${xl.Wp4}u + q * 4u;`);
-  L.push(`  let xv = (plane / ${xl.P}u) * ${xl.Hp}u + ty * 4u;`);
+  if (direct) {
+    const { k, H, W4 } = direct;
+    if (direct.pro) L.push(`  sc = ss[p.plane0 + plane];`);
+    // Texel v of the padded row (columns 16q + 4v..) is source columns 16q + 4v - offL..: vec4s
+    // a0 + v and a0 + v + 1 shuffled by k = (-offL) mod 4, as the pad pass does.
+    L.push(`  let a0 = i32(q * 4u) + (-p.offL - ${k}) / 4;  // exact: a multiple of 4`);
+    L.push(`  let pb = (p.plane0 + plane) * ${H}u;`);
+    for (let r = 0; r < 6; r++) {
+      L.push(`  let yy${r} = i32(ty * 4u + ${r}u) - p.offT;`);
+      L.push(`  let ok${r} = yy${r} >= 0 && yy${r} < ${H};`);
+      L.push(`  let rb${r} = (pb + u32(clamp(yy${r}, 0, ${H - 1}))) * ${W4}u;`);
+      const n = k === 0 ? 5 : 6;
+      for (let j = 0; j < n; j++) L.push(`  let s${r}_${j} = ld(ok${r}, rb${r}, a0 + ${j});`);
+      for (let v = 0; v < 5; v++) {
+        const val = k === 0 ? `s${r}_${v}` : `vec4f(${
+          [0, 1, 2, 3].map((i) => {
+            const e = k + i;
+            return `s${r}_${v + (e >> 2)}.${COMP[e & 3]}`;
+          }).join(", ")
+        })`;
+        L.push(`  let x${r}_${v} = ${val};`);
+      }
+    }
+  } else {
+    L.push(`  let xu = (plane % ${xl.P}u) * ${xl.Wp4}u + q * 4u;`);
+    L.push(`  let xv = (plane / ${xl.P}u) * ${xl.Hp}u + ty * 4u;`);
+  }
   for (let r = 0; r < 6; r++) {
-    for (let v = 0; v < 5; v++) {
-      L.push(`  let x${r}_${v} = textureLoad(xt, vec2u(xu + ${v}u, xv + ${r}u)${LVL});`);
+    if (!direct) {
+      for (let v = 0; v < 5; v++) {
+        L.push(`  let x${r}_${v} = textureLoad(xt, vec2u(xu + ${v}u, xv + ${r}u)${LVL});`);
+      }
     }
     // d{r}_{j}: column j of the patches, lane t = tile t (column 4t + j of the texels' span).
     for (let j = 0; j < 6; j++) {
@@ -1609,13 +1664,22 @@ function w43Conv(
     ? cache.get(w, `w43|${tile.cot}|${rot}`, () => stageW43Weights(gpu, w, tile.cot, rot))
     : stageW43Weights(gpu, w, tile.cot, rot);
   const storageRead = gpu.kind === "cpu";
+  const direct: W43Direct | null = pad.up === 1 && inShape.W % 4 === 0 && conv2dTuning.w43Direct
+    ? {
+      H: inShape.H,
+      W4: inShape.W / 4,
+      k: (((-pad.offL) % 4) + 4) % 4,
+      pro: pad.pro ? (pad.pro.silu ? "silu" : "affine") : "",
+    }
+    : null;
   for (let b0 = 0; b0 < B; b0 += bc) {
     for (let ty0 = 0; ty0 < nTyAll; ty0 += band) {
       const nTy = Math.min(band, nTyAll - ty0);
       const d = dims(Math.min(bc, B - b0), nTy);
       const xl = planeLayout(gpu, d.n * C, 4 * nTy + 2, xWp4)!;
       // Rows 4*ty0.. of the output read padded rows 4*ty0..: the source is cut by as many rows.
-      const xs = stage(
+      const offT = pad.offT - 4 * ty0;
+      const xs = direct ? null : stage(
         gpu,
         x,
         b0 * C,
@@ -1623,7 +1687,7 @@ function w43Conv(
         inShape.H,
         inShape.W,
         xl,
-        pad.offT - 4 * ty0,
+        offT,
         pad.offL,
         pad.up,
         pad.pro,
@@ -1638,15 +1702,15 @@ function w43Conv(
       const nIn = d.n * C * nTy * nQ;
       gpu.dispatch(
         gpu.pipeline(
-          `conv2d_w43_in|${storageRead}|${JSON.stringify([d, xl, vl, texW])}`,
-          () => W43_IN_WGSL(d, xl, vl, texW, storageRead),
+          `conv2d_w43_in|${storageRead}|${JSON.stringify([d, direct ? direct : xl, vl, texW])}`,
+          () => W43_IN_WGSL(d, xl, vl, texW, storageRead, direct),
         ),
-        [xs.view, vBuf],
-        new Params().u32(nIn),
+        xs ? [xs.view, vBuf] : [x, vBuf, ...(pad.pro ? [pad.pro.ss] : [])],
+        xs ? new Params().u32(nIn) : new Params().u32(nIn).i32(offT).i32(pad.offL).u32(b0 * C),
         grid(Math.ceil(nIn / 64)),
       );
       copyRows(gpu, vBuf, vTex, vRows);
-      texPool.put(gpu, xs.tex);
+      if (xs) texPool.put(gpu, xs.tex);
       // The products (36, Cout, R, 16), rounded up to whole rows of the texture they are copied to.
       const mRows = Math.ceil((36 * Cout * d.R * W43_WQ) / W43_MW);
       const m = gpu.empty([mRows * W43_MW * 4]);
@@ -1874,7 +1938,9 @@ export const conv2dTuning: {
   w43: boolean | null;
   /** The most tile rows (4 output rows each) one Winograd chunk takes (tests: banded images). */
   w43Rows: number | null;
-} = { dw: null, w43: null, w43Rows: null };
+  /** The Winograd input transform reads x itself where it can (false: always staged; tests). */
+  w43Direct: boolean;
+} = { dw: null, w43: null, w43Rows: null, w43Direct: true };
 
 /**
  * Whether a stride-1 3x3 conv of Cin -> Cout channels and Ho x Wo outputs takes the Winograd path

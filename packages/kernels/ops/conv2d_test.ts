@@ -268,6 +268,10 @@ Deno.test("conv2d() Winograd F(4x4,3x3) path matches the references", async (t) 
     { B: 1, Cin: 64, H: 20, W: 36, Cout: 33, K: 3, o: { pad: 1 }, bias: true, res: true },
     // Banded: chunks of 2 tile rows (8 output rows), as a large image is split.
     { B: 2, Cin: 6, H: 19, W: 21, Cout: 7, K: 3, o: { pad: 1 }, bias: true, res: true, rows: 2 },
+    // Widths that are multiples of 4: the transform reads x itself (no staging pass), with the
+    // left padding 1 and 2 (the two source shuffles), banded.
+    { B: 2, Cin: 6, H: 19, W: 20, Cout: 7, K: 3, o: { pad: 1 }, bias: true, res: true, rows: 2 },
+    { B: 1, Cin: 3, H: 10, W: 12, Cout: 4, K: 3, o: { pad: [1, 0, 2, 1] }, bias: true },
   ];
   for (const c of cases) {
     const a = args(c);
@@ -287,9 +291,10 @@ Deno.test("conv2d() Winograd F(4x4,3x3) path matches the references", async (t) 
       conv2dTuning.w43Rows = c.rows ?? null;
       // Count the input transforms: the case must not fall back to the direct kernel.
       const pipeline = gpu.pipeline;
-      let w43 = 0;
+      let w43 = 0, pads = 0;
       gpu.pipeline = (key, code, entry) => {
         if (key.startsWith("conv2d_w43_in")) w43++;
+        if (key.startsWith("conv2d_pad")) pads++;
         return pipeline.call(gpu, key, code, entry);
       };
       try {
@@ -297,6 +302,9 @@ Deno.test("conv2d() Winograd F(4x4,3x3) path matches the references", async (t) 
           ...c.o,
           residual: c.res ? R : undefined,
         });
+        // Staged (a pad pass per chunk) unless the transform reads x itself.
+        const direct = c.W % 4 === 0 && !c.o.upsample2x;
+        if ((pads === 0) !== direct) throw new Error(`${pads} pad passes (direct read: ${direct})`);
         const g = conv2dBackward(gpu, X, Wt, DY, { ...c.o, dw: false, dbias: false });
         // One input transform per chunk: per band of `rows` tile rows (both images in each).
         const bands = (h: number) => Math.ceil(Math.ceil(h / 4) / c.rows!);
@@ -460,16 +468,17 @@ Deno.test("conv2dTile() takes 16-channel tiles for large strided and few-tap out
 Deno.test("conv2d() with a GroupNorm(+SiLU) prologue matches norm -> conv references", async (t) => {
   const gpu = await getGpu();
   // Each staging pass applies it: the row pad (narrow vec4 planes), the per-texel vec4 pad (80
-  // wide), the scalar pad (W % 4 != 0, and the upsampled conv's phases), the Winograd path; both
-  // statistics kernels (few groups: one workgroup per group; 4 x 32 groups: the rows kernels on a
-  // CPU adapter); with and
-  // without SiLU; padding stays zero after the affine (shift != 0).
+  // wide), the scalar pad (W % 4 != 0, and the upsampled conv's phases), the Winograd input
+  // transform reading x itself (with and without SiLU); both statistics kernels (few groups: one
+  // workgroup per group; 4 x 32 groups: the rows kernels on a CPU adapter); with and without SiLU;
+  // padding stays zero after the affine (shift != 0).
   const cases: (Case & { G: number; silu: boolean; w43?: boolean })[] = [
     { B: 2, Cin: 8, H: 10, W: 12, Cout: 5, K: 3, o: { pad: 1 }, bias: true, G: 4, silu: true },
     { B: 1, Cin: 4, H: 6, W: 80, Cout: 3, K: 3, o: { pad: 1 }, G: 2, silu: false },
     { B: 4, Cin: 32, H: 7, W: 9, Cout: 4, K: 3, o: { pad: 1 }, res: true, G: 32, silu: true },
     { B: 1, Cin: 4, H: 5, W: 6, Cout: 5, K: 3, o: { pad: 1, upsample2x: true }, G: 2, silu: true },
     { B: 2, Cin: 8, H: 9, W: 20, Cout: 6, K: 3, o: { pad: 1 }, G: 4, silu: true, w43: true },
+    { B: 1, Cin: 8, H: 8, W: 16, Cout: 5, K: 3, o: { pad: 1 }, G: 4, silu: false, w43: true },
   ];
   for (const c of cases) {
     await t.step(`${label(c)} G${c.G}${c.silu ? " silu" : ""}${c.w43 ? " w43" : ""}`, async () => {
