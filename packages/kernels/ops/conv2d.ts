@@ -48,12 +48,13 @@
  * transform with the bias and residual: 1.2-1.65x faster there on lavapipe (`deno task bench
  * --filter "vs matmul"`: forward and dx of `lvm`'s 128-512-channel shapes at 1.5-1.8x the matmul's
  * GFLOP/s, counted as the direct conv's FLOPs). The transforms write buffers that are copied into
- * textures ({@link copyRows}); the input transform reads x itself (with the prologue and the zero
- * padding) when x is not upsampled and its width is a multiple of 4, skipping the pad pass (6-8%
- * faster per conv from 64x64, about even at 32x32). On 16x16 images and below 128 channels the transforms (2.25x the
- * input and output, written and read again) and the weight transform cost more than the GEMM saves
- * ({@link useW43}). A fused F(2x2,3x3) kernel (transforms in registers,
- * per output channel block) was tried before and ran 1.3-1.7x slower than the direct kernel.
+ * textures ({@link copyRows}); the input transform reads x itself (with the prologue, the zero
+ * padding and the nearest upsampling) when x's width is a multiple of 4, skipping the pad pass
+ * (6-8% faster per conv from 64x64, about even at 32x32; the `lvm` decode 8.6% faster). On 16x16
+ * images and below 128 channels the transforms (2.25x the input and output, written and read
+ * again) and the weight transform cost more than the GEMM saves ({@link useW43}). A fused
+ * F(2x2,3x3) kernel (transforms in registers, per output channel block) was tried before and ran
+ * 1.3-1.7x slower than the direct kernel.
  *
  * Variants per adapter: the tile table ({@link conv2dTile}) is tuned on lavapipe, where the main
  * kernels bind their textures as read-only storage textures ({@link texDecl}); on a real GPU the same
@@ -1407,13 +1408,15 @@ function w43Main(L: string[], nQ: number, nTy: number, chans: number, plane: str
 }
 
 /**
- * The input transform reading x itself (no staging pass; x not upsampled, W a multiple of 4): the
- * plane's height, width in vec4s, k = (-offL) mod 4 and the prologue.
+ * The input transform reading x itself (no staging pass; the source width a multiple of 4): the
+ * source plane's height and width in vec4s, the left padding, the nearest upsampling (1 or 2) and
+ * the prologue, baked into the kernel.
  */
 interface W43Direct {
   H: number;
   W4: number;
-  k: number;
+  offL: number;
+  up: number;
   pro: Prologue;
 }
 
@@ -1439,7 +1442,7 @@ const W43_IN_WGSL = (
     const pro = direct.pro;
     L.push(`@group(0) @binding(0) var<storage, read> x: array<vec4f>;`);
     L.push(`@group(0) @binding(1) var<storage, read_write> vb: array<vec4f>;`);
-    L.push(`struct P { n: u32, offT: i32, offL: i32, plane0: u32 }`);
+    L.push(`struct P { n: u32, offT: i32, plane0: u32 }`);
     L.push(proDecl(pro, 2));
     if (pro === "silu") L.push(SILU_FN(true));
     // Source vec4 a of a row (zero outside the plane, the prologue applied inside).
@@ -1456,32 +1459,33 @@ const W43_IN_WGSL = (
   w43Main(L, nQ, nTy, C, "plane", "ci");
   L.push(`  let vu = t % ${W43_WQ}u;`);
   L.push(`  let vr = t / ${W43_WQ}u;`);
+  // px(r, c): padded row r, column c (0..19) of the quad's patches, as a scalar expression.
+  let px: (r: number, c: number) => string;
   if (direct) {
-    const { k, H, W4 } = direct;
+    const { H, W4, offL, up } = direct;
     if (direct.pro) L.push(`  sc = ss[p.plane0 + plane];`);
-    // Texel v of the padded row (columns 16q + 4v..) is source columns 16q + 4v - offL..: vec4s
-    // a0 + v and a0 + v + 1 shuffled by k = (-offL) mod 4, as the pad pass does.
-    L.push(`  let a0 = i32(q * 4u) + (-p.offL - ${k}) / 4;  // exact: a multiple of 4`);
+    // Padded column c of quad q is (upsampled) source column 16q + c - offL, source column
+    // 16q/up + floor((c - offL) / up): vec4 (16/(4 up)) q + floor(e / 4), component e mod 4.
+    const e = (c: number) => Math.floor((c - offL) / up);
+    const v0 = Math.floor(e(0) / 4), v1 = Math.floor(e(19) / 4);
+    L.push(`  let a0 = i32(q * ${4 / up}u) + ${v0};`);
     L.push(`  let pb = (p.plane0 + plane) * ${H}u;`);
     for (let r = 0; r < 6; r++) {
-      L.push(`  let yy${r} = i32(ty * 4u + ${r}u) - p.offT;`);
-      L.push(`  let ok${r} = yy${r} >= 0 && yy${r} < ${H};`);
-      L.push(`  let rb${r} = (pb + u32(clamp(yy${r}, 0, ${H - 1}))) * ${W4}u;`);
-      const n = k === 0 ? 5 : 6;
-      for (let j = 0; j < n; j++) L.push(`  let s${r}_${j} = ld(ok${r}, rb${r}, a0 + ${j});`);
-      for (let v = 0; v < 5; v++) {
-        const val = k === 0 ? `s${r}_${v}` : `vec4f(${
-          [0, 1, 2, 3].map((i) => {
-            const e = k + i;
-            return `s${r}_${v + (e >> 2)}.${COMP[e & 3]}`;
-          }).join(", ")
-        })`;
-        L.push(`  let x${r}_${v} = ${val};`);
+      L.push(`  let yy${r} = i32(ty * 4u + ${r}u) - p.offT;  // row of the (upsampled) source`);
+      L.push(`  let ok${r} = yy${r} >= 0 && yy${r} < ${H * up};`);
+      L.push(`  let rb${r} = (pb + u32(clamp(yy${r}, 0, ${H * up - 1})) / ${up}u) * ${W4}u;`);
+      for (let j = 0; j <= v1 - v0; j++) {
+        L.push(`  let s${r}_${j} = ld(ok${r}, rb${r}, a0 + ${j});`);
       }
     }
+    px = (r, c) => {
+      const v = Math.floor(e(c) / 4);
+      return `s${r}_${v - v0}.${COMP[e(c) - 4 * v]}`;
+    };
   } else {
     L.push(`  let xu = (plane % ${xl.P}u) * ${xl.Wp4}u + q * 4u;`);
     L.push(`  let xv = (plane / ${xl.P}u) * ${xl.Hp}u + ty * 4u;`);
+    px = (r, c) => `x${r}_${c >> 2}.${COMP[c & 3]}`;
   }
   for (let r = 0; r < 6; r++) {
     if (!direct) {
@@ -1491,10 +1495,7 @@ const W43_IN_WGSL = (
     }
     // d{r}_{j}: column j of the patches, lane t = tile t (column 4t + j of the texels' span).
     for (let j = 0; j < 6; j++) {
-      const comps = [0, 1, 2, 3].map((t) => {
-        const col = 4 * t + j;
-        return `x${r}_${col >> 2}.${COMP[col & 3]}`;
-      });
+      const comps = [0, 1, 2, 3].map((t) => px(r, 4 * t + j));
       L.push(`  let d${r}_${j} = vec4f(${comps.join(", ")});`);
     }
   }
@@ -1664,11 +1665,12 @@ function w43Conv(
     ? cache.get(w, `w43|${tile.cot}|${rot}`, () => stageW43Weights(gpu, w, tile.cot, rot))
     : stageW43Weights(gpu, w, tile.cot, rot);
   const storageRead = gpu.kind === "cpu";
-  const direct: W43Direct | null = pad.up === 1 && inShape.W % 4 === 0 && conv2dTuning.w43Direct
+  const direct: W43Direct | null = inShape.W % 4 === 0 && conv2dTuning.w43Direct
     ? {
       H: inShape.H,
       W4: inShape.W / 4,
-      k: (((-pad.offL) % 4) + 4) % 4,
+      offL: pad.offL,
+      up: pad.up,
       pro: pad.pro ? (pad.pro.silu ? "silu" : "affine") : "",
     }
     : null;
@@ -1706,7 +1708,7 @@ function w43Conv(
           () => W43_IN_WGSL(d, xl, vl, texW, storageRead, direct),
         ),
         xs ? [xs.view, vBuf] : [x, vBuf, ...(pad.pro ? [pad.pro.ss] : [])],
-        xs ? new Params().u32(nIn) : new Params().u32(nIn).i32(offT).i32(pad.offL).u32(b0 * C),
+        xs ? new Params().u32(nIn) : new Params().u32(nIn).i32(offT).u32(b0 * C),
         grid(Math.ceil(nIn / 64)),
       );
       copyRows(gpu, vBuf, vTex, vRows);

@@ -269,9 +269,21 @@ Deno.test("conv2d() Winograd F(4x4,3x3) path matches the references", async (t) 
     // Banded: chunks of 2 tile rows (8 output rows), as a large image is split.
     { B: 2, Cin: 6, H: 19, W: 21, Cout: 7, K: 3, o: { pad: 1 }, bias: true, res: true, rows: 2 },
     // Widths that are multiples of 4: the transform reads x itself (no staging pass), with the
-    // left padding 1 and 2 (the two source shuffles), banded.
+    // left padding 1 and 2 (two source shuffles), banded, upsampled (banded: odd band offsets).
     { B: 2, Cin: 6, H: 19, W: 20, Cout: 7, K: 3, o: { pad: 1 }, bias: true, res: true, rows: 2 },
     { B: 1, Cin: 3, H: 10, W: 12, Cout: 4, K: 3, o: { pad: [1, 0, 2, 1] }, bias: true },
+    { B: 2, Cin: 4, H: 5, W: 8, Cout: 5, K: 3, o: { pad: 1, upsample2x: true }, res: true },
+    {
+      B: 1,
+      Cin: 3,
+      H: 7,
+      W: 4,
+      Cout: 2,
+      K: 3,
+      o: { pad: 1, upsample2x: true },
+      bias: true,
+      rows: 1,
+    },
   ];
   for (const c of cases) {
     const a = args(c);
@@ -303,12 +315,13 @@ Deno.test("conv2d() Winograd F(4x4,3x3) path matches the references", async (t) 
           residual: c.res ? R : undefined,
         });
         // Staged (a pad pass per chunk) unless the transform reads x itself.
-        const direct = c.W % 4 === 0 && !c.o.upsample2x;
+        const direct = c.W % 4 === 0;
         if ((pads === 0) !== direct) throw new Error(`${pads} pad passes (direct read: ${direct})`);
         const g = conv2dBackward(gpu, X, Wt, DY, { ...c.o, dw: false, dbias: false });
-        // One input transform per chunk: per band of `rows` tile rows (both images in each).
+        // One input transform per chunk: per band of `rows` tile rows (both images in each; the dx
+        // of an upsampled conv runs on the upsampled grid).
         const bands = (h: number) => Math.ceil(Math.ceil(h / 4) / c.rows!);
-        const want = c.rows ? bands(Ho) + bands(c.H) : 2;
+        const want = c.rows ? bands(Ho) + bands(c.o.upsample2x ? 2 * c.H : c.H) : 2;
         if (w43 !== want) throw new Error(`${w43} Winograd input transforms, expected ${want}`);
         const [yh, dxh] = await gpu.readMany([y, g.dx!]);
         assertClose(yh, ref, { atol: 2e-4, rtol: 1e-4 }, "y");
