@@ -143,8 +143,17 @@ async function runTorch(onResult: (t: BenchResult) => void): Promise<boolean> {
   ];
   // PYTHON picks the interpreter (e.g. /usr/bin/python3 where a pyenv python3 lacks torch).
   const python = Deno.env.get("PYTHON") || "python3";
+  // glibc keeps freed memory for reuse (unless the caller set these): by default every large
+  // tensor PyTorch frees goes back to the OS and the next one faults its pages in again, which on
+  // a VM costs more than the arithmetic (a 128-channel 3x3 conv at 256x256: 309 ms, 206 of them in
+  // the kernel, 24.6k page faults; 68 ms with these). Our side reuses its buffers.
+  const env: Record<string, string> = {};
+  for (const k of ["MALLOC_MMAP_THRESHOLD_", "MALLOC_TRIM_THRESHOLD_"]) {
+    if (Deno.env.get(k) === undefined) env[k] = String(2 ** 34);
+  }
+  if (Deno.env.get("MALLOC_TOP_PAD_") === undefined) env.MALLOC_TOP_PAD_ = String(2 ** 30);
   try {
-    const out = await new Deno.Command(python, { args, stdout: "piped", stderr: "inherit" })
+    const out = await new Deno.Command(python, { args, env, stdout: "piped", stderr: "inherit" })
       .output();
     const lines = new TextDecoder().decode(out.stdout).split("\n").filter((l) => l.startsWith("{"));
     for (const line of lines) onResult(JSON.parse(line) as BenchResult);

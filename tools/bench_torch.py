@@ -17,7 +17,8 @@ one run, all `per` ops together).
 Environment: torch.set_num_threads(os.cpu_count()), or $TORCH_THREADS when set; the count is
 printed. Debian's torch uses OpenBLAS; an inherited OPENBLAS_CORETYPE (e.g. Haswell) changes its
 speed a lot: the figures are reported as the environment gives them, and the environment is printed
-to stderr.
+to stderr. `deno task bench --torch` sets glibc's MALLOC_MMAP_THRESHOLD_, MALLOC_TRIM_THRESHOLD_ and
+MALLOC_TOP_PAD_ (unless set) so that freed tensors' memory is reused instead of faulted in again.
 """
 
 import argparse
@@ -190,7 +191,8 @@ def main():
         print("\n".join(keys))
         return
     env = {k: os.environ.get(k)
-           for k in ("TORCH_THREADS", "OPENBLAS_CORETYPE", "OPENBLAS_L2_SIZE", "OMP_NUM_THREADS")}
+           for k in ("TORCH_THREADS", "OPENBLAS_CORETYPE", "OPENBLAS_L2_SIZE", "OMP_NUM_THREADS",
+                     "MALLOC_MMAP_THRESHOLD_", "MALLOC_TRIM_THRESHOLD_", "MALLOC_TOP_PAD_")}
     print(
         f"torch {torch.__version__}, {threads} threads (os.cpu_count() {os.cpu_count()}), "
         f"env {json.dumps(env)}",
