@@ -54,7 +54,9 @@
  * images and below 128 channels the transforms (2.25x the input and output, written and read
  * again) and the weight transform cost more than the GEMM saves ({@link useW43}). A fused
  * F(2x2,3x3) kernel (transforms in registers, per output channel block) was tried before and ran
- * 1.3-1.7x slower than the direct kernel.
+ * 1.3-1.7x slower than the direct kernel. Outputs from 192x192 take F(6x6,3x3) instead (8x8
+ * patches, 64 products: 0.79x the GEMM's work per output; 9-11% faster per conv at 256x256, the
+ * `lvm` encode 7% and decode 9% faster; {@link winoFor}).
  *
  * Variants per adapter: the tile table ({@link conv2dTile}) is tuned on lavapipe, where the main
  * kernels bind their textures as read-only storage textures ({@link texDecl}); on a real GPU the same
@@ -880,6 +882,8 @@ interface FwdCfg extends ConvTile {
    * GEMM's 36 products ({@link w43Conv}).
    */
   wsets: boolean;
+  /** With `wsets`: the lanes take (image, tile) pairs, not the tiles of image wg.z. */
+  flat: boolean;
   /** Input channels per loop iteration (divides Cin). */
   cpi: number;
 }
@@ -914,7 +918,7 @@ function fwdHeader(c: FwdCfg, L: string[]) {
   L.push(`struct P {
   Cin: u32, Cout: u32, Ho: u32, Wo: u32, nTx: u32, nTiles: u32, coBlocks: u32, P: u32, Wp4: u32,
   Hp: u32, wH: u32, CoP4: u32, b0: u32, T: u32, G: u32, oS: u32, oHf: u32, oWf: u32, oR: u32,
-  oC: u32, wDiv: u32,
+  oC: u32, wDiv: u32, nImg: u32,
 }`);
   L.push(`@group(0) @binding(${b++}) var<uniform> p: P;`);
   L.push(`@compute @workgroup_size(${WG})`);
@@ -924,14 +928,24 @@ function fwdHeader(c: FwdCfg, L: string[]) {
   // T invocations per channel block, G = 64 / T blocks per workgroup (T = 64 unless the image is small).
   // Channel blocks vary fastest over workgroups: consecutive workgroups read the same input region
   // (still in cache) with different weights (which fit in cache).
-  L.push(`  let tile0 = wg.y * p.T + li % p.T;`);
   L.push(`  let cb0 = wg.x * p.G + li / p.T;`);
-  L.push(`  let live = tile0 < p.nTiles && cb0 < p.coBlocks;`);
-  L.push(`  let tile = min(tile0, p.nTiles - 1u);`);
   L.push(`  let cb = min(cb0, p.coBlocks - 1u);`);
+  if (c.flat) {
+    // (image, tile) pairs numbered across the lanes: a few tiles per image (the Winograd GEMM's
+    // chunks) leave no lanes idle up to the next power of two.
+    L.push(`  let f0 = wg.y * p.T + li % p.T;`);
+    L.push(`  let live = f0 < p.nTiles * p.nImg && cb0 < p.coBlocks;`);
+    L.push(`  let f = min(f0, p.nTiles * p.nImg - 1u);`);
+    L.push(`  let bl = f / p.nTiles;`);
+    L.push(`  let tile = f - bl * p.nTiles;`);
+  } else {
+    L.push(`  let tile0 = wg.y * p.T + li % p.T;`);
+    L.push(`  let live = tile0 < p.nTiles && cb0 < p.coBlocks;`);
+    L.push(`  let tile = min(tile0, p.nTiles - 1u);`);
+    L.push(`  let bl = wg.z;`);
+  }
   L.push(`  let ty = tile / p.nTx;`);
   L.push(`  let tx = tile - ty * p.nTx;`);
-  L.push(`  let bl = wg.z;`);
 }
 
 /**
@@ -1147,7 +1161,14 @@ function launchFwd(
   const { nTx, nTy } = fwdPlane(g.Ho, g.Wo, k.KH, k.KW, k.S, tile);
   const nTiles = nTx * nTy;
   const coBlocks = Math.ceil(g.Cout / tile.cot);
-  const T = Math.min(WG, nextPow2(nTiles));
+  // With per-image weights and fewer tiles per image than a workgroup has lanes, but not a power
+  // of two of them, the lanes take (image, tile) pairs (see fwdHeader): F(6x6)'s 9-tile chunks of
+  // a 128x128 image left 7 of 16 lanes idle (GEMM 163 -> 90 ms, the F(4x4) one's 102). Measured
+  // (wall, alternating): the same where the tiles are a power of two, and 2x slower at 2 tiles
+  // (512 channels on 32x32), where a workgroup's lanes then share no weights.
+  const flat = wDiv !== undefined && nTiles < WG && (nTiles & (nTiles - 1)) !== 0;
+  const lanes = flat ? nTiles * g.bc : nTiles;
+  const T = Math.min(WG, nextPow2(lanes));
   const strided = phase !== undefined;
   const cfg: FwdCfg = {
     ...tile,
@@ -1158,6 +1179,7 @@ function launchFwd(
     strided,
     storageRead: gpu.kind === "cpu",
     wsets: wDiv !== undefined,
+    flat,
     cpi: k.KH * k.KW === 1 && g.Cin % W1_CPI === 0 ? W1_CPI : 1,
   };
   const key = [
@@ -1175,6 +1197,7 @@ function launchFwd(
     cfg.strided,
     cfg.wsets,
     cfg.cpi,
+    cfg.flat,
   ]
     .join("|");
   const pipe = gpu.pipeline(key, () => fwdWgsl(cfg));
@@ -1185,8 +1208,10 @@ function launchFwd(
     new Params().u32(g.Cin).u32(g.Cout).u32(g.Ho).u32(g.Wo).u32(nTx).u32(nTiles).u32(coBlocks)
       .u32(xs.lay.P).u32(xs.lay.Wp4).u32(xs.lay.Hp).u32(ws.wH).u32(ws.CoP4).u32(g.b0).u32(T)
       .u32(WG / T).u32(phase?.S ?? 1).u32(phase?.H ?? g.Ho).u32(phase?.W ?? g.Wo).u32(phase?.r ?? 0)
-      .u32(phase?.c ?? 0).u32(wDiv ?? 1),
-    [Math.ceil(coBlocks / (WG / T)), Math.ceil(nTiles / T), g.bc],
+      .u32(phase?.c ?? 0).u32(wDiv ?? 1).u32(g.bc),
+    flat
+      ? [Math.ceil(coBlocks / (WG / T)), Math.ceil(lanes / T), 1]
+      : [Math.ceil(coBlocks / (WG / T)), Math.ceil(nTiles / T), g.bc],
   );
 }
 
@@ -1248,7 +1273,8 @@ function convCore(
 }
 
 // ---------------------------------------------------------------------------------------------------
-// Winograd F(4x4, 3x3) as a batched GEMM (Lavin & Gray 2015, "non-fused"): every 6x6 input patch d
+// Winograd F(4x4, 3x3) as a batched GEMM (Lavin & Gray 2015, "non-fused"; F(6x6, 3x3) the same with
+// 8x8 patches, {@link Wino}): every 6x6 input patch d
 // of a 4x4 output tile becomes V = B^T d B (a pass over the staged input), the weights U = G g G^T,
 // and the 36 products M_xi = V_xi U_xi (xi = one of the 6x6 positions) are 36 GEMMs over input
 // channels, run by the forward kernel as a 1x1 conv of 36 "images" of tiles, each with its own
@@ -1271,25 +1297,97 @@ const W43_AT = [
   [0, 1, -1, 8, -8, 1],
 ];
 
+/**
+ * One Winograd F(m x m, 3x3) variant: m x m outputs per tile from an a x a input patch (a = m + 2),
+ * a^2 products; V = B^T d B, U = G g G^T, Y = A^T M A.
+ */
+interface Wino {
+  m: number;
+  a: number;
+  BT: readonly (readonly number[])[];
+  G: readonly (readonly number[])[];
+  AT: readonly (readonly number[])[];
+}
+
+/** F(4x4,3x3), interpolation points 0, +-1, +-2 and infinity. */
+const WINO4: Wino = {
+  m: 4,
+  a: 6,
+  BT: W43_BT,
+  G: [
+    [1 / 4, 0, 0],
+    [-1 / 6, -1 / 6, -1 / 6],
+    [-1 / 6, 1 / 6, -1 / 6],
+    [1 / 24, 1 / 12, 1 / 6],
+    [1 / 24, -1 / 12, 1 / 6],
+    [0, 0, 1],
+  ],
+  AT: W43_AT,
+};
+
+/**
+ * F(6x6,3x3), points 0, +-1, +-2, +-1/2 and infinity (Lavin & Gray's choice): 64 products per 36
+ * outputs instead of 36 per 16 (0.79x the GEMM's work per output), at ~5x F(4x4)'s rounding error
+ * (f32: max |error| 1.2e-5 on one 8x8 patch of rms 2.7).
+ */
+const WINO6: Wino = {
+  m: 6,
+  a: 8,
+  BT: [
+    [1, 0, -21 / 4, 0, 21 / 4, 0, -1, 0],
+    [0, 1, 1, -17 / 4, -17 / 4, 1, 1, 0],
+    [0, -1, 1, 17 / 4, -17 / 4, -1, 1, 0],
+    [0, 1 / 2, 1 / 4, -5 / 2, -5 / 4, 2, 1, 0],
+    [0, -1 / 2, 1 / 4, 5 / 2, -5 / 4, -2, 1, 0],
+    [0, 2, 4, -5 / 2, -5, 1 / 2, 1, 0],
+    [0, -2, 4, 5 / 2, -5, -1 / 2, 1, 0],
+    [0, -1, 0, 21 / 4, 0, -21 / 4, 0, 1],
+  ],
+  G: [
+    [1, 0, 0],
+    [-2 / 9, -2 / 9, -2 / 9],
+    [-2 / 9, 2 / 9, -2 / 9],
+    [1 / 90, 1 / 45, 2 / 45],
+    [1 / 90, -1 / 45, 2 / 45],
+    [32 / 45, 16 / 45, 8 / 45],
+    [32 / 45, -16 / 45, 8 / 45],
+    [0, 0, 1],
+  ],
+  AT: [
+    [1, 1, 1, 1, 1, 1, 1, 0],
+    [0, 1, -1, 2, -2, 1 / 2, -1 / 2, 0],
+    [0, 1, 1, 4, 4, 1 / 4, 1 / 4, 0],
+    [0, 1, -1, 8, -8, 1 / 8, -1 / 8, 0],
+    [0, 1, 1, 16, 16, 1 / 16, 1 / 16, 0],
+    [0, 1, -1, 32, -32, 1 / 32, -1 / 32, 1],
+  ],
+};
+
+/** A WGSL f32 literal of c (exact for the dyadic coefficients, nearest f32 for thirds and ninths). */
+function lit(c: number): string {
+  return Number.isInteger(c) ? `${c}.0` : String(Math.fround(c));
+}
+
 /** The sum of coef * terms[j] over the nonzero coefficients, as WGSL. */
 function lin(coefs: readonly number[], term: (j: number) => string): string {
   const parts: string[] = [];
   coefs.forEach((c, j) => {
     if (c === 0) return;
     const t = term(j);
-    if (parts.length === 0) parts.push(c === 1 ? t : c === -1 ? `-${t}` : `${c}.0 * ${t}`);
+    if (parts.length === 0) parts.push(c === 1 ? t : c === -1 ? `-${t}` : `${lit(c)} * ${t}`);
     else if (c === 1) parts.push(`+ ${t}`);
     else if (c === -1) parts.push(`- ${t}`);
-    else parts.push(`${c < 0 ? "-" : "+"} ${Math.abs(c)}.0 * ${t}`);
+    else parts.push(`${c < 0 ? "-" : "+"} ${lit(Math.abs(c))} * ${t}`);
   });
-  return parts.join(" ");
+  return parts.length ? parts.join(" ") : "0.0";
 }
 
 /**
  * Weights: texel (c4, xi*Ci + ci) holds U_xi of output channels 4*c4..4*c4+3 and input channel ci,
  * U = G g G^T (6x6) with g the 3x3 kernel; `rot` (a stride-1 dx): g = w[ci][co] rotated by 180 degrees.
  */
-const WT_W43_WGSL = (rot: boolean, wH: number, texW: number) => {
+const WT_W43_WGSL = (rot: boolean, wH: number, texW: number, W: Wino) => {
+  const { a } = W;
   const L: string[] = [];
   L.push(`@group(0) @binding(0) var<storage, read> w: array<f32>;
 @group(0) @binding(1) var<storage, read_write> tb: array<vec4f>;
@@ -1301,14 +1399,7 @@ fn main(@builtin(global_invocation_id) g: vec3u) {
   let ci = g.y;
   if (c4 >= p.CoP4 || ci >= p.Ci) { return; }`);
   // Straight-line code (lavapipe spills dynamically indexed arrays to memory).
-  const G = (a: string, b: string, d: string) => [
-    `${a} * 0.25`,
-    `-(${a} + ${b} + ${d}) / 6.0`,
-    `-(${a} - ${b} + ${d}) / 6.0`,
-    `${a} / 24.0 + ${b} / 12.0 + ${d} / 6.0`,
-    `${a} / 24.0 - ${b} / 12.0 + ${d} / 6.0`,
-    d,
-  ];
+  const G = (k: (j: number) => string) => W.G.map((row) => lin(row, k));
   for (let l = 0; l < 4; l++) {
     L.push(`  let ok${l} = c4 * 4u + ${l}u < p.Co;`);
     L.push(`  let co${l} = min(c4 * 4u + ${l}u, p.Co - 1u);`);
@@ -1318,19 +1409,15 @@ fn main(@builtin(global_invocation_id) g: vec3u) {
         : `(co${l} * p.Ci + ci) * 9u + ${t}u`;
       L.push(`  let k${l}_${t} = select(0.0, w[${idx}], ok${l});`);
     }
-    // T = G g (6 x 3), then U = T G^T (6 x 6).
+    // T = G g (a x 3), then U = T G^T (a x a).
     for (let c = 0; c < 3; c++) {
-      G(`k${l}_${c}`, `k${l}_${3 + c}`, `k${l}_${6 + c}`).forEach((e, r) =>
-        L.push(`  let t${l}_${r}_${c} = ${e};`)
-      );
+      G((j) => `k${l}_${3 * j + c}`).forEach((e, r) => L.push(`  let t${l}_${r}_${c} = ${e};`));
     }
-    for (let r = 0; r < 6; r++) {
-      G(`t${l}_${r}_0`, `t${l}_${r}_1`, `t${l}_${r}_2`).forEach((e, c) =>
-        L.push(`  let u${l}_${6 * r + c} = ${e};`)
-      );
+    for (let r = 0; r < a; r++) {
+      G((j) => `t${l}_${r}_${j}`).forEach((e, c) => L.push(`  let u${l}_${a * r + c} = ${e};`));
     }
   }
-  for (let x = 0; x < 36; x++) {
+  for (let x = 0; x < a * a; x++) {
     L.push(`  {`);
     L.push(`    let r = ${x}u * p.Ci + ci;`);
     L.push(
@@ -1359,15 +1446,18 @@ function copyRows(gpu: Gpu, buf: Tensor, tex: GPUTexture, rows: number) {
 }
 
 /** Stages 3x3 weights as {@link WT_W43_WGSL}'s U, in blocks of `cot` output channels. */
-function stageW43Weights(gpu: Gpu, w: Tensor, cot: number, rot: boolean): StagedW {
+function stageW43Weights(gpu: Gpu, w: Tensor, cot: number, rot: boolean, W: Wino): StagedW {
   const [Cout, Cin] = w.shape;
   const co = rot ? Cin : Cout, ci = rot ? Cout : Cin;
-  const st = weightTexture(gpu, w, 36 * ci, co, cot, 1);
+  const st = weightTexture(gpu, w, W.a * W.a * ci, co, cot, 1);
   // Written to a buffer in the texture's row layout, then copied ({@link copyRows}).
   const texW = st.tex.width;
   const tb = gpu.empty([st.wH * texW * 4]);
   gpu.dispatch(
-    gpu.pipeline(`conv2d_wt_w43|${rot}|${st.wH}|${texW}`, () => WT_W43_WGSL(rot, st.wH, texW)),
+    gpu.pipeline(
+      `conv2d_wt_w${W.m}3|${rot}|${st.wH}|${texW}`,
+      () => WT_W43_WGSL(rot, st.wH, texW, W),
+    ),
     [w, tb],
     new Params().u32(st.CoP4).u32(co).u32(ci).u32(st.wH),
     [Math.ceil(st.CoP4 / 16), Math.ceil(ci / 4), 1],
@@ -1378,11 +1468,13 @@ function stageW43Weights(gpu: Gpu, w: Tensor, cot: number, rot: boolean): Staged
 
 /** Sizes of one {@link w43Conv} chunk, baked into its transform kernels. */
 interface W43Dims {
+  /** Outputs per tile side (the variant, {@link Wino}). */
+  m: number;
   /** Images in the chunk, channels in (C) and out. */
   n: number;
   C: number;
   Cout: number;
-  /** Tile rows (4 output rows each) and tile quads (16 output columns each) per image. */
+  /** Tile rows (m output rows each) and tile quads (4m output columns each) per image. */
   nTy: number;
   nQ: number;
   /** Rows of the GEMM's pseudo-image ({@link W43_WQ} tile quads per row). */
@@ -1421,11 +1513,13 @@ interface W43Direct {
 }
 
 /**
- * Input transform: invocation (image b, channel ci, tile row ty, tile quad q) reads rows
- * 4ty..4ty+5 of the staged plane, texels 4q..4q+4 (columns 16q..16q+19: the 6x6 patches of 4 tiles
- * side by side; with `direct`, the same padded rows and columns from x, see {@link W43Direct}) and writes V_xi of the 4 tiles (a vec4, lane t = tile 4q+t) to plane xi*C + ci of
- * the GEMM's input, where the chunk's tile quads are numbered (b, ty, q) and laid W43_WQ per row. Sizes
- * are baked in (integer division by a non-constant is a per-lane loop on lavapipe).
+ * Input transform (F(m x m), a = m + 2; shown for m = 4): invocation (image b, channel ci, tile
+ * row ty, tile quad q) reads rows 4ty..4ty+5 of the staged plane, texels 4q..4q+4 (columns
+ * 16q..16q+19: the 6x6 patches of 4 tiles side by side; with `direct`, the same padded rows and
+ * columns from x, see {@link W43Direct}) and writes V_xi of the 4 tiles (a vec4, lane t = tile
+ * 4q+t) to plane xi*C + ci of the GEMM's input, where the chunk's tile quads are numbered (b, ty, q)
+ * and laid W43_WQ per row. Sizes are baked in (integer division by a non-constant is a per-lane
+ * loop on lavapipe).
  */
 const W43_IN_WGSL = (
   d: W43Dims,
@@ -1436,7 +1530,8 @@ const W43_IN_WGSL = (
   direct: W43Direct | null,
 ) => {
   const { type: TEX, lvl: LVL } = texDecl(storageRead);
-  const { C, nTy, nQ } = d;
+  const { C, nTy, nQ, m } = d;
+  const W = m === 6 ? WINO6 : WINO4, a = W.a;
   const L: string[] = [];
   if (direct) {
     const pro = direct.pro;
@@ -1459,19 +1554,19 @@ const W43_IN_WGSL = (
   w43Main(L, nQ, nTy, C, "plane", "ci");
   L.push(`  let vu = t % ${W43_WQ}u;`);
   L.push(`  let vr = t / ${W43_WQ}u;`);
-  // px(r, c): padded row r, column c (0..19) of the quad's patches, as a scalar expression.
+  // px(r, c): padded row r, column c (0..4m+1) of the quad's patches, as a scalar expression.
   let px: (r: number, c: number) => string;
   if (direct) {
     const { H, W4, offL, up } = direct;
     if (direct.pro) L.push(`  sc = ss[p.plane0 + plane];`);
-    // Padded column c of quad q is (upsampled) source column 16q + c - offL, source column
-    // 16q/up + floor((c - offL) / up): vec4 (16/(4 up)) q + floor(e / 4), component e mod 4.
+    // Padded column c of quad q is (upsampled) source column 4mq + c - offL, source column
+    // 4mq/up + floor((c - offL) / up): vec4 (m/up) q + floor(e / 4), component e mod 4.
     const e = (c: number) => Math.floor((c - offL) / up);
-    const v0 = Math.floor(e(0) / 4), v1 = Math.floor(e(19) / 4);
-    L.push(`  let a0 = i32(q * ${4 / up}u) + ${v0};`);
+    const v0 = Math.floor(e(0) / 4), v1 = Math.floor(e(4 * m + 1) / 4);
+    L.push(`  let a0 = i32(q * ${m / up}u) + ${v0};`);
     L.push(`  let pb = (p.plane0 + plane) * ${H}u;`);
-    for (let r = 0; r < 6; r++) {
-      L.push(`  let yy${r} = i32(ty * 4u + ${r}u) - p.offT;  // row of the (upsampled) source`);
+    for (let r = 0; r < a; r++) {
+      L.push(`  let yy${r} = i32(ty * ${m}u + ${r}u) - p.offT;  // row of the (upsampled) source`);
       L.push(`  let ok${r} = yy${r} >= 0 && yy${r} < ${H * up};`);
       L.push(`  let rb${r} = (pb + u32(clamp(yy${r}, 0, ${H * up - 1})) / ${up}u) * ${W4}u;`);
       for (let j = 0; j <= v1 - v0; j++) {
@@ -1483,35 +1578,35 @@ const W43_IN_WGSL = (
       return `s${r}_${v - v0}.${COMP[e(c) - 4 * v]}`;
     };
   } else {
-    L.push(`  let xu = (plane % ${xl.P}u) * ${xl.Wp4}u + q * 4u;`);
-    L.push(`  let xv = (plane / ${xl.P}u) * ${xl.Hp}u + ty * 4u;`);
+    L.push(`  let xu = (plane % ${xl.P}u) * ${xl.Wp4}u + q * ${m}u;`);
+    L.push(`  let xv = (plane / ${xl.P}u) * ${xl.Hp}u + ty * ${m}u;`);
     px = (r, c) => `x${r}_${c >> 2}.${COMP[c & 3]}`;
   }
-  for (let r = 0; r < 6; r++) {
+  for (let r = 0; r < a; r++) {
     if (!direct) {
-      for (let v = 0; v < 5; v++) {
+      for (let v = 0; v <= m; v++) {
         L.push(`  let x${r}_${v} = textureLoad(xt, vec2u(xu + ${v}u, xv + ${r}u)${LVL});`);
       }
     }
-    // d{r}_{j}: column j of the patches, lane t = tile t (column 4t + j of the texels' span).
-    for (let j = 0; j < 6; j++) {
-      const comps = [0, 1, 2, 3].map((t) => px(r, 4 * t + j));
+    // d{r}_{j}: column j of the patches, lane t = tile t (column mt + j of the texels' span).
+    for (let j = 0; j < a; j++) {
+      const comps = [0, 1, 2, 3].map((t) => px(r, m * t + j));
       L.push(`  let d${r}_${j} = vec4f(${comps.join(", ")});`);
     }
   }
   // T = B^T d (rows), then V = T B (columns).
-  for (let i = 0; i < 6; i++) {
-    for (let j = 0; j < 6; j++) {
-      L.push(`  let t${i}_${j} = ${lin(W43_BT[i], (r) => `d${r}_${j}`)};`);
+  for (let i = 0; i < a; i++) {
+    for (let j = 0; j < a; j++) {
+      L.push(`  let t${i}_${j} = ${lin(W.BT[i], (r) => `d${r}_${j}`)};`);
     }
   }
-  for (let i = 0; i < 6; i++) {
-    for (let k = 0; k < 6; k++) {
+  for (let i = 0; i < a; i++) {
+    for (let k = 0; k < a; k++) {
       L.push(`  {`);
-      L.push(`    let pl = ${(6 * i + k) * C}u + ci;`);
+      L.push(`    let pl = ${(a * i + k) * C}u + ci;`);
       L.push(
         `    vb[((pl / ${vl.P}u) * ${vl.Hp}u + vr) * ${texW}u + (pl % ${vl.P}u) * ${vl.Wp4}u + vu] = ${
-          lin(W43_BT[k], (j) => `t${i}_${j}`)
+          lin(W.BT[k], (j) => `t${i}_${j}`)
         };`,
       );
       L.push(`  }`);
@@ -1522,10 +1617,10 @@ const W43_IN_WGSL = (
 };
 
 /**
- * Output transform: invocation (image b, channel co, tile row ty, tile quad q) reads M_xi of the 4
- * tiles of quad t = (b, ty, q) (the GEMM's output (36, Cout, R, 16) holds them as the vec4
- * (xi*Cout + co) * 4R + t) and writes their 4x4 outputs Y = A^T M A, plus bias and residual: rows
- * 4ty..4ty+3, columns 16q..16q+15 of image b0 + b.
+ * Output transform (shown for m = 4): invocation (image b, channel co, tile row ty, tile quad q)
+ * reads M_xi of the 4 tiles of quad t = (b, ty, q) (the GEMM's output (a^2, Cout, R, 16) holds them
+ * as the vec4 (xi*Cout + co) * 4R + t) and writes their m x m outputs Y = A^T M A, plus bias and
+ * residual: rows 4ty..4ty+3, columns 16q..16q+15 of image b0 + b.
  */
 const W43_OUT_WGSL = (
   d: W43Dims,
@@ -1535,7 +1630,8 @@ const W43_OUT_WGSL = (
   vecOut: boolean,
   storageRead: boolean,
 ) => {
-  const { Cout, nTy, nQ, R } = d;
+  const { Cout, nTy, nQ, R, m } = d;
+  const W = m === 6 ? WINO6 : WINO4, a = W.a;
   const { type: TEX, lvl: LVL } = texDecl(storageRead);
   const L: string[] = [];
   let b = 0;
@@ -1547,31 +1643,30 @@ const W43_OUT_WGSL = (
   L.push(`struct P { n: u32, Ho: u32, Wo: u32, b0: u32, oh0: u32 }`);
   L.push(`@group(0) @binding(${b++}) var<uniform> p: P;`);
   w43Main(L, nQ, nTy, Cout, "bco", "co");
-  for (let xi = 0; xi < 36; xi++) {
+  for (let xi = 0; xi < a * a; xi++) {
     L.push(`  let e${xi} = ${xi * Cout * W43_WQ * R}u + co * ${W43_WQ * R}u + t;`);
     L.push(`  let m${xi} = textureLoad(mt, vec2u(e${xi} % ${mW}u, e${xi} / ${mW}u)${LVL});`);
   }
-  for (let i = 0; i < 4; i++) {
-    for (let c = 0; c < 6; c++) {
-      L.push(`  let s${i}_${c} = ${lin(W43_AT[i], (r) => `m${6 * r + c}`)};`);
+  for (let i = 0; i < m; i++) {
+    for (let c = 0; c < a; c++) {
+      L.push(`  let s${i}_${c} = ${lin(W.AT[i], (r) => `m${a * r + c}`)};`);
     }
   }
   if (bias) L.push(`  let bv = bias[co];`);
   L.push(`  let base = (p.b0 * ${Cout}u + bco) * p.Ho * p.Wo;`);
-  for (let i = 0; i < 4; i++) {
-    for (let j = 0; j < 4; j++) {
-      L.push(`  let y${i}_${j} = ${lin(W43_AT[j], (c) => `s${i}_${c}`)};`);
+  for (let i = 0; i < m; i++) {
+    for (let j = 0; j < m; j++) {
+      L.push(`  let y${i}_${j} = ${lin(W.AT[j], (c) => `s${i}_${c}`)};`);
     }
-    L.push(`  let oh${i} = p.oh0 + ty * 4u + ${i}u;`);
+    L.push(`  let oh${i} = p.oh0 + ty * ${m}u + ${i}u;`);
     L.push(`  if (oh${i} < p.Ho) {`);
-    for (let t = 0; t < 4; t++) {
-      // Tile t's row i: pixels 16q + 4t + j, lane t of y{i}_{j}.
-      let v = `vec4f(y${i}_0.${COMP[t]}, y${i}_1.${COMP[t]}, y${i}_2.${COMP[t]}, y${i}_3.${
-        COMP[t]
-      })`;
+    for (let k = 0; k < m; k++) {
+      // Pixels 4mq + 4k + u of row i: tile (4k + u) / m (a lane), its column (4k + u) % m.
+      const pix = [0, 1, 2, 3].map((u) => 4 * k + u);
+      let v = `vec4f(${pix.map((p) => `y${i}_${p % m}.${COMP[Math.floor(p / m)]}`).join(", ")})`;
       if (bias) v = `${v} + vec4f(bv)`;
       L.push(`    {`);
-      L.push(`      let ow = q * 16u + ${4 * t}u;`);
+      L.push(`      let ow = q * ${4 * m}u + ${4 * k}u;`);
       L.push(`      let o = base + oh${i} * p.Wo + ow;`);
       if (vecOut) {
         L.push(`      if (ow < p.Wo) { out[o / 4u] = ${v}${res ? " + res[o / 4u]" : ""}; }`);
@@ -1617,9 +1712,9 @@ const W1_CPI = 4;
 const W43_GEMM_TILE: ConvTile = { cot: 16, py: 2, px: 16 };
 
 /**
- * Stride-1 3x3 conv by Winograd F(4x4,3x3) (see above) of x (B, C, H, W; nearest-upsampled by
+ * Stride-1 3x3 conv by Winograd F(m x m,3x3) (`W`: m = 4 or 6, see above) of x (B, C, H, W; nearest-upsampled by
  * `pad.up` first), padded by (offT, offL) on the top/left, into out (B, Cout, Ho, Wo), with staged
- * weights from {@link stageW43Weights}. The GEMM is a 1x1 conv of 36 "images" (one per xi, its own
+ * weights from {@link stageW43Weights}. The GEMM is a 1x1 conv of a^2 "images" (one per xi, its own
  * weights) of C planes, each the chunk's tile quads laid 4 per row: any image size fills its 16x2
  * register tiles. Chunks are batches of images, or bands of tile rows of one image when a whole
  * image's transformed tiles or products would not fit a texture or {@link W43_CHUNK_BYTES}. Returns false, having recorded nothing, when not even one tile row fits (the caller
@@ -1636,34 +1731,36 @@ function w43Conv(
   out: Tensor,
   g: { Cout: number; Ho: number; Wo: number },
   pad: { offT: number; offL: number; up: number; pro?: Conv2dPrologue },
+  W: Wino,
   cache?: Conv2dWeightCache,
 ): boolean {
   const { B, C } = inShape;
   const { Cout, Ho, Wo } = g;
   const tile = W43_GEMM_TILE;
-  const nTyAll = Math.ceil(Ho / 4), nQ = Math.ceil(Wo / 16);
-  const xWp4 = 4 * nQ + 1; // staged input planes: every texel a patch reads
+  const { m } = W, NP = W.a * W.a; // products
+  const nTyAll = Math.ceil(Ho / m), nQ = Math.ceil(Wo / (4 * m));
+  const xWp4 = m * nQ + 1; // staged input planes: every texel a patch reads
   // A chunk: n images, or one image's band of nTy tile rows.
   const dims = (n: number, nTy: number): W43Dims => {
     const R = Math.ceil((n * nTy * nQ) / W43_WQ);
-    return { n, C, Cout, nTy, nQ, R: Math.ceil(R / tile.py) * tile.py };
+    return { m, n, C, Cout, nTy, nQ, R: Math.ceil(R / tile.py) * tile.py };
   };
   const fits = (n: number, nTy: number) => {
     const d = dims(n, nTy);
-    const vl = planeLayout(gpu, 36 * C, d.R, W43_WQ);
+    const vl = planeLayout(gpu, NP * C, d.R, W43_WQ);
     const max = Math.min(gpu.limits.maxStorageBufferBindingSize, W43_CHUNK_BYTES);
-    return !!vl && !!planeLayout(gpu, n * C, 4 * nTy + 2, xWp4) &&
-      36 * Cout * d.R * W43_WQ * 16 <= max &&
-      Math.ceil((36 * Cout * d.R * W43_WQ) / W43_MW) <= gpu.limits.maxTextureDimension2D &&
-      Math.ceil((Math.min(36 * C, vl.P) * vl.Wp4) / 16) * 16 * vl.bands * d.R * 16 <= max;
+    return !!vl && !!planeLayout(gpu, n * C, m * nTy + 2, xWp4) &&
+      NP * Cout * d.R * W43_WQ * 16 <= max &&
+      Math.ceil((NP * Cout * d.R * W43_WQ) / W43_MW) <= gpu.limits.maxTextureDimension2D &&
+      Math.ceil((Math.min(NP * C, vl.P) * vl.Wp4) / 16) * 16 * vl.bands * d.R * 16 <= max;
   };
   let bc = B, band = Math.min(nTyAll, conv2dTuning.w43Rows ?? nTyAll);
   while (bc > 1 && !fits(bc, band)) bc = Math.floor(bc / 2);
   while (band > 1 && !fits(bc, band)) band = Math.ceil(band / 2);
   if (!fits(bc, band)) return false;
   const ws = cache
-    ? cache.get(w, `w43|${tile.cot}|${rot}`, () => stageW43Weights(gpu, w, tile.cot, rot))
-    : stageW43Weights(gpu, w, tile.cot, rot);
+    ? cache.get(w, `w${m}3|${tile.cot}|${rot}`, () => stageW43Weights(gpu, w, tile.cot, rot, W))
+    : stageW43Weights(gpu, w, tile.cot, rot, W);
   const storageRead = gpu.kind === "cpu";
   const direct: W43Direct | null = inShape.W % 4 === 0 && conv2dTuning.w43Direct
     ? {
@@ -1678,9 +1775,9 @@ function w43Conv(
     for (let ty0 = 0; ty0 < nTyAll; ty0 += band) {
       const nTy = Math.min(band, nTyAll - ty0);
       const d = dims(Math.min(bc, B - b0), nTy);
-      const xl = planeLayout(gpu, d.n * C, 4 * nTy + 2, xWp4)!;
-      // Rows 4*ty0.. of the output read padded rows 4*ty0..: the source is cut by as many rows.
-      const offT = pad.offT - 4 * ty0;
+      const xl = planeLayout(gpu, d.n * C, m * nTy + 2, xWp4)!;
+      // Rows m*ty0.. of the output read padded rows m*ty0..: the source is cut by as many rows.
+      const offT = pad.offT - m * ty0;
       const xs = direct ? null : stage(
         gpu,
         x,
@@ -1694,11 +1791,11 @@ function w43Conv(
         pad.up,
         pad.pro,
       );
-      const vl = planeLayout(gpu, 36 * C, d.R, W43_WQ)!;
-      const vTex = takeTexture(gpu, Math.min(36 * C, vl.P) * vl.Wp4, vl.bands * vl.Hp);
+      const vl = planeLayout(gpu, NP * C, d.R, W43_WQ)!;
+      const vTex = takeTexture(gpu, Math.min(NP * C, vl.P) * vl.Wp4, vl.bands * vl.Hp);
       const vView = vTex.createView();
-      // V is written to a buffer in the texture's row layout, then copied ({@link copyRows}): 36
-      // image stores per invocation, scattered over 36 planes, cost 10x the loads and arithmetic.
+      // V is written to a buffer in the texture's row layout, then copied ({@link copyRows}): a^2
+      // image stores per invocation, scattered over a^2 planes, cost 10x the loads and arithmetic.
       const texW = vTex.width, vRows = vl.bands * vl.Hp;
       const vBuf = gpu.empty([vRows * texW * 4]);
       const nIn = d.n * C * nTy * nQ;
@@ -1713,27 +1810,27 @@ function w43Conv(
       );
       copyRows(gpu, vBuf, vTex, vRows);
       if (xs) texPool.put(gpu, xs.tex);
-      // The products (36, Cout, R, 16), rounded up to whole rows of the texture they are copied to.
-      const mRows = Math.ceil((36 * Cout * d.R * W43_WQ) / W43_MW);
-      const m = gpu.empty([mRows * W43_MW * 4]);
+      // The products (a^2, Cout, R, 16), rounded up to whole rows of the texture they are copied to.
+      const mRows = Math.ceil((NP * Cout * d.R * W43_WQ) / W43_MW);
+      const mBuf = gpu.empty([mRows * W43_MW * 4]);
       launchFwd(
         gpu,
         { tex: vTex, view: vView, lay: vl },
         ws,
         undefined,
         undefined,
-        m,
-        { Cin: C, Cout, Ho: d.R, Wo: 4 * W43_WQ, b0: 0, bc: 36 },
+        mBuf,
+        { Cin: C, Cout, Ho: d.R, Wo: 4 * W43_WQ, b0: 0, bc: NP },
         { KH: 1, KW: 1, S: 1 },
         tile,
         undefined,
         1,
       );
       texPool.put(gpu, vTex);
-      // M as a texture of rows of W43_MW texels (a memcpy): the output transform's 36 reads are then
+      // M as a texture of rows of W43_MW texels (a memcpy): the output transform's a^2 reads are then
       // vectorised gathers instead of bounds-checked buffer loads.
       const mTex = takeTexture(gpu, W43_MW, mRows);
-      copyRows(gpu, m, mTex, mRows);
+      copyRows(gpu, mBuf, mTex, mRows);
       const vecOut = Wo % 4 === 0;
       const nOut = d.n * Cout * nTy * nQ;
       gpu.dispatch(
@@ -1742,7 +1839,7 @@ function w43Conv(
           () => W43_OUT_WGSL(d, W43_MW, !!bias, !!res, vecOut, storageRead),
         ),
         [mTex.createView(), ...(bias ? [bias] : []), ...(res ? [res] : []), out],
-        new Params().u32(nOut).u32(Ho).u32(Wo).u32(b0).u32(4 * ty0),
+        new Params().u32(nOut).u32(Ho).u32(Wo).u32(b0).u32(m * ty0),
         grid(Math.ceil(nOut / 64)),
       );
       texPool.put(gpu, mTex);
@@ -1865,14 +1962,28 @@ export function conv2d(
     check("conv2d", "prologue.ss", opts.prologue.ss, [B * Cin, 2]);
     if (opts.stash) throw new RangeError("conv2d: a prologue and a stash cannot be combined");
   }
+  const wino = opts.tile ? null : winoFor(g, Cin, Cout, Ho, Wo);
   if (
-    !opts.tile && useW43(g, Cin, Cout, Ho, Wo) &&
-    w43Conv(gpu, x, { B, C: Cin, H: g.H, W: g.W }, w, false, bias, opts.residual, out, g, {
-      offT: g.pt,
-      offL: g.pl,
-      up: g.up,
-      pro: opts.prologue,
-    }, opts.weights)
+    wino &&
+    w43Conv(
+      gpu,
+      x,
+      { B, C: Cin, H: g.H, W: g.W },
+      w,
+      false,
+      bias,
+      opts.residual,
+      out,
+      g,
+      {
+        offT: g.pt,
+        offL: g.pl,
+        up: g.up,
+        pro: opts.prologue,
+      },
+      wino,
+      opts.weights,
+    )
   ) {
     opts.stash?.release(gpu);
     return out;
@@ -1938,11 +2049,25 @@ export const conv2dTuning: {
    * upsampled convs): true = always, false = never, null = where it is measured faster ({@link useW43}).
    */
   w43: boolean | null;
-  /** The most tile rows (4 output rows each) one Winograd chunk takes (tests: banded images). */
+  /** The Winograd tile: 4 = F(4x4,3x3), 6 = F(6x6,3x3), null = {@link winoFor}'s choice. */
+  wino: 4 | 6 | null;
+  /** The most tile rows (m output rows each) one Winograd chunk takes (tests: banded images). */
   w43Rows: number | null;
   /** The Winograd input transform reads x itself where it can (false: always staged; tests). */
   w43Direct: boolean;
-} = { dw: null, w43: null, w43Rows: null, w43Direct: true };
+} = { dw: null, w43: null, wino: null, w43Rows: null, w43Direct: true };
+
+/** The Winograd variant of a stride-1 3x3 conv ({@link useW43}), or null for the direct kernel. */
+function winoFor(g: Geom, Cin: number, Cout: number, Ho: number, Wo: number): Wino | null {
+  if (!useW43(g, Cin, Cout, Ho, Wo)) return null;
+  if (conv2dTuning.wino) return conv2dTuning.wino === 6 ? WINO6 : WINO4;
+  // F(6x6) on large outputs. Measured (wall per conv, weights cached, best of 4, alternating in one
+  // process): 256x256 outputs 9-11% faster (128 -> 128: 159 -> 142 ms, 256 -> 128: 279 -> 254, the
+  // upsampled 256 -> 256: 444 -> 404); slower from 128x128 down (256 -> 256 at 128x128: 113 -> 126,
+  // 512 -> 512 at 32x32: 31 -> 49), where a 6-pixel tile wastes more of the edge and leaves fewer
+  // tiles per GEMM.
+  return Ho >= 192 && Wo >= 192 ? WINO6 : WINO4;
+}
 
 /**
  * Whether a stride-1 3x3 conv of Cin -> Cout channels and Ho x Wo outputs takes the Winograd path
@@ -2230,12 +2355,25 @@ export function conv2dBackward(
       // dx = conv(dy padded by (K-1-pad), rot180(W)^T), output extent = the (upsampled) input.
       // The dx conv runs on the upsampled grid: a plain conv there (the upsampled rule is the
       // forward's).
-      const w43 = !opts.tile && useW43({ ...g, up: 1 }, Cout, Cin, g.Hu, g.Wu) &&
-        w43Conv(gpu, dy, { B, C: Cout, H: Ho, W: Wo }, w, true, undefined, undefined, dxu, {
-          Cout: Cin,
-          Ho: g.Hu,
-          Wo: g.Wu,
-        }, { offT: KH - 1 - g.pt, offL: KW - 1 - g.pl, up: 1 });
+      const wino = opts.tile ? null : winoFor({ ...g, up: 1 }, Cout, Cin, g.Hu, g.Wu);
+      const w43 = !!wino &&
+        w43Conv(
+          gpu,
+          dy,
+          { B, C: Cout, H: Ho, W: Wo },
+          w,
+          true,
+          undefined,
+          undefined,
+          dxu,
+          {
+            Cout: Cin,
+            Ho: g.Hu,
+            Wo: g.Wu,
+          },
+          { offT: KH - 1 - g.pt, offL: KW - 1 - g.pl, up: 1 },
+          wino,
+        );
       if (!w43) {
         const tile: ConvTile = opts.tile ?? conv2dTile(gpu, Cin, g.Hu, g.Wu, KH, KW, 1);
         validTile(tile);

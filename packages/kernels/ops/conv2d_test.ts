@@ -30,6 +30,8 @@ interface Case {
   bwdDefault?: boolean;
   /** Winograd chunks of this many tile rows ({@link conv2dTuning}'s `w43Rows`). */
   rows?: number;
+  /** F(4x4)'s GEMM takes (product, tile) pairs across its lanes (5 tiles per product). */
+  flat?: boolean;
 }
 
 // Most cases pin a small register tile: the big default tiles take seconds to compile on lavapipe.
@@ -254,7 +256,7 @@ Deno.test("conv2dBackward() weight-gradient tiles and dbias alone", async (t) =>
   }
 });
 
-Deno.test("conv2d() Winograd F(4x4,3x3) path matches the references", async (t) => {
+Deno.test("conv2d() Winograd F(4x4,3x3) and F(6x6,3x3) paths match the references", async (t) => {
   const gpu = await getGpu();
   // Odd channel counts (partial 16-channel GEMM blocks, partial 4-channel weight texels), sides that
   // are no multiple of the 4x4 tiles or of the 16-pixel tile quads (scalar stores), asymmetric
@@ -272,6 +274,7 @@ Deno.test("conv2d() Winograd F(4x4,3x3) path matches the references", async (t) 
     // left padding 1 and 2 (two source shuffles), banded, upsampled (banded: odd band offsets).
     { B: 2, Cin: 6, H: 19, W: 20, Cout: 7, K: 3, o: { pad: 1 }, bias: true, res: true, rows: 2 },
     { B: 1, Cin: 3, H: 10, W: 12, Cout: 4, K: 3, o: { pad: [1, 0, 2, 1] }, bias: true },
+    { B: 1, Cin: 8, H: 48, W: 48, Cout: 6, K: 3, o: { pad: 1 }, bias: true, flat: true },
     { B: 2, Cin: 4, H: 5, W: 8, Cout: 5, K: 3, o: { pad: 1, upsample2x: true }, res: true },
     {
       B: 1,
@@ -298,42 +301,52 @@ Deno.test("conv2d() Winograd F(4x4,3x3) path matches the references", async (t) 
     const rb = conv2dBackwardCpu(x, w, dy, a);
     const X = gpu.upload(x, a.xShape), Wt = gpu.upload(w, a.wShape), Bt = gpu.upload(b, [c.Cout]);
     const R = gpu.upload(res, [c.B, c.Cout, Ho, Wo]), DY = gpu.upload(dy, [c.B, c.Cout, Ho, Wo]);
-    await t.step(`${label(c)} w43`, async () => {
-      conv2dTuning.w43 = true;
-      conv2dTuning.w43Rows = c.rows ?? null;
-      // Count the input transforms: the case must not fall back to the direct kernel.
-      const pipeline = gpu.pipeline;
-      let w43 = 0, pads = 0;
-      gpu.pipeline = (key, code, entry) => {
-        if (key.startsWith("conv2d_w43_in")) w43++;
-        if (key.startsWith("conv2d_pad")) pads++;
-        return pipeline.call(gpu, key, code, entry);
-      };
-      try {
-        const y = conv2d(gpu, X, Wt, c.bias ? Bt : undefined, {
-          ...c.o,
-          residual: c.res ? R : undefined,
-        });
-        // Staged (a pad pass per chunk) unless the transform reads x itself.
-        const direct = c.W % 4 === 0;
-        if ((pads === 0) !== direct) throw new Error(`${pads} pad passes (direct read: ${direct})`);
-        const g = conv2dBackward(gpu, X, Wt, DY, { ...c.o, dw: false, dbias: false });
-        // One input transform per chunk: per band of `rows` tile rows (both images in each; the dx
-        // of an upsampled conv runs on the upsampled grid).
-        const bands = (h: number) => Math.ceil(Math.ceil(h / 4) / c.rows!);
-        const want = c.rows ? bands(Ho) + bands(c.o.upsample2x ? 2 * c.H : c.H) : 2;
-        if (w43 !== want) throw new Error(`${w43} Winograd input transforms, expected ${want}`);
-        const [yh, dxh] = await gpu.readMany([y, g.dx!]);
-        assertClose(yh, ref, { atol: 2e-4, rtol: 1e-4 }, "y");
-        assertClose(dxh, rb.dx, { atol: 2e-4, rtol: 1e-4 }, "dx");
-        y.release();
-        g.dx!.release();
-      } finally {
-        conv2dTuning.w43 = null;
-        conv2dTuning.w43Rows = null;
-        gpu.pipeline = pipeline;
-      }
-    });
+    for (const m of [4, 6] as const) {
+      await t.step(`${label(c)} F(${m}x${m},3x3)`, async () => {
+        conv2dTuning.w43 = true;
+        conv2dTuning.wino = m;
+        conv2dTuning.w43Rows = c.rows ?? null;
+        // Count the input transforms: the case must not fall back to the direct kernel.
+        const pipeline = gpu.pipeline;
+        let w43 = 0, pads = 0, flat = 0;
+        gpu.pipeline = (key, code, entry) => {
+          if (key.startsWith("conv2d_w43_in")) w43++;
+          if (key.startsWith("conv2d_pad")) pads++;
+          if (key.startsWith("conv2d_fwd") && key.endsWith("|true")) flat++;
+          return pipeline.call(gpu, key, code, entry);
+        };
+        try {
+          const y = conv2d(gpu, X, Wt, c.bias ? Bt : undefined, {
+            ...c.o,
+            residual: c.res ? R : undefined,
+          });
+          // Staged (a pad pass per chunk) unless the transform reads x itself.
+          const direct = c.W % 4 === 0;
+          if ((pads === 0) !== direct) {
+            throw new Error(`${pads} pad passes (direct read: ${direct})`);
+          }
+          const g = conv2dBackward(gpu, X, Wt, DY, { ...c.o, dw: false, dbias: false });
+          // One input transform per chunk: per band of `rows` tile rows (both images in each; the dx
+          // of an upsampled conv runs on the upsampled grid).
+          const bands = (h: number) => Math.ceil(Math.ceil(h / m) / c.rows!);
+          const want = c.rows ? bands(Ho) + bands(c.o.upsample2x ? 2 * c.H : c.H) : 2;
+          if (w43 !== want) throw new Error(`${w43} Winograd input transforms, expected ${want}`);
+          if (c.flat && m === 4 && flat === 0) {
+            throw new Error("no GEMM over (product, tile) pairs");
+          }
+          const [yh, dxh] = await gpu.readMany([y, g.dx!]);
+          assertClose(yh, ref, { atol: 2e-4, rtol: 1e-4 }, "y");
+          assertClose(dxh, rb.dx, { atol: 2e-4, rtol: 1e-4 }, "dx");
+          y.release();
+          g.dx!.release();
+        } finally {
+          conv2dTuning.w43 = null;
+          conv2dTuning.wino = null;
+          conv2dTuning.w43Rows = null;
+          gpu.pipeline = pipeline;
+        }
+      });
+    }
     for (const tt of [X, Wt, Bt, R, DY]) tt.release();
   }
 });
