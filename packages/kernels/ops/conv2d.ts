@@ -2081,11 +2081,13 @@ function useW43(g: Geom, Cin: number, Cout: number, Ho: number, Wo: number): boo
   // 83 -> 50 ms, 512 -> 512 at 32x32: 83 -> 64 ms, 768 -> 512 at 32x32: 115 -> 79 ms, a batch of 8
   // 128 -> 128 at 32x32: 44 -> 36 ms); the same at 256 -> 256 on one 32x32 image; slower on 16x16
   // images (768 channels: 57 -> 87 ms, the weight transform) and below 128 channels (64 at 32x32,
-  // batch 8: 21 ms either way); the upsampled convs only from 256 channels on 64x64 outputs (256
-  // at 256x256: 724 -> 596 ms, 512 at 64x64 175 -> 141; 128 at 256x256 173 -> 205, slower).
+  // batch 8: 21 ms either way); the upsampled convs from 256 channels on 64x64 outputs (256
+  // at 256x256: 724 -> 596 ms, 512 at 64x64 175 -> 141; 128 at 256x256 173 -> 205, slower) and
+  // from 512 channels on 32x32 outputs (768: 123 -> 111 ms, 133 -> 73 with the weights cached;
+  // 512: 59 -> 48; 256 at 64x64 even).
   const lo = Math.min(Cin, Cout), hi = Math.max(Cin, Cout), px = Ho * Wo;
   if (lo < 128 || hi > 768 || px < 32 * 32 || lo * g.B * px < 128 * 64 * 64) return false;
-  return g.up === 1 || (lo >= 256 && px >= 64 * 64);
+  return g.up === 1 || lo >= 512 || (lo >= 256 && px >= 64 * 64);
 }
 
 /**
