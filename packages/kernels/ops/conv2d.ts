@@ -1712,6 +1712,16 @@ const W1_CPI = 4;
 const W43_GEMM_TILE: ConvTile = { cot: 16, py: 2, px: 16 };
 
 /**
+ * Rows per GEMM tile for a pseudo-image of R rows: 2, or 1 for a few odd rows, where a second row
+ * would be mostly padding (one 16x16 image is a single row: 768 -> 768 F(4x4) with cached weights
+ * 40 -> 27 ms per conv with 1; still not taken there: with the weights cached as F(4x4)'s U, 4x
+ * their size, the `lvm` encoder's cache would grow from 0.45 to ~1 GB for 2% of an encode).
+ */
+function gemmRows(R: number): number {
+  return R % 2 === 1 && R < 8 ? 1 : 2;
+}
+
+/**
  * Stride-1 3x3 conv by Winograd F(m x m,3x3) (`W`: m = 4 or 6, see above) of x (B, C, H, W; nearest-upsampled by
  * `pad.up` first), padded by (offT, offL) on the top/left, into out (B, Cout, Ho, Wo), with staged
  * weights from {@link stageW43Weights}. The GEMM is a 1x1 conv of a^2 "images" (one per xi, its own
@@ -1743,7 +1753,7 @@ function w43Conv(
   // A chunk: n images, or one image's band of nTy tile rows.
   const dims = (n: number, nTy: number): W43Dims => {
     const R = Math.ceil((n * nTy * nQ) / W43_WQ);
-    return { m, n, C, Cout, nTy, nQ, R: Math.ceil(R / tile.py) * tile.py };
+    return { m, n, C, Cout, nTy, nQ, R: Math.ceil(R / gemmRows(R)) * gemmRows(R) };
   };
   const fits = (n: number, nTy: number) => {
     const d = dims(n, nTy);
@@ -1822,7 +1832,7 @@ function w43Conv(
         mBuf,
         { Cin: C, Cout, Ho: d.R, Wo: 4 * W43_WQ, b0: 0, bc: NP },
         { KH: 1, KW: 1, S: 1 },
-        tile,
+        { ...tile, py: gemmRows(d.R) },
         undefined,
         1,
       );
