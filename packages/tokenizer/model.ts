@@ -144,7 +144,7 @@ export class Vqgan {
    * Keep every conv's staged weights between inference calls (encode/decode without a tape):
    * for a model whose weights no longer change (a loaded tokenizer). Later calls skip the staging
    * passes (6% of an `lvm` encode or decode on lavapipe) at the cost of {@link cachedWeightBytes}
-   * (~0.4 GB for the `lvm` encoder, ~0.7 GB for its decoder). `false` frees them; do that before
+   * (0.45 GB for the `lvm` encoder, 0.9 GB for its decoder). `false` frees them; do that before
    * changing parameter values, or the old weights keep being used.
    */
   cacheWeights(on = true): void {

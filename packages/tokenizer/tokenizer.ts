@@ -21,7 +21,7 @@ export interface CreateTokenizerOptions {
   id?: string;
   /**
    * Keep the convs' staged weights between calls (default true: ~8% faster encodes and decodes
-   * of one image on lavapipe, for ~0.4 GB (`lvm` encoder) and ~0.7 GB (decoder) more memory; see
+   * of one image on lavapipe, for 0.45 GB (`lvm` encoder) and 0.9 GB (decoder) more memory; see
    * `Vqgan.cacheWeights`).
    */
   cacheWeights?: boolean;
