@@ -22,10 +22,12 @@
 import {
   conv2d,
   conv2dBackward,
+  Conv2dGroupStats,
   type Conv2dOptions,
   Conv2dStash,
   Conv2dWeightCache,
   type Gpu,
+  groupNormAffineFromStats,
   groupNormFast,
   groupNormFastBackward,
   groupNormPlaneAffine,
@@ -160,20 +162,62 @@ export class Vqgan {
     return this.#weights?.bytes ?? 0;
   }
 
+  /**
+   * Inference: the convs whose output a GroupNorm reads next gather its statistics as they write
+   * it, where their path can (conv2d's `stats`: the Winograd convs), so the norm does not read the
+   * activation again (`false`: every norm reads its input; the same results to rounding).
+   */
+  gatherStats = true;
+
+  /** Statistics gathered for inference activations, until their norm takes them. */
+  #stats = new Map<Tensor, Conv2dGroupStats>();
+
+  /** A fresh stats object for a conv whose output a norm reads next (inference only). */
+  #gather(tape?: Tape): Conv2dGroupStats | undefined {
+    return !tape && this.gatherStats ? new Conv2dGroupStats() : undefined;
+  }
+
+  /** Attaches what a conv gathered to its output. */
+  #keep(y: Tensor, st?: Conv2dGroupStats): Tensor {
+    if (st?.part) this.#stats.set(y, st);
+    else st?.release();
+    return y;
+  }
+
+  /** Releases an inference activation with what was gathered for it. */
+  #free(t: Tensor): void {
+    this.#stats.get(t)?.release();
+    this.#stats.delete(t);
+    t.release();
+  }
+
   // ----------------------------------------------------------------------------------- modules
 
   /**
    * conv `name` on x. With a tape, records its backward, which releases x when `ownX` (the tape
    * owns the activations between modules) and skips dx when `dx` is false (the images).
    */
-  #conv(x: Tensor, name: string, opts: Conv2dOptions, tape?: Tape, ownX = true, dx = true): Tensor {
+  #conv(
+    x: Tensor,
+    name: string,
+    opts: Conv2dOptions,
+    tape?: Tape,
+    ownX = true,
+    dx = true,
+    normNext = false,
+  ): Tensor {
     const w = this.p(`${name}.weight`), b = this.p(`${name}.bias`);
     const stash = tape ? new Conv2dStash() : undefined; // x as staged, for the backward's dW
-    const y = conv2d(this.gpu, x, w, b, {
-      ...opts,
-      stash,
-      weights: tape ? undefined : this.#weights ?? undefined,
-    });
+    const stats = normNext ? this.#gather(tape) : undefined;
+    const y = this.#keep(
+      conv2d(this.gpu, x, w, b, {
+        ...opts,
+        stash,
+        weights: tape ? undefined : this.#weights ?? undefined,
+        stats,
+      }),
+      stats,
+    );
     tape?.push((dy) => {
       const g = conv2dBackward(this.gpu, x, w, dy, { ...opts, dx, stash });
       tape.setGrad(`${name}.weight`, g.dw);
@@ -209,23 +253,40 @@ export class Vqgan {
    * conv `conv`(silu(norm `norm`(x))) (+ residual) for inference: the norm is a per-channel affine
    * that conv2d applies as it stages x (its prologue), so no normalized copy of x is made.
    */
-  #normSiluConv(x: Tensor, norm: string, conv: string, residual?: Tensor): Tensor {
-    const ss = groupNormPlaneAffine(
-      this.gpu,
-      x,
-      this.p(`${norm}.weight`),
-      this.p(`${norm}.bias`),
-      GROUPS,
-      NORM_EPS,
-    );
+  #normSiluConv(
+    x: Tensor,
+    norm: string,
+    conv: string,
+    residual?: Tensor,
+    normNext = true,
+  ): Tensor {
+    const gamma = this.p(`${norm}.weight`), beta = this.p(`${norm}.bias`);
+    // From the statistics the conv that made x gathered, else by reading x.
+    const xs = this.#stats.get(x);
+    this.#stats.delete(x);
+    const ss = xs
+      ? groupNormAffineFromStats(
+        this.gpu,
+        xs,
+        x.shape[0],
+        x.shape[1],
+        gamma,
+        beta,
+        GROUPS,
+        NORM_EPS,
+      )
+      : groupNormPlaneAffine(this.gpu, x, gamma, beta, GROUPS, NORM_EPS);
+    xs?.release();
+    const stats = normNext ? this.#gather() : undefined;
     const y = conv2d(this.gpu, x, this.p(`${conv}.weight`), this.p(`${conv}.bias`), {
       ...PAD1,
       residual,
       prologue: { ss, silu: true },
       weights: this.#weights ?? undefined,
+      stats,
     });
     ss.release();
-    return y;
+    return this.#keep(y, stats);
   }
 
   /** One res block; x is kept (the caller owns it) unless a tape takes it over. */
@@ -242,7 +303,7 @@ export class Vqgan {
     if (!tape) {
       const h = this.#normSiluConv(x, `${n}.norm1`, `${n}.conv1`); // (B,cout,H,W)
       const y = this.#normSiluConv(h, `${n}.norm2`, `${n}.conv2`, skip);
-      h.release();
+      this.#free(h);
       if (nin) skip.release();
       return y;
     }
@@ -299,20 +360,22 @@ export class Vqgan {
       );
     }
     const L = layout(this.config);
-    let h = this.#conv(x, "encoder.conv_in", PAD1, tape, false, false); // (B,hidden,R,R)
+    // (B,hidden,R,R)
+    let h = this.#conv(x, "encoder.conv_in", PAD1, tape, false, false, true);
     const step = (next: Tensor) => {
-      if (!tape) h.release();
+      if (!tape) this.#free(h);
       h = next;
     };
     for (const lv of L.down) {
       for (const s of lv.blocks) step(this.#res(s, h, tape));
-      if (lv.downsample) step(this.#conv(h, lv.downsample, DOWN, tape)); // (B,C,H/2,W/2)
+      // (B,C,H/2,W/2)
+      if (lv.downsample) step(this.#conv(h, lv.downsample, DOWN, tape, true, true, true));
     }
     for (const s of L.encMid) step(this.#res(s, h, tape));
     if (tape) {
       step(this.#normSilu(h, "encoder.norm_out", tape));
       step(this.#conv(h, "encoder.conv_out", PAD1, tape)); // (B,z,h,w)
-    } else step(this.#normSiluConv(h, "encoder.norm_out", "encoder.conv_out"));
+    } else step(this.#normSiluConv(h, "encoder.norm_out", "encoder.conv_out", undefined, false));
     step(this.#conv(h, "quant_conv", {}, tape)); // (B,E,h,w)
     return h;
   }
@@ -327,19 +390,20 @@ export class Vqgan {
     const L = layout(this.config);
     let h = this.#conv(q, "post_quant_conv", {}, tape, false); // (B,z,h,w)
     const step = (next: Tensor) => {
-      if (!tape) h.release();
+      if (!tape) this.#free(h);
       h = next;
     };
-    step(this.#conv(h, "decoder.conv_in", PAD1, tape)); // (B,mid,h,w)
+    step(this.#conv(h, "decoder.conv_in", PAD1, tape, true, true, true)); // (B,mid,h,w)
     for (const s of L.decMid) step(this.#res(s, h, tape));
     for (const lv of L.up) {
       for (const s of lv.blocks) step(this.#res(s, h, tape));
-      if (lv.upsample) step(this.#conv(h, lv.upsample, UP, tape)); // (B,C,2H,2W)
+      // (B,C,2H,2W)
+      if (lv.upsample) step(this.#conv(h, lv.upsample, UP, tape, true, true, true));
     }
     if (tape) {
       step(this.#normSilu(h, "decoder.norm_out", tape));
       step(this.#conv(h, "decoder.conv_out", PAD1, tape)); // (B,3,R,R)
-    } else step(this.#normSiluConv(h, "decoder.norm_out", "decoder.conv_out"));
+    } else step(this.#normSiluConv(h, "decoder.norm_out", "decoder.conv_out", undefined, false));
     return h;
   }
 

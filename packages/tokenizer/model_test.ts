@@ -11,7 +11,14 @@ import { loadImage } from "@lvm/image/fs";
 import { getGpu, type Gpu, type Tensor } from "./_deps.ts";
 import { SafetensorsFile } from "@lvm/weights/fs";
 import { assertClose, assertEquals, assertRejects, finiteDiff, randu } from "@lvm/util/testing";
-import { configToJson, parseConfig, type VqganConfig, vqganParamSpecs } from "./config.ts";
+import {
+  configToJson,
+  parseConfig,
+  presetConfig,
+  type VqganConfig,
+  vqganParamSpecs,
+} from "./config.ts";
+import { conv2dTuning } from "@lvm/kernels";
 import { initVqganWeights, Tape, Vqgan } from "./model.ts";
 import { VqganCpu } from "./_reference.ts";
 import { createTokenizer, TokenCountError } from "./tokenizer.ts";
@@ -393,4 +400,43 @@ Deno.test("saveTokenizer() round trip", async (t) => {
     await assertRejects(() => loadTokenizer(dir), Error, "no weight file found");
   });
   await Deno.remove(dir, { recursive: true });
+});
+
+Deno.test("inference from gathered GroupNorm statistics matches reading the activations", async () => {
+  // Winograd forced on every stride-1 3x3 conv of the tiny preset (its channels are below the
+  // default rule's), so the convs gather their outputs' statistics and the norms take them.
+  const gpu = await getGpu();
+  const config = presetConfig("tiny");
+  const model = Vqgan.fromWeights(gpu, config, initVqganWeights(config, 7));
+  const x = gpu.upload(randu(2 * 3 * 32 * 32, 8, 0, 1), [2, 3, 32, 32]);
+  const pipeline = gpu.pipeline;
+  let fromStats = 0;
+  gpu.pipeline = (key, code, entry) => {
+    if (key === "gn_partial_affine") fromStats++;
+    return pipeline.call(gpu, key, code, entry);
+  };
+  conv2dTuning.w43 = true;
+  try {
+    const run = async (gather: boolean) => {
+      model.gatherStats = gather;
+      const before = fromStats;
+      const z = model.encode(x);
+      const y = model.decode(z);
+      const [zh, yh] = await gpu.readMany([z, y]);
+      z.release();
+      y.release();
+      return { zh, yh, norms: fromStats - before };
+    };
+    const off = await run(false), on = await run(true);
+    assertEquals(off.norms, 0, "norms from statistics when off");
+    // Every res block's norm2, and norm1 after a Winograd conv: most of the 21 norms.
+    if (on.norms < 10) throw new Error(`only ${on.norms} norms took gathered statistics`);
+    assertClose(on.zh, off.zh, { atol: 1e-4, rtol: 1e-4 }, "latents");
+    assertClose(on.yh, off.yh, { atol: 1e-4, rtol: 1e-4 }, "decoded");
+  } finally {
+    conv2dTuning.w43 = null;
+    gpu.pipeline = pipeline;
+    x.release();
+    model.release();
+  }
 });

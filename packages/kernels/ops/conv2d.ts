@@ -151,6 +151,27 @@ export class Conv2dWeightCache {
 }
 
 /**
+ * Statistics of a conv's output for a following GroupNorm, gathered by the Winograd output transform
+ * as it writes the output (so the norm need not read it again): `part` holds, per output plane
+ * (image, channel) and per tile quad of the transform, (count, mean, M2, 0) of the values written
+ * (bias and residual included), `tiles` quads per plane. Left empty (null) where the conv ran
+ * another path; `groupNormAffineFromPartials` (groupnorm_rows.ts) merges it. Made empty by the
+ * caller, filled by {@link conv2d}; release it after use.
+ */
+export class Conv2dGroupStats {
+  /** (planes * tiles, 4) partials, or null when the conv did not gather them. */
+  part: Tensor | null = null;
+  /** Partials per output plane. */
+  tiles = 0;
+
+  /** Frees the partials. */
+  release(): void {
+    this.part?.release();
+    this.part = null;
+  }
+}
+
+/**
  * A per-channel affine (and SiLU) applied to x as the forward stages it: the conv sees
  * act(x * scale + shift) per (image, channel) plane, with the zero padding added after. This is a
  * GroupNorm(+SiLU) before the conv without its normalized copy of x (`groupNormPlaneAffine` in
@@ -180,6 +201,8 @@ export interface Conv2dForwardOptions extends Conv2dOptions {
   tile?: ConvTile;
   /** Keep the staged weights here and reuse them ({@link Conv2dWeightCache}: inference). */
   weights?: Conv2dWeightCache;
+  /** Gather the output's statistics here where the path can ({@link Conv2dGroupStats}). */
+  stats?: Conv2dGroupStats;
 }
 
 /** Options of {@link conv2dBackward}: the forward's options plus which gradients to compute. */
@@ -1629,6 +1652,7 @@ const W43_OUT_WGSL = (
   res: boolean,
   vecOut: boolean,
   storageRead: boolean,
+  stats: boolean,
 ) => {
   const { Cout, nTy, nQ, R, m } = d;
   const W = m === 6 ? WINO6 : WINO4, a = W.a;
@@ -1640,7 +1664,8 @@ const W43_OUT_WGSL = (
   const ot = vecOut ? "vec4f" : "f32";
   if (res) L.push(`@group(0) @binding(${b++}) var<storage, read> res: array<${ot}>;`);
   L.push(`@group(0) @binding(${b++}) var<storage, read_write> out: array<${ot}>;`);
-  L.push(`struct P { n: u32, Ho: u32, Wo: u32, b0: u32, oh0: u32 }`);
+  if (stats) L.push(`@group(0) @binding(${b++}) var<storage, read_write> part: array<vec4f>;`);
+  L.push(`struct P { n: u32, Ho: u32, Wo: u32, b0: u32, oh0: u32, ty0: u32, PT: u32 }`);
   L.push(`@group(0) @binding(${b++}) var<uniform> p: P;`);
   w43Main(L, nQ, nTy, Cout, "bco", "co");
   for (let xi = 0; xi < a * a; xi++) {
@@ -1654,6 +1679,11 @@ const W43_OUT_WGSL = (
   }
   if (bias) L.push(`  let bv = bias[co];`);
   L.push(`  let base = (p.b0 * ${Cout}u + bco) * p.Ho * p.Wo;`);
+  if (stats) {
+    outStats(L, d, bias, res, vecOut);
+    L.push(`}`);
+    return L.join("\n");
+  }
   for (let i = 0; i < m; i++) {
     for (let j = 0; j < m; j++) {
       L.push(`  let y${i}_${j} = ${lin(W.AT[j], (c) => `s${i}_${c}`)};`);
@@ -1687,6 +1717,62 @@ const W43_OUT_WGSL = (
   L.push(`}`);
   return L.join("\n");
 };
+
+/**
+ * {@link W43_OUT_WGSL}'s body with the statistics ({@link Conv2dGroupStats}): every output vec4
+ * z{i}_{k} and its validity mask first, then the stores, then (count, mean, M2) of the valid values
+ * in two passes over the registers (M2 about the quad's own mean: no cancellation).
+ */
+function outStats(L: string[], d: W43Dims, bias: boolean, res: boolean, vecOut: boolean) {
+  const { m, Cout, nQ } = d;
+  const W = m === 6 ? WINO6 : WINO4;
+  const zs: string[] = [];
+  for (let i = 0; i < m; i++) {
+    for (let j = 0; j < m; j++) {
+      L.push(`  let y${i}_${j} = ${lin(W.AT[j], (c) => `s${i}_${c}`)};`);
+    }
+    L.push(`  let oh${i} = p.oh0 + ty * ${m}u + ${i}u;`);
+    for (let k = 0; k < m; k++) {
+      const pix = [0, 1, 2, 3].map((u) => 4 * k + u);
+      let v = `vec4f(${pix.map((p) => `y${i}_${p % m}.${COMP[Math.floor(p / m)]}`).join(", ")})`;
+      if (bias) v = `${v} + vec4f(bv)`;
+      const z = `z${i}_${k}`;
+      zs.push(`${i}_${k}`);
+      L.push(`  let ow${i}_${k} = q * ${4 * m}u + ${4 * k}u;`);
+      L.push(`  let o${i}_${k} = base + oh${i} * p.Wo + ow${i}_${k};`);
+      // Lanes inside the image (a padded tile's rows and columns past the edge are not outputs).
+      L.push(
+        `  let c${i}_${k} = select(vec4f(0.0), vec4f(1.0), vec4<bool>(${
+          [0, 1, 2, 3].map((j) => `ow${i}_${k} + ${j}u < p.Wo`).join(", ")
+        }) & vec4<bool>(oh${i} < p.Ho));`,
+      );
+      if (vecOut) {
+        L.push(
+          `  let ${z} = ${v}${res ? ` + res[min(o${i}_${k} / 4u, arrayLength(&res) - 1u)]` : ""};`,
+        );
+        L.push(`  if (c${i}_${k}.x > 0.0) { out[o${i}_${k} / 4u] = ${z}; }`);
+      } else {
+        if (res) {
+          const r = [0, 1, 2, 3].map((j) => `res[min(o${i}_${k} + ${j}u, arrayLength(&res) - 1u)]`);
+          L.push(`  let ${z} = ${v} + vec4f(${r.join(", ")});`);
+        } else L.push(`  let ${z} = ${v};`);
+        for (let j = 0; j < 4; j++) {
+          L.push(
+            `  if (c${i}_${k}.${COMP[j]} > 0.0) { out[o${i}_${k} + ${j}u] = ${z}.${COMP[j]}; }`,
+          );
+        }
+      }
+    }
+  }
+  const one = "vec4f(1.0)";
+  L.push(`  let cnt = dot(${zs.map((z) => `c${z}`).join(" + ")}, ${one});`);
+  L.push(`  let mu = dot(${zs.map((z) => `z${z} * c${z}`).join(" + ")}, ${one}) / max(cnt, 1.0);`);
+  L.push(`  var sq = vec4f(0.0);`);
+  for (const z of zs) L.push(`  { let e = (z${z} - vec4f(mu)) * c${z}; sq = fma(e, e, sq); }`);
+  L.push(
+    `  part[(p.b0 * ${Cout}u + bco) * p.PT + (p.ty0 + ty) * ${nQ}u + q] = vec4f(cnt, mu, dot(sq, ${one}), 0.0);`,
+  );
+}
 
 /**
  * Tile quads (texels) per row of the GEMM's pseudo-image: lanes then walk rows of one texel column
@@ -1743,6 +1829,7 @@ function w43Conv(
   pad: { offT: number; offL: number; up: number; pro?: Conv2dPrologue },
   W: Wino,
   cache?: Conv2dWeightCache,
+  stats?: Conv2dGroupStats,
 ): boolean {
   const { B, C } = inShape;
   const { Cout, Ho, Wo } = g;
@@ -1772,6 +1859,11 @@ function w43Conv(
     ? cache.get(w, `w${m}3|${tile.cot}|${rot}`, () => stageW43Weights(gpu, w, tile.cot, rot, W))
     : stageW43Weights(gpu, w, tile.cot, rot, W);
   const storageRead = gpu.kind === "cpu";
+  if (stats) {
+    stats.release();
+    stats.tiles = nTyAll * nQ;
+    stats.part = gpu.empty([B * Cout * stats.tiles, 4]);
+  }
   const direct: W43Direct | null = inShape.W % 4 === 0 && conv2dTuning.w43Direct
     ? {
       H: inShape.H,
@@ -1845,11 +1937,20 @@ function w43Conv(
       const nOut = d.n * Cout * nTy * nQ;
       gpu.dispatch(
         gpu.pipeline(
-          `conv2d_w43_out|${JSON.stringify(d)}|${!!bias}|${!!res}|${vecOut}|${storageRead}`,
-          () => W43_OUT_WGSL(d, W43_MW, !!bias, !!res, vecOut, storageRead),
+          `conv2d_w43_out|${
+            JSON.stringify(d)
+          }|${!!bias}|${!!res}|${vecOut}|${storageRead}|${!!stats}`,
+          () => W43_OUT_WGSL(d, W43_MW, !!bias, !!res, vecOut, storageRead, !!stats),
         ),
-        [mTex.createView(), ...(bias ? [bias] : []), ...(res ? [res] : []), out],
-        new Params().u32(nOut).u32(Ho).u32(Wo).u32(b0).u32(m * ty0),
+        [
+          mTex.createView(),
+          ...(bias ? [bias] : []),
+          ...(res ? [res] : []),
+          out,
+          ...(stats?.part ? [stats.part] : []),
+        ],
+        new Params().u32(nOut).u32(Ho).u32(Wo).u32(b0).u32(m * ty0).u32(ty0)
+          .u32(nTyAll * nQ),
         grid(Math.ceil(nOut / 64)),
       );
       texPool.put(gpu, mTex);
@@ -1972,6 +2073,7 @@ export function conv2d(
     check("conv2d", "prologue.ss", opts.prologue.ss, [B * Cin, 2]);
     if (opts.stash) throw new RangeError("conv2d: a prologue and a stash cannot be combined");
   }
+  opts.stats?.release(); // filled again only by a path that gathers them
   const wino = opts.tile ? null : winoFor(g, Cin, Cout, Ho, Wo);
   if (
     wino &&
@@ -1993,6 +2095,7 @@ export function conv2d(
       },
       wino,
       opts.weights,
+      opts.stats,
     )
   ) {
     opts.stash?.release(gpu);

@@ -7,6 +7,7 @@ import {
   conv2dCpu,
   type Conv2dCpuArgs,
   type Conv2dForwardOptions,
+  Conv2dGroupStats,
   conv2dReleaseTextures,
   Conv2dStash,
   conv2dTile,
@@ -14,7 +15,7 @@ import {
   Conv2dWeightCache,
 } from "./conv2d.ts";
 import { groupNormCpu } from "./groupnorm.ts";
-import { groupNormPlaneAffine } from "./groupnorm_rows.ts";
+import { groupNormAffineFromStats, groupNormPlaneAffine } from "./groupnorm_rows.ts";
 
 interface Case {
   B: number;
@@ -603,6 +604,82 @@ Deno.test("conv2d() with a Conv2dWeightCache reuses staged weights and matches t
         conv2dTuning.w43 = null;
         gpu.pipeline = pipeline;
         for (const tt of [X, Wt, Bi, R]) tt.release();
+      }
+    });
+  }
+});
+
+Deno.test("conv2d() gathers GroupNorm statistics of its output (Conv2dGroupStats)", async (t) => {
+  const gpu = await getGpu();
+  // The Winograd output transform's partials, merged, give the norm's affine of the output read
+  // back (bias and residual included): both variants, a batch of 2 in bands (partials placed by
+  // global tile row), widths with partial quads and scalar stores (13), an offset mean (values
+  // around 5: the merge must not cancel). The direct kernel gathers none.
+  const cases: (Case & { m: 4 | 6; G: number })[] = [
+    {
+      B: 2,
+      Cin: 6,
+      H: 19,
+      W: 20,
+      Cout: 8,
+      K: 3,
+      o: { pad: 1 },
+      bias: true,
+      res: true,
+      rows: 2,
+      m: 4,
+      G: 4,
+    },
+    { B: 1, Cin: 5, H: 14, W: 13, Cout: 6, K: 3, o: { pad: 1 }, bias: true, m: 6, G: 2 },
+    {
+      B: 2,
+      Cin: 4,
+      H: 9,
+      W: 8,
+      Cout: 8,
+      K: 3,
+      o: { pad: 1, upsample2x: true },
+      res: true,
+      m: 6,
+      G: 8,
+    },
+  ];
+  for (const c of cases) {
+    await t.step(`${label(c)} F(${c.m}x${c.m}) G${c.G}`, async () => {
+      const a = args(c);
+      const Ho = c.o.upsample2x ? 2 * c.H : c.H, Wo = c.o.upsample2x ? 2 * c.W : c.W;
+      const X = gpu.upload(randu(c.B * c.Cin * c.H * c.W, 600, -1, 1), a.xShape);
+      const Wt = gpu.upload(randu(c.Cout * c.Cin * 9, 610, -0.4, 0.4), a.wShape);
+      const Bi = gpu.upload(randu(c.Cout, 620, 4, 6), [c.Cout]);
+      const R = gpu.upload(randu(c.B * c.Cout * Ho * Wo, 630, -1, 1), [c.B, c.Cout, Ho, Wo]);
+      const gamma = gpu.upload(randu(c.Cout, 640, 0.5, 1.5), [c.Cout]);
+      const beta = gpu.upload(randu(c.Cout, 650, -0.5, 0.5), [c.Cout]);
+      const stats = new Conv2dGroupStats();
+      conv2dTuning.w43 = true;
+      conv2dTuning.wino = c.m;
+      conv2dTuning.w43Rows = c.rows ?? null;
+      try {
+        const y = conv2d(gpu, X, Wt, c.bias ? Bi : undefined, {
+          ...c.o,
+          residual: c.res ? R : undefined,
+          stats,
+        });
+        if (!stats.part) throw new Error("no partials gathered");
+        const got = groupNormAffineFromStats(gpu, stats, c.B, c.Cout, gamma, beta, c.G, 1e-6);
+        const want = groupNormPlaneAffine(gpu, y, gamma, beta, c.G, 1e-6);
+        const [g, w] = await gpu.readMany([got, want]);
+        assertClose(g, w, { atol: 1e-4, rtol: 1e-4 }, "scale and shift");
+        for (const tt of [y, got, want]) tt.release();
+        // The direct kernel leaves the stats empty.
+        conv2dTuning.w43 = false;
+        conv2d(gpu, X, Wt, undefined, { ...c.o, stats }).release();
+        assertEquals(stats.part, null, "partials after a direct conv");
+      } finally {
+        conv2dTuning.w43 = null;
+        conv2dTuning.wino = null;
+        conv2dTuning.w43Rows = null;
+        stats.release();
+        for (const tt of [X, Wt, Bi, R, gamma, beta]) tt.release();
       }
     });
   }

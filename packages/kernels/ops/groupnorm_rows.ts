@@ -24,6 +24,7 @@
 import { type Gpu, grid, Params, WG_INDEX } from "@lvm/gpu";
 import type { Tensor } from "@lvm/gpu";
 import { groupNorm, groupNormBackward, groupNormGradMix, groupNormStats } from "./groupnorm.ts";
+import type { Conv2dGroupStats } from "./conv2d.ts";
 
 const WG = 64;
 /** Invocations a reduction pass aims for (enough lanes for 2-16 cores). */
@@ -283,6 +284,79 @@ fn main(@builtin(local_invocation_index) li: u32, @builtin(workgroup_id) wg: vec
   let scale = gamma[c] * rstd[bg];
   ss[i] = vec2f(scale, beta[c] - mean[bg] * scale);
 }`;
+
+// Partials (count, mean, M2) -> the plane affine: one invocation per (image, group) merges its
+// channels' partials (Chan et al.) and writes scale and shift for each of them.
+const PARTIAL_AFFINE = `
+@group(0) @binding(0) var<storage, read> part: array<vec4f>;
+@group(0) @binding(1) var<storage, read> gamma: array<f32>;
+@group(0) @binding(2) var<storage, read> beta: array<f32>;
+@group(0) @binding(3) var<storage, read_write> ss: array<vec2f>;
+struct P { BG: u32, G: u32, Cg: u32, T: u32, eps: f32 }
+@group(0) @binding(4) var<uniform> p: P;
+${HEAD}
+  if (i >= p.BG) { return; }
+  let b = i / p.G;
+  let g = i % p.G;
+  let c0 = g * p.Cg;
+  let plane0 = b * p.G * p.Cg + c0;
+  var n = 0.0;
+  var mu = 0.0;
+  var m2 = 0.0;
+  for (var k = 0u; k < p.Cg * p.T; k++) {
+    let q = part[plane0 * p.T + k];
+    if (q.x > 0.0) {
+      let nn = n + q.x;
+      let d = q.y - mu;
+      mu = mu + d * (q.x / nn);
+      m2 = m2 + q.z + d * d * (n * q.x / nn);
+      n = nn;
+    }
+  }
+  let rstd = inverseSqrt(m2 / max(n, 1.0) + p.eps);
+  for (var c = 0u; c < p.Cg; c++) {
+    let scale = gamma[c0 + c] * rstd;
+    ss[plane0 + c] = vec2f(scale, beta[c0 + c] - mu * scale);
+  }
+}`;
+
+/**
+ * {@link groupNormPlaneAffine} of a conv's output from the statistics the conv gathered as it wrote
+ * it ({@link Conv2dGroupStats}, filled): the same ss (B*C, 2) without reading the output again.
+ * `C` is the output's channels.
+ */
+export function groupNormAffineFromStats(
+  gpu: Gpu,
+  stats: Conv2dGroupStats,
+  B: number,
+  C: number,
+  gamma: Tensor,
+  beta: Tensor,
+  groups: number,
+  eps: number,
+): Tensor {
+  const fn = "groupNormAffineFromStats";
+  if (!stats.part) throw new RangeError(`${fn}: stats holds no partials (the conv gathered none)`);
+  if (!Number.isInteger(groups) || groups < 1 || C % groups !== 0) {
+    throw new RangeError(`${fn}: groups must be a positive divisor of C = ${C}, got ${groups}`);
+  }
+  if (stats.part.size !== B * C * stats.tiles * 4) {
+    throw new RangeError(
+      `${fn}: stats holds ${stats.part.size / 4} partials, expected B*C*tiles = ${
+        B * C * stats.tiles
+      }`,
+    );
+  }
+  checkAffine(fn, gamma, beta, C);
+  const ss = gpu.empty([B * C, 2]);
+  gpu.dispatch(
+    gpu.pipeline("gn_partial_affine", () => PARTIAL_AFFINE),
+    [stats.part, gamma, beta, ss],
+    new Params().u32(B * groups).u32(groups).u32(C / groups).u32(stats.tiles).f32(eps),
+    wgs(B * groups),
+  );
+  return ss;
+}
 
 /**
  * GroupNorm as a per-(image, channel) affine: ss (B*C, 2) with y = x * ss[.][0] + ss[.][1] equal
