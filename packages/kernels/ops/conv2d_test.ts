@@ -1,5 +1,5 @@
 import { getGpu } from "@lvm/gpu";
-import { assertClose, assertEquals, finiteDiff, randu } from "@lvm/util/testing";
+import { assertClose, assertEquals, assertThrows, finiteDiff, randu } from "@lvm/util/testing";
 import {
   conv2d,
   conv2dBackward,
@@ -674,6 +674,11 @@ Deno.test("conv2d() gathers GroupNorm statistics of its output (Conv2dGroupStats
         conv2dTuning.w43 = false;
         conv2d(gpu, X, Wt, undefined, { ...c.o, stats }).release();
         assertEquals(stats.part, null, "partials after a direct conv");
+        assertThrows(
+          () => groupNormAffineFromStats(gpu, stats, c.B, c.Cout, gamma, beta, c.G, 1e-6),
+          RangeError,
+          "stats holds no partials",
+        );
       } finally {
         conv2dTuning.w43 = null;
         conv2dTuning.wino = null;
