@@ -43,11 +43,12 @@
  *
  * Winograd F(4x4,3x3) ({@link w43Conv}): stride-1 3x3 convs of 128-768 channels on images of
  * 32x32 and larger with enough work (channels x pixels x batch >= 128 x 64 x 64; forward, dx, and
- * the decoder's upsampled convs from 256 channels at 64x64 outputs) run as an input transform, 36
- * GEMMs by the 1x1 kernel above (4x fewer multiply-adds than the direct kernel) and an output
- * transform with the bias and residual: 1.2-1.65x faster there on lavapipe (`deno task bench
- * --filter "vs matmul"`: forward and dx of `lvm`'s 128-512-channel shapes at 1.5-1.8x the matmul's
- * GFLOP/s, counted as the direct conv's FLOPs). The transforms write buffers that are copied into
+ * the decoder's upsampled convs from 256 channels at 64x64 outputs, from 512 at 32x32) run as an
+ * input transform, 36 GEMMs by the 1x1 kernel above (4x fewer multiply-adds than the direct
+ * kernel) and an output transform with the bias and residual (gathering the output's GroupNorm
+ * statistics on request, {@link Conv2dGroupStats}): 1.2-1.65x faster there on lavapipe (`deno task
+ * bench --filter "vs matmul"`: forward and dx of `lvm`'s 128-512-channel shapes at 1.35-2.0x the
+ * matmul's GFLOP/s, counted as the direct conv's FLOPs). The transforms write buffers that are copied into
  * textures ({@link copyRows}); the input transform reads x itself (with the prologue, the zero
  * padding and the nearest upsampling) when x's width is a multiple of 4, skipping the pad pass
  * (6-8% faster per conv from 64x64, about even at 32x32; the `lvm` decode 8.6% faster). On 16x16
@@ -2158,8 +2159,9 @@ export const conv2dTuning: {
   /** Weight-gradient tile: output channels, input channels, pixels and rows per segment. */
   dw: Partial<{ cot: number; cit: number; px: number; py: number }> | null;
   /**
-   * Winograd F(4x4,3x3) ({@link w43Conv}) for stride-1 3x3 convs (forward, dx, the decoder's
-   * upsampled convs): true = always, false = never, null = where it is measured faster ({@link useW43}).
+   * Winograd ({@link w43Conv}, F(4x4) or F(6x6): `wino`) for stride-1 3x3 convs (forward, dx, the
+   * decoder's upsampled convs): true = always, false = never, null = where it is measured faster
+   * ({@link useW43}).
    */
   w43: boolean | null;
   /** The Winograd tile: 4 = F(4x4,3x3), 6 = F(6x6,3x3), null = {@link winoFor}'s choice. */
