@@ -1124,7 +1124,10 @@ export function conv2dTile(
   const big = cpu && Ho * Wo >= 32 * 32 && Cout > 8;
   const wide = one || (big && (S > 1 || KH * KW <= 4));
   const cot = Cout <= 4 ? 4 : wide ? 16 : S > 1 || !cpu ? 8 : 4;
-  const px = Wo <= 4 ? 4 : 8;
+  // A large 1x1 output takes 16-pixel rows, the Winograd GEMM's tile (wall, best of 3, one
+  // process, alternating): 256 -> 128 at 256x256 139 -> 122 ms, 128 -> 256 at 128x128 34 -> 30,
+  // 512 -> 256 at 64x64 30 -> 28, 768 -> 512 at 32x32 22 -> 20; the same on tiny's 16x16.
+  const px = Wo <= 4 ? 4 : one && big && Wo >= 16 ? 16 : 8;
   const rows = 2 ** Math.floor(Math.log2(Math.max(1, Ho))); // the largest power of two <= Ho
   let py = Math.min(rows, !cpu || one || (wide && S === 1) ? 2 : S > 1 ? 4 : 8);
   // A small image has fewer tiles than a workgroup has lanes: the lanes then take several channel

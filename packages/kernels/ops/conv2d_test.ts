@@ -36,9 +36,22 @@ interface Case {
 }
 
 // Most cases pin a small register tile: the big default tiles take seconds to compile on lavapipe.
-// Two cases run the default tile table (the production kernels).
+// Three cases run the default tile table (the production kernels; a large 1x1 output's 16-pixel
+// rows, partial at the right edge).
 const SMALL = { cot: 4, py: 2, px: 4 };
 const CASES: Case[] = [
+  {
+    B: 1,
+    Cin: 12,
+    H: 33,
+    W: 36,
+    Cout: 20,
+    K: 1,
+    o: {},
+    bias: true,
+    res: true,
+    bwdDefault: true,
+  },
   { B: 2, Cin: 3, H: 7, W: 9, Cout: 5, K: 3, o: { pad: 1, tile: SMALL }, bias: true },
   {
     B: 1,
@@ -478,7 +491,7 @@ Deno.test("conv2dBackward() matches finite differences", async (t) => {
   }
 });
 
-Deno.test("conv2dTile() takes 16-channel tiles for large strided and few-tap outputs (cpu kind)", async () => {
+Deno.test("conv2dTile() takes 16-channel tiles for large strided and few-tap outputs, 16-pixel rows for large 1x1 (cpu kind)", async () => {
   const gpu = await getGpu();
   const t = (Cout: number, Ho: number, Wo: number, K: number, S: number) =>
     conv2dTile(gpu, Cout, Ho, Wo, K, K, S);
@@ -490,6 +503,8 @@ Deno.test("conv2dTile() takes 16-channel tiles for large strided and few-tap out
   assertEquals(t(10, 33, 33, 2, 1), { cot: 16, px: 8, py: 2 }); // a 2x2 phase (dx, upsample)
   assertEquals(t(18, 16, 16, 3, 2).cot, 8); // tiny's 16x16 outputs: as before
   assertEquals(t(64, 32, 32, 3, 1), { cot: 4, px: 8, py: 8 }); // stride-1 3x3: as before
+  assertEquals(t(128, 64, 64, 1, 1), { cot: 16, px: 16, py: 2 }); // a large 1x1 output
+  assertEquals(t(64, 16, 16, 1, 1), { cot: 16, px: 8, py: 2 }); // tiny's 1x1: as before
 });
 
 Deno.test("conv2d() with a GroupNorm(+SiLU) prologue matches norm -> conv references", async (t) => {
