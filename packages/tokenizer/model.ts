@@ -164,8 +164,8 @@ export class Vqgan {
 
   /**
    * Inference: the convs whose output a GroupNorm reads next gather its statistics as they write
-   * it, where their path can (conv2d's `stats`: the Winograd convs), so the norm does not read the
-   * activation again (`false`: every norm reads its input; the same results to rounding).
+   * it (conv2d's `stats`: all but the upsampled conv's direct phases), so the norm does not read
+   * the activation again (`false`: every norm reads its input; the same results to rounding).
    */
   gatherStats = true;
 

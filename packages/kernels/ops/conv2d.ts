@@ -152,12 +152,12 @@ export class Conv2dWeightCache {
 }
 
 /**
- * Statistics of a conv's output for a following GroupNorm, gathered by the Winograd output transform
- * as it writes the output (so the norm need not read it again): `part` holds, per output plane
- * (image, channel) and per tile quad of the transform, (count, mean, M2, 0) of the values written
- * (bias and residual included), `tiles` quads per plane. Left empty (null) where the conv ran
- * another path; `groupNormAffineFromPartials` (groupnorm_rows.ts) merges it. Made empty by the
- * caller, filled by {@link conv2d}; release it after use.
+ * Statistics of a conv's output for a following GroupNorm, gathered as the output is written (by the
+ * Winograd output transform or the direct kernel's epilogue), so the norm need not read it again:
+ * `part` holds, per output plane (image, channel) and per tile of the path, (count, mean, M2, 0) of
+ * the values written (bias and residual included), `tiles` tiles per plane. Left empty (null) by the
+ * upsampled conv's direct phase convs; `groupNormAffineFromStats` (groupnorm_rows.ts) merges it.
+ * Made empty by the caller, filled by {@link conv2d}; release it after use.
  */
 export class Conv2dGroupStats {
   /** (planes * tiles, 4) partials, or null when the conv did not gather them. */
@@ -908,6 +908,8 @@ interface FwdCfg extends ConvTile {
   wsets: boolean;
   /** With `wsets`: the lanes take (image, tile) pairs, not the tiles of image wg.z. */
   flat: boolean;
+  /** Gather the output's statistics per (plane, tile) ({@link Conv2dGroupStats}; not `strided`). */
+  stats: boolean;
   /** Input channels per loop iteration (divides Cin). */
   cpi: number;
 }
@@ -939,6 +941,7 @@ function fwdHeader(c: FwdCfg, L: string[]) {
   const ot = c.vecOut ? "vec4f" : "f32";
   if (c.res) L.push(`@group(0) @binding(${b++}) var<storage, read> res: array<${ot}>;`);
   L.push(`@group(0) @binding(${b++}) var<storage, read_write> out: array<${ot}>;`);
+  if (c.stats) L.push(`@group(0) @binding(${b++}) var<storage, read_write> part: array<vec4f>;`);
   L.push(`struct P {
   Cin: u32, Cout: u32, Ho: u32, Wo: u32, nTx: u32, nTiles: u32, coBlocks: u32, P: u32, Wp4: u32,
   Hp: u32, wH: u32, CoP4: u32, b0: u32, T: u32, G: u32, oS: u32, oHf: u32, oWf: u32, oR: u32,
@@ -982,6 +985,10 @@ function fwdEpilogue(c: FwdCfg, L: string[]) {
   L.push(`  if (!live) { return; }`);
   L.push(`  let bi = p.b0 + bl;`);
   L.push(`  let ox0 = tx * ${px}u;`);
+  if (c.stats) {
+    fwdEpilogueStats(c, L);
+    return;
+  }
   for (let o = 0; o < cot; o++) {
     L.push(`  {`);
     L.push(`    let co = cb * ${cot}u + ${o}u;`);
@@ -1017,6 +1024,73 @@ function fwdEpilogue(c: FwdCfg, L: string[]) {
       L.push(`        }`);
       L.push(`      }`);
     }
+    L.push(`    }`);
+    L.push(`  }`);
+  }
+}
+
+/**
+ * {@link fwdEpilogue} gathering statistics: per output channel of the tile, its values (bias and
+ * residual added) and validity masks, the stores, then (count, mean, M2) of the valid values about
+ * their own mean, at part[(image * Cout + channel) * nTiles + tile].
+ */
+function fwdEpilogueStats(c: FwdCfg, L: string[]) {
+  const { cot, px, py } = c;
+  const QN = px / 4;
+  const one = "vec4f(1.0)";
+  for (let o = 0; o < cot; o++) {
+    L.push(`  {`);
+    L.push(`    let co = cb * ${cot}u + ${o}u;`);
+    L.push(`    if (co < p.Cout) {`);
+    if (c.bias) L.push(`      let bv = bias[co];`);
+    const zs: string[] = [];
+    for (let y = 0; y < py; y++) {
+      L.push(`      let oh${y} = ty * ${py}u + ${y}u;`);
+      L.push(`      let ob${y} = ((bi * p.Cout + co) * p.Ho + oh${y}) * p.Wo + ox0;`);
+      for (let q = 0; q < QN; q++) {
+        const k = `${y}_${q}`;
+        zs.push(k);
+        L.push(
+          `      let c${k} = select(vec4f(0.0), vec4f(1.0), vec4<bool>(${
+            [0, 1, 2, 3].map((j) => `ox0 + ${q * 4 + j}u < p.Wo`).join(", ")
+          }) & vec4<bool>(oh${y} < p.Ho));`,
+        );
+        let v = `a${o}_${y}_${q}`;
+        if (c.bias) v = `(${v} + vec4f(bv))`;
+        if (c.vecOut) {
+          const idx = `ob${y} / 4u + ${q}u`;
+          if (c.res) v = `${v} + res[min(${idx}, arrayLength(&res) - 1u)]`;
+          L.push(`      let z${k} = ${v};`);
+          L.push(`      if (c${k}.x > 0.0) { out[${idx}] = z${k}; }`);
+        } else {
+          if (c.res) {
+            const r = [0, 1, 2, 3].map((j) =>
+              `res[min(ob${y} + ${q * 4 + j}u, arrayLength(&res) - 1u)]`
+            );
+            v = `${v} + vec4f(${r.join(", ")})`;
+          }
+          L.push(`      let z${k} = ${v};`);
+          for (let j = 0; j < 4; j++) {
+            L.push(
+              `      if (c${k}.${COMP[j]} > 0.0) { out[ob${y} + ${q * 4 + j}u] = z${k}.${
+                COMP[j]
+              }; }`,
+            );
+          }
+        }
+      }
+    }
+    L.push(`      let cnt = dot(${zs.map((k) => `c${k}`).join(" + ")}, ${one});`);
+    L.push(
+      `      let mu = dot(${zs.map((k) => `z${k} * c${k}`).join(" + ")}, ${one}) / max(cnt, 1.0);`,
+    );
+    L.push(`      var sq = vec4f(0.0);`);
+    for (const k of zs) {
+      L.push(`      { let e = (z${k} - vec4f(mu)) * c${k}; sq = fma(e, e, sq); }`);
+    }
+    L.push(
+      `      part[(bi * p.Cout + co) * p.nTiles + tile] = vec4f(cnt, mu, dot(sq, ${one}), 0.0);`,
+    );
     L.push(`    }`);
     L.push(`  }`);
   }
@@ -1184,6 +1258,7 @@ function launchFwd(
   tile: ConvTile,
   phase?: OutPhase,
   wDiv?: number,
+  stats?: Tensor,
 ) {
   const { nTx, nTy } = fwdPlane(g.Ho, g.Wo, k.KH, k.KW, k.S, tile);
   const nTiles = nTx * nTy;
@@ -1207,6 +1282,7 @@ function launchFwd(
     storageRead: gpu.kind === "cpu",
     wsets: wDiv !== undefined,
     flat,
+    stats: !!stats,
     cpi: k.KH * k.KW === 1 && g.Cin % W1_CPI === 0 ? W1_CPI : 1,
   };
   const key = [
@@ -1224,11 +1300,19 @@ function launchFwd(
     cfg.strided,
     cfg.wsets,
     cfg.cpi,
+    cfg.stats,
     cfg.flat,
   ]
     .join("|");
   const pipe = gpu.pipeline(key, () => fwdWgsl(cfg));
-  const binds = [xs.view, ws.view, ...(bias ? [bias] : []), ...(res ? [res] : []), out];
+  const binds = [
+    xs.view,
+    ws.view,
+    ...(bias ? [bias] : []),
+    ...(res ? [res] : []),
+    out,
+    ...(stats ? [stats] : []),
+  ];
   gpu.dispatch(
     pipe,
     binds,
@@ -1260,9 +1344,14 @@ function convCore(
   tile: ConvTile,
   phase?: OutPhase,
   keep?: Conv2dStash,
+  stats?: Conv2dGroupStats,
 ) {
-  const { Hp, Wp4 } = fwdPlane(g.Ho, g.Wo, g.KH, g.KW, g.S, tile);
+  const { Hp, Wp4, nTx, nTy } = fwdPlane(g.Ho, g.Wo, g.KH, g.KW, g.S, tile);
   const { B, C } = inShape;
+  if (stats) {
+    stats.tiles = nTx * nTy;
+    stats.part = gpu.empty([B * g.Cout * stats.tiles, 4]);
+  }
   const bc = batchChunk(fn, gpu, B, C, Hp, Wp4);
   keep?.release(gpu);
   for (let b0 = 0; b0 < B; b0 += bc) {
@@ -1292,6 +1381,8 @@ function convCore(
       g,
       tile,
       phase,
+      undefined,
+      stats?.part ?? undefined,
     );
     if (keep && bc === B && xs.tex.width * xs.tex.height * 16 <= keep.maxBytes) {
       keep.staged = { ...xs, x, offT: pad.offT, offL: pad.offL };
@@ -2127,6 +2218,7 @@ export function conv2d(
     tile,
     undefined,
     g.up === 1 ? opts.stash : undefined,
+    opts.stats,
   );
   if (!opts.weights) texPool.put(gpu, ws.tex);
   return out;

@@ -626,10 +626,11 @@ Deno.test("conv2d() with a Conv2dWeightCache reuses staged weights and matches t
 
 Deno.test("conv2d() gathers GroupNorm statistics of its output (Conv2dGroupStats)", async (t) => {
   const gpu = await getGpu();
-  // The Winograd output transform's partials, merged, give the norm's affine of the output read
-  // back (bias and residual included): both variants, a batch of 2 in bands (partials placed by
-  // global tile row), widths with partial quads and scalar stores (13), an offset mean (values
-  // around 5: the merge must not cancel). The direct kernel gathers none.
+  // The partials of the Winograd output transform and of the direct kernel, merged, give the norm's
+  // affine of the output read back (bias and residual included): both Winograd variants, a batch
+  // of 2 in bands (partials placed by global tile row), widths with partial quads and scalar
+  // stores (13), an offset mean (values around 5: the merge must not cancel), the stride-2
+  // downsample. The upsampled conv's direct phases gather none, and merging that is refused.
   const cases: (Case & { m: 4 | 6; G: number })[] = [
     {
       B: 2,
@@ -658,49 +659,73 @@ Deno.test("conv2d() gathers GroupNorm statistics of its output (Conv2dGroupStats
       m: 6,
       G: 8,
     },
+    {
+      B: 2,
+      Cin: 4,
+      H: 17,
+      W: 18,
+      Cout: 12,
+      K: 3,
+      o: { stride: 2, pad: [0, 1, 0, 1] },
+      bias: true,
+      m: 4,
+      G: 4,
+    },
   ];
   for (const c of cases) {
-    await t.step(`${label(c)} F(${c.m}x${c.m}) G${c.G}`, async () => {
-      const a = args(c);
-      const Ho = c.o.upsample2x ? 2 * c.H : c.H, Wo = c.o.upsample2x ? 2 * c.W : c.W;
-      const X = gpu.upload(randu(c.B * c.Cin * c.H * c.W, 600, -1, 1), a.xShape);
-      const Wt = gpu.upload(randu(c.Cout * c.Cin * 9, 610, -0.4, 0.4), a.wShape);
-      const Bi = gpu.upload(randu(c.Cout, 620, 4, 6), [c.Cout]);
-      const R = gpu.upload(randu(c.B * c.Cout * Ho * Wo, 630, -1, 1), [c.B, c.Cout, Ho, Wo]);
-      const gamma = gpu.upload(randu(c.Cout, 640, 0.5, 1.5), [c.Cout]);
-      const beta = gpu.upload(randu(c.Cout, 650, -0.5, 0.5), [c.Cout]);
-      const stats = new Conv2dGroupStats();
-      conv2dTuning.w43 = true;
-      conv2dTuning.wino = c.m;
-      conv2dTuning.w43Rows = c.rows ?? null;
-      try {
-        const y = conv2d(gpu, X, Wt, c.bias ? Bi : undefined, {
-          ...c.o,
-          residual: c.res ? R : undefined,
-          stats,
-        });
-        if (!stats.part) throw new Error("no partials gathered");
-        const got = groupNormAffineFromStats(gpu, stats, c.B, c.Cout, gamma, beta, c.G, 1e-6);
-        const want = groupNormPlaneAffine(gpu, y, gamma, beta, c.G, 1e-6);
-        const [g, w] = await gpu.readMany([got, want]);
-        assertClose(g, w, { atol: 1e-4, rtol: 1e-4 }, "scale and shift");
-        for (const tt of [y, got, want]) tt.release();
-        // The direct kernel leaves the stats empty.
-        conv2dTuning.w43 = false;
-        conv2d(gpu, X, Wt, undefined, { ...c.o, stats }).release();
-        assertEquals(stats.part, null, "partials after a direct conv");
-        assertThrows(
-          () => groupNormAffineFromStats(gpu, stats, c.B, c.Cout, gamma, beta, c.G, 1e-6),
-          RangeError,
-          "stats holds no partials",
-        );
-      } finally {
-        conv2dTuning.w43 = null;
-        conv2dTuning.wino = null;
-        conv2dTuning.w43Rows = null;
-        stats.release();
-        for (const tt of [X, Wt, Bi, R, gamma, beta]) tt.release();
-      }
-    });
+    const a = args(c);
+    const S = c.o.stride ?? 1;
+    // Output sides: pad 1 (x2 when upsampled), or the downsample's pad (0,1,0,1) at stride 2.
+    const side = (n: number) =>
+      S === 2 ? Math.floor((n + 1 - 3) / 2) + 1 : c.o.upsample2x ? 2 * n : n;
+    const oh = side(c.H), ow = side(c.W);
+    const X = gpu.upload(randu(c.B * c.Cin * c.H * c.W, 600, -1, 1), a.xShape);
+    const Wt = gpu.upload(randu(c.Cout * c.Cin * 9, 610, -0.4, 0.4), a.wShape);
+    const Bi = gpu.upload(randu(c.Cout, 620, 4, 6), [c.Cout]);
+    const R = gpu.upload(randu(c.B * c.Cout * oh * ow, 630, -1, 1), [c.B, c.Cout, oh, ow]);
+    const gamma = gpu.upload(randu(c.Cout, 640, 0.5, 1.5), [c.Cout]);
+    const beta = gpu.upload(randu(c.Cout, 650, -0.5, 0.5), [c.Cout]);
+    for (const path of ["winograd", "direct"] as const) {
+      if (path === "winograd" && S !== 1) continue;
+      await t.step(
+        `${label(c)} ${path === "winograd" ? `F(${c.m}x${c.m})` : "direct"} G${c.G}`,
+        async () => {
+          const stats = new Conv2dGroupStats();
+          conv2dTuning.w43 = path === "winograd";
+          conv2dTuning.wino = c.m;
+          conv2dTuning.w43Rows = c.rows ?? null;
+          try {
+            const y = conv2d(gpu, X, Wt, c.bias ? Bi : undefined, {
+              ...c.o,
+              residual: c.res ? R : undefined,
+              stats,
+            });
+            const gathers = path === "winograd" || !c.o.upsample2x;
+            if (!gathers) {
+              assertEquals(stats.part, null, "partials after the upsampled conv's direct phases");
+              assertThrows(
+                () => groupNormAffineFromStats(gpu, stats, c.B, c.Cout, gamma, beta, c.G, 1e-6),
+                RangeError,
+                "stats holds no partials",
+              );
+              y.release();
+              return;
+            }
+            if (!stats.part) throw new Error("no partials gathered");
+            const got = groupNormAffineFromStats(gpu, stats, c.B, c.Cout, gamma, beta, c.G, 1e-6);
+            const want = groupNormPlaneAffine(gpu, y, gamma, beta, c.G, 1e-6);
+            const [g, w] = await gpu.readMany([got, want]);
+            assertClose(g, w, { atol: 1e-4, rtol: 1e-4 }, "scale and shift");
+            for (const tt of [y, got, want]) tt.release();
+          } finally {
+            conv2dTuning.w43 = null;
+            conv2dTuning.wino = null;
+            conv2dTuning.w43Rows = null;
+            stats.release();
+          }
+        },
+      );
+    }
+    for (const tt of [X, Wt, Bi, R, gamma, beta]) tt.release();
   }
 });
