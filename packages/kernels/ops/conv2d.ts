@@ -1955,7 +1955,7 @@ function w43Conv(
     : stageW43Weights(gpu, w, tile.cot, rot, W);
   const storageRead = gpu.kind === "cpu";
   if (stats) {
-    stats.release();
+    // conv2d emptied it on entry (the one place; every path that gathers fills it afresh)
     stats.tiles = nTyAll * nQ;
     stats.part = gpu.empty([B * Cout * stats.tiles, 4]);
   }
