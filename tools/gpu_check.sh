@@ -9,11 +9,17 @@
 # (`deno task bench --json`), and writes OUT_DIR/gpu_check.json: the adapter, each kind's test
 # counts and failures, and every bench line. Logs beside it.
 #
-# GPU_CHECK_TESTS (test paths) and GPU_CHECK_BENCH_FILTER (a bench --filter) narrow it.
+# GPU_CHECK_TESTS (test paths) and GPU_CHECK_BENCH_FILTER (a bench --filter) narrow it;
+# GPU_CHECK_TEST_TIMEOUT and GPU_CHECK_BENCH_TIMEOUT (seconds; default 1800 each) bound each test
+# run and the bench, so a lease that is running out still brings back what finished: a stopped
+# phase counts as failed with exit 124, and the bench lines written before it stopped are kept.
 #
 # What it expects to find (nothing is downloaded):
 # - a Vulkan driver for the GPU (NVIDIA's, or Mesa's radv/anv; `vulkaninfo` lists it), or Metal /
-#   DX12 where Deno uses those; DENO_WEBGPU_BACKEND may pick one (default: Deno's choice);
+#   DX12 where Deno uses those; DENO_WEBGPU_BACKEND may pick one (default: Deno's choice). NVIDIA's
+#   Vulkan driver (libGLX_nvidia) also needs the Vulkan loader (libvulkan1) and libglvnd
+#   (libGLdispatch): a bare CUDA container may lack both (Debian's libvulkan1 and libglvnd0 .debs,
+#   unpacked with `dpkg -x`, serve; without them the adapter is null and every test fails at once);
 # - Deno 2.9: `deno` on PATH, or DENO=/path/to/deno;
 # - the npm packages the code imports, cached: prepare with `DENO_DIR=.deno-cache deno cache
 #   packages/*/mod.ts tools/bench.ts packages/kernels/ops/*_test.ts` on a connected machine and
@@ -29,6 +35,8 @@ export XDG_RUNTIME_DIR="${XDG_RUNTIME_DIR:-/tmp}"
 cached=()
 [ -n "${DENO_DIR:-}" ] && cached=(--cached-only)
 TESTS="${GPU_CHECK_TESTS:-packages/kernels/ packages/gpu/}"      # narrower: a few test files
+T_TESTS="${GPU_CHECK_TEST_TIMEOUT:-1800}"
+T_BENCH="${GPU_CHECK_BENCH_TIMEOUT:-1800}"
 bench_filter=()
 [ -n "${GPU_CHECK_BENCH_FILTER:-}" ] && bench_filter=(--filter "$GPU_CHECK_BENCH_FILTER")
 
@@ -44,7 +52,7 @@ echo "gpu_check: adapter ${adapter:-none}" >&2
 tests() { # KIND: the kernel tests in that kind; prints {"kind", "exit", "passed", "failed", "failures"}
   local kind="$1" log="$OUT/tests-$1.log"
   # shellcheck disable=SC2086
-  LVM_KERNEL_KIND="$kind" "$DENO" test -A --unstable-webgpu "${cached[@]}" $TESTS >"$log" 2>&1
+  LVM_KERNEL_KIND="$kind" timeout "$T_TESTS" "$DENO" test -A --unstable-webgpu "${cached[@]}" $TESTS >"$log" 2>&1
   local code=$?
   local summary passed failed
   summary=$(sed 's/\x1b\[[0-9;]*m//g' "$log" | grep -E '^(ok|FAILED) \|' | tail -1)
@@ -61,7 +69,7 @@ t_gpu=$(tests gpu)
 echo "gpu_check: kernel tests, cpu kind" >&2
 t_cpu=$(tests cpu)
 echo "gpu_check: bench" >&2
-"$DENO" run -A --unstable-webgpu "${cached[@]}" tools/bench.ts --json "${bench_filter[@]}" >"$OUT/bench.jsonl" \
+timeout "$T_BENCH" "$DENO" run -A --unstable-webgpu "${cached[@]}" tools/bench.ts --json "${bench_filter[@]}" >"$OUT/bench.jsonl" \
   2>"$OUT/bench.log"
 bench_exit=$?
 

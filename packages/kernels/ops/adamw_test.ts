@@ -112,7 +112,12 @@ Deno.test("adamw() matches the CPU reference on odd sizes and extreme values", a
         }
         const [gp, gm, gv] = await gpu.readMany([P, M, Vt]);
         assertClose(gp, p, { atol: 1e-6, rtol: 1e-6 }, `param N=${n}`);
-        assertClose(gm, m, { atol: 1e-6, rtol: 1e-6 }, `m N=${n}`);
+        // WGSL lets a driver fuse m * b1 + g * (1 - b1) into one FMA (NVIDIA's Vulkan driver does;
+        // lavapipe does not), which rounds once where the reference rounds twice. With +-300 inputs
+        // both terms reach ~30 and cancel, so m may differ by an ulp of the terms (2^-19 at 16..32)
+        // per step although m itself is small: 4 such ulps bound the 3 steps.
+        const mTol = extreme ? { atol: 4 * 2 ** -19, rtol: 1e-6 } : { atol: 1e-6, rtol: 1e-6 };
+        assertClose(gm, m, mTol, `m N=${n}`);
         assertClose(gv, v, { atol: 1e-6, rtol: 1e-6 }, `v N=${n}`);
       });
     }
