@@ -36,8 +36,9 @@ Deno.test("bench --rounds: best round kept, the slowest reported", async () => {
   assertEquals(Math.max(...times), c.ms_worst);
 });
 
-Deno.test("bench: a bad --rounds or --reps names the flag", async () => {
-  for (const [flag, value] of [["--rounds", "0"], ["--rounds", "two"], ["--reps", "1.5"]]) {
+Deno.test("bench: a bad --rounds, --reps or --profile names the flag", async () => {
+  const bad = [["--rounds", "0"], ["--rounds", "two"], ["--reps", "1.5"], ["--profile", "0"]];
+  for (const [flag, value] of bad) {
     const r = await bench("--filter", "crc32", flag, value);
     assertEquals(r.code, 2, `${flag} ${value}: ${r.stderr}`);
     assert(r.stderr.includes(`${flag} must be a positive integer`), r.stderr);
@@ -48,4 +49,14 @@ Deno.test("bench: a bad --rounds or --reps names the flag", async () => {
     assertEquals(r.code, 2, `${args}: ${r.stderr}`);
     assert(r.stderr.includes("usage: deno task bench"), r.stderr);
   }
+});
+
+Deno.test("bench --profile N: the profiled run's slowest kernels", async () => {
+  const r = await bench("--filter", "add then silu", "--reps", "1", "--profile", "1", "--json");
+  assertEquals(r.code, 0, r.stderr);
+  const [c] = r.stdout.split("\n").filter((l) => l.startsWith("{")).map((l) => JSON.parse(l));
+  assertEquals([c.name, c.profile.length], ["add then silu", 1]);
+  const [k] = c.profile;
+  assert(typeof k.kernel === "string" && k.kernel.length > 0, JSON.stringify(k));
+  assert(k.dispatches >= 1 && k.ms >= 0 && k.ms <= c.profile_ms, JSON.stringify(c));
 });

@@ -23,13 +23,17 @@ const HELP =
                  (interpreter: $PYTHON, default python3)
   --markdown     with --torch: end with the README's performance table (every case PyTorch
                  also ran: ours, PyTorch, ratio), to paste as it is
+  --profile N    after timing a case, run it once more with every dispatch timed on the GPU
+                 (timestamp queries) and list its N slowest kernels (profile, profile_ms)
 
 Fields: name, shape; ms = milliseconds per op (the best run's time / per); per = ops per timed
 run (a run may record several small ops before its one GPU sync); run_ms = the best run's time;
 gflops / gbps / per_s (+ unit) = throughput of a run's napkin-math FLOPs, bytes or items;
 dispatches_per_token / dispatches_per_step = GPU dispatches of one decode step or train step; mem_mb
 where a case measures memory (MiB); note = the napkin math; with --rounds N > 1, rounds = N and
-ms_worst = the slowest round's ms (the spread a single run could have shown).
+ms_worst = the slowest round's ms (the spread a single run could have shown); with --profile N,
+profile_ms = the GPU time of the profiled run's dispatches and profile = its N slowest kernels
+({kernel: the pipeline's key, dispatches, ms}).
 With --torch, each PyTorch line is paired with ours by name + shape: ratio_vs_torch (and its alias
 speed_vs_torch) = torch ms / our ms = our speed / torch's speed: > 1 means we are faster.`;
 
@@ -44,6 +48,7 @@ function parse() {
         rounds: { type: "string", default: "1" },
         torch: { type: "boolean", default: false },
         markdown: { type: "boolean", default: false },
+        profile: { type: "string" },
         help: { type: "boolean", short: "h", default: false },
       },
     });
@@ -58,6 +63,11 @@ if (values.help) {
   Deno.exit(0);
 }
 const reps = values.reps === undefined ? undefined : Number(values.reps);
+const profile = values.profile === undefined ? undefined : Number(values.profile);
+if (profile !== undefined && !(Number.isInteger(profile) && profile >= 1)) {
+  console.error(`--profile must be a positive integer, found ${JSON.stringify(values.profile)}`);
+  Deno.exit(2);
+}
 if (reps !== undefined && (!Number.isInteger(reps) || reps < 1)) {
   console.error(`--reps must be a positive integer, found ${JSON.stringify(values.reps)}`);
   Deno.exit(2);
@@ -87,6 +97,10 @@ const gpu = await getGpu();
 const log = (s: string) => values.json ? console.error(s) : console.log(s);
 log(`adapter: ${gpu.describe()}`);
 log(`machine: ${navigator.hardwareConcurrency} logical cores, ${Deno.build.os}-${Deno.build.arch}`);
+if (profile !== undefined && !gpu.features.has("timestamp-query")) {
+  log(`--profile skipped: ${gpu.describe()} lacks the "timestamp-query" feature`);
+}
+const profileKernels = gpu.features.has("timestamp-query") ? profile : undefined;
 /** Keeps, per name + shape, the result with the lowest ms; notes the slowest ms in `ms_worst`. */
 function keepBest(best: Map<string, BenchResult>, r: BenchResult): void {
   const key = `${r.name}\u0000${r.shape}`, old = best.get(key);
@@ -110,7 +124,7 @@ const torchBest = new Map<string, BenchResult>();
 let torchRuns = values.torch;
 for (let round = 1; round <= rounds; round++) {
   for (const c of selected) {
-    const r = await runCase(gpu, c, reps);
+    const r = await runCase(gpu, c, reps, { profile: profileKernels });
     keepBest(oursBest, r);
     // One round: each result as it comes; more: progress lines now, the best of each at the end.
     if (rounds === 1) emit(r);

@@ -9,7 +9,8 @@
 # (`deno task bench --json`), and writes OUT_DIR/gpu_check.json: the adapter, each kind's test
 # counts and failures, and every bench line. Logs beside it.
 #
-# GPU_CHECK_TESTS (test paths) and GPU_CHECK_BENCH_FILTER (a bench --filter) narrow it;
+# GPU_CHECK_TESTS (test paths) and GPU_CHECK_BENCH_FILTER (a bench --filter) narrow it; the bench
+# lists each case's slowest kernels (`--profile`, GPU_CHECK_PROFILE kernels, default 10; 0: off);
 # GPU_CHECK_TEST_TIMEOUT and GPU_CHECK_BENCH_TIMEOUT (seconds; default 1800 each) bound each test
 # run and the bench, so a lease that is running out still brings back what finished: a stopped
 # phase counts as failed with exit 124, and the bench lines written before it stopped are kept.
@@ -39,6 +40,8 @@ T_TESTS="${GPU_CHECK_TEST_TIMEOUT:-1800}"
 T_BENCH="${GPU_CHECK_BENCH_TIMEOUT:-1800}"
 bench_filter=()
 [ -n "${GPU_CHECK_BENCH_FILTER:-}" ] && bench_filter=(--filter "$GPU_CHECK_BENCH_FILTER")
+# Each case's 10 slowest kernels (a profiled run after the timed ones); GPU_CHECK_PROFILE=0: none.
+[ "${GPU_CHECK_PROFILE:-10}" != 0 ] && bench_filter+=(--profile "${GPU_CHECK_PROFILE:-10}")
 
 adapter=$("$DENO" eval --unstable-webgpu "${cached[@]}" '
   const a = await navigator.gpu?.requestAdapter({ powerPreference: "high-performance" });

@@ -189,6 +189,25 @@ export class Params {
 }
 
 const ARENA_BYTES = 64 * 1024;
+/** Timestamp queries per query set while profiling (two per dispatch). */
+const PROFILE_QUERIES = 4096;
+
+/** GPU time of one kernel over a profile (see {@link Gpu.startProfile}). */
+export interface KernelTime {
+  /** The pipeline's key (its label): op name and specialisation, e.g. `softmax|wg`. */
+  kernel: string;
+  /** Dispatches of it recorded while profiling. */
+  dispatches: number;
+  /** Their summed GPU time, milliseconds (each dispatch timed in its own pass). */
+  ms: number;
+}
+
+/** What a profile holds: the open query set and the resolved ones waiting to be read. */
+interface Profile {
+  set: GPUQuerySet | null;
+  labels: string[];
+  pending: { set: GPUQuerySet; labels: string[]; resolve: GPUBuffer; read: GPUBuffer }[];
+}
 
 /** Most bind groups {@link Gpu} keeps for reuse before it starts afresh. */
 const BIND_CACHE_MAX = 4096;
@@ -238,6 +257,7 @@ export class Gpu {
   #destroyed = false;
   #uncaptured: GpuError | null = null;
   #lostPromise: Promise<never>;
+  #profile: Profile | null = null;
   /** Dispatches recorded since the context was made (for tests that count work). */
   dispatchCount = 0;
   /** Bind groups created since the context was made (dispatches that reused one add nothing). */
@@ -604,6 +624,24 @@ export class Gpu {
       );
     }
     if (x === 0 || y === 0 || z === 0) return;
+    if (this.#profile) {
+      // Profiling: each dispatch in its own pass, timestamped at the pass's start and end.
+      this.#endPass();
+      const { set, index } = this.#profileSlot(this.#profile, pipeline.label);
+      const pass = this.#enc().beginComputePass({
+        timestampWrites: {
+          querySet: set,
+          beginningOfPassWriteIndex: index,
+          endOfPassWriteIndex: index + 1,
+        },
+      });
+      pass.setPipeline(pipeline);
+      pass.setBindGroup(0, group);
+      pass.dispatchWorkgroups(x, y, z);
+      pass.end();
+      this.dispatchCount++;
+      return;
+    }
     this.#pass ??= this.#enc().beginComputePass();
     this.#pass.setPipeline(pipeline);
     this.#pass.setBindGroup(0, group);
@@ -633,6 +671,97 @@ export class Gpu {
     const buffer = src instanceof Tensor ? src.buffer : src;
     this.#endPass();
     this.#enc().copyBufferToTexture({ buffer, ...layout }, dst, size);
+  }
+
+  /**
+   * Starts timing every dispatch on the GPU (timestamp queries; the device must have the
+   * "timestamp-query" feature): until {@link stopProfile}, each dispatch runs in its own compute
+   * pass with a timestamp at its start and end. Passes cost a little, so a profiled run is somewhat
+   * slower than an unprofiled one; what it gives is where the GPU time goes, kernel by kernel.
+   */
+  startProfile(): void {
+    this.#checkLive();
+    if (!this.features.has("timestamp-query")) {
+      throw new GpuError(
+        `profiling needs the WebGPU feature "timestamp-query", which ${this.describe()} lacks`,
+      );
+    }
+    if (this.#profile) throw new GpuError("startProfile: a profile is already running");
+    this.#endPass(); // work recorded before the start stays unprofiled
+    this.#profile = { set: null, labels: [], pending: [] };
+  }
+
+  /** Whether a profile is running ({@link startProfile}). */
+  get profiling(): boolean {
+    return this.#profile !== null;
+  }
+
+  /**
+   * Ends the profile: waits for the GPU, then returns each kernel's dispatches and summed GPU time,
+   * the slowest first.
+   */
+  async stopProfile(): Promise<KernelTime[]> {
+    const prof = this.#profile;
+    if (!prof) throw new GpuError("stopProfile: no profile is running (call startProfile first)");
+    this.#profile = null;
+    if (prof.labels.length) this.#profileResolve(prof);
+    this.submit();
+    const upTo = this.#queued;
+    try {
+      await this.#wait(
+        Promise.all(prof.pending.map((p) => p.read.mapAsync(GPUMapMode.READ))),
+        "profile read",
+      );
+      if (prof.pending.length) this.#done = Math.max(this.#done, upTo);
+      await this.#checkErrors();
+      const byKernel = new Map<string, KernelTime>();
+      for (const p of prof.pending) {
+        const t = new BigUint64Array(p.read.getMappedRange().slice(0));
+        p.read.unmap();
+        p.labels.forEach((kernel, i) => {
+          const ns = t[2 * i + 1] > t[2 * i] ? Number(t[2 * i + 1] - t[2 * i]) : 0;
+          const k = byKernel.get(kernel) ?? { kernel, dispatches: 0, ms: 0 };
+          k.dispatches++;
+          k.ms += ns / 1e6;
+          byKernel.set(kernel, k);
+        });
+      }
+      return [...byKernel.values()].sort((a, b) => b.ms - a.ms);
+    } finally {
+      for (const p of prof.pending) {
+        p.set.destroy();
+        p.resolve.destroy();
+        p.read.destroy();
+      }
+    }
+  }
+
+  /** The query pair for the next profiled dispatch (a full set is resolved and a new one made). */
+  #profileSlot(prof: Profile, label: string): { set: GPUQuerySet; index: number } {
+    if (prof.set && 2 * (prof.labels.length + 1) > PROFILE_QUERIES) this.#profileResolve(prof);
+    prof.set ??= this.device.createQuerySet({ type: "timestamp", count: PROFILE_QUERIES });
+    prof.labels.push(label);
+    return { set: prof.set, index: 2 * (prof.labels.length - 1) };
+  }
+
+  /** Records the open query set's resolve and copy into a mappable buffer. */
+  #profileResolve(prof: Profile) {
+    const set = prof.set!, n = 2 * prof.labels.length;
+    this.#endPass();
+    const enc = this.#enc();
+    const resolve = this.device.createBuffer({
+      size: n * 8,
+      usage: GPUBufferUsage.QUERY_RESOLVE | GPUBufferUsage.COPY_SRC,
+    });
+    const read = this.device.createBuffer({
+      size: n * 8,
+      usage: GPUBufferUsage.MAP_READ | GPUBufferUsage.COPY_DST,
+    });
+    enc.resolveQuerySet(set, 0, n, resolve, 0);
+    enc.copyBufferToBuffer(resolve, 0, read, 0, n * 8);
+    prof.pending.push({ set, labels: prof.labels, resolve, read });
+    prof.set = null;
+    prof.labels = [];
   }
 
   /** Sends everything recorded so far to the GPU (no wait). */

@@ -418,3 +418,52 @@ Deno.test("kernel kind: GpuOptions.kind, LVM_KERNEL_KIND, bad values", async (t)
     restore();
   }
 });
+
+Deno.test("Gpu: startProfile()/stopProfile() time every dispatch by kernel", async (t) => {
+  const gpu = await getGpu();
+  if (!gpu.features.has("timestamp-query")) {
+    await t.step("without timestamp-query, startProfile says so", () => {
+      assertThrows(() => gpu.startProfile(), GpuError, /timestamp-query/);
+    });
+    return;
+  }
+  const axpy = gpu.pipeline("gpu_test.profile.axpy", AXPY);
+  const twice = gpu.pipeline("gpu_test.profile.axpy2", AXPY.replace("p.k * x", "2.0 * p.k * x"));
+  await t.step("counts and times each kernel; the work is done as without a profile", async () => {
+    const n = 45 * 65;
+    const X = gpu.upload(Float32Array.from({ length: n }, (_, i) => i % 7), [n]);
+    const Y = gpu.zeros([n]);
+    const wg = Math.ceil(n / 64);
+    gpu.dispatch(axpy, [X, Y], new Params().u32(n).f32(1), wg); // before the start: not profiled
+    gpu.startProfile();
+    assert(gpu.profiling, "profiling after startProfile");
+    assertThrows(() => gpu.startProfile(), GpuError, /already running/);
+    for (let i = 0; i < 3; i++) gpu.dispatch(axpy, [X, Y], new Params().u32(n).f32(1), wg);
+    gpu.dispatch(twice, [X, Y], new Params().u32(n).f32(1), wg);
+    const prof = await gpu.stopProfile();
+    assert(!gpu.profiling, "not profiling after stopProfile");
+    assertEquals(
+      prof.map((k) => [k.kernel, k.dispatches]).sort(),
+      [["gpu_test.profile.axpy", 3], ["gpu_test.profile.axpy2", 1]],
+    );
+    for (const k of prof) assert(Number.isFinite(k.ms) && k.ms >= 0, `${k.kernel}: ms ${k.ms}`);
+    assert(prof[0].ms >= prof[1].ms, "slowest first");
+    const y = await gpu.readF32(Y);
+    for (let i = 0; i < n; i++) {
+      if (y[i] !== 6 * (i % 7)) throw new Error(`y[${i}] = ${y[i]}, expected ${6 * (i % 7)}`);
+    }
+    await assertRejects(() => gpu.stopProfile(), GpuError, /no profile is running/);
+    X.release();
+    Y.release();
+  });
+  await t.step("more dispatches than one query set holds", async () => {
+    const n = 64, X = gpu.upload(new Float32Array(n).fill(1), [n]), Y = gpu.zeros([n]);
+    gpu.startProfile();
+    for (let i = 0; i < 2100; i++) gpu.dispatch(axpy, [X, Y], new Params().u32(n).f32(1), 1);
+    const prof = await gpu.stopProfile();
+    assertEquals(prof.map((k) => [k.kernel, k.dispatches]), [["gpu_test.profile.axpy", 2100]]);
+    assertEquals((await gpu.readF32(Y))[n - 1], 2100);
+    X.release();
+    Y.release();
+  });
+});

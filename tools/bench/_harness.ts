@@ -8,7 +8,7 @@
  * so it does not depend on `per`.
  * @module
  */
-import type { Gpu } from "@lvm/gpu";
+import type { Gpu, KernelTime } from "@lvm/gpu";
 
 /** One measured thing. */
 export interface BenchCase {
@@ -61,6 +61,12 @@ export interface BenchResult {
   /** GPU dispatches per training step (train-step cases). */
   dispatches_per_step?: number;
   note?: string;
+  /**
+   * With `--profile N`: the GPU time of one more, profiled run (every dispatch timed in its own
+   * pass) and its N slowest kernels.
+   */
+  profile_ms?: number;
+  profile?: KernelTime[];
   [k: string]: unknown;
 }
 
@@ -68,7 +74,12 @@ export interface BenchResult {
  * Runs one case: warm-up, then best of `reps` timed runs (`reps` given: the command line's
  * `--reps`, which overrides the case's own; otherwise the case's, else 5).
  */
-export async function runCase(gpu: Gpu, c: BenchCase, reps?: number): Promise<BenchResult> {
+export async function runCase(
+  gpu: Gpu,
+  c: BenchCase,
+  reps?: number,
+  options: { profile?: number } = {},
+): Promise<BenchResult> {
   const per = c.per ?? 1;
   if (!Number.isInteger(per) || per < 1) {
     throw new RangeError(
@@ -84,6 +95,18 @@ export async function runCase(gpu: Gpu, c: BenchCase, reps?: number): Promise<Be
     await fn();
     await gpu.sync();
     best = Math.min(best, performance.now() - t0);
+  }
+  // --profile: one more run with every dispatch timed on the GPU, the slowest kernels kept.
+  let profile: KernelTime[] | undefined, profileMs = 0;
+  if (options.profile) {
+    gpu.startProfile();
+    try {
+      await fn();
+    } finally {
+      const all = await gpu.stopProfile();
+      profileMs = all.reduce((a, k) => a + k.ms, 0);
+      profile = all.slice(0, options.profile).map((k) => ({ ...k, ms: +k.ms.toFixed(3) }));
+    }
   }
   const extra = c.extra?.() ?? {}; // before teardown: it may read what the case holds
   c.teardown?.();
@@ -102,6 +125,10 @@ export async function runCase(gpu: Gpu, c: BenchCase, reps?: number): Promise<Be
   }
   if (c.note) r.note = c.note;
   Object.assign(r, extra);
+  if (profile) {
+    r.profile_ms = +profileMs.toFixed(3);
+    r.profile = profile;
+  }
   return r;
 }
 
@@ -128,5 +155,17 @@ export function formatResult(r: BenchResult): string {
     parts.push(`worst of ${r.rounds} rounds ${r.ms_worst.toFixed(3)} ms`);
   }
   if (r.note) parts.push(`  (${r.note})`);
-  return parts.join(" ");
+  let out = parts.join(" ");
+  if (r.profile) {
+    out += `\n    profiled run: ${
+      r.profile_ms?.toFixed(1)
+    } ms of GPU time in its dispatches; slowest:`;
+    for (const k of r.profile) {
+      const share = r.profile_ms ? ` ${(100 * k.ms / r.profile_ms).toFixed(1).padStart(5)}%` : "";
+      out += `\n    ${k.ms.toFixed(3).padStart(10)} ms${share} ${
+        String(k.dispatches).padStart(5)
+      }x ${k.kernel.length > 90 ? k.kernel.slice(0, 87) + "..." : k.kernel}`;
+    }
+  }
+  return out;
 }
