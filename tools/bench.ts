@@ -24,7 +24,8 @@ const HELP =
   --markdown     with --torch: end with the README's performance table (every case PyTorch
                  also ran: ours, PyTorch, ratio), to paste as it is
   --profile N    after timing a case, run it once more with every dispatch timed on the GPU
-                 (timestamp queries) and list its N slowest kernels (profile, profile_ms)
+                 (timestamp queries) and list its N slowest kernels (profile, profile_ms);
+                 on lavapipe the timestamps can miss much of a kernel's time (see the README)
 
 Fields: name, shape; ms = milliseconds per op (the best run's time / per); per = ops per timed
 run (a run may record several small ops before its one GPU sync); run_ms = the best run's time;

@@ -678,6 +678,10 @@ export class Gpu {
    * "timestamp-query" feature): until {@link stopProfile}, each dispatch runs in its own compute
    * pass with a timestamp at its start and end. Passes cost a little, so a profiled run is somewhat
    * slower than an unprofiled one; what it gives is where the GPU time goes, kernel by kernel.
+   * On Mesa's lavapipe (22.3) the timestamps can miss most of a dispatch's time: a `100m` decode
+   * step's fused kernels read 10.7 ms there against ~45 ms of wall clock when each is replayed
+   * alone, while big convolutions read about their wall time. Trust it on real GPUs; on lavapipe,
+   * check a kernel's share by timing it (replayed alone) before acting on it.
    */
   startProfile(): void {
     this.#checkLive();
