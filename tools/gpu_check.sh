@@ -38,10 +38,10 @@ cached=()
 TESTS="${GPU_CHECK_TESTS:-packages/kernels/ packages/gpu/}"      # narrower: a few test files
 T_TESTS="${GPU_CHECK_TEST_TIMEOUT:-1800}"
 T_BENCH="${GPU_CHECK_BENCH_TIMEOUT:-1800}"
-bench_filter=()
-[ -n "${GPU_CHECK_BENCH_FILTER:-}" ] && bench_filter=(--filter "$GPU_CHECK_BENCH_FILTER")
+bench_args=()
+[ -n "${GPU_CHECK_BENCH_FILTER:-}" ] && bench_args=(--filter "$GPU_CHECK_BENCH_FILTER")
 # Each case's 10 slowest kernels (a profiled run after the timed ones); GPU_CHECK_PROFILE=0: none.
-[ "${GPU_CHECK_PROFILE:-10}" != 0 ] && bench_filter+=(--profile "${GPU_CHECK_PROFILE:-10}")
+[ "${GPU_CHECK_PROFILE:-10}" != 0 ] && bench_args+=(--profile "${GPU_CHECK_PROFILE:-10}")
 
 adapter=$("$DENO" eval --unstable-webgpu "${cached[@]}" '
   const a = await navigator.gpu?.requestAdapter({ powerPreference: "high-performance" });
@@ -72,7 +72,7 @@ t_gpu=$(tests gpu)
 echo "gpu_check: kernel tests, cpu kind" >&2
 t_cpu=$(tests cpu)
 echo "gpu_check: bench" >&2
-timeout "$T_BENCH" "$DENO" run -A --unstable-webgpu "${cached[@]}" tools/bench.ts --json "${bench_filter[@]}" >"$OUT/bench.jsonl" \
+timeout "$T_BENCH" "$DENO" run -A --unstable-webgpu "${cached[@]}" tools/bench.ts --json "${bench_args[@]}" >"$OUT/bench.jsonl" \
   2>"$OUT/bench.log"
 bench_exit=$?
 

@@ -624,28 +624,14 @@ export class Gpu {
       );
     }
     if (x === 0 || y === 0 || z === 0) return;
-    if (this.#profile) {
-      // Profiling: each dispatch in its own pass, timestamped at the pass's start and end.
-      this.#endPass();
-      const { set, index } = this.#profileSlot(this.#profile, pipeline.label);
-      const pass = this.#enc().beginComputePass({
-        timestampWrites: {
-          querySet: set,
-          beginningOfPassWriteIndex: index,
-          endOfPassWriteIndex: index + 1,
-        },
-      });
-      pass.setPipeline(pipeline);
-      pass.setBindGroup(0, group);
-      pass.dispatchWorkgroups(x, y, z);
-      pass.end();
-      this.dispatchCount++;
-      return;
-    }
-    this.#pass ??= this.#enc().beginComputePass();
-    this.#pass.setPipeline(pipeline);
-    this.#pass.setBindGroup(0, group);
-    this.#pass.dispatchWorkgroups(x, y, z);
+    // Profiling: each dispatch in its own pass, timestamped at the pass's start and end.
+    const pass = this.#profile
+      ? this.#profiledPass(this.#profile, pipeline.label)
+      : (this.#pass ??= this.#enc().beginComputePass());
+    pass.setPipeline(pipeline);
+    pass.setBindGroup(0, group);
+    pass.dispatchWorkgroups(x, y, z);
+    if (this.#profile) pass.end();
     this.dispatchCount++;
   }
 
@@ -678,10 +664,10 @@ export class Gpu {
    * "timestamp-query" feature): until {@link stopProfile}, each dispatch runs in its own compute
    * pass with a timestamp at its start and end. Passes cost a little, so a profiled run is somewhat
    * slower than an unprofiled one; what it gives is where the GPU time goes, kernel by kernel.
-   * On Mesa's lavapipe (22.3) the timestamps can miss most of a dispatch's time: a `100m` decode
-   * step's fused kernels read 10.7 ms there against ~45 ms of wall clock when each is replayed
-   * alone, while big convolutions read about their wall time. Trust it on real GPUs; on lavapipe,
-   * check a kernel's share by timing it (replayed alone) before acting on it.
+   * On Mesa's lavapipe (22.3) the timestamps can miss most of a dispatch's time: `deno task bench
+   * --filter "gpu-sampled 100m prompt16 +16 greedy" --profile 5` there ran ~750 ms while its
+   * dispatches' timestamps summed to ~160 ms, where the lvm VQGAN encode's summed to ~95% of its
+   * run. Trust it on real GPUs; on lavapipe, time a kernel alone before acting on its share.
    */
   startProfile(): void {
     this.#checkLive();
@@ -740,12 +726,23 @@ export class Gpu {
     }
   }
 
-  /** The query pair for the next profiled dispatch (a full set is resolved and a new one made). */
-  #profileSlot(prof: Profile, label: string): { set: GPUQuerySet; index: number } {
+  /**
+   * A pass of its own for the next profiled dispatch, timestamped into the next query pair (a full
+   * query set is resolved and a new one made).
+   */
+  #profiledPass(prof: Profile, label: string): GPUComputePassEncoder {
+    this.#endPass();
     if (prof.set && 2 * (prof.labels.length + 1) > PROFILE_QUERIES) this.#profileResolve(prof);
     prof.set ??= this.device.createQuerySet({ type: "timestamp", count: PROFILE_QUERIES });
+    const index = 2 * prof.labels.length;
     prof.labels.push(label);
-    return { set: prof.set, index: 2 * (prof.labels.length - 1) };
+    return this.#enc().beginComputePass({
+      timestampWrites: {
+        querySet: prof.set,
+        beginningOfPassWriteIndex: index,
+        endOfPassWriteIndex: index + 1,
+      },
+    });
   }
 
   /** Records the open query set's resolve and copy into a mappable buffer. */
