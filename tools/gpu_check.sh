@@ -5,15 +5,20 @@
 #   bash tools/gpu_check.sh [OUT_DIR]        # default out/gpu_check
 #
 # It runs the kernel tests (every op and variant against its CPU reference) with the "gpu" kernel
-# kind (LVM_KERNEL_KIND=gpu: shared-memory tiles) and then the "cpu" kind, then the bench
-# (`deno task bench --json`), and writes OUT_DIR/gpu_check.json: the adapter, each kind's test
-# counts and failures, and every bench line. Logs beside it.
+# kind (LVM_KERNEL_KIND=gpu: shared-memory tiles) and then the "cpu" kind, then the tiled matmul's
+# tile sweep (tools/tune_tiled.ts) and the bench (`deno task bench --json`), and writes
+# OUT_DIR/gpu_check.json: the adapter, each kind's test counts and failures, the sweep's and the
+# bench's lines. Logs beside it.
 #
-# GPU_CHECK_TESTS (test paths) and GPU_CHECK_BENCH_FILTER (a bench --filter) narrow it; the bench
+# GPU_CHECK_TESTS (test paths) and GPU_CHECK_BENCH_FILTER (bench --filter texts, several separated
+# by '|': one bench run each, within the one time limit) narrow it; the bench
 # lists each case's slowest kernels (`--profile`, GPU_CHECK_PROFILE kernels, default 10; 0: off);
 # GPU_CHECK_TEST_TIMEOUT and GPU_CHECK_BENCH_TIMEOUT (seconds; default 1800 each) bound each test
-# run and the bench, so a lease that is running out still brings back what finished: a stopped
-# phase counts as failed with exit 124, and the bench lines written before it stopped are kept.
+# run and the bench (and the sweep), so a lease that is running out still brings back what
+# finished: a stopped phase counts as failed with exit 124, and the lines written before it stopped
+# are kept. GPU_CHECK_JOBS=N runs N test files at once (`deno test --parallel`; default 1);
+# GPU_CHECK_KINDS (default "gpu cpu") names the kinds tested; GPU_CHECK_TUNE=0 skips the sweep
+# (quick: its smoke run).
 #
 # What it expects to find (nothing is downloaded):
 # - a Vulkan driver for the GPU (NVIDIA's, or Mesa's radv/anv; `vulkaninfo` lists it), or Metal /
@@ -39,7 +44,6 @@ TESTS="${GPU_CHECK_TESTS:-packages/kernels/ packages/gpu/}"      # narrower: a f
 T_TESTS="${GPU_CHECK_TEST_TIMEOUT:-1800}"
 T_BENCH="${GPU_CHECK_BENCH_TIMEOUT:-1800}"
 bench_args=()
-[ -n "${GPU_CHECK_BENCH_FILTER:-}" ] && bench_args=(--filter "$GPU_CHECK_BENCH_FILTER")
 # Each case's 10 slowest kernels (a profiled run after the timed ones); GPU_CHECK_PROFILE=0: none.
 [ "${GPU_CHECK_PROFILE:-10}" != 0 ] && bench_args+=(--profile "${GPU_CHECK_PROFILE:-10}")
 
@@ -55,7 +59,10 @@ echo "gpu_check: adapter ${adapter:-none}" >&2
 tests() { # KIND: the kernel tests in that kind; prints {"kind", "exit", "passed", "failed", "failures"}
   local kind="$1" log="$OUT/tests-$1.log"
   # shellcheck disable=SC2086
-  LVM_KERNEL_KIND="$kind" timeout "$T_TESTS" "$DENO" test -A --unstable-webgpu "${cached[@]}" $TESTS >"$log" 2>&1
+  local par=()
+  [ "${GPU_CHECK_JOBS:-1}" -gt 1 ] && par=(--parallel)
+  LVM_KERNEL_KIND="$kind" DENO_JOBS="${GPU_CHECK_JOBS:-1}" timeout "$T_TESTS" "$DENO" test -A \
+    --unstable-webgpu "${cached[@]}" "${par[@]}" $TESTS >"$log" 2>&1
   local code=$?
   local summary passed failed
   summary=$(sed 's/\x1b\[[0-9;]*m//g' "$log" | grep -E '^(ok|FAILED) \|' | tail -1)
@@ -67,19 +74,44 @@ tests() { # KIND: the kernel tests in that kind; prints {"kind", "exit", "passed
       console.log(JSON.stringify(t.split("\n").filter((l) => l.trim())));')
   echo "{\"kind\":\"$kind\",\"exit\":$code,\"passed\":${passed:-0},\"failed\":${failed:-0},\"failures\":${failures:-[]}}"
 }
-echo "gpu_check: kernel tests, gpu kind" >&2
-t_gpu=$(tests gpu)
-echo "gpu_check: kernel tests, cpu kind" >&2
-t_cpu=$(tests cpu)
+t_all=""
+for kind in ${GPU_CHECK_KINDS:-gpu cpu}; do
+  echo "gpu_check: kernel tests, $kind kind" >&2
+  t_all="$t_all${t_all:+,}$(tests "$kind")"
+done
+: >"$OUT/tune.jsonl"
+GPU_CHECK_TUNE="${GPU_CHECK_TUNE:-1}"
+if [ "$GPU_CHECK_TUNE" != 0 ]; then
+  echo "gpu_check: tiled matmul sweep" >&2
+  quick=()
+  [ "$GPU_CHECK_TUNE" = quick ] && quick=(--quick)
+  timeout "$T_BENCH" "$DENO" run -A --unstable-webgpu "${cached[@]}" tools/tune_tiled.ts --json \
+    "${quick[@]}" >"$OUT/tune.jsonl" 2>"$OUT/tune.log"
+fi
 echo "gpu_check: bench" >&2
-timeout "$T_BENCH" "$DENO" run -A --unstable-webgpu "${cached[@]}" tools/bench.ts --json "${bench_args[@]}" >"$OUT/bench.jsonl" \
-  2>"$OUT/bench.log"
-bench_exit=$?
+bench_exit=0
+: >"$OUT/bench.jsonl"
+: >"$OUT/bench.log"
+deadline=$((SECONDS + T_BENCH))
+IFS='|' read -r -a filters <<<"${GPU_CHECK_BENCH_FILTER:-}"
+[ ${#filters[@]} -eq 0 ] && filters=("")
+for f in "${filters[@]}"; do
+  left=$((deadline - SECONDS))
+  [ "$left" -le 0 ] && { bench_exit=124; break; }
+  fa=()
+  [ -n "$f" ] && fa=(--filter "$f")
+  timeout "$left" "$DENO" run -A --unstable-webgpu "${cached[@]}" tools/bench.ts --json "${fa[@]}" \
+    "${bench_args[@]}" >>"$OUT/bench.jsonl" 2>>"$OUT/bench.log"
+  code=$?
+  [ "$code" -ne 0 ] && bench_exit=$code
+done
 
 "$DENO" eval "
-  const lines = (await Deno.readTextFile('$OUT/bench.jsonl')).split('\n').filter((l) => l.startsWith('{'));
+  const read = async (f) => (await Deno.readTextFile(f)).split('\n').filter((l) => l.startsWith('{'))
+    .map((l) => JSON.parse(l));
   const out = { created: new Date().toISOString(), adapter: ${adapter:-null},
-    tests: [$t_gpu, $t_cpu], bench_exit: $bench_exit, bench: lines.map((l) => JSON.parse(l)) };
+    tests: [$t_all], tune: await read('$OUT/tune.jsonl'), bench_exit: $bench_exit,
+    bench: await read('$OUT/bench.jsonl') };
   await Deno.writeTextFile('$OUT/gpu_check.json', JSON.stringify(out, null, 1) + '\n');
   console.log('gpu_check: wrote $OUT/gpu_check.json (' + out.bench.length + ' bench lines)');
 "

@@ -119,55 +119,122 @@ fn main(@builtin(global_invocation_id) g: vec3u) {
 }`;
 }
 
+/** Tile shape of {@link tiledKernel}: a BMxBN tile of C per workgroup, TMxTN per invocation. */
+export interface TileConfig {
+  /** Rows of C per workgroup. */
+  BM: number;
+  /** Columns of C per workgroup. */
+  BN: number;
+  /** K per stage through workgroup memory. */
+  BK: number;
+  /** Rows of C per invocation (BM / TM invocations down). */
+  TM: number;
+  /** Columns of C per invocation (BN / TN invocations across). */
+  TN: number;
+}
+
+/** Workgroup memory (bytes) {@link tiledKernel} takes for a tile shape. */
+export function tileBytes(t: TileConfig): number {
+  return ((t.BM + 1) * t.BK + (t.BN + 1) * t.BK) * 4;
+}
+
+/** Why a tile shape cannot be generated (null when it can). */
+export function tileProblem(t: TileConfig): string | null {
+  const { BM, BN, BK, TM, TN } = t;
+  for (const [k, v] of Object.entries(t)) {
+    if (!Number.isInteger(v) || v < 1) return `${k} must be a positive integer, got ${v}`;
+  }
+  if (BM % TM || BN % TN) return `BM % TM and BN % TN must be 0 (${BM}/${TM}, ${BN}/${TN})`;
+  const T = (BM / TM) * (BN / TN);
+  if (T > 256) return `${T} invocations per workgroup (at most 256)`;
+  if ((BM * BK) % T || (BN * BK) % T) {
+    return `each tile stage (${BM}x${BK}, ${BK}x${BN}) must split evenly over ${T} invocations`;
+  }
+  return null;
+}
+
 /**
- * Rung 2 (real GPUs): classic shared-memory tiling. A 16x16 workgroup computes a 64x64 tile of C,
- * each invocation 4x4 in registers; K advances 16 at a time through workgroup memory.
+ * Rung 2 (real GPUs): shared-memory tiling. A workgroup of (BN/TN) x (BM/TM) invocations computes
+ * a BMxBN tile of C, each invocation TMxTN outputs in registers, strided across the tile
+ * (row ty + i*BM/TM, column tx + j*BN/TN) so that neighbouring invocations read neighbouring
+ * words of workgroup memory and write neighbouring words of C. K advances BK at a time: the
+ * workgroup copies A's BMxBK and B's BKxBN stage into workgroup memory, the invocations walking the
+ * operand's contiguous dimension (`aK`: A's k is contiguous, A not transposed; `bN`: B's n is, B not
+ * transposed) so global reads coalesce; rows are padded by one word against bank conflicts.
  * On llvmpipe barriers are emulated and this loses to {@link texKernel}; it is here for GPUs.
  */
-export function tiledKernel(f: KernelFlags): string {
+export function tiledKernel(
+  f: KernelFlags,
+  t: TileConfig = { BM: 64, BN: 64, BK: 16, TM: 4, TN: 4 },
+  aK = true,
+  bN = true,
+): string {
+  const bad = tileProblem(t);
+  if (bad) throw new RangeError(`tiledKernel: ${bad}`);
+  const { BM, BN, BK, TM, TN } = t;
+  const WX = BN / TN, WY = BM / TM, T = WX * WY;
+  const SA = BM + 1, SB = BN + 1; // padded row strides of the stages in workgroup memory
+  const r = [...Array(TM).keys()], c = [...Array(TN).keys()];
+  // Stage loads: element e of this invocation is flat index li + e*T of the stage, split so the
+  // operand's contiguous dimension varies fastest across invocations.
+  const loadA = aK
+    ? `let kk = idx % ${BK}u; let mm = idx / ${BK}u;`
+    : `let mm = idx % ${BM}u; let kk = idx / ${BM}u;`;
+  const loadB = bN
+    ? `let nn = idx % ${BN}u; let kk = idx / ${BN}u;`
+    : `let kk = idx % ${BK}u; let nn = idx / ${BK}u;`;
   return `${storageBindings(f)}
 ${loaders(f)}
 ${EPILOGUE}
-const TM = 64u; const TN = 64u; const TK = 16u;
-var<workgroup> As: array<f32, 1024>; // (TK, TM)
-var<workgroup> Bs: array<f32, 1024>; // (TK, TN)
-@compute @workgroup_size(16, 16)
+var<workgroup> As: array<f32, ${SA * BK}>; // (BK, BM + 1)
+var<workgroup> Bs: array<f32, ${SB * BK}>; // (BK, BN + 1)
+@compute @workgroup_size(${WX}, ${WY})
 fn main(@builtin(workgroup_id) wg: vec3u, @builtin(local_invocation_id) l: vec3u) {
   let bi = wg.z;
-  let m0 = wg.y * TM; let n0 = wg.x * TN;
-  let li = l.y * 16u + l.x;
-  var acc: array<array<f32, 4>, 4>;
-  for (var k0 = 0u; k0 < p.K; k0 += TK) {
-    // 256 invocations load 1024 elements of each tile, 4 each; out of range reads as 0.
-    for (var e = 0u; e < 4u; e++) {
-      let idx = li + e * 256u;
-      let kk = idx / TM; let mm = idx % TM;
-      let k = k0 + kk;
-      var va = 0.0;
-      if (k < p.K && m0 + mm < p.M && bi < p.batch) { va = ldA(bi * p.sAb + (m0 + mm) * p.sAm + k * p.sAk); }
-      As[kk * TM + mm] = va;
-      var vb = 0.0;
-      if (k < p.K && n0 + mm < p.N && bi < p.batch) { vb = ldB(bi * p.sBb + k * p.sBk + (n0 + mm) * p.sBn); }
-      Bs[kk * TN + mm] = vb;
+  let m0 = wg.y * ${BM}u; let n0 = wg.x * ${BN}u;
+  let li = l.y * ${WX}u + l.x;
+  let live = bi < p.batch;
+  let aBase = bi * p.sAb; let bBase = bi * p.sBb;
+  ${r.map((i) => c.map((j) => `var c${i}_${j} = 0.0;`).join(" ")).join("\n  ")}
+  for (var k0 = 0u; k0 < p.K; k0 += ${BK}u) {
+    for (var e = 0u; e < ${(BM * BK) / T}u; e++) {
+      let idx = li + e * ${T}u;
+      ${loadA}
+      let k = k0 + kk; let m = m0 + mm;
+      var v = 0.0;
+      if (live && k < p.K && m < p.M) { v = ldA(aBase + m * p.sAm + k * p.sAk); }
+      As[kk * ${SA}u + mm] = v;
+    }
+    for (var e = 0u; e < ${(BN * BK) / T}u; e++) {
+      let idx = li + e * ${T}u;
+      ${loadB}
+      let k = k0 + kk; let n = n0 + nn;
+      var v = 0.0;
+      if (live && k < p.K && n < p.N) { v = ldB(bBase + k * p.sBk + n * p.sBn); }
+      Bs[kk * ${SB}u + nn] = v;
     }
     workgroupBarrier();
-    for (var kk = 0u; kk < TK; kk++) {
-      var av: array<f32, 4>; var bv: array<f32, 4>;
-      for (var i = 0u; i < 4u; i++) { av[i] = As[kk * TM + l.y * 4u + i]; bv[i] = Bs[kk * TN + l.x * 4u + i]; }
-      for (var i = 0u; i < 4u; i++) {
-        for (var j = 0u; j < 4u; j++) { acc[i][j] = fma(av[i], bv[j], acc[i][j]); }
-      }
+    for (var kk = 0u; kk < ${BK}u; kk++) {
+      let ar = kk * ${SA}u + l.y; let br = kk * ${SB}u + l.x;
+      ${r.map((i) => `let a${i} = As[ar + ${i * WY}u];`).join(" ")}
+      ${c.map((j) => `let b${j} = Bs[br + ${j * WX}u];`).join(" ")}
+      ${
+    r.map((i) => c.map((j) => `c${i}_${j} = fma(a${i}, b${j}, c${i}_${j});`).join(" ")).join(
+      "\n      ",
+    )
+  }
     }
     workgroupBarrier();
   }
-  if (bi >= p.batch) { return; }
-  for (var i = 0u; i < 4u; i++) {
-    let m = m0 + l.y * 4u + i;
-    if (m >= p.M) { continue; }
-    for (var j = 0u; j < 4u; j++) {
-      let n = n0 + l.x * 4u + j;
-      if (n < p.N) { put((bi * p.M + m) * p.N + n, n, acc[i][j]); }
-    }
+  if (!live) { return; }
+  ${
+    r.map((i) =>
+      `if (m0 + l.y + ${i * WY}u < p.M) { let o = (bi * p.M + m0 + l.y + ${i * WY}u) * p.N; ${
+        c.map((j) =>
+          `{ let n = n0 + l.x + ${j * WX}u; if (n < p.N) { put(o + n, n, c${i}_${j}); } }`
+        ).join(" ")
+      } }`
+    ).join("\n  ")
   }
 }`;
 }

@@ -6,7 +6,8 @@
  * A ladder of variants, each checked against {@link matmulCpu} (kernels in ./_matmul_kernels.ts):
  * - `naive`   one output per invocation, plain dot product (the GPU-side reference).
  * - `blocked` 4x4 outputs per invocation in registers, storage-buffer operands, no shared memory.
- * - `tiled`   64x64 shared-memory tiles, 4x4 per invocation: the classic real-GPU kernel.
+ * - `tiled`   shared-memory tiles (128x128 of 8x8 per invocation on big outputs, else 64x64 of
+ *             4x4; {@link tiledConfig}), coalesced stage loads: the real-GPU kernel.
  * - `tex`     llvmpipe: A and B first packed into rgba32float textures (Mesa fetches texels
  *             vectorised but loops lane by lane over every bounds-checked storage-buffer load),
  *             16x8 outputs per invocation, no barriers; textures a little wider than the matrix
@@ -39,8 +40,13 @@ import {
   packKernel,
   packTKernel,
   texKernel,
+  tileBytes,
+  type TileConfig,
   tiledKernel,
+  tileProblem,
 } from "./_matmul_kernels.ts";
+
+export type { TileConfig } from "./_matmul_kernels.ts";
 
 /** Kernel variants of {@link matmul}. */
 export type MatmulVariant = "naive" | "blocked" | "tiled" | "tex" | "gemv";
@@ -61,6 +67,8 @@ export interface MatmulOptions {
   bias?: Tensor;
   /** Force a kernel variant (tests, benchmarks). */
   variant?: MatmulVariant;
+  /** The `tiled` variant's tile shape (tuning; default {@link tiledConfig}). */
+  tile?: TileConfig;
 }
 
 /** Resolved problem: batch of (M,K) x (K,N) with strides of each operand. */
@@ -658,8 +666,20 @@ export function matmul(
     texMatmul(gpu, pl, a, b, out, e);
     return out;
   }
-  storageMatmul(gpu, variant, pl, a, bT, out, flags, e);
+  storageMatmul(gpu, variant, pl, a, bT, out, flags, e, opts.tile);
   return out;
+}
+
+/**
+ * The `tiled` variant's tile shape for an (M, N) output on this adapter: 128x128 tiles of 8x8 per
+ * invocation where the output fills the GPU with them, else 64x64 of 4x4 (more workgroups); both
+ * need under 9 KiB of workgroup memory (WebGPU guarantees 16).
+ */
+export function tiledConfig(gpu: Gpu, M: number, N: number, batch = 1): TileConfig {
+  const big: TileConfig = { BM: 128, BN: 128, BK: 8, TM: 8, TN: 8 };
+  const tiles = Math.ceil(M / 128) * Math.ceil(N / 128) * batch;
+  if (tiles >= 128 && tileBytes(big) <= gpu.limits.maxComputeWorkgroupStorageSize) return big;
+  return { BM: 64, BN: 64, BK: 16, TM: 4, TN: 4 };
 }
 
 /** The uniform buffer decode's A rows are copied into (64 KiB: WebGPU's uniform binding limit). */
@@ -749,6 +769,7 @@ function storageMatmul(
   out: Tensor,
   flags: KernelFlags,
   e: Epi,
+  tile?: TileConfig,
 ): void {
   const { M, N, K, batch } = pl;
   const sAm = pl.transA ? 1 : K, sAk = pl.transA ? M : 1;
@@ -774,13 +795,24 @@ function storageMatmul(
         batch,
       ]);
       return;
-    case "tiled":
-      gpu.dispatch(gpu.pipeline(`matmul/tiled/${fk}`, () => tiledKernel(flags)), binds, p, [
-        c(N / 64),
-        c(M / 64),
+    case "tiled": {
+      const t = tile ?? tiledConfig(gpu, M, N, batch);
+      const bad = tileProblem(t) ??
+        (tileBytes(t) > gpu.limits.maxComputeWorkgroupStorageSize
+          ? `${
+            tileBytes(t)
+          } bytes of workgroup memory (this adapter: ${gpu.limits.maxComputeWorkgroupStorageSize})`
+          : null);
+      if (bad) throw new RangeError(`matmul: tile ${JSON.stringify(t)}: ${bad}`);
+      const aK = !pl.transA, bN = !pl.transB;
+      const key = `matmul/tiled/${fk}/${t.BM}x${t.BN}x${t.BK}/${t.TM}x${t.TN}/${aK}/${bN}`;
+      gpu.dispatch(gpu.pipeline(key, () => tiledKernel(flags, t, aK, bN)), binds, p, [
+        c(N / t.BN),
+        c(M / t.BM),
         batch,
       ]);
       return;
+    }
     case "gemv": {
       if (M > 4) throw new RangeError(`matmul: variant gemv needs M <= 4, got M=${M}`);
       const vecK = pl.transB && !pl.transA && K % 4 === 0;

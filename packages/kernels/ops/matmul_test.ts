@@ -10,6 +10,7 @@ import {
   matmulTuning,
   type MatmulVariant,
   packWeight,
+  type TileConfig,
 } from "./matmul.ts";
 
 const VARIANTS: MatmulVariant[] = ["naive", "blocked", "tiled", "tex", "gemv"];
@@ -37,7 +38,13 @@ function tol(K: number, scale = 1) {
 }
 
 /** Runs one case on the GPU with `variant` and compares with the CPU reference. */
-async function check(gpu: Gpu, c: Case, variant?: MatmulVariant, seed = 1): Promise<void> {
+async function check(
+  gpu: Gpu,
+  c: Case,
+  variant?: MatmulVariant,
+  seed = 1,
+  tile?: TileConfig,
+): Promise<void> {
   const { M, K, N, aB = 0, bB = 0, lo = -1, hi = 1 } = c;
   const batch = Math.max(aB, bB, 1);
   const a = randu(Math.max(aB, 1) * M * K, seed, lo, hi);
@@ -70,6 +77,7 @@ async function check(gpu: Gpu, c: Case, variant?: MatmulVariant, seed = 1): Prom
     alpha: c.alpha,
     bias: Bias,
     variant,
+    tile,
   });
   if (y.shape.join() !== outShape.join()) {
     throw new Error(`shape [${y.shape}] != [${outShape}]`);
@@ -104,6 +112,50 @@ Deno.test("matmul() matches matmulCpu on odd shapes, every variant and transpose
       }
     });
   }
+});
+
+Deno.test("matmul() tiled: every tile shape across tile edges, transposes, batches, f16", async (t) => {
+  const gpu = await getGpu();
+  const tiles: TileConfig[] = [
+    { BM: 64, BN: 64, BK: 16, TM: 4, TN: 4 },
+    { BM: 128, BN: 128, BK: 8, TM: 8, TN: 8 },
+    { BM: 128, BN: 64, BK: 16, TM: 8, TN: 4 },
+    { BM: 32, BN: 64, BK: 8, TM: 2, TN: 4 },
+    { BM: 16, BN: 16, BK: 8, TM: 1, TN: 2 },
+  ];
+  const cases: Case[] = [
+    { M: 130, K: 37, N: 133 },
+    { M: 130, K: 37, N: 133, transA: true, transB: true },
+    { M: 65, K: 129, N: 31, transB: true, f16: true, bias: true },
+    { M: 31, K: 17, N: 70, aB: 2, transA: true, acc: true, alpha: -0.5 },
+    { M: 9, K: 8, N: 140, aB: 3, bB: 3, transB: true },
+  ];
+  for (const tile of tiles) {
+    await t.step(`${tile.BM}x${tile.BN}x${tile.BK} / ${tile.TM}x${tile.TN}`, async () => {
+      for (const c of cases) await check(gpu, c, "tiled", 11, tile);
+    });
+  }
+  const A = gpu.upload(randu(4, 1), [2, 2]);
+  for (
+    const [tile, why] of [
+      [{ BM: 64, BN: 64, BK: 16, TM: 3, TN: 4 }, /BM % TM/],
+      [{ BM: 256, BN: 128, BK: 8, TM: 4, TN: 4 }, /2048 invocations/],
+      [{ BM: 128, BN: 128, BK: 4096, TM: 8, TN: 8 }, /workgroup memory/],
+      [{ BM: 64, BN: 64, BK: 0, TM: 4, TN: 4 }, /BK must be a positive integer/],
+    ] as [TileConfig, RegExp][]
+  ) {
+    let msg = "";
+    try {
+      matmul(gpu, A, A, { variant: "tiled", tile });
+    } catch (e) {
+      msg = (e as Error).message;
+    }
+    assert(
+      why.test(msg) && msg.startsWith("matmul: tile"),
+      `tile ${JSON.stringify(tile)}: "${msg}"`,
+    );
+  }
+  A.release();
 });
 
 Deno.test("matmul() batches, broadcasts, f16 weights, bias, alpha, accumulate", async (t) => {

@@ -1,0 +1,156 @@
+/**
+ * Times the `tiled` matmul (the real-GPU kernel) over tile shapes and problem shapes on this
+ * adapter, each checked against the `naive` kernel, so that {@link tiledConfig}'s defaults can be
+ * chosen on the GPU they run on:
+ *
+ *   deno run -A --unstable-webgpu tools/tune_tiled.ts [--json] [--per N] [--quick]
+ *
+ * Each timing records `per` products between two GPU syncs, best of 3, so Deno's queue wait (~11 ms
+ * on lavapipe and on NVIDIA) is spread over them; by default as many as fill ~0.1 s by a first
+ * single run (1 to 20). `--quick`: two small shapes and two
+ * tiles (a smoke run; lavapipe needs it, its barriers are emulated). Prints a table (GFLOP/s per
+ * tile and shape, the default's pick marked `*`) and, with --json, one JSON line per measurement.
+ * @module
+ */
+import { parseArgs } from "node:util";
+import { getGpu, type Gpu, type Tensor } from "@lvm/gpu";
+import { matmul, type TileConfig, tiledConfig } from "@lvm/kernels";
+import { randu } from "@lvm/util/testing";
+
+const { values: args } = parseArgs({
+  options: {
+    json: { type: "boolean", default: false },
+    quick: { type: "boolean", default: false },
+    per: { type: "string" },
+  },
+});
+const perArg = args.per === undefined ? undefined : Number(args.per);
+if (perArg !== undefined && (!Number.isInteger(perArg) || perArg < 1)) {
+  throw new RangeError(`--per must be a positive integer, got ${args.per}`);
+}
+
+/** A product: M x K times K x N, B a Linear weight [N, K] when transB. */
+interface Shape {
+  M: number;
+  K: number;
+  N: number;
+  transB?: boolean;
+  batch?: number;
+  label: string;
+}
+
+const SHAPES: Shape[] = args.quick
+  ? [{ M: 96, K: 80, N: 136, label: "96x80x136" }, {
+    M: 64,
+    K: 64,
+    N: 64,
+    transB: true,
+    label: "64x64x64 linear",
+  }]
+  : [
+    { M: 1024, K: 1024, N: 1024, label: "1024^3" },
+    { M: 2048, K: 2048, N: 2048, label: "2048^3" },
+    { M: 4096, K: 4096, N: 4096, label: "4096^3" },
+    { M: 512, K: 640, N: 1664, transB: true, label: "512x640x1664 linear" },
+    { M: 1024, K: 4096, N: 1024, transB: true, label: "1024x4096x1024 linear" },
+    { M: 4096, K: 1024, N: 4096, transB: true, label: "4096x1024x4096 linear" },
+    { M: 256, K: 64, N: 256, batch: 64, label: "64x 256x64x256 batched" },
+  ];
+
+const TILES: TileConfig[] = args.quick
+  ? [{ BM: 64, BN: 64, BK: 16, TM: 4, TN: 4 }, { BM: 128, BN: 128, BK: 8, TM: 8, TN: 8 }]
+  : [
+    { BM: 64, BN: 64, BK: 16, TM: 4, TN: 4 },
+    { BM: 64, BN: 64, BK: 8, TM: 4, TN: 4 },
+    { BM: 64, BN: 64, BK: 16, TM: 8, TN: 8 },
+    { BM: 128, BN: 64, BK: 8, TM: 8, TN: 4 },
+    { BM: 64, BN: 128, BK: 8, TM: 4, TN: 8 },
+    { BM: 128, BN: 128, BK: 8, TM: 8, TN: 8 },
+    { BM: 128, BN: 128, BK: 16, TM: 8, TN: 8 },
+    { BM: 128, BN: 128, BK: 32, TM: 8, TN: 8 },
+    { BM: 128, BN: 128, BK: 8, TM: 16, TN: 8 },
+    { BM: 256, BN: 128, BK: 8, TM: 16, TN: 8 },
+    { BM: 32, BN: 32, BK: 16, TM: 2, TN: 2 },
+  ];
+
+const tileName = (t: TileConfig) => `${t.BM}x${t.BN}x${t.BK}/${t.TM}x${t.TN}`;
+
+/** Relative L2 error of `got` against `ref`. */
+function relErr(got: Float32Array, ref: Float32Array): number {
+  let num = 0, den = 0;
+  for (let i = 0; i < ref.length; i++) {
+    const d = got[i] - ref[i];
+    num += d * d;
+    den += ref[i] * ref[i];
+  }
+  return Math.sqrt(num / Math.max(den, 1e-30));
+}
+
+async function time(gpu: Gpu, run: () => void): Promise<number> {
+  const t0 = performance.now();
+  run();
+  await gpu.sync();
+  const per = perArg ?? Math.max(1, Math.min(20, Math.round(100 / (performance.now() - t0))));
+  let best = Infinity;
+  for (let r = 0; r < 3; r++) {
+    const t0 = performance.now();
+    for (let i = 0; i < per; i++) run();
+    await gpu.sync();
+    best = Math.min(best, (performance.now() - t0) / per);
+  }
+  return best;
+}
+
+const gpu = await getGpu();
+console.error(
+  `tune_tiled: ${gpu.describe()}; ${perArg ?? "up to 20"} products per timing, best of 3`,
+);
+const maxShared = gpu.limits.maxComputeWorkgroupStorageSize;
+const table: string[][] = [["tile", ...SHAPES.map((s) => s.label)]];
+const rows = new Map<string, string[]>();
+for (const t of TILES) rows.set(tileName(t), [tileName(t)]);
+for (const s of SHAPES) {
+  const { M, K, N, batch = 1 } = s;
+  const a = gpu.upload(randu(batch * M * K, 1), batch > 1 ? [batch, M, K] : [M, K]);
+  const b = gpu.upload(randu(batch * K * N, 2), [
+    ...(batch > 1 ? [batch] : []),
+    ...(s.transB ? [N, K] : [K, N]),
+  ]);
+  const opts = { transB: s.transB };
+  const ref = await gpu.readF32(matmul(gpu, a, b, { ...opts, variant: "naive" }));
+  const out: Tensor = gpu.empty(batch > 1 ? [batch, M, N] : [M, N], "f32");
+  const pick = tileName(tiledConfig(gpu, M, N, batch));
+  const flops = 2 * M * K * N * batch;
+  for (const t of TILES) {
+    const row = rows.get(tileName(t))!;
+    if ((t.BM + 1 + t.BN + 1) * t.BK * 4 > maxShared) {
+      row.push("-");
+      continue;
+    }
+    const run = () => void matmul(gpu, a, b, { ...opts, variant: "tiled", tile: t, out });
+    run();
+    const err = relErr(await gpu.readF32(out), ref);
+    const ms = await time(gpu, run);
+    const gflops = flops / ms / 1e6;
+    const mark = tileName(t) === pick ? "*" : "";
+    row.push(err < 1e-5 ? `${gflops.toFixed(0)}${mark}` : `ERR ${err.toExponential(1)}`);
+    if (args.json) {
+      console.log(JSON.stringify({
+        tile: tileName(t),
+        shape: s.label,
+        ms: +ms.toFixed(4),
+        gflops: +gflops.toFixed(1),
+        rel_err: err,
+        default: mark === "*",
+      }));
+    }
+  }
+  for (const x of [a, b, out]) x.release();
+  console.error(`tune_tiled: ${s.label} done`);
+}
+for (const t of TILES) table.push(rows.get(tileName(t))!);
+const widths = table[0].map((_, j) => Math.max(...table.map((r) => (r[j] ?? "").length)));
+const text = table.map((r) => r.map((c, j) => c.padStart(widths[j])).join("  ")).join("\n");
+console.error(
+  `GFLOP/s of the tiled matmul (* = tiledConfig's pick, ERR = rel. L2 error >= 1e-5):\n${text}`,
+);
