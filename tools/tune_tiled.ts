@@ -5,9 +5,10 @@
  *
  *   deno run -A --unstable-webgpu tools/tune_tiled.ts [--json] [--per N] [--quick]
  *
- * Each timing records `per` products between two GPU syncs, best of 3, so Deno's queue wait (~11 ms
- * on lavapipe and on NVIDIA) is spread over them; by default as many as fill ~0.1 s by a first
- * single run (1 to 20). `--quick`: two small shapes and two
+ * A product's time is its GPU time from timestamp queries where the adapter has the feature (best
+ * of 3 rounds of 3), else the wall time of `per` products between two syncs (by default as many as
+ * fill ~0.1 s, 1 to 20), best of 3, less an empty sync's time (Deno's queue wait, ~11 ms on lavapipe
+ * and on NVIDIA, would otherwise swamp the small shapes). `--quick`: two small shapes and two
  * tiles (a smoke run; lavapipe needs it, its barriers are emulated). Prints a table (GFLOP/s per
  * tile and shape, the default's pick marked `*`) and, with --json, one JSON line per measurement.
  * @module
@@ -35,6 +36,8 @@ interface Shape {
   K: number;
   N: number;
   transB?: boolean;
+  /** A stored (K, M). */
+  transA?: boolean;
   batch?: number;
   label: string;
 }
@@ -55,6 +58,11 @@ const SHAPES: Shape[] = args.quick
     { M: 1024, K: 4096, N: 1024, transB: true, label: "1024x4096x1024 linear" },
     { M: 4096, K: 1024, N: 4096, transB: true, label: "4096x1024x4096 linear" },
     { M: 256, K: 64, N: 256, batch: 64, label: "64x 256x64x256 batched" },
+    // The `100m` transformer's training step at T=256: forward (x W^T), dx (dy W), dW (dy^T x).
+    { M: 256, K: 640, N: 1664, transB: true, label: "100m fwd 256x640x1664" },
+    { M: 256, K: 1664, N: 640, label: "100m dx 256x1664x640" },
+    { M: 1664, K: 256, N: 640, transA: true, label: "100m dW 1664x256x640" },
+    { M: 256, K: 640, N: 640, transB: true, label: "100m fwd 256x640x640" },
   ];
 
 const TILES: TileConfig[] = args.quick
@@ -62,15 +70,15 @@ const TILES: TileConfig[] = args.quick
   : [
     { BM: 64, BN: 64, BK: 16, TM: 4, TN: 4 },
     { BM: 64, BN: 64, BK: 8, TM: 4, TN: 4 },
-    { BM: 64, BN: 64, BK: 16, TM: 8, TN: 8 },
     { BM: 128, BN: 64, BK: 8, TM: 8, TN: 4 },
     { BM: 64, BN: 128, BK: 8, TM: 4, TN: 8 },
     { BM: 128, BN: 128, BK: 8, TM: 8, TN: 8 },
     { BM: 128, BN: 128, BK: 16, TM: 8, TN: 8 },
-    { BM: 128, BN: 128, BK: 32, TM: 8, TN: 8 },
-    { BM: 128, BN: 128, BK: 8, TM: 16, TN: 8 },
-    { BM: 256, BN: 128, BK: 8, TM: 16, TN: 8 },
     { BM: 32, BN: 32, BK: 16, TM: 2, TN: 2 },
+    { BM: 32, BN: 32, BK: 16, TM: 4, TN: 4 },
+    { BM: 32, BN: 64, BK: 16, TM: 4, TN: 4 },
+    { BM: 64, BN: 32, BK: 16, TM: 4, TN: 4 },
+    { BM: 32, BN: 64, BK: 8, TM: 2, TN: 4 },
   ];
 
 const tileName = (t: TileConfig) => `${t.BM}x${t.BN}x${t.BK}/${t.TM}x${t.TN}`;
@@ -86,24 +94,52 @@ function relErr(got: Float32Array, ref: Float32Array): number {
   return Math.sqrt(num / Math.max(den, 1e-30));
 }
 
+/**
+ * Milliseconds of one product: its GPU time from timestamp queries where the adapter has them
+ * (best of 3 rounds of 3 dispatches), else wall time of `per` products between syncs, the sync
+ * measured alone and taken off.
+ */
 async function time(gpu: Gpu, run: () => void): Promise<number> {
+  run();
+  await gpu.sync();
+  let best = Infinity;
+  if (gpu.features.has("timestamp-query")) {
+    for (let r = 0; r < 3; r++) {
+      gpu.startProfile();
+      for (let i = 0; i < 3; i++) run();
+      const ks = (await gpu.stopProfile()).filter((k) => k.kernel.startsWith("matmul/"));
+      const n = ks.reduce((a, k) => a + k.dispatches, 0);
+      best = Math.min(best, ks.reduce((a, k) => a + k.ms, 0) / n);
+    }
+    return best;
+  }
+  let floor = Infinity;
+  for (let r = 0; r < 3; r++) {
+    const t0 = performance.now();
+    await gpu.sync();
+    floor = Math.min(floor, performance.now() - t0);
+  }
   const t0 = performance.now();
   run();
   await gpu.sync();
-  const per = perArg ?? Math.max(1, Math.min(20, Math.round(100 / (performance.now() - t0))));
-  let best = Infinity;
+  const per = perArg ??
+    Math.max(1, Math.min(20, Math.round(100 / Math.max(performance.now() - t0 - floor, 0.1))));
   for (let r = 0; r < 3; r++) {
     const t0 = performance.now();
     for (let i = 0; i < per; i++) run();
     await gpu.sync();
-    best = Math.min(best, (performance.now() - t0) / per);
+    best = Math.min(best, (performance.now() - t0 - floor) / per);
   }
   return best;
 }
 
 const gpu = await getGpu();
 console.error(
-  `tune_tiled: ${gpu.describe()}; ${perArg ?? "up to 20"} products per timing, best of 3`,
+  `tune_tiled: ${gpu.describe()}; ${
+    gpu.features.has("timestamp-query")
+      ? "GPU time (timestamp queries)"
+      : `${perArg ?? "up to 20"} products per timing`
+  }, best of 3`,
 );
 const maxShared = gpu.limits.maxComputeWorkgroupStorageSize;
 const table: string[][] = [["tile", ...SHAPES.map((s) => s.label)]];
@@ -111,12 +147,15 @@ const rows = new Map<string, string[]>();
 for (const t of TILES) rows.set(tileName(t), [tileName(t)]);
 for (const s of SHAPES) {
   const { M, K, N, batch = 1 } = s;
-  const a = gpu.upload(randu(batch * M * K, 1), batch > 1 ? [batch, M, K] : [M, K]);
+  const a = gpu.upload(randu(batch * M * K, 1), [
+    ...(batch > 1 ? [batch] : []),
+    ...(s.transA ? [K, M] : [M, K]),
+  ]);
   const b = gpu.upload(randu(batch * K * N, 2), [
     ...(batch > 1 ? [batch] : []),
     ...(s.transB ? [N, K] : [K, N]),
   ]);
-  const opts = { transB: s.transB };
+  const opts = { transA: s.transA, transB: s.transB };
   const ref = await gpu.readF32(matmul(gpu, a, b, { ...opts, variant: "naive" }));
   const out: Tensor = gpu.empty(batch > 1 ? [batch, M, N] : [M, N], "f32");
   const pick = tileName(tiledConfig(gpu, M, N, batch));

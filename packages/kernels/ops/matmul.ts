@@ -6,8 +6,8 @@
  * A ladder of variants, each checked against {@link matmulCpu} (kernels in ./_matmul_kernels.ts):
  * - `naive`   one output per invocation, plain dot product (the GPU-side reference).
  * - `blocked` 4x4 outputs per invocation in registers, storage-buffer operands, no shared memory.
- * - `tiled`   shared-memory tiles (128x128 of 8x8 per invocation on big outputs, else 64x64 of
- *             4x4; {@link tiledConfig}), coalesced stage loads: the real-GPU kernel.
+ * - `tiled`   shared-memory tiles (64x128 of 4x8 per invocation on big outputs, smaller tiles on
+ *             small ones; {@link tiledConfig}), coalesced stage loads: the real-GPU kernel.
  * - `tex`     llvmpipe: A and B first packed into rgba32float textures (Mesa fetches texels
  *             vectorised but loops lane by lane over every bounds-checked storage-buffer load),
  *             16x8 outputs per invocation, no barriers; textures a little wider than the matrix
@@ -671,15 +671,26 @@ export function matmul(
 }
 
 /**
- * The `tiled` variant's tile shape for an (M, N) output on this adapter: 128x128 tiles of 8x8 per
- * invocation where the output fills the GPU with them, else 64x64 of 4x4 (more workgroups); both
- * need under 9 KiB of workgroup memory (WebGPU guarantees 16).
+ * Tile shapes of the `tiled` variant, largest first ({@link tiledConfig} takes the first that gives
+ * the GPU enough workgroups). Each needs under 7 KiB of workgroup memory (WebGPU guarantees 16).
  */
-export function tiledConfig(gpu: Gpu, M: number, N: number, batch = 1): TileConfig {
-  const big: TileConfig = { BM: 128, BN: 128, BK: 8, TM: 8, TN: 8 };
-  const tiles = Math.ceil(M / 128) * Math.ceil(N / 128) * batch;
-  if (tiles >= 128 && tileBytes(big) <= gpu.limits.maxComputeWorkgroupStorageSize) return big;
-  return { BM: 64, BN: 64, BK: 16, TM: 4, TN: 4 };
+export const TILED_CONFIGS: readonly TileConfig[] = [
+  { BM: 64, BN: 128, BK: 8, TM: 4, TN: 8 },
+  { BM: 64, BN: 64, BK: 8, TM: 4, TN: 4 },
+  { BM: 32, BN: 64, BK: 16, TM: 4, TN: 4 },
+  { BM: 32, BN: 32, BK: 16, TM: 4, TN: 4 },
+];
+
+/**
+ * The `tiled` variant's tile shape for a batch of (M, N) outputs: the largest of
+ * {@link TILED_CONFIGS} that makes at least 256 workgroups (two per SM on the largest GPUs), else the
+ * smallest. Measured on an H200 with tools/tune_tiled.ts (see the README).
+ */
+export function tiledConfig(_gpu: Gpu, M: number, N: number, batch = 1): TileConfig {
+  for (const t of TILED_CONFIGS) {
+    if (Math.ceil(M / t.BM) * Math.ceil(N / t.BN) * batch >= 256) return t;
+  }
+  return TILED_CONFIGS[TILED_CONFIGS.length - 1];
 }
 
 /** The uniform buffer decode's A rows are copied into (64 KiB: WebGPU's uniform binding limit). */

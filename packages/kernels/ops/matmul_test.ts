@@ -11,6 +11,8 @@ import {
   type MatmulVariant,
   packWeight,
   type TileConfig,
+  TILED_CONFIGS,
+  tiledConfig,
 } from "./matmul.ts";
 
 const VARIANTS: MatmulVariant[] = ["naive", "blocked", "tiled", "tex", "gemv"];
@@ -117,6 +119,7 @@ Deno.test("matmul() matches matmulCpu on odd shapes, every variant and transpose
 Deno.test("matmul() tiled: every tile shape across tile edges, transposes, batches, f16", async (t) => {
   const gpu = await getGpu();
   const tiles: TileConfig[] = [
+    ...TILED_CONFIGS,
     { BM: 64, BN: 64, BK: 16, TM: 4, TN: 4 },
     { BM: 128, BN: 128, BK: 8, TM: 8, TN: 8 },
     { BM: 128, BN: 64, BK: 16, TM: 8, TN: 4 },
@@ -156,6 +159,12 @@ Deno.test("matmul() tiled: every tile shape across tile edges, transposes, batch
     );
   }
   A.release();
+  // The default picks the largest tile that still gives 256 workgroups.
+  assertEquals(tiledConfig(gpu, 2048, 2048), TILED_CONFIGS[0]);
+  assertEquals(tiledConfig(gpu, 1024, 1024), TILED_CONFIGS[1]);
+  assertEquals(tiledConfig(gpu, 64, 128, 200), TILED_CONFIGS[1]);
+  assertEquals(tiledConfig(gpu, 64, 64, 200), TILED_CONFIGS[2]);
+  assertEquals(tiledConfig(gpu, 7, 9), TILED_CONFIGS[TILED_CONFIGS.length - 1]);
 });
 
 Deno.test("matmul() batches, broadcasts, f16 weights, bias, alpha, accumulate", async (t) => {
