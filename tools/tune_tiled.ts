@@ -15,7 +15,7 @@
  */
 import { parseArgs } from "node:util";
 import { getGpu, type Gpu, type Tensor } from "@lvm/gpu";
-import { matmul, type TileConfig, tiledConfig } from "@lvm/kernels";
+import { matmul, tileBytes, type TileConfig, tiledConfig, tiledSplit } from "@lvm/kernels";
 import { randu } from "@lvm/util/testing";
 
 const { values: args } = parseArgs({
@@ -70,6 +70,7 @@ const TILES: TileConfig[] = args.quick
   : [
     { BM: 64, BN: 64, BK: 16, TM: 4, TN: 4 },
     { BM: 64, BN: 64, BK: 8, TM: 4, TN: 4 },
+    { BM: 64, BN: 128, BK: 16, TM: 4, TN: 8 },
     { BM: 128, BN: 64, BK: 8, TM: 8, TN: 4 },
     { BM: 64, BN: 128, BK: 8, TM: 4, TN: 8 },
     { BM: 128, BN: 128, BK: 8, TM: 8, TN: 8 },
@@ -108,8 +109,7 @@ async function time(gpu: Gpu, run: () => void): Promise<number> {
       gpu.startProfile();
       for (let i = 0; i < 3; i++) run();
       const ks = (await gpu.stopProfile()).filter((k) => k.kernel.startsWith("matmul/"));
-      const n = ks.reduce((a, k) => a + k.dispatches, 0);
-      best = Math.min(best, ks.reduce((a, k) => a + k.ms, 0) / n);
+      best = Math.min(best, ks.reduce((a, k) => a + k.ms, 0) / 3);
     }
     return best;
   }
@@ -142,9 +142,14 @@ console.error(
   }, best of 3`,
 );
 const maxShared = gpu.limits.maxComputeWorkgroupStorageSize;
+/** What is timed: each tile shape alone (no split-K), then the default (tiledConfig, tiledSplit). */
+const candidates: { name: string; tile?: TileConfig; splitK?: number }[] = [
+  ...TILES.map((t) => ({ name: tileName(t), tile: t, splitK: 1 })),
+  { name: "default" },
+];
 const table: string[][] = [["tile", ...SHAPES.map((s) => s.label)]];
 const rows = new Map<string, string[]>();
-for (const t of TILES) rows.set(tileName(t), [tileName(t)]);
+for (const c of candidates) rows.set(c.name, [c.name]);
 for (const s of SHAPES) {
   const { M, K, N, batch = 1 } = s;
   const a = gpu.upload(randu(batch * M * K, 1), [
@@ -158,38 +163,43 @@ for (const s of SHAPES) {
   const opts = { transA: s.transA, transB: s.transB };
   const ref = await gpu.readF32(matmul(gpu, a, b, { ...opts, variant: "naive" }));
   const out: Tensor = gpu.empty(batch > 1 ? [batch, M, N] : [M, N], "f32");
-  const pick = tileName(tiledConfig(gpu, M, N, batch));
+  const pickTile = tiledConfig(gpu, M, N, batch);
+  const pick = tileName(pickTile);
+  const split = tiledSplit(Math.ceil(M / pickTile.BM) * Math.ceil(N / pickTile.BN) * batch, K);
   const flops = 2 * M * K * N * batch;
-  for (const t of TILES) {
-    const row = rows.get(tileName(t))!;
-    if ((t.BM + 1 + t.BN + 1) * t.BK * 4 > maxShared) {
+  for (const c of candidates) {
+    const row = rows.get(c.name)!;
+    if (c.tile && tileBytes(c.tile) > maxShared) {
       row.push("-");
       continue;
     }
-    const run = () => void matmul(gpu, a, b, { ...opts, variant: "tiled", tile: t, out });
+    const run = () =>
+      void matmul(gpu, a, b, { ...opts, variant: "tiled", tile: c.tile, splitK: c.splitK, out });
     run();
     const err = relErr(await gpu.readF32(out), ref);
     const ms = await time(gpu, run);
     const gflops = flops / ms / 1e6;
-    const mark = tileName(t) === pick ? "*" : "";
+    const mark = c.name === pick ? "*" : "";
     row.push(err < 1e-5 ? `${gflops.toFixed(0)}${mark}` : `ERR ${err.toExponential(1)}`);
     if (args.json) {
       console.log(JSON.stringify({
-        tile: tileName(t),
+        tile: c.tile ? c.name : pick,
+        split_k: c.splitK ?? split,
+        default: !c.tile,
         shape: s.label,
         ms: +ms.toFixed(4),
         gflops: +gflops.toFixed(1),
         rel_err: err,
-        default: mark === "*",
       }));
     }
   }
   for (const x of [a, b, out]) x.release();
-  console.error(`tune_tiled: ${s.label} done`);
+  console.error(`tune_tiled: ${s.label} done (default: ${pick}, split-K ${split})`);
 }
-for (const t of TILES) table.push(rows.get(tileName(t))!);
+for (const c of candidates) table.push(rows.get(c.name)!);
 const widths = table[0].map((_, j) => Math.max(...table.map((r) => (r[j] ?? "").length)));
 const text = table.map((r) => r.map((c, j) => c.padStart(widths[j])).join("  ")).join("\n");
 console.error(
-  `GFLOP/s of the tiled matmul (* = tiledConfig's pick, ERR = rel. L2 error >= 1e-5):\n${text}`,
+  `GFLOP/s of the tiled matmul, split-K off (* = tiledConfig's pick; default = its pick with\n` +
+    `tiledSplit's split-K; ERR = rel. L2 error >= 1e-5):\n${text}`,
 );

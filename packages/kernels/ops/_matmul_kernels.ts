@@ -162,12 +162,18 @@ export function tileProblem(t: TileConfig): string | null {
  * operand's contiguous dimension (`aK`: A's k is contiguous, A not transposed; `bN`: B's n is, B not
  * transposed) so global reads coalesce; rows are padded by one word against bank conflicts.
  * On llvmpipe barriers are emulated and this loses to {@link texKernel}; it is here for GPUs.
+ *
+ * `split` (split-K, for outputs too small to fill the GPU with tiles): workgroup z is
+ * `bi * p.nSplit + s`, which sums k in [s * p.kChunk, (s + 1) * p.kChunk) and writes its raw sums
+ * to slice s of `out` (a (nSplit, batch, M, N) scratch); {@link splitSumKernel} adds the slices in
+ * order and applies the epilogue.
  */
 export function tiledKernel(
   f: KernelFlags,
   t: TileConfig = { BM: 64, BN: 64, BK: 16, TM: 4, TN: 4 },
   aK = true,
   bN = true,
+  split = false,
 ): string {
   const bad = tileProblem(t);
   if (bad) throw new RangeError(`tiledKernel: ${bad}`);
@@ -183,26 +189,41 @@ export function tiledKernel(
   const loadB = bN
     ? `let nn = idx % ${BN}u; let kk = idx / ${BN}u;`
     : `let kk = idx % ${BK}u; let nn = idx / ${BK}u;`;
-  return `${storageBindings(f)}
+  const bindings = split
+    ? storageBindings(f).replace(
+      "alpha: f32, flags: u32,",
+      "alpha: f32, flags: u32, kChunk: u32, nSplit: u32,",
+    )
+    : storageBindings(f);
+  const kRange = split
+    ? `let bi = wg.z / p.nSplit; let sp = wg.z % p.nSplit;
+  let kBeg = sp * p.kChunk; let kEnd = min(p.K, kBeg + p.kChunk);
+  _ = bias[0]; // bound as in every storage kernel (unused here: the summing pass adds it)`
+    : `let bi = wg.z; let kBeg = 0u; let kEnd = p.K;`;
+  const store = (row: string, n: string, v: string) =>
+    split
+      ? `out[((sp * p.batch + bi) * p.M + ${row}) * p.N + ${n}] = ${v};`
+      : `put(o + ${n}, ${n}, ${v});`;
+  return `${bindings}
 ${loaders(f)}
 ${EPILOGUE}
 var<workgroup> As: array<f32, ${SA * BK}>; // (BK, BM + 1)
 var<workgroup> Bs: array<f32, ${SB * BK}>; // (BK, BN + 1)
 @compute @workgroup_size(${WX}, ${WY})
 fn main(@builtin(workgroup_id) wg: vec3u, @builtin(local_invocation_id) l: vec3u) {
-  let bi = wg.z;
+  ${kRange}
   let m0 = wg.y * ${BM}u; let n0 = wg.x * ${BN}u;
   let li = l.y * ${WX}u + l.x;
   let live = bi < p.batch;
   let aBase = bi * p.sAb; let bBase = bi * p.sBb;
   ${r.map((i) => c.map((j) => `var c${i}_${j} = 0.0;`).join(" ")).join("\n  ")}
-  for (var k0 = 0u; k0 < p.K; k0 += ${BK}u) {
+  for (var k0 = kBeg; k0 < kEnd; k0 += ${BK}u) {
     for (var e = 0u; e < ${(BM * BK) / T}u; e++) {
       let idx = li + e * ${T}u;
       ${loadA}
       let k = k0 + kk; let m = m0 + mm;
       var v = 0.0;
-      if (live && k < p.K && m < p.M) { v = ldA(aBase + m * p.sAm + k * p.sAk); }
+      if (live && k < kEnd && m < p.M) { v = ldA(aBase + m * p.sAm + k * p.sAk); }
       As[kk * ${SA}u + mm] = v;
     }
     for (var e = 0u; e < ${(BN * BK) / T}u; e++) {
@@ -210,7 +231,7 @@ fn main(@builtin(workgroup_id) wg: vec3u, @builtin(local_invocation_id) l: vec3u
       ${loadB}
       let k = k0 + kk; let n = n0 + nn;
       var v = 0.0;
-      if (live && k < p.K && n < p.N) { v = ldB(bBase + k * p.sBk + n * p.sBn); }
+      if (live && k < kEnd && n < p.N) { v = ldB(bBase + k * p.sBk + n * p.sBn); }
       Bs[kk * ${SB}u + nn] = v;
     }
     workgroupBarrier();
@@ -229,13 +250,36 @@ fn main(@builtin(workgroup_id) wg: vec3u, @builtin(local_invocation_id) l: vec3u
   if (!live) { return; }
   ${
     r.map((i) =>
-      `if (m0 + l.y + ${i * WY}u < p.M) { let o = (bi * p.M + m0 + l.y + ${i * WY}u) * p.N; ${
+      `if (m0 + l.y + ${i * WY}u < p.M) { let row = m0 + l.y + ${
+        i * WY
+      }u; let o = (bi * p.M + row) * p.N; ${
         c.map((j) =>
-          `{ let n = n0 + l.x + ${j * WX}u; if (n < p.N) { put(o + n, n, c${i}_${j}); } }`
+          `{ let n = n0 + l.x + ${j * WX}u; if (n < p.N) { ${store("row", "n", `c${i}_${j}`)} } }`
         ).join(" ")
       } }`
     ).join("\n  ")
   }
+}`;
+}
+
+/**
+ * The second pass of a split-K product ({@link tiledKernel} with `split`): out[i] = epilogue of the
+ * sum of the nSplit slices of `parts` at i, added in slice order (deterministic, no atomics).
+ */
+export function splitSumKernel(): string {
+  return `@group(0) @binding(0) var<storage, read> parts: array<f32>;
+@group(0) @binding(1) var<storage, read> bias: array<f32>;
+@group(0) @binding(2) var<storage, read_write> out: array<f32>;
+struct P { total: u32, N: u32, nSplit: u32, alpha: f32, flags: u32 }
+@group(0) @binding(3) var<uniform> p: P;
+${EPILOGUE}
+@compute @workgroup_size(256)
+fn main(@builtin(global_invocation_id) g: vec3u, @builtin(num_workgroups) nw: vec3u) {
+  let i = g.x + g.y * nw.x * 256u;
+  if (i >= p.total) { return; }
+  var s = 0.0;
+  for (var sp = 0u; sp < p.nSplit; sp++) { s += parts[sp * p.total + i]; }
+  put(i, i % p.N, s);
 }`;
 }
 

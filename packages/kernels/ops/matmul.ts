@@ -39,6 +39,7 @@ import {
   naiveKernel,
   packKernel,
   packTKernel,
+  splitSumKernel,
   texKernel,
   tileBytes,
   type TileConfig,
@@ -47,6 +48,7 @@ import {
 } from "./_matmul_kernels.ts";
 
 export type { TileConfig } from "./_matmul_kernels.ts";
+export { tileBytes } from "./_matmul_kernels.ts";
 
 /** Kernel variants of {@link matmul}. */
 export type MatmulVariant = "naive" | "blocked" | "tiled" | "tex" | "gemv";
@@ -69,6 +71,8 @@ export interface MatmulOptions {
   variant?: MatmulVariant;
   /** The `tiled` variant's tile shape (tuning; default {@link tiledConfig}). */
   tile?: TileConfig;
+  /** The `tiled` variant's K slices (split-K; 1: none; default {@link tiledSplit}). */
+  splitK?: number;
 }
 
 /** Resolved problem: batch of (M,K) x (K,N) with strides of each operand. */
@@ -666,31 +670,29 @@ export function matmul(
     texMatmul(gpu, pl, a, b, out, e);
     return out;
   }
-  storageMatmul(gpu, variant, pl, a, bT, out, flags, e, opts.tile);
+  storageMatmul(gpu, variant, pl, a, bT, out, flags, e, opts.tile, opts.splitK);
   return out;
 }
 
 /**
- * Tile shapes of the `tiled` variant, largest first ({@link tiledConfig} takes the first that gives
- * the GPU enough workgroups). Each needs under 7 KiB of workgroup memory (WebGPU guarantees 16).
+ * Tile shapes of the `tiled` variant ({@link tiledConfig} picks one): 64x128 of 4x8 per invocation
+ * for outputs of at least 512 such tiles, else 64x64 of 4x4. Both need under 8 KiB of workgroup
+ * memory (WebGPU guarantees 16).
  */
 export const TILED_CONFIGS: readonly TileConfig[] = [
   { BM: 64, BN: 128, BK: 8, TM: 4, TN: 8 },
-  { BM: 64, BN: 64, BK: 8, TM: 4, TN: 4 },
-  { BM: 32, BN: 64, BK: 16, TM: 4, TN: 4 },
-  { BM: 32, BN: 32, BK: 16, TM: 4, TN: 4 },
+  { BM: 64, BN: 64, BK: 16, TM: 4, TN: 4 },
 ];
 
 /**
- * The `tiled` variant's tile shape for a batch of (M, N) outputs: the largest of
- * {@link TILED_CONFIGS} that makes at least 256 workgroups (two per SM on the largest GPUs), else the
- * smallest. Measured on an H200 with tools/tune_tiled.ts (see the README).
+ * The `tiled` variant's tile shape for a batch of (M, N) outputs (see {@link TILED_CONFIGS}). Chosen
+ * on an H200 with tools/tune_tiled.ts (GPU time): the 64x128 tile ran 2048^3 at 13.9 TFLOP/s and
+ * 4096^3 at 15.3 (64x64: 11.6, 12.4); 64x64 of 4x4 was best or near it on every smaller shape
+ * (1024^3 9.1 TFLOP/s; the `100m` training products) where larger tiles leave SMs idle.
  */
 export function tiledConfig(_gpu: Gpu, M: number, N: number, batch = 1): TileConfig {
-  for (const t of TILED_CONFIGS) {
-    if (Math.ceil(M / t.BM) * Math.ceil(N / t.BN) * batch >= 256) return t;
-  }
-  return TILED_CONFIGS[TILED_CONFIGS.length - 1];
+  const [big, small] = TILED_CONFIGS;
+  return Math.ceil(M / big.BM) * Math.ceil(N / big.BN) * batch >= 512 ? big : small;
 }
 
 /** The uniform buffer decode's A rows are copied into (64 KiB: WebGPU's uniform binding limit). */
@@ -771,6 +773,16 @@ function gemvTex(
   }
 }
 
+/**
+ * Split-K slices for a `tiled` product of `tiles` workgroups over K: when the output makes under
+ * 128 tiles (most of a large GPU idle) and K is long, K is cut into slices of at least 256 so that
+ * about 256 workgroups run; 1 otherwise.
+ */
+export function tiledSplit(tiles: number, K: number): number {
+  if (tiles >= 128) return 1;
+  return Math.max(1, Math.min(Math.ceil(256 / tiles), Math.floor(K / 256)));
+}
+
 function storageMatmul(
   gpu: Gpu,
   variant: MatmulVariant,
@@ -781,6 +793,7 @@ function storageMatmul(
   flags: KernelFlags,
   e: Epi,
   tile?: TileConfig,
+  splitK?: number,
 ): void {
   const { M, N, K, batch } = pl;
   const sAm = pl.transA ? 1 : K, sAk = pl.transA ? M : 1;
@@ -816,12 +829,39 @@ function storageMatmul(
           : null);
       if (bad) throw new RangeError(`matmul: tile ${JSON.stringify(t)}: ${bad}`);
       const aK = !pl.transA, bN = !pl.transB;
+      const tiles = c(N / t.BN) * c(M / t.BM) * batch;
+      const S = splitK ?? tiledSplit(tiles, K);
+      if (!Number.isInteger(S) || S < 1) {
+        throw new RangeError(`matmul: splitK must be a positive integer, got ${S}`);
+      }
+      const kChunk = c(K / S / t.BK) * t.BK, nSplit = c(K / kChunk);
       const key = `matmul/tiled/${fk}/${t.BM}x${t.BN}x${t.BK}/${t.TM}x${t.TN}/${aK}/${bN}`;
-      gpu.dispatch(gpu.pipeline(key, () => tiledKernel(flags, t, aK, bN)), binds, p, [
+      if (nSplit <= 1) {
+        gpu.dispatch(gpu.pipeline(key, () => tiledKernel(flags, t, aK, bN)), binds, p, [
+          c(N / t.BN),
+          c(M / t.BM),
+          batch,
+        ]);
+        return;
+      }
+      // Split-K: nSplit slices of K, each workgroup's raw sums to its slice, then one summing pass.
+      const total = batch * M * N;
+      const parts = gpu.empty([nSplit * total], "f32");
+      p.u32(kChunk).u32(nSplit);
+      const pipe = gpu.pipeline(`${key}/split`, () => tiledKernel(flags, t, aK, bN, true));
+      gpu.dispatch(pipe, [a, b, biasBinding(gpu, undefined), parts], p, [
         c(N / t.BN),
         c(M / t.BM),
-        batch,
+        batch * nSplit,
       ]);
+      const q = new Params().u32(total).u32(N).u32(nSplit).f32(e.alpha).u32(epiFlags(e));
+      gpu.dispatch(
+        gpu.pipeline("matmul/splitsum", splitSumKernel),
+        [parts, biasBinding(gpu, e.bias), out],
+        q,
+        grid(c(total / 256)),
+      );
+      parts.release();
       return;
     }
     case "gemv": {

@@ -13,6 +13,7 @@ import {
   type TileConfig,
   TILED_CONFIGS,
   tiledConfig,
+  tiledSplit,
 } from "./matmul.ts";
 
 const VARIANTS: MatmulVariant[] = ["naive", "blocked", "tiled", "tex", "gemv"];
@@ -46,6 +47,7 @@ async function check(
   variant?: MatmulVariant,
   seed = 1,
   tile?: TileConfig,
+  splitK?: number,
 ): Promise<void> {
   const { M, K, N, aB = 0, bB = 0, lo = -1, hi = 1 } = c;
   const batch = Math.max(aB, bB, 1);
@@ -80,12 +82,15 @@ async function check(
     bias: Bias,
     variant,
     tile,
+    splitK,
   });
   if (y.shape.join() !== outShape.join()) {
     throw new Error(`shape [${y.shape}] != [${outShape}]`);
   }
   const scale = Math.max(Math.abs(lo), Math.abs(hi)) ** 2;
-  const label = `${variant ?? "auto"} ${JSON.stringify(c)}`;
+  const label = `${variant ?? "auto"} ${JSON.stringify(c)}${
+    tile ? ` tile ${JSON.stringify(tile)}` : ""
+  }${splitK ? ` splitK ${splitK}` : ""}`;
   assertClose(await gpu.readF32(y), ref, tol(K, scale * Math.abs(alpha)), label);
   for (const t of [A, B, y, Bias]) t?.release();
 }
@@ -158,13 +163,31 @@ Deno.test("matmul() tiled: every tile shape across tile edges, transposes, batch
       `tile ${JSON.stringify(tile)}: "${msg}"`,
     );
   }
+  let splitMsg = "";
+  try {
+    matmul(gpu, A, A, { variant: "tiled", splitK: 0 });
+  } catch (e) {
+    splitMsg = (e as Error).message;
+  }
+  assert(/splitK must be a positive integer, got 0/.test(splitMsg), splitMsg);
   A.release();
-  // The default picks the largest tile that still gives 256 workgroups.
+  // Split-K: slices of K summed by a second pass, with every epilogue; uneven and 1-element slices.
+  await t.step("split-K", async () => {
+    const small: TileConfig = { BM: 32, BN: 32, BK: 16, TM: 4, TN: 4 };
+    for (const splitK of [2, 3, 7]) {
+      for (const c of cases) await check(gpu, { ...c, K: c.K + 300 }, "tiled", 13, small, splitK);
+    }
+    await check(gpu, { M: 5, K: 40, N: 6, bias: true, acc: true, alpha: 3 }, "tiled", 3, small, 40);
+  });
+  assertEquals(tiledSplit(200, 4096), 1);
+  assertEquals(tiledSplit(40, 1664), 6);
+  assertEquals(tiledSplit(4, 256), 1);
+  assertEquals(tiledSplit(1, 100000), 256);
+  // The default: 64x128 tiles from 512 of them, else 64x64.
   assertEquals(tiledConfig(gpu, 2048, 2048), TILED_CONFIGS[0]);
+  assertEquals(tiledConfig(gpu, 64, 128, 512), TILED_CONFIGS[0]);
   assertEquals(tiledConfig(gpu, 1024, 1024), TILED_CONFIGS[1]);
-  assertEquals(tiledConfig(gpu, 64, 128, 200), TILED_CONFIGS[1]);
-  assertEquals(tiledConfig(gpu, 64, 64, 200), TILED_CONFIGS[2]);
-  assertEquals(tiledConfig(gpu, 7, 9), TILED_CONFIGS[TILED_CONFIGS.length - 1]);
+  assertEquals(tiledConfig(gpu, 7, 9), TILED_CONFIGS[1]);
 });
 
 Deno.test("matmul() batches, broadcasts, f16 weights, bias, alpha, accumulate", async (t) => {
