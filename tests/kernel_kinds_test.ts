@@ -1,15 +1,16 @@
 /**
  * Both kernel kinds on this adapter: the suite's other tests run the kind the adapter gets
- * (on lavapipe "cpu": texture-fed register tiles); this one runs the kernel, GPU-context and
- * transformer tests again with `LVM_KERNEL_KIND=gpu` (shared-memory tiles, what real GPUs get), so
- * the GPU-shaped paths are checked against their CPU references on every CI run too.
+ * (on lavapipe "cpu": texture-fed register tiles); this one runs the kernel, GPU-context,
+ * transformer and tokenizer tests again with `LVM_KERNEL_KIND=gpu` (shared-memory tiles and the
+ * implicit-GEMM convolution, what real GPUs get), so the GPU-shaped paths are checked against their
+ * CPU references and the PyTorch fixtures on every CI run too.
  * @module
  */
 import { assert } from "@lvm/util/testing";
 
 const ROOT = new URL("..", import.meta.url).pathname;
 
-Deno.test("the kernel and transformer tests pass with LVM_KERNEL_KIND=gpu", async () => {
+Deno.test("the kernel, transformer and tokenizer tests pass with LVM_KERNEL_KIND=gpu", async () => {
   const kind = Deno.env.get("LVM_KERNEL_KIND");
   if (kind === "gpu") return; // already the whole suite's kind: nothing to add
   // The switch reaches the device context (else the run below would just repeat the default kind).
@@ -32,6 +33,7 @@ Deno.test("the kernel and transformer tests pass with LVM_KERNEL_KIND=gpu", asyn
       "packages/kernels/",
       "packages/gpu/",
       "packages/transformer/",
+      "packages/tokenizer/",
     ],
     cwd: ROOT,
     env: { LVM_KERNEL_KIND: "gpu", NO_COLOR: "1" },

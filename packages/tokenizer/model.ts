@@ -147,7 +147,8 @@ export class Vqgan {
    * for a model whose weights no longer change (a loaded tokenizer). Later calls skip the staging
    * passes (6% of an `lvm` encode or decode on lavapipe) at the cost of {@link cachedWeightBytes}
    * (0.45 GB for the `lvm` encoder, 0.9 GB for its decoder). `false` frees them; do that before
-   * changing parameter values, or the old weights keep being used.
+   * changing parameter values, or the old weights keep being used. On the "gpu" kernel kind the
+   * convs are implicit GEMMs that read the weights as they are: nothing is staged or held.
    */
   cacheWeights(on = true): void {
     if (on) this.#weights ??= new Conv2dWeightCache();

@@ -175,6 +175,56 @@ export function tiledKernel(
   bN = true,
   split = false,
 ): string {
+  const bindings = split
+    ? storageBindings(f).replace(
+      "alpha: f32, flags: u32,",
+      "alpha: f32, flags: u32, kChunk: u32, nSplit: u32,",
+    )
+    : storageBindings(f);
+  return tiledCore({
+    tile: t,
+    aK,
+    bN,
+    split,
+    header: `${bindings}
+${loaders(f)}
+${EPILOGUE}
+fn tileA(bi: u32, m: u32, k: u32) -> f32 { return ldA(bi * p.sAb + m * p.sAm + k * p.sAk); }
+fn tileB(bi: u32, k: u32, n: u32) -> f32 { return ldB(bi * p.sBb + k * p.sBk + n * p.sBn); }
+fn tileOut(bi: u32, m: u32, n: u32, v: f32) { put((bi * p.M + m) * p.N + n, n, v); }`,
+    // Split-K slices write raw sums; the bias binding is still declared (every storage kernel
+    // binds it), so it must be used for the automatic layout to keep it.
+    prelude: split ? "_ = bias[0];" : "",
+  });
+}
+
+/**
+ * What {@link tiledCore} builds a shared-memory tiled GEMM from: the header declares the uniform
+ * `p` (with fields `batch`, `M`, `N`, `K`, and `kChunk`, `nSplit` for split-K), the bindings (one
+ * named `out` for split-K's raw sums) and three functions called only in range:
+ * `tileA(bi, m, k) -> f32`, `tileB(bi, k, n) -> f32` (the operands' elements, any gather) and
+ * `tileOut(bi, m, n, v)` (the epilogue and the store).
+ */
+export interface TiledCoreSpec {
+  tile: TileConfig;
+  /** A's k is its contiguous dimension (stage loads walk k across invocations), else m. */
+  aK: boolean;
+  /** B's n is its contiguous dimension, else k. */
+  bN: boolean;
+  /** Split-K: workgroup z is bi * p.nSplit + slice; raw sums to `out` slice by slice. */
+  split?: boolean;
+  header: string;
+  /** Statements at the top of main (after bi is known). */
+  prelude?: string;
+}
+
+/**
+ * The tiled GEMM of {@link tiledKernel} with its operand reads and its store supplied by the caller
+ * ({@link TiledCoreSpec}): the implicit-GEMM convolution (conv2d_gemm.ts) is this loop with an
+ * im2col gather as B.
+ */
+export function tiledCore(spec: TiledCoreSpec): string {
+  const t = spec.tile, split = spec.split ?? false;
   const bad = tileProblem(t);
   if (bad) throw new RangeError(`tiledKernel: ${bad}`);
   const { BM, BN, BK, TM, TN } = t;
@@ -183,39 +233,30 @@ export function tiledKernel(
   const r = [...Array(TM).keys()], c = [...Array(TN).keys()];
   // Stage loads: element e of this invocation is flat index li + e*T of the stage, split so the
   // operand's contiguous dimension varies fastest across invocations.
-  const loadA = aK
+  const loadA = spec.aK
     ? `let kk = idx % ${BK}u; let mm = idx / ${BK}u;`
     : `let mm = idx % ${BM}u; let kk = idx / ${BM}u;`;
-  const loadB = bN
+  const loadB = spec.bN
     ? `let nn = idx % ${BN}u; let kk = idx / ${BN}u;`
     : `let kk = idx % ${BK}u; let nn = idx / ${BK}u;`;
-  const bindings = split
-    ? storageBindings(f).replace(
-      "alpha: f32, flags: u32,",
-      "alpha: f32, flags: u32, kChunk: u32, nSplit: u32,",
-    )
-    : storageBindings(f);
   const kRange = split
     ? `let bi = wg.z / p.nSplit; let sp = wg.z % p.nSplit;
-  let kBeg = sp * p.kChunk; let kEnd = min(p.K, kBeg + p.kChunk);
-  _ = bias[0]; // bound as in every storage kernel (unused here: the summing pass adds it)`
+  let kBeg = sp * p.kChunk; let kEnd = min(p.K, kBeg + p.kChunk);`
     : `let bi = wg.z; let kBeg = 0u; let kEnd = p.K;`;
   const store = (row: string, n: string, v: string) =>
     split
       ? `out[((sp * p.batch + bi) * p.M + ${row}) * p.N + ${n}] = ${v};`
-      : `put(o + ${n}, ${n}, ${v});`;
-  return `${bindings}
-${loaders(f)}
-${EPILOGUE}
+      : `tileOut(bi, ${row}, ${n}, ${v});`;
+  return `${spec.header}
 var<workgroup> As: array<f32, ${SA * BK}>; // (BK, BM + 1)
 var<workgroup> Bs: array<f32, ${SB * BK}>; // (BK, BN + 1)
 @compute @workgroup_size(${WX}, ${WY})
 fn main(@builtin(workgroup_id) wg: vec3u, @builtin(local_invocation_id) l: vec3u) {
   ${kRange}
+  ${spec.prelude ?? ""}
   let m0 = wg.y * ${BM}u; let n0 = wg.x * ${BN}u;
   let li = l.y * ${WX}u + l.x;
   let live = bi < p.batch;
-  let aBase = bi * p.sAb; let bBase = bi * p.sBb;
   ${r.map((i) => c.map((j) => `var c${i}_${j} = 0.0;`).join(" ")).join("\n  ")}
   for (var k0 = kBeg; k0 < kEnd; k0 += ${BK}u) {
     for (var e = 0u; e < ${(BM * BK) / T}u; e++) {
@@ -223,7 +264,7 @@ fn main(@builtin(workgroup_id) wg: vec3u, @builtin(local_invocation_id) l: vec3u
       ${loadA}
       let k = k0 + kk; let m = m0 + mm;
       var v = 0.0;
-      if (live && k < kEnd && m < p.M) { v = ldA(aBase + m * p.sAm + k * p.sAk); }
+      if (live && k < kEnd && m < p.M) { v = tileA(bi, m, k); }
       As[kk * ${SA}u + mm] = v;
     }
     for (var e = 0u; e < ${(BN * BK) / T}u; e++) {
@@ -231,7 +272,7 @@ fn main(@builtin(workgroup_id) wg: vec3u, @builtin(local_invocation_id) l: vec3u
       ${loadB}
       let k = k0 + kk; let n = n0 + nn;
       var v = 0.0;
-      if (live && k < kEnd && n < p.N) { v = ldB(bBase + k * p.sBk + n * p.sBn); }
+      if (live && k < kEnd && n < p.N) { v = tileB(bi, k, n); }
       Bs[kk * ${SB}u + nn] = v;
     }
     workgroupBarrier();
@@ -250,9 +291,7 @@ fn main(@builtin(workgroup_id) wg: vec3u, @builtin(local_invocation_id) l: vec3u
   if (!live) { return; }
   ${
     r.map((i) =>
-      `if (m0 + l.y + ${i * WY}u < p.M) { let row = m0 + l.y + ${
-        i * WY
-      }u; let o = (bi * p.M + row) * p.N; ${
+      `if (m0 + l.y + ${i * WY}u < p.M) { let row = m0 + l.y + ${i * WY}u; ${
         c.map((j) =>
           `{ let n = n0 + l.x + ${j * WX}u; if (n < p.N) { ${store("row", "n", `c${i}_${j}`)} } }`
         ).join(" ")

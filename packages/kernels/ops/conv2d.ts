@@ -66,6 +66,7 @@
  * tools/bench/conv.ts (`deno task bench --filter "vs matmul"`).
  * @module
  */
+import { gemmConv } from "./conv2d_gemm.ts";
 import { type Gpu, grid, Params, WG_INDEX } from "@lvm/gpu";
 import type { Tensor } from "@lvm/gpu";
 import { TexturePool } from "@lvm/gpu";
@@ -2169,6 +2170,13 @@ export function conv2d(
     if (opts.stash) throw new RangeError("conv2d: a prologue and a stash cannot be combined");
   }
   opts.stats?.release(); // filled again only by a path that gathers them
+  if (conv2dTuning.gemm ?? (gpu.kind === "gpu" && !opts.tile && !conv2dTuning.w43)) {
+    // Real GPUs: the implicit GEMM (no staging, no Winograd); the stash and the statistics stay
+    // empty (the backward stages x itself, the GroupNorm reads the output).
+    opts.stash?.release(gpu);
+    gemmConv(gpu, x, w, bias, opts.residual, out, g, opts.prologue);
+    return out;
+  }
   const wino = opts.tile ? null : winoFor(g, Cin, Cout, Ho, Wo);
   if (
     wino &&
@@ -2265,7 +2273,13 @@ export const conv2dTuning: {
   w43Rows: number | null;
   /** The Winograd input transform reads x itself where it can (false: always staged; tests). */
   w43Direct: boolean;
-} = { dw: null, w43: null, wino: null, w43Rows: null, w43Direct: true };
+  /**
+   * The forward as an implicit GEMM through the tiled matmul's loop (conv2d_gemm.ts): true =
+   * always, false = never, null = on the "gpu" kernel kind (real GPUs) unless a tile or the
+   * Winograd path (`w43: true`) is forced.
+   */
+  gemm: boolean | null;
+} = { dw: null, w43: null, wino: null, w43Rows: null, w43Direct: true, gemm: null };
 
 /** The Winograd variant of a stride-1 3x3 conv ({@link useW43}), or null for the direct kernel. */
 function winoFor(g: Geom, Cin: number, Cout: number, Ho: number, Wo: number): Wino | null {

@@ -231,6 +231,63 @@ Deno.test("conv2d() and conv2dBackward() match direct-loop references", async (t
   }
 });
 
+Deno.test("conv2d() as an implicit GEMM (the gpu kind's forward) matches the references", async (t) => {
+  const gpu = await getGpu();
+  // Every forward case above (strides, uneven padding, 1x1/3x3/5x5, upsampling, bias, residual,
+  // tile edges), then the GroupNorm(+SiLU) prologue with padding and upsampling.
+  conv2dTuning.gemm = true;
+  try {
+    for (const [i, c] of CASES.entries()) {
+      await t.step(label(c), async () => {
+        const x = randu(c.B * c.Cin * c.H * c.W, 60 + i, -2, 2);
+        const w = randu(c.Cout * c.Cin * c.K * c.K, 70 + i);
+        const b = c.bias ? randu(c.Cout, 80 + i) : null;
+        const a = args(c);
+        const ref0 = conv2dCpu(x, w, b, a);
+        const res = c.res ? randu(ref0.length, 90 + i) : undefined;
+        const ref = c.res ? conv2dCpu(x, w, b, { ...a, residual: res }) : ref0;
+        const X = gpu.upload(x, a.xShape), Wt = gpu.upload(w, a.wShape);
+        const Bt = b ? gpu.upload(b, [c.Cout]) : undefined;
+        const R = res ? gpu.upload(res, [c.B, c.Cout, ref.length / (c.B * c.Cout), 1]) : undefined;
+        const out = gpu.upload(new Float32Array(ref.length).fill(NaN), [
+          c.B,
+          c.Cout,
+          ref.length / (c.B * c.Cout),
+          1,
+        ]);
+        const stash = new Conv2dStash();
+        conv2d(gpu, X, Wt, Bt, { ...c.o, residual: R, out, stash });
+        assertClose(await gpu.readF32(out), ref, { atol: 1e-4, rtol: 1e-4 }, `y ${label(c)}`);
+        assertEquals(stash.staged, null);
+        for (const tt of [X, Wt, Bt, R, out]) tt?.release();
+      });
+    }
+    for (const silu of [false, true]) {
+      for (const up of [false, true]) {
+        await t.step(`prologue${silu ? " silu" : ""}${up ? " upsample2x" : ""}`, async () => {
+          const B = 2, Cin = 8, H = 7, W = 10, Cout = 5, G = 4;
+          const xs = [B, Cin, H, W];
+          const x = randu(B * Cin * H * W, 400, -2, 3);
+          const gamma = randu(Cin, 410, 0.5, 1.5), beta = randu(Cin, 420, -0.5, 0.5);
+          const w = randu(Cout * Cin * 9, 430, -0.5, 0.5), bias = randu(Cout, 440);
+          const o = { pad: 1, upsample2x: up };
+          const a: Conv2dCpuArgs = { xShape: xs, wShape: [Cout, Cin, 3, 3], ...o };
+          const normed = groupNormCpu(x, xs, gamma, beta, G, 1e-6, silu).y;
+          const ref = conv2dCpu(normed, w, bias, a);
+          const X = gpu.upload(x, xs), Gm = gpu.upload(gamma, [Cin]), Bt = gpu.upload(beta, [Cin]);
+          const Wt = gpu.upload(w, a.wShape), Bi = gpu.upload(bias, [Cout]);
+          const ss = groupNormPlaneAffine(gpu, X, Gm, Bt, G, 1e-6);
+          const y = conv2d(gpu, X, Wt, Bi, { ...o, prologue: { ss, silu } });
+          assertClose(await gpu.readF32(y), ref, { atol: 2e-4, rtol: 2e-4 }, "y");
+          for (const tt of [X, Gm, Bt, Wt, Bi, ss, y]) tt.release();
+        });
+      }
+    }
+  } finally {
+    conv2dTuning.gemm = null;
+  }
+});
+
 Deno.test("conv2dBackward() weight-gradient tiles and dbias alone", async (t) => {
   const gpu = await getGpu();
   // Odd channel counts (partial blocks), a width that is no multiple of the segment, and both
@@ -367,44 +424,50 @@ Deno.test("conv2d() Winograd F(4x4,3x3) and F(6x6,3x3) paths match the reference
 
 Deno.test("conv2dBackward() with the forward's staged input (Conv2dStash)", async (t) => {
   const gpu = await getGpu();
-  // A forward plane taller than the weight gradient's (7 rows: the forward's tile covers 8), the
-  // downsample's stride and padding, a 1x1, and a stash too small to keep anything.
-  const cases: [Case, number?][] = [
-    [{ B: 2, Cin: 5, H: 7, W: 12, Cout: 9, K: 3, o: { pad: 1 }, bias: true }],
-    [{ B: 2, Cin: 3, H: 9, W: 8, Cout: 5, K: 3, o: { stride: 2, pad: [0, 1, 0, 1] } }],
-    [{ B: 3, Cin: 6, H: 5, W: 4, Cout: 7, K: 1, o: {}, bias: true }],
-    [{ B: 1, Cin: 4, H: 6, W: 8, Cout: 3, K: 3, o: { pad: 1 } }, 16],
-  ];
-  for (const [c, maxBytes] of cases) {
-    await t.step(`${label(c)}${maxBytes ? ` maxBytes ${maxBytes}` : ""}`, async () => {
-      const a = args(c);
-      const x = randu(c.B * c.Cin * c.H * c.W, 300 + c.Cin, -2, 2);
-      const w = randu(c.Cout * c.Cin * c.K * c.K, 310 + c.Cin);
-      const X = gpu.upload(x, a.xShape), Wt = gpu.upload(w, a.wShape);
-      const stash = new Conv2dStash(maxBytes);
-      const y = conv2d(gpu, X, Wt, undefined, { ...c.o, stash });
-      if ((stash.staged === null) !== (maxBytes !== undefined)) {
-        throw new Error(`staged input ${stash.staged ? "kept" : "not kept"}`);
-      }
-      const dy = randu(y.size, 320 + c.Cin);
-      const DY = gpu.upload(dy, y.shape);
-      const r = conv2dBackwardCpu(x, w, dy, a);
-      let d0 = gpu.dispatchCount;
-      const ref = conv2dBackward(gpu, X, Wt, DY, { ...c.o, dx: false });
-      const plain = gpu.dispatchCount - d0;
-      d0 = gpu.dispatchCount;
-      const g = conv2dBackward(gpu, X, Wt, DY, { ...c.o, dx: false, stash });
-      if (stash.staged !== null) throw new Error("conv2dBackward did not release the stash");
-      // A kept input saves the pass that stages x.
-      const saved = plain - (gpu.dispatchCount - d0);
-      if (saved !== (maxBytes ? 0 : 1)) throw new Error(`${saved} dispatches saved`);
-      ref.dw!.release();
-      ref.dbias!.release();
-      const [dw, db] = await gpu.readMany([g.dw!, g.dbias!]);
-      assertClose(dw, r.dw, { atol: 2e-4, rtol: 1e-4 }, "dw");
-      assertClose(db, r.dbias, { atol: 1e-4, rtol: 1e-4 }, "dbias");
-      for (const tt of [X, Wt, y, DY, g.dw!, g.dbias!]) tt.release();
-    });
+  // The texture paths' feature (the implicit GEMM, the gpu kind's default, keeps nothing).
+  conv2dTuning.gemm = false;
+  try {
+    // A forward plane taller than the weight gradient's (7 rows: the forward's tile covers 8), the
+    // downsample's stride and padding, a 1x1, and a stash too small to keep anything.
+    const cases: [Case, number?][] = [
+      [{ B: 2, Cin: 5, H: 7, W: 12, Cout: 9, K: 3, o: { pad: 1 }, bias: true }],
+      [{ B: 2, Cin: 3, H: 9, W: 8, Cout: 5, K: 3, o: { stride: 2, pad: [0, 1, 0, 1] } }],
+      [{ B: 3, Cin: 6, H: 5, W: 4, Cout: 7, K: 1, o: {}, bias: true }],
+      [{ B: 1, Cin: 4, H: 6, W: 8, Cout: 3, K: 3, o: { pad: 1 } }, 16],
+    ];
+    for (const [c, maxBytes] of cases) {
+      await t.step(`${label(c)}${maxBytes ? ` maxBytes ${maxBytes}` : ""}`, async () => {
+        const a = args(c);
+        const x = randu(c.B * c.Cin * c.H * c.W, 300 + c.Cin, -2, 2);
+        const w = randu(c.Cout * c.Cin * c.K * c.K, 310 + c.Cin);
+        const X = gpu.upload(x, a.xShape), Wt = gpu.upload(w, a.wShape);
+        const stash = new Conv2dStash(maxBytes);
+        const y = conv2d(gpu, X, Wt, undefined, { ...c.o, stash });
+        if ((stash.staged === null) !== (maxBytes !== undefined)) {
+          throw new Error(`staged input ${stash.staged ? "kept" : "not kept"}`);
+        }
+        const dy = randu(y.size, 320 + c.Cin);
+        const DY = gpu.upload(dy, y.shape);
+        const r = conv2dBackwardCpu(x, w, dy, a);
+        let d0 = gpu.dispatchCount;
+        const ref = conv2dBackward(gpu, X, Wt, DY, { ...c.o, dx: false });
+        const plain = gpu.dispatchCount - d0;
+        d0 = gpu.dispatchCount;
+        const g = conv2dBackward(gpu, X, Wt, DY, { ...c.o, dx: false, stash });
+        if (stash.staged !== null) throw new Error("conv2dBackward did not release the stash");
+        // A kept input saves the pass that stages x.
+        const saved = plain - (gpu.dispatchCount - d0);
+        if (saved !== (maxBytes ? 0 : 1)) throw new Error(`${saved} dispatches saved`);
+        ref.dw!.release();
+        ref.dbias!.release();
+        const [dw, db] = await gpu.readMany([g.dw!, g.dbias!]);
+        assertClose(dw, r.dw, { atol: 2e-4, rtol: 1e-4 }, "dw");
+        assertClose(db, r.dbias, { atol: 1e-4, rtol: 1e-4 }, "dbias");
+        for (const tt of [X, Wt, y, DY, g.dw!, g.dbias!]) tt.release();
+      });
+    }
+  } finally {
+    conv2dTuning.gemm = null;
   }
 });
 
@@ -626,106 +689,112 @@ Deno.test("conv2d() with a Conv2dWeightCache reuses staged weights and matches t
 
 Deno.test("conv2d() gathers GroupNorm statistics of its output (Conv2dGroupStats)", async (t) => {
   const gpu = await getGpu();
-  // The partials of the Winograd output transform and of the direct kernel, merged, give the norm's
-  // affine of the output read back (bias and residual included): both Winograd variants, a batch
-  // of 2 in bands (partials placed by global tile row), widths with partial quads and scalar
-  // stores (13), an offset mean (values around 5: the merge must not cancel), the stride-2
-  // downsample. The upsampled conv's direct phases gather none, and merging that is refused.
-  const cases: (Case & { m: 4 | 6; G: number })[] = [
-    {
-      B: 2,
-      Cin: 6,
-      H: 19,
-      W: 20,
-      Cout: 8,
-      K: 3,
-      o: { pad: 1 },
-      bias: true,
-      res: true,
-      rows: 2,
-      m: 4,
-      G: 4,
-    },
-    { B: 1, Cin: 5, H: 14, W: 13, Cout: 6, K: 3, o: { pad: 1 }, bias: true, m: 6, G: 2 },
-    {
-      B: 2,
-      Cin: 4,
-      H: 9,
-      W: 8,
-      Cout: 8,
-      K: 3,
-      o: { pad: 1, upsample2x: true },
-      res: true,
-      m: 6,
-      G: 8,
-    },
-    {
-      B: 2,
-      Cin: 4,
-      H: 17,
-      W: 18,
-      Cout: 12,
-      K: 3,
-      o: { stride: 2, pad: [0, 1, 0, 1] },
-      bias: true,
-      m: 4,
-      G: 4,
-    },
-  ];
-  for (const c of cases) {
-    const a = args(c);
-    const S = c.o.stride ?? 1;
-    // Output sides: pad 1 (x2 when upsampled), or the downsample's pad (0,1,0,1) at stride 2.
-    const side = (n: number) =>
-      S === 2 ? Math.floor((n + 1 - 3) / 2) + 1 : c.o.upsample2x ? 2 * n : n;
-    const oh = side(c.H), ow = side(c.W);
-    const X = gpu.upload(randu(c.B * c.Cin * c.H * c.W, 600, -1, 1), a.xShape);
-    const Wt = gpu.upload(randu(c.Cout * c.Cin * 9, 610, -0.4, 0.4), a.wShape);
-    const Bi = gpu.upload(randu(c.Cout, 620, 4, 6), [c.Cout]);
-    const R = gpu.upload(randu(c.B * c.Cout * oh * ow, 630, -1, 1), [c.B, c.Cout, oh, ow]);
-    const gamma = gpu.upload(randu(c.Cout, 640, 0.5, 1.5), [c.Cout]);
-    const beta = gpu.upload(randu(c.Cout, 650, -0.5, 0.5), [c.Cout]);
-    for (const path of ["winograd", "direct"] as const) {
-      if (path === "winograd" && S !== 1) continue;
-      await t.step(
-        `${label(c)} ${path === "winograd" ? `F(${c.m}x${c.m})` : "direct"} G${c.G}`,
-        async () => {
-          const stats = new Conv2dGroupStats();
-          conv2dTuning.w43 = path === "winograd";
-          conv2dTuning.wino = c.m;
-          conv2dTuning.w43Rows = c.rows ?? null;
-          try {
-            const y = conv2d(gpu, X, Wt, c.bias ? Bi : undefined, {
-              ...c.o,
-              residual: c.res ? R : undefined,
-              stats,
-            });
-            const gathers = path === "winograd" || !c.o.upsample2x;
-            if (!gathers) {
-              assertEquals(stats.part, null, "partials after the upsampled conv's direct phases");
-              assertThrows(
-                () => groupNormAffineFromStats(gpu, stats, c.B, c.Cout, gamma, beta, c.G, 1e-6),
-                RangeError,
-                "stats holds no partials",
-              );
-              y.release();
-              return;
+  // The texture paths' feature (the implicit GEMM, the gpu kind's default, keeps nothing).
+  conv2dTuning.gemm = false;
+  try {
+    // The partials of the Winograd output transform and of the direct kernel, merged, give the norm's
+    // affine of the output read back (bias and residual included): both Winograd variants, a batch
+    // of 2 in bands (partials placed by global tile row), widths with partial quads and scalar
+    // stores (13), an offset mean (values around 5: the merge must not cancel), the stride-2
+    // downsample. The upsampled conv's direct phases gather none, and merging that is refused.
+    const cases: (Case & { m: 4 | 6; G: number })[] = [
+      {
+        B: 2,
+        Cin: 6,
+        H: 19,
+        W: 20,
+        Cout: 8,
+        K: 3,
+        o: { pad: 1 },
+        bias: true,
+        res: true,
+        rows: 2,
+        m: 4,
+        G: 4,
+      },
+      { B: 1, Cin: 5, H: 14, W: 13, Cout: 6, K: 3, o: { pad: 1 }, bias: true, m: 6, G: 2 },
+      {
+        B: 2,
+        Cin: 4,
+        H: 9,
+        W: 8,
+        Cout: 8,
+        K: 3,
+        o: { pad: 1, upsample2x: true },
+        res: true,
+        m: 6,
+        G: 8,
+      },
+      {
+        B: 2,
+        Cin: 4,
+        H: 17,
+        W: 18,
+        Cout: 12,
+        K: 3,
+        o: { stride: 2, pad: [0, 1, 0, 1] },
+        bias: true,
+        m: 4,
+        G: 4,
+      },
+    ];
+    for (const c of cases) {
+      const a = args(c);
+      const S = c.o.stride ?? 1;
+      // Output sides: pad 1 (x2 when upsampled), or the downsample's pad (0,1,0,1) at stride 2.
+      const side = (n: number) =>
+        S === 2 ? Math.floor((n + 1 - 3) / 2) + 1 : c.o.upsample2x ? 2 * n : n;
+      const oh = side(c.H), ow = side(c.W);
+      const X = gpu.upload(randu(c.B * c.Cin * c.H * c.W, 600, -1, 1), a.xShape);
+      const Wt = gpu.upload(randu(c.Cout * c.Cin * 9, 610, -0.4, 0.4), a.wShape);
+      const Bi = gpu.upload(randu(c.Cout, 620, 4, 6), [c.Cout]);
+      const R = gpu.upload(randu(c.B * c.Cout * oh * ow, 630, -1, 1), [c.B, c.Cout, oh, ow]);
+      const gamma = gpu.upload(randu(c.Cout, 640, 0.5, 1.5), [c.Cout]);
+      const beta = gpu.upload(randu(c.Cout, 650, -0.5, 0.5), [c.Cout]);
+      for (const path of ["winograd", "direct"] as const) {
+        if (path === "winograd" && S !== 1) continue;
+        await t.step(
+          `${label(c)} ${path === "winograd" ? `F(${c.m}x${c.m})` : "direct"} G${c.G}`,
+          async () => {
+            const stats = new Conv2dGroupStats();
+            conv2dTuning.w43 = path === "winograd";
+            conv2dTuning.wino = c.m;
+            conv2dTuning.w43Rows = c.rows ?? null;
+            try {
+              const y = conv2d(gpu, X, Wt, c.bias ? Bi : undefined, {
+                ...c.o,
+                residual: c.res ? R : undefined,
+                stats,
+              });
+              const gathers = path === "winograd" || !c.o.upsample2x;
+              if (!gathers) {
+                assertEquals(stats.part, null, "partials after the upsampled conv's direct phases");
+                assertThrows(
+                  () => groupNormAffineFromStats(gpu, stats, c.B, c.Cout, gamma, beta, c.G, 1e-6),
+                  RangeError,
+                  "stats holds no partials",
+                );
+                y.release();
+                return;
+              }
+              if (!stats.part) throw new Error("no partials gathered");
+              const got = groupNormAffineFromStats(gpu, stats, c.B, c.Cout, gamma, beta, c.G, 1e-6);
+              const want = groupNormPlaneAffine(gpu, y, gamma, beta, c.G, 1e-6);
+              const [g, w] = await gpu.readMany([got, want]);
+              assertClose(g, w, { atol: 1e-4, rtol: 1e-4 }, "scale and shift");
+              for (const tt of [y, got, want]) tt.release();
+            } finally {
+              conv2dTuning.w43 = null;
+              conv2dTuning.wino = null;
+              conv2dTuning.w43Rows = null;
+              stats.release();
             }
-            if (!stats.part) throw new Error("no partials gathered");
-            const got = groupNormAffineFromStats(gpu, stats, c.B, c.Cout, gamma, beta, c.G, 1e-6);
-            const want = groupNormPlaneAffine(gpu, y, gamma, beta, c.G, 1e-6);
-            const [g, w] = await gpu.readMany([got, want]);
-            assertClose(g, w, { atol: 1e-4, rtol: 1e-4 }, "scale and shift");
-            for (const tt of [y, got, want]) tt.release();
-          } finally {
-            conv2dTuning.w43 = null;
-            conv2dTuning.wino = null;
-            conv2dTuning.w43Rows = null;
-            stats.release();
-          }
-        },
-      );
+          },
+        );
+      }
+      for (const tt of [X, Wt, Bi, R, gamma, beta]) tt.release();
     }
-    for (const tt of [X, Wt, Bi, R, gamma, beta]) tt.release();
+  } finally {
+    conv2dTuning.gemm = null;
   }
 });

@@ -1,0 +1,132 @@
+/**
+ * The forward convolution as an implicit GEMM through the tiled matmul's shared-memory loop
+ * ({@link tiledCore}): the real-GPU ("gpu" kind) path of {@link conv2d}. Per image b,
+ * out[b] (Cout x Ho*Wo) = W (Cout x Cin*KH*KW) times im2col(x[b]) (Cin*KH*KW x Ho*Wo), where
+ * im2col is never written: each stage load gathers its element from x (stride, zero padding, the
+ * nearest-2x upsample and the GroupNorm(+SiLU) prologue applied on the way), and the store adds
+ * the bias and the residual. The lavapipe kernels of conv2d.ts (register tiles fed from textures,
+ * no barriers) stay the "cpu" kind's path: there, workgroup barriers are emulated.
+ *
+ * Measured on an NVIDIA H200 (tools/gpu_check.sh, `--profile`): see the README's GPU section.
+ * @module
+ */
+import { type Gpu, Params, type Tensor } from "@lvm/gpu";
+import { type TileConfig, tiledCore } from "./_matmul_kernels.ts";
+import { tiledConfig } from "./matmul.ts";
+
+/** What the GEMM conv needs of a convolution's geometry (conv2d.ts's Geom). */
+export interface GemmConvGeom {
+  B: number;
+  Cin: number;
+  H: number;
+  W: number;
+  Cout: number;
+  KH: number;
+  KW: number;
+  S: number;
+  /** Top and left zero padding. */
+  pt: number;
+  pl: number;
+  /** Upsample factor applied to x first (1 or 2), and x's extent after it. */
+  up: number;
+  Hu: number;
+  Wu: number;
+  Ho: number;
+  Wo: number;
+}
+
+/** Compile-time shape of one GEMM conv kernel. */
+interface Spec {
+  tile: TileConfig;
+  KH: number;
+  KW: number;
+  S: number;
+  up: number;
+  bias: boolean;
+  res: boolean;
+  /** Prologue: none, affine, or affine + SiLU. */
+  pro: "" | "affine" | "silu";
+}
+
+function kernel(s: Spec): string {
+  const KHW = s.KH * s.KW;
+  const pro = s.pro
+    ? `let sc = ss[plane * 2u]; let sh = ss[plane * 2u + 1u]; v = v * sc + sh;${
+      s.pro === "silu" ? " v = v / (1.0 + exp(-v));" : ""
+    }`
+    : "";
+  // Every binding is referenced (the automatic layout drops unused ones); absent inputs are bound
+  // to a one-element dummy and never read.
+  const header = `@group(0) @binding(0) var<storage, read> x: array<f32>;
+@group(0) @binding(1) var<storage, read> w: array<f32>;
+@group(0) @binding(2) var<storage, read> bias: array<f32>;
+@group(0) @binding(3) var<storage, read> res: array<f32>;
+@group(0) @binding(4) var<storage, read> ss: array<f32>;
+@group(0) @binding(5) var<storage, read_write> out: array<f32>;
+struct P { batch: u32, M: u32, N: u32, K: u32, Cin: u32, H: u32, W: u32, Hu: u32, Wu: u32, Wo: u32, pt: u32, pl: u32 }
+@group(0) @binding(6) var<uniform> p: P;
+fn tileA(bi: u32, m: u32, k: u32) -> f32 { return w[m * p.K + k]; }
+fn tileB(bi: u32, k: u32, n: u32) -> f32 {
+  let ci = k / ${KHW}u; let r = k % ${KHW}u;
+  let oy = n / p.Wo; let ox = n % p.Wo;
+  let iy = i32(oy * ${s.S}u + r / ${s.KW}u) - i32(p.pt);
+  let ix = i32(ox * ${s.S}u + r % ${s.KW}u) - i32(p.pl);
+  if (iy < 0 || ix < 0 || iy >= i32(p.Hu) || ix >= i32(p.Wu)) { return 0.0; }
+  let plane = bi * p.Cin + ci;
+  var v = x[(plane * p.H + u32(iy) / ${s.up}u) * p.W + u32(ix) / ${s.up}u];
+  ${pro}
+  return v;
+}
+fn tileOut(bi: u32, m: u32, n: u32, v: f32) {
+  let o = (bi * p.M + m) * p.N + n;
+  var r = v;
+  if (${s.bias}) { r += bias[m]; }
+  if (${s.res}) { r += res[o]; }
+  out[o] = r;
+}`;
+  const uses = `_ = bias[0]; _ = res[0]; _ = ss[0];`;
+  return tiledCore({ tile: s.tile, aK: true, bN: true, header, prelude: uses });
+}
+
+const dummies = new WeakMap<Gpu, Tensor>();
+
+/**
+ * out (B, Cout, Ho, Wo) = conv(x, w) + bias + residual, x optionally upsampled 2x (nearest) and
+ * passed through a per-plane affine (+ SiLU) `ss` (B*Cin, 2) first; shapes checked by the caller.
+ */
+export function gemmConv(
+  gpu: Gpu,
+  x: Tensor,
+  w: Tensor,
+  bias: Tensor | undefined,
+  residual: Tensor | undefined,
+  out: Tensor,
+  g: GemmConvGeom,
+  prologue?: { ss: Tensor; silu: boolean },
+): void {
+  const M = g.Cout, N = g.Ho * g.Wo, K = g.Cin * g.KH * g.KW;
+  const tile = tiledConfig(gpu, M, N, g.B);
+  const spec: Spec = {
+    tile,
+    KH: g.KH,
+    KW: g.KW,
+    S: g.S,
+    up: g.up,
+    bias: !!bias,
+    res: !!residual,
+    pro: prologue ? (prologue.silu ? "silu" : "affine") : "",
+  };
+  const key =
+    `conv2d_gemm|${tile.BM}x${tile.BN}x${tile.BK}/${tile.TM}x${tile.TN}|${g.KH}x${g.KW}|` +
+    `${g.S}|${g.up}|${spec.bias}|${spec.res}|${spec.pro}`;
+  let dummy = dummies.get(gpu);
+  if (!dummy) dummies.set(gpu, dummy = gpu.zeros([1]));
+  const p = new Params().u32(g.B).u32(M).u32(N).u32(K).u32(g.Cin).u32(g.H).u32(g.W).u32(g.Hu)
+    .u32(g.Wu).u32(g.Wo).u32(g.pt).u32(g.pl);
+  gpu.dispatch(
+    gpu.pipeline(key, () => kernel(spec)),
+    [x, w, bias ?? dummy, residual ?? dummy, prologue?.ss ?? dummy, out],
+    p,
+    [Math.ceil(N / tile.BN), Math.ceil(M / tile.BM), g.B],
+  );
+}
