@@ -216,6 +216,12 @@ export interface TiledCoreSpec {
   header: string;
   /** Statements at the top of main (after bi is known). */
   prelude?: string;
+  /**
+   * B's per-column work done once: where each invocation loads one fixed column n of B in every
+   * stage (B's n contiguous and the workgroup a multiple of BN), `colPre(n) -> T` is called once
+   * and the loads call `tileBCol(bi, k, n, pre)` instead of tileB (the conv's pixel coordinates).
+   */
+  colPre?: boolean;
 }
 
 /**
@@ -239,6 +245,8 @@ export function tiledCore(spec: TiledCoreSpec): string {
   const loadB = spec.bN
     ? `let nn = idx % ${BN}u; let kk = idx / ${BN}u;`
     : `let kk = idx % ${BK}u; let nn = idx / ${BK}u;`;
+  // One fixed column per invocation: B's n walks across invocations and T is a multiple of BN.
+  const col = !!spec.colPre && spec.bN && T % BN === 0;
   const kRange = split
     ? `let bi = wg.z / p.nSplit; let sp = wg.z % p.nSplit;
   let kBeg = sp * p.kChunk; let kEnd = min(p.K, kBeg + p.kChunk);`
@@ -257,6 +265,7 @@ fn main(@builtin(workgroup_id) wg: vec3u, @builtin(local_invocation_id) l: vec3u
   let m0 = wg.y * ${BM}u; let n0 = wg.x * ${BN}u;
   let li = l.y * ${WX}u + l.x;
   let live = bi < p.batch;
+  ${col ? `let pre = colPre(n0 + li % ${BN}u);` : ""}
   ${r.map((i) => c.map((j) => `var c${i}_${j} = 0.0;`).join(" ")).join("\n  ")}
   for (var k0 = kBeg; k0 < kEnd; k0 += ${BK}u) {
     for (var e = 0u; e < ${(BM * BK) / T}u; e++) {
@@ -272,7 +281,9 @@ fn main(@builtin(workgroup_id) wg: vec3u, @builtin(local_invocation_id) l: vec3u
       ${loadB}
       let k = k0 + kk; let n = n0 + nn;
       var v = 0.0;
-      if (live && k < kEnd && n < p.N) { v = tileB(bi, k, n); }
+      if (live && k < kEnd && n < p.N) { v = ${
+    col ? "tileBCol(bi, k, n, pre)" : "tileB(bi, k, n)"
+  }; }
       Bs[kk * ${SB}u + nn] = v;
     }
     workgroupBarrier();

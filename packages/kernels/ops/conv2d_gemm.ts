@@ -66,17 +66,21 @@ function kernel(s: Spec): string {
 struct P { batch: u32, M: u32, N: u32, K: u32, Cin: u32, H: u32, W: u32, Hu: u32, Wu: u32, Wo: u32, pt: u32, pl: u32 }
 @group(0) @binding(6) var<uniform> p: P;
 fn tileA(bi: u32, m: u32, k: u32) -> f32 { return w[m * p.K + k]; }
-fn tileB(bi: u32, k: u32, n: u32) -> f32 {
-  let ci = k / ${KHW}u; let r = k % ${KHW}u;
+// The output pixel's top-left input coordinate, once per invocation (its column of B is fixed).
+fn colPre(n: u32) -> vec2i {
   let oy = n / p.Wo; let ox = n % p.Wo;
-  let iy = i32(oy * ${s.S}u + r / ${s.KW}u) - i32(p.pt);
-  let ix = i32(ox * ${s.S}u + r % ${s.KW}u) - i32(p.pl);
+  return vec2i(i32(oy * ${s.S}u) - i32(p.pt), i32(ox * ${s.S}u) - i32(p.pl));
+}
+fn tileBCol(bi: u32, k: u32, n: u32, pre: vec2i) -> f32 {
+  let ci = k / ${KHW}u; let r = k % ${KHW}u;
+  let iy = pre.x + i32(r / ${s.KW}u); let ix = pre.y + i32(r % ${s.KW}u);
   if (iy < 0 || ix < 0 || iy >= i32(p.Hu) || ix >= i32(p.Wu)) { return 0.0; }
   let plane = bi * p.Cin + ci;
   var v = x[(plane * p.H + u32(iy) / ${s.up}u) * p.W + u32(ix) / ${s.up}u];
   ${pro}
   return v;
 }
+fn tileB(bi: u32, k: u32, n: u32) -> f32 { return tileBCol(bi, k, n, colPre(n)); }
 fn tileOut(bi: u32, m: u32, n: u32, v: f32) {
   let o = (bi * p.M + m) * p.N + n;
   var r = v;
@@ -85,7 +89,7 @@ fn tileOut(bi: u32, m: u32, n: u32, v: f32) {
   out[o] = r;
 }`;
   const uses = `_ = bias[0]; _ = res[0]; _ = ss[0];`;
-  return tiledCore({ tile: s.tile, aK: true, bN: true, header, prelude: uses });
+  return tiledCore({ tile: s.tile, aK: true, bN: true, header, prelude: uses, colPre: true });
 }
 
 const dummies = new WeakMap<Gpu, Tensor>();
