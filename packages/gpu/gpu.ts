@@ -342,6 +342,7 @@ export class Gpu {
       "maxBindGroups",
       "maxUniformBuffersPerShaderStage",
       "maxSampledTexturesPerShaderStage",
+      "maxStorageTexturesPerShaderStage",
       "maxTextureDimension2D",
     ];
     const requiredLimits: Record<string, number> = {};

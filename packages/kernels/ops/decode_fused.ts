@@ -189,7 +189,11 @@ function qkvParams(C4: number): string {
            cosv: array<vec4f, ${C4}>, sinv: array<vec4f, ${C4}> }`;
 }
 
-function qkvTexKernel(H: number, KVH: number, hd: number, u16: boolean[]): string {
+/**
+ * `vSt`: Wv is read as a storage texture too (five storage textures in one stage: lavapipe allows
+ * 36, WebGPU guarantees 4), else as a sampled one, which llvmpipe fetches more slowly.
+ */
+function qkvTexKernel(H: number, KVH: number, hd: number, u16: boolean[], vSt: boolean): string {
   const G = hd / 8, Q4 = hd / 4, HALF4 = hd / 8;
   const NQ = H * G, NK = KVH * G, NV = KVH * Q4;
   return `@group(0) @binding(0) var<storage, read> x: array<f32>; // (D)
@@ -197,14 +201,14 @@ function qkvTexKernel(H: number, KVH: number, hd: number, u16: boolean[]): strin
 @group(0) @binding(2) var<storage, read_write> q: array<vec4f>; // (H*hd/4)
 ${texDecl("wq", 3, u16[0], true)}
 ${texDecl("wk", 4, u16[1], true)}
-${texDecl("wv", 5, u16[2], false)}
+${texDecl("wv", 5, u16[2], vSt)}
 @group(0) @binding(6) var kc: texture_storage_2d_array<rgba32float, write>;
 @group(0) @binding(7) var vc: texture_storage_2d_array<rgba32float, write>;
 ${qkvParams(Math.ceil(hd / 8))}
 @group(0) @binding(8) var<uniform> p: P;
 ${texFetch("wq", u16[0], true)}
 ${texFetch("wk", u16[1], true)}
-${texFetch("wv", u16[2], false)}
+${texFetch("wv", u16[2], vSt)}
 var<workgroup> xs: array<vec4f, ${KC4}>;
 var<workgroup> red: array<f32, ${WG}>;
 
@@ -680,6 +684,12 @@ export interface DecodeQkvOptions {
   variant?: DecodeFusedVariant;
 }
 
+/** Knobs for tests and benchmarks of {@link decodeQkv}'s "tex" variant. */
+export const qkvTuning: {
+  /** Read Wv as a storage texture (null: where the device allows 5 storage textures per stage). */
+  vStorage: boolean | null;
+} = { vStorage: null };
+
 /** The variant {@link decodeQkv} uses for these operands when none is forced. */
 export function decodeQkvVariant(
   gpu: Gpu,
@@ -741,9 +751,10 @@ export function decodeQkv(
       );
     }
     const u16 = ws.map((t) => (t as PackedWeight).u16);
+    const vSt = qkvTuning.vStorage ?? gpu.limits.maxStorageTexturesPerShaderStage >= 5;
     const pipe = gpu.pipeline(
-      `decodeQkv/tex/${H}/${KVH}/${hd}/${u16}`,
-      () => qkvTexKernel(H, KVH, hd, u16),
+      `decodeQkv/tex/${H}/${KVH}/${hd}/${u16}/${vSt}`,
+      () => qkvTexKernel(H, KVH, hd, u16, vSt),
     );
     const units = (H + KVH) * hd / 8 + KVH * hd / 4; // q/k pair groups, v texels
     const views = ws.map((t) => (t as PackedWeight).texture!.view);

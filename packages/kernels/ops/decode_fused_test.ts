@@ -18,6 +18,7 @@ import {
   decodeNormLinearCpu,
   decodeQkv,
   decodeQkvCpu,
+  qkvTuning,
 } from "./decode_fused.ts";
 import { type PackedWeight, packWeight } from "./matmul.ts";
 
@@ -120,15 +121,21 @@ Deno.test("decodeQkv()", async (t) => {
       theta: 500,
     });
     const xT = gpu.upload(x, [1, D]), nT = gpu.upload(norm, [D]);
-    const runs: [DecodeFusedVariant, AttentionVariant, boolean][] = [
-      ["buffer", "buffer", false],
-      ["buffer", "tex", true],
+    // The tex variant reads Wv as a storage texture where the device allows it, else sampled.
+    const runs: [DecodeFusedVariant, AttentionVariant, boolean, boolean | null][] = [
+      ["buffer", "buffer", false, null],
+      ["buffer", "tex", true, null],
     ];
-    if (wq.packed.texture && hd % 8 === 0) runs.push(["tex", "tex", true]);
-    for (const [variant, layout, packed] of runs) {
+    if (wq.packed.texture && hd % 8 === 0) {
+      runs.push(["tex", "tex", true, false]);
+      if (gpu.limits.maxStorageTexturesPerShaderStage >= 5) runs.push(["tex", "tex", true, true]);
+    }
+    for (const [variant, layout, packed, vStorage] of runs) {
+      const vs = vStorage === null ? "" : vStorage ? " Wv storage" : " Wv sampled";
       await t.step(
-        `D=${D} H=${H} KVH=${KVH} hd=${hd} pos=${pos} ${dtype} ${variant}/${layout}`,
+        `D=${D} H=${H} KVH=${KVH} hd=${hd} pos=${pos} ${dtype} ${variant}/${layout}${vs}`,
         async () => {
+          qkvTuning.vStorage = vStorage;
           const { kv, release } = kvStore(gpu, maxT, KVH, hd, layout);
           const pick = (w: { t: Tensor; packed: PackedWeight }) => packed ? w.packed : w.t;
           const w = { q: pick(wq), k: pick(wk), v: pick(wv) };
@@ -140,6 +147,7 @@ Deno.test("decodeQkv()", async (t) => {
           assertClose(v, ref.v, TOL, "v");
           q.release();
           release();
+          qkvTuning.vStorage = null;
         },
       );
     }
