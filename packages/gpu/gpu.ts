@@ -275,6 +275,17 @@ export class Gpu {
   stagingLimit = 64 * 2 ** 20;
   /** Times pending uploads were sent because they passed {@link stagingLimit}. */
   stagingFlushes = 0;
+  /**
+   * Recorded work is sent to the queue every this many dispatches (0: only at {@link submit} and
+   * the reads and waits that submit), so that a real GPU runs the first kernels of a long step
+   * (a training step records ~1300-1800) while the CPU records the rest. Measured on an H200: a
+   * `100m` train step's wall time (141 ms) was its recording plus its GPU time (69 ms), the GPU
+   * idle until one submit at the end. Default 64 on the "gpu" kernel kind; 0 on the "cpu" kind,
+   * as lavapipe runs each submit's commands on the calling thread (nothing would overlap).
+   * Order is kept: submits run in order and {@link write} submits first. Off while profiling.
+   */
+  submitEvery = 0;
+  #sinceSubmit = 0;
   #staged = 0;
   #unsettled = false;
   /** Queue operations (submits, buffer writes) sent so far, and how many of them are known done. */
@@ -293,6 +304,7 @@ export class Gpu {
       `${info.description} ${info.device} ${info.architecture}`,
     );
     this.kind = kind ?? (cpu ? "cpu" : "gpu");
+    this.submitEvery = this.kind === "gpu" ? 64 : 0;
     this.pool = new BufferPool(
       device,
       GPUBufferUsage.STORAGE | GPUBufferUsage.COPY_SRC | GPUBufferUsage.COPY_DST,
@@ -634,6 +646,9 @@ export class Gpu {
     pass.dispatchWorkgroups(x, y, z);
     if (this.#profile) pass.end();
     this.dispatchCount++;
+    if (this.submitEvery > 0 && !this.#profile && ++this.#sinceSubmit >= this.submitEvery) {
+      this.submit();
+    }
   }
 
   /** Records a buffer copy. */
@@ -768,6 +783,7 @@ export class Gpu {
 
   /** Sends everything recorded so far to the GPU (no wait). */
   submit(): void {
+    this.#sinceSubmit = 0;
     this.#endPass();
     this.#flushArena(false);
     for (const { buffer, bytes } of this.#arenaDirty) {

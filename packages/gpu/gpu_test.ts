@@ -194,24 +194,53 @@ Deno.test("Gpu: buffer pool, pipeline cache, one submit per step", async (t) => 
     assertEquals(builds, 1);
     assertEquals(gpu.pipelineCount, count + 1);
   });
-  await t.step("300 dispatches in one encoder: one submit, one read, uniforms intact", async () => {
-    const n = 45 * 65, steps = 300; // 300 x 256-byte uniform slots span two 64 KiB arenas
-    const x = Float32Array.from(randu(n, 5), (v) => Math.round(3 * v)); // integers: exact sums
-    const X = gpu.upload(x, [n]), Y = gpu.zeros([n]);
-    await gpu.sync();
-    const pipe = gpu.pipeline("gpu_test.axpy", AXPY);
-    const [s0, d0, r0] = [gpu.submitCount, gpu.dispatchCount, gpu.readCount];
-    for (let k = 1; k <= steps; k++) {
-      gpu.dispatch(pipe, [X, Y], new Params().u32(n).f32(k), Math.ceil(n / 64));
-    }
-    const y = await gpu.read(Y);
-    assertEquals(gpu.submitCount - s0, 1);
-    assertEquals(gpu.dispatchCount - d0, steps);
-    assertEquals(gpu.readCount - r0, 1);
-    const sum = (steps * (steps + 1)) / 2;
-    assertClose(y, x.map((v) => v * sum), { atol: 0, rtol: 0 }, "y = sum_k k x");
-    X.release();
-    Y.release();
+  await t.step(
+    "300 dispatches in one encoder: one submit, one read, uniforms intact; submitEvery",
+    async () => {
+      const n = 45 * 65, steps = 300; // 300 x 256-byte uniform slots span two 64 KiB arenas
+      const x = Float32Array.from(randu(n, 5), (v) => Math.round(3 * v)); // integers: exact sums
+      const X = gpu.upload(x, [n]), Y = gpu.zeros([n]);
+      await gpu.sync();
+      const pipe = gpu.pipeline("gpu_test.axpy", AXPY);
+      const every = gpu.submitEvery;
+      const sum = (steps * (steps + 1)) / 2;
+      try {
+        gpu.submitEvery = 0; // only the read submits
+        const [s0, d0, r0] = [gpu.submitCount, gpu.dispatchCount, gpu.readCount];
+        for (let k = 1; k <= steps; k++) {
+          gpu.dispatch(pipe, [X, Y], new Params().u32(n).f32(k), Math.ceil(n / 64));
+        }
+        const y = await gpu.read(Y);
+        assertEquals(gpu.submitCount - s0, 1);
+        assertEquals(gpu.dispatchCount - d0, steps);
+        assertEquals(gpu.readCount - r0, 1);
+        assertClose(y, x.map((v) => v * sum), { atol: 0, rtol: 0 }, "y = sum_k k x");
+        // submitEvery: the same work sent every 7 dispatches (42 submits, then the read's), in order,
+        // each submit's uniforms intact.
+        gpu.submitEvery = 7;
+        gpu.write(Y, new Float32Array(n));
+        const s1 = gpu.submitCount;
+        for (let k = 1; k <= steps; k++) {
+          gpu.dispatch(pipe, [X, Y], new Params().u32(n).f32(k), Math.ceil(n / 64));
+        }
+        assertEquals(gpu.submitCount - s1, Math.floor(steps / 7));
+        const y2 = await gpu.read(Y);
+        assertEquals(gpu.submitCount - s1, Math.floor(steps / 7) + 1);
+        assertClose(
+          y2,
+          x.map((v) => v * sum),
+          { atol: 0, rtol: 0 },
+          "y = sum_k k x, submitted every 7",
+        );
+      } finally {
+        gpu.submitEvery = every;
+      }
+      X.release();
+      Y.release();
+    },
+  );
+  await t.step("submitEvery defaults by kernel kind", () => {
+    assertEquals(gpu.submitEvery, gpu.kind === "gpu" ? 64 : 0);
   });
   await t.step(
     "bind groups: reused for the same bindings, fresh ones after pool.trim()",
