@@ -9,6 +9,7 @@
 import {
   conv2d,
   conv2dBackward,
+  conv2dTuning,
   groupNorm,
   groupNormBackward,
   upsampleNearest2x,
@@ -69,6 +70,29 @@ export const benches: BenchCase[] = [
       const dy = rand(gpu, [1, 256, 32, 32], 6);
       return () =>
         release(conv2dBackward(gpu, x, w, dy, { pad: 1 }) as unknown as Record<string, Tensor>);
+    },
+    teardown,
+  },
+  {
+    // The same backward as implicit GEMMs (conv2dTuning.gemmBackward): the GPU-shaped candidate
+    // (tiled stages in workgroup memory; slow on lavapipe, where barriers are emulated).
+    name: "conv2d 3x3 backward gemm",
+    shape: "256->256 32x32",
+    flops: 2 * 2 * 256 * 256 * 9 * 32 * 32,
+    note: "dx + dW (split-K) + dbias as implicit GEMMs, B=1",
+    reps: 2,
+    setup: (gpu) => {
+      const x = rand(gpu, [1, 256, 32, 32], 4);
+      const w = rand(gpu, [256, 256, 3, 3], 5, -0.05, 0.05);
+      const dy = rand(gpu, [1, 256, 32, 32], 6);
+      return () => {
+        conv2dTuning.gemmBackward = true;
+        try {
+          release(conv2dBackward(gpu, x, w, dy, { pad: 1 }) as unknown as Record<string, Tensor>);
+        } finally {
+          conv2dTuning.gemmBackward = null;
+        }
+      };
     },
     teardown,
   },

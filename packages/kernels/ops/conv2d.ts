@@ -66,7 +66,7 @@
  * tools/bench/conv.ts (`deno task bench --filter "vs matmul"`).
  * @module
  */
-import { gemmConv } from "./conv2d_gemm.ts";
+import { gemmConv, gemmConvDw, gemmConvDx } from "./conv2d_gemm.ts";
 import { type Gpu, grid, Params, WG_INDEX } from "@lvm/gpu";
 import type { Tensor } from "@lvm/gpu";
 import { TexturePool } from "@lvm/gpu";
@@ -2279,7 +2279,21 @@ export const conv2dTuning: {
    * Winograd path (`w43: true`) is forced.
    */
   gemm: boolean | null;
-} = { dw: null, w43: null, wino: null, w43Rows: null, w43Direct: true, gemm: null };
+  /**
+   * The backward's input gradient (stride 1; strided ones keep their phase convs) and weight
+   * gradient as implicit GEMMs (conv2d_gemm.ts): true = always, false or null = the texture
+   * kernels (null stays off until the GEMMs are measured on a GPU).
+   */
+  gemmBackward: boolean | null;
+} = {
+  dw: null,
+  w43: null,
+  wino: null,
+  w43Rows: null,
+  w43Direct: true,
+  gemm: null,
+  gemmBackward: null,
+};
 
 /** The Winograd variant of a stride-1 3x3 conv ({@link useW43}), or null for the direct kernel. */
 function winoFor(g: Geom, Cin: number, Cout: number, Ho: number, Wo: number): Wino | null {
@@ -2574,10 +2588,14 @@ export function conv2dBackward(
   const { B, Cin, Cout, KH, KW, S, Ho, Wo } = g;
   check(fn, "dy", dy, [B, Cout, Ho, Wo]);
   const grads: Conv2dGrads = { dx: null, dw: null, dbias: null };
+  // The implicit GEMMs (conv2d_gemm.ts) where asked for (not yet the gpu kind's default: unmeasured
+  // on a GPU); a forced register tile keeps the texture kernels.
+  const gemmBwd = (conv2dTuning.gemmBackward ?? false) && !opts.tile;
 
   if (opts.dx !== false) {
     const dxu = S === 1 ? gpu.empty([B, Cin, g.Hu, g.Wu]) : dxStrided(gpu, w, dy, g, opts.tile);
-    if (S === 1) {
+    if (S === 1 && gemmBwd) gemmConvDx(gpu, w, dy, dxu, g);
+    else if (S === 1) {
       // dx = conv(dy padded by (K-1-pad), rot180(W)^T), output extent = the (upsampled) input.
       // The dx conv runs on the upsampled grid: a plain conv there (the upsampled rule is the
       // forward's).
@@ -2628,11 +2646,14 @@ export function conv2dBackward(
   }
 
   const wantBias = opts.dbias !== false;
-  if (opts.dw !== false) {
+  if (opts.dw !== false && gemmBwd) {
+    grads.dw = gemmConvDw(gpu, x, dy, g);
+  } else if (opts.dw !== false) {
     const r = convDw(gpu, x, dy, g, wantBias, opts.stash);
     grads.dw = r.dw;
     grads.dbias = r.dbias;
-  } else if (wantBias) {
+  }
+  if (wantBias && !grads.dbias) {
     const db = gpu.empty([Cout]);
     gpu.dispatch(
       gpu.pipeline("conv2d_dbias", DBIAS_WGSL),

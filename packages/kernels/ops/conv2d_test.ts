@@ -231,7 +231,7 @@ Deno.test("conv2d() and conv2dBackward() match direct-loop references", async (t
   }
 });
 
-Deno.test("conv2d() as an implicit GEMM (the gpu kind's forward) matches the references", async (t) => {
+Deno.test("conv2d() as an implicit GEMM (the gpu kind's forward), and the backward's GEMMs, match the references", async (t) => {
   const gpu = await getGpu();
   // Every forward case above (strides, uneven padding, 1x1/3x3/5x5, upsampling, bias, residual,
   // tile edges), then the GroupNorm(+SiLU) prologue with padding and upsampling.
@@ -262,6 +262,32 @@ Deno.test("conv2d() as an implicit GEMM (the gpu kind's forward) matches the ref
         for (const tt of [X, Wt, Bt, R, out]) tt?.release();
       });
     }
+    // The backward as GEMMs: dx (stride 1 on the upsampled grid; strided dx keeps its phase
+    // convs) and dW by split-K, with dbias beside, on every case; all three or one at a time.
+    conv2dTuning.gemmBackward = true;
+    for (const [i, c] of CASES.entries()) {
+      await t.step(`backward ${label(c)}`, async () => {
+        const x = randu(c.B * c.Cin * c.H * c.W, 160 + i, -2, 2);
+        const w = randu(c.Cout * c.Cin * c.K * c.K, 170 + i);
+        const a = args(c);
+        const X = gpu.upload(x, a.xShape), Wt = gpu.upload(w, a.wShape);
+        const n = conv2dCpu(x, w, null, a).length;
+        const dy = randu(n, 180 + i);
+        const Dy = gpu.upload(dy, [c.B, c.Cout, n / (c.B * c.Cout), 1]);
+        const r = conv2dBackwardCpu(x, w, dy, a);
+        const o = { ...c.o, tile: undefined };
+        const g = conv2dBackward(gpu, X, Wt, Dy, o);
+        const [dx, dw, db] = await gpu.readMany([g.dx!, g.dw!, g.dbias!]);
+        assertClose(dx, r.dx, { atol: 1e-4, rtol: 1e-4 }, `dx ${label(c)}`);
+        assertClose(dw, r.dw, { atol: 2e-4, rtol: 1e-4 }, `dw ${label(c)}`);
+        assertClose(db, r.dbias, { atol: 1e-4, rtol: 1e-4 }, `dbias ${label(c)}`);
+        const only = conv2dBackward(gpu, X, Wt, Dy, { ...o, dx: false, dbias: false });
+        assertEquals([only.dx, only.dbias], [null, null]);
+        assertClose(await gpu.readF32(only.dw!), r.dw, { atol: 2e-4, rtol: 1e-4 }, "dw alone");
+        for (const tt of [X, Wt, Dy, g.dx!, g.dw!, g.dbias!, only.dw!]) tt.release();
+      });
+    }
+    conv2dTuning.gemmBackward = null;
     for (const silu of [false, true]) {
       for (const up of [false, true]) {
         await t.step(`prologue${silu ? " silu" : ""}${up ? " upsample2x" : ""}`, async () => {
@@ -285,6 +311,7 @@ Deno.test("conv2d() as an implicit GEMM (the gpu kind's forward) matches the ref
     }
   } finally {
     conv2dTuning.gemm = null;
+    conv2dTuning.gemmBackward = null;
   }
 });
 
