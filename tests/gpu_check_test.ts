@@ -10,15 +10,17 @@ import { assert, assertEquals } from "@lvm/util/testing";
 
 const ROOT = new URL("..", import.meta.url).pathname;
 const text = (b: Uint8Array) => new TextDecoder().decode(b);
-
-Deno.test("tune_tiled --quick: every tile and the default, checked against the naive kernel", async () => {
-  const out = await new Deno.Command(Deno.execPath(), {
-    args: ["run", "-A", "--unstable-webgpu", "tools/tune_tiled.ts", "--quick", "--json"],
+const tuneTiled = (...args: string[]) =>
+  new Deno.Command(Deno.execPath(), {
+    args: ["run", "-A", "--unstable-webgpu", "tools/tune_tiled.ts", ...args],
     cwd: ROOT,
     env: { NO_COLOR: "1" },
     stdout: "piped",
     stderr: "piped",
   }).output();
+
+Deno.test("tune_tiled --quick: every tile and the default, checked against the naive kernel", async () => {
+  const out = await tuneTiled("--quick", "--json");
   assertEquals(out.code, 0, text(out.stderr));
   const rows = text(out.stdout).split("\n").filter((l) => l.startsWith("{")).map((l) =>
     JSON.parse(l)
@@ -31,13 +33,7 @@ Deno.test("tune_tiled --quick: every tile and the default, checked against the n
   }
   assertEquals(rows.filter((r) => r.default).length, 2);
   assert(/GFLOP\/s of the tiled matmul/.test(text(out.stderr)), text(out.stderr));
-  const bad = await new Deno.Command(Deno.execPath(), {
-    args: ["run", "-A", "--unstable-webgpu", "tools/tune_tiled.ts", "--per", "0"],
-    cwd: ROOT,
-    env: { NO_COLOR: "1" },
-    stdout: "piped",
-    stderr: "piped",
-  }).output();
+  const bad = await tuneTiled("--per", "0");
   assert(!bad.success && /--per must be a positive integer, got 0/.test(text(bad.stderr)));
 });
 

@@ -66,7 +66,7 @@
  * tools/bench/conv.ts (`deno task bench --filter "vs matmul"`).
  * @module
  */
-import { gemmConv, gemmConvDw, gemmConvDx } from "./conv2d_gemm.ts";
+import { gemmConv, gemmConvDw, gemmConvDx, type GemmConvGeom } from "./conv2d_gemm.ts";
 import { type Gpu, grid, Params, WG_INDEX } from "@lvm/gpu";
 import type { Tensor } from "@lvm/gpu";
 import { TexturePool } from "@lvm/gpu";
@@ -234,27 +234,10 @@ export interface Conv2dGrads {
 const WG = 64;
 const COMP = ["x", "y", "z", "w"];
 
-/** The geometry of one convolution. */
-interface Geom {
-  B: number;
-  Cin: number;
-  H: number;
-  W: number;
-  Cout: number;
-  KH: number;
-  KW: number;
-  S: number;
-  pt: number;
+/** The geometry of one convolution: the implicit GEMM's fields, plus the bottom and right padding. */
+interface Geom extends GemmConvGeom {
   pb: number;
-  pl: number;
   pr: number;
-  /** Upsample factor applied to x first (1 or 2). */
-  up: number;
-  /** Input extent after the upsample. */
-  Hu: number;
-  Wu: number;
-  Ho: number;
-  Wo: number;
 }
 
 function padOf(p: Conv2dOptions["pad"]): [number, number, number, number] {

@@ -14,8 +14,9 @@ import { type Gpu, grid, Params, type Tensor } from "@lvm/gpu";
 import { splitSumKernel, type TileConfig, tiledCore } from "./_matmul_kernels.ts";
 import { tiledConfig, tiledSplit } from "./matmul.ts";
 
-/** What the GEMM conv needs of a convolution's geometry (conv2d.ts's Geom). */
+/** A convolution's geometry as the GEMMs need it (conv2d.ts's Geom adds the bottom/right padding). */
 export interface GemmConvGeom {
+  /** Images, input channels, input extent, output channels, kernel extent, stride. */
   B: number;
   Cin: number;
   H: number;
