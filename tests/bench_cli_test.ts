@@ -36,13 +36,16 @@ Deno.test("bench --rounds: best round kept, the slowest reported", async () => {
   assertEquals(Math.max(...times), c.ms_worst);
 });
 
-Deno.test("bench: a bad --rounds, --reps or --profile names the flag", async () => {
+Deno.test("bench: a bad --rounds, --reps, --profile or --warmup names the flag", async () => {
   const bad = [["--rounds", "0"], ["--rounds", "two"], ["--reps", "1.5"], ["--profile", "0"]];
   for (const [flag, value] of bad) {
     const r = await bench("--filter", "crc32", flag, value);
     assertEquals(r.code, 2, `${flag} ${value}: ${r.stderr}`);
     assert(r.stderr.includes(`${flag} must be a positive integer`), r.stderr);
   }
+  const w = await bench("--filter", "crc32", "--warmup", "soon");
+  assertEquals(w.code, 2, w.stderr);
+  assert(w.stderr.includes("--warmup must be a number of seconds >= 0"), w.stderr);
   // An unknown flag, or a value parseArgs cannot take: its message and the usage, exit 2.
   for (const args of [["--round", "2"], ["--reps", "-1"]]) {
     const r = await bench(...args);
@@ -59,4 +62,12 @@ Deno.test("bench --profile N: the profiled run's slowest kernels", async () => {
   const [k] = c.profile;
   assert(typeof k.kernel === "string" && k.kernel.length > 0, JSON.stringify(k));
   assert(k.dispatches >= 1 && k.ms >= 0 && k.ms <= c.profile_ms, JSON.stringify(c));
+});
+
+Deno.test("bench --warmup S: matmuls for S seconds before the first case", async () => {
+  const r = await bench("--filter", "crc32", "--reps", "1", "--warmup", "0.3", "--json");
+  assertEquals(r.code, 0, r.stderr);
+  const m = r.stderr.match(/warm-up: (\d+) products of 1024\^3 in 0.3 s/);
+  assert(m && Number(m[1]) >= 4, r.stderr);
+  assertEquals(r.stdout.split("\n").filter((l) => l.startsWith("{")).length, 1);
 });

@@ -51,6 +51,7 @@ Deno.test("gpu_check.sh: tests in both kinds, the sweep and the bench into one J
         GPU_CHECK_TUNE: "quick",
         GPU_CHECK_BENCH_FILTER: "crc32|add then silu",
         GPU_CHECK_PROFILE: "2",
+        GPU_CHECK_WARMUP: "0.2",
         GPU_CHECK_TEST_TIMEOUT: "300",
         GPU_CHECK_BENCH_TIMEOUT: "300",
       },

@@ -9,7 +9,13 @@
  */
 import { parseArgs } from "node:util";
 import { getGpu } from "@lvm/gpu";
-import { type BenchCase, type BenchResult, formatResult, runCase } from "./bench/_harness.ts";
+import {
+  type BenchCase,
+  type BenchResult,
+  formatResult,
+  runCase,
+  warmUp,
+} from "./bench/_harness.ts";
 
 const HELP =
   `usage: deno task bench [--json] [--filter TEXT] [--reps N] [--rounds N] [--torch [--markdown]]
@@ -26,6 +32,8 @@ const HELP =
   --profile N    after timing a case, run it once more with every dispatch timed on the GPU
                  (timestamp queries) and list its N slowest kernels (profile, profile_ms);
                  on lavapipe the timestamps can miss much of a kernel's time (see the README)
+  --warmup S     first keep the GPU busy for S seconds (1024^3 matmuls), so that a card idling
+                 at a low clock is at its working clock for the first case (default 0)
 
 Fields: name, shape; ms = milliseconds per op (the best run's time / per); per = ops per timed
 run (a run may record several small ops before its one GPU sync); run_ms = the best run's time;
@@ -50,6 +58,7 @@ function parse() {
         torch: { type: "boolean", default: false },
         markdown: { type: "boolean", default: false },
         profile: { type: "string" },
+        warmup: { type: "string", default: "0" },
         help: { type: "boolean", short: "h", default: false },
       },
     });
@@ -71,6 +80,14 @@ if (profile !== undefined && !(Number.isInteger(profile) && profile >= 1)) {
 }
 if (reps !== undefined && (!Number.isInteger(reps) || reps < 1)) {
   console.error(`--reps must be a positive integer, found ${JSON.stringify(values.reps)}`);
+  Deno.exit(2);
+}
+
+const warmup = Number(values.warmup);
+if (!(warmup >= 0)) {
+  console.error(
+    `--warmup must be a number of seconds >= 0, found ${JSON.stringify(values.warmup)}`,
+  );
   Deno.exit(2);
 }
 
@@ -102,6 +119,7 @@ if (profile !== undefined && !gpu.features.has("timestamp-query")) {
   log(`--profile skipped: ${gpu.describe()} lacks the "timestamp-query" feature`);
 }
 const profileKernels = gpu.features.has("timestamp-query") ? profile : undefined;
+if (warmup > 0) log(`warm-up: ${await warmUp(gpu, warmup)} products of 1024^3 in ${warmup} s`);
 /** Keeps, per name + shape, the result with the lowest ms; notes the slowest ms in `ms_worst`. */
 function keepBest(best: Map<string, BenchResult>, r: BenchResult): void {
   const key = `${r.name}\u0000${r.shape}`, old = best.get(key);

@@ -43,7 +43,9 @@ cached=()
 TESTS="${GPU_CHECK_TESTS:-packages/kernels/ packages/gpu/}"      # narrower: a few test files
 T_TESTS="${GPU_CHECK_TEST_TIMEOUT:-1800}"
 T_BENCH="${GPU_CHECK_BENCH_TIMEOUT:-1800}"
-bench_args=()
+# GPU_CHECK_WARMUP seconds (default 3) of matmuls before the sweep and before each bench run: the
+# H200 idled at 345 MHz and the first cases ran up to 2x slower than the same ones later.
+bench_args=(--warmup "${GPU_CHECK_WARMUP:-3}")
 # Each case's 10 slowest kernels (a profiled run after the timed ones); GPU_CHECK_PROFILE=0: none.
 [ "${GPU_CHECK_PROFILE:-10}" != 0 ] && bench_args+=(--profile "${GPU_CHECK_PROFILE:-10}")
 
@@ -86,7 +88,7 @@ if [ "$GPU_CHECK_TUNE" != 0 ]; then
   quick=()
   [ "$GPU_CHECK_TUNE" = quick ] && quick=(--quick)
   timeout "$T_BENCH" "$DENO" run -A --unstable-webgpu "${cached[@]}" tools/tune_tiled.ts --json \
-    "${quick[@]}" >"$OUT/tune.jsonl" 2>"$OUT/tune.log"
+    --warmup "${GPU_CHECK_WARMUP:-3}" "${quick[@]}" >"$OUT/tune.jsonl" 2>"$OUT/tune.log"
 fi
 echo "gpu_check: bench" >&2
 bench_exit=0

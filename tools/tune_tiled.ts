@@ -3,7 +3,7 @@
  * adapter, each checked against the `naive` kernel, so that {@link tiledConfig}'s defaults can be
  * chosen on the GPU they run on:
  *
- *   deno run -A --unstable-webgpu tools/tune_tiled.ts [--json] [--per N] [--quick]
+ *   deno run -A --unstable-webgpu tools/tune_tiled.ts [--json] [--per N] [--quick] [--warmup S]
  *
  * A product's time is its GPU time from timestamp queries where the adapter has the feature (best
  * of 3 rounds of 3), else the wall time of `per` products between two syncs (by default as many as
@@ -11,18 +11,22 @@
  * and on NVIDIA, would otherwise swamp the small shapes). `--quick`: two small shapes and two
  * tiles (a smoke run; lavapipe needs it, its barriers are emulated). Prints a table (GFLOP/s per
  * tile and shape, the default's pick marked `*`) and, with --json, one JSON line per measurement.
+ * `--warmup S` (default 2, 0 with --quick): S seconds of 1024^3 matmuls first, so that a card that
+ * idles at a low clock is at its working clock for the first shape.
  * @module
  */
 import { parseArgs } from "node:util";
 import { getGpu, type Gpu, type Tensor } from "@lvm/gpu";
 import { matmul, tileBytes, type TileConfig, tiledConfig, tiledSplit } from "@lvm/kernels";
 import { randu } from "@lvm/util/testing";
+import { warmUp } from "./bench/_harness.ts";
 
 const { values: args } = parseArgs({
   options: {
     json: { type: "boolean", default: false },
     quick: { type: "boolean", default: false },
     per: { type: "string" },
+    warmup: { type: "string" },
   },
 });
 const perArg = args.per === undefined ? undefined : Number(args.per);
@@ -134,12 +138,15 @@ async function time(gpu: Gpu, run: () => void): Promise<number> {
 }
 
 const gpu = await getGpu();
+const warmSeconds = Number(args.warmup ?? (args.quick ? 0 : 2));
+if (!(warmSeconds >= 0)) throw new RangeError(`--warmup must be seconds >= 0, got ${args.warmup}`);
+const warmed = await warmUp(gpu, warmSeconds);
 console.error(
   `tune_tiled: ${gpu.describe()}; ${
     gpu.features.has("timestamp-query")
       ? "GPU time (timestamp queries)"
       : `${perArg ?? "up to 20"} products per timing`
-  }, best of 3`,
+  }, best of 3; warm-up ${warmed} products in ${warmSeconds} s`,
 );
 const maxShared = gpu.limits.maxComputeWorkgroupStorageSize;
 /** What is timed: each tile shape alone (no split-K), then the default (tiledConfig, tiledSplit). */

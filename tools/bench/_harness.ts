@@ -9,6 +9,7 @@
  * @module
  */
 import type { Gpu, KernelTime } from "@lvm/gpu";
+import { matmul } from "@lvm/kernels";
 
 /** One measured thing. */
 export interface BenchCase {
@@ -168,4 +169,22 @@ export function formatResult(r: BenchResult): string {
     }
   }
   return out;
+}
+
+/**
+ * Keeps the GPU busy for about `seconds` (1024^3 matmuls, a sync after each batch), so that a card
+ * that idles at a low clock (an H200 at 345 MHz) is at its working clock before anything is timed.
+ * Returns the products run.
+ */
+export async function warmUp(gpu: Gpu, seconds: number): Promise<number> {
+  if (!(seconds > 0)) return 0;
+  const a = gpu.upload(new Float32Array(1024 * 1024).fill(0.5), [1024, 1024]);
+  const end = performance.now() + seconds * 1000;
+  let n = 0;
+  while (performance.now() < end) {
+    for (let i = 0; i < 4; i++, n++) matmul(gpu, a, a).release();
+    await gpu.sync();
+  }
+  a.release();
+  return n;
 }
