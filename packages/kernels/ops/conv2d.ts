@@ -2160,7 +2160,7 @@ export function conv2d(
     gemmConv(gpu, x, w, bias, opts.residual, out, g, opts.prologue);
     return out;
   }
-  const wino = opts.tile ? null : winoFor(g, Cin, Cout, Ho, Wo);
+  const wino = opts.tile ? null : winoFor(g, Cin, Cout, Ho, Wo, !!opts.weights);
   if (
     wino &&
     w43Conv(
@@ -2279,8 +2279,15 @@ export const conv2dTuning: {
 };
 
 /** The Winograd variant of a stride-1 3x3 conv ({@link useW43}), or null for the direct kernel. */
-function winoFor(g: Geom, Cin: number, Cout: number, Ho: number, Wo: number): Wino | null {
-  if (!useW43(g, Cin, Cout, Ho, Wo)) return null;
+function winoFor(
+  g: Geom,
+  Cin: number,
+  Cout: number,
+  Ho: number,
+  Wo: number,
+  cached = false,
+): Wino | null {
+  if (!useW43(g, Cin, Cout, Ho, Wo, cached)) return null;
   if (conv2dTuning.wino) return conv2dTuning.wino === 6 ? WINO6 : WINO4;
   // F(6x6) on large outputs. Measured (wall per conv, weights cached, best of 4, alternating in one
   // process): 256x256 outputs 9-11% faster (128 -> 128: 159 -> 142 ms, 256 -> 128: 279 -> 254, the
@@ -2292,9 +2299,17 @@ function winoFor(g: Geom, Cin: number, Cout: number, Ho: number, Wo: number): Wi
 
 /**
  * Whether a stride-1 3x3 conv of Cin -> Cout channels and Ho x Wo outputs takes the Winograd path
- * ({@link conv2dTuning}'s `w43`).
+ * ({@link conv2dTuning}'s `w43`); `cached`: its transformed weights are kept between calls (a
+ * {@link Conv2dWeightCache}), so the weight transform is paid once.
  */
-function useW43(g: Geom, Cin: number, Cout: number, Ho: number, Wo: number): boolean {
+function useW43(
+  g: Geom,
+  Cin: number,
+  Cout: number,
+  Ho: number,
+  Wo: number,
+  cached = false,
+): boolean {
   if (g.KH !== 3 || g.KW !== 3 || g.S !== 1 || conv2dTuning.w43 === false) return false;
   if (conv2dTuning.w43) return true;
   // Measured on lavapipe (wall clock per conv, best of 4, alternating in one process): 1.2-1.65x
@@ -2307,6 +2322,10 @@ function useW43(g: Geom, Cin: number, Cout: number, Ho: number, Wo: number): boo
   // from 512 channels on 32x32 outputs (768: 123 -> 111 ms, 133 -> 73 with the weights cached;
   // 512: 59 -> 48; 256 at 64x64 even).
   const lo = Math.min(Cin, Cout), hi = Math.max(Cin, Cout), px = Ho * Wo;
+  // With the weights cached, 768 channels at 16x16 (the `lvm` encoder's last level, the decoder's
+  // first): 49.2 -> 31.8 ms per conv (F(4x4)); 512 at 16x16 about even (22.1 / 21.0 ms); 768 at
+  // 8x8 twice as slow (.scratch A/B, alternating in one process).
+  if (cached && g.up === 1 && lo >= 768 && hi <= 768 && px >= 16 * 16) return true;
   if (lo < 128 || hi > 768 || px < 32 * 32 || lo * g.B * px < 128 * 64 * 64) return false;
   return g.up === 1 || lo >= 512 || (lo >= 256 && px >= 64 * 64);
 }
