@@ -7,6 +7,10 @@
  * the bias and the residual. The lavapipe kernels of conv2d.ts (register tiles fed from textures,
  * no barriers) stay the "cpu" kind's path: there, workgroup barriers are emulated.
  *
+ * The backward's GEMMs ({@link gemmConvDx}: the stride-1 input gradient as this forward with the
+ * weights read rotated and transposed; {@link gemmConvDw}: dy times im2col(x)^T with split-K) run
+ * where `conv2dTuning.gemmBackward` asks for them: not yet measured on a GPU, so off by default.
+ *
  * Measured on an NVIDIA H200 (tools/gpu_check.sh, `--profile`): see the README's GPU section.
  * @module
  */
