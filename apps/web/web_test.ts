@@ -39,6 +39,10 @@ const SLOW = [
   "attention()",
   "groupNormFast()",
   "crossEntropy() matches the CPU reference on odd shapes",
+  // Added with the implicit-GEMM convs (~20 pipelines to compile) and the 768-channel Winograd
+  // path choice (a 5.3 M-weight conv three ways); both run natively in both kernel kinds.
+  "conv2d() as an implicit GEMM (the gpu kind's forward), and the backward's GEMMs, match the references",
+  "conv2d(): 768 channels at 16x16 take the Winograd path when the weights are cached",
 ];
 
 /**
