@@ -14,8 +14,9 @@
  * Measured on an NVIDIA H200 (tools/gpu_check.sh, `--profile`): see the README's GPU section.
  * @module
  */
-import { type Gpu, grid, Params, type Tensor } from "@lvm/gpu";
-import { splitSumKernel, type TileConfig, tiledCore } from "./_matmul_kernels.ts";
+import { type Gpu, Params, type Tensor } from "@lvm/gpu";
+import { type TileConfig, tiledCore } from "./_matmul_kernels.ts";
+import { splitPlan, sumSplits, unusedBinding } from "./_tiled.ts";
 import { tiledConfig, tiledSplit } from "./matmul.ts";
 
 /** A convolution's geometry as the GEMMs need it (conv2d.ts's Geom adds the bottom/right padding). */
@@ -106,8 +107,6 @@ fn tileOut(bi: u32, m: u32, n: u32, v: f32) {
   return tiledCore({ tile: s.tile, aK: true, bN: true, header, prelude: uses, colPre: true });
 }
 
-const dummies = new WeakMap<Gpu, Tensor>();
-
 /**
  * out (B, Cout, Ho, Wo) = conv(x, w) + bias + residual, x optionally upsampled 2x (nearest) and
  * passed through a per-plane affine (+ SiLU) `ss` (B*Cin, 2) first; shapes checked by the caller.
@@ -141,8 +140,7 @@ export function gemmConv(
   const key =
     `conv2d_gemm|${tile.BM}x${tile.BN}x${tile.BK}/${tile.TM}x${tile.TN}|${g.KH}x${g.KW}|` +
     `${g.S}|${g.up}|${spec.bias}|${spec.res}|${spec.pro}|${rot}`;
-  let dummy = dummies.get(gpu);
-  if (!dummy) dummies.set(gpu, dummy = gpu.zeros([1]));
+  const dummy = unusedBinding(gpu);
   const p = new Params().u32(g.B).u32(M).u32(N).u32(K).u32(g.Cin).u32(g.H).u32(g.W).u32(g.Hu)
     .u32(g.Wu).u32(g.Wo).u32(g.pt).u32(g.pl);
   gpu.dispatch(
@@ -205,9 +203,27 @@ export function gemmConvDw(gpu: Gpu, x: Tensor, dy: Tensor, g: GemmConvGeom): Te
   const tile = tiledConfig(gpu, M, N);
   const tiles = Math.ceil(M / tile.BM) * Math.ceil(N / tile.BN);
   const S = tiledSplit(tiles, K);
-  const kChunk = Math.ceil(K / S / tile.BK) * tile.BK, nSplit = Math.ceil(K / kChunk);
+  const { kChunk, nSplit } = splitPlan(K, S, tile);
   const split = nSplit > 1;
   const dw = gpu.empty([g.Cout, g.Cin, g.KH, g.KW]);
+  const key = `conv2d_gemm_dw|${tile.BM}x${tile.BN}x${tile.BK}/${tile.TM}x${tile.TN}|` +
+    `${g.KH}x${g.KW}|${g.S}|${g.up}|${split}`;
+  const pipe = gpu.pipeline(key, () => dwKernel(tile, g, split));
+  const parts = split ? gpu.empty([nSplit * M * N]) : dw;
+  const p = new Params().u32(1).u32(M).u32(N).u32(K).u32(HoWo).u32(g.Wo).u32(g.H).u32(g.W)
+    .u32(g.Hu).u32(g.Wu).u32(g.pt).u32(g.pl).u32(kChunk).u32(nSplit);
+  gpu.dispatch(pipe, [dy, x, parts], p, [
+    Math.ceil(N / tile.BN),
+    Math.ceil(M / tile.BM),
+    nSplit,
+  ]);
+  if (split) sumSplits(gpu, parts, dw, { total: M * N, N, nSplit });
+  return dw;
+}
+
+/** {@link gemmConvDw}'s kernel: dy as A, x gathered under each tap as B (k = image, pixel). */
+function dwKernel(tile: TileConfig, g: GemmConvGeom, split: boolean): string {
+  const KHW = g.KH * g.KW;
   const header = `@group(0) @binding(0) var<storage, read> dy: array<f32>;
 @group(0) @binding(1) var<storage, read> x: array<f32>;
 @group(0) @binding(2) var<storage, read_write> out: array<f32>;
@@ -226,28 +242,5 @@ fn tileB(bi: u32, k: u32, n: u32) -> f32 {
   return x[((b * (p.N / ${KHW}u) + ci) * p.H + u32(iy) / ${g.up}u) * p.W + u32(ix) / ${g.up}u];
 }
 fn tileOut(bi: u32, m: u32, n: u32, v: f32) { out[m * p.N + n] = v; }`;
-  const key = `conv2d_gemm_dw|${tile.BM}x${tile.BN}x${tile.BK}/${tile.TM}x${tile.TN}|` +
-    `${g.KH}x${g.KW}|${g.S}|${g.up}|${split}`;
-  const pipe = gpu.pipeline(key, () => tiledCore({ tile, aK: true, bN: false, split, header }));
-  const parts = split ? gpu.empty([nSplit * M * N]) : dw;
-  const p = new Params().u32(1).u32(M).u32(N).u32(K).u32(HoWo).u32(g.Wo).u32(g.H).u32(g.W)
-    .u32(g.Hu).u32(g.Wu).u32(g.pt).u32(g.pl).u32(kChunk).u32(nSplit);
-  gpu.dispatch(pipe, [dy, x, parts], p, [
-    Math.ceil(N / tile.BN),
-    Math.ceil(M / tile.BM),
-    nSplit,
-  ]);
-  if (split) {
-    let dummy = dummies.get(gpu);
-    if (!dummy) dummies.set(gpu, dummy = gpu.zeros([1]));
-    const q = new Params().u32(M * N).u32(N).u32(nSplit).f32(1).u32(0);
-    gpu.dispatch(
-      gpu.pipeline("matmul/splitsum", splitSumKernel),
-      [parts, dummy, dw],
-      q,
-      grid(Math.ceil((M * N) / 256)),
-    );
-    parts.release();
-  }
-  return dw;
+  return tiledCore({ tile, aK: true, bN: false, split, header });
 }

@@ -39,13 +39,13 @@ import {
   naiveKernel,
   packKernel,
   packTKernel,
-  splitSumKernel,
   texKernel,
   tileBytes,
   type TileConfig,
   tiledKernel,
   tileProblem,
 } from "./_matmul_kernels.ts";
+import { splitPlan, sumSplits, unusedBinding } from "./_tiled.ts";
 
 export type { TileConfig } from "./_matmul_kernels.ts";
 export { tileBytes } from "./_matmul_kernels.ts";
@@ -96,13 +96,9 @@ interface Epi {
   acc: boolean;
 }
 
-/** A 4-byte tensor bound where a kernel's bias binding is unused (every kernel declares it). */
-const dummies = new WeakMap<Gpu, Tensor>();
+/** The bias, or a 4-byte tensor where the kernel's bias binding is unused (every kernel declares it). */
 function biasBinding(gpu: Gpu, bias: Tensor | undefined): Tensor {
-  if (bias) return bias;
-  let d = dummies.get(gpu);
-  if (!d) dummies.set(gpu, d = gpu.zeros([1]));
-  return d;
+  return bias ?? unusedBinding(gpu);
 }
 
 /** The `p.flags` bits of an epilogue (bias only where `withBias`, e.g. the first of K chunks). */
@@ -834,7 +830,7 @@ function storageMatmul(
       if (!Number.isInteger(S) || S < 1) {
         throw new RangeError(`matmul: splitK must be a positive integer, got ${S}`);
       }
-      const kChunk = c(K / S / t.BK) * t.BK, nSplit = c(K / kChunk);
+      const { kChunk, nSplit } = splitPlan(K, S, t);
       const key = `matmul/tiled/${fk}/${t.BM}x${t.BN}x${t.BK}/${t.TM}x${t.TN}/${aK}/${bN}`;
       if (nSplit <= 1) {
         gpu.dispatch(gpu.pipeline(key, () => tiledKernel(flags, t, aK, bN)), binds, p, [
@@ -854,14 +850,14 @@ function storageMatmul(
         c(M / t.BM),
         batch * nSplit,
       ]);
-      const q = new Params().u32(total).u32(N).u32(nSplit).f32(e.alpha).u32(epiFlags(e));
-      gpu.dispatch(
-        gpu.pipeline("matmul/splitsum", splitSumKernel),
-        [parts, biasBinding(gpu, e.bias), out],
-        q,
-        grid(c(total / 256)),
-      );
-      parts.release();
+      sumSplits(gpu, parts, out, {
+        total,
+        N,
+        nSplit,
+        alpha: e.alpha,
+        flags: epiFlags(e),
+        bias: e.bias,
+      });
       return;
     }
     case "gemv": {
