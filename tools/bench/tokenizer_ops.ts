@@ -10,6 +10,7 @@ import {
   conv2d,
   conv2dBackward,
   conv2dTuning,
+  Conv2dWeightCache,
   groupNorm,
   groupNormBackward,
   upsampleNearest2x,
@@ -32,23 +33,35 @@ const release = (r: Tensor | null | (Tensor | null)[] | Record<string, Tensor | 
   ts.forEach((t) => t?.release());
 };
 
-/** A 3x3 conv case: B=1, Cin -> Cout at HxW (stride 2 = the downsample's asymmetric padding). */
-function convCase(Cin: number, Cout: number, H: number, stride = 1): BenchCase {
+/**
+ * A 3x3 conv case: B=1, Cin -> Cout at HxW (stride 2 = the downsample's asymmetric padding);
+ * `cached`: the staged (or Winograd-transformed) weights kept across calls, as a loaded tokenizer
+ * keeps them.
+ */
+function convCase(Cin: number, Cout: number, H: number, stride = 1, cached = false): BenchCase {
   const Ho = stride === 1 ? H : H / 2;
   const opts = stride === 1 ? { pad: 1 } : { stride: 2, pad: [0, 1, 0, 1] as const };
+  let weights: Conv2dWeightCache | undefined, freeWeights = () => {};
   return {
-    name: stride === 1 ? "conv2d 3x3" : "conv2d 3x3 s2",
+    name: (stride === 1 ? "conv2d 3x3" : "conv2d 3x3 s2") + (cached ? " cached" : ""),
     shape: `${Cin}->${Cout} ${H}x${H}`,
     flops: 2 * Cin * Cout * 9 * Ho * Ho,
-    note: stride === 1 ? "B=1, pad 1, bias" : "B=1, pad (0,1,0,1), bias",
+    note: (stride === 1 ? "B=1, pad 1, bias" : "B=1, pad (0,1,0,1), bias") +
+      (cached ? ", weights cached (Conv2dWeightCache)" : ""),
     reps: H >= 128 ? 2 : 4,
     setup: (gpu) => {
       const x = rand(gpu, [1, Cin, H, H], 1);
       const w = rand(gpu, [Cout, Cin, 3, 3], 2, -0.05, 0.05);
       const b = rand(gpu, [Cout], 3);
-      return () => conv2d(gpu, x, w, b, opts).release();
+      weights = cached ? new Conv2dWeightCache() : undefined;
+      freeWeights = () => weights?.release(gpu);
+      return () => conv2d(gpu, x, w, b, { ...opts, weights }).release();
     },
-    teardown,
+    teardown: () => {
+      teardown();
+      freeWeights();
+      weights = undefined;
+    },
   };
 }
 
@@ -58,6 +71,7 @@ export const benches: BenchCase[] = [
   convCase(256, 256, 128),
   convCase(512, 512, 32),
   convCase(768, 768, 16),
+  convCase(768, 768, 16, 1, true),
   convCase(128, 128, 256, 2),
   {
     name: "conv2d 3x3 backward",

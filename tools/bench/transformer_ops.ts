@@ -1,14 +1,20 @@
 /**
  * Transformer kernels of @lvm/kernels at the 100m preset's sizes (hidden 640, 10 heads of 64):
  * RMSNorm, RoPE, causal attention forward/backward at T=1024 and decode against a 3840-token cache
- * (15 images of context, the official inference window).
+ * (15 images of context, the official inference window), and the fused decode kernels' weight
+ * streaming (decodeQkv, decodeFfn).
  * @module
  */
 import {
   attention,
   attentionBackward,
   attentionDecode,
+  decodeFfn,
+  decodeQkv,
   embedding,
+  type PackedWeight,
+  packWeight,
+  qkvTuning,
   rmsnorm,
   rmsnormBackward,
   rope,
@@ -21,6 +27,7 @@ import type { BenchCase } from "./_harness.ts";
 
 let held: Tensor[] = [];
 let cache: KvCache | null = null;
+let packed: PackedWeight[] = [];
 const keep = <T extends Tensor>(t: T): T => (held.push(t), t);
 const teardown = () => {
   held.forEach((t) => t.release());
@@ -162,6 +169,61 @@ export const benches: BenchCase[] = [
     teardown: () => {
       teardown();
       cache?.release();
+    },
+  },
+  // The fused decode kernels, four tokens through 22 layers per run (the ~11 ms sync spread over
+  // 88 dispatches), packed weights (what decode streams): bytes = the weights read once per
+  // dispatch; the rest (x, the cache row) is small beside them.
+  // Wv as a storage texture (the default where the device allows 5 per stage) and sampled.
+  ...([null, false] as const).map((vStorage): BenchCase => ({
+    name: vStorage === false ? "decodeQkv[Wv sampled]" : "decodeQkv",
+    shape: `D=${C} H=${H} hd=${D} packed f32`,
+    per: 4 * LAYERS,
+    bytes: 4 * LAYERS * 3 * H * D * C * 4,
+    note: "rmsnorm + q/k/v projections + RoPE + the KV-cache append, one dispatch per layer",
+    setup: (gpu) => {
+      const x = rand(gpu, [1, C], 1), norm = rand(gpu, [C], 2);
+      const w = (s: number) => packWeight(gpu, rand(gpu, [H * D, C], s), { transB: true });
+      const ws = { q: w(3), k: w(4), v: w(5) };
+      packed.push(ws.q, ws.k, ws.v);
+      cache = new KvCache(gpu, { batch: 1, maxT: 64, kvHeads: H, headDim: D });
+      const run = drop(
+        () => decodeQkv(gpu, x, norm, ws, cache!.buffers, 5, { heads: H }),
+        4 * LAYERS,
+      );
+      return () => {
+        qkvTuning.vStorage = vStorage;
+        try {
+          run();
+        } finally {
+          qkvTuning.vStorage = null;
+        }
+      };
+    },
+    teardown: () => {
+      teardown();
+      packed.forEach((p) => p.release());
+      packed = [];
+      cache?.release();
+    },
+  })),
+  {
+    name: "decodeFfn",
+    shape: `D=${C} F=${F} packed f32`,
+    per: 4 * LAYERS,
+    bytes: 4 * LAYERS * 2 * F * C * 4,
+    note: "rmsnorm + gate and up projections + SwiGLU, one dispatch per layer",
+    setup: (gpu) => {
+      const x = rand(gpu, [1, C], 1), norm = rand(gpu, [C], 2);
+      const w = (s: number) => packWeight(gpu, rand(gpu, [F, C], s), { transB: true });
+      const ws = { gate: w(3), up: w(4) };
+      packed.push(ws.gate, ws.up);
+      return drop(() => decodeFfn(gpu, x, norm, ws), 4 * LAYERS);
+    },
+    teardown: () => {
+      teardown();
+      packed.forEach((p) => p.release());
+      packed = [];
     },
   },
 ];
