@@ -62,6 +62,7 @@ Deno.test("gpu_check.sh: tests in both kinds, the sweep and the bench into one J
     const r = JSON.parse(await Deno.readTextFile(`${dir}/gpu_check.json`));
     assert(r.adapter && typeof r.adapter.description === "string", JSON.stringify(r.adapter));
     assertEquals(r.tests.map((t: { kind: string }) => t.kind), ["gpu", "cpu"]);
+    assertEquals([r.settings.GPU_CHECK_JOBS, r.settings.GPU_CHECK_KINDS], ["2", null]);
     for (const t of r.tests) {
       assertEquals([t.exit, t.passed, t.failed], [0, 2, 0], JSON.stringify(t));
     }

@@ -7,8 +7,8 @@
 # It runs the kernel tests (every op and variant against its CPU reference) with the "gpu" kernel
 # kind (LVM_KERNEL_KIND=gpu: shared-memory tiles) and then the "cpu" kind, then the tiled matmul's
 # tile sweep (tools/tune_tiled.ts) and the bench (`deno task bench --json`), and writes
-# OUT_DIR/gpu_check.json: the adapter, each kind's test counts and failures, the sweep's and the
-# bench's lines. Logs beside it.
+# OUT_DIR/gpu_check.json: the adapter, the GPU_CHECK_* settings it ran with, each kind's test counts
+# and failures, the sweep's and the bench's lines. Logs beside it.
 #
 # GPU_CHECK_TESTS (test paths) and GPU_CHECK_BENCH_FILTER (bench --filter texts, several separated
 # by '|': one bench run each, within the one time limit) narrow it; the bench
@@ -111,7 +111,11 @@ done
 "$DENO" eval "
   const read = async (f) => (await Deno.readTextFile(f)).split('\n').filter((l) => l.startsWith('{'))
     .map((l) => JSON.parse(l));
-  const out = { created: new Date().toISOString(), adapter: ${adapter:-null},
+  const env = (k) => Deno.env.get(k) ?? null;
+  const settings = Object.fromEntries(['GPU_CHECK_TESTS', 'GPU_CHECK_KINDS', 'GPU_CHECK_JOBS',
+    'GPU_CHECK_TUNE', 'GPU_CHECK_BENCH_FILTER', 'GPU_CHECK_PROFILE', 'GPU_CHECK_WARMUP',
+    'GPU_CHECK_TEST_TIMEOUT', 'GPU_CHECK_BENCH_TIMEOUT'].map((k) => [k, env(k)]));
+  const out = { created: new Date().toISOString(), adapter: ${adapter:-null}, settings,
     tests: [$t_all], tune: await read('$OUT/tune.jsonl'), bench_exit: $bench_exit,
     bench: await read('$OUT/bench.jsonl') };
   await Deno.writeTextFile('$OUT/gpu_check.json', JSON.stringify(out, null, 1) + '\n');
