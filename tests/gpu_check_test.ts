@@ -52,6 +52,8 @@ Deno.test("gpu_check.sh: tests in both kinds, the sweep and the bench into one J
         GPU_CHECK_BENCH_FILTER: "crc32|add then silu",
         GPU_CHECK_PROFILE: "2",
         GPU_CHECK_WARMUP: "0.2",
+        GPU_CHECK_REPS: "1",
+        GPU_CHECK_ROUNDS: "2",
         GPU_CHECK_TEST_TIMEOUT: "300",
         GPU_CHECK_BENCH_TIMEOUT: "300",
       },
@@ -70,6 +72,9 @@ Deno.test("gpu_check.sh: tests in both kinds, the sweep and the bench into one J
     assertEquals(r.bench_exit, 0);
     const names = r.bench.map((b: { name: string }) => b.name);
     assert(names.includes("crc32") && names.includes("add then silu"), names.join(", "));
+    // --rounds 2: each case's best of two rounds, with the rounds it kept the best of.
+    assertEquals(r.bench.map((b: { rounds?: number }) => b.rounds), [2, 2]);
+    assertEquals([r.settings.GPU_CHECK_REPS, r.settings.GPU_CHECK_ROUNDS], ["1", "2"]);
   } finally {
     await Deno.remove(dir, { recursive: true });
   }

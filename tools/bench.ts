@@ -107,11 +107,12 @@ for (const f of files) {
   const mod = await import(new URL(f, dir).href);
   cases.push(...(mod.benches as BenchCase[]));
 }
+const gpu = await getGpu();
 const selected = cases.filter((c) =>
-  !values.filter || `${c.name} ${c.shape}`.includes(values.filter)
+  (!values.filter || `${c.name} ${c.shape}`.includes(values.filter)) &&
+  (!c.kinds || c.kinds.includes(gpu.kind))
 );
 
-const gpu = await getGpu();
 const log = (s: string) => values.json ? console.error(s) : console.log(s);
 log(`adapter: ${gpu.describe()}`);
 log(`machine: ${navigator.hardwareConcurrency} logical cores, ${Deno.build.os}-${Deno.build.arch}`);

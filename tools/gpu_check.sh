@@ -48,6 +48,10 @@ T_BENCH="${GPU_CHECK_BENCH_TIMEOUT:-1800}"
 bench_args=(--warmup "${GPU_CHECK_WARMUP:-3}")
 # Each case's 10 slowest kernels (a profiled run after the timed ones); GPU_CHECK_PROFILE=0: none.
 [ "${GPU_CHECK_PROFILE:-10}" != 0 ] && bench_args+=(--profile "${GPU_CHECK_PROFILE:-10}")
+# GPU_CHECK_REPS / GPU_CHECK_ROUNDS: the bench's --reps and --rounds (an A/B of whole steps, whose
+# wall time spread by 30% between single runs on the H200, wants several of each).
+[ -n "${GPU_CHECK_REPS:-}" ] && bench_args+=(--reps "$GPU_CHECK_REPS")
+[ -n "${GPU_CHECK_ROUNDS:-}" ] && bench_args+=(--rounds "$GPU_CHECK_ROUNDS")
 
 adapter=$("$DENO" eval --unstable-webgpu "${cached[@]}" '
   const a = await navigator.gpu?.requestAdapter({ powerPreference: "high-performance" });
@@ -114,7 +118,8 @@ done
   const env = (k) => Deno.env.get(k) ?? null;
   const settings = Object.fromEntries(['GPU_CHECK_TESTS', 'GPU_CHECK_KINDS', 'GPU_CHECK_JOBS',
     'GPU_CHECK_TUNE', 'GPU_CHECK_BENCH_FILTER', 'GPU_CHECK_PROFILE', 'GPU_CHECK_WARMUP',
-    'GPU_CHECK_TEST_TIMEOUT', 'GPU_CHECK_BENCH_TIMEOUT'].map((k) => [k, env(k)]));
+    'GPU_CHECK_TEST_TIMEOUT', 'GPU_CHECK_BENCH_TIMEOUT', 'GPU_CHECK_REPS', 'GPU_CHECK_ROUNDS']
+    .map((k) => [k, env(k)]));
   const out = { created: new Date().toISOString(), adapter: ${adapter:-null}, settings,
     tests: [$t_all], tune: await read('$OUT/tune.jsonl'), bench_exit: $bench_exit,
     bench: await read('$OUT/bench.jsonl') };

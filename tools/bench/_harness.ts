@@ -8,7 +8,7 @@
  * so it does not depend on `per`.
  * @module
  */
-import type { Gpu, KernelTime } from "@lvm/gpu";
+import type { AdapterKind, Gpu, KernelTime } from "@lvm/gpu";
 import { matmul } from "@lvm/kernels";
 
 /** One measured thing. */
@@ -30,6 +30,11 @@ export interface BenchCase {
   note?: string;
   /** Timed runs of this case when `--reps` is not given (default 5). */
   reps?: number;
+  /**
+   * Kernel kinds the case runs in (default: every kind): a GPU-only A/B (a tuning knob flipped)
+   * is skipped on lavapipe, where it would only lengthen the bench.
+   */
+  kinds?: AdapterKind[];
   /** Prepares inputs; returns the function timed (which must record or do one run). */
   setup(gpu: Gpu): Promise<() => unknown> | (() => unknown);
   /** Releases what setup made. */

@@ -12,6 +12,7 @@ import type { Gpu, Tensor } from "@lvm/gpu";
 import { randu } from "@lvm/util/testing";
 import { initVqganWeights, layout, presetConfig, Vqgan, type VqganConfig } from "@lvm/tokenizer";
 import { makeImage } from "@lvm/image";
+import { conv2dTuning } from "@lvm/kernels";
 import { makeVqganRunConfig, Trainer, VqganTrainable } from "@lvm/train";
 import type { BenchCase } from "./_harness.ts";
 
@@ -116,15 +117,28 @@ export const benches: BenchCase[] = [
       model = null;
     },
   },
-  {
-    name: "vqgan train step",
+  trainStepCase(),
+  // The gpu kind's A/B of conv2dTuning.gemmBackward: the same step with the convolutions' backward
+  // on the texture kernels (lavapipe's path) instead of its default implicit GEMMs.
+  trainStepCase({ textureBackward: true }),
+];
+
+let teardownTrain: (() => void) | undefined;
+let trainDispatches = 0;
+
+/** The tiny training step; `textureBackward` sets conv2dTuning.gemmBackward false for its runs. */
+function trainStepCase(o: { textureBackward?: boolean } = {}): BenchCase {
+  return {
+    name: o.textureBackward ? "vqgan train step[texture backward]" : "vqgan train step",
     shape: `tiny b${TINY_B} 32x32`,
     items: TINY_B,
     unit: "images",
     flops: 3 * TINY_B * (vqganFlops(TINY).encode + vqganFlops(TINY).decode),
     note:
-      "forward + backward (~3x forward FLOPs) + clip + AdamW, loss read back (@lvm/train's Trainer)",
+      "forward + backward (~3x forward FLOPs) + clip + AdamW, loss read back (@lvm/train's Trainer)" +
+      (o.textureBackward ? "; conv backward on the texture kernels" : ""),
     reps: 3,
+    ...(o.textureBackward ? { kinds: ["gpu" as const] } : {}),
     setup(gpu) {
       const m = Vqgan.fromWeights(gpu, TINY, initVqganWeights(TINY, 1));
       const cfg = makeVqganRunConfig({
@@ -142,8 +156,14 @@ export const benches: BenchCase[] = [
       teardownTrain = () => trainer.release(); // the model too
       return async () => {
         const d0 = gpu.dispatchCount;
-        await trainer.trainStep();
-        await trainer.flush();
+        const before = conv2dTuning.gemmBackward;
+        if (o.textureBackward) conv2dTuning.gemmBackward = false;
+        try {
+          await trainer.trainStep();
+          await trainer.flush();
+        } finally {
+          conv2dTuning.gemmBackward = before;
+        }
         trainDispatches = gpu.dispatchCount - d0;
       };
     },
@@ -152,8 +172,5 @@ export const benches: BenchCase[] = [
       teardownTrain?.();
     },
     extra: () => ({ dispatches_per_step: trainDispatches }),
-  },
-];
-
-let teardownTrain: (() => void) | undefined;
-let trainDispatches = 0;
+  };
+}

@@ -88,8 +88,8 @@ export const benches: BenchCase[] = [
     teardown,
   },
   {
-    // The same backward as implicit GEMMs (conv2dTuning.gemmBackward): the GPU-shaped candidate
-    // (tiled stages in workgroup memory; slow on lavapipe, where barriers are emulated).
+    // The same backward as implicit GEMMs (conv2dTuning.gemmBackward: the gpu kind's default):
+    // tiled stages in workgroup memory; slow on lavapipe, where barriers are emulated.
     name: "conv2d 3x3 backward gemm",
     shape: "256->256 32x32",
     flops: 2 * 2 * 256 * 256 * 9 * 32 * 32,

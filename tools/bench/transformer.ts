@@ -105,6 +105,52 @@ function cases(cfg: (typeof CONFIGS)[number]): BenchCase[] {
   const flops = fwd * N;
   const ctx = cfg.prompt + cfg.decode / 2; // mean cache length of a decode step
   const kvBytes = 2 * c.layers * (cfg.prompt + cfg.decode) * c.kvHeads * c.headDim * 4;
+  const trainStep = (oneSubmit = false): BenchCase => ({
+    name: oneSubmit ? "transformer train step[one submit]" : "transformer train step",
+    shape: `${name} B${B} T${T}`,
+    items: N,
+    unit: "tokens",
+    flops: 3 * flops,
+    reps,
+    note: `fwd+bwd+clip+AdamW, one loss read; ${mflop(3 * fwd)}/token = 3x forward, ` +
+      `weights+grads+moments 16 B/param = ${mib(16 * P)}` +
+      (oneSubmit ? "; recorded work submitted once, at the loss read (Gpu.submitEvery 0)" : ""),
+    // The A/B of Gpu.submitEvery (64 on the gpu kind, already 0 on the cpu kind).
+    ...(oneSubmit ? { kinds: ["gpu" as const] } : {}),
+    setup(gpu) {
+      const { inputs, targets } = build(gpu);
+      const specs = paramSpecs(model.config);
+      const moments = specs.map((s) => ({ m: gpu.zeros(s.shape), v: gpu.zeros(s.shape) }));
+      held = moments.flatMap((x) => [x.m, x.v]);
+      let step = 0;
+      return async () => {
+        step++;
+        const every = gpu.submitEvery;
+        if (oneSubmit) gpu.submitEvery = 0;
+        const d0 = gpu.dispatchCount;
+        const { loss } = model.forward({ B, T, inputs, targets }, { train: true });
+        const grads = model.backward();
+        const clip = clipGradNorm(gpu, specs.map((s) => grads.get(s.name)!), 1.0);
+        specs.forEach((s, i) =>
+          adamw(gpu, { param: model.param(s.name), grad: grads.get(s.name)!, ...moments[i] }, {
+            lr: 1e-4,
+            step,
+            beta1: 0.9,
+            beta2: 0.95,
+            weightDecay: 0.1,
+            gradScale: clip.scale,
+          })
+        );
+        await gpu.read(loss!);
+        gpu.submitEvery = every;
+        perStep = gpu.dispatchCount - d0;
+        mem = Math.max(mem, gpu.pool.allocatedBytes);
+        for (const t of [loss!, clip.norm, clip.scale] as Tensor[]) t.release();
+      };
+    },
+    teardown,
+    extra: () => ({ ...extra(), dispatches_per_step: perStep }),
+  });
   return [
     {
       name: `transformer forward`,
@@ -127,46 +173,8 @@ function cases(cfg: (typeof CONFIGS)[number]): BenchCase[] {
       teardown,
       extra,
     },
-    {
-      name: `transformer train step`,
-      shape: `${name} B${B} T${T}`,
-      items: N,
-      unit: "tokens",
-      flops: 3 * flops,
-      reps,
-      note: `fwd+bwd+clip+AdamW, one loss read; ${mflop(3 * fwd)}/token = 3x forward, ` +
-        `weights+grads+moments 16 B/param = ${mib(16 * P)}`,
-      setup(gpu) {
-        const { inputs, targets } = build(gpu);
-        const specs = paramSpecs(model.config);
-        const moments = specs.map((s) => ({ m: gpu.zeros(s.shape), v: gpu.zeros(s.shape) }));
-        held = moments.flatMap((x) => [x.m, x.v]);
-        let step = 0;
-        return async () => {
-          step++;
-          const d0 = gpu.dispatchCount;
-          const { loss } = model.forward({ B, T, inputs, targets }, { train: true });
-          const grads = model.backward();
-          const clip = clipGradNorm(gpu, specs.map((s) => grads.get(s.name)!), 1.0);
-          specs.forEach((s, i) =>
-            adamw(gpu, { param: model.param(s.name), grad: grads.get(s.name)!, ...moments[i] }, {
-              lr: 1e-4,
-              step,
-              beta1: 0.9,
-              beta2: 0.95,
-              weightDecay: 0.1,
-              gradScale: clip.scale,
-            })
-          );
-          await gpu.read(loss!);
-          perStep = gpu.dispatchCount - d0;
-          mem = Math.max(mem, gpu.pool.allocatedBytes);
-          for (const t of [loss!, clip.norm, clip.scale] as Tensor[]) t.release();
-        };
-      },
-      teardown,
-      extra: () => ({ ...extra(), dispatches_per_step: perStep }),
-    },
+    trainStep(),
+    ...(name === "100m" ? [trainStep(true)] : []),
     {
       name: `transformer decode`,
       shape: `${name} prompt${cfg.prompt} +${cfg.decode}`,

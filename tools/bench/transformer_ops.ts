@@ -9,6 +9,7 @@ import {
   attention,
   attentionBackward,
   attentionDecode,
+  attentionTuning,
   decodeFfn,
   decodeQkv,
   embedding,
@@ -53,7 +54,7 @@ const LAYERS = 22;
 
 const N = 4096, C = 640, F = 1664;
 const [B, T, H, D] = [1, 1024, 10, 64];
-const causalFlops = 4 * B * H * T * T * D / 2;
+const causalFlops = (t: number) => 4 * B * H * t * t * D / 2;
 const CACHE = 3840;
 
 /** Memory-bound ops in GB/s, attention in GFLOP/s (causal: half of the 4*B*H*T*T*D matmul flops). */
@@ -123,34 +124,16 @@ export const benches: BenchCase[] = [
     },
     teardown,
   },
-  {
-    name: "attention fwd",
-    shape: `B=${B} T=${T} H=${H} D=${D}`,
-    flops: causalFlops,
-    note: "4*B*H*T*T*D/2 (causal)",
-    reps: 3,
-    setup: (gpu) => {
-      const q = rand(gpu, [B, T, H, D], 1), k = rand(gpu, [B, T, H, D], 2);
-      const v = rand(gpu, [B, T, H, D], 3);
-      return drop(() => attention(gpu, q, k, v));
-    },
-    teardown,
-  },
-  {
-    name: "attention bwd",
-    shape: `B=${B} T=${T} H=${H} D=${D}`,
-    flops: 2.5 * causalFlops,
-    note: "2.5x forward flops (FA2 count); this kernel pair does 3.5x",
-    reps: 3,
-    setup: (gpu) => {
-      const q = rand(gpu, [B, T, H, D], 1), k = rand(gpu, [B, T, H, D], 2);
-      const v = rand(gpu, [B, T, H, D], 3), dout = rand(gpu, [B, T, H, D], 4);
-      const { out, lse } = attention(gpu, q, k, v);
-      keep(out), keep(lse);
-      return drop(() => attentionBackward(gpu, q, k, v, out, lse, dout));
-    },
-    teardown,
-  },
+  attnFwd(T),
+  attnBwd(T),
+  // The gpu kind's A/B of the "buffer" kernels' split (attentionTuning.split), at the bench's
+  // T = 1024 and at the `100m` train step's T = 256.
+  attnFwd(T, true),
+  attnBwd(T, true),
+  attnFwd(256, false, ["gpu"]),
+  attnFwd(256, true),
+  attnBwd(256, false, ["gpu"]),
+  attnBwd(256, true),
   {
     name: "attention decode",
     shape: `B=1 n=1 H=${H} D=${D} cache ${CACHE}`,
@@ -227,3 +210,51 @@ export const benches: BenchCase[] = [
     },
   },
 ];
+
+/** Runs `f` with attentionTuning.split at 1 (one row per lane) when `unsplit`. */
+function splitOff<R>(unsplit: boolean, f: () => R): R {
+  const before = attentionTuning.split;
+  if (unsplit) attentionTuning.split = 1;
+  try {
+    return f();
+  } finally {
+    attentionTuning.split = before;
+  }
+}
+
+function attnFwd(t: number, unsplit = false, kinds?: ("cpu" | "gpu")[]): BenchCase {
+  return {
+    name: unsplit ? "attention fwd[unsplit]" : "attention fwd",
+    shape: `B=${B} T=${t} H=${H} D=${D}`,
+    flops: causalFlops(t),
+    note: "4*B*H*T*T*D/2 (causal)" + (unsplit ? "; one row per lane (split 1)" : ""),
+    reps: 3,
+    ...(unsplit ? { kinds: ["gpu" as const] } : kinds ? { kinds } : {}),
+    setup: (gpu) => {
+      const q = rand(gpu, [B, t, H, D], 1), k = rand(gpu, [B, t, H, D], 2);
+      const v = rand(gpu, [B, t, H, D], 3);
+      return drop(() => splitOff(unsplit, () => attention(gpu, q, k, v)));
+    },
+    teardown,
+  };
+}
+
+function attnBwd(t: number, unsplit = false, kinds?: ("cpu" | "gpu")[]): BenchCase {
+  return {
+    name: unsplit ? "attention bwd[unsplit]" : "attention bwd",
+    shape: `B=${B} T=${t} H=${H} D=${D}`,
+    flops: 2.5 * causalFlops(t),
+    note: "2.5x forward flops (FA2 count); this kernel pair does 3.5x" +
+      (unsplit ? "; one row per lane (split 1)" : ""),
+    reps: 3,
+    ...(unsplit ? { kinds: ["gpu" as const] } : kinds ? { kinds } : {}),
+    setup: (gpu) => {
+      const q = rand(gpu, [B, t, H, D], 1), k = rand(gpu, [B, t, H, D], 2);
+      const v = rand(gpu, [B, t, H, D], 3), dout = rand(gpu, [B, t, H, D], 4);
+      const { out, lse } = attention(gpu, q, k, v);
+      keep(out), keep(lse);
+      return drop(() => splitOff(unsplit, () => attentionBackward(gpu, q, k, v, out, lse, dout)));
+    },
+    teardown,
+  };
+}

@@ -50,11 +50,18 @@ export const attentionTuning: {
   variant: AttentionVariant | null;
   /** Force the rows per lane R of every kernel (null: from the budgets). */
   rows: number | null;
+  /**
+   * Force the "buffer" kernels' split: S lanes share a row (R = 1), each streaming every S-th
+   * key (forward, dQ) or query (dK/dV), merged through workgroup memory at the end (null: 1 on
+   * the "cpu" kernel kind, else enough splits for ~64K lanes, at most 16; {@link splitFor}).
+   */
+  split: number | null;
   tex: { lanes: number; budget: { fwd: number; dq: number; dkdv: number }; decodeLanes: number };
   buffer: { lanes: number; budget: { fwd: number; dq: number; dkdv: number }; decodeLanes: number };
 } = {
   variant: null,
   rows: null,
+  split: null,
   tex: { lanes: 16, budget: { fwd: 64, dq: 32, dkdv: 32 }, decodeLanes: 8 },
   buffer: { lanes: 64, budget: { fwd: 0, dq: 0, dkdv: 0 }, decodeLanes: 64 },
 };
@@ -69,6 +76,64 @@ function shapeOf(
   const R = attentionTuning.rows ??
     Math.min(4, Math.max(1, Math.floor(t.budget[kernel] / Math.ceil(D / 4))));
   return [t.lanes, R];
+}
+
+/**
+ * Lanes per row of a "buffer" kernel over `rows` rows of `n` streamed rows each: one row per lane
+ * leaves a GPU mostly idle at training sizes (the `100m` step's T = 256 x 10 heads: 2560 lanes, 40
+ * workgroups on an H200's 132 SMs), so S lanes split the streamed loop, enough for ~64K lanes in
+ * the backward, ~8K in the forward (at most 16, and at most n / 4 so that each lane still walks a
+ * few rows). Measured on an H200 (`deno task bench --filter attention`, GPU time, B=1 H=10 D=64):
+ * the backward at T = 1024 6.69 -> 2.46 ms (split 8), at T = 256 2.32 -> 1.21 ms (16); the forward
+ * at T = 1024 0.58 ms unsplit, 0.86 ms split 8 (its softmax merge costs more than the lanes win
+ * there). 1 on the cpu kind (lavapipe emulates the merge's barriers; its default is "tex" anyway).
+ */
+function splitFor(
+  gpu: Gpu,
+  src: AttentionVariant,
+  kernel: "fwd" | "dq" | "dkdv",
+  rows: number,
+  n: number,
+): number {
+  if (src !== "buffer") return 1;
+  if (attentionTuning.split !== null) return attentionTuning.split;
+  if (gpu.kind === "cpu") return 1;
+  const lanes = kernel === "fwd" ? 8192 : 65536;
+  let S = 1;
+  while (S < 16 && rows * S < lanes && S * 2 <= Math.max(1, n / 4)) S *= 2;
+  return S;
+}
+
+/**
+ * Workgroup lanes of a split kernel: `WG`, halved while its merge buffers ({@link splitMerge}: WG/2
+ * rows of U vec4s and a vec2) would not fit the device's workgroup memory.
+ */
+function splitLanes(gpu: Gpu, WG: number, S: number, U: number): number {
+  const limit = gpu.limits.maxComputeWorkgroupStorageSize;
+  while (WG > S && (WG / 2) * (U * 16 + 8) > limit) WG /= 2;
+  return WG;
+}
+
+/**
+ * [lanes, rows per lane, lanes per row] of a kernel over `rows` rows that stream `n` rows each:
+ * {@link shapeOf}, split by {@link splitFor} (one row per S lanes, R = 1) on the "buffer" variant.
+ */
+function kernelShape(
+  gpu: Gpu,
+  src: AttentionVariant,
+  kernel: "fwd" | "dq" | "dkdv",
+  D: number,
+  rows: number,
+  n: number,
+): [number, number, number] {
+  const [WG, R] = shapeOf(src, kernel, D);
+  const S = splitFor(gpu, src, kernel, rows, n);
+  if (S === 1) return [WG, R, 1];
+  if (!Number.isInteger(Math.log2(S)) || S > WG) {
+    throw new RangeError(`attention: split ${S} is not a power of two up to ${WG} lanes`);
+  }
+  const U = Math.ceil(D / 4);
+  return [splitLanes(gpu, WG, S, U), 1, S];
 }
 
 function pickVariant(gpu: Gpu, B: number): AttentionVariant {
@@ -86,6 +151,9 @@ function rep(n: number, f: (i: number) => string, sep = "\n  "): string {
 }
 
 const SW = [".x", ".y", ".z", ".w"];
+
+/** `prefix`0 .. `prefix`(n-1). */
+const names = (n: number, prefix: string) => Array.from({ length: n }, (_, i) => `${prefix}${i}`);
 
 /**
  * Row access in a storage buffer of (.., D) rows: vec4 units when D % 4 == 0, else scalars packed
@@ -202,7 +270,7 @@ function packed(gpu: Gpu, slot: number, x: Tensor): TexSlot {
  * (forward, dQ): `qb` the block (late blocks first: they see the most keys), `bh`, `h`, `b`, the
  * KV head `g` (`gx` its first texel column) and the workgroup's first row `tb` of this invocation.
  */
-function qBlockHead(U: number, WG: number, R: number): string {
+function qBlockHead(U: number, WG: number, R: number, S = 1): string {
   return `let w = ${WG_INDEX};
   if (w >= p.BH * p.nQB) { return; }
   let qb = p.nQB - 1u - w % p.nQB; // late query blocks first: they see the most keys
@@ -211,15 +279,61 @@ function qBlockHead(U: number, WG: number, R: number): string {
   let b = bh / p.H;
   let g = h / (p.H / p.KVH);
   let gx = g * ${U}u;
-  let tb = (qb * ${WG}u + li) * ${R}u;`;
+  ${
+    S > 1
+      ? `let sl = li % ${S}u; // this lane's split of the row's loop
+  let tb = qb * ${WG / S}u + li / ${S}u;`
+      : `let tb = (qb * ${WG}u + li) * ${R}u;`
+  }`;
 }
 
-function forwardKernel(D: number, src: AttentionVariant, WG: number, R: number): string {
+/**
+ * WGSL of a split kernel's merge (S > 1, one row per S lanes, sl = li % S): a tree through
+ * workgroup memory that leaves the row's total in lane sl = 0. `groups`: the per-lane vec4
+ * accumulators, merged one group at a time through one buffer of WG/2 rows of U vec4s (dK and dV
+ * in turn); `softmax`: the forward's online-softmax states (m0, l0) rescale what they merge.
+ */
+function splitMerge(WG: number, S: number, U: number, groups: string[][], softmax: boolean) {
+  const decl = `var<workgroup> mv: array<vec4f, ${(WG / 2) * U}>;` +
+    (softmax ? `\nvar<workgroup> ms: array<vec2f, ${WG / 2}>;` : "");
+  const L: string[] = [];
+  for (const names of groups) {
+    for (let step = S / 2; step >= 1; step /= 2) {
+      L.push(`{ // ${2 * step} -> ${step} lanes per row`);
+      L.push(`    if (sl >= ${step}u && sl < ${2 * step}u) {`);
+      L.push(`      let k = (li / ${S}u) * ${step}u + sl - ${step}u;`);
+      if (softmax) L.push(`      ms[k] = vec2f(m0, l0);`);
+      names.forEach((n, d) => L.push(`      mv[k * ${U}u + ${d}u] = ${n};`));
+      L.push(`    }`);
+      L.push(`    workgroupBarrier();`);
+      L.push(`    if (sl < ${step}u) {`);
+      L.push(`      let k = (li / ${S}u) * ${step}u + sl;`);
+      if (softmax) {
+        L.push(`      let o = ms[k];`);
+        L.push(`      let M = max(m0, o.x);`);
+        L.push(`      let c1 = exp2(m0 - M);`);
+        L.push(`      let c2 = exp2(o.x - M);`);
+        L.push(`      l0 = l0 * c1 + o.y * c2;`);
+        L.push(`      m0 = M;`);
+        names.forEach((n, d) => L.push(`      ${n} = ${n} * c1 + mv[k * ${U}u + ${d}u] * c2;`));
+      } else {
+        names.forEach((n, d) => L.push(`      ${n} += mv[k * ${U}u + ${d}u];`));
+      }
+      L.push(`    }`);
+      L.push(`    workgroupBarrier();`);
+      L.push(`  }`);
+    }
+  }
+  return { decl, body: L.join("\n  ") };
+}
+
+function forwardKernel(D: number, src: AttentionVariant, WG: number, R: number, S = 1): string {
   const { U, ty, ld, st } = rows(D);
   const s = streamed(src, D, ["kt", "vt"], 1);
   const rs = (f: (r: number) => string, sep?: string) => rep(R, f, sep);
   const us = (f: (d: number) => string, sep?: string) => rep(U, f, sep);
-  return `
+  const merge = S > 1 ? splitMerge(WG, S, U, [names(U, "a0_")], true) : null;
+  return `${merge?.decl ?? ""}
 @group(0) @binding(0) var<storage, read> q: array<${ty}>; // (B,Tq,H,D)
 ${s.decl}
 @group(0) @binding(3) var<storage, read_write> out: array<${ty}>; // (B,Tq,H,D)
@@ -231,7 +345,7 @@ struct P { BH: u32, Tq: u32, H: u32, KVH: u32, Tk: u32, qStart: u32, nQB: u32, s
 @compute @workgroup_size(${WG})
 fn main(@builtin(local_invocation_index) li: u32, @builtin(workgroup_id) wg: vec3u,
         @builtin(num_workgroups) nwg: vec3u) {
-  ${qBlockHead(U, WG, R)}
+  ${qBlockHead(U, WG, R, S)}
   // Rows past Tq compute a copy of the last row and are not written.
   ${
     rs((r) =>
@@ -243,8 +357,10 @@ fn main(@builtin(local_invocation_index) li: u32, @builtin(workgroup_id) wg: vec
   ${rs((r) => us((d) => `let q${r}_${d} = ${ld("q", `o${r}`, d)} * p.scaleLog2;`))}
   ${rs((r) => us((d) => `var a${r}_${d} = vec4f(0.0);`, " "))}
   ${rs((r) => `var m${r} = ${MASKED};\n  var l${r} = 0.0;`)}
-  let kEnd = p.qStart + min((qb + 1u) * ${WG * R}u, p.Tq); // one past the block's last visible key
-  for (var j = 0u; j < kEnd; j++) {
+  let kEnd = p.qStart + min((qb + 1u) * ${
+    (WG / S) * R
+  }u, p.Tq); // one past the block's last visible key
+  for (var j = ${S > 1 ? "sl" : "0u"}; j < kEnd; j += ${S}u) {
     ${s.base("j", "g", "p.Tk", "p.KVH")}
     ${rs((r) => `var x${r} = vec4f(0.0);`, " ")}
     ${
@@ -263,7 +379,9 @@ fn main(@builtin(local_invocation_index) li: u32, @builtin(workgroup_id) wg: vec
       l${r} *= c;
       ${us((d) => `a${r}_${d} *= c;`, " ")}
     }
-    let e${r} = exp2(s${r} - m${r});
+    let e${r} = ${
+        // A split lane may meet masked keys before any visible one (m still the mask value).
+        S > 1 ? `select(0.0, exp2(s${r} - m${r}), j <= qp${r})` : `exp2(s${r} - m${r})`};
     l${r} += e${r};`, "\n    ")
   }
     ${
@@ -274,9 +392,10 @@ fn main(@builtin(local_invocation_index) li: u32, @builtin(workgroup_id) wg: vec
       } }`, "\n    ")
   }
   }
+  ${merge?.body ?? ""}
   ${
     rs((r) =>
-      `if (tb + ${r}u < p.Tq) {
+      `if (tb + ${r}u < p.Tq${S > 1 ? " && sl == 0u" : ""}) {
     let inv = 1.0 / l${r};
     ${us((d) => st("out", `o${r}`, d, `a${r}_${d} * inv`), "\n    ")}
     if (p.writeLse != 0u) { lse[bh * p.Tq + t${r}] = (m${r} + log2(l${r})) * ${Math.LN2}; }
@@ -338,11 +457,11 @@ function launchForward(
 ) {
   const { B, T, H, KVH, D } = dm;
   const src: AttentionVariant = "tex" in kv ? "tex" : "buffer";
-  const [WG, R] = shapeOf(src, "fwd", D);
-  const nQB = Math.ceil(T / (WG * R));
+  const [WG, R, S] = kernelShape(gpu, src, "fwd", D, B * H * T, qStart + T);
+  const nQB = Math.ceil(T / ((WG / S) * R));
   const pipe = gpu.pipeline(
-    `attention|${D}|${src}|${WG}|${R}`,
-    () => forwardKernel(D, src, WG, R),
+    `attention|${D}|${src}|${WG}|${R}${S > 1 ? `|s${S}` : ""}`,
+    () => forwardKernel(D, src, WG, R, S),
   );
   const kvb = "tex" in kv ? kv.tex.map((t) => t.view) : kv.buf;
   gpu.dispatch(
@@ -388,12 +507,13 @@ export function attention(
 // ---------------------------------------------------------------------------------------------
 // Backward.
 
-function dqKernel(D: number, src: AttentionVariant, WG: number, R: number): string {
+function dqKernel(D: number, src: AttentionVariant, WG: number, R: number, S = 1): string {
   const { U, ty, ld, st } = rows(D);
   const s = streamed(src, D, ["kt", "vt"], 1);
   const rs = (f: (r: number) => string, sep?: string) => rep(R, f, sep);
   const us = (f: (d: number) => string, sep?: string) => rep(U, f, sep);
-  return `
+  const merge = S > 1 ? splitMerge(WG, S, U, [names(U, "a0_")], false) : null;
+  return `${merge?.decl ?? ""}
 @group(0) @binding(0) var<storage, read> q: array<${ty}>; // (B,T,H,D)
 ${s.decl}
 @group(0) @binding(3) var<storage, read> dout: array<${ty}>; // (B,T,H,D)
@@ -407,7 +527,7 @@ struct P { BH: u32, T: u32, H: u32, KVH: u32, nQB: u32, scaleLog2: f32, scale: f
 @compute @workgroup_size(${WG})
 fn main(@builtin(local_invocation_index) li: u32, @builtin(workgroup_id) wg: vec3u,
         @builtin(num_workgroups) nwg: vec3u) {
-  ${qBlockHead(U, WG, R)}
+  ${qBlockHead(U, WG, R, S)}
   ${
     rs((r) =>
       `let t${r} = min(tb + ${r}u, p.T - 1u);
@@ -425,8 +545,8 @@ fn main(@builtin(local_invocation_index) li: u32, @builtin(workgroup_id) wg: vec
     )
   }
   ${rs((r) => us((d) => `var a${r}_${d} = vec4f(0.0);`, " "))}
-  let kEnd = min((qb + 1u) * ${WG * R}u, p.T);
-  for (var j = 0u; j < kEnd; j++) {
+  let kEnd = min((qb + 1u) * ${(WG / S) * R}u, p.T);
+  for (var j = ${S > 1 ? "sl" : "0u"}; j < kEnd; j += ${S}u) {
     ${s.base("j", "g", "p.T", "p.KVH")}
     ${us((d) => `let k${d} = ${s.at("kt", "j", "gx", d)};`, "\n    ")}
     ${rs((r) => `var x${r} = vec4f(0.0);\n    var y${r} = vec4f(0.0);`, "\n    ")}
@@ -447,9 +567,10 @@ fn main(@builtin(local_invocation_index) li: u32, @builtin(workgroup_id) wg: vec
       }`, "\n    ")
   }
   }
+  ${merge?.body ?? ""}
   ${
     rs((r) =>
-      `if (tb + ${r}u < p.T) {
+      `if (tb + ${r}u < p.T${S > 1 ? " && sl == 0u" : ""}) {
     ${us((d) => st("dq", `o${r}`, d, `a${r}_${d} * p.scale`), "\n    ")}
     delta[bh * p.T + t${r}] = dd${r};
   }`
@@ -458,12 +579,13 @@ fn main(@builtin(local_invocation_index) li: u32, @builtin(workgroup_id) wg: vec
 }`;
 }
 
-function dkdvKernel(D: number, src: AttentionVariant, WG: number, R: number): string {
+function dkdvKernel(D: number, src: AttentionVariant, WG: number, R: number, S = 1): string {
   const { U, ty, ld, st } = rows(D);
   const s = streamed(src, D, ["qt", "gt"], 2);
   const rs = (f: (r: number) => string, sep?: string) => rep(R, f, sep);
   const us = (f: (d: number) => string, sep?: string) => rep(U, f, sep);
-  return `
+  const merge = S > 1 ? splitMerge(WG, S, U, [names(U, "a0_"), names(U, "c0_")], false) : null;
+  return `${merge?.decl ?? ""}
 @group(0) @binding(0) var<storage, read> k: array<${ty}>; // (B,T,KVH,D)
 @group(0) @binding(1) var<storage, read> v: array<${ty}>; // (B,T,KVH,D)
 ${s.decl}
@@ -483,7 +605,12 @@ fn main(@builtin(local_invocation_index) li: u32, @builtin(workgroup_id) wg: vec
   let bg = w / p.nKB;
   let g = bg % p.KVH;
   let b = bg / p.KVH;
-  let jb = (kb * ${WG}u + li) * ${R}u;
+  ${
+    S > 1
+      ? `let sl = li % ${S}u; // this lane's split of the query loop
+  let jb = kb * ${WG / S}u + li / ${S}u;`
+      : `let jb = (kb * ${WG}u + li) * ${R}u;`
+  }
   ${
     rs((r) =>
       `let j${r} = min(jb + ${r}u, p.T - 1u);
@@ -499,7 +626,7 @@ fn main(@builtin(local_invocation_index) li: u32, @builtin(workgroup_id) wg: vec
     let h = g * rep + hh;
     let hx = h * ${U}u;
     let rowBase = (b * p.H + h) * p.T;
-    for (var i = kb * ${WG * R}u; i < p.T; i++) {
+    for (var i = kb * ${(WG / S) * R}u${S > 1 ? " + sl" : ""}; i < p.T; i += ${S}u) {
       ${s.base("i", "h", "p.T", "p.H")}
       let L = lse[rowBase + i] * ${LOG2E};
       let dd = delta[rowBase + i];
@@ -522,9 +649,10 @@ fn main(@builtin(local_invocation_index) li: u32, @builtin(workgroup_id) wg: vec
   }
     }
   }
+  ${merge?.body ?? ""}
   ${
     rs((r) =>
-      `if (jb + ${r}u < p.T) {
+      `if (jb + ${r}u < p.T${S > 1 ? " && sl == 0u" : ""}) {
     ${us((d) => st("dk", `o${r}`, d, `a${r}_${d} * p.scale`), "\n    ")}
     ${us((d) => st("dv", `o${r}`, d, `c${r}_${d}`), "\n    ")}
   }`
@@ -567,20 +695,26 @@ export function attentionBackward(
   const scaleLog2 = LOG2E / Math.sqrt(D), scale = 1 / Math.sqrt(D);
   const tex = src === "tex";
   const kvb = tex ? [packed(gpu, 0, k).view, packed(gpu, 1, v).view] : [k, v];
-  const [WGq, Rq] = shapeOf(src, "dq", D);
-  const nQB = Math.ceil(T / (WGq * Rq));
+  const [WGq, Rq, Sq] = kernelShape(gpu, src, "dq", D, B * H * T, T);
+  const nQB = Math.ceil(T / ((WGq / Sq) * Rq));
   gpu.dispatch(
-    gpu.pipeline(`attentionDq|${D}|${src}|${WGq}|${Rq}`, () => dqKernel(D, src, WGq, Rq)),
+    gpu.pipeline(
+      `attentionDq|${D}|${src}|${WGq}|${Rq}${Sq > 1 ? `|s${Sq}` : ""}`,
+      () => dqKernel(D, src, WGq, Rq, Sq),
+    ),
     [q, ...kvb, dout, out, lse, dq, delta],
     new Params().u32(B * H).u32(T).u32(H).u32(KVH).u32(nQB).f32(scaleLog2).f32(scale),
     grid(B * H * nQB),
   );
   // The same two scratch textures now take q and dout: WebGPU orders the packs after the dq reads.
   const qgb = tex ? [packed(gpu, 0, q).view, packed(gpu, 1, dout).view] : [q, dout];
-  const [WGk, Rk] = shapeOf(src, "dkdv", D);
-  const nKB = Math.ceil(T / (WGk * Rk));
+  const [WGk, Rk, Sk] = kernelShape(gpu, src, "dkdv", D, B * KVH * T, T);
+  const nKB = Math.ceil(T / ((WGk / Sk) * Rk));
   gpu.dispatch(
-    gpu.pipeline(`attentionDkDv|${D}|${src}|${WGk}|${Rk}`, () => dkdvKernel(D, src, WGk, Rk)),
+    gpu.pipeline(
+      `attentionDkDv|${D}|${src}|${WGk}|${Rk}${Sk > 1 ? `|s${Sk}` : ""}`,
+      () => dkdvKernel(D, src, WGk, Rk, Sk),
+    ),
     [k, v, ...qgb, lse, delta, dk, dv],
     new Params().u32(B * KVH).u32(T).u32(H).u32(KVH).u32(nKB).f32(scaleLog2).f32(scale),
     grid(B * KVH * nKB),
@@ -725,8 +859,49 @@ fn main(@builtin(local_invocation_index) li: u32, @builtin(workgroup_id) wg: vec
 }`;
 }
 
-function decodeCombineKernel(D: number): string {
+/**
+ * The split-K decode's merge of the `parts` partial states per row. `WG` = 1 (the cpu kind): one
+ * invocation walks a row's parts. `WG` > 1 (GPUs): WG lanes take every WG-th part each, and their
+ * states merge through workgroup memory ({@link splitMerge}); one lane per row spent 14.3 of a
+ * `100m`-shaped decode step's 17.2 ms of attention GPU time on an H200 (`deno task bench --filter
+ * "attention decode"`: 22 layers, 3840 cached keys, 256 parts per row).
+ */
+function decodeCombineKernel(D: number, WG = 1): string {
   const { U, ty, st } = rows(D);
+  if (WG > 1) {
+    const merge = splitMerge(WG, WG, U, [names(U, "a0_")], true);
+    return `${merge.decl}
+@group(0) @binding(0) var<storage, read> pacc: array<vec4f>;
+@group(0) @binding(1) var<storage, read> pml: array<vec2f>;
+@group(0) @binding(2) var<storage, read_write> out: array<${ty}>; // (B,n,H,D)
+struct P { rows: u32, parts: u32 }
+@group(0) @binding(3) var<uniform> p: P;
+
+@compute @workgroup_size(${WG})
+fn main(@builtin(local_invocation_index) li: u32, @builtin(workgroup_id) wg: vec3u,
+        @builtin(num_workgroups) nwg: vec3u) {
+  let row = ${WG_INDEX};
+  if (row >= p.rows) { return; }
+  let sl = li;
+  let base = row * p.parts;
+  var m0 = ${MASKED};
+  for (var s = li; s < p.parts; s += ${WG}u) { m0 = max(m0, pml[base + s].x); }
+  var l0 = 0.0;
+  ${rep(U, (d) => `var a0_${d} = vec4f(0.0);`, " ")}
+  for (var s = li; s < p.parts; s += ${WG}u) {
+    let ml = pml[base + s];
+    let f = exp2(ml.x - m0); // parts that saw no key have l = 0 and add nothing
+    l0 += f * ml.y;
+    let o = (base + s) * ${U}u;
+    ${rep(U, (d) => `a0_${d} = fma(vec4f(f), pacc[o + ${d}u], a0_${d});`, " ")}
+  }
+  ${merge.body}
+  if (li == 0u) {
+    let inv = 1.0 / l0;
+    ${rep(U, (d) => st("out", `row * ${D}u`, d, `a0_${d} * inv`))}
+  }
+}`;
+  }
   return `
 @group(0) @binding(0) var<storage, read> pacc: array<vec4f>;
 @group(0) @binding(1) var<storage, read> pml: array<vec2f>;
@@ -826,8 +1001,13 @@ export function attentionDecode(
       .u32(keysPerSplit).f32(LOG2E / Math.sqrt(D)),
     grid(rowsN * splits),
   );
+  // One lane per row on the cpu kind; on GPUs a workgroup per row (up to 64 lanes, fewer where
+  // the merge buffer would not fit, or where there are fewer parts).
+  const WGC = gpu.kind === "cpu"
+    ? 1
+    : splitLanes(gpu, Math.min(64, 2 ** Math.ceil(Math.log2(parts))), 1, U);
   gpu.dispatch(
-    gpu.pipeline(`attentionDecodeCombine|${D}`, () => decodeCombineKernel(D)),
+    gpu.pipeline(`attentionDecodeCombine|${D}|${WGC}`, () => decodeCombineKernel(D, WGC)),
     [pacc, pml, out],
     new Params().u32(rowsN).u32(parts),
     grid(rowsN),

@@ -27,11 +27,14 @@ function kvStore(gpu: Gpu, dims: KvDims, layout?: AttentionVariant): [KvBuffers,
   return [{ ...dims, layout: "buffer", k, v }, () => [k, v].forEach((t) => t.release())];
 }
 
-type Case = [number, number, number, number, number, AttentionVariant, number?];
+type Case = [number, number, number, number, number, AttentionVariant, number?, number?];
 // [B, T, H, KVH, D, variant, rows per lane]: odd T around the query blocks, GQA groups, scalar (5)
 // and vec4 head dims, the presets' 64/96/100/128. "tex" is the default on lavapipe, "buffer" the GPU
 // variant. D = 96/100/128 run with 1 row per lane: the generated code differs from the default
 // (2 rows) only in how often a row's statements repeat, and llvmpipe compiles it 3-5x faster.
+// An 8th entry forces the "buffer" kernels' split (lanes per row; the gpu kind's default splits
+// training sizes): rows whose split lanes see only masked keys, blocks past T, the merge's
+// softmax rescaling, scalar and vec4 head dims.
 const FORWARD: Case[] = [
   [1, 1, 1, 1, 4, "tex"],
   [1, 7, 3, 1, 5, "tex"],
@@ -43,6 +46,10 @@ const FORWARD: Case[] = [
   [1, 5, 2, 2, 128, "tex", 1],
   [1, 7, 3, 1, 5, "buffer"],
   [2, 70, 4, 2, 12, "buffer"],
+  [1, 7, 3, 1, 5, "buffer", undefined, 4],
+  [2, 70, 4, 2, 12, "buffer", undefined, 16],
+  [1, 33, 2, 1, 64, "buffer", undefined, 8],
+  [1, 9, 2, 2, 100, "buffer", undefined, 2],
 ];
 const BACKWARD: Case[] = [
   [1, 7, 3, 1, 5, "tex"],
@@ -51,6 +58,10 @@ const BACKWARD: Case[] = [
   [1, 20, 1, 1, 64, "tex"],
   [1, 7, 3, 1, 5, "buffer"],
   [1, 70, 4, 2, 12, "buffer"],
+  [1, 7, 3, 1, 5, "buffer", undefined, 4],
+  [1, 70, 4, 2, 12, "buffer", undefined, 16],
+  [2, 33, 2, 1, 64, "buffer", undefined, 8],
+  [1, 9, 2, 2, 100, "buffer", undefined, 2],
 ];
 
 function inputs(B: number, T: number, H: number, KVH: number, D: number, seed: number, amp = 1) {
@@ -81,10 +92,13 @@ async function attendInputs(
 
 Deno.test("attention()", async (t) => {
   const gpu = await getGpu();
-  for (const [B, T, H, KVH, D, variant, rows] of FORWARD) {
-    await t.step(`forward B=${B} T=${T} H=${H} KVH=${KVH} D=${D} ${variant}`, async () => {
+  for (const [B, T, H, KVH, D, variant, rows, split] of FORWARD) {
+    const name = `forward B=${B} T=${T} H=${H} KVH=${KVH} D=${D} ${variant}` +
+      (split ? ` split ${split}` : "");
+    await t.step(name, async () => {
       attentionTuning.variant = variant;
       attentionTuning.rows = rows ?? null;
+      attentionTuning.split = split ?? null;
       const { q, k, v } = inputs(B, T, H, KVH, D, T + D, 2);
       const Q = gpu.upload(q, [B, T, H, D]);
       const K = gpu.upload(k, [B, T, KVH, D]), V = gpu.upload(v, [B, T, KVH, D]);
@@ -98,6 +112,7 @@ Deno.test("attention()", async (t) => {
   }
   attentionTuning.variant = null;
   attentionTuning.rows = null;
+  attentionTuning.split = null;
 
   await t.step("extreme values: scores of +-1e5, values +-300", async () => {
     const [B, T, H, KVH, D] = [1, 40, 2, 1, 12];
@@ -144,11 +159,13 @@ Deno.test("attention()", async (t) => {
 
 Deno.test("attentionBackward()", async (t) => {
   const gpu = await getGpu();
-  for (const [B, T, H, KVH, D, variant] of BACKWARD) {
+  for (const [B, T, H, KVH, D, variant, , split] of BACKWARD) {
     await t.step(
-      `analytic reference B=${B} T=${T} H=${H} KVH=${KVH} D=${D} ${variant}`,
+      `analytic reference B=${B} T=${T} H=${H} KVH=${KVH} D=${D} ${variant}` +
+        (split ? ` split ${split}` : ""),
       async () => {
         attentionTuning.variant = variant;
+        attentionTuning.split = split ?? null;
         const { q, k, v } = inputs(B, T, H, KVH, D, 3 * T + D, 2);
         const dout = randu(q.length, 99);
         const Q = gpu.upload(q, [B, T, H, D]);
@@ -166,6 +183,7 @@ Deno.test("attentionBackward()", async (t) => {
     );
   }
   attentionTuning.variant = null;
+  attentionTuning.split = null;
 
   await t.step("finite differences of the CPU reference (tiny, GQA)", async () => {
     const [B, T, H, KVH, D] = [1, 5, 2, 1, 3];

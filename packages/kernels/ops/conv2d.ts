@@ -2264,8 +2264,10 @@ export const conv2dTuning: {
   gemm: boolean | null;
   /**
    * The backward's input gradient (stride 1; strided ones keep their phase convs) and weight
-   * gradient as implicit GEMMs (conv2d_gemm.ts): true = always, false or null = the texture
-   * kernels (null stays off until the GEMMs are measured on a GPU).
+   * gradient as implicit GEMMs (conv2d_gemm.ts): true = always, false = never (the texture
+   * kernels), null = on the "gpu" kernel kind unless a tile or Winograd is forced. Measured on an H200 (`deno task bench --filter
+   * "vqgan train step"`, tools/gpu_check.sh): the tiny tokenizer step 70.2 -> 57.6 ms wall, GPU
+   * time 48.5 -> 36.2 ms. On lavapipe the GEMMs run ~13x slower (emulated barriers).
    */
   gemmBackward: boolean | null;
 } = {
@@ -2591,9 +2593,10 @@ export function conv2dBackward(
   const { B, Cin, Cout, KH, KW, S, Ho, Wo } = g;
   check(fn, "dy", dy, [B, Cout, Ho, Wo]);
   const grads: Conv2dGrads = { dx: null, dw: null, dbias: null };
-  // The implicit GEMMs (conv2d_gemm.ts) where asked for (not yet the gpu kind's default: unmeasured
-  // on a GPU); a forced register tile keeps the texture kernels.
-  const gemmBwd = (conv2dTuning.gemmBackward ?? false) && !opts.tile;
+  // The implicit GEMMs (conv2d_gemm.ts) on the gpu kind or where asked for; a forced register tile
+  // or Winograd (`w43: true`) keeps the texture kernels, as in the forward.
+  const gemmBwd = (conv2dTuning.gemmBackward ?? (gpu.kind === "gpu" && !conv2dTuning.w43)) &&
+    !opts.tile;
 
   if (opts.dx !== false) {
     const dxu = S === 1 ? gpu.empty([B, Cin, g.Hu, g.Wu]) : dxStrided(gpu, w, dy, g, opts.tile);

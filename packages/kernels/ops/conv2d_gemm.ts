@@ -8,8 +8,9 @@
  * no barriers) stay the "cpu" kind's path: there, workgroup barriers are emulated.
  *
  * The backward's GEMMs ({@link gemmConvDx}: the stride-1 input gradient as this forward with the
- * weights read rotated and transposed; {@link gemmConvDw}: dy times im2col(x)^T with split-K) run
- * where `conv2dTuning.gemmBackward` asks for them: not yet measured on a GPU, so off by default.
+ * weights read rotated and transposed; {@link gemmConvDw}: dy times im2col(x)^T with split-K) are
+ * the gpu kind's backward too (`conv2dTuning.gemmBackward`; on an H200 the tiny tokenizer training
+ * step took 57.6 ms with them, 70.2 ms with the texture kernels).
  *
  * Measured on an NVIDIA H200 (tools/gpu_check.sh, `--profile`): see the README's GPU section.
  * @module

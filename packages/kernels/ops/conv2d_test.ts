@@ -458,8 +458,9 @@ Deno.test("conv2d() Winograd F(4x4,3x3) and F(6x6,3x3) paths match the reference
 
 Deno.test("conv2dBackward() with the forward's staged input (Conv2dStash)", async (t) => {
   const gpu = await getGpu();
-  // The texture paths' feature (the implicit GEMM, the gpu kind's default, keeps nothing).
+  // The texture paths' feature (the implicit GEMMs, the gpu kind's default, keep nothing).
   conv2dTuning.gemm = false;
+  conv2dTuning.gemmBackward = false;
   try {
     // A forward plane taller than the weight gradient's (7 rows: the forward's tile covers 8), the
     // downsample's stride and padding, a 1x1, and a stash too small to keep anything.
@@ -502,6 +503,7 @@ Deno.test("conv2dBackward() with the forward's staged input (Conv2dStash)", asyn
     }
   } finally {
     conv2dTuning.gemm = null;
+    conv2dTuning.gemmBackward = null;
   }
 });
 
@@ -756,8 +758,9 @@ Deno.test("conv2d() with a Conv2dWeightCache reuses staged weights and matches t
 
 Deno.test("conv2d() gathers GroupNorm statistics of its output (Conv2dGroupStats)", async (t) => {
   const gpu = await getGpu();
-  // The texture paths' feature (the implicit GEMM, the gpu kind's default, keeps nothing).
+  // The texture paths' feature (the implicit GEMMs, the gpu kind's default, keep nothing).
   conv2dTuning.gemm = false;
+  conv2dTuning.gemmBackward = false;
   try {
     // The partials of the Winograd output transform and of the direct kernel, merged, give the norm's
     // affine of the output read back (bias and residual included): both Winograd variants, a batch
