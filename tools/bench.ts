@@ -32,6 +32,8 @@ const HELP =
   --profile N    after timing a case, run it once more with every dispatch timed on the GPU
                  (timestamp queries) and list its N slowest kernels (profile, profile_ms);
                  on lavapipe the timestamps can miss much of a kernel's time (see the README)
+  --profile-runs R  with --profile: R profiled runs, the one of least GPU time kept (a GPU's
+                 clock moves between runs: one profiled run read 2x apart across cases on an H200)
   --warmup S     first keep the GPU busy for S seconds (1024^3 matmuls), so that a card idling
                  at a low clock is at its working clock for the first case (default 0)
 
@@ -58,6 +60,7 @@ function parse() {
         torch: { type: "boolean", default: false },
         markdown: { type: "boolean", default: false },
         profile: { type: "string" },
+        "profile-runs": { type: "string" },
         warmup: { type: "string", default: "0" },
         help: { type: "boolean", short: "h", default: false },
       },
@@ -120,6 +123,13 @@ if (profile !== undefined && !gpu.features.has("timestamp-query")) {
   log(`--profile skipped: ${gpu.describe()} lacks the "timestamp-query" feature`);
 }
 const profileKernels = gpu.features.has("timestamp-query") ? profile : undefined;
+const profileRuns = Number(values["profile-runs"] ?? 1);
+if (!(Number.isInteger(profileRuns) && profileRuns >= 1)) {
+  console.error(
+    `--profile-runs must be a positive integer, found ${JSON.stringify(values["profile-runs"])}`,
+  );
+  Deno.exit(2);
+}
 if (warmup > 0) log(`warm-up: ${await warmUp(gpu, warmup)} products of 1024^3 in ${warmup} s`);
 /** Keeps, per name + shape, the result with the lowest ms; notes the slowest ms in `ms_worst`. */
 function keepBest(best: Map<string, BenchResult>, r: BenchResult): void {
@@ -144,7 +154,7 @@ const torchBest = new Map<string, BenchResult>();
 let torchRuns = values.torch;
 for (let round = 1; round <= rounds; round++) {
   for (const c of selected) {
-    const r = await runCase(gpu, c, reps, { profile: profileKernels });
+    const r = await runCase(gpu, c, reps, { profile: profileKernels, profileRuns });
     keepBest(oursBest, r);
     // One round: each result as it comes; more: progress lines now, the best of each at the end.
     if (rounds === 1) emit(r);

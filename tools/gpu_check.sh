@@ -18,7 +18,8 @@
 # finished: a stopped phase counts as failed with exit 124, and the lines written before it stopped
 # are kept. GPU_CHECK_JOBS=N runs N test files at once (`deno test --parallel`; default 1);
 # GPU_CHECK_KINDS (default "gpu cpu") names the kinds tested; GPU_CHECK_TUNE=0 skips the sweep
-# (quick: its smoke run).
+# (quick: its smoke run); GPU_CHECK_REPS / GPU_CHECK_ROUNDS pass --reps / --rounds to the bench,
+# GPU_CHECK_PROFILE_RUNS (default 3) its --profile-runs.
 #
 # What it expects to find (nothing is downloaded):
 # - a Vulkan driver for the GPU (NVIDIA's, or Mesa's radv/anv; `vulkaninfo` lists it), or Metal /
@@ -47,7 +48,10 @@ T_BENCH="${GPU_CHECK_BENCH_TIMEOUT:-1800}"
 # H200 idled at 345 MHz and the first cases ran up to 2x slower than the same ones later.
 bench_args=(--warmup "${GPU_CHECK_WARMUP:-3}")
 # Each case's 10 slowest kernels (a profiled run after the timed ones); GPU_CHECK_PROFILE=0: none.
-[ "${GPU_CHECK_PROFILE:-10}" != 0 ] && bench_args+=(--profile "${GPU_CHECK_PROFILE:-10}")
+# GPU_CHECK_PROFILE_RUNS (default 3) profiled runs per case, the one of least GPU time kept: the
+# H200's clock moved between single profiled runs (the same kernels 2x apart across cases).
+[ "${GPU_CHECK_PROFILE:-10}" != 0 ] &&
+  bench_args+=(--profile "${GPU_CHECK_PROFILE:-10}" --profile-runs "${GPU_CHECK_PROFILE_RUNS:-3}")
 # GPU_CHECK_REPS / GPU_CHECK_ROUNDS: the bench's --reps and --rounds (an A/B of whole steps, whose
 # wall time spread by 30% between single runs on the H200, wants several of each).
 [ -n "${GPU_CHECK_REPS:-}" ] && bench_args+=(--reps "$GPU_CHECK_REPS")
@@ -118,7 +122,8 @@ done
   const env = (k) => Deno.env.get(k) ?? null;
   const settings = Object.fromEntries(['GPU_CHECK_TESTS', 'GPU_CHECK_KINDS', 'GPU_CHECK_JOBS',
     'GPU_CHECK_TUNE', 'GPU_CHECK_BENCH_FILTER', 'GPU_CHECK_PROFILE', 'GPU_CHECK_WARMUP',
-    'GPU_CHECK_TEST_TIMEOUT', 'GPU_CHECK_BENCH_TIMEOUT', 'GPU_CHECK_REPS', 'GPU_CHECK_ROUNDS']
+    'GPU_CHECK_TEST_TIMEOUT', 'GPU_CHECK_BENCH_TIMEOUT', 'GPU_CHECK_REPS', 'GPU_CHECK_ROUNDS',
+    'GPU_CHECK_PROFILE_RUNS']
     .map((k) => [k, env(k)]));
   const out = { created: new Date().toISOString(), adapter: ${adapter:-null}, settings,
     tests: [$t_all], tune: await read('$OUT/tune.jsonl'), bench_exit: $bench_exit,

@@ -126,14 +126,16 @@ export const benches: BenchCase[] = [
   },
   attnFwd(T),
   attnBwd(T),
-  // The gpu kind's A/B of the "buffer" kernels' split (attentionTuning.split), at the bench's
-  // T = 1024 and at the `100m` train step's T = 256.
-  attnFwd(T, true),
-  attnBwd(T, true),
-  attnFwd(256, false, ["gpu"]),
-  attnFwd(256, true),
-  attnBwd(256, false, ["gpu"]),
-  attnBwd(256, true),
+  // The gpu kind's A/B of the "buffer" kernels' split (attentionTuning.split: the default, and 1),
+  // at the bench's T = 1024 and at the `100m` train step's T = 256, 20 ops per timed run: a GPU
+  // idling between single small ops (the ~11 ms sync) ran them at a lower clock (the same kernel
+  // read 0.59 and 1.8 ms in two cases of one H200 run).
+  ...[T, 256].flatMap((t) => [
+    attnFwd(t, "split"),
+    attnFwd(t, "unsplit"),
+    attnBwd(t, "split"),
+    attnBwd(t, "unsplit"),
+  ]),
   {
     name: "attention decode",
     shape: `B=1 n=1 H=${H} D=${D} cache ${CACHE}`,
@@ -222,38 +224,53 @@ function splitOff<R>(unsplit: boolean, f: () => R): R {
   }
 }
 
-function attnFwd(t: number, unsplit = false, kinds?: ("cpu" | "gpu")[]): BenchCase {
+/** The A/B variants: gpu kind only, 20 ops per run, "unsplit" with split 1. */
+type AB = "split" | "unsplit";
+function abFields(ab: AB | undefined) {
+  return ab
+    ? {
+      kinds: ["gpu" as const],
+      per: 20,
+      reps: 3,
+      note: ab === "unsplit" ? "; one row per lane (split 1)" : "; the kind's split",
+    }
+    : { per: 1, reps: 3, note: "" };
+}
+
+function attnFwd(t: number, ab?: AB): BenchCase {
+  const { note, ...f } = abFields(ab);
   return {
-    name: unsplit ? "attention fwd[unsplit]" : "attention fwd",
+    name: ab ? `attention fwd[${ab}]` : "attention fwd",
     shape: `B=${B} T=${t} H=${H} D=${D}`,
-    flops: causalFlops(t),
-    note: "4*B*H*T*T*D/2 (causal)" + (unsplit ? "; one row per lane (split 1)" : ""),
-    reps: 3,
-    ...(unsplit ? { kinds: ["gpu" as const] } : kinds ? { kinds } : {}),
+    flops: f.per * causalFlops(t),
+    note: "4*B*H*T*T*D/2 (causal)" + note,
+    ...f,
     setup: (gpu) => {
       const q = rand(gpu, [B, t, H, D], 1), k = rand(gpu, [B, t, H, D], 2);
       const v = rand(gpu, [B, t, H, D], 3);
-      return drop(() => splitOff(unsplit, () => attention(gpu, q, k, v)));
+      return drop(() => splitOff(ab === "unsplit", () => attention(gpu, q, k, v)), f.per);
     },
     teardown,
   };
 }
 
-function attnBwd(t: number, unsplit = false, kinds?: ("cpu" | "gpu")[]): BenchCase {
+function attnBwd(t: number, ab?: AB): BenchCase {
+  const { note, ...f } = abFields(ab);
   return {
-    name: unsplit ? "attention bwd[unsplit]" : "attention bwd",
+    name: ab ? `attention bwd[${ab}]` : "attention bwd",
     shape: `B=${B} T=${t} H=${H} D=${D}`,
-    flops: 2.5 * causalFlops(t),
-    note: "2.5x forward flops (FA2 count); this kernel pair does 3.5x" +
-      (unsplit ? "; one row per lane (split 1)" : ""),
-    reps: 3,
-    ...(unsplit ? { kinds: ["gpu" as const] } : kinds ? { kinds } : {}),
+    flops: f.per * 2.5 * causalFlops(t),
+    note: "2.5x forward flops (FA2 count); this kernel pair does 3.5x" + note,
+    ...f,
     setup: (gpu) => {
       const q = rand(gpu, [B, t, H, D], 1), k = rand(gpu, [B, t, H, D], 2);
       const v = rand(gpu, [B, t, H, D], 3), dout = rand(gpu, [B, t, H, D], 4);
       const { out, lse } = attention(gpu, q, k, v);
       keep(out), keep(lse);
-      return drop(() => splitOff(unsplit, () => attentionBackward(gpu, q, k, v, out, lse, dout)));
+      return drop(
+        () => splitOff(ab === "unsplit", () => attentionBackward(gpu, q, k, v, out, lse, dout)),
+        f.per,
+      );
     },
     teardown,
   };

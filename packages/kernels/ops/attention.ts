@@ -79,14 +79,15 @@ function shapeOf(
 }
 
 /**
- * Lanes per row of a "buffer" kernel over `rows` rows of `n` streamed rows each: one row per lane
+ * Lanes per row of a "buffer" kernel over `rows` rows of `n` streamed rows each. One row per lane
  * leaves a GPU mostly idle at training sizes (the `100m` step's T = 256 x 10 heads: 2560 lanes, 40
- * workgroups on an H200's 132 SMs), so S lanes split the streamed loop, enough for ~64K lanes in
- * the backward, ~8K in the forward (at most 16, and at most n / 4 so that each lane still walks a
- * few rows). Measured on an H200 (`deno task bench --filter attention`, GPU time, B=1 H=10 D=64):
- * the backward at T = 1024 6.69 -> 2.46 ms (split 8), at T = 256 2.32 -> 1.21 ms (16); the forward
- * at T = 1024 0.58 ms unsplit, 0.86 ms split 8 (its softmax merge costs more than the lanes win
- * there). 1 on the cpu kind (lavapipe emulates the merge's barriers; its default is "tex" anyway).
+ * workgroups on an H200's 132 SMs), so below 8192 rows S lanes split the streamed loop: enough
+ * for ~8K lanes in the forward, ~40K in the backward (at most 16, and at most n / 4 so that each
+ * lane still walks a few rows). Measured on an H200 (`deno task bench --filter attention`, the
+ * `[split]` / `[unsplit]` pairs, 20 ops per timed run, B=1 H=10 D=64): at T = 256 the forward
+ * 0.73 -> 0.63 ms (split 4), the backward 1.03 -> 0.81 ms (16); at T = 1024 (10240 rows) splitting
+ * by 8 was slower (backward 2.53 -> 3.03 ms), so there it stays 1. 1 on the cpu kind (lavapipe
+ * emulates the merge's barriers; its default is "tex" anyway).
  */
 function splitFor(
   gpu: Gpu,
@@ -97,8 +98,8 @@ function splitFor(
 ): number {
   if (src !== "buffer") return 1;
   if (attentionTuning.split !== null) return attentionTuning.split;
-  if (gpu.kind === "cpu") return 1;
-  const lanes = kernel === "fwd" ? 8192 : 65536;
+  if (gpu.kind === "cpu" || rows >= 8192) return 1;
+  const lanes = kernel === "fwd" ? 8192 : 40960;
   let S = 1;
   while (S < 16 && rows * S < lanes && S * 2 <= Math.max(1, n / 4)) S *= 2;
   return S;
