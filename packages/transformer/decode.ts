@@ -24,6 +24,8 @@ import {
   decodeNormLinear,
   decodeQkv,
   decodeQkvVariant,
+  decodeTail,
+  decodeTailShape,
   type DecodeWeight,
   embeddingAny,
   linearAny,
@@ -63,11 +65,19 @@ export interface SessionOptions {
    * Run one-token steps with @lvm/kernels' fused decode kernels (default true): per layer one
    * `decodeQkv` (norm + q/k/v + RoPE + cache append), `decodeAttention` over the cache, the o
    * projection added into the residual in place (`decodeLinearAdd`), one `decodeFfn` (norm +
-   * gate/up + SwiGLU) and the down projection added in place: 5 dispatches instead of 16. Layers
+   * gate/up + SwiGLU) and the down projection added in place: 5 dispatches instead of 16 (2 with
+   * {@link SessionOptions.fuseTail} where it applies). Layers
    * with a block-quantized matrix, and on a CPU adapter layers whose weights are not packed, keep
    * the unfused path; prefill and scoring (several tokens) always do.
    */
   fuse?: boolean;
+  /**
+   * With `fuse`: where @lvm/kernels' `decodeTailShape` allows (a CPU adapter's packed weights and
+   * texture cache, layers of at most `DECODE_TAIL_MAX_WEIGHTS` weights, e.g. the `tiny` preset's),
+   * run everything after `decodeQkv` (attention, o projection, FFN) as one `decodeTail` dispatch:
+   * 2 dispatches per layer instead of 5 (default true).
+   */
+  fuseTail?: boolean;
 }
 
 /** A layer's matrices as the fused decode kernels read them. */
@@ -90,6 +100,7 @@ export class DecodeSession {
   readonly #gpu: Gpu;
   readonly #packed = new Map<string, PackedWeight>();
   readonly #fuse: boolean;
+  readonly #fuseTail: boolean;
 
   constructor(readonly model: Llama, options: SessionOptions = {}) {
     const c = model.config;
@@ -111,6 +122,7 @@ export class DecodeSession {
     }
     this.#id = this.#gpu.zeros([1], "i32");
     this.#fuse = options.fuse ?? true;
+    this.#fuseTail = options.fuseTail ?? true;
     const pack = options.packWeights ?? (this.#gpu.kind === "cpu" && model.weightBytes <= 2 ** 31);
     if (pack) {
       // Every matrix a matmul reads; an untied embedding is only gathered from, never packed.
@@ -490,6 +502,12 @@ export class DecodeSession {
       eps: c.rmsEps,
       theta: c.ropeTheta,
     }); // (1,1,H,hd)
+    const tail = { o: w.o, gate: w.gate, up: w.up, down: w.down };
+    if (this.#fuseTail && decodeTailShape(gpu, q, kv, x, tail)) {
+      decodeTail(gpu, q, kv, pos, x, model.param(nm.ln2), tail, { eps: c.rmsEps }); // x updated
+      q.release();
+      return;
+    }
     // One dispatch per head group; a real GPU with a long cache fills more cores with split-K.
     const one = hd <= DECODE_ATTENTION_MAX_HEAD_DIM && (gpu.kind === "cpu" || pos < 512);
     const att = one ? decodeAttention(gpu, q, kv, pos) : attentionDecode(gpu, q, kv, pos); // (1,1,H,hd)

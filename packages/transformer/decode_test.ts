@@ -86,6 +86,31 @@ for (const variant of ["mha", "gqa_tied"]) {
       for (const r of [ref, ...runs]) r.release();
     });
 
+    await t.step(
+      "fuseTail: a layer's step in 2 dispatches on the tex path, same logits",
+      async () => {
+        const L = model.config.layers;
+        const [a, b] = [true, false].map((fuseTail) =>
+          new DecodeSession(model, { maxTokens: 24, packWeights: true, fuseTail })
+        );
+        let la = await a.prefill(prompt), lb = await b.prefill(prompt);
+        for (let i = 0; i < 4; i++) {
+          const id = argmaxBelow(lb, codes);
+          let d0 = gpu.dispatchCount;
+          la = await a.step(id);
+          const da = gpu.dispatchCount - d0;
+          d0 = gpu.dispatchCount;
+          lb = await b.step(id);
+          const db = gpu.dispatchCount - d0;
+          assertClose(la, lb, { atol: 1e-5, rtol: 1e-5 }, `step ${i}`);
+          // decodeTail replaces attention, o, FFN and down (4 dispatches) on CPU adapters only.
+          assertEquals(db - da, gpu.kind === "cpu" ? 3 * L : 0, `step ${i} dispatches`);
+        }
+        a.release();
+        b.release();
+      },
+    );
+
     await t.step("a decode step: no new pipeline or buffer, one read", async () => {
       const s = new DecodeSession(model, { maxTokens: 40 });
       let logits = await s.prefill(prompt);

@@ -6,9 +6,11 @@
  * greedy path) and the same work: one prompt prefill, then one one-token forward per new token (the
  * last id is fed too). `cpu-sampled` is the CPU path with the same seeded top-k sampler.
  * One-token steps run @lvm/kernels' fused decode kernels (ops/decode_fused.ts, 5 dispatches per
- * layer); `greedy unfused` is the same greedy chain with `fuse: false` (the per-op path, 16 per
- * layer), so one run shows both. `dispatches_per_token` counts the GPU dispatches of the decode
- * steps (prefill excluded).
+ * layer, 2 where `decodeTail` takes attention, o projection and FFN in one: the tiny preset on
+ * lavapipe); `greedy 5-dispatch` is the same greedy chain with `fuseTail: false` (tiny only: the
+ * 100m's layers are too large for the tail anyway) and `greedy unfused` with `fuse: false` (the
+ * per-op path, 16 per layer), so one run shows all three. `dispatches_per_token` counts the GPU
+ * dispatches of the decode steps (prefill excluded).
  * @module
  */
 import type { Gpu } from "@lvm/gpu";
@@ -43,11 +45,11 @@ function cases(cfg: (typeof CONFIGS)[number]): BenchCase[] {
   let session: DecodeSession | null = null;
   let mem = 0;
   let perToken = 0; // GPU dispatches per generated token (prefill excluded)
-  const build = (gpu: Gpu, fuse = true) => {
+  const build = (gpu: Gpu, fuse = true, fuseTail = true) => {
     gpu.pool.trim(); // free what earlier cases left, so the peak below is this case's own
     mem = 0;
     model = Llama.init(gpu, preset(name), { seed: 1 });
-    session = new DecodeSession(model, { maxTokens: cfg.prompt + cfg.decode, fuse });
+    session = new DecodeSession(model, { maxTokens: cfg.prompt + cfg.decode, fuse, fuseTail });
     return {
       s: session,
       prompt: tokens(cfg.prompt, model.config.imageCodes, 3),
@@ -63,22 +65,28 @@ function cases(cfg: (typeof CONFIGS)[number]): BenchCase[] {
     gpu_pool_mb: +(mem / MB).toFixed(1),
     ...(perToken ? { dispatches_per_token: +perToken.toFixed(1) } : {}),
   });
-  // The fused one-token step (DecodeSession's default), and greedy once more unfused (`fuse:
-  // false`, the per-op path: ~16 dispatches per layer) for the before/after in one run.
+  // The fused one-token step (DecodeSession's default), and greedy once more with the 5-dispatch
+  // layers (`fuseTail: false`, tiny only) and unfused (`fuse: false`, the per-op path: ~16
+  // dispatches per layer) for the before/after in one run.
   const variants = [
-    ...SAMPLERS.map((x) => ({ ...x, fuse: true })),
-    { ...SAMPLERS[0], fuse: false },
+    ...SAMPLERS.map((x) => ({ ...x, fuse: true, tail: true })),
+    ...(name === "tiny" ? [{ ...SAMPLERS[0], fuse: true, tail: false }] : []),
+    { ...SAMPLERS[0], fuse: false, tail: true },
   ];
-  const gpuCases = variants.map(({ label, options, fuse }): BenchCase => ({
+  const gpuCases = variants.map(({ label, options, fuse, tail }): BenchCase => ({
     name: "transformer decode gpu-sampled",
-    shape: `${name} prompt${cfg.prompt} +${cfg.decode} ${label}${fuse ? "" : " unfused"}`,
+    shape: `${name} prompt${cfg.prompt} +${cfg.decode} ${label}${
+      fuse ? tail ? "" : " 5-dispatch" : " unfused"
+    }`,
     items: cfg.decode,
     unit: "tokens",
     reps,
     note: `KV cache, ${label} on the GPU, ids read back per 32 tokens, ` +
-      `one ${cfg.prompt}-token prefill included${fuse ? "" : ", fuse: false"}`,
+      `one ${cfg.prompt}-token prefill included${
+        fuse ? tail ? "" : ", fuseTail: false" : ", fuse: false"
+      }`,
     setup(gpu) {
-      const { s, prompt, codes } = build(gpu, fuse);
+      const { s, prompt, codes } = build(gpu, fuse, tail);
       const sampler = new Sampler({ ...options, suppressFrom: codes }, 1);
       return async () => {
         s.reset();

@@ -33,6 +33,7 @@
 import { type Gpu, grid, Params, WG_INDEX } from "@lvm/gpu";
 import type { Tensor } from "@lvm/gpu";
 import { makeTexture, type TexSlot, TextureCache } from "@lvm/gpu";
+import { splitMerge } from "./_merge.ts";
 
 const LOG2E = Math.LOG2E;
 const MASKED = "-1.0e30";
@@ -286,46 +287,6 @@ function qBlockHead(U: number, WG: number, R: number, S = 1): string {
   let tb = qb * ${WG / S}u + li / ${S}u;`
       : `let tb = (qb * ${WG}u + li) * ${R}u;`
   }`;
-}
-
-/**
- * WGSL of a split kernel's merge (S > 1, one row per S lanes, sl = li % S): a tree through
- * workgroup memory that leaves the row's total in lane sl = 0. `groups`: the per-lane vec4
- * accumulators, merged one group at a time through one buffer of WG/2 rows of U vec4s (dK and dV
- * in turn); `softmax`: the forward's online-softmax states (m0, l0) rescale what they merge.
- */
-function splitMerge(WG: number, S: number, U: number, groups: string[][], softmax: boolean) {
-  const decl = `var<workgroup> mv: array<vec4f, ${(WG / 2) * U}>;` +
-    (softmax ? `\nvar<workgroup> ms: array<vec2f, ${WG / 2}>;` : "");
-  const L: string[] = [];
-  for (const names of groups) {
-    for (let step = S / 2; step >= 1; step /= 2) {
-      L.push(`{ // ${2 * step} -> ${step} lanes per row`);
-      L.push(`    if (sl >= ${step}u && sl < ${2 * step}u) {`);
-      L.push(`      let k = (li / ${S}u) * ${step}u + sl - ${step}u;`);
-      if (softmax) L.push(`      ms[k] = vec2f(m0, l0);`);
-      names.forEach((n, d) => L.push(`      mv[k * ${U}u + ${d}u] = ${n};`));
-      L.push(`    }`);
-      L.push(`    workgroupBarrier();`);
-      L.push(`    if (sl < ${step}u) {`);
-      L.push(`      let k = (li / ${S}u) * ${step}u + sl;`);
-      if (softmax) {
-        L.push(`      let o = ms[k];`);
-        L.push(`      let M = max(m0, o.x);`);
-        L.push(`      let c1 = exp2(m0 - M);`);
-        L.push(`      let c2 = exp2(o.x - M);`);
-        L.push(`      l0 = l0 * c1 + o.y * c2;`);
-        L.push(`      m0 = M;`);
-        names.forEach((n, d) => L.push(`      ${n} = ${n} * c1 + mv[k * ${U}u + ${d}u] * c2;`));
-      } else {
-        names.forEach((n, d) => L.push(`      ${n} += mv[k * ${U}u + ${d}u];`));
-      }
-      L.push(`    }`);
-      L.push(`    workgroupBarrier();`);
-      L.push(`  }`);
-    }
-  }
-  return { decl, body: L.join("\n  ") };
 }
 
 function forwardKernel(D: number, src: AttentionVariant, WG: number, R: number, S = 1): string {

@@ -2,7 +2,10 @@
  * Fused kernels of one decode step (one token, batch 1), so a layer costs 5 dispatches instead of
  * 16 (issue 11 item 2): {@link decodeQkv}, {@link decodeAttention}, {@link decodeLinearAdd} (o
  * projection), {@link decodeFfn}, {@link decodeLinearAdd} (down projection); the step ends with
- * {@link decodeNormLinear} (final norm + LM head).
+ * {@link decodeNormLinear} (final norm + LM head). Small layers on llvmpipe take 2:
+ * {@link decodeQkv} and {@link decodeTail} (attention, o projection, FFN and down projection in one
+ * workgroup; there a dispatch costs ~40-50 us before any work, more than the `tiny` preset's whole
+ * tail: its GPU-sampled decode 380 -> 462 tokens/s, `deno task bench --filter "gpu-sampled tiny"`).
  * - {@link decodeQkv}: RMSNorm of x, the q/k/v projections, RoPE (HF rotate-half: pairs d and
  *   d + hd/2 of each head) on q and k, and the KV-cache append of k and v at position `pos`.
  * - {@link decodeAttention}: attention over positions 0..pos of the cache, one workgroup per head
@@ -33,7 +36,8 @@
  * @module
  */
 import { type Gpu, grid, Params, type Tensor, WG_INDEX } from "@lvm/gpu";
-import { type KvBuffers, kvWrite } from "./attention.ts";
+import { attentionCpu, type KvBuffers, kvWrite } from "./attention.ts";
+import { splitMerge } from "./_merge.ts";
 import { matmul, PackedWeight } from "./matmul.ts";
 import { rmsnormCpu } from "./rmsnorm.ts";
 import { ropeCpu, ropeTables } from "./rope.ts";
@@ -112,6 +116,39 @@ export function decodeLinearAddCpu(
 ): Float32Array {
   const N = out.length, y = gemvCpu(w, a, N, a.length);
   return y.map((v, n) => v + out[n]);
+}
+
+/**
+ * CPU reference of {@link decodeTail}: x + att Wo^T (att: attention of q over the cached k and v,
+ * positions 0..pos, given as (pos+1, KVH, hd) rows), then that plus the SwiGLU FFN of its RMSNorm.
+ */
+export function decodeTailCpu(
+  x: ArrayLike<number>,
+  q: ArrayLike<number>,
+  cache: { k: ArrayLike<number>; v: ArrayLike<number>; KVH: number; hd: number; pos: number },
+  norm: ArrayLike<number>,
+  w: {
+    o: ArrayLike<number>;
+    gate: ArrayLike<number>;
+    up: ArrayLike<number>;
+    down: ArrayLike<number>;
+  },
+  F: number,
+  eps = 1e-6,
+): Float32Array {
+  const { KVH, hd, pos } = cache;
+  const H = q.length / hd;
+  const att = attentionCpu(q, cache.k, cache.v, {
+    B: 1,
+    Tq: 1,
+    H,
+    KVH,
+    D: hd,
+    Tk: pos + 1,
+    qStart: pos,
+  }).out;
+  const x1 = decodeLinearAddCpu(x, w.o, att);
+  return decodeLinearAddCpu(x1, w.down, decodeFfnCpu(x1, norm, w, F, eps));
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -616,6 +653,135 @@ fn main(@builtin(local_invocation_index) li: u32, @builtin(workgroup_id) wg: vec
 }`;
 }
 
+/** Shape of {@link decodeTail}'s kernel: sizes baked in, the lanes per head and the workgroup. */
+export interface DecodeTailShape {
+  H: number;
+  KVH: number;
+  hd: number;
+  D: number;
+  F: number;
+  /** Lanes per head (a power of two) and workgroup lanes (H * S). */
+  S: number;
+  WG: number;
+  u16: boolean[];
+}
+
+/**
+ * {@link decodeTail}'s kernel: one workgroup does the whole rest of a layer, its phases separated
+ * by barriers: attention (S lanes per head, each walking every S-th cached position with an online
+ * softmax, merged through workgroup memory), x += att Wo^T, RMSNorm, SwiGLU of the gate and up
+ * projections, x += act Wdown^T. Every intermediate (att, x, the normalized row, act) stays in
+ * workgroup memory; the weights are packed textures (K rows of 4-column texels).
+ */
+function tailKernel(t: DecodeTailShape): string {
+  const { H, KVH, hd, D, F, S, WG, u16 } = t;
+  const U = hd / 4, D4 = D / 4, F4 = F / 4, A4 = (H * hd) / 4, rep = H / KVH;
+  const us = (f: (d: number) => string, sep = "\n  ") => [...Array(U).keys()].map(f).join(sep);
+  const merge = splitMerge(WG, S, U, [us((d) => `a0_${d}`, ",").split(",")], true);
+  const ws = ["wo", "wg", "wu", "wd"];
+  // s<acc> += row k4 (4 values of `src`) times the weights' columns c: 4 texel fetches per weight.
+  const dot4 = (src: string, terms: [string, string][]) =>
+    `let sv = ${src}[k4];
+      ${
+      [0, 1, 2, 3].map((e) =>
+        `{ let k = k4 * 4u + ${e}u; ${
+          terms.map(([acc, w]) => `${acc} = fma(vec4f(sv[${e}]), f${w}(c, k), ${acc});`).join(" ")
+        } }`
+      ).join("\n      ")
+    }`;
+  return `@group(0) @binding(0) var<storage, read> q: array<f32>; // (H*hd)
+@group(0) @binding(1) var kt: texture_storage_2d_array<rgba32float, read>;
+@group(0) @binding(2) var vt: texture_storage_2d_array<rgba32float, read>;
+@group(0) @binding(3) var<storage, read_write> x: array<vec4f>; // (D), updated in place
+@group(0) @binding(4) var<storage, read> g: array<vec4f>; // (D): the FFN's RMSNorm weight
+${ws.map((w, i) => texDecl(w, 5 + i, u16[i], true)).join("\n")}
+struct P { keys: u32, scaleLog2: f32, eps: f32 }
+@group(0) @binding(9) var<uniform> p: P;
+${ws.map((w, i) => texFetch(w, u16[i], true)).join("\n")}
+${merge.decl}
+var<workgroup> att: array<vec4f, ${A4}>;
+var<workgroup> xs: array<vec4f, ${D4}>;
+var<workgroup> hs: array<vec4f, ${D4}>;
+var<workgroup> acts: array<vec4f, ${F4}>;
+
+@compute @workgroup_size(${WG})
+fn main(@builtin(local_invocation_index) li: u32) {
+  // Attention: head h takes lanes h*S .. h*S+S-1; lane sl walks keys sl, sl+S, ...
+  let h = li / ${S}u;
+  let sl = li % ${S}u;
+  let c0 = (h / ${rep}u) * ${U}u; // the head's KV group: its first texel column
+  ${
+    us((d) =>
+      `let q${d} = vec4f(${
+        [0, 1, 2, 3].map((e) => `q[h * ${hd}u + ${4 * d + e}u]`).join(", ")
+      }) * p.scaleLog2;`
+    )
+  }
+  ${us((d) => `var a0_${d} = vec4f(0.0);`, " ")}
+  var m0 = -1.0e30;
+  var l0 = 0.0;
+  for (var j = sl; j < p.keys; j += ${S}u) {
+    var s = vec4f(0.0);
+    ${us((d) => `s = fma(q${d}, textureLoad(kt, vec2u(c0 + ${d}u, j), 0), s);`, "\n    ")}
+    let sc = s.x + s.y + s.z + s.w;
+    if (sc > m0) { // the max grew: rescale (m0 starts below any score)
+      let c = exp2(m0 - sc);
+      m0 = sc;
+      l0 *= c;
+      ${us((d) => `a0_${d} *= c;`, " ")}
+    }
+    let e = exp2(sc - m0);
+    l0 += e;
+    ${
+    us(
+      (d) => `a0_${d} = fma(vec4f(e), textureLoad(vt, vec2u(c0 + ${d}u, j), 0), a0_${d});`,
+      "\n    ",
+    )
+  }
+  }
+  ${merge.body}
+  if (sl == 0u) {
+    let inv = 1.0 / l0;
+    ${us((d) => `att[h * ${U}u + ${d}u] = a0_${d} * inv;`)}
+  }
+  for (var i = li; i < ${D4}u; i += ${WG}u) { xs[i] = x[i]; }
+  workgroupBarrier();
+  // x += att Wo^T
+  for (var c = li; c < ${D4}u; c += ${WG}u) {
+    var sa = vec4f(0.0);
+    for (var k4 = 0u; k4 < ${A4}u; k4++) {
+      ${dot4("att", [["sa", "wo"]])}
+    }
+    xs[c] += sa;
+  }
+  workgroupBarrier();
+  // RMSNorm of the new x (every lane sums the row itself: no reduction barriers)
+  var ss = 0.0;
+  for (var i = 0u; i < ${D4}u; i++) { ss += dot(xs[i], xs[i]); }
+  let rstd = inverseSqrt(ss / ${D}.0 + p.eps);
+  for (var i = li; i < ${D4}u; i += ${WG}u) { hs[i] = g[i] * (xs[i] * rstd); }
+  workgroupBarrier();
+  // act = silu(h Wg^T) * (h Wu^T)
+  for (var c = li; c < ${F4}u; c += ${WG}u) {
+    var sa = vec4f(0.0);
+    var sb = vec4f(0.0);
+    for (var k4 = 0u; k4 < ${D4}u; k4++) {
+      ${dot4("hs", [["sa", "wg"], ["sb", "wu"]])}
+    }
+    acts[c] = ${SILU("sa", "sb")};
+  }
+  workgroupBarrier();
+  // x += act Wdown^T, written back
+  for (var c = li; c < ${D4}u; c += ${WG}u) {
+    var sa = vec4f(0.0);
+    for (var k4 = 0u; k4 < ${F4}u; k4++) {
+      ${dot4("acts", [["sa", "wd"]])}
+    }
+    x[c] = xs[c] + sa;
+  }
+}`;
+}
+
 // ---------------------------------------------------------------------------------------------
 // Launchers.
 
@@ -942,4 +1108,92 @@ export function decodeAttention(gpu: Gpu, q: Tensor, kv: KvBuffers, pos: number)
   const params = new Params().u32(pos + 1).f32(Math.LOG2E / Math.sqrt(hd));
   gpu.dispatch(pipe, [q, ...kvb, out], params, H);
   return out;
+}
+
+/** The packed weights {@link decodeTail} reads (Linear weights packed with transB). */
+export interface DecodeTailWeights {
+  o: DecodeWeight;
+  gate: DecodeWeight;
+  up: DecodeWeight;
+  down: DecodeWeight;
+}
+
+/**
+ * The most weights (o + gate + up + down) of a layer whose tail runs as {@link decodeTail}'s one
+ * workgroup: past this one core streaming them costs more than the four-dispatch path's spread
+ * over the cores saves (the `tiny` preset's 148K run one, `small`'s 593K do not).
+ */
+export const DECODE_TAIL_MAX_WEIGHTS = 1 << 18;
+
+/**
+ * {@link decodeTail}'s kernel shape for these operands, or null where it does not apply: it needs
+ * the "tex" variant's operands (packed weights, a "tex" cache of batch 1), sizes in whole vec4s,
+ * at most {@link DECODE_TAIL_MAX_WEIGHTS} weights, six storage textures and its workgroup memory.
+ */
+export function decodeTailShape(
+  gpu: Gpu,
+  q: Tensor,
+  kv: KvBuffers,
+  x: Tensor,
+  w: DecodeTailWeights,
+): DecodeTailShape | null {
+  const hd = kv.D, KVH = kv.KVH, D = x.size, H = q.size / hd;
+  const F = source(w.gate).shape[0];
+  const ws = [w.o, w.gate, w.up, w.down];
+  if (kv.layout !== "tex" || kv.B !== 1 || !allPacked(ws)) return null;
+  if (!Number.isInteger(H) || H < 1 || H > 64 || H % KVH || hd % 4 || D % 4 || F % 4) return null;
+  const weights = ws.reduce((a, t) => a + source(t).size, 0);
+  if (weights > DECODE_TAIL_MAX_WEIGHTS) return null;
+  if (gpu.limits.maxStorageTexturesPerShaderStage < 6) return null;
+  const S = 2 ** Math.floor(Math.log2(64 / H)), WG = H * S, U = hd / 4;
+  const shared = (WG / 2) * (U * 16 + 8) + ((H * hd) / 4 + D / 2 + F / 4) * 16;
+  if (shared > gpu.limits.maxComputeWorkgroupStorageSize) return null;
+  return { H, KVH, hd, D, F, S, WG, u16: ws.map((t) => (t as PackedWeight).u16) };
+}
+
+/**
+ * The rest of a decode layer after {@link decodeQkv}, in one dispatch of one workgroup: attention
+ * of q (1, 1, H, hd) over cache positions 0..pos, x += att Wo^T, h = RMSNorm(x) * norm,
+ * x += (silu(h Wg^T) * h Wu^T) Wdown^T, with x (1, D) updated in place. Replaces
+ * {@link decodeAttention}, {@link decodeLinearAdd} (twice) and {@link decodeFfn} where
+ * {@link decodeTailShape} allows (llvmpipe and small layers: there each dispatch costs ~40-50 us
+ * before any work, more than the tiny preset's whole tail does in one workgroup). Throws where it
+ * does not apply.
+ */
+export function decodeTail(
+  gpu: Gpu,
+  q: Tensor,
+  kv: KvBuffers,
+  pos: number,
+  x: Tensor,
+  norm: Tensor,
+  w: DecodeTailWeights,
+  o: { eps?: number } = {},
+): void {
+  const op = "decodeTail";
+  const D = checkRow(op, x, norm);
+  const hd = kv.D;
+  if (q.dtype !== "f32" || q.size % hd || q.shape[q.shape.length - 1] !== hd) {
+    throw new RangeError(`${op}: q must be f32 (1, 1, H, ${hd}), got ${q.dtype} [${q.shape}]`);
+  }
+  const H = q.size / hd, F = source(w.gate).shape[0];
+  checkWeight(op, "Wo", w.o, D, H * hd);
+  checkWeight(op, "Wgate", w.gate, F, D);
+  checkWeight(op, "Wup", w.up, F, D);
+  checkWeight(op, "Wdown", w.down, D, F);
+  if (!Number.isInteger(pos) || pos < 0 || pos >= kv.maxT) {
+    throw new RangeError(`${op}: position ${pos} does not fit a cache of ${kv.maxT}`);
+  }
+  const t = decodeTailShape(gpu, q, kv, x, w);
+  if (!t || kv.layout !== "tex") {
+    throw new RangeError(
+      `${op}: needs packed weights, a "tex" cache of batch 1, sizes in whole vec4s and at most ` +
+        `${DECODE_TAIL_MAX_WEIGHTS} weights (see decodeTailShape)`,
+    );
+  }
+  const key = `decodeTail/${t.H}/${t.KVH}/${t.hd}/${t.D}/${t.F}/${t.S}/${t.u16}`;
+  const pipe = gpu.pipeline(key, () => tailKernel(t));
+  const views = [w.o, w.gate, w.up, w.down].map((p) => (p as PackedWeight).texture!.view);
+  const params = new Params().u32(pos + 1).f32(Math.LOG2E / Math.sqrt(hd)).f32(o.eps ?? 1e-6);
+  gpu.dispatch(pipe, [q, kv.k.view, kv.v.view, x, norm, ...views], params, 1);
 }

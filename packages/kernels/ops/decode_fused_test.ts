@@ -1,5 +1,5 @@
 import { getGpu, type Gpu, makeTexture, type Tensor } from "@lvm/gpu";
-import { assertClose, assertEquals, randu } from "@lvm/util/testing";
+import { assertClose, assertEquals, assertThrows, randu } from "@lvm/util/testing";
 import {
   attentionCpu,
   type AttentionVariant,
@@ -18,6 +18,9 @@ import {
   decodeNormLinearCpu,
   decodeQkv,
   decodeQkvCpu,
+  decodeTail,
+  decodeTailCpu,
+  decodeTailShape,
   qkvTuning,
 } from "./decode_fused.ts";
 import { type PackedWeight, packWeight } from "./matmul.ts";
@@ -288,5 +291,58 @@ Deno.test("decodeNormLinear()", async (t) => {
     w.t.release();
     xT.release();
     nT.release();
+  }
+});
+
+// [D, F, H, KVH, hd, pos, maxT, dtype]: the tiny preset's layer, GQA with 3 heads (48 lanes), one
+// head (64 lanes on it), positions below and above the lanes per head.
+const TAIL: [number, number, number, number, number, number, number, "f32" | "f16"][] = [
+  [128, 344, 4, 4, 32, 40, 48, "f32"],
+  [48, 40, 3, 1, 16, 0, 5, "f16"],
+  [64, 96, 2, 2, 8, 70, 80, "f32"],
+  [32, 64, 1, 1, 32, 9, 12, "f16"],
+];
+
+Deno.test("decodeTail()", async (t) => {
+  const gpu = await getGpu();
+  for (const [D, F, H, KVH, hd, pos, maxT, dtype] of TAIL) {
+    await t.step(`D=${D} F=${F} H=${H} KVH=${KVH} hd=${hd} pos=${pos} ${dtype}`, async () => {
+      const x = randu(D, D + pos, -2, 2), norm = randu(D, 5, 0.5, 1.5);
+      const q = randu(H * hd, 6, -2, 2);
+      const k = randu((pos + 1) * KVH * hd, 7, -2, 2), v = randu((pos + 1) * KVH * hd, 8);
+      const [wo, wg, wu, wd] = await Promise.all([
+        weight(gpu, D, H * hd, dtype, 11),
+        weight(gpu, F, D, dtype, 12),
+        weight(gpu, F, D, dtype, 13),
+        weight(gpu, D, F, dtype, 14),
+      ]);
+      const ref = decodeTailCpu(x, q, { k, v, KVH, hd, pos }, norm, {
+        o: wo.values,
+        gate: wg.values,
+        up: wu.values,
+        down: wd.values,
+      }, F);
+      const { kv, release } = kvStore(gpu, maxT, KVH, hd, "tex");
+      const kT = gpu.upload(k, [1, pos + 1, KVH, hd]), vT = gpu.upload(v, [1, pos + 1, KVH, hd]);
+      kvWrite(gpu, kv, kT, vT, 0);
+      const xT = gpu.upload(x, [1, D]), nT = gpu.upload(norm, [D]);
+      const qT = gpu.upload(q, [1, 1, H, hd]);
+      const w = { o: wo.packed, gate: wg.packed, up: wu.packed, down: wd.packed };
+      const shape = decodeTailShape(gpu, qT, kv, xT, w);
+      const S = 2 ** Math.floor(Math.log2(64 / H)); // lanes per head: a power of two, <= 64 in all
+      assertEquals([shape?.S, shape?.WG], [S, H * S]);
+      decodeTail(gpu, qT, kv, pos, xT, nT, w);
+      assertClose(await gpu.readF32(xT), ref, TOL, "x");
+      // Unpacked weights do not apply, and the error says what it needs.
+      const plain = { o: wo.t, gate: wg.t, up: wu.t, down: wd.t };
+      assertEquals(decodeTailShape(gpu, qT, kv, xT, plain), null);
+      assertThrows(() => decodeTail(gpu, qT, kv, pos, xT, nT, plain), RangeError, "packed weights");
+      for (const z of [kT, vT, xT, nT, qT]) z.release();
+      for (const z of [wo, wg, wu, wd]) {
+        z.packed.release();
+        z.t.release();
+      }
+      release();
+    });
   }
 });
