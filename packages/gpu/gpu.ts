@@ -481,6 +481,7 @@ export class Gpu {
       bytes = data instanceof Float32Array ? data : Float32Array.from(data);
     } else if (t.dtype === "i32") bytes = data instanceof Int32Array ? data : Int32Array.from(data);
     else bytes = data instanceof Uint32Array ? data : Uint32Array.from(data);
+    if (bytes.byteLength === 0) return; // nothing to write (Deno 2.9 panics on an empty writeBuffer)
     // Work recorded before this write must run before it: submit it first.
     this.submit();
     this.#writeQueue(t.buffer, 0, bytes);

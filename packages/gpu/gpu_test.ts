@@ -323,6 +323,16 @@ Deno.test("Gpu: buffer pool, pipeline cache, one submit per step", async (t) => 
 
 Deno.test("Gpu: upload/read round trips", async (t) => {
   const gpu = await getGpu();
+  await t.step("an empty tensor uploads and writes (nothing is sent)", async () => {
+    const q0 = gpu.submitCount;
+    const e = gpu.upload([], [0]);
+    gpu.write(e, new Float32Array(0));
+    assertEquals([e.size, gpu.submitCount - q0], [0, 0]);
+    e.release();
+    const x = gpu.upload([1, 2], [2]); // the device still works
+    assertEquals(Array.from(await gpu.read(x)), [1, 2]);
+    x.release();
+  });
   await t.step(
     "uploads past stagingLimit are sent as they go; settle() waits for them",
     async () => {

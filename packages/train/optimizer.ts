@@ -1,8 +1,9 @@
 /**
  * AdamW over a model's named parameters, on the GPU: the first and second moments live beside the
  * parameters as f32 tensors; one step is global-norm clipping ({@link clipGradNorm}: norm and clip
- * factor stay on the GPU) followed by one in-place {@link adamw} kernel per parameter that reads
- * the clip factor as its gradient scale. Nothing is read back.
+ * factor stay on the GPU) followed by the in-place AdamW update of every parameter, which reads
+ * the clip factor as its gradient scale ({@link adamwGroup}: one dispatch per group of up to 8
+ * small parameters, large ones one each, as `adamw`). Nothing is read back.
  *
  * Defaults are the official LVM recipe (EasyLM): beta1 0.9, beta2 0.95, eps 1e-8, weight decay 0.1
  * applied to every parameter (EasyLM's LLaMA excludes none), global-norm clip 1.0.
@@ -12,7 +13,7 @@
  * bit for bit.
  * @module
  */
-import { adamw, clipGradNorm } from "@lvm/kernels";
+import { adamwGroup, clipGradNorm } from "@lvm/kernels";
 import type { Gpu, Tensor } from "@lvm/gpu";
 import { SafetensorsFile, SafetensorsWriter } from "@lvm/weights/fs";
 
@@ -133,19 +134,25 @@ export class AdamW {
     const clip = c.clip > 0 && Number.isFinite(c.clip) ? c.clip : 3.4e38;
     const { norm, scale } = clipGradNorm(gpu, list, clip);
     const t = this.step + 1;
-    let i = 0;
-    for (const [name, param] of this.params) {
-      const wd = c.decay === "matrices" && param.shape.length < 2 ? 0 : c.weightDecay;
-      adamw(gpu, { param, grad: list[i++], m: this.m(name), v: this.v(name) }, {
-        lr,
-        step: t,
-        beta1: c.beta1,
-        beta2: c.beta2,
-        eps: c.eps,
-        weightDecay: wd,
-        gradScale: scale,
-      });
-    }
+    // One dispatch per group of small parameters (adamwGroup), each with its own decay.
+    const entries = [...this.params];
+    const states = entries.map(([name, param], i) => ({
+      param,
+      grad: list[i],
+      m: this.m(name),
+      v: this.v(name),
+    }));
+    const decays = entries.map(([, param]) =>
+      c.decay === "matrices" && param.shape.length < 2 ? 0 : c.weightDecay
+    );
+    adamwGroup(gpu, states, {
+      lr,
+      step: t,
+      beta1: c.beta1,
+      beta2: c.beta2,
+      eps: c.eps,
+      gradScale: scale,
+    }, decays);
     scale.release();
     this.step = t;
     return { norm };

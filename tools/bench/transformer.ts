@@ -13,7 +13,7 @@
  *            4 * (P - V*D) bytes, is read once per token.
  * @module
  */
-import { adamw, clipGradNorm } from "@lvm/kernels";
+import { adamwGroup, clipGradNorm } from "@lvm/kernels";
 import { type Gpu, type Tensor } from "@lvm/gpu";
 import {
   DecodeSession,
@@ -131,16 +131,20 @@ function cases(cfg: (typeof CONFIGS)[number]): BenchCase[] {
         const { loss } = model.forward({ B, T, inputs, targets }, { train: true });
         const grads = model.backward();
         const clip = clipGradNorm(gpu, specs.map((s) => grads.get(s.name)!), 1.0);
-        specs.forEach((s, i) =>
-          adamw(gpu, { param: model.param(s.name), grad: grads.get(s.name)!, ...moments[i] }, {
-            lr: 1e-4,
-            step,
-            beta1: 0.9,
-            beta2: 0.95,
-            weightDecay: 0.1,
-            gradScale: clip.scale,
-          })
-        );
+        // As @lvm/train's optimizer: the small parameters' updates in groups (adamwGroup).
+        const states = specs.map((s, i) => ({
+          param: model.param(s.name),
+          grad: grads.get(s.name)!,
+          ...moments[i],
+        }));
+        adamwGroup(gpu, states, {
+          lr: 1e-4,
+          step,
+          beta1: 0.9,
+          beta2: 0.95,
+          weightDecay: 0.1,
+          gradScale: clip.scale,
+        });
         await gpu.read(loss!);
         gpu.submitEvery = every;
         perStep = gpu.dispatchCount - d0;

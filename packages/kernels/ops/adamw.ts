@@ -136,6 +136,41 @@ function checkOptions(o: AdamWOptions) {
   }
 }
 
+/** Checks one parameter's four tensors: f32, the same element count, distinct buffers. */
+function checkState(state: AdamWState): void {
+  const N = state.param.size;
+  for (const [name, t] of Object.entries(state)) {
+    checkF32("adamw", name, t);
+    if (t.size !== N) {
+      throw new RangeError(
+        `adamw: ${name} has shape [${t.shape}] (${t.size} elements), expected ${N} like param`,
+      );
+    }
+  }
+  const { param, grad, m, v } = state;
+  const bufs = new Set([param.buffer, grad.buffer, m.buffer, v.buffer]);
+  if (bufs.size !== 4) throw new RangeError("adamw: param, grad, m and v must be distinct buffers");
+}
+
+/** Checks the gradient scales; returns the (1) scale tensor, if any. */
+function checkScale(options: AdamWOptions): Tensor | undefined {
+  let tensorScale = options.gradScaleTensor;
+  if (typeof options.gradScale === "number") {
+    if (!Number.isFinite(options.gradScale)) {
+      throw new RangeError(`adamw: gradScale must be finite`);
+    }
+  } else if (options.gradScale) tensorScale = options.gradScale;
+  if (tensorScale) {
+    checkF32("adamw", "gradScale", tensorScale);
+    if (tensorScale.size !== 1) {
+      throw new RangeError(
+        `adamw: gradScale tensor has shape [${tensorScale.shape}], expected [1]`,
+      );
+    }
+  }
+  return tensorScale;
+}
+
 /**
  * One AdamW step in place: updates `param`, `m` and `v` from `grad` (all f32, same element count,
  * four distinct buffers). Recorded like any kernel; nothing is read back.
@@ -153,31 +188,11 @@ function checkOptions(o: AdamWOptions) {
  */
 export function adamw(gpu: Gpu, state: AdamWState, options: AdamWOptions): void {
   checkOptions(options);
+  checkState(state);
+  const tensorScale = checkScale(options);
   const { param, grad, m, v } = state;
   const N = param.size;
-  for (const [name, t] of Object.entries(state)) {
-    checkF32("adamw", name, t);
-    if (t.size !== N) {
-      throw new RangeError(
-        `adamw: ${name} has shape [${t.shape}] (${t.size} elements), expected ${N} like param`,
-      );
-    }
-  }
-  const bufs = new Set([param.buffer, grad.buffer, m.buffer, v.buffer]);
-  if (bufs.size !== 4) throw new RangeError("adamw: param, grad, m and v must be distinct buffers");
-  let numScale = 1;
-  let tensorScale = options.gradScaleTensor;
-  if (typeof options.gradScale === "number") numScale = options.gradScale;
-  else if (options.gradScale) tensorScale = options.gradScale;
-  if (!Number.isFinite(numScale)) throw new RangeError(`adamw: gradScale must be finite`);
-  if (tensorScale) {
-    checkF32("adamw", "gradScale", tensorScale);
-    if (tensorScale.size !== 1) {
-      throw new RangeError(
-        `adamw: gradScale tensor has shape [${tensorScale.shape}], expected [1]`,
-      );
-    }
-  }
+  const numScale = typeof options.gradScale === "number" ? options.gradScale : 1;
   if (N === 0) return;
   const vec = N % 4 === 0;
   const variant: AdamWVariant = !vec || options.variant === "scalar"
@@ -200,6 +215,143 @@ export function adamw(gpu: Gpu, state: AdamWState, options: AdamWOptions): void 
     params,
     grid(Math.ceil(n / WG)),
   );
+}
+
+/** Most parameters one {@link adamwGroup} dispatch updates: 4 storage buffers each, 8 at most. */
+export function adamwGroupSize(gpu: Gpu): number {
+  return Math.max(1, Math.min(8, Math.floor((gpu.limits.maxStorageBuffersPerShaderStage - 1) / 4)));
+}
+
+/** {@link adamwGroup}'s kernel for K parameters: a workgroup's parameter from the start table. */
+function adamwGroupKernel(K: number, scaleTensor: boolean): string {
+  const ks = [...Array(K).keys()];
+  const decls = ks.map((k) =>
+    `@group(0) @binding(${4 * k}) var<storage, read_write> p${k}: array<vec4f>;
+@group(0) @binding(${4 * k + 1}) var<storage, read_write> m${k}: array<vec4f>;
+@group(0) @binding(${4 * k + 2}) var<storage, read_write> v${k}: array<vec4f>;
+@group(0) @binding(${4 * k + 3}) var<storage, read> g${k}: array<vec4f>;`
+  ).join("\n");
+  const body = (k: number) => `
+      var g = g${k}[i] * p.gradScale;
+      ${scaleTensor ? "g = g * gscale[0];" : ""}
+      let pd = p${k}[i] * decay;
+      let mn = m${k}[i] * p.b1 + p.omb1 * g;
+      let vn = v${k}[i] * p.b2 + (p.omb2 * g) * g;
+      m${k}[i] = mn;
+      v${k}[i] = vn;
+      let denom = sqrt(vn) / p.bc2sqrt + p.eps;
+      p${k}[i] = pd + (p.negStep * mn) / denom;`;
+  return `${decls}
+${scaleTensor ? `@group(0) @binding(${4 * K}) var<storage, read> gscale: array<f32>;` : ""}
+struct P {
+  gradScale: f32, b1: f32, omb1: f32, b2: f32, omb2: f32, bc2sqrt: f32, eps: f32, negStep: f32,
+  start: array<vec4u, 2>, n: array<vec4u, 2>, decay: array<vec4f, 2>,
+}
+@group(0) @binding(${scaleTensor ? 4 * K + 1 : 4 * K}) var<uniform> p: P;
+@compute @workgroup_size(${WG})
+fn main(@builtin(local_invocation_index) li: u32, @builtin(workgroup_id) wg: vec3u,
+        @builtin(num_workgroups) nwg: vec3u) {
+  let w = ${WG_INDEX};
+  var k = 0u; // this workgroup's parameter: the last whose first workgroup is <= w
+  for (var j = 1u; j < ${K}u; j++) {
+    if (w >= p.start[j / 4u][j % 4u]) { k = j; }
+  }
+  let i = (w - p.start[k / 4u][k % 4u]) * ${WG}u + li;
+  if (i >= p.n[k / 4u][k % 4u]) { return; }
+  let decay = p.decay[k / 4u][k % 4u];
+  switch k {
+    ${ks.map((k) => `case ${k}u: {${body(k)}\n    }`).join("\n    ")}
+    default: {}
+  }
+}`;
+}
+
+/**
+ * {@link adamw} over many parameters, with one dispatch per {@link adamwGroupSize} of them (up to
+ * 8; lavapipe allows 32 storage buffers per stage) instead of one each: a model's norms, biases
+ * and small matrices cost a dispatch apiece otherwise (~40-50 us each on lavapipe before any work;
+ * host time per dispatch on a real GPU, where recording bounds a small model's step). The update is
+ * {@link adamw}'s "vec4" one, element for element. `decays[i]` (default `options.weightDecay`) is
+ * parameter i's weight decay. Parameters {@link adamw} would run otherwise (N % 4 != 0, or its
+ * "tex" variant: N >= 65536 on CPU adapters) go through it one by one, as do all where the
+ * device binds too few storage buffers for two.
+ */
+export function adamwGroup(
+  gpu: Gpu,
+  states: readonly AdamWState[],
+  options: AdamWOptions,
+  decays?: readonly number[],
+): void {
+  checkOptions(options);
+  if (decays && decays.length !== states.length) {
+    throw new RangeError(`adamwGroup: ${decays.length} decays for ${states.length} parameters`);
+  }
+  decays?.forEach((d, i) => {
+    if (!Number.isFinite(d)) {
+      throw new RangeError(`adamwGroup: decays[${i}] must be finite, got ${d}`);
+    }
+  });
+  states.forEach(checkState);
+  const tensorScale = checkScale(options);
+  const decayOf = (i: number) => decays?.[i] ?? options.weightDecay;
+  const K = adamwGroupSize(gpu);
+  // Groups of up to K parameters. A buffer written in a dispatch (param, m, v) may be bound only
+  // once there; gradients, only read, may share buffers (views of one backward output).
+  const groups: number[][] = [];
+  let open: number[] = [], written = new Set<GPUBuffer>(), read = new Set<GPUBuffer>();
+  states.forEach((st, i) => {
+    const N = st.param.size;
+    if (N === 0) return;
+    const w = [st.param, st.m, st.v].map((t) => t.buffer), g = st.grad.buffer;
+    const single = K < 2 || N % 4 !== 0 || options.variant !== undefined ||
+      (gpu.kind === "cpu" && N >= 65536);
+    if (single || w.some((b) => written.has(b) || read.has(b)) || written.has(g)) {
+      adamw(gpu, st, { ...options, weightDecay: decayOf(i) });
+      return;
+    }
+    open.push(i);
+    w.forEach((b) => written.add(b));
+    read.add(g);
+    if (open.length === K) {
+      groups.push(open);
+      [open, written, read] = [[], new Set(), new Set()];
+    }
+  });
+  if (open.length) groups.push(open);
+  const numScale = typeof options.gradScale === "number" ? options.gradScale : 1;
+  for (const idx of groups) {
+    if (idx.length === 1) {
+      adamw(gpu, states[idx[0]], { ...options, weightDecay: decayOf(idx[0]) });
+      continue;
+    }
+    const n4 = idx.map((i) => states[i].param.size / 4);
+    const wgs = n4.map((n) => Math.ceil(n / WG));
+    const start = wgs.map((_, j) => wgs.slice(0, j).reduce((a, b) => a + b, 0));
+    const s = adamwScalars(options);
+    const params = new Params().f32(numScale).f32(s.b1).f32(s.omb1).f32(s.b2).f32(s.omb2)
+      .f32(s.bc2sqrt).f32(s.eps).f32(s.negStep);
+    for (let j = 0; j < 8; j++) params.u32(start[j] ?? 0xffffffff);
+    for (let j = 0; j < 8; j++) params.u32(n4[j] ?? 0);
+    for (let j = 0; j < 8; j++) {
+      params.f32(
+        j < idx.length ? adamwScalars({ ...options, weightDecay: decayOf(idx[j]) }).decay : 1,
+      );
+    }
+    const pipe = gpu.pipeline(
+      `adamwGroup|${idx.length}|${!!tensorScale}`,
+      () => adamwGroupKernel(idx.length, !!tensorScale),
+    );
+    const binds = idx.flatMap((i) => {
+      const { param, m, v, grad } = states[i];
+      return [param, m, v, grad];
+    });
+    gpu.dispatch(
+      pipe,
+      tensorScale ? [...binds, tensorScale] : binds,
+      params,
+      grid(wgs.reduce((a, b) => a + b, 0)),
+    );
+  }
 }
 
 /**

@@ -1,6 +1,6 @@
 import { getGpu } from "@lvm/gpu";
-import { assertClose, assertThrows, randu } from "@lvm/util/testing";
-import { adamw, adamwCpu } from "./adamw.ts";
+import { assert, assertClose, assertEquals, assertThrows, randu } from "@lvm/util/testing";
+import { adamw, adamwCpu, adamwGroup, adamwGroupSize } from "./adamw.ts";
 import { clipScale, clipScaleCpu, gradNorm, gradNormCpu } from "./grad_norm.ts";
 
 interface FixtureCase {
@@ -122,6 +122,49 @@ Deno.test("adamw() matches the CPU reference on odd sizes and extreme values", a
       });
     }
   }
+});
+
+Deno.test("adamwGroup() == adamw() one by one, bit for bit; odd and large tensors go singly", async () => {
+  const gpu = await getGpu();
+  // 11 groupable sizes (more than one group of adamwGroupSize), one not a multiple of 4, one large
+  // enough for adamw's "tex" variant on CPU adapters.
+  const sizes = [4, 8, 12, 400, 64, 4, 1028, 16, 20, 6, 70000, 44, 128, 256];
+  const decays = sizes.map((_, i) => (i % 3 === 0 ? 0 : 0.1 * i));
+  const opts = { lr: 0.01, step: 3, beta1: 0.9, beta2: 0.95, eps: 1e-8 };
+  for (const tensorScale of [false, true]) {
+    const scale = gpu.upload([0.7], [1]);
+    const make = (seed: number) =>
+      sizes.map((n, i) => ({
+        param: gpu.upload(randu(n, seed + 4 * i, -1, 1), [n]),
+        grad: gpu.upload(randu(n, 1000 + 4 * i, -2, 2), [n]),
+        m: gpu.upload(randu(n, 2000 + 4 * i, -0.1, 0.1), [n]),
+        v: gpu.upload(randu(n, 3000 + 4 * i, 0, 0.1), [n]),
+      }));
+    const [a, b] = [make(1), make(1)];
+    const o = { ...opts, gradScale: tensorScale ? scale : 1.5 };
+    const d0 = gpu.dispatchCount;
+    adamwGroup(gpu, a, o, decays);
+    const grouped = gpu.dispatchCount - d0;
+    b.forEach((st, i) => adamw(gpu, st, { ...o, weightDecay: decays[i] }));
+    for (let i = 0; i < sizes.length; i++) {
+      for (const k of ["param", "m", "v"] as const) {
+        const [x, y] = await gpu.readMany([a[i][k], b[i][k]]);
+        assertEquals(Array.from(x), Array.from(y), `${k} N=${sizes[i]} tensorScale ${tensorScale}`);
+      }
+    }
+    // Fewer dispatches than one per parameter where two or more share one.
+    if (adamwGroupSize(gpu) >= 2) assert(grouped < sizes.length - 1, `${grouped} dispatches`);
+    for (const st of [...a, ...b]) Object.values(st).forEach((t) => t.release());
+    scale.release();
+  }
+  const p = gpu.upload([1, 2, 3, 4], [4]);
+  assertThrows(
+    () => adamwGroup(gpu, [{ param: p, grad: p, m: p, v: p }], opts),
+    RangeError,
+    "distinct buffers",
+  );
+  assertThrows(() => adamwGroup(gpu, [], opts, [0.1]), RangeError, "1 decays for 0 parameters");
+  p.release();
 });
 
 Deno.test("adamw(): bad inputs are reported", async () => {
