@@ -160,8 +160,14 @@ export const benches: BenchCase[] = [
   // 88 dispatches), packed weights (what decode streams): bytes = the weights read once per
   // dispatch; the rest (x, the cache row) is small beside them.
   // Wv as a storage texture (the default where the device allows 5 per stage) and sampled.
-  ...([null, false] as const).map((vStorage): BenchCase => ({
-    name: vStorage === false ? "decodeQkv[Wv sampled]" : "decodeQkv",
+  // The default; Wv sampled (qkvTuning.vStorage false); workgroups of 64 (qkvTuning.lanes; the
+  // default is 32).
+  ...([[null, null], [false, null], [null, 64]] as const).map(([vStorage, lanes]): BenchCase => ({
+    name: vStorage === false
+      ? "decodeQkv[Wv sampled]"
+      : lanes
+      ? `decodeQkv[lanes ${lanes}]`
+      : "decodeQkv",
     shape: `D=${C} H=${H} hd=${D} packed f32`,
     per: 4 * LAYERS,
     bytes: 4 * LAYERS * 3 * H * D * C * 4,
@@ -178,10 +184,12 @@ export const benches: BenchCase[] = [
       );
       return () => {
         qkvTuning.vStorage = vStorage;
+        qkvTuning.lanes = lanes;
         try {
           run();
         } finally {
           qkvTuning.vStorage = null;
+          qkvTuning.lanes = null;
         }
       };
     },

@@ -159,20 +159,23 @@ const WG = 32;
 /** Texel rows (4 values of x each) staged in workgroup memory at a time by the tex kernels. */
 const KC4 = 256;
 
-/** rstd of x (D) by a workgroup tree reduction; leaves `rstd` in scope. Needs `red`. */
-const RSTD = `var ss = 0.0;
-  for (var i = li; i < p.D; i += ${WG}u) { let v = x[i]; ss = fma(v, v, ss); }
+/** rstd of x (D) by a workgroup tree reduction of `L` lanes; leaves `rstd` in scope. Needs `red`. */
+const rstdOf = (L: number) =>
+  `var ss = 0.0;
+  for (var i = li; i < p.D; i += ${L}u) { let v = x[i]; ss = fma(v, v, ss); }
   red[li] = ss;
   workgroupBarrier();
-  for (var s = ${WG / 2}u; s > 0u; s >>= 1u) {
+  for (var s = ${L / 2}u; s > 0u; s >>= 1u) {
     if (li < s) { red[li] += red[li + s]; }
     workgroupBarrier();
   }
   let rstd = inverseSqrt(red[0] / f32(p.D) + p.eps);`;
+const RSTD = rstdOf(WG);
 
 /** Stages texel rows c0.. of y = norm * (x * rstd) in `xs` (zeros past D), between barriers. */
-const STAGE = `workgroupBarrier();
-    for (var i = li; i < n4; i += ${WG}u) {
+const stageOf = (L: number) =>
+  `workgroupBarrier();
+    for (var i = li; i < n4; i += ${L}u) {
       var v = vec4f(0.0);
       for (var e = 0u; e < 4u; e++) {
         let k = (c0 + i) * 4u + e;
@@ -181,6 +184,7 @@ const STAGE = `workgroupBarrier();
       xs[i] = v;
     }
     workgroupBarrier();`;
+const STAGE = stageOf(WG);
 
 /** WGSL fn `f<name>(col4, k) -> vec4f`: columns 4*col4.. of row k of a packed weight texture. */
 function texFetch(name: string, u16: boolean, st: boolean): string {
@@ -230,7 +234,14 @@ function qkvParams(C4: number): string {
  * `vSt`: Wv is read as a storage texture too (five storage textures in one stage: lavapipe allows
  * 36, WebGPU guarantees 4), else as a sampled one, which llvmpipe fetches more slowly.
  */
-function qkvTexKernel(H: number, KVH: number, hd: number, u16: boolean[], vSt: boolean): string {
+function qkvTexKernel(
+  H: number,
+  KVH: number,
+  hd: number,
+  u16: boolean[],
+  vSt: boolean,
+  L = WG,
+): string {
   const G = hd / 8, Q4 = hd / 4, HALF4 = hd / 8;
   const NQ = H * G, NK = KVH * G, NV = KVH * Q4;
   return `@group(0) @binding(0) var<storage, read> x: array<f32>; // (D)
@@ -247,13 +258,13 @@ ${texFetch("wq", u16[0], true)}
 ${texFetch("wk", u16[1], true)}
 ${texFetch("wv", u16[2], vSt)}
 var<workgroup> xs: array<vec4f, ${KC4}>;
-var<workgroup> red: array<f32, ${WG}>;
+var<workgroup> red: array<f32, ${L}>;
 
-@compute @workgroup_size(${WG})
+@compute @workgroup_size(${L})
 fn main(@builtin(local_invocation_index) li: u32, @builtin(workgroup_id) wg: vec3u,
         @builtin(num_workgroups) nwg: vec3u) {
-  let u = ${WG_INDEX} * ${WG}u + li;
-  ${RSTD}
+  let u = ${WG_INDEX} * ${L}u + li;
+  ${rstdOf(L)}
   // Role of this invocation: 0 q / 1 k (4 rotation pairs: texel columns ca and cb = ca + hd/8),
   // 2 v (texel column ca), 3 idle (still helps stage x).
   var role = 3u;
@@ -275,7 +286,7 @@ fn main(@builtin(local_invocation_index) li: u32, @builtin(workgroup_id) wg: vec
   let KT = (p.D + 3u) / 4u;
   for (var c0 = 0u; c0 < KT; c0 += ${KC4}u) {
     let n4 = min(${KC4}u, KT - c0);
-    ${STAGE}
+    ${stageOf(L)}
     if (role == 0u) {
       ${texLoop([["sa", "wq", "ca"], ["sb", "wq", "cb"]])}
     } else if (role == 1u) {
@@ -854,7 +865,9 @@ export interface DecodeQkvOptions {
 export const qkvTuning: {
   /** Read Wv as a storage texture (null: where the device allows 5 storage textures per stage). */
   vStorage: boolean | null;
-} = { vStorage: null };
+  /** Lanes per workgroup of the tex kernel, 32 or 64 (null: 32). */
+  lanes: 32 | 64 | null;
+} = { vStorage: null, lanes: null };
 
 /** The variant {@link decodeQkv} uses for these operands when none is forced. */
 export function decodeQkvVariant(
@@ -918,17 +931,21 @@ export function decodeQkv(
     }
     const u16 = ws.map((t) => (t as PackedWeight).u16);
     const vSt = qkvTuning.vStorage ?? gpu.limits.maxStorageTexturesPerShaderStage >= 5;
-    const pipe = gpu.pipeline(
-      `decodeQkv/tex/${H}/${KVH}/${hd}/${u16}/${vSt}`,
-      () => qkvTexKernel(H, KVH, hd, u16, vSt),
-    );
     const units = (H + KVH) * hd / 8 + KVH * hd / 4; // q/k pair groups, v texels
+    // Workgroups of 32 (a small model's few groups then spread over both cores). 64 for the 100m
+    // layer read 0.397 vs 0.431 ms in three alternating builds, but within the noise in one bench
+    // run (`deno task bench --filter decodeQkv`: 0.41-0.46 vs 0.42-0.44 ms): kept as a knob.
+    const L = qkvTuning.lanes ?? WG;
+    const pipe = gpu.pipeline(
+      `decodeQkv/tex/${H}/${KVH}/${hd}/${u16}/${vSt}/${L}`,
+      () => qkvTexKernel(H, KVH, hd, u16, vSt, L),
+    );
     const views = ws.map((t) => (t as PackedWeight).texture!.view);
     gpu.dispatch(
       pipe,
       [x, norm, q, ...views, kv.k.view, kv.v.view],
       params,
-      grid(Math.ceil(units / WG)),
+      grid(Math.ceil(units / L)),
     );
     return q;
   }

@@ -125,20 +125,25 @@ Deno.test("decodeQkv()", async (t) => {
     });
     const xT = gpu.upload(x, [1, D]), nT = gpu.upload(norm, [D]);
     // The tex variant reads Wv as a storage texture where the device allows it, else sampled.
-    const runs: [DecodeFusedVariant, AttentionVariant, boolean, boolean | null][] = [
+    // Its workgroups have 32 lanes, or 64 (qkvTuning.lanes): both on every case.
+    type Run = [DecodeFusedVariant, AttentionVariant, boolean, boolean | null, (32 | 64)?];
+    const runs: Run[] = [
       ["buffer", "buffer", false, null],
       ["buffer", "tex", true, null],
     ];
     if (wq.packed.texture && hd % 8 === 0) {
       runs.push(["tex", "tex", true, false]);
       if (gpu.limits.maxStorageTexturesPerShaderStage >= 5) runs.push(["tex", "tex", true, true]);
+      runs.push(["tex", "tex", true, null, 64]);
     }
-    for (const [variant, layout, packed, vStorage] of runs) {
-      const vs = vStorage === null ? "" : vStorage ? " Wv storage" : " Wv sampled";
+    for (const [variant, layout, packed, vStorage, lanes] of runs) {
+      const vs = (vStorage === null ? "" : vStorage ? " Wv storage" : " Wv sampled") +
+        (lanes ? ` lanes ${lanes}` : "");
       await t.step(
         `D=${D} H=${H} KVH=${KVH} hd=${hd} pos=${pos} ${dtype} ${variant}/${layout}${vs}`,
         async () => {
           qkvTuning.vStorage = vStorage;
+          qkvTuning.lanes = lanes ?? null;
           const { kv, release } = kvStore(gpu, maxT, KVH, hd, layout);
           const pick = (w: { t: Tensor; packed: PackedWeight }) => packed ? w.packed : w.t;
           const w = { q: pick(wq), k: pick(wk), v: pick(wv) };
@@ -151,6 +156,7 @@ Deno.test("decodeQkv()", async (t) => {
           q.release();
           release();
           qkvTuning.vStorage = null;
+          qkvTuning.lanes = null;
         },
       );
     }
