@@ -17,13 +17,14 @@
  * combines the three sums. Variants ("rows", "tex", "wg") follow `segmentReduce` (reduce.ts).
  * @module
  */
-import { type Gpu, Params } from "@lvm/gpu";
+import { type Gpu, grid, Params, WG_INDEX } from "@lvm/gpu";
 import type { Tensor } from "@lvm/gpu";
 import { texelCopy, wgslTexel } from "./elementwise.ts";
 import {
   checkF32,
   pickRowVariant,
   REDUCE_BLOCK,
+  REDUCE_ROWS_WG,
   REDUCE_WG,
   type RowVariant,
   segmentGrid,
@@ -37,7 +38,20 @@ export interface GradNormOptions {
   /** Output (1) f32. */
   out?: Tensor;
   variant?: RowVariant;
+  /**
+   * Sum the partials of small tensors (under 65536 elements) several to a dispatch (default true;
+   * the same sums bit for bit: each tensor keeps its segments, kernel arithmetic and slots).
+   */
+  group?: boolean;
 }
+
+/** Most tensors one grouped partial dispatch reads: one storage buffer each, 8 at most. */
+function groupSize(gpu: Gpu): number {
+  return Math.max(1, Math.min(8, gpu.limits.maxStorageBuffersPerShaderStage - 1));
+}
+
+/** Tensors from this size on keep a dispatch of their own. */
+const GROUP_BELOW = 65536;
 
 /**
  * Segments for a tensor of `n` elements: enough lanes/workgroups to fill the adapter. "wg" (real
@@ -91,30 +105,20 @@ fn blue4(v: vec4f) -> vec3f {
  * Otherwise (tiny, huge, inf or NaN values, or all zeros) the segment is read again with Blue's
  * accumulators.
  */
-function partialKernel(variant: RowVariant): string {
-  const tex = variant === "tex";
-  const head = `${
-    tex
-      ? "@group(0) @binding(0) var xt: texture_2d<f32>;"
-      : "@group(0) @binding(0) var<storage, read> x: array<f32>;"
-  }
-@group(0) @binding(1) var<storage, read_write> out: array<f32>;
-struct P { N: u32, L: u32, nSeg: u32, offset: u32 }
-@group(0) @binding(2) var<uniform> p: P;
-${WGSL_BLUE}
-fn put(s: u32, acc: vec3f) {
-  let o = 3u * (p.offset + s);
-  out[o] = acc.x;
-  out[o + 1u] = acc.y;
-  out[o + 2u] = acc.z;
-}
-// Whether the plain sum of squares can stand for the segment (see partialKernel in grad_norm.ts).
-fn fast_ok(sum: f32) -> bool { return sum >= 0x1p-70f && sum <= 0x1p104f; }`;
-  const load = tex ? wgslTexel("xt", "j") : "x[j]";
-  const sq = tex ? "dot(v, v)" : "v * v";
-  const blue = tex ? "blue4" : "blue";
+/**
+ * The body of one segment's partial sums (after `s`, `start`, `end` are set): `load` reads element
+ * (texel for vec4) `j`; `put` stores the accumulators of the segment.
+ */
+function segmentBody(
+  variant: RowVariant,
+  vec4: boolean,
+  load: string,
+  put: (acc: string) => string,
+): string {
+  const sq = vec4 ? "dot(v, v)" : "v * v";
+  const blue = vec4 ? "blue4" : "blue";
   if (variant !== "wg") {
-    const block = tex ? REDUCE_BLOCK / 4 : REDUCE_BLOCK;
+    const block = vec4 ? REDUCE_BLOCK / 4 : REDUCE_BLOCK;
     const loop = (acc: string, zero: string, term: string) =>
       wgslBlocks({
         from: "start",
@@ -124,42 +128,120 @@ fn fast_ok(sum: f32) -> bool { return sum >= 0x1p-70f && sum <= 0x1p104f; }`;
         step: `let v = ${load}; part += ${term};`,
         fold: `${acc} += part;`,
       });
-    return `${head}
-${wgslSegmentMain("rows")}
-  var sum = 0.0;
+    return `var sum = 0.0;
   ${loop("sum", "0.0", sq)}
   if (fast_ok(sum)) {
-    put(s, vec3f(0.0, sum, 0.0));
+    ${put("vec3f(0.0, sum, 0.0)")};
     return;
   }
   var acc = vec3f(0.0);
   ${loop("acc", "vec3f(0.0)", `${blue}(v)`)}
-  put(s, acc);
-}`;
+  ${put("acc")};`;
   }
-  return `${head}
-var<workgroup> sh: array<vec3f, ${REDUCE_WG}>;
-fn tree(li: u32) {
-  for (var h = ${REDUCE_WG / 2}u; h > 0u; h >>= 1u) {
-    workgroupBarrier();
-    if (li < h) { sh[li] += sh[li + h]; }
-  }
-}
-${wgslSegmentMain("wg")}
-  var sum = 0.0;
+  return `var sum = 0.0;
   for (var j = start + li; j < end; j += ${REDUCE_WG}u) { let v = ${load}; sum += ${sq}; }
   sh[li] = vec3f(0.0, sum, 0.0);
   tree(li);
   let fast = workgroupUniformLoad(&sh[0]).y; // a barrier, and a value the branch may depend on
   if (fast_ok(fast)) {
-    if (li == 0u) { put(s, vec3f(0.0, fast, 0.0)); }
+    if (li == 0u) { ${put("vec3f(0.0, fast, 0.0)")}; }
     return;
   }
   var acc = vec3f(0.0);
   for (var j = start + li; j < end; j += ${REDUCE_WG}u) { acc += ${blue}(${load}); }
   sh[li] = acc;
   tree(li);
-  if (li == 0u) { put(s, sh[0]); }
+  if (li == 0u) { ${put("sh[0]")}; }`;
+}
+
+/** WGSL shared by the partial kernels: Blue's constants, the fast-path test, the "wg" tree. */
+function partialCommon(variant: RowVariant): string {
+  return `${WGSL_BLUE}
+// Whether the plain sum of squares can stand for the segment (see partialKernel in grad_norm.ts).
+fn fast_ok(sum: f32) -> bool { return sum >= 0x1p-70f && sum <= 0x1p104f; }
+${
+    variant === "wg"
+      ? `var<workgroup> sh: array<vec3f, ${REDUCE_WG}>;
+fn tree(li: u32) {
+  for (var h = ${REDUCE_WG / 2}u; h > 0u; h >>= 1u) {
+    workgroupBarrier();
+    if (li < h) { sh[li] += sh[li + h]; }
+  }
+}`
+      : ""
+  }`;
+}
+
+function partialKernel(variant: RowVariant): string {
+  const tex = variant === "tex";
+  return `${
+    tex
+      ? "@group(0) @binding(0) var xt: texture_2d<f32>;"
+      : "@group(0) @binding(0) var<storage, read> x: array<f32>;"
+  }
+@group(0) @binding(1) var<storage, read_write> out: array<f32>;
+struct P { N: u32, L: u32, nSeg: u32, offset: u32 }
+@group(0) @binding(2) var<uniform> p: P;
+${partialCommon(variant)}
+fn put(s: u32, acc: vec3f) {
+  let o = 3u * (p.offset + s);
+  out[o] = acc.x;
+  out[o + 1u] = acc.y;
+  out[o + 2u] = acc.z;
+}
+${wgslSegmentMain(variant === "wg" ? "wg" : "rows")}
+  ${segmentBody(variant, tex, tex ? wgslTexel("xt", "j") : "x[j]", (a) => `put(s, ${a})`)}
+}`;
+}
+
+/**
+ * The partials of up to 8 small tensors in one dispatch: segment g of the dispatch (an invocation,
+ * or a workgroup for "wg") belongs to tensor k (the last whose first segment is <= g), and runs
+ * {@link partialKernel}'s arithmetic on x<k> ("rows4": vec4 loads from the buffer, the "tex"
+ * variant's sums), writing tensor k's own slots: the same partials, bit for bit.
+ */
+function partialGroupKernel(variant: "rows" | "rows4" | "wg", K: number): string {
+  const vec4 = variant === "rows4";
+  const ks = [...Array(K).keys()];
+  const at = (a: string, k: string) => `p.${a}[${k} / 4u][${k} % 4u]`;
+  return `${
+    ks.map((k) =>
+      `@group(0) @binding(${k}) var<storage, read> x${k}: array<${vec4 ? "vec4f" : "f32"}>;`
+    ).join("\n")
+  }
+@group(0) @binding(${K}) var<storage, read_write> out: array<f32>;
+struct P { first: array<vec4u, 2>, N: array<vec4u, 2>, L: array<vec4u, 2>, offset: array<vec4u, 2>,
+           total: u32 }
+@group(0) @binding(${K + 1}) var<uniform> p: P;
+${partialCommon(variant === "wg" ? "wg" : "rows")}
+@compute @workgroup_size(${variant === "wg" ? REDUCE_WG : REDUCE_ROWS_WG})
+fn main(@builtin(local_invocation_index) li: u32, @builtin(workgroup_id) wg: vec3u,
+        @builtin(num_workgroups) nwg: vec3u) {
+  let g = ${variant === "wg" ? WG_INDEX : `${WG_INDEX} * ${REDUCE_ROWS_WG}u + li`};
+  if (g >= p.total) { return; }
+  var k = 0u;
+  for (var i = 1u; i < ${K}u; i++) {
+    if (g >= ${at("first", "i")}) { k = i; }
+  }
+  let s = g - ${at("first", "k")};
+  let start = s * ${at("L", "k")};
+  let end = min(start + ${at("L", "k")}, ${at("N", "k")});
+  let slot = 3u * (${at("offset", "k")} + s);
+  switch k {
+    ${
+    ks.map((k) =>
+      `case ${k}u: {
+    ${segmentBody(variant === "wg" ? "wg" : "rows", vec4, `x${k}[j]`, (a) => `putAt(slot, ${a})`)}
+    }`
+    ).join("\n    ")
+  }
+    default: {}
+  }
+}
+fn putAt(o: u32, acc: vec3f) {
+  out[o] = acc.x;
+  out[o + 1u] = acc.y;
+  out[o + 2u] = acc.z;
 }`;
 }
 
@@ -241,20 +323,55 @@ export function gradNorm(
     return out;
   }
   const parts = gpu.empty([P, 3]); // (P,3) partial (small, mid, big) sums, one slot range per tensor
+  // Small tensors' partials several to a dispatch (partialGroupKernel: the same sums in the same
+  // slots), per kernel; the rest one dispatch each.
+  const K = options.group === false ? 1 : groupSize(gpu);
+  const groups = new Map<string, { t: Tensor; N: number; L: number; nSeg: number; at: number }[]>();
   let offset = 0;
   live.forEach((g, i) => {
     const N = g.size, L = lens[i], nSeg = Math.ceil(N / L);
     // "tex" needs whole texels: N and L multiples of 4 (else "rows", as segmentReduce does).
     const variant = pickRowVariant(gpu, options.variant, N % 4 === 0 && L % 4 === 0 ? 4 : 1);
     const tex = variant === "tex";
-    gpu.dispatch(
-      gpu.pipeline(`gradnorm/partial/${variant}`, () => partialKernel(variant)),
-      [tex ? texelCopy(gpu, g, "gradnorm0").view : g, parts],
-      new Params().u32(tex ? N / 4 : N).u32(tex ? L / 4 : L).u32(nSeg).u32(offset),
-      segmentGrid(variant, nSeg),
-    );
+    if (K >= 2 && N < GROUP_BELOW) {
+      // "rows4" reads the texels' vec4s from the buffer itself: the "tex" kernel's arithmetic.
+      const kind = tex ? "rows4" : variant;
+      const list = groups.get(kind) ?? [];
+      list.push({ t: g, N: tex ? N / 4 : N, L: tex ? L / 4 : L, nSeg, at: offset });
+      groups.set(kind, list);
+    } else {
+      gpu.dispatch(
+        gpu.pipeline(`gradnorm/partial/${variant}`, () => partialKernel(variant)),
+        [tex ? texelCopy(gpu, g, "gradnorm0").view : g, parts],
+        new Params().u32(tex ? N / 4 : N).u32(tex ? L / 4 : L).u32(nSeg).u32(offset),
+        segmentGrid(variant, nSeg),
+      );
+    }
     offset += nSeg;
   });
+  for (const [kind, list] of groups) {
+    const v = kind as "rows" | "rows4" | "wg";
+    for (let c = 0; c < list.length; c += K) {
+      const chunk = list.slice(c, c + K);
+      const first = chunk.map((_, j) => chunk.slice(0, j).reduce((a, e) => a + e.nSeg, 0));
+      const total = chunk.reduce((a, e) => a + e.nSeg, 0);
+      const params = new Params();
+      for (let j = 0; j < 8; j++) params.u32(first[j] ?? 0xffffffff);
+      for (const f of ["N", "L", "at"] as const) {
+        for (let j = 0; j < 8; j++) params.u32(chunk[j]?.[f] ?? 0);
+      }
+      params.u32(total);
+      gpu.dispatch(
+        gpu.pipeline(
+          `gradnorm/partialGroup/${v}/${chunk.length}`,
+          () => partialGroupKernel(v, chunk.length),
+        ),
+        [...chunk.map((e) => e.t), parts],
+        params,
+        v === "wg" ? grid(total) : grid(Math.ceil(total / REDUCE_ROWS_WG)),
+      );
+    }
+  }
   gpu.dispatch(gpu.pipeline("gradnorm/final", finalKernel), [parts, out], new Params().u32(P), 1);
   parts.release();
   return out;

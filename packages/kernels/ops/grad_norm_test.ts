@@ -1,5 +1,5 @@
 import { getGpu } from "@lvm/gpu";
-import { assertClose, randu } from "@lvm/util/testing";
+import { assert, assertClose, assertEquals, randu } from "@lvm/util/testing";
 import { clipGradNorm, clipScale, clipScaleCpu, gradNorm, gradNormCpu } from "./grad_norm.ts";
 import type { RowVariant } from "./reduce.ts";
 
@@ -89,4 +89,40 @@ Deno.test("gradNorm(): empty tensors, clipScale()", async () => {
     msg = String(e);
   }
   if (!/grads is empty/.test(msg)) throw new Error(`empty list not reported: ${msg}`);
+});
+
+Deno.test("gradNorm(): small tensors grouped give the ungrouped norm bit for bit", async (t) => {
+  const gpu = await getGpu();
+  // Eleven small tensors (more than one group), odd sizes, a large one between them, and values
+  // that take Blue's path (1e-20, 1e19) beside plain ones.
+  const sizes = [7, 45, 4100, 1025, 12, 300_001, 8292, 1, 64, 65, 4, 3];
+  const data = sizes.map((n, i) =>
+    i === 2 ? new Float32Array(n).fill(1e-20) : i === 9 ? new Float32Array(n).fill(1e19) : randu(
+      n,
+      50 + i,
+      -2,
+      2,
+    )
+  );
+  const ts = data.map((d) => gpu.upload(d, [d.length]));
+  for (const variant of VARIANTS) {
+    await t.step(variant, async () => {
+      let d0 = gpu.dispatchCount;
+      const a = gradNorm(gpu, ts, { variant });
+      const grouped = gpu.dispatchCount - d0;
+      d0 = gpu.dispatchCount;
+      const b = gradNorm(gpu, ts, { variant, group: false });
+      const single = gpu.dispatchCount - d0;
+      const [x, y] = await gpu.readMany([a, b]);
+      assertEquals(Array.from(x), Array.from(y), "grouped == ungrouped");
+      assertClose(x, [gradNormCpu(data)], { atol: 0, rtol: 2e-6 }, "vs the CPU reference");
+      // Eleven small tensors in groups of up to 8 (where 9 storage buffers may be bound).
+      if (gpu.limits.maxStorageBuffersPerShaderStage >= 9) {
+        assert(grouped < single - 8, `${grouped} dispatches grouped, ${single} not`);
+      }
+      a.release();
+      b.release();
+    });
+  }
+  ts.forEach((x) => x.release());
 });
