@@ -39,8 +39,9 @@ export interface GradNormOptions {
   out?: Tensor;
   variant?: RowVariant;
   /**
-   * Sum the partials of small tensors (under 65536 elements) several to a dispatch (default true;
-   * the same sums bit for bit: each tensor keeps its segments, kernel arithmetic and slots).
+   * Sum the partials of several tensors in one dispatch (default true; on the cpu kind only those
+   * under 65536 elements; the same sums bit for bit: each tensor keeps its segments, kernel
+   * arithmetic and slots).
    */
   group?: boolean;
 }
@@ -50,7 +51,10 @@ function groupSize(gpu: Gpu): number {
   return Math.max(1, Math.min(8, gpu.limits.maxStorageBuffersPerShaderStage - 1));
 }
 
-/** Tensors from this size on keep a dispatch of their own. */
+/**
+ * On the cpu kind, tensors from this size on keep a dispatch of their own (their "tex" partials
+ * read textures, faster on llvmpipe than the grouped kernel's buffer loads); on GPUs all group.
+ */
 const GROUP_BELOW = 65536;
 
 /**
@@ -333,7 +337,7 @@ export function gradNorm(
     // "tex" needs whole texels: N and L multiples of 4 (else "rows", as segmentReduce does).
     const variant = pickRowVariant(gpu, options.variant, N % 4 === 0 && L % 4 === 0 ? 4 : 1);
     const tex = variant === "tex";
-    if (K >= 2 && N < GROUP_BELOW) {
+    if (K >= 2 && (gpu.kind === "gpu" || N < GROUP_BELOW)) {
       // "rows4" reads the texels' vec4s from the buffer itself: the "tex" kernel's arithmetic.
       const kind = tex ? "rows4" : variant;
       const list = groups.get(kind) ?? [];
