@@ -278,10 +278,13 @@ export class Gpu {
   /**
    * Recorded work is sent to the queue every this many dispatches (0: only at {@link submit} and
    * the reads and waits that submit), so that a real GPU runs the first kernels of a long step
-   * (a training step records ~1300-1800) while the CPU records the rest. Measured on an H200: a
+   * (a training step records ~1200-1500) while the CPU records the rest. Measured on an H200: a
    * `100m` train step's wall time (141 ms) was its recording plus its GPU time (69 ms), the GPU
-   * idle until one submit at the end. Default 64 on the "gpu" kernel kind; 0 on the "cpu" kind,
-   * as lavapipe runs each submit's commands on the calling thread (nothing would overlap).
+   * idle until one submit at the end; with 64, 67-69 ms against 75-88 ms with one submit (`deno
+   * task bench --filter "100m B1 T256" --reps 5`: `transformer train step[one submit]`). Default
+   * 64 on the "gpu" kernel kind; 0 on the "cpu" kind: lavapipe runs submitted work on worker
+   * threads that share the machine's cores with the recording thread (a submit returns at once),
+   * so overlap adds no compute there (not measured).
    * Order is kept: submits run in order and {@link write} submits first. Off while profiling.
    */
   submitEvery = 0;
