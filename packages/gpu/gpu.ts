@@ -284,7 +284,8 @@ export class Gpu {
    * task bench --filter "100m B1 T256" --reps 5`: `transformer train step[one submit]`). Default
    * 64 on the "gpu" kernel kind; 0 on the "cpu" kind: lavapipe runs submitted work on worker
    * threads that share the machine's cores with the recording thread (a submit returns at once),
-   * so overlap adds no compute there (not measured).
+   * so overlap adds no compute there: the tiny transformer train step B4 T256 took 462 ms with 0
+   * and 458 ms with 64 (best of 5, alternating in one process, 2 cores).
    * Order is kept: submits run in order and {@link write} submits first. Off while profiling.
    */
   submitEvery = 0;
