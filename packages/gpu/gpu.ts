@@ -285,7 +285,8 @@ export class Gpu {
    * 64 on the "gpu" kernel kind; 0 on the "cpu" kind: lavapipe runs submitted work on worker
    * threads that share the machine's cores with the recording thread (a submit returns at once),
    * so overlap adds no compute there: the tiny transformer train step B4 T256 took 462 ms with 0
-   * and 458 ms with 64 (best of 5, alternating in one process, 2 cores).
+   * and 458 ms with 64 (best of 5, alternating in one process, 2 cores; a one-off script, not a
+   * bench case: the bench's `[one submit]` A/B runs on the gpu kind only).
    * Order is kept: submits run in order and {@link write} submits first. Off while profiling.
    */
   submitEvery = 0;

@@ -319,6 +319,7 @@ export function adamwGroup(
   });
   if (open.length) groups.push(open);
   const numScale = typeof options.gradScale === "number" ? options.gradScale : 1;
+  const s = adamwScalars(options);
   for (const idx of groups) {
     if (idx.length === 1) {
       adamw(gpu, states[idx[0]], { ...options, weightDecay: decayOf(idx[0]) });
@@ -327,7 +328,6 @@ export function adamwGroup(
     const n4 = idx.map((i) => states[i].param.size / 4);
     const wgs = n4.map((n) => Math.ceil(n / WG));
     const start = wgs.map((_, j) => wgs.slice(0, j).reduce((a, b) => a + b, 0));
-    const s = adamwScalars(options);
     const params = new Params().f32(numScale).f32(s.b1).f32(s.omb1).f32(s.b2).f32(s.omb2)
       .f32(s.bc2sqrt).f32(s.eps).f32(s.negStep);
     for (let j = 0; j < 8; j++) params.u32(start[j] ?? 0xffffffff);
