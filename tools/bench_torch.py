@@ -156,14 +156,14 @@ def backward_case(M, K, N, per):
     register("linear_backward", f"{M}x{K}x{N}", make, per=per, flops=4 * M * K * N * per)
 
 
-mm_case(256, 256, 256, 16)
-mm_case(512, 512, 512, 4)
-mm_case(1024, 1024, 1024, 2)
-mm_case(2048, 2048, 2048, 1)
-mm_case(512, 640, 1664, 2, linear=True, suffix=" linear")
-mm_case(512, 640, 1664, 2, linear=True, suffix=" linear packed")  # torch has nothing to pack
-mm_case(512, 1664, 640, 2, linear=True, suffix=" linear")
-mm_case(1024, 4096, 1024, 1, linear=True, suffix=" linear")
+mm_case(256, 256, 256, 128)
+mm_case(512, 512, 512, 32)
+mm_case(1024, 1024, 1024, 8)
+mm_case(2048, 2048, 2048, 2)
+mm_case(512, 640, 1664, 16, linear=True, suffix=" linear")
+mm_case(512, 640, 1664, 16, linear=True, suffix=" linear packed")  # torch has nothing to pack
+mm_case(512, 1664, 640, 16, linear=True, suffix=" linear")
+mm_case(1024, 4096, 1024, 4, linear=True, suffix=" linear")
 mm_case(16, 640, 1664, 64, linear=True, suffix=" linear packed")  # a 16-token prefill
 mm_case(16, 1664, 640, 64, linear=True, suffix=" linear packed")
 backward_case(512, 640, 1664, 1)

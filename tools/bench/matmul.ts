@@ -5,7 +5,10 @@
  *
  * Each timed run records `per` products before the one GPU sync the harness adds (the sync costs
  * ~11 ms on lavapipe, which would otherwise swamp the small shapes); flops count all of them, and
- * the harness reports `ms` per product (run time / per). The notes give one product's napkin math.
+ * the harness reports `ms` per product (run time / per). The products' `per` gives a run ~0.2 s or
+ * more of work on lavapipe, so the sync is a few percent of it: with 2 per run, 1024^3 read 55 GFLOP/s
+ * where 8 per run (the kernel's throughput, as a model's back-to-back products see it) read 62-65.
+ * The notes give one product's napkin math.
  * @module
  */
 import { type Gpu, type Tensor } from "@lvm/gpu";
@@ -111,10 +114,10 @@ function backwardCase(M: number, K: number, N: number, per: number): BenchCase {
 
 /** The cases, in the order they print. */
 export const benches: BenchCase[] = [
-  mmCase(256, 256, 256, { per: 16 }),
-  mmCase(512, 512, 512, { per: 4 }),
-  mmCase(1024, 1024, 1024, { per: 2 }),
-  mmCase(2048, 2048, 2048, { per: 1 }),
+  mmCase(256, 256, 256, { per: 128 }),
+  mmCase(512, 512, 512, { per: 32 }),
+  mmCase(1024, 1024, 1024, { per: 8 }),
+  mmCase(2048, 2048, 2048, { per: 2 }),
   // The ladder at 256^3 (same shape, forced variants), for the record.
   mmCase(256, 256, 256, { per: 1, variant: "naive", name: "matmul[naive]" }),
   mmCase(256, 256, 256, { per: 1, variant: "blocked", name: "matmul[blocked]" }),
@@ -122,12 +125,12 @@ export const benches: BenchCase[] = [
   mmCase(256, 256, 256, { per: 16, variant: "tex", name: "matmul[tex 4x1]", tile: [4, 1] }),
   // Operand textures exactly as wide as the matrix (rows 4 KiB apart, one L1 set): what the tex
   // kernel ran at before the padded pitch; compare with "matmul 1024x1024x1024" of the same run.
-  mmCase(1024, 1024, 1024, { per: 2, name: "matmul[unpadded]", padPitch: false }),
+  mmCase(1024, 1024, 1024, { per: 8, name: "matmul[unpadded]", padPitch: false }),
   // 100m transformer (hidden 640, FFN 1664), 512 tokens: gate/up and down projections.
-  mmCase(512, 640, 1664, { per: 2, linear: true, suffix: " linear" }),
-  mmCase(512, 640, 1664, { per: 2, linear: true, packed: true, suffix: " linear packed" }),
-  mmCase(512, 1664, 640, { per: 2, linear: true, suffix: " linear" }),
-  mmCase(1024, 4096, 1024, { per: 1, linear: true, suffix: " linear" }),
+  mmCase(512, 640, 1664, { per: 16, linear: true, suffix: " linear" }),
+  mmCase(512, 640, 1664, { per: 16, linear: true, packed: true, suffix: " linear packed" }),
+  mmCase(512, 1664, 640, { per: 16, linear: true, suffix: " linear" }),
+  mmCase(1024, 4096, 1024, { per: 4, linear: true, suffix: " linear" }),
   // A 16-token prefill of the same projections (skinny: the 16x2 tile in small workgroups), and
   // the same products in the 4x1 tile at 64 lanes (what skinny products took before).
   ...[[640, 1664], [1664, 640]].flatMap(([K, N]) => [
