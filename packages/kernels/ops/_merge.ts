@@ -1,7 +1,8 @@
 /**
- * The merge of partial attention states held by several lanes of one workgroup: attention.ts's
- * split kernels (S lanes per query or key row) and decode_fused.ts's one-workgroup layer tail (S
- * lanes per head). Internal to @lvm/kernels.
+ * The merge of partial attention states held by several lanes of one workgroup (attention.ts's
+ * split kernels: S lanes per query or key row; decode_fused.ts's one-workgroup layer tail: S lanes
+ * per head), and the online-softmax step of the key loops that make those states. Internal to
+ * @lvm/kernels.
  * @module
  */
 
@@ -50,4 +51,29 @@ export function splitMerge(
     }
   }
   return { decl, body: L.join("\n  ") };
+}
+
+/**
+ * WGSL of one key's step of an online softmax (the attention kernels' key loops): with the key's
+ * score `sc` in scope, rescales the running max `m`, sum `l` and the U vec4 accumulators
+ * `acc(d)` when the max grows (m starts below any score), then adds exp2(sc - m) times the key's
+ * value `val(d)`.
+ */
+export function onlineStep(
+  U: number,
+  m: string,
+  l: string,
+  acc: (d: number) => string,
+  val: (d: number) => string,
+): string {
+  const us = (f: (d: number) => string, sep: string) => [...Array(U).keys()].map(f).join(sep);
+  return `if (sc > ${m}) {
+      let c = exp2(${m} - sc);
+      ${m} = sc;
+      ${l} *= c;
+      ${us((d) => `${acc(d)} *= c;`, " ")}
+    }
+    let e = exp2(sc - ${m});
+    ${l} += e;
+    ${us((d) => `${acc(d)} = fma(vec4f(e), ${val(d)}, ${acc(d)});`, "\n    ")}`;
 }

@@ -33,7 +33,7 @@
 import { type Gpu, grid, Params, WG_INDEX } from "@lvm/gpu";
 import type { Tensor } from "@lvm/gpu";
 import { makeTexture, type TexSlot, TextureCache } from "@lvm/gpu";
-import { splitMerge } from "./_merge.ts";
+import { onlineStep, splitMerge } from "./_merge.ts";
 
 const LOG2E = Math.LOG2E;
 const MASKED = "-1.0e30";
@@ -805,15 +805,7 @@ fn main(@builtin(local_invocation_index) li: u32, @builtin(workgroup_id) wg: vec
     var x = vec4f(0.0);
     ${us((d) => `x = fma(q${d}, ${s.at("kt", "j", "gx", d)}, x);`, "\n    ")}
     let sc = ${hsum("x")};
-    if (sc > m) {
-      let c = exp2(m - sc);
-      m = sc;
-      l *= c;
-      ${us((d) => `a${d} *= c;`, " ")}
-    }
-    let e = exp2(sc - m);
-    l += e;
-    ${us((d) => `a${d} = fma(vec4f(e), ${s.at("vt", "j", "gx", d)}, a${d});`, "\n    ")}
+    ${onlineStep(U, "m", "l", (d) => `a${d}`, (d) => s.at("vt", "j", "gx", d))}
   }
   let slot = (row * p.splits + split) * ${WGD}u + li;
   pml[slot] = vec2f(m, l);

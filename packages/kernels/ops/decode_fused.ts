@@ -37,7 +37,7 @@
  */
 import { type Gpu, grid, Params, type Tensor, WG_INDEX } from "@lvm/gpu";
 import { attentionCpu, type KvBuffers, kvWrite } from "./attention.ts";
-import { splitMerge } from "./_merge.ts";
+import { onlineStep, splitMerge } from "./_merge.ts";
 import { matmul, PackedWeight } from "./matmul.ts";
 import { rmsnormCpu } from "./rmsnorm.ts";
 import { ropeCpu, ropeTables } from "./rope.ts";
@@ -635,15 +635,7 @@ fn main(@builtin(local_invocation_index) li: u32, @builtin(workgroup_id) wg: vec
     var x = vec4f(0.0);
     ${us((d) => `x = fma(q${d}, ${ld("k", d)}, x);`, "\n    ")}
     let sc = x.x + x.y + x.z + x.w;
-    if (sc > m) {
-      let c = exp2(m - sc);
-      m = sc;
-      l *= c;
-      ${us((d) => `a${d} *= c;`, " ")}
-    }
-    let e = exp2(sc - m);
-    l += e;
-    ${us((d) => `a${d} = fma(vec4f(e), ${ld("v", d)}, a${d});`, "\n    ")}
+    ${onlineStep(U, "m", "l", (d) => `a${d}`, (d) => ld("v", d))}
   }
   ml[li] = vec2f(m, l);
   ${us((d) => `accs[li * ${U}u + ${d}u] = a${d};`)}
@@ -735,19 +727,8 @@ fn main(@builtin(local_invocation_index) li: u32) {
     var s = vec4f(0.0);
     ${us((d) => `s = fma(q${d}, textureLoad(kt, vec2u(c0 + ${d}u, j), 0), s);`, "\n    ")}
     let sc = s.x + s.y + s.z + s.w;
-    if (sc > m0) { // the max grew: rescale (m0 starts below any score)
-      let c = exp2(m0 - sc);
-      m0 = sc;
-      l0 *= c;
-      ${us((d) => `a0_${d} *= c;`, " ")}
-    }
-    let e = exp2(sc - m0);
-    l0 += e;
     ${
-    us(
-      (d) => `a0_${d} = fma(vec4f(e), textureLoad(vt, vec2u(c0 + ${d}u, j), 0), a0_${d});`,
-      "\n    ",
-    )
+    onlineStep(U, "m0", "l0", (d) => `a0_${d}`, (d) => `textureLoad(vt, vec2u(c0 + ${d}u, j), 0)`)
   }
   }
   ${merge.body}
