@@ -1,7 +1,8 @@
 /**
  * `deno task bench`'s command line: `--rounds N` keeps each case's best round and reports the
- * slowest as `ms_worst`; bad `--rounds`/`--reps` values stop it with a message naming the flag.
- * Runs one small CPU case (crc32 over 32 MiB), so it checks the plumbing, not any speed.
+ * slowest as `ms_worst`; bad `--rounds`/`--reps` values stop it with a message naming the flag;
+ * `--torch` asks PyTorch's side (here a stand-in for `bench_torch.py --serve`) for each case right
+ * after ours. Runs one small CPU case (crc32 over 32 MiB), so it checks the plumbing, not any speed.
  * @module
  */
 import { assert, assertEquals } from "@lvm/util/testing";
@@ -70,4 +71,92 @@ Deno.test("bench --warmup S: matmuls for S seconds before the first case", async
   const m = r.stderr.match(/warm-up: (\d+) products of 1024\^3 in 0.3 s/);
   assert(m && Number(m[1]) >= 4, r.stderr);
   assertEquals(r.stdout.split("\n").filter((l) => l.startsWith("{")).length, 1);
+});
+
+/** A stand-in for `python3 tools/bench_torch.py --serve` (the test machine has no PyTorch). */
+async function fakePython(body: string): Promise<string> {
+  const path = await Deno.makeTempFile({ prefix: "fake_python_", suffix: ".sh" });
+  await Deno.writeTextFile(path, `#!/usr/bin/env bash\n${body}\n`);
+  await Deno.chmod(path, 0o755);
+  return path;
+}
+
+Deno.test("bench --torch: each PyTorch case runs right after ours, the ratio pairs them", async () => {
+  // Answers every key on stdin with a result for crc32 (ms 2.5) and nothing for the others; logs
+  // each key it was asked for, so the order of the two sides shows in stderr.
+  const python = await fakePython(`
+[ "$2" = "--serve" ] || { echo "expected --serve, got $*" >&2; exit 3; }
+while IFS= read -r key; do
+  echo "asked: $key" >&2
+  if [ "$key" = "crc32 32 MiB" ]; then
+    echo '{"name": "crc32", "shape": "32 MiB", "ms": 2.5, "per": 1, "run_ms": 2.5}'
+  fi
+  echo "{\\"done\\": \\"$key\\"}"
+done`);
+  try {
+    const out = await new Deno.Command(Deno.execPath(), {
+      args: [
+        "run",
+        "-A",
+        "--unstable-webgpu",
+        "tools/bench.ts",
+        "--filter",
+        "crc32",
+        "--reps",
+        "1",
+        "--rounds",
+        "2",
+        "--torch",
+        "--json",
+      ],
+      cwd: ROOT,
+      env: { NO_COLOR: "1", PYTHON: python },
+      stdout: "piped",
+      stderr: "piped",
+    }).output();
+    const stdout = new TextDecoder().decode(out.stdout);
+    const stderr = new TextDecoder().decode(out.stderr);
+    assertEquals(out.code, 0, stderr);
+    // Per round: ours, then PyTorch asked for the same key, then PyTorch's progress line.
+    const order = stderr.split("\n").filter((l) => /^(round \d\/2: (torch:)?crc32|asked: )/.test(l))
+      .map((l) => l.replace(/^round (\d)\/2: (torch:)?crc32.*/, "r$1 $2").trim());
+    assertEquals(order, [
+      "r1",
+      "asked: crc32 32 MiB",
+      "r1 torch:",
+      "r2",
+      "asked: crc32 32 MiB",
+      "r2 torch:",
+    ]);
+    const lines = stdout.split("\n").filter((l) => l.startsWith("{")).map((l) => JSON.parse(l));
+    const ours = lines.find((l) => l.backend === "webgpu");
+    const torch = lines.find((l) => l.backend === "torch");
+    assertEquals([torch.name, torch.shape, torch.ms], ["crc32", "32 MiB", 2.5]);
+    assertEquals(torch.ratio_vs_torch, +(2.5 / ours.ms).toFixed(3));
+  } finally {
+    await Deno.remove(python);
+  }
+});
+
+Deno.test("bench --torch: a PyTorch side that fails is named, ours still reported", async () => {
+  const python = await fakePython(`echo "No module named torch" >&2; exit 1`);
+  try {
+    const out = await new Deno.Command(Deno.execPath(), {
+      args: ["run", "-A", "--unstable-webgpu", "tools/bench.ts", "--filter", "crc32", "--reps", "1"]
+        .concat(["--torch", "--json"]),
+      cwd: ROOT,
+      env: { NO_COLOR: "1", PYTHON: python },
+      stdout: "piped",
+      stderr: "piped",
+    }).output();
+    const stdout = new TextDecoder().decode(out.stdout);
+    const stderr = new TextDecoder().decode(out.stderr);
+    assertEquals(out.code, 0, stderr);
+    assert(stderr.includes(`bench_torch.py ended (exit code 1)`), stderr);
+    assert(stderr.includes(`is python3-torch installed for ${python}?`), stderr);
+    const lines = stdout.split("\n").filter((l) => l.startsWith("{")).map((l) => JSON.parse(l));
+    assertEquals(lines.map((l) => [l.name, l.backend]), [["crc32", "webgpu"]]);
+  } finally {
+    await Deno.remove(python);
+  }
 });

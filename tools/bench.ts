@@ -1,10 +1,10 @@
 /**
  * `deno task bench [--json] [--filter TEXT] [--reps N] [--rounds N] [--torch]`: runs every case in
  * tools/bench/*.ts on this machine's adapter. `--torch` also runs tools/bench_torch.py (PyTorch on
- * the CPU, same shapes, same `--filter` and `--reps`) in the same run when python3 with torch is
- * present, and prints the ratios. `--rounds N` runs the whole list N times (ours then PyTorch's
- * each round) and keeps each case's best round, so a slow phase of a shared machine does not
- * decide a figure. See {@link HELP} for the fields.
+ * the CPU, same shapes and `--reps`) in the same run when python3 with torch is present, each
+ * PyTorch case right after ours (tools/bench/_torch.ts), and prints the ratios. `--rounds N` runs
+ * the whole list N times and keeps each case's best round, so a slow phase of a shared machine
+ * does not decide a figure. See {@link HELP} for the fields.
  * @module
  */
 import { parseArgs } from "node:util";
@@ -16,17 +16,18 @@ import {
   runCase,
   warmUp,
 } from "./bench/_harness.ts";
+import { torchKey, TorchServer } from "./bench/_torch.ts";
 
 const HELP =
   `usage: deno task bench [--json] [--filter TEXT] [--reps N] [--rounds N] [--torch [--markdown]]
 
   --filter TEXT  only cases whose "name shape" contains TEXT
   --reps N       timed runs per case, best kept (default: the case's own, else 5)
-  --rounds N     run the whole selection N times (with --torch: ours, then PyTorch's, per round)
-                 and keep each case's best round (default 1); progress lines go to stderr
+  --rounds N     run the whole selection N times and keep each case's best round (default 1);
+                 progress lines go to stderr
   --json         one JSON object per line on stdout (log lines go to stderr)
-  --torch        also run tools/bench_torch.py (PyTorch, CPU) on the same cases and compare
-                 (interpreter: $PYTHON, default python3)
+  --torch        also run tools/bench_torch.py (PyTorch, CPU) on the same cases and compare,
+                 each PyTorch case right after ours (interpreter: $PYTHON, default python3)
   --markdown     with --torch: end with the README's performance table (every case PyTorch
                  also ran: ours, PyTorch, ratio), to paste as it is
   --profile N    after timing a case, run it once more with every dispatch timed on the GPU
@@ -151,67 +152,48 @@ function emit(r: BenchResult): void {
 
 const oursBest = new Map<string, BenchResult>();
 const torchBest = new Map<string, BenchResult>();
-let torchRuns = values.torch;
+let torch: TorchServer | null = null;
+if (values.torch) {
+  try {
+    torch = TorchServer.start(reps);
+  } catch (e) {
+    log(`PyTorch comparison skipped: ${(e as Error).message}`);
+  }
+}
 for (let round = 1; round <= rounds; round++) {
+  const torchRan = new Set<string>(); // PyTorch's cases run this round
   for (const c of selected) {
     const r = await runCase(gpu, c, reps, { profile: profileKernels, profileRuns });
     keepBest(oursBest, r);
     // One round: each result as it comes; more: progress lines now, the best of each at the end.
     if (rounds === 1) emit(r);
     else console.error(`round ${round}/${rounds}: ${formatResult(r)}`);
-  }
-  if (torchRuns) {
-    torchRuns = await runTorch((t) => {
+    // PyTorch's case right after ours (see tools/bench/_torch.ts).
+    const key = torchKey(r.name, r.shape);
+    if (!torch || torchRan.has(key)) continue;
+    torchRan.add(key);
+    try {
+      const t = await torch.run(key);
+      if (!t) continue;
       keepBest(torchBest, t);
       if (rounds > 1) {
         console.error(
           `round ${round}/${rounds}: ${formatResult({ ...t, name: `torch:${t.name}` })}`,
         );
       }
-    });
+    } catch (e) {
+      log(
+        `${(e as Error).message}: is python3-torch installed for ${
+          Deno.env.get("PYTHON") || "python3"
+        }? (PYTHON=... picks another); the rest runs without PyTorch`,
+      );
+      torch = null;
+    }
   }
 }
+await torch?.close();
 const results = [...oursBest.values()];
 if (rounds > 1) results.forEach(emit);
-
-/**
- * Runs tools/bench_torch.py once (same filter and reps), handing each result line to `onResult`;
- * false (after saying why) where PyTorch's side did not run, so later rounds skip it.
- */
-async function runTorch(onResult: (t: BenchResult) => void): Promise<boolean> {
-  const script = new URL("./bench_torch.py", import.meta.url).pathname;
-  const args = [
-    script,
-    ...(values.filter ? ["--filter", values.filter] : []),
-    ...(reps !== undefined ? ["--reps", String(reps)] : []),
-  ];
-  // PYTHON picks the interpreter (e.g. /usr/bin/python3 where a pyenv python3 lacks torch).
-  const python = Deno.env.get("PYTHON") || "python3";
-  // glibc keeps freed memory for reuse (unless the caller set these): by default every large
-  // tensor PyTorch frees goes back to the OS and the next one faults its pages in again, which on
-  // a VM costs more than the arithmetic (a 128-channel 3x3 conv at 256x256: 309 ms, 206 of them in
-  // the kernel, 24.6k page faults; 68 ms with these). Our side reuses its buffers.
-  const env: Record<string, string> = {};
-  for (const k of ["MALLOC_MMAP_THRESHOLD_", "MALLOC_TRIM_THRESHOLD_"]) {
-    if (Deno.env.get(k) === undefined) env[k] = String(2 ** 34);
-  }
-  if (Deno.env.get("MALLOC_TOP_PAD_") === undefined) env.MALLOC_TOP_PAD_ = String(2 ** 30);
-  try {
-    const out = await new Deno.Command(python, { args, env, stdout: "piped", stderr: "inherit" })
-      .output();
-    const lines = new TextDecoder().decode(out.stdout).split("\n").filter((l) => l.startsWith("{"));
-    for (const line of lines) onResult(JSON.parse(line) as BenchResult);
-    if (!out.success) {
-      log(
-        `bench_torch.py failed (is python3-torch installed for ${python}? PYTHON=... picks another)`,
-      );
-    }
-    return out.success;
-  } catch (e) {
-    log(`PyTorch comparison skipped: ${(e as Error).message}`);
-    return false;
-  }
-}
 
 /** A result's headline rate as the README's table gives it: items/s, else GB/s, else GFLOP/s. */
 function headline(r: BenchResult): string {

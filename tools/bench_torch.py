@@ -7,7 +7,12 @@ it is compared with (tools/bench.ts pairs them). As in tools/bench/_harness.ts, 
 ops (e.g. 16 small matmuls): `ms` is the best of --reps runs divided by `per` (time per op),
 `run_ms` the best run's time, and the throughput is a run's flops/bytes/items over its time.
 
-Usage: /usr/bin/python3 tools/bench_torch.py [--filter TEXT] [--reps N] [--list]
+Usage: /usr/bin/python3 tools/bench_torch.py [--filter TEXT] [--reps N] [--list] [--serve]
+
+`--serve` (how `deno task bench --torch` runs it): reads one case key ("name shape") per line on
+stdin, runs the case of exactly that key (none where PyTorch has no such case), prints its result
+line, then {"done": key}; until stdin closes. So each PyTorch case runs right after ours, and a slow
+phase of a shared machine falls on both sides of a ratio alike.
 
 Cases live in a registry, `CASES` (key "name shape" -> Case); other files can add theirs with
 `register(name, shape, make, per=..., flops=..., bytes=..., items=..., unit=..., note=...)`, where
@@ -182,6 +187,8 @@ def main():
     ap.add_argument("--reps", type=int, default=None,
                     help="timed runs per case, best kept (default: the case's own, else 5)")
     ap.add_argument("--list", action="store_true", help="print the case keys and exit")
+    ap.add_argument("--serve", action="store_true",
+                    help='run the cases whose keys come on stdin, one per line (see the module doc)')
     args = ap.parse_args()
     if args.reps is not None and args.reps < 1:
         ap.error(f"--reps must be a positive integer, found {args.reps}")
@@ -199,17 +206,33 @@ def main():
         file=sys.stderr,
     )
     emit = lambda r: print(json.dumps({**r, "torch_threads": threads}), flush=True)  # noqa: E731
-    for k in keys:
-        emit(run_case(CASES[k], args.reps))
+    if args.serve:
+        for line in sys.stdin:
+            key = line.strip()
+            if key:
+                try:
+                    for r in run_selected(lambda k, key=key: k == key, args.reps):
+                        emit(r)
+                except Exception as e:  # one case failing does not end the others
+                    print(f"bench_torch.py: {key}: {type(e).__name__}: {e}", file=sys.stderr)
+                print(json.dumps({"done": key}), flush=True)
+        return
+    for r in run_selected(args.filter, args.reps):
+        emit(r)
+
+
+def run_selected(filt, reps):
+    """Yields the result of every case selected by `filt` (None, a substring, or a predicate)."""
+    for k in CASES:
+        if not filt or (filt(k) if callable(filt) else filt in k):
+            yield run_case(CASES[k], reps)
     # The model-level cases live beside this file (same name/shape strings as tools/bench/*.ts).
     sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
     import bench_torch_tokenizer
     import bench_torch_transformer
 
-    for r in bench_torch_transformer.results(args.filter, args.reps):
-        emit(r)
-    for r in bench_torch_tokenizer.results(args.filter, args.reps):
-        emit(r)
+    yield from bench_torch_transformer.results(filt, reps)
+    yield from bench_torch_tokenizer.results(filt, reps)
 
 
 if __name__ == "__main__":

@@ -106,7 +106,7 @@ def line(name, shape, ms, fl, items, note):
 
 def results(filt=None, reps=None):
     out = []
-    want = lambda k: not filt or filt in k  # noqa: E731
+    want = lambda k: not filt or (filt(k) if callable(filt) else filt in k)  # noqa: E731
     enc_f, dec_f = flops(LVM_CONFIG)
     if want("vqgan encode lvm 1x3x256x256") or want("vqgan decode lvm 1x256 ids"):
         p = random_params(LVM_CONFIG)

@@ -117,15 +117,23 @@ def best_ms(fn, reps):
     return best * 1e3
 
 
+def matches(filt, key):
+    """Whether a case key ("name shape") is selected: filt None (all), a substring, or a predicate."""
+    return not filt or (filt(key) if callable(filt) else filt in key)
+
+
 def results(filter_text=None, reps_override=None):
-    """Yields one result dict per case (fields as tools/bench/_harness.ts BenchResult)."""
+    """Yields one result dict per case (fields as tools/bench/_harness.ts BenchResult).
+
+    filter_text: None (all), a substring of "name shape", or a predicate on it.
+    """
     torch.manual_seed(0)
     for cfg in CONFIGS:
         name, B, T = cfg["name"], cfg["B"], cfg["T"]
         reps = reps_override or cfg["reps"]
         shape = f"{name} B{B} T{T}"
         dshape = f"{name} prompt{cfg['prompt']} +{cfg['decode']}"
-        wanted = lambda n, s: not filter_text or filter_text in f"{n} {s}"  # noqa: E731
+        wanted = lambda n, s: matches(filter_text, f"{n} {s}")  # noqa: E731
         if not any(wanted(n, s) for n, s in [("transformer forward", shape),
                                              ("transformer train step", shape),
                                              ("transformer decode", dshape)]):
