@@ -150,6 +150,9 @@ function emit(r: BenchResult): void {
   } else console.log(formatResult(r));
 }
 
+/** The pause after each PyTorch case before our next one (see below). */
+const TORCH_SETTLE_MS = 500;
+
 const oursBest = new Map<string, BenchResult>();
 const torchBest = new Map<string, BenchResult>();
 let torch: TorchServer | null = null;
@@ -175,6 +178,9 @@ for (let round = 1; round <= rounds; round++) {
     try {
       const t = await torch.run(key);
       if (!t) continue;
+      // PyTorch's idle threads spin for a while before they sleep (OpenBLAS ~2^28 cycles, GNU
+      // OpenMP its spin count): let them settle before our next case takes the cores.
+      await new Promise((r) => setTimeout(r, TORCH_SETTLE_MS));
       keepBest(torchBest, t);
       if (rounds > 1) {
         console.error(
