@@ -1877,6 +1877,30 @@ const W1_CPI = 4;
 const W43_GEMM_TILE: ConvTile = { cot: 16, py: 2, px: 16 };
 
 /**
+ * The GEMM tile for Cout output channels and pseudo-images of R rows: {@link W43_GEMM_TILE}, or 12
+ * output channels per invocation where that leaves fewer of a workgroup's 64 lanes idle. A pseudo-
+ * image of a few tiles (a 16x16 image is one tile per product) puts 64 / tiles channel blocks in a
+ * workgroup: 768 channels are 48 blocks of 16 (a quarter of the lanes idle) but 64 of 12. Measured
+ * (768 -> 768 at 16x16, weights cached, GEMM kernel alone, alternating processes): 28.0-28.3 ms
+ * with 16, 22.9-23.0 with 12, 29.0-30.5 with 8; the `lvm` decode (10 such convs) 3870 -> 3769 ms
+ * and encode (7) 2121 -> 2037, best of 4 alternating in one process.
+ */
+function w43GemmTile(Cout: number, R: number): ConvTile {
+  const py = gemmRows(R);
+  const tiles = Math.ceil(R / py); // per product: the pseudo-image is one tile wide
+  if (conv2dTuning.w43Cot) return { ...W43_GEMM_TILE, cot: conv2dTuning.w43Cot, py };
+  // launchFwd's layout when the tiles are a power of two (otherwise it numbers (product, tile)
+  // pairs across the lanes, and the channel blocks do not change how many idle).
+  if (tiles >= WG || (tiles & (tiles - 1)) !== 0) return { ...W43_GEMM_TILE, py };
+  const perGroup = WG / tiles; // channel blocks per workgroup
+  const busy = (cot: number) => {
+    const blocks = Math.ceil(Cout / cot);
+    return (blocks * tiles) / (Math.ceil(blocks / perGroup) * WG);
+  };
+  return { ...W43_GEMM_TILE, cot: busy(12) > busy(16) ? 12 : 16, py };
+}
+
+/**
  * Rows per GEMM tile for a pseudo-image of R rows: 2, or 1 for a few odd rows, where a second row
  * would be mostly padding (one 16x16 image is a single row: 768 -> 768 F(4x4) with cached weights
  * 40 -> 27 ms per conv with 1; still not taken there: with the weights cached as F(4x4)'s U, 4x
@@ -1912,7 +1936,6 @@ function w43Conv(
 ): boolean {
   const { B, C } = inShape;
   const { Cout, Ho, Wo } = g;
-  const tile = W43_GEMM_TILE;
   const { m } = W, NP = W.a * W.a; // products
   const nTyAll = Math.ceil(Ho / m), nQ = Math.ceil(Wo / (4 * m));
   const xWp4 = m * nQ + 1; // staged input planes: every texel a patch reads
@@ -1934,6 +1957,7 @@ function w43Conv(
   while (bc > 1 && !fits(bc, band)) bc = Math.floor(bc / 2);
   while (band > 1 && !fits(bc, band)) band = Math.ceil(band / 2);
   if (!fits(bc, band)) return false;
+  const tile = w43GemmTile(Cout, dims(bc, band).R);
   const ws = cache
     ? cache.get(w, `w${m}3|${tile.cot}|${rot}`, () => stageW43Weights(gpu, w, tile.cot, rot, W))
     : stageW43Weights(gpu, w, tile.cot, rot, W);
@@ -2254,6 +2278,8 @@ export const conv2dTuning: {
   wino: 4 | 6 | null;
   /** The most tile rows (m output rows each) one Winograd chunk takes (tests: banded images). */
   w43Rows: number | null;
+  /** Output channels per invocation of the Winograd GEMM: 4, 8, 12 or 16 (null: its choice). */
+  w43Cot: number | null;
   /** The Winograd input transform reads x itself where it can (false: always staged; tests). */
   w43Direct: boolean;
   /**
@@ -2275,6 +2301,7 @@ export const conv2dTuning: {
   w43: null,
   wino: null,
   w43Rows: null,
+  w43Cot: null,
   w43Direct: true,
   gemm: null,
   gemmBackward: null,

@@ -40,6 +40,8 @@ interface Case {
   rows?: number;
   /** F(4x4)'s GEMM takes (product, tile) pairs across its lanes (5 tiles per product). */
   flat?: boolean;
+  /** The forward's GEMM takes 12 output channels per invocation (one tile per product). */
+  cot12?: boolean;
 }
 
 // Most cases pin a small register tile: the big default tiles take seconds to compile on lavapipe.
@@ -380,6 +382,20 @@ Deno.test("conv2d() Winograd F(4x4,3x3) and F(6x6,3x3) paths match the reference
     { B: 2, Cin: 6, H: 19, W: 20, Cout: 7, K: 3, o: { pad: 1 }, bias: true, res: true, rows: 2 },
     { B: 1, Cin: 3, H: 10, W: 12, Cout: 4, K: 3, o: { pad: [1, 0, 2, 1] }, bias: true },
     { B: 1, Cin: 8, H: 48, W: 48, Cout: 6, K: 3, o: { pad: 1 }, bias: true, flat: true },
+    // A 16x16 image is one tile per product: 40 channels take 4 blocks of 12 (the last partial)
+    // where blocks of 16 would leave more lanes idle.
+    {
+      B: 1,
+      Cin: 8,
+      H: 16,
+      W: 16,
+      Cout: 40,
+      K: 3,
+      o: { pad: 1 },
+      bias: true,
+      res: true,
+      cot12: true,
+    },
     { B: 2, Cin: 4, H: 5, W: 8, Cout: 5, K: 3, o: { pad: 1, upsample2x: true }, res: true },
     {
       B: 1,
@@ -413,11 +429,12 @@ Deno.test("conv2d() Winograd F(4x4,3x3) and F(6x6,3x3) paths match the reference
         conv2dTuning.w43Rows = c.rows ?? null;
         // Count the input transforms: the case must not fall back to the direct kernel.
         const pipeline = gpu.pipeline;
-        let w43 = 0, pads = 0, flat = 0;
+        let w43 = 0, pads = 0, flat = 0, cot12 = 0;
         gpu.pipeline = (key, code, entry) => {
           if (key.startsWith("conv2d_w43_in")) w43++;
           if (key.startsWith("conv2d_pad")) pads++;
           if (key.startsWith("conv2d_fwd") && key.endsWith("|true")) flat++;
+          if (key.startsWith("conv2d_fwd|") && key.split("|")[2] === "12") cot12++;
           return pipeline.call(gpu, key, code, entry);
         };
         try {
@@ -439,6 +456,7 @@ Deno.test("conv2d() Winograd F(4x4,3x3) and F(6x6,3x3) paths match the reference
           if (c.flat && m === 4 && flat === 0) {
             throw new Error("no GEMM over (product, tile) pairs");
           }
+          if (c.cot12 && cot12 === 0) throw new Error("no GEMM of 12 channels per invocation");
           const [yh, dxh] = await gpu.readMany([y, g.dx!]);
           assertClose(yh, ref, { atol: 2e-4, rtol: 1e-4 }, "y");
           assertClose(dxh, rb.dx, { atol: 2e-4, rtol: 1e-4 }, "dx");
