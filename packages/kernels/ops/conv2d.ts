@@ -2352,10 +2352,12 @@ function useW43(
   // 512: 59 -> 48; 256 at 64x64 even).
   const lo = Math.min(Cin, Cout), hi = Math.max(Cin, Cout), px = Ho * Wo;
   // With the weights cached, 768 channels at 16x16 (the `lvm` encoder's last level, the decoder's
-  // first): 49.2 -> 31.8 ms per conv (F(4x4)); 512 at 16x16 about even (22.1 / 21.0 ms); 768 at
-  // 8x8 twice as slow (both paths cached, alternating in one process; `deno task bench --filter
-  // "768->768 16x16"` shows the cached Winograd conv beside the uncached direct one).
-  if (cached && g.up === 1 && lo >= 768 && hi <= 768 && px >= 16 * 16) return true;
+  // first): 49.2 -> 31.8 ms per conv (F(4x4)); 768 at 8x8 twice as slow (both paths cached,
+  // alternating in one process; `deno task bench --filter "768->768 16x16"` shows the cached
+  // Winograd conv beside the uncached direct one). With the GEMM's 12-channel tiles (w43GemmTile)
+  // 512 channels gain too (best of 5 x 4, alternating in one process): 512 -> 768 34.3 -> 21.4 ms
+  // (the encoder's last level), 768 -> 512 35.5 -> 28.8, 512 -> 512 23.8 -> 20.1 (it was even).
+  if (cached && g.up === 1 && lo >= 512 && hi <= 768 && px >= 16 * 16) return true;
   if (lo < 128 || hi > 768 || px < 32 * 32 || lo * g.B * px < 128 * 64 * 64) return false;
   return g.up === 1 || lo >= 512 || (lo >= 256 && px >= 64 * 64);
 }

@@ -674,36 +674,41 @@ Deno.test("conv2d() with a GroupNorm(+SiLU) prologue matches norm -> conv refere
   }
 });
 
-Deno.test("conv2d(): 768 channels at 16x16 take the Winograd path when the weights are cached", async () => {
+Deno.test("conv2d(): 512-768 channels at 16x16 take the Winograd path when the weights are cached", async (t) => {
   const gpu = await getGpu();
   // The `lvm` VQGAN's 16x16 level: with a Conv2dWeightCache the Winograd weights are transformed
   // once (4x the weights' bytes held), and the output is the forced Winograd path's, bit for bit;
   // without a cache it stays direct (nothing to reuse the transform).
-  const C = 768, H = 16;
-  const X = gpu.upload(randu(C * H * H, 1), [1, C, H, H]);
-  const Wt = gpu.upload(randu(C * C * 9, 2, -0.05, 0.05), [C, C, 3, 3]);
-  const Bi = gpu.upload(randu(C, 3), [C]);
-  conv2dTuning.gemm = false; // the texture paths (the gpu kind's default is the implicit GEMM)
-  try {
-    const cache = new Conv2dWeightCache();
-    const y = conv2d(gpu, X, Wt, Bi, { pad: 1, weights: cache });
-    assert(cache.bytes >= 4 * C * C * 9 * 4, `cached ${cache.bytes} bytes: not the Winograd U`);
-    conv2dTuning.w43 = true;
-    const yw = conv2d(gpu, X, Wt, Bi, { pad: 1 });
-    conv2dTuning.w43 = false;
-    const yd = conv2d(gpu, X, Wt, Bi, { pad: 1 });
-    conv2dTuning.w43 = null;
-    const yp = conv2d(gpu, X, Wt, Bi, { pad: 1 }); // no cache: the direct kernel
-    const [a, bw, bd, bp] = await gpu.readMany([y, yw, yd, yp]);
-    assertEquals(Array.from(a), Array.from(bw), "the Winograd path's output");
-    assertEquals(Array.from(bp), Array.from(bd), "uncached: the direct kernel's output");
-    assertClose(a, bd, { atol: 2e-4, rtol: 2e-4 }, "Winograd vs direct");
-    for (const t of [y, yw, yd, yp]) t.release();
-    cache.release(gpu);
-  } finally {
-    conv2dTuning.gemm = null;
-    conv2dTuning.w43 = null;
-    for (const t of [X, Wt, Bi]) t.release();
+  for (const [Cin, Cout] of [[768, 768], [512, 768]]) {
+    await t.step(`${Cin} -> ${Cout}`, async () => {
+      const H = 16;
+      const X = gpu.upload(randu(Cin * H * H, 1), [1, Cin, H, H]);
+      const Wt = gpu.upload(randu(Cout * Cin * 9, 2, -0.05, 0.05), [Cout, Cin, 3, 3]);
+      const Bi = gpu.upload(randu(Cout, 3), [Cout]);
+      conv2dTuning.gemm = false; // the texture paths (the gpu kind's default is the implicit GEMM)
+      try {
+        const cache = new Conv2dWeightCache();
+        const y = conv2d(gpu, X, Wt, Bi, { pad: 1, weights: cache });
+        const want = 4 * Cin * Cout * 9 * 4;
+        assert(cache.bytes >= want, `cached ${cache.bytes} bytes: not the Winograd U`);
+        conv2dTuning.w43 = true;
+        const yw = conv2d(gpu, X, Wt, Bi, { pad: 1 });
+        conv2dTuning.w43 = false;
+        const yd = conv2d(gpu, X, Wt, Bi, { pad: 1 });
+        conv2dTuning.w43 = null;
+        const yp = conv2d(gpu, X, Wt, Bi, { pad: 1 }); // no cache: the direct kernel
+        const [a, bw, bd, bp] = await gpu.readMany([y, yw, yd, yp]);
+        assertEquals(Array.from(a), Array.from(bw), "the Winograd path's output");
+        assertEquals(Array.from(bp), Array.from(bd), "uncached: the direct kernel's output");
+        assertClose(a, bd, { atol: 2e-4, rtol: 2e-4 }, "Winograd vs direct");
+        for (const t of [y, yw, yd, yp]) t.release();
+        cache.release(gpu);
+      } finally {
+        conv2dTuning.gemm = null;
+        conv2dTuning.w43 = null;
+        for (const t of [X, Wt, Bi]) t.release();
+      }
+    });
   }
 });
 
