@@ -548,6 +548,27 @@ function stage(
 ): Staged {
   const tex = takeTexture(gpu, Math.min(planes, lay.P) * lay.Wp4, lay.bands * lay.Hp);
   const view = tex.createView();
+  if (
+    conv2dTuning.copyStage && up === 1 && !prologue && offT === 0 && offL === 0 && lay.Hp === H &&
+    lay.Wp4 * 4 === W && (W * 4) % 256 === 0
+  ) {
+    // No padding to add (a 1x1 conv's input, a dy read as it is): each plane's rows are texture
+    // rows already, so a copy per plane (a memcpy in lavapipe) instead of the pass below, whose
+    // image stores go lane by lane. Rows must be 256-byte multiples (WebGPU's copy pitch): from
+    // 64 pixels wide. The `lvm` decoder's 1x1 shortcuts (best of 4, alternating in one process):
+    // 256 -> 128 at 256x256 153 -> 120 ms, 512 -> 256 at 128x128 123 -> 107; the decode 3529 ->
+    // 3445 ms (best of 4).
+    const bytes = H * W * 4;
+    for (let p = 0; p < planes; p++) {
+      gpu.copyToTexture(
+        src,
+        { offset: (plane0 + p) * bytes, bytesPerRow: W * 4, rowsPerImage: H },
+        { texture: tex, origin: [(p % lay.P) * lay.Wp4, Math.floor(p / lay.P) * lay.Hp, 0] },
+        [lay.Wp4, H, 1],
+      );
+    }
+    return { tex, view, lay };
+  }
   const N4 = planes * lay.Hp * lay.Wp4;
   const pro: Prologue = prologue ? (prologue.silu ? "silu" : "affine") : "";
   const binds = [src, view, ...(prologue ? [prologue.ss] : [])];
@@ -2282,6 +2303,8 @@ export const conv2dTuning: {
   w43Cot: number | null;
   /** The Winograd input transform reads x itself where it can (false: always staged; tests). */
   w43Direct: boolean;
+  /** Inputs that need no padding are staged by buffer-to-texture copies (false: the pad pass). */
+  copyStage: boolean;
   /**
    * The forward as an implicit GEMM through the tiled matmul's loop (conv2d_gemm.ts): true =
    * always, false = never, null = on the "gpu" kernel kind (real GPUs) unless a tile or the
@@ -2303,6 +2326,7 @@ export const conv2dTuning: {
   w43Rows: null,
   w43Cot: null,
   w43Direct: true,
+  copyStage: true,
   gemm: null,
   gemmBackward: null,
 };

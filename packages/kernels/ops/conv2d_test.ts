@@ -324,6 +324,62 @@ Deno.test("conv2d() as an implicit GEMM (the gpu kind's forward), and the backwa
   }
 });
 
+Deno.test("conv2d() stages unpadded inputs by copies: the same results as the pad pass", async (t) => {
+  const gpu = await getGpu();
+  // Rows of 64 floats (256 bytes, WebGPU's copy pitch): a 1x1 conv's x, and the dy the weight
+  // gradient reads, need no padding and are copied plane by plane into the staged layout (several
+  // planes side by side in a texture row band: 5 planes of 3 rows).
+  const cases: Case[] = [
+    { B: 2, Cin: 5, H: 3, W: 64, Cout: 6, K: 1, o: {}, bias: true },
+    { B: 1, Cin: 3, H: 4, W: 64, Cout: 5, K: 3, o: { pad: 1 }, bias: true },
+  ];
+  for (const c of cases) {
+    await t.step(label(c), async () => {
+      const a = args(c);
+      const x = randu(c.B * c.Cin * c.H * c.W, 61, -2, 2),
+        w = randu(c.Cout * c.Cin * c.K * c.K, 62);
+      const b = randu(c.Cout, 63);
+      const ref = conv2dCpu(x, w, b, a);
+      const dy = randu(ref.length, 64);
+      const rb = conv2dBackwardCpu(x, w, dy, a);
+      const X = gpu.upload(x, a.xShape), Wt = gpu.upload(w, a.wShape), Bt = gpu.upload(b, [c.Cout]);
+      const DY = gpu.upload(dy, [c.B, c.Cout, c.H, c.W]);
+      const outs: ArrayLike<number>[][] = [];
+      for (const copy of [true, false]) {
+        conv2dTuning.copyStage = copy;
+        // The texture kernels, which read staged inputs (the gpu kind's default is the GEMMs).
+        conv2dTuning.gemm = conv2dTuning.gemmBackward = false;
+        const pipeline = gpu.pipeline;
+        let pads = 0;
+        gpu.pipeline = (key, code, entry) => {
+          if (key.startsWith("conv2d_pad")) pads++;
+          return pipeline.call(gpu, key, code, entry);
+        };
+        try {
+          const y = conv2d(gpu, X, Wt, Bt, c.o);
+          const g = conv2dBackward(gpu, X, Wt, DY, { ...c.o, dx: false });
+          // Staged: x for the forward and for dW, and dy for dW; copied: all three for the 1x1
+          // conv, only dy for the 3x3 (its x is padded).
+          const want = copy ? (c.K === 1 ? 0 : 2) : 3;
+          if (pads !== want) throw new Error(`copy ${copy}: ${pads} pad passes, expected ${want}`);
+          const [yh, dwh, dbh] = await gpu.readMany([y, g.dw!, g.dbias!]);
+          assertClose(yh, ref, { atol: 1e-4, rtol: 1e-4 }, "y");
+          assertClose(dwh, rb.dw, { atol: 2e-4, rtol: 1e-4 }, "dw");
+          assertClose(dbh, rb.dbias, { atol: 1e-4, rtol: 1e-4 }, "dbias");
+          outs.push([yh, dwh, dbh]);
+          for (const tt of [y, g.dw!, g.dbias!]) tt.release();
+        } finally {
+          conv2dTuning.copyStage = true;
+          conv2dTuning.gemm = conv2dTuning.gemmBackward = null;
+          gpu.pipeline = pipeline;
+        }
+      }
+      for (let i = 0; i < 3; i++) assertEquals(Array.from(outs[0][i]), Array.from(outs[1][i]));
+      for (const tt of [X, Wt, Bt, DY]) tt.release();
+    });
+  }
+});
+
 Deno.test("conv2dBackward() weight-gradient tiles and dbias alone", async (t) => {
   const gpu = await getGpu();
   // Odd channel counts (partial blocks), a width that is no multiple of the segment, and both
