@@ -9,11 +9,16 @@ import { assert, assertEquals } from "@lvm/util/testing";
 
 const ROOT = new URL("..", import.meta.url).pathname;
 
-async function bench(...args: string[]) {
+function bench(...args: string[]) {
+  return benchEnv({}, ...args);
+}
+
+/** `deno task bench` with these environment variables added (e.g. PYTHON). */
+async function benchEnv(env: Record<string, string>, ...args: string[]) {
   const out = await new Deno.Command(Deno.execPath(), {
     args: ["run", "-A", "--unstable-webgpu", "tools/bench.ts", ...args],
     cwd: ROOT,
-    env: { NO_COLOR: "1" },
+    env: { NO_COLOR: "1", ...env },
     stdout: "piped",
     stderr: "piped",
   }).output();
@@ -94,29 +99,11 @@ while IFS= read -r key; do
   echo "{\\"done\\": \\"$key\\"}"
 done`);
   try {
-    const out = await new Deno.Command(Deno.execPath(), {
-      args: [
-        "run",
-        "-A",
-        "--unstable-webgpu",
-        "tools/bench.ts",
-        "--filter",
-        "crc32",
-        "--reps",
-        "1",
-        "--rounds",
-        "2",
-        "--torch",
-        "--json",
-      ],
-      cwd: ROOT,
-      env: { NO_COLOR: "1", PYTHON: python },
-      stdout: "piped",
-      stderr: "piped",
-    }).output();
-    const stdout = new TextDecoder().decode(out.stdout);
-    const stderr = new TextDecoder().decode(out.stderr);
-    assertEquals(out.code, 0, stderr);
+    const { code, stdout, stderr } = await benchEnv(
+      { PYTHON: python },
+      ...["--filter", "crc32", "--reps", "1", "--rounds", "2", "--torch", "--json"],
+    );
+    assertEquals(code, 0, stderr);
     // Per round: ours, then PyTorch asked for the same key, then PyTorch's progress line.
     const order = stderr.split("\n").filter((l) => /^(round \d\/2: (torch:)?crc32|asked: )/.test(l))
       .map((l) => l.replace(/^round (\d)\/2: (torch:)?crc32.*/, "r$1 $2").trim());
@@ -141,17 +128,11 @@ done`);
 Deno.test("bench --torch: a PyTorch side that fails is named, ours still reported", async () => {
   const python = await fakePython(`echo "No module named torch" >&2; exit 1`);
   try {
-    const out = await new Deno.Command(Deno.execPath(), {
-      args: ["run", "-A", "--unstable-webgpu", "tools/bench.ts", "--filter", "crc32", "--reps", "1"]
-        .concat(["--torch", "--json"]),
-      cwd: ROOT,
-      env: { NO_COLOR: "1", PYTHON: python },
-      stdout: "piped",
-      stderr: "piped",
-    }).output();
-    const stdout = new TextDecoder().decode(out.stdout);
-    const stderr = new TextDecoder().decode(out.stderr);
-    assertEquals(out.code, 0, stderr);
+    const { code, stdout, stderr } = await benchEnv(
+      { PYTHON: python },
+      ...["--filter", "crc32", "--reps", "1", "--torch", "--json"],
+    );
+    assertEquals(code, 0, stderr);
     assert(stderr.includes(`bench_torch.py ended (exit code 1)`), stderr);
     assert(stderr.includes(`is python3-torch installed for ${python}?`), stderr);
     const lines = stdout.split("\n").filter((l) => l.startsWith("{")).map((l) => JSON.parse(l));
