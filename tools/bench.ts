@@ -231,19 +231,15 @@ function markdownTable(pairs: { ours: BenchResult; torch: BenchResult; ratio: nu
 if (values.torch) {
   const pairs: { ours: BenchResult; torch: BenchResult; ratio: number }[] = [];
   for (const t of torchBest.values()) {
-    // Both sides report ms per op, so the pair compares the same op even where `per` differs.
-    const ours = results.find((r) => r.name === t.name && r.shape === t.shape);
-    const ratio = ours && ours.ms > 0 ? +(t.ms / ours.ms).toFixed(3) : undefined;
-    if (ours && ratio !== undefined) pairs.push({ ours, torch: t, ratio });
-    // PyTorch's decode loop (greedy, arg-max on the CPU per token) is also the reference for
-    // our GPU-sampled greedy chain of the same prompt and length: the table shows both.
-    const gpuSampled = t.name === "transformer decode" &&
-      results.find((r) =>
-        r.name === "transformer decode gpu-sampled" && r.shape === `${t.shape} greedy`
-      );
-    if (gpuSampled && gpuSampled.ms > 0) {
-      pairs.push({ ours: gpuSampled, torch: t, ratio: +(t.ms / gpuSampled.ms).toFixed(3) });
-    }
+    // Ours compared with it (torchKey): the same case first, then any other that maps to it (the
+    // GPU-sampled greedy decode, against PyTorch's greedy loop: the table shows both). Both sides
+    // report ms per op, so a pair compares the same op even where `per` differs.
+    const key = `${t.name} ${t.shape}`;
+    const mine = results.filter((r) => torchKey(r.name, r.shape) === key && r.ms > 0)
+      .sort((a, b) => Number(b.name === t.name) - Number(a.name === t.name));
+    for (const ours of mine) pairs.push({ ours, torch: t, ratio: +(t.ms / ours.ms).toFixed(3) });
+    const same = mine[0]?.name === t.name ? mine[0] : undefined;
+    const ratio = same ? +(t.ms / same.ms).toFixed(3) : undefined;
     if (values.json) {
       console.log(
         JSON.stringify({
