@@ -794,6 +794,11 @@ function rotated(w: Tensor): WeightTaps {
   return { mode: "dx", KHs: w.shape[2], KWs: w.shape[3], k0h: 0, k0w: 0, st: 1 };
 }
 
+/** Texels per row of staged weights: `cols` output channels in whole blocks of `cot`. */
+function weightTexels(cols: number, cot: number): number {
+  return Math.ceil(cols / cot) * (cot / 4);
+}
+
 /**
  * A weight texture for `rows` rows (KHW taps per input channel, never split across bands) and
  * `cols` output channels in blocks of `cot`: texel columns CoP4 per band, rows wrapped into bands
@@ -807,7 +812,7 @@ function weightTexture(
   cot: number,
   KHW: number,
 ): StagedW {
-  const CoP4 = Math.ceil(cols / cot) * (cot / 4);
+  const CoP4 = weightTexels(cols, cot);
   const max = gpu.limits.maxTextureDimension2D;
   const wH = Math.min(Math.floor(max / KHW) * KHW, rows);
   const bands = Math.ceil(rows / wH);
@@ -1979,8 +1984,14 @@ function w43Conv(
   while (band > 1 && !fits(bc, band)) band = Math.ceil(band / 2);
   if (!fits(bc, band)) return false;
   const tile = w43GemmTile(Cout, dims(bc, band).R);
+  // Keyed by the staged layout (texels per weight row), not the tile: 12- and 16-channel tiles of
+  // 768 channels read the same texture.
   const ws = cache
-    ? cache.get(w, `w${m}3|${tile.cot}|${rot}`, () => stageW43Weights(gpu, w, tile.cot, rot, W))
+    ? cache.get(
+      w,
+      `w${m}3|${weightTexels(Cout, tile.cot)}|${rot}`,
+      () => stageW43Weights(gpu, w, tile.cot, rot, W),
+    )
     : stageW43Weights(gpu, w, tile.cot, rot, W);
   const storageRead = gpu.kind === "cpu";
   if (stats) {
