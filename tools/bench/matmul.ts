@@ -7,7 +7,8 @@
  * ~11 ms on lavapipe, which would otherwise swamp the small shapes); flops count all of them, and
  * the harness reports `ms` per product (run time / per). The products' `per` gives a run ~0.2 s or
  * more of work on lavapipe, so the sync is a few percent of it: with 2 per run, 1024^3 read 55 GFLOP/s
- * where 8 per run (the kernel's throughput, as a model's back-to-back products see it) read 62-65.
+ * where 8 per run (the kernel's throughput, as a model's back-to-back products see it) read 62-65
+ * (`deno task bench --filter "matmul 1024x1024x1024" --rounds 2`, `per` edited between runs).
  * The notes give one product's napkin math.
  * @module
  */
