@@ -55,9 +55,12 @@
  * images and below 128 channels the transforms (2.25x the input and output, written and read
  * again) and the weight transform cost more than the GEMM saves ({@link useW43}). A fused
  * F(2x2,3x3) kernel (transforms in registers, per output channel block) was tried before and ran
- * 1.3-1.7x slower than the direct kernel. Outputs from 192x192 take F(6x6,3x3) instead (8x8
- * patches, 64 products: 0.79x the GEMM's work per output; 9-11% faster per conv at 256x256, the
- * `lvm` encode 7% and decode 9% faster; {@link winoFor}).
+ * 1.3-1.7x slower than the direct kernel. Outputs from 96x96 take F(8x8,3x3) instead (10x10
+ * patches, 100 products: 0.70x F(4x4)'s GEMM work and stores per output; per conv 25-30% faster
+ * than F(4x4) at 128x128 and 14-23% faster than F(6x6) at 256x256; {@link winoFor}), at ~6x F(6x6)'s
+ * rounding error (rms 3e-5 of the output's scale; the `lvm` decode's image within 3.2e-5 of the
+ * F(4x4)/F(6x6) one, its encode's codes the same). F(6x6,3x3) (8x8 patches, 64 products) is kept as
+ * an option ({@link conv2dTuning}'s `wino`).
  *
  * Variants per adapter: the tile table ({@link conv2dTile}) is tuned on lavapipe, where the main
  * kernels bind their textures as read-only storage textures ({@link texDecl}); on a real GPU the same
@@ -1401,8 +1404,8 @@ function convCore(
 }
 
 // ---------------------------------------------------------------------------------------------------
-// Winograd F(4x4, 3x3) as a batched GEMM (Lavin & Gray 2015, "non-fused"; F(6x6, 3x3) the same with
-// 8x8 patches, {@link Wino}): every 6x6 input patch d
+// Winograd F(4x4, 3x3) as a batched GEMM (Lavin & Gray 2015, "non-fused"; F(6x6, 3x3) and F(8x8, 3x3)
+// the same with 8x8 and 10x10 patches, {@link Wino}): every 6x6 input patch d
 // of a 4x4 output tile becomes V = B^T d B (a pass over the staged input), the weights U = G g G^T,
 // and the 36 products M_xi = V_xi U_xi (xi = one of the 6x6 positions) are 36 GEMMs over input
 // channels, run by the forward kernel as a 1x1 conv of 36 "images" of tiles, each with its own
@@ -1490,6 +1493,58 @@ const WINO6: Wino = {
     [0, 1, -1, 32, -32, 1 / 32, -1 / 32, 1],
   ],
 };
+
+/**
+ * F(8x8,3x3): 100 products per 64 outputs (0.88x F(6x6)'s GEMM work and stores per output).
+ * Points 0, +-5/4, +-4/5, +-5/2, +-2/5 and infinity, among the least f32 rounding error of the
+ * 4-pair sets drawn from 21 small fractions (`python3 tools/winograd_points.py --search`: rms
+ * 3.0e-5, max 4.2e-4 over 128-channel patches of output rms 1, against F(6x6)'s 4.8e-6 and 4.0e-5;
+ * the customary +-1, +-2, +-1/2, +-4 gives 3.9e-4 and 1.2e-2). Matrices from that script.
+ */
+// deno-fmt-ignore
+const WINO8: Wino = {
+  m: 8,
+  a: 10,
+  BT: [
+    [1, 0, -689 / 80, 0, 644721 / 40000, 0, -689 / 80, 0, 1, 0],
+    [0, 4 / 5, 16 / 25, -3189 / 500, -3189 / 625, 141 / 16, 141 / 20, -5 / 4, -1, 0],
+    [0, -4 / 5, 16 / 25, 3189 / 500, -3189 / 625, -141 / 16, 141 / 20, 5 / 4, -1, 0],
+    [0, -5 / 4, -25 / 16, 141 / 16, 705 / 64, -3189 / 500, -3189 / 400, 4 / 5, 1, 0],
+    [0, 5 / 4, -25 / 16, -141 / 16, 705 / 64, 3189 / 500, -3189 / 400, -4 / 5, 1, 0],
+    [0, -2 / 5, -4 / 25, 3381 / 1000, 3381 / 2500, -189 / 32, -189 / 80, 5 / 2, 1, 0],
+    [0, 2 / 5, -4 / 25, -3381 / 1000, 3381 / 2500, 189 / 32, -189 / 80, -5 / 2, 1, 0],
+    [0, 5 / 2, 25 / 4, -189 / 32, -945 / 64, 3381 / 1000, 3381 / 400, -2 / 5, -1, 0],
+    [0, -5 / 2, 25 / 4, 189 / 32, -945 / 64, -3381 / 1000, 3381 / 400, 2 / 5, -1, 0],
+    [0, 1, 0, -689 / 80, 0, 644721 / 40000, 0, -689 / 80, 0, 1],
+  ],
+  G: [
+    [1, 0, 0],
+    [32768 / 621027, 40960 / 621027, 51200 / 621027],
+    [32768 / 621027, -40960 / 621027, 51200 / 621027],
+    [390625 / 1242054, 156250 / 621027, 125000 / 621027],
+    [390625 / 1242054, -156250 / 621027, 125000 / 621027],
+    [512 / 1024947, 1280 / 1024947, 3200 / 1024947],
+    [512 / 1024947, -1280 / 1024947, 3200 / 1024947],
+    [781250 / 1024947, 312500 / 1024947, 125000 / 1024947],
+    [781250 / 1024947, -312500 / 1024947, 125000 / 1024947],
+    [0, 0, 1],
+  ],
+  AT: [
+    [1, 1, 1, 1, 1, 1, 1, 1, 1, 0],
+    [0, 5 / 4, -5 / 4, 4 / 5, -4 / 5, 5 / 2, -5 / 2, 2 / 5, -2 / 5, 0],
+    [0, 25 / 16, 25 / 16, 16 / 25, 16 / 25, 25 / 4, 25 / 4, 4 / 25, 4 / 25, 0],
+    [0, 125 / 64, -125 / 64, 64 / 125, -64 / 125, 125 / 8, -125 / 8, 8 / 125, -8 / 125, 0],
+    [0, 625 / 256, 625 / 256, 256 / 625, 256 / 625, 625 / 16, 625 / 16, 16 / 625, 16 / 625, 0],
+    [0, 3125 / 1024, -3125 / 1024, 1024 / 3125, -1024 / 3125, 3125 / 32, -3125 / 32, 32 / 3125, -32 / 3125, 0],
+    [0, 15625 / 4096, 15625 / 4096, 4096 / 15625, 4096 / 15625, 15625 / 64, 15625 / 64, 64 / 15625, 64 / 15625, 0],
+    [0, 78125 / 16384, -78125 / 16384, 16384 / 78125, -16384 / 78125, 78125 / 128, -78125 / 128, 128 / 78125, -128 / 78125, 1],
+  ],
+};
+
+/** The variant of m outputs per tile side. */
+function winoOf(m: number): Wino {
+  return m === 8 ? WINO8 : m === 6 ? WINO6 : WINO4;
+}
 
 /** A WGSL f32 literal of c (exact for the dyadic coefficients, nearest f32 for thirds and ninths). */
 function lit(c: number): string {
@@ -1659,7 +1714,7 @@ const W43_IN_WGSL = (
 ) => {
   const { type: TEX, lvl: LVL } = texDecl(storageRead);
   const { C, nTy, nQ, m } = d;
-  const W = m === 6 ? WINO6 : WINO4, a = W.a;
+  const W = winoOf(m), a = W.a;
   const L: string[] = [];
   if (direct) {
     const pro = direct.pro;
@@ -1760,7 +1815,7 @@ const W43_OUT_WGSL = (
   stats: boolean,
 ) => {
   const { Cout, nTy, nQ, R, m } = d;
-  const W = m === 6 ? WINO6 : WINO4, a = W.a;
+  const W = winoOf(m), a = W.a;
   const { type: TEX, lvl: LVL } = texDecl(storageRead);
   const L: string[] = [];
   let b = 0;
@@ -1830,7 +1885,7 @@ const W43_OUT_WGSL = (
  */
 function outStats(L: string[], d: W43Dims, bias: boolean, res: boolean, vecOut: boolean) {
   const { m, Cout, nQ } = d;
-  const W = m === 6 ? WINO6 : WINO4;
+  const W = winoOf(m);
   const zs: string[] = [];
   for (let i = 0; i < m; i++) {
     for (let j = 0; j < m; j++) {
@@ -1937,7 +1992,7 @@ function gemmRows(R: number): number {
 }
 
 /**
- * Stride-1 3x3 conv by Winograd F(m x m,3x3) (`W`: m = 4 or 6, see above) of x (B, C, H, W; nearest-upsampled by
+ * Stride-1 3x3 conv by Winograd F(m x m,3x3) (`W`: m = 4, 6 or 8, see above) of x (B, C, H, W; nearest-upsampled by
  * `pad.up` first), padded by (offT, offL) on the top/left, into out (B, Cout, Ho, Wo), with staged
  * weights from {@link stageW43Weights}. The GEMM is a 1x1 conv of a^2 "images" (one per xi, its own
  * weights) of C planes, each the chunk's tile quads laid 4 per row: any image size fills its 16x2
@@ -2301,13 +2356,18 @@ export const conv2dTuning: {
   /** Weight-gradient tile: output channels, input channels, pixels and rows per segment. */
   dw: Partial<{ cot: number; cit: number; px: number; py: number }> | null;
   /**
-   * Winograd ({@link w43Conv}, F(4x4) or F(6x6): `wino`) for stride-1 3x3 convs (forward, dx, the
+   * Winograd ({@link w43Conv}, F(4x4), F(6x6) or F(8x8): `wino`) for stride-1 3x3 convs (forward, dx, the
    * decoder's upsampled convs): true = always, false = never, null = where it is measured faster
    * ({@link useW43}).
    */
   w43: boolean | null;
-  /** The Winograd tile: 4 = F(4x4,3x3), 6 = F(6x6,3x3), null = {@link winoFor}'s choice. */
-  wino: 4 | 6 | null;
+  /**
+   * The Winograd tile: 4 = F(4x4,3x3), 6 = F(6x6,3x3), 8 = F(8x8,3x3), null = {@link winoFor}'s
+   * choice.
+   */
+  wino: 4 | 6 | 8 | null;
+  /** The largest transformed weights (bytes) {@link winoFor} takes F(8x8) for (null: 64 MiB). */
+  w8MaxBytes: number | null;
   /** The most tile rows (m output rows each) one Winograd chunk takes (tests: banded images). */
   w43Rows: number | null;
   /** Output channels per invocation of the Winograd GEMM: 4, 8, 12 or 16 (null: its choice). */
@@ -2334,6 +2394,7 @@ export const conv2dTuning: {
   dw: null,
   w43: null,
   wino: null,
+  w8MaxBytes: null,
   w43Rows: null,
   w43Cot: null,
   w43Direct: true,
@@ -2352,13 +2413,17 @@ function winoFor(
   cached = false,
 ): Wino | null {
   if (!useW43(g, Cin, Cout, Ho, Wo, cached)) return null;
-  if (conv2dTuning.wino) return conv2dTuning.wino === 6 ? WINO6 : WINO4;
-  // F(6x6) on large outputs. Measured (wall per conv, weights cached, best of 4, alternating in one
-  // process): 256x256 outputs 9-11% faster (128 -> 128: 159 -> 142 ms, 256 -> 128: 279 -> 254, the
-  // upsampled 256 -> 256: 444 -> 404); slower from 128x128 down (256 -> 256 at 128x128: 113 -> 126,
-  // 512 -> 512 at 32x32: 31 -> 49), where a 6-pixel tile wastes more of the edge and leaves fewer
-  // tiles per GEMM.
-  return Ho >= 192 && Wo >= 192 ? WINO6 : WINO4;
+  if (conv2dTuning.wino) return winoOf(conv2dTuning.wino);
+  // F(8x8) on outputs from 96x96, where its weights (U: 100 floats per weight pair) stay within 64
+  // MiB. Measured (wall per conv, weights cached, best of 4, alternating in one process): against
+  // F(6x6) at 256x256, 128 -> 128 187 -> 159 ms, 256 -> 128 299 -> 256, the upsampled 256 -> 256
+  // 446 -> 343; against F(4x4) at 128x128, 256 -> 256 122 -> 91, 128 -> 128 58 -> 42, 128 -> 256
+  // 98 -> 69, the upsampled 256 -> 256 130 -> 92; at 96x96 256 -> 256 88 -> 71; at 64x64 even (43
+  // vs 42), so F(4x4) stays there. F(6x6) (once taken from 192x192: 9-11% faster than F(4x4)
+  // there, slower from 128x128 down) is no longer a default.
+  const u8 = Cin * Cout * WINO8.a ** 2 * 4;
+  if (Ho >= 96 && Wo >= 96 && u8 <= (conv2dTuning.w8MaxBytes ?? 64 * 2 ** 20)) return WINO8;
+  return WINO4;
 }
 
 /**
