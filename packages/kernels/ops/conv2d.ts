@@ -1546,7 +1546,7 @@ function winoOf(m: number): Wino {
   return m === 8 ? WINO8 : m === 6 ? WINO6 : WINO4;
 }
 
-/** A WGSL f32 literal of c (exact for the dyadic coefficients, nearest f32 for thirds and ninths). */
+/** A WGSL f32 literal of c (exact for the dyadic coefficients, the nearest f32 for the others). */
 function lit(c: number): string {
   return Number.isInteger(c) ? `${c}.0` : String(Math.fround(c));
 }
