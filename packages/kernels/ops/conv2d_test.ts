@@ -421,6 +421,9 @@ Deno.test("conv2dBackward() weight-gradient tiles and dbias alone", async (t) =>
   }
 });
 
+/** F(8x8)'s tolerance: its interpolation points spread wider, ~6x F(6x6)'s rounding (conv2d.ts). */
+const F8_TOL = { atol: 1e-3, rtol: 5e-4 };
+
 Deno.test("conv2d() Winograd F(4x4,3x3), F(6x6,3x3) and F(8x8,3x3) paths match the references", async (t) => {
   const gpu = await getGpu();
   // Odd channel counts (partial 16-channel GEMM blocks, partial 4-channel weight texels), sides that
@@ -538,8 +541,7 @@ Deno.test("conv2d() Winograd F(4x4,3x3), F(6x6,3x3) and F(8x8,3x3) paths match t
           }
           if (c.cot12 && cot12 === 0) throw new Error("no GEMM of 12 channels per invocation");
           const [yh, dxh] = await gpu.readMany([y, g.dx!]);
-          // F(8x8)'s interpolation points spread wider: ~6x F(6x6)'s rounding error (conv2d.ts).
-          const tol = m === 8 ? { atol: 1e-3, rtol: 5e-4 } : { atol: 2e-4, rtol: 1e-4 };
+          const tol = m === 8 ? F8_TOL : { atol: 2e-4, rtol: 1e-4 };
           assertClose(yh, ref, tol, "y");
           assertClose(dxh, rb.dx, tol, "dx");
           y.release();
@@ -829,7 +831,7 @@ Deno.test("conv2d(): the Winograd variant follows the output size: F(8x8) from 9
           const yd = conv2d(gpu, X, Wt, undefined, { pad: 1 });
           const [a, f, d] = await gpu.readMany([y, yf, yd]);
           assertEquals(Array.from(a), Array.from(f), "the forced variant's output");
-          assertClose(a, d, { atol: 1e-3, rtol: 5e-4 }, "Winograd vs direct");
+          assertClose(a, d, F8_TOL, "Winograd vs direct");
           for (const tt of [y, yf, yd]) tt.release();
         } finally {
           gpu.pipeline = pipeline;
