@@ -10,8 +10,10 @@
  *                                 (1x1) when cin != cout, else x
  * Downsample = 3x3 stride-2 conv on x zero-padded bottom/right by 1; Upsample = nearest x2 fused into
  * the following 3x3 conv (four phase convs of the source, or the Winograd path's staging).
- * Without a tape (inference), each norm is a per-channel scale and shift that the next conv applies
- * with the SiLU while it stages its input (conv2d's `prologue`): a and b are never written.
+ * Each norm is a per-channel scale and shift that the next conv applies with the SiLU while it
+ * stages its input (conv2d's `prologue`): a and b are never written. In training the staged
+ * activation is kept for that conv's weight gradient (a `Conv2dStash`) and the backward takes the
+ * conv's input gradient through the norm from x and the norm's statistics.
  *
  * Backward: a forward run with a {@link Tape} records one closure per module; `tape.backward(dy)`
  * runs them in reverse, each turning its output gradient into its input gradient and storing its
@@ -28,9 +30,10 @@ import {
   Conv2dWeightCache,
   type Gpu,
   groupNormAffineFromStats,
-  groupNormFast,
+  groupNormAffineStatsFromStats,
   groupNormFastBackward,
   groupNormPlaneAffine,
+  groupNormPlaneAffineStats,
   map,
   nchwToRows,
   rowsToNchw,
@@ -164,18 +167,26 @@ export class Vqgan {
   }
 
   /**
-   * Inference: the convs whose output a GroupNorm reads next gather its statistics as they write
-   * it (conv2d's `stats`: all but the upsampled conv's direct phases), so the norm does not read
-   * the activation again (`false`: every norm reads its input; the same results to rounding).
+   * The convs whose output a GroupNorm reads next gather its statistics as they write it (conv2d's
+   * `stats`: all but the upsampled conv's direct phases and the gpu kind's implicit GEMMs), so the
+   * norm does not read the activation again (`false`: every norm reads its input; the same results
+   * to rounding). In inference and training alike.
    */
   gatherStats = true;
 
-  /** Statistics gathered for inference activations, until their norm takes them. */
+  /** Statistics gathered for activations, until their norm takes them (or a conv drops them). */
   #stats = new Map<Tensor, Conv2dGroupStats>();
 
-  /** A fresh stats object for a conv whose output a norm reads next (inference only). */
-  #gather(tape?: Tape): Conv2dGroupStats | undefined {
-    return !tape && this.gatherStats ? new Conv2dGroupStats() : undefined;
+  /** A fresh stats object for a conv whose output a norm may read next. */
+  #gather(): Conv2dGroupStats | undefined {
+    return this.gatherStats ? new Conv2dGroupStats() : undefined;
+  }
+
+  /** Takes the statistics gathered for x (its norm reads them, or nothing does: then freed). */
+  #take(x: Tensor): Conv2dGroupStats | undefined {
+    const st = this.#stats.get(x);
+    this.#stats.delete(x);
+    return st;
   }
 
   /** Attaches what a conv gathered to its output. */
@@ -209,7 +220,8 @@ export class Vqgan {
   ): Tensor {
     const w = this.p(`${name}.weight`), b = this.p(`${name}.bias`);
     const stash = tape ? new Conv2dStash() : undefined; // x as staged, for the backward's dW
-    const stats = normNext ? this.#gather(tape) : undefined;
+    if (tape) this.#take(x)?.release(); // gathered for a norm that x does not go through
+    const stats = normNext ? this.#gather() : undefined;
     const y = this.#keep(
       conv2d(this.gpu, x, w, b, {
         ...opts,
@@ -231,28 +243,11 @@ export class Vqgan {
   }
 
   /**
-   * silu(groupNorm(x)) with parameters `name`; records its backward (training: inference applies
-   * the norm inside the next conv, {@link Vqgan.#normSiluConv}).
-   */
-  #normSilu(x: Tensor, name: string, tape: Tape, ownX = true): Tensor {
-    const gamma = this.p(`${name}.weight`), beta = this.p(`${name}.bias`);
-    const r = groupNormFast(this.gpu, x, gamma, beta, GROUPS, NORM_EPS, true);
-    tape.push((dy) => {
-      const g = groupNormFastBackward(this.gpu, x, gamma, beta, r.mean, r.rstd, dy, true);
-      tape.setGrad(`${name}.weight`, g.dgamma);
-      tape.setGrad(`${name}.bias`, g.dbeta);
-      dy.release();
-      r.mean.release();
-      r.rstd.release();
-      if (ownX) x.release();
-      return g.dx;
-    });
-    return r.y;
-  }
-
-  /**
-   * conv `conv`(silu(norm `norm`(x))) (+ residual) for inference: the norm is a per-channel affine
-   * that conv2d applies as it stages x (its prologue), so no normalized copy of x is made.
+   * conv `conv`(silu(norm `norm`(x))) (+ residual): the norm is a per-channel affine that conv2d
+   * applies as it stages x (its prologue), so no normalized copy of x is made. With a tape
+   * (training) the staged activation is kept for the weight gradient and the recorded backward
+   * takes the conv's input gradient through the norm (releasing x when `ownX`; the residual's
+   * gradient is the caller's). `normNext`: the output's statistics are gathered for the next norm.
    */
   #normSiluConv(
     x: Tensor,
@@ -260,34 +255,60 @@ export class Vqgan {
     conv: string,
     residual?: Tensor,
     normNext = true,
+    tape?: Tape,
+    ownX = true,
   ): Tensor {
+    const gpu = this.gpu;
     const gamma = this.p(`${norm}.weight`), beta = this.p(`${norm}.bias`);
-    // From the statistics the conv that made x gathered, else by reading x.
-    const xs = this.#stats.get(x);
-    this.#stats.delete(x);
-    const ss = xs
-      ? groupNormAffineFromStats(
-        this.gpu,
-        xs,
-        x.shape[0],
-        x.shape[1],
-        gamma,
-        beta,
-        GROUPS,
-        NORM_EPS,
-      )
-      : groupNormPlaneAffine(this.gpu, x, gamma, beta, GROUPS, NORM_EPS);
+    const w = this.p(`${conv}.weight`);
+    // From the statistics the conv that made x gathered, else by reading x; training also keeps the
+    // norm's mean and rstd for its backward.
+    const xs = this.#take(x);
+    const [B, C] = x.shape;
+    const st = tape
+      ? xs
+        ? groupNormAffineStatsFromStats(gpu, xs, B, C, gamma, beta, GROUPS, NORM_EPS)
+        : groupNormPlaneAffineStats(gpu, x, gamma, beta, GROUPS, NORM_EPS)
+      : {
+        ss: xs
+          ? groupNormAffineFromStats(gpu, xs, B, C, gamma, beta, GROUPS, NORM_EPS)
+          : groupNormPlaneAffine(gpu, x, gamma, beta, GROUPS, NORM_EPS),
+      };
     xs?.release();
+    const prologue = { ss: st.ss, silu: true };
+    const stash = tape ? new Conv2dStash() : undefined;
     const stats = normNext ? this.#gather() : undefined;
-    const y = conv2d(this.gpu, x, this.p(`${conv}.weight`), this.p(`${conv}.bias`), {
-      ...PAD1,
-      residual,
-      prologue: { ss, silu: true },
-      weights: this.#weights ?? undefined,
+    const y = this.#keep(
+      conv2d(gpu, x, w, this.p(`${conv}.bias`), {
+        ...PAD1,
+        residual,
+        prologue,
+        stash,
+        weights: tape ? undefined : this.#weights ?? undefined,
+        stats,
+      }),
       stats,
+    );
+    if (!tape || !("mean" in st)) {
+      st.ss.release();
+      return y;
+    }
+    tape.push((dy) => {
+      const g = conv2dBackward(gpu, x, w, dy, { ...PAD1, stash, prologue });
+      tape.setGrad(`${conv}.weight`, g.dw);
+      tape.setGrad(`${conv}.bias`, g.dbias);
+      if (!residual) dy.release(); // else the caller's closure still sends it to the skip
+      st.ss.release();
+      const gn = groupNormFastBackward(gpu, x, gamma, beta, st.mean, st.rstd, g.dx!, true);
+      g.dx!.release();
+      tape.setGrad(`${norm}.weight`, gn.dgamma);
+      tape.setGrad(`${norm}.bias`, gn.dbeta);
+      st.mean.release();
+      st.rstd.release();
+      if (ownX) x.release();
+      return gn.dx;
     });
-    ss.release();
-    return this.#keep(y, stats);
+    return y;
   }
 
   /** One res block; x is kept (the caller owns it) unless a tape takes it over. */
@@ -308,24 +329,16 @@ export class Vqgan {
       if (nin) skip.release();
       return y;
     }
+    // h = conv1(silu(norm1(x))), y = conv2(silu(norm2(h))) + skip: the normalized activations are
+    // never written (each conv applies its norm as it stages its input).
     const sub = new Tape();
-    const a = this.#normSilu(x, `${n}.norm1`, sub, false); // (B,cin,H,W) silu(norm1(x))
-    const h = this.#conv(a, `${n}.conv1`, PAD1, sub); // (B,cout,H,W)
-    const b = this.#normSilu(h, `${n}.norm2`, sub); // (B,cout,H,W)
-    const w2 = this.p(`${n}.conv2.weight`);
-    const stash2 = new Conv2dStash();
-    const y = conv2d(gpu, b, w2, this.p(`${n}.conv2.bias`), {
-      ...PAD1,
-      residual: skip,
-      stash: stash2,
-    });
+    const h = this.#normSiluConv(x, `${n}.norm1`, `${n}.conv1`, undefined, true, sub, false);
+    const y = this.#normSiluConv(h, `${n}.norm2`, `${n}.conv2`, skip, true, sub);
     if (nin) skip.release();
     tape.push((dy) => {
-      // y = conv2(b) + skip(x): dy flows to both branches.
-      const g2 = conv2dBackward(gpu, b, w2, dy, { ...PAD1, stash: stash2 });
-      tape.setGrad(`${n}.conv2.weight`, g2.dw);
-      tape.setGrad(`${n}.conv2.bias`, g2.dbias);
-      b.release();
+      // y = conv2(b) + skip(x): dy flows to both branches (conv2's closure leaves dy to this one).
+      const dxMain = sub.backward(dy)!; // through conv2, norm2, conv1, norm1
+      for (const [k, v] of sub.grads) tape.setGrad(k, v);
       let dskip: Tensor = dy;
       if (nin) {
         const gs = conv2dBackward(gpu, x, this.p(`${n}.nin_shortcut.weight`), dy, {
@@ -336,8 +349,6 @@ export class Vqgan {
         dskip = gs.dx!;
         dy.release();
       }
-      const dxMain = sub.backward(g2.dx!)!; // through norm2, conv1, norm1
-      for (const [k, v] of sub.grads) tape.setGrad(k, v);
       const dx = map(gpu, "a + b", [dxMain, dskip]);
       dxMain.release();
       dskip.release();
@@ -373,10 +384,8 @@ export class Vqgan {
       if (lv.downsample) step(this.#conv(h, lv.downsample, DOWN, tape, true, true, true));
     }
     for (const s of L.encMid) step(this.#res(s, h, tape));
-    if (tape) {
-      step(this.#normSilu(h, "encoder.norm_out", tape));
-      step(this.#conv(h, "encoder.conv_out", PAD1, tape)); // (B,z,h,w)
-    } else step(this.#normSiluConv(h, "encoder.norm_out", "encoder.conv_out", undefined, false));
+    // (B,z,h,w)
+    step(this.#normSiluConv(h, "encoder.norm_out", "encoder.conv_out", undefined, false, tape));
     step(this.#conv(h, "quant_conv", {}, tape)); // (B,E,h,w)
     return h;
   }
@@ -401,10 +410,8 @@ export class Vqgan {
       // (B,C,2H,2W)
       if (lv.upsample) step(this.#conv(h, lv.upsample, UP, tape, true, true, true));
     }
-    if (tape) {
-      step(this.#normSilu(h, "decoder.norm_out", tape));
-      step(this.#conv(h, "decoder.conv_out", PAD1, tape)); // (B,3,R,R)
-    } else step(this.#normSiluConv(h, "decoder.norm_out", "decoder.conv_out", undefined, false));
+    // (B,3,R,R)
+    step(this.#normSiluConv(h, "decoder.norm_out", "decoder.conv_out", undefined, false, tape));
     return h;
   }
 

@@ -414,7 +414,7 @@ Deno.test("inference from gathered GroupNorm statistics matches reading the acti
   const pipeline = gpu.pipeline;
   let fromStats = 0;
   gpu.pipeline = (key, code, entry) => {
-    if (key === "gn_partial_affine") fromStats++;
+    if (key.startsWith("gn_partial_affine")) fromStats++;
     return pipeline.call(gpu, key, code, entry);
   };
   conv2dTuning.w43 = true;
@@ -437,6 +437,57 @@ Deno.test("inference from gathered GroupNorm statistics matches reading the acti
     assertClose(on.yh, off.yh, { atol: 1e-4, rtol: 1e-4 }, "decoded");
   } finally {
     conv2dTuning.w43 = null;
+    gpu.pipeline = pipeline;
+    x.release();
+    model.release();
+  }
+});
+
+Deno.test("training from gathered GroupNorm statistics matches reading the activations", async () => {
+  // The training forward applies each norm inside the next conv (its prologue) and takes the norm's
+  // statistics from the conv that made its input where that conv gathered them: the loss and every
+  // gradient are those of norms that read their inputs, to rounding. The texture paths (the gpu
+  // kind's implicit GEMMs gather nothing).
+  const gpu = await getGpu();
+  conv2dTuning.gemm = false;
+  conv2dTuning.gemmBackward = false;
+  const config = presetConfig("tiny");
+  const model = Vqgan.fromWeights(gpu, config, initVqganWeights(config, 9));
+  const x = gpu.upload(randu(2 * 3 * 32 * 32, 10, 0, 1), [2, 3, 32, 32]);
+  const pipeline = gpu.pipeline;
+  let fromStats = 0;
+  gpu.pipeline = (key, code, entry) => {
+    if (key === "gn_partial_affine|true") fromStats++;
+    return pipeline.call(gpu, key, code, entry);
+  };
+  try {
+    const run = async (gather: boolean) => {
+      model.gatherStats = gather;
+      const before = fromStats;
+      const r = vqganLossAndGrads(model, x);
+      const names = [...r.grads.keys()].sort();
+      const host = await gpu.readMany([r.stats[0], ...names.map((n) => r.grads.get(n)!)]);
+      releaseLoss(r);
+      return {
+        loss: host[0] as Float32Array,
+        grads: host.slice(1) as Float32Array[],
+        names,
+        norms: fromStats - before,
+      };
+    };
+    const off = await run(false), on = await run(true);
+    assertEquals(off.norms, 0, "norms from statistics when off");
+    // Every norm of the tiny preset but those after the upsampled convs' direct phases (28 norms).
+    if (on.norms < 20) throw new Error(`only ${on.norms} norms took gathered statistics`);
+    assertEquals(on.names, off.names);
+    assertClose(on.loss, off.loss, { atol: 1e-6, rtol: 1e-5 }, "loss");
+    on.grads.forEach((g, i) =>
+      assertClose(g, off.grads[i], { atol: 1e-5, rtol: 2e-3 }, on.names[i])
+    );
+  } finally {
+    conv2dTuning.gemm = null;
+    conv2dTuning.gemmBackward = null;
+    model.gatherStats = true;
     gpu.pipeline = pipeline;
     x.release();
     model.release();

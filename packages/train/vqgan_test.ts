@@ -211,12 +211,9 @@ Deno.test("VqganTrainable + Trainer", async (t) => {
     const usedBefore = m.restarts.usage.slice();
     // Step 3 ends the window. Its batch (the same draws from a copy of the RNG), and the latents
     // and codes the step will compute from it (the same kernels on the same weights: identical;
-    // the norms read their inputs, as training's do, not statistics gathered by the convs, which
-    // round differently).
+    // inference and training both take the norms' statistics from the convs that gathered them).
     const x = gpu.upload(sampleBatch(SRC, 2, 16, new Rng(m.rng.state)), [2, 3, 16, 16]);
-    vq.gatherStats = false;
     const z = vq.encode(x);
-    vq.gatherStats = true;
     const zt = nchwToRows(gpu, z), idt = vq.codes(z);
     const [zr, ids] = [await gpu.readF32(zt), (await gpu.read(idt)) as Int32Array];
     for (const u of [x, z, zt, idt] as Tensor[]) u.release();

@@ -103,7 +103,7 @@ export interface Conv2dOptions {
  */
 export class Conv2dStash {
   /** The staged input and how it was staged (internal to conv2d.ts). */
-  staged: (Staged & { x: Tensor; offT: number; offL: number }) | null = null;
+  staged: (Staged & { x: Tensor; offT: number; offL: number; pro?: Conv2dPrologue }) | null = null;
 
   /** @param maxBytes the largest texture kept (default 32 MiB). */
   constructor(readonly maxBytes: number = 32 * 2 ** 20) {}
@@ -180,7 +180,9 @@ export class Conv2dGroupStats {
  * A per-channel affine (and SiLU) applied to x as the forward stages it: the conv sees
  * act(x * scale + shift) per (image, channel) plane, with the zero padding added after. This is a
  * GroupNorm(+SiLU) before the conv without its normalized copy of x (`groupNormPlaneAffine` in
- * groupnorm.ts makes `ss`); for inference (no backward takes it).
+ * groupnorm_rows.ts makes `ss`). For training, pass the same prologue to {@link conv2dBackward}:
+ * its weight gradient is then taken against act(x * scale + shift) (the forward's staged input when
+ * a {@link Conv2dStash} kept it), and its dx is the gradient of that activation.
  */
 export interface Conv2dPrologue {
   /** (B*Cin, 2): scale and shift of each plane of x. */
@@ -191,7 +193,7 @@ export interface Conv2dPrologue {
 
 /** Options of {@link conv2d}'s forward: adds the fused residual, an output tensor, a tile override. */
 export interface Conv2dForwardOptions extends Conv2dOptions {
-  /** Convolve act(x * scale + shift) ({@link Conv2dPrologue}); not with `stash`. */
+  /** Convolve act(x * scale + shift) ({@link Conv2dPrologue}). */
   prologue?: Conv2dPrologue;
   /**
    * Keep the staged input here for {@link conv2dBackward}'s weight gradient (pass the same stash
@@ -222,6 +224,11 @@ export interface Conv2dBackwardOptions extends Conv2dOptions {
   tile?: ConvTile;
   /** The forward's {@link Conv2dStash}: its staged x is used when it fits, then released. */
   stash?: Conv2dStash;
+  /**
+   * The forward's prologue: dw is then taken against act(x * scale + shift), the input the conv
+   * saw, and dx is that activation's gradient (the caller takes it through the norm).
+   */
+  prologue?: Conv2dPrologue;
 }
 
 /** Gradients of {@link conv2dBackward}; null where not requested. */
@@ -460,6 +467,36 @@ const SILU_FN = (vec: boolean) =>
   vec
     ? "fn silu_(t: vec4f) -> vec4f { return t / (vec4f(1.0) + exp(-t)); }"
     : "fn silu_(t: f32) -> f32 { return t / (1.0 + exp(-t)); }";
+
+/** act(x * scale + shift) per plane written out ({@link applyPrologue}). */
+const PRO_APPLY_WGSL = (silu: boolean) => `
+@group(0) @binding(0) var<storage, read> x: array<f32>;
+@group(0) @binding(1) var<storage, read> ss: array<vec2f>;
+@group(0) @binding(2) var<storage, read_write> y: array<f32>;
+struct P { N: u32, HW: u32 }
+@group(0) @binding(3) var<uniform> p: P;
+${silu ? SILU_FN(false) : ""}
+@compute @workgroup_size(256)
+fn main(@builtin(local_invocation_index) li: u32, @builtin(workgroup_id) wg: vec3u,
+        @builtin(num_workgroups) nwg: vec3u) {
+  let i = ${WG_INDEX} * 256u + li;
+  if (i >= p.N) { return; }
+  let sc = ss[i / p.HW];
+  let t = fma(x[i], sc.x, sc.y);
+  y[i] = ${silu ? "silu_(t)" : "t"};
+}`;
+
+/** The activation a prologue stands for, act(x * scale + shift), as a tensor (the GEMM's dw). */
+function applyPrologue(gpu: Gpu, x: Tensor, pro: Conv2dPrologue): Tensor {
+  const y = gpu.empty(x.shape);
+  gpu.dispatch(
+    gpu.pipeline(`conv2d_pro_apply|${pro.silu}`, () => PRO_APPLY_WGSL(pro.silu)),
+    [x, pro.ss, y],
+    new Params().u32(x.size).u32(x.shape[2] * x.shape[3]),
+    grid(Math.ceil(x.size / 256)),
+  );
+  return y;
+}
 
 const PAD_VEC_WGSL = (k: number, lay: PlaneLayout, pro: Prologue) =>
   `${PAD_VEC_HEADER(pro)}
@@ -1398,7 +1435,7 @@ function convCore(
       stats?.part ?? undefined,
     );
     if (keep && bc === B && xs.tex.width * xs.tex.height * 16 <= keep.maxBytes) {
-      keep.staged = { ...xs, x, offT: pad.offT, offL: pad.offL };
+      keep.staged = { ...xs, x, offT: pad.offT, offL: pad.offL, pro: pad.pro };
     } else texPool.put(gpu, xs.tex);
   }
 }
@@ -2261,7 +2298,6 @@ export function conv2d(
   }
   if (opts.prologue) {
     check("conv2d", "prologue.ss", opts.prologue.ss, [B * Cin, 2]);
-    if (opts.stash) throw new RangeError("conv2d: a prologue and a stash cannot be combined");
   }
   opts.stats?.release(); // filled again only by a path that gathers them
   if (conv2dTuning.gemm ?? (gpu.kind === "gpu" && !opts.tile && !conv2dTuning.w43)) {
@@ -2721,6 +2757,7 @@ export function conv2dBackward(
   const g = geometry(fn, x.shape, w.shape, opts);
   const { B, Cin, Cout, KH, KW, S, Ho, Wo } = g;
   check(fn, "dy", dy, [B, Cout, Ho, Wo]);
+  if (opts.prologue) check(fn, "prologue.ss", opts.prologue.ss, [B * Cin, 2]);
   const grads: Conv2dGrads = { dx: null, dw: null, dbias: null };
   // The implicit GEMMs (conv2d_gemm.ts) on the gpu kind or where asked for; a forced register tile
   // or Winograd (`w43: true`) keeps the texture kernels, as in the forward.
@@ -2782,9 +2819,12 @@ export function conv2dBackward(
 
   const wantBias = opts.dbias !== false;
   if (opts.dw !== false && gemmBwd) {
-    grads.dw = gemmConvDw(gpu, x, dy, g);
+    // The GEMM gathers x in place: with a prologue it reads the activation written out.
+    const a = opts.prologue ? applyPrologue(gpu, x, opts.prologue) : x;
+    grads.dw = gemmConvDw(gpu, a, dy, g);
+    if (a !== x) a.release();
   } else if (opts.dw !== false) {
-    const r = convDw(gpu, x, dy, g, wantBias, opts.stash);
+    const r = convDw(gpu, x, dy, g, wantBias, opts.stash, opts.prologue);
     grads.dw = r.dw;
     grads.dbias = r.dbias;
   }
@@ -2810,6 +2850,7 @@ function convDw(
   g: Geom,
   bias: boolean,
   stash?: Conv2dStash,
+  prologue?: Conv2dPrologue,
 ): { dw: Tensor; dbias: Tensor | null } {
   const { B, Cin, Cout, KH, KW, S, Ho, Wo } = g;
   const tn = conv2dTuning.dw ?? {};
@@ -2859,7 +2900,8 @@ function convDw(
     // at least as large): the kernel takes the layout as given.
     const st = stash?.staged;
     const kept = st && chunks === 1 && st.x === x && g.up === 1 &&
-        st.offT === g.pt && st.offL === g.pl && st.lay.Hp >= xHp && st.lay.Wp4 >= xWp4
+        st.offT === g.pt && st.offL === g.pl && st.lay.Hp >= xHp && st.lay.Wp4 >= xWp4 &&
+        st.pro?.ss === prologue?.ss && !!st.pro?.silu === !!prologue?.silu
       ? st
       : null;
     const xl = kept ? kept.lay : planeLayout(gpu, nb * Cin, xHp, xWp4)!;
@@ -2885,7 +2927,8 @@ function convDw(
     ]
       .concat([dl.P, dl.Wp4, dl.Hp]).join("|");
     const pipe = gpu.pipeline(key, () => dwWgsl(cfg));
-    const xs = kept ?? stage(gpu, x, b0 * Cin, nb * Cin, g.H, g.W, xl, g.pt, g.pl, g.up);
+    const xs = kept ??
+      stage(gpu, x, b0 * Cin, nb * Cin, g.H, g.W, xl, g.pt, g.pl, g.up, prologue);
     const ds = stage(gpu, dy, b0 * Cout, nb * Cout, Ho, Wo, dl, 0, 0);
     const cs = nb * nTy * nTx;
     gpu.dispatch(

@@ -758,6 +758,66 @@ Deno.test("conv2d() with a GroupNorm(+SiLU) prologue matches norm -> conv refere
   }
 });
 
+Deno.test("conv2dBackward() with the forward's prologue: dw against the activation the conv saw", async (t) => {
+  const gpu = await getGpu();
+  // Training's norm -> conv: the forward applies the GroupNorm(+SiLU) as it stages x and keeps
+  // that staging (a stash); the backward's dw is taken against act(x * scale + shift) and dx is the
+  // activation's gradient. Paths: the kept stash, x staged again with the prologue (a stash too
+  // small to keep it; the upsampled conv, whose forward keeps nothing; Winograd forward), and the
+  // implicit GEMMs (the gpu kind's), which read the activation written out.
+  const cases: (Case & { G: number; silu: boolean; path: string; maxBytes?: number })[] = [
+    { B: 2, Cin: 8, H: 10, W: 12, Cout: 5, K: 3, o: { pad: 1 }, G: 4, silu: true, path: "stash" },
+    {
+      ...{ B: 1, Cin: 4, H: 6, W: 8, Cout: 3, K: 3, o: { pad: 1 }, G: 2, silu: false },
+      ...{ path: "restaged", maxBytes: 16 },
+    },
+    {
+      ...{ B: 1, Cin: 4, H: 5, W: 6, Cout: 5, K: 3, o: { pad: 1, upsample2x: true } },
+      ...{ G: 2, silu: true, path: "upsampled" },
+    },
+    { B: 2, Cin: 8, H: 9, W: 20, Cout: 6, K: 3, o: { pad: 1 }, G: 4, silu: true, path: "w43" },
+    { B: 2, Cin: 6, H: 7, W: 9, Cout: 4, K: 3, o: { pad: 1 }, G: 3, silu: true, path: "gemm" },
+  ];
+  for (const c of cases) {
+    await t.step(`${label(c)} G${c.G}${c.silu ? " silu" : ""} ${c.path}`, async () => {
+      const a = args(c);
+      const xs = [c.B, c.Cin, c.H, c.W];
+      const x = randu(c.B * c.Cin * c.H * c.W, 400 + c.Cin, -2, 3);
+      const gamma = randu(c.Cin, 410, 0.5, 1.5), beta = randu(c.Cin, 420, -0.5, 0.5);
+      const w = randu(c.Cout * c.Cin * 9, 430, -0.5, 0.5);
+      const act = groupNormCpu(x, xs, gamma, beta, c.G, 1e-6, c.silu).y;
+      const Ho = c.o.upsample2x ? 2 * c.H : c.H, Wo = c.o.upsample2x ? 2 * c.W : c.W;
+      const dy = randu(c.B * c.Cout * Ho * Wo, 440);
+      const r = conv2dBackwardCpu(act, w, dy, a);
+      const X = gpu.upload(x, xs), Gm = gpu.upload(gamma, [c.Cin]), Bt = gpu.upload(beta, [c.Cin]);
+      const Wt = gpu.upload(w, a.wShape), DY = gpu.upload(dy, [c.B, c.Cout, Ho, Wo]);
+      const gemm = c.path === "gemm";
+      conv2dTuning.gemm = gemm;
+      conv2dTuning.gemmBackward = gemm;
+      conv2dTuning.w43 = c.path === "w43" ? true : null;
+      try {
+        const ss = groupNormPlaneAffine(gpu, X, Gm, Bt, c.G, 1e-6);
+        const prologue = { ss, silu: c.silu };
+        const stash = new Conv2dStash(c.maxBytes);
+        const y = conv2d(gpu, X, Wt, undefined, { ...c.o, prologue, stash });
+        assertEquals(stash.staged !== null, c.path === "stash", "staged input kept");
+        const g = conv2dBackward(gpu, X, Wt, DY, { ...c.o, prologue, stash });
+        assertEquals(stash.staged, null, "stash released");
+        const [dw, db, dx] = await gpu.readMany([g.dw!, g.dbias!, g.dx!]);
+        assertClose(dw, r.dw, { atol: 3e-4, rtol: 2e-4 }, "dw");
+        assertClose(db, r.dbias, { atol: 1e-4, rtol: 1e-4 }, "dbias");
+        assertClose(dx, r.dx, { atol: 2e-4, rtol: 2e-4 }, "dx");
+        for (const tt of [ss, y, g.dw!, g.dbias!, g.dx!]) tt.release();
+      } finally {
+        conv2dTuning.gemm = null;
+        conv2dTuning.gemmBackward = null;
+        conv2dTuning.w43 = null;
+        for (const tt of [X, Gm, Bt, Wt, DY]) tt.release();
+      }
+    });
+  }
+});
+
 Deno.test("conv2d(): 512-768 channels at 16x16 take the Winograd path when the weights are cached", async (t) => {
   const gpu = await getGpu();
   // The `lvm` VQGAN's 16x16 level: with a Conv2dWeightCache the Winograd weights are transformed

@@ -286,14 +286,21 @@ fn main(@builtin(local_invocation_index) li: u32, @builtin(workgroup_id) wg: vec
 }`;
 
 // Partials (count, mean, M2) -> the plane affine: one invocation per (image, group) merges its
-// channels' partials (Chan et al.) and writes scale and shift for each of them.
-const PARTIAL_AFFINE = `
+// channels' partials (Chan et al.) and writes scale and shift for each of them (`moments`: and the
+// group's mean and rstd, for the backward).
+const PARTIAL_AFFINE = (moments: boolean) => `
 @group(0) @binding(0) var<storage, read> part: array<vec4f>;
 @group(0) @binding(1) var<storage, read> gamma: array<f32>;
 @group(0) @binding(2) var<storage, read> beta: array<f32>;
 @group(0) @binding(3) var<storage, read_write> ss: array<vec2f>;
 struct P { BG: u32, G: u32, Cg: u32, T: u32, eps: f32 }
-@group(0) @binding(4) var<uniform> p: P;
+${
+  moments
+    ? `@group(0) @binding(4) var<storage, read_write> mean: array<f32>;
+@group(0) @binding(5) var<storage, read_write> rstdOut: array<f32>;`
+    : ""
+}
+@group(0) @binding(${moments ? 6 : 4}) var<uniform> p: P;
 ${HEAD}
   if (i >= p.BG) { return; }
   let b = i / p.G;
@@ -314,6 +321,7 @@ ${HEAD}
     }
   }
   let rstd = inverseSqrt(m2 / max(n, 1.0) + p.eps);
+  ${moments ? "mean[i] = mu;\n  rstdOut[i] = rstd;" : ""}
   for (var c = 0u; c < p.Cg; c++) {
     let scale = gamma[c0 + c] * rstd;
     ss[plane0 + c] = vec2f(scale, beta[c0 + c] - mu * scale);
@@ -335,7 +343,41 @@ export function groupNormAffineFromStats(
   groups: number,
   eps: number,
 ): Tensor {
-  const fn = "groupNormAffineFromStats";
+  return affineFromStats("groupNormAffineFromStats", gpu, stats, B, C, gamma, beta, groups, eps)
+    .ss;
+}
+
+/**
+ * {@link groupNormAffineFromStats} that also returns the group statistics (mean, rstd: (B, groups))
+ * for {@link groupNormFastBackward} (training; see {@link groupNormPlaneAffineStats}).
+ */
+export function groupNormAffineStatsFromStats(
+  gpu: Gpu,
+  stats: Conv2dGroupStats,
+  B: number,
+  C: number,
+  gamma: Tensor,
+  beta: Tensor,
+  groups: number,
+  eps: number,
+): { ss: Tensor; mean: Tensor; rstd: Tensor } {
+  const fn = "groupNormAffineStatsFromStats";
+  const r = affineFromStats(fn, gpu, stats, B, C, gamma, beta, groups, eps, true);
+  return { ss: r.ss, mean: r.mean!, rstd: r.rstd! };
+}
+
+function affineFromStats(
+  fn: string,
+  gpu: Gpu,
+  stats: Conv2dGroupStats,
+  B: number,
+  C: number,
+  gamma: Tensor,
+  beta: Tensor,
+  groups: number,
+  eps: number,
+  moments = false,
+): { ss: Tensor; mean?: Tensor; rstd?: Tensor } {
   if (!stats.part) throw new RangeError(`${fn}: stats holds no partials (the conv gathered none)`);
   if (!Number.isInteger(groups) || groups < 1 || C % groups !== 0) {
     throw new RangeError(`${fn}: groups must be a positive divisor of C = ${C}, got ${groups}`);
@@ -349,13 +391,14 @@ export function groupNormAffineFromStats(
   }
   checkAffine(fn, gamma, beta, C);
   const ss = gpu.empty([B * C, 2]);
+  const mom = moments ? { mean: gpu.empty([B, groups]), rstd: gpu.empty([B, groups]) } : {};
   gpu.dispatch(
-    gpu.pipeline("gn_partial_affine", () => PARTIAL_AFFINE),
-    [stats.part, gamma, beta, ss],
+    gpu.pipeline(`gn_partial_affine|${moments}`, () => PARTIAL_AFFINE(moments)),
+    [stats.part, gamma, beta, ss, ...(mom.mean ? [mom.mean, mom.rstd!] : [])],
     new Params().u32(B * groups).u32(groups).u32(C / groups).u32(stats.tiles).f32(eps),
     wgs(B * groups),
   );
-  return ss;
+  return { ss, ...mom };
 }
 
 /**
@@ -371,6 +414,25 @@ export function groupNormPlaneAffine(
   groups: number,
   eps: number,
 ): Tensor {
+  const r = groupNormPlaneAffineStats(gpu, x, gamma, beta, groups, eps);
+  r.mean.release();
+  r.rstd.release();
+  return r.ss;
+}
+
+/**
+ * {@link groupNormPlaneAffine} that also returns the statistics (mean, rstd: (B, groups)) for
+ * {@link groupNormFastBackward}: training's norm -> conv, where conv2d's prologue applies ss (and
+ * the SiLU) as it stages x and conv2dBackward takes the same prologue.
+ */
+export function groupNormPlaneAffineStats(
+  gpu: Gpu,
+  x: Tensor,
+  gamma: Tensor,
+  beta: Tensor,
+  groups: number,
+  eps: number,
+): { ss: Tensor; mean: Tensor; rstd: Tensor } {
   const { B, C, HW, G, n } = dims("groupNormPlaneAffine", x, groups);
   checkAffine("groupNormPlaneAffine", gamma, beta, C);
   const { mean, rstd } = useRowsGroupNorm(gpu, B * G, false)
@@ -383,9 +445,7 @@ export function groupNormPlaneAffine(
     new Params().u32(B * C).u32(C).u32(C / G),
     wgs(B * C),
   );
-  mean.release();
-  rstd.release();
-  return ss;
+  return { ss, mean, rstd };
 }
 
 /**
