@@ -119,7 +119,14 @@ const RT = 8; // rows per invocation
 const CT = 8; // codes per inner block
 const WG = 64;
 
-function nearestWgsl(T: number, U: number): string {
+/**
+ * The search kernel, with the texels per row (D4), the codes per chunk and the code count baked in:
+ * lavapipe (22.3) inlines uniforms that steer loops and branches when that shrinks the shader by
+ * half, and then compiles the inlined shader again at every dispatch (no variant cache). With these
+ * three as uniforms, 512 rows x 512 codes x 32 (the `tiny` tokenizer's batch of 8) took that path:
+ * ~10 ms of JIT compile per call (the tiny training step's vq_nearest: 10-15 ms), ~1.5 ms baked.
+ */
+function nearestWgsl(T: number, U: number, D4: number, chunk: number, K: number): string {
   const G = WG / T;
   const L: string[] = [];
   L.push(`@group(0) @binding(0) var zt: texture_2d<f32>;`);
@@ -127,7 +134,7 @@ function nearestWgsl(T: number, U: number): string {
   L.push(`@group(0) @binding(2) var<storage, read_write> pbest: array<f32>;`);
   L.push(`@group(0) @binding(3) var<storage, read_write> pid: array<i32>;`);
   L.push(
-    `struct P { N: u32, K: u32, D4: u32, rowBlocks: u32, chunks: u32, chunk: u32, zRW: u32, zH: u32, eRW: u32, eH: u32 }`,
+    `struct P { N: u32, rowBlocks: u32, chunks: u32, zRW: u32, zH: u32, eRW: u32, eH: u32 }`,
   );
   L.push(`@group(0) @binding(4) var<uniform> p: P;`);
   L.push(`fn zc(r: u32, c: u32) -> vec2u { return vec2u((r / p.zH) * p.zRW + c, r % p.zH); }`);
@@ -146,7 +153,7 @@ function nearestWgsl(T: number, U: number): string {
     L.push(`  var best${r} = 3.4028234663852886e38;`);
     L.push(`  var bid${r} = 0i;`);
   }
-  L.push(`  for (var c = 0u; c < p.D4; c++) {`);
+  L.push(`  for (var c = 0u; c < ${D4}u; c++) {`);
   for (let r = 0; r < RT; r++) {
     L.push(`    let z${r} = textureLoad(zt, zc(row${r}, c), 0);`);
     L.push(
@@ -154,14 +161,14 @@ function nearestWgsl(T: number, U: number): string {
     );
   }
   L.push(`  }`);
-  L.push(`  let k0 = ch * p.chunk;`);
-  L.push(`  let k1 = min(k0 + p.chunk, p.K);`);
+  L.push(`  let k0 = ch * ${chunk}u;`);
+  L.push(`  let k1 = min(k0 + ${chunk}u, ${K}u);`);
   L.push(`  for (var kb = k0; kb < k1; kb += ${CT}u) {`);
-  for (let j = 0; j < CT; j++) L.push(`    let code${j} = min(kb + ${j}u, p.K - 1u);`);
+  for (let j = 0; j < CT; j++) L.push(`    let code${j} = min(kb + ${j}u, ${K}u - 1u);`);
   for (let r = 0; r < RT; r++) for (let j = 0; j < CT; j++) L.push(`    var a${r}_${j} = 0.0;`);
   // U texels per iteration and one chained assignment per accumulator: lavapipe pays a masked
   // load/blend/store for every assignment to a loop-carried variable.
-  L.push(`    for (var c = 0u; c < p.D4; c += ${U}u) {`);
+  L.push(`    for (var c = 0u; c < ${D4}u; c += ${U}u) {`);
   for (let u = 0; u < U; u++) {
     for (let r = 0; r < RT; r++) {
       L.push(`      let z${r}_${u} = textureLoad(zt, zc(row${r}, c + ${u}u), 0);`);
@@ -182,7 +189,7 @@ function nearestWgsl(T: number, U: number): string {
   L.push(`    }`);
   for (let j = 0; j < CT; j++) {
     L.push(`    if (kb + ${j}u < k1) {`);
-    L.push(`      let en = textureLoad(et, ec(code${j}, p.D4), 0).x;`);
+    L.push(`      let en = textureLoad(et, ec(code${j}, ${D4}u), 0).x;`);
     for (let r = 0; r < RT; r++) {
       L.push(
         `      { let d = (zn${r} + en) - 2.0 * a${r}_${j}; if (d < best${r}) { best${r} = d; bid${r} = i32(code${j}); } }`,
@@ -265,10 +272,9 @@ export function vqNearest(gpu: Gpu, z: Tensor, codebook: Tensor): VqResult {
   const pbest = gpu.empty([chunks, N]);
   const pid = gpu.empty([chunks, N], "i32");
   gpu.dispatch(
-    gpu.pipeline(`vq_nearest|${T}|${U}`, () => nearestWgsl(T, U)),
+    gpu.pipeline(`vq_nearest|${T}|${U}|${D4}|${chunk}|${K}`, () => nearestWgsl(T, U, D4, chunk, K)),
     [zt.view, et.view, pbest, pid],
-    new Params().u32(N).u32(K).u32(Math.ceil(D / 4)).u32(rowBlocks).u32(chunks).u32(chunk)
-      .u32(zt.RW).u32(zt.H).u32(et.RW).u32(et.H),
+    new Params().u32(N).u32(rowBlocks).u32(chunks).u32(zt.RW).u32(zt.H).u32(et.RW).u32(et.H),
     [Math.ceil(rowBlocks / T), Math.ceil(chunks / (WG / T)), 1],
   );
   const ids = gpu.empty([N], "i32");
