@@ -2383,6 +2383,8 @@ interface DwCfg {
   /** The staged planes' layouts (x, dy). */
   xl: PlaneLayout;
   dl: PlaneLayout;
+  /** dy copied flat ({@link flatDy}): texels per texture row, else 0 (dl's padded planes). */
+  dFlat: number;
   /** Read the textures as read-only storage textures ({@link texDecl}). */
   storageRead: boolean;
 }
@@ -2550,15 +2552,23 @@ function dwWgsl(c: DwCfg): string {
     L.push(`    let xu${j} = (xp${j} % ${xl.P}u) * ${xl.Wp4}u + tx * ${(px * S) / 4}u;`);
     L.push(`    let xv${j} = (xp${j} / ${xl.P}u) * ${xl.Hp}u + oh * ${S}u;`);
   }
+  const TW = c.dFlat, W4 = nTx * QN; // flat dy: texel f of the tensor at (f % TW, f / TW)
   for (let o = 0; o < cot; o++) {
     L.push(`    let dp${o} = bl * p.Cout + co${o};`);
-    L.push(`    let du${o} = (dp${o} % ${dl.P}u) * ${dl.Wp4}u + tx * ${QN}u;`);
-    L.push(`    let dv${o} = (dp${o} / ${dl.P}u) * ${dl.Hp}u + oh;`);
+    if (TW) {
+      // The segment's texels of a row lie in one texture row (TW is a multiple of the row's W4).
+      L.push(`    let df${o} = (dp${o} * ${nTy * py}u + oh) * ${W4}u + tx * ${QN}u;`);
+    } else {
+      L.push(`    let du${o} = (dp${o} % ${dl.P}u) * ${dl.Wp4}u + tx * ${QN}u;`);
+      L.push(`    let dv${o} = (dp${o} / ${dl.P}u) * ${dl.Hp}u + oh;`);
+    }
     for (let y = 0; y < py; y++) {
+      const at = TW
+        ? (q: number) =>
+          `vec2u(((df${o} + ${y * W4}u) % ${TW}u) + ${q}u, (df${o} + ${y * W4}u) / ${TW}u)`
+        : (q: number) => `vec2u(du${o} + ${q}u, dv${o} + ${y}u)`;
       for (let q = 0; q < QN; q++) {
-        L.push(
-          `    let d${o}_${y}_${q} = textureLoad(dyt, vec2u(du${o} + ${q}u, dv${o} + ${y}u)${LVL});`,
-        );
+        L.push(`    let d${o}_${y}_${q} = textureLoad(dyt, ${at(q)}${LVL});`);
       }
     }
     if (c.bias) {
@@ -2842,6 +2852,45 @@ export function conv2dBackward(
   return grads;
 }
 
+/**
+ * Texels per texture row for dy copied flat ({@link flatDy}): 64 (1 KiB rows; doubled while the
+ * rows would not fit one texture), or 0 where a row of `W4` texels could straddle texture rows
+ * (W4 not dividing it) or the tensor does not fit: dy is then staged by the pad pass.
+ */
+function flatWidth(gpu: Gpu, n4: number, W4: number): number {
+  if (!conv2dTuning.copyStage) return 0;
+  const max = gpu.limits.maxTextureDimension2D;
+  let tw = 64;
+  while (tw < max && Math.ceil(n4 / tw) > max) tw *= 2;
+  return tw % W4 === 0 && Math.ceil(n4 / tw) <= max ? tw : 0;
+}
+
+/**
+ * dy texels [t0, t0 + n4) as they lie in memory, TW per texture row: buffer-to-texture copies (a
+ * memcpy in lavapipe) in place of the pad pass, whose image stores go lane by lane. The weight
+ * gradient reads dy unpadded, so any width whose rows are whole texels can be copied this way
+ * (the planar copy in {@link stage} needs 256-byte plane rows: from 64 pixels). The tiny tokenizer
+ * step (a batch of 8 at 32x32, 16x16, 8x8): 38 of its 630 dispatches become copies; 601 -> 587 ms
+ * mean, 543 -> 499 best (one process, 8 rounds of 3 steps in ABBA order: a copy is a single-threaded
+ * memcpy between dispatches, a pad pass runs on every core, so the gain is small).
+ */
+function flatDy(gpu: Gpu, dy: Tensor, t0: number, n4: number, TW: number): Staged {
+  const rows = Math.floor(n4 / TW), rest = n4 - rows * TW;
+  const tex = takeTexture(gpu, TW, rows + (rest ? 1 : 0));
+  const src = { offset: t0 * 16, bytesPerRow: TW * 16 };
+  if (rows) gpu.copyToTexture(dy, src, { texture: tex }, [TW, rows, 1]);
+  if (rest) {
+    gpu.copyToTexture(
+      dy,
+      { ...src, offset: (t0 + rows * TW) * 16 },
+      { texture: tex, origin: [0, rows, 0] },
+      [rest, 1, 1],
+    );
+  }
+  // The layout is not read for a flat dy (DwCfg.dFlat); a placeholder of the right size.
+  return { tex, view: tex.createView(), lay: { P: 1, Wp4: TW, Hp: rows + 1, bands: 1 } };
+}
+
 /** dW (and, with `bias`, dbias, summed from the same dy texels) by {@link dwWgsl}. */
 function convDw(
   gpu: Gpu,
@@ -2906,8 +2955,9 @@ function convDw(
       : null;
     const xl = kept ? kept.lay : planeLayout(gpu, nb * Cin, xHp, xWp4)!;
     const dl = planeLayout(gpu, nb * Cout, Ho, dWp4)!;
+    const dFlat = dWp4 * 4 === Wo ? flatWidth(gpu, nb * Cout * Ho * dWp4, dWp4) : 0;
     const storageRead = gpu.kind === "cpu";
-    const cfg: DwCfg = { cot, cit, px, py, KH, KW, S, bias, nTx, nTy, xl, dl, storageRead };
+    const cfg: DwCfg = { cot, cit, px, py, KH, KW, S, bias, nTx, nTy, xl, dl, dFlat, storageRead };
     const key = [
       "conv2d_dw",
       storageRead,
@@ -2925,11 +2975,13 @@ function convDw(
       xl.Wp4,
       xl.Hp,
     ]
-      .concat([dl.P, dl.Wp4, dl.Hp]).join("|");
+      .concat(dFlat ? [`flat${dFlat}`] : [dl.P, dl.Wp4, dl.Hp]).join("|");
     const pipe = gpu.pipeline(key, () => dwWgsl(cfg));
     const xs = kept ??
       stage(gpu, x, b0 * Cin, nb * Cin, g.H, g.W, xl, g.pt, g.pl, g.up, prologue);
-    const ds = stage(gpu, dy, b0 * Cout, nb * Cout, Ho, Wo, dl, 0, 0);
+    const ds = dFlat
+      ? flatDy(gpu, dy, b0 * Cout * Ho * dWp4, nb * Cout * Ho * dWp4, dFlat)
+      : stage(gpu, dy, b0 * Cout, nb * Cout, Ho, Wo, dl, 0, 0);
     const cs = nb * nTy * nTx;
     gpu.dispatch(
       pipe,

@@ -558,6 +558,69 @@ Deno.test("conv2d() Winograd F(4x4,3x3), F(6x6,3x3) and F(8x8,3x3) paths match t
   }
 });
 
+Deno.test("conv2dBackward(): the weight gradient reads dy copied flat where its rows are whole texels", async (t) => {
+  const gpu = await getGpu();
+  // dy as it lies in memory, 64 texels per texture row (copies, no pad pass): a tensor shorter
+  // than one texture row (only the partial last row), several rows and a partial one, a strided
+  // conv's dy, a 1x1; 12-pixel rows (3 texels: they would straddle texture rows) keep the pad pass.
+  // Each result is the pad pass's bit for bit and matches the reference.
+  conv2dTuning.gemm = false; // the texture kernels (the gpu kind's implicit GEMMs stage nothing)
+  conv2dTuning.gemmBackward = false;
+  const cases: (Case & { flat: boolean })[] = [
+    { B: 1, Cin: 3, H: 5, W: 8, Cout: 3, K: 3, o: { pad: 1 }, bias: true, flat: true },
+    { B: 2, Cin: 4, H: 7, W: 16, Cout: 5, K: 3, o: { pad: 1 }, bias: true, flat: true },
+    { B: 2, Cin: 3, H: 9, W: 16, Cout: 6, K: 3, o: { stride: 2, pad: [0, 1, 0, 1] }, flat: true },
+    { B: 3, Cin: 6, H: 5, W: 16, Cout: 7, K: 1, o: {}, bias: true, flat: true },
+    { B: 2, Cin: 4, H: 6, W: 12, Cout: 5, K: 3, o: { pad: 1 }, bias: true, flat: false },
+  ];
+  const pipeline = gpu.pipeline;
+  let pads = 0;
+  gpu.pipeline = (key, code, entry) => {
+    if (key.startsWith("conv2d_pad")) pads++;
+    return pipeline.call(gpu, key, code, entry);
+  };
+  try {
+    for (const c of cases) {
+      await t.step(`${label(c)}${c.flat ? " flat" : " padded"}`, async () => {
+        const a = args(c);
+        const x = randu(c.B * c.Cin * c.H * c.W, 500 + c.Cin, -2, 2);
+        const w = randu(c.Cout * c.Cin * c.K * c.K, 510 + c.Cin);
+        const X = gpu.upload(x, a.xShape), Wt = gpu.upload(w, a.wShape);
+        const y = conv2d(gpu, X, Wt, undefined, c.o);
+        const dy = randu(y.size, 520 + c.Cin);
+        const DY = gpu.upload(dy, y.shape);
+        const r = conv2dBackwardCpu(x, w, dy, a);
+        const run = (copy: boolean) => {
+          conv2dTuning.copyStage = copy;
+          const p0 = pads;
+          const g = conv2dBackward(gpu, X, Wt, DY, { ...c.o, dx: false });
+          return { g, pads: pads - p0 };
+        };
+        const copied = run(true), padded = run(false);
+        // x is staged by a pad pass in both (no stash); dy by one more without the copy.
+        assertEquals(padded.pads - copied.pads, c.flat ? 1 : 0, "pad passes saved");
+        const [dw, db, dw2, db2] = await gpu.readMany([
+          copied.g.dw!,
+          copied.g.dbias!,
+          padded.g.dw!,
+          padded.g.dbias!,
+        ]);
+        assertEquals(Array.from(dw), Array.from(dw2), "dw: the pad pass's");
+        assertEquals(Array.from(db), Array.from(db2), "dbias: the pad pass's");
+        assertClose(dw, r.dw, { atol: 2e-4, rtol: 1e-4 }, "dw");
+        assertClose(db, r.dbias, { atol: 1e-4, rtol: 1e-4 }, "dbias");
+        for (const g of [copied.g, padded.g]) g.dw!.release(), g.dbias!.release();
+        for (const tt of [X, Wt, y, DY]) tt.release();
+      });
+    }
+  } finally {
+    conv2dTuning.copyStage = true;
+    conv2dTuning.gemm = null;
+    conv2dTuning.gemmBackward = null;
+    gpu.pipeline = pipeline;
+  }
+});
+
 Deno.test("conv2dBackward() with the forward's staged input (Conv2dStash)", async (t) => {
   const gpu = await getGpu();
   // The texture paths' feature (the implicit GEMMs, the gpu kind's default, keep nothing).
