@@ -558,6 +558,68 @@ Deno.test("conv2d() Winograd F(4x4,3x3), F(6x6,3x3) and F(8x8,3x3) paths match t
   }
 });
 
+Deno.test("conv2dBackward(): an upsampled 3x3 pad-1 conv's dx is one stride-2 4x4 conv on the source grid", async (t) => {
+  const gpu = await getGpu();
+  // The decoder's upsample: dx from the combined taps (w2, w1 + w2, w0 + w1, w0 per axis) instead of
+  // a 3x3 conv on the upsampled grid and a 2x2 sum. Odd sizes, rows that are no multiple of 4,
+  // Cin != Cout; other paddings keep the upsampled-grid path. Each matches the reference and the
+  // upsampled-grid path (to rounding: the sums run in another order).
+  conv2dTuning.gemm = false; // the texture kernels (the gpu kind's implicit GEMMs do their own dx)
+  conv2dTuning.gemmBackward = false;
+  const cases: (Case & { taken: boolean })[] = [
+    { B: 2, Cin: 4, H: 4, W: 6, Cout: 5, K: 3, o: { pad: 1, upsample2x: true }, taken: true },
+    { B: 1, Cin: 7, H: 5, W: 3, Cout: 3, K: 3, o: { pad: 1, upsample2x: true }, taken: true },
+    { B: 3, Cin: 8, H: 8, W: 8, Cout: 8, K: 3, o: { pad: 1, upsample2x: true }, taken: true },
+    {
+      B: 1,
+      Cin: 3,
+      H: 3,
+      W: 5,
+      Cout: 2,
+      K: 3,
+      o: { pad: [2, 1, 0, 2], upsample2x: true },
+      taken: false,
+    },
+  ];
+  const pipeline = gpu.pipeline;
+  const seen: string[] = [];
+  gpu.pipeline = (key, code, entry) => {
+    seen.push(key);
+    return pipeline.call(gpu, key, code, entry);
+  };
+  try {
+    for (const c of cases) {
+      await t.step(`${label(c)}${c.taken ? "" : " (upsampled grid)"}`, async () => {
+        const a = args(c);
+        const x = randu(c.B * c.Cin * c.H * c.W, 600 + c.Cin, -2, 2);
+        const w = randu(c.Cout * c.Cin * 9, 610 + c.Cin);
+        const X = gpu.upload(x, a.xShape), Wt = gpu.upload(w, a.wShape);
+        const y = conv2d(gpu, X, Wt, undefined, c.o);
+        const dy = randu(y.size, 620 + c.Cin);
+        const DY = gpu.upload(dy, y.shape);
+        const r = conv2dBackwardCpu(x, w, dy, a);
+        seen.length = 0;
+        const g = conv2dBackward(gpu, X, Wt, DY, { ...c.o, dw: false, dbias: false });
+        const used = seen.includes("conv2d_up_dx_w");
+        assertEquals(used, c.taken, "combined-tap dx");
+        assertEquals(seen.includes("upsample2x_bwd"), !c.taken, "2x2 sum on the upsampled grid");
+        conv2dTuning.upDx = false;
+        const g2 = conv2dBackward(gpu, X, Wt, DY, { ...c.o, dw: false, dbias: false });
+        conv2dTuning.upDx = true;
+        const [dx, dx2] = await gpu.readMany([g.dx!, g2.dx!]);
+        assertClose(dx, r.dx, { atol: 2e-4, rtol: 1e-4 }, "dx");
+        assertClose(dx, dx2, { atol: 2e-4, rtol: 1e-4 }, "dx vs the upsampled grid's");
+        for (const tt of [X, Wt, y, DY, g.dx!, g2.dx!]) tt.release();
+      });
+    }
+  } finally {
+    conv2dTuning.upDx = true;
+    conv2dTuning.gemm = null;
+    conv2dTuning.gemmBackward = null;
+    gpu.pipeline = pipeline;
+  }
+});
+
 Deno.test("conv2dBackward(): the weight gradient reads dy copied flat where its rows are whole texels", async (t) => {
   const gpu = await getGpu();
   // dy as it lies in memory, 64 texels per texture row (copies, no pad pass): a tensor shorter
