@@ -524,14 +524,18 @@ export function groupNormFastBackward(
     new Params().u32(B * C * P).u32(HW).u32(C).u32(cpg).u32(L).u32(P),
     wgs(B * C * P),
   );
-  const sums = gpu.empty([B * C, 2]);
-  gpu.dispatch(
-    gpu.pipeline("gn_rows_bmerge", BMERGE),
-    [part, sums],
-    new Params().u32(B * C).u32(P),
-    wgs(B * C),
-  );
-  part.release();
+  // One chunk per plane (a batch of small images): the chunks' sums are the planes'.
+  let sums = part;
+  if (P > 1) {
+    sums = gpu.empty([B * C, 2]);
+    gpu.dispatch(
+      gpu.pipeline("gn_rows_bmerge", BMERGE),
+      [part, sums],
+      new Params().u32(B * C).u32(P),
+      wgs(B * C),
+    );
+    part.release();
+  }
   const { dgamma, dbeta, mm } = groupNormGradMix(gpu, sums, gamma, B, G, n);
   sums.release();
   // 8 storage bindings: WebGPU's default per-stage limit (two interleaving passes that kept it
