@@ -2385,6 +2385,8 @@ interface DwCfg {
   dl: PlaneLayout;
   /** dy copied flat ({@link flatDy}): texels per texture row, else 0 (dl's padded planes). */
   dFlat: number;
+  /** One slice of one chunk: dw into `part` (the dw tensor) and dbias into its own binding. */
+  direct: boolean;
   /** Read the textures as read-only storage textures ({@link texDecl}). */
   storageRead: boolean;
 }
@@ -2526,10 +2528,12 @@ function dwWgsl(c: DwCfg): string {
   L.push(`@group(0) @binding(0) var xt: ${TEX};`);
   L.push(`@group(0) @binding(1) var dyt: ${TEX};`);
   L.push(`@group(0) @binding(2) var<storage, read_write> part: array<f32>;`);
+  const db = c.direct && c.bias;
+  if (db) L.push(`@group(0) @binding(3) var<storage, read_write> db: array<f32>;`);
   L.push(`struct P {
   Cin: u32, Cout: u32, segs: u32, segsPer: u32, coBlocks: u32, part0: u32, T: u32, G: u32,
 }`);
-  L.push(`@group(0) @binding(3) var<uniform> p: P;`);
+  L.push(`@group(0) @binding(${db ? 4 : 3}) var<uniform> p: P;`);
   L.push(`@compute @workgroup_size(${WG})`);
   L.push(`fn main(@builtin(local_invocation_index) li: u32, @builtin(workgroup_id) wg: vec3u) {`);
   // T invocations (groups of CIT input channels) per channel block, G = 64 / T blocks per workgroup.
@@ -2633,7 +2637,9 @@ function dwWgsl(c: DwCfg): string {
     if (c.bias) {
       L.push(`    if (cg == 0u) {`);
       L.push(
-        `      part[sbase + p.Cout * p.Cin * ${KHW}u + co${o}] = bs${o}.x + bs${o}.y + bs${o}.z + bs${o}.w;`,
+        `      ${
+          db ? `db[co${o}]` : `part[sbase + p.Cout * p.Cin * ${KHW}u + co${o}]`
+        } = bs${o}.x + bs${o}.y + bs${o}.z + bs${o}.w;`,
       );
       L.push(`    }`);
     }
@@ -3012,7 +3018,12 @@ function convDw(
   const total = chunks * nSlices;
   const n = Cout * Cin * KH * KW;
   const n2 = n + (bias ? Cout : 0);
-  const part = gpu.empty([total, n2]);
+  const dw = gpu.empty([Cout, Cin, KH, KW]);
+  const dbias: Tensor | null = bias ? gpu.empty([Cout]) : null;
+  // One slice of one chunk (e.g. tiny's 8x8 level: 16 workgroups already): its sums are the
+  // gradients, written in place (no summing pass).
+  const direct = total === 1;
+  const part = direct ? dw : gpu.empty([total, n2]);
   for (let c = 0; c < chunks; c++) {
     const b0 = c * bc;
     const nb = Math.min(bc, B - b0);
@@ -3028,9 +3039,26 @@ function convDw(
     const dl = planeLayout(gpu, nb * Cout, Ho, dWp4)!;
     const dFlat = dWp4 * 4 === Wo ? flatWidth(gpu, nb * Cout * Ho * dWp4, dWp4) : 0;
     const storageRead = gpu.kind === "cpu";
-    const cfg: DwCfg = { cot, cit, px, py, KH, KW, S, bias, nTx, nTy, xl, dl, dFlat, storageRead };
+    const cfg: DwCfg = {
+      cot,
+      cit,
+      px,
+      py,
+      KH,
+      KW,
+      S,
+      bias,
+      nTx,
+      nTy,
+      xl,
+      dl,
+      dFlat,
+      direct,
+      storageRead,
+    };
     const key = [
       "conv2d_dw",
+      direct ? "direct" : "parts",
       storageRead,
       cot,
       cit,
@@ -3056,7 +3084,7 @@ function convDw(
     const cs = nb * nTy * nTx;
     gpu.dispatch(
       pipe,
-      [xs.view, ds.view, part],
+      [xs.view, ds.view, part, ...(direct && dbias ? [dbias] : [])],
       new Params().u32(Cin).u32(Cout).u32(cs).u32(segsPer).u32(coBlocks).u32(c * nSlices).u32(T)
         .u32(WG / T),
       [Math.ceil(cGroups / T), Math.ceil(coBlocks / (WG / T)), nSlices],
@@ -3073,8 +3101,7 @@ function convDw(
       new Params().u32(N).u32(total).u32(n2).u32(off),
       grid(Math.ceil(N / 256)),
     );
-  const dw = gpu.empty([Cout, Cin, KH, KW]);
-  const dbias: Tensor | null = bias ? gpu.empty([Cout]) : null;
+  if (direct) return { dw, dbias };
   if (n % 4 === 0 && n2 % 4 === 0) {
     gpu.dispatch(
       gpu.pipeline(`conv2d_sum_slices4|${bias}`, () => SUM_SLICES4_WGSL(bias)),

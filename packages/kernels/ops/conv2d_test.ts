@@ -620,6 +620,55 @@ Deno.test("conv2dBackward(): an upsampled 3x3 pad-1 conv's dx is one stride-2 4x
   }
 });
 
+Deno.test("conv2dBackward(): a weight gradient of one slice is written in place, no summing pass", async (t) => {
+  const gpu = await getGpu();
+  // A weight gradient split into one slice of segments (enough workgroups already: 128 -> 128
+  // channels on a CPU adapter, which aims at 16; a single segment anywhere) has its sums written as
+  // dw and dbias; otherwise the slices are summed after.
+  conv2dTuning.gemm = false;
+  conv2dTuning.gemmBackward = false;
+  const cpu = gpu.kind === "cpu";
+  const cases: (Case & { direct: boolean })[] = [
+    { B: 1, Cin: 128, H: 4, W: 4, Cout: 128, K: 3, o: { pad: 1 }, bias: true, direct: cpu },
+    { B: 2, Cin: 128, H: 5, W: 8, Cout: 160, K: 3, o: { pad: 1 }, direct: cpu },
+    { B: 1, Cin: 6, H: 2, W: 4, Cout: 5, K: 3, o: { pad: 1 }, bias: true, direct: true },
+    { B: 2, Cin: 8, H: 6, W: 8, Cout: 8, K: 3, o: { pad: 1 }, bias: true, direct: false },
+  ];
+  const pipeline = gpu.pipeline;
+  let sums = 0;
+  gpu.pipeline = (key, code, entry) => {
+    if (key.startsWith("conv2d_sum_slices")) sums++;
+    return pipeline.call(gpu, key, code, entry);
+  };
+  try {
+    for (const c of cases) {
+      await t.step(`${label(c)}${c.direct ? " in place" : " summed"}`, async () => {
+        const a = args(c);
+        const x = randu(c.B * c.Cin * c.H * c.W, 700 + c.Cin, -1, 1);
+        const w = randu(c.Cout * c.Cin * 9, 710 + c.Cin, -0.1, 0.1);
+        const X = gpu.upload(x, a.xShape), Wt = gpu.upload(w, a.wShape);
+        const y = conv2d(gpu, X, Wt, undefined, c.o);
+        const dy = randu(y.size, 720 + c.Cin);
+        const DY = gpu.upload(dy, y.shape);
+        const r = conv2dBackwardCpu(x, w, dy, a);
+        const s0 = sums;
+        const g = conv2dBackward(gpu, X, Wt, DY, { ...c.o, dx: false, dbias: c.bias });
+        assertEquals(sums - s0, c.direct ? 0 : 1, "summing passes");
+        const dw = await gpu.readF32(g.dw!);
+        assertClose(dw, r.dw, { atol: 5e-4, rtol: 1e-4 }, "dw");
+        if (c.bias) {
+          assertClose(await gpu.readF32(g.dbias!), r.dbias, { atol: 1e-4, rtol: 1e-4 }, "dbias");
+        }
+        for (const tt of [X, Wt, y, DY, g.dw!, ...(g.dbias ? [g.dbias] : [])]) tt.release();
+      });
+    }
+  } finally {
+    conv2dTuning.gemm = null;
+    conv2dTuning.gemmBackward = null;
+    gpu.pipeline = pipeline;
+  }
+});
+
 Deno.test("conv2dBackward(): the weight gradient reads dy copied flat where its rows are whole texels", async (t) => {
   const gpu = await getGpu();
   // dy as it lies in memory, 64 texels per texture row (copies, no pad pass): a tensor shorter
