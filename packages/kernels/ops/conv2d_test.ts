@@ -620,6 +620,80 @@ Deno.test("conv2dBackward(): an upsampled 3x3 pad-1 conv's dx is one stride-2 4x
   }
 });
 
+Deno.test("conv2dBackward(): an upsampled conv's weight gradient stages x by the row pass", async (t) => {
+  const gpu = await getGpu();
+  // The x of an upsampled conv's dW, nearest-2x-upsampled and padded by one invocation per padded
+  // row (rows of 4 and 8 pixels; left padding 0, 1 and 2; top padding 0..2): dW and dbias match
+  // the reference. Rows of 6 pixels keep the per-texel pass.
+  conv2dTuning.gemm = false;
+  conv2dTuning.gemmBackward = false;
+  const cases: (Case & { row: boolean })[] = [
+    {
+      B: 2,
+      Cin: 4,
+      H: 3,
+      W: 4,
+      Cout: 5,
+      K: 3,
+      o: { pad: 1, upsample2x: true },
+      bias: true,
+      row: true,
+    },
+    {
+      B: 1,
+      Cin: 3,
+      H: 5,
+      W: 8,
+      Cout: 2,
+      K: 3,
+      o: { pad: [2, 1, 2, 0], upsample2x: true },
+      row: true,
+    },
+    {
+      B: 1,
+      Cin: 2,
+      H: 4,
+      W: 8,
+      Cout: 3,
+      K: 3,
+      o: { pad: [0, 1, 0, 1], upsample2x: true },
+      row: true,
+    },
+    { B: 1, Cin: 3, H: 3, W: 6, Cout: 2, K: 3, o: { pad: 1, upsample2x: true }, row: false },
+  ];
+  const pipeline = gpu.pipeline;
+  let rows = 0;
+  gpu.pipeline = (key, code, entry) => {
+    if (key.startsWith("conv2d_pad_uprow")) rows++;
+    return pipeline.call(gpu, key, code, entry);
+  };
+  try {
+    for (const c of cases) {
+      await t.step(`${label(c)}${c.row ? " row pass" : " per-texel pass"}`, async () => {
+        const a = args(c);
+        const x = randu(c.B * c.Cin * c.H * c.W, 800 + c.Cin, -2, 2);
+        const w = randu(c.Cout * c.Cin * 9, 810 + c.Cin);
+        const X = gpu.upload(x, a.xShape), Wt = gpu.upload(w, a.wShape);
+        const y = conv2d(gpu, X, Wt, undefined, c.o);
+        const dy = randu(y.size, 820 + c.Cin);
+        const DY = gpu.upload(dy, y.shape);
+        const r = conv2dBackwardCpu(x, w, dy, a);
+        const r0 = rows;
+        const g = conv2dBackward(gpu, X, Wt, DY, { ...c.o, dx: false });
+        assertEquals(rows - r0, c.row ? 1 : 0, "row passes");
+        const [dw, db] = await gpu.readMany([g.dw!, g.dbias!]);
+        assertClose(dw, r.dw, { atol: 2e-4, rtol: 1e-4 }, "dw");
+        assertClose(db, r.dbias, { atol: 1e-4, rtol: 1e-4 }, "dbias");
+        for (const tt of [X, Wt, y, DY, g.dw!, g.dbias!]) tt.release();
+      });
+    }
+  } finally {
+    conv2dTuning.gemm = null;
+    conv2dTuning.gemmBackward = null;
+    gpu.pipeline = pipeline;
+  }
+});
+
 Deno.test("conv2dBackward(): a weight gradient of one slice is written in place, no summing pass", async (t) => {
   const gpu = await getGpu();
   // A weight gradient split into one slice of segments (enough workgroups already: 128 -> 128
