@@ -14,7 +14,8 @@
  *    Wp a multiple of 4 (one texel = 4 consecutive pixels of a row) and laid out so that every texel
  *    the main kernel reads exists: no bounds checks or selects in the inner loop. Planes are stacked
  *    in columns to fit the 2-D texture size limit. The same pass can nearest-upsample (the weight
- *    gradient of the decoder's Upsample + conv reads x that way).
+ *    gradient of the decoder's Upsample + conv reads x that way) and apply a per-plane affine and
+ *    SiLU (a GroupNorm folded in, {@link Conv2dPrologue}: inference and training alike).
  * 2. `wt` pass: W -> texture of [ci][kh][kw] rows x [co] texels (4 output channels per texel).
  * 3. main kernel, an implicit GEMM: each invocation computes COT output channels x PY rows x PX
  *    pixels in registers (COT*PY*PX accumulators) and per input channel reads COT/4*KH*KW weight texels
@@ -34,11 +35,15 @@
  *   transposed. With stride S > 1 it runs once per output phase (S*S stride-1 convs with the
  *   kernel's taps of that phase, each writing every S-th pixel of dx): no FMAs on the zeros a dilated
  *   dy would hold (the VQGAN's 4 downsample convs; 2.1x faster than the dilated form at 32x32).
+ *   The decoder's upsampled 3x3 convs take dx on the source grid as one stride-2 4x4 conv of dy
+ *   with summed taps ({@link upsampledDx}: 16 products per source pixel instead of 36).
  * - dW[co, ci, kh, kw] = sum over (b, pixel) of dy * xpad: an invocation owns 2 input channels and a
  *   block of 8 output channels (144 accumulators for 3x3) and walks segments of 2 rows x 8 pixels in
  *   one flat loop, reading dy and x as texels; dbias is summed from the same dy texels. The segments
  *   are split over workgroups when there are too few (split-K), and the slices are summed by a
- *   second pass in a fixed order: deterministic, no float atomics.
+ *   second pass in a fixed order: deterministic, no float atomics (one slice: written in place).
+ *   dy is copied into its texture as it lies in memory where its rows are whole texels
+ *   ({@link flatDy}); x is the forward's staging when a {@link Conv2dStash} kept it.
  * - dbias alone (no dW asked): a workgroup tree reduction per channel.
  *
  * Winograd F(4x4,3x3) ({@link w43Conv}): stride-1 3x3 convs of 128-768 channels on images of
