@@ -525,15 +525,11 @@ ${PAD_MAIN.replaceAll("p.Wp4", `${lay.Wp4}u`).replaceAll("p.Hp", `${lay.Hp}u`)}
 }`;
 
 /**
- * {@link PAD_VEC_WGSL} with one invocation per padded row, for narrow planes (up to 17 texels, 64
- * pixels): the row's texels unrolled, each source vec4 loaded once (a texel's upper half is the next
- * one's lower half) and the index arithmetic paid once per row instead of once per texel. Measured
- * (timestamp replay, the 4 pads of a 3x3 conv's forward + backward, 8x64 planes of 32x32): 2.7 vs
- * 6.1 ms and 5.1 vs 10.1 ms; at 64x64 about even (14.8-15.3 vs 15.0-17.4 ms), at 128x128 slower.
+ * The row passes' common part: invocation = padded row r of a plane; its texel coordinates (u0, v)
+ * and source row `sy` (r - offT, over the upsampling factor `up`), or a zero row outside the source.
  */
-const PAD_ROW_WGSL = (k: number, lay: PlaneLayout, pro: Prologue) => {
-  const L: string[] = [];
-  L.push(`${PAD_VEC_HEADER(pro)}
+function rowPadHead(lay: PlaneLayout, pro: Prologue, up: 1 | 2): string {
+  return `${PAD_VEC_HEADER(pro)}
 ${pro === "silu" ? SILU_FN(true) : ""}
 @compute @workgroup_size(64)
 fn main(@builtin(local_invocation_index) li: u32, @builtin(workgroup_id) wg: vec3u,
@@ -546,11 +542,24 @@ fn main(@builtin(local_invocation_index) li: u32, @builtin(workgroup_id) wg: vec
   let u0 = (plane % ${lay.P}u) * ${lay.Wp4}u;
   let v = (plane / ${lay.P}u) * ${lay.Hp}u + r;
   let yy = i32(r) - p.offT;
-  if (yy < 0 || yy >= i32(p.H)) {
+  if (yy < 0 || yy >= ${up === 2 ? "2 * " : ""}i32(p.H)) {
     for (var c = 0u; c < ${lay.Wp4}u; c++) { textureStore(tex, vec2u(u0 + c, v), vec4f(0.0)); }
     return;
   }
-  let rowbase = ((p.plane0 + plane) * p.H + u32(yy)) * p.W4;
+  let sy = u32(yy)${up === 2 ? " / 2u" : ""};`;
+}
+
+/**
+ * {@link PAD_VEC_WGSL} with one invocation per padded row, for narrow planes (up to 17 texels, 64
+ * pixels): the row's texels unrolled, each source vec4 loaded once (a texel's upper half is the next
+ * one's lower half) and the index arithmetic paid once per row instead of once per texel. Measured
+ * (timestamp replay, the 4 pads of a 3x3 conv's forward + backward, 8x64 planes of 32x32): 2.7 vs
+ * 6.1 ms and 5.1 vs 10.1 ms; at 64x64 about even (14.8-15.3 vs 15.0-17.4 ms), at 128x128 slower.
+ */
+const PAD_ROW_WGSL = (k: number, lay: PlaneLayout, pro: Prologue) => {
+  const L: string[] = [];
+  L.push(`${rowPadHead(lay, pro, 1)}
+  let rowbase = ((p.plane0 + plane) * p.H + sy) * p.W4;
   let a0 = (-p.offL - ${k}) / 4;  // exact: source vec4 of texel 0`);
   const n = lay.Wp4 + (k === 0 ? 0 : 1);
   for (let j = 0; j < n; j++) L.push(`  let s${j} = ld(rowbase, a0 + ${j});`);
@@ -577,24 +586,8 @@ fn main(@builtin(local_invocation_index) li: u32, @builtin(workgroup_id) wg: vec
 const PAD_UP_ROW_WGSL = (offL: number, W: number, lay: PlaneLayout, pro: Prologue) => {
   const W4 = W / 4;
   const L: string[] = [];
-  L.push(`${PAD_VEC_HEADER(pro)}
-${pro === "silu" ? SILU_FN(true) : ""}
-@compute @workgroup_size(64)
-fn main(@builtin(local_invocation_index) li: u32, @builtin(workgroup_id) wg: vec3u,
-        @builtin(num_workgroups) nwg: vec3u) {
-  let pr = ${WG_INDEX} * 64u + li;  // plane * Hp + r
-  if (pr >= p.N4) { return; }
-  let r = pr % ${lay.Hp}u;
-  let plane = pr / ${lay.Hp}u;
-  ${proLoad(pro)}
-  let u0 = (plane % ${lay.P}u) * ${lay.Wp4}u;
-  let v = (plane / ${lay.P}u) * ${lay.Hp}u + r;
-  let yy = i32(r) - p.offT;
-  if (yy < 0 || yy >= 2 * i32(p.H)) {
-    for (var c = 0u; c < ${lay.Wp4}u; c++) { textureStore(tex, vec2u(u0 + c, v), vec4f(0.0)); }
-    return;
-  }
-  let rowbase = ((p.plane0 + plane) * p.H + u32(yy) / 2u) * ${W4}u;`);
+  L.push(`${rowPadHead(lay, pro, 2)}
+  let rowbase = ((p.plane0 + plane) * p.H + sy) * ${W4}u;`);
   for (let j = 0; j < W4; j++) L.push(`  let s${j} = ld(rowbase, ${j});`);
   for (let c = 0; c < lay.Wp4; c++) {
     const comps = [0, 1, 2, 3].map((i) => {
@@ -3100,37 +3093,13 @@ function convDw(
     const dl = planeLayout(gpu, nb * Cout, Ho, dWp4)!;
     const dFlat = dWp4 * 4 === Wo ? flatWidth(gpu, nb * Cout * Ho * dWp4, dWp4) : 0;
     const storageRead = gpu.kind === "cpu";
-    const cfg: DwCfg = {
-      cot,
-      cit,
-      px,
-      py,
-      KH,
-      KW,
-      S,
-      bias,
-      nTx,
-      nTy,
-      xl,
-      dl,
-      dFlat,
-      direct,
-      storageRead,
-    };
+    const shape = { cot, cit, px, py, KH, KW, S, bias, nTx, nTy };
+    const cfg: DwCfg = { ...shape, xl, dl, dFlat, direct, storageRead };
     const key = [
       "conv2d_dw",
       direct ? "direct" : "parts",
       storageRead,
-      cot,
-      cit,
-      px,
-      py,
-      KH,
-      KW,
-      S,
-      bias,
-      nTx,
-      nTy,
+      ...Object.values(shape),
       xl.P,
       xl.Wp4,
       xl.Hp,

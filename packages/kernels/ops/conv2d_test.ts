@@ -1,4 +1,4 @@
-import { getGpu } from "@lvm/gpu";
+import { getGpu, type Gpu } from "@lvm/gpu";
 import {
   assert,
   assertClose,
@@ -206,6 +206,47 @@ function label(c: Case): string {
 
 function args(c: Case): Conv2dCpuArgs {
   return { xShape: [c.B, c.Cin, c.H, c.W], wShape: [c.Cout, c.Cin, c.K, c.K], ...c.o };
+}
+
+/**
+ * A backward case's operands for case `c` (seeded by `seed`): x and w uploaded, dy shaped by the
+ * forward's output, the CPU reference gradients, and a release of the uploads.
+ */
+function backwardCase(gpu: Gpu, c: Case, seed: number, wRange = 1) {
+  const a = args(c);
+  const x = randu(c.B * c.Cin * c.H * c.W, seed + c.Cin, -2, 2);
+  const w = randu(c.Cout * c.Cin * c.K * c.K, seed + 10 + c.Cin, -wRange, wRange);
+  const X = gpu.upload(x, a.xShape), Wt = gpu.upload(w, a.wShape);
+  const y = conv2d(gpu, X, Wt, undefined, c.o);
+  const dy = randu(y.size, seed + 20 + c.Cin);
+  const DY = gpu.upload(dy, y.shape);
+  const r = conv2dBackwardCpu(x, w, dy, a);
+  return { X, Wt, DY, r, release: () => [X, Wt, y, DY].forEach((t) => t.release()) };
+}
+
+/**
+ * Runs `fn` on the texture kernels (the gpu kind's default implicit GEMMs off: they stage nothing)
+ * with every pipeline key the ops ask for passed to `onKey`; both restored after.
+ */
+async function onTextureKernels(
+  gpu: Gpu,
+  onKey: (key: string) => void,
+  fn: () => Promise<void>,
+): Promise<void> {
+  const pipeline = gpu.pipeline;
+  conv2dTuning.gemm = false;
+  conv2dTuning.gemmBackward = false;
+  gpu.pipeline = (key, code, entry) => {
+    onKey(key);
+    return pipeline.call(gpu, key, code, entry);
+  };
+  try {
+    await fn();
+  } finally {
+    conv2dTuning.gemm = null;
+    conv2dTuning.gemmBackward = null;
+    gpu.pipeline = pipeline;
+  }
 }
 
 Deno.test("conv2d() and conv2dBackward() match direct-loop references", async (t) => {
@@ -564,8 +605,6 @@ Deno.test("conv2dBackward(): an upsampled 3x3 pad-1 conv's dx is one stride-2 4x
   // a 3x3 conv on the upsampled grid and a 2x2 sum. Odd sizes, rows that are no multiple of 4,
   // Cin != Cout; other paddings keep the upsampled-grid path. Each matches the reference and the
   // upsampled-grid path (to rounding: the sums run in another order).
-  conv2dTuning.gemm = false; // the texture kernels (the gpu kind's implicit GEMMs do their own dx)
-  conv2dTuning.gemmBackward = false;
   const cases: (Case & { taken: boolean })[] = [
     { B: 2, Cin: 4, H: 4, W: 6, Cout: 5, K: 3, o: { pad: 1, upsample2x: true }, taken: true },
     { B: 1, Cin: 7, H: 5, W: 3, Cout: 3, K: 3, o: { pad: 1, upsample2x: true }, taken: true },
@@ -581,43 +620,33 @@ Deno.test("conv2dBackward(): an upsampled 3x3 pad-1 conv's dx is one stride-2 4x
       taken: false,
     },
   ];
-  const pipeline = gpu.pipeline;
   const seen: string[] = [];
-  gpu.pipeline = (key, code, entry) => {
+  await onTextureKernels(gpu, (key) => {
     seen.push(key);
-    return pipeline.call(gpu, key, code, entry);
-  };
-  try {
-    for (const c of cases) {
-      await t.step(`${label(c)}${c.taken ? "" : " (upsampled grid)"}`, async () => {
-        const a = args(c);
-        const x = randu(c.B * c.Cin * c.H * c.W, 600 + c.Cin, -2, 2);
-        const w = randu(c.Cout * c.Cin * 9, 610 + c.Cin);
-        const X = gpu.upload(x, a.xShape), Wt = gpu.upload(w, a.wShape);
-        const y = conv2d(gpu, X, Wt, undefined, c.o);
-        const dy = randu(y.size, 620 + c.Cin);
-        const DY = gpu.upload(dy, y.shape);
-        const r = conv2dBackwardCpu(x, w, dy, a);
-        seen.length = 0;
-        const g = conv2dBackward(gpu, X, Wt, DY, { ...c.o, dw: false, dbias: false });
-        const used = seen.includes("conv2d_up_dx_w");
-        assertEquals(used, c.taken, "combined-tap dx");
-        assertEquals(seen.includes("upsample2x_bwd"), !c.taken, "2x2 sum on the upsampled grid");
-        conv2dTuning.upDx = false;
-        const g2 = conv2dBackward(gpu, X, Wt, DY, { ...c.o, dw: false, dbias: false });
-        conv2dTuning.upDx = true;
-        const [dx, dx2] = await gpu.readMany([g.dx!, g2.dx!]);
-        assertClose(dx, r.dx, { atol: 2e-4, rtol: 1e-4 }, "dx");
-        assertClose(dx, dx2, { atol: 2e-4, rtol: 1e-4 }, "dx vs the upsampled grid's");
-        for (const tt of [X, Wt, y, DY, g.dx!, g2.dx!]) tt.release();
-      });
+  }, async () => {
+    try {
+      for (const c of cases) {
+        await t.step(`${label(c)}${c.taken ? "" : " (upsampled grid)"}`, async () => {
+          const { X, Wt, DY, r, release } = backwardCase(gpu, c, 600);
+          seen.length = 0;
+          const g = conv2dBackward(gpu, X, Wt, DY, { ...c.o, dw: false, dbias: false });
+          const used = seen.includes("conv2d_up_dx_w");
+          assertEquals(used, c.taken, "combined-tap dx");
+          assertEquals(seen.includes("upsample2x_bwd"), !c.taken, "2x2 sum on the upsampled grid");
+          conv2dTuning.upDx = false;
+          const g2 = conv2dBackward(gpu, X, Wt, DY, { ...c.o, dw: false, dbias: false });
+          conv2dTuning.upDx = true;
+          const [dx, dx2] = await gpu.readMany([g.dx!, g2.dx!]);
+          assertClose(dx, r.dx, { atol: 2e-4, rtol: 1e-4 }, "dx");
+          assertClose(dx, dx2, { atol: 2e-4, rtol: 1e-4 }, "dx vs the upsampled grid's");
+          for (const tt of [g.dx!, g2.dx!]) tt.release();
+          release();
+        });
+      }
+    } finally {
+      conv2dTuning.upDx = true;
     }
-  } finally {
-    conv2dTuning.upDx = true;
-    conv2dTuning.gemm = null;
-    conv2dTuning.gemmBackward = null;
-    gpu.pipeline = pipeline;
-  }
+  });
 });
 
 Deno.test("conv2dBackward(): an upsampled conv's weight gradient stages x by the row pass", async (t) => {
@@ -625,8 +654,6 @@ Deno.test("conv2dBackward(): an upsampled conv's weight gradient stages x by the
   // The x of an upsampled conv's dW, nearest-2x-upsampled and padded by one invocation per padded
   // row (rows of 4 and 8 pixels; left padding 0, 1 and 2; top padding 0..2): dW and dbias match
   // the reference. Rows of 6 pixels keep the per-texel pass.
-  conv2dTuning.gemm = false;
-  conv2dTuning.gemmBackward = false;
   const cases: (Case & { row: boolean })[] = [
     {
       B: 2,
@@ -661,37 +688,24 @@ Deno.test("conv2dBackward(): an upsampled conv's weight gradient stages x by the
     },
     { B: 1, Cin: 3, H: 3, W: 6, Cout: 2, K: 3, o: { pad: 1, upsample2x: true }, row: false },
   ];
-  const pipeline = gpu.pipeline;
   let rows = 0;
-  gpu.pipeline = (key, code, entry) => {
+  await onTextureKernels(gpu, (key) => {
     if (key.startsWith("conv2d_pad_uprow")) rows++;
-    return pipeline.call(gpu, key, code, entry);
-  };
-  try {
+  }, async () => {
     for (const c of cases) {
       await t.step(`${label(c)}${c.row ? " row pass" : " per-texel pass"}`, async () => {
-        const a = args(c);
-        const x = randu(c.B * c.Cin * c.H * c.W, 800 + c.Cin, -2, 2);
-        const w = randu(c.Cout * c.Cin * 9, 810 + c.Cin);
-        const X = gpu.upload(x, a.xShape), Wt = gpu.upload(w, a.wShape);
-        const y = conv2d(gpu, X, Wt, undefined, c.o);
-        const dy = randu(y.size, 820 + c.Cin);
-        const DY = gpu.upload(dy, y.shape);
-        const r = conv2dBackwardCpu(x, w, dy, a);
+        const { X, Wt, DY, r, release } = backwardCase(gpu, c, 800);
         const r0 = rows;
         const g = conv2dBackward(gpu, X, Wt, DY, { ...c.o, dx: false });
         assertEquals(rows - r0, c.row ? 1 : 0, "row passes");
         const [dw, db] = await gpu.readMany([g.dw!, g.dbias!]);
         assertClose(dw, r.dw, { atol: 2e-4, rtol: 1e-4 }, "dw");
         assertClose(db, r.dbias, { atol: 1e-4, rtol: 1e-4 }, "dbias");
-        for (const tt of [X, Wt, y, DY, g.dw!, g.dbias!]) tt.release();
+        for (const tt of [g.dw!, g.dbias!]) tt.release();
+        release();
       });
     }
-  } finally {
-    conv2dTuning.gemm = null;
-    conv2dTuning.gemmBackward = null;
-    gpu.pipeline = pipeline;
-  }
+  });
 });
 
 Deno.test("conv2dBackward(): a weight gradient of one slice is written in place, no summing pass", async (t) => {
@@ -699,8 +713,6 @@ Deno.test("conv2dBackward(): a weight gradient of one slice is written in place,
   // A weight gradient split into one slice of segments (enough workgroups already: 128 -> 128
   // channels on a CPU adapter, which aims at 16; a single segment anywhere) has its sums written as
   // dw and dbias; otherwise the slices are summed after.
-  conv2dTuning.gemm = false;
-  conv2dTuning.gemmBackward = false;
   const cpu = gpu.kind === "cpu";
   const cases: (Case & { direct: boolean })[] = [
     { B: 1, Cin: 128, H: 4, W: 4, Cout: 128, K: 3, o: { pad: 1 }, bias: true, direct: cpu },
@@ -708,23 +720,13 @@ Deno.test("conv2dBackward(): a weight gradient of one slice is written in place,
     { B: 1, Cin: 6, H: 2, W: 4, Cout: 5, K: 3, o: { pad: 1 }, bias: true, direct: true },
     { B: 2, Cin: 8, H: 6, W: 8, Cout: 8, K: 3, o: { pad: 1 }, bias: true, direct: false },
   ];
-  const pipeline = gpu.pipeline;
   let sums = 0;
-  gpu.pipeline = (key, code, entry) => {
+  await onTextureKernels(gpu, (key) => {
     if (key.startsWith("conv2d_sum_slices")) sums++;
-    return pipeline.call(gpu, key, code, entry);
-  };
-  try {
+  }, async () => {
     for (const c of cases) {
       await t.step(`${label(c)}${c.direct ? " in place" : " summed"}`, async () => {
-        const a = args(c);
-        const x = randu(c.B * c.Cin * c.H * c.W, 700 + c.Cin, -1, 1);
-        const w = randu(c.Cout * c.Cin * 9, 710 + c.Cin, -0.1, 0.1);
-        const X = gpu.upload(x, a.xShape), Wt = gpu.upload(w, a.wShape);
-        const y = conv2d(gpu, X, Wt, undefined, c.o);
-        const dy = randu(y.size, 720 + c.Cin);
-        const DY = gpu.upload(dy, y.shape);
-        const r = conv2dBackwardCpu(x, w, dy, a);
+        const { X, Wt, DY, r, release } = backwardCase(gpu, c, 700, 0.1);
         const s0 = sums;
         const g = conv2dBackward(gpu, X, Wt, DY, { ...c.o, dx: false, dbias: c.bias });
         assertEquals(sums - s0, c.direct ? 0 : 1, "summing passes");
@@ -733,14 +735,11 @@ Deno.test("conv2dBackward(): a weight gradient of one slice is written in place,
         if (c.bias) {
           assertClose(await gpu.readF32(g.dbias!), r.dbias, { atol: 1e-4, rtol: 1e-4 }, "dbias");
         }
-        for (const tt of [X, Wt, y, DY, g.dw!, ...(g.dbias ? [g.dbias] : [])]) tt.release();
+        for (const tt of [g.dw!, ...(g.dbias ? [g.dbias] : [])]) tt.release();
+        release();
       });
     }
-  } finally {
-    conv2dTuning.gemm = null;
-    conv2dTuning.gemmBackward = null;
-    gpu.pipeline = pipeline;
-  }
+  });
 });
 
 Deno.test("conv2dBackward(): the weight gradient reads dy copied flat where its rows are whole texels", async (t) => {
@@ -749,8 +748,6 @@ Deno.test("conv2dBackward(): the weight gradient reads dy copied flat where its 
   // than one texture row (only the partial last row), several rows and a partial one, a strided
   // conv's dy, a 1x1; 12-pixel rows (3 texels: they would straddle texture rows) keep the pad pass.
   // Each result is the pad pass's bit for bit and matches the reference.
-  conv2dTuning.gemm = false; // the texture kernels (the gpu kind's implicit GEMMs stage nothing)
-  conv2dTuning.gemmBackward = false;
   const cases: (Case & { flat: boolean })[] = [
     { B: 1, Cin: 3, H: 5, W: 8, Cout: 3, K: 3, o: { pad: 1 }, bias: true, flat: true },
     { B: 2, Cin: 4, H: 7, W: 16, Cout: 5, K: 3, o: { pad: 1 }, bias: true, flat: true },
@@ -758,52 +755,41 @@ Deno.test("conv2dBackward(): the weight gradient reads dy copied flat where its 
     { B: 3, Cin: 6, H: 5, W: 16, Cout: 7, K: 1, o: {}, bias: true, flat: true },
     { B: 2, Cin: 4, H: 6, W: 12, Cout: 5, K: 3, o: { pad: 1 }, bias: true, flat: false },
   ];
-  const pipeline = gpu.pipeline;
   let pads = 0;
-  gpu.pipeline = (key, code, entry) => {
+  await onTextureKernels(gpu, (key) => {
     if (key.startsWith("conv2d_pad")) pads++;
-    return pipeline.call(gpu, key, code, entry);
-  };
-  try {
-    for (const c of cases) {
-      await t.step(`${label(c)}${c.flat ? " flat" : " padded"}`, async () => {
-        const a = args(c);
-        const x = randu(c.B * c.Cin * c.H * c.W, 500 + c.Cin, -2, 2);
-        const w = randu(c.Cout * c.Cin * c.K * c.K, 510 + c.Cin);
-        const X = gpu.upload(x, a.xShape), Wt = gpu.upload(w, a.wShape);
-        const y = conv2d(gpu, X, Wt, undefined, c.o);
-        const dy = randu(y.size, 520 + c.Cin);
-        const DY = gpu.upload(dy, y.shape);
-        const r = conv2dBackwardCpu(x, w, dy, a);
-        const run = (copy: boolean) => {
-          conv2dTuning.copyStage = copy;
-          const p0 = pads;
-          const g = conv2dBackward(gpu, X, Wt, DY, { ...c.o, dx: false });
-          return { g, pads: pads - p0 };
-        };
-        const copied = run(true), padded = run(false);
-        // x is staged by a pad pass in both (no stash); dy by one more without the copy.
-        assertEquals(padded.pads - copied.pads, c.flat ? 1 : 0, "pad passes saved");
-        const [dw, db, dw2, db2] = await gpu.readMany([
-          copied.g.dw!,
-          copied.g.dbias!,
-          padded.g.dw!,
-          padded.g.dbias!,
-        ]);
-        assertEquals(Array.from(dw), Array.from(dw2), "dw: the pad pass's");
-        assertEquals(Array.from(db), Array.from(db2), "dbias: the pad pass's");
-        assertClose(dw, r.dw, { atol: 2e-4, rtol: 1e-4 }, "dw");
-        assertClose(db, r.dbias, { atol: 1e-4, rtol: 1e-4 }, "dbias");
-        for (const g of [copied.g, padded.g]) g.dw!.release(), g.dbias!.release();
-        for (const tt of [X, Wt, y, DY]) tt.release();
-      });
+  }, async () => {
+    try {
+      for (const c of cases) {
+        await t.step(`${label(c)}${c.flat ? " flat" : " padded"}`, async () => {
+          const { X, Wt, DY, r, release } = backwardCase(gpu, c, 500);
+          const run = (copy: boolean) => {
+            conv2dTuning.copyStage = copy;
+            const p0 = pads;
+            const g = conv2dBackward(gpu, X, Wt, DY, { ...c.o, dx: false });
+            return { g, pads: pads - p0 };
+          };
+          const copied = run(true), padded = run(false);
+          // x is staged by a pad pass in both (no stash); dy by one more without the copy.
+          assertEquals(padded.pads - copied.pads, c.flat ? 1 : 0, "pad passes saved");
+          const [dw, db, dw2, db2] = await gpu.readMany([
+            copied.g.dw!,
+            copied.g.dbias!,
+            padded.g.dw!,
+            padded.g.dbias!,
+          ]);
+          assertEquals(Array.from(dw), Array.from(dw2), "dw: the pad pass's");
+          assertEquals(Array.from(db), Array.from(db2), "dbias: the pad pass's");
+          assertClose(dw, r.dw, { atol: 2e-4, rtol: 1e-4 }, "dw");
+          assertClose(db, r.dbias, { atol: 1e-4, rtol: 1e-4 }, "dbias");
+          for (const g of [copied.g, padded.g]) g.dw!.release(), g.dbias!.release();
+          release();
+        });
+      }
+    } finally {
+      conv2dTuning.copyStage = true;
     }
-  } finally {
-    conv2dTuning.copyStage = true;
-    conv2dTuning.gemm = null;
-    conv2dTuning.gemmBackward = null;
-    gpu.pipeline = pipeline;
-  }
+  });
 });
 
 Deno.test("conv2dBackward() with the forward's staged input (Conv2dStash)", async (t) => {
