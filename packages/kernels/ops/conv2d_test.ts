@@ -926,7 +926,7 @@ Deno.test("conv2dBackward() matches finite differences", async (t) => {
   }
 });
 
-Deno.test("conv2dTile() takes 16-channel tiles for large strided and few-tap outputs, 16-pixel rows for large 1x1 (cpu kind)", async () => {
+Deno.test("conv2dTile() takes 16-channel tiles for large strided and few-tap outputs, 16-pixel rows for large 1x1, 4 rows for small-image batches (cpu kind)", async () => {
   const gpu = await getGpu();
   const t = (Cout: number, Ho: number, Wo: number, K: number, S: number) =>
     conv2dTile(gpu, Cout, Ho, Wo, K, K, S);
@@ -940,6 +940,13 @@ Deno.test("conv2dTile() takes 16-channel tiles for large strided and few-tap out
   assertEquals(t(64, 32, 32, 3, 1), { cot: 4, px: 8, py: 8 }); // stride-1 3x3: as before
   assertEquals(t(128, 64, 64, 1, 1), { cot: 16, px: 16, py: 2 }); // a large 1x1 output
   assertEquals(t(64, 16, 16, 1, 1), { cot: 16, px: 8, py: 2 }); // tiny's 1x1: as before
+  // A batch of 8 small images up to 128 channels: 4 rows; one image, more channels or 64x64: 8.
+  const tb = (Cout: number, H: number, B: number) => conv2dTile(gpu, Cout, H, H, 3, 3, 1, B);
+  assertEquals(tb(64, 32, 8), { cot: 4, px: 8, py: 4 });
+  assertEquals(tb(128, 16, 8), { cot: 4, px: 8, py: 4 });
+  assertEquals(tb(64, 32, 1).py, 8);
+  assertEquals(tb(256, 32, 8).py, 8);
+  assertEquals(tb(64, 64, 8).py, 8);
 });
 
 Deno.test("conv2d() with a GroupNorm(+SiLU) prologue matches norm -> conv references", async (t) => {
