@@ -10,6 +10,18 @@
  * const b = gpu.upload([10, 20, 30], [3]);
  * console.log(await gpu.read(add(gpu, a, b))); // Float32Array [11, 22, 33]
  * ```
+ *
+ * On CPU adapters (Mesa's lavapipe 22.3, the CI machines) the kernels follow what was measured
+ * there: storage-buffer loads in a loop are per-lane scalar loops while an rgba32float
+ * `textureLoad` is one vectorised gather (hot operands are staged into textures); image and
+ * buffer stores go lane by lane; an integer division by a uniform is a loop over the lanes
+ * (sizes are baked into the shader, or index math is hoisted out of per-element paths); each
+ * assignment to a loop-carried variable costs a masked load/blend/store (accumulators take one
+ * chained expression per iteration); workgroup barriers are emulated by switching between lanes
+ * (reductions are per-invocation loops). And lavapipe inlines uniforms that steer loops or
+ * branches when that halves the shader, then compiles the inlined shader again at every dispatch
+ * (no variant cache): loop bounds that would shrink a kernel that much are baked in (vq.ts's
+ * search paid ~10 ms of JIT compile per call; `perf` shows it as time in libLLVM).
  * @module
  */
 export * from "./ops/elementwise.ts";
