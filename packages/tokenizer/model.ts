@@ -29,10 +29,8 @@ import {
   Conv2dStash,
   Conv2dWeightCache,
   type Gpu,
-  groupNormAffineFromStats,
   groupNormAffineStatsFromStats,
   groupNormFastBackward,
-  groupNormPlaneAffine,
   groupNormPlaneAffineStats,
   map,
   nchwToRows,
@@ -261,19 +259,13 @@ export class Vqgan {
     const gpu = this.gpu;
     const gamma = this.p(`${norm}.weight`), beta = this.p(`${norm}.bias`);
     const w = this.p(`${conv}.weight`);
-    // From the statistics the conv that made x gathered, else by reading x; training also keeps the
-    // norm's mean and rstd for its backward.
+    // From the statistics the conv that made x gathered, else by reading x (the norm's mean and
+    // rstd are kept for the backward in training).
     const xs = this.#take(x);
     const [B, C] = x.shape;
-    const st = tape
-      ? xs
-        ? groupNormAffineStatsFromStats(gpu, xs, B, C, gamma, beta, GROUPS, NORM_EPS)
-        : groupNormPlaneAffineStats(gpu, x, gamma, beta, GROUPS, NORM_EPS)
-      : {
-        ss: xs
-          ? groupNormAffineFromStats(gpu, xs, B, C, gamma, beta, GROUPS, NORM_EPS)
-          : groupNormPlaneAffine(gpu, x, gamma, beta, GROUPS, NORM_EPS),
-      };
+    const st = xs
+      ? groupNormAffineStatsFromStats(gpu, xs, B, C, gamma, beta, GROUPS, NORM_EPS)
+      : groupNormPlaneAffineStats(gpu, x, gamma, beta, GROUPS, NORM_EPS);
     xs?.release();
     const prologue = { ss: st.ss, silu: true };
     const stash = tape ? new Conv2dStash() : undefined;
@@ -289,8 +281,8 @@ export class Vqgan {
       }),
       stats,
     );
-    if (!tape || !("mean" in st)) {
-      st.ss.release();
+    if (!tape) {
+      for (const t of [st.ss, st.mean, st.rstd]) t.release();
       return y;
     }
     tape.push((dy) => {

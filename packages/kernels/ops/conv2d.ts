@@ -2838,8 +2838,8 @@ const UP_DX_W_WGSL = (() => {
   const L: string[] = [];
   for (let th = 0; th < 4; th++) {
     for (let tw = 0; tw < 4; tw++) {
-      const terms = UP_DX_TAPS[th].flatMap((kh) => UP_DX_TAPS[tw].map((kw) => `v[${kh * 3 + kw}]`));
-      L.push(`  o[${th * 4 + tw}] = ${terms.join(" + ")};`);
+      const terms = UP_DX_TAPS[th].flatMap((kh) => UP_DX_TAPS[tw].map((kw) => `v${kh * 3 + kw}`));
+      L.push(`  out[i * 16u + ${th * 4 + tw}u] = ${terms.join(" + ")};`);
     }
   }
   return `
@@ -2854,11 +2854,9 @@ fn main(@builtin(local_invocation_index) li: u32, @builtin(workgroup_id) wg: vec
   if (i >= p.Cin * p.Cout) { return; }
   let ci = i / p.Cout;
   let co = i % p.Cout;
-  var v: array<f32, 9>;
-  for (var k = 0u; k < 9u; k++) { v[k] = w[(co * p.Cin + ci) * 9u + k]; }
-  var o: array<f32, 16>;
+  let b = (co * p.Cin + ci) * 9u;
+${[...Array(9).keys()].map((k) => `  let v${k} = w[b + ${k}u];`).join("\n")}
 ${L.join("\n")}
-  for (var k = 0u; k < 16u; k++) { out[i * 16u + k] = o[k]; }
 }`;
 })();
 
