@@ -792,6 +792,74 @@ Deno.test("conv2dBackward(): the weight gradient reads dy copied flat where its 
   });
 });
 
+Deno.test("conv2dBackward(): a stride-1 dx reads the weights in the row layout, copied or staged", async (t) => {
+  const gpu = await getGpu();
+  // Row co of the texture = w[co] as it lies in memory: one copy where a row is a whole number of
+  // 256-byte blocks (64 | Cin for 3x3, 1x1), else the one-texel-per-lane pass. Blocks of output
+  // channels past Cin read past the row's data (12 channels in blocks of 8, 16) for outputs never
+  // stored. Each dx is the rotated column layout's bit for bit and matches the reference; rows
+  // of 27 floats (3 channels, 3x3) are not whole texels and keep the column layout.
+  const cases: (Case & { wl: "copy" | "pass" | false })[] = [
+    { B: 2, Cin: 64, H: 6, W: 7, Cout: 5, K: 3, o: { pad: 1, tile: SMALL }, wl: "copy" },
+    { B: 1, Cin: 64, H: 9, W: 12, Cout: 20, K: 3, o: { pad: 1 }, wl: "copy" },
+    {
+      B: 1,
+      Cin: 12,
+      H: 5,
+      W: 9,
+      Cout: 7,
+      K: 3,
+      o: { pad: 1, tile: { cot: 8, py: 2, px: 4 } },
+      wl: "pass",
+    },
+    {
+      B: 2,
+      Cin: 12,
+      H: 5,
+      W: 8,
+      Cout: 12,
+      K: 1,
+      o: { tile: { cot: 16, py: 2, px: 4 } },
+      wl: "pass",
+    },
+    { B: 1, Cin: 4, H: 7, W: 7, Cout: 6, K: 5, o: { pad: 2, tile: SMALL }, wl: "pass" },
+    { B: 1, Cin: 3, H: 6, W: 8, Cout: 4, K: 3, o: { pad: 1, tile: SMALL }, wl: false },
+  ];
+  let rowKernels = 0, rowPasses = 0;
+  await onTextureKernels(gpu, (key) => {
+    if (key.startsWith("conv2d_fwd|") && key.includes("|rows|")) rowKernels++;
+    if (key === "conv2d_wt_rows") rowPasses++;
+  }, async () => {
+    try {
+      for (const c of cases) {
+        await t.step(`${label(c)} ${c.wl || "columns"}`, async () => {
+          const { X, Wt, DY, r, release } = backwardCase(gpu, c, 900);
+          const run = (rows: boolean) => {
+            conv2dTuning.wRows = rows;
+            return conv2dBackward(gpu, X, Wt, DY, {
+              ...c.o,
+              dw: false,
+              dbias: false,
+            }).dx!;
+          };
+          const k0 = rowKernels, p0 = rowPasses;
+          const dx = run(true);
+          assertEquals(rowKernels - k0, c.wl ? 1 : 0, "dx kernels on the row layout");
+          assertEquals(rowPasses - p0, c.wl === "pass" ? 1 : 0, "row staging passes");
+          const dxCols = run(false);
+          const [a, b] = await gpu.readMany([dx, dxCols]);
+          assertEquals(Array.from(a), Array.from(b), "dx: the column layout's");
+          assertClose(a, r.dx, { atol: 1e-4, rtol: 1e-4 }, "dx");
+          dx.release(), dxCols.release();
+          release();
+        });
+      }
+    } finally {
+      conv2dTuning.wRows = true;
+    }
+  });
+});
+
 Deno.test("conv2dBackward() with the forward's staged input (Conv2dStash)", async (t) => {
   const gpu = await getGpu();
   // The texture paths' feature (the implicit GEMMs, the gpu kind's default, keep nothing).
