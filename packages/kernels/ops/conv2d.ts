@@ -79,6 +79,7 @@ import { type Gpu, grid, Params, WG_INDEX } from "@lvm/gpu";
 import type { Tensor } from "@lvm/gpu";
 import { TexturePool } from "@lvm/gpu";
 import { upsampleNearest2xBackward } from "./upsample.ts";
+import { UDIVF } from "./_udivf.ts";
 
 /** Register tile of the forward kernel: output channels x rows x pixels per invocation. */
 export interface ConvTile {
@@ -1122,6 +1123,7 @@ function fwdHeader(c: FwdCfg, L: string[]) {
   oC: u32, wDiv: u32, nImg: u32,
 }`);
   L.push(`@group(0) @binding(${b++}) var<uniform> p: P;`);
+  L.push(UDIVF);
   L.push(`@compute @workgroup_size(${WG})`);
   L.push(`fn main(@builtin(local_invocation_index) li: u32, @builtin(workgroup_id) wg: vec3u) {`);
   // No early return: it would put the loop in divergent control flow. Dead invocations compute a
@@ -1286,6 +1288,9 @@ function fwdWgsl(c: FwdCfg): string {
   }
   const CPI = c.cpi;
   L.push(`  let wc = cb * ${WV}u;`);
+  // The layout's divisions in the channel loop by reciprocals ({@link UDIVF}).
+  L.push(`  let rP = 1.0 / f32(p.P);`);
+  if (!c.wRows) L.push(`  let rwH = 1.0 / f32(p.wH);`);
   L.push(`  for (var c0 = 0u; c0 < p.Cin; c0 += ${CPI}u) {`);
   // All texels of CPI input channels first (KH*KW*COT/4 weights, R*NV inputs each), then one
   // chained expression per accumulator: lavapipe turns every assignment to a loop-carried variable
@@ -1311,16 +1316,18 @@ function fwdWgsl(c: FwdCfg): string {
     for (const k of ks) {
       L.push(`    let ci${k} = c0 + ${k}u;`);
       L.push(`    let plane${k} = bl * p.Cin + ci${k};`);
-      L.push(`    let xu${k} = (plane${k} % p.P) * p.Wp4 + tx * ${(px * S) / 4}u;`);
-      L.push(`    let xv${k} = (plane${k} / p.P) * p.Hp + ty * ${py * S}u;`);
+      L.push(`    let pq${k} = udivf(plane${k}, p.P, rP);`);
+      L.push(`    let xu${k} = (plane${k} - pq${k} * p.P) * p.Wp4 + tx * ${(px * S) / 4}u;`);
+      L.push(`    let xv${k} = pq${k} * p.Hp + ty * ${py * S}u;`);
       if (!c.wRows) {
         L.push(
           c.wsets
             ? `    let r0${k} = ((bl / p.wDiv) * p.Cin + ci${k}) * ${KHW}u;`
             : `    let r0${k} = ci${k} * ${KHW}u;`,
         );
-        L.push(`    let wu${k} = (r0${k} / p.wH) * p.CoP4 + wc;`);
-        L.push(`    let wv${k} = r0${k} % p.wH;`);
+        L.push(`    let wq${k} = udivf(r0${k}, p.wH, rwH);`);
+        L.push(`    let wu${k} = wq${k} * p.CoP4 + wc;`);
+        L.push(`    let wv${k} = r0${k} - wq${k} * p.wH;`);
         for (let t = 0; t < KHW; t++) {
           for (let j = 0; j < WV; j++) {
             L.push(
@@ -1494,6 +1501,11 @@ function launchFwd(
     wRows: !!ws.rows,
   };
   if (ws.rows && wDiv !== undefined) throw new Error("conv2d: row-layout weights with weight sets");
+  // udivf's range (plane numbers, weight rows).
+  const rows = (wDiv === undefined ? 1 : Math.ceil(g.bc / wDiv)) * g.Cin * k.KH * k.KW;
+  if (g.bc * g.Cin >= 2 ** 22 || rows >= 2 ** 22) {
+    throw new RangeError(`conv2d: ${g.bc} x ${g.Cin} planes of ${k.KH}x${k.KW} taps are too many`);
+  }
   const key = [
     "conv2d_fwd",
     cfg.storageRead,
