@@ -15,7 +15,9 @@
  * there: storage-buffer loads in a loop are per-lane scalar loops while an rgba32float
  * `textureLoad` is one vectorised gather (hot operands are staged into textures); image and
  * buffer stores go lane by lane; an integer division by a uniform is a loop over the lanes
- * (sizes are baked into the shader, or index math is hoisted out of per-element paths); each
+ * (sizes are baked into the shader, index math is hoisted out of per-element paths, or the
+ * division goes by a float reciprocal: `ops/_udivf.ts`); `fma()` compiles to a multiply and an
+ * add (the same throughput on the machine measured, twice the instructions); each
  * assignment to a loop-carried variable costs a masked load/blend/store (accumulators take one
  * chained expression per iteration); workgroup barriers are emulated by switching between lanes
  * (reductions are per-invocation loops). And lavapipe inlines uniforms that steer loops or

@@ -25,6 +25,8 @@
  *    invocations shares one block of output channels when the image has at least 64 tiles (uniform
  *    weight reads); smaller images put several channel blocks in one workgroup. No shared memory, no
  *    barriers. Bias and an optional residual (the res block's skip) are added on the way out.
+ *    The channel loop's layout arithmetic divides by reciprocals (lavapipe divides integers lane by
+ *    lane: `_udivf.ts`).
  *    A conv on a nearest-2x-upsampled input (the decoder's Upsample + conv) runs as four convs of
  *    the source, one per output phase, with the taps that read the same source pixel summed: 2x2
  *    for 3x3, 2.25x fewer FMAs (measured 1.7x faster than the fused upsampling pad), each writing
@@ -32,7 +34,9 @@
  *
  * Backward:
  * - dx = the same forward kernel on dy padded by k-1-pad with W rotated by 180 degrees and
- *   transposed. With stride S > 1 it runs once per output phase (S*S stride-1 convs with the
+ *   transposed: for stride 1 read from W's rows as they lie in memory (one buffer-to-texture copy,
+ *   the rotation and transposition constant component choices, {@link stageWeightRows}). With
+ *   stride S > 1 it runs once per output phase (S*S stride-1 convs with the
  *   kernel's taps of that phase, each writing every S-th pixel of dx): no FMAs on the zeros a dilated
  *   dy would hold (the VQGAN's 4 downsample convs; 2.1x faster than the dilated form at 32x32).
  *   The decoder's upsampled 3x3 convs take dx on the source grid as one stride-2 4x4 conv of dy
