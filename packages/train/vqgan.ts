@@ -270,7 +270,7 @@ export class VqganTrainable implements Trainable {
     const last = this.#micro[this.#micro.length - 1];
     d?.afterStep(last.x, last.r.recon, ctx.step, ctx.lr);
     const extra = d?.stats() ?? { names: [], tensors: [] };
-    const host = await gpu.readMany([
+    const host = await ctx.readMany([
       ...last.r.stats,
       ...this.#micro.map((m) => m.r.ids),
       ...extra.tensors,

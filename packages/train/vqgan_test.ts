@@ -343,3 +343,39 @@ Deno.test("VqganTrainable + Trainer", async (t) => {
     await Deno.remove(dir, { recursive: true });
   });
 });
+
+Deno.test("Trainer: afterUpdate's read takes the loss slots along (one wait per logged step)", async (t) => {
+  // The VQGAN reads its code statistics after every update through ctx.readMany, which reads the
+  // Trainer's loss and gradient-norm slots in the same wait; a flush() at the end of a log
+  // interval then reads nothing. The records equal those of the same run whose reads bypass it.
+  for (const logEvery of [1, 2]) {
+    await t.step(`logEvery ${logEvery}`, async () => {
+      const steps = 4;
+      const run = async (bypass: boolean) => {
+        const tr = await trainer({ logEvery, steps });
+        if (bypass) {
+          const m = tr.model, after = m.afterUpdate.bind(m);
+          m.afterUpdate = (ctx) => after({ ...ctx, readMany: (ts) => gpu.readMany(ts) });
+        }
+        const readMany = gpu.readMany;
+        let reads = 0;
+        gpu.readMany = (ts) => (reads++, readMany.call(gpu, ts));
+        const recs = [];
+        try {
+          for (let i = 0; i < steps; i++) {
+            await tr.trainStep();
+            if ((i + 1) % logEvery === 0) recs.push(...(await tr.flush()));
+          }
+        } finally {
+          gpu.readMany = readMany;
+        }
+        tr.release();
+        return { reads, recs };
+      };
+      const a = await run(false), b = await run(true);
+      assertEquals(a.recs.length, steps);
+      assertEquals(a.recs, b.recs);
+      assertEquals(b.reads - a.reads, steps / logEvery, "waits saved");
+    });
+  }
+});
