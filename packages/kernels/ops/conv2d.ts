@@ -957,16 +957,8 @@ function stageWeightRows(gpu: Gpu, w: Tensor): StagedW {
   const tex = takeTexture(gpu, (Math.ceil(Cin / 16) * 16 * KH * KW) / 4, Cout);
   const view = tex.createView();
   if ((R4 * 16) % 256 === 0) {
-    gpu.copyToTexture(
-      w,
-      { offset: 0, bytesPerRow: R4 * 16, rowsPerImage: Cout },
-      { texture: tex },
-      [
-        R4,
-        Cout,
-        1,
-      ],
-    );
+    const rows = { offset: 0, bytesPerRow: R4 * 16, rowsPerImage: Cout };
+    gpu.copyToTexture(w, rows, { texture: tex }, [R4, Cout, 1]);
   } else {
     gpu.dispatch(
       gpu.pipeline("conv2d_wt_rows", WT_ROWS_WGSL),
@@ -1315,63 +1307,60 @@ function fwdWgsl(c: FwdCfg): string {
       }
     }
   }
-  const ks = Array.from({ length: CPI }, (_, k) => k);
-  {
-    for (const k of ks) {
-      L.push(`    let ci${k} = c0 + ${k}u;`);
-      L.push(`    let plane${k} = bl * p.Cin + ci${k};`);
-      L.push(`    let pq${k} = udivf(plane${k}, p.P, rP);`);
-      L.push(`    let xu${k} = (plane${k} - pq${k} * p.P) * p.Wp4 + tx * ${(px * S) / 4}u;`);
-      L.push(`    let xv${k} = pq${k} * p.Hp + ty * ${py * S}u;`);
-      if (!c.wRows) {
-        L.push(
-          c.wsets
-            ? `    let r0${k} = ((bl / p.wDiv) * p.Cin + ci${k}) * ${KHW}u;`
-            : `    let r0${k} = ci${k} * ${KHW}u;`,
-        );
-        L.push(`    let wq${k} = udivf(r0${k}, p.wH, rwH);`);
-        L.push(`    let wu${k} = wq${k} * p.CoP4 + wc;`);
-        L.push(`    let wv${k} = r0${k} - wq${k} * p.wH;`);
-        for (let t = 0; t < KHW; t++) {
-          for (let j = 0; j < WV; j++) {
-            L.push(
-              `    let w${k}_${t}_${j} = textureLoad(wt, vec2u(wu${k} + ${j}u, wv${k} + ${t}u)${LVL});`,
-            );
-          }
-        }
-      }
-      for (let r = 0; r < R; r++) {
-        for (let v = 0; v < NV; v++) {
+  for (let k = 0; k < CPI; k++) {
+    L.push(`    let ci${k} = c0 + ${k}u;`);
+    L.push(`    let plane${k} = bl * p.Cin + ci${k};`);
+    L.push(`    let pq${k} = udivf(plane${k}, p.P, rP);`);
+    L.push(`    let xu${k} = (plane${k} - pq${k} * p.P) * p.Wp4 + tx * ${(px * S) / 4}u;`);
+    L.push(`    let xv${k} = pq${k} * p.Hp + ty * ${py * S}u;`);
+    if (!c.wRows) {
+      L.push(
+        c.wsets
+          ? `    let r0${k} = ((bl / p.wDiv) * p.Cin + ci${k}) * ${KHW}u;`
+          : `    let r0${k} = ci${k} * ${KHW}u;`,
+      );
+      L.push(`    let wq${k} = udivf(r0${k}, p.wH, rwH);`);
+      L.push(`    let wu${k} = wq${k} * p.CoP4 + wc;`);
+      L.push(`    let wv${k} = r0${k} - wq${k} * p.wH;`);
+      for (let t = 0; t < KHW; t++) {
+        for (let j = 0; j < WV; j++) {
           L.push(
-            `    let v${k}_${r}_${v} = textureLoad(xt, vec2u(xu${k} + ${v}u, xv${k} + ${r}u)${LVL});`,
+            `    let w${k}_${t}_${j} = textureLoad(wt, vec2u(wu${k} + ${j}u, wv${k} + ${t}u)${LVL});`,
           );
         }
       }
     }
-    for (let o = 0; o < cot; o++) {
-      for (let y = 0; y < py; y++) {
-        for (let q = 0; q < QN; q++) {
-          let e = `a${o}_${y}_${q}`;
-          for (const k of ks) {
-            for (let kh = 0; kh < KH; kh++) {
-              const r = y * S + kh;
-              for (let kw = 0; kw < KW; kw++) {
-                // Output pixel q*4+i of the row reads padded column S*(q*4+i) + kw.
-                const pos = [0, 1, 2, 3].map((i) => S * (q * 4 + i) + kw);
-                const xs = S === 1 && pos[0] % 4 === 0
-                  ? `v${k}_${r}_${pos[0] >> 2}`
-                  : `vec4f(${pos.map((p) => `v${k}_${r}_${p >> 2}.${COMP[p & 3]}`).join(", ")})`;
-                const t = kh * KW + kw;
-                const f = o * KHW + KHW - 1 - t; // the rotated tap in the dx's row layout
-                const wv = c.wRows
-                  ? `wd${k}_${f >> 2}.${COMP[f & 3]}`
-                  : `w${k}_${t}_${o >> 2}.${COMP[o & 3]}`;
-                e = `fma(vec4f(${wv}), ${xs}, ${e})`;
-              }
+    for (let r = 0; r < R; r++) {
+      for (let v = 0; v < NV; v++) {
+        L.push(
+          `    let v${k}_${r}_${v} = textureLoad(xt, vec2u(xu${k} + ${v}u, xv${k} + ${r}u)${LVL});`,
+        );
+      }
+    }
+  }
+  for (let o = 0; o < cot; o++) {
+    for (let y = 0; y < py; y++) {
+      for (let q = 0; q < QN; q++) {
+        let e = `a${o}_${y}_${q}`;
+        for (let k = 0; k < CPI; k++) {
+          for (let kh = 0; kh < KH; kh++) {
+            const r = y * S + kh;
+            for (let kw = 0; kw < KW; kw++) {
+              // Output pixel q*4+i of the row reads padded column S*(q*4+i) + kw.
+              const pos = [0, 1, 2, 3].map((i) => S * (q * 4 + i) + kw);
+              const xs = S === 1 && pos[0] % 4 === 0
+                ? `v${k}_${r}_${pos[0] >> 2}`
+                : `vec4f(${pos.map((p) => `v${k}_${r}_${p >> 2}.${COMP[p & 3]}`).join(", ")})`;
+              const t = kh * KW + kw;
+              const f = o * KHW + KHW - 1 - t; // the rotated tap in the dx's row layout
+              const wv = c.wRows
+                ? `wd${k}_${f >> 2}.${COMP[f & 3]}`
+                : `w${k}_${t}_${o >> 2}.${COMP[o & 3]}`;
+              e = `fma(vec4f(${wv}), ${xs}, ${e})`;
             }
           }
-          L.push(`    a${o}_${y}_${q} = ${e};`);
         }
+        L.push(`    a${o}_${y}_${q} = ${e};`);
       }
     }
   }
