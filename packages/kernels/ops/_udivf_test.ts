@@ -4,9 +4,9 @@ import { UDIVF } from "./_udivf.ts";
 
 Deno.test("udivf (WGSL): a / b by the reciprocal is exact for a < 2^22", async () => {
   const gpu = await getGpu();
-  // Every divisor up to 300 and powers of two, against dividends at and around its multiples
-  // (where a rounded-up product would truncate one too high, a rounded-down one one too low), up to
-  // the range's end.
+  // Every divisor up to 300 and a few large ones, against dividends at and around its multiples
+  // (where a product rounded down truncates one too low, and one rounded up would reach the next
+  // quotient), up to the range's end.
   const as: number[] = [], bs: number[] = [];
   const divisors = [...Array.from({ length: 300 }, (_, i) => i + 1), 1024, 4095, 8192, 65537];
   for (const b of divisors) {
