@@ -8,6 +8,7 @@
  * @module
  */
 import { parseArgs } from "node:util";
+import "@lvm/gpu/pin"; // lavapipe: its compute threads one per core
 import { getGpu } from "@lvm/gpu";
 import {
   type BenchCase,
@@ -120,6 +121,10 @@ const selected = cases.filter((c) =>
 const log = (s: string) => values.json ? console.error(s) : console.log(s);
 log(`adapter: ${gpu.describe()}`);
 log(`machine: ${navigator.hardwareConcurrency} logical cores, ${Deno.build.os}-${Deno.build.arch}`);
+const pinning = gpu.pinning.pinned
+  ? `driver compute threads pinned to cores ${gpu.pinning.cpus.join(",")}`
+  : `driver compute threads not pinned (${gpu.pinning.skipped})`;
+log(pinning);
 if (profile !== undefined && !gpu.features.has("timestamp-query")) {
   log(`--profile skipped: ${gpu.describe()} lacks the "timestamp-query" feature`);
 }
@@ -259,7 +264,7 @@ if (values.torch) {
   }
   if (values.markdown) {
     log(
-      `\n${gpu.describe()}, ${navigator.hardwareConcurrency} logical cores; ` +
+      `\n${gpu.describe()}, ${navigator.hardwareConcurrency} logical cores, ${pinning}; ` +
         `ratio = our speed / PyTorch's\n`,
     );
     log(markdownTable(pairs));

@@ -11,6 +11,7 @@
  * @module
  */
 import { join } from "node:path";
+import "@lvm/gpu/pin"; // lavapipe: its compute threads one per core
 import { parseFlags } from "@lvm/cli";
 import { runShipped, SHIPPED, shippedModelsPresent } from "./_shipped.ts";
 import { runSynthetic } from "./_synthetic.ts";

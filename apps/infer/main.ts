@@ -7,6 +7,7 @@
  *   deno task infer quantize --model DIR --out model-q8_0.gguf --type q8_0
  * @module
  */
+import "@lvm/gpu/pin"; // lavapipe: its compute threads one per core
 import { type Command, runCli } from "@lvm/cli";
 import { generate } from "./generate.ts";
 import { score } from "./score.ts";

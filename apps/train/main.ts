@@ -4,6 +4,7 @@
  * Commands are registered in {@link COMMANDS}: adding one is an import and a map entry.
  * @module
  */
+import "@lvm/gpu/pin"; // lavapipe: its compute threads one per core
 import { type Command, runCli } from "@lvm/cli";
 import { dataset } from "./dataset.ts";
 import { model } from "./model.ts";

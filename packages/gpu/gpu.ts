@@ -70,7 +70,55 @@ export interface GpuOptions {
   gpu?: AdapterSource;
   /** Wait before the second adapter request when the first answers null, in ms (default 200). */
   retryDelayMs?: number;
+  /**
+   * On a CPU adapter (lavapipe), run the installed {@link ThreadPinner} (Deno on Linux: importing
+   * `@lvm/gpu/pin` installs one that pins the driver's compute threads one per core). Default true;
+   * ignored on GPUs. What was done is {@link Gpu.pinning}.
+   */
+  pinThreads?: boolean;
 }
+
+/** How a CPU adapter's compute threads were placed (see `@lvm/gpu/pin`). */
+export interface ThreadPinning {
+  /** Worker threads pinned (0 when none was). */
+  pinned: number;
+  /** The core each was pinned to, in the order the threads were found. */
+  cpus: number[];
+  /** The pinned threads' ids (Linux TIDs), in the same order. */
+  threads: number[];
+  /** Why nothing was pinned, when nothing was. */
+  skipped?: string;
+}
+
+/**
+ * Places a CPU adapter's compute threads once its device exists, given `calibrate`: work for those
+ * threads, awaited until done. The runtime-specific part (threads, affinity) lives outside this
+ * browser-ready module: `@lvm/gpu/pin` installs one for Deno on Linux.
+ */
+export type ThreadPinner = (calibrate: () => Promise<void>) => Promise<ThreadPinning>;
+
+let threadPinner: ThreadPinner | null = null;
+
+/** Installs (or, with null, removes) the {@link ThreadPinner} that contexts created from now on run. */
+export function setThreadPinner(pinner: ThreadPinner | null): void {
+  threadPinner = pinner;
+}
+
+/** Whether an adapter runs on the CPU (lavapipe, llvmpipe, SwiftShader, a fallback adapter). */
+export function isSoftwareAdapter(info: GPUAdapterInfo): boolean {
+  return info.isFallbackAdapter || /llvmpipe|lavapipe|swiftshader|software/i.test(
+    `${info.description} ${info.device} ${info.architecture}`,
+  );
+}
+
+/** A spin loop per invocation, for {@link pinDriverThreads}'s calibration (its result is stored). */
+const CALIBRATE_WGSL = `@group(0) @binding(0) var<storage, read_write> out: array<f32>;
+@compute @workgroup_size(64)
+fn main(@builtin(global_invocation_id) id: vec3u) {
+  var x = f32(id.x);
+  for (var i = 0u; i < 20000u; i++) { x = x * 0.999999 + 0.5; }
+  out[id.x] = x;
+}`;
 
 const NO_ADAPTER_HELP =
   "No WebGPU adapter found. Install a GPU driver (Vulkan, Metal or DX12), or on a machine without a GPU " +
@@ -242,6 +290,10 @@ export class Gpu {
   readonly hasF16: boolean;
   /** Kernel family for this adapter. */
   readonly kind: AdapterKind;
+  /** Whether the adapter runs on the CPU ({@link isSoftwareAdapter}). */
+  readonly software: boolean;
+  /** How the CPU adapter's compute threads were placed ({@link GpuOptions.pinThreads}). */
+  pinning: ThreadPinning = { pinned: 0, cpus: [], threads: [], skipped: "not a CPU adapter" };
   #pipelines = new Map<string, GPUComputePipeline>();
   #bindGroups = new Map<string, GPUBindGroup>();
   #encoder: GPUCommandEncoder | null = null;
@@ -305,10 +357,8 @@ export class Gpu {
   ) {
     this.features = new Set(device.features as unknown as Iterable<string>);
     this.hasF16 = this.features.has("shader-f16");
-    const cpu = info.isFallbackAdapter || /llvmpipe|lavapipe|swiftshader|software/i.test(
-      `${info.description} ${info.device} ${info.architecture}`,
-    );
-    this.kind = kind ?? (cpu ? "cpu" : "gpu");
+    this.software = isSoftwareAdapter(info);
+    this.kind = kind ?? (this.software ? "cpu" : "gpu");
     this.submitEvery = this.kind === "gpu" ? 64 : 0;
     this.pool = new BufferPool(
       device,
@@ -381,7 +431,42 @@ export class Gpu {
         { cause: e },
       );
     }
-    return new Gpu(adapter, device, adapter.info, kind);
+    const gpu = new Gpu(adapter, device, adapter.info, kind);
+    if (gpu.software) {
+      const skip = (skipped: string) => ({ pinned: 0, cpus: [], threads: [], skipped });
+      gpu.pinning = options.pinThreads === false
+        ? skip("pinThreads: false")
+        : threadPinner
+        ? await threadPinner(() => gpu.#calibrate())
+        : skip("no thread pinner installed (Deno: import @lvm/gpu/pin)");
+    }
+    return gpu;
+  }
+
+  /** Work for every compute thread of a CPU adapter (8 workgroups per core), awaited. */
+  async #calibrate(): Promise<void> {
+    const d = this.device;
+    const cores = typeof navigator !== "undefined" ? navigator.hardwareConcurrency || 2 : 2;
+    const groups = 8 * cores;
+    const out = d.createBuffer({ size: groups * 64 * 4, usage: GPUBufferUsage.STORAGE });
+    const pipeline = d.createComputePipeline({
+      label: "gpu calibrate",
+      layout: "auto",
+      compute: { module: d.createShaderModule({ code: CALIBRATE_WGSL }), entryPoint: "main" },
+    });
+    const group = d.createBindGroup({
+      layout: pipeline.getBindGroupLayout(0),
+      entries: [{ binding: 0, resource: { buffer: out } }],
+    });
+    const enc = d.createCommandEncoder();
+    const pass = enc.beginComputePass();
+    pass.setPipeline(pipeline);
+    pass.setBindGroup(0, group);
+    pass.dispatchWorkgroups(groups);
+    pass.end();
+    d.queue.submit([enc.finish()]);
+    await d.queue.onSubmittedWorkDone();
+    out.destroy();
   }
 
   /**

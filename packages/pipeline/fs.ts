@@ -14,6 +14,7 @@
  * ```
  * @module
  */
+import "@lvm/gpu/pin"; // lavapipe: its compute threads one per core
 import { getGpu, type Gpu } from "@lvm/gpu";
 import type { LoadOptions } from "@lvm/transformer";
 import { loadLlama, readConfig } from "@lvm/transformer/fs";

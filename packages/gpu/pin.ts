@@ -1,0 +1,164 @@
+/**
+ * `@lvm/gpu/pin` (Deno on Linux): one core per compute thread of a CPU adapter (Mesa's lavapipe).
+ * Importing it installs {@link pinDriverThreads} as the {@link ThreadPinner} of every context created
+ * afterwards (`getGpu`, `Gpu.create`): it finds the driver's worker threads by the CPU time a
+ * calibration dispatch gives them and pins each to its own core (`sched_setaffinity` through Deno's
+ * FFI). The apps, the bench and `@lvm/pipeline/fs` import it; the browser-ready `@lvm/gpu` cannot
+ * (no threads there to place).
+ *
+ * @example
+ * ```ts
+ * import "@lvm/gpu/pin";
+ * import { getGpu } from "@lvm/gpu";
+ * const gpu = await getGpu();
+ * console.log(gpu.pinning); // on lavapipe, 2 cores: { pinned: 2, cpus: [0, 1], threads: [...] }
+ * ```
+ *
+ * Why: lavapipe cuts a dispatch's workgroups into one equal chunk per worker thread (Mesa 22.3's
+ * `lp_cs_tpool`: `workgroups / threads` each, no stealing) and waits for the last chunk. The workers
+ * sleep between dispatches, and the kernel's scheduler often wakes both on the core of the thread that
+ * woke them: measured with `perf sched timehist` during `100m` GPU-sampled decode on the 2-vCPU VM
+ * the project is developed on, each worker spent about as long runnable-but-waiting (0.19-0.20 ms
+ * after each of ~8,700 wake-ups in 3 s) as running, the two taking turns on one core while the other
+ * sat idle 32% of the time. Pinned one per core, they cannot queue behind each other. Measured in one
+ * process, pinning and unpinning the same two threads between rounds (one-off scripts, not bench
+ * cases): `100m` decode 38-39.5 ms/token pinned against 41.6-46.6 free (6 rounds each); the tiny
+ * tokenizer training step median 441 against 487 ms (18 steps each; in a slower phase 528 against
+ * 653).
+ *
+ * Nothing here is needed for correctness, so every failure is a reason in the result, not an error:
+ * no Deno, not Linux, no FFI permission, one core, no worker threads found. `LVM_PIN_THREADS=0` (or
+ * `GpuOptions.pinThreads: false`) turns it off.
+ * @module
+ */
+
+import { setThreadPinner, type ThreadPinning } from "./gpu.ts";
+
+/** Environment variable that turns pinning off when "0". */
+export const PIN_THREADS_ENV = "LVM_PIN_THREADS";
+
+/** Parses a Linux CPU list (`0-3,8,10-11`, as in `/proc/self/status`'s `Cpus_allowed_list`). */
+export function parseCpuList(text: string): number[] {
+  const out: number[] = [];
+  for (const part of text.trim().split(",")) {
+    if (!part) continue;
+    const m = /^(\d+)(?:-(\d+))?$/.exec(part.trim());
+    if (!m) throw new RangeError(`parseCpuList: "${part}" in "${text}" is not N or N-M`);
+    const a = Number(m[1]), b = m[2] === undefined ? a : Number(m[2]);
+    if (b < a) throw new RangeError(`parseCpuList: range "${part}" in "${text}" runs backwards`);
+    for (let c = a; c <= b; c++) out.push(c);
+  }
+  return out;
+}
+
+/**
+ * The threads that did the calibration's work: those whose CPU time grew by at least a fifth of the
+ * largest growth and by at least `minNs`, the main thread excluded, the busiest first.
+ */
+export function pickWorkers(
+  before: ReadonlyMap<number, number>,
+  after: ReadonlyMap<number, number>,
+  mainTid: number,
+  minNs = 200_000,
+): number[] {
+  const grown = [...after].filter(([tid]) => tid !== mainTid)
+    .map(([tid, ns]) => [tid, ns - (before.get(tid) ?? 0)] as const)
+    .sort((a, b) => b[1] - a[1]);
+  const top = grown.length ? grown[0][1] : 0;
+  return grown.filter(([, d]) => d >= minNs && d >= top / 5).map(([tid]) => tid);
+}
+
+/** CPU time of each of this process's threads, ns (`/proc/self/task/TID/schedstat`). */
+function threadCpuNs(): Map<number, number> {
+  const out = new Map<number, number>();
+  for (const e of Deno.readDirSync("/proc/self/task")) {
+    try {
+      const ns = Number(Deno.readTextFileSync(`/proc/self/task/${e.name}/schedstat`).split(" ")[0]);
+      if (Number.isFinite(ns)) out.set(Number(e.name), ns);
+    } catch {
+      // the thread ended between the listing and the read
+    }
+  }
+  return out;
+}
+
+/** The cores a thread may run on (`Cpus_allowed_list` of /proc/self/task/TID/status). */
+export function threadCpus(tid: number): number[] {
+  const status = Deno.readTextFileSync(`/proc/self/task/${tid}/status`);
+  const m = /Cpus_allowed_list:\s*(\S+)/.exec(status);
+  if (!m) throw new Error(`/proc/self/task/${tid}/status has no Cpus_allowed_list`);
+  return parseCpuList(m[1]);
+}
+
+function why(): string | null {
+  if (typeof Deno === "undefined" || typeof Deno.dlopen !== "function") return "not Deno";
+  if (Deno.build.os !== "linux") return `not Linux (${Deno.build.os})`;
+  if (Deno.env.get(PIN_THREADS_ENV) === "0") return `${PIN_THREADS_ENV}=0`;
+  try {
+    if (Deno.permissions.querySync({ name: "ffi" }).state !== "granted") return "no FFI permission";
+    if (Deno.permissions.querySync({ name: "read", path: "/proc" }).state !== "granted") {
+      return "no read permission on /proc";
+    }
+  } catch (e) {
+    return `permissions: ${(e as Error).message}`;
+  }
+  return null;
+}
+
+/**
+ * Runs `calibrate` (work for the driver's compute threads, awaited until done) twice, the first time
+ * to compile it, and pins each thread that did the second run's work to its own core among those the
+ * process may use (round robin when there are more threads than cores). Call it once a CPU adapter's
+ * device exists; see the module doc for why.
+ */
+export async function pinDriverThreads(calibrate: () => Promise<void>): Promise<ThreadPinning> {
+  const skip = (skipped: string): ThreadPinning => ({ pinned: 0, cpus: [], threads: [], skipped });
+  const no = why();
+  if (no) return skip(no);
+  let cores: number[];
+  try {
+    cores = threadCpus(Deno.pid);
+  } catch (e) {
+    return skip((e as Error).message);
+  }
+  if (cores.length < 2) return skip(`one core (${cores.join(",")})`);
+  await calibrate(); // once to compile the kernel (lavapipe compiles on its queue thread)
+  const before = threadCpuNs();
+  await calibrate();
+  const workers = pickWorkers(before, threadCpuNs(), Deno.pid);
+  if (workers.length < 2) return skip(`${workers.length} worker thread(s) found`);
+  let lib: Deno.DynamicLibrary<{
+    sched_setaffinity: { parameters: ["i32", "usize", "buffer"]; result: "i32" };
+  }>;
+  try {
+    lib = Deno.dlopen("libc.so.6", {
+      sched_setaffinity: { parameters: ["i32", "usize", "buffer"], result: "i32" },
+    });
+  } catch (e) {
+    return skip(`libc.so.6: ${(e as Error).message}`);
+  }
+  try {
+    const cpus: number[] = [];
+    const maskBytes = Math.max(128, Math.ceil((Math.max(...cores) + 1) / 64) * 8);
+    for (const [i, tid] of workers.entries()) {
+      const cpu = cores[i % cores.length];
+      const mask = new Uint8Array(maskBytes);
+      mask[cpu >> 3] |= 1 << (cpu & 7);
+      if (lib.symbols.sched_setaffinity(tid, BigInt(maskBytes), mask) !== 0) {
+        // Undo what was done: half-pinned threads are worse than none.
+        const all = new Uint8Array(maskBytes);
+        for (const c of cores) all[c >> 3] |= 1 << (c & 7);
+        for (const t of workers.slice(0, i)) {
+          lib.symbols.sched_setaffinity(t, BigInt(maskBytes), all);
+        }
+        return skip(`sched_setaffinity failed for thread ${tid}`);
+      }
+      cpus.push(cpu);
+    }
+    return { pinned: workers.length, cpus, threads: workers };
+  } finally {
+    lib.close();
+  }
+}
+
+setThreadPinner(pinDriverThreads);

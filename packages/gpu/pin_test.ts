@@ -1,0 +1,98 @@
+import { assert, assertEquals, assertThrows } from "@lvm/util/testing";
+import { Gpu, setThreadPinner } from "./gpu.ts";
+import { parseCpuList, pickWorkers, PIN_THREADS_ENV, pinDriverThreads, threadCpus } from "./pin.ts";
+
+Deno.test("parseCpuList reads Linux CPU lists and names what it cannot read", () => {
+  assertEquals(parseCpuList("0-3,8,10-11\n"), [0, 1, 2, 3, 8, 10, 11]);
+  assertEquals(parseCpuList("5"), [5]);
+  assertThrows(() => parseCpuList("0-1,x"), RangeError, '"x" in "0-1,x"');
+  assertThrows(() => parseCpuList("3-1"), RangeError, "runs backwards");
+});
+
+Deno.test("pickWorkers keeps the threads that did the work, busiest first", () => {
+  const before = new Map([[1, 0], [2, 1e6], [3, 5e6], [4, 0], [5, 0]]);
+  // 1 = main (busy but excluded), 2 and 3 = workers, 4 = a queue thread (a little), 5 = new, idle.
+  const after = new Map([[1, 9e7], [2, 21e6], [3, 30e6], [4, 1e6], [5, 1000], [6, 2.2e7]]);
+  assertEquals(pickWorkers(before, after, 1), [3, 6, 2]);
+  // Nothing but noise: no thread reaches minNs.
+  assertEquals(pickWorkers(before, new Map([[2, 1e6 + 5000], [4, 9000]]), 1), []);
+});
+
+Deno.test("pinDriverThreads: off by the environment, nothing run", async () => {
+  Deno.env.set(PIN_THREADS_ENV, "0");
+  try {
+    let ran = 0;
+    const r = await pinDriverThreads(() => {
+      ran++;
+      return Promise.resolve();
+    });
+    assertEquals(r, { pinned: 0, cpus: [], threads: [], skipped: `${PIN_THREADS_ENV}=0` });
+    assertEquals(ran, 0);
+  } finally {
+    Deno.env.delete(PIN_THREADS_ENV);
+  }
+});
+
+const cores = Deno.build.os === "linux" ? threadCpus(Deno.pid).length : 0;
+
+Deno.test({
+  name: "a CPU adapter's compute threads end up one per core",
+  ignore: cores < 2,
+  fn: async () => {
+    const g = await Gpu.create();
+    try {
+      if (!g.software) {
+        assertEquals(g.pinning.pinned, 0);
+        return;
+      }
+      const { pinned, cpus, threads } = g.pinning;
+      assert(pinned >= 2, `pinned ${pinned} (${g.pinning.skipped})`);
+      assertEquals(threads.length, pinned);
+      // Each pinned thread may run on its one core only, and the first `cores` are all different.
+      threads.forEach((tid, i) => assertEquals(threadCpus(tid), [cpus[i]]));
+      const first = cpus.slice(0, cores);
+      assertEquals(new Set(first).size, first.length);
+      // The main thread is left where it was.
+      assertEquals(threadCpus(Deno.pid).length, cores);
+      // They are the threads that compute: a dispatch's CPU time goes mostly to them.
+      const ns = (tid: number) =>
+        Number(Deno.readTextFileSync(`/proc/self/task/${tid}/schedstat`).split(" ")[0]);
+      const all = () =>
+        [...Deno.readDirSync("/proc/self/task")].reduce((s, e) => s + ns(Number(e.name)), 0);
+      const spin = g.pipeline(
+        "pin_test spin",
+        `@group(0) @binding(0) var<storage, read_write> o: array<f32>;
+@compute @workgroup_size(64) fn main(@builtin(global_invocation_id) id: vec3u) {
+  var x = f32(id.x); for (var i = 0u; i < 40000u; i++) { x = x * 0.999999 + 0.25; } o[id.x] = x; }`,
+      );
+      const out = g.empty([64 * 32]);
+      g.dispatch(spin, [out], null, 32);
+      await g.read(out); // compiled and run once
+      const [p0, a0] = [threads.map(ns), all()];
+      g.dispatch(spin, [out], null, 32);
+      await g.read(out);
+      const pinnedNs = threads.reduce((s, tid, i) => s + ns(tid) - p0[i], 0), allNs = all() - a0;
+      assert(pinnedNs > 0.8 * allNs, `pinned threads ${pinnedNs} of ${allNs} ns`);
+      out.release();
+    } finally {
+      g.destroy();
+    }
+    const off = await Gpu.create({ pinThreads: false });
+    try {
+      assertEquals(off.pinning.pinned, 0);
+      if (off.software) assertEquals(off.pinning.skipped, "pinThreads: false");
+    } finally {
+      off.destroy();
+    }
+    // Without the pinner installed (the browser-ready module alone), nothing is pinned.
+    setThreadPinner(null);
+    try {
+      const plain = await Gpu.create();
+      assertEquals(plain.pinning.pinned, 0);
+      if (plain.software) assert(plain.pinning.skipped?.includes("import @lvm/gpu/pin"));
+      plain.destroy();
+    } finally {
+      setThreadPinner(pinDriverThreads);
+    }
+  },
+});
