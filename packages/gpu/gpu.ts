@@ -116,7 +116,7 @@ const CALIBRATE_WGSL = `@group(0) @binding(0) var<storage, read_write> out: arra
 @compute @workgroup_size(64)
 fn main(@builtin(global_invocation_id) id: vec3u) {
   var x = f32(id.x);
-  for (var i = 0u; i < 20000u; i++) { x = x * 0.999999 + 0.5; }
+  for (var i = 0u; i < 60000u; i++) { x = x * 0.999999 + 0.5; }
   out[id.x] = x;
 }`;
 
@@ -443,11 +443,11 @@ export class Gpu {
     return gpu;
   }
 
-  /** Work for every compute thread of a CPU adapter (8 workgroups per core), awaited. */
+  /** Work for every compute thread of a CPU adapter (4 workgroups per core), awaited. */
   async #calibrate(): Promise<void> {
     const d = this.device;
     const cores = typeof navigator !== "undefined" ? navigator.hardwareConcurrency || 2 : 2;
-    const groups = 8 * cores;
+    const groups = 4 * cores;
     const out = d.createBuffer({ size: groups * 64 * 4, usage: GPUBufferUsage.STORAGE });
     const pipeline = d.createComputePipeline({
       label: "gpu calibrate",

@@ -52,8 +52,10 @@ export function parseCpuList(text: string): number[] {
 }
 
 /**
- * The threads that did the calibration's work: those whose CPU time grew by at least a fifth of the
- * largest growth and by at least `minNs`, the main thread excluded, the busiest first.
+ * The threads that did the calibration's work: those whose CPU time grew by at least half the
+ * largest growth and by at least `minNs`, the main thread excluded, the busiest first. The driver
+ * cuts the work into equal chunks, one per worker, so its workers grow alike; its queue thread, which
+ * hands the dispatch over and waits, grows by a fraction of that (it passed a fifth once).
  */
 export function pickWorkers(
   before: ReadonlyMap<number, number>,
@@ -65,7 +67,7 @@ export function pickWorkers(
     .map(([tid, ns]) => [tid, ns - (before.get(tid) ?? 0)] as const)
     .sort((a, b) => b[1] - a[1]);
   const top = grown.length ? grown[0][1] : 0;
-  return grown.filter(([, d]) => d >= minNs && d >= top / 5).map(([tid]) => tid);
+  return grown.filter(([, d]) => d >= minNs && d >= top / 2).map(([tid]) => tid);
 }
 
 /** CPU time of each of this process's threads, ns (`/proc/self/task/TID/schedstat`). */
