@@ -34,6 +34,9 @@
 
 import { setThreadPinner, type ThreadPinning } from "./gpu.ts";
 
+/** Calibration runs measured (after one that compiles): a thread must be busy in each. */
+const CALIBRATION_RUNS = 3;
+
 /** Environment variable that turns pinning off when "0". */
 export const PIN_THREADS_ENV = "LVM_PIN_THREADS";
 
@@ -52,22 +55,29 @@ export function parseCpuList(text: string): number[] {
 }
 
 /**
- * The threads that did the calibration's work: those whose CPU time grew by at least half the
- * largest growth and by at least `minNs`, the main thread excluded, the busiest first. The driver
- * cuts the work into equal chunks, one per worker, so its workers grow alike; its queue thread, which
- * hands the dispatch over and waits, grows by a fraction of that (it passed a fifth once).
+ * The threads that did the calibration's work, given each thread's CPU time before and after each of
+ * several calibration runs: a thread's score is its smallest growth over the runs (a thread busy with
+ * something else, a garbage collector, in one run scores by its quietest), and the workers are those
+ * scoring at least half the best score and at least `minNs`, the main thread excluded, the busiest
+ * first. The driver cuts the work into equal chunks, one per worker, so its workers grow alike; its
+ * queue thread, which hands the dispatch over and waits, grows by a fraction of that.
  */
 export function pickWorkers(
-  before: ReadonlyMap<number, number>,
-  after: ReadonlyMap<number, number>,
+  snapshots: readonly ReadonlyMap<number, number>[],
   mainTid: number,
   minNs = 200_000,
 ): number[] {
-  const grown = [...after].filter(([tid]) => tid !== mainTid)
-    .map(([tid, ns]) => [tid, ns - (before.get(tid) ?? 0)] as const)
-    .sort((a, b) => b[1] - a[1]);
-  const top = grown.length ? grown[0][1] : 0;
-  return grown.filter(([, d]) => d >= minNs && d >= top / 2).map(([tid]) => tid);
+  if (snapshots.length < 2) throw new RangeError("pickWorkers: needs at least two snapshots");
+  const last = snapshots[snapshots.length - 1];
+  const score = [...last.keys()].filter((tid) => tid !== mainTid).map((tid) => {
+    let least = Infinity;
+    for (let i = 1; i < snapshots.length; i++) {
+      least = Math.min(least, (snapshots[i].get(tid) ?? 0) - (snapshots[i - 1].get(tid) ?? 0));
+    }
+    return [tid, least] as const;
+  }).sort((a, b) => b[1] - a[1]);
+  const top = score.length ? score[0][1] : 0;
+  return score.filter(([, d]) => d >= minNs && d >= top / 2).map(([tid]) => tid);
 }
 
 /** CPU time of each of this process's threads, ns (`/proc/self/task/TID/schedstat`). */
@@ -108,10 +118,10 @@ function why(): string | null {
 }
 
 /**
- * Runs `calibrate` (work for the driver's compute threads, awaited until done) twice, the first time
- * to compile it, and pins each thread that did the second run's work to its own core among those the
- * process may use (round robin when there are more threads than cores). Call it once a CPU adapter's
- * device exists; see the module doc for why.
+ * Runs `calibrate` (work for the driver's compute threads, awaited until done) once to compile it,
+ * then {@link CALIBRATION_RUNS} times measured, and pins each thread that did the work
+ * ({@link pickWorkers}) to its own core among those the process may use (round robin when there are
+ * more threads than cores). Call it once a CPU adapter's device exists; see the module doc for why.
  */
 export async function pinDriverThreads(calibrate: () => Promise<void>): Promise<ThreadPinning> {
   const skip = (skipped: string): ThreadPinning => ({ pinned: 0, cpus: [], threads: [], skipped });
@@ -125,10 +135,23 @@ export async function pinDriverThreads(calibrate: () => Promise<void>): Promise<
   }
   if (cores.length < 2) return skip(`one core (${cores.join(",")})`);
   await calibrate(); // once to compile the kernel (lavapipe compiles on its queue thread)
-  const before = threadCpuNs();
-  await calibrate();
-  const workers = pickWorkers(before, threadCpuNs(), Deno.pid);
-  if (workers.length < 2) return skip(`${workers.length} worker thread(s) found`);
+  const snapshots = [threadCpuNs()];
+  for (let i = 0; i < CALIBRATION_RUNS; i++) {
+    await calibrate();
+    snapshots.push(threadCpuNs());
+  }
+  const workers = pickWorkers(snapshots, Deno.pid);
+  if (workers.length < 2) {
+    const busiest = [...snapshots[CALIBRATION_RUNS]]
+      .map(([tid, ns]) => [tid, ns - (snapshots[0].get(tid) ?? 0)])
+      .sort((a, b) => b[1] - a[1]).slice(0, 4)
+      .map(([tid, ns]) => `${tid}${tid === Deno.pid ? " (main)" : ""} ${(ns / 1e6).toFixed(1)} ms`);
+    return skip(
+      `${workers.length} worker thread(s) found (busiest over the calibration: ${
+        busiest.join(", ")
+      })`,
+    );
+  }
   let lib: Deno.DynamicLibrary<{
     sched_setaffinity: { parameters: ["i32", "usize", "buffer"]; result: "i32" };
   }>;

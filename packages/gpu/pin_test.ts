@@ -9,13 +9,18 @@ Deno.test("parseCpuList reads Linux CPU lists and names what it cannot read", ()
   assertThrows(() => parseCpuList("3-1"), RangeError, "runs backwards");
 });
 
-Deno.test("pickWorkers keeps the threads that did the work, busiest first", () => {
-  const before = new Map([[1, 0], [2, 1e6], [3, 5e6], [4, 0], [5, 0]]);
-  // 1 = main (busy but excluded), 2 and 3 = workers, 4 = a queue thread (a little), 5 = new, idle.
-  const after = new Map([[1, 9e7], [2, 21e6], [3, 30e6], [4, 8e6], [5, 1000], [6, 2.2e7]]);
-  assertEquals(pickWorkers(before, after, 1), [3, 6, 2]);
+Deno.test("pickWorkers keeps the threads busy in every run, busiest first", () => {
+  // 1 = main (busy but excluded), 2, 3 and 6 = workers, 4 = a queue thread (a little each run),
+  // 5 = idle, 7 = a garbage collector busy in one run only (more than any worker then).
+  const s0 = new Map([[1, 0], [2, 1e6], [3, 5e6], [4, 0], [5, 0], [7, 0]]);
+  const s1 = new Map([[1, 9e7], [2, 21e6], [3, 30e6], [4, 8e6], [5, 1000], [6, 2.2e7], [7, 9e7]]);
+  const s2 = new Map([[1, 2e8], [2, 41e6], [3, 55e6], [4, 16e6], [5, 2000], [6, 4.4e7], [7, 9e7]]);
+  assertEquals(pickWorkers([s0, s1, s2], 1), [3, 6, 2]);
+  // One run only: the collector outscores the workers by 4x, and is all that is picked.
+  assertEquals(pickWorkers([s0, s1], 1), [7]);
   // Nothing but noise: no thread reaches minNs.
-  assertEquals(pickWorkers(before, new Map([[2, 1e6 + 5000], [4, 9000]]), 1), []);
+  assertEquals(pickWorkers([s0, new Map([[2, 1e6 + 5000], [4, 9000]])], 1), []);
+  assertThrows(() => pickWorkers([s0], 1), RangeError, "two snapshots");
 });
 
 Deno.test("pinDriverThreads: off by the environment, nothing run", async () => {
