@@ -111,7 +111,7 @@ export function isSoftwareAdapter(info: GPUAdapterInfo): boolean {
   );
 }
 
-/** A spin loop per invocation, for {@link pinDriverThreads}'s calibration (its result is stored). */
+/** A spin loop per invocation: the work a {@link ThreadPinner} calibrates with (its result is stored). */
 const CALIBRATE_WGSL = `@group(0) @binding(0) var<storage, read_write> out: array<f32>;
 @compute @workgroup_size(64)
 fn main(@builtin(global_invocation_id) id: vec3u) {
@@ -434,17 +434,26 @@ export class Gpu {
     const gpu = new Gpu(adapter, device, adapter.info, kind);
     if (gpu.software) {
       const skip = (skipped: string) => ({ pinned: 0, cpus: [], threads: [], skipped });
-      gpu.pinning = options.pinThreads === false
-        ? skip("pinThreads: false")
-        : threadPinner
-        ? await threadPinner(() => gpu.#calibrate())
-        : skip("no thread pinner installed (Deno: import @lvm/gpu/pin)");
+      if (options.pinThreads === false) gpu.pinning = skip("pinThreads: false");
+      else if (!threadPinner) {
+        gpu.pinning = skip("no thread pinner installed (Deno: import @lvm/gpu/pin)");
+      } else {
+        const work = gpu.#calibration();
+        try {
+          gpu.pinning = await threadPinner(work.run);
+        } finally {
+          work.out.destroy();
+        }
+      }
     }
     return gpu;
   }
 
-  /** Work for every compute thread of a CPU adapter (4 workgroups per core), awaited. */
-  async #calibrate(): Promise<void> {
+  /**
+   * Work for every compute thread of a CPU adapter: `run` dispatches {@link CALIBRATE_WGSL} over 4
+   * workgroups per core and waits for it; `out` is its buffer, to destroy after the last run.
+   */
+  #calibration(): { run: () => Promise<void>; out: GPUBuffer } {
     const d = this.device;
     const cores = typeof navigator !== "undefined" ? navigator.hardwareConcurrency || 2 : 2;
     const groups = 4 * cores;
@@ -458,15 +467,17 @@ export class Gpu {
       layout: pipeline.getBindGroupLayout(0),
       entries: [{ binding: 0, resource: { buffer: out } }],
     });
-    const enc = d.createCommandEncoder();
-    const pass = enc.beginComputePass();
-    pass.setPipeline(pipeline);
-    pass.setBindGroup(0, group);
-    pass.dispatchWorkgroups(groups);
-    pass.end();
-    d.queue.submit([enc.finish()]);
-    await d.queue.onSubmittedWorkDone();
-    out.destroy();
+    const run = async () => {
+      const enc = d.createCommandEncoder();
+      const pass = enc.beginComputePass();
+      pass.setPipeline(pipeline);
+      pass.setBindGroup(0, group);
+      pass.dispatchWorkgroups(groups);
+      pass.end();
+      d.queue.submit([enc.finish()]);
+      await d.queue.onSubmittedWorkDone();
+    };
+    return { run, out };
   }
 
   /**
