@@ -90,6 +90,11 @@ export interface ThreadPinning {
   skipped?: string;
 }
 
+/** A {@link ThreadPinning} that pinned nothing, for `reason`. */
+export function notPinned(reason: string): ThreadPinning {
+  return { pinned: 0, cpus: [], threads: [], skipped: reason };
+}
+
 /**
  * Places a CPU adapter's compute threads once its device exists, given `calibrate`: work for those
  * threads, awaited until done. The runtime-specific part (threads, affinity) lives outside this
@@ -293,7 +298,7 @@ export class Gpu {
   /** Whether the adapter runs on the CPU ({@link isSoftwareAdapter}). */
   readonly software: boolean;
   /** How the CPU adapter's compute threads were placed ({@link GpuOptions.pinThreads}). */
-  pinning: ThreadPinning = { pinned: 0, cpus: [], threads: [], skipped: "not a CPU adapter" };
+  pinning: ThreadPinning = notPinned("not a CPU adapter");
   #pipelines = new Map<string, GPUComputePipeline>();
   #bindGroups = new Map<string, GPUBindGroup>();
   #encoder: GPUCommandEncoder | null = null;
@@ -433,10 +438,9 @@ export class Gpu {
     }
     const gpu = new Gpu(adapter, device, adapter.info, kind);
     if (gpu.software) {
-      const skip = (skipped: string) => ({ pinned: 0, cpus: [], threads: [], skipped });
-      if (options.pinThreads === false) gpu.pinning = skip("pinThreads: false");
+      if (options.pinThreads === false) gpu.pinning = notPinned("pinThreads: false");
       else if (!threadPinner) {
-        gpu.pinning = skip("no thread pinner installed (Deno: import @lvm/gpu/pin)");
+        gpu.pinning = notPinned("no thread pinner installed (Deno: import @lvm/gpu/pin)");
       } else {
         const work = gpu.#calibration();
         try {

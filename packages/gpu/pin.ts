@@ -32,7 +32,7 @@
  * @module
  */
 
-import { setThreadPinner, type ThreadPinning } from "./gpu.ts";
+import { notPinned, setThreadPinner, type ThreadPinning } from "./gpu.ts";
 
 /** Calibration runs measured (after one that compiles): a thread must be busy in each. */
 const CALIBRATION_RUNS = 3;
@@ -81,7 +81,7 @@ export function pickWorkers(
 }
 
 /** CPU time of each of this process's threads, ns (`/proc/self/task/TID/schedstat`). */
-function threadCpuNs(): Map<number, number> {
+export function threadCpuNs(): Map<number, number> {
   const out = new Map<number, number>();
   for (const e of Deno.readDirSync("/proc/self/task")) {
     try {
@@ -102,7 +102,8 @@ export function threadCpus(tid: number): number[] {
   return parseCpuList(m[1]);
 }
 
-function why(): string | null {
+/** Why pinning cannot run here, or null when it can. */
+function unavailable(): string | null {
   if (typeof Deno === "undefined" || typeof Deno.dlopen !== "function") return "not Deno";
   if (Deno.build.os !== "linux") return `not Linux (${Deno.build.os})`;
   if (Deno.env.get(PIN_THREADS_ENV) === "0") return `${PIN_THREADS_ENV}=0`;
@@ -124,16 +125,15 @@ function why(): string | null {
  * more threads than cores). Call it once a CPU adapter's device exists; see the module doc for why.
  */
 export async function pinDriverThreads(calibrate: () => Promise<void>): Promise<ThreadPinning> {
-  const skip = (skipped: string): ThreadPinning => ({ pinned: 0, cpus: [], threads: [], skipped });
-  const no = why();
-  if (no) return skip(no);
+  const no = unavailable();
+  if (no) return notPinned(no);
   let cores: number[];
   try {
     cores = threadCpus(Deno.pid);
   } catch (e) {
-    return skip((e as Error).message);
+    return notPinned((e as Error).message);
   }
-  if (cores.length < 2) return skip(`one core (${cores.join(",")})`);
+  if (cores.length < 2) return notPinned(`one core (${cores.join(",")})`);
   await calibrate(); // once to compile the kernel (lavapipe compiles on its queue thread)
   const snapshots = [threadCpuNs()];
   for (let i = 0; i < CALIBRATION_RUNS; i++) {
@@ -146,7 +146,7 @@ export async function pinDriverThreads(calibrate: () => Promise<void>): Promise<
       .map(([tid, ns]) => [tid, ns - (snapshots[0].get(tid) ?? 0)])
       .sort((a, b) => b[1] - a[1]).slice(0, 4)
       .map(([tid, ns]) => `${tid}${tid === Deno.pid ? " (main)" : ""} ${(ns / 1e6).toFixed(1)} ms`);
-    return skip(
+    return notPinned(
       `${workers.length} worker thread(s) found (busiest over the calibration: ${
         busiest.join(", ")
       })`,
@@ -160,23 +160,23 @@ export async function pinDriverThreads(calibrate: () => Promise<void>): Promise<
       sched_setaffinity: { parameters: ["i32", "usize", "buffer"], result: "i32" },
     });
   } catch (e) {
-    return skip(`libc.so.6: ${(e as Error).message}`);
+    return notPinned(`libc.so.6: ${(e as Error).message}`);
   }
   try {
+    // A cpu_set_t: one bit per core, at least glibc's 1024 bits.
+    const bytes = Math.max(128, Math.ceil((Math.max(...cores) + 1) / 64) * 8);
+    const setAffinity = (tid: number, on: readonly number[]) => {
+      const mask = new Uint8Array(bytes);
+      for (const c of on) mask[c >> 3] |= 1 << (c & 7);
+      return lib.symbols.sched_setaffinity(tid, BigInt(bytes), mask) === 0;
+    };
     const cpus: number[] = [];
-    const maskBytes = Math.max(128, Math.ceil((Math.max(...cores) + 1) / 64) * 8);
     for (const [i, tid] of workers.entries()) {
       const cpu = cores[i % cores.length];
-      const mask = new Uint8Array(maskBytes);
-      mask[cpu >> 3] |= 1 << (cpu & 7);
-      if (lib.symbols.sched_setaffinity(tid, BigInt(maskBytes), mask) !== 0) {
+      if (!setAffinity(tid, [cpu])) {
         // Undo what was done: half-pinned threads are worse than none.
-        const all = new Uint8Array(maskBytes);
-        for (const c of cores) all[c >> 3] |= 1 << (c & 7);
-        for (const t of workers.slice(0, i)) {
-          lib.symbols.sched_setaffinity(t, BigInt(maskBytes), all);
-        }
-        return skip(`sched_setaffinity failed for thread ${tid}`);
+        for (const t of workers.slice(0, i)) setAffinity(t, cores);
+        return notPinned(`sched_setaffinity failed for thread ${tid}`);
       }
       cpus.push(cpu);
     }

@@ -1,6 +1,13 @@
 import { assert, assertEquals, assertThrows } from "@lvm/util/testing";
 import { Gpu, setThreadPinner } from "./gpu.ts";
-import { parseCpuList, pickWorkers, PIN_THREADS_ENV, pinDriverThreads, threadCpus } from "./pin.ts";
+import {
+  parseCpuList,
+  pickWorkers,
+  PIN_THREADS_ENV,
+  pinDriverThreads,
+  threadCpuNs,
+  threadCpus,
+} from "./pin.ts";
 
 Deno.test("parseCpuList reads Linux CPU lists and names what it cannot read", () => {
   assertEquals(parseCpuList("0-3,8,10-11\n"), [0, 1, 2, 3, 8, 10, 11]);
@@ -60,10 +67,8 @@ Deno.test({
       // The main thread is left where it was.
       assertEquals(threadCpus(Deno.pid).length, cores);
       // They are the threads that compute: a dispatch's CPU time goes mostly to them.
-      const ns = (tid: number) =>
-        Number(Deno.readTextFileSync(`/proc/self/task/${tid}/schedstat`).split(" ")[0]);
-      const all = () =>
-        [...Deno.readDirSync("/proc/self/task")].reduce((s, e) => s + ns(Number(e.name)), 0);
+      const ns = (t: Map<number, number>, tids: readonly number[]) =>
+        tids.reduce((s, tid) => s + (t.get(tid) ?? 0), 0);
       const spin = g.pipeline(
         "pin_test spin",
         `@group(0) @binding(0) var<storage, read_write> o: array<f32>;
@@ -73,10 +78,11 @@ Deno.test({
       const out = g.empty([64 * 32]);
       g.dispatch(spin, [out], null, 32);
       await g.read(out); // compiled and run once
-      const [p0, a0] = [threads.map(ns), all()];
+      const t0 = threadCpuNs();
       g.dispatch(spin, [out], null, 32);
       await g.read(out);
-      const pinnedNs = threads.reduce((s, tid, i) => s + ns(tid) - p0[i], 0), allNs = all() - a0;
+      const t1 = threadCpuNs(), tids = [...t1.keys()];
+      const pinnedNs = ns(t1, threads) - ns(t0, threads), allNs = ns(t1, tids) - ns(t0, tids);
       assert(pinnedNs > 0.8 * allNs, `pinned threads ${pinnedNs} of ${allNs} ns`);
       out.release();
     } finally {
