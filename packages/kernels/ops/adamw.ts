@@ -12,9 +12,15 @@
  * so global-norm clipping needs no CPU readback.
  *
  * Variants (64 invocations per workgroup, one element or vec4 each; 28 bytes moved per element):
- * - "tex" (CPU adapters, N % 4 == 0, N >= 65536): p, m, v and g are first copied into textures
- *   (texelCopy) and read with vectorised texel fetches; llvmpipe's storage loads are per-lane loops.
- * - "vec4" (N % 4 == 0 otherwise): `array<vec4f>` loads and stores.
+ * - "vec4" (the default when N % 4 == 0): `array<vec4f>` loads and stores.
+ * - "tex" (on request, N % 4 == 0): p, m, v and g are first copied into textures (texelCopy) and
+ *   read with texel fetches. It was lavapipe's default for N >= 65536 (its storage loads are
+ *   per-lane loops) until measured against "vec4" with pinned driver threads (Mesa 22.3, 2 cores,
+ *   a one-off script, median of 5 x 4-136 updates): 147456 elements 1.18 vs 0.40 ms,
+ *   1.1M 6.0 vs 3.0 ms, 5.2M 19.5 vs 15.4 ms; the four copies run on the driver's queue thread
+ *   while both workers wait, and the worker that did not make the copies reads the other core's
+ *   cache (perf sched: one worker 0.33 ms, the other 1.0 ms on equal halves). The tiny tokenizer's
+ *   training step (alternating in one process, 30 steps each, twice): median 433 -> 420 ms.
  * - "scalar": `array<f32>`.
  * @module
  */
@@ -25,7 +31,7 @@ import { texelCopy, wgslTexel } from "./elementwise.ts";
 
 const WG = 64;
 
-/** Kernel variants: "tex" (CPU default for N % 4 == 0, N >= 65536), "vec4", "scalar". */
+/** Kernel variants: "vec4" (the default for N % 4 == 0), "tex" (on request), "scalar". */
 export type AdamWVariant = "tex" | "vec4" | "scalar";
 
 function adamwKernel(variant: AdamWVariant, scaleTensor: boolean): string {
@@ -197,7 +203,7 @@ export function adamw(gpu: Gpu, state: AdamWState, options: AdamWOptions): void 
   const vec = N % 4 === 0;
   const variant: AdamWVariant = !vec || options.variant === "scalar"
     ? "scalar"
-    : options.variant ?? (gpu.kind === "cpu" && N >= 65536 ? "tex" : "vec4");
+    : options.variant ?? "vec4";
   const s = adamwScalars(options);
   const pipe = gpu.pipeline(
     `adamw|${variant}|${!!tensorScale}`,
@@ -272,8 +278,9 @@ fn main(@builtin(local_invocation_index) li: u32, @builtin(workgroup_id) wg: vec
  * and small matrices cost a dispatch apiece otherwise (~40-50 us each on lavapipe before any work;
  * host time per dispatch on a real GPU, where recording bounds a small model's step). The update is
  * {@link adamw}'s "vec4" one, element for element. `decays[i]` (default `options.weightDecay`) is
- * parameter i's weight decay. Parameters {@link adamw} would run otherwise (N % 4 != 0, or its
- * "tex" variant: N >= 65536 on CPU adapters) go through it one by one, as do all where the
+ * parameter i's weight decay. Parameters {@link adamw} would run otherwise (N % 4 != 0, or a
+ * forced variant) go through it one by one, as do large ones on CPU adapters (N >= 65536: grouped
+ * with the rest, the tiny tokenizer's step measured no faster, 436 vs 432 ms) and all where the
  * device binds too few storage buffers for two.
  */
 export function adamwGroup(

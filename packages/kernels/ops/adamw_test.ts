@@ -127,7 +127,7 @@ Deno.test("adamw() matches the CPU reference on odd sizes and extreme values", a
 Deno.test("adamwGroup() == adamw() one by one, bit for bit; odd and large tensors go singly", async () => {
   const gpu = await getGpu();
   // 11 groupable sizes (more than one group of adamwGroupSize), one not a multiple of 4, one large
-  // enough for adamw's "tex" variant on CPU adapters.
+  // enough to go singly on CPU adapters (N >= 65536).
   const sizes = [4, 8, 12, 400, 64, 4, 1028, 16, 20, 6, 70000, 44, 128, 256];
   const decays = sizes.map((_, i) => (i % 3 === 0 ? 0 : 0.1 * i));
   const opts = { lr: 0.01, step: 3, beta1: 0.9, beta2: 0.95, eps: 1e-8 };

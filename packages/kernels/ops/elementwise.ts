@@ -6,12 +6,13 @@
  *
  * Variants, specialised per expression, broadcast pattern and dtypes (2-D grid over 65535
  * workgroups):
- * - "tex" (llvmpipe default when N % 4 == 0, N >= 65536): the f32 full and row inputs are first
- *   copied into rgba32float textures (a transfer, memcpy speed) and read with `textureLoad`; the
- *   rest as in "vec4". Mesa 22.3's llvmpipe turns every storage-buffer load with a per-lane index
- *   into a loop over the SIMD lanes with a bounds check per lane and component, while texel fetches
- *   are vectorised (WEBGPU-CPU.md): a 4M-element `add`, copies included, ran 3.5-4.5x faster than
- *   the "scalar" kernel in the same run (2 busy cores; "vec4" alone gained 10-20%).
+ * - "tex" (on request): the f32 full and row inputs are first copied into rgba32float textures (a
+ *   transfer, memcpy speed) and read with `textureLoad`; the rest as in "vec4". It was lavapipe's
+ *   default for N >= 65536 (Mesa 22.3 turns a storage-buffer load with a per-lane index into a loop
+ *   over the SIMD lanes, texel fetches are vectorised: WEBGPU-CPU.md), until "vec4" measured faster
+ *   with the driver's threads pinned (`a + b`, median of 5 runs, 2 cores): 147456 elements 0.24 vs
+ *   0.17 ms, 2M 3.2 vs 2.3 ms, 16M 25.2 vs 20.9 ms. The copies run on the driver's queue thread
+ *   while its workers wait.
  * - "vec4" (when N % 4 == 0 and every row input's length is a multiple of 4): inputs and output
  *   as `vec4<f32>` (f16 as `vec2<u32>`, two packed pairs), the expression evaluated per component,
  *   4 vec4s per invocation, 64 invocations per workgroup; a scalar input is read once per
@@ -32,7 +33,7 @@ export type MapVariant = "tex" | "vec4" | "scalar";
 
 /** Options of {@link map}. */
 export interface MapOptions {
-  /** Force a variant (default: "tex" on CPU adapters for large inputs, else "vec4" when allowed). */
+  /** Force a variant (default: "vec4" when allowed, else "scalar"). */
   variant?: MapVariant;
 }
 
@@ -68,8 +69,6 @@ const VEC_PER_THREAD = 4;
 const VEC_WG = 64;
 /** Texels per row of the textures of {@link texelCopy}. */
 export const TEXEL_ROW = 1024;
-/** Smallest element count for which `map` takes the "tex" variant by default. */
-const TEX_MIN = 65536;
 
 /** A tensor's f32 data in an rgba32float texture: texel i holds elements 4i..4i+3 at (i % 1024, i / 1024). */
 export interface TexelCopy {
@@ -298,8 +297,7 @@ export function map(
   const vec4 = floats && N % 4 === 0 && (C % 4 === 0 || !modes.includes("row")) &&
     options.variant !== "scalar";
   if (vec4) {
-    const wantTex = options.variant === "tex" ||
-      (options.variant === undefined && gpu.kind === "cpu" && N >= TEX_MIN);
+    const wantTex = options.variant === "tex";
     const rows = rowClass(Math.ceil(N / 4 / TEXEL_ROW));
     const tex = wantTex && rows <= gpu.limits.maxTextureDimension2D;
     const srcs: Source[] = ins.map((x, k) =>
