@@ -446,7 +446,7 @@ export class Gpu {
         try {
           gpu.pinning = await threadPinner(work.run);
         } finally {
-          work.out.destroy();
+          work.out.release();
         }
       }
     }
@@ -455,31 +455,16 @@ export class Gpu {
 
   /**
    * Work for every compute thread of a CPU adapter: `run` dispatches {@link CALIBRATE_WGSL} over 4
-   * workgroups per core and waits for it; `out` is its buffer, to destroy after the last run.
+   * workgroups per core and waits for it; `out` is its buffer, to release after the last run.
    */
-  #calibration(): { run: () => Promise<void>; out: GPUBuffer } {
-    const d = this.device;
+  #calibration(): { run: () => Promise<void>; out: Tensor } {
     const cores = typeof navigator !== "undefined" ? navigator.hardwareConcurrency || 2 : 2;
     const groups = 4 * cores;
-    const out = d.createBuffer({ size: groups * 64 * 4, usage: GPUBufferUsage.STORAGE });
-    const pipeline = d.createComputePipeline({
-      label: "gpu calibrate",
-      layout: "auto",
-      compute: { module: d.createShaderModule({ code: CALIBRATE_WGSL }), entryPoint: "main" },
-    });
-    const group = d.createBindGroup({
-      layout: pipeline.getBindGroupLayout(0),
-      entries: [{ binding: 0, resource: { buffer: out } }],
-    });
+    const out = this.empty([groups * 64]);
+    const pipeline = this.pipeline("gpu calibrate", CALIBRATE_WGSL);
     const run = async () => {
-      const enc = d.createCommandEncoder();
-      const pass = enc.beginComputePass();
-      pass.setPipeline(pipeline);
-      pass.setBindGroup(0, group);
-      pass.dispatchWorkgroups(groups);
-      pass.end();
-      d.queue.submit([enc.finish()]);
-      await d.queue.onSubmittedWorkDone();
+      this.dispatch(pipeline, [out], null, groups);
+      await this.sync();
     };
     return { run, out };
   }
