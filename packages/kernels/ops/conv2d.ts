@@ -35,7 +35,11 @@
  * Backward:
  * - dx = the same forward kernel on dy padded by k-1-pad with W rotated by 180 degrees and
  *   transposed: for stride 1 read from W's rows as they lie in memory (one buffer-to-texture copy,
- *   the rotation and transposition constant component choices, {@link stageWeightRows}). With
+ *   the rotation and transposition constant component choices, {@link stageWeightRows}), and dy
+ *   read unpadded where its planes are whole 256-byte texture rows ({@link flatPlanes}: one copy,
+ *   which the weight gradient reads too; each tile's window coordinates are computed once, and a
+ *   tap outside the plane reads a zero column, so the channel loop is as before with one more input
+ *   texel per window row). With
  *   stride S > 1 it runs once per output phase (S*S stride-1 convs with the
  *   kernel's taps of that phase, each writing every S-th pixel of dx): no FMAs on the zeros a dilated
  *   dy would hold (the VQGAN's 4 downsample convs; 2.1x faster than the dilated form at 32x32).
@@ -341,6 +345,7 @@ function takeTexture(gpu: Gpu, w: number, h: number): GPUTexture {
  */
 export function conv2dReleaseTextures(gpu: Gpu): void {
   texPool.release(gpu);
+  flatPool.release(gpu);
 }
 
 /** Planes of (Hp rows x Wp4 texels) packed P per band, bands stacked: texel (u, v) of a texture. */
@@ -1083,6 +1088,11 @@ interface FwdCfg extends ConvTile {
   cpi: number;
   /** The weights are the dx's row layout ({@link StagedW.rows}), else the column layouts. */
   wRows: boolean;
+  /**
+   * x is read unpadded from a {@link FlatPlanes} texture (row = plane, texel y*W4 + q, zeros from
+   * column H*W4): its plane size and padding, else null (the padded planes of {@link stage}).
+   */
+  xFlat: FlatGeom | null;
 }
 
 /**
@@ -1283,6 +1293,24 @@ function fwdWgsl(c: FwdCfg): string {
     }
   }
   const CPI = c.cpi;
+  const F = c.xFlat;
+  // Flat x: window texel v of row r is source texel (fq0 + v) of row (fy0 + r), or the zero column.
+  const QOFF = F ? Math.ceil(F.offL / 4) : 0;
+  const NVx = F ? ((px - 1 + KW - 1 - F.offL + 4 * QOFF) >> 2) + 1 : NV;
+  if (F) {
+    L.push(`  let fy0 = i32(ty * ${py}u) - ${F.offT};`);
+    L.push(`  let fq0 = i32(tx * ${px / 4}u) - ${QOFF};`);
+    for (let r = 0; r < R; r++) {
+      L.push(`  let fr${r} = fy0 + ${r} >= 0 && fy0 + ${r} < ${F.H};`);
+      for (let v = 0; v < NVx; v++) {
+        L.push(
+          `  let xo${r}_${v} = select(${
+            F.H * F.W4
+          }u, u32(fy0 + ${r}) * ${F.W4}u + u32(fq0 + ${v}), fr${r} && fq0 + ${v} >= 0 && fq0 + ${v} < ${F.W4});`,
+        );
+      }
+    }
+  }
   L.push(`  let wc = cb * ${WV}u;`);
   // The layout's divisions in the channel loop by reciprocals ({@link UDIVF}).
   L.push(`  let rP = 1.0 / f32(p.P);`);
@@ -1310,9 +1338,12 @@ function fwdWgsl(c: FwdCfg): string {
   for (let k = 0; k < CPI; k++) {
     L.push(`    let ci${k} = c0 + ${k}u;`);
     L.push(`    let plane${k} = bl * p.Cin + ci${k};`);
-    L.push(`    let pq${k} = udivf(plane${k}, p.P, rP);`);
-    L.push(`    let xu${k} = (plane${k} - pq${k} * p.P) * p.Wp4 + tx * ${(px * S) / 4}u;`);
-    L.push(`    let xv${k} = pq${k} * p.Hp + ty * ${py * S}u;`);
+    if (F) L.push(`    let fp${k} = (p.b0 + bl) * p.Cin + ci${k};`);
+    else {
+      L.push(`    let pq${k} = udivf(plane${k}, p.P, rP);`);
+      L.push(`    let xu${k} = (plane${k} - pq${k} * p.P) * p.Wp4 + tx * ${(px * S) / 4}u;`);
+      L.push(`    let xv${k} = pq${k} * p.Hp + ty * ${py * S}u;`);
+    }
     if (!c.wRows) {
       L.push(
         c.wsets
@@ -1331,9 +1362,11 @@ function fwdWgsl(c: FwdCfg): string {
       }
     }
     for (let r = 0; r < R; r++) {
-      for (let v = 0; v < NV; v++) {
+      for (let v = 0; v < NVx; v++) {
         L.push(
-          `    let v${k}_${r}_${v} = textureLoad(xt, vec2u(xu${k} + ${v}u, xv${k} + ${r}u)${LVL});`,
+          F
+            ? `    let v${k}_${r}_${v} = textureLoad(xt, vec2u(xo${r}_${v}, fp${k})${LVL});`
+            : `    let v${k}_${r}_${v} = textureLoad(xt, vec2u(xu${k} + ${v}u, xv${k} + ${r}u)${LVL});`,
         );
       }
     }
@@ -1347,7 +1380,9 @@ function fwdWgsl(c: FwdCfg): string {
             const r = y * S + kh;
             for (let kw = 0; kw < KW; kw++) {
               // Output pixel q*4+i of the row reads padded column S*(q*4+i) + kw.
-              const pos = [0, 1, 2, 3].map((i) => S * (q * 4 + i) + kw);
+              const pos = [0, 1, 2, 3].map((i) =>
+                F ? q * 4 + i + kw - F.offL + 4 * QOFF : S * (q * 4 + i) + kw
+              );
               const xs = S === 1 && pos[0] % 4 === 0
                 ? `v${k}_${r}_${pos[0] >> 2}`
                 : `vec4f(${pos.map((p) => `v${k}_${r}_${p >> 2}.${COMP[p & 3]}`).join(", ")})`;
@@ -1466,6 +1501,7 @@ function launchFwd(
   phase?: OutPhase,
   wDiv?: number,
   stats?: Tensor,
+  xFlat?: FlatGeom,
 ) {
   const { nTx, nTy } = fwdPlane(g.Ho, g.Wo, k.KH, k.KW, k.S, tile);
   const nTiles = nTx * nTy;
@@ -1492,7 +1528,11 @@ function launchFwd(
     stats: !!stats,
     cpi: k.KH * k.KW === 1 && g.Cin % W1_CPI === 0 ? W1_CPI : 1,
     wRows: !!ws.rows,
+    xFlat: xFlat ?? null,
   };
+  if (xFlat && (k.S !== 1 || phase || wDiv !== undefined || xFlat.offL > 3 || xFlat.offL < 0)) {
+    throw new Error("conv2d: a flat input takes a stride-1 conv with a left padding of 0-3");
+  }
   if (ws.rows && wDiv !== undefined) throw new Error("conv2d: row-layout weights with weight sets");
   // udivf's range (plane numbers, weight rows).
   const rows = (wDiv === undefined ? 1 : Math.ceil(g.bc / wDiv)) * g.Cin * k.KH * k.KW;
@@ -1516,6 +1556,7 @@ function launchFwd(
     cfg.cpi,
     cfg.stats,
     cfg.wRows ? "rows" : "cols",
+    xFlat ? `x${xFlat.H}x${xFlat.W4}+${xFlat.offT}+${xFlat.offL}` : "xpad",
     cfg.flat,
   ]
     .join("|");
@@ -1555,7 +1596,7 @@ function convCore(
   res: Tensor | undefined,
   out: Tensor,
   g: { Cout: number; Ho: number; Wo: number; KH: number; KW: number; S: number },
-  pad: { offT: number; offL: number; up: number; pro?: Conv2dPrologue },
+  pad: { offT: number; offL: number; up: number; pro?: Conv2dPrologue; flat?: Staged },
   tile: ConvTile,
   phase?: OutPhase,
   keep?: Conv2dStash,
@@ -1571,6 +1612,26 @@ function convCore(
   keep?.release(gpu);
   for (let b0 = 0; b0 < B; b0 += bc) {
     const n = Math.min(bc, B - b0);
+    if (pad.flat) {
+      // x read unpadded from its flat planes (all of the batch's: the kernel adds b0).
+      const xFlat = { H: inShape.H, W4: inShape.W / 4, offT: pad.offT, offL: pad.offL };
+      launchFwd(
+        gpu,
+        pad.flat,
+        ws,
+        bias,
+        res,
+        out,
+        { Cin: C, Cout: g.Cout, Ho: g.Ho, Wo: g.Wo, b0, bc: n },
+        g,
+        tile,
+        phase,
+        undefined,
+        stats?.part ?? undefined,
+        xFlat,
+      );
+      continue;
+    }
     const lay = planeLayout(gpu, n * C, Hp, Wp4)!;
     const xs = stage(
       gpu,
@@ -2605,6 +2666,11 @@ export const conv2dTuning: {
    * time 48.5 -> 36.2 ms. On lavapipe the GEMMs run ~13x slower (emulated barriers).
    */
   gemmBackward: boolean | null;
+  /**
+   * The stride-1 dx reads dy unpadded from one copy ({@link flatPlanes}), which the weight gradient
+   * reads too (false: dy padded by the pad pass for the dx).
+   */
+  flatDx: boolean;
 } = {
   dw: null,
   w43: null,
@@ -2618,6 +2684,7 @@ export const conv2dTuning: {
   gemm: null,
   upDx: true,
   gemmBackward: null,
+  flatDx: true,
 };
 
 /** The Winograd variant of a stride-1 3x3 conv ({@link useW43}), or null for the direct kernel. */
@@ -3011,6 +3078,7 @@ export function conv2dBackward(
   check(fn, "dy", dy, [B, Cout, Ho, Wo]);
   if (opts.prologue) check(fn, "prologue.ss", opts.prologue.ss, [B * Cin, 2]);
   const grads: Conv2dGrads = { dx: null, dw: null, dbias: null };
+  let dyFlat: Staged | null = null;
   // The implicit GEMMs (conv2d_gemm.ts) on the gpu kind or where asked for; a forced register tile
   // or Winograd (`w43: true`) keeps the texture kernels, as in the forward.
   const gemmBwd = (conv2dTuning.gemmBackward ?? (gpu.kind === "gpu" && !conv2dTuning.w43)) &&
@@ -3052,6 +3120,11 @@ export function conv2dBackward(
         const ws = rowsFit(gpu, w)
           ? stageWeightRows(gpu, w)
           : stageWeights(gpu, w, tile.cot, rotated(w));
+        const offT = KH - 1 - g.pt, offL = KW - 1 - g.pl;
+        // dy unpadded from one copy, which the weight gradient reads too (see flatPlanes).
+        if (offT >= 0 && offL >= 0 && offL <= 3 && flatFits(gpu, B * Cout, Ho, Wo)) {
+          dyFlat = flatPlanes(gpu, dy, B * Cout, Ho, Wo);
+        }
         convCore(
           gpu,
           fn,
@@ -3062,7 +3135,7 @@ export function conv2dBackward(
           undefined,
           dxu,
           { Cout: Cin, Ho: g.Hu, Wo: g.Wu, KH, KW, S: 1 },
-          { offT: KH - 1 - g.pt, offL: KW - 1 - g.pl, up: 1 },
+          { offT, offL, up: 1, flat: dyFlat ?? undefined },
           tile,
         );
         texPool.put(gpu, ws.tex);
@@ -3082,10 +3155,11 @@ export function conv2dBackward(
     grads.dw = gemmConvDw(gpu, a, dy, g);
     if (a !== x) a.release();
   } else if (opts.dw !== false) {
-    const r = convDw(gpu, x, dy, g, wantBias, opts.stash, opts.prologue);
+    const r = convDw(gpu, x, dy, g, wantBias, opts.stash, opts.prologue, dyFlat);
     grads.dw = r.dw;
     grads.dbias = r.dbias;
   }
+  if (dyFlat) flatPool.put(gpu, dyFlat.tex);
   if (wantBias && !grads.dbias) {
     const db = gpu.empty([Cout]);
     gpu.dispatch(
@@ -3139,6 +3213,48 @@ function flatDy(gpu: Gpu, dy: Tensor, t0: number, n4: number, TW: number): Stage
   return { tex, view: tex.createView(), lay: { P: 1, Wp4: TW, Hp: rows + 1, bands: 1 } };
 }
 
+/** Plane size and padding of an input read from a {@link flatPlanes} texture ({@link FwdCfg.xFlat}). */
+interface FlatGeom {
+  H: number;
+  W4: number;
+  offT: number;
+  offL: number;
+}
+
+/**
+ * Textures of {@link flatPlanes}: only ever written in their first H*W/4 columns, so the 16 after
+ * them keep the zeros a new texture starts with (WebGPU zero-initializes resources).
+ */
+const flatPool = new TexturePool("conv2d flat");
+
+/** Whether {@link flatPlanes} takes `planes` planes of H x W. */
+function flatFits(gpu: Gpu, planes: number, H: number, W: number): boolean {
+  const max = gpu.limits.maxTextureDimension2D;
+  const HW4 = (H * W) / 4;
+  return conv2dTuning.flatDx && W % 4 === 0 && HW4 % 16 === 0 && HW4 + 16 <= max && planes <= max;
+}
+
+/**
+ * All planes of `src` (planes of H x W) as texture rows, texel y*W/4 + q = the plane's pixels
+ * 4q..4q+3 of row y, with zero texels from column H*W/4: one buffer-to-texture copy (a memcpy in
+ * lavapipe) where the pad pass ({@link stage}) makes a padded copy lane by lane. The forward kernel
+ * reads it unpadded ({@link FwdCfg.xFlat}: a tap outside the plane reads the zero column), and the
+ * weight gradient reads it as its flat dy ({@link flatDy}'s layout with one plane per row). For the
+ * stride-1 dx: its pad pass (0.25-0.9 ms per call at tiny's 8 x 64-128 channels of 8x8 to 32x32,
+ * the image stores lane by lane) against one more texel per window row in the dx kernel (4 for 3
+ * with 8-pixel tiles). Measured (one-off script, the tiny tokenizer step alternating per step in
+ * one process, 24 steps each): median 435.7 -> 421.3 ms, 520 -> 487 dispatches per step.
+ */
+function flatPlanes(gpu: Gpu, src: Tensor, planes: number, H: number, W: number): Staged {
+  const HW4 = (H * W) / 4;
+  const max = gpu.limits.maxTextureDimension2D;
+  const tex = flatPool.take(gpu, HW4 + 16, Math.min(max, Math.ceil(planes / 64) * 64));
+  gpu.copyToTexture(src, { offset: 0, bytesPerRow: HW4 * 16, rowsPerImage: planes }, {
+    texture: tex,
+  }, [HW4, planes, 1]);
+  return { tex, view: tex.createView(), lay: { P: 1, Wp4: HW4, Hp: planes, bands: 1 } };
+}
+
 /** dW (and, with `bias`, dbias, summed from the same dy texels) by {@link dwWgsl}. */
 function convDw(
   gpu: Gpu,
@@ -3148,6 +3264,7 @@ function convDw(
   bias: boolean,
   stash?: Conv2dStash,
   prologue?: Conv2dPrologue,
+  dyFlat?: Staged | null,
 ): { dw: Tensor; dbias: Tensor | null } {
   const { B, Cin, Cout, KH, KW, S, Ho, Wo } = g;
   const tn = conv2dTuning.dw ?? {};
@@ -3208,7 +3325,13 @@ function convDw(
       : null;
     const xl = kept ? kept.lay : planeLayout(gpu, nb * Cin, xHp, xWp4)!;
     const dl = planeLayout(gpu, nb * Cout, Ho, dWp4)!;
-    const dFlat = dWp4 * 4 === Wo ? flatWidth(gpu, nb * Cout * Ho * dWp4, dWp4) : 0;
+    // The dx's flat dy (one plane per texture row) when it holds these planes as this kernel reads them.
+    const shared = dyFlat && chunks === 1 && dWp4 * 4 === Wo ? dyFlat : null;
+    const dFlat = shared
+      ? Ho * dWp4
+      : dWp4 * 4 === Wo
+      ? flatWidth(gpu, nb * Cout * Ho * dWp4, dWp4)
+      : 0;
     const storageRead = gpu.kind === "cpu";
     const shape = { cot, cit, px, py, KH, KW, S, bias, nTx, nTy };
     const cfg: DwCfg = { ...shape, xl, dl, dFlat, direct, storageRead };
@@ -3225,9 +3348,10 @@ function convDw(
     const pipe = gpu.pipeline(key, () => dwWgsl(cfg));
     const xs = kept ??
       stage(gpu, x, b0 * Cin, nb * Cin, g.H, g.W, xl, g.pt, g.pl, g.up, prologue);
-    const ds = dFlat
-      ? flatDy(gpu, dy, b0 * Cout * Ho * dWp4, nb * Cout * Ho * dWp4, dFlat)
-      : stage(gpu, dy, b0 * Cout, nb * Cout, Ho, Wo, dl, 0, 0);
+    const ds = shared ??
+      (dFlat
+        ? flatDy(gpu, dy, b0 * Cout * Ho * dWp4, nb * Cout * Ho * dWp4, dFlat)
+        : stage(gpu, dy, b0 * Cout, nb * Cout, Ho, Wo, dl, 0, 0));
     const cs = nb * nTy * nTx;
     gpu.dispatch(
       pipe,
@@ -3237,7 +3361,7 @@ function convDw(
       [Math.ceil(cGroups / T), Math.ceil(coBlocks / (WG / T)), nSlices],
     );
     if (!kept) texPool.put(gpu, xs.tex); // a kept one goes back with the stash
-    texPool.put(gpu, ds.tex);
+    if (!shared) texPool.put(gpu, ds.tex); // a shared one goes back after the dx's call
   }
   // Every slice of every chunk writes its partial sums (zeros for an empty slice of a short chunk);
   // they are summed in a fixed order: deterministic, no float atomics.

@@ -792,6 +792,88 @@ Deno.test("conv2dBackward(): the weight gradient reads dy copied flat where its 
   });
 });
 
+Deno.test("conv2dBackward(): a stride-1 dx reads dy unpadded from the copy the weight gradient reads", async (t) => {
+  const gpu = await getGpu();
+  // dy's planes one per texture row (H*W/4 texels, a multiple of 16: 256-byte rows), copied once;
+  // the dx kernel reads its window from it (taps outside the plane read the zero column after it)
+  // and the weight gradient reads the same texture: no pad pass for the dx. Odd channel counts, a
+  // 4-pixel-wide plane (one texel per row), a valid conv (dy padded by 2), a 1x1, a forced small
+  // tile, an upsampled conv's dx on the upsampled grid; a 12-pixel-wide dy (H*W/4 not a multiple
+  // of 16) keeps the pad pass. Each dx and dw is the padded path's bit for bit and matches the
+  // reference.
+  const cases: (Case & { flat: boolean; upDx?: boolean })[] = [
+    { B: 2, Cin: 5, H: 8, W: 8, Cout: 6, K: 3, o: { pad: 1 }, bias: true, flat: true },
+    { B: 3, Cin: 3, H: 16, W: 4, Cout: 5, K: 3, o: { pad: 1 }, flat: true },
+    { B: 1, Cin: 6, H: 10, W: 10, Cout: 3, K: 3, o: {}, bias: true, flat: true },
+    { B: 2, Cin: 7, H: 8, W: 8, Cout: 3, K: 1, o: {}, flat: true },
+    {
+      B: 2,
+      Cin: 5,
+      H: 16,
+      W: 8,
+      Cout: 9,
+      K: 3,
+      o: { pad: 1, tile: { cot: 4, py: 2, px: 4 } },
+      flat: true,
+    },
+    {
+      B: 1,
+      Cin: 4,
+      H: 4,
+      W: 8,
+      Cout: 5,
+      K: 3,
+      o: { pad: 1, upsample2x: true },
+      flat: true,
+      upDx: false,
+    },
+    { B: 2, Cin: 4, H: 4, W: 12, Cout: 5, K: 3, o: { pad: 1 }, bias: true, flat: false },
+  ];
+  let pads = 0, flatKernels = 0;
+  await onTextureKernels(gpu, (key) => {
+    if (key.startsWith("conv2d_pad")) pads++;
+    if (key.startsWith("conv2d_fwd|") && key.split("|").some((k) => /^x\d+x\d+\+/.test(k))) {
+      flatKernels++;
+    }
+  }, async () => {
+    try {
+      for (const c of cases) {
+        await t.step(`${label(c)}${c.flat ? " flat" : " padded"}`, async () => {
+          conv2dTuning.upDx = c.upDx ?? true;
+          const { X, Wt, DY, r, release } = backwardCase(gpu, c, 520);
+          const run = (flat: boolean) => {
+            conv2dTuning.flatDx = flat;
+            const p0 = pads, f0 = flatKernels;
+            const g = conv2dBackward(gpu, X, Wt, DY, c.o);
+            return { g, pads: pads - p0, flats: flatKernels - f0 };
+          };
+          const flat = run(true), padded = run(false);
+          assertEquals(padded.pads - flat.pads, c.flat ? 1 : 0, "pad passes saved");
+          assertEquals(flat.flats, c.flat ? 1 : 0, "dx kernels reading dy flat");
+          assertEquals(padded.flats, 0, "flat dx kernels with flatDx off");
+          const [dx, dw, dx2, dw2] = await gpu.readMany([
+            flat.g.dx!,
+            flat.g.dw!,
+            padded.g.dx!,
+            padded.g.dw!,
+          ]);
+          assertEquals(Array.from(dx), Array.from(dx2), "dx: the padded path's");
+          assertEquals(Array.from(dw), Array.from(dw2), "dw: the padded path's");
+          assertClose(dx, r.dx, { atol: 2e-4, rtol: 1e-4 }, "dx");
+          assertClose(dw, r.dw, { atol: 2e-4, rtol: 1e-4 }, "dw");
+          for (const g of [flat.g, padded.g]) {
+            for (const v of [g.dx, g.dw, g.dbias]) v?.release();
+          }
+          release();
+        });
+      }
+    } finally {
+      conv2dTuning.flatDx = true;
+      conv2dTuning.upDx = true;
+    }
+  });
+});
+
 Deno.test("conv2dBackward(): a stride-1 dx reads the weights in the row layout, copied or staged", async (t) => {
   const gpu = await getGpu();
   // Row co of the texture = w[co] as it lies in memory: one copy where a row is a whole number of
