@@ -792,16 +792,16 @@ Deno.test("conv2dBackward(): the weight gradient reads dy copied flat where its 
   });
 });
 
-Deno.test("conv2dBackward(): a stride-1 dx reads dy unpadded from the copy the weight gradient reads", async (t) => {
+Deno.test("conv2dBackward(): the dx (stride 1, or each phase of a strided one) reads dy unpadded from the copy the weight gradient reads", async (t) => {
   const gpu = await getGpu();
   // dy's planes one per texture row (H*W/4 texels, a multiple of 16: 256-byte rows), copied once;
   // the dx kernel reads its window from it (taps outside the plane read the zero column after it)
   // and the weight gradient reads the same texture: no pad pass for the dx. Odd channel counts, a
   // 4-pixel-wide plane (one texel per row), a valid conv (dy padded by 2), a 1x1, a forced small
-  // tile, an upsampled conv's dx on the upsampled grid; a 12-pixel-wide dy (H*W/4 not a multiple
-  // of 16) keeps the pad pass. Each dx and dw is the padded path's bit for bit and matches the
-  // reference.
-  const cases: (Case & { flat: boolean; upDx?: boolean })[] = [
+  // tile, an upsampled conv's dx on the upsampled grid, strided convs (their dx phase convs all
+  // read the one copy: 4 pad passes saved); a 12-pixel-wide dy (H*W/4 not a multiple of 16) keeps
+  // the pad pass. Each dx and dw is the padded path's bit for bit and matches the reference.
+  const cases: (Case & { flat: boolean; upDx?: boolean; phases?: number })[] = [
     { B: 2, Cin: 5, H: 8, W: 8, Cout: 6, K: 3, o: { pad: 1 }, bias: true, flat: true },
     { B: 3, Cin: 3, H: 16, W: 4, Cout: 5, K: 3, o: { pad: 1 }, flat: true },
     { B: 1, Cin: 6, H: 10, W: 10, Cout: 3, K: 3, o: {}, bias: true, flat: true },
@@ -828,6 +828,30 @@ Deno.test("conv2dBackward(): a stride-1 dx reads dy unpadded from the copy the w
       upDx: false,
     },
     { B: 2, Cin: 4, H: 4, W: 12, Cout: 5, K: 3, o: { pad: 1 }, bias: true, flat: false },
+    {
+      B: 2,
+      Cin: 3,
+      H: 16,
+      W: 16,
+      Cout: 6,
+      K: 3,
+      o: { stride: 2, pad: [0, 1, 0, 1] },
+      flat: true,
+      phases: 4,
+    },
+    { B: 1, Cin: 5, H: 15, W: 15, Cout: 3, K: 3, o: { stride: 2, pad: 1 }, flat: true, phases: 4 },
+    {
+      B: 2,
+      Cin: 2,
+      H: 17,
+      W: 17,
+      Cout: 3,
+      K: 3,
+      o: { stride: 2 },
+      bias: true,
+      flat: true,
+      phases: 4,
+    },
   ];
   let pads = 0, flatKernels = 0;
   await onTextureKernels(gpu, (key) => {
@@ -848,8 +872,9 @@ Deno.test("conv2dBackward(): a stride-1 dx reads dy unpadded from the copy the w
             return { g, pads: pads - p0, flats: flatKernels - f0 };
           };
           const flat = run(true), padded = run(false);
-          assertEquals(padded.pads - flat.pads, c.flat ? 1 : 0, "pad passes saved");
-          assertEquals(flat.flats, c.flat ? 1 : 0, "dx kernels reading dy flat");
+          const n = c.flat ? c.phases ?? 1 : 0;
+          assertEquals(padded.pads - flat.pads, n, "pad passes saved");
+          assertEquals(flat.flats, n, "dx kernels reading dy flat");
           assertEquals(padded.flats, 0, "flat dx kernels with flatDx off");
           const [dx, dw, dx2, dw2] = await gpu.readMany([
             flat.g.dx!,
