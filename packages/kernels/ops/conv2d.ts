@@ -1119,7 +1119,7 @@ interface FwdCfg extends ConvTile {
   /** The weights are the dx's row layout ({@link StagedW.rows}), else the column layouts. */
   wRows: boolean;
   /**
-   * x is read unpadded from a {@link FlatPlanes} texture (row = plane, texel y*W4 + q, zeros from
+   * x is read unpadded from a {@link flatPlanes} texture (row = plane, texel y*W4 + q, zeros from
    * column H*W4): its plane size and padding, else null (the padded planes of {@link stage}).
    */
   xFlat: FlatGeom | null;
