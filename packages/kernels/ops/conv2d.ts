@@ -1642,40 +1642,23 @@ function convCore(
   keep?.release(gpu);
   for (let b0 = 0; b0 < B; b0 += bc) {
     const n = Math.min(bc, B - b0);
-    if (pad.flat) {
-      // x read unpadded from its flat planes (all of the batch's: the kernel adds b0).
-      const xFlat = { H: inShape.H, W4: inShape.W / 4, offT: pad.offT, offL: pad.offL };
-      launchFwd(
-        gpu,
-        pad.flat,
-        ws,
-        bias,
-        res,
-        out,
-        { Cin: C, Cout: g.Cout, Ho: g.Ho, Wo: g.Wo, b0, bc: n },
-        g,
-        tile,
-        phase,
-        undefined,
-        stats?.part ?? undefined,
-        xFlat,
-      );
-      continue;
-    }
-    const lay = planeLayout(gpu, n * C, Hp, Wp4)!;
-    const xs = stage(
+    // x read unpadded from its flat planes (all of the batch's: the kernel adds b0), else staged.
+    const xs = pad.flat ?? stage(
       gpu,
       x,
       b0 * C,
       n * C,
       inShape.H,
       inShape.W,
-      lay,
+      planeLayout(gpu, n * C, Hp, Wp4)!,
       pad.offT,
       pad.offL,
       pad.up,
       pad.pro,
     );
+    const xFlat = pad.flat
+      ? { H: inShape.H, W4: inShape.W / 4, offT: pad.offT, offL: pad.offL }
+      : undefined;
     launchFwd(
       gpu,
       xs,
@@ -1689,7 +1672,9 @@ function convCore(
       phase,
       undefined,
       stats?.part ?? undefined,
+      xFlat,
     );
+    if (pad.flat) continue; // the caller's texture
     if (keep && bc === B && xs.tex.width * xs.tex.height * 16 <= keep.maxBytes) {
       keep.staged = { ...xs, x, offT: pad.offT, offL: pad.offL, pro: pad.pro };
     } else texPool.put(gpu, xs.tex);

@@ -14,6 +14,7 @@ import {
   conv2dCpu,
   type Conv2dCpuArgs,
   type Conv2dForwardOptions,
+  type Conv2dGrads,
   Conv2dGroupStats,
   conv2dReleaseTextures,
   Conv2dStash,
@@ -222,6 +223,26 @@ function backwardCase(gpu: Gpu, c: Case, seed: number, wRange = 1) {
   const DY = gpu.upload(dy, y.shape);
   const r = conv2dBackwardCpu(x, w, dy, a);
   return { X, Wt, DY, r, release: () => [X, Wt, y, DY].forEach((t) => t.release()) };
+}
+
+/**
+ * Gradients `names` of two runs of the same case: each the other's bit for bit (`what`: how the
+ * second ran) and within f32 tolerance of the CPU reference `r`; both runs' gradients released.
+ */
+async function assertSameGrads(
+  gpu: Gpu,
+  a: Conv2dGrads,
+  b: Conv2dGrads,
+  r: { dx: Float32Array; dw: Float32Array; dbias: Float32Array },
+  names: ("dx" | "dw" | "dbias")[],
+  what: string,
+): Promise<void> {
+  const got = await gpu.readMany([...names.map((k) => a[k]!), ...names.map((k) => b[k]!)]);
+  names.forEach((k, i) => {
+    assertEquals(Array.from(got[i]), Array.from(got[names.length + i]), `${k}: ${what}`);
+    assertClose(got[i], r[k], { atol: k === "dbias" ? 1e-4 : 2e-4, rtol: 1e-4 }, k);
+  });
+  for (const g of [a, b]) for (const v of [g.dx, g.dw, g.dbias]) v?.release();
 }
 
 /**
@@ -772,17 +793,7 @@ Deno.test("conv2dBackward(): the weight gradient reads dy copied flat where its 
           const copied = run(true), padded = run(false);
           // x is staged by a pad pass in both (no stash); dy by one more without the copy.
           assertEquals(padded.pads - copied.pads, c.flat ? 1 : 0, "pad passes saved");
-          const [dw, db, dw2, db2] = await gpu.readMany([
-            copied.g.dw!,
-            copied.g.dbias!,
-            padded.g.dw!,
-            padded.g.dbias!,
-          ]);
-          assertEquals(Array.from(dw), Array.from(dw2), "dw: the pad pass's");
-          assertEquals(Array.from(db), Array.from(db2), "dbias: the pad pass's");
-          assertClose(dw, r.dw, { atol: 2e-4, rtol: 1e-4 }, "dw");
-          assertClose(db, r.dbias, { atol: 1e-4, rtol: 1e-4 }, "dbias");
-          for (const g of [copied.g, padded.g]) g.dw!.release(), g.dbias!.release();
+          await assertSameGrads(gpu, copied.g, padded.g, r, ["dw", "dbias"], "the pad pass's");
           release();
         });
       }
@@ -876,19 +887,7 @@ Deno.test("conv2dBackward(): the dx (stride 1, or each phase of a strided one) r
           assertEquals(padded.pads - flat.pads, n, "pad passes saved");
           assertEquals(flat.flats, n, "dx kernels reading dy flat");
           assertEquals(padded.flats, 0, "flat dx kernels with flatDx off");
-          const [dx, dw, dx2, dw2] = await gpu.readMany([
-            flat.g.dx!,
-            flat.g.dw!,
-            padded.g.dx!,
-            padded.g.dw!,
-          ]);
-          assertEquals(Array.from(dx), Array.from(dx2), "dx: the padded path's");
-          assertEquals(Array.from(dw), Array.from(dw2), "dw: the padded path's");
-          assertClose(dx, r.dx, { atol: 2e-4, rtol: 1e-4 }, "dx");
-          assertClose(dw, r.dw, { atol: 2e-4, rtol: 1e-4 }, "dw");
-          for (const g of [flat.g, padded.g]) {
-            for (const v of [g.dx, g.dw, g.dbias]) v?.release();
-          }
+          await assertSameGrads(gpu, flat.g, padded.g, r, ["dx", "dw"], "the padded path's");
           release();
         });
       }
