@@ -246,6 +246,8 @@ export class Vqgan {
    * (training) the staged activation is kept for the weight gradient and the recorded backward
    * takes the conv's input gradient through the norm (releasing x when `ownX`; the residual's
    * gradient is the caller's). `normNext`: the output's statistics are gathered for the next norm.
+   * `addToDx.t`, when the backward runs, is added to its input gradient in the norm's dx pass (a
+   * res block's skip gradient).
    */
   #normSiluConv(
     x: Tensor,
@@ -255,6 +257,7 @@ export class Vqgan {
     normNext = true,
     tape?: Tape,
     ownX = true,
+    addToDx?: { t: Tensor | null },
   ): Tensor {
     const gpu = this.gpu;
     const gamma = this.p(`${norm}.weight`), beta = this.p(`${norm}.bias`);
@@ -291,7 +294,19 @@ export class Vqgan {
       tape.setGrad(`${conv}.bias`, g.dbias);
       if (!residual) dy.release(); // else the caller's closure still sends it to the skip
       st.ss.release();
-      const gn = groupNormFastBackward(gpu, x, gamma, beta, st.mean, st.rstd, g.dx!, true);
+      const add = addToDx?.t ?? undefined;
+      const gn = groupNormFastBackward(
+        gpu,
+        x,
+        gamma,
+        beta,
+        st.mean,
+        st.rstd,
+        g.dx!,
+        true,
+        undefined,
+        add,
+      );
       g.dx!.release();
       tape.setGrad(`${norm}.weight`, gn.dgamma);
       tape.setGrad(`${norm}.bias`, gn.dbeta);
@@ -324,13 +339,22 @@ export class Vqgan {
     // h = conv1(silu(norm1(x))), y = conv2(silu(norm2(h))) + skip: the normalized activations are
     // never written (each conv applies its norm as it stages its input).
     const sub = new Tape();
-    const h = this.#normSiluConv(x, `${n}.norm1`, `${n}.conv1`, undefined, true, sub, false);
+    const skipGrad: { t: Tensor | null } = { t: null };
+    const h = this.#normSiluConv(
+      x,
+      `${n}.norm1`,
+      `${n}.conv1`,
+      undefined,
+      true,
+      sub,
+      false,
+      skipGrad,
+    );
     const y = this.#normSiluConv(h, `${n}.norm2`, `${n}.conv2`, skip, true, sub);
     if (nin) skip.release();
     tape.push((dy) => {
       // y = conv2(b) + skip(x): dy flows to both branches (conv2's closure leaves dy to this one).
-      const dxMain = sub.backward(dy)!; // through conv2, norm2, conv1, norm1
-      for (const [k, v] of sub.grads) tape.setGrad(k, v);
+      // The skip's gradient (dy, or the shortcut conv's dx) is added in norm1's dx pass.
       let dskip: Tensor = dy;
       if (nin) {
         const gs = conv2dBackward(gpu, x, this.p(`${n}.nin_shortcut.weight`), dy, {
@@ -339,11 +363,12 @@ export class Vqgan {
         tape.setGrad(`${n}.nin_shortcut.weight`, gs.dw);
         tape.setGrad(`${n}.nin_shortcut.bias`, gs.dbias);
         dskip = gs.dx!;
-        dy.release();
       }
-      const dx = map(gpu, "a + b", [dxMain, dskip]);
-      dxMain.release();
-      dskip.release();
+      skipGrad.t = dskip;
+      const dx = sub.backward(dy)!; // through conv2, norm2, conv1, norm1, plus dskip
+      for (const [k, v] of sub.grads) tape.setGrad(k, v);
+      if (nin) dskip.release();
+      dy.release();
       x.release();
       return dx;
     });

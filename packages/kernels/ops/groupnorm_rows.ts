@@ -25,6 +25,7 @@ import { type Gpu, grid, Params, WG_INDEX } from "@lvm/gpu";
 import type { Tensor } from "@lvm/gpu";
 import { groupNorm, groupNormBackward, groupNormGradMix, groupNormStats } from "./groupnorm.ts";
 import type { Conv2dGroupStats } from "./conv2d.ts";
+import { map } from "./elementwise.ts";
 
 const WG = 64;
 /** Invocations a reduction pass aims for (enough lanes for 2-16 cores). */
@@ -183,7 +184,7 @@ ${HEAD}
 // divisions by uniforms and the five constant loads cost more than the arithmetic on lavapipe).
 // The same arithmetic as one invocation per element, which took 2.4-3.2 ms for 8 x 64 planes of
 // 32x32 against 1.3-1.4 (timestamps, best of 5 x 10; 8 x 128 of 8x8: 0.36-0.59 against 0.21-0.24).
-const BDX = (silu: boolean, v4: boolean) => `
+const BDX = (silu: boolean, v4: boolean, add: boolean) => `
 alias T = ${v4 ? "vec4f" : "f32"};
 @group(0) @binding(0) var<storage, read> x: array<${v4 ? "vec4f" : "f32"}>;
 @group(0) @binding(1) var<storage, read> dy: array<${v4 ? "vec4f" : "f32"}>;
@@ -193,8 +194,9 @@ alias T = ${v4 ? "vec4f" : "f32"};
 @group(0) @binding(5) var<storage, read> beta: array<f32>;
 @group(0) @binding(6) var<storage, read> mm: array<vec2f>;
 @group(0) @binding(7) var<storage, read_write> dx: array<${v4 ? "vec4f" : "f32"}>;
+${add ? `@group(0) @binding(8) var<storage, read> addend: array<${v4 ? "vec4f" : "f32"}>;` : ""}
 struct P { N: u32, HW: u32, C: u32, cpg: u32, L: u32, P: u32 }
-@group(0) @binding(8) var<uniform> p: P;
+@group(0) @binding(${add ? 9 : 8}) var<uniform> p: P;
 ${silu ? (v4 ? SILU_GRAD4 : SILU_GRAD) : ""}
 ${HEAD}
   if (i >= p.N) { return; }
@@ -212,7 +214,7 @@ ${HEAD}
   for (var j = a / ${v4 ? 4 : 1}u; j < e / ${v4 ? 4 : 1}u; j++) {
     let xh = (x[j] - T(mu)) * rs;
     let g = ${silu ? "act_grad(dy[j], xh * ga + T(be))" : "dy[j]"};
-    dx[j] = rs * (ga * g - T(m.x) - xh * m.y);
+    dx[j] = rs * (ga * g - T(m.x) - xh * m.y)${add ? " + addend[j]" : ""};
   }
   _ = be;
 }`;
@@ -492,7 +494,10 @@ export function groupNormFast(
 
 /**
  * Backward of {@link groupNormFast}: dx, dgamma, dbeta from x, gamma, beta (needed when `silu`),
- * the forward's mean/rstd and dy.
+ * the forward's mean/rstd and dy. `add` (x's shape) is added to dx, in the dx pass itself where the
+ * adapter allows a 9th storage buffer (a residual block's skip gradient: no separate `a + b` pass;
+ * the tiny tokenizer step 479 -> 466 dispatches, 12.3 ms faster as the median of 30 pairs of steps
+ * alternating in one process, in a slow phase of ~600 ms steps).
  */
 export function groupNormFastBackward(
   gpu: Gpu,
@@ -504,17 +509,28 @@ export function groupNormFastBackward(
   dy: Tensor,
   silu: boolean,
   force?: boolean,
+  add?: Tensor,
 ): { dx: Tensor; dgamma: Tensor; dbeta: Tensor } {
   const G = mean.size / x.shape[0];
-  if (!useRowsGroupNorm(gpu, mean.size, true, force)) {
-    return groupNormBackward(gpu, x, gamma, mean, rstd, dy, { silu, beta });
+  for (const [name, t] of [["dy", dy], ["add", add]] as const) {
+    if (t && (t.size !== x.size || t.dtype !== "f32")) {
+      throw new RangeError(
+        `groupNormFastBackward: ${name} has shape [${t.shape}] ${t.dtype}, expected f32 [${x.shape}]`,
+      );
+    }
+  }
+  // The addend in the dx pass where a 10th storage buffer may be bound (lavapipe: 32), else after it.
+  const fold = !!add && gpu.limits.maxStorageBuffersPerShaderStage >= 9;
+  if (!useRowsGroupNorm(gpu, mean.size, true, force) || (add && !fold)) {
+    const r = useRowsGroupNorm(gpu, mean.size, true, force)
+      ? groupNormFastBackward(gpu, x, gamma, beta, mean, rstd, dy, silu, force)
+      : groupNormBackward(gpu, x, gamma, mean, rstd, dy, { silu, beta });
+    if (!add) return r;
+    const dx = map(gpu, "a + b", [r.dx, add]);
+    r.dx.release();
+    return { ...r, dx };
   }
   const { B, C, HW, cpg, n } = dims("groupNormFastBackward", x, G);
-  if (dy.size !== x.size) {
-    throw new RangeError(
-      `groupNormFastBackward: dy has shape [${dy.shape}], expected [${x.shape}]`,
-    );
-  }
   const v4 = HW % 4 === 0;
   const P = chunks(B * C, HW), L = v4 ? Math.ceil(HW / P / 4) * 4 : Math.ceil(HW / P);
   const part = gpu.empty([B * C * P, 2]);
@@ -539,11 +555,11 @@ export function groupNormFastBackward(
   const { dgamma, dbeta, mm } = groupNormGradMix(gpu, sums, gamma, B, G, n);
   sums.release();
   // 8 storage bindings: WebGPU's default per-stage limit (two interleaving passes that kept it
-  // at 6 cost 2 of the backward's 6 dispatches).
+  // at 6 cost 2 of the backward's 6 dispatches); 9 with the addend, where the adapter allows.
   const dx = gpu.empty(x.shape);
   gpu.dispatch(
-    gpu.pipeline(`gn_rows_bdx|${silu}|${v4}`, () => BDX(silu, v4)),
-    [x, dy, mean, rstd, gamma, beta, mm, dx],
+    gpu.pipeline(`gn_rows_bdx|${silu}|${v4}|${fold}`, () => BDX(silu, v4, fold)),
+    [x, dy, mean, rstd, gamma, beta, mm, dx, ...(fold ? [add!] : [])],
     new Params().u32(B * C * P).u32(HW).u32(C).u32(cpg).u32(L).u32(P),
     wgs(B * C * P),
   );

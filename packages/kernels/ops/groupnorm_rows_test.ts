@@ -49,9 +49,33 @@ Deno.test("groupNormFast()", async (t) => {
               "dgamma",
             );
             assertClose(await gpu.readF32(bw.dbeta), rb.dbeta, { atol: 1e-3, rtol: 1e-3 }, "dbeta");
-            for (const t of [xt, dyt, gt, bt, r.y, r.mean, r.rstd, bw.dx, bw.dgamma, bw.dbeta]) {
+            // With an addend (a residual block's skip gradient): dx + add, the rest the same.
+            const add = randu(n, 5, -3, 3), addt = gpu.upload(add, shape);
+            const ba = groupNormFastBackward(
+              gpu,
+              xt,
+              gt,
+              bt,
+              r.mean,
+              r.rstd,
+              dyt,
+              silu,
+              force,
+              addt,
+            );
+            assertClose(
+              await gpu.readF32(ba.dx),
+              rb.dx.map((v, i) => v + add[i]),
+              { atol: 1e-4 / amp + 1e-6, rtol: 1e-3 },
+              "dx + add",
+            );
+            assertEquals(await gpu.readF32(ba.dgamma), await gpu.readF32(bw.dgamma), "dgamma");
+            for (
+              const t of [xt, dyt, gt, bt, r.y, r.mean, r.rstd, bw.dx, bw.dgamma, bw.dbeta, addt]
+            ) {
               t.release();
             }
+            for (const t of [ba.dx, ba.dgamma, ba.dbeta]) t.release();
           },
         );
       }
