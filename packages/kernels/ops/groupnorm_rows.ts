@@ -519,7 +519,7 @@ export function groupNormFastBackward(
       );
     }
   }
-  // The addend in the dx pass where a 10th storage buffer may be bound (lavapipe: 32), else after it.
+  // The addend in the dx pass where a 9th storage buffer may be bound (lavapipe: 32), else after it.
   const fold = !!add && gpu.limits.maxStorageBuffersPerShaderStage >= 9;
   if (!useRowsGroupNorm(gpu, mean.size, true, force) || (add && !fold)) {
     const r = useRowsGroupNorm(gpu, mean.size, true, force)
