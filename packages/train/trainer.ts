@@ -19,9 +19,10 @@
  * s), so memory stays bounded and progress timings are honest. On Deno (2.9) that wait is tighter
  * than it reads: `onSubmittedWorkDone()` polls the device inside the call and returns only when
  * everything submitted has run (a one-off script: 60 matmuls of 512^2 submitted, ~270 ms of work,
- * then the call took 271-299 ms and the promise 11 ms more), so each step starts on an idle queue. Without the wait (a scratch trainable without
- * per-step reads, 4 steps per flush, the tiny tokenizer on lavapipe): 446 against 449 ms per step,
- * within noise; on a real GPU the gap is the step's first submitted batch.
+ * then the call took 271-299 ms and the promise 11 ms more), so each step starts on an idle queue.
+ * Without the wait (a scratch trainable without per-step reads, 4 steps per flush, the tiny
+ * tokenizer on lavapipe): 446 against 449 ms per step, within noise; on a real GPU the gap is the
+ * step's first submitted batch.
  *
  * Divergence: before every checkpoint the losses and gradient norms since the last check and the
  * parameters' global norm must be finite; otherwise nothing is saved (the good checkpoints stay,

@@ -577,7 +577,7 @@ fn main(@builtin(local_invocation_index) li: u32, @builtin(workgroup_id) wg: vec
  * phase of this machine) 8 x 64 planes of 16x16 0.486 -> 0.443 ms, 8 x 128 of 8x8 0.352 -> 0.322,
  * with the SiLU prologue at 32x32 1.639 -> 1.542, at 8x8 0.392 -> 0.384; 32x32 plain the same.
  */
-const PAD_ROW_WGSL = (k: number, lay: PlaneLayout, pro: Prologue, b: RowPadGeom) => {
+const PAD_ROW_WGSL = (k: number, lay: PlaneLayout, pro: Prologue, b: PlaneGeom) => {
   const L: string[] = [];
   L.push(`${rowPadHead(lay, pro, 1, b)}
   let rowbase = ((p.plane0 + plane) * ${b.H}u + sy) * ${b.W4}u;`);
@@ -604,14 +604,6 @@ const PAD_ROW_WGSL = (k: number, lay: PlaneLayout, pro: Prologue, b: RowPadGeom)
   L.push(`}`);
   return L.join("\n");
 };
-
-/** The source plane's size and placement that {@link PAD_ROW_WGSL} bakes in. */
-interface RowPadGeom {
-  H: number;
-  W4: number;
-  offT: number;
-  offL: number;
-}
 
 /**
  * {@link PAD_ROW_WGSL} for a nearest-2x-upsampled source (the weight gradient of the decoder's
@@ -694,7 +686,7 @@ function stage(
     // Narrow planes: one invocation per padded row (PAD_ROW_WGSL), else one per texel.
     const row = lay.Wp4 <= 17;
     const n = row ? planes * lay.Hp : N4;
-    const b: RowPadGeom = { H, W4: W / 4, offT, offL };
+    const b: PlaneGeom = { H, W4: W / 4, offT, offL };
     gpu.dispatch(
       gpu.pipeline(
         row
@@ -1122,7 +1114,7 @@ interface FwdCfg extends ConvTile {
    * x is read unpadded from a {@link flatPlanes} texture (row = plane, texel y*W4 + q, zeros from
    * column H*W4): its plane size and padding, else null (the padded planes of {@link stage}).
    */
-  xFlat: FlatGeom | null;
+  xFlat: PlaneGeom | null;
 }
 
 /**
@@ -1531,7 +1523,7 @@ function launchFwd(
   phase?: OutPhase,
   wDiv?: number,
   stats?: Tensor,
-  xFlat?: FlatGeom,
+  xFlat?: PlaneGeom,
 ) {
   const { nTx, nTy } = fwdPlane(g.Ho, g.Wo, k.KH, k.KW, k.S, tile);
   const nTiles = nTx * nTy;
@@ -2682,8 +2674,9 @@ export const conv2dTuning: {
    */
   gemmBackward: boolean | null;
   /**
-   * The stride-1 dx reads dy unpadded from one copy ({@link flatPlanes}), which the weight gradient
-   * reads too (false: dy padded by the pad pass for the dx).
+   * The dx (stride 1, and each phase conv of a strided one) reads dy unpadded from one copy
+   * ({@link flatPlanes}), which the weight gradient reads too (false: dy padded by the pad pass
+   * for each dx conv).
    */
   flatDx: boolean;
 } = {
@@ -3111,10 +3104,11 @@ export function conv2dBackward(
   if (opts.dx !== false && upDx) {
     grads.dx = upsampledDx(gpu, w, dy);
   } else if (opts.dx !== false) {
-    // dy unpadded from one copy, which every phase conv and the weight gradient read (flatPlanes).
-    if (S > 1 && !gemmBwd && flatFits(gpu, B * Cout, Ho, Wo)) {
-      dyFlat = flatPlanes(gpu, dy, B * Cout, Ho, Wo);
-    }
+    // dy unpadded from one copy, which the dx kernels (a strided conv's phase convs too) and the
+    // weight gradient read (flatPlanes).
+    const stageDyFlat = () =>
+      flatFits(gpu, B * Cout, Ho, Wo) ? flatPlanes(gpu, dy, B * Cout, Ho, Wo) : null;
+    if (S > 1 && !gemmBwd) dyFlat = stageDyFlat();
     const dxu = S === 1
       ? gpu.empty([B, Cin, g.Hu, g.Wu])
       : dxStrided(gpu, w, dy, g, opts.tile, dyFlat ?? undefined);
@@ -3149,10 +3143,7 @@ export function conv2dBackward(
           ? stageWeightRows(gpu, w)
           : stageWeights(gpu, w, tile.cot, rotated(w));
         const offT = KH - 1 - g.pt, offL = KW - 1 - g.pl;
-        // dy unpadded from one copy, which the weight gradient reads too (see flatPlanes).
-        if (flatFits(gpu, B * Cout, Ho, Wo)) {
-          dyFlat = flatPlanes(gpu, dy, B * Cout, Ho, Wo);
-        }
+        dyFlat = stageDyFlat();
         convCore(
           gpu,
           fn,
@@ -3241,8 +3232,12 @@ function flatDy(gpu: Gpu, dy: Tensor, t0: number, n4: number, TW: number): Stage
   return { tex, view: tex.createView(), lay: { P: 1, Wp4: TW, Hp: rows + 1, bands: 1 } };
 }
 
-/** Plane size and padding of an input read from a {@link flatPlanes} texture ({@link FwdCfg.xFlat}). */
-interface FlatGeom {
+/**
+ * A source plane's size (H rows of W4 texels) and where it sits in the padded plane a kernel reads
+ * (offT rows and offL pixels in): what {@link PAD_ROW_WGSL} and the flat read ({@link FwdCfg.xFlat})
+ * bake in.
+ */
+interface PlaneGeom {
   H: number;
   W4: number;
   offT: number;

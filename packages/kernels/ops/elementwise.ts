@@ -10,9 +10,9 @@
  *   transfer, memcpy speed) and read with `textureLoad`; the rest as in "vec4". It was lavapipe's
  *   default for N >= 65536 (Mesa 22.3 turns a storage-buffer load with a per-lane index into a loop
  *   over the SIMD lanes, texel fetches are vectorised: WEBGPU-CPU.md), until "vec4" measured faster
- *   with the driver's threads pinned (`a + b`, a one-off script, median of 5 runs, 2 cores): 147456 elements 0.24 vs
- *   0.17 ms, 2M 3.2 vs 2.3 ms, 16M 25.2 vs 20.9 ms. The copies run on the driver's queue thread
- *   while its workers wait.
+ *   with the driver's threads pinned (`a + b`, a one-off script, median of 5 runs, 2 cores):
+ *   147456 elements 0.24 vs 0.17 ms, 2M 3.2 vs 2.3 ms, 16M 25.2 vs 20.9 ms. The copies run on the
+ *   driver's queue thread while its workers wait.
  * - "vec4" (when N % 4 == 0 and every row input's length is a multiple of 4): inputs and output
  *   as `vec4<f32>` (f16 as `vec2<u32>`, two packed pairs), the expression evaluated per component,
  *   4 vec4s per invocation, 64 invocations per workgroup; a scalar input is read once per

@@ -520,9 +520,10 @@ export function groupNormFastBackward(
     }
   }
   // The addend in the dx pass where a 9th storage buffer may be bound (lavapipe: 32), else after it.
+  const rows = useRowsGroupNorm(gpu, mean.size, true, force);
   const fold = !!add && gpu.limits.maxStorageBuffersPerShaderStage >= 9;
-  if (!useRowsGroupNorm(gpu, mean.size, true, force) || (add && !fold)) {
-    const r = useRowsGroupNorm(gpu, mean.size, true, force)
+  if (!rows || (add && !fold)) {
+    const r = rows
       ? groupNormFastBackward(gpu, x, gamma, beta, mean, rstd, dy, silu, force)
       : groupNormBackward(gpu, x, gamma, mean, rstd, dy, { silu, beta });
     if (!add) return r;
