@@ -12,6 +12,7 @@ export {
   type Conv2dOptions,
   Conv2dStash,
   Conv2dWeightCache,
+  countNonzero,
   f32Literal,
   groupNormAffineStatsFromStats,
   groupNormFastBackward,

@@ -28,6 +28,8 @@
  */
 import type { Rng } from "@lvm/util";
 import {
+  bincount,
+  countNonzero,
   f32Literal,
   type Gpu,
   map,
@@ -221,11 +223,17 @@ export interface TrainerExtension {
 /**
  * Dead-code restarts (see the module doc): code usage counted over a window of `every` steps; at
  * the end of a window (and at step 1 unless fine-tuning) every unused code is re-initialised to a
- * latent of the batch and its optimizer moments are zeroed.
+ * latent of the batch and its optimizer moments are zeroed. The counts are kept on the GPU
+ * ({@link count}: a bincount added to a running tally), so a step reads nothing back unless its
+ * window ends: each read costs ~11 ms on Deno, where the CPU could be recording the next step.
  */
 export class CodeRestarts {
-  /** Uses of each code in the current window. */
+  /**
+   * Uses of each code in the current window, as of the last read ({@link readUsage}, a restart):
+   * the host copy a checkpoint saves.
+   */
   usage: Uint32Array;
+  #tally: Tensor | null = null; // (numCodes) u32 on the GPU, ahead of `usage` until a read
 
   constructor(
     readonly numCodes: number,
@@ -244,34 +252,57 @@ export class CodeRestarts {
     }
   }
 
-  /** Codes used in the current window. */
+  #counts(gpu: Gpu): Tensor {
+    return this.#tally ??= gpu.upload(this.usage, [this.numCodes], "u32");
+  }
+
+  /** Adds the codes `ids` ((N) i32, one step's) to the window's counts (recorded, nothing read). */
+  count(gpu: Gpu, ids: Tensor): void {
+    bincount(gpu, ids, this.numCodes, this.#counts(gpu));
+  }
+
+  /** The codes used in the window so far, as a (1) f32 tensor (the caller releases it). */
+  used(gpu: Gpu): Tensor {
+    return countNonzero(gpu, this.#counts(gpu));
+  }
+
+  /** Reads the window's counts into {@link usage} and returns it. */
+  async readUsage(gpu: Gpu): Promise<Uint32Array> {
+    if (this.#tally) this.usage.set((await gpu.read(this.#tally)) as Uint32Array);
+    return this.usage;
+  }
+
+  /** Codes used in the window as of the last read. */
   usedCodes(): number {
     return this.usage.reduce((s, c) => s + (c > 0 ? 1 : 0), 0);
   }
 
   /**
-   * Counts the codes `ids` of step `step` (1-based); at the end of a window re-initialises the
-   * unused codes of `codebook` (K,E) from the latents `zRows` (N,E) and zeroes their rows of the
-   * `moments` (AdamW m and v). Returns the codes used in the window and how many were restarted.
+   * After the counts of step `step` (1-based): at the end of a window re-initialises the unused
+   * codes of `codebook` (K,E) from the latents `zRows` (N,E), zeroes their rows of the `moments`
+   * (AdamW m and v) and starts a new window. Returns how many codes were restarted (0 when the
+   * window goes on: nothing is read then).
    */
-  async update(
+  async restartDue(
     gpu: Gpu,
     step: number,
-    ids: Int32Array,
     zRows: Tensor,
     codebook: Tensor,
     moments: Tensor[],
     rng: Rng,
-  ): Promise<{ codesUsed: number; restarted: number }> {
-    for (const id of ids) this.usage[id]++;
-    const codesUsed = this.usedCodes();
-    let restarted = 0;
+  ): Promise<number> {
     const initAll = step === 1 && !this.fineTune;
-    if (initAll || (this.every > 0 && step % this.every === 0)) {
-      restarted = await this.#restart(gpu, zRows, codebook, moments, rng, initAll);
-      this.usage.fill(0);
-    }
-    return { codesUsed, restarted };
+    if (!initAll && !(this.every > 0 && step % this.every === 0)) return 0;
+    const restarted = await this.#restart(gpu, zRows, codebook, moments, rng, initAll);
+    this.usage.fill(0);
+    gpu.write(this.#counts(gpu), this.usage);
+    return restarted;
+  }
+
+  /** Frees the counts on the GPU (after reading them into {@link usage} if they are needed). */
+  release(): void {
+    this.#tally?.release();
+    this.#tally = null;
   }
 
   async #restart(
@@ -283,10 +314,17 @@ export class CodeRestarts {
     all: boolean,
   ): Promise<number> {
     const K = this.numCodes, E = codebook.shape[1];
+    // One wait for the counts and what a restart needs.
+    const [u, z, cbh, ...mh] = await gpu.readMany([
+      this.#counts(gpu),
+      zRows,
+      codebook,
+      ...moments,
+    ]) as [Uint32Array, ...Float32Array[]];
+    this.usage.set(u);
     const dead: number[] = [];
     for (let k = 0; k < K; k++) if (all || this.usage[k] === 0) dead.push(k);
     if (!dead.length) return 0;
-    const [z, cbh, ...mh] = (await gpu.readMany([zRows, codebook, ...moments])) as Float32Array[];
     const N = zRows.shape[0];
     // Latents in a random order; past N, reuse them with a little noise so no two codes coincide.
     const order = Array.from({ length: N }, (_, i) => i);

@@ -14,8 +14,9 @@
  * metrics = await model.afterUpdate?({ step + 1, lr, optimizer })               model-specific
  * ```
  * The Trainer reads the losses and gradient norms back only every `logEvery` steps and before
- * every save; a model that needs values every step (code usage, say) reads them in `afterUpdate`,
- * through `ctx.readMany`, which reads the Trainer's slots in the same wait.
+ * every save; a model's per-step figures ride along (`ctx.stage`: copied into slots on the GPU), and
+ * a model that must read values back after an update reads them through `ctx.readMany`, which
+ * reads the Trainer's slots in the same wait.
  *
  * A checkpoint holds `model.saveModel(dir)`'s files (loadable by the model's own loader), the
  * Trainer's `optimizer.safetensors` and a `trainer_state.json` into which `model.state()` is
@@ -63,11 +64,19 @@ export interface UpdateContext {
   /** The optimizer, e.g. to reset the moments of re-initialised parameters. */
   optimizer: AdamW;
   /**
-   * `gpu.readMany` that also reads the Trainer's loss and gradient-norm slots: a model that reads
-   * back after each update (the VQGAN's code statistics) should read through this, so that a
-   * following `flush()` has its records without a second wait (each wait costs ~11 ms on Deno).
+   * `gpu.readMany` that also reads the Trainer's slots (losses, gradient norms, staged figures): a
+   * model that must read back after an update should read through this, so that a following
+   * `flush()` has its records without a second wait (each wait costs ~11 ms on Deno). Figures
+   * needed only in the records are better staged ({@link stage}): no wait at all.
    */
   readMany(tensors: readonly Tensor[]): Promise<HostArray[]>;
+  /**
+   * Makes `value` (element 0 of an f32 tensor, as it is once this step's work has run) figure
+   * `name` of this step's record, read back with the loss slots (every `logEvery` steps), through
+   * `f` if given: a per-step figure without a per-step wait. The value is copied on the GPU; the
+   * tensor may be released after the call.
+   */
+  stage(name: string, value: Tensor, f?: (v: number) => number): void;
 }
 
 /** An evaluation: `loss` (drawn on the loss chart beside the training loss) and other figures. */

@@ -12,9 +12,10 @@
  * model.afterUpdate(step, lr, optimizer)        model-specific (code restarts, a discriminator)
  * ```
  * The CPU reads the slots back only every `logEvery` steps and before every save (one readMany
- * of two small buffers): each step's loss (mean over its micro-batches) and gradient norm; a model
- * that reads back in `afterUpdate` through `ctx.readMany` takes the slots along (a `flush()`
- * right after that step then waits for nothing: each wait costs ~11 ms on Deno). The CPU
+ * of small buffers): each step's loss (mean over its micro-batches), gradient norm and the
+ * figures the model staged (`ctx.stage`: copied into slots on the GPU); a model that reads back in
+ * `afterUpdate` through `ctx.readMany` takes the slots along (a `flush()` right after that step
+ * then waits for nothing: each wait costs ~11 ms on Deno). The CPU
  * records at most one step ahead of the GPU (it waits for step s-1 to finish after recording step
  * s), so memory stays bounded and progress timings are honest. On Deno (2.9) that wait is tighter
  * than it reads: `onSubmittedWorkDone()` polls the device inside the call and returns only when
@@ -212,11 +213,18 @@ export class Trainer<T extends Trainable = LlamaTrainable, C extends LoopConfig 
 
   #lossSlots: Tensor; // (logEvery * gradAccum) losses of the pending steps' micro-batches
   #normSlots: Tensor; // (logEvery) gradient norms of the pending steps
-  #pending: { step: number; lr: number; metrics?: Record<string, number> }[] = [];
+  #pending: {
+    step: number;
+    lr: number;
+    metrics?: Record<string, number>;
+    staged?: string[]; // names of the figures staged by the step (UpdateContext.stage)
+  }[] = [];
+  // Per-step figures staged by the model: (logEvery) slots per name, read with the loss slots.
+  #figures = new Map<string, { slots: Tensor; f?: (v: number) => number }>();
   #ready: StepRecord[] = []; // read back early (slots full, a save) and not yet returned by flush()
   // The slots as read with a model's afterUpdate read (UpdateContext.readMany), valid while no
   // later step has written them: `count` pending steps.
-  #prefetched: { count: number; loss: HostArray; norm: HostArray } | null = null;
+  #prefetched: { count: number; slots: HostArray[] } | null = null;
   #inflight: Promise<unknown> | null = null;
   #sessionStart = performance.now();
   #mark = { time: performance.now(), tokens: 0, step: 0 };
@@ -372,18 +380,31 @@ export class Trainer<T extends Trainable = LlamaTrainable, C extends LoopConfig 
     norm.release();
     this.step++;
     const count = this.#pending.length + 1; // with this step
+    const staged: string[] = [];
     const metrics = await this.model.afterUpdate?.({
       step: this.step,
       lr,
       optimizer: this.optimizer,
       readMany: async (tensors) => {
-        const host = await this.gpu.readMany([...tensors, this.#lossSlots, this.#normSlots]);
-        const [loss, norm] = host.slice(tensors.length);
-        this.#prefetched = { count, loss, norm };
+        const slots = this.#slots();
+        const host = await this.gpu.readMany([...tensors, ...slots]);
+        this.#prefetched = { count, slots: host.slice(tensors.length) };
         return host.slice(0, tensors.length);
       },
+      stage: (name, value, f) => {
+        let fig = this.#figures.get(name);
+        if (!fig) this.#figures.set(name, fig = { slots: this.gpu.zeros([logEvery]), f });
+        this.gpu.copy(value, fig.slots, 4, 0, slot * 4);
+        staged.push(name);
+        this.#prefetched = null; // a slot written after the read
+      },
     });
-    this.#pending.push({ step: this.step, lr, ...(metrics ? { metrics } : {}) });
+    this.#pending.push({
+      step: this.step,
+      lr,
+      ...(metrics ? { metrics } : {}),
+      ...(staged.length ? { staged } : {}),
+    });
     // Keep at most one step queued ahead of the GPU (on Deno the call below already waits for
     // this step: see the module doc).
     this.gpu.submit();
@@ -396,19 +417,30 @@ export class Trainer<T extends Trainable = LlamaTrainable, C extends LoopConfig 
     if (!this.#pending.length) return [];
     const K = this.config.gradAccum;
     const pre = this.#prefetched?.count === this.#pending.length ? this.#prefetched : null;
-    const [l, n] = pre
-      ? [pre.loss, pre.norm]
-      : await this.gpu.readMany([this.#lossSlots, this.#normSlots]);
+    const [l, n, ...figs] = pre ? pre.slots : await this.gpu.readMany(this.#slots());
     this.#prefetched = null;
+    const names = [...this.#figures.keys()];
     const out = this.#pending.map((p, i) => {
       let s = 0;
       for (let k = 0; k < K; k++) s += l[i * K + k];
       const r: StepRecord = { step: p.step, lr: p.lr, loss: s / K, gradNorm: n[i] };
-      if (p.metrics) r.metrics = p.metrics;
+      if (p.staged || p.metrics) {
+        const m: Record<string, number> = {};
+        for (const name of p.staged ?? []) {
+          const v = figs[names.indexOf(name)][i], f = this.#figures.get(name)!.f;
+          m[name] = f ? f(v) : v;
+        }
+        r.metrics = { ...m, ...p.metrics };
+      }
       return r;
     });
     this.#pending = [];
     return out;
+  }
+
+  /** The slots a read takes: losses, gradient norms, then the staged figures'. */
+  #slots(): Tensor[] {
+    return [this.#lossSlots, this.#normSlots, ...[...this.#figures.values()].map((f) => f.slots)];
   }
 
   /** Waits for the recorded steps and returns the records not yet returned, oldest first. */
@@ -639,6 +671,8 @@ export class Trainer<T extends Trainable = LlamaTrainable, C extends LoopConfig 
     this.optimizer.release();
     this.#lossSlots.release();
     this.#normSlots.release();
+    for (const f of this.#figures.values()) f.slots.release();
+    this.#figures.clear();
   }
 }
 

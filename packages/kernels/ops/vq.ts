@@ -404,10 +404,19 @@ fn main(@builtin(local_invocation_index) li: u32, @builtin(workgroup_id) wg: vec
   atomicAdd(&counts[slot], 1u);
 }`;
 
-/** Occurrences of each id in [0, K): ids (N) i32 -> (K) u32. Ids outside the range are ignored. */
-export function bincount(gpu: Gpu, ids: Tensor, K: number): Tensor {
+/**
+ * Occurrences of each id in [0, K): ids (N) i32 -> (K) u32. Ids outside the range are ignored.
+ * With `into` (a (K) u32 tensor), the counts are added to it (a running tally: the dead-code
+ * restarts' usage window) and `into` is returned.
+ */
+export function bincount(gpu: Gpu, ids: Tensor, K: number, into?: Tensor): Tensor {
   checkIds("bincount", ids);
-  const counts = gpu.zeros([K], "u32");
+  if (into && (into.dtype !== "u32" || into.size !== K)) {
+    throw new RangeError(
+      `bincount: into must be u32 with ${K} elements, got [${into.shape}] ${into.dtype}`,
+    );
+  }
+  const counts = into ?? gpu.zeros([K], "u32");
   gpu.dispatch(
     gpu.pipeline("vq_bincount", BINCOUNT_WGSL),
     [ids, counts],
@@ -415,6 +424,43 @@ export function bincount(gpu: Gpu, ids: Tensor, K: number): Tensor {
     grid(Math.ceil(ids.size / 256)),
   );
   return counts;
+}
+
+const COUNT_NONZERO_WGSL = `
+@group(0) @binding(0) var<storage, read> counts: array<u32>;
+@group(0) @binding(1) var<storage, read_write> out: array<f32>;
+struct P { K: u32 }
+@group(0) @binding(2) var<uniform> p: P;
+var<workgroup> part: array<u32, 64>;
+@compute @workgroup_size(64)
+fn main(@builtin(local_invocation_index) li: u32) {
+  var n = 0u;
+  for (var k = li; k < p.K; k += 64u) { n += select(0u, 1u, counts[k] != 0u); }
+  part[li] = n;
+  workgroupBarrier();
+  for (var s = 32u; s > 0u; s >>= 1u) {
+    if (li < s) { part[li] += part[li + s]; }
+    workgroupBarrier();
+  }
+  if (li == 0u) { out[0] = f32(part[0]); }
+}`;
+
+/**
+ * How many of the (K) u32 `counts` are non-zero, as a (1) f32 tensor (exact up to 2^24): the codes
+ * a window used, kept on the GPU until a read.
+ */
+export function countNonzero(gpu: Gpu, counts: Tensor): Tensor {
+  if (counts.dtype !== "u32") {
+    throw new RangeError(`countNonzero: counts must be u32, got [${counts.shape}] ${counts.dtype}`);
+  }
+  const out = gpu.empty([1]);
+  gpu.dispatch(
+    gpu.pipeline("vq_count_nonzero", COUNT_NONZERO_WGSL),
+    [counts, out],
+    new Params().u32(counts.size),
+    [1, 1, 1],
+  );
+  return out;
 }
 
 // Per code: exclusive prefix over chunks in place, total per code out.

@@ -1,7 +1,8 @@
 import { getGpu } from "@lvm/gpu";
-import { assertClose, randint, randu } from "@lvm/util/testing";
+import { assertClose, assertStrictEquals, assertThrows, randint, randu } from "@lvm/util/testing";
 import {
   bincount,
+  countNonzero,
   nchwToRows,
   rowsToNchw,
   scatterAddRows,
@@ -141,7 +142,7 @@ Deno.test("vqLookup(), nchwToRows(), rowsToNchw()", async (t) => {
   });
 });
 
-Deno.test("scatterAddRows() and bincount() are exact and deterministic", async (t) => {
+Deno.test("scatterAddRows(), bincount() and countNonzero() are exact and deterministic", async (t) => {
   const gpu = await getGpu();
   for (const [N, K, D] of [[1, 1, 1], [7, 3, 5], [1000, 50, 5], [600, 8192, 64]]) {
     await t.step(`N=${N} K=${K} D=${D}`, async () => {
@@ -157,6 +158,20 @@ Deno.test("scatterAddRows() and bincount() are exact and deterministic", async (
       const refc = new Uint32Array(K);
       for (const k of ids) if (k >= 0 && k < K) refc[k]++;
       assertClose(gc, refc, { atol: 0, rtol: 0 }, "counts");
+      // A running tally: the same ids added twice into the counts, then the codes used.
+      bincount(gpu, I, K, counts);
+      const used = countNonzero(gpu, counts);
+      const [g2, gu] = await gpu.readMany([counts, used]);
+      assertClose(g2, refc.map((c) => 2 * c), { atol: 0, rtol: 0 }, "tally");
+      assertStrictEquals(gu[0], refc.filter((c) => c > 0).length, "codes used");
+      for (const t of [I, R, a, b, counts, used]) t.release();
     });
   }
+  await t.step("bad counts are named", () => {
+    const I = gpu.upload(new Int32Array(3), [3], "i32"), f = gpu.zeros([4]);
+    assertThrows(() => bincount(gpu, I, 4, f), RangeError, "into must be u32 with 4 elements");
+    assertThrows(() => countNonzero(gpu, f), RangeError, "counts must be u32");
+    I.release();
+    f.release();
+  });
 });
