@@ -1,6 +1,6 @@
 import { getGpu } from "./gpu.ts";
 import { assertEquals } from "@lvm/util/testing";
-import { TextureCache, TexturePool } from "./textures.ts";
+import { TextureCache, TexturePool, textureView } from "./textures.ts";
 
 Deno.test("TextureCache: one texture per slot and size, least recently used out first", async () => {
   const gpu = await getGpu();
@@ -43,4 +43,30 @@ Deno.test("TexturePool: take, put back, take again; release", async () => {
   assertEquals(pool.take(gpu, 32, 64) === t1 || pool.take(gpu, 32, 64) === t2, false, "by size");
   pool.release(gpu);
   assertEquals(pool.count(gpu), 0, "release");
+});
+
+Deno.test("textureView: one view per texture, so a pooled texture's bind groups are reused", async () => {
+  const gpu = await getGpu();
+  const pool = new TexturePool("test");
+  const t = pool.take(gpu, 16, 4), u = pool.take(gpu, 16, 4);
+  const v = textureView(t);
+  assertEquals(textureView(t) === v, true, "the same view again");
+  assertEquals(textureView(u) === v, false, "another texture: another view");
+  pool.put(gpu, t);
+  assertEquals(textureView(pool.take(gpu, 16, 4)) === v, true, "lent again: the same view");
+  // The Gpu's bind-group cache keys on the objects bound: the same pipeline and view, one group.
+  const pipe = gpu.pipeline(
+    "textureView test",
+    () =>
+      `@group(0) @binding(0) var t: texture_storage_2d<rgba32float, write>;
+@compute @workgroup_size(1) fn main() { textureStore(t, vec2u(0u, 0u), vec4f(1.0)); }`,
+  );
+  const n0 = gpu.bindGroupCount;
+  gpu.dispatch(pipe, [textureView(t)], null, 1);
+  gpu.dispatch(pipe, [textureView(t)], null, 1);
+  assertEquals(gpu.bindGroupCount - n0, 1, "one bind group for two dispatches");
+  await gpu.sync();
+  pool.put(gpu, t);
+  pool.put(gpu, u);
+  pool.release(gpu);
 });

@@ -86,7 +86,7 @@
 import { gemmConv, gemmConvDw, gemmConvDx, type GemmConvGeom } from "./conv2d_gemm.ts";
 import { type Gpu, grid, Params, WG_INDEX } from "@lvm/gpu";
 import type { Tensor } from "@lvm/gpu";
-import { TexturePool } from "@lvm/gpu";
+import { TexturePool, textureView } from "@lvm/gpu";
 import { upsampleNearest2xBackward } from "./upsample.ts";
 import { UDIVF } from "./_udivf.ts";
 
@@ -656,7 +656,7 @@ function stage(
   prologue?: Conv2dPrologue,
 ): Staged {
   const tex = takeTexture(gpu, Math.min(planes, lay.P) * lay.Wp4, lay.bands * lay.Hp);
-  const view = tex.createView();
+  const view = textureView(tex);
   if (
     conv2dTuning.copyStage && up === 1 && !prologue && offT === 0 && offL === 0 && lay.Hp === H &&
     lay.Wp4 * 4 === W && (W * 4) % 256 === 0
@@ -952,7 +952,7 @@ function weightTexture(
     throw new RangeError(`conv2d: weights [${w.shape}] are too large for one ${max}^2 texture`);
   }
   const tex = takeTexture(gpu, bands * CoP4, wH);
-  return { tex, view: tex.createView(), lay: { Hp: wH, Wp4: CoP4, P: bands, bands: 1 }, CoP4, wH };
+  return { tex, view: textureView(tex), lay: { Hp: wH, Wp4: CoP4, P: bands, bands: 1 }, CoP4, wH };
 }
 
 /** Where {@link stageWeightRows} applies: whole texels per row, a row no wider than a texture. */
@@ -982,7 +982,7 @@ function stageWeightRows(gpu: Gpu, w: Tensor): StagedW {
   const [Cout, Cin, KH, KW] = w.shape;
   const R4 = (Cin * KH * KW) / 4;
   const tex = takeTexture(gpu, (Math.ceil(Cin / 16) * 16 * KH * KW) / 4, Cout);
-  const view = tex.createView();
+  const view = textureView(tex);
   if ((R4 * 16) % 256 === 0) {
     const rows = { offset: 0, bytesPerRow: R4 * 16, rowsPerImage: Cout };
     gpu.copyToTexture(w, rows, { texture: tex }, [R4, Cout, 1]);
@@ -2355,7 +2355,7 @@ function w43Conv(
       );
       const vl = planeLayout(gpu, NP * C, d.R, W43_WQ)!;
       const vTex = takeTexture(gpu, Math.min(NP * C, vl.P) * vl.Wp4, vl.bands * vl.Hp);
-      const vView = vTex.createView();
+      const vView = textureView(vTex);
       // V is written to a buffer in the texture's row layout, then copied ({@link copyRows}): a^2
       // image stores per invocation, scattered over a^2 planes, cost 10x the loads and arithmetic.
       const texW = vTex.width, vRows = vl.bands * vl.Hp;
@@ -2403,7 +2403,7 @@ function w43Conv(
           () => W43_OUT_WGSL(d, W43_MW, !!bias, !!res, vecOut, storageRead, !!stats),
         ),
         [
-          mTex.createView(),
+          textureView(mTex),
           ...(bias ? [bias] : []),
           ...(res ? [res] : []),
           out,
@@ -3229,7 +3229,7 @@ function flatDy(gpu: Gpu, dy: Tensor, t0: number, n4: number, TW: number): Stage
     );
   }
   // The layout is not read for a flat dy (DwCfg.dFlat); a placeholder of the right size.
-  return { tex, view: tex.createView(), lay: { P: 1, Wp4: TW, Hp: rows + 1, bands: 1 } };
+  return { tex, view: textureView(tex), lay: { P: 1, Wp4: TW, Hp: rows + 1, bands: 1 } };
 }
 
 /**
@@ -3275,7 +3275,7 @@ function flatPlanes(gpu: Gpu, src: Tensor, planes: number, H: number, W: number)
   gpu.copyToTexture(src, { offset: 0, bytesPerRow: HW4 * 16, rowsPerImage: planes }, {
     texture: tex,
   }, [HW4, planes, 1]);
-  return { tex, view: tex.createView(), lay: { P: 1, Wp4: HW4, Hp: planes, bands: 1 } };
+  return { tex, view: textureView(tex), lay: { P: 1, Wp4: HW4, Hp: planes, bands: 1 } };
 }
 
 /** dW (and, with `bias`, dbias, summed from the same dy texels) by {@link dwWgsl}. */

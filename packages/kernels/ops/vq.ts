@@ -21,7 +21,7 @@
  */
 import { type Gpu, grid, Params, WG_INDEX } from "@lvm/gpu";
 import type { Tensor } from "@lvm/gpu";
-import { TexturePool } from "@lvm/gpu";
+import { TexturePool, textureView } from "@lvm/gpu";
 
 /** Result of {@link vqNearest}. */
 export interface VqResult {
@@ -103,7 +103,7 @@ function stageRows(gpu: Gpu, src: Tensor, N: number, D: number, norm: boolean): 
     throw new RangeError(`vq: ${N} rows of ${D} do not fit one ${max}^2 texture`);
   }
   const tex = pool.take(gpu, bands * RW, H);
-  const view = tex.createView();
+  const view = textureView(tex);
   gpu.dispatch(
     gpu.pipeline("vq_stage", STAGE_WGSL),
     [src, view],
