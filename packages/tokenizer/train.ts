@@ -272,11 +272,6 @@ export class CodeRestarts {
     return this.usage;
   }
 
-  /** Codes used in the window as of the last read. */
-  usedCodes(): number {
-    return this.usage.reduce((s, c) => s + (c > 0 ? 1 : 0), 0);
-  }
-
   /**
    * After the counts of step `step` (1-based): at the end of a window re-initialises the unused
    * codes of `codebook` (K,E) from the latents `zRows` (N,E), zeroes their rows of the `moments`

@@ -73,8 +73,8 @@ export interface UpdateContext {
   /**
    * Makes `value` (element 0 of an f32 tensor, as it is once this step's work has run) figure
    * `name` of this step's record, read back with the loss slots (every `logEvery` steps), through
-   * `f` if given: a per-step figure without a per-step wait. The value is copied on the GPU; the
-   * tensor may be released after the call.
+   * `f` if given (the `f` of the name's first stage holds for the run): a per-step figure without
+   * a per-step wait. The value is copied on the GPU; the tensor may be released after the call.
    */
   stage(name: string, value: Tensor, f?: (v: number) => number): void;
 }
