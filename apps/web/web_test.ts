@@ -4,9 +4,13 @@
  *
  * 1. The kernel op tests (`packages/kernels/ops/*_test.ts`, every op and variant against its CPU
  *    reference on odd shapes) run inside the browser. By default the few slowest tests are left
- *    out (they cost ~2.5 min on SwiftShader; the page step exercises the same kernels end to end);
- *    `LVM_BROWSER_OPS=all` runs every one, and `LVM_KERNEL_KIND=gpu` picks the real-GPU variants
- *    (SwiftShader is taken for a CPU adapter, "cpu" kernels).
+ *    out (they cost ~2.5 min on SwiftShader; the page step exercises the same kernels end to end)
+ *    and the long case lists keep one case per code path (`LVM_TEST_CASES=few` in the page's
+ *    query: SwiftShader compiles a shader for seconds); `LVM_BROWSER_OPS=all` runs every test and
+ *    case, another value of it only the tests whose names contain that text (all their cases unless
+ *    `LVM_TEST_CASES` is set).
+ *    `LVM_KERNEL_KIND=gpu` picks the real-GPU variants (SwiftShader is taken for a CPU adapter,
+ *    "cpu" kernels).
  * 2. The page loads a tiny tokenizer (the PyTorch fixture, 16x16 -> 8x8 codes) and a random tiny
  *    LLaMA saved here, takes an example prompt (one image of an odd size, resized as the CLI
  *    resizes), generates one image greedily, and its codes are compared with `deno task infer
@@ -223,17 +227,28 @@ Deno.test({
       const generate = () => generateOn(page, 120_000);
       await t.step("kernel op tests against their CPU references", async () => {
         // LVM_KERNEL_KIND=gpu|cpu picks the kernels' variants as on that kind of adapter.
+        // The page's query string is the op tests' environment. LVM_TEST_CASES=few: the long case
+        // lists keep one case per code path (SwiftShader compiles each shader for seconds); the
+        // full lists run natively and with LVM_BROWSER_OPS=all.
+        // LVM_BROWSER_OPS: "all", every op test and case; another value, only the tests whose
+        // names contain it.
+        const only = Deno.env.get("LVM_BROWSER_OPS") ?? "";
+        const all = only === "all";
+        const query = new URLSearchParams();
         const kind = Deno.env.get("LVM_KERNEL_KIND");
-        await page.goto(`${url}ops.html${kind ? `?LVM_KERNEL_KIND=${kind}` : ""}`);
+        if (kind) query.set("LVM_KERNEL_KIND", kind);
+        const cases = Deno.env.get("LVM_TEST_CASES") ?? (only ? "" : "few");
+        if (cases) query.set("LVM_TEST_CASES", cases);
+        await page.goto(`${url}ops.html?${query}`);
         await page.waitForFunction(() => "opTests" in globalThis, null, { timeout: 30_000 });
-        const all = Deno.env.get("LVM_BROWSER_OPS") === "all";
         const names: string[] = await page.evaluate(() =>
           (globalThis as unknown as { opTests: { names: string[] } }).opTests.names
         );
         // A renamed test would silently leave the list and run here again.
         const stale = SLOW.filter((n) => !names.includes(n));
         if (stale.length) throw new Error(`SLOW names no op test: ${stale.join("; ")}`);
-        const run = names.filter((n) => all || !SLOW.includes(n));
+        const run = names.filter((n) => only && !all ? n.includes(only) : all || !SLOW.includes(n));
+        if (!run.length) throw new Error(`LVM_BROWSER_OPS="${only}" names no op test`);
         const t0 = performance.now();
         const results: TestResult[] = await page.evaluate(async (run) => {
           const { opTests } = globalThis as unknown as {
@@ -254,6 +269,12 @@ Deno.test({
             `(${s} s, ${names.length - run.length} slow ones left out); known failures: ` +
             (failed.map((r) => r.name).join("; ") || "none"),
         );
+        const slowest = [...results].sort((a, b) => b.ms - a.ms).slice(0, 8);
+        const secs = (r: TestResult) => `${r.name} ${(r.ms / 1000).toFixed(1)} s`;
+        console.log(`  slowest: ${slowest.map(secs).join("; ")}`);
+        if (only && !all) {
+          for (const r of results) console.log(`  ${secs(r)}: ${r.steps.map(secs).join("; ")}`);
+        }
         if (fixed.length) {
           console.log(`  now passing (drop from KNOWN_FAILURES): ${fixed.join("; ")}`);
         }

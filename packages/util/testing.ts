@@ -6,6 +6,24 @@
  */
 import { Rng } from "./rng.ts";
 
+/** Environment variable that thins the op tests' case lists: "few" (see {@link fewCases}). */
+export const TEST_CASES_ENV = "LVM_TEST_CASES";
+
+/**
+ * Whether `LVM_TEST_CASES=few` asks the op tests to keep, of a long list of cases that differ mostly
+ * in the shaders they compile, one per code path: for a slow shader compiler such as the browser
+ * run's (SwiftShader compiles a Winograd F(8x8) kernel in ~10 s). The full lists still run natively.
+ * The browser test sets it (the page's query string stands for the environment there).
+ */
+export function fewCases(): boolean {
+  const env = (globalThis as { Deno?: { env?: { get(k: string): string | undefined } } }).Deno?.env;
+  try {
+    return env?.get(TEST_CASES_ENV) === "few";
+  } catch {
+    return false; // no --allow-env
+  }
+}
+
 /**
  * Deterministic PRNG (mulberry32) started from the raw state `seed` (no `mix`, unlike `rng` of
  * `@lvm/util`): the same sequence as `new Rng(seed)`. Returns floats in [0, 1).
