@@ -226,12 +226,8 @@ Deno.test({
 
       const generate = () => generateOn(page, 120_000);
       await t.step("kernel op tests against their CPU references", async () => {
-        // LVM_KERNEL_KIND=gpu|cpu picks the kernels' variants as on that kind of adapter.
-        // The page's query string is the op tests' environment. LVM_TEST_CASES=few: the long case
-        // lists keep one case per code path (SwiftShader compiles each shader for seconds); the
-        // full lists run natively and with LVM_BROWSER_OPS=all.
-        // LVM_BROWSER_OPS: "all", every op test and case; another value, only the tests whose
-        // names contain it.
+        // The page's query string stands for the op tests' environment: LVM_KERNEL_KIND and
+        // LVM_TEST_CASES (see the module doc for these and LVM_BROWSER_OPS).
         const only = Deno.env.get("LVM_BROWSER_OPS") ?? "";
         const all = only === "all";
         const query = new URLSearchParams();
@@ -266,7 +262,9 @@ Deno.test({
           .filter((n) => results.some((r) => r.name === n && r.ok));
         console.log(
           `  ${results.length - failed.length}/${results.length} op tests pass in Chromium ` +
-            `(${s} s, ${names.length - run.length} slow ones left out); known failures: ` +
+            `(${s} s, ${names.length - run.length} left out: ${
+              only && !all ? `LVM_BROWSER_OPS="${only}"` : "the slow ones"
+            }); known failures: ` +
             (failed.map((r) => r.name).join("; ") || "none"),
         );
         const slowest = [...results].sort((a, b) => b.ms - a.ms).slice(0, 8);
