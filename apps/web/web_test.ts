@@ -24,6 +24,7 @@ import { getGpu } from "@lvm/gpu";
 import { makeImage } from "@lvm/image";
 import { loadImage, savePng } from "@lvm/image/fs";
 import { loadPipeline } from "@lvm/pipeline/fs";
+import { TEST_CASES_ENV } from "@lvm/util/testing";
 import { Llama, makeConfig } from "@lvm/transformer";
 import { saveLlama } from "@lvm/transformer/fs";
 import { launchChromium } from "./_browser.ts";
@@ -233,8 +234,8 @@ Deno.test({
         const query = new URLSearchParams();
         const kind = Deno.env.get("LVM_KERNEL_KIND");
         if (kind) query.set("LVM_KERNEL_KIND", kind);
-        const cases = Deno.env.get("LVM_TEST_CASES") ?? (only ? "" : "few");
-        if (cases) query.set("LVM_TEST_CASES", cases);
+        const cases = Deno.env.get(TEST_CASES_ENV) ?? (only ? "" : "few");
+        if (cases) query.set(TEST_CASES_ENV, cases);
         await page.goto(`${url}ops.html?${query}`);
         await page.waitForFunction(() => "opTests" in globalThis, null, { timeout: 30_000 });
         const names: string[] = await page.evaluate(() =>

@@ -6,6 +6,8 @@ import {
   assertRejects,
   assertStrictEquals,
   assertThrows,
+  fewCases,
+  TEST_CASES_ENV,
 } from "./testing.ts";
 
 Deno.test("assert, assertStrictEquals, assertMatch", () => {
@@ -91,4 +93,19 @@ Deno.test("assertThrows / assertRejects check the class and the message", async 
     AssertionError,
     "matching /b/",
   );
+});
+
+Deno.test('fewCases() reads LVM_TEST_CASES: only "few" thins the case lists', () => {
+  const before = Deno.env.get(TEST_CASES_ENV);
+  try {
+    Deno.env.delete(TEST_CASES_ENV);
+    assertEquals(fewCases(), false);
+    Deno.env.set(TEST_CASES_ENV, "few");
+    assertEquals(fewCases(), true);
+    Deno.env.set(TEST_CASES_ENV, "all");
+    assertEquals(fewCases(), false);
+  } finally {
+    if (before === undefined) Deno.env.delete(TEST_CASES_ENV);
+    else Deno.env.set(TEST_CASES_ENV, before);
+  }
 });
