@@ -101,7 +101,7 @@ done`);
   try {
     const { code, stdout, stderr } = await benchEnv(
       { PYTHON: python },
-      ...["--filter", "crc32", "--reps", "1", "--rounds", "2", "--torch", "--json"],
+      ...["--filter", "crc32", "--reps", "1", "--rounds", "2", "--torch", "--json", "--markdown"],
     );
     assertEquals(code, 0, stderr);
     // Per round: ours, then PyTorch asked for the same key, then PyTorch's progress line.
@@ -120,6 +120,17 @@ done`);
     const torch = lines.find((l) => l.backend === "torch");
     assertEquals([torch.name, torch.shape, torch.ms], ["crc32", "32 MiB", 2.5]);
     assertEquals(torch.ratio_vs_torch, +(2.5 / ours.ms).toFixed(3));
+    // Every round's time and ratio, in round order: ours from the progress lines.
+    const ourRounds = stderr.split("\n").filter((l) => /^round \d\/2: crc32/.test(l))
+      .map((l) => Number(/ ([\d.]+) ms/.exec(l)![1]));
+    assertEquals(ours.ms_rounds, ourRounds);
+    assertEquals(torch.ms_rounds, [2.5, 2.5]);
+    const perRound = ourRounds.map((ms) => +(2.5 / ms).toFixed(3));
+    assertEquals(torch.ratio_rounds, perRound);
+    // --markdown's table (on stderr with --json) has them as its last column.
+    const row = stderr.split("\n").find((l) => l.startsWith("| crc32 32 MiB"));
+    assert(/\| per round +\|$/.test(stderr.split("\n").find((l) => l.startsWith("| case"))!));
+    assert(row?.endsWith(`| ${perRound.map((x) => x.toFixed(2)).join(" / ")} |`), row);
   } finally {
     await Deno.remove(python);
   }

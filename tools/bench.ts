@@ -44,11 +44,14 @@ run (a run may record several small ops before its one GPU sync); run_ms = the b
 gflops / gbps / per_s (+ unit) = throughput of a run's napkin-math FLOPs, bytes or items;
 dispatches_per_token / dispatches_per_step = GPU dispatches of one decode step or train step; mem_mb
 where a case measures memory (MiB); note = the napkin math; with --rounds N > 1, rounds = N and
-ms_worst = the slowest round's ms (the spread a single run could have shown); with --profile N,
+ms_worst = the slowest round's ms (the spread a single run could have shown) and ms_rounds = each
+round's ms in order; with --profile N,
 profile_ms = the GPU time of the profiled run's dispatches and profile = its N slowest kernels
 ({kernel: the pipeline's key, dispatches, ms}).
 With --torch, each PyTorch line is paired with ours by name + shape: ratio_vs_torch (and its alias
-speed_vs_torch) = torch ms / our ms = our speed / torch's speed: > 1 means we are faster.`;
+speed_vs_torch) = torch ms / our ms = our speed / torch's speed: > 1 means we are faster (of each
+side's best round); with --rounds N > 1, ratio_rounds = each round's ratio (the PyTorch case runs
+right after ours in every round), also a "per round" column of --markdown's table.`;
 
 function parse() {
   try {
@@ -137,15 +140,25 @@ if (!(Number.isInteger(profileRuns) && profileRuns >= 1)) {
   Deno.exit(2);
 }
 if (warmup > 0) log(`warm-up: ${await warmUp(gpu, warmup)} products of 1024^3 in ${warmup} s`);
-/** Keeps, per name + shape, the result with the lowest ms; notes the slowest ms in `ms_worst`. */
+/**
+ * Keeps, per name + shape, the result with the lowest ms; notes the slowest ms in `ms_worst` and
+ * every round's ms, in order, in `ms_rounds`.
+ */
 function keepBest(best: Map<string, BenchResult>, r: BenchResult): void {
   const key = `${r.name}\u0000${r.shape}`, old = best.get(key);
   if (!old) {
-    best.set(key, r);
+    best.set(key, rounds > 1 ? { ...r, ms_rounds: [r.ms] } : r);
     return;
   }
   const worst = Math.max(old.ms, r.ms, (old.ms_worst as number | undefined) ?? 0);
-  best.set(key, { ...(r.ms < old.ms ? r : old), rounds, ms_worst: worst });
+  const msRounds = [...(old.ms_rounds as number[]), r.ms];
+  best.set(key, { ...(r.ms < old.ms ? r : old), rounds, ms_worst: worst, ms_rounds: msRounds });
+}
+
+/** Each round's ratio (torch ms / our ms), where both sides ran that round; [] for one round. */
+function roundRatios(ours: BenchResult, torch: BenchResult): number[] {
+  const a = (ours.ms_rounds ?? []) as number[], b = (torch.ms_rounds ?? []) as number[];
+  return a.slice(0, b.length).map((ms, i) => +(b[i] / ms).toFixed(3));
 }
 
 /** Prints one of our results: a JSON line with --json, else the text line. */
@@ -219,13 +232,16 @@ function headline(r: BenchResult): string {
 
 /** The README's performance table: one row per case both sides ran, in run order. */
 function markdownTable(pairs: { ours: BenchResult; torch: BenchResult; ratio: number }[]): string {
+  // With several rounds, each round's ratio too: the spread one run could have shown.
+  const perRound = rounds > 1;
   const rows = pairs.map(({ ours, torch, ratio }) => [
     `${ours.name} ${ours.shape}`,
     headline(ours),
     headline(torch),
     `${ratio.toFixed(2)}x`,
+    ...(perRound ? [roundRatios(ours, torch).map((x) => x.toFixed(2)).join(" / ")] : []),
   ]);
-  const head = ["case", "ours", "PyTorch", "ratio"];
+  const head = ["case", "ours", "PyTorch", "ratio", ...(perRound ? ["per round"] : [])];
   const w = head.map((h, i) => Math.max(h.length, ...rows.map((r) => r[i].length)));
   const line = (r: string[]) => `| ${r.map((c, i) => c.padEnd(w[i])).join(" | ")} |`;
   return [line(head), `| ${w.map((n) => "-".repeat(n)).join(" | ")} |`, ...rows.map(line)].join(
@@ -245,6 +261,7 @@ if (values.torch) {
     for (const ours of mine) pairs.push({ ours, torch: t, ratio: +(t.ms / ours.ms).toFixed(3) });
     const same = mine[0]?.name === t.name ? mine[0] : undefined;
     const ratio = same ? +(t.ms / same.ms).toFixed(3) : undefined;
+    const perRound = same && rounds > 1 ? roundRatios(same, t) : undefined;
     if (values.json) {
       console.log(
         JSON.stringify({
@@ -252,13 +269,14 @@ if (values.torch) {
           backend: "torch",
           ratio_vs_torch: ratio,
           speed_vs_torch: ratio,
+          ...(perRound ? { ratio_rounds: perRound } : {}),
         }),
       );
     } else {
       console.log(
         `${formatResult({ ...t, name: `torch:${t.name}` })}${
           ratio !== undefined ? `  ours/torch speed ${ratio}x` : ""
-        }`,
+        }${perRound ? ` (per round ${perRound.join(" / ")})` : ""}`,
       );
     }
   }
