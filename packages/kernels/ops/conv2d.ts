@@ -3297,7 +3297,10 @@ function convDw(
   // 64x64 and 512 at 32x32, the same at 128 on 256x256 (wall, one process, alternating); a 1x1
   // kernel keeps 8 (256 -> 512 at 32x32: 9.0 vs 10.6 ms).
   const px = tn.px ?? (KH * KW === 1 && Wo > 4 ? 8 : 4);
-  const py = tn.py ?? (Ho % 2 === 0 ? 2 : 1);
+  // A strided conv's small output (tiny's 16x16 and 8x8 downsamples) takes one row per segment:
+  // 8 x 64 channels from 32x32 40.7 -> 42.8-44.5 GFLOP/s, from 16x16 27.2 -> 28.4 (best of 5 x 60,
+  // alternating in one process); from 256x256 (128 channels) two rows stay faster (49.7 vs 45.8).
+  const py = tn.py ?? (Ho % 2 === 0 && !(S > 1 && Ho * Wo < 32 * 32) ? 2 : 1);
   // A strided conv's large dW takes 16 output channels (its x rows are read for fewer dy texels:
   // 128 channels from 256x256, 137 -> 119 ms; the same on tiny's 16x16 outputs).
   const cot = tn.cot ??

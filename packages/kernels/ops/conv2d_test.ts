@@ -448,22 +448,36 @@ Deno.test("conv2d() stages unpadded inputs by copies: the same results as the pa
 Deno.test("conv2dBackward() weight-gradient tiles and dbias alone", async (t) => {
   const gpu = await getGpu();
   // Odd channel counts (partial blocks), a width that is no multiple of the segment, and both
-  // rows-per-segment settings (py 2 needs an even height: the 10-row case).
+  // rows-per-segment settings (py 2 needs an even output height: the 10-row case, and the stride-2
+  // downsample of 9 rows, 4 out, whose default is one row at this size).
   const tiles = [
     { cot: 4, cit: 1, px: 4, py: 1 },
     { cot: 8, cit: 2, px: 16, py: 2 },
     { cot: 16, cit: 1, px: 8, py: 2 },
   ];
-  for (const H of [7, 10]) {
-    const c: Case = { B: 2, Cin: 5, H, W: 13, Cout: 9, K: 3, o: { pad: 1 } };
+  const cases: Case[] = [7, 10].map((H) => ({
+    B: 2,
+    Cin: 5,
+    H,
+    W: 13,
+    Cout: 9,
+    K: 3,
+    o: { pad: 1 },
+  }));
+  cases.push({ B: 2, Cin: 5, H: 9, W: 13, Cout: 9, K: 3, o: { stride: 2, pad: [0, 1, 0, 1] } });
+  for (const c of cases) {
+    const { H } = c;
     const a = args(c);
     const x = randu(c.B * c.Cin * c.H * c.W, 100 + H), w = randu(c.Cout * c.Cin * 9, 110 + H);
-    const dy = randu(c.B * c.Cout * c.H * c.W, 120 + H);
-    const r = conv2dBackwardCpu(x, w, dy, a);
     const X = gpu.upload(x, a.xShape), Wt = gpu.upload(w, a.wShape);
-    const DY = gpu.upload(dy, [c.B, c.Cout, c.H, c.W]);
+    const y = conv2d(gpu, X, Wt, undefined, c.o); // the output's shape
+    const [, , Ho, Wo] = y.shape;
+    y.release();
+    const dy = randu(c.B * c.Cout * Ho * Wo, 120 + H);
+    const r = conv2dBackwardCpu(x, w, dy, a);
+    const DY = gpu.upload(dy, [c.B, c.Cout, Ho, Wo]);
     for (const tile of tiles) {
-      if (c.H % tile.py) continue;
+      if (Ho % tile.py) continue;
       await t.step(`${label(c)} dw tile ${Object.values(tile).join("x")}`, async () => {
         conv2dTuning.dw = tile;
         try {
