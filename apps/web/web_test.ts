@@ -263,8 +263,8 @@ Deno.test({
           .filter((n) => results.some((r) => r.name === n && r.ok));
         console.log(
           `  ${results.length - failed.length}/${results.length} op tests pass in Chromium ` +
-            `(${s} s, ${names.length - run.length} left out: ${
-              only && !all ? `LVM_BROWSER_OPS="${only}"` : "the slow ones"
+            `(${s} s, ${names.length - run.length} left out${
+              all ? "" : only ? `: LVM_BROWSER_OPS="${only}"` : ": the slow ones"
             }); known failures: ` +
             (failed.map((r) => r.name).join("; ") || "none"),
         );
