@@ -53,6 +53,9 @@
  *   second pass in a fixed order: deterministic, no float atomics (one slice: written in place).
  *   dy is copied into its texture as it lies in memory where its rows are whole texels
  *   ({@link flatDy}); x is the forward's staging when a {@link Conv2dStash} kept it.
+ *   A 1x1 conv's dW over a batch (stride 1, no padding) is the GEMM itself: the batched matmul
+ *   dY_b X_b^T and one pass summing the batch's products, with dbias ({@link dwByMatmul}; tiny's
+ *   128 -> 64 at 16x16 from 0.71x to 0.87x the matmul's GFLOP/s).
  * - dbias alone (no dW asked): a workgroup tree reduction per channel.
  *
  * Winograd F(4x4,3x3) ({@link w43Conv}): stride-1 3x3 convs of 128-768 channels on images of
@@ -89,6 +92,7 @@ import type { Tensor } from "@lvm/gpu";
 import { TexturePool, textureView } from "@lvm/gpu";
 import { upsampleNearest2xBackward } from "./upsample.ts";
 import { UDIVF } from "./_udivf.ts";
+import { matmul } from "./matmul.ts";
 
 /** Register tile of the forward kernel: output channels x rows x pixels per invocation. */
 export interface ConvTile {
@@ -2679,6 +2683,12 @@ export const conv2dTuning: {
    * for each dx conv).
    */
   flatDx: boolean;
+  /**
+   * A 1x1 conv's weight gradient as the batched matmul dY_b X_b^T and a sum over the batch
+   * ({@link dwByMatmul}): true = always (stride 1, no padding or upsampling), false = never, null =
+   * where the matmul has work for every core ({@link useDwMatmul}).
+   */
+  dwMatmul: boolean | null;
 } = {
   dw: null,
   w43: null,
@@ -2693,6 +2703,7 @@ export const conv2dTuning: {
   upDx: true,
   gemmBackward: null,
   flatDx: true,
+  dwMatmul: null,
 };
 
 /** The Winograd variant of a stride-1 3x3 conv ({@link useW43}), or null for the direct kernel. */
@@ -3173,6 +3184,12 @@ export function conv2dBackward(
     const a = opts.prologue ? applyPrologue(gpu, x, opts.prologue) : x;
     grads.dw = gemmConvDw(gpu, a, dy, g);
     if (a !== x) a.release();
+  } else if (opts.dw !== false && useDwMatmul(gpu, g, opts)) {
+    const a = opts.prologue ? applyPrologue(gpu, x, opts.prologue) : x;
+    const r = dwByMatmul(gpu, a, dy, g, wantBias);
+    grads.dw = r.dw;
+    grads.dbias = r.dbias;
+    if (a !== x) a.release();
   } else if (opts.dw !== false) {
     const r = convDw(gpu, x, dy, g, wantBias, opts.stash, opts.prologue, dyFlat);
     grads.dw = r.dw;
@@ -3277,6 +3294,106 @@ function flatPlanes(gpu: Gpu, src: Tensor, planes: number, H: number, W: number)
   }, [HW4, planes, 1]);
   return { tex, view: textureView(tex), lay: { P: 1, Wp4: HW4, Hp: planes, bands: 1 } };
 }
+
+/**
+ * Whether a conv's weight gradient goes through {@link dwByMatmul}: a 1x1 kernel at stride 1 with
+ * no padding or upsampling (the GEMM itself), on the cpu kind (the gpu kind has its implicit GEMM),
+ * for a batch of 2 or more. Measured against the conv kernel ({@link convDw}) as the ratio to the
+ * matmul of the bench's `vs matmul` row in the same process, median of 5-10 alternating rounds:
+ * tiny's 128 -> 64 at 16x16 (batch 8) 0.71 -> 0.87, 64 -> 128 at 8x8 0.71 -> 0.72, 32 -> 32 at
+ * 8x8 2.96 -> 3.73; batch 2 at 32x32 0.68 -> 1.00, batch 4 128 -> 256 at 64x64 0.70 -> 1.21. A
+ * batch of one is one long product with no sum to split it across the cores: 128 -> 256 at 64x64
+ * 0.88 -> 0.52, 512 -> 256 at 16x16 0.74 -> 0.64 (the conv kernel slices its pixels).
+ */
+function useDwMatmul(gpu: Gpu, g: Geom, opts: Conv2dBackwardOptions): boolean {
+  const plain = g.KH === 1 && g.KW === 1 && g.S === 1 && g.up === 1 && g.pt === 0 &&
+    g.pl === 0 && g.Ho === g.H && g.Wo === g.W;
+  if (!plain || opts.tile) return false;
+  if (conv2dTuning.dwMatmul !== null) return conv2dTuning.dwMatmul;
+  return gpu.kind === "cpu" && g.B >= 2;
+}
+
+/**
+ * A 1x1 conv's dW = sum over the batch of dY_b X_b^T ((Cout, HW) x (HW, Cin)): one batched
+ * {@link matmul} (the batch's products side by side) and a sum of the B products.
+ */
+function dwByMatmul(
+  gpu: Gpu,
+  x: Tensor,
+  dy: Tensor,
+  g: Geom,
+  bias: boolean,
+): { dw: Tensor; dbias: Tensor | null } {
+  const { B, Cin, Cout } = g;
+  const HW = g.H * g.W;
+  const dw = gpu.empty([Cout, Cin, 1, 1]);
+  const a = dy.view([B, Cout, HW]), b = x.view([B, Cin, HW]);
+  if (B === 1) {
+    matmul(gpu, a, b, { transB: true, out: dw });
+    return { dw, dbias: null };
+  }
+  const part = matmul(gpu, a, b, { transB: true }); // (B, Cout, Cin)
+  const n = Cout * Cin;
+  let db: Tensor | null = null; // else conv2dBackward's dbias pass
+  if (n % 4 === 0 && HW % 4 === 0) {
+    db = bias ? gpu.empty([Cout]) : null;
+    const lanes = (bias ? Cout : 0) + n / 4;
+    gpu.dispatch(
+      gpu.pipeline(`conv2d_sum_batch4|${bias}`, () => SUM_BATCH4_WGSL(bias)),
+      [part, dw, ...(db ? [dy, db] : [])],
+      new Params().u32(n / 4).u32(B).u32(bias ? Cout : 0).u32(HW / 4),
+      grid(Math.ceil(lanes / 64)),
+    );
+  } else {
+    gpu.dispatch(
+      gpu.pipeline("conv2d_sum_slices", SUM_SLICES_WGSL),
+      [part, dw],
+      new Params().u32(n).u32(B).u32(n).u32(0),
+      grid(Math.ceil(n / 256)),
+    );
+  }
+  part.release();
+  return { dw, dbias: db };
+}
+
+/**
+ * dW = the sum of the batch's B products (vec4 lanes), and with `bias` dbias[co] = the sum of dy
+ * over the batch and pixels, one lane per channel ahead of dW's lanes (its lanes run longest).
+ */
+const SUM_BATCH4_WGSL = (bias: boolean) => `
+@group(0) @binding(0) var<storage, read> part: array<vec4f>;
+@group(0) @binding(1) var<storage, read_write> dw: array<vec4f>;
+${
+  bias
+    ? `@group(0) @binding(2) var<storage, read> dy: array<vec4f>;
+@group(0) @binding(3) var<storage, read_write> db: array<f32>;`
+    : ""
+}
+struct P { n4: u32, B: u32, C: u32, HW4: u32 }
+@group(0) @binding(${bias ? 4 : 2}) var<uniform> p: P;
+@compute @workgroup_size(64)
+fn main(@builtin(local_invocation_index) li: u32, @builtin(workgroup_id) wg: vec3u,
+        @builtin(num_workgroups) nwg: vec3u) {
+  let i = ${WG_INDEX} * 64u + li;
+  if (i < p.C) {${
+  bias
+    ? `
+    var t = vec4f(0.0);
+    for (var b = 0u; b < p.B; b++) {
+      let base = (b * p.C + i) * p.HW4;
+      for (var q = 0u; q < p.HW4; q++) { t += dy[base + q]; }
+    }
+    db[i] = t.x + t.y + t.z + t.w;`
+    : ""
+}
+    return;
+  }
+  let j = i - p.C;
+  if (j >= p.n4) { return; }
+  var s = vec4f(0.0);
+  for (var k = 0u; k < p.B; k++) { s += part[k * p.n4 + j]; }
+  dw[j] = s;
+}`;
 
 /** dW (and, with `bias`, dbias, summed from the same dy texels) by {@link dwWgsl}. */
 function convDw(

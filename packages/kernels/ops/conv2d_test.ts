@@ -247,7 +247,8 @@ async function assertSameGrads(
 }
 
 /**
- * Runs `fn` on the texture kernels (the gpu kind's default implicit GEMMs off: they stage nothing)
+ * Runs `fn` on the texture kernels (the gpu kind's default implicit GEMMs off: they stage nothing;
+ * a 1x1 conv's dW by its kernel, not the batched matmul)
  * with every pipeline key the ops ask for passed to `onKey`; both restored after.
  */
 async function onTextureKernels(
@@ -258,6 +259,7 @@ async function onTextureKernels(
   const pipeline = gpu.pipeline;
   conv2dTuning.gemm = false;
   conv2dTuning.gemmBackward = false;
+  conv2dTuning.dwMatmul = false;
   gpu.pipeline = (key, code, entry) => {
     onKey(key);
     return pipeline.call(gpu, key, code, entry);
@@ -267,6 +269,7 @@ async function onTextureKernels(
   } finally {
     conv2dTuning.gemm = null;
     conv2dTuning.gemmBackward = null;
+    conv2dTuning.dwMatmul = null;
     gpu.pipeline = pipeline;
   }
 }
@@ -412,8 +415,10 @@ Deno.test("conv2d() stages unpadded inputs by copies: the same results as the pa
       const outs: ArrayLike<number>[][] = [];
       for (const copy of [true, false]) {
         conv2dTuning.copyStage = copy;
-        // The texture kernels, which read staged inputs (the gpu kind's default is the GEMMs).
+        // The texture kernels, which read staged inputs (the gpu kind's default is the GEMMs; the
+        // 1x1 conv's dW by its kernel, not the batched matmul).
         conv2dTuning.gemm = conv2dTuning.gemmBackward = false;
+        conv2dTuning.dwMatmul = false;
         const pipeline = gpu.pipeline;
         let pads = 0;
         gpu.pipeline = (key, code, entry) => {
@@ -436,6 +441,7 @@ Deno.test("conv2d() stages unpadded inputs by copies: the same results as the pa
         } finally {
           conv2dTuning.copyStage = true;
           conv2dTuning.gemm = conv2dTuning.gemmBackward = null;
+          conv2dTuning.dwMatmul = null;
           gpu.pipeline = pipeline;
         }
       }
@@ -496,6 +502,87 @@ Deno.test("conv2dBackward() weight-gradient tiles and dbias alone", async (t) =>
       assertClose(await gpu.readF32(g.dbias!), r.dbias, { atol: 1e-4, rtol: 1e-4 }, "dbias");
     });
   }
+});
+
+Deno.test("conv2dBackward(): a 1x1 conv's weight gradient as a batched matmul and a sum over the batch", async (t) => {
+  const gpu = await getGpu();
+  // Forced on: channel and pixel counts off and on multiples of 4 (the sum pass's scalar and vec4
+  // forms, dbias in the vec4 one), a batch of one (the product is dW, no sum), dbias off, and a
+  // GroupNorm+SiLU prologue (the activation written out). Each against the reference and the
+  // conv kernel's dW (forced off). Then the default's choice on the cpu kind: tiny's 128 -> 64 at
+  // 16x16 takes it at batch 2 and 8, not at batch 1 (one long product: the conv kernel's slices).
+  const cases: (Case & { prologue?: boolean })[] = [
+    { B: 3, Cin: 5, H: 7, W: 5, Cout: 9, K: 1, o: {}, bias: true },
+    { B: 4, Cin: 8, H: 4, W: 6, Cout: 12, K: 1, o: {}, bias: true },
+    { B: 1, Cin: 6, H: 5, W: 8, Cout: 4, K: 1, o: {}, bias: true },
+    { B: 2, Cin: 8, H: 4, W: 4, Cout: 4, K: 1, o: {} },
+    { B: 2, Cin: 8, H: 6, W: 6, Cout: 8, K: 1, o: {}, bias: true, prologue: true },
+  ];
+  for (const c of cases) {
+    await t.step(`${label(c)}${c.prologue ? " prologue" : ""}`, async () => {
+      const a = args(c);
+      const xs = [c.B, c.Cin, c.H, c.W];
+      const x = randu(c.B * c.Cin * c.H * c.W, 700 + c.Cin, -2, 2);
+      const w = randu(c.Cout * c.Cin, 710 + c.Cout);
+      const dy = randu(c.B * c.Cout * c.H * c.W, 720 + c.B);
+      const gamma = randu(c.Cin, 730, 0.5, 1.5), beta = randu(c.Cin, 740, -0.5, 0.5);
+      const act = c.prologue ? groupNormCpu(x, xs, gamma, beta, 4, 1e-6, true).y : x;
+      const r = conv2dBackwardCpu(act, w, dy, a);
+      const X = gpu.upload(x, xs), Wt = gpu.upload(w, a.wShape);
+      const DY = gpu.upload(dy, [c.B, c.Cout, c.H, c.W]);
+      const Gm = gpu.upload(gamma, [c.Cin]), Bt = gpu.upload(beta, [c.Cin]);
+      const ss = c.prologue ? groupNormPlaneAffine(gpu, X, Gm, Bt, 4, 1e-6) : null;
+      const prologue = ss ? { ss, silu: true } : undefined;
+      const opts = { dx: false, dbias: !!c.bias, prologue };
+      const keys: string[] = [];
+      try {
+        const run = (mm: boolean) => {
+          conv2dTuning.dwMatmul = mm;
+          return conv2dBackward(gpu, X, Wt, DY, opts);
+        };
+        let viaMatmul: Conv2dGrads = { dx: null, dw: null, dbias: null };
+        await onTextureKernels(gpu, (k) => keys.push(k), () => {
+          viaMatmul = run(true);
+          return Promise.resolve();
+        });
+        assert(keys.some((k) => k.startsWith("matmul/")), `no matmul kernel ran: ${keys}`);
+        assert(!keys.some((k) => k.startsWith("conv2d_dw")), "the conv dW kernel ran");
+        if (!c.bias) assertEquals(viaMatmul.dbias, null, "dbias not asked for");
+        const kernel = run(false);
+        const names = c.bias ? ["dw", "dbias"] as const : ["dw"] as const;
+        const got = await gpu.readMany([
+          ...names.map((k) => viaMatmul[k]!),
+          ...names.map((k) => kernel[k]!),
+        ]);
+        names.forEach((k, i) => {
+          assertClose(got[i], r[k], { atol: 3e-4, rtol: 2e-4 }, `${k} via the matmul`);
+          assertClose(got[names.length + i], r[k], { atol: 3e-4, rtol: 2e-4 }, `${k} (kernel)`);
+        });
+        for (const g of [viaMatmul, kernel]) for (const v of [g.dw, g.dbias]) v?.release();
+      } finally {
+        conv2dTuning.dwMatmul = null;
+        for (const tt of [X, Wt, DY, Gm, Bt, ss]) tt?.release();
+      }
+    });
+  }
+  await t.step("the default: the matmul from a batch of two (cpu kind)", async () => {
+    if (gpu.kind !== "cpu") return; // the gpu kind runs its implicit GEMM
+    for (const [B, want] of [[8, true], [2, true], [1, false]] as const) {
+      const X = gpu.upload(randu(B * 128 * 256, 750), [B, 128, 16, 16]);
+      const Wt = gpu.upload(randu(64 * 128, 751), [64, 128, 1, 1]);
+      const DY = gpu.upload(randu(B * 64 * 256, 752), [B, 64, 16, 16]);
+      const keys: string[] = [];
+      await onTextureKernels(gpu, (k) => keys.push(k), async () => {
+        conv2dTuning.dwMatmul = null; // the default's choice
+        const g = conv2dBackward(gpu, X, Wt, DY, { dx: false });
+        await gpu.readMany([g.dw!, g.dbias!]);
+        for (const v of [g.dw, g.dbias]) v?.release();
+      });
+      assertEquals(keys.some((k) => k.startsWith("matmul/")), want, `B=${B}: ${keys}`);
+      assertEquals(keys.some((k) => k.startsWith("conv2d_dw")), !want, `B=${B}: ${keys}`);
+      for (const tt of [X, Wt, DY]) tt.release();
+    }
+  });
 });
 
 /** F(8x8)'s tolerance: its interpolation points spread wider, ~6x F(6x6)'s rounding (conv2d.ts). */
@@ -988,9 +1075,11 @@ Deno.test("conv2dBackward(): a stride-1 dx reads the weights in the row layout, 
 
 Deno.test("conv2dBackward() with the forward's staged input (Conv2dStash)", async (t) => {
   const gpu = await getGpu();
-  // The texture paths' feature (the implicit GEMMs, the gpu kind's default, keep nothing).
+  // The texture paths' feature (the implicit GEMMs, the gpu kind's default, keep nothing; nor
+  // does a 1x1 conv's dW as a batched matmul).
   conv2dTuning.gemm = false;
   conv2dTuning.gemmBackward = false;
+  conv2dTuning.dwMatmul = false;
   try {
     // A forward plane taller than the weight gradient's (7 rows: the forward's tile covers 8), the
     // downsample's stride and padding, a 1x1, and a stash too small to keep anything.
@@ -1034,6 +1123,7 @@ Deno.test("conv2dBackward() with the forward's staged input (Conv2dStash)", asyn
   } finally {
     conv2dTuning.gemm = null;
     conv2dTuning.gemmBackward = null;
+    conv2dTuning.dwMatmul = null;
   }
 });
 
