@@ -1321,11 +1321,12 @@ function fwdWgsl(c: FwdCfg): string {
   const CPI = c.cpi;
   const F = c.xFlat;
   // Flat x: window texel v of row r is source texel (fq0 + v) of row (fy0 + r), or the zero column.
+  // Output pixel j of the tile reads window position S*j + kw - offL + 4*QOFF.
   const QOFF = F ? Math.ceil(F.offL / 4) + 0 : 0; // + 0: no -0 in the WGSL
-  const NVx = F ? ((px - 1 + KW - 1 - F.offL + 4 * QOFF) >> 2) + 1 : NV;
+  const NVx = F ? ((S * (px - 1) + KW - 1 - F.offL + 4 * QOFF) >> 2) + 1 : NV;
   if (F) {
-    L.push(`  let fy0 = i32(ty * ${py}u) - (${F.offT});`);
-    L.push(`  let fq0 = i32(tx * ${px / 4}u) - (${QOFF});`);
+    L.push(`  let fy0 = i32(ty * ${py * S}u) - (${F.offT});`);
+    L.push(`  let fq0 = i32(tx * ${(px * S) / 4}u) - (${QOFF});`);
     for (let r = 0; r < R; r++) {
       L.push(`  let fr${r} = fy0 + ${r} >= 0 && fy0 + ${r} < ${F.H};`);
       for (let v = 0; v < NVx; v++) {
@@ -1407,7 +1408,7 @@ function fwdWgsl(c: FwdCfg): string {
             for (let kw = 0; kw < KW; kw++) {
               // Output pixel q*4+i of the row reads padded column S*(q*4+i) + kw.
               const pos = [0, 1, 2, 3].map((i) =>
-                F ? q * 4 + i + kw - F.offL + 4 * QOFF : S * (q * 4 + i) + kw
+                F ? S * (q * 4 + i) + kw - F.offL + 4 * QOFF : S * (q * 4 + i) + kw
               );
               const xs = S === 1 && pos[0] % 4 === 0
                 ? `v${k}_${r}_${pos[0] >> 2}`
@@ -1556,9 +1557,7 @@ function launchFwd(
     wRows: !!ws.rows,
     xFlat: xFlat ?? null,
   };
-  if (xFlat && (k.S !== 1 || wDiv !== undefined)) {
-    throw new Error("conv2d: a flat input takes a stride-1 conv without weight sets");
-  }
+  if (xFlat && wDiv !== undefined) throw new Error("conv2d: a flat input with weight sets");
   if (ws.rows && wDiv !== undefined) throw new Error("conv2d: row-layout weights with weight sets");
   // udivf's range (plane numbers, weight rows).
   const rows = (wDiv === undefined ? 1 : Math.ceil(g.bc / wDiv)) * g.Cin * k.KH * k.KW;
@@ -2579,6 +2578,12 @@ export function conv2d(
   validTile(tile);
   const plain = () => stageWeights(gpu, w, tile.cot, { mode: "plain" });
   const ws = opts.weights ? opts.weights.get(w, `${tile.cot}|plain`, plain) : plain();
+  // x read unpadded from one copy where nothing needs its staging: no prologue to apply and no
+  // stash to keep for the weight gradient (training keeps the padded staging, which the dW reads).
+  const flat = conv2dTuning.flatFwd && !opts.prologue && !opts.stash && g.up === 1 &&
+      flatFits(gpu, B * Cin, g.H, g.W)
+    ? flatPlanes(gpu, x, B * Cin, g.H, g.W)
+    : null;
   convCore(
     gpu,
     "conv2d",
@@ -2589,12 +2594,13 @@ export function conv2d(
     opts.residual,
     out,
     g,
-    { offT: g.pt, offL: g.pl, up: g.up, pro: opts.prologue },
+    { offT: g.pt, offL: g.pl, up: g.up, pro: opts.prologue, flat: flat ?? undefined },
     tile,
     undefined,
     g.up === 1 ? opts.stash : undefined,
     opts.stats,
   );
+  if (flat) flatPool.put(gpu, flat.tex);
   if (!opts.weights) texPool.put(gpu, ws.tex);
   return out;
 }
@@ -2684,6 +2690,11 @@ export const conv2dTuning: {
    */
   flatDx: boolean;
   /**
+   * The direct forward reads x unpadded from one copy ({@link flatPlanes}) where it needs no
+   * prologue and keeps no stash (false: x staged by the pad pass).
+   */
+  flatFwd: boolean;
+  /**
    * A 1x1 conv's weight gradient as the batched matmul dY_b X_b^T and a sum over the batch
    * ({@link dwByMatmul}): true = always (stride 1, no padding or upsampling), false = never, null =
    * where the matmul has work for every core ({@link useDwMatmul}).
@@ -2703,6 +2714,7 @@ export const conv2dTuning: {
   upDx: true,
   gemmBackward: null,
   flatDx: true,
+  flatFwd: true,
   dwMatmul: null,
 };
 

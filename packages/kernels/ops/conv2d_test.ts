@@ -419,6 +419,7 @@ Deno.test("conv2d() stages unpadded inputs by copies: the same results as the pa
         // 1x1 conv's dW by its kernel, not the batched matmul).
         conv2dTuning.gemm = conv2dTuning.gemmBackward = false;
         conv2dTuning.dwMatmul = false;
+        conv2dTuning.flatFwd = false; // the forward's x through the staging (copied or padded)
         const pipeline = gpu.pipeline;
         let pads = 0;
         gpu.pipeline = (key, code, entry) => {
@@ -442,11 +443,57 @@ Deno.test("conv2d() stages unpadded inputs by copies: the same results as the pa
           conv2dTuning.copyStage = true;
           conv2dTuning.gemm = conv2dTuning.gemmBackward = null;
           conv2dTuning.dwMatmul = null;
+          conv2dTuning.flatFwd = true;
           gpu.pipeline = pipeline;
         }
       }
       for (let i = 0; i < 3; i++) assertEquals(Array.from(outs[0][i]), Array.from(outs[1][i]));
       for (const tt of [X, Wt, Bt, DY]) tt.release();
+    });
+  }
+});
+
+Deno.test("conv2d() reads an input that needs no prologue or stash unpadded from one copy", async (t) => {
+  const gpu = await getGpu();
+  // The downsample's stride 2 with bottom/right padding (tiles whose windows cross the plane's
+  // last row and column), a stride-2 3x3 with padding on all sides and a partial tile, a stride 3,
+  // and a stride-1 3x3 (no Winograd below 128 channels): each the padded staging's result bit for
+  // bit (flatFwd off) and the reference's; no pad pass with the copy.
+  const cases: Case[] = [
+    { B: 2, Cin: 5, H: 16, W: 16, Cout: 6, K: 3, o: { stride: 2, pad: [0, 1, 0, 1] }, bias: true },
+    { B: 1, Cin: 3, H: 12, W: 16, Cout: 9, K: 3, o: { stride: 2, pad: 1, tile: SMALL } },
+    { B: 1, Cin: 4, H: 8, W: 24, Cout: 5, K: 3, o: { stride: 3, pad: [1, 0, 2, 1] }, bias: true },
+    { B: 2, Cin: 6, H: 8, W: 8, Cout: 7, K: 3, o: { pad: 1 }, bias: true },
+  ];
+  for (const c of cases) {
+    await t.step(label(c), async () => {
+      const a = args(c);
+      const x = randu(c.B * c.Cin * c.H * c.W, 800 + c.Cin, -2, 2);
+      const w = randu(c.Cout * c.Cin * c.K * c.K, 810 + c.Cout);
+      const b = c.bias ? randu(c.Cout, 820) : null;
+      const ref = conv2dCpu(x, w, b, a);
+      const X = gpu.upload(x, a.xShape), Wt = gpu.upload(w, a.wShape);
+      const Bt = b ? gpu.upload(b, [c.Cout]) : undefined;
+      const outs: Float32Array[] = [];
+      try {
+        for (const flat of [true, false]) {
+          const keys: string[] = [];
+          conv2dTuning.flatFwd = flat;
+          await onTextureKernels(gpu, (k) => keys.push(k), async () => {
+            const y = conv2d(gpu, X, Wt, Bt, c.o);
+            outs.push(await gpu.readF32(y));
+            y.release();
+          });
+          assertEquals(keys.some((k) => k.startsWith("conv2d_pad")), !flat, `${keys}`);
+          // The forward's key names a flat input by its plane ("x16x4+0+0"), else "xpad".
+          assertEquals(keys.some((k) => /^conv2d_fwd.*\|x\d/.test(k)), flat, `${keys}`);
+        }
+      } finally {
+        conv2dTuning.flatFwd = true;
+        for (const tt of [X, Wt, Bt]) tt?.release();
+      }
+      assertClose(outs[0], ref, { atol: 1e-4, rtol: 1e-4 }, "y (flat)");
+      assertEquals(Array.from(outs[0]), Array.from(outs[1]), "flat vs padded staging");
     });
   }
 });
