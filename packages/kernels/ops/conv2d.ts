@@ -830,23 +830,25 @@ fn main(@builtin(global_invocation_id) g: vec3u) {
 }`;
 
 /**
- * The rotated (dx) layout of the whole kernel when Cin % 4 == 0: texel (c4, (co, t)) =
- * w[co][4*c4 .. 4*c4+3][KHW-1-t], so one invocation per (c4, co) reads the 4*KHW contiguous floats
- * of those 4 input channels as KHW vec4s and writes KHW texels.
+ * The rotated (dx) layout when Cin % 4 == 0: texel (c4, (co, t)) = w[co][4*c4 .. 4*c4+3][src[t]],
+ * so one invocation per (c4, co) reads the 4*KHW contiguous floats of those 4 input channels as KHW
+ * vec4s and writes one texel per staged tap: `src[t]` = KHW-1-t for the whole kernel rotated (a
+ * stride-1 dx), or the taps of one output phase of a strided conv's dx ({@link dxPhase}).
  */
-const WT_ROT_QUAD_WGSL = (KHW: number) => {
+const WT_ROT_QUAD_WGSL = (KHW: number, src: readonly number[]) => {
   // Unrolled: every component index is a constant (a private array indexed by a loop variable is a
   // per-lane memory access on lavapipe).
   const L: string[] = [];
   for (let i = 0; i < KHW; i++) L.push(`  let v${i} = select(vec4f(0.0), w[base + ${i}u], ok);`);
-  for (let t = 0; t < KHW; t++) {
+  const T = src.length;
+  for (let t = 0; t < T; t++) {
     // Channel j's tap k is float j*KHW + k of the block.
-    const k = KHW - 1 - t;
+    const k = src[t];
     const comps = [0, 1, 2, 3].map((j) => {
       const f = j * KHW + k;
       return `v${f >> 2}.${COMP[f & 3]}`;
     });
-    L.push(`  textureStore(tex, vec2u(c4, co * ${KHW}u + ${t}u), vec4f(${comps.join(", ")}));`);
+    L.push(`  textureStore(tex, vec2u(c4, co * ${T}u + ${t}u), vec4f(${comps.join(", ")}));`);
   }
   return `
 @group(0) @binding(0) var<storage, read> w: array<vec4f>;
@@ -1031,12 +1033,21 @@ function stageWeights(gpu: Gpu, w: Tensor, cot: number, k: WeightTaps): StagedW 
     );
     return st;
   }
-  if (
-    k.mode === "dx" && k.st === 1 && k.KHs === KH && k.KWs === KW && bands === 1 &&
-    Cin % 4 === 0 && KHW <= 64
-  ) {
+  if (k.mode === "dx" && bands === 1 && Cin % 4 === 0 && KH * KW <= 64) {
+    // Staged tap t = (jh, jw) of the phase reads kernel tap (kh, kw), known here: the rotated
+    // kernel (stride 1), or one phase of a strided conv's (the generic pass below took 0.2 ms per
+    // phase for tiny's 64 channels, 4 per downsample's dx).
+    const src: number[] = [];
+    for (let jh = 0; jh < k.KHs; jh++) {
+      for (let jw = 0; jw < k.KWs; jw++) {
+        src.push((k.k0h + k.st * (k.KHs - 1 - jh)) * KW + k.k0w + k.st * (k.KWs - 1 - jw));
+      }
+    }
     gpu.dispatch(
-      gpu.pipeline(`conv2d_wt_rot_quad|${KHW}`, () => WT_ROT_QUAD_WGSL(KHW)),
+      gpu.pipeline(
+        `conv2d_wt_rot_quad|${KH * KW}|${src.join(",")}`,
+        () => WT_ROT_QUAD_WGSL(KH * KW, src),
+      ),
       [w, view],
       new Params().u32(CoP4).u32(Cout).u32(Cin),
       [Math.ceil(CoP4 / 16), Math.ceil(Cout / 4), 1],

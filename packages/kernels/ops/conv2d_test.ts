@@ -135,6 +135,9 @@ const CASES: Case[] = [
   // uneven padding (negative offsets in some phases).
   { B: 2, Cin: 3, H: 10, W: 11, Cout: 5, K: 3, o: { stride: 3, pad: 1, tile: SMALL }, bias: true },
   { B: 1, Cin: 4, H: 7, W: 8, Cout: 3, K: 1, o: { stride: 2, tile: SMALL } },
+  // Input channels in quads: each phase's weights staged by the unrolled pass (its taps' map).
+  { B: 1, Cin: 8, H: 11, W: 10, Cout: 6, K: 5, o: { stride: 2, pad: [2, 1, 1, 2], tile: SMALL } },
+  { B: 1, Cin: 4, H: 10, W: 11, Cout: 5, K: 3, o: { stride: 3, pad: 1, tile: SMALL } },
   { B: 1, Cin: 2, H: 4, W: 5, Cout: 3, K: 3, o: { stride: 2, pad: 1, upsample2x: true } },
   {
     B: 1,
