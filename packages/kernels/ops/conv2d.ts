@@ -26,7 +26,9 @@
  *    weight reads); smaller images put several channel blocks in one workgroup. No shared memory, no
  *    barriers. Bias and an optional residual (the res block's skip) are added on the way out.
  *    The channel loop's layout arithmetic divides by reciprocals (lavapipe divides integers lane by
- *    lane: `_udivf.ts`).
+ *    lane: `_udivf.ts`). An input with no prologue to apply and no stash to keep is read unpadded
+ *    from one copy of x ({@link flatPlanes}; each tile's window coordinates computed once, taps
+ *    outside the plane reading a zero column): no pad pass (tiny's downsample 5.67 -> 4.41 ms).
  *    A conv on a nearest-2x-upsampled input (the decoder's Upsample + conv) runs as four convs of
  *    the source, one per output phase, with the taps that read the same source pixel summed: 2x2
  *    for 3x3, 2.25x fewer FMAs (measured 1.7x faster than the fused upsampling pad), each writing
@@ -52,7 +54,9 @@
  *   are split over workgroups when there are too few (split-K), and the slices are summed by a
  *   second pass in a fixed order: deterministic, no float atomics (one slice: written in place).
  *   dy is copied into its texture as it lies in memory where its rows are whole texels
- *   ({@link flatDy}); x is the forward's staging when a {@link Conv2dStash} kept it.
+ *   ({@link flatDy}); x is the forward's staging when a {@link Conv2dStash} kept it, else, with no
+ *   prologue, read unpadded from one copy like the forward's ({@link flatPlanes}; tiny's
+ *   downsample's dW 0.79-0.83x -> 0.97x the matmul's GFLOP/s in the bench).
  *   A 1x1 conv's dW over a batch (stride 1, no padding) is the GEMM itself: the batched matmul
  *   dY_b X_b^T and one pass summing the batch's products, with dbias ({@link dwByMatmul}; tiny's
  *   128 -> 64 at 16x16 from 0.71x to 0.87x the matmul's GFLOP/s).
@@ -2591,7 +2595,7 @@ export function conv2d(
   const ws = opts.weights ? opts.weights.get(w, `${tile.cot}|plain`, plain) : plain();
   // x read unpadded from one copy where nothing needs its staging: no prologue to apply and no
   // stash to keep for the weight gradient (training keeps the padded staging, which the dW reads).
-  const flat = conv2dTuning.flatFwd && !opts.prologue && !opts.stash && g.up === 1 &&
+  const flat = conv2dTuning.flatX && !opts.prologue && !opts.stash && g.up === 1 &&
       flatFits(gpu, B * Cin, g.H, g.W)
     ? flatPlanes(gpu, x, B * Cin, g.H, g.W)
     : null;
@@ -2641,6 +2645,8 @@ interface DwCfg {
   dFlat: number;
   /** One slice of one chunk: dw into `part` (the dw tensor) and dbias into its own binding. */
   direct: boolean;
+  /** x read unpadded from a {@link flatPlanes} texture (as {@link FwdCfg.xFlat}), else xl's planes. */
+  xFlat: PlaneGeom | null;
   /** Read the textures as read-only storage textures ({@link texDecl}). */
   storageRead: boolean;
 }
@@ -2701,10 +2707,10 @@ export const conv2dTuning: {
    */
   flatDx: boolean;
   /**
-   * The direct forward reads x unpadded from one copy ({@link flatPlanes}) where it needs no
-   * prologue and keeps no stash (false: x staged by the pad pass).
+   * The direct forward and the weight gradient read x unpadded from one copy ({@link flatPlanes})
+   * where it needs no prologue and no stash is kept (false: x staged by the pad pass).
    */
-  flatFwd: boolean;
+  flatX: boolean;
   /**
    * A 1x1 conv's weight gradient as the batched matmul dY_b X_b^T and a sum over the batch
    * ({@link dwByMatmul}): true = always (stride 1, no padding or upsampling), false = never, null =
@@ -2725,7 +2731,7 @@ export const conv2dTuning: {
   upDx: true,
   gemmBackward: null,
   flatDx: true,
-  flatFwd: true,
+  flatX: true,
   dwMatmul: null,
 };
 
@@ -2837,10 +2843,30 @@ function dwWgsl(c: DwCfg): string {
   L.push(`    let tx = s - rt * ${nTx}u;`);
   L.push(`    let bl = rt / ${nTy}u;`);
   L.push(`    let oh = (rt - bl * ${nTy}u) * ${py}u;`);
+  const F = c.xFlat;
+  // Flat x: window texel v of row r is source texel (fq0 + v) of row (fy0 + r), or the zero column;
+  // output pixel j of the segment reads window position S*j + kw - offL + 4*QOFF.
+  const QOFF = F ? Math.ceil(F.offL / 4) + 0 : 0; // + 0: no -0 in the WGSL
+  const NVx = F ? ((S * (px - 1) + KW - 1 - F.offL + 4 * QOFF) >> 2) + 1 : NV;
   for (let j = 0; j < cit; j++) {
     L.push(`    let xp${j} = bl * p.Cin + ci${j};`);
+    if (F) continue;
     L.push(`    let xu${j} = (xp${j} % ${xl.P}u) * ${xl.Wp4}u + tx * ${(px * S) / 4}u;`);
     L.push(`    let xv${j} = (xp${j} / ${xl.P}u) * ${xl.Hp}u + oh * ${S}u;`);
+  }
+  if (F) {
+    L.push(`    let fy0 = i32(oh * ${S}u) - (${F.offT});`);
+    L.push(`    let fq0 = i32(tx * ${(px * S) / 4}u) - (${QOFF});`);
+    for (let r = 0; r < R; r++) {
+      L.push(`    let fr${r} = fy0 + ${r} >= 0 && fy0 + ${r} < ${F.H};`);
+      for (let v = 0; v < NVx; v++) {
+        L.push(
+          `    let xo${r}_${v} = select(${
+            F.H * F.W4
+          }u, u32(fy0 + ${r}) * ${F.W4}u + u32(fq0 + ${v}), fr${r} && fq0 + ${v} >= 0 && fq0 + ${v} < ${F.W4});`,
+        );
+      }
+    }
   }
   const TW = c.dFlat, W4 = nTx * QN; // flat dy: texel f of the tensor at (f % TW, f / TW)
   for (let o = 0; o < cot; o++) {
@@ -2870,15 +2896,20 @@ function dwWgsl(c: DwCfg): string {
   for (let j = 0; j < cit; j++) {
     L.push(`    {`);
     for (let r = 0; r < R; r++) {
-      for (let v = 0; v < NV; v++) {
+      for (let v = 0; v < NVx; v++) {
         L.push(
-          `      let v${r}_${v} = textureLoad(xt, vec2u(xu${j} + ${v}u, xv${j} + ${r}u)${LVL});`,
+          F
+            ? `      let v${r}_${v} = textureLoad(xt, vec2u(xo${r}_${v}, xp${j})${LVL});`
+            : `      let v${r}_${v} = textureLoad(xt, vec2u(xu${j} + ${v}u, xv${j} + ${r}u)${LVL});`,
         );
       }
     }
-    // Tap (kh, kw) of output pixel (y, 4q+i) reads x row y*S + kh, column S*(4q+i) + kw.
+    // Tap (kh, kw) of output pixel (y, 4q+i) reads x row y*S + kh, column S*(4q+i) + kw (of the
+    // padded plane; of the flat window: shifted by 4*QOFF - offL).
     const xs = (r: number, kw: number, q: number) => {
-      const pos = [0, 1, 2, 3].map((i) => S * (q * 4 + i) + kw);
+      const pos = [0, 1, 2, 3].map((i) =>
+        F ? S * (q * 4 + i) + kw - F.offL + 4 * QOFF : S * (q * 4 + i) + kw
+      );
       return S === 1 && pos[0] % 4 === 0
         ? `v${r}_${pos[0] >> 2}`
         : `vec4f(${pos.map((p) => `v${r}_${p >> 2}.${COMP[p & 3]}`).join(", ")})`;
@@ -3489,7 +3520,13 @@ function convDw(
         st.pro?.ss === prologue?.ss && !!st.pro?.silu === !!prologue?.silu
       ? st
       : null;
-    const xl = kept ? kept.lay : planeLayout(gpu, nb * Cin, xHp, xWp4)!;
+    // Else x unpadded from one copy (no prologue to apply; all of the batch in one chunk).
+    const xFlat = !kept && conv2dTuning.flatX && !prologue && g.up === 1 && chunks === 1 &&
+        flatFits(gpu, B * Cin, g.H, g.W)
+      ? flatPlanes(gpu, x, B * Cin, g.H, g.W)
+      : null;
+    const xl = kept ? kept.lay : xFlat ? xFlat.lay : planeLayout(gpu, nb * Cin, xHp, xWp4)!;
+    const xGeom = xFlat ? { H: g.H, W4: g.W / 4, offT: g.pt, offL: g.pl } : null;
     const dl = planeLayout(gpu, nb * Cout, Ho, dWp4)!;
     // The dx's flat dy (one plane per texture row) when it holds these planes as this kernel reads them.
     const shared = dyFlat && chunks === 1 && dWp4 * 4 === Wo ? dyFlat : null;
@@ -3500,19 +3537,17 @@ function convDw(
       : 0;
     const storageRead = gpu.kind === "cpu";
     const shape = { cot, cit, px, py, KH, KW, S, bias, nTx, nTy };
-    const cfg: DwCfg = { ...shape, xl, dl, dFlat, direct, storageRead };
+    const cfg: DwCfg = { ...shape, xl, dl, dFlat, direct, storageRead, xFlat: xGeom };
     const key = [
       "conv2d_dw",
       direct ? "direct" : "parts",
       storageRead,
       ...Object.values(shape),
-      xl.P,
-      xl.Wp4,
-      xl.Hp,
+      ...(xGeom ? [`x${xGeom.H}x${xGeom.W4}+${xGeom.offT}+${xGeom.offL}`] : [xl.P, xl.Wp4, xl.Hp]),
     ]
       .concat(dFlat ? [`flat${dFlat}`] : [dl.P, dl.Wp4, dl.Hp]).join("|");
     const pipe = gpu.pipeline(key, () => dwWgsl(cfg));
-    const xs = kept ??
+    const xs = kept ?? xFlat ??
       stage(gpu, x, b0 * Cin, nb * Cin, g.H, g.W, xl, g.pt, g.pl, g.up, prologue);
     const ds = shared ??
       (dFlat
@@ -3526,7 +3561,8 @@ function convDw(
         .u32(WG / T),
       [Math.ceil(cGroups / T), Math.ceil(coBlocks / (WG / T)), nSlices],
     );
-    if (!kept) texPool.put(gpu, xs.tex); // a kept one goes back with the stash
+    if (xFlat) flatPool.put(gpu, xFlat.tex);
+    else if (!kept) texPool.put(gpu, xs.tex); // a kept one goes back with the stash
     if (!shared) texPool.put(gpu, ds.tex); // a shared one goes back after the dx's call
   }
   // Every slice of every chunk writes its partial sums (zeros for an empty slice of a short chunk);

@@ -422,7 +422,7 @@ Deno.test("conv2d() stages unpadded inputs by copies: the same results as the pa
         // 1x1 conv's dW by its kernel, not the batched matmul).
         conv2dTuning.gemm = conv2dTuning.gemmBackward = false;
         conv2dTuning.dwMatmul = false;
-        conv2dTuning.flatFwd = false; // the forward's x through the staging (copied or padded)
+        conv2dTuning.flatX = false; // the forward's x through the staging (copied or padded)
         const pipeline = gpu.pipeline;
         let pads = 0;
         gpu.pipeline = (key, code, entry) => {
@@ -446,7 +446,7 @@ Deno.test("conv2d() stages unpadded inputs by copies: the same results as the pa
           conv2dTuning.copyStage = true;
           conv2dTuning.gemm = conv2dTuning.gemmBackward = null;
           conv2dTuning.dwMatmul = null;
-          conv2dTuning.flatFwd = true;
+          conv2dTuning.flatX = true;
           gpu.pipeline = pipeline;
         }
       }
@@ -456,12 +456,12 @@ Deno.test("conv2d() stages unpadded inputs by copies: the same results as the pa
   }
 });
 
-Deno.test("conv2d() reads an input that needs no prologue or stash unpadded from one copy", async (t) => {
+Deno.test("conv2d() and its weight gradient read an input that needs no prologue or stash unpadded from one copy", async (t) => {
   const gpu = await getGpu();
   // The downsample's stride 2 with bottom/right padding (tiles whose windows cross the plane's
   // last row and column), a stride-2 3x3 with padding on all sides and a partial tile, a stride 3,
-  // and a stride-1 3x3 (no Winograd below 128 channels): each the padded staging's result bit for
-  // bit (flatFwd off) and the reference's; no pad pass with the copy.
+  // and a stride-1 3x3 (no Winograd below 128 channels): the forward and the weight gradient
+  // each the padded staging's result bit for bit (flatX off) and the reference's; no pad pass.
   const cases: Case[] = [
     { B: 2, Cin: 5, H: 16, W: 16, Cout: 6, K: 3, o: { stride: 2, pad: [0, 1, 0, 1] }, bias: true },
     { B: 1, Cin: 3, H: 12, W: 16, Cout: 9, K: 3, o: { stride: 2, pad: 1, tile: SMALL } },
@@ -477,26 +477,38 @@ Deno.test("conv2d() reads an input that needs no prologue or stash unpadded from
       const ref = conv2dCpu(x, w, b, a);
       const X = gpu.upload(x, a.xShape), Wt = gpu.upload(w, a.wShape);
       const Bt = b ? gpu.upload(b, [c.Cout]) : undefined;
-      const outs: Float32Array[] = [];
+      const dy = randu(ref.length, 830 + c.Cin);
+      const rb = conv2dBackwardCpu(x, w, dy, a);
+      const outs: ArrayLike<number>[][] = [];
+      const pads: number[] = [];
       try {
         for (const flat of [true, false]) {
           const keys: string[] = [];
-          conv2dTuning.flatFwd = flat;
+          conv2dTuning.flatX = flat;
           await onTextureKernels(gpu, (k) => keys.push(k), async () => {
             const y = conv2d(gpu, X, Wt, Bt, c.o);
-            outs.push(await gpu.readF32(y));
-            y.release();
+            const DY = gpu.upload(dy, y.shape);
+            const g = conv2dBackward(gpu, X, Wt, DY, { ...c.o, dx: false });
+            outs.push(await gpu.readMany([y, g.dw!, g.dbias!]));
+            for (const tt of [y, DY, g.dw!, g.dbias!]) tt.release();
           });
-          assertEquals(keys.some((k) => k.startsWith("conv2d_pad")), !flat, `${keys}`);
-          // The forward's key names a flat input by its plane ("x16x4+0+0"), else "xpad".
+          pads.push(keys.filter((k) => k.startsWith("conv2d_pad")).length);
+          // The kernels' keys name a flat input by its plane ("x16x4+0+0").
           assertEquals(keys.some((k) => /^conv2d_fwd.*\|x\d/.test(k)), flat, `${keys}`);
+          assertEquals(keys.some((k) => /^conv2d_dw.*\|x\d/.test(k)), flat, `${keys}`);
         }
       } finally {
-        conv2dTuning.flatFwd = true;
+        conv2dTuning.flatX = true;
         for (const tt of [X, Wt, Bt]) tt?.release();
       }
-      assertClose(outs[0], ref, { atol: 1e-4, rtol: 1e-4 }, "y (flat)");
-      assertEquals(Array.from(outs[0]), Array.from(outs[1]), "flat vs padded staging");
+      // The copy saves the two pad passes of x (the forward's and the dW's).
+      assertEquals(pads[1] - pads[0], 2, "pad passes saved");
+      assertClose(outs[0][0], ref, { atol: 1e-4, rtol: 1e-4 }, "y (flat)");
+      assertClose(outs[0][1], rb.dw, { atol: 2e-4, rtol: 1e-4 }, "dw (flat)");
+      assertClose(outs[0][2], rb.dbias, { atol: 1e-4, rtol: 1e-4 }, "dbias (flat)");
+      for (let i = 0; i < 3; i++) {
+        assertEquals(Array.from(outs[0][i]), Array.from(outs[1][i]), `${i}: flat vs padded`);
+      }
     });
   }
 });
@@ -1032,6 +1044,7 @@ Deno.test("conv2dBackward(): the dx (stride 1, or each phase of a strided one) r
       for (const c of cases) {
         await t.step(`${label(c)}${c.flat ? " flat" : " padded"}`, async () => {
           conv2dTuning.upDx = c.upDx ?? true;
+          conv2dTuning.flatX = false; // x staged (padded) for the forward and the dW: dy's count
           const { X, Wt, DY, r, release } = backwardCase(gpu, c, 520);
           const run = (flat: boolean) => {
             conv2dTuning.flatDx = flat;
@@ -1051,6 +1064,7 @@ Deno.test("conv2dBackward(): the dx (stride 1, or each phase of a strided one) r
     } finally {
       conv2dTuning.flatDx = true;
       conv2dTuning.upDx = true;
+      conv2dTuning.flatX = true;
     }
   });
 });
