@@ -1153,6 +1153,28 @@ function texelsPerRow(px: number, S: number, KW: number): number {
   return Math.ceil((S * (px - 1) + KW) / 4);
 }
 
+/**
+ * The unpadded read's window ({@link PlaneGeom}, {@link flatPlanes}' layout), computed once per
+ * tile or segment from `fy0` and `fq0` (its first row and texel, possibly outside the plane): R
+ * rows of NVx texels, `xo{r}_{v}` = the texel's column in the plane's texture row, or the zero
+ * column H*W4 outside the plane.
+ */
+function flatWindow(F: PlaneGeom, R: number, NVx: number, ind: string): string[] {
+  const L: string[] = [];
+  for (let r = 0; r < R; r++) {
+    L.push(`${ind}let fr${r} = fy0 + ${r} >= 0 && fy0 + ${r} < ${F.H};`);
+    for (let v = 0; v < NVx; v++) {
+      const inside = `fr${r} && fq0 + ${v} >= 0 && fq0 + ${v} < ${F.W4}`;
+      L.push(
+        `${ind}let xo${r}_${v} = select(${
+          F.H * F.W4
+        }u, u32(fy0 + ${r}) * ${F.W4}u + u32(fq0 + ${v}), ${inside});`,
+      );
+    }
+  }
+  return L;
+}
+
 /** The forward kernels' bindings, parameters and tile/channel-block indexing (see fwdWgsl). */
 function fwdHeader(c: FwdCfg, L: string[]) {
   const { type: TEX } = texDecl(c.storageRead);
@@ -1342,16 +1364,7 @@ function fwdWgsl(c: FwdCfg): string {
   if (F) {
     L.push(`  let fy0 = i32(ty * ${py * S}u) - (${F.offT});`);
     L.push(`  let fq0 = i32(tx * ${(px * S) / 4}u) - (${QOFF});`);
-    for (let r = 0; r < R; r++) {
-      L.push(`  let fr${r} = fy0 + ${r} >= 0 && fy0 + ${r} < ${F.H};`);
-      for (let v = 0; v < NVx; v++) {
-        L.push(
-          `  let xo${r}_${v} = select(${
-            F.H * F.W4
-          }u, u32(fy0 + ${r}) * ${F.W4}u + u32(fq0 + ${v}), fr${r} && fq0 + ${v} >= 0 && fq0 + ${v} < ${F.W4});`,
-        );
-      }
-    }
+    L.push(...flatWindow(F, R, NVx, "  "));
   }
   L.push(`  let wc = cb * ${WV}u;`);
   // The layout's divisions in the channel loop by reciprocals ({@link UDIVF}).
@@ -1406,9 +1419,9 @@ function fwdWgsl(c: FwdCfg): string {
     for (let r = 0; r < R; r++) {
       for (let v = 0; v < NVx; v++) {
         L.push(
-          F
-            ? `    let v${k}_${r}_${v} = textureLoad(xt, vec2u(xo${r}_${v}, fp${k})${LVL});`
-            : `    let v${k}_${r}_${v} = textureLoad(xt, vec2u(xu${k} + ${v}u, xv${k} + ${r}u)${LVL});`,
+          `    let v${k}_${r}_${v} = textureLoad(xt, ${
+            F ? `vec2u(xo${r}_${v}, fp${k})` : `vec2u(xu${k} + ${v}u, xv${k} + ${r}u)`
+          }${LVL});`,
         );
       }
     }
@@ -1636,7 +1649,14 @@ function convCore(
   res: Tensor | undefined,
   out: Tensor,
   g: { Cout: number; Ho: number; Wo: number; KH: number; KW: number; S: number },
-  pad: { offT: number; offL: number; up: number; pro?: Conv2dPrologue; flat?: Staged },
+  pad: {
+    offT: number;
+    offL: number;
+    up: number;
+    pro?: Conv2dPrologue;
+    /** x unpadded (all of the batch's planes, {@link flatPlanes}). */
+    flat?: Staged;
+  },
   tile: ConvTile,
   phase?: OutPhase,
   keep?: Conv2dStash,
@@ -2595,10 +2615,7 @@ export function conv2d(
   const ws = opts.weights ? opts.weights.get(w, `${tile.cot}|plain`, plain) : plain();
   // x read unpadded from one copy where nothing needs its staging: no prologue to apply and no
   // stash to keep for the weight gradient (training keeps the padded staging, which the dW reads).
-  const flat = conv2dTuning.flatX && !opts.prologue && !opts.stash && g.up === 1 &&
-      flatFits(gpu, B * Cin, g.H, g.W)
-    ? flatPlanes(gpu, x, B * Cin, g.H, g.W)
-    : null;
+  const flat = !opts.prologue && !opts.stash ? unpaddedX(gpu, x, g) : null;
   convCore(
     gpu,
     "conv2d",
@@ -2609,13 +2626,13 @@ export function conv2d(
     opts.residual,
     out,
     g,
-    { offT: g.pt, offL: g.pl, up: g.up, pro: opts.prologue, flat: flat ?? undefined },
+    { offT: g.pt, offL: g.pl, up: g.up, pro: opts.prologue, flat: flat?.st },
     tile,
     undefined,
     g.up === 1 ? opts.stash : undefined,
     opts.stats,
   );
-  if (flat) flatPool.put(gpu, flat.tex);
+  flat?.put();
   if (!opts.weights) texPool.put(gpu, ws.tex);
   return out;
 }
@@ -2850,23 +2867,14 @@ function dwWgsl(c: DwCfg): string {
   const NVx = F ? ((S * (px - 1) + KW - 1 - F.offL + 4 * QOFF) >> 2) + 1 : NV;
   for (let j = 0; j < cit; j++) {
     L.push(`    let xp${j} = bl * p.Cin + ci${j};`);
-    if (F) continue;
+    if (F) continue; // the plane's texture row
     L.push(`    let xu${j} = (xp${j} % ${xl.P}u) * ${xl.Wp4}u + tx * ${(px * S) / 4}u;`);
     L.push(`    let xv${j} = (xp${j} / ${xl.P}u) * ${xl.Hp}u + oh * ${S}u;`);
   }
   if (F) {
     L.push(`    let fy0 = i32(oh * ${S}u) - (${F.offT});`);
     L.push(`    let fq0 = i32(tx * ${(px * S) / 4}u) - (${QOFF});`);
-    for (let r = 0; r < R; r++) {
-      L.push(`    let fr${r} = fy0 + ${r} >= 0 && fy0 + ${r} < ${F.H};`);
-      for (let v = 0; v < NVx; v++) {
-        L.push(
-          `    let xo${r}_${v} = select(${
-            F.H * F.W4
-          }u, u32(fy0 + ${r}) * ${F.W4}u + u32(fq0 + ${v}), fr${r} && fq0 + ${v} >= 0 && fq0 + ${v} < ${F.W4});`,
-        );
-      }
-    }
+    L.push(...flatWindow(F, R, NVx, "    "));
   }
   const TW = c.dFlat, W4 = nTx * QN; // flat dy: texel f of the tensor at (f % TW, f / TW)
   for (let o = 0; o < cot; o++) {
@@ -2898,9 +2906,9 @@ function dwWgsl(c: DwCfg): string {
     for (let r = 0; r < R; r++) {
       for (let v = 0; v < NVx; v++) {
         L.push(
-          F
-            ? `      let v${r}_${v} = textureLoad(xt, vec2u(xo${r}_${v}, xp${j})${LVL});`
-            : `      let v${r}_${v} = textureLoad(xt, vec2u(xu${j} + ${v}u, xv${j} + ${r}u)${LVL});`,
+          `      let v${r}_${v} = textureLoad(xt, ${
+            F ? `vec2u(xo${r}_${v}, xp${j})` : `vec2u(xu${j} + ${v}u, xv${j} + ${r}u)`
+          }${LVL});`,
         );
       }
     }
@@ -3350,6 +3358,22 @@ function flatPlanes(gpu: Gpu, src: Tensor, planes: number, H: number, W: number)
 }
 
 /**
+ * x staged unpadded for a kernel that reads it through {@link PlaneGeom} (all of its planes in
+ * {@link flatPlanes}' layout), or null where they do not fit it (the caller pads). `put` gives the
+ * texture back.
+ */
+function unpaddedX(
+  gpu: Gpu,
+  x: Tensor,
+  g: Geom,
+): { st: Staged; geom: PlaneGeom; put: () => void } | null {
+  if (!conv2dTuning.flatX || g.up !== 1 || !flatFits(gpu, g.B * g.Cin, g.H, g.W)) return null;
+  const st = flatPlanes(gpu, x, g.B * g.Cin, g.H, g.W);
+  const geom = { H: g.H, W4: g.W / 4, offT: g.pt, offL: g.pl };
+  return { st, geom, put: () => flatPool.put(gpu, st.tex) };
+}
+
+/**
  * Whether a conv's weight gradient goes through {@link dwByMatmul}: a 1x1 kernel at stride 1 with
  * no padding or upsampling (the GEMM itself), on the cpu kind (the gpu kind has its implicit GEMM),
  * for a batch of 2 or more. Measured against the conv kernel ({@link convDw}) as the ratio to the
@@ -3521,12 +3545,9 @@ function convDw(
       ? st
       : null;
     // Else x unpadded from one copy (no prologue to apply; all of the batch in one chunk).
-    const xFlat = !kept && conv2dTuning.flatX && !prologue && g.up === 1 && chunks === 1 &&
-        flatFits(gpu, B * Cin, g.H, g.W)
-      ? flatPlanes(gpu, x, B * Cin, g.H, g.W)
-      : null;
-    const xl = kept ? kept.lay : xFlat ? xFlat.lay : planeLayout(gpu, nb * Cin, xHp, xWp4)!;
-    const xGeom = xFlat ? { H: g.H, W4: g.W / 4, offT: g.pt, offL: g.pl } : null;
+    const xFlat = !kept && !prologue && chunks === 1 ? unpaddedX(gpu, x, g) : null;
+    const xl = kept ? kept.lay : xFlat ? xFlat.st.lay : planeLayout(gpu, nb * Cin, xHp, xWp4)!;
+    const xGeom = xFlat?.geom ?? null;
     const dl = planeLayout(gpu, nb * Cout, Ho, dWp4)!;
     // The dx's flat dy (one plane per texture row) when it holds these planes as this kernel reads them.
     const shared = dyFlat && chunks === 1 && dWp4 * 4 === Wo ? dyFlat : null;
@@ -3547,7 +3568,7 @@ function convDw(
     ]
       .concat(dFlat ? [`flat${dFlat}`] : [dl.P, dl.Wp4, dl.Hp]).join("|");
     const pipe = gpu.pipeline(key, () => dwWgsl(cfg));
-    const xs = kept ?? xFlat ??
+    const xs = kept ?? xFlat?.st ??
       stage(gpu, x, b0 * Cin, nb * Cin, g.H, g.W, xl, g.pt, g.pl, g.up, prologue);
     const ds = shared ??
       (dFlat
@@ -3561,7 +3582,7 @@ function convDw(
         .u32(WG / T),
       [Math.ceil(cGroups / T), Math.ceil(coBlocks / (WG / T)), nSlices],
     );
-    if (xFlat) flatPool.put(gpu, xFlat.tex);
+    if (xFlat) xFlat.put();
     else if (!kept) texPool.put(gpu, xs.tex); // a kept one goes back with the stash
     if (!shared) texPool.put(gpu, ds.tex); // a shared one goes back after the dx's call
   }
