@@ -639,6 +639,42 @@ const PAD_UP_ROW_WGSL = (offL: number, W: number, lay: PlaneLayout, pro: Prologu
   return L.join("\n");
 };
 
+/**
+ * Zeroes the border of planes copied into a padded layout ({@link stage}): of each plane (Hp rows
+ * of Wp4 texels, P per band) the T rows above and the Bo rows below the H copied ones, and the L
+ * texels left and the rest right of the W4 copied ones in between.
+ */
+const BORDER_WGSL = `
+@group(0) @binding(0) var tex: texture_storage_2d<rgba32float, write>;
+struct P { N: u32, per: u32, Wp4: u32, Hp: u32, P: u32, T: u32, Bo: u32, L: u32, W4: u32, H: u32 }
+@group(0) @binding(1) var<uniform> p: P;
+@compute @workgroup_size(256)
+fn main(@builtin(local_invocation_index) li: u32, @builtin(workgroup_id) wg: vec3u,
+        @builtin(num_workgroups) nwg: vec3u) {
+  let i = ${WG_INDEX} * 256u + li;
+  if (i >= p.N) { return; }
+  let plane = i / p.per;
+  var k = i - plane * p.per;
+  var r = 0u;
+  var c = 0u;
+  let rows = (p.T + p.Bo) * p.Wp4;
+  if (k < rows) {
+    r = k / p.Wp4;
+    c = k - r * p.Wp4;
+    if (r >= p.T) { r += p.H; }
+  } else {
+    k -= rows;
+    let side = p.Wp4 - p.W4;
+    let m = k / side;
+    let s = k - m * side;
+    r = p.T + m;
+    c = select(s + p.W4, s, s < p.L);
+  }
+  let u = (plane % p.P) * p.Wp4 + c;
+  let v = (plane / p.P) * p.Hp + r;
+  textureStore(tex, vec2u(u, v), vec4f(0.0));
+}`;
+
 interface Staged {
   tex: GPUTexture;
   view: GPUTextureView;
@@ -665,23 +701,41 @@ function stage(
 ): Staged {
   const tex = takeTexture(gpu, Math.min(planes, lay.P) * lay.Wp4, lay.bands * lay.Hp);
   const view = textureView(tex);
+  const W4 = W / 4, l4 = offL / 4;
   if (
-    conv2dTuning.copyStage && up === 1 && !prologue && offT === 0 && offL === 0 && lay.Hp === H &&
-    lay.Wp4 * 4 === W && (W * 4) % 256 === 0
+    conv2dTuning.copyStage && up === 1 && !prologue && offT >= 0 && offL >= 0 && offL % 4 === 0 &&
+    offT + H <= lay.Hp && l4 + W4 <= lay.Wp4 && (W * 4) % 256 === 0
   ) {
-    // No padding to add (a 1x1 conv's input, a dy read as it is): each plane's rows are texture
-    // rows already, so a copy per plane (a memcpy in lavapipe) instead of the pass below, whose
-    // image stores go lane by lane. Rows must be 256-byte multiples (WebGPU's copy pitch): from
-    // 64 pixels wide. The `lvm` decoder's 1x1 shortcuts (best of 4, alternating in one process):
-    // 256 -> 128 at 256x256 153 -> 120 ms, 512 -> 256 at 128x128 123 -> 107; the decode 3529 ->
-    // 3445 ms (best of 4).
+    // Padding (if any) a whole number of texels: each plane's rows go to texture rows by a copy
+    // per plane (a memcpy in lavapipe) instead of the pass below, whose image stores go lane by
+    // lane, and only the border around them is zeroed. Rows must be 256-byte multiples (WebGPU's
+    // copy pitch): from 64 pixels wide. With no padding (a 1x1 conv's input, a dy read as it is),
+    // the `lvm` decoder's 1x1 shortcuts (best of 4, alternating in one process): 256 -> 128 at
+    // 256x256 153 -> 120 ms, 512 -> 256 at 128x128 123 -> 107; the decode 3529 -> 3445 ms (best
+    // of 4). The downsample's bottom/right padding (`lvm`'s 128 channels from 256x256, too large
+    // for the flat read): the forward 98.1 -> 89.0 ms (median of 6 alternating; the pad pass
+    // alone 20 ms in a timestamp profile).
     const bytes = H * W * 4;
     for (let p = 0; p < planes; p++) {
       gpu.copyToTexture(
         src,
         { offset: (plane0 + p) * bytes, bytesPerRow: W * 4, rowsPerImage: H },
-        { texture: tex, origin: [(p % lay.P) * lay.Wp4, Math.floor(p / lay.P) * lay.Hp, 0] },
-        [lay.Wp4, H, 1],
+        {
+          texture: tex,
+          origin: [(p % lay.P) * lay.Wp4 + l4, Math.floor(p / lay.P) * lay.Hp + offT, 0],
+        },
+        [W4, H, 1],
+      );
+    }
+    const below = lay.Hp - offT - H, side = lay.Wp4 - W4;
+    const per = (offT + below) * lay.Wp4 + H * side; // border texels of a plane
+    if (per > 0) {
+      gpu.dispatch(
+        gpu.pipeline("conv2d_border", BORDER_WGSL),
+        [view],
+        new Params().u32(planes * per).u32(per).u32(lay.Wp4).u32(lay.Hp).u32(lay.P).u32(offT)
+          .u32(below).u32(l4).u32(W4).u32(H),
+        grid(Math.ceil((planes * per) / 256)),
       );
     }
     return { tex, view, lay };

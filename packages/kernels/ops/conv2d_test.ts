@@ -395,14 +395,25 @@ Deno.test("conv2d() as an implicit GEMM (the gpu kind's forward), and the backwa
   }
 });
 
-Deno.test("conv2d() stages unpadded inputs by copies: the same results as the pad pass", async (t) => {
+Deno.test("conv2d() stages inputs by copies where the padding is whole texels: the same results as the pad pass", async (t) => {
   const gpu = await getGpu();
-  // Rows of 64 floats (256 bytes, WebGPU's copy pitch): a 1x1 conv's x, and the dy the weight
-  // gradient reads, need no padding and are copied plane by plane into the staged layout (several
-  // planes side by side in a texture row band: 5 planes of 3 rows).
-  const cases: Case[] = [
-    { B: 2, Cin: 5, H: 3, W: 64, Cout: 6, K: 1, o: {}, bias: true },
-    { B: 1, Cin: 3, H: 4, W: 64, Cout: 5, K: 3, o: { pad: 1 }, bias: true },
+  // Rows of 64 floats (256 bytes, WebGPU's copy pitch) are copied plane by plane into the staged
+  // layout (several planes side by side in a texture row band: 5 planes of 3 rows): a 1x1 conv's
+  // x and the dy the weight gradient reads (no padding); the downsample's x (a row below, a texel
+  // right: the border zeroed by its own pass) and a 5x5's padded 2 rows above, 1 below, 4 pixels
+  // left (x rows of 64 and 128). A 3x3 pad 1 (one pixel left: not a whole texel) pads x by the pass.
+  // `pads`: pad passes with copies and without (staged: x for the forward and for dW, dy for dW).
+  const cases: (Case & { border?: boolean; pads: [number, number] })[] = [
+    { B: 2, Cin: 5, H: 3, W: 64, Cout: 6, K: 1, o: {}, bias: true, pads: [0, 3] },
+    { B: 1, Cin: 3, H: 4, W: 64, Cout: 5, K: 3, o: { pad: 1 }, bias: true, pads: [2, 3] },
+    {
+      ...{ B: 2, Cin: 3, H: 5, W: 64, Cout: 4, K: 3, o: { stride: 2, pad: [0, 1, 0, 1] } },
+      ...{ bias: true, border: true, pads: [0, 3] },
+    },
+    {
+      ...{ B: 1, Cin: 2, H: 4, W: 128, Cout: 3, K: 5, o: { pad: [2, 1, 4, 0], tile: SMALL } },
+      ...{ bias: true, border: true, pads: [0, 3] },
+    },
   ];
   for (const c of cases) {
     await t.step(label(c), async () => {
@@ -414,8 +425,28 @@ Deno.test("conv2d() stages unpadded inputs by copies: the same results as the pa
       const dy = randu(ref.length, 64);
       const rb = conv2dBackwardCpu(x, w, dy, a);
       const X = gpu.upload(x, a.xShape), Wt = gpu.upload(w, a.wShape), Bt = gpu.upload(b, [c.Cout]);
-      const DY = gpu.upload(dy, [c.B, c.Cout, c.H, c.W]);
+      const y0 = conv2d(gpu, X, Wt, Bt, c.o); // the output's shape
+      const DY = gpu.upload(dy, y0.shape);
+      y0.release();
       const outs: ArrayLike<number>[][] = [];
+      // Textures made from here on start full of 1e30 (a fresh one would read zero where the
+      // border pass failed to write), and conv2d's kept ones are dropped so that it makes new ones.
+      const device = gpu.device;
+      const create = device.createTexture;
+      if (c.border) {
+        conv2dReleaseTextures(gpu);
+        device.createTexture = (d: GPUTextureDescriptor) => {
+          const tex = create.call(device, d);
+          const [w, h] = d.size as number[];
+          device.queue.writeTexture(
+            { texture: tex },
+            new Float32Array(w * h * 4).fill(1e30),
+            { bytesPerRow: w * 16 },
+            [w, h],
+          );
+          return tex;
+        };
+      }
       for (const copy of [true, false]) {
         conv2dTuning.copyStage = copy;
         // The texture kernels, which read staged inputs (the gpu kind's default is the GEMMs; the
@@ -424,18 +455,19 @@ Deno.test("conv2d() stages unpadded inputs by copies: the same results as the pa
         conv2dTuning.dwMatmul = false;
         conv2dTuning.flatX = false; // the forward's x through the staging (copied or padded)
         const pipeline = gpu.pipeline;
-        let pads = 0;
+        let pads = 0, borders = 0;
         gpu.pipeline = (key, code, entry) => {
           if (key.startsWith("conv2d_pad")) pads++;
+          if (key.startsWith("conv2d_border")) borders++;
           return pipeline.call(gpu, key, code, entry);
         };
         try {
           const y = conv2d(gpu, X, Wt, Bt, c.o);
           const g = conv2dBackward(gpu, X, Wt, DY, { ...c.o, dx: false });
-          // Staged: x for the forward and for dW, and dy for dW; copied: all three for the 1x1
-          // conv, only dy for the 3x3 (its x is padded).
-          const want = copy ? (c.K === 1 ? 0 : 2) : 3;
+          const want = c.pads[copy ? 0 : 1];
           if (pads !== want) throw new Error(`copy ${copy}: ${pads} pad passes, expected ${want}`);
+          // x's border (the forward's and the dW's staging) zeroed by its pass.
+          assertEquals(borders, copy && c.border ? 2 : 0, "border passes");
           const [yh, dwh, dbh] = await gpu.readMany([y, g.dw!, g.dbias!]);
           assertClose(yh, ref, { atol: 1e-4, rtol: 1e-4 }, "y");
           assertClose(dwh, rb.dw, { atol: 2e-4, rtol: 1e-4 }, "dw");
@@ -450,6 +482,8 @@ Deno.test("conv2d() stages unpadded inputs by copies: the same results as the pa
           gpu.pipeline = pipeline;
         }
       }
+      device.createTexture = create;
+      if (c.border) conv2dReleaseTextures(gpu);
       for (let i = 0; i < 3; i++) assertEquals(Array.from(outs[0][i]), Array.from(outs[1][i]));
       for (const tt of [X, Wt, Bt, DY]) tt.release();
     });
