@@ -497,7 +497,8 @@ Deno.test("conv2d() and its weight gradient read an input that needs no prologue
   // and a stride-1 3x3 (no Winograd below 128 channels): the forward and the weight gradient each
   // the padded staging's result bit for bit (flatX off) and the reference's; the copy saves both
   // pad passes of x. Small tiles (the default ones take seconds to compile in the browser; the
-  // main test runs them on this layout); with LVM_TEST_CASES=few one case per stride.
+  // main test runs them on this layout); with LVM_TEST_CASES=few only the stride 3 with uneven
+  // padding (~12 s per case there; the main test's downsample reads x flat too).
   const cases: Case[] = [
     { B: 2, Cin: 5, H: 16, W: 16, Cout: 6, K: 3, o: { stride: 2, pad: [0, 1, 0, 1] }, bias: true },
     { B: 1, Cin: 3, H: 12, W: 16, Cout: 9, K: 3, o: { stride: 2, pad: 1 } },
@@ -506,7 +507,7 @@ Deno.test("conv2d() and its weight gradient read an input that needs no prologue
   ].map((c) => ({ ...c, o: { ...c.o, tile: SMALL } }) as Case);
   const few = fewCases();
   for (const [i, c] of cases.entries()) {
-    if (few && i === 1) continue;
+    if (few && i !== 2) continue;
     await t.step(label(c), async () => {
       const a = args(c);
       const x = randu(c.B * c.Cin * c.H * c.W, 800 + c.Cin, -2, 2);
