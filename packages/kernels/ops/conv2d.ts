@@ -56,10 +56,12 @@
  *   dy is copied into its texture as it lies in memory where its rows are whole texels
  *   ({@link flatDy}); x is the forward's staging when a {@link Conv2dStash} kept it, else, with no
  *   prologue, read unpadded from one copy like the forward's ({@link flatPlanes}; tiny's
- *   downsample's dW 0.79-0.83x -> 0.97x the matmul's GFLOP/s in the bench).
+ *   downsample's dW 0.77-0.79x -> 0.92-1.02x the matmul's GFLOP/s in `deno task bench --torch
+ *   --rounds 3`'s `conv2d 3x3 vs matmul` row).
  *   A 1x1 conv's dW over a batch (stride 1, no padding) is the GEMM itself: the batched matmul
  *   dY_b X_b^T and one pass summing the batch's products, with dbias ({@link dwByMatmul}; tiny's
- *   128 -> 64 at 16x16 from 0.71x to 0.87x the matmul's GFLOP/s).
+ *   128 -> 64 at 16x16 from 0.63-0.67x to 0.79-0.86x the matmul's GFLOP/s in `deno task bench
+ *   --torch --rounds 3`'s `conv2d 1x1 vs matmul` row).
  * - dbias alone (no dW asked): a workgroup tree reduction per channel.
  *
  * Winograd F(4x4,3x3) ({@link w43Conv}): stride-1 3x3 convs of 128-768 channels on images of
@@ -2779,7 +2781,8 @@ export const conv2dTuning: {
   flatDx: boolean;
   /**
    * The direct forward and the weight gradient read x unpadded from one copy ({@link flatPlanes})
-   * where it needs no prologue and no stash is kept (false: x staged by the pad pass).
+   * where it needs no prologue and no stash is kept (false: x staged into padded planes by
+   * {@link stage}).
    */
   flatX: boolean;
   /**
@@ -3234,7 +3237,9 @@ export function conv2dBackward(
     // dy unpadded from one copy, which the dx kernels (a strided conv's phase convs too) and the
     // weight gradient read (flatPlanes).
     const stageDyFlat = () =>
-      flatFits(gpu, B * Cout, Ho, Wo) ? flatPlanes(gpu, dy, B * Cout, Ho, Wo) : null;
+      conv2dTuning.flatDx && flatFits(gpu, B * Cout, Ho, Wo)
+        ? flatPlanes(gpu, dy, B * Cout, Ho, Wo)
+        : null;
     if (S > 1 && !gemmBwd) dyFlat = stageDyFlat();
     const dxu = S === 1
       ? gpu.empty([B, Cin, g.Hu, g.Wu])
@@ -3387,7 +3392,7 @@ const flatPool = new TexturePool("conv2d flat");
 function flatFits(gpu: Gpu, planes: number, H: number, W: number): boolean {
   const max = gpu.limits.maxTextureDimension2D;
   const HW4 = (H * W) / 4;
-  return conv2dTuning.flatDx && W % 4 === 0 && HW4 % 16 === 0 && HW4 + 16 <= max && planes <= max;
+  return W % 4 === 0 && HW4 % 16 === 0 && HW4 + 16 <= max && planes <= max;
 }
 
 /**
