@@ -974,7 +974,19 @@ ${L.join("\n")}
  */
 type WeightTaps =
   | { mode: "plain" }
-  | { mode: "dx"; KHs: number; KWs: number; k0h: number; k0w: number; st: number }
+  | {
+    mode: "dx";
+    KHs: number;
+    KWs: number;
+    k0h: number;
+    k0w: number;
+    st: number;
+    /**
+     * Both column phases of a row phase ({@link FwdCfg.colPh}): per row, phase 0's taps then phase
+     * 1's (k0w is then unused, KWs = the sum of the n); only on the unrolled quad pass.
+     */
+    cols?: readonly { k0: number; n: number }[];
+  }
   | {
     mode: "up";
     KHs: number;
@@ -1098,9 +1110,12 @@ function stageWeights(gpu: Gpu, w: Tensor, cot: number, k: WeightTaps): StagedW 
     // kernel (stride 1), or one phase of a strided conv's (the generic pass below took 0.2 ms per
     // phase for tiny's 64 channels, 4 per downsample's dx).
     const src: number[] = [];
+    const cols = k.cols ?? [{ k0: k.k0w, n: k.KWs }];
     for (let jh = 0; jh < k.KHs; jh++) {
-      for (let jw = 0; jw < k.KWs; jw++) {
-        src.push((k.k0h + k.st * (k.KHs - 1 - jh)) * KW + k.k0w + k.st * (k.KWs - 1 - jw));
+      for (const { k0, n } of cols) {
+        for (let jw = 0; jw < n; jw++) {
+          src.push((k.k0h + k.st * (k.KHs - 1 - jh)) * KW + k0 + k.st * (n - 1 - jw));
+        }
       }
     }
     gpu.dispatch(
@@ -1114,6 +1129,7 @@ function stageWeights(gpu: Gpu, w: Tensor, cot: number, k: WeightTaps): StagedW 
     );
     return st;
   }
+  if (k.mode === "dx" && k.cols) throw new Error("conv2d: column-phase weights need the quad pass");
   if (k.mode === "up" && KHW <= 16 && KH * KW <= 25) {
     // Which kernel taps each staged tap sums (see upPhase).
     const taps: number[][] = Array.from({ length: KHW }, () => []);
@@ -1190,6 +1206,20 @@ interface FwdCfg extends ConvTile {
    * column H*W4): its plane size and padding, else null (the padded planes of {@link stage}).
    */
   xFlat: PlaneGeom | null;
+  /**
+   * The output is one row phase of a stride-2 conv's dx with both of its column phases
+   * ({@link dxStrided}): per input row the staged taps are column phase 0's `n` then phase 1's, and
+   * phase c's tap j reads window column j + shift; each invocation keeps px pixels of each phase
+   * and stores them interleaved, 2*px contiguous pixels of output row oh*oS + oR (vec4 stores). KW
+   * is then the window's extent, max(shift + n). Null: one plain output.
+   */
+  colPh: readonly ColPhase[] | null;
+}
+
+/** One column phase of a {@link FwdCfg.colPh} kernel. */
+interface ColPhase {
+  shift: number;
+  n: number;
 }
 
 /**
@@ -1290,6 +1320,10 @@ function fwdEpilogue(c: FwdCfg, L: string[]) {
     fwdEpilogueStats(c, L);
     return;
   }
+  if (c.colPh) {
+    fwdEpiloguePair(c, L);
+    return;
+  }
   for (let o = 0; o < cot; o++) {
     L.push(`  {`);
     L.push(`    let co = cb * ${cot}u + ${o}u;`);
@@ -1323,6 +1357,43 @@ function fwdEpilogue(c: FwdCfg, L: string[]) {
         }
       }
       L.push(`        }`);
+      L.push(`      }`);
+    }
+    L.push(`    }`);
+    L.push(`  }`);
+  }
+}
+
+/**
+ * {@link fwdEpilogue} of a {@link FwdCfg.colPh} kernel: pixel m of column phase c is output column
+ * 2m + c of row oh*oS + oR, so the two phases' quads a..._0, a..._1 interleave into two vec4 stores
+ * (p.Wo = the phases' common width, even; p.oWf = 2 * p.Wo).
+ */
+function fwdEpiloguePair(c: FwdCfg, L: string[]) {
+  const { cot, px, py } = c;
+  for (let o = 0; o < cot; o++) {
+    L.push(`  {`);
+    L.push(`    let co = cb * ${cot}u + ${o}u;`);
+    L.push(`    if (co < p.Cout) {`);
+    for (let y = 0; y < py; y++) {
+      L.push(`      let oh${y} = ty * ${py}u + ${y}u;`);
+      L.push(
+        `      let ob${y} = (((bi * p.Cout + co) * p.oHf + oh${y} * p.oS + p.oR) * p.oWf) / 4u + ox0 / 2u;`,
+      );
+      L.push(`      if (oh${y} < p.Ho) {`);
+      for (let q = 0; q < px / 4; q++) {
+        const [e, f] = [`a${o}_${y}_${q}_0`, `a${o}_${y}_${q}_1`];
+        L.push(
+          `        if (ox0 + ${4 * q}u < p.Wo) { out[ob${y} + ${
+            2 * q
+          }u] = vec4f(${e}.x, ${f}.x, ${e}.y, ${f}.y); }`,
+        );
+        L.push(
+          `        if (ox0 + ${4 * q + 2}u < p.Wo) { out[ob${y} + ${
+            2 * q + 1
+          }u] = vec4f(${e}.z, ${f}.z, ${e}.w, ${f}.w); }`,
+        );
+      }
       L.push(`      }`);
     }
     L.push(`    }`);
@@ -1406,9 +1477,14 @@ function fwdWgsl(c: FwdCfg): string {
   const { lvl: LVL } = texDecl(c.storageRead);
   const L: string[] = [];
   fwdHeader(c, L);
+  // Column phases: one (the plain conv: every tap, no shift) or a dx row phase's two (colPh).
+  const phs = c.colPh ?? [{ shift: 0, n: KW }];
+  const sfx = (ph: number) => (c.colPh ? `_${ph}` : "");
   for (let o = 0; o < cot; o++) {
     for (let y = 0; y < py; y++) {
-      for (let q = 0; q < QN; q++) L.push(`  var a${o}_${y}_${q} = vec4f(0.0);`);
+      for (let q = 0; q < QN; q++) {
+        phs.forEach((_, ph) => L.push(`  var a${o}_${y}_${q}${sfx(ph)} = vec4f(0.0);`));
+      }
     }
   }
   const CPI = c.cpi;
@@ -1433,7 +1509,10 @@ function fwdWgsl(c: FwdCfg): string {
   // fused multiply-adds per assignment; 25% faster than assigning after each FMA for 3x3). For 3x3
   // two input channels per iteration measured no faster; a 1x1 conv takes 4 when they divide Cin
   // (the Winograd GEMM: 5-6% faster, one process, alternating).
-  const KHW = KH * KW;
+  // Staged taps per input channel (per row: every phase's).
+  const KWs = phs.reduce((a, ph) => a + ph.n, 0);
+  const KHW = KH * KWs;
+  if (c.wRows && c.colPh) throw new Error("conv2d: row-layout weights with column phases");
   if (c.wRows) {
     // Row c0 + k (an output channel of the forward) holds the taps of this block's cot channels.
     for (let k = 0; k < CPI; k++) {
@@ -1485,28 +1564,33 @@ function fwdWgsl(c: FwdCfg): string {
   for (let o = 0; o < cot; o++) {
     for (let y = 0; y < py; y++) {
       for (let q = 0; q < QN; q++) {
-        let e = `a${o}_${y}_${q}`;
-        for (let k = 0; k < CPI; k++) {
-          for (let kh = 0; kh < KH; kh++) {
-            const r = y * S + kh;
-            for (let kw = 0; kw < KW; kw++) {
-              // Output pixel q*4+i of the row reads padded column S*(q*4+i) + kw.
-              const pos = [0, 1, 2, 3].map((i) =>
-                F ? S * (q * 4 + i) + kw - F.offL + 4 * QOFF : S * (q * 4 + i) + kw
-              );
-              const xs = S === 1 && pos[0] % 4 === 0
-                ? `v${k}_${r}_${pos[0] >> 2}`
-                : `vec4f(${pos.map((p) => `v${k}_${r}_${p >> 2}.${COMP[p & 3]}`).join(", ")})`;
-              const t = kh * KW + kw;
-              const f = o * KHW + KHW - 1 - t; // the rotated tap in the dx's row layout
-              const wv = c.wRows
-                ? `wd${k}_${f >> 2}.${COMP[f & 3]}`
-                : `w${k}_${t}_${o >> 2}.${COMP[o & 3]}`;
-              e = `fma(vec4f(${wv}), ${xs}, ${e})`;
+        let t0 = 0; // the phase's first staged tap in a row
+        phs.forEach(({ shift, n }, ph) => {
+          let e = `a${o}_${y}_${q}${sfx(ph)}`;
+          for (let k = 0; k < CPI; k++) {
+            for (let kh = 0; kh < KH; kh++) {
+              const r = y * S + kh;
+              for (let j = 0; j < n; j++) {
+                // Output pixel q*4+i of the row reads padded column S*(q*4+i) + kw.
+                const kw = shift + j;
+                const pos = [0, 1, 2, 3].map((i) =>
+                  F ? S * (q * 4 + i) + kw - F.offL + 4 * QOFF : S * (q * 4 + i) + kw
+                );
+                const xs = S === 1 && pos[0] % 4 === 0
+                  ? `v${k}_${r}_${pos[0] >> 2}`
+                  : `vec4f(${pos.map((p) => `v${k}_${r}_${p >> 2}.${COMP[p & 3]}`).join(", ")})`;
+                const t = kh * KWs + t0 + j;
+                const f = o * KHW + KHW - 1 - t; // the rotated tap in the dx's row layout
+                const wv = c.wRows
+                  ? `wd${k}_${f >> 2}.${COMP[f & 3]}`
+                  : `w${k}_${t}_${o >> 2}.${COMP[o & 3]}`;
+                e = `fma(vec4f(${wv}), ${xs}, ${e})`;
+              }
             }
           }
-        }
-        L.push(`    a${o}_${y}_${q} = ${e};`);
+          L.push(`    a${o}_${y}_${q}${sfx(ph)} = ${e};`);
+          t0 += n;
+        });
       }
     }
   }
@@ -1613,6 +1697,7 @@ function launchFwd(
   wDiv?: number,
   stats?: Tensor,
   xFlat?: PlaneGeom,
+  colPh?: readonly ColPhase[],
 ) {
   const { nTx, nTy } = fwdPlane(g.Ho, g.Wo, k.KH, k.KW, k.S, tile);
   const nTiles = nTx * nTy;
@@ -1625,13 +1710,16 @@ function launchFwd(
   const flat = wDiv !== undefined && nTiles < WG && (nTiles & (nTiles - 1)) !== 0;
   const lanes = flat ? nTiles * g.bc : nTiles;
   const T = Math.min(WG, nextPow2(lanes));
-  const strided = phase !== undefined;
+  const strided = phase !== undefined && !colPh;
+  if (colPh && (phase?.S !== 2 || phase.W !== 2 * g.Wo || g.Wo % 2 || bias || res || stats)) {
+    throw new Error("conv2d: column phases need a stride-2 output of even width, no epilogue");
+  }
   const cfg: FwdCfg = {
     ...tile,
     ...k,
     bias: !!bias,
     res: !!res,
-    vecOut: g.Wo % 4 === 0 && !strided,
+    vecOut: !!colPh || (g.Wo % 4 === 0 && !strided),
     strided,
     storageRead: gpu.kind === "cpu",
     wsets: wDiv !== undefined,
@@ -1640,6 +1728,7 @@ function launchFwd(
     cpi: k.KH * k.KW === 1 && g.Cin % W1_CPI === 0 ? W1_CPI : 1,
     wRows: !!ws.rows,
     xFlat: xFlat ?? null,
+    colPh: colPh ?? null,
   };
   if (xFlat && wDiv !== undefined) throw new Error("conv2d: a flat input with weight sets");
   if (ws.rows && wDiv !== undefined) throw new Error("conv2d: row-layout weights with weight sets");
@@ -1666,6 +1755,7 @@ function launchFwd(
     cfg.stats,
     cfg.wRows ? "rows" : "cols",
     xFlat ? `x${xFlat.H}x${xFlat.W4}+${xFlat.offT}+${xFlat.offL}` : "xpad",
+    colPh ? `ph${colPh.map((c) => `${c.shift}+${c.n}`).join(",")}` : "ph-",
     cfg.flat,
   ]
     .join("|");
@@ -1717,6 +1807,7 @@ function convCore(
   phase?: OutPhase,
   keep?: Conv2dStash,
   stats?: Conv2dGroupStats,
+  colPh?: readonly ColPhase[],
 ) {
   const { Hp, Wp4, nTx, nTy } = fwdPlane(g.Ho, g.Wo, g.KH, g.KW, g.S, tile);
   const { B, C } = inShape;
@@ -1759,6 +1850,7 @@ function convCore(
       undefined,
       stats?.part ?? undefined,
       xFlat,
+      colPh,
     );
     if (pad.flat) continue; // the caller's texture
     if (keep && bc === B && xs.tex.width * xs.tex.height * 16 <= keep.maxBytes) {
@@ -2791,6 +2883,11 @@ export const conv2dTuning: {
    * where the matmul has work for every core ({@link useDwMatmul}).
    */
   dwMatmul: boolean | null;
+  /**
+   * A stride-2 conv's dx computes both column phases of each row phase in one kernel
+   * ({@link FwdCfg.colPh}) where they fit ({@link pairCols}; false: one kernel per phase).
+   */
+  dxPair: boolean;
 } = {
   dw: null,
   w43: null,
@@ -2807,6 +2904,7 @@ export const conv2dTuning: {
   flatDx: true,
   flatX: true,
   dwMatmul: null,
+  dxPair: true,
 };
 
 /** The Winograd variant of a stride-1 3x3 conv ({@link useW43}), or null for the direct kernel. */
@@ -3116,7 +3214,46 @@ function dxStrided(
   // A phase without taps (a kernel smaller than the stride) is zero: start from zeros then.
   const empty = [...rows, ...cols].some((p) => p.n === 0 && p.len > 0);
   const dxu = empty ? gpu.zeros([B, Cin, Hu, Wu]) : gpu.empty([B, Cin, Hu, Wu]);
+  const pair = pairCols(gpu, g, rows, cols);
   for (const [rh, ph] of rows.entries()) {
+    if (pair && ph.n > 0 && ph.len > 0) {
+      // Both column phases at once: window column j + shift is dy column j + shift - off.
+      const off = Math.max(...cols.map((p) => p.off));
+      const colPh = cols.map((p) => ({ shift: off - p.off, n: p.n }));
+      const KWs = cols[0].n + cols[1].n;
+      const KWe = Math.max(...colPh.map((c) => c.shift + c.n));
+      const len = cols[0].len;
+      const tile = tileOpt ?? pairTile(Cin, ph.len, len);
+      validTile(tile);
+      const ws = stageWeights(gpu, w, tile.cot, {
+        mode: "dx",
+        KHs: ph.n,
+        KWs,
+        k0h: ph.k0,
+        k0w: 0,
+        st: S,
+        cols: cols.map((p) => ({ k0: p.k0, n: p.n })),
+      });
+      convCore(
+        gpu,
+        "conv2dBackward",
+        dy,
+        { B, C: Cout, H: Ho, W: Wo },
+        ws,
+        undefined,
+        undefined,
+        dxu,
+        { Cout: Cin, Ho: ph.len, Wo: len, KH: ph.n, KW: KWe, S: 1 },
+        { offT: ph.off, offL: off, up: 1, flat },
+        tile,
+        { S, H: Hu, W: Wu, r: rh, c: 0 },
+        undefined,
+        undefined,
+        colPh,
+      );
+      texPool.put(gpu, ws.tex);
+      continue;
+    }
     for (const [rw, pw] of cols.entries()) {
       if (ph.n === 0 || pw.n === 0 || ph.len <= 0 || pw.len <= 0) continue;
       const tile = tileOpt ?? conv2dTile(gpu, Cin, ph.len, pw.len, ph.n, pw.n, 1);
@@ -3141,6 +3278,42 @@ function dxStrided(
     }
   }
   return dxu;
+}
+
+/**
+ * Whether {@link dxStrided} computes both column phases of a row phase in one kernel
+ * ({@link FwdCfg.colPh}): stride 2, both phases with taps and the same even width (then each output
+ * row is whole vec4s), input channels in quads and the staged taps in one weight band.
+ */
+function pairCols(
+  gpu: Gpu,
+  g: Geom,
+  rows: ReturnType<typeof dxPhase>[],
+  cols: ReturnType<typeof dxPhase>[],
+): boolean {
+  if (!conv2dTuning.dxPair || g.S !== 2 || g.Cin % 4 || g.KH * g.KW > 64) return false;
+  const [c0, c1] = cols;
+  if (c0.n === 0 || c1.n === 0 || c0.len !== c1.len || c0.len % 2 || g.Wu !== 2 * c0.len) {
+    return false;
+  }
+  const max = gpu.limits.maxTextureDimension2D;
+  return rows.every((ph) => g.Cout <= Math.floor(max / (ph.n * (c0.n + c1.n))));
+}
+
+/**
+ * The tile of a {@link pairCols} kernel with `Ho` rows of `Wo` pixels per column phase: 8 channels,
+ * 2 rows, 8 pixels of each phase (16 output columns), fewer rows where lanes would idle (as
+ * {@link conv2dTile}). Measured (timestamp profile, best of 3): tiny's 64-channel dx from 32x32 (8
+ * images) 3.0 ms in the two kernels against 3.9-4.5 for 4x8x4, 8x4x4, 8x4x8, 16x2x4, 16x2x8 and
+ * 8x2x16; `lvm`'s 128 channels at 256x256 86-90 ms against 90-101 for those and 8x1x16.
+ */
+function pairTile(Cout: number, Ho: number, Wo: number): ConvTile {
+  const cot = Cout <= 4 ? 4 : 8, px = Wo <= 4 ? 4 : 8;
+  let py = Math.min(2, 2 ** Math.floor(Math.log2(Math.max(1, Ho))));
+  const coBlocks = Math.ceil(Cout / cot);
+  const lanes = (py: number) => nextPow2(Math.ceil(Ho / py) * Math.ceil(Wo / px)) * coBlocks;
+  while (py > 1 && lanes(py) < WG) py /= 2;
+  return { cot, py, px };
 }
 
 /** Whether {@link upsampledDx} takes the input gradient: the decoder's upsample (3x3, pad 1, 2x). */

@@ -1113,6 +1113,88 @@ Deno.test("conv2dBackward(): the dx (stride 1, or each phase of a strided one) r
   });
 });
 
+Deno.test("conv2dBackward(): a stride-2 dx computes both column phases of a row phase in one kernel", async (t) => {
+  const gpu = await getGpu();
+  // Where the two column phases have taps and the same even width and the input channels come in
+  // quads, each row phase is one kernel storing both phases' pixels interleaved (vec4 stores): 2
+  // kernels for a downsample's dx instead of 4, the same sums in the same order, so bit for bit
+  // the per-phase kernels' dx. The downsample (phases 2 and 1 taps wide), padding 1 (1 and 2, the
+  // other order), a 5x5 with uneven padding (negative offsets), a partial tile at the right edge
+  // (6-pixel phases in 8-pixel tiles), a forced small tile, the upsampled input, dy staged by the
+  // pad pass; an odd phase width keeps the per-phase kernels.
+  const cases: (Case & { pair: boolean; flatDx?: boolean })[] = [
+    { B: 2, Cin: 8, H: 16, W: 16, Cout: 6, K: 3, o: { stride: 2, pad: [0, 1, 0, 1] }, pair: true },
+    { B: 1, Cin: 4, H: 9, W: 12, Cout: 5, K: 3, o: { stride: 2, pad: 1 }, pair: true },
+    {
+      B: 1,
+      Cin: 12,
+      H: 10,
+      W: 8,
+      Cout: 3,
+      K: 5,
+      o: { stride: 2, pad: [2, 1, 1, 2], tile: SMALL },
+      pair: true,
+    },
+    {
+      B: 2,
+      Cin: 4,
+      H: 7,
+      W: 12,
+      Cout: 9,
+      K: 3,
+      o: { stride: 2, pad: [0, 1, 0, 1] },
+      pair: true,
+      flatDx: false,
+    },
+    {
+      B: 1,
+      Cin: 4,
+      H: 3,
+      W: 4,
+      Cout: 3,
+      K: 3,
+      o: { stride: 2, pad: 1, upsample2x: true },
+      pair: true,
+    },
+    { B: 1, Cin: 8, H: 9, W: 10, Cout: 4, K: 3, o: { stride: 2, pad: [0, 1, 0, 1] }, pair: false },
+  ];
+  let pairKernels = 0, dxKernels = 0;
+  // LVM_TEST_CASES=few (the browser run): the small-tile case (default tiles compile for seconds in
+  // SwiftShader; the main test's downsample takes this path with them).
+  const few = fewCases();
+  await onTextureKernels(gpu, (key) => {
+    if (!key.startsWith("conv2d_fwd|")) return;
+    dxKernels++;
+    if (key.split("|").some((k) => /^ph\d+\+\d+,\d+\+\d+$/.test(k))) pairKernels++;
+  }, async () => {
+    try {
+      for (const [i, c] of cases.entries()) {
+        if (few && i !== 2) continue;
+        await t.step(`${label(c)}${c.flatDx === false ? " dy padded" : ""}`, async () => {
+          conv2dTuning.flatDx = c.flatDx ?? true;
+          const { X, Wt, DY, r, release } = backwardCase(gpu, c, 530);
+          const o = { ...c.o, dw: false, dbias: false };
+          const run = (pair: boolean) => {
+            conv2dTuning.dxPair = pair;
+            const p0 = pairKernels, k0 = dxKernels;
+            const g = conv2dBackward(gpu, X, Wt, DY, o);
+            return { g, pairs: pairKernels - p0, kernels: dxKernels - k0 };
+          };
+          const pair = run(true), phases = run(false);
+          assertEquals(pair.pairs, c.pair ? 2 : 0, "row-phase kernels with both column phases");
+          assertEquals(pair.kernels, c.pair ? 2 : 4, "dx kernels");
+          assertEquals([phases.pairs, phases.kernels], [0, 4], "dxPair off: one kernel per phase");
+          await assertSameGrads(gpu, pair.g, phases.g, r, ["dx"], "the per-phase kernels'");
+          release();
+        });
+      }
+    } finally {
+      conv2dTuning.dxPair = true;
+      conv2dTuning.flatDx = true;
+    }
+  });
+});
+
 Deno.test("conv2dBackward(): a stride-1 dx reads the weights in the row layout, copied or staged", async (t) => {
   const gpu = await getGpu();
   // Row co of the texture = w[co] as it lies in memory: one copy where a row is a whole number of
