@@ -3218,67 +3218,71 @@ function dxStrided(
   // A phase without taps (a kernel smaller than the stride) is zero: start from zeros then.
   const empty = [...rows, ...cols].some((p) => p.n === 0 && p.len > 0);
   const dxu = empty ? gpu.zeros([B, Cin, Hu, Wu]) : gpu.empty([B, Cin, Hu, Wu]);
+  // One stride-1 conv of dy for row phase `rh`: `cols` output columns of `KW` taps read from
+  // window column offL on, stored from column c (every S-th, or both phases interleaved).
+  const phaseConv = (
+    rh: number,
+    ph: ReturnType<typeof dxPhase>,
+    taps: WeightTaps,
+    tile: ConvTile,
+    o: { cols: number; KW: number; offL: number; c: number; colPh?: readonly ColPhase[] },
+  ) => {
+    validTile(tile);
+    const ws = stageWeights(gpu, w, tile.cot, taps);
+    convCore(
+      gpu,
+      "conv2dBackward",
+      dy,
+      { B, C: Cout, H: Ho, W: Wo },
+      ws,
+      undefined,
+      undefined,
+      dxu,
+      { Cout: Cin, Ho: ph.len, Wo: o.cols, KH: ph.n, KW: o.KW, S: 1 },
+      { offT: ph.off, offL: o.offL, up: 1, flat },
+      tile,
+      { S, H: Hu, W: Wu, r: rh, c: o.c },
+      undefined,
+      undefined,
+      o.colPh,
+    );
+    texPool.put(gpu, ws.tex);
+  };
   const pair = pairCols(gpu, g, rows, cols);
   for (const [rh, ph] of rows.entries()) {
     if (pair && ph.n > 0 && ph.len > 0) {
       // Both column phases at once: window column j + shift is dy column j + shift - off.
       const off = Math.max(...cols.map((p) => p.off));
       const colPh = cols.map((p) => ({ shift: off - p.off, n: p.n }));
-      const KWs = cols[0].n + cols[1].n;
-      const KWe = Math.max(...colPh.map((c) => c.shift + c.n));
       const len = cols[0].len;
-      const tile = tileOpt ?? pairTile(Cin, ph.len, len);
-      validTile(tile);
-      const ws = stageWeights(gpu, w, tile.cot, {
-        mode: "dx",
-        KHs: ph.n,
-        KWs,
-        k0h: ph.k0,
-        k0w: 0,
-        st: S,
-        cols: cols.map((p) => ({ k0: p.k0, n: p.n })),
-      });
-      convCore(
-        gpu,
-        "conv2dBackward",
-        dy,
-        { B, C: Cout, H: Ho, W: Wo },
-        ws,
-        undefined,
-        undefined,
-        dxu,
-        { Cout: Cin, Ho: ph.len, Wo: len, KH: ph.n, KW: KWe, S: 1 },
-        { offT: ph.off, offL: off, up: 1, flat },
-        tile,
-        { S, H: Hu, W: Wu, r: rh, c: 0 },
-        undefined,
-        undefined,
-        colPh,
+      phaseConv(
+        rh,
+        ph,
+        {
+          mode: "dx",
+          KHs: ph.n,
+          KWs: cols[0].n + cols[1].n,
+          k0h: ph.k0,
+          k0w: 0,
+          st: S,
+          cols: cols.map((p) => ({ k0: p.k0, n: p.n })),
+        },
+        tileOpt ?? pairTile(Cin, ph.len, len),
+        {
+          cols: len,
+          KW: Math.max(...colPh.map((c) => c.shift + c.n)),
+          offL: off,
+          c: 0,
+          colPh,
+        },
       );
-      texPool.put(gpu, ws.tex);
       continue;
     }
     for (const [rw, pw] of cols.entries()) {
       if (ph.n === 0 || pw.n === 0 || ph.len <= 0 || pw.len <= 0) continue;
+      const taps = { mode: "dx", KHs: ph.n, KWs: pw.n, k0h: ph.k0, k0w: pw.k0, st: S } as const;
       const tile = tileOpt ?? conv2dTile(gpu, Cin, ph.len, pw.len, ph.n, pw.n, 1);
-      validTile(tile);
-      const sub = { mode: "dx", KHs: ph.n, KWs: pw.n, k0h: ph.k0, k0w: pw.k0, st: S } as const;
-      const ws = stageWeights(gpu, w, tile.cot, sub);
-      convCore(
-        gpu,
-        "conv2dBackward",
-        dy,
-        { B, C: Cout, H: Ho, W: Wo },
-        ws,
-        undefined,
-        undefined,
-        dxu,
-        { Cout: Cin, Ho: ph.len, Wo: pw.len, KH: ph.n, KW: pw.n, S: 1 },
-        { offT: ph.off, offL: pw.off, up: 1, flat },
-        tile,
-        { S, H: Hu, W: Wu, r: rh, c: rw },
-      );
-      texPool.put(gpu, ws.tex);
+      phaseConv(rh, ph, taps, tile, { cols: pw.len, KW: pw.n, offL: pw.off, c: rw });
     }
   }
   return dxu;
