@@ -48,9 +48,9 @@
  *   dy would hold (the VQGAN's 4 downsample convs; 2.1x faster than the dilated form at 32x32).
  *   At stride 2 one kernel per row phase computes both column phases from one window of dy and
  *   stores their pixels interleaved as whole vec4s ({@link FwdCfg.colPh}; 2 kernels and 2 weight
- *   stagings instead of 4): tiny's downsample dx 0.78-0.90x -> 0.94-0.99x and `lvm`'s 0.80-0.99x
- *   -> 1.08-1.10x the matmul's GFLOP/s (every round of `deno task bench --torch --rounds 3`'s
- *   `conv2d 3x3 vs matmul` rows, before and after).
+ *   stagings instead of 4): tiny's downsample dx 0.78-0.90x -> 0.94-1.09x and `lvm`'s 0.80-0.99x
+ *   -> 1.02-1.21x the matmul's GFLOP/s (every round of `deno task bench --torch --rounds 3`'s
+ *   `conv2d 3x3 vs matmul` rows: one run before, two after).
  *   The decoder's upsampled 3x3 convs take dx on the source grid as one stride-2 4x4 conv of dy
  *   with summed taps ({@link upsampledDx}: 16 products per source pixel instead of 36).
  * - dW[co, ci, kh, kw] = sum over (b, pixel) of dy * xpad: an invocation owns 2 input channels and a
