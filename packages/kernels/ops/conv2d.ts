@@ -1759,7 +1759,7 @@ function launchFwd(
     cfg.cpi,
     cfg.stats,
     cfg.wRows ? "rows" : "cols",
-    xFlat ? `x${xFlat.H}x${xFlat.W4}+${xFlat.offT}+${xFlat.offL}` : "xpad",
+    xFlat ? flatKey(xFlat) : "xpad",
     colPh ? `ph${colPh.map((c) => `${c.shift}+${c.n}`).join(",")}` : "ph-",
     cfg.flat,
   ]
@@ -3197,11 +3197,23 @@ fn main(@builtin(local_invocation_index) li: u32, @builtin(workgroup_id) wg: vec
  * Computing each phase apart skips the (S-1)/S of the FMAs that the dilated form spends on the
  * zeros between dy's pixels.
  */
-function dxPhase(r: number, S: number, pad: number, K: number, extent: number) {
+function dxPhase(r: number, S: number, pad: number, K: number, extent: number): DxPhase {
   const k0 = (r + pad) % S;
   const n = k0 < K ? Math.ceil((K - k0) / S) : 0;
   const c = (r + pad - k0) / S;
   return { k0, n, off: n - 1 - c, len: Math.ceil((extent - r) / S) };
+}
+
+/** One axis's output phase of a strided conv's dx ({@link dxPhase}). */
+interface DxPhase {
+  /** First kernel tap of the phase. */
+  k0: number;
+  /** Taps of the phase (every S-th from k0). */
+  n: number;
+  /** dy's offset in the phase's stride-1 correlation. */
+  off: number;
+  /** Outputs of the phase. */
+  len: number;
 }
 
 /** dx of a conv with stride S > 1 (on the upsampled grid): S*S stride-1 phase convs, see {@link dxPhase}. */
@@ -3223,7 +3235,7 @@ function dxStrided(
   // window column offL on, stored from column c (every S-th, or both phases interleaved).
   const phaseConv = (
     rh: number,
-    ph: ReturnType<typeof dxPhase>,
+    ph: DxPhase,
     taps: WeightTaps,
     tile: ConvTile,
     o: { cols: number; KW: number; offL: number; c: number; colPh?: readonly ColPhase[] },
@@ -3297,8 +3309,8 @@ function dxStrided(
 function pairCols(
   gpu: Gpu,
   g: Geom,
-  rows: ReturnType<typeof dxPhase>[],
-  cols: ReturnType<typeof dxPhase>[],
+  rows: DxPhase[],
+  cols: DxPhase[],
 ): boolean {
   if (!conv2dTuning.dxPair || g.S !== 2 || g.Cin % 4 || g.KH * g.KW > 64) return false;
   const [c0, c1] = cols;
@@ -3312,7 +3324,7 @@ function pairCols(
 /**
  * The tile of a {@link pairCols} kernel with `Ho` rows of `Wo` pixels per column phase: 8 channels,
  * 2 rows, 8 pixels of each phase (16 output columns), fewer rows where lanes would idle (as
- * {@link conv2dTile}). Measured (timestamp profile, best of 3): tiny's 64-channel dx from 32x32 (8
+ * {@link conv2dTile}). Measured (one-off script, timestamp profile, best of 3): tiny's 64-channel dx from 32x32 (8
  * images) 3.0 ms in the two kernels against 3.9-4.5 for 4x8x4, 8x4x4, 8x4x8, 16x2x4, 16x2x8 and
  * 8x2x16; `lvm`'s 128 channels at 256x256 86-90 ms against 90-101 for those and 8x1x16.
  */
@@ -3564,6 +3576,11 @@ interface PlaneGeom {
   offL: number;
 }
 
+/** A kernel's pipeline-key field for x read through `g` (its size and padding are baked in). */
+function flatKey(g: PlaneGeom): string {
+  return `x${g.H}x${g.W4}+${g.offT}+${g.offL}`;
+}
+
 /**
  * Textures of {@link flatPlanes}: only ever written in their first H*W/4 columns, so the 16 after
  * them keep the zeros a new texture starts with (WebGPU zero-initializes resources).
@@ -3618,7 +3635,8 @@ function unpaddedX(
  * Whether a conv's weight gradient goes through {@link dwByMatmul}: a 1x1 kernel at stride 1 with
  * no padding or upsampling (the GEMM itself), on the cpu kind (the gpu kind has its implicit GEMM),
  * for a batch of 2 or more. Measured against the conv kernel ({@link convDw}) as the ratio to the
- * matmul of the bench's `vs matmul` row in the same process, median of 5-10 alternating rounds:
+ * matmul of the bench's `vs matmul` row in the same process, median of 5-10 alternating rounds
+ * (one-off script):
  * tiny's 128 -> 64 at 16x16 (batch 8) 0.71 -> 0.87, 64 -> 128 at 8x8 0.71 -> 0.72, 32 -> 32 at
  * 8x8 2.96 -> 3.73; batch 2 at 32x32 0.68 -> 1.00, batch 4 128 -> 256 at 64x64 0.70 -> 1.21. A
  * batch of one is one long product with no sum to split it across the cores: 128 -> 256 at 64x64
@@ -3805,7 +3823,7 @@ function convDw(
       direct ? "direct" : "parts",
       storageRead,
       ...Object.values(shape),
-      ...(xGeom ? [`x${xGeom.H}x${xGeom.W4}+${xGeom.offT}+${xGeom.offL}`] : [xl.P, xl.Wp4, xl.Hp]),
+      ...(xGeom ? [flatKey(xGeom)] : [xl.P, xl.Wp4, xl.Hp]),
     ]
       .concat(dFlat ? [`flat${dFlat}`] : [dl.P, dl.Wp4, dl.Hp]).join("|");
     const pipe = gpu.pipeline(key, () => dwWgsl(cfg));
